@@ -1,0 +1,128 @@
+//! Builds the CPython guest component from `guests/python/` when it is missing or its sources
+//! changed, and tells the crate where it is (`WEIR_GUEST_WASM`) and what it is (`WEIR_GUEST_SHA256`).
+//!
+//! The component is built by componentize-py (PyPI, pinned below), installed on first use into a
+//! private venv under the target directory (or taken from `$WEIR_COMPONENTIZE_PY`). Built
+//! components are kept in `target/guest/`, named by the hash of their sources, so debug, release
+//! and test builds share one.
+
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
+
+fn main() {
+    let manifest = PathBuf::from(env("CARGO_MANIFEST_DIR"));
+    let guest_dir = manifest.join("guests/python");
+    println!("cargo:rerun-if-changed=guests/python/runner.py");
+    println!("cargo:rerun-if-changed=guests/python/wit");
+    println!("cargo:rerun-if-env-changed=WEIR_COMPONENTIZE_PY");
+    println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
+
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest.join("target"));
+    let out_dir = target.join("guest");
+    let source_hash = hash_sources(&guest_dir);
+    let wasm = out_dir.join(format!("python-{}.wasm", &source_hash[..16]));
+    if !wasm.exists() {
+        let tool = componentize_py(&target);
+        build_guest(&tool, &guest_dir, &wasm);
+    }
+    let bytes = std::fs::read(&wasm).unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", wasm.display())));
+    let sha = hex::encode(Sha256::digest(&bytes));
+    println!("cargo:rustc-env=WEIR_GUEST_WASM={}", wasm.display());
+    println!("cargo:rustc-env=WEIR_GUEST_SHA256={sha}");
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| fail(&format!("{name} is not set")))
+}
+
+fn fail(msg: &str) -> ! {
+    panic!("weir guest build: {msg}");
+}
+
+fn say(msg: &str) {
+    println!("cargo:warning=weir guest build: {msg}");
+    eprintln!("weir guest build: {msg}");
+}
+
+/// sha256 over the guest's source files (path and content) and the tool version.
+fn hash_sources(dir: &Path) -> String {
+    let mut files = Vec::new();
+    collect(dir, &mut files);
+    files.sort();
+    let mut h = Sha256::new();
+    h.update(COMPONENTIZE_PY.as_bytes());
+    for f in files {
+        let rel = f.strip_prefix(dir).unwrap_or(&f);
+        h.update(rel.to_string_lossy().as_bytes());
+        h.update(std::fs::read(&f).unwrap_or_default());
+    }
+    hex::encode(h.finalize())
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') || name == "__pycache__" {
+            continue;
+        }
+        if path.is_dir() {
+            collect(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+/// The componentize-py executable, installing it into a private venv if needed.
+fn componentize_py(target: &Path) -> PathBuf {
+    if let Some(tool) = std::env::var_os("WEIR_COMPONENTIZE_PY") {
+        return PathBuf::from(tool);
+    }
+    let venv = target.join("guest-venv");
+    let tool = venv.join("bin/componentize-py");
+    if tool.exists() {
+        return tool;
+    }
+    say(&format!("installing {COMPONENTIZE_PY} into {}", venv.display()));
+    run(Command::new("python3").arg("-m").arg("venv").arg(&venv), "python3 -m venv");
+    run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", COMPONENTIZE_PY]),
+        "pip install componentize-py",
+    );
+    tool
+}
+
+fn build_guest(tool: &Path, guest_dir: &Path, wasm: &Path) {
+    say("building the CPython guest with componentize-py (10-30 s)");
+    let dir = wasm.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| fail(&format!("cannot create {}: {e}", dir.display())));
+    let tmp = wasm.with_extension("wasm.tmp");
+    run(
+        Command::new(tool)
+            .current_dir(guest_dir)
+            .args(["-d", "wit", "-w", "runner", "componentize", "runner", "-p", ".", "-o"])
+            .arg(&tmp),
+        "componentize-py",
+    );
+    std::fs::rename(&tmp, wasm).unwrap_or_else(|e| fail(&format!("cannot move guest into place: {e}")));
+    say(&format!("built {}", wasm.display()));
+}
+
+fn run(cmd: &mut Command, what: &str) {
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| fail(&format!("cannot start {what}: {e}")));
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim_start().starts_with("at ")).take(60).collect();
+        fail(&format!("{what} failed ({}):\n{}", output.status, tail.join("\n")));
+    }
+}

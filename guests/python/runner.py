@@ -1,0 +1,266 @@
+"""weir's Python guest: runs the user's script as `__main__`, like `python main.py`.
+
+This module is imported once, at *build* time, by componentize-py, which then snapshots the
+interpreter. Everything at module level therefore runs at build time (pre-importing the standard
+library, patching what WASI lacks, freezing the GC); `Run.run` runs once per sandboxed run.
+"""
+
+import atexit
+import builtins
+import gc
+import importlib.abc
+import importlib.util
+import os
+import pkgutil
+import sys
+import types
+
+from wit_world import exports
+from wit_world.imports import environment, exit as wasi_exit, host
+
+# ---------------------------------------------------------------- build time
+
+# Modules that must not be imported at build time: GUI, test suites, installers, things that need
+# threads/processes/native libraries WASI lacks, and modules whose import has visible effects.
+_DENY = {
+    "__main__", "antigravity", "ctypes", "curses", "dbm.gnu", "dbm.ndbm", "ensurepip",
+    "idlelib", "lib2to3", "msilib", "multiprocessing", "pydoc_data", "readline", "sqlite3.dump",
+    "test", "this", "tkinter", "turtle", "turtledemo", "venv", "wsgiref", "xxlimited",
+    "__hello__", "__phello__", "_pyrepl", "concurrent.futures.process", "zipapp", "runner",
+    "wit_world", "componentize_py_runtime", "componentize_py_types",
+    "componentize_py_async_support", "_ios_support", "_android_support", "_apple_support", "poplib", "imaplib", "smtplib", "nntplib",
+}
+# Modules kept as source and imported on demand at run time, because importing them has an effect
+# the user should see when *they* import them (`import this` prints the Zen of Python).
+_ON_DEMAND = ("this", "__hello__", "__phello__")
+
+
+def _denied(name):
+    parts = name.split(".")
+    return any(".".join(parts[: i + 1]) in _DENY for i in range(len(parts))) or any(
+        p.startswith("_test") or p in ("tests", "test", "idle_test") for p in parts
+    )
+
+
+def _preimport_stdlib():
+    """Import the whole standard library, so lazy imports inside it work at run time."""
+    imported = 0
+    for top in sorted(sys.stdlib_module_names):
+        if _denied(top):
+            continue
+        try:
+            module = importlib.import_module(top)
+            imported += 1
+        except BaseException:  # noqa: BLE001 - a module WASI cannot host is simply left out
+            continue
+        path = getattr(module, "__path__", None)
+        if not path:
+            continue
+        for info in pkgutil.walk_packages(path, top + ".", onerror=lambda _name: None):
+            if _denied(info.name):
+                continue
+            try:
+                importlib.import_module(info.name)
+                imported += 1
+            except BaseException:  # noqa: BLE001
+                continue
+    return imported
+
+
+class _SourceFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Serves stdlib modules whose source was captured at build time but not executed."""
+
+    def __init__(self, sources):
+        self.sources = sources
+
+    def find_spec(self, name, path=None, target=None):
+        if name in self.sources:
+            return importlib.util.spec_from_loader(name, self, origin="<weir:" + name + ">")
+        return None
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        exec(compile(self.sources[module.__name__], module.__spec__.origin, "exec"), module.__dict__)
+
+
+def _capture_sources(names):
+    sources = {}
+    for name in names:
+        try:
+            spec = importlib.util.find_spec(name)
+            if spec is not None and spec.loader is not None:
+                sources[name] = spec.loader.get_source(name)
+        except BaseException:  # noqa: BLE001
+            continue
+    return {k: v for k, v in sources.items() if v is not None}
+
+
+def _patch_asyncio():
+    """WASI has no socketpair(): the selector loop's self-pipe becomes a no-op."""
+    try:
+        from asyncio import selector_events
+    except BaseException:  # noqa: BLE001
+        return
+    loop = selector_events.BaseSelectorEventLoop
+    loop._make_self_pipe = lambda self: None
+    loop._close_self_pipe = lambda self: None
+    loop._write_to_self = lambda self: None
+
+
+PREIMPORTED = _preimport_stdlib()
+sys.meta_path.append(_SourceFinder(_capture_sources(_ON_DEMAND)))
+_patch_asyncio()
+_BUILD_PATH = list(sys.path)
+
+# Objects alive now belong to the snapshot; freezing them keeps a run-time gc.collect() from
+# dirtying (and so copying) their pages in every instance.
+gc.collect()
+gc.freeze()
+
+# ------------------------------------------------------------------ run time
+
+_RUNNER_FILE = __file__ if "__file__" in globals() else "runner.py"
+
+
+def _refresh_process_state(script_dir):
+    """Replace what the snapshot captured at build time with this run's values."""
+    sys.argv = list(environment.get_arguments()) or [""]
+    env = dict(environment.get_environment())
+    os.environ.clear()
+    os.environ.update(env)
+    cwd = environment.initial_cwd()
+    if cwd:
+        os.chdir(cwd)
+    sys.path[:] = [script_dir] + [p for p in _BUILD_PATH if p]
+    sys.path_importer_cache.clear()
+    import random
+
+    random.seed()  # the build-time seed is in the snapshot: draw a fresh one from wasi:random
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
+    if hasattr(sys.stderr, "reconfigure"):
+        sys.stderr.reconfigure(line_buffering=True)
+
+
+def _new_main(filename):
+    main = types.ModuleType("__main__")
+    main.__file__ = filename
+    main.__builtins__ = builtins
+    main.__spec__ = None
+    main.__loader__ = None
+    sys.modules["__main__"] = main
+    return main
+
+
+def _user_traceback(tb):
+    """Drop the runner's own frames, so the traceback starts in the user's code."""
+    while tb is not None and tb.tb_frame.f_code.co_filename == _RUNNER_FILE:
+        tb = tb.tb_next
+    return tb
+
+
+def _exit_code(exc):
+    """The process exit status CPython derives from a SystemExit."""
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    try:
+        print(code, file=sys.stderr)
+    except BaseException:  # noqa: BLE001
+        pass
+    return 1
+
+
+def _report(exc):
+    """Print an uncaught exception as CPython does and tell the host. Returns the exit code."""
+    if isinstance(exc, SystemExit):
+        return _exit_code(exc)
+    try:
+        sys.excepthook(type(exc), exc, _user_traceback(exc.__traceback__))
+    except BaseException:  # noqa: BLE001
+        pass
+    try:
+        message = str(exc)
+    except BaseException:  # noqa: BLE001
+        message = ""
+    host.uncaught_exception(type(exc).__name__, message[:1000])
+    return 1
+
+
+def _execute(code_obj, namespace):
+    try:
+        exec(code_obj, namespace)
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - every way out of the script is reported
+        return _report(exc)
+
+
+def _load(launch):
+    """Compile the user's program; returns (code object, filename) or raises SyntaxError etc."""
+    if launch.code is not None:
+        return compile(launch.code, "<string>", "exec"), "<string>"
+    filename = os.path.abspath(launch.script)
+    with open(filename, "rb") as f:
+        source = f.read()
+    return compile(source, filename, "exec", dont_inherit=True), filename
+
+
+def _repl(namespace):
+    import code
+
+    host.repl_started()
+    sys.ps1, sys.ps2 = ">>> ", "... "
+    console = code.InteractiveConsole(locals=namespace)
+    try:
+        console.interact(banner="", exitmsg="")
+        return 0
+    except SystemExit as exc:
+        return _exit_code(exc)
+
+
+def _finish():
+    try:
+        atexit._run_exitfuncs()
+    except BaseException:  # noqa: BLE001
+        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:  # noqa: BLE001
+            pass
+
+
+def _main():
+    launch = host.launch_config()
+    script_dir = os.getcwd() if launch.code is not None else ""
+    _refresh_process_state(script_dir)
+    try:
+        code_obj, filename = _load(launch)
+    except BaseException as exc:  # noqa: BLE001 - SyntaxError, missing file, ...
+        _new_main(launch.script or "<string>")
+        status = _report(exc)
+        namespace = None
+    else:
+        if filename != "<string>":
+            sys.path[0] = os.path.dirname(filename)
+        namespace = _new_main(filename).__dict__
+        if filename == "<string>":
+            del namespace["__file__"]
+        status = _execute(code_obj, namespace)
+    if launch.repl:
+        if namespace is None:
+            namespace = _new_main("<stdin>").__dict__
+        status = _repl(namespace)
+    _finish()
+    return status
+
+
+class Run(exports.Run):
+    def run(self) -> None:
+        status = _main()
+        if status != 0:
+            wasi_exit.exit_with_code(status)

@@ -1,0 +1,173 @@
+//! `weir run`: a script in the sandbox with the terminal's stdin, stdout and stderr.
+
+use crate::limits::{parse_bytes, parse_duration, Limits};
+use crate::outcome::Outcome;
+use crate::run::{Event, StreamKind};
+use crate::sandbox::{Mount, Program, RunRequest, Sandbox};
+use crate::EngineSettings;
+use clap::Args;
+use std::path::PathBuf;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Arguments of `weir run`.
+#[derive(Debug, Args)]
+#[command(trailing_var_arg = true)]
+pub struct RunArgs {
+    /// Run this code instead of a script file (like `python -c`).
+    #[arg(short = 'c', value_name = "CODE", conflicts_with = "script")]
+    pub code: Option<String>,
+    /// Wall-time limit: "2s", "500ms", "1m".
+    #[arg(long, env = "WEIR_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Option<std::time::Duration>,
+    /// Memory limit: "64MiB", "1GiB".
+    #[arg(long, env = "WEIR_MEMORY", value_parser = parse_bytes, value_name = "SIZE")]
+    pub memory: Option<u64>,
+    /// CPU limit in fuel units (roughly wasm instructions); unmetered when absent.
+    #[arg(long, env = "WEIR_FUEL", value_name = "N")]
+    pub fuel: Option<u64>,
+    /// Total stdout+stderr limit: "1MiB".
+    #[arg(long, env = "WEIR_OUTPUT_LIMIT", value_parser = parse_bytes, value_name = "SIZE")]
+    pub output_limit: Option<u64>,
+    /// Longest output line kept; longer lines are cut with a marker.
+    #[arg(long, env = "WEIR_LINE_LIMIT", value_parser = parse_bytes, value_name = "SIZE")]
+    pub line_limit: Option<u64>,
+    /// How long the REPL (or a wait for input) may sit idle: "5m".
+    #[arg(long, env = "WEIR_IDLE_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
+    pub idle_timeout: Option<std::time::Duration>,
+    /// Start an interactive console after the script, keeping its variables (like `python -i`).
+    #[arg(short = 'i', long)]
+    pub repl: bool,
+    /// Mount a host directory at the same path in the guest; append ":ro" for read-only.
+    #[arg(long = "dir", value_name = "HOST_PATH[:ro]")]
+    pub dirs: Vec<String>,
+    /// Set an environment variable in the guest (the host's environment is never passed).
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// The script to run.
+    pub script: Option<PathBuf>,
+    /// Arguments passed to the script as sys.argv[1:].
+    #[arg(allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+impl RunArgs {
+    /// The limits these flags ask for, on top of the defaults.
+    pub fn limits(&self) -> Limits {
+        let d = Limits::default();
+        Limits {
+            wall_ms: self.timeout.map(|t| t.as_millis() as u64).unwrap_or(d.wall_ms),
+            cpu_fuel: self.fuel.or(d.cpu_fuel),
+            memory_bytes: self.memory.unwrap_or(d.memory_bytes),
+            output_bytes: self.output_limit.unwrap_or(d.output_bytes),
+            line_bytes: self.line_limit.unwrap_or(d.line_bytes),
+            idle_ms: self
+                .idle_timeout
+                .map(|t| t.as_millis() as u64)
+                .unwrap_or(d.idle_ms),
+            ..d
+        }
+    }
+
+    /// Builds the run request (reads the script file).
+    pub fn request(&self) -> anyhow::Result<RunRequest> {
+        let program = match (&self.code, &self.script) {
+            (Some(code), _) => Program::Code(code.clone()),
+            (None, Some(path)) => Program::Script {
+                filename: path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .ok_or_else(|| anyhow::anyhow!("{} is not a file name", path.display()))?,
+                source: std::fs::read(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
+            },
+            (None, None) => anyhow::bail!("give a script to run, or -c CODE"),
+        };
+        let mut req = RunRequest::script(Vec::new());
+        req.program = program;
+        req.args = self.args.clone();
+        req.limits = self.limits();
+        req.repl = self.repl;
+        req.mounts = self.dirs.iter().map(|d| parse_mount(d)).collect::<anyhow::Result<_>>()?;
+        req.env = self
+            .env
+            .iter()
+            .map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .ok_or_else(|| anyhow::anyhow!("--env takes KEY=VALUE, got {kv:?}"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(req)
+    }
+}
+
+/// "HOST_PATH" or "HOST_PATH:ro": mounted at the same absolute path inside the guest.
+fn parse_mount(spec: &str) -> anyhow::Result<Mount> {
+    let (path, read_only) = match spec.strip_suffix(":ro") {
+        Some(p) => (p, true),
+        None => (spec, false),
+    };
+    let host = std::fs::canonicalize(path)
+        .map_err(|e| anyhow::anyhow!("--dir {path}: {e}"))?;
+    if !host.is_dir() {
+        anyhow::bail!("--dir {path}: not a directory");
+    }
+    let guest = host.to_string_lossy().into_owned();
+    Ok(Mount {
+        host,
+        guest,
+        read_only,
+    })
+}
+
+/// Runs `weir run`; returns the process exit code.
+pub async fn run(args: RunArgs, settings: EngineSettings) -> anyhow::Result<i32> {
+    let req = args.request()?;
+    let sandbox = Sandbox::load_async(settings).await?;
+    let mut handle = sandbox.start(req).await?;
+    let control = handle.control();
+    let feeder = tokio::spawn(async move {
+        let mut stdin = tokio::io::stdin();
+        let mut buf = vec![0u8; 8192];
+        loop {
+            match stdin.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if !control.write_stdin(buf[..n].to_vec()).await {
+                        return;
+                    }
+                }
+            }
+        }
+        control.close_stdin().await;
+    });
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    let mut outcome = None;
+    while let Some(event) = handle.next_event().await {
+        match event {
+            Event::Output { stream, data } => {
+                let sink: &mut (dyn tokio::io::AsyncWrite + Unpin + Send) = match stream {
+                    StreamKind::Stdout => &mut stdout,
+                    StreamKind::Stderr => &mut stderr,
+                };
+                // A closed terminal pipe just discards the rest, as a killed reader would.
+                let _ = sink.write_all(&data).await;
+                let _ = sink.flush().await;
+            }
+            Event::State(_) => {}
+            Event::Exit(result) => {
+                if !matches!(result.outcome, Outcome::Exited { .. } | Outcome::Error { .. }) {
+                    let _ = stderr
+                        .write_all(format!("weir: {}\n", result.message).as_bytes())
+                        .await;
+                }
+                outcome = Some(result.outcome);
+            }
+        }
+    }
+    feeder.abort();
+    let _ = stdout.flush().await;
+    let _ = stderr.flush().await;
+    Ok(outcome.map(|o| o.exit_code()).unwrap_or(70))
+}

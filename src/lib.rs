@@ -1,0 +1,33 @@
+//! weir: run untrusted Python scripts in a CPython WASI guest under wasmtime.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use weir::{EngineSettings, RunRequest, Sandbox};
+//! let sandbox = Sandbox::load_async(EngineSettings::default()).await?;
+//! let run = sandbox.start(RunRequest::script("print('hello')")).await?;
+//! let out = run.collect().await;
+//! assert_eq!(out.stdout_text(), "hello\n");
+//! # Ok(()) }
+//! ```
+//!
+//! Modules, one concept each: [`engine`] (wasmtime policy), [`guest`] (the embedded component and
+//! its compile cache), [`host`] (weir's guest interface), [`sandbox`] (stores and isolation),
+//! [`run`] (a run's driver, events and control), [`pipes`] (bounded stdio), [`limits`],
+//! [`outcome`], [`scratch`] (per-run directory), [`cli`] (`weir run`).
+
+pub mod cli;
+pub mod engine;
+pub mod guest;
+pub mod host;
+pub mod limits;
+pub mod outcome;
+pub mod pipes;
+pub mod run;
+pub mod sandbox;
+pub mod scratch;
+
+pub use engine::EngineSettings;
+pub use limits::Limits;
+pub use outcome::Outcome;
+pub use run::{Collected, Event, RunControl, RunHandle, RunId, RunResult, RunState, StreamKind};
+pub use sandbox::{Mount, Program, RunRequest, Sandbox, StartError};

@@ -1,0 +1,449 @@
+//! The guest's stdio: bounded output pipes with caps, and an interactive stdin fed by the caller.
+//!
+//! Output: stdout and stderr chunks go into the run's one bounded event channel, so their order is
+//! kept and a slow consumer makes the guest wait (a write permit is only granted while the channel
+//! has room). Nothing here buffers more than one chunk per stream.
+//!
+//! Input: the caller's bytes arrive through a bounded channel; while the guest waits for them the
+//! stream tells the run driver, which reports `waiting_input` and switches to the idle clock.
+
+use crate::limits::human_bytes;
+use crate::run::{Event, StreamKind};
+use bytes::{Bytes, BytesMut};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, watch};
+use wasmtime_wasi::cli::{IsTerminal, StdinStream, StdoutStream};
+use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, StreamResult};
+
+/// Largest chunk one guest write may hand over; with the event channel's capacity this bounds
+/// the memory one run can hold in flight.
+pub const CHUNK_BYTES: usize = 16 << 10;
+
+/// The trap that ends a run whose output passed its cap.
+#[derive(Debug, thiserror::Error)]
+#[error("output limit exceeded")]
+pub struct OutputLimitExceeded;
+
+/// What the guest's activity looks like from its stdin, watched by the run driver.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GuestStatus {
+    /// The guest is blocked reading stdin and nothing is buffered.
+    pub waiting_input: bool,
+    /// The script finished and the interactive console runs.
+    pub in_repl: bool,
+}
+
+/// Accounting shared by stdout and stderr: total bytes and per-stream line state.
+#[derive(Debug)]
+struct OutputBudget {
+    written: u64,
+    cap: u64,
+    line_cap: u64,
+    line_len: [u64; 2],
+    cutting_line: [bool; 2],
+    truncated: bool,
+}
+
+/// What one guest write turns into.
+struct Admitted {
+    data: Bytes,
+    over_cap: bool,
+}
+
+/// Cuts `data` to at most `max` bytes without splitting a UTF-8 sequence.
+fn utf8_prefix(data: &[u8], max: usize) -> usize {
+    if max >= data.len() {
+        return data.len();
+    }
+    let mut end = max;
+    while end > 0 && max - end < 3 && (data[end] & 0xC0) == 0x80 {
+        end -= 1;
+    }
+    if (data[end] & 0xC0) == 0x80 {
+        max
+    } else {
+        end
+    }
+}
+
+impl OutputBudget {
+    fn new(cap: u64, line_cap: u64) -> Self {
+        OutputBudget {
+            written: 0,
+            cap,
+            line_cap,
+            line_len: [0; 2],
+            cutting_line: [false; 2],
+            truncated: false,
+        }
+    }
+
+    /// Applies the total cap and the line cap to one write of `stream`.
+    fn admit(&mut self, stream: StreamKind, data: &[u8]) -> Admitted {
+        let remaining = self.cap.saturating_sub(self.written);
+        let over_cap = data.len() as u64 > remaining;
+        let kept = if over_cap {
+            &data[..utf8_prefix(data, remaining as usize)]
+        } else {
+            data
+        };
+        self.written = self.written.saturating_add(data.len() as u64);
+        let mut out = BytesMut::with_capacity(kept.len() + 64);
+        for piece in kept.split_inclusive(|b| *b == b'\n') {
+            self.admit_line_piece(stream as usize, piece, &mut out);
+        }
+        if over_cap {
+            self.truncated = true;
+            if !out.is_empty() && !out.ends_with(b"\n") {
+                out.extend_from_slice(b"\n");
+            }
+            let notice = format!(
+                "[output truncated: the script wrote more than {}]\n",
+                human_bytes(self.cap)
+            );
+            out.extend_from_slice(notice.as_bytes());
+        }
+        Admitted {
+            data: out.freeze(),
+            over_cap,
+        }
+    }
+
+    /// `piece` holds at most one newline, at its end.
+    fn admit_line_piece(&mut self, s: usize, piece: &[u8], out: &mut BytesMut) {
+        let ends_line = piece.ends_with(b"\n");
+        let body = if ends_line {
+            &piece[..piece.len() - 1]
+        } else {
+            piece
+        };
+        if !self.cutting_line[s] {
+            let room = self.line_cap.saturating_sub(self.line_len[s]) as usize;
+            if body.len() <= room {
+                out.extend_from_slice(body);
+                self.line_len[s] += body.len() as u64;
+            } else {
+                out.extend_from_slice(&body[..utf8_prefix(body, room)]);
+                let marker = format!(
+                    " [truncated: line longer than {}]",
+                    human_bytes(self.line_cap)
+                );
+                out.extend_from_slice(marker.as_bytes());
+                self.cutting_line[s] = true;
+            }
+        }
+        if ends_line {
+            out.extend_from_slice(b"\n");
+            self.line_len[s] = 0;
+            self.cutting_line[s] = false;
+        }
+    }
+}
+
+/// Both output pipes of one run; cloned into the WASI context as stdout and stderr.
+#[derive(Clone)]
+pub struct OutputPipes {
+    events: mpsc::Sender<Event>,
+    budget: Arc<Mutex<OutputBudget>>,
+}
+
+impl OutputPipes {
+    pub fn new(events: mpsc::Sender<Event>, cap: u64, line_cap: u64) -> Self {
+        OutputPipes {
+            events,
+            budget: Arc::new(Mutex::new(OutputBudget::new(cap, line_cap))),
+        }
+    }
+
+    /// The WASI stdout or stderr backed by these pipes.
+    pub fn stream(&self, kind: StreamKind) -> GuestOutput {
+        GuestOutput {
+            pipes: self.clone(),
+            kind,
+        }
+    }
+
+    /// Whether any output was cut (line cap or total cap).
+    pub fn truncated(&self) -> bool {
+        self.budget.lock().map(|b| b.truncated).unwrap_or(true)
+    }
+
+    /// Bytes the guest wrote to stdout and stderr together (before any cutting).
+    pub fn written(&self) -> u64 {
+        self.budget.lock().map(|b| b.written).unwrap_or(0)
+    }
+}
+
+/// One of the guest's output streams (a `StdoutStream` for the WASI context).
+pub struct GuestOutput {
+    pipes: OutputPipes,
+    kind: StreamKind,
+}
+
+impl IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestOutput {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(OutputHandle {
+            pipes: self.pipes.clone(),
+            kind: self.kind,
+            permit: None,
+        })
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        // Only WASIp3 guests use this; weir's guest is WASIp2 and never asks for it.
+        Box::new(tokio::io::sink())
+    }
+}
+
+/// A guest handle to an output stream; holds at most one reserved slot of the event channel.
+struct OutputHandle {
+    pipes: OutputPipes,
+    kind: StreamKind,
+    permit: Option<mpsc::OwnedPermit<Event>>,
+}
+
+impl OutputHandle {
+    fn try_reserve(&mut self) -> StreamResult<bool> {
+        if self.permit.is_some() {
+            return Ok(true);
+        }
+        match self.pipes.events.clone().try_reserve_owned() {
+            Ok(permit) => {
+                self.permit = Some(permit);
+                Ok(true)
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Ok(false),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(StreamError::Closed),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for OutputHandle {
+    async fn ready(&mut self) {
+        if self.permit.is_none() {
+            // A closed channel means nobody listens any more; readiness then reports the error
+            // through `check_write`.
+            if let Ok(permit) = self.pipes.events.clone().reserve_owned().await {
+                self.permit = Some(permit);
+            }
+        }
+    }
+}
+
+impl OutputStream for OutputHandle {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        if !self.try_reserve()? {
+            return Err(StreamError::trap("write without permission from check-write"));
+        }
+        let admitted = match self.pipes.budget.lock() {
+            Ok(mut budget) => budget.admit(self.kind, &bytes),
+            Err(_) => return Err(StreamError::trap("output accounting poisoned")),
+        };
+        if let Some(permit) = self.permit.take() {
+            if !admitted.data.is_empty() {
+                permit.send(Event::Output {
+                    stream: self.kind,
+                    data: admitted.data,
+                });
+            }
+        }
+        if admitted.over_cap {
+            return Err(StreamError::Trap(OutputLimitExceeded.into()));
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        // Every write is handed to the channel whole; there is nothing left to flush.
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        if self.try_reserve()? {
+            Ok(CHUNK_BYTES)
+        } else {
+            Ok(0)
+        }
+    }
+}
+
+/// What the caller sends to a run's stdin.
+#[derive(Debug)]
+pub enum StdinMsg {
+    Data(Bytes),
+    Eof,
+}
+
+/// The guest's stdin: bytes from the caller, and the waiting state the driver watches.
+#[derive(Clone)]
+pub struct GuestStdin {
+    state: Arc<tokio::sync::Mutex<StdinState>>,
+}
+
+struct StdinState {
+    rx: mpsc::Receiver<StdinMsg>,
+    buffered: Bytes,
+    eof: bool,
+    status: watch::Sender<GuestStatus>,
+    consumed: Option<Vec<Bytes>>,
+}
+
+impl GuestStdin {
+    /// `record` keeps every chunk the guest actually read, in order (for transcripts).
+    pub fn new(rx: mpsc::Receiver<StdinMsg>, status: watch::Sender<GuestStatus>, record: bool) -> Self {
+        GuestStdin {
+            state: Arc::new(tokio::sync::Mutex::new(StdinState {
+                rx,
+                buffered: Bytes::new(),
+                eof: false,
+                status,
+                consumed: record.then(Vec::new),
+            })),
+        }
+    }
+
+    /// The chunks the guest read so far (empty unless recording).
+    pub fn consumed(&self) -> Vec<Bytes> {
+        self.state
+            .try_lock()
+            .ok()
+            .and_then(|s| s.consumed.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl StdinState {
+    fn take_message(&mut self, msg: Option<StdinMsg>) {
+        match msg {
+            Some(StdinMsg::Data(b)) => self.buffered = b,
+            Some(StdinMsg::Eof) | None => self.eof = true,
+        }
+    }
+
+    fn poll_buffer(&mut self) {
+        if self.buffered.is_empty() && !self.eof {
+            match self.rx.try_recv() {
+                Ok(msg) => self.take_message(Some(msg)),
+                Err(mpsc::error::TryRecvError::Empty) => {}
+                Err(mpsc::error::TryRecvError::Disconnected) => self.eof = true,
+            }
+        }
+    }
+
+    fn read(&mut self, size: usize) -> StreamResult<Bytes> {
+        self.poll_buffer();
+        if self.buffered.is_empty() {
+            return if self.eof {
+                Err(StreamError::Closed)
+            } else {
+                Ok(Bytes::new())
+            };
+        }
+        let n = size.min(self.buffered.len());
+        let chunk = self.buffered.split_to(n);
+        if let Some(log) = &mut self.consumed {
+            log.push(chunk.clone());
+        }
+        Ok(chunk)
+    }
+
+    async fn wait(&mut self) {
+        self.poll_buffer();
+        if !self.buffered.is_empty() || self.eof {
+            return;
+        }
+        self.status.send_modify(|s| s.waiting_input = true);
+        let msg = self.rx.recv().await;
+        self.take_message(msg);
+        self.status.send_modify(|s| s.waiting_input = false);
+    }
+}
+
+impl IsTerminal for GuestStdin {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdinStream for GuestStdin {
+    fn p2_stream(&self) -> Box<dyn InputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncRead + Send + Sync> {
+        // Only WASIp3 guests use this; weir's guest is WASIp2 and never asks for it.
+        Box::new(tokio::io::empty())
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for GuestStdin {
+    async fn ready(&mut self) {
+        self.state.lock().await.wait().await;
+    }
+}
+
+#[async_trait::async_trait]
+impl InputStream for GuestStdin {
+    fn read(&mut self, size: usize) -> StreamResult<Bytes> {
+        match self.state.try_lock() {
+            Ok(mut state) => state.read(size),
+            // Only one guest task exists per store, so this cannot race in practice; report
+            // "nothing yet" rather than trapping.
+            Err(_) => Ok(Bytes::new()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admit_all(budget: &mut OutputBudget, data: &[u8]) -> (String, bool) {
+        let a = budget.admit(StreamKind::Stdout, data);
+        (String::from_utf8_lossy(&a.data).into_owned(), a.over_cap)
+    }
+
+    #[test]
+    fn passes_output_within_limits_unchanged() {
+        let mut b = OutputBudget::new(1000, 100);
+        assert_eq!(admit_all(&mut b, b"hello\nworld\n"), ("hello\nworld\n".into(), false));
+        assert!(!b.truncated);
+    }
+
+    #[test]
+    fn cuts_long_lines_with_a_marker_and_resumes_after_newline() {
+        let mut b = OutputBudget::new(1 << 20, 4);
+        let (out, _) = admit_all(&mut b, b"abcdefgh");
+        assert_eq!(out, "abcd [truncated: line longer than 4 B]");
+        let (out, _) = admit_all(&mut b, b"ijk\nok\n");
+        assert_eq!(out, "\nok\n");
+    }
+
+    #[test]
+    fn stops_at_the_total_cap_with_a_notice() {
+        let mut b = OutputBudget::new(10, 100);
+        let (out, over) = admit_all(&mut b, b"0123456789abc");
+        assert!(over);
+        assert!(b.truncated);
+        assert_eq!(out, "0123456789\n[output truncated: the script wrote more than 10 B]\n");
+    }
+
+    #[test]
+    fn never_splits_a_utf8_sequence() {
+        let s = "ééé".as_bytes(); // 6 bytes, 2 per char
+        assert_eq!(utf8_prefix(s, 3), 2);
+        assert_eq!(utf8_prefix(s, 4), 4);
+        assert_eq!(utf8_prefix(s, 10), 6);
+    }
+}

@@ -1,0 +1,431 @@
+//! One run: its events, its control handle, and the driver task that owns its store.
+//!
+//! The driver polls the guest future alongside the caller's commands and the run's clocks:
+//! stop drops the store at once; pause simply stops polling the guest (the epoch callback makes a
+//! busy guest yield every tick, so it is frozen within one tick and uses no CPU); the wall-time
+//! limit counts only while the guest is running, and the idle limit while it waits for input or
+//! is paused.
+
+use crate::engine::EngineVariant;
+use crate::limits::Limits;
+use crate::outcome::Outcome;
+use crate::pipes::{GuestStatus, GuestStdin, OutputLimitExceeded, OutputPipes, StdinMsg};
+use crate::sandbox::GuestState;
+use bytes::Bytes;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+use wasmtime::{Store, Trap};
+
+/// A run's identifier: 16 hex digits, unique across restarts for all practical purposes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct RunId(String);
+
+impl RunId {
+    pub fn new() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        RunId(format!("{:016x}", h.finish()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for RunId {
+    fn default() -> Self {
+        RunId::new()
+    }
+}
+
+impl std::fmt::Display for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which output stream a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamKind {
+    Stdout = 0,
+    Stderr = 1,
+}
+
+/// What the run is doing, as the caller sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Running,
+    WaitingInput,
+    Paused,
+    Repl,
+}
+
+/// How a run ended, with everything a caller may want to show or record.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    pub outcome: Outcome,
+    pub message: String,
+    /// Wall time from start to end, including paused time.
+    pub duration: Duration,
+    /// Some output was cut (line cap or total cap).
+    pub output_truncated: bool,
+    /// Bytes the script wrote to stdout and stderr.
+    pub output_bytes: u64,
+    /// Fuel the run consumed (metered runs only).
+    pub fuel_consumed: Option<u64>,
+    /// Largest linear memory the guest reached, bytes.
+    pub peak_memory: usize,
+    /// The stdin chunks the guest read, in order (when the request asked to record them).
+    pub stdin_consumed: Vec<Bytes>,
+}
+
+/// What a run reports, in order. `Exit` is always the last event.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Output { stream: StreamKind, data: Bytes },
+    State(RunState),
+    Exit(RunResult),
+}
+
+/// What the caller wants the run to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Desired {
+    Run,
+    Pause,
+    Stop,
+}
+
+/// Commands to a run. Cloneable; every method is harmless once the run has ended.
+#[derive(Clone)]
+pub struct RunControl {
+    desired: Arc<watch::Sender<Desired>>,
+    stdin: mpsc::Sender<StdinMsg>,
+}
+
+impl RunControl {
+    /// Sends bytes to the guest's stdin, waiting while its queue is full. Returns false if the
+    /// run has ended or stdin was closed.
+    pub async fn write_stdin(&self, data: impl Into<Bytes>) -> bool {
+        let data = data.into();
+        if data.is_empty() {
+            return true;
+        }
+        self.stdin.send(StdinMsg::Data(data)).await.is_ok()
+    }
+
+    /// Closes stdin: once the guest has read what was sent, it sees end of file.
+    pub async fn close_stdin(&self) {
+        let _ = self.stdin.send(StdinMsg::Eof).await;
+    }
+
+    /// Ends the run now (also while it waits for input or is paused).
+    pub fn stop(&self) {
+        self.desired.send_replace(Desired::Stop);
+    }
+
+    /// Freezes the guest: no CPU, and its wall-time clock stops.
+    pub fn pause(&self) {
+        self.desired.send_if_modified(|d| {
+            let change = *d == Desired::Run;
+            if change {
+                *d = Desired::Pause;
+            }
+            change
+        });
+    }
+
+    pub fn resume(&self) {
+        self.desired.send_if_modified(|d| {
+            let change = *d == Desired::Pause;
+            if change {
+                *d = Desired::Run;
+            }
+            change
+        });
+    }
+}
+
+/// Aborts a task when dropped, so an owner going away takes its task with it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The caller's end of a run. Dropping it stops the run and frees its store.
+pub struct RunHandle {
+    id: crate::run::RunId,
+    control: RunControl,
+    events: mpsc::Receiver<Event>,
+    scratch: PathBuf,
+    _task: AbortOnDrop,
+}
+
+impl RunHandle {
+    pub fn id(&self) -> &RunId {
+        &self.id
+    }
+
+    pub fn control(&self) -> RunControl {
+        self.control.clone()
+    }
+
+    /// The host path of the run's scratch directory (removed when the run ends).
+    pub fn scratch_path(&self) -> &Path {
+        &self.scratch
+    }
+
+    /// The next event; `None` after `Exit`.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// Consumes the events until the run ends, collecting stdout and stderr.
+    pub async fn collect(mut self) -> Collected {
+        let mut out = Collected::default();
+        while let Some(event) = self.next_event().await {
+            match event {
+                Event::Output {
+                    stream: StreamKind::Stdout,
+                    data,
+                } => out.stdout.extend_from_slice(&data),
+                Event::Output {
+                    stream: StreamKind::Stderr,
+                    data,
+                } => out.stderr.extend_from_slice(&data),
+                Event::State(s) => out.states.push(s),
+                Event::Exit(result) => out.result = Some(result),
+            }
+        }
+        out
+    }
+}
+
+/// Everything a run printed, and how it ended.
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub states: Vec<RunState>,
+    pub result: Option<RunResult>,
+}
+
+impl Collected {
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+    /// The outcome (`Crashed` if the run task vanished without reporting, which is a bug).
+    pub fn outcome(&self) -> Outcome {
+        self.result
+            .as_ref()
+            .map(|r| r.outcome.clone())
+            .unwrap_or(Outcome::Crashed {
+                detail: "the run ended without reporting".into(),
+            })
+    }
+}
+
+/// Everything the driver task owns.
+pub(crate) struct Driver {
+    pub id: RunId,
+    pub store: Store<GuestState>,
+    pub variant: Arc<EngineVariant>,
+    pub limits: Limits,
+    pub events: mpsc::Sender<Event>,
+    pub events_rx: mpsc::Receiver<Event>,
+    pub stdin_tx: mpsc::Sender<StdinMsg>,
+    pub status: watch::Receiver<GuestStatus>,
+    pub pipes: OutputPipes,
+    pub stdin: GuestStdin,
+    pub scratch_path: PathBuf,
+    pub span: tracing::Span,
+}
+
+/// Spawns the driver task and returns the caller's handle.
+pub(crate) fn spawn(mut d: Driver) -> RunHandle {
+    let (desired_tx, desired_rx) = watch::channel(Desired::Run);
+    let control = RunControl {
+        desired: Arc::new(desired_tx),
+        stdin: d.stdin_tx.clone(),
+    };
+    let events_rx = std::mem::replace(&mut d.events_rx, mpsc::channel(1).1);
+    let id = d.id.clone();
+    let scratch = d.scratch_path.clone();
+    let span = d.span.clone();
+    let task = tokio::spawn(d.run(desired_rx).instrument(span));
+    RunHandle {
+        id,
+        control,
+        events: events_rx,
+        scratch,
+        _task: AbortOnDrop(task),
+    }
+}
+
+/// How one wait of the driver ended.
+enum Wake {
+    Finished(wasmtime::Result<Result<(), ()>>),
+    Expired(Outcome),
+    Changed,
+    Stop,
+}
+
+impl Driver {
+    async fn run(self, mut desired: watch::Receiver<Desired>) {
+        let Driver {
+            mut store,
+            variant,
+            limits,
+            events,
+            mut status,
+            pipes,
+            stdin,
+            ..
+        } = self;
+        let started = Instant::now();
+        let initial_fuel = store.get_fuel().ok();
+        let finished = {
+            let call = call_guest(&mut store, &variant);
+            tokio::pin!(call);
+            supervise(&mut call, &mut desired, &mut status, &events, &limits).await
+        };
+        let outcome = match finished {
+            Ok(result) => classify(result, &store),
+            Err(outcome) => outcome,
+        };
+        let fuel_consumed = match (initial_fuel, store.get_fuel().ok()) {
+            (Some(start), Some(left)) if variant.fuel => Some(start.saturating_sub(left)),
+            _ => None,
+        };
+        let result = RunResult {
+            message: outcome.message(&limits),
+            outcome,
+            duration: started.elapsed(),
+            output_truncated: pipes.truncated(),
+            output_bytes: pipes.written(),
+            fuel_consumed,
+            peak_memory: store.data().limiter.peak(),
+            stdin_consumed: stdin.consumed(),
+        };
+        // Free the instance before reporting, so a caller that sees `Exit` sees it gone.
+        drop(store);
+        tracing::info!(outcome = result.outcome.kind(), duration_ms = result.duration.as_millis() as u64, "run finished");
+        let _ = events.send(Event::Exit(result)).await;
+    }
+}
+
+async fn call_guest(
+    store: &mut Store<GuestState>,
+    variant: &EngineVariant,
+) -> wasmtime::Result<Result<(), ()>> {
+    let command = variant.pre.instantiate_async(&mut *store).await?;
+    command.wasi_cli_run().call_run(&mut *store).await
+}
+
+/// Polls the guest until it finishes (`Ok`) or the run must end for another reason (`Err`).
+async fn supervise(
+    call: &mut std::pin::Pin<&mut impl std::future::Future<Output = wasmtime::Result<Result<(), ()>>>>,
+    desired: &mut watch::Receiver<Desired>,
+    status: &mut watch::Receiver<GuestStatus>,
+    events: &mpsc::Sender<Event>,
+    limits: &Limits,
+) -> Result<wasmtime::Result<Result<(), ()>>, Outcome> {
+    let mut wall_left = limits.wall();
+    let mut shown: Option<RunState> = None;
+    loop {
+        let want = *desired.borrow_and_update();
+        let guest = *status.borrow_and_update();
+        if want == Desired::Stop {
+            return Err(Outcome::Stopped);
+        }
+        let state = match (want, guest) {
+            (Desired::Pause, _) => RunState::Paused,
+            (_, g) if g.waiting_input && g.in_repl => RunState::Repl,
+            (_, g) if g.waiting_input => RunState::WaitingInput,
+            _ => RunState::Running,
+        };
+        if shown != Some(state) {
+            if shown == Some(RunState::Repl) && state == RunState::Running {
+                wall_left = limits.wall(); // each REPL statement gets the full time limit
+            }
+            let _ = events.send(Event::State(state)).await;
+            shown = Some(state);
+        }
+        let running = state == RunState::Running;
+        let (budget, on_expiry) = if running {
+            (wall_left, Outcome::Timeout)
+        } else {
+            (limits.idle(), Outcome::Idle)
+        };
+        let segment = Instant::now();
+        let wake = tokio::select! {
+            biased;
+            changed = desired.changed() => if changed.is_ok() { Wake::Changed } else { Wake::Stop },
+            _ = status.changed() => Wake::Changed,
+            result = call.as_mut(), if state != RunState::Paused => Wake::Finished(result),
+            _ = tokio::time::sleep(budget) => Wake::Expired(on_expiry),
+        };
+        if running {
+            wall_left = wall_left.saturating_sub(segment.elapsed());
+        }
+        match wake {
+            Wake::Finished(result) => return Ok(result),
+            Wake::Expired(outcome) => return Err(outcome),
+            Wake::Stop => return Err(Outcome::Stopped),
+            Wake::Changed => {}
+        }
+    }
+}
+
+/// Maps what the guest call returned to an outcome.
+fn classify(result: wasmtime::Result<Result<(), ()>>, store: &Store<GuestState>) -> Outcome {
+    let data = store.data();
+    let memory_hit = data.limiter.hit();
+    let error = match result {
+        Ok(Ok(())) => return Outcome::Exited { code: 0 },
+        Ok(Err(())) => return exited_with(1, data, memory_hit),
+        Err(e) => e,
+    };
+    if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return exited_with(exit.0, data, memory_hit);
+    }
+    if error.downcast_ref::<OutputLimitExceeded>().is_some() {
+        return Outcome::OutputLimit;
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => Outcome::CpuLimit,
+        Some(Trap::StackOverflow) => Outcome::StackOverflow,
+        _ if memory_hit => Outcome::MemoryLimit,
+        _ => Outcome::Crashed {
+            detail: format!("{error:#}"),
+        },
+    }
+}
+
+fn exited_with(code: i32, data: &GuestState, memory_hit: bool) -> Outcome {
+    match &data.host.uncaught {
+        Some(u) if code == 1 && u.type_name == "MemoryError" && memory_hit => Outcome::MemoryLimit,
+        Some(u) if code == 1 => Outcome::Error {
+            exception: u.type_name.clone(),
+            message: u.message.clone(),
+        },
+        _ => Outcome::Exited { code },
+    }
+}

@@ -1,0 +1,316 @@
+//! The sandbox: owns the engines and builds one fresh, isolated `Store` per run.
+//!
+//! A store sees only what its request gives it: its scratch directory (as `/sandbox`, its working
+//! directory), explicitly mounted host directories, the request's args and env, and stdio pipes.
+//! No host environment variable, file or socket is reachable.
+
+use crate::engine::{EngineSettings, EngineVariant};
+use crate::host::{HostState, Launch};
+use crate::limits::{LimitError, Limits, MemoryLimiter};
+use crate::pipes::{GuestStatus, GuestStdin, OutputPipes, StdinMsg};
+use crate::run::{self, RunHandle, RunId, StreamKind};
+use crate::scratch::{Scratch, ScratchError};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, UpdateDeadline};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+
+/// Where the scratch directory appears inside the guest (also its working directory).
+pub const GUEST_DIR: &str = "/sandbox";
+
+/// Events a run may have in flight towards a slow consumer before the guest has to wait.
+const EVENT_QUEUE: usize = 16;
+/// Stdin chunks the caller may have queued before `write_stdin` waits.
+const STDIN_QUEUE: usize = 16;
+
+/// What the user's program is.
+#[derive(Debug, Clone)]
+pub enum Program {
+    /// A script file, written to the scratch dir under `filename` and run as `__main__`.
+    Script { filename: String, source: Vec<u8> },
+    /// Source run as `python -c CODE`.
+    Code(String),
+}
+
+/// A host directory the caller explicitly exposes to the guest, at the same absolute path.
+#[derive(Debug, Clone)]
+pub struct Mount {
+    pub host: PathBuf,
+    pub guest: String,
+    pub read_only: bool,
+}
+
+/// Everything a run needs. Build with [`RunRequest::script`] and adjust the public fields.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub program: Program,
+    /// Extra files placed in the scratch dir (relative paths).
+    pub files: Vec<(String, Vec<u8>)>,
+    /// `sys.argv[1:]`.
+    pub args: Vec<String>,
+    /// The guest's whole environment.
+    pub env: Vec<(String, String)>,
+    pub limits: Limits,
+    /// Start an interactive console after the script (`python -i`).
+    pub repl: bool,
+    /// Bytes available on stdin from the start.
+    pub stdin: Option<Vec<u8>>,
+    /// Close stdin after `stdin` (the guest then sees EOF instead of waiting).
+    pub close_stdin: bool,
+    pub mounts: Vec<Mount>,
+    /// Keep the stdin the guest read, in order, in the result (for transcripts).
+    pub record_stdin: bool,
+}
+
+impl RunRequest {
+    /// A script named `main.py` with default limits.
+    pub fn script(source: impl Into<Vec<u8>>) -> Self {
+        RunRequest {
+            program: Program::Script {
+                filename: "main.py".into(),
+                source: source.into(),
+            },
+            files: Vec::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+            limits: Limits::default(),
+            repl: false,
+            stdin: None,
+            close_stdin: false,
+            mounts: Vec::new(),
+            record_stdin: false,
+        }
+    }
+}
+
+/// Why a run could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Limits(#[from] LimitError),
+    #[error(transparent)]
+    Scratch(#[from] ScratchError),
+    #[error("all {0} sandbox slots are in use; try again shortly")]
+    AtCapacity(u32),
+    #[error("cannot mount {path}: {reason}")]
+    Mount { path: String, reason: String },
+    #[error("the sandbox failed to start the run: {0}")]
+    Internal(String),
+}
+
+/// A store's data: the WASI context and everything the run's host side tracks.
+pub struct GuestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) host: HostState,
+    pub(crate) status: watch::Sender<GuestStatus>,
+    _slot: OwnedSemaphorePermit,
+    _scratch: Scratch,
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The sandbox. Cheap to clone; every clone shares the engines and the instance slots.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: EngineSettings,
+    plain: Arc<EngineVariant>,
+    fueled: tokio::sync::OnceCell<Arc<EngineVariant>>,
+    slots: Arc<Semaphore>,
+}
+
+impl Sandbox {
+    /// Loads the engine and the guest (compiling it once if it is not cached). Blocking.
+    pub fn load(settings: EngineSettings) -> anyhow::Result<Self> {
+        let plain = Arc::new(EngineVariant::load(&settings, false)?);
+        let slots = Arc::new(Semaphore::new(settings.max_instances as usize));
+        Ok(Sandbox {
+            inner: Arc::new(Inner {
+                settings,
+                plain,
+                fueled: tokio::sync::OnceCell::new(),
+                slots,
+            }),
+        })
+    }
+
+    /// [`Sandbox::load`] on a blocking thread.
+    pub async fn load_async(settings: EngineSettings) -> anyhow::Result<Self> {
+        tokio::task::spawn_blocking(move || Sandbox::load(settings)).await?
+    }
+
+    /// Guest instances alive right now (stores not yet dropped).
+    pub fn live_instances(&self) -> usize {
+        self.inner.settings.max_instances as usize - self.inner.slots.available_permits()
+    }
+
+    pub fn settings(&self) -> &EngineSettings {
+        &self.inner.settings
+    }
+
+    /// The engine variant for these limits: fuel metering needs its own compiled code.
+    async fn variant(&self, limits: &Limits) -> Result<Arc<EngineVariant>, StartError> {
+        if limits.cpu_fuel.is_none() {
+            return Ok(self.inner.plain.clone());
+        }
+        let settings = self.inner.settings.clone();
+        self.inner
+            .fueled
+            .get_or_try_init(|| async move {
+                tokio::task::spawn_blocking(move || EngineVariant::load(&settings, true))
+                    .await
+                    .map_err(|e| StartError::Internal(e.to_string()))?
+                    .map(Arc::new)
+                    .map_err(|e| StartError::Internal(format!("{e:#}")))
+            })
+            .await
+            .cloned()
+    }
+
+    /// Starts a run in a fresh store. The returned handle owns the run: dropping it stops the
+    /// run and frees everything it holds.
+    pub async fn start(&self, req: RunRequest) -> Result<RunHandle, StartError> {
+        req.limits.validate()?;
+        let variant = self.variant(&req.limits).await?;
+        let slot = self
+            .inner
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| StartError::AtCapacity(self.inner.settings.max_instances))?;
+        let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
+        let (status_tx, status_rx) = watch::channel(GuestStatus::default());
+        if let Some(data) = req.stdin.clone().filter(|d| !d.is_empty()) {
+            // The queue is empty and has room: this cannot fail.
+            let _ = stdin_tx.try_send(StdinMsg::Data(data.into()));
+        }
+        if req.close_stdin {
+            let _ = stdin_tx.try_send(StdinMsg::Eof);
+        }
+        let stdin = GuestStdin::new(stdin_rx, status_tx.clone(), req.record_stdin);
+        let pipes = OutputPipes::new(events_tx.clone(), req.limits.output_bytes, req.limits.line_bytes);
+        let scratch = Scratch::create(&req, req.limits.scratch_bytes)?;
+        let scratch_path = scratch.path().to_path_buf();
+        let wasi = wasi_context(&req, &scratch, &pipes, &stdin)?;
+        let state = GuestState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(req.limits.memory_bytes),
+            host: HostState {
+                launch: launch_of(&req.program, req.repl),
+                uncaught: None,
+            },
+            status: status_tx,
+            _slot: slot,
+            _scratch: scratch,
+        };
+        let store = new_store(&variant, state, &req.limits)?;
+        let id = RunId::new();
+        let span = tracing::info_span!("run", run_id = %id);
+        tracing::debug!(parent: &span, limits = ?req.limits, "run starting");
+        Ok(run::spawn(run::Driver {
+            id,
+            store,
+            variant,
+            limits: req.limits,
+            events: events_tx,
+            events_rx,
+            stdin_tx,
+            status: status_rx,
+            pipes,
+            stdin,
+            scratch_path,
+            span,
+        }))
+    }
+}
+
+fn launch_of(program: &Program, repl: bool) -> Launch {
+    match program {
+        Program::Script { filename, .. } => Launch {
+            script: filename.clone(),
+            code: None,
+            repl,
+        },
+        Program::Code(code) => Launch {
+            script: String::new(),
+            code: Some(code.clone()),
+            repl,
+        },
+    }
+}
+
+fn argv(req: &RunRequest) -> Vec<String> {
+    let first = match &req.program {
+        Program::Script { filename, .. } => filename.clone(),
+        Program::Code(_) => "-c".into(),
+    };
+    std::iter::once(first).chain(req.args.iter().cloned()).collect()
+}
+
+fn wasi_context(
+    req: &RunRequest,
+    scratch: &Scratch,
+    pipes: &OutputPipes,
+    stdin: &GuestStdin,
+) -> Result<WasiCtx, StartError> {
+    let mut b = WasiCtx::builder();
+    b.stdin(stdin.clone())
+        .stdout(pipes.stream(StreamKind::Stdout))
+        .stderr(pipes.stream(StreamKind::Stderr))
+        .args(&argv(req))
+        .envs(&req.env)
+        .initial_cwd(GUEST_DIR)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    b.preopened_dir(scratch.path(), GUEST_DIR, FsPerms::ReadWrite)
+        .map_err(|e| StartError::Internal(format!("cannot open scratch dir: {e:#}")))?;
+    for m in &req.mounts {
+        let perms = if m.read_only {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        };
+        b.preopened_dir(&m.host, &m.guest, perms)
+            .map_err(|e| StartError::Mount {
+                path: m.host.display().to_string(),
+                reason: format!("{e:#}"),
+            })?;
+    }
+    Ok(b.build())
+}
+
+fn new_store(
+    variant: &EngineVariant,
+    state: GuestState,
+    limits: &Limits,
+) -> Result<Store<GuestState>, StartError> {
+    let mut store = Store::new(&variant.engine, state);
+    store.limiter(|s| &mut s.limiter);
+    if variant.fuel {
+        store
+            .set_fuel(limits.cpu_fuel.unwrap_or(u64::MAX))
+            .map_err(|e| StartError::Internal(format!("{e:#}")))?;
+    }
+    // Yield to the executor on every epoch tick: the driver can then stop, pause or time out
+    // the run, and a busy guest never holds a worker thread for more than one tick.
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+    Ok(store)
+}
