@@ -10,8 +10,9 @@
 use crate::limits::human_bytes;
 use crate::run::{Event, StreamKind};
 use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use wasmtime_wasi::cli::{IsTerminal, StdinStream, StdoutStream};
 use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, StreamResult};
 
@@ -130,6 +131,7 @@ impl OutputBudget {
                 );
                 out.extend_from_slice(marker.as_bytes());
                 self.cutting_line[s] = true;
+                self.truncated = true;
             }
         }
         if ends_line {
@@ -140,43 +142,130 @@ impl OutputBudget {
     }
 }
 
-/// Both output pipes of one run; cloned into the WASI context as stdout and stderr.
-#[derive(Clone)]
-pub struct OutputPipes {
+/// Output on its way from the guest to the caller, shared by stdout and stderr.
+///
+/// A write goes straight into the event channel when the consumer keeps up and nothing is queued;
+/// otherwise it joins a small ordered queue (at most [`CHUNK_BYTES`]) that the run driver drains
+/// as the consumer frees room, merging consecutive writes of a stream into one chunk. The guest
+/// waits only when that queue is full: backpressure with batching, and stdout/stderr order kept.
+pub struct OutputQueue {
+    state: Mutex<QueueState>,
     events: mpsc::Sender<Event>,
-    budget: Arc<Mutex<OutputBudget>>,
+    data: Notify,
+    space: Notify,
 }
 
-impl OutputPipes {
-    pub fn new(events: mpsc::Sender<Event>, cap: u64, line_cap: u64) -> Self {
-        OutputPipes {
+struct QueueState {
+    budget: OutputBudget,
+    segments: VecDeque<(StreamKind, BytesMut)>,
+    queued: usize,
+}
+
+impl OutputQueue {
+    pub fn new(events: mpsc::Sender<Event>, cap: u64, line_cap: u64) -> Arc<Self> {
+        Arc::new(OutputQueue {
+            state: Mutex::new(QueueState {
+                budget: OutputBudget::new(cap, line_cap),
+                segments: VecDeque::new(),
+                queued: 0,
+            }),
             events,
-            budget: Arc::new(Mutex::new(OutputBudget::new(cap, line_cap))),
-        }
+            data: Notify::new(),
+            space: Notify::new(),
+        })
     }
 
-    /// The WASI stdout or stderr backed by these pipes.
-    pub fn stream(&self, kind: StreamKind) -> GuestOutput {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        // The lock is never held across a panic point that leaves the state inconsistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The WASI stdout or stderr backed by this queue.
+    pub fn stream(self: &Arc<Self>, kind: StreamKind) -> GuestOutput {
         GuestOutput {
-            pipes: self.clone(),
+            queue: self.clone(),
             kind,
         }
     }
 
     /// Whether any output was cut (line cap or total cap).
     pub fn truncated(&self) -> bool {
-        self.budget.lock().map(|b| b.truncated).unwrap_or(true)
+        self.lock().budget.truncated
     }
 
     /// Bytes the guest wrote to stdout and stderr together (before any cutting).
     pub fn written(&self) -> u64 {
-        self.budget.lock().map(|b| b.written).unwrap_or(0)
+        self.lock().budget.written
+    }
+
+    pub fn has_queued(&self) -> bool {
+        self.lock().queued > 0
+    }
+
+    /// Waits until the guest queues output (returns at once if some is queued).
+    pub async fn data_queued(&self) {
+        loop {
+            let notified = self.data.notified();
+            if self.has_queued() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Takes the oldest queued chunk, making room for the guest.
+    pub fn pop(&self) -> Option<Event> {
+        let mut state = self.lock();
+        let (stream, data) = state.segments.pop_front()?;
+        state.queued -= data.len();
+        drop(state);
+        self.space.notify_one();
+        Some(Event::Output {
+            stream,
+            data: data.freeze(),
+        })
+    }
+
+    fn push(&self, kind: StreamKind, bytes: &[u8]) -> Result<(), OutputLimitExceeded> {
+        let mut state = self.lock();
+        let admitted = state.budget.admit(kind, bytes);
+        let data = admitted.data;
+        if !data.is_empty() {
+            if state.segments.is_empty() {
+                if let Ok(permit) = self.events.try_reserve() {
+                    permit.send(Event::Output { stream: kind, data });
+                    return ok_unless(admitted.over_cap);
+                }
+            }
+            state.queued += data.len();
+            match state.segments.back_mut() {
+                Some((k, tail)) if *k == kind && tail.len() + data.len() <= CHUNK_BYTES => {
+                    tail.extend_from_slice(&data)
+                }
+                _ => state.segments.push_back((kind, BytesMut::from(&data[..]))),
+            }
+            drop(state);
+            self.data.notify_one();
+        }
+        ok_unless(admitted.over_cap)
+    }
+
+    fn room(&self) -> usize {
+        CHUNK_BYTES.saturating_sub(self.lock().queued)
+    }
+}
+
+fn ok_unless(over_cap: bool) -> Result<(), OutputLimitExceeded> {
+    if over_cap {
+        Err(OutputLimitExceeded)
+    } else {
+        Ok(())
     }
 }
 
 /// One of the guest's output streams (a `StdoutStream` for the WASI context).
 pub struct GuestOutput {
-    pipes: OutputPipes,
+    queue: Arc<OutputQueue>,
     kind: StreamKind,
 }
 
@@ -188,10 +277,9 @@ impl IsTerminal for GuestOutput {
 
 impl StdoutStream for GuestOutput {
     fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(OutputHandle {
-            pipes: self.pipes.clone(),
+        Box::new(GuestOutput {
+            queue: self.queue.clone(),
             kind: self.kind,
-            permit: None,
         })
     }
 
@@ -201,79 +289,39 @@ impl StdoutStream for GuestOutput {
     }
 }
 
-/// A guest handle to an output stream; holds at most one reserved slot of the event channel.
-struct OutputHandle {
-    pipes: OutputPipes,
-    kind: StreamKind,
-    permit: Option<mpsc::OwnedPermit<Event>>,
-}
-
-impl OutputHandle {
-    fn try_reserve(&mut self) -> StreamResult<bool> {
-        if self.permit.is_some() {
-            return Ok(true);
-        }
-        match self.pipes.events.clone().try_reserve_owned() {
-            Ok(permit) => {
-                self.permit = Some(permit);
-                Ok(true)
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => Ok(false),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(StreamError::Closed),
-        }
-    }
-}
-
 #[async_trait::async_trait]
-impl Pollable for OutputHandle {
+impl Pollable for GuestOutput {
     async fn ready(&mut self) {
-        if self.permit.is_none() {
-            // A closed channel means nobody listens any more; readiness then reports the error
-            // through `check_write`.
-            if let Ok(permit) = self.pipes.events.clone().reserve_owned().await {
-                self.permit = Some(permit);
+        loop {
+            let notified = self.queue.space.notified();
+            if self.queue.room() > 0 || self.queue.events.is_closed() {
+                return;
             }
+            notified.await;
         }
     }
 }
 
-impl OutputStream for OutputHandle {
+impl OutputStream for GuestOutput {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        if bytes.is_empty() {
-            return Ok(());
+        if self.queue.events.is_closed() {
+            return Err(StreamError::Closed);
         }
-        if !self.try_reserve()? {
-            return Err(StreamError::trap("write without permission from check-write"));
-        }
-        let admitted = match self.pipes.budget.lock() {
-            Ok(mut budget) => budget.admit(self.kind, &bytes),
-            Err(_) => return Err(StreamError::trap("output accounting poisoned")),
-        };
-        if let Some(permit) = self.permit.take() {
-            if !admitted.data.is_empty() {
-                permit.send(Event::Output {
-                    stream: self.kind,
-                    data: admitted.data,
-                });
-            }
-        }
-        if admitted.over_cap {
-            return Err(StreamError::Trap(OutputLimitExceeded.into()));
-        }
-        Ok(())
+        self.queue
+            .push(self.kind, &bytes)
+            .map_err(|e| StreamError::Trap(e.into()))
     }
 
     fn flush(&mut self) -> StreamResult<()> {
-        // Every write is handed to the channel whole; there is nothing left to flush.
+        // Queued output is delivered by the run driver, before the run's `Exit` at the latest.
         Ok(())
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
-        if self.try_reserve()? {
-            Ok(CHUNK_BYTES)
-        } else {
-            Ok(0)
+        if self.queue.events.is_closed() {
+            return Err(StreamError::Closed);
         }
+        Ok(self.queue.room())
     }
 }
 
@@ -445,5 +493,19 @@ mod tests {
         assert_eq!(utf8_prefix(s, 3), 2);
         assert_eq!(utf8_prefix(s, 4), 4);
         assert_eq!(utf8_prefix(s, 10), 6);
+    }
+
+    #[test]
+    fn line_cap_is_exact_across_chunks() {
+        for chunk in [1usize, 7, 4096, 8192, 10_000] {
+            let mut b = OutputBudget::new(1 << 30, 1000);
+            let mut out = Vec::new();
+            let line = vec![b'x'; 5000];
+            for piece in line.chunks(chunk) {
+                out.extend_from_slice(&b.admit(StreamKind::Stdout, piece).data);
+            }
+            let xs = out.iter().filter(|c| **c == b'x').count();
+            assert_eq!(xs, 1000, "chunk size {chunk}");
+        }
     }
 }

@@ -9,7 +9,7 @@
 use crate::engine::EngineVariant;
 use crate::limits::Limits;
 use crate::outcome::Outcome;
-use crate::pipes::{GuestStatus, GuestStdin, OutputLimitExceeded, OutputPipes, StdinMsg};
+use crate::pipes::{GuestStatus, GuestStdin, OutputLimitExceeded, OutputQueue, StdinMsg};
 use crate::sandbox::GuestState;
 use bytes::Bytes;
 use serde::Serialize;
@@ -252,7 +252,7 @@ pub(crate) struct Driver {
     pub events_rx: mpsc::Receiver<Event>,
     pub stdin_tx: mpsc::Sender<StdinMsg>,
     pub status: watch::Receiver<GuestStatus>,
-    pub pipes: OutputPipes,
+    pub pipes: Arc<OutputQueue>,
     pub stdin: GuestStdin,
     pub scratch_path: PathBuf,
     pub span: tracing::Span,
@@ -304,8 +304,9 @@ impl Driver {
         let finished = {
             let call = call_guest(&mut store, &variant);
             tokio::pin!(call);
-            supervise(&mut call, &mut desired, &mut status, &events, &limits).await
+            supervise(&mut call, &mut desired, &mut status, &events, &pipes, &limits).await
         };
+        drain(&pipes, &events).await;
         let outcome = match finished {
             Ok(result) => classify(result, &store),
             Err(outcome) => outcome,
@@ -345,6 +346,7 @@ async fn supervise(
     desired: &mut watch::Receiver<Desired>,
     status: &mut watch::Receiver<GuestStatus>,
     events: &mpsc::Sender<Event>,
+    output: &OutputQueue,
     limits: &Limits,
 ) -> Result<wasmtime::Result<Result<(), ()>>, Outcome> {
     let mut wall_left = limits.wall();
@@ -365,6 +367,7 @@ async fn supervise(
             if shown == Some(RunState::Repl) && state == RunState::Running {
                 wall_left = limits.wall(); // each REPL statement gets the full time limit
             }
+            drain(output, events).await; // output printed before the change comes first
             let _ = events.send(Event::State(state)).await;
             shown = Some(state);
         }
@@ -379,6 +382,13 @@ async fn supervise(
             biased;
             changed = desired.changed() => if changed.is_ok() { Wake::Changed } else { Wake::Stop },
             _ = status.changed() => Wake::Changed,
+            permit = events.reserve(), if output.has_queued() => {
+                if let (Ok(permit), Some(chunk)) = (permit, output.pop()) {
+                    permit.send(chunk);
+                }
+                Wake::Changed
+            }
+            _ = output.data_queued(), if !output.has_queued() => Wake::Changed,
             result = call.as_mut(), if state != RunState::Paused => Wake::Finished(result),
             _ = tokio::time::sleep(budget) => Wake::Expired(on_expiry),
         };
@@ -390,6 +400,15 @@ async fn supervise(
             Wake::Expired(outcome) => return Err(outcome),
             Wake::Stop => return Err(Outcome::Stopped),
             Wake::Changed => {}
+        }
+    }
+}
+
+/// Delivers all queued output, waiting for the consumer as needed.
+async fn drain(output: &OutputQueue, events: &mpsc::Sender<Event>) {
+    while let Some(chunk) = output.pop() {
+        if events.send(chunk).await.is_err() {
+            return;
         }
     }
 }
@@ -419,9 +438,17 @@ fn classify(result: wasmtime::Result<Result<(), ()>>, store: &Store<GuestState>)
     }
 }
 
+/// CPython's message when an object size does not fit in `Py_ssize_t`.
+const SIZE_OVERFLOW: &str = "cannot fit 'int' into an index-sized integer";
+
 fn exited_with(code: i32, data: &GuestState, memory_hit: bool) -> Outcome {
     match &data.host.uncaught {
         Some(u) if code == 1 && u.type_name == "MemoryError" && memory_hit => Outcome::MemoryLimit,
+        // wasm32 CPython: a size past the 32-bit address space (`bytearray(10**10)`) cannot even
+        // be expressed; a 64-bit CPython would have failed the allocation instead.
+        Some(u) if code == 1 && u.type_name == "OverflowError" && u.message == SIZE_OVERFLOW => {
+            Outcome::MemoryLimit
+        }
         Some(u) if code == 1 => Outcome::Error {
             exception: u.type_name.clone(),
             message: u.message.clone(),

@@ -7,7 +7,7 @@
 use crate::engine::{EngineSettings, EngineVariant};
 use crate::host::{HostState, Launch};
 use crate::limits::{LimitError, Limits, MemoryLimiter};
-use crate::pipes::{GuestStatus, GuestStdin, OutputPipes, StdinMsg};
+use crate::pipes::{GuestStatus, GuestStdin, OutputQueue, StdinMsg};
 use crate::run::{self, RunHandle, RunId, StreamKind};
 use crate::scratch::{Scratch, ScratchError};
 use std::path::PathBuf;
@@ -203,7 +203,7 @@ impl Sandbox {
             let _ = stdin_tx.try_send(StdinMsg::Eof);
         }
         let stdin = GuestStdin::new(stdin_rx, status_tx.clone(), req.record_stdin);
-        let pipes = OutputPipes::new(events_tx.clone(), req.limits.output_bytes, req.limits.line_bytes);
+        let pipes = OutputQueue::new(events_tx.clone(), req.limits.output_bytes, req.limits.line_bytes);
         let scratch = Scratch::create(&req, req.limits.scratch_bytes)?;
         let scratch_path = scratch.path().to_path_buf();
         let wasi = wasi_context(&req, &scratch, &pipes, &stdin)?;
@@ -266,7 +266,7 @@ fn argv(req: &RunRequest) -> Vec<String> {
 fn wasi_context(
     req: &RunRequest,
     scratch: &Scratch,
-    pipes: &OutputPipes,
+    pipes: &Arc<OutputQueue>,
     stdin: &GuestStdin,
 ) -> Result<WasiCtx, StartError> {
     let mut b = WasiCtx::builder();

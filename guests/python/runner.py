@@ -109,7 +109,26 @@ def _patch_asyncio():
     loop._write_to_self = lambda self: None
 
 
+def _buffered_stdio():
+    """componentize-py leaves stdout/stderr unbuffered (one host call per write); give them the
+    line-buffered writers `python main.py` has, so a print() is one write and output still
+    streams line by line."""
+    import io
+
+    def writer(fd, errors):
+        raw = io.FileIO(fd, "wb", closefd=False)
+        stream = io.TextIOWrapper(
+            io.BufferedWriter(raw, 8192), encoding="utf-8", errors=errors, line_buffering=True
+        )
+        stream.mode = "w"
+        return stream
+
+    sys.stdout = sys.__stdout__ = writer(1, "strict")
+    sys.stderr = sys.__stderr__ = writer(2, "backslashreplace")
+
+
 PREIMPORTED = _preimport_stdlib()
+_buffered_stdio()
 sys.meta_path.append(_SourceFinder(_capture_sources(_ON_DEMAND)))
 _patch_asyncio()
 _BUILD_PATH = list(sys.path)
@@ -121,7 +140,7 @@ gc.freeze()
 
 # ------------------------------------------------------------------ run time
 
-_RUNNER_FILE = __file__ if "__file__" in globals() else "runner.py"
+_RUNNER_FILE = _denied.__code__.co_filename
 
 
 def _refresh_process_state(script_dir):
@@ -138,10 +157,6 @@ def _refresh_process_state(script_dir):
     import random
 
     random.seed()  # the build-time seed is in the snapshot: draw a fresh one from wasi:random
-    if hasattr(sys.stdout, "reconfigure"):
-        sys.stdout.reconfigure(line_buffering=True)
-    if hasattr(sys.stderr, "reconfigure"):
-        sys.stderr.reconfigure(line_buffering=True)
 
 
 def _new_main(filename):
@@ -179,8 +194,10 @@ def _report(exc):
     """Print an uncaught exception as CPython does and tell the host. Returns the exit code."""
     if isinstance(exc, SystemExit):
         return _exit_code(exc)
+    tb = _user_traceback(exc.__traceback__)
     try:
-        sys.excepthook(type(exc), exc, _user_traceback(exc.__traceback__))
+        exc.__traceback__ = tb  # the default hook prints exc.__traceback__, not its argument
+        sys.excepthook(type(exc), exc, tb)
     except BaseException:  # noqa: BLE001
         pass
     try:

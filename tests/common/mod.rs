@@ -1,0 +1,90 @@
+//! Helpers shared by the integration tests: one sandbox per test binary, and run shortcuts.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+use std::time::Duration;
+use weir::{Collected, EngineSettings, Event, Limits, RunHandle, RunRequest, Sandbox};
+
+/// The sandbox every test in this binary shares (the compiled guest comes from the disk cache).
+pub fn sandbox() -> Sandbox {
+    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
+    SANDBOX
+        .get_or_init(|| Sandbox::load(EngineSettings::default()).expect("sandbox loads"))
+        .clone()
+}
+
+/// A sandbox of its own, for tests that count instances.
+pub fn private_sandbox(max_instances: u32) -> Sandbox {
+    let settings = EngineSettings {
+        max_instances,
+        ..EngineSettings::default()
+    };
+    Sandbox::load(settings).expect("sandbox loads")
+}
+
+pub fn limits(f: impl FnOnce(&mut Limits)) -> Limits {
+    let mut l = Limits::default();
+    f(&mut l);
+    l
+}
+
+pub async fn start(req: RunRequest) -> RunHandle {
+    sandbox().start(req).await.expect("run starts")
+}
+
+/// Runs a script to the end with closed stdin.
+pub async fn run(source: &str) -> Collected {
+    let mut req = RunRequest::script(source);
+    req.close_stdin = true;
+    start(req).await.collect().await
+}
+
+pub async fn run_with(source: &str, f: impl FnOnce(&mut RunRequest)) -> Collected {
+    let mut req = RunRequest::script(source);
+    req.close_stdin = true;
+    f(&mut req);
+    start(req).await.collect().await
+}
+
+/// Waits for the next event, failing the test if none comes within `secs`.
+pub async fn next(handle: &mut RunHandle, secs: u64) -> Event {
+    tokio::time::timeout(Duration::from_secs(secs), handle.next_event())
+        .await
+        .expect("an event arrives in time")
+        .expect("the run has not ended")
+}
+
+/// Reads events until stdout has produced `text` (accumulated), returning everything read.
+pub async fn read_until_stdout(handle: &mut RunHandle, text: &str) -> String {
+    let mut out = String::new();
+    while !out.contains(text) {
+        if let Event::Output { data, .. } = next(handle, 20).await {
+            out.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    out
+}
+
+/// Reads events until the run reports `state`; returns the stdout seen on the way.
+pub async fn wait_state(handle: &mut RunHandle, state: weir::RunState) -> String {
+    let mut out = String::new();
+    loop {
+        match next(handle, 20).await {
+            Event::State(s) if s == state => return out,
+            Event::Output { stream: weir::StreamKind::Stdout, data } => {
+                out.push_str(&String::from_utf8_lossy(&data))
+            }
+            Event::Exit(r) => panic!("run ended ({:?}) before reaching {state:?}", r.outcome),
+            _ => {}
+        }
+    }
+}
+
+/// Waits (up to 1 s) for every instance of `sandbox` to be freed.
+pub async fn until_no_instances(sandbox: &Sandbox) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    while sandbox.live_instances() != 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(sandbox.live_instances(), 0, "instances still alive after 1 s");
+}

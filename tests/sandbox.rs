@@ -1,0 +1,426 @@
+//! The sandbox as a library user sees it: what scripts print, how runs end, what they can reach.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+use weir::{Event, Outcome, RunRequest, RunState, StreamKind};
+
+#[tokio::test]
+async fn hello_prints_and_exits_zero() {
+    let out = run("print('hello')").await;
+    assert_eq!(out.stdout_text(), "hello\n");
+    assert_eq!(out.stderr_text(), "");
+    assert_eq!(out.outcome(), Outcome::Exited { code: 0 });
+}
+
+#[tokio::test]
+async fn script_sees_argv_file_and_only_given_env() {
+    let out = run_with(
+        "import sys, os\nprint(sys.argv)\nprint(__file__, __name__)\nprint(sorted(os.environ.items()))\nprint(os.getcwd())",
+        |r| {
+            r.args = vec!["a".into(), "-b".into()];
+            r.env = vec![("GREETING".into(), "hi".into())];
+        },
+    )
+    .await;
+    assert_eq!(
+        out.stdout_text(),
+        "['main.py', 'a', '-b']\n/sandbox/main.py __main__\n[('GREETING', 'hi')]\n/sandbox\n"
+    );
+}
+
+#[tokio::test]
+async fn traceback_has_cpython_shape_without_runner_frames() {
+    let out = run("def f():\n    return 1/0\nf()\n").await;
+    assert_eq!(
+        out.stderr_text(),
+        "Traceback (most recent call last):\n  File \"/sandbox/main.py\", line 3, in <module>\n    f()\n    ~^^\n  File \"/sandbox/main.py\", line 2, in f\n    return 1/0\n           ~^~\nZeroDivisionError: division by zero\n"
+    );
+    assert_eq!(
+        out.outcome(),
+        Outcome::Error {
+            exception: "ZeroDivisionError".into(),
+            message: "division by zero".into()
+        }
+    );
+    assert_eq!(out.outcome().exit_code(), 1);
+}
+
+#[tokio::test]
+async fn syntax_error_is_reported_like_cpython() {
+    let out = run("x = (\n").await;
+    let err = out.stderr_text();
+    assert!(err.starts_with("  File \"/sandbox/main.py\", line 1\n"), "{err}");
+    assert!(err.contains("SyntaxError: '(' was never closed"), "{err}");
+    assert!(!err.contains("runner"), "{err}");
+    assert!(matches!(out.outcome(), Outcome::Error { exception, .. } if exception == "SyntaxError"));
+}
+
+#[tokio::test]
+async fn sys_exit_code_is_the_outcome() {
+    assert_eq!(run("import sys; sys.exit(3)").await.outcome(), Outcome::Exited { code: 3 });
+    assert_eq!(run("import sys; sys.exit()").await.outcome(), Outcome::Exited { code: 0 });
+    let out = run("import sys; sys.exit('bye')").await;
+    assert_eq!(out.stderr_text(), "bye\n");
+    assert_eq!(out.outcome(), Outcome::Exited { code: 1 });
+}
+
+#[tokio::test]
+async fn atexit_handlers_run_and_stdout_and_stderr_keep_their_order() {
+    let out = run_with(
+        "import sys, atexit\natexit.register(lambda: print('bye'))\nprint(1)\nprint(2, file=sys.stderr)\nprint(3)",
+        |_| {},
+    )
+    .await;
+    assert_eq!(out.stdout_text(), "1\n3\nbye\n");
+    let mut handle = start(RunRequest::script("import sys\nprint(1)\nprint(2, file=sys.stderr)\nprint(3)")).await;
+    let mut order = Vec::new();
+    while let Some(event) = handle.next_event().await {
+        if let Event::Output { stream, data } = event {
+            order.push((stream, String::from_utf8_lossy(&data).into_owned()));
+        }
+    }
+    assert_eq!(
+        order,
+        vec![
+            (StreamKind::Stdout, "1\n".into()),
+            (StreamKind::Stderr, "2\n".into()),
+            (StreamKind::Stdout, "3\n".into())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn binary_stdout_passes_unchanged() {
+    let out = run("import sys\nsys.stdout.buffer.write(bytes(range(256)))\n").await;
+    assert_eq!(out.stdout, (0..=255u8).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn input_waits_for_stdin_that_arrives_later() {
+    let mut handle = start(RunRequest::script("name = input('name? ')\nprint('Hello', name)")).await;
+    let control = handle.control();
+    let prompt = wait_state(&mut handle, RunState::WaitingInput).await;
+    assert_eq!(prompt, "name? ");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(control.write_stdin("Ada\n").await);
+    let out = handle.collect().await;
+    assert_eq!(out.stdout_text(), "Hello Ada\n");
+    assert_eq!(out.states.first(), Some(&RunState::Running));
+    assert_eq!(out.outcome(), Outcome::Exited { code: 0 });
+}
+
+#[tokio::test]
+async fn closed_stdin_gives_eof_error() {
+    let out = run("input()").await;
+    assert!(out.stderr_text().contains("EOFError"), "{}", out.stderr_text());
+    assert!(matches!(out.outcome(), Outcome::Error { exception, .. } if exception == "EOFError"));
+}
+
+#[tokio::test]
+async fn repl_keeps_the_script_namespace() {
+    let mut req = RunRequest::script("x = 41\ndef double(v):\n    return 2 * v\n");
+    req.repl = true;
+    let mut handle = start(req).await;
+    let control = handle.control();
+    wait_state(&mut handle, RunState::Repl).await;
+    control.write_stdin("x + 1\nprint(double(x))\n").await;
+    control.close_stdin().await;
+    let out = handle.collect().await;
+    assert_eq!(out.stdout_text(), "42\n>>> 82\n>>> ");
+    assert_eq!(out.outcome(), Outcome::Exited { code: 0 });
+}
+
+#[tokio::test]
+async fn repl_ends_after_idle_timeout() {
+    let mut req = RunRequest::script("x = 1");
+    req.repl = true;
+    req.limits = limits(|l| l.idle_ms = 300);
+    let out = start(req).await.collect().await;
+    assert_eq!(out.outcome(), Outcome::Idle);
+    assert!(out.result.unwrap().message.contains("idle"));
+}
+
+#[tokio::test]
+async fn infinite_loop_ends_as_timeout() {
+    let started = Instant::now();
+    let out = run_with("while True: pass", |r| r.limits = limits(|l| l.wall_ms = 500)).await;
+    assert_eq!(out.outcome(), Outcome::Timeout);
+    assert_eq!(out.result.unwrap().message, "Script exceeded its 500 ms time limit");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn host_sleep_is_bounded_by_the_time_limit() {
+    let started = Instant::now();
+    let out = run_with("import time; time.sleep(10**6)", |r| r.limits = limits(|l| l.wall_ms = 500)).await;
+    assert_eq!(out.outcome(), Outcome::Timeout);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn waiting_for_input_is_bounded_by_the_idle_limit() {
+    let mut req = RunRequest::script("input()");
+    req.limits = limits(|l| l.idle_ms = 300);
+    let out = start(req).await.collect().await;
+    assert_eq!(out.outcome(), Outcome::Idle);
+}
+
+#[tokio::test]
+async fn memory_bombs_end_as_memory_limit_and_the_host_lives() {
+    for bomb in [
+        "x = bytearray(10**10)",
+        "x = bytearray(10**9)",
+        "l = []\nwhile True: l.append('x' * 10000)",
+    ] {
+        let out = run_with(bomb, |r| r.limits = limits(|l| l.memory_bytes = 64 << 20)).await;
+        assert_eq!(out.outcome(), Outcome::MemoryLimit, "{bomb}: {}", out.stderr_text());
+        assert_eq!(out.result.unwrap().message, "Script exceeded its 64 MiB memory limit");
+    }
+    assert_eq!(run("print('still here')").await.stdout_text(), "still here\n");
+}
+
+#[tokio::test]
+async fn memory_error_can_be_caught_by_the_script() {
+    let out = run_with(
+        "try:\n    x = bytearray(10**9)\nexcept MemoryError:\n    print('caught')",
+        |r| r.limits = limits(|l| l.memory_bytes = 64 << 20),
+    )
+    .await;
+    assert_eq!(out.stdout_text(), "caught\n");
+    assert_eq!(out.outcome(), Outcome::Exited { code: 0 });
+}
+
+#[tokio::test]
+async fn deep_c_recursion_raises_recursion_error() {
+    let out = run("l = []\nfor _ in range(10**5):\n    l = [l]\nprint(len(repr(l)))").await;
+    assert!(out.stderr_text().contains("RecursionError"), "{}", out.stderr_text());
+    assert!(matches!(out.outcome(), Outcome::Error { exception, .. } if exception == "RecursionError"));
+    let out = run("def f(n): return f(n+1)\nf(0)").await;
+    assert!(matches!(out.outcome(), Outcome::Error { exception, .. } if exception == "RecursionError"));
+}
+
+/// Sums the output queued right now (what the host holds for a consumer that has not read).
+async fn drain_queued(handle: &mut weir::RunHandle) -> usize {
+    let mut bytes = 0;
+    while let Ok(Some(Event::Output { data, .. })) =
+        tokio::time::timeout(Duration::from_millis(20), handle.next_event()).await
+    {
+        bytes += data.len();
+    }
+    bytes
+}
+
+#[tokio::test]
+async fn a_flood_to_a_slow_consumer_is_bounded_and_ends_at_the_output_limit() {
+    let mut req = RunRequest::script("i = 0\nwhile True:\n    print(i)\n    i += 1");
+    req.limits = limits(|l| {
+        l.output_bytes = 4 << 20;
+        l.wall_ms = 60_000;
+    });
+    let mut handle = start(req).await;
+    // Nobody reads for a while: the guest must wait instead of the host buffering.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let queued = drain_queued(&mut handle).await;
+    assert!(queued <= 300 << 10, "host buffered {queued} bytes for a stalled reader");
+    // Then a slow reader: the run still ends at the output limit, with a visible notice.
+    let mut tail = Vec::new();
+    let result = loop {
+        match next(&mut handle, 30).await {
+            Event::Output { data, .. } => {
+                tail = data.to_vec();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Event::Exit(result) => break result,
+            Event::State(_) => {}
+        }
+    };
+    assert_eq!(result.outcome, Outcome::OutputLimit);
+    assert!(result.output_truncated);
+    assert!(String::from_utf8_lossy(&tail).ends_with("[output truncated: the script wrote more than 4 MiB]\n"));
+}
+
+#[tokio::test]
+async fn a_megabyte_line_is_cut_with_a_marker() {
+    let out = run("import sys\nsys.stdout.write('x' * 10**6)\nsys.stdout.flush()\nprint()\nprint('next')").await;
+    let text = out.stdout_text();
+    assert_eq!(
+        text,
+        format!("{} [truncated: line longer than 64 KiB]\nnext\n", "x".repeat(64 << 10))
+    );
+    assert!(out.result.unwrap().output_truncated);
+}
+
+#[tokio::test]
+async fn host_files_sockets_and_processes_are_unreachable() {
+    let out = run(
+        "import socket, subprocess, os\n\
+         def attempt(f):\n    try:\n        f()\n        return 'LEAK'\n    except Exception as e:\n        return type(e).__name__\n\
+         print(attempt(lambda: open('/etc/passwd')))\n\
+         print(attempt(lambda: os.listdir('/')))\n\
+         print(attempt(lambda: socket.create_connection(('127.0.0.1', 80))))\n\
+         print(attempt(lambda: socket.socket().bind(('127.0.0.1', 0))))\n\
+         print(attempt(lambda: subprocess.run(['ls'])))\n",
+    )
+    .await;
+    let text = out.stdout_text();
+    assert!(!text.contains("LEAK"), "{text}");
+    assert_eq!(text.lines().next(), Some("FileNotFoundError"));
+    assert_eq!(out.outcome(), Outcome::Exited { code: 0 });
+}
+
+#[tokio::test]
+async fn files_written_land_only_in_the_scratch_dir() {
+    let marker = format!("weir-escape-{}", std::process::id());
+    let mut req = RunRequest::script(format!(
+        "open('out.txt', 'w').write('data')\n\
+         try:\n    open('/tmp/{marker}', 'w')\nexcept OSError as e:\n    print('refused', type(e).__name__)\n\
+         input()\n"
+    ));
+    req.files = vec![("in/data.txt".into(), b"given".to_vec())];
+    let mut handle = start(req).await;
+    let before_input = wait_state(&mut handle, RunState::WaitingInput).await;
+    assert!(before_input.starts_with("refused"), "{before_input}");
+    let scratch = handle.scratch_path().to_path_buf();
+    assert_eq!(std::fs::read_to_string(scratch.join("out.txt")).unwrap(), "data");
+    assert_eq!(std::fs::read_to_string(scratch.join("in/data.txt")).unwrap(), "given");
+    assert!(!std::path::Path::new(&format!("/tmp/{marker}")).exists());
+    handle.control().write_stdin("\n").await;
+    let out = handle.collect().await;
+    assert_eq!(out.outcome(), Outcome::Exited { code: 0 });
+    assert!(!scratch.exists(), "scratch dir outlived its run");
+}
+
+#[tokio::test]
+async fn extra_files_are_importable() {
+    let out = run_with("import helper\nprint(helper.greet())", |r| {
+        r.files = vec![("helper.py".into(), b"def greet():\n    return 'hi from helper'\n".to_vec())];
+    })
+    .await;
+    assert_eq!(out.stdout_text(), "hi from helper\n");
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_with_clear_errors() {
+    let mut req = RunRequest::script("print(1)");
+    req.files = vec![("../escape.py".into(), Vec::new())];
+    let err = sandbox().start(req).await.err().expect("refused");
+    assert!(err.to_string().contains("invalid file name"), "{err}");
+    let mut req = RunRequest::script("print(1)");
+    req.limits.wall_ms = 0;
+    let err = sandbox().start(req).await.err().expect("refused");
+    assert_eq!(err.to_string(), "wall_ms must be greater than zero");
+    let mut req = RunRequest::script("print(1)");
+    req.files = vec![("big.bin".into(), vec![0; 17 << 20])];
+    let err = sandbox().start(req).await.err().expect("refused");
+    assert!(err.to_string().contains("scratch limit"), "{err}");
+}
+
+#[tokio::test]
+async fn stop_ends_a_run_waiting_for_input_or_looping() {
+    for source in ["input()", "while True: pass"] {
+        let mut handle = start(RunRequest::script(source)).await;
+        let control = handle.control();
+        next(&mut handle, 10).await; // running
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let asked = Instant::now();
+        control.stop();
+        let out = handle.collect().await;
+        assert_eq!(out.outcome(), Outcome::Stopped, "{source}");
+        assert!(asked.elapsed() < Duration::from_secs(2));
+        // Harmless after the end.
+        control.stop();
+        control.pause();
+        control.resume();
+        assert!(!control.write_stdin("late").await);
+        control.close_stdin().await;
+    }
+}
+
+#[tokio::test]
+async fn pause_freezes_the_guest_and_stops_its_clock() {
+    let mut req = RunRequest::script("import time\nfor i in range(30):\n    print(i, flush=True)\n    time.sleep(0.02)\nprint('done')");
+    req.limits = limits(|l| l.wall_ms = 1500);
+    let mut handle = start(req).await;
+    let control = handle.control();
+    read_until_stdout(&mut handle, "2\n").await;
+    control.pause();
+    wait_state(&mut handle, RunState::Paused).await;
+    // While paused nothing is produced (at most what was already in flight).
+    let mut produced = 0;
+    let until = Instant::now() + Duration::from_millis(1200);
+    while let Ok(Some(event)) = tokio::time::timeout_at(until.into(), handle.next_event()).await {
+        if let Event::Output { .. } = event {
+            produced += 1;
+        }
+    }
+    assert!(produced <= 1, "a paused guest printed {produced} lines");
+    control.resume();
+    let out = handle.collect().await;
+    // 1.2 s paused plus ~0.7 s of work exceeds the 1.5 s limit only if paused time counted.
+    assert!(out.stdout_text().ends_with("done\n"), "{}", out.stdout_text());
+    assert_eq!(out.outcome(), Outcome::Exited { code: 0 });
+}
+
+#[tokio::test]
+async fn fuel_bounds_cpu_deterministically() {
+    let mut req = RunRequest::script("while True: pass");
+    req.limits = limits(|l| l.cpu_fuel = Some(50_000_000));
+    let out = start(req).await.collect().await;
+    assert_eq!(out.outcome(), Outcome::CpuLimit);
+    assert_eq!(out.outcome().exit_code(), 124);
+    let mut req = RunRequest::script("print(sum(range(1000)))");
+    req.limits = limits(|l| l.cpu_fuel = Some(500_000_000));
+    req.close_stdin = true;
+    let a = start(req.clone()).await.collect().await;
+    let b = start(req).await.collect().await;
+    assert_eq!(a.stdout_text(), "499500\n");
+    let (fa, fb) = (a.result.unwrap().fuel_consumed, b.result.unwrap().fuel_consumed);
+    assert!(fa.is_some());
+    assert_eq!(fa, fb, "the same script consumed different fuel");
+}
+
+#[tokio::test]
+async fn the_standard_library_works_at_run_time() {
+    let out = run(
+        "import unittest, asyncio, sqlite3, json, decimal, shutil, re, dataclasses, collections\n\
+         class T(unittest.TestCase):\n    def test_ok(self):\n        self.assertEqual(json.loads('[1]'), [1])\n\
+         r = unittest.main(argv=['x'], exit=False)\n\
+         print('tests ok', r.result.wasSuccessful())\n\
+         async def main():\n    await asyncio.sleep(0.01)\n    return decimal.Decimal('1.1') + 1\n\
+         print(asyncio.run(main()))\n\
+         print(sqlite3.connect(':memory:').execute('select 6*7').fetchone()[0])\n",
+    )
+    .await;
+    assert_eq!(out.stdout_text(), "tests ok True\n2.1\n42\n", "{}", out.stderr_text());
+    assert!(out.stderr_text().contains("Ran 1 test"), "{}", out.stderr_text());
+}
+
+#[tokio::test]
+async fn each_run_draws_fresh_randomness() {
+    let a = run("import random, uuid; print(random.random(), uuid.uuid4())").await;
+    let b = run("import random, uuid; print(random.random(), uuid.uuid4())").await;
+    assert_ne!(a.stdout_text(), b.stdout_text());
+}
+
+#[tokio::test]
+async fn five_hundred_runs_leave_no_instance_behind() {
+    let sandbox = private_sandbox(4);
+    for i in 0..500 {
+        let mut req = RunRequest::script(format!("print({i})"));
+        req.close_stdin = true;
+        let handle = sandbox.start(req).await.expect("a slot is free");
+        let out = handle.collect().await;
+        assert_eq!(out.stdout_text(), format!("{i}\n"));
+        assert_eq!(sandbox.live_instances(), 0);
+    }
+    // A dropped handle frees its instance too.
+    for _ in 0..10 {
+        let mut handle = sandbox.start(RunRequest::script("input()")).await.expect("a slot is free");
+        wait_state(&mut handle, RunState::WaitingInput).await;
+        assert_eq!(sandbox.live_instances(), 1);
+        drop(handle);
+        until_no_instances(&sandbox).await;
+    }
+}
