@@ -30,7 +30,8 @@ fn main() {
         let tool = componentize_py(&target);
         build_guest(&tool, &guest_dir, &wasm);
     }
-    let bytes = std::fs::read(&wasm).unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", wasm.display())));
+    let bytes = std::fs::read(&wasm)
+        .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", wasm.display())));
     let sha = hex::encode(Sha256::digest(&bytes));
     println!("cargo:rustc-env=WEIR_GUEST_WASM={}", wasm.display());
     println!("cargo:rustc-env=WEIR_GUEST_SHA256={sha}");
@@ -65,7 +66,9 @@ fn hash_sources(dir: &Path) -> String {
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name();
@@ -90,11 +93,21 @@ fn componentize_py(target: &Path) -> PathBuf {
     if tool.exists() {
         return tool;
     }
-    say(&format!("installing {COMPONENTIZE_PY} into {}", venv.display()));
-    run(Command::new("python3").arg("-m").arg("venv").arg(&venv), "python3 -m venv");
+    say(&format!(
+        "installing {COMPONENTIZE_PY} into {}",
+        venv.display()
+    ));
     run(
-        Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check", COMPONENTIZE_PY]),
+        Command::new("python3").arg("-m").arg("venv").arg(&venv),
+        "python3 -m venv",
+    );
+    run(
+        Command::new(venv.join("bin/pip")).args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            COMPONENTIZE_PY,
+        ]),
         "pip install componentize-py",
     );
     tool
@@ -103,16 +116,28 @@ fn componentize_py(target: &Path) -> PathBuf {
 fn build_guest(tool: &Path, guest_dir: &Path, wasm: &Path) {
     say("building the CPython guest with componentize-py (10-30 s)");
     let dir = wasm.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).unwrap_or_else(|e| fail(&format!("cannot create {}: {e}", dir.display())));
+    std::fs::create_dir_all(dir)
+        .unwrap_or_else(|e| fail(&format!("cannot create {}: {e}", dir.display())));
     let tmp = wasm.with_extension("wasm.tmp");
     run(
         Command::new(tool)
             .current_dir(guest_dir)
-            .args(["-d", "wit", "-w", "runner", "componentize", "runner", "-p", ".", "-o"])
+            .args([
+                "-d",
+                "wit",
+                "-w",
+                "runner",
+                "componentize",
+                "runner",
+                "-p",
+                ".",
+                "-o",
+            ])
             .arg(&tmp),
         "componentize-py",
     );
-    std::fs::rename(&tmp, wasm).unwrap_or_else(|e| fail(&format!("cannot move guest into place: {e}")));
+    std::fs::rename(&tmp, wasm)
+        .unwrap_or_else(|e| fail(&format!("cannot move guest into place: {e}")));
     say(&format!("built {}", wasm.display()));
 }
 
@@ -122,7 +147,15 @@ fn run(cmd: &mut Command, what: &str) {
         .unwrap_or_else(|e| fail(&format!("cannot start {what}: {e}")));
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim_start().starts_with("at ")).take(60).collect();
-        fail(&format!("{what} failed ({}):\n{}", output.status, tail.join("\n")));
+        let tail: Vec<&str> = stderr
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("at "))
+            .take(60)
+            .collect();
+        fail(&format!(
+            "{what} failed ({}):\n{}",
+            output.status,
+            tail.join("\n")
+        ));
     }
 }

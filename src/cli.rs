@@ -55,7 +55,10 @@ impl RunArgs {
     pub fn limits(&self) -> Limits {
         let d = Limits::default();
         Limits {
-            wall_ms: self.timeout.map(|t| t.as_millis() as u64).unwrap_or(d.wall_ms),
+            wall_ms: self
+                .timeout
+                .map(|t| t.as_millis() as u64)
+                .unwrap_or(d.wall_ms),
             cpu_fuel: self.fuel.or(d.cpu_fuel),
             memory_bytes: self.memory.unwrap_or(d.memory_bytes),
             output_bytes: self.output_limit.unwrap_or(d.output_bytes),
@@ -87,7 +90,11 @@ impl RunArgs {
         req.args = self.args.clone();
         req.limits = self.limits();
         req.repl = self.repl;
-        req.mounts = self.dirs.iter().map(|d| parse_mount(d)).collect::<anyhow::Result<_>>()?;
+        req.mounts = self
+            .dirs
+            .iter()
+            .map(|d| parse_mount(d))
+            .collect::<anyhow::Result<_>>()?;
         req.env = self
             .env
             .iter()
@@ -107,8 +114,7 @@ fn parse_mount(spec: &str) -> anyhow::Result<Mount> {
         Some(p) => (p, true),
         None => (spec, false),
     };
-    let host = std::fs::canonicalize(path)
-        .map_err(|e| anyhow::anyhow!("--dir {path}: {e}"))?;
+    let host = std::fs::canonicalize(path).map_err(|e| anyhow::anyhow!("--dir {path}: {e}"))?;
     if !host.is_dir() {
         anyhow::bail!("--dir {path}: not a directory");
     }
@@ -157,7 +163,10 @@ pub async fn run(args: RunArgs, settings: EngineSettings) -> anyhow::Result<i32>
             }
             Event::State(_) => {}
             Event::Exit(result) => {
-                if !matches!(result.outcome, Outcome::Exited { .. } | Outcome::Error { .. }) {
+                if !matches!(
+                    result.outcome,
+                    Outcome::Exited { .. } | Outcome::Error { .. }
+                ) {
                     let _ = stderr
                         .write_all(format!("weir: {}\n", result.message).as_bytes())
                         .await;

@@ -43,9 +43,8 @@ pub fn load_component(engine: &Engine, cache_dir: &Path) -> anyhow::Result<Compo
     if let Some(component) = try_deserialize(engine, &path) {
         return Ok(component);
     }
-    std::fs::create_dir_all(cache_dir).map_err(|e| {
-        anyhow::anyhow!("cannot create cache dir {}: {e}", cache_dir.display())
-    })?;
+    std::fs::create_dir_all(cache_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create cache dir {}: {e}", cache_dir.display()))?;
     // One process compiles; others wait on the lock and then find the file.
     let _lock = FileLock::acquire(&path.with_extension("lock"))?;
     if let Some(component) = try_deserialize(engine, &path) {

@@ -90,7 +90,7 @@ impl Limits {
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
     for (size, unit) in UNITS {
-        if n >= size && n % size == 0 {
+        if n >= size && n.is_multiple_of(size) {
             return format!("{} {unit}", n / size);
         }
         if n >= size {
@@ -102,7 +102,7 @@ pub fn human_bytes(n: u64) -> String {
 
 /// Human form of a duration in milliseconds: "3 s", "250 ms", "1.5 s".
 pub fn human_ms(ms: u64) -> String {
-    if ms >= 1000 && ms % 1000 == 0 {
+    if ms >= 1000 && ms.is_multiple_of(1000) {
         format!("{} s", ms / 1000)
     } else if ms >= 1000 {
         format!("{:.1} s", ms as f64 / 1000.0)

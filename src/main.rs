@@ -5,7 +5,11 @@ use weir::cli::RunArgs;
 use weir::EngineSettings;
 
 #[derive(Debug, Parser)]
-#[command(name = "weir", version, about = "Run untrusted Python scripts in a WebAssembly sandbox")]
+#[command(
+    name = "weir",
+    version,
+    about = "Run untrusted Python scripts in a WebAssembly sandbox"
+)]
 struct Cli {
     /// Directory for the precompiled guest cache (default: ~/.cache/weir).
     #[arg(long, env = "WEIR_CACHE_DIR", global = true)]

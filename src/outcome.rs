@@ -83,7 +83,10 @@ impl Outcome {
             Outcome::Error { exception, .. } => {
                 format!("Script ended with an uncaught {exception}")
             }
-            Outcome::Timeout => format!("Script exceeded its {} time limit", human_ms(limits.wall_ms)),
+            Outcome::Timeout => format!(
+                "Script exceeded its {} time limit",
+                human_ms(limits.wall_ms)
+            ),
             Outcome::CpuLimit => match limits.cpu_fuel {
                 Some(fuel) => format!("Script exceeded its CPU limit of {fuel} fuel units"),
                 None => "Script exceeded its CPU limit".into(),
@@ -100,7 +103,10 @@ impl Outcome {
                 "Script overflowed the stack (recursion too deep in C code)".into()
             }
             Outcome::Stopped => "Script was stopped".into(),
-            Outcome::Idle => format!("Session was idle for more than {}", human_ms(limits.idle_ms)),
+            Outcome::Idle => format!(
+                "Session was idle for more than {}",
+                human_ms(limits.idle_ms)
+            ),
             Outcome::Shutdown => "Server is shutting down; the script was stopped".into(),
             Outcome::Crashed { detail } => format!("The sandbox crashed: {detail}"),
         }

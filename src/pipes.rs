@@ -348,7 +348,11 @@ struct StdinState {
 
 impl GuestStdin {
     /// `record` keeps every chunk the guest actually read, in order (for transcripts).
-    pub fn new(rx: mpsc::Receiver<StdinMsg>, status: watch::Sender<GuestStatus>, record: bool) -> Self {
+    pub fn new(
+        rx: mpsc::Receiver<StdinMsg>,
+        status: watch::Sender<GuestStatus>,
+        record: bool,
+    ) -> Self {
         GuestStdin {
             state: Arc::new(tokio::sync::Mutex::new(StdinState {
                 rx,
@@ -465,7 +469,10 @@ mod tests {
     #[test]
     fn passes_output_within_limits_unchanged() {
         let mut b = OutputBudget::new(1000, 100);
-        assert_eq!(admit_all(&mut b, b"hello\nworld\n"), ("hello\nworld\n".into(), false));
+        assert_eq!(
+            admit_all(&mut b, b"hello\nworld\n"),
+            ("hello\nworld\n".into(), false)
+        );
         assert!(!b.truncated);
     }
 
@@ -484,7 +491,10 @@ mod tests {
         let (out, over) = admit_all(&mut b, b"0123456789abc");
         assert!(over);
         assert!(b.truncated);
-        assert_eq!(out, "0123456789\n[output truncated: the script wrote more than 10 B]\n");
+        assert_eq!(
+            out,
+            "0123456789\n[output truncated: the script wrote more than 10 B]\n"
+        );
     }
 
     #[test]

@@ -304,7 +304,15 @@ impl Driver {
         let finished = {
             let call = call_guest(&mut store, &variant);
             tokio::pin!(call);
-            supervise(&mut call, &mut desired, &mut status, &events, &pipes, &limits).await
+            supervise(
+                &mut call,
+                &mut desired,
+                &mut status,
+                &events,
+                &pipes,
+                &limits,
+            )
+            .await
         };
         drain(&pipes, &events).await;
         let outcome = match finished {
@@ -327,7 +335,11 @@ impl Driver {
         };
         // Free the instance before reporting, so a caller that sees `Exit` sees it gone.
         drop(store);
-        tracing::info!(outcome = result.outcome.kind(), duration_ms = result.duration.as_millis() as u64, "run finished");
+        tracing::info!(
+            outcome = result.outcome.kind(),
+            duration_ms = result.duration.as_millis() as u64,
+            "run finished"
+        );
         let _ = events.send(Event::Exit(result)).await;
     }
 }
@@ -342,7 +354,9 @@ async fn call_guest(
 
 /// Polls the guest until it finishes (`Ok`) or the run must end for another reason (`Err`).
 async fn supervise(
-    call: &mut std::pin::Pin<&mut impl std::future::Future<Output = wasmtime::Result<Result<(), ()>>>>,
+    call: &mut std::pin::Pin<
+        &mut impl std::future::Future<Output = wasmtime::Result<Result<(), ()>>>,
+    >,
     desired: &mut watch::Receiver<Desired>,
     status: &mut watch::Receiver<GuestStatus>,
     events: &mpsc::Sender<Event>,

@@ -203,7 +203,11 @@ impl Sandbox {
             let _ = stdin_tx.try_send(StdinMsg::Eof);
         }
         let stdin = GuestStdin::new(stdin_rx, status_tx.clone(), req.record_stdin);
-        let pipes = OutputQueue::new(events_tx.clone(), req.limits.output_bytes, req.limits.line_bytes);
+        let pipes = OutputQueue::new(
+            events_tx.clone(),
+            req.limits.output_bytes,
+            req.limits.line_bytes,
+        );
         let scratch = Scratch::create(&req, req.limits.scratch_bytes)?;
         let scratch_path = scratch.path().to_path_buf();
         let wasi = wasi_context(&req, &scratch, &pipes, &stdin)?;
@@ -260,7 +264,9 @@ fn argv(req: &RunRequest) -> Vec<String> {
         Program::Script { filename, .. } => filename.clone(),
         Program::Code(_) => "-c".into(),
     };
-    std::iter::once(first).chain(req.args.iter().cloned()).collect()
+    std::iter::once(first)
+        .chain(req.args.iter().cloned())
+        .collect()
 }
 
 fn wasi_context(

@@ -90,8 +90,14 @@ mod tests {
         let mut req = RunRequest::script("print(1)");
         req.files.push(("data/in.txt".into(), b"hello".to_vec()));
         let s = Scratch::create(&req, 1024).unwrap();
-        assert_eq!(std::fs::read(s.path().join("data/in.txt")).unwrap(), b"hello");
-        assert_eq!(std::fs::read(s.path().join("main.py")).unwrap(), b"print(1)");
+        assert_eq!(
+            std::fs::read(s.path().join("data/in.txt")).unwrap(),
+            b"hello"
+        );
+        assert_eq!(
+            std::fs::read(s.path().join("main.py")).unwrap(),
+            b"print(1)"
+        );
         let path = s.path().to_path_buf();
         drop(s);
         assert!(!path.exists(), "scratch dir survives its run");

@@ -51,16 +51,27 @@ async fn traceback_has_cpython_shape_without_runner_frames() {
 async fn syntax_error_is_reported_like_cpython() {
     let out = run("x = (\n").await;
     let err = out.stderr_text();
-    assert!(err.starts_with("  File \"/sandbox/main.py\", line 1\n"), "{err}");
+    assert!(
+        err.starts_with("  File \"/sandbox/main.py\", line 1\n"),
+        "{err}"
+    );
     assert!(err.contains("SyntaxError: '(' was never closed"), "{err}");
     assert!(!err.contains("runner"), "{err}");
-    assert!(matches!(out.outcome(), Outcome::Error { exception, .. } if exception == "SyntaxError"));
+    assert!(
+        matches!(out.outcome(), Outcome::Error { exception, .. } if exception == "SyntaxError")
+    );
 }
 
 #[tokio::test]
 async fn sys_exit_code_is_the_outcome() {
-    assert_eq!(run("import sys; sys.exit(3)").await.outcome(), Outcome::Exited { code: 3 });
-    assert_eq!(run("import sys; sys.exit()").await.outcome(), Outcome::Exited { code: 0 });
+    assert_eq!(
+        run("import sys; sys.exit(3)").await.outcome(),
+        Outcome::Exited { code: 3 }
+    );
+    assert_eq!(
+        run("import sys; sys.exit()").await.outcome(),
+        Outcome::Exited { code: 0 }
+    );
     let out = run("import sys; sys.exit('bye')").await;
     assert_eq!(out.stderr_text(), "bye\n");
     assert_eq!(out.outcome(), Outcome::Exited { code: 1 });
@@ -74,7 +85,10 @@ async fn atexit_handlers_run_and_stdout_and_stderr_keep_their_order() {
     )
     .await;
     assert_eq!(out.stdout_text(), "1\n3\nbye\n");
-    let mut handle = start(RunRequest::script("import sys\nprint(1)\nprint(2, file=sys.stderr)\nprint(3)")).await;
+    let mut handle = start(RunRequest::script(
+        "import sys\nprint(1)\nprint(2, file=sys.stderr)\nprint(3)",
+    ))
+    .await;
     let mut order = Vec::new();
     while let Some(event) = handle.next_event().await {
         if let Event::Output { stream, data } = event {
@@ -99,7 +113,10 @@ async fn binary_stdout_passes_unchanged() {
 
 #[tokio::test]
 async fn input_waits_for_stdin_that_arrives_later() {
-    let mut handle = start(RunRequest::script("name = input('name? ')\nprint('Hello', name)")).await;
+    let mut handle = start(RunRequest::script(
+        "name = input('name? ')\nprint('Hello', name)",
+    ))
+    .await;
     let control = handle.control();
     let prompt = wait_state(&mut handle, RunState::WaitingInput).await;
     assert_eq!(prompt, "name? ");
@@ -114,7 +131,11 @@ async fn input_waits_for_stdin_that_arrives_later() {
 #[tokio::test]
 async fn closed_stdin_gives_eof_error() {
     let out = run("input()").await;
-    assert!(out.stderr_text().contains("EOFError"), "{}", out.stderr_text());
+    assert!(
+        out.stderr_text().contains("EOFError"),
+        "{}",
+        out.stderr_text()
+    );
     assert!(matches!(out.outcome(), Outcome::Error { exception, .. } if exception == "EOFError"));
 }
 
@@ -145,16 +166,29 @@ async fn repl_ends_after_idle_timeout() {
 #[tokio::test]
 async fn infinite_loop_ends_as_timeout() {
     let started = Instant::now();
-    let out = run_with("while True: pass", |r| r.limits = limits(|l| l.wall_ms = 500)).await;
+    let out = run_with("while True: pass", |r| {
+        r.limits = limits(|l| l.wall_ms = 500)
+    })
+    .await;
     assert_eq!(out.outcome(), Outcome::Timeout);
-    assert_eq!(out.result.unwrap().message, "Script exceeded its 500 ms time limit");
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert_eq!(
+        out.result.unwrap().message,
+        "Script exceeded its 500 ms time limit"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
 async fn host_sleep_is_bounded_by_the_time_limit() {
     let started = Instant::now();
-    let out = run_with("import time; time.sleep(10**6)", |r| r.limits = limits(|l| l.wall_ms = 500)).await;
+    let out = run_with("import time; time.sleep(10**6)", |r| {
+        r.limits = limits(|l| l.wall_ms = 500)
+    })
+    .await;
     assert_eq!(out.outcome(), Outcome::Timeout);
     assert!(started.elapsed() < Duration::from_secs(5));
 }
@@ -175,10 +209,21 @@ async fn memory_bombs_end_as_memory_limit_and_the_host_lives() {
         "l = []\nwhile True: l.append('x' * 10000)",
     ] {
         let out = run_with(bomb, |r| r.limits = limits(|l| l.memory_bytes = 64 << 20)).await;
-        assert_eq!(out.outcome(), Outcome::MemoryLimit, "{bomb}: {}", out.stderr_text());
-        assert_eq!(out.result.unwrap().message, "Script exceeded its 64 MiB memory limit");
+        assert_eq!(
+            out.outcome(),
+            Outcome::MemoryLimit,
+            "{bomb}: {}",
+            out.stderr_text()
+        );
+        assert_eq!(
+            out.result.unwrap().message,
+            "Script exceeded its 64 MiB memory limit"
+        );
     }
-    assert_eq!(run("print('still here')").await.stdout_text(), "still here\n");
+    assert_eq!(
+        run("print('still here')").await.stdout_text(),
+        "still here\n"
+    );
 }
 
 #[tokio::test]
@@ -195,10 +240,18 @@ async fn memory_error_can_be_caught_by_the_script() {
 #[tokio::test]
 async fn deep_c_recursion_raises_recursion_error() {
     let out = run("l = []\nfor _ in range(10**5):\n    l = [l]\nprint(len(repr(l)))").await;
-    assert!(out.stderr_text().contains("RecursionError"), "{}", out.stderr_text());
-    assert!(matches!(out.outcome(), Outcome::Error { exception, .. } if exception == "RecursionError"));
+    assert!(
+        out.stderr_text().contains("RecursionError"),
+        "{}",
+        out.stderr_text()
+    );
+    assert!(
+        matches!(out.outcome(), Outcome::Error { exception, .. } if exception == "RecursionError")
+    );
     let out = run("def f(n): return f(n+1)\nf(0)").await;
-    assert!(matches!(out.outcome(), Outcome::Error { exception, .. } if exception == "RecursionError"));
+    assert!(
+        matches!(out.outcome(), Outcome::Error { exception, .. } if exception == "RecursionError")
+    );
 }
 
 /// Sums the output queued right now (what the host holds for a consumer that has not read).
@@ -223,7 +276,10 @@ async fn a_flood_to_a_slow_consumer_is_bounded_and_ends_at_the_output_limit() {
     // Nobody reads for a while: the guest must wait instead of the host buffering.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let queued = drain_queued(&mut handle).await;
-    assert!(queued <= 300 << 10, "host buffered {queued} bytes for a stalled reader");
+    assert!(
+        queued <= 300 << 10,
+        "host buffered {queued} bytes for a stalled reader"
+    );
     // Then a slow reader: the run still ends at the output limit, with a visible notice.
     let mut tail = Vec::new();
     let result = loop {
@@ -238,16 +294,23 @@ async fn a_flood_to_a_slow_consumer_is_bounded_and_ends_at_the_output_limit() {
     };
     assert_eq!(result.outcome, Outcome::OutputLimit);
     assert!(result.output_truncated);
-    assert!(String::from_utf8_lossy(&tail).ends_with("[output truncated: the script wrote more than 4 MiB]\n"));
+    assert!(String::from_utf8_lossy(&tail)
+        .ends_with("[output truncated: the script wrote more than 4 MiB]\n"));
 }
 
 #[tokio::test]
 async fn a_megabyte_line_is_cut_with_a_marker() {
-    let out = run("import sys\nsys.stdout.write('x' * 10**6)\nsys.stdout.flush()\nprint()\nprint('next')").await;
+    let out = run(
+        "import sys\nsys.stdout.write('x' * 10**6)\nsys.stdout.flush()\nprint()\nprint('next')",
+    )
+    .await;
     let text = out.stdout_text();
     assert_eq!(
         text,
-        format!("{} [truncated: line longer than 64 KiB]\nnext\n", "x".repeat(64 << 10))
+        format!(
+            "{} [truncated: line longer than 64 KiB]\nnext\n",
+            "x".repeat(64 << 10)
+        )
     );
     assert!(out.result.unwrap().output_truncated);
 }
@@ -283,8 +346,14 @@ async fn files_written_land_only_in_the_scratch_dir() {
     let before_input = wait_state(&mut handle, RunState::WaitingInput).await;
     assert!(before_input.starts_with("refused"), "{before_input}");
     let scratch = handle.scratch_path().to_path_buf();
-    assert_eq!(std::fs::read_to_string(scratch.join("out.txt")).unwrap(), "data");
-    assert_eq!(std::fs::read_to_string(scratch.join("in/data.txt")).unwrap(), "given");
+    assert_eq!(
+        std::fs::read_to_string(scratch.join("out.txt")).unwrap(),
+        "data"
+    );
+    assert_eq!(
+        std::fs::read_to_string(scratch.join("in/data.txt")).unwrap(),
+        "given"
+    );
     assert!(!std::path::Path::new(&format!("/tmp/{marker}")).exists());
     handle.control().write_stdin("\n").await;
     let out = handle.collect().await;
@@ -295,7 +364,10 @@ async fn files_written_land_only_in_the_scratch_dir() {
 #[tokio::test]
 async fn extra_files_are_importable() {
     let out = run_with("import helper\nprint(helper.greet())", |r| {
-        r.files = vec![("helper.py".into(), b"def greet():\n    return 'hi from helper'\n".to_vec())];
+        r.files = vec![(
+            "helper.py".into(),
+            b"def greet():\n    return 'hi from helper'\n".to_vec(),
+        )];
     })
     .await;
     assert_eq!(out.stdout_text(), "hi from helper\n");
@@ -359,7 +431,11 @@ async fn pause_freezes_the_guest_and_stops_its_clock() {
     control.resume();
     let out = handle.collect().await;
     // 1.2 s paused plus ~0.7 s of work exceeds the 1.5 s limit only if paused time counted.
-    assert!(out.stdout_text().ends_with("done\n"), "{}", out.stdout_text());
+    assert!(
+        out.stdout_text().ends_with("done\n"),
+        "{}",
+        out.stdout_text()
+    );
     assert_eq!(out.outcome(), Outcome::Exited { code: 0 });
 }
 
@@ -376,7 +452,10 @@ async fn fuel_bounds_cpu_deterministically() {
     let a = start(req.clone()).await.collect().await;
     let b = start(req).await.collect().await;
     assert_eq!(a.stdout_text(), "499500\n");
-    let (fa, fb) = (a.result.unwrap().fuel_consumed, b.result.unwrap().fuel_consumed);
+    let (fa, fb) = (
+        a.result.unwrap().fuel_consumed,
+        b.result.unwrap().fuel_consumed,
+    );
     assert!(fa.is_some());
     assert_eq!(fa, fb, "the same script consumed different fuel");
 }
@@ -393,8 +472,17 @@ async fn the_standard_library_works_at_run_time() {
          print(sqlite3.connect(':memory:').execute('select 6*7').fetchone()[0])\n",
     )
     .await;
-    assert_eq!(out.stdout_text(), "tests ok True\n2.1\n42\n", "{}", out.stderr_text());
-    assert!(out.stderr_text().contains("Ran 1 test"), "{}", out.stderr_text());
+    assert_eq!(
+        out.stdout_text(),
+        "tests ok True\n2.1\n42\n",
+        "{}",
+        out.stderr_text()
+    );
+    assert!(
+        out.stderr_text().contains("Ran 1 test"),
+        "{}",
+        out.stderr_text()
+    );
 }
 
 #[tokio::test]
@@ -417,7 +505,10 @@ async fn five_hundred_runs_leave_no_instance_behind() {
     }
     // A dropped handle frees its instance too.
     for _ in 0..10 {
-        let mut handle = sandbox.start(RunRequest::script("input()")).await.expect("a slot is free");
+        let mut handle = sandbox
+            .start(RunRequest::script("input()"))
+            .await
+            .expect("a slot is free");
         wait_state(&mut handle, RunState::WaitingInput).await;
         assert_eq!(sandbox.live_instances(), 1);
         drop(handle);

@@ -71,9 +71,10 @@ pub async fn wait_state(handle: &mut RunHandle, state: weir::RunState) -> String
     loop {
         match next(handle, 20).await {
             Event::State(s) if s == state => return out,
-            Event::Output { stream: weir::StreamKind::Stdout, data } => {
-                out.push_str(&String::from_utf8_lossy(&data))
-            }
+            Event::Output {
+                stream: weir::StreamKind::Stdout,
+                data,
+            } => out.push_str(&String::from_utf8_lossy(&data)),
             Event::Exit(r) => panic!("run ended ({:?}) before reaching {state:?}", r.outcome),
             _ => {}
         }
@@ -86,5 +87,9 @@ pub async fn until_no_instances(sandbox: &Sandbox) {
     while sandbox.live_instances() != 0 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(sandbox.live_instances(), 0, "instances still alive after 1 s");
+    assert_eq!(
+        sandbox.live_instances(),
+        0,
+        "instances still alive after 1 s"
+    );
 }

@@ -1,0 +1,181 @@
+//! `weir run` as a terminal user sees it: exit codes, stdio, flags, mounts.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn weir(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .env_remove("WEIR_TIMEOUT")
+        .env_remove("WEIR_MEMORY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("weir starts");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin).expect("stdin written");
+    drop(input);
+    child.wait_with_output().expect("weir ends")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn script(dir: &tempfile::TempDir, name: &str, source: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, source).expect("script written");
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn runs_a_script_with_args_and_exits_with_its_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = script(
+        &dir,
+        "prog.py",
+        "import sys\nprint(sys.argv)\nsys.exit(3)\n",
+    );
+    let out = weir(&["run", &path, "one", "--two"], b"");
+    assert_eq!(text(&out.stdout), "['prog.py', 'one', '--two']\n");
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn uncaught_exception_exits_one_with_the_traceback() {
+    let out = weir(&["run", "-c", "raise ValueError('bad')"], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "Traceback (most recent call last):\n  File \"<string>\", line 1, in <module>\nValueError: bad\n"
+    );
+}
+
+#[test]
+fn input_reads_piped_stdin() {
+    let out = weir(
+        &[
+            "run",
+            "-c",
+            "a = input('a? ')\nb = input('b? ')\nprint(int(a) + int(b))",
+        ],
+        b"2\n40\n",
+    );
+    assert_eq!(text(&out.stdout), "a? b? 42\n");
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn binary_stdout_is_unchanged() {
+    let out = weir(
+        &[
+            "run",
+            "-c",
+            "import sys; sys.stdout.buffer.write(bytes([0, 255, 10, 13, 128]))",
+        ],
+        b"",
+    );
+    assert_eq!(out.stdout, vec![0, 255, 10, 13, 128]);
+}
+
+#[test]
+fn limits_have_fixed_exit_codes_and_a_message() {
+    let out = weir(
+        &["run", "--timeout", "500ms", "-c", "while True: pass"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(124));
+    assert_eq!(
+        text(&out.stderr),
+        "weir: Script exceeded its 500 ms time limit\n"
+    );
+
+    let out = weir(
+        &["run", "--memory", "64MiB", "-c", "x = bytearray(10**9)"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(137));
+    assert!(text(&out.stderr).ends_with("weir: Script exceeded its 64 MiB memory limit\n"));
+
+    let out = weir(
+        &[
+            "run",
+            "--output-limit",
+            "1KiB",
+            "-c",
+            "while True: print('spam')",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(141));
+    assert!(text(&out.stdout).ends_with("[output truncated: the script wrote more than 1 KiB]\n"));
+}
+
+#[test]
+fn limits_can_come_from_the_environment() {
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "-c", "import time; time.sleep(100)"])
+        .env("WEIR_TIMEOUT", "300ms")
+        .stdin(Stdio::null())
+        .output()
+        .expect("weir runs");
+    assert_eq!(out.status.code(), Some(124));
+}
+
+#[test]
+fn the_script_sees_only_its_scratch_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret.txt"), "host data").unwrap();
+    let path = script(
+        &dir,
+        "look.py",
+        "import os\nprint(os.getcwd(), sorted(os.listdir('.')))\n",
+    );
+    let out = weir(&["run", &path], b"");
+    assert_eq!(text(&out.stdout), "/sandbox ['look.py']\n");
+}
+
+#[test]
+fn dir_mounts_a_host_directory_read_only_on_request() {
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("in.txt"), "from host").unwrap();
+    let root = std::fs::canonicalize(data.path()).unwrap();
+    let root = root.to_string_lossy();
+    let code = format!(
+        "print(open('{root}/in.txt').read())\ntry:\n    open('{root}/out.txt', 'w')\nexcept OSError as e:\n    print('read-only', type(e).__name__)"
+    );
+    let out = weir(&["run", "--dir", &format!("{root}:ro"), "-c", &code], b"");
+    assert_eq!(
+        text(&out.stdout),
+        "from host\nread-only PermissionError\n",
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!data.path().join("out.txt").exists());
+
+    let code = format!("open('{root}/out.txt', 'w').write('written')");
+    let out = weir(&["run", "--dir", &root, "-c", &code], b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(data.path().join("out.txt")).unwrap(),
+        "written"
+    );
+}
+
+#[test]
+fn repl_flag_starts_a_console_after_the_script() {
+    let out = weir(&["run", "-i", "-c", "x = 20"], b"print(x * 2)\n");
+    assert_eq!(text(&out.stdout), ">>> 40\n>>> ");
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn bad_usage_gets_a_clear_error() {
+    let out = weir(&["run", "/nonexistent/script.py"], b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("cannot read /nonexistent/script.py"));
+    let out = weir(&["run", "--timeout", "soon", "-c", "pass"], b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("invalid duration"));
+}
