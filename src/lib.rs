@@ -13,8 +13,9 @@
 //! Modules, one concept each: [`engine`] (wasmtime policy), [`guest`] (the embedded component and
 //! its compile cache), [`host`] (weir's guest interface), [`sandbox`] (stores and isolation),
 //! [`run`] (a run's driver, events and control), [`pipes`] (bounded stdio), [`limits`],
-//! [`outcome`], [`scratch`] (per-run directory), [`cli`] (`weir run`).
+//! [`outcome`], [`scratch`] (per-run directory), [`cli`] (`weir run`), [`bench`] (`weir bench`).
 
+pub mod bench;
 pub mod cli;
 pub mod engine;
 pub mod guest;

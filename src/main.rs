@@ -22,6 +22,12 @@ struct Cli {
 enum Command {
     /// Run a Python script in the sandbox with this terminal's stdin/stdout/stderr.
     Run(RunArgs),
+    /// Measure the sandbox on this machine and print a table (docs/benchmarks.md).
+    Bench {
+        /// Samples for the latency percentiles.
+        #[arg(long, default_value_t = 500)]
+        samples: usize,
+    },
 }
 
 fn main() {
@@ -47,6 +53,7 @@ fn main() {
     let code = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => weir::cli::run(args, settings).await,
+            Command::Bench { samples } => weir::bench::run(settings, samples).await.map(|()| 0),
         }
     });
     let code = code.unwrap_or_else(|e| {

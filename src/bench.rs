@@ -1,0 +1,210 @@
+//! `weir bench`: measures the sandbox on this machine and prints one table (see
+//! docs/benchmarks.md). A benchmark, not a test: it asserts nothing.
+
+use crate::limits::Limits;
+use crate::run::{Event, RunHandle, RunState};
+use crate::sandbox::{RunRequest, Sandbox};
+use crate::EngineSettings;
+use std::time::{Duration, Instant};
+
+const FIB: &str = "import time\ndef fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n\
+t = time.perf_counter()\nfib(27)\nprint(time.perf_counter() - t)\n";
+
+/// Runs every measurement and prints the table.
+pub async fn run(settings: EngineSettings, samples: usize) -> anyhow::Result<()> {
+    let sandbox = Sandbox::load_async(settings).await?;
+    println!("weir bench: {} samples, {} cores", samples, num_cores());
+    println!("{:<48} {:>14} {:>14}", "measurement", "weir", "reference");
+    let (p50, p99) = first_byte_latency(&sandbox, samples).await?;
+    row(
+        "hello: start -> first stdout byte, p50",
+        ms(p50),
+        "target <= 1.5 ms",
+    );
+    row("hello: start -> first stdout byte, p99", ms(p99), "");
+    let rate = throughput(&sandbox, Duration::from_secs(3)).await?;
+    row(
+        "hello runs per second (all cores)",
+        format!("{rate:.0}/s"),
+        "target >= 800/s",
+    );
+    let (guest, native) = fib(&sandbox).await?;
+    row("fib(27) in the guest", format!("{guest:.3} s"), "");
+    match native {
+        Some(native) => {
+            row("fib(27) in native python3", "", &format!("{native:.3} s"));
+            row(
+                "fib(27) ratio guest/native",
+                format!("{:.2}x", guest / native),
+                "target <= 2.1x",
+            );
+        }
+        None => row("fib(27) in native python3", "", "python3 not found"),
+    }
+    let pss = idle_pss(&sandbox, 50).await?;
+    row(
+        "PSS per idle instance blocked in input() (50)",
+        format!("{:.2} MB", pss / 1e6),
+        "target <= 2 MB",
+    );
+    let late = timeout_lateness(&sandbox).await?;
+    row("timeout lateness (100 ms limit, busy loop)", ms(late), "");
+    let stop = stop_latency(&sandbox).await?;
+    row("stop -> exit, busy loop", ms(stop), "");
+    Ok(())
+}
+
+fn num_cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn row(name: &str, weir: impl std::fmt::Display, reference: &str) {
+    println!("{name:<48} {weir:>14} {reference:>14}");
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).copied().unwrap_or_default()
+}
+
+fn hello() -> RunRequest {
+    let mut req = RunRequest::script("print('hello')");
+    req.close_stdin = true;
+    req
+}
+
+async fn first_output(handle: &mut RunHandle) -> anyhow::Result<()> {
+    while let Some(event) = handle.next_event().await {
+        match event {
+            Event::Output { .. } => return Ok(()),
+            Event::Exit(r) => anyhow::bail!("run ended without output: {}", r.message),
+            Event::State(_) => {}
+        }
+    }
+    anyhow::bail!("run vanished")
+}
+
+async fn first_byte_latency(sandbox: &Sandbox, n: usize) -> anyhow::Result<(Duration, Duration)> {
+    for _ in 0..20 {
+        sandbox.start(hello()).await?.collect().await; // warm up
+    }
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let mut handle = sandbox.start(hello()).await?;
+        first_output(&mut handle).await?;
+        times.push(t.elapsed());
+        handle.collect().await;
+    }
+    times.sort();
+    Ok((percentile(&times, 0.5), percentile(&times, 0.99)))
+}
+
+async fn throughput(sandbox: &Sandbox, span: Duration) -> anyhow::Result<f64> {
+    let deadline = Instant::now() + span;
+    let workers: Vec<_> = (0..num_cores() * 4)
+        .map(|_| {
+            let sandbox = sandbox.clone();
+            tokio::spawn(async move {
+                let mut done = 0u64;
+                while Instant::now() < deadline {
+                    if let Ok(handle) = sandbox.start(hello()).await {
+                        handle.collect().await;
+                        done += 1;
+                    }
+                }
+                done
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut total = 0;
+    for w in workers {
+        total += w.await?;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn fib(sandbox: &Sandbox) -> anyhow::Result<(f64, Option<f64>)> {
+    let mut req = RunRequest::script(FIB);
+    req.close_stdin = true;
+    req.limits = Limits {
+        wall_ms: 120_000,
+        ..Limits::default()
+    };
+    let out = sandbox.start(req).await?.collect().await;
+    let guest: f64 = out.stdout_text().trim().parse()?;
+    let native = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(FIB)
+        .output()
+        .await
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok());
+    Ok((guest, native))
+}
+
+/// Proportional set size of this process, bytes.
+pub fn pss_bytes() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/self/smaps_rollup").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Pss:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024.0)
+}
+
+async fn idle_pss(sandbox: &Sandbox, n: usize) -> anyhow::Result<f64> {
+    let before = pss_bytes().unwrap_or(0.0);
+    let mut handles = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut handle = sandbox.start(RunRequest::script("input()")).await?;
+        while let Some(event) = handle.next_event().await {
+            if let Event::State(RunState::WaitingInput) = event {
+                break;
+            }
+        }
+        handles.push(handle);
+    }
+    let after = pss_bytes().unwrap_or(0.0);
+    drop(handles);
+    Ok((after - before) / n as f64)
+}
+
+async fn timeout_lateness(sandbox: &Sandbox) -> anyhow::Result<Duration> {
+    let mut lateness = Vec::new();
+    for _ in 0..10 {
+        let mut req = RunRequest::script("while True: pass");
+        req.limits.wall_ms = 100;
+        let out = sandbox.start(req).await?.collect().await;
+        if let Some(r) = out.result {
+            lateness.push(r.duration.saturating_sub(Duration::from_millis(100)));
+        }
+    }
+    lateness.sort();
+    Ok(percentile(&lateness, 0.5))
+}
+
+async fn stop_latency(sandbox: &Sandbox) -> anyhow::Result<Duration> {
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        let mut handle = sandbox
+            .start(RunRequest::script("while True: pass"))
+            .await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let t = Instant::now();
+        handle.control().stop();
+        while let Some(event) = handle.next_event().await {
+            if let Event::Exit(_) = event {
+                break;
+            }
+        }
+        times.push(t.elapsed());
+    }
+    times.sort();
+    Ok(percentile(&times, 0.5))
+}
