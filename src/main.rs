@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a Python script in the sandbox with this terminal's stdin/stdout/stderr.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Measure the sandbox on this machine and print a table (docs/benchmarks.md).
     Bench {
         /// Samples for the latency percentiles.
@@ -52,7 +52,7 @@ fn main() {
     };
     let code = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => weir::cli::run(args, settings).await,
+            Command::Run(args) => weir::cli::run(*args, settings).await,
             Command::Bench { samples } => weir::bench::run(settings, samples).await.map(|()| 0),
         }
     });
