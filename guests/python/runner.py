@@ -131,7 +131,10 @@ PREIMPORTED = _preimport_stdlib()
 _buffered_stdio()
 sys.meta_path.append(_SourceFinder(_capture_sources(_ON_DEMAND)))
 _patch_asyncio()
-_BUILD_PATH = list(sys.path)
+# The build's paths do not exist at run time (every stdlib module is already imported): drop them
+# and their cached finders now, so no run has to free them (freeing dirties snapshot pages).
+sys.path[:] = []
+sys.path_importer_cache.clear()
 
 # Objects alive now belong to the snapshot; freezing them keeps a run-time gc.collect() from
 # dirtying (and so copying) their pages in every instance.
@@ -152,8 +155,7 @@ def _refresh_process_state(script_dir):
     cwd = environment.initial_cwd()
     if cwd:
         os.chdir(cwd)
-    sys.path[:] = [script_dir] + [p for p in _BUILD_PATH if p]
-    sys.path_importer_cache.clear()
+    sys.path[:] = [script_dir]
     import random
 
     random.seed()  # the build-time seed is in the snapshot: draw a fresh one from wasi:random
@@ -253,8 +255,7 @@ def _finish():
 
 def _main():
     launch = host.launch_config()
-    script_dir = os.getcwd() if launch.code is not None else ""
-    _refresh_process_state(script_dir)
+    _refresh_process_state("")  # "" is the working directory, as for `python -c`
     try:
         code_obj, filename = _load(launch)
     except BaseException as exc:  # noqa: BLE001 - SyntaxError, missing file, ...
