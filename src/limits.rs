@@ -23,7 +23,7 @@ pub struct Limits {
     pub output_bytes: u64,
     /// Longest line kept; the rest of a longer line is cut with a visible marker.
     pub line_bytes: u64,
-    /// Total size of the files the caller places in the scratch directory.
+    /// Total size of the scratch directory: the caller's files and what the script writes.
     pub scratch_bytes: u64,
     /// How long a REPL (or a paused run) may sit idle before it is ended, milliseconds.
     pub idle_ms: u64,
@@ -37,7 +37,7 @@ impl Default for Limits {
             memory_bytes: 256 << 20,
             output_bytes: 1 << 20,
             line_bytes: 64 << 10,
-            scratch_bytes: 16 << 20,
+            scratch_bytes: 64 << 20,
             idle_ms: 300_000,
         }
     }

@@ -19,6 +19,8 @@ pub enum Outcome {
     MemoryLimit,
     /// The script wrote more than its output limit.
     OutputLimit,
+    /// The scratch directory grew past its size limit (or its file-count limit).
+    DiskLimit,
     /// The wasm stack overflowed (C-level recursion CPython could not catch).
     StackOverflow,
     /// The caller stopped the run.
@@ -41,6 +43,7 @@ impl Outcome {
             Outcome::CpuLimit => "cpu_limit",
             Outcome::MemoryLimit => "memory_limit",
             Outcome::OutputLimit => "output_limit",
+            Outcome::DiskLimit => "disk_limit",
             Outcome::StackOverflow => "stack_overflow",
             Outcome::Stopped => "stopped",
             Outcome::Idle => "idle",
@@ -57,6 +60,7 @@ impl Outcome {
             Outcome::Timeout | Outcome::CpuLimit | Outcome::Idle => 124,
             Outcome::MemoryLimit => 137,
             Outcome::OutputLimit => 141,
+            Outcome::DiskLimit => 153,
             Outcome::StackOverflow => 134,
             Outcome::Stopped | Outcome::Shutdown => 130,
             Outcome::Crashed { .. } => 70,
@@ -71,6 +75,7 @@ impl Outcome {
                 | Outcome::CpuLimit
                 | Outcome::MemoryLimit
                 | Outcome::OutputLimit
+                | Outcome::DiskLimit
                 | Outcome::Idle
         )
     }
@@ -98,6 +103,10 @@ impl Outcome {
             Outcome::OutputLimit => format!(
                 "Script exceeded its {} output limit",
                 human_bytes(limits.output_bytes)
+            ),
+            Outcome::DiskLimit => format!(
+                "Script exceeded its {} scratch-directory limit",
+                human_bytes(limits.scratch_bytes)
             ),
             Outcome::StackOverflow => {
                 "Script overflowed the stack (recursion too deep in C code)".into()

@@ -297,6 +297,7 @@ impl Driver {
             mut status,
             pipes,
             stdin,
+            scratch_path,
             ..
         } = self;
         let started = Instant::now();
@@ -304,12 +305,17 @@ impl Driver {
         let finished = {
             let call = call_guest(&mut store, &variant);
             tokio::pin!(call);
+            let scratch = Scratch {
+                path: &scratch_path,
+                limit: limits.scratch_bytes,
+            };
             supervise(
                 &mut call,
                 &mut desired,
                 &mut status,
                 &events,
                 &pipes,
+                scratch,
                 &limits,
             )
             .await
@@ -352,6 +358,16 @@ async fn call_guest(
     command.wasi_cli_run().call_run(&mut *store).await
 }
 
+/// How often the scratch directory's size is checked while a run is active.
+const DISK_CHECK: Duration = Duration::from_millis(100);
+
+/// The run's scratch directory and its size limit.
+#[derive(Clone, Copy)]
+struct Scratch<'a> {
+    path: &'a Path,
+    limit: u64,
+}
+
 /// Polls the guest until it finishes (`Ok`) or the run must end for another reason (`Err`).
 async fn supervise(
     call: &mut std::pin::Pin<
@@ -361,10 +377,15 @@ async fn supervise(
     status: &mut watch::Receiver<GuestStatus>,
     events: &mpsc::Sender<Event>,
     output: &OutputQueue,
+    scratch: Scratch<'_>,
     limits: &Limits,
 ) -> Result<wasmtime::Result<Result<(), ()>>, Outcome> {
     let mut wall_left = limits.wall();
+    let mut disk_check = tokio::time::interval(DISK_CHECK);
+    disk_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shown: Option<RunState> = None;
+    // When the current state's clock runs out: wall time while running, idle time otherwise.
+    let mut deadline = tokio::time::Instant::now();
     loop {
         let want = *desired.borrow_and_update();
         let guest = *status.borrow_and_update();
@@ -378,24 +399,33 @@ async fn supervise(
             _ => RunState::Running,
         };
         if shown != Some(state) {
+            let now = tokio::time::Instant::now();
+            if shown == Some(RunState::Running) {
+                wall_left = deadline.saturating_duration_since(now);
+            }
             if shown == Some(RunState::Repl) && state == RunState::Running {
                 wall_left = limits.wall(); // each REPL statement gets the full time limit
             }
+            deadline = now
+                + if state == RunState::Running {
+                    wall_left
+                } else {
+                    limits.idle()
+                };
             drain(output, events).await; // output printed before the change comes first
             let _ = events.send(Event::State(state)).await;
             shown = Some(state);
         }
-        let running = state == RunState::Running;
-        let (budget, on_expiry) = if running {
-            (wall_left, Outcome::Timeout)
+        let on_expiry = if state == RunState::Running {
+            Outcome::Timeout
         } else {
-            (limits.idle(), Outcome::Idle)
+            Outcome::Idle
         };
-        let segment = Instant::now();
         let wake = tokio::select! {
             biased;
             changed = desired.changed() => if changed.is_ok() { Wake::Changed } else { Wake::Stop },
             _ = status.changed() => Wake::Changed,
+            _ = tokio::time::sleep_until(deadline) => Wake::Expired(on_expiry),
             permit = events.reserve(), if output.has_queued() => {
                 if let (Ok(permit), Some(chunk)) = (permit, output.pop()) {
                     permit.send(chunk);
@@ -403,12 +433,15 @@ async fn supervise(
                 Wake::Changed
             }
             _ = output.data_queued(), if !output.has_queued() => Wake::Changed,
+            _ = disk_check.tick() => {
+                if crate::scratch::exceeds(scratch.path, scratch.limit) {
+                    Wake::Expired(Outcome::DiskLimit)
+                } else {
+                    Wake::Changed
+                }
+            }
             result = call.as_mut(), if state != RunState::Paused => Wake::Finished(result),
-            _ = tokio::time::sleep(budget) => Wake::Expired(on_expiry),
         };
-        if running {
-            wall_left = wall_left.saturating_sub(segment.elapsed());
-        }
         match wake {
             Wake::Finished(result) => return Ok(result),
             Wake::Expired(outcome) => return Err(outcome),

@@ -71,6 +71,35 @@ impl Scratch {
     }
 }
 
+/// Most files and directories a scratch dir may hold.
+pub const MAX_SCRATCH_ENTRIES: usize = 10_000;
+
+/// Whether the directory at `root` holds more than `limit` bytes or more than
+/// [`MAX_SCRATCH_ENTRIES`] entries. Stops walking as soon as either is passed.
+pub fn exceeds(root: &Path, limit: u64) -> bool {
+    let mut total = 0u64;
+    let mut entries = 0usize;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(list) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in list.flatten() {
+            entries += 1;
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                total = total.saturating_add(meta.len());
+            }
+            if total > limit || entries > MAX_SCRATCH_ENTRIES {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

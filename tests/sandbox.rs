@@ -362,6 +362,28 @@ async fn files_written_land_only_in_the_scratch_dir() {
 }
 
 #[tokio::test]
+async fn writing_past_the_scratch_limit_ends_the_run() {
+    let started = Instant::now();
+    let out = run_with(
+        "chunk = b'x' * (1 << 20)\nwith open('big.bin', 'wb') as f:\n    while True:\n        f.write(chunk)\n        f.flush()",
+        |r| r.limits = limits(|l| l.scratch_bytes = 8 << 20),
+    )
+    .await;
+    assert_eq!(out.outcome(), Outcome::DiskLimit);
+    assert_eq!(
+        out.result.unwrap().message,
+        "Script exceeded its 8 MiB scratch-directory limit"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let out = run_with(
+        "import os\nfor i in range(20000):\n    open(f'f{i}', 'w').close()",
+        |r| r.limits = limits(|l| l.wall_ms = 30_000),
+    )
+    .await;
+    assert_eq!(out.outcome(), Outcome::DiskLimit);
+}
+
+#[tokio::test]
 async fn extra_files_are_importable() {
     let out = run_with("import helper\nprint(helper.greet())", |r| {
         r.files = vec![(
@@ -384,7 +406,7 @@ async fn bad_requests_are_refused_with_clear_errors() {
     let err = sandbox().start(req).await.err().expect("refused");
     assert_eq!(err.to_string(), "wall_ms must be greater than zero");
     let mut req = RunRequest::script("print(1)");
-    req.files = vec![("big.bin".into(), vec![0; 17 << 20])];
+    req.files = vec![("big.bin".into(), vec![0; 65 << 20])];
     let err = sandbox().start(req).await.err().expect("refused");
     assert!(err.to_string().contains("scratch limit"), "{err}");
 }
