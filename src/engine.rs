@@ -24,6 +24,11 @@ pub struct EngineSettings {
     pub epoch_tick: Duration,
     /// Where precompiled guests are cached.
     pub cache_dir: PathBuf,
+    /// Bytes of each freed linear memory kept resident and reset with `memset` (only the pages
+    /// the run dirtied, found with Linux's PAGEMAP_SCAN) instead of `madvise` + page faults.
+    pub keep_resident: usize,
+    /// Initialise funcref tables lazily (on first use) rather than at instantiation.
+    pub table_lazy_init: bool,
 }
 
 impl Default for EngineSettings {
@@ -33,8 +38,14 @@ impl Default for EngineSettings {
             max_wasm_stack: 32 << 20,
             epoch_tick: Duration::from_millis(2),
             cache_dir: default_cache_dir(),
+            keep_resident: env_usize("WEIR_KEEP_RESIDENT").unwrap_or(16 << 20),
+            table_lazy_init: env_usize("WEIR_TABLE_LAZY_INIT").is_none_or(|v| v != 0),
         }
     }
+}
+
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok()?.parse().ok()
 }
 
 /// `$WEIR_CACHE_DIR`, else the user's cache directory, else the system temp dir.
@@ -66,7 +77,10 @@ fn config(settings: &EngineSettings, fuel: bool) -> Config {
         .max_memory_size(MAX_MEMORY_BYTES as usize)
         .table_elements(100_000)
         .max_core_instance_size(4 << 20)
-        .max_component_instance_size(4 << 20);
+        .max_component_instance_size(4 << 20)
+        .linear_memory_keep_resident(settings.keep_resident)
+        .table_keep_resident(settings.keep_resident.min(1 << 20))
+        .pagemap_scan(wasmtime::Enabled::Auto);
     let mut config = Config::new();
     config
         .wasm_component_model(true)
@@ -75,6 +89,7 @@ fn config(settings: &EngineSettings, fuel: bool) -> Config {
         .max_wasm_stack(settings.max_wasm_stack)
         .async_stack_size(settings.max_wasm_stack + (2 << 20))
         .memory_init_cow(true)
+        .table_lazy_init(settings.table_lazy_init)
         .parallel_compilation(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config

@@ -13,19 +13,27 @@
 //! Modules, one concept each: [`engine`] (wasmtime policy), [`guest`] (the embedded component and
 //! its compile cache), [`host`] (weir's guest interface), [`sandbox`] (stores and isolation),
 //! [`run`] (a run's driver, events and control), [`pipes`] (bounded stdio), [`limits`],
-//! [`outcome`], [`scratch`] (per-run directory), [`cli`] (`weir run`), [`bench`] (`weir bench`).
+//! [`outcome`], [`scratch`] (per-run directory), [`cli`] (`weir run`), [`bench`] (`weir bench`);
+//! the service: [`server`] (`weir serve`, routes), [`session`] (one WebSocket session),
+//! [`protocol`] (JSON-RPC messages), [`auth`] (tokens), [`metrics`], [`config`].
 
+pub mod auth;
 pub mod bench;
 pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod guest;
 pub mod host;
 pub mod limits;
+pub mod metrics;
 pub mod outcome;
 pub mod pipes;
+pub mod protocol;
 pub mod run;
 pub mod sandbox;
 pub mod scratch;
+pub mod server;
+pub mod session;
 
 pub use engine::EngineSettings;
 pub use limits::Limits;

@@ -1,7 +1,9 @@
 //! The `weir` command line.
 
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 use weir::cli::RunArgs;
+use weir::config::ServerConfig;
 use weir::EngineSettings;
 
 #[derive(Debug, Parser)]
@@ -13,15 +15,66 @@ use weir::EngineSettings;
 struct Cli {
     /// Directory for the precompiled guest cache (default: ~/.cache/weir).
     #[arg(long, env = "WEIR_CACHE_DIR", global = true)]
-    cache_dir: Option<std::path::PathBuf>,
+    cache_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file (every field optional; see docs/protocol.md).
+    #[arg(long, env = "WEIR_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:8080).
+    #[arg(long, env = "WEIR_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// Most WebSocket sessions at once.
+    #[arg(long, env = "WEIR_MAX_SESSIONS")]
+    max_sessions: Option<usize>,
+    /// Secret for session tokens; without one, connections are anonymous.
+    #[arg(long, env = "WEIR_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Log JSON lines instead of text.
+    #[arg(long, env = "WEIR_LOG_JSON")]
+    log_json: bool,
+}
+
+impl ServeArgs {
+    fn config(&self) -> anyhow::Result<ServerConfig> {
+        let mut c = match &self.config {
+            Some(path) => ServerConfig::from_file(path)?,
+            None => ServerConfig::default(),
+        };
+        if let Some(listen) = self.listen {
+            c.listen = listen;
+        }
+        if let Some(n) = self.max_sessions {
+            c.max_sessions = n;
+        }
+        if self.secret.is_some() {
+            c.secret = self.secret.clone();
+        }
+        c.log_json |= self.log_json;
+        Ok(c)
+    }
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a Python script in the sandbox with this terminal's stdin/stdout/stderr.
     Run(Box<RunArgs>),
+    /// Serve the browser-IDE WebSocket protocol (the main job).
+    Serve(ServeArgs),
+    /// Mint a session token for a user (needs the server's secret).
+    Token {
+        #[arg(long)]
+        user: String,
+        /// How long the token is valid: "24h", "30m".
+        #[arg(long, default_value = "24h", value_parser = weir::limits::parse_duration)]
+        ttl: std::time::Duration,
+        #[arg(long, env = "WEIR_SECRET", hide_env_values = true)]
+        secret: String,
+    },
     /// Measure the sandbox on this machine and print a table (docs/benchmarks.md).
     Bench {
         /// Samples for the latency percentiles.
@@ -30,19 +83,42 @@ enum Command {
     },
 }
 
+/// Logs go to stderr; `WEIR_LOG` sets the filter (default: info for the server, warn otherwise).
+fn init_logging(json: bool, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn dispatch(command: Command, settings: EngineSettings) -> anyhow::Result<i32> {
+    match command {
+        Command::Run(args) => weir::cli::run(*args, settings).await,
+        Command::Serve(args) => weir::server::serve(args.config()?).await.map(|()| 0),
+        Command::Token { user, ttl, secret } => {
+            println!("{}", weir::auth::mint(secret.as_bytes(), &user, ttl));
+            Ok(0)
+        }
+        Command::Bench { samples } => weir::bench::run(settings, samples).await.map(|()| 0),
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let mut settings = EngineSettings::default();
-    if let Some(dir) = cli.cache_dir {
-        settings.cache_dir = dir;
+    match &cli.command {
+        Command::Serve(a) => init_logging(a.log_json, "info"),
+        _ => init_logging(false, "warn"),
     }
+    if let Some(dir) = &cli.cache_dir {
+        std::env::set_var("WEIR_CACHE_DIR", dir);
+    }
+    let settings = EngineSettings::default();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -50,16 +126,12 @@ fn main() {
             std::process::exit(70);
         }
     };
-    let code = runtime.block_on(async {
-        match cli.command {
-            Command::Run(args) => weir::cli::run(*args, settings).await,
-            Command::Bench { samples } => weir::bench::run(settings, samples).await.map(|()| 0),
-        }
-    });
-    let code = code.unwrap_or_else(|e| {
-        eprintln!("weir: {e:#}");
-        2
-    });
+    let code = runtime
+        .block_on(dispatch(cli.command, settings))
+        .unwrap_or_else(|e| {
+            eprintln!("weir: {e:#}");
+            2
+        });
     // Stdin may still be held by a blocking read; exit without waiting for it.
     std::process::exit(code);
 }

@@ -107,6 +107,15 @@ enum Desired {
     Stop,
 }
 
+/// Why input could not be delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StdinError {
+    #[error("stdin is full: the script has not read the input already sent")]
+    Full,
+    #[error("the run has ended")]
+    Ended,
+}
+
 /// Commands to a run. Cloneable; every method is harmless once the run has ended.
 #[derive(Clone)]
 pub struct RunControl {
@@ -123,6 +132,21 @@ impl RunControl {
             return true;
         }
         self.stdin.send(StdinMsg::Data(data)).await.is_ok()
+    }
+
+    /// Sends bytes to stdin without waiting; fails when the run has ended or the guest has not
+    /// read enough of what was sent before.
+    pub fn try_write_stdin(&self, data: impl Into<Bytes>) -> Result<(), StdinError> {
+        let data = data.into();
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.stdin
+            .try_send(StdinMsg::Data(data))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => StdinError::Full,
+                mpsc::error::TrySendError::Closed(_) => StdinError::Ended,
+            })
     }
 
     /// Closes stdin: once the guest has read what was sent, it sees end of file.
@@ -158,7 +182,14 @@ impl RunControl {
 }
 
 /// Aborts a task when dropped, so an owner going away takes its task with it.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl AbortOnDrop {
+    /// Waits for the task to finish (it is aborted if this wait is itself dropped).
+    pub async fn join(mut self) {
+        let _ = (&mut self.0).await;
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

@@ -1,0 +1,404 @@
+//! One WebSocket session: the task that owns the socket and the session's run.
+//!
+//! Everything a session holds lives in this task: its active run's handle (and through it the
+//! run's store), its writer task, its timers. When the socket closes, drops or times out, the task
+//! ends and everything it owns is dropped at once; there is nothing to release by hand.
+
+use crate::protocol::{self, code, Incoming, Request, RpcError, RunParams};
+use crate::run::{Event, RunHandle};
+use crate::sandbox::{Program, RunRequest, StartError};
+use crate::server::AppState;
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+/// Frames queued towards a slow client before the session stops taking run events.
+const OUT_QUEUE: usize = 32;
+
+/// Close codes the server uses.
+pub mod close {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const TOO_BIG: u16 = 1009;
+    pub const REPLACED: u16 = 4001;
+    pub const IDLE: u16 = 4002;
+}
+
+/// What a session needs from its creator.
+pub struct SessionCtx {
+    pub app: Arc<AppState>,
+    pub session_no: u64,
+    pub user: Option<String>,
+    /// Fires when the same user logs in elsewhere.
+    pub replaced: watch::Receiver<bool>,
+}
+
+struct Active {
+    id: String,
+    handle: RunHandle,
+    seq: u64,
+    shutdown_stop: bool,
+}
+
+struct Session {
+    app: Arc<AppState>,
+    out: mpsc::Sender<Message>,
+    active: Option<Active>,
+    recent_runs: VecDeque<Instant>,
+    last_activity: Instant,
+    shutting_down: bool,
+}
+
+/// What woke the session loop.
+enum Step {
+    Replaced,
+    Shutdown,
+    GraceOver,
+    Frame(Option<Result<Message, axum::Error>>),
+    Event(Option<Event>),
+    Heartbeat,
+    Idle,
+    Nothing,
+}
+
+/// Why the session ends, and the close frame to send (if the socket is still there).
+enum End {
+    Close(u16, &'static str),
+    Gone,
+}
+
+/// Runs a session to its end.
+pub async fn run(socket: WebSocket, ctx: SessionCtx) {
+    let span = tracing::info_span!(
+        "session",
+        session = ctx.session_no,
+        user = ctx.user.as_deref().unwrap_or("-")
+    );
+    run_in_span(socket, ctx).instrument(span).await
+}
+
+async fn run_in_span(socket: WebSocket, mut ctx: SessionCtx) {
+    let (sink, mut stream) = socket.split();
+    let (out, out_rx) = mpsc::channel(OUT_QUEUE);
+    let writer = crate::run::AbortOnDrop(tokio::spawn(write_frames(sink, out_rx)));
+    let mut shutdown = ctx.app.shutdown.subscribe();
+    let mut s = Session {
+        app: ctx.app.clone(),
+        out,
+        active: None,
+        recent_runs: VecDeque::new(),
+        last_activity: Instant::now(),
+        shutting_down: *shutdown.borrow(),
+    };
+    let config = &ctx.app.config;
+    let mut heartbeat = tokio::time::interval(config.heartbeat());
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_pong = Instant::now();
+    let mut grace_deadline: Option<Instant> = None;
+    let end = loop {
+        if s.shutting_down && s.active.is_none() {
+            break End::Close(close::GOING_AWAY, "server shutting down");
+        }
+        let idle_at = s.last_activity + config.session_idle();
+        let room = s.out.capacity() > 0;
+        let step = tokio::select! {
+            biased;
+            _ = replaced(&mut ctx.replaced) => Step::Replaced,
+            _ = shutdown.changed(), if !s.shutting_down => Step::Shutdown,
+            _ = sleep_until_opt(grace_deadline), if s.active.is_some() => Step::GraceOver,
+            frame = stream.next() => Step::Frame(frame),
+            event = next_event(&mut s.active), if room => Step::Event(event),
+            _ = s.out.reserve(), if !room => Step::Nothing,
+            _ = heartbeat.tick() => Step::Heartbeat,
+            _ = tokio::time::sleep_until(idle_at), if s.active.is_none() => Step::Idle,
+        };
+        match step {
+            Step::Replaced => break End::Close(close::REPLACED, "logged in from another location"),
+            Step::Shutdown => {
+                s.shutting_down = true;
+                grace_deadline = Some(Instant::now() + config.shutdown_grace());
+            }
+            Step::GraceOver => {
+                if let Some(a) = &mut s.active {
+                    a.shutdown_stop = true;
+                    a.handle.control().stop();
+                }
+                grace_deadline = None;
+            }
+            Step::Frame(frame) => match frame {
+                Some(Ok(Message::Text(text))) => {
+                    s.last_activity = Instant::now();
+                    s.handle_text(text.as_str()).await;
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    let e = RpcError::new(
+                        None,
+                        code::INVALID_REQUEST,
+                        "binary frames are not supported; send JSON text",
+                    );
+                    s.send(e.to_json()).await;
+                }
+                Some(Ok(Message::Pong(_))) => last_pong = Instant::now(),
+                Some(Ok(Message::Ping(_))) => {}
+                Some(Ok(Message::Close(_))) | None => break End::Gone,
+                Some(Err(e)) => break too_big_or_gone(&e),
+            },
+            Step::Event(event) => s.forward(event).await,
+            Step::Heartbeat => {
+                if last_pong.elapsed() > config.heartbeat() * 3 {
+                    tracing::info!("peer stopped answering pings; dropping the session");
+                    break End::Gone;
+                }
+                let _ = s.out.try_send(Message::Ping(Default::default()));
+            }
+            Step::Idle => break End::Close(close::IDLE, "idle timeout"),
+            Step::Nothing => {}
+        }
+    };
+    // Drop the run first: its store is freed before the socket is told goodbye.
+    drop(s.active.take());
+    if let End::Close(code, reason) = end {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = s.out.try_send(Message::Close(Some(frame)));
+    }
+    drop(s.out);
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer.join()).await;
+    tracing::info!("session ended");
+}
+
+/// Resolves when this session's user logs in elsewhere; never for anonymous sessions (whose
+/// sender is dropped at once).
+async fn replaced(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|r| *r).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn too_big_or_gone(e: &axum::Error) -> End {
+    let text = e.to_string().to_lowercase();
+    if text.contains("too long") || text.contains("too big") || text.contains("space limit") {
+        End::Close(close::TOO_BIG, "message too big")
+    } else {
+        End::Gone
+    }
+}
+
+async fn next_event(active: &mut Option<Active>) -> Option<Event> {
+    match active {
+        Some(a) => a.handle.next_event().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn write_frames(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut frames: mpsc::Receiver<Message>,
+) {
+    while let Some(frame) = frames.recv().await {
+        let closing = matches!(frame, Message::Close(_));
+        if sink.send(frame).await.is_err() || closing {
+            break;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+impl Session {
+    async fn send(&self, text: String) {
+        let _ = self.out.send(Message::Text(text.into())).await;
+    }
+
+    async fn reply(&self, id: &Option<Value>, result: Result<Value, RpcError>) {
+        match (id, result) {
+            (Some(id), Ok(value)) => self.send(protocol::result(id, value)).await,
+            (_, Err(e)) => self.send(e.to_json()).await,
+            (None, Ok(_)) => {} // a notification gets no response
+        }
+    }
+
+    async fn handle_text(&mut self, text: &str) {
+        match protocol::parse(text) {
+            Ok(Incoming { id, request }) => {
+                let result = self.handle(&id, request).await;
+                self.reply(&id, result).await;
+            }
+            Err(e) => self.send(e.to_json()).await,
+        }
+    }
+
+    async fn handle(&mut self, id: &Option<Value>, request: Request) -> Result<Value, RpcError> {
+        let err = |code, msg: String| RpcError::new(id.clone(), code, msg);
+        match request {
+            Request::Ping => Ok(json!("pong")),
+            Request::Run(params) => self.start_run(*params).await.map_err(|(c, m)| err(c, m)),
+            Request::Input { run_id, data } => {
+                let control = self
+                    .control(&run_id)
+                    .map_err(|m| err(code::UNKNOWN_RUN, m))?;
+                let len = data.len();
+                match control.try_write_stdin(data) {
+                    Ok(()) => Ok(json!({ "bytes": len })),
+                    Err(m) => Err(err(code::LIMIT, m.to_string())),
+                }
+            }
+            Request::Eof { run_id } => {
+                let control = self
+                    .control(&run_id)
+                    .map_err(|m| err(code::UNKNOWN_RUN, m))?;
+                control.close_stdin().await;
+                Ok(json!(true))
+            }
+            Request::Stop { run_id } => {
+                self.control(&run_id)
+                    .map_err(|m| err(code::UNKNOWN_RUN, m))?
+                    .stop();
+                Ok(json!(true))
+            }
+            Request::Pause { run_id } => {
+                self.control(&run_id)
+                    .map_err(|m| err(code::UNKNOWN_RUN, m))?
+                    .pause();
+                Ok(json!(true))
+            }
+            Request::Resume { run_id } => {
+                self.control(&run_id)
+                    .map_err(|m| err(code::UNKNOWN_RUN, m))?
+                    .resume();
+                Ok(json!(true))
+            }
+        }
+    }
+
+    fn control(&self, run_id: &str) -> Result<crate::run::RunControl, String> {
+        match &self.active {
+            Some(a) if a.id == run_id => Ok(a.handle.control()),
+            _ => Err(format!(
+                "unknown run {run_id:?}: it is not this session's active run"
+            )),
+        }
+    }
+
+    /// Sends one run event to the client; `None` means the run vanished (reported as crashed).
+    async fn forward(&mut self, event: Option<Event>) {
+        let Some(active) = &mut self.active else {
+            return;
+        };
+        let text = match event {
+            Some(Event::Output { stream, data }) => {
+                active.seq += 1;
+                protocol::output(&active.id, stream, &data, active.seq)
+            }
+            Some(Event::State(state)) => protocol::state(&active.id, state),
+            Some(Event::Exit(result)) => {
+                let outcome = if active.shutdown_stop {
+                    "shutdown"
+                } else {
+                    result.outcome.kind()
+                };
+                self.app
+                    .metrics
+                    .run_finished(outcome, result.duration, result.output_bytes);
+                let text = protocol::exit(&active.id, outcome, &result);
+                self.active = None;
+                text
+            }
+            None => {
+                tracing::error!("run ended without an exit event");
+                self.active = None;
+                return;
+            }
+        };
+        self.send(text).await;
+    }
+
+    /// Stops the active run (if any) and forwards its remaining events, ending with its `exit`.
+    async fn finish_active(&mut self) {
+        if let Some(a) = &self.active {
+            a.handle.control().stop();
+        }
+        while self.active.is_some() {
+            let event = next_event(&mut self.active).await;
+            self.forward(event).await;
+        }
+    }
+
+    fn rate_limited(&mut self) -> bool {
+        let now = Instant::now();
+        while self
+            .recent_runs
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
+        {
+            self.recent_runs.pop_front();
+        }
+        if self.recent_runs.len() >= self.app.config.runs_per_minute as usize {
+            return true;
+        }
+        self.recent_runs.push_back(now);
+        false
+    }
+
+    async fn start_run(&mut self, params: RunParams) -> Result<Value, (i64, String)> {
+        if self.shutting_down {
+            return Err((code::LIMIT, "the server is shutting down".into()));
+        }
+        if self.rate_limited() {
+            return Err((
+                code::LIMIT,
+                format!(
+                    "too many runs: at most {} per minute per session",
+                    self.app.config.runs_per_minute
+                ),
+            ));
+        }
+        self.finish_active().await;
+        let config = &self.app.config;
+        let mut req = RunRequest::script(Vec::new());
+        req.program = Program::Script {
+            filename: params.filename,
+            source: params.source.into_bytes(),
+        };
+        req.files = params
+            .files
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes()))
+            .collect();
+        req.args = params.args;
+        req.stdin = params.stdin.map(String::into_bytes);
+        req.repl = params.repl;
+        req.limits = params.limits.apply(&config.limits, &config.max_limits);
+        let handle = self.app.sandbox.start(req).await.map_err(|e| match e {
+            StartError::AtCapacity(_) => (code::LIMIT, e.to_string()),
+            StartError::Internal(_) => (code::INTERNAL, e.to_string()),
+            _ => (code::INVALID_PARAMS, e.to_string()),
+        })?;
+        self.app
+            .metrics
+            .runs_started
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = handle.id().to_string();
+        tracing::info!(run_id = %id, "run started");
+        self.active = Some(Active {
+            id: id.clone(),
+            handle,
+            seq: 0,
+            shutdown_stop: false,
+        });
+        Ok(json!({ "run_id": id }))
+    }
+}

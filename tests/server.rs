@@ -1,0 +1,519 @@
+//! `weir serve` as a browser IDE sees it, driven by a real WebSocket client (tokio-tungstenite).
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use weir::config::ServerConfig;
+use weir::server::{start, RunningServer};
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn server(f: impl FnOnce(&mut ServerConfig)) -> RunningServer {
+    let mut config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        max_instances: 16,
+        ..ServerConfig::default()
+    };
+    f(&mut config);
+    start(config).await.expect("server starts")
+}
+
+async fn connect(server: &RunningServer, query: &str) -> Ws {
+    try_connect(server, query, &[])
+        .await
+        .expect("upgrade accepted")
+}
+
+async fn try_connect(
+    server: &RunningServer,
+    query: &str,
+    headers: &[(&'static str, &str)],
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let mut req = format!("ws://{}/ws{query}", server.addr).into_client_request()?;
+    for (k, v) in headers {
+        req.headers_mut().insert(*k, v.parse().unwrap());
+    }
+    tokio_tungstenite::connect_async(req)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+fn status_of(err: tokio_tungstenite::tungstenite::Error) -> u16 {
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(r) => r.status().as_u16(),
+        other => panic!("expected an HTTP refusal, got {other}"),
+    }
+}
+
+async fn send(ws: &mut Ws, value: Value) {
+    ws.send(Message::Text(value.to_string().into()))
+        .await
+        .expect("sent");
+}
+
+/// The next JSON message (pings are skipped); panics after 20 s.
+async fn recv(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("a message in time")
+            .expect("socket open")
+            .expect("no socket error");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(&t).expect("JSON"),
+            Message::Close(f) => panic!("closed: {f:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Reads until the close frame; returns its code.
+async fn close_code(ws: &mut Ws) -> u16 {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("close in time")
+        {
+            Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
+            Some(Ok(Message::Close(None))) | None => return 0,
+            Some(Err(_)) => return 0,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+async fn run(ws: &mut Ws, id: u64, params: Value) -> String {
+    send(
+        ws,
+        json!({"jsonrpc": "2.0", "id": id, "method": "run", "params": params}),
+    )
+    .await;
+    loop {
+        let m = recv(ws).await;
+        if m["id"] == json!(id) {
+            return m["result"]["run_id"].as_str().expect("run_id").to_string();
+        }
+    }
+}
+
+/// Collects a run's stdout until its exit; returns (stdout, exit params).
+async fn until_exit(ws: &mut Ws, run_id: &str) -> (String, Value) {
+    let mut out = String::new();
+    let mut last_seq: Option<u64> = None;
+    loop {
+        let m = recv(ws).await;
+        if m["params"]["run_id"] != json!(run_id) {
+            continue;
+        }
+        match m["method"].as_str() {
+            Some("output") => {
+                let seq = m["params"]["seq"].as_u64().expect("seq");
+                if let Some(prev) = last_seq {
+                    assert_eq!(seq, prev + 1, "seq increases by one");
+                }
+                last_seq = Some(seq);
+                if m["params"]["stream"] == "stdout" {
+                    out.push_str(m["params"]["data"].as_str().unwrap());
+                }
+            }
+            Some("exit") => return (out, m["params"].clone()),
+            _ => {}
+        }
+    }
+}
+
+async fn wait_for_state(ws: &mut Ws, run_id: &str, state: &str) {
+    loop {
+        let m = recv(ws).await;
+        if m["method"] == "state"
+            && m["params"]["run_id"] == json!(run_id)
+            && m["params"]["state"] == state
+        {
+            return;
+        }
+    }
+}
+
+async fn http_get(server: &RunningServer, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        server.addr
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+async fn until_no_instances(server: &RunningServer) {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while server.state.sandbox.live_instances() != 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        server.state.sandbox.live_instances(),
+        0,
+        "instances still alive after 1 s"
+    );
+}
+
+#[tokio::test]
+async fn a_run_streams_output_state_and_exit() {
+    let server = server(|_| {}).await;
+    let mut ws = connect(&server, "").await;
+    let id = run(
+        &mut ws,
+        1,
+        json!({"source": "print('hello')\nprint('world')"}),
+    )
+    .await;
+    let (out, exit) = until_exit(&mut ws, &id).await;
+    assert_eq!(out, "hello\nworld\n");
+    assert_eq!(exit["outcome"], "exited");
+    assert_eq!(exit["code"], 0);
+    assert_eq!(exit["output_truncated"], false);
+    assert!(exit["message"].is_string() && exit["duration_ms"].is_u64());
+    let id = run(&mut ws, 2, json!({"source": "1/0"})).await;
+    let (_, exit) = until_exit(&mut ws, &id).await;
+    assert_eq!(
+        (exit["outcome"].as_str(), exit["code"].as_i64()),
+        (Some("error"), Some(1))
+    );
+}
+
+#[tokio::test]
+async fn input_is_interactive_and_stop_ends_a_waiting_run() {
+    let server = server(|_| {}).await;
+    let mut ws = connect(&server, "").await;
+    let id = run(
+        &mut ws,
+        1,
+        json!({"source": "n = input('name? ')\nprint('hi', n)\ninput()"}),
+    )
+    .await;
+    wait_for_state(&mut ws, &id, "waiting_input").await;
+    send(&mut ws, json!({"jsonrpc": "2.0", "id": 2, "method": "input", "params": {"run_id": id, "data": "Ada\n"}})).await;
+    let reply = recv(&mut ws).await;
+    assert_eq!(reply["result"]["bytes"], 4);
+    wait_for_state(&mut ws, &id, "waiting_input").await;
+    send(
+        &mut ws,
+        json!({"jsonrpc": "2.0", "id": 3, "method": "stop", "params": {"run_id": id}}),
+    )
+    .await;
+    let (_, exit) = until_exit(&mut ws, &id).await;
+    assert_eq!(exit["outcome"], "stopped");
+}
+
+#[tokio::test]
+async fn pause_and_resume_and_repl() {
+    let server = server(|_| {}).await;
+    let mut ws = connect(&server, "").await;
+    let id = run(&mut ws, 1, json!({"source": "x = 5", "repl": true})).await;
+    wait_for_state(&mut ws, &id, "repl").await;
+    send(
+        &mut ws,
+        json!({"jsonrpc": "2.0", "id": 2, "method": "pause", "params": {"run_id": id}}),
+    )
+    .await;
+    wait_for_state(&mut ws, &id, "paused").await;
+    send(
+        &mut ws,
+        json!({"jsonrpc": "2.0", "id": 3, "method": "resume", "params": {"run_id": id}}),
+    )
+    .await;
+    send(&mut ws, json!({"jsonrpc": "2.0", "id": 4, "method": "input", "params": {"run_id": id, "data": "print(x * 8)\n"}})).await;
+    send(
+        &mut ws,
+        json!({"jsonrpc": "2.0", "id": 5, "method": "eof", "params": {"run_id": id}}),
+    )
+    .await;
+    let (out, exit) = until_exit(&mut ws, &id).await;
+    assert!(out.contains("40\n"), "{out}");
+    assert_eq!(exit["outcome"], "exited");
+}
+
+#[tokio::test]
+async fn bad_messages_get_clear_errors_and_the_session_survives() {
+    let server = server(|_| {}).await;
+    let mut ws = connect(&server, "").await;
+    let cases = [
+        ("{not json".to_string(), -32700),
+        ("[1,2]".to_string(), -32600),
+        (json!({"jsonrpc": "2.0", "id": 1, "method": "teleport"}).to_string(), -32601),
+        (json!({"jsonrpc": "2.0", "id": 2, "method": "run", "params": {"source": 42}}).to_string(), -32602),
+        (json!({"jsonrpc": "2.0", "id": 3, "method": "stop", "params": {"run_id": "nope"}}).to_string(), -32001),
+        (json!({"jsonrpc": "2.0", "id": 4, "method": "run", "params": {"source": "", "files": {"../x": ""}}}).to_string(), -32602),
+    ];
+    for (text, code) in cases {
+        ws.send(Message::Text(text.clone().into())).await.unwrap();
+        let reply = recv(&mut ws).await;
+        assert_eq!(reply["error"]["code"], code, "{text} -> {reply}");
+        assert!(!reply["error"]["message"].as_str().unwrap().is_empty());
+    }
+    ws.send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut ws).await["error"]["code"], -32600);
+    send(
+        &mut ws,
+        json!({"jsonrpc": "2.0", "id": 9, "method": "ping"}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["result"], "pong");
+}
+
+#[tokio::test]
+async fn an_oversized_message_closes_with_1009() {
+    let server = server(|_| {}).await;
+    let mut ws = connect(&server, "").await;
+    let big = "x".repeat(10 << 20);
+    let _ = ws.send(Message::Text(big.into())).await;
+    assert_eq!(close_code(&mut ws).await, 1009);
+}
+
+#[tokio::test]
+async fn rapid_runs_leave_only_the_last_one_running() {
+    let server = server(|_| {}).await;
+    let mut ws = connect(&server, "").await;
+    for i in 0..50 {
+        let source = format!("import time\nprint('run {i}')\ntime.sleep(0.2)\nprint('end {i}')");
+        send(
+            &mut ws,
+            json!({"jsonrpc": "2.0", "id": i, "method": "run", "params": {"source": source}}),
+        )
+        .await;
+    }
+    let mut started: Vec<String> = Vec::new();
+    let mut exited: Vec<String> = Vec::new();
+    let mut last_output = String::new();
+    while exited.len() < 50 {
+        let m = recv(&mut ws).await;
+        if let Some(run_id) = m["result"]["run_id"].as_str() {
+            if let Some(prev) = started.last() {
+                assert!(
+                    exited.contains(prev),
+                    "run {prev} had no exit before the next run started"
+                );
+            }
+            started.push(run_id.to_string());
+        } else if m["method"] == "exit" {
+            exited.push(m["params"]["run_id"].as_str().unwrap().to_string());
+        } else if m["method"] == "output" {
+            let run = m["params"]["run_id"].as_str().unwrap();
+            assert_eq!(
+                Some(run),
+                started.last().map(String::as_str),
+                "output from a run that is not the latest"
+            );
+            if started.len() == 50 {
+                last_output.push_str(m["params"]["data"].as_str().unwrap());
+            }
+        }
+    }
+    assert_eq!(started, exited);
+    assert_eq!(last_output, "run 49\nend 49\n");
+}
+
+#[tokio::test]
+async fn a_disconnect_during_a_flood_frees_every_instance() {
+    let server = server(|_| {}).await;
+    for _ in 0..3 {
+        let mut ws = connect(&server, "").await;
+        let id = run(&mut ws, 1, json!({"source": "while True: print('flood' * 20)", "limits": {"output_bytes": 16000000}})).await;
+        loop {
+            let m = recv(&mut ws).await;
+            if m["method"] == "output" && m["params"]["run_id"] == json!(id) {
+                break;
+            }
+        }
+        assert_eq!(server.state.sandbox.live_instances(), 1);
+        drop(ws); // abrupt: no close frame
+        until_no_instances(&server).await;
+    }
+}
+
+#[tokio::test]
+async fn sessions_beyond_the_cap_are_refused_with_503() {
+    let server = server(|c| c.max_sessions = 2).await;
+    let _a = connect(&server, "").await;
+    let _b = connect(&server, "").await;
+    let err = try_connect(&server, "", &[]).await.expect_err("refused");
+    assert_eq!(status_of(err), 503);
+    let (_, metrics) = http_get(&server, "/metrics").await;
+    assert!(
+        metrics.contains("weir_connections_rejected_total{reason=\"capacity\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("weir_sessions_open 2"), "{metrics}");
+}
+
+#[tokio::test]
+async fn tokens_are_required_checked_and_one_session_per_user() {
+    let secret = "test-secret";
+    let server = server(|c| c.secret = Some(secret.into())).await;
+    assert_eq!(
+        status_of(try_connect(&server, "", &[]).await.err().unwrap()),
+        401
+    );
+    let expired = weir::auth::mint(secret.as_bytes(), "ada", Duration::ZERO);
+    assert_eq!(
+        status_of(
+            try_connect(&server, &format!("?token={expired}"), &[])
+                .await
+                .err()
+                .unwrap()
+        ),
+        401
+    );
+    let forged = weir::auth::mint(b"wrong", "ada", Duration::from_secs(60));
+    assert_eq!(
+        status_of(
+            try_connect(&server, &format!("?token={forged}"), &[])
+                .await
+                .err()
+                .unwrap()
+        ),
+        401
+    );
+    let token = weir::auth::mint(secret.as_bytes(), "ada", Duration::from_secs(60));
+    let mut first = connect(&server, &format!("?token={token}")).await;
+    send(
+        &mut first,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}),
+    )
+    .await;
+    assert_eq!(recv(&mut first).await["result"], "pong");
+    // The same user again, with the token in Sec-WebSocket-Protocol: the first session is closed.
+    let mut second = try_connect(&server, "", &[("Sec-WebSocket-Protocol", &token)])
+        .await
+        .expect("accepted");
+    assert_eq!(close_code(&mut first).await, 4001);
+    send(
+        &mut second,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}),
+    )
+    .await;
+    assert_eq!(recv(&mut second).await["result"], "pong");
+}
+
+#[tokio::test]
+async fn cross_origin_upgrades_are_refused() {
+    let server = server(|_| {}).await;
+    let err = try_connect(&server, "", &[("Origin", "https://evil.example")])
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status_of(err), 403);
+    assert!(
+        try_connect(&server, "", &[("Origin", "http://localhost:3000")])
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn idle_sessions_close_with_4002() {
+    let server = server(|c| c.session_idle_secs = 1).await;
+    let mut ws = connect(&server, "").await;
+    assert_eq!(close_code(&mut ws).await, 4002);
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let server = server(|_| {}).await;
+    assert_eq!(http_get(&server, "/healthz").await, (200, "ok".into()));
+    assert_eq!(http_get(&server, "/readyz").await, (200, "ready".into()));
+    let mut ws = connect(&server, "").await;
+    let id = run(
+        &mut ws,
+        1,
+        json!({"source": "while True: pass", "limits": {"wall_ms": 200}}),
+    )
+    .await;
+    let (_, exit) = until_exit(&mut ws, &id).await;
+    assert_eq!(exit["outcome"], "timeout");
+    assert_eq!(exit["message"], "Script exceeded its 200 ms time limit");
+    let (status, text) = http_get(&server, "/metrics").await;
+    assert_eq!(status, 200);
+    for needle in [
+        "weir_sessions_open 1",
+        "weir_instances_live 0",
+        "weir_runs_started_total 1",
+        "weir_runs_finished_total{outcome=\"timeout\"} 1",
+        "weir_run_duration_seconds_count 1",
+        "weir_output_bytes_total 0",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn shutdown_stops_active_runs_and_closes_with_1001() {
+    let server = server(|c| c.shutdown_grace_secs = 1).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut ws = connect(&server, "").await;
+        let id = run(&mut ws, 1, json!({"source": "input()"})).await;
+        wait_for_state(&mut ws, &id, "waiting_input").await;
+        clients.push((ws, id));
+    }
+    let state = server.state.clone();
+    let stopping = tokio::spawn(server.shutdown());
+    for (mut ws, id) in clients {
+        let (_, exit) = until_exit(&mut ws, &id).await;
+        assert_eq!(exit["outcome"], "shutdown");
+        assert_eq!(close_code(&mut ws).await, 1001);
+    }
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("shutdown completes")
+        .unwrap();
+    assert_eq!(state.sandbox.live_instances(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_sessions_wait_for_input() {
+    let server = server(|c| c.max_instances = 220).await;
+    let mut clients = Vec::new();
+    for _ in 0..200 {
+        let mut ws = connect(&server, "").await;
+        let id = run(&mut ws, 1, json!({"source": "print(int(input()) * 2)"})).await;
+        clients.push((ws, id));
+    }
+    for (ws, id) in &mut clients {
+        wait_for_state(ws, id, "waiting_input").await;
+    }
+    assert_eq!(server.state.sandbox.live_instances(), 200);
+    for (i, (ws, id)) in clients.iter_mut().enumerate() {
+        send(ws, json!({"jsonrpc": "2.0", "id": 2, "method": "input", "params": {"run_id": id, "data": format!("{i}\n")}})).await;
+    }
+    for (i, (ws, id)) in clients.iter_mut().enumerate() {
+        let (out, exit) = until_exit(ws, id).await;
+        assert_eq!(out, format!("{}\n", i * 2));
+        assert_eq!(exit["outcome"], "exited");
+    }
+    until_no_instances(&server).await;
+}
+
+#[test]
+fn close_codes_are_the_documented_ones() {
+    assert_eq!(u16::from(CloseCode::Away), weir::session::close::GOING_AWAY);
+    assert_eq!(u16::from(CloseCode::Size), weir::session::close::TOO_BIG);
+}
