@@ -97,10 +97,20 @@ fn init_logging(json: bool, default: &str) {
     }
 }
 
-async fn dispatch(command: Command, settings: EngineSettings) -> anyhow::Result<i32> {
+async fn dispatch(
+    command: Command,
+    serve_config: Option<ServerConfig>,
+    settings: EngineSettings,
+) -> anyhow::Result<i32> {
     match command {
         Command::Run(args) => weir::cli::run(*args, settings).await,
-        Command::Serve(args) => weir::server::serve(args.config()?).await.map(|()| 0),
+        Command::Serve(args) => {
+            let config = match serve_config {
+                Some(c) => c,
+                None => args.config()?,
+            };
+            weir::server::serve(config).await.map(|()| 0)
+        }
         Command::Token { user, ttl, secret } => {
             println!("{}", weir::auth::mint(secret.as_bytes(), &user, ttl));
             Ok(0)
@@ -111,9 +121,19 @@ async fn dispatch(command: Command, settings: EngineSettings) -> anyhow::Result<
 
 fn main() {
     let cli = Cli::parse();
-    match &cli.command {
-        Command::Serve(a) => init_logging(a.log_json, "info"),
-        _ => init_logging(false, "warn"),
+    let serve_config = match &cli.command {
+        Command::Serve(a) => match a.config() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("weir: {e:#}");
+                std::process::exit(2);
+            }
+        },
+        _ => None,
+    };
+    match &serve_config {
+        Some(c) => init_logging(c.log_json, "info"),
+        None => init_logging(false, "warn"),
     }
     if let Some(dir) = &cli.cache_dir {
         std::env::set_var("WEIR_CACHE_DIR", dir);
@@ -127,7 +147,7 @@ fn main() {
         }
     };
     let code = runtime
-        .block_on(dispatch(cli.command, settings))
+        .block_on(dispatch(cli.command, serve_config, settings))
         .unwrap_or_else(|e| {
             eprintln!("weir: {e:#}");
             2

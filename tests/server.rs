@@ -517,3 +517,85 @@ fn close_codes_are_the_documented_ones() {
     assert_eq!(u16::from(CloseCode::Away), weir::session::close::GOING_AWAY);
     assert_eq!(u16::from(CloseCode::Size), weir::session::close::TOO_BIG);
 }
+
+#[tokio::test]
+async fn runs_per_minute_are_limited_per_session() {
+    let server = server(|c| c.runs_per_minute = 3).await;
+    let mut ws = connect(&server, "").await;
+    for i in 0..3 {
+        let id = run(&mut ws, i, json!({"source": "pass"})).await;
+        until_exit(&mut ws, &id).await;
+    }
+    send(
+        &mut ws,
+        json!({"jsonrpc": "2.0", "id": 9, "method": "run", "params": {"source": "pass"}}),
+    )
+    .await;
+    let reply = recv(&mut ws).await;
+    assert_eq!(reply["error"]["code"], -32002);
+    assert!(reply["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("3 per minute"));
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_makes_its_guest_wait() {
+    let server = server(|_| {}).await;
+    let mut ws = connect(&server, "").await;
+    let limits = json!({"output_bytes": 16_000_000, "wall_ms": 60_000});
+    let id = run(
+        &mut ws,
+        1,
+        json!({"source": "while True: print('x' * 1000)", "limits": limits}),
+    )
+    .await;
+    // Unthrottled, this script writes 16 MB in well under a second; nobody reads for 2 s.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    send(
+        &mut ws,
+        json!({"jsonrpc": "2.0", "id": 2, "method": "stop", "params": {"run_id": id}}),
+    )
+    .await;
+    let mut received = 0usize;
+    let exit = loop {
+        let m = recv(&mut ws).await;
+        match m["method"].as_str() {
+            Some("output") => received += m["params"]["data"].as_str().unwrap().len(),
+            Some("exit") => break m["params"].clone(),
+            _ => {}
+        }
+    };
+    assert_eq!(
+        exit["outcome"], "stopped",
+        "the guest was not held back: {exit}"
+    );
+    assert!(
+        received < 12_000_000,
+        "{received} bytes were buffered for a stalled reader"
+    );
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_pings_is_dropped() {
+    let server = server(|c| c.heartbeat_secs = 1).await;
+    // A client that never reads never answers pings.
+    let _silent = connect(&server, "").await;
+    let open = || {
+        server
+            .state
+            .metrics
+            .sessions_open
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while open() != 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(open(), 1, "the session never opened");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open() != 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(open(), 0, "the silent peer was not dropped");
+}
