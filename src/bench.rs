@@ -56,7 +56,8 @@ pub async fn run(settings: EngineSettings, samples: usize) -> anyhow::Result<()>
     row("timeout lateness (100 ms limit, busy loop)", ms(late), "");
     let stop = stop_latency(&sandbox).await?;
     row("stop -> exit, busy loop", ms(stop), "");
-    Ok(())
+    drop(sandbox);
+    ws::run(1000).await
 }
 
 fn num_cores() -> usize {
@@ -212,4 +213,141 @@ async fn stop_latency(sandbox: &Sandbox) -> anyhow::Result<Duration> {
     }
     times.sort();
     Ok(percentile(&times, 0.5))
+}
+
+/// WebSocket figures: first-output latency and run rate with N concurrent clients, and the
+/// server's PSS per idle REPL session.
+pub mod ws {
+    use super::{ms, percentile, pss_bytes, row};
+    use crate::config::ServerConfig;
+    use crate::server::{start, RunningServer};
+    use futures_util::{SinkExt, StreamExt};
+    use serde_json::{json, Value};
+    use std::time::{Duration, Instant};
+    use tokio_tungstenite::tungstenite::Message;
+
+    type Ws = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+
+    async fn connect(server: &RunningServer) -> anyhow::Result<Ws> {
+        let url = format!("ws://{}/ws", server.addr);
+        Ok(tokio_tungstenite::connect_async(url).await?.0)
+    }
+
+    async fn next_json(ws: &mut Ws) -> anyhow::Result<Value> {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t)?),
+                Some(Ok(_)) => {}
+                _ => anyhow::bail!("socket closed"),
+            }
+        }
+    }
+
+    /// One run: returns the time from sending `run` to the first `output`.
+    async fn hello(ws: &mut Ws, id: u64) -> anyhow::Result<Duration> {
+        let req = json!({"jsonrpc": "2.0", "id": id, "method": "run", "params": {"source": "print('hello')"}});
+        let t = Instant::now();
+        ws.send(Message::Text(req.to_string().into())).await?;
+        let mut first = None;
+        loop {
+            let m = next_json(ws).await?;
+            match m["method"].as_str() {
+                Some("output") if first.is_none() => first = Some(t.elapsed()),
+                Some("exit") => return first.ok_or_else(|| anyhow::anyhow!("no output")),
+                _ => {}
+            }
+        }
+    }
+
+    async fn clients(server: &RunningServer, n: usize, span: Duration) -> anyhow::Result<()> {
+        let mut tasks = Vec::new();
+        for _ in 0..n {
+            let mut ws = connect(server).await?;
+            tasks.push(tokio::spawn(async move {
+                let mut times = Vec::new();
+                let end = Instant::now() + span;
+                let mut id = 0;
+                while Instant::now() < end {
+                    id += 1;
+                    match hello(&mut ws, id).await {
+                        Ok(t) => times.push(t),
+                        Err(_) => break,
+                    }
+                }
+                times
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await?);
+        }
+        all.sort();
+        let rate = all.len() as f64 / span.as_secs_f64();
+        let label = format!("ws {n} clients: run -> first output");
+        row(
+            &format!("{label}, p50"),
+            ms(percentile(&all, 0.5)),
+            "target <= 3 ms",
+        );
+        row(
+            &format!("{label}, p99"),
+            ms(percentile(&all, 0.99)),
+            "target <= 25 ms",
+        );
+        row(
+            &format!("ws {n} clients: runs per second"),
+            format!("{rate:.0}/s"),
+            "",
+        );
+        Ok(())
+    }
+
+    async fn repl_density(server: &RunningServer, n: usize) -> anyhow::Result<f64> {
+        let before = pss_bytes().unwrap_or(0.0);
+        let mut sockets = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut ws = connect(server).await?;
+            let req = json!({"jsonrpc": "2.0", "id": i, "method": "run", "params": {"source": "x = 1", "repl": true}});
+            ws.send(Message::Text(req.to_string().into())).await?;
+            loop {
+                let m = next_json(&mut ws).await?;
+                if m["params"]["state"] == "repl" {
+                    break;
+                }
+            }
+            sockets.push(ws);
+        }
+        let after = pss_bytes().unwrap_or(0.0);
+        drop(sockets);
+        Ok((after - before) / n as f64)
+    }
+
+    pub async fn run(repl_sessions: usize) -> anyhow::Result<()> {
+        let config = ServerConfig {
+            listen: "127.0.0.1:0".parse()?,
+            max_sessions: repl_sessions + 10,
+            max_instances: repl_sessions as u32 + 10,
+            runs_per_minute: u32::MAX,
+            ..ServerConfig::default()
+        };
+        let server = start(config).await?;
+        for n in [1, 10, 100] {
+            clients(&server, n, Duration::from_secs(3)).await?;
+        }
+        let per = repl_density(&server, repl_sessions).await?;
+        row(
+            &format!("server PSS per idle REPL session ({repl_sessions})"),
+            format!("{:.2} MB", per / 1e6),
+            "target <= 3 MB",
+        );
+        row(
+            &format!("server PSS for {repl_sessions} REPL sessions"),
+            format!("{:.0} MB", per * repl_sessions as f64 / 1e6),
+            "target <= 3 GB",
+        );
+        server.shutdown().await;
+        Ok(())
+    }
 }
