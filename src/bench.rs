@@ -15,7 +15,12 @@ pub async fn run(settings: EngineSettings, samples: usize) -> anyhow::Result<()>
     let sandbox = Sandbox::load_async(settings).await?;
     if std::env::var_os("WEIR_BENCH_ONLY_LATENCY").is_some() {
         let (p50, p99) = first_byte_latency(&sandbox, samples).await?;
-        println!("p50 {} p99 {}", ms(p50), ms(p99));
+        let rate = throughput(&sandbox, Duration::from_secs(3)).await?;
+        println!(
+            "first byte p50 {} p99 {}, {rate:.0} runs/s",
+            ms(p50),
+            ms(p99)
+        );
         return Ok(());
     }
     println!("weir bench: {} samples, {} cores", samples, num_cores());
@@ -114,7 +119,7 @@ async fn first_byte_latency(sandbox: &Sandbox, n: usize) -> anyhow::Result<(Dura
 
 async fn throughput(sandbox: &Sandbox, span: Duration) -> anyhow::Result<f64> {
     let deadline = Instant::now() + span;
-    let workers: Vec<_> = (0..num_cores() * 4)
+    let workers: Vec<_> = (0..num_cores() * 16)
         .map(|_| {
             let sandbox = sandbox.clone();
             tokio::spawn(async move {
@@ -232,7 +237,11 @@ pub mod ws {
 
     async fn connect(server: &RunningServer) -> anyhow::Result<Ws> {
         let url = format!("ws://{}/ws", server.addr);
-        Ok(tokio_tungstenite::connect_async(url).await?.0)
+        Ok(
+            tokio_tungstenite::connect_async_with_config(url, None, true)
+                .await?
+                .0,
+        )
     }
 
     async fn next_json(ws: &mut Ws) -> anyhow::Result<Value> {

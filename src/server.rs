@@ -77,6 +77,13 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let tracker = state.tracker.clone();
     let grace = state.config.shutdown_grace();
     let task = tokio::spawn(async move {
+        // Small frames (a prompt, one output line) must not wait for Nagle's algorithm.
+        let listener =
+            axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::warn!("cannot set TCP_NODELAY: {e}");
+                }
+            });
         let serve =
             axum::serve(listener, app.into_make_service()).with_graceful_shutdown(async move {
                 let _ = stop.wait_for(|s| *s).await;
