@@ -315,6 +315,7 @@ impl Session {
                     .run_finished(outcome, result.duration, result.output_bytes);
                 let text = protocol::exit(&active.id, outcome, &result);
                 self.active = None;
+                self.last_activity = Instant::now(); // the idle clock starts when the run ends
                 text
             }
             None => {

@@ -432,7 +432,23 @@ async fn cross_origin_upgrades_are_refused() {
 async fn idle_sessions_close_with_4002() {
     let server = server(|c| c.session_idle_secs = 1).await;
     let mut ws = connect(&server, "").await;
+    // A run longer than the idle limit keeps the session open, and the idle clock restarts
+    // when it ends.
+    let id = run(
+        &mut ws,
+        1,
+        json!({"source": "import time\ntime.sleep(1.5)\nprint('done')"}),
+    )
+    .await;
+    let (out, _) = until_exit(&mut ws, &id).await;
+    assert_eq!(out, "done\n");
+    let ended = Instant::now();
     assert_eq!(close_code(&mut ws).await, 4002);
+    assert!(
+        ended.elapsed() >= Duration::from_millis(800),
+        "closed {:?} after the run",
+        ended.elapsed()
+    );
 }
 
 #[tokio::test]
