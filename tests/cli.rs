@@ -179,3 +179,64 @@ fn bad_usage_gets_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("invalid duration"));
 }
+
+#[test]
+fn serve_answers_health_checks_and_exits_zero_on_sigterm() {
+    use std::io::{BufRead, BufReader, Read};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("WEIR_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("weir serve starts");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).expect("stderr readable") > 0,
+            "serve exited early"
+        );
+        if let Some(rest) = line.trim().strip_prefix("weir: listening on http://") {
+            break rest.split_whitespace().next().expect("address").to_string();
+        }
+    };
+    let mut stream = std::net::TcpStream::connect(&addr).expect("connects");
+    write!(
+        stream,
+        "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("ok"), "{response}");
+    // SAFETY: sending SIGTERM to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("serve exits");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn token_mints_a_token_the_server_accepts() {
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["token", "--user", "ada", "--ttl", "1h"])
+        .env("WEIR_SECRET", "s3cret")
+        .output()
+        .expect("weir token runs");
+    assert_eq!(out.status.code(), Some(0));
+    let token = text(&out.stdout).trim().to_string();
+    assert_eq!(weir::auth::verify(b"s3cret", &token), Ok("ada".to_string()));
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["token", "--user", "ada"])
+        .env_remove("WEIR_SECRET")
+        .output()
+        .expect("weir token runs");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a missing secret is a usage error"
+    );
+}
