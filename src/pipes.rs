@@ -32,6 +32,9 @@ pub struct GuestStatus {
     pub waiting_input: bool,
     /// The script finished and the interactive console runs.
     pub in_repl: bool,
+    /// How many times the guest has started waiting for input: a new wait is visible even when
+    /// the driver never saw the guest run in between.
+    pub waits: u64,
 }
 
 /// Accounting shared by stdout and stderr: total bytes and per-stream line state.
@@ -414,7 +417,10 @@ impl StdinState {
         if !self.buffered.is_empty() || self.eof {
             return;
         }
-        self.status.send_modify(|s| s.waiting_input = true);
+        self.status.send_modify(|s| {
+            s.waiting_input = true;
+            s.waits += 1;
+        });
         let msg = self.rx.recv().await;
         self.take_message(msg);
         self.status.send_modify(|s| s.waiting_input = false);

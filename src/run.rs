@@ -415,6 +415,7 @@ async fn supervise(
     let mut disk_check = tokio::time::interval(DISK_CHECK);
     disk_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shown: Option<RunState> = None;
+    let mut seen_waits = 0;
     // When the current state's clock runs out: wall time while running, idle time otherwise.
     let mut deadline = tokio::time::Instant::now();
     loop {
@@ -429,6 +430,19 @@ async fn supervise(
             (_, g) if g.waiting_input => RunState::WaitingInput,
             _ => RunState::Running,
         };
+        if guest.waits != seen_waits {
+            seen_waits = guest.waits;
+            if shown == Some(state) && matches!(state, RunState::WaitingInput | RunState::Repl) {
+                // The guest got input, ran and waits again, all between two looks: report it.
+                if state == RunState::Repl {
+                    wall_left = limits.wall();
+                }
+                drain(output, events).await;
+                let _ = events.send(Event::State(RunState::Running)).await;
+                let _ = events.send(Event::State(state)).await;
+                deadline = tokio::time::Instant::now() + limits.idle();
+            }
+        }
         if shown != Some(state) {
             let now = tokio::time::Instant::now();
             if shown == Some(RunState::Running) {

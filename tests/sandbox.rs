@@ -537,3 +537,18 @@ async fn five_hundred_runs_leave_no_instance_behind() {
         until_no_instances(&sandbox).await;
     }
 }
+
+#[tokio::test]
+async fn every_wait_for_input_is_reported() {
+    let mut handle = start(RunRequest::script(
+        "for i in range(20):\n    print(i, input())",
+    ))
+    .await;
+    let control = handle.control();
+    for i in 0..20 {
+        wait_state(&mut handle, RunState::WaitingInput).await;
+        assert!(control.write_stdin(format!("line{i}\n")).await);
+    }
+    let out = handle.collect().await;
+    assert_eq!(out.outcome(), Outcome::Exited { code: 0 });
+}
