@@ -119,7 +119,11 @@ async fn first_byte_latency(sandbox: &Sandbox, n: usize) -> anyhow::Result<(Dura
 
 async fn throughput(sandbox: &Sandbox, span: Duration) -> anyhow::Result<f64> {
     let deadline = Instant::now() + span;
-    let workers: Vec<_> = (0..num_cores() * 16)
+    let n = std::env::var("WEIR_BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(num_cores() * 16);
+    let workers: Vec<_> = (0..n)
         .map(|_| {
             let sandbox = sandbox.clone();
             tokio::spawn(async move {
