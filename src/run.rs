@@ -280,8 +280,9 @@ pub(crate) struct Driver {
     pub variant: Arc<EngineVariant>,
     pub limits: Limits,
     pub events: mpsc::Sender<Event>,
-    pub events_rx: mpsc::Receiver<Event>,
-    pub stdin_tx: mpsc::Sender<StdinMsg>,
+    /// Keeps stdin open while the run lives: end of file comes only from `close_stdin`, not
+    /// from the caller dropping its controls.
+    pub stdin_open: mpsc::Sender<StdinMsg>,
     pub status: watch::Receiver<GuestStatus>,
     pub pipes: Arc<OutputQueue>,
     pub stdin: GuestStdin,
@@ -289,14 +290,18 @@ pub(crate) struct Driver {
     pub span: tracing::Span,
 }
 
-/// Spawns the driver task and returns the caller's handle.
-pub(crate) fn spawn(mut d: Driver) -> RunHandle {
+/// Spawns the driver task and returns the caller's handle, which gets the run's event receiver
+/// and stdin sender.
+pub(crate) fn spawn(
+    d: Driver,
+    events_rx: mpsc::Receiver<Event>,
+    stdin: mpsc::Sender<StdinMsg>,
+) -> RunHandle {
     let (desired_tx, desired_rx) = watch::channel(Desired::Run);
     let control = RunControl {
         desired: Arc::new(desired_tx),
-        stdin: d.stdin_tx.clone(),
+        stdin,
     };
-    let events_rx = std::mem::replace(&mut d.events_rx, mpsc::channel(1).1);
     let id = d.id.clone();
     let scratch = d.scratch_path.clone();
     let span = d.span.clone();
@@ -329,6 +334,7 @@ impl Driver {
             pipes,
             stdin,
             scratch_path,
+            stdin_open: _stdin_open, // held until the run ends
             ..
         } = self;
         let started = Instant::now();

@@ -227,20 +227,23 @@ impl Sandbox {
         let id = RunId::new();
         let span = tracing::info_span!("run", run_id = %id);
         tracing::debug!(parent: &span, limits = ?req.limits, "run starting");
-        Ok(run::spawn(run::Driver {
-            id,
-            store,
-            variant,
-            limits: req.limits,
-            events: events_tx,
+        Ok(run::spawn(
+            run::Driver {
+                id,
+                store,
+                variant,
+                limits: req.limits,
+                events: events_tx,
+                stdin_open: stdin_tx.clone(),
+                status: status_rx,
+                pipes,
+                stdin,
+                scratch_path,
+                span,
+            },
             events_rx,
             stdin_tx,
-            status: status_rx,
-            pipes,
-            stdin,
-            scratch_path,
-            span,
-        }))
+        ))
     }
 }
 
