@@ -97,18 +97,12 @@ fn init_logging(json: bool, default: &str) {
     }
 }
 
-async fn dispatch(
-    command: Command,
-    serve_config: Option<ServerConfig>,
-    settings: EngineSettings,
-) -> anyhow::Result<i32> {
+async fn dispatch(command: Command, settings: EngineSettings) -> anyhow::Result<i32> {
     match command {
         Command::Run(args) => weir::cli::run(*args, settings).await,
         Command::Serve(args) => {
-            let config = match serve_config {
-                Some(c) => c,
-                None => args.config()?,
-            };
+            let config = args.config()?;
+            init_logging(config.log_json, "info");
             weir::server::serve(config).await.map(|()| 0)
         }
         Command::Token { user, ttl, secret } => {
@@ -121,19 +115,8 @@ async fn dispatch(
 
 fn main() {
     let cli = Cli::parse();
-    let serve_config = match &cli.command {
-        Command::Serve(a) => match a.config() {
-            Ok(c) => Some(c),
-            Err(e) => {
-                eprintln!("weir: {e:#}");
-                std::process::exit(2);
-            }
-        },
-        _ => None,
-    };
-    match &serve_config {
-        Some(c) => init_logging(c.log_json, "info"),
-        None => init_logging(false, "warn"),
+    if !matches!(cli.command, Command::Serve(_)) {
+        init_logging(false, "warn"); // `serve` starts logging once its config is read
     }
     if let Some(dir) = &cli.cache_dir {
         std::env::set_var("WEIR_CACHE_DIR", dir);
@@ -147,7 +130,7 @@ fn main() {
         }
     };
     let code = runtime
-        .block_on(dispatch(cli.command, serve_config, settings))
+        .block_on(dispatch(cli.command, settings))
         .unwrap_or_else(|e| {
             eprintln!("weir: {e:#}");
             2
