@@ -66,10 +66,6 @@ impl Metrics {
         self.rejected[slot(&REJECTIONS, reason)].fetch_add(1, Relaxed);
     }
 
-    pub fn finished_count(&self, outcome: &str) -> u64 {
-        self.finished[slot(&OUTCOMES, outcome)].load(Relaxed)
-    }
-
     /// The Prometheus text exposition; `live_instances` comes from the sandbox.
     pub fn render(&self, live_instances: usize) -> String {
         let mut s = String::new();

@@ -67,19 +67,6 @@ impl Outcome {
         }
     }
 
-    /// Whether the run ended because a limit was reached.
-    pub fn is_limit(&self) -> bool {
-        matches!(
-            self,
-            Outcome::Timeout
-                | Outcome::CpuLimit
-                | Outcome::MemoryLimit
-                | Outcome::OutputLimit
-                | Outcome::DiskLimit
-                | Outcome::Idle
-        )
-    }
-
     /// One line a person can read, naming the limit where one was hit.
     pub fn message(&self, limits: &Limits) -> String {
         match self {
