@@ -247,9 +247,7 @@ impl Session {
             Request::Ping => Ok(json!("pong")),
             Request::Run(params) => self.start_run(*params).await.map_err(|(c, m)| err(c, m)),
             Request::Input { run_id, data } => {
-                let control = self
-                    .control(&run_id)
-                    .map_err(|m| err(code::UNKNOWN_RUN, m))?;
+                let control = self.control(id, &run_id)?;
                 let len = data.len();
                 match control.try_write_stdin(data) {
                     Ok(()) => Ok(json!({ "bytes": len })),
@@ -257,38 +255,37 @@ impl Session {
                 }
             }
             Request::Eof { run_id } => {
-                let control = self
-                    .control(&run_id)
-                    .map_err(|m| err(code::UNKNOWN_RUN, m))?;
+                let control = self.control(id, &run_id)?;
                 control.close_stdin().await;
                 Ok(json!(true))
             }
             Request::Stop { run_id } => {
-                self.control(&run_id)
-                    .map_err(|m| err(code::UNKNOWN_RUN, m))?
-                    .stop();
+                self.control(id, &run_id)?.stop();
                 Ok(json!(true))
             }
             Request::Pause { run_id } => {
-                self.control(&run_id)
-                    .map_err(|m| err(code::UNKNOWN_RUN, m))?
-                    .pause();
+                self.control(id, &run_id)?.pause();
                 Ok(json!(true))
             }
             Request::Resume { run_id } => {
-                self.control(&run_id)
-                    .map_err(|m| err(code::UNKNOWN_RUN, m))?
-                    .resume();
+                self.control(id, &run_id)?.resume();
                 Ok(json!(true))
             }
         }
     }
 
-    fn control(&self, run_id: &str) -> Result<crate::run::RunControl, String> {
+    /// The active run's control, or the "unknown run" error answering request `id`.
+    fn control(
+        &self,
+        id: &Option<Value>,
+        run_id: &str,
+    ) -> Result<crate::run::RunControl, RpcError> {
         match &self.active {
             Some(a) if a.id == run_id => Ok(a.handle.control()),
-            _ => Err(format!(
-                "unknown run {run_id:?}: it is not this session's active run"
+            _ => Err(RpcError::new(
+                id.clone(),
+                code::UNKNOWN_RUN,
+                format!("unknown run {run_id:?}: it is not this session's active run"),
             )),
         }
     }
