@@ -1,9 +1,11 @@
 //! `weir run`: a script in the sandbox with the terminal's stdin, stdout and stderr.
 
+use crate::determinism::Seed;
 use crate::limits::{parse_bytes, parse_duration, Limits};
 use crate::outcome::Outcome;
 use crate::run::{Event, StreamKind};
 use crate::sandbox::{Mount, Program, RunRequest, Sandbox};
+use crate::transcript::{OutputLog, Transcript};
 use crate::EngineSettings;
 use clap::Args;
 use std::path::PathBuf;
@@ -40,9 +42,22 @@ pub struct RunArgs {
     /// Mount a host directory at the same path in the guest; append ":ro" for read-only.
     #[arg(long = "dir", value_name = "HOST_PATH[:ro]")]
     pub dirs: Vec<String>,
+    /// Copy a host file into the scratch directory (as NAME, or under its own file name).
+    #[arg(long = "file", value_name = "HOST_PATH[:NAME]")]
+    pub files: Vec<String>,
     /// Set an environment variable in the guest (the host's environment is never passed).
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
     pub env: Vec<String>,
+    /// Deterministic mode: seeded randomness, virtual clocks, fuel instead of wall time
+    /// (docs/transcripts.md).
+    #[arg(long)]
+    pub deterministic: bool,
+    /// The seed of deterministic mode (implies --deterministic; default 0).
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Record the run as a transcript in FILE (implies --deterministic).
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
     /// The script to run.
     pub script: Option<PathBuf>,
     /// Arguments passed to the script as sys.argv[1:].
@@ -90,10 +105,19 @@ impl RunArgs {
         req.args = self.args.clone();
         req.limits = self.limits();
         req.repl = self.repl;
+        if self.deterministic || self.seed.is_some() || self.record.is_some() {
+            req.deterministic = Some(Seed(self.seed.unwrap_or(0)));
+        }
+        req.record_input = self.record.is_some();
         req.mounts = self
             .dirs
             .iter()
             .map(|d| parse_mount(d))
+            .collect::<anyhow::Result<_>>()?;
+        req.files = self
+            .files
+            .iter()
+            .map(|f| read_file_arg(f))
             .collect::<anyhow::Result<_>>()?;
         req.env = self
             .env
@@ -106,6 +130,25 @@ impl RunArgs {
             .collect::<anyhow::Result<_>>()?;
         Ok(req)
     }
+}
+
+/// "HOST_PATH" or "HOST_PATH:NAME": the file's bytes, placed in the scratch dir as NAME.
+fn read_file_arg(spec: &str) -> anyhow::Result<(String, Vec<u8>)> {
+    let (path, name) = match spec.split_once(':') {
+        Some((p, n)) if !p.is_empty() && !n.is_empty() => (p, Some(n)),
+        _ => (spec, None),
+    };
+    let path = std::path::Path::new(path);
+    let name = match name {
+        Some(n) => n.to_string(),
+        None => path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| anyhow::anyhow!("--file {spec}: not a file name"))?,
+    };
+    let data =
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("--file {}: {e}", path.display()))?;
+    Ok((name, data))
 }
 
 /// "HOST_PATH" or "HOST_PATH:ro": mounted at the same absolute path inside the guest.
@@ -129,8 +172,13 @@ fn parse_mount(spec: &str) -> anyhow::Result<Mount> {
 /// Runs `weir run`; returns the process exit code.
 pub async fn run(args: RunArgs, settings: EngineSettings) -> anyhow::Result<i32> {
     let req = args.request()?;
+    if args.record.is_some() && !req.mounts.is_empty() {
+        anyhow::bail!(
+            "--record cannot be used with --dir: the transcript would not hold the mounted files"
+        );
+    }
     let sandbox = Sandbox::load_async(settings).await?;
-    let mut handle = sandbox.start(req).await?;
+    let mut handle = sandbox.start(req.clone()).await?;
     let control = handle.control();
     let feeder = tokio::spawn(async move {
         let mut stdin = tokio::io::stdin();
@@ -150,7 +198,12 @@ pub async fn run(args: RunArgs, settings: EngineSettings) -> anyhow::Result<i32>
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
     let mut outcome = None;
+    let mut log = OutputLog::default();
+    let mut recorded = None;
     while let Some(event) = handle.next_event().await {
+        if args.record.is_some() {
+            recorded = log.observe(&event).or(recorded);
+        }
         match event {
             Event::Output { stream, data } => {
                 let sink: &mut (dyn tokio::io::AsyncWrite + Unpin + Send) = match stream {
@@ -178,5 +231,10 @@ pub async fn run(args: RunArgs, settings: EngineSettings) -> anyhow::Result<i32>
     feeder.abort();
     let _ = stdout.flush().await;
     let _ = stderr.flush().await;
+    if let (Some(path), Some(result)) = (&args.record, recorded) {
+        let transcript = Transcript::record(&req, &log, &result)?;
+        std::fs::write(path, transcript.to_json())
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    }
     Ok(outcome.map(|o| o.exit_code()).unwrap_or(70))
 }

@@ -1,5 +1,6 @@
 //! Server configuration: embedded defaults, an optional TOML file, then flags / env vars.
 
+use crate::history::HistoryConfig;
 use crate::limits::Limits;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -36,6 +37,8 @@ pub struct ServerConfig {
     pub max_limits: Limits,
     /// Pooling-allocator slots (most guest instances alive at once).
     pub max_instances: u32,
+    /// Run history: database path and retention.
+    pub history: HistoryConfig,
 }
 
 impl Default for ServerConfig {
@@ -59,9 +62,11 @@ impl Default for ServerConfig {
                 wall_ms: 60_000,
                 memory_bytes: 1 << 30,
                 output_bytes: 16 << 20,
+                cpu_fuel: Some(50_000_000_000),
                 ..Limits::default()
             },
             max_instances: 1100,
+            history: HistoryConfig::default(),
         }
     }
 }

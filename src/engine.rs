@@ -148,6 +148,7 @@ impl EngineVariant {
         let mut linker: Linker<GuestState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| anyhow::anyhow!("cannot link WASI: {e:#}"))?;
+        crate::determinism::add_to_linker(&mut linker)?;
         host::add_to_linker(&mut linker)?;
         let pre = instantiate_pre(&linker, &component)?;
         let ticker = EpochTicker::start(engine.clone(), settings.epoch_tick)?;

@@ -17,23 +17,28 @@
 //! the service: [`server`] (`weir serve`, routes), [`session`] (one WebSocket session),
 //! [`protocol`] (JSON-RPC messages), [`auth`] (tokens), [`metrics`], [`config`].
 
+pub mod api;
 pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod determinism;
 pub mod engine;
 pub mod guest;
+pub mod history;
 pub mod host;
 pub mod limits;
 pub mod metrics;
 pub mod outcome;
 pub mod pipes;
 pub mod protocol;
+pub mod replay;
 pub mod run;
 pub mod sandbox;
 pub mod scratch;
 pub mod server;
 pub mod session;
+pub mod transcript;
 
 pub use engine::EngineSettings;
 pub use limits::Limits;

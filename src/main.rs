@@ -75,6 +75,15 @@ enum Command {
         #[arg(long, env = "WEIR_SECRET", hide_env_values = true)]
         secret: String,
     },
+    /// Re-run recorded transcripts and compare their output byte for byte (docs/transcripts.md).
+    Replay {
+        /// Re-record each transcript with this weir and guest instead of comparing.
+        #[arg(long)]
+        update: bool,
+        /// Transcript files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Measure the sandbox on this machine and print a table (docs/benchmarks.md).
     Bench {
         /// Samples for the latency percentiles.
@@ -108,6 +117,10 @@ async fn dispatch(command: Command, settings: EngineSettings) -> anyhow::Result<
         Command::Token { user, ttl, secret } => {
             println!("{}", weir::auth::mint(secret.as_bytes(), &user, ttl));
             Ok(0)
+        }
+        Command::Replay { update, files } => {
+            let sandbox = weir::Sandbox::load_async(settings).await?;
+            Ok(weir::replay::run(&sandbox, &files, update).await)
         }
         Command::Bench { samples } => weir::bench::run(settings, samples).await.map(|()| 0),
     }

@@ -335,7 +335,21 @@ pub enum StdinMsg {
     Eof,
 }
 
-/// The guest's stdin: bytes from the caller, and the waiting state the driver watches.
+/// The reads a guest made from stdin: each chunk is what one read returned, in order, and `eof`
+/// says whether it then read end of file. Recorded for transcripts; replayed exactly.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadLog {
+    pub chunks: Vec<Bytes>,
+    pub eof: bool,
+}
+
+/// The trap that ends a replayed run when its guest asks for more input than was recorded.
+#[derive(Debug, thiserror::Error)]
+#[error("the guest asked for more input than the transcript holds")]
+pub struct InputExhausted;
+
+/// The guest's stdin: bytes from the caller (or a replayed [`ReadLog`]), and the waiting state
+/// the driver watches.
 #[derive(Clone)]
 pub struct GuestStdin {
     state: Arc<tokio::sync::Mutex<StdinState>>,
@@ -343,37 +357,40 @@ pub struct GuestStdin {
 
 struct StdinState {
     rx: mpsc::Receiver<StdinMsg>,
+    /// Replay: the recorded reads still to give, in place of the caller's channel.
+    replay: Option<(VecDeque<Bytes>, bool)>,
     buffered: Bytes,
     eof: bool,
+    exhausted: bool,
     status: watch::Sender<GuestStatus>,
-    consumed: Option<Vec<Bytes>>,
+    log: Option<ReadLog>,
 }
 
 impl GuestStdin {
-    /// `record` keeps every chunk the guest actually read, in order (for transcripts).
+    /// `record` keeps every chunk the guest actually read, in order (for transcripts); `replay`
+    /// gives the guest exactly these reads instead of the channel's bytes.
     pub fn new(
         rx: mpsc::Receiver<StdinMsg>,
         status: watch::Sender<GuestStatus>,
         record: bool,
+        replay: Option<ReadLog>,
     ) -> Self {
         GuestStdin {
             state: Arc::new(tokio::sync::Mutex::new(StdinState {
                 rx,
+                replay: replay.map(|r| (r.chunks.into(), r.eof)),
                 buffered: Bytes::new(),
                 eof: false,
+                exhausted: false,
                 status,
-                consumed: record.then(Vec::new),
+                log: record.then(ReadLog::default),
             })),
         }
     }
 
-    /// The chunks the guest read so far (empty unless recording).
-    pub fn consumed(&self) -> Vec<Bytes> {
-        self.state
-            .try_lock()
-            .ok()
-            .and_then(|s| s.consumed.clone())
-            .unwrap_or_default()
+    /// What the guest read so far (`None` unless recording).
+    pub fn read_log(&self) -> Option<ReadLog> {
+        self.state.try_lock().ok().and_then(|s| s.log.clone())
     }
 }
 
@@ -386,35 +403,49 @@ impl StdinState {
     }
 
     fn poll_buffer(&mut self) {
-        if self.buffered.is_empty() && !self.eof {
-            match self.rx.try_recv() {
-                Ok(msg) => self.take_message(Some(msg)),
-                Err(mpsc::error::TryRecvError::Empty) => {}
-                Err(mpsc::error::TryRecvError::Disconnected) => self.eof = true,
+        if !self.buffered.is_empty() || self.eof || self.exhausted {
+            return;
+        }
+        if let Some((chunks, eof_after)) = &mut self.replay {
+            match chunks.pop_front() {
+                Some(chunk) => self.buffered = chunk,
+                None if *eof_after => self.eof = true,
+                None => self.exhausted = true,
             }
+            return;
+        }
+        match self.rx.try_recv() {
+            Ok(msg) => self.take_message(Some(msg)),
+            Err(mpsc::error::TryRecvError::Empty) => {}
+            Err(mpsc::error::TryRecvError::Disconnected) => self.eof = true,
         }
     }
 
     fn read(&mut self, size: usize) -> StreamResult<Bytes> {
         self.poll_buffer();
         if self.buffered.is_empty() {
-            return if self.eof {
-                Err(StreamError::Closed)
-            } else {
-                Ok(Bytes::new())
-            };
+            if self.exhausted {
+                return Err(StreamError::Trap(InputExhausted.into()));
+            }
+            if self.eof {
+                if let Some(log) = &mut self.log {
+                    log.eof = true;
+                }
+                return Err(StreamError::Closed);
+            }
+            return Ok(Bytes::new());
         }
         let n = size.min(self.buffered.len());
         let chunk = self.buffered.split_to(n);
-        if let Some(log) = &mut self.consumed {
-            log.push(chunk.clone());
+        if let Some(log) = &mut self.log {
+            log.chunks.push(chunk.clone());
         }
         Ok(chunk)
     }
 
     async fn wait(&mut self) {
         self.poll_buffer();
-        if !self.buffered.is_empty() || self.eof {
+        if !self.buffered.is_empty() || self.eof || self.exhausted {
             return;
         }
         self.status.send_modify(|s| {

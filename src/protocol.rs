@@ -38,7 +38,10 @@ impl LimitParams {
         let cap = |asked: Option<u64>, default: u64, max: u64| asked.unwrap_or(default).min(max);
         Limits {
             wall_ms: cap(self.wall_ms, defaults.wall_ms, max.wall_ms),
-            cpu_fuel: self.cpu_fuel.or(defaults.cpu_fuel),
+            cpu_fuel: match (self.cpu_fuel.or(defaults.cpu_fuel), max.cpu_fuel) {
+                (Some(asked), Some(most)) => Some(asked.min(most)),
+                (asked, _) => asked,
+            },
             memory_bytes: cap(self.memory_bytes, defaults.memory_bytes, max.memory_bytes),
             output_bytes: cap(self.output_bytes, defaults.output_bytes, max.output_bytes),
             ..*defaults
@@ -62,6 +65,19 @@ pub struct RunParams {
     pub repl: bool,
     #[serde(default)]
     pub limits: LimitParams,
+    /// Deterministic mode (docs/transcripts.md).
+    pub deterministic: Option<DeterministicParams>,
+    /// Record a transcript (implies deterministic mode, seed 0 unless given).
+    #[serde(default)]
+    pub record: bool,
+}
+
+/// `run`'s `deterministic` parameter.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeterministicParams {
+    #[serde(default)]
+    pub seed: u64,
 }
 
 fn default_filename() -> String {
@@ -216,18 +232,23 @@ pub fn state(run_id: &str, state: RunState) -> String {
 }
 
 /// `exit` notification; `outcome` may differ from the result's (e.g. "shutdown").
-pub fn exit(run_id: &str, outcome: &str, result: &RunResult) -> String {
-    notification(
-        "exit",
-        json!({
-            "run_id": run_id,
-            "outcome": outcome,
-            "code": result.outcome.exit_code(),
-            "message": result.message,
-            "duration_ms": result.duration.as_millis() as u64,
-            "output_truncated": result.output_truncated,
-        }),
-    )
+/// `exit`; `transcript` is where a recorded run's transcript can be fetched.
+pub fn exit(run_id: &str, outcome: &str, result: &RunResult, transcript: Option<&str>) -> String {
+    let mut params = json!({
+        "run_id": run_id,
+        "outcome": outcome,
+        "code": result.outcome.exit_code(),
+        "message": result.message,
+        "duration_ms": result.duration.as_millis() as u64,
+        "output_truncated": result.output_truncated,
+    });
+    if let Some(fuel) = result.fuel_consumed {
+        params["fuel_consumed"] = json!(fuel);
+    }
+    if let Some(url) = transcript {
+        params["transcript"] = json!(url);
+    }
+    notification("exit", params)
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@
 use crate::engine::EngineVariant;
 use crate::limits::Limits;
 use crate::outcome::Outcome;
-use crate::pipes::{GuestStatus, GuestStdin, OutputLimitExceeded, OutputQueue, StdinMsg};
+use crate::pipes::{
+    GuestStatus, GuestStdin, InputExhausted, OutputLimitExceeded, OutputQueue, ReadLog, StdinMsg,
+};
 use crate::sandbox::GuestState;
 use bytes::Bytes;
 use serde::Serialize;
@@ -87,8 +89,8 @@ pub struct RunResult {
     pub fuel_consumed: Option<u64>,
     /// Largest linear memory the guest reached, bytes.
     pub peak_memory: usize,
-    /// The stdin chunks the guest read, in order (when the request asked to record them).
-    pub stdin_consumed: Vec<Bytes>,
+    /// What the guest read from stdin, in order (when the request asked to record it).
+    pub input_read: Option<ReadLog>,
 }
 
 /// What a run reports, in order. `Exit` is always the last event.
@@ -374,7 +376,7 @@ impl Driver {
             output_bytes: pipes.written(),
             fuel_consumed,
             peak_memory: store.data().limiter.peak(),
-            stdin_consumed: stdin.consumed(),
+            input_read: stdin.read_log(),
         };
         // Free the instance before reporting, so a caller that sees `Exit` sees it gone.
         drop(store);
@@ -525,6 +527,9 @@ fn classify(result: wasmtime::Result<Result<(), ()>>, store: &Store<GuestState>)
     }
     if error.downcast_ref::<OutputLimitExceeded>().is_some() {
         return Outcome::OutputLimit;
+    }
+    if error.downcast_ref::<InputExhausted>().is_some() {
+        return Outcome::Stopped; // a replay reached the point where the recorded run was ended
     }
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => Outcome::CpuLimit,

@@ -4,10 +4,11 @@
 //! directory), explicitly mounted host directories, the request's args and env, and stdio pipes.
 //! No host environment variable, file or socket is reachable.
 
+use crate::determinism::{GuestClock, Seed, VirtualClock};
 use crate::engine::{EngineSettings, EngineVariant};
 use crate::host::{HostState, Launch};
 use crate::limits::{LimitError, Limits, MemoryLimiter};
-use crate::pipes::{GuestStatus, GuestStdin, OutputQueue, StdinMsg};
+use crate::pipes::{GuestStatus, GuestStdin, OutputQueue, ReadLog, StdinMsg};
 use crate::run::{self, RunHandle, RunId, StreamKind};
 use crate::scratch::{Scratch, ScratchError};
 use std::path::PathBuf;
@@ -60,8 +61,13 @@ pub struct RunRequest {
     /// Close stdin after `stdin` (the guest then sees EOF instead of waiting).
     pub close_stdin: bool,
     pub mounts: Vec<Mount>,
-    /// Keep the stdin the guest read, in order, in the result (for transcripts).
-    pub record_stdin: bool,
+    /// Keep what the guest read from stdin, in order, in the result (for transcripts).
+    pub record_input: bool,
+    /// Give the guest exactly these reads instead of `stdin` and the caller's writes; when they
+    /// run out (and `eof` is false) the run ends as `stopped` (replaying a transcript).
+    pub replay_input: Option<ReadLog>,
+    /// Deterministic mode (seeded randomness, virtual clocks, fuel): see [`crate::determinism`].
+    pub deterministic: Option<Seed>,
 }
 
 impl RunRequest {
@@ -80,7 +86,17 @@ impl RunRequest {
             stdin: None,
             close_stdin: false,
             mounts: Vec::new(),
-            record_stdin: false,
+            record_input: false,
+            replay_input: None,
+            deterministic: None,
+        }
+    }
+
+    /// The limits the run actually gets (deterministic runs are always metered by fuel).
+    pub fn effective_limits(&self) -> Limits {
+        match self.deterministic {
+            Some(seed) => seed.limits(self.limits),
+            None => self.limits,
         }
     }
 }
@@ -107,6 +123,7 @@ pub struct GuestState {
     pub(crate) limiter: MemoryLimiter,
     pub(crate) host: HostState,
     pub(crate) status: watch::Sender<GuestStatus>,
+    pub(crate) clock: GuestClock,
     _slot: OwnedSemaphorePermit,
     _scratch: Scratch,
 }
@@ -184,8 +201,9 @@ impl Sandbox {
     /// Starts a run in a fresh store. The returned handle owns the run: dropping it stops the
     /// run and frees everything it holds.
     pub async fn start(&self, req: RunRequest) -> Result<RunHandle, StartError> {
-        req.limits.validate()?;
-        let variant = self.variant(&req.limits).await?;
+        let limits = req.effective_limits();
+        limits.validate()?;
+        let variant = self.variant(&limits).await?;
         let slot = self
             .inner
             .slots
@@ -202,37 +220,42 @@ impl Sandbox {
         if req.close_stdin {
             let _ = stdin_tx.try_send(StdinMsg::Eof);
         }
-        let stdin = GuestStdin::new(stdin_rx, status_tx.clone(), req.record_stdin);
-        let pipes = OutputQueue::new(
-            events_tx.clone(),
-            req.limits.output_bytes,
-            req.limits.line_bytes,
+        let stdin = GuestStdin::new(
+            stdin_rx,
+            status_tx.clone(),
+            req.record_input,
+            req.replay_input.clone(),
         );
-        let scratch = Scratch::create(&req, req.limits.scratch_bytes)?;
+        let pipes = OutputQueue::new(events_tx.clone(), limits.output_bytes, limits.line_bytes);
+        let scratch = Scratch::create(&req, limits.scratch_bytes)?;
         let scratch_path = scratch.path().to_path_buf();
         let wasi = wasi_context(&req, &scratch, &pipes, &stdin)?;
         let state = GuestState {
             wasi,
             table: ResourceTable::new(),
-            limiter: MemoryLimiter::new(req.limits.memory_bytes),
+            limiter: MemoryLimiter::new(limits.memory_bytes),
             host: HostState {
                 launch: launch_of(&req.program, req.repl),
                 uncaught: None,
             },
             status: status_tx,
+            clock: match (req.deterministic, limits.cpu_fuel) {
+                (Some(_), Some(fuel)) => GuestClock::Virtual(VirtualClock::new(fuel)),
+                _ => GuestClock::Real,
+            },
             _slot: slot,
             _scratch: scratch,
         };
-        let store = new_store(&variant, state, &req.limits)?;
+        let store = new_store(&variant, state, &limits)?;
         let id = RunId::new();
         let span = tracing::info_span!("run", run_id = %id);
-        tracing::debug!(parent: &span, limits = ?req.limits, "run starting");
+        tracing::debug!(parent: &span, ?limits, seed = ?req.deterministic, "run starting");
         Ok(run::spawn(
             run::Driver {
                 id,
                 store,
                 variant,
-                limits: req.limits,
+                limits,
                 events: events_tx,
                 stdin_open: stdin_tx.clone(),
                 status: status_rx,
@@ -288,6 +311,9 @@ fn wasi_context(
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false);
+    if let Some(seed) = req.deterministic {
+        seed.seed_random(&mut b);
+    }
     b.preopened_dir(scratch.path(), GUEST_DIR, FsPerms::ReadWrite)
         .map_err(|e| StartError::Internal(format!("cannot open scratch dir: {e:#}")))?;
     for m in &req.mounts {

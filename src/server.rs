@@ -3,6 +3,7 @@
 
 use crate::auth;
 use crate::config::ServerConfig;
+use crate::history::History;
 use crate::metrics::Metrics;
 use crate::sandbox::{RunRequest, Sandbox};
 use crate::session::{self, SessionCtx};
@@ -26,6 +27,7 @@ pub struct AppState {
     pub config: ServerConfig,
     pub sandbox: Sandbox,
     pub metrics: Metrics,
+    pub history: History,
     /// `true` once shutdown has begun; sessions subscribe.
     pub shutdown: watch::Sender<bool>,
     sessions: Arc<Semaphore>,
@@ -48,6 +50,7 @@ impl RunningServer {
     pub async fn shutdown(self) {
         let _ = self.state.shutdown.send(true);
         self.task.join().await;
+        self.state.history.flush().await;
     }
 }
 
@@ -58,6 +61,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         ..EngineSettings::default()
     };
     let sandbox = Sandbox::load_async(settings).await?;
+    let history = History::open(&config.history)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -67,6 +71,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         config,
         sandbox,
         metrics: Metrics::default(),
+        history,
         shutdown: watch::channel(false).0,
         users: Mutex::new(HashMap::new()),
         next_session: AtomicU64::new(1),
@@ -143,6 +148,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::api::routes())
         .with_state(state)
 }
 
@@ -171,9 +177,9 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct WsQuery {
-    token: Option<String>,
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct WsQuery {
+    pub token: Option<String>,
 }
 
 fn refuse(state: &AppState, reason: &str, status: StatusCode, message: String) -> Response {
@@ -313,7 +319,7 @@ fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), String> {
 
 /// With a secret configured, finds and checks the token; returns the user and, when the token
 /// came in `Sec-WebSocket-Protocol`, the protocol value to echo back.
-fn authenticate(
+pub(crate) fn authenticate(
     config: &ServerConfig,
     query: &WsQuery,
     headers: &HeaderMap,

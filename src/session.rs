@@ -4,19 +4,26 @@
 //! run's store), its writer task, its timers. When the socket closes, drops or times out, the task
 //! ends and everything it owns is dropped at once; there is nothing to release by hand.
 
+use crate::determinism::Seed;
+use crate::history::{unix_ms, RunRecord};
 use crate::protocol::{self, code, Incoming, Request, RpcError, RunParams};
+use crate::run::RunResult;
 use crate::run::{Event, RunHandle};
 use crate::sandbox::{Program, RunRequest, StartError};
 use crate::server::AppState;
+use crate::transcript::{OutputLog, Transcript};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
+
+/// The owner of runs from sessions without a signed-in user.
+pub const ANONYMOUS: &str = "anonymous";
 
 /// Frames queued towards a slow client before the session stops taking run events.
 const OUT_QUEUE: usize = 32;
@@ -43,10 +50,17 @@ struct Active {
     handle: RunHandle,
     seq: u64,
     shutdown_stop: bool,
+    started: SystemTime,
+    /// Output bytes forwarded so far.
+    output_bytes: u64,
+    /// The request and output of a run being recorded as a transcript.
+    recording: Option<Box<(RunRequest, OutputLog)>>,
 }
 
 struct Session {
     app: Arc<AppState>,
+    /// The signed-in user, or "anonymous": the owner of this session's runs in the history.
+    user: String,
     out: mpsc::Sender<Message>,
     active: Option<Active>,
     recent_runs: VecDeque<Instant>,
@@ -89,6 +103,7 @@ async fn run_in_span(socket: WebSocket, mut ctx: SessionCtx) {
     let mut shutdown = ctx.app.shutdown.subscribe();
     let mut s = Session {
         app: ctx.app.clone(),
+        user: ctx.user.clone().unwrap_or_else(|| ANONYMOUS.into()),
         out,
         active: None,
         recent_runs: VecDeque::new(),
@@ -161,7 +176,11 @@ async fn run_in_span(socket: WebSocket, mut ctx: SessionCtx) {
         }
     };
     // Drop the run first: its store is freed before the socket is told goodbye.
-    drop(s.active.take());
+    if let Some(active) = s.active.take() {
+        let record = s.abandoned(&active);
+        drop(active); // frees the run's store
+        s.app.history.store(record, None).await;
+    }
     if let End::Close(code, reason) = end {
         let frame = CloseFrame {
             code,
@@ -295,33 +314,94 @@ impl Session {
         let Some(active) = &mut self.active else {
             return;
         };
+        if let (Some(rec), Some(e)) = (&mut active.recording, &event) {
+            rec.1.observe(e);
+        }
         let text = match event {
             Some(Event::Output { stream, data }) => {
                 active.seq += 1;
+                active.output_bytes += data.len() as u64;
                 protocol::output(&active.id, stream, &data, active.seq)
             }
             Some(Event::State(state)) => protocol::state(&active.id, state),
             Some(Event::Exit(result)) => {
-                let outcome = if active.shutdown_stop {
-                    "shutdown"
-                } else {
-                    result.outcome.kind()
+                let Some(active) = self.active.take() else {
+                    return;
                 };
-                self.app
-                    .metrics
-                    .run_finished(outcome, result.duration, result.output_bytes);
-                let text = protocol::exit(&active.id, outcome, &result);
-                self.active = None;
                 self.last_activity = Instant::now(); // the idle clock starts when the run ends
-                text
+                self.finish(active, result).await
             }
             None => {
                 tracing::error!("run ended without an exit event");
-                self.active = None;
+                if let Some(active) = self.active.take() {
+                    let record = self.abandoned(&active);
+                    self.app.history.store(record, None).await;
+                }
                 return;
             }
         };
         self.send(text).await;
+    }
+
+    /// Counts and stores a finished run; returns its `exit` notification.
+    async fn finish(&mut self, active: Active, result: RunResult) -> String {
+        let outcome = if active.shutdown_stop {
+            "shutdown"
+        } else {
+            result.outcome.kind()
+        };
+        self.app
+            .metrics
+            .run_finished(outcome, result.duration, result.output_bytes);
+        let transcript = active.recording.and_then(|rec| {
+            let (req, log) = *rec;
+            Transcript::record(&req, &log, &result)
+                .map_err(|e| tracing::warn!(error = %e, "cannot record the transcript"))
+                .ok()
+        });
+        let url = transcript
+            .as_ref()
+            .map(|_| format!("/v1/runs/{}/transcript", active.id));
+        let record = RunRecord {
+            id: active.id.clone(),
+            user: self.user.clone(),
+            started_at_ms: unix_ms(active.started),
+            finished_at_ms: unix_ms(SystemTime::now()),
+            duration_ms: result.duration.as_millis() as u64,
+            outcome: outcome.into(),
+            code: result.outcome.exit_code(),
+            message: result.message.clone(),
+            output_bytes: result.output_bytes,
+            output_truncated: result.output_truncated,
+            recorded: transcript.is_some(),
+        };
+        // Queued before the client hears of the exit, so the run can be fetched right after.
+        self.app
+            .history
+            .store(record, transcript.map(|t| t.to_json()))
+            .await;
+        protocol::exit(&active.id, outcome, &result, url.as_deref())
+    }
+
+    /// The history record of a run that ended without an `exit` (its client went away).
+    fn abandoned(&self, active: &Active) -> RunRecord {
+        let now = SystemTime::now();
+        RunRecord {
+            id: active.id.clone(),
+            user: self.user.clone(),
+            started_at_ms: unix_ms(active.started),
+            finished_at_ms: unix_ms(now),
+            duration_ms: now
+                .duration_since(active.started)
+                .unwrap_or_default()
+                .as_millis() as u64,
+            outcome: "stopped".into(),
+            code: crate::Outcome::Stopped.exit_code(),
+            message: "The run was stopped because its session ended".into(),
+            output_bytes: active.output_bytes,
+            output_truncated: false,
+            recorded: false,
+        }
     }
 
     /// Stops the active run (if any) and forwards its remaining events, ending with its `exit`.
@@ -380,6 +460,14 @@ impl Session {
         req.stdin = params.stdin.map(String::into_bytes);
         req.repl = params.repl;
         req.limits = params.limits.apply(&config.limits, &config.max_limits);
+        if params.record || params.deterministic.is_some() {
+            let seed = params.deterministic.map(|d| d.seed).unwrap_or(0);
+            req.deterministic = Some(Seed(seed));
+        }
+        req.record_input = params.record;
+        let recording = params
+            .record
+            .then(|| Box::new((req.clone(), OutputLog::default())));
         let handle = self.app.sandbox.start(req).await.map_err(|e| match e {
             StartError::AtCapacity(_) => (code::LIMIT, e.to_string()),
             StartError::Internal(_) => (code::INTERNAL, e.to_string()),
@@ -396,6 +484,9 @@ impl Session {
             handle,
             seq: 0,
             shutdown_stop: false,
+            started: SystemTime::now(),
+            output_bytes: 0,
+            recording,
         });
         Ok(json!({ "run_id": id }))
     }

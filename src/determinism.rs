@@ -1,0 +1,213 @@
+//! Deterministic mode: everything the guest can observe that would differ between two runs of
+//! the same script is replaced by something derived from a seed and from the guest's own work.
+//!
+//! - Random bytes (`wasi:random/random`, `/insecure`, `/insecure-seed`) come from ChaCha20
+//!   generators seeded from the run's seed, so `random`, `os.urandom`, `uuid4` and `secrets` repeat.
+//! - Both clocks are virtual: they start at a fixed instant (wall clock 2000-01-01T00:00:00Z) and
+//!   advance by one nanosecond per unit of fuel the guest has consumed, plus whatever it slept.
+//!   `time.sleep(s)` (any `wasi:clocks` subscription) advances the virtual clock by `s` and returns
+//!   at once.
+//! - CPU is bounded by fuel (the same instruction every time); the wall-time limit only remains as
+//!   a generous safety net ([`MIN_WALL_MS`]).
+//!
+//! The clock functions are installed for every run (shadowing wasmtime-wasi's); a run that is not
+//! deterministic gets wasmtime-wasi's real clocks through them unchanged.
+
+use crate::limits::Limits;
+use crate::sandbox::GuestState;
+use chacha20::rand_core::SeedableRng;
+use chacha20::ChaCha20Rng;
+use wasmtime::component::{Linker, Resource};
+use wasmtime::StoreContextMut;
+use wasmtime_wasi::p2::bindings::clocks::{monotonic_clock, wall_clock};
+use wasmtime_wasi::p2::{DynPollable, Pollable};
+use wasmtime_wasi::{WasiCtxBuilder, WasiView};
+
+/// Fuel a deterministic run gets when the caller sets none (about 10 s of guest CPU here).
+pub const DEFAULT_FUEL: u64 = 10_000_000_000;
+/// The wall-time limit of a deterministic run is raised to at least this, so that fuel and not
+/// the machine's speed decides when a busy script stops.
+pub const MIN_WALL_MS: u64 = 120_000;
+/// Virtual nanoseconds per unit of fuel.
+pub const NS_PER_FUEL: u64 = 1;
+/// The virtual wall clock's reading at start: 2000-01-01T00:00:00Z.
+pub const WALL_START_SECS: u64 = 946_684_800;
+/// The virtual monotonic clock's reading at start, nanoseconds.
+pub const MONOTONIC_START_NS: u64 = 1_000_000_000;
+
+const MONOTONIC: &str = "wasi:clocks/monotonic-clock@0.2.12";
+const WALL: &str = "wasi:clocks/wall-clock@0.2.12";
+
+/// The seed of a deterministic run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seed(pub u64);
+
+impl Seed {
+    /// The limits a deterministic run actually runs with: fuel always set, wall time a safety net.
+    pub fn limits(self, mut limits: Limits) -> Limits {
+        limits.cpu_fuel.get_or_insert(DEFAULT_FUEL);
+        limits.wall_ms = limits.wall_ms.max(MIN_WALL_MS);
+        limits
+    }
+
+    /// Points the WASI context's random sources at generators derived from the seed.
+    pub fn seed_random(self, b: &mut WasiCtxBuilder) {
+        b.secure_random(ChaCha20Rng::seed_from_u64(self.0))
+            .insecure_random(ChaCha20Rng::seed_from_u64(self.0 ^ 0x0123_4567_89ab_cdef))
+            .insecure_random_seed(u128::from(self.0) << 64 | 0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// Which clocks a run's guest sees.
+#[derive(Debug, Clone, Copy)]
+pub enum GuestClock {
+    /// wasmtime-wasi's clocks: the host's real time.
+    Real,
+    Virtual(VirtualClock),
+}
+
+/// Virtual time: fuel consumed so far (at [`NS_PER_FUEL`]) plus time slept.
+#[derive(Debug, Clone, Copy)]
+pub struct VirtualClock {
+    fuel_at_start: u64,
+    slept_ns: u64,
+}
+
+impl VirtualClock {
+    pub fn new(fuel_at_start: u64) -> Self {
+        VirtualClock {
+            fuel_at_start,
+            slept_ns: 0,
+        }
+    }
+
+    fn elapsed_ns(&self, fuel_left: u64) -> u64 {
+        self.fuel_at_start
+            .saturating_sub(fuel_left)
+            .saturating_mul(NS_PER_FUEL)
+            .saturating_add(self.slept_ns)
+    }
+}
+
+/// The virtual clock's state and the guest's remaining fuel, if this run is deterministic.
+fn virtual_now(store: &StoreContextMut<'_, GuestState>) -> Option<u64> {
+    match store.data().clock {
+        GuestClock::Real => None,
+        GuestClock::Virtual(c) => Some(c.elapsed_ns(store.get_fuel().unwrap_or(0))),
+    }
+}
+
+/// Moves the virtual clock forward by `ns` (a sleep).
+fn advance(store: &mut StoreContextMut<'_, GuestState>, ns: u64) {
+    if let GuestClock::Virtual(c) = &mut store.data_mut().clock {
+        c.slept_ns = c.slept_ns.saturating_add(ns);
+    }
+}
+
+/// A pollable that is ready at once (after one yield, like wasmtime-wasi's past deadlines).
+struct Ready {
+    yielded: bool,
+}
+
+#[async_trait::async_trait]
+impl Pollable for Ready {
+    async fn ready(&mut self) {
+        if !self.yielded {
+            self.yielded = true;
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+fn ready_pollable(
+    store: &mut StoreContextMut<'_, GuestState>,
+) -> wasmtime::Result<Resource<DynPollable>> {
+    let table = store.data_mut().ctx().table;
+    let ready = table.push(Ready { yielded: false })?;
+    wasmtime_wasi::p2::subscribe(table, ready)
+}
+
+type Store<'a> = StoreContextMut<'a, GuestState>;
+
+/// Installs weir's clocks over wasmtime-wasi's (call after `wasmtime_wasi::p2::add_to_linker_async`).
+pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
+    linker.allow_shadowing(true);
+    let result = add_clocks(linker);
+    linker.allow_shadowing(false);
+    result
+}
+
+fn wasm_err(e: wasmtime::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e:#}")
+}
+
+fn add_clocks(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
+    use monotonic_clock::Host as Mono;
+    use wall_clock::Host as Wall;
+    use wasmtime_wasi::clocks::WasiClocksView;
+    let mut mono = linker.instance(MONOTONIC).map_err(wasm_err)?;
+    mono.func_wrap("now", |mut store: Store<'_>, (): ()| {
+        Ok((match virtual_now(&store) {
+            Some(ns) => MONOTONIC_START_NS + ns,
+            None => Mono::now(&mut store.data_mut().clocks())?,
+        },))
+    })
+    .map_err(wasm_err)?;
+    mono.func_wrap("resolution", |mut store: Store<'_>, (): ()| {
+        Ok((match virtual_now(&store) {
+            Some(_) => NS_PER_FUEL,
+            None => Mono::resolution(&mut store.data_mut().clocks())?,
+        },))
+    })
+    .map_err(wasm_err)?;
+    mono.func_wrap(
+        "subscribe-duration",
+        |mut store: Store<'_>, (ns,): (u64,)| match virtual_now(&store) {
+            Some(_) => {
+                advance(&mut store, ns);
+                Ok((ready_pollable(&mut store)?,))
+            }
+            None => Ok((Mono::subscribe_duration(
+                &mut store.data_mut().clocks(),
+                ns,
+            )?,)),
+        },
+    )
+    .map_err(wasm_err)?;
+    mono.func_wrap(
+        "subscribe-instant",
+        |mut store: Store<'_>, (when,): (u64,)| match virtual_now(&store) {
+            Some(now) => {
+                advance(&mut store, when.saturating_sub(MONOTONIC_START_NS + now));
+                Ok((ready_pollable(&mut store)?,))
+            }
+            None => Ok((Mono::subscribe_instant(
+                &mut store.data_mut().clocks(),
+                when,
+            )?,)),
+        },
+    )
+    .map_err(wasm_err)?;
+    let mut wall = linker.instance(WALL).map_err(wasm_err)?;
+    wall.func_wrap("now", |mut store: Store<'_>, (): ()| {
+        Ok((match virtual_now(&store) {
+            Some(ns) => wall_clock::Datetime {
+                seconds: WALL_START_SECS + ns / 1_000_000_000,
+                nanoseconds: (ns % 1_000_000_000) as u32,
+            },
+            None => Wall::now(&mut store.data_mut().clocks())?,
+        },))
+    })
+    .map_err(wasm_err)?;
+    wall.func_wrap("resolution", |mut store: Store<'_>, (): ()| {
+        Ok((match virtual_now(&store) {
+            Some(_) => wall_clock::Datetime {
+                seconds: 0,
+                nanoseconds: NS_PER_FUEL as u32,
+            },
+            None => Wall::resolution(&mut store.data_mut().clocks())?,
+        },))
+    })
+    .map_err(wasm_err)?;
+    Ok(())
+}

@@ -1,0 +1,376 @@
+//! Transcripts: a recorded run as a versioned, human-readable JSON document (docs/transcripts.md).
+//!
+//! A transcript holds everything needed to run the same program again in deterministic mode (guest
+//! identity, seed, limits, program, files, args, env, the stdin reads the guest made) and what the
+//! run produced (stdout/stderr in order, outcome, exit code, fuel). Bytes are JSON strings when
+//! they are valid UTF-8 and `{"base64": "..."}` otherwise.
+
+use crate::determinism::Seed;
+use crate::limits::Limits;
+use crate::pipes::ReadLog;
+use crate::run::{Event, RunResult, StreamKind};
+use crate::sandbox::{Program, RunRequest};
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The `format` field of every transcript.
+pub const FORMAT: &str = "weir-transcript";
+/// The version of the document layout this weir writes and reads.
+pub const VERSION: u32 = 1;
+
+/// A recorded run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transcript {
+    pub format: String,
+    pub version: u32,
+    /// The weir that recorded it (informational: replays compare the guest, not weir).
+    pub weir_version: String,
+    pub guest: GuestIdentity,
+    pub seed: u64,
+    /// The limits the run had (fuel always set: transcripts are deterministic runs).
+    pub limits: Limits,
+    pub program: ProgramDoc,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileDoc>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// The guest's whole environment, as `KEY=VALUE`, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub repl: bool,
+    pub stdin: StdinDoc,
+    pub expected: Expected,
+}
+
+/// Which guest build a transcript belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestIdentity {
+    pub sha256: String,
+    pub python: String,
+}
+
+impl GuestIdentity {
+    /// The guest this weir runs.
+    pub fn current() -> Self {
+        GuestIdentity {
+            sha256: crate::guest::GUEST_SHA256.into(),
+            python: crate::guest::PYTHON_VERSION.into(),
+        }
+    }
+}
+
+/// The program: a named script, or `-c` code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ProgramDoc {
+    Script { filename: String, source: Data },
+    Code { code: String },
+}
+
+/// An extra file placed in the scratch directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDoc {
+    pub path: String,
+    pub content: Data,
+}
+
+/// What the guest read from stdin: one entry per read, then whether it read end of file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdinDoc {
+    #[serde(default)]
+    pub reads: Vec<Data>,
+    #[serde(default)]
+    pub eof: bool,
+}
+
+/// What the run produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expected {
+    /// Output in order; consecutive writes to the same stream are joined.
+    pub output: Vec<OutputDoc>,
+    pub outcome: String,
+    /// The exit status `weir run` gave (the script's code, or the limit's fixed code).
+    pub code: i32,
+    pub message: String,
+    #[serde(default)]
+    pub output_truncated: bool,
+    pub fuel_consumed: Option<u64>,
+}
+
+/// One stretch of output: `{"stdout": "..."}` or `{"stderr": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputDoc {
+    Stdout(Data),
+    Stderr(Data),
+}
+
+impl OutputDoc {
+    pub fn stream(&self) -> StreamKind {
+        match self {
+            OutputDoc::Stdout(_) => StreamKind::Stdout,
+            OutputDoc::Stderr(_) => StreamKind::Stderr,
+        }
+    }
+
+    pub fn data(&self) -> &Data {
+        match self {
+            OutputDoc::Stdout(d) | OutputDoc::Stderr(d) => d,
+        }
+    }
+}
+
+/// Bytes, written as text where they are valid UTF-8.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Data {
+    Text(String),
+    Binary { base64: String },
+}
+
+impl Data {
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => Data::Text(s.to_owned()),
+            Err(_) => Data::Binary {
+                base64: base64::engine::general_purpose::STANDARD.encode(bytes),
+            },
+        }
+    }
+
+    pub fn to_bytes(&self) -> Result<Vec<u8>, TranscriptError> {
+        match self {
+            Data::Text(s) => Ok(s.clone().into_bytes()),
+            Data::Binary { base64 } => base64::engine::general_purpose::STANDARD
+                .decode(base64)
+                .map_err(|e| TranscriptError::Invalid(format!("bad base64: {e}"))),
+        }
+    }
+}
+
+/// Why a transcript cannot be recorded, read or replayed.
+#[derive(Debug, thiserror::Error)]
+pub enum TranscriptError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("not a weir transcript: {0}")]
+    Invalid(String),
+    #[error(
+        "transcript version {0} is not supported (this weir reads version {VERSION}); re-record it"
+    )]
+    Version(u32),
+    #[error(
+        "recorded with a different guest build (guest sha256 {recorded}, this weir runs {current}): \
+         its output cannot be compared; re-record it with `weir replay --update`"
+    )]
+    OtherGuest { recorded: String, current: String },
+    #[error("only deterministic runs can be recorded")]
+    NotDeterministic,
+    #[error("a run with mounted host directories cannot be recorded (its files are not in the transcript)")]
+    Mounts,
+    #[error("the run ended without a result")]
+    NoResult,
+}
+
+/// Output collected in order, joining consecutive chunks of the same stream.
+#[derive(Debug, Default, Clone)]
+pub struct OutputLog {
+    parts: Vec<(StreamKind, Vec<u8>)>,
+}
+
+impl OutputLog {
+    pub fn push(&mut self, stream: StreamKind, data: &[u8]) {
+        match self.parts.last_mut() {
+            Some((s, buf)) if *s == stream => buf.extend_from_slice(data),
+            _ => self.parts.push((stream, data.to_vec())),
+        }
+    }
+
+    /// Feeds an event; returns the result when it is the run's `Exit`.
+    pub fn observe(&mut self, event: &Event) -> Option<RunResult> {
+        match event {
+            Event::Output { stream, data } => {
+                self.push(*stream, data);
+                None
+            }
+            Event::State(_) => None,
+            Event::Exit(result) => Some(result.clone()),
+        }
+    }
+
+    pub fn docs(&self) -> Vec<OutputDoc> {
+        self.parts
+            .iter()
+            .map(|(stream, data)| match stream {
+                StreamKind::Stdout => OutputDoc::Stdout(Data::from_bytes(data)),
+                StreamKind::Stderr => OutputDoc::Stderr(Data::from_bytes(data)),
+            })
+            .collect()
+    }
+}
+
+impl Expected {
+    pub fn of(output: &OutputLog, result: &RunResult) -> Self {
+        Expected {
+            output: output.docs(),
+            outcome: result.outcome.kind().into(),
+            code: result.outcome.exit_code(),
+            message: result.message.clone(),
+            output_truncated: result.output_truncated,
+            fuel_consumed: result.fuel_consumed,
+        }
+    }
+
+    /// All of one stream's bytes.
+    pub fn stream_bytes(&self, stream: StreamKind) -> Vec<u8> {
+        self.output
+            .iter()
+            .filter(|o| o.stream() == stream)
+            .flat_map(|o| o.data().to_bytes().unwrap_or_default())
+            .collect()
+    }
+}
+
+impl Transcript {
+    /// Builds the transcript of a finished deterministic run.
+    pub fn record(
+        req: &RunRequest,
+        output: &OutputLog,
+        result: &RunResult,
+    ) -> Result<Self, TranscriptError> {
+        let seed = req.deterministic.ok_or(TranscriptError::NotDeterministic)?;
+        if !req.mounts.is_empty() {
+            return Err(TranscriptError::Mounts);
+        }
+        let input = result.input_read.clone().unwrap_or_default();
+        Ok(Transcript {
+            format: FORMAT.into(),
+            version: VERSION,
+            weir_version: env!("CARGO_PKG_VERSION").into(),
+            guest: GuestIdentity::current(),
+            seed: seed.0,
+            limits: req.effective_limits(),
+            program: match &req.program {
+                Program::Script { filename, source } => ProgramDoc::Script {
+                    filename: filename.clone(),
+                    source: Data::from_bytes(source),
+                },
+                Program::Code(code) => ProgramDoc::Code { code: code.clone() },
+            },
+            files: req
+                .files
+                .iter()
+                .map(|(path, content)| FileDoc {
+                    path: path.clone(),
+                    content: Data::from_bytes(content),
+                })
+                .collect(),
+            args: req.args.clone(),
+            env: req.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            repl: req.repl,
+            stdin: StdinDoc {
+                reads: input.chunks.iter().map(|c| Data::from_bytes(c)).collect(),
+                eof: input.eof,
+            },
+            expected: Expected::of(output, result),
+        })
+    }
+
+    /// Reads and checks a transcript file (format and version; not the guest build).
+    pub fn load(path: &Path) -> Result<Self, TranscriptError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TranscriptError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, TranscriptError> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| TranscriptError::Invalid(e.to_string()))?;
+        if value.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
+            return Err(TranscriptError::Invalid(format!(
+                "the \"format\" field must be \"{FORMAT}\""
+            )));
+        }
+        match value.get("version").and_then(|v| v.as_u64()) {
+            Some(v) if v == u64::from(VERSION) => {}
+            Some(v) => return Err(TranscriptError::Version(v as u32)),
+            None => return Err(TranscriptError::Invalid("no \"version\" field".into())),
+        }
+        serde_json::from_value(value).map_err(|e| TranscriptError::Invalid(e.to_string()))
+    }
+
+    /// Pretty JSON with a trailing newline, as fixtures are stored.
+    pub fn to_json(&self) -> String {
+        let mut s = serde_json::to_string_pretty(self).unwrap_or_default();
+        s.push('\n');
+        s
+    }
+
+    /// Refuses a transcript recorded with another guest build.
+    pub fn check_guest(&self) -> Result<(), TranscriptError> {
+        let current = GuestIdentity::current();
+        if self.guest.sha256 != current.sha256 {
+            return Err(TranscriptError::OtherGuest {
+                recorded: self.guest.sha256.clone(),
+                current: current.sha256,
+            });
+        }
+        Ok(())
+    }
+
+    /// The request that runs this transcript's program again, with its recorded input.
+    pub fn request(&self) -> Result<RunRequest, TranscriptError> {
+        let mut req = RunRequest::script(Vec::new());
+        req.program = match &self.program {
+            ProgramDoc::Script { filename, source } => Program::Script {
+                filename: filename.clone(),
+                source: source.to_bytes()?,
+            },
+            ProgramDoc::Code { code } => Program::Code(code.clone()),
+        };
+        req.files = self
+            .files
+            .iter()
+            .map(|f| Ok((f.path.clone(), f.content.to_bytes()?)))
+            .collect::<Result<_, TranscriptError>>()?;
+        req.args = self.args.clone();
+        req.env = self
+            .env
+            .iter()
+            .map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .ok_or_else(|| TranscriptError::Invalid(format!("env entry {kv:?} has no '='")))
+            })
+            .collect::<Result<_, _>>()?;
+        req.limits = self.limits;
+        req.repl = self.repl;
+        req.deterministic = Some(Seed(self.seed));
+        req.replay_input = Some(ReadLog {
+            chunks: self
+                .stdin
+                .reads
+                .iter()
+                .map(|d| d.to_bytes().map(Bytes::from))
+                .collect::<Result<_, _>>()?,
+            eof: self.stdin.eof,
+        });
+        Ok(req)
+    }
+}
+
+/// Outcomes decided from outside the guest while it waited for input. A replay reproduces them
+/// by ending the run where the recorded input runs out.
+pub fn ended_from_outside(outcome: &str) -> bool {
+    matches!(outcome, "stopped" | "idle" | "shutdown")
+}
