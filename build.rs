@@ -1,5 +1,12 @@
 //! Builds the CPython guest component from `guests/python/` when it is missing or its sources
-//! changed, and tells the crate where it is (`WEIR_GUEST_WASM`) and what it is (`WEIR_GUEST_SHA256`).
+//! changed, and tells the crate where it is (`WEIR_GUEST_WASM`), what it is (`WEIR_GUEST_SHA256`)
+//! and what it was built from (`WEIR_GUEST_BUILD`: a hash of the sources, the tool version and the
+//! build recipe, which transcripts name).
+//!
+//! The build is made deterministic: `guests/build/deterministic_preinit.c` is preloaded into
+//! componentize-py so the interpreter snapshot gets a fixed hash secret and random state (and a
+//! fixed wall clock) whatever machine builds it. The component's bytes still differ between
+//! builds in places the guest never reads back (file timestamps left in freed memory).
 //!
 //! The component is built by componentize-py (PyPI, pinned below), installed on first use into a
 //! private venv under the target directory (or taken from `$WEIR_COMPONENTIZE_PY`). Built
@@ -17,6 +24,7 @@ fn main() {
     let guest_dir = manifest.join("guests/python");
     println!("cargo:rerun-if-changed=guests/python/runner.py");
     println!("cargo:rerun-if-changed=guests/python/wit");
+    println!("cargo:rerun-if-changed=guests/build");
     println!("cargo:rerun-if-env-changed=WEIR_COMPONENTIZE_PY");
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
 
@@ -24,17 +32,37 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| manifest.join("target"));
     let out_dir = target.join("guest");
-    let source_hash = hash_sources(&guest_dir);
+    let source_hash = hash_sources(&[&guest_dir, &manifest.join("guests/build")]);
     let wasm = out_dir.join(format!("python-{}.wasm", &source_hash[..16]));
     if !wasm.exists() {
         let tool = componentize_py(&target);
-        build_guest(&tool, &guest_dir, &wasm);
+        let preload = build_preload(&manifest, &out_dir);
+        build_guest(&tool, &guest_dir, &wasm, &preload);
     }
     let bytes = std::fs::read(&wasm)
         .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", wasm.display())));
     let sha = hex::encode(Sha256::digest(&bytes));
     println!("cargo:rustc-env=WEIR_GUEST_WASM={}", wasm.display());
     println!("cargo:rustc-env=WEIR_GUEST_SHA256={sha}");
+    println!("cargo:rustc-env=WEIR_GUEST_BUILD={}", &source_hash[..32]);
+}
+
+/// Compiles the preload library that makes the snapshot deterministic.
+fn build_preload(manifest: &Path, out_dir: &Path) -> PathBuf {
+    let source = manifest.join("guests/build/deterministic_preinit.c");
+    let lib = out_dir.join("deterministic_preinit.so");
+    std::fs::create_dir_all(out_dir)
+        .unwrap_or_else(|e| fail(&format!("cannot create {}: {e}", out_dir.display())));
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    run(
+        Command::new(cc)
+            .args(["-shared", "-fPIC", "-O2", "-o"])
+            .arg(&lib)
+            .arg(&source)
+            .arg("-ldl"),
+        "cc (deterministic_preinit.so)",
+    );
+    lib
 }
 
 fn env(name: &str) -> String {
@@ -50,17 +78,19 @@ fn say(msg: &str) {
     eprintln!("weir guest build: {msg}");
 }
 
-/// sha256 over the guest's source files (path and content) and the tool version.
-fn hash_sources(dir: &Path) -> String {
-    let mut files = Vec::new();
-    collect(dir, &mut files);
-    files.sort();
+/// sha256 over the guest's source files (path and content), the build recipe and the tool version.
+fn hash_sources(dirs: &[&Path]) -> String {
     let mut h = Sha256::new();
     h.update(COMPONENTIZE_PY.as_bytes());
-    for f in files {
-        let rel = f.strip_prefix(dir).unwrap_or(&f);
-        h.update(rel.to_string_lossy().as_bytes());
-        h.update(std::fs::read(&f).unwrap_or_default());
+    for dir in dirs {
+        let mut files = Vec::new();
+        collect(dir, &mut files);
+        files.sort();
+        for f in files {
+            let rel = f.strip_prefix(dir).unwrap_or(&f);
+            h.update(rel.to_string_lossy().as_bytes());
+            h.update(std::fs::read(&f).unwrap_or_default());
+        }
     }
     hex::encode(h.finalize())
 }
@@ -113,7 +143,7 @@ fn componentize_py(target: &Path) -> PathBuf {
     tool
 }
 
-fn build_guest(tool: &Path, guest_dir: &Path, wasm: &Path) {
+fn build_guest(tool: &Path, guest_dir: &Path, wasm: &Path, preload: &Path) {
     say("building the CPython guest with componentize-py (10-30 s)");
     let dir = wasm.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)
@@ -122,6 +152,7 @@ fn build_guest(tool: &Path, guest_dir: &Path, wasm: &Path) {
     run(
         Command::new(tool)
             .current_dir(guest_dir)
+            .env("LD_PRELOAD", preload)
             .args([
                 "-d",
                 "wit",

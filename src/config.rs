@@ -62,7 +62,7 @@ impl Default for ServerConfig {
                 wall_ms: 60_000,
                 memory_bytes: 1 << 30,
                 output_bytes: 16 << 20,
-                cpu_fuel: Some(50_000_000_000),
+                cpu_fuel: Some(500_000_000_000),
                 ..Limits::default()
             },
             max_instances: 1100,

@@ -4,7 +4,8 @@
 //! - Random bytes (`wasi:random/random`, `/insecure`, `/insecure-seed`) come from ChaCha20
 //!   generators seeded from the run's seed, so `random`, `os.urandom`, `uuid4` and `secrets` repeat.
 //! - Both clocks are virtual: they start at a fixed instant (wall clock 2000-01-01T00:00:00Z) and
-//!   advance by one nanosecond per unit of fuel the guest has consumed, plus whatever it slept.
+//!   advance with the fuel the guest has consumed ([`FUEL_PER_NS`]: about real speed on a current
+//!   x86-64 core), plus whatever it slept.
 //!   `time.sleep(s)` (any `wasi:clocks` subscription) advances the virtual clock by `s` and returns
 //!   at once.
 //! - CPU is bounded by fuel (the same instruction every time); the wall-time limit only remains as
@@ -23,13 +24,13 @@ use wasmtime_wasi::p2::bindings::clocks::{monotonic_clock, wall_clock};
 use wasmtime_wasi::p2::{DynPollable, Pollable};
 use wasmtime_wasi::{WasiCtxBuilder, WasiView};
 
-/// Fuel a deterministic run gets when the caller sets none (about 10 s of guest CPU here).
-pub const DEFAULT_FUEL: u64 = 10_000_000_000;
+/// Fuel a deterministic run gets when the caller sets none (about 6 s of guest CPU here).
+pub const DEFAULT_FUEL: u64 = 50_000_000_000;
 /// The wall-time limit of a deterministic run is raised to at least this, so that fuel and not
 /// the machine's speed decides when a busy script stops.
 pub const MIN_WALL_MS: u64 = 120_000;
-/// Virtual nanoseconds per unit of fuel.
-pub const NS_PER_FUEL: u64 = 1;
+/// Fuel per virtual nanosecond (compiled guest code burns about 8 fuel per ns here).
+pub const FUEL_PER_NS: u64 = 8;
 /// The virtual wall clock's reading at start: 2000-01-01T00:00:00Z.
 pub const WALL_START_SECS: u64 = 946_684_800;
 /// The virtual monotonic clock's reading at start, nanoseconds.
@@ -66,7 +67,7 @@ pub enum GuestClock {
     Virtual(VirtualClock),
 }
 
-/// Virtual time: fuel consumed so far (at [`NS_PER_FUEL`]) plus time slept.
+/// Virtual time: fuel consumed so far (at [`FUEL_PER_NS`]) plus time slept.
 #[derive(Debug, Clone, Copy)]
 pub struct VirtualClock {
     fuel_at_start: u64,
@@ -82,10 +83,7 @@ impl VirtualClock {
     }
 
     fn elapsed_ns(&self, fuel_left: u64) -> u64 {
-        self.fuel_at_start
-            .saturating_sub(fuel_left)
-            .saturating_mul(NS_PER_FUEL)
-            .saturating_add(self.slept_ns)
+        (self.fuel_at_start.saturating_sub(fuel_left) / FUEL_PER_NS).saturating_add(self.slept_ns)
     }
 }
 
@@ -155,7 +153,7 @@ fn add_clocks(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
     .map_err(wasm_err)?;
     mono.func_wrap("resolution", |mut store: Store<'_>, (): ()| {
         Ok((match virtual_now(&store) {
-            Some(_) => NS_PER_FUEL,
+            Some(_) => 1,
             None => Mono::resolution(&mut store.data_mut().clocks())?,
         },))
     })
@@ -203,7 +201,7 @@ fn add_clocks(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
         Ok((match virtual_now(&store) {
             Some(_) => wall_clock::Datetime {
                 seconds: 0,
-                nanoseconds: NS_PER_FUEL as u32,
+                nanoseconds: 1,
             },
             None => Wall::resolution(&mut store.data_mut().clocks())?,
         },))

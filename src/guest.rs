@@ -16,8 +16,13 @@ use wasmtime::Engine;
 /// The guest component's bytes.
 pub static GUEST_WASM: &[u8] = include_bytes!(env!("WEIR_GUEST_WASM"));
 
-/// sha256 of [`GUEST_WASM`]: the guest's identity (transcripts name it).
+/// sha256 of [`GUEST_WASM`]: these exact bytes (the precompile cache is keyed by it).
 pub const GUEST_SHA256: &str = env!("WEIR_GUEST_SHA256");
+
+/// The guest build's identity: a hash of its sources, the build recipe and the componentize-py
+/// version. Builds are deterministic (see `build.rs`), so two builds with the same identity run
+/// every script the same way; transcripts name it.
+pub const GUEST_BUILD: &str = env!("WEIR_GUEST_BUILD");
 
 /// The Python version inside the guest.
 pub const PYTHON_VERSION: &str = "3.14.0";

@@ -56,12 +56,17 @@ impl Scratch {
             });
         }
         let dir = tempfile::Builder::new().prefix("weir-run-").tempdir()?;
+        let mut written = Vec::with_capacity(entries.len());
         for (rel, data) in entries {
             let path = dir.path().join(rel);
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            std::fs::write(path, data)?;
+            std::fs::write(&path, data)?;
+            written.push(path);
+        }
+        if req.deterministic.is_some() {
+            fix_times(dir.path(), &written)?;
         }
         Ok(Scratch { dir })
     }
@@ -69,6 +74,28 @@ impl Scratch {
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// Deterministic runs: the caller's files and their directories carry the virtual clock's start
+/// as their times, so nothing the guest can stat depends on when the run was made.
+fn fix_times(root: &Path, files: &[PathBuf]) -> std::io::Result<()> {
+    let start =
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(crate::determinism::WALL_START_SECS);
+    let times = std::fs::FileTimes::new()
+        .set_accessed(start)
+        .set_modified(start);
+    let mut dirs: Vec<&Path> = files
+        .iter()
+        .flat_map(|f| f.ancestors().skip(1))
+        .filter(|d| d.starts_with(root))
+        .chain(std::iter::once(root))
+        .collect();
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    dirs.dedup();
+    for path in files.iter().map(PathBuf::as_path).chain(dirs) {
+        std::fs::File::open(path)?.set_times(times)?;
+    }
+    Ok(())
 }
 
 /// Most files and directories a scratch dir may hold.

@@ -50,6 +50,9 @@ pub struct Transcript {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GuestIdentity {
+    /// What the guest was built from (compared on replay).
+    pub build: String,
+    /// The component's sha256 on the recording machine (informational).
     pub sha256: String,
     pub python: String,
 }
@@ -58,6 +61,7 @@ impl GuestIdentity {
     /// The guest this weir runs.
     pub fn current() -> Self {
         GuestIdentity {
+            build: crate::guest::GUEST_BUILD.into(),
             sha256: crate::guest::GUEST_SHA256.into(),
             python: crate::guest::PYTHON_VERSION.into(),
         }
@@ -168,7 +172,7 @@ pub enum TranscriptError {
     )]
     Version(u32),
     #[error(
-        "recorded with a different guest build (guest sha256 {recorded}, this weir runs {current}): \
+        "recorded with a different guest build ({recorded}; this weir runs {current}): \
          its output cannot be compared; re-record it with `weir replay --update`"
     )]
     OtherGuest { recorded: String, current: String },
@@ -319,10 +323,10 @@ impl Transcript {
     /// Refuses a transcript recorded with another guest build.
     pub fn check_guest(&self) -> Result<(), TranscriptError> {
         let current = GuestIdentity::current();
-        if self.guest.sha256 != current.sha256 {
+        if self.guest.build != current.build {
             return Err(TranscriptError::OtherGuest {
-                recorded: self.guest.sha256.clone(),
-                current: current.sha256,
+                recorded: self.guest.build.clone(),
+                current: current.build,
             });
         }
         Ok(())
