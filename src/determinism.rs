@@ -21,6 +21,7 @@ use chacha20::ChaCha20Rng;
 use wasmtime::component::{Linker, Resource};
 use wasmtime::StoreContextMut;
 use wasmtime_wasi::p2::bindings::clocks::{monotonic_clock, wall_clock};
+use wasmtime_wasi::p2::bindings::filesystem::types as fs;
 use wasmtime_wasi::p2::{DynPollable, Pollable};
 use wasmtime_wasi::{WasiCtxBuilder, WasiView};
 
@@ -59,19 +60,25 @@ impl Seed {
     }
 }
 
-/// Which clocks a run's guest sees.
-#[derive(Debug, Clone, Copy)]
+/// Which clocks (and file identities) a run's guest sees.
+#[derive(Debug, Clone)]
 pub enum GuestClock {
-    /// wasmtime-wasi's clocks: the host's real time.
+    /// wasmtime-wasi's: the host's real time and files.
     Real,
     Virtual(VirtualClock),
 }
 
-/// Virtual time: fuel consumed so far (at [`FUEL_PER_NS`]) plus time slept.
-#[derive(Debug, Clone, Copy)]
+/// Most distinct files a deterministic run numbers; past this, files share one identity.
+const MAX_FILE_IDS: usize = 100_000;
+
+/// Virtual time: fuel consumed so far (at [`FUEL_PER_NS`]) plus time slept. Also the run's file
+/// identities: files are numbered in the order the guest first looks at them, so `st_ino` does
+/// not depend on the host's inode numbers.
+#[derive(Debug, Clone)]
 pub struct VirtualClock {
     fuel_at_start: u64,
     slept_ns: u64,
+    file_ids: std::collections::HashMap<(u64, u64), u64>,
 }
 
 impl VirtualClock {
@@ -79,7 +86,16 @@ impl VirtualClock {
         VirtualClock {
             fuel_at_start,
             slept_ns: 0,
+            file_ids: std::collections::HashMap::new(),
         }
+    }
+
+    fn file_id(&mut self, real: (u64, u64)) -> u64 {
+        let next = self.file_ids.len() as u64 + 1;
+        if self.file_ids.len() >= MAX_FILE_IDS {
+            return *self.file_ids.get(&real).unwrap_or(&0);
+        }
+        *self.file_ids.entry(real).or_insert(next)
     }
 
     fn elapsed_ns(&self, fuel_left: u64) -> u64 {
@@ -89,7 +105,7 @@ impl VirtualClock {
 
 /// The virtual clock's state and the guest's remaining fuel, if this run is deterministic.
 fn virtual_now(store: &StoreContextMut<'_, GuestState>) -> Option<u64> {
-    match store.data().clock {
+    match &store.data().clock {
         GuestClock::Real => None,
         GuestClock::Virtual(c) => Some(c.elapsed_ns(store.get_fuel().unwrap_or(0))),
     }
@@ -127,12 +143,101 @@ fn ready_pollable(
 
 type Store<'a> = StoreContextMut<'a, GuestState>;
 
-/// Installs weir's clocks over wasmtime-wasi's (call after `wasmtime_wasi::p2::add_to_linker_async`).
+/// Installs weir's clocks and file metadata over wasmtime-wasi's (call after
+/// `wasmtime_wasi::p2::add_to_linker_async`).
 pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
     linker.allow_shadowing(true);
-    let result = add_clocks(linker);
+    let result = add_clocks(linker).and_then(|()| add_file_metadata(linker));
     linker.allow_shadowing(false);
     result
+}
+
+const FILESYSTEM: &str = "wasi:filesystem/types@0.2.12";
+
+type Fd = Resource<fs::Descriptor>;
+type FsReturn<T> = wasmtime::Result<(Result<T, fs::ErrorCode>,)>;
+
+/// An `FsResult` as the component sees it: an error code, or a trap for host failures.
+fn to_wit<T>(r: wasmtime_wasi::p2::FsResult<T>) -> FsReturn<T> {
+    match r {
+        Ok(v) => Ok((Ok(v),)),
+        Err(e) => Ok((Err(e.downcast()?),)),
+    }
+}
+
+/// Deterministic runs see every file time as the virtual clock's start.
+fn virtual_stat(store: &Store<'_>, mut st: fs::DescriptorStat) -> fs::DescriptorStat {
+    if matches!(store.data().clock, GuestClock::Virtual(_)) {
+        let start = Some(wall_clock::Datetime {
+            seconds: WALL_START_SECS,
+            nanoseconds: 0,
+        });
+        st.data_access_timestamp = start;
+        st.data_modification_timestamp = start;
+        st.status_change_timestamp = start;
+    }
+    st
+}
+
+/// Deterministic runs see files numbered in the order they were first looked at.
+fn virtual_hash(store: &mut Store<'_>, h: fs::MetadataHashValue) -> fs::MetadataHashValue {
+    match &mut store.data_mut().clock {
+        GuestClock::Virtual(c) => fs::MetadataHashValue {
+            upper: 0,
+            lower: c.file_id((h.upper, h.lower)),
+        },
+        GuestClock::Real => h,
+    }
+}
+
+fn add_file_metadata(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
+    use fs::HostDescriptor as D;
+    use wasmtime_wasi::filesystem::WasiFilesystemView;
+    let mut types = linker.instance(FILESYSTEM).map_err(wasm_err)?;
+    types
+        .func_wrap_async("[method]descriptor.stat", |mut store, (fd,): (Fd,)| {
+            Box::new(async move {
+                let st = D::stat(&mut store.data_mut().filesystem(), fd).await;
+                to_wit(st.map(|st| virtual_stat(&store, st)))
+            })
+        })
+        .map_err(wasm_err)?;
+    types
+        .func_wrap_async(
+            "[method]descriptor.stat-at",
+            |mut store, (fd, flags, path): (Fd, fs::PathFlags, String)| {
+                Box::new(async move {
+                    let st = D::stat_at(&mut store.data_mut().filesystem(), fd, flags, path).await;
+                    to_wit(st.map(|st| virtual_stat(&store, st)))
+                })
+            },
+        )
+        .map_err(wasm_err)?;
+    types
+        .func_wrap_async(
+            "[method]descriptor.metadata-hash",
+            |mut store, (fd,): (Fd,)| {
+                Box::new(async move {
+                    let h = D::metadata_hash(&mut store.data_mut().filesystem(), fd).await;
+                    to_wit(h.map(|h| virtual_hash(&mut store, h)))
+                })
+            },
+        )
+        .map_err(wasm_err)?;
+    types
+        .func_wrap_async(
+            "[method]descriptor.metadata-hash-at",
+            |mut store, (fd, flags, path): (Fd, fs::PathFlags, String)| {
+                Box::new(async move {
+                    let h =
+                        D::metadata_hash_at(&mut store.data_mut().filesystem(), fd, flags, path)
+                            .await;
+                    to_wit(h.map(|h| virtual_hash(&mut store, h)))
+                })
+            },
+        )
+        .map_err(wasm_err)?;
+    Ok(())
 }
 
 fn wasm_err(e: wasmtime::Error) -> anyhow::Error {

@@ -343,10 +343,18 @@ pub struct ReadLog {
     pub eof: bool,
 }
 
-/// The trap that ends a replayed run when its guest asks for more input than was recorded.
-#[derive(Debug, thiserror::Error)]
-#[error("the guest asked for more input than the transcript holds")]
-pub struct InputExhausted;
+/// How a run's stdin behaves.
+#[derive(Debug, Clone, Default)]
+pub struct StdinMode {
+    /// Keep every chunk the guest reads, in order (for transcripts).
+    pub record: bool,
+    /// Give the guest exactly these reads first (replaying a transcript); afterwards the stream
+    /// behaves as if the caller sent nothing more.
+    pub replay: Option<ReadLog>,
+    /// Deterministic runs: a read only returns data after the guest has waited for it, so the
+    /// guest takes the same path whether or not the data had already arrived.
+    pub gated: bool,
+}
 
 /// The guest's stdin: bytes from the caller (or a replayed [`ReadLog`]), and the waiting state
 /// the driver watches.
@@ -361,29 +369,29 @@ struct StdinState {
     replay: Option<(VecDeque<Bytes>, bool)>,
     buffered: Bytes,
     eof: bool,
-    exhausted: bool,
+    gated: bool,
+    /// (gated) the guest has waited since its last successful read.
+    armed: bool,
     status: watch::Sender<GuestStatus>,
     log: Option<ReadLog>,
 }
 
 impl GuestStdin {
-    /// `record` keeps every chunk the guest actually read, in order (for transcripts); `replay`
-    /// gives the guest exactly these reads instead of the channel's bytes.
     pub fn new(
         rx: mpsc::Receiver<StdinMsg>,
         status: watch::Sender<GuestStatus>,
-        record: bool,
-        replay: Option<ReadLog>,
+        mode: StdinMode,
     ) -> Self {
         GuestStdin {
             state: Arc::new(tokio::sync::Mutex::new(StdinState {
                 rx,
-                replay: replay.map(|r| (r.chunks.into(), r.eof)),
+                replay: mode.replay.map(|r| (r.chunks.into(), r.eof)),
                 buffered: Bytes::new(),
                 eof: false,
-                exhausted: false,
+                gated: mode.gated,
+                armed: false,
                 status,
-                log: record.then(ReadLog::default),
+                log: mode.record.then(ReadLog::default),
             })),
         }
     }
@@ -403,14 +411,14 @@ impl StdinState {
     }
 
     fn poll_buffer(&mut self) {
-        if !self.buffered.is_empty() || self.eof || self.exhausted {
+        if !self.buffered.is_empty() || self.eof {
             return;
         }
         if let Some((chunks, eof_after)) = &mut self.replay {
             match chunks.pop_front() {
                 Some(chunk) => self.buffered = chunk,
                 None if *eof_after => self.eof = true,
-                None => self.exhausted = true,
+                None => {} // nothing more was recorded: the guest will wait
             }
             return;
         }
@@ -422,11 +430,11 @@ impl StdinState {
     }
 
     fn read(&mut self, size: usize) -> StreamResult<Bytes> {
+        if self.gated && !self.armed {
+            return Ok(Bytes::new());
+        }
         self.poll_buffer();
         if self.buffered.is_empty() {
-            if self.exhausted {
-                return Err(StreamError::Trap(InputExhausted.into()));
-            }
             if self.eof {
                 if let Some(log) = &mut self.log {
                     log.eof = true;
@@ -437,6 +445,7 @@ impl StdinState {
         }
         let n = size.min(self.buffered.len());
         let chunk = self.buffered.split_to(n);
+        self.armed = false;
         if let Some(log) = &mut self.log {
             log.chunks.push(chunk.clone());
         }
@@ -445,16 +454,16 @@ impl StdinState {
 
     async fn wait(&mut self) {
         self.poll_buffer();
-        if !self.buffered.is_empty() || self.eof || self.exhausted {
-            return;
+        if self.buffered.is_empty() && !self.eof {
+            self.status.send_modify(|s| {
+                s.waiting_input = true;
+                s.waits += 1;
+            });
+            let msg = self.rx.recv().await;
+            self.take_message(msg);
+            self.status.send_modify(|s| s.waiting_input = false);
         }
-        self.status.send_modify(|s| {
-            s.waiting_input = true;
-            s.waits += 1;
-        });
-        let msg = self.rx.recv().await;
-        self.take_message(msg);
-        self.status.send_modify(|s| s.waiting_input = false);
+        self.armed = true;
     }
 }
 

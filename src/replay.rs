@@ -1,7 +1,7 @@
 //! Replay: run a transcript's program again and compare what it produces, byte for byte, with
 //! what was recorded (`weir replay`).
 
-use crate::run::StreamKind;
+use crate::run::{Event, RunState, StreamKind};
 use crate::sandbox::Sandbox;
 use crate::transcript::{ended_from_outside, Expected, OutputLog, Transcript, TranscriptError};
 use std::fmt::Write as _;
@@ -25,9 +25,15 @@ pub async fn replay(sandbox: &Sandbox, t: &Transcript) -> Result<Expected, Repla
 /// Runs the transcript's program without checking the guest build (for `--update`).
 async fn rerun(sandbox: &Sandbox, t: &Transcript) -> Result<Expected, ReplayError> {
     let mut handle = sandbox.start(t.request()?).await?;
+    let control = handle.control();
     let mut output = OutputLog::default();
     let mut result = None;
     while let Some(event) = handle.next_event().await {
+        // Every recorded read is available from the start, so a guest that waits for input has
+        // read all of it: the recorded run was ended here, from outside.
+        if let Event::State(RunState::WaitingInput | RunState::Repl) = event {
+            control.stop();
+        }
         if let Some(r) = output.observe(&event) {
             result = Some(r);
         }

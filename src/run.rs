@@ -9,9 +9,7 @@
 use crate::engine::EngineVariant;
 use crate::limits::Limits;
 use crate::outcome::Outcome;
-use crate::pipes::{
-    GuestStatus, GuestStdin, InputExhausted, OutputLimitExceeded, OutputQueue, ReadLog, StdinMsg,
-};
+use crate::pipes::{GuestStatus, GuestStdin, OutputLimitExceeded, OutputQueue, ReadLog, StdinMsg};
 use crate::sandbox::GuestState;
 use bytes::Bytes;
 use serde::Serialize;
@@ -527,9 +525,6 @@ fn classify(result: wasmtime::Result<Result<(), ()>>, store: &Store<GuestState>)
     }
     if error.downcast_ref::<OutputLimitExceeded>().is_some() {
         return Outcome::OutputLimit;
-    }
-    if error.downcast_ref::<InputExhausted>().is_some() {
-        return Outcome::Stopped; // a replay reached the point where the recorded run was ended
     }
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => Outcome::CpuLimit,

@@ -8,7 +8,7 @@ use crate::determinism::{GuestClock, Seed, VirtualClock};
 use crate::engine::{EngineSettings, EngineVariant};
 use crate::host::{HostState, Launch};
 use crate::limits::{LimitError, Limits, MemoryLimiter};
-use crate::pipes::{GuestStatus, GuestStdin, OutputQueue, ReadLog, StdinMsg};
+use crate::pipes::{GuestStatus, GuestStdin, OutputQueue, ReadLog, StdinMode, StdinMsg};
 use crate::run::{self, RunHandle, RunId, StreamKind};
 use crate::scratch::{Scratch, ScratchError};
 use std::path::PathBuf;
@@ -63,8 +63,8 @@ pub struct RunRequest {
     pub mounts: Vec<Mount>,
     /// Keep what the guest read from stdin, in order, in the result (for transcripts).
     pub record_input: bool,
-    /// Give the guest exactly these reads instead of `stdin` and the caller's writes; when they
-    /// run out (and `eof` is false) the run ends as `stopped` (replaying a transcript).
+    /// Give the guest exactly these reads first (replaying a transcript); when they run out
+    /// (and `eof` is false) the guest waits for input as if the caller had sent nothing more.
     pub replay_input: Option<ReadLog>,
     /// Deterministic mode (seeded randomness, virtual clocks, fuel): see [`crate::determinism`].
     pub deterministic: Option<Seed>,
@@ -223,8 +223,11 @@ impl Sandbox {
         let stdin = GuestStdin::new(
             stdin_rx,
             status_tx.clone(),
-            req.record_input,
-            req.replay_input.clone(),
+            StdinMode {
+                record: req.record_input,
+                replay: req.replay_input.clone(),
+                gated: req.deterministic.is_some(),
+            },
         );
         let pipes = OutputQueue::new(events_tx.clone(), limits.output_bytes, limits.line_bytes);
         let scratch = Scratch::create(&req, limits.scratch_bytes)?;

@@ -1,0 +1,174 @@
+//! WebSocket and HTTP helpers for tests that drive a running `weir serve`.
+#![allow(dead_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use weir::config::ServerConfig;
+use weir::server::{start, RunningServer};
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A test server on a free port, with its run history in a fresh file under `target/tmp`.
+pub async fn server(f: impl FnOnce(&mut ServerConfig)) -> RunningServer {
+    let mut config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        max_instances: 16,
+        ..ServerConfig::default()
+    };
+    config.history.path = temp_history();
+    f(&mut config);
+    start(config).await.expect("server starts")
+}
+
+/// A new, empty history database path (kept after the test, under `target/tmp`).
+pub fn temp_history() -> std::path::PathBuf {
+    tempfile::Builder::new()
+        .prefix("history-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("temp dir")
+        .keep()
+        .join("history.sqlite3")
+}
+
+pub async fn connect(server: &RunningServer, query: &str) -> Ws {
+    try_connect(server, query, &[])
+        .await
+        .expect("upgrade accepted")
+}
+
+pub async fn try_connect(
+    server: &RunningServer,
+    query: &str,
+    headers: &[(&'static str, &str)],
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let mut req = format!("ws://{}/ws{query}", server.addr).into_client_request()?;
+    for (k, v) in headers {
+        req.headers_mut().insert(*k, v.parse().unwrap());
+    }
+    tokio_tungstenite::connect_async(req)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+pub fn status_of(err: tokio_tungstenite::tungstenite::Error) -> u16 {
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(r) => r.status().as_u16(),
+        other => panic!("expected an HTTP refusal, got {other}"),
+    }
+}
+
+pub async fn send(ws: &mut Ws, value: Value) {
+    ws.send(Message::Text(value.to_string().into()))
+        .await
+        .expect("sent");
+}
+
+/// The next JSON message (pings are skipped); panics after 20 s.
+pub async fn recv(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("a message in time")
+            .expect("socket open")
+            .expect("no socket error");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(&t).expect("JSON"),
+            Message::Close(f) => panic!("closed: {f:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Reads until the close frame; returns its code.
+pub async fn close_code(ws: &mut Ws) -> u16 {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("close in time")
+        {
+            Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
+            Some(Ok(Message::Close(None))) | None => return 0,
+            Some(Err(_)) => return 0,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+pub async fn run(ws: &mut Ws, id: u64, params: Value) -> String {
+    send(
+        ws,
+        json!({"jsonrpc": "2.0", "id": id, "method": "run", "params": params}),
+    )
+    .await;
+    loop {
+        let m = recv(ws).await;
+        if m["id"] == json!(id) {
+            return m["result"]["run_id"].as_str().expect("run_id").to_string();
+        }
+    }
+}
+
+/// Collects a run's stdout until its exit; returns (stdout, exit params).
+pub async fn until_exit(ws: &mut Ws, run_id: &str) -> (String, Value) {
+    let mut out = String::new();
+    let mut last_seq: Option<u64> = None;
+    loop {
+        let m = recv(ws).await;
+        if m["params"]["run_id"] != json!(run_id) {
+            continue;
+        }
+        match m["method"].as_str() {
+            Some("output") => {
+                let seq = m["params"]["seq"].as_u64().expect("seq");
+                if let Some(prev) = last_seq {
+                    assert_eq!(seq, prev + 1, "seq increases by one");
+                }
+                last_seq = Some(seq);
+                if m["params"]["stream"] == "stdout" {
+                    out.push_str(m["params"]["data"].as_str().unwrap());
+                }
+            }
+            Some("exit") => return (out, m["params"].clone()),
+            _ => {}
+        }
+    }
+}
+
+pub async fn wait_for_state(ws: &mut Ws, run_id: &str, state: &str) {
+    loop {
+        let m = recv(ws).await;
+        if m["method"] == "state"
+            && m["params"]["run_id"] == json!(run_id)
+            && m["params"]["state"] == state
+        {
+            return;
+        }
+    }
+}
+
+pub async fn http_get(server: &RunningServer, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        server.addr
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
