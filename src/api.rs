@@ -31,7 +31,7 @@ pub(crate) fn caller(
     state: &AppState,
     query: &WsQuery,
     headers: &HeaderMap,
-) -> Result<String, Response> {
+) -> Result<String, (StatusCode, String)> {
     let Some(secret) = &state.config.secret else {
         return Ok(ANONYMOUS.into());
     };
@@ -43,8 +43,8 @@ pub(crate) fn caller(
     let token = bearer.or(query.token.as_deref());
     match token.map(|t| auth::verify(secret.as_bytes(), t)) {
         Some(Ok(user)) => Ok(user),
-        Some(Err(e)) => Err(error(StatusCode::UNAUTHORIZED, e.to_string())),
-        None => Err(error(
+        Some(Err(e)) => Err((StatusCode::UNAUTHORIZED, e.to_string())),
+        None => Err((
             StatusCode::UNAUTHORIZED,
             auth::TokenError::Missing.to_string(),
         )),
@@ -68,7 +68,7 @@ async fn run_metadata(
 ) -> Response {
     let user = match caller(&state, &query, &headers) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err((status, message)) => return error(status, message),
     };
     let found = match state.history.get(&id).await {
         Ok(None) => {
@@ -92,7 +92,7 @@ async fn run_transcript(
 ) -> Response {
     let user = match caller(&state, &query, &headers) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err((status, message)) => return error(status, message),
     };
     let found = match state.history.transcript(&id).await {
         Ok(None) => {
