@@ -37,6 +37,9 @@ struct ServeArgs {
     /// Log JSON lines instead of text.
     #[arg(long, env = "WEIR_LOG_JSON")]
     log_json: bool,
+    /// The run-history SQLite database (default: ~/.local/share/weir/history.sqlite3).
+    #[arg(long, env = "WEIR_HISTORY")]
+    history: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -55,6 +58,9 @@ impl ServeArgs {
             c.secret = self.secret.clone();
         }
         c.log_json |= self.log_json;
+        if let Some(path) = &self.history {
+            c.history.path = path.clone();
+        }
         Ok(c)
     }
 }
