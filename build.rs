@@ -5,8 +5,11 @@
 //!
 //! The build is made deterministic: `guests/build/deterministic_preinit.c` is preloaded into
 //! componentize-py so the interpreter snapshot gets a fixed hash secret and random state (and a
-//! fixed wall clock) whatever machine builds it. The component's bytes still differ between
-//! builds in places the guest never reads back (file timestamps left in freed memory).
+//! fixed wall clock) whatever machine builds it, and componentize-py's temporary files live on a
+//! tmpfs (`/dev/shm`) when there is one, whose directory order is creation order: on a disk
+//! filesystem it is a hash order that differs between machines and changes the snapshot's heap
+//! layout. The component's bytes still differ between builds in places the guest never reads back
+//! (file timestamps left in freed memory).
 //!
 //! The component is built by componentize-py (PyPI, pinned below), installed on first use into a
 //! private venv under the target directory (or taken from `$WEIR_COMPONENTIZE_PY`). Built
@@ -32,7 +35,7 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| manifest.join("target"));
     let out_dir = target.join("guest");
-    let source_hash = hash_sources(&[&guest_dir, &manifest.join("guests/build")]);
+    let source_hash = hash_sources(&[&guest_dir, &manifest.join("guests/build")], &manifest);
     let wasm = out_dir.join(format!("python-{}.wasm", &source_hash[..16]));
     if !wasm.exists() {
         let tool = componentize_py(&target);
@@ -79,9 +82,10 @@ fn say(msg: &str) {
 }
 
 /// sha256 over the guest's source files (path and content), the build recipe and the tool version.
-fn hash_sources(dirs: &[&Path]) -> String {
+fn hash_sources(dirs: &[&Path], manifest: &Path) -> String {
     let mut h = Sha256::new();
     h.update(COMPONENTIZE_PY.as_bytes());
+    h.update(std::fs::read(manifest.join("build.rs")).unwrap_or_default());
     for dir in dirs {
         let mut files = Vec::new();
         collect(dir, &mut files);
@@ -149,9 +153,13 @@ fn build_guest(tool: &Path, guest_dir: &Path, wasm: &Path, preload: &Path) {
     std::fs::create_dir_all(dir)
         .unwrap_or_else(|e| fail(&format!("cannot create {}: {e}", dir.display())));
     let tmp = wasm.with_extension("wasm.tmp");
+    let scratch = tmpfs_dir();
+    let mut cmd = Command::new(tool);
+    if let Some(dir) = &scratch {
+        cmd.env("TMPDIR", dir);
+    }
     run(
-        Command::new(tool)
-            .current_dir(guest_dir)
+        cmd.current_dir(guest_dir)
             .env("LD_PRELOAD", preload)
             .args([
                 "-d",
@@ -167,9 +175,18 @@ fn build_guest(tool: &Path, guest_dir: &Path, wasm: &Path, preload: &Path) {
             .arg(&tmp),
         "componentize-py",
     );
+    if let Some(dir) = scratch {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     std::fs::rename(&tmp, wasm)
         .unwrap_or_else(|e| fail(&format!("cannot move guest into place: {e}")));
     say(&format!("built {}", wasm.display()));
+}
+
+/// A private directory on /dev/shm (tmpfs), if this machine has one.
+fn tmpfs_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(format!("/dev/shm/weir-guest-build-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok().map(|()| dir)
 }
 
 fn run(cmd: &mut Command, what: &str) {
