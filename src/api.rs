@@ -5,6 +5,7 @@
 //! A run is only shown to the user who started it; to anyone else it does not exist.
 
 use crate::auth;
+use crate::history::HistoryError;
 use crate::server::{AppState, WsQuery};
 use crate::session::ANONYMOUS;
 use axum::extract::{Path, Query, State};
@@ -55,9 +56,25 @@ fn not_found(id: &str) -> Response {
     error(StatusCode::NOT_FOUND, format!("no run {id:?}"))
 }
 
-fn unavailable(e: crate::history::HistoryError) -> Response {
+fn unavailable(e: HistoryError) -> Response {
     tracing::error!(error = %e, "run history read failed");
     error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+}
+
+/// Reads from the history; a miss flushes the write queue and reads once more, so a run whose
+/// `exit` the client has just seen is found even if it is still queued.
+async fn read_flushed<T, F, Fut>(state: &AppState, read: F) -> Result<Option<T>, HistoryError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, HistoryError>>,
+{
+    match read().await {
+        Ok(None) => {
+            state.history.flush().await;
+            read().await
+        }
+        other => other,
+    }
 }
 
 async fn run_metadata(
@@ -70,14 +87,7 @@ async fn run_metadata(
         Ok(u) => u,
         Err((status, message)) => return error(status, message),
     };
-    let found = match state.history.get(&id).await {
-        Ok(None) => {
-            state.history.flush().await; // it may still be queued
-            state.history.get(&id).await
-        }
-        other => other,
-    };
-    match found {
+    match read_flushed(&state, || state.history.get(&id)).await {
         Ok(Some(run)) if run.user == user => Json(run).into_response(),
         Ok(_) => not_found(&id),
         Err(e) => unavailable(e),
@@ -94,14 +104,7 @@ async fn run_transcript(
         Ok(u) => u,
         Err((status, message)) => return error(status, message),
     };
-    let found = match state.history.transcript(&id).await {
-        Ok(None) => {
-            state.history.flush().await;
-            state.history.transcript(&id).await
-        }
-        other => other,
-    };
-    match found {
+    match read_flushed(&state, || state.history.transcript(&id)).await {
         Ok(Some((owner, Some(transcript)))) if owner == user => {
             ([(header::CONTENT_TYPE, "application/json")], transcript).into_response()
         }

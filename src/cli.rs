@@ -4,7 +4,7 @@ use crate::determinism::Seed;
 use crate::limits::{parse_bytes, parse_duration, Limits};
 use crate::outcome::Outcome;
 use crate::run::{Event, StreamKind};
-use crate::sandbox::{Mount, Program, RunRequest, Sandbox};
+use crate::sandbox::{split_env, Mount, Program, RunRequest, Sandbox};
 use crate::transcript::{OutputLog, Transcript};
 use crate::EngineSettings;
 use clap::Args;
@@ -123,9 +123,7 @@ impl RunArgs {
             .env
             .iter()
             .map(|kv| {
-                kv.split_once('=')
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .ok_or_else(|| anyhow::anyhow!("--env takes KEY=VALUE, got {kv:?}"))
+                split_env(kv).ok_or_else(|| anyhow::anyhow!("--env takes KEY=VALUE, got {kv:?}"))
             })
             .collect::<anyhow::Result<_>>()?;
         Ok(req)

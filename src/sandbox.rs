@@ -101,6 +101,13 @@ impl RunRequest {
     }
 }
 
+/// Splits an environment entry `KEY=VALUE` at its first `=`.
+pub fn split_env(entry: &str) -> Option<(String, String)> {
+    entry
+        .split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+}
+
 /// Why a run could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -90,7 +90,8 @@ fn fix_times(root: &Path, files: &[PathBuf]) -> std::io::Result<()> {
         .filter(|d| d.starts_with(root))
         .chain(std::iter::once(root))
         .collect();
-    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    // Deepest first (a child's times are set before its parent's), duplicates adjacent.
+    dirs.sort_by(|a, b| (b.components().count(), b).cmp(&(a.components().count(), a)));
     dirs.dedup();
     for path in files.iter().map(PathBuf::as_path).chain(dirs) {
         std::fs::File::open(path)?.set_times(times)?;

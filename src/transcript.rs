@@ -9,7 +9,7 @@ use crate::determinism::Seed;
 use crate::limits::Limits;
 use crate::pipes::ReadLog;
 use crate::run::{Event, RunResult, StreamKind};
-use crate::sandbox::{Program, RunRequest};
+use crate::sandbox::{split_env, Program, RunRequest};
 use base64::Engine as _;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -352,8 +352,7 @@ impl Transcript {
             .env
             .iter()
             .map(|kv| {
-                kv.split_once('=')
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                split_env(kv)
                     .ok_or_else(|| TranscriptError::Invalid(format!("env entry {kv:?} has no '='")))
             })
             .collect::<Result<_, _>>()?;
