@@ -5,8 +5,8 @@
  * - entropy (getrandom, getentropy, the getrandom syscall) comes from a fixed-seed generator, so
  *   the snapshot's str hash secret and random states are the same in every build;
  * - the real-time clock reads a fixed instant (2000-01-01T00:00:00Z) and the monotonic clocks
- *   advance by one microsecond per reading, so values derived from time (mimalloc's fallback
- *   randomness among them) repeat too.
+ *   advance by one microsecond per reading of the calling thread, so values derived from time
+ *   (mimalloc's fallback randomness among them) repeat too.
  *
  * Nothing of this reaches weir at run time: it only affects the build tool's process.
  */
@@ -65,8 +65,10 @@ int clock_gettime(clockid_t clock, struct timespec *ts) {
         ts->tv_nsec = 0;
     } else if (clock == CLOCK_MONOTONIC || clock == CLOCK_MONOTONIC_COARSE ||
                clock == CLOCK_MONOTONIC_RAW || clock == CLOCK_BOOTTIME) {
-        static uint64_t ticks = 0;
-        uint64_t ns = 1000000000ULL + 1000ULL * __atomic_fetch_add(&ticks, 1, __ATOMIC_RELAXED);
+        /* Per thread: the guest runs on one thread, whose readings must not depend on how
+         * the build tool's other threads happen to be scheduled. */
+        static __thread uint64_t ticks = 0;
+        uint64_t ns = 1000000000ULL + 1000ULL * ticks++;
         ts->tv_sec = (time_t)(ns / 1000000000ULL);
         ts->tv_nsec = (long)(ns % 1000000000ULL);
     }
