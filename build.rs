@@ -153,6 +153,9 @@ fn build_guest(tool: &Path, guest_dir: &Path, wasm: &Path, preload: &Path) {
     std::fs::create_dir_all(dir)
         .unwrap_or_else(|e| fail(&format!("cannot create {}: {e}", dir.display())));
     let tmp = wasm.with_extension("wasm.tmp");
+    // A bytecode cache left by an earlier build would be loaded instead of the source and give
+    // the snapshot another heap layout than a fresh checkout's build: always build from source.
+    let _ = std::fs::remove_dir_all(guest_dir.join("__pycache__"));
     let scratch = tmpfs_dir();
     let mut cmd = Command::new(tool);
     if let Some(dir) = &scratch {
