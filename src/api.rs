@@ -1,23 +1,30 @@
-//! weir's own HTTP API under `/v1` (docs/protocol.md): the run history.
+//! weir's own HTTP API under `/v1` (docs/protocol.md): one-shot runs (`POST /v1/runs`) and the
+//! run history.
 //!
 //! Callers identify themselves as on the WebSocket: with a secret configured, a token (`weir
 //! token`) as `Authorization: Bearer TOKEN` or `?token=`; without one, everyone is "anonymous".
 //! A run is only shown to the user who started it; to anyone else it does not exist.
 
-use crate::auth;
+use crate::admission::{self, Body};
 use crate::history::HistoryError;
+use crate::oneshot;
+use crate::protocol::RunParams;
 use crate::server::{AppState, WsQuery};
 use crate::session::ANONYMOUS;
+use crate::transcript::Data;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use std::sync::Arc;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
+        .route("/v1/runs", post(create_run))
         .route("/v1/runs/{id}", get(run_metadata))
         .route("/v1/runs/{id}/transcript", get(run_transcript))
 }
@@ -33,22 +40,9 @@ pub(crate) fn caller(
     query: &WsQuery,
     headers: &HeaderMap,
 ) -> Result<String, (StatusCode, String)> {
-    let Some(secret) = &state.config.secret else {
-        return Ok(ANONYMOUS.into());
-    };
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let token = bearer.or(query.token.as_deref());
-    match token.map(|t| auth::verify(secret.as_bytes(), t)) {
-        Some(Ok(user)) => Ok(user),
-        Some(Err(e)) => Err((StatusCode::UNAUTHORIZED, e.to_string())),
-        None => Err((
-            StatusCode::UNAUTHORIZED,
-            auth::TokenError::Missing.to_string(),
-        )),
+    match crate::admission::authenticate(&state.config, query, headers) {
+        Ok((user, _)) => Ok(user.unwrap_or_else(|| ANONYMOUS.into())),
+        Err(e) => Err((StatusCode::UNAUTHORIZED, e.to_string())),
     }
 }
 
@@ -115,4 +109,54 @@ async fn run_transcript(
         Ok(_) => not_found(&id),
         Err(e) => unavailable(e),
     }
+}
+
+/// `POST /v1/runs`: the `/ws` protocol's `run` params (stdin is closed after `stdin`); answers
+/// when the run ends with everything it printed and how it ended.
+async fn create_run(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<WsQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let admitted = match admission::admit(&state, &query, &headers) {
+        Ok(a) => a,
+        Err(refusal) => return refusal.into_response(Body::Error),
+    };
+    let body = match crate::piston::json_body(body, state.config.max_message_bytes) {
+        Ok(b) => b,
+        Err((status, message)) => return error(status, message),
+    };
+    let params: RunParams = match serde_json::from_value(body) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid run: {e}")),
+    };
+    let record = params.record;
+    let config = &state.config;
+    let mut req = params.into_request(&config.limits, &config.max_limits);
+    req.close_stdin = true;
+    let user = admitted.user.as_deref().unwrap_or(ANONYMOUS);
+    let finished = match oneshot::execute(&state, user, req, record).await {
+        Ok(f) => f,
+        Err(e) => return error(oneshot::start_status(&e), e.to_string()),
+    };
+    drop(admitted);
+    let result = &finished.result;
+    let mut body = json!({
+        "run_id": finished.id,
+        "stdout": Data::from_bytes(&finished.collected.stdout),
+        "stderr": Data::from_bytes(&finished.collected.stderr),
+        "outcome": result.outcome.kind(),
+        "code": result.outcome.exit_code(),
+        "message": result.message,
+        "duration_ms": result.duration.as_millis() as u64,
+        "output_truncated": result.output_truncated,
+    });
+    if let Some(fuel) = result.fuel_consumed {
+        body["fuel_consumed"] = json!(fuel);
+    }
+    if let Some(url) = finished.transcript {
+        body["transcript"] = json!(url);
+    }
+    Json(body).into_response()
 }

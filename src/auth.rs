@@ -13,7 +13,7 @@ type HmacSha256 = Hmac<Sha256>;
 /// Why a token was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
-    #[error("a token is required (?token=… or the Sec-WebSocket-Protocol header)")]
+    #[error("a token is required (?token=…, an Authorization: Bearer header, or the Sec-WebSocket-Protocol header)")]
     Missing,
     #[error("the token is malformed")]
     Malformed,

@@ -68,6 +68,51 @@ pub struct RunRecord {
     pub recorded: bool,
 }
 
+impl RunRecord {
+    /// The record of a run that ended with `result`; `outcome` may differ from the result's
+    /// (e.g. "shutdown").
+    pub fn finished(
+        id: &str,
+        user: &str,
+        started: SystemTime,
+        outcome: &str,
+        result: &crate::run::RunResult,
+        recorded: bool,
+    ) -> Self {
+        RunRecord {
+            id: id.into(),
+            user: user.into(),
+            started_at_ms: unix_ms(started),
+            finished_at_ms: unix_ms(SystemTime::now()),
+            duration_ms: result.duration.as_millis() as u64,
+            outcome: outcome.into(),
+            code: result.outcome.exit_code(),
+            message: result.message.clone(),
+            output_bytes: result.output_bytes,
+            output_truncated: result.output_truncated,
+            recorded,
+        }
+    }
+
+    /// The record of a run that ended without an `exit` because its client went away.
+    pub fn abandoned(id: &str, user: &str, started: SystemTime, output_bytes: u64) -> Self {
+        let now = SystemTime::now();
+        RunRecord {
+            id: id.into(),
+            user: user.into(),
+            started_at_ms: unix_ms(started),
+            finished_at_ms: unix_ms(now),
+            duration_ms: now.duration_since(started).unwrap_or_default().as_millis() as u64,
+            outcome: "stopped".into(),
+            code: crate::Outcome::Stopped.exit_code(),
+            message: "The run was stopped because its client went away".into(),
+            output_bytes,
+            output_truncated: false,
+            recorded: false,
+        }
+    }
+}
+
 /// Why the history cannot be opened or read.
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {

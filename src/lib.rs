@@ -17,6 +17,7 @@
 //! the service: [`server`] (`weir serve`, routes), [`session`] (one WebSocket session),
 //! [`protocol`] (JSON-RPC messages), [`auth`] (tokens), [`metrics`], [`config`].
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod bench;
@@ -29,8 +30,11 @@ pub mod history;
 pub mod host;
 pub mod limits;
 pub mod metrics;
+pub mod oneshot;
 pub mod outcome;
 pub mod pipes;
+pub mod piston;
+pub mod piston_connect;
 pub mod protocol;
 pub mod replay;
 pub mod run;

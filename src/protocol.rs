@@ -3,8 +3,10 @@
 //! Parsing turns a frame into a typed [`Request`] or an [`RpcError`] that names what was wrong;
 //! the builders produce the server's responses and notifications.
 
+use crate::determinism::Seed;
 use crate::limits::Limits;
 use crate::run::{RunResult, RunState, StreamKind};
+use crate::sandbox::{Program, RunRequest};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -78,6 +80,32 @@ pub struct RunParams {
 pub struct DeterministicParams {
     #[serde(default)]
     pub seed: u64,
+}
+
+impl RunParams {
+    /// The sandbox request: the client's limits on top of `defaults`, capped at `max`.
+    /// Recording implies deterministic mode (seed 0 unless given).
+    pub fn into_request(self, defaults: &Limits, max: &Limits) -> RunRequest {
+        let mut req = RunRequest::script(Vec::new());
+        req.program = Program::Script {
+            filename: self.filename,
+            source: self.source.into_bytes(),
+        };
+        req.files = self
+            .files
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes()))
+            .collect();
+        req.args = self.args;
+        req.stdin = self.stdin.map(String::into_bytes);
+        req.repl = self.repl;
+        req.limits = self.limits.apply(defaults, max);
+        if self.record || self.deterministic.is_some() {
+            req.deterministic = Some(Seed(self.deterministic.map(|d| d.seed).unwrap_or(0)));
+        }
+        req.record_input = self.record;
+        req
+    }
 }
 
 fn default_filename() -> String {

@@ -229,18 +229,7 @@ impl RunHandle {
     pub async fn collect(mut self) -> Collected {
         let mut out = Collected::default();
         while let Some(event) = self.next_event().await {
-            match event {
-                Event::Output {
-                    stream: StreamKind::Stdout,
-                    data,
-                } => out.stdout.extend_from_slice(&data),
-                Event::Output {
-                    stream: StreamKind::Stderr,
-                    data,
-                } => out.stderr.extend_from_slice(&data),
-                Event::State(s) => out.states.push(s),
-                Event::Exit(result) => out.result = Some(result),
-            }
+            out.push(event);
         }
         out
     }
@@ -251,11 +240,28 @@ impl RunHandle {
 pub struct Collected {
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+    /// stdout and stderr interleaved in the order they were written.
+    pub output: Vec<u8>,
     pub states: Vec<RunState>,
     pub result: Option<RunResult>,
 }
 
 impl Collected {
+    /// Adds one event.
+    pub fn push(&mut self, event: Event) {
+        match event {
+            Event::Output { stream, data } => {
+                match stream {
+                    StreamKind::Stdout => self.stdout.extend_from_slice(&data),
+                    StreamKind::Stderr => self.stderr.extend_from_slice(&data),
+                }
+                self.output.extend_from_slice(&data);
+            }
+            Event::State(s) => self.states.push(s),
+            Event::Exit(result) => self.result = Some(result),
+        }
+    }
+
     pub fn stdout_text(&self) -> String {
         String::from_utf8_lossy(&self.stdout).into_owned()
     }

@@ -1,7 +1,7 @@
 //! `weir serve`: the HTTP/WebSocket server. A semaphore caps sessions, shutdown is broadcast,
 //! one task per session (tracked, so shutdown waits for every one of them).
 
-use crate::auth;
+use crate::admission::{self, Admitted};
 use crate::config::ServerConfig;
 use crate::history::History;
 use crate::metrics::Metrics;
@@ -9,7 +9,7 @@ use crate::sandbox::{RunRequest, Sandbox};
 use crate::session::{self, SessionCtx};
 use crate::EngineSettings;
 use axum::extract::{Query, State, WebSocketUpgrade};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -30,12 +30,13 @@ pub struct AppState {
     pub history: History,
     /// `true` once shutdown has begun; sessions subscribe.
     pub shutdown: watch::Sender<bool>,
-    sessions: Arc<Semaphore>,
+    /// Session slots: one per WebSocket session or one-shot HTTP run (`max_sessions`).
+    pub(crate) slots: Arc<Semaphore>,
     /// Signed-in users and the switch that closes their current session (one entry per open
     /// authenticated session, so bounded by `max_sessions`).
     users: Mutex<HashMap<String, (u64, watch::Sender<bool>)>>,
-    next_session: AtomicU64,
-    tracker: TaskTracker,
+    pub(crate) next_session: AtomicU64,
+    pub(crate) tracker: TaskTracker,
 }
 
 /// A server running in the background (tests and `weir serve` use this).
@@ -67,7 +68,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
     let state = Arc::new(AppState {
-        sessions: Arc::new(Semaphore::new(config.max_sessions)),
+        slots: Arc::new(Semaphore::new(config.max_sessions)),
         config,
         sandbox,
         metrics: Metrics::default(),
@@ -143,12 +144,15 @@ async fn shutdown_signal() {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
+    let body_limit = axum::extract::DefaultBodyLimit::max(state.config.max_message_bytes);
     Router::new()
         .route("/ws", get(ws_upgrade))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(crate::api::routes())
+        .merge(crate::piston::routes())
+        .layer(body_limit)
         .with_state(state)
 }
 
@@ -177,15 +181,10 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
+/// The query string every entry point accepts: an optional token.
 #[derive(Debug, Default, Deserialize)]
-pub(crate) struct WsQuery {
+pub struct WsQuery {
     pub token: Option<String>,
-}
-
-fn refuse(state: &AppState, reason: &str, status: StatusCode, message: String) -> Response {
-    state.metrics.rejected(reason);
-    tracing::info!(reason, %message, "connection refused");
-    (status, message).into_response()
 }
 
 async fn ws_upgrade(
@@ -194,48 +193,15 @@ async fn ws_upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if *state.shutdown.borrow() {
-        return refuse(
-            &state,
-            "shutting_down",
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is shutting down".into(),
-        );
-    }
-    if let Err(origin) = check_origin(&headers, &state.config.allowed_origins) {
-        return refuse(
-            &state,
-            "origin",
-            StatusCode::FORBIDDEN,
-            format!("origin {origin:?} is not allowed"),
-        );
-    }
-    let (user, protocol) = match authenticate(&state.config, &query, &headers) {
-        Ok(found) => found,
-        Err(e) => {
-            return refuse(
-                &state,
-                "unauthorized",
-                StatusCode::UNAUTHORIZED,
-                e.to_string(),
-            )
-        }
+    let admitted = match admission::admit(&state, &query, &headers) {
+        Ok(a) => a,
+        Err(refusal) => return refusal.into_response(admission::Body::Text),
     };
-    let Ok(permit) = state.sessions.clone().try_acquire_owned() else {
-        let mut response = refuse(
-            &state,
-            "capacity",
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "all {} sessions are in use; retry shortly",
-                state.config.max_sessions
-            ),
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-        return response;
-    };
+    let Admitted {
+        user,
+        protocol,
+        permit,
+    } = admitted;
     let session_no = state.next_session.fetch_add(1, Relaxed);
     let replaced = register_user(&state, user.as_deref(), session_no);
     let ws = ws.max_message_size(state.config.max_message_bytes);
@@ -279,93 +245,5 @@ fn unregister_user(state: &AppState, user: Option<&str>, session_no: u64) {
         if users.get(user).is_some_and(|(n, _)| *n == session_no) {
             users.remove(user);
         }
-    }
-}
-
-/// Browsers send `Origin`; it must be this server's host, localhost, or an allowed origin.
-/// Clients that send no `Origin` (not browsers) are let through.
-fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), String> {
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return Ok(());
-    };
-    let origin = origin.to_str().unwrap_or("").to_string();
-    let host_of = |o: &str| {
-        o.split("://")
-            .nth(1)
-            .unwrap_or("")
-            .trim_end_matches('/')
-            .to_string()
-    };
-    let origin_host = host_of(&origin);
-    let bare = |h: &str| {
-        h.rsplit_once(':')
-            .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
-            .map_or(h.to_string(), |(name, _)| name.to_string())
-    };
-    let own_host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    let local = matches!(
-        bare(&origin_host).as_str(),
-        "localhost" | "127.0.0.1" | "[::1]"
-    );
-    if origin_host == own_host || local || allowed.iter().any(|a| a == &origin) {
-        Ok(())
-    } else {
-        Err(origin)
-    }
-}
-
-/// With a secret configured, finds and checks the token; returns the user and, when the token
-/// came in `Sec-WebSocket-Protocol`, the protocol value to echo back.
-pub(crate) fn authenticate(
-    config: &ServerConfig,
-    query: &WsQuery,
-    headers: &HeaderMap,
-) -> Result<(Option<String>, Option<String>), auth::TokenError> {
-    let Some(secret) = &config.secret else {
-        return Ok((None, None));
-    };
-    if let Some(token) = &query.token {
-        return auth::verify(secret.as_bytes(), token).map(|u| (Some(u), None));
-    }
-    let offered = headers
-        .get(header::SEC_WEBSOCKET_PROTOCOL)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let mut last = auth::TokenError::Missing;
-    for candidate in offered.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        match auth::verify(secret.as_bytes(), candidate) {
-            Ok(user) => return Ok((Some(user), Some(candidate.to_string()))),
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(origin: &str, host: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(header::ORIGIN, origin.parse().unwrap());
-        h.insert(header::HOST, host.parse().unwrap());
-        h
-    }
-
-    #[test]
-    fn origin_must_be_same_host_local_or_allowed() {
-        assert!(check_origin(&HeaderMap::new(), &[]).is_ok());
-        assert!(check_origin(&headers("http://ide.example:8080", "ide.example:8080"), &[]).is_ok());
-        assert!(check_origin(&headers("http://localhost:3000", "ide.example:8080"), &[]).is_ok());
-        assert!(check_origin(&headers("https://evil.example", "ide.example:8080"), &[]).is_err());
-        let allowed = vec!["https://app.example".to_string()];
-        assert!(check_origin(
-            &headers("https://app.example", "ide.example:8080"),
-            &allowed
-        )
-        .is_ok());
     }
 }

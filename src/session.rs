@@ -4,12 +4,11 @@
 //! run's store), its writer task, its timers. When the socket closes, drops or times out, the task
 //! ends and everything it owns is dropped at once; there is nothing to release by hand.
 
-use crate::determinism::Seed;
-use crate::history::{unix_ms, RunRecord};
+use crate::history::RunRecord;
 use crate::protocol::{self, code, Incoming, Request, RpcError, RunParams};
 use crate::run::RunResult;
 use crate::run::{Event, RunHandle};
-use crate::sandbox::{Program, RunRequest, StartError};
+use crate::sandbox::{RunRequest, StartError};
 use crate::server::AppState;
 use crate::transcript::{OutputLog, Transcript};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -26,7 +25,7 @@ use tracing::Instrument;
 pub const ANONYMOUS: &str = "anonymous";
 
 /// Frames queued towards a slow client before the session stops taking run events.
-const OUT_QUEUE: usize = 32;
+pub(crate) const OUT_QUEUE: usize = 32;
 
 /// Close codes the server uses.
 pub mod close {
@@ -201,16 +200,20 @@ async fn replaced(rx: &mut watch::Receiver<bool>) {
     }
 }
 
-async fn sleep_until_opt(deadline: Option<Instant>) {
+pub(crate) async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
 }
 
-fn too_big_or_gone(e: &axum::Error) -> End {
+pub(crate) fn is_too_big(e: &axum::Error) -> bool {
     let text = e.to_string().to_lowercase();
-    if text.contains("too long") || text.contains("too big") || text.contains("space limit") {
+    text.contains("too long") || text.contains("too big") || text.contains("space limit")
+}
+
+fn too_big_or_gone(e: &axum::Error) -> End {
+    if is_too_big(e) {
         End::Close(close::TOO_BIG, "message too big")
     } else {
         End::Gone
@@ -224,7 +227,8 @@ async fn next_event(active: &mut Option<Active>) -> Option<Event> {
     }
 }
 
-async fn write_frames(
+/// Sends queued frames until the queue closes or a close frame has gone out.
+pub(crate) async fn write_frames(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
     mut frames: mpsc::Receiver<Message>,
 ) {
@@ -362,19 +366,14 @@ impl Session {
         let url = transcript
             .as_ref()
             .map(|_| format!("/v1/runs/{}/transcript", active.id));
-        let record = RunRecord {
-            id: active.id.clone(),
-            user: self.user.clone(),
-            started_at_ms: unix_ms(active.started),
-            finished_at_ms: unix_ms(SystemTime::now()),
-            duration_ms: result.duration.as_millis() as u64,
-            outcome: outcome.into(),
-            code: result.outcome.exit_code(),
-            message: result.message.clone(),
-            output_bytes: result.output_bytes,
-            output_truncated: result.output_truncated,
-            recorded: transcript.is_some(),
-        };
+        let record = RunRecord::finished(
+            &active.id,
+            &self.user,
+            active.started,
+            outcome,
+            &result,
+            transcript.is_some(),
+        );
         // Queued before the client hears of the exit, so the run can be fetched right after.
         self.app
             .history
@@ -385,23 +384,7 @@ impl Session {
 
     /// The history record of a run that ended without an `exit` (its client went away).
     fn abandoned(&self, active: &Active) -> RunRecord {
-        let now = SystemTime::now();
-        RunRecord {
-            id: active.id.clone(),
-            user: self.user.clone(),
-            started_at_ms: unix_ms(active.started),
-            finished_at_ms: unix_ms(now),
-            duration_ms: now
-                .duration_since(active.started)
-                .unwrap_or_default()
-                .as_millis() as u64,
-            outcome: "stopped".into(),
-            code: crate::Outcome::Stopped.exit_code(),
-            message: "The run was stopped because its session ended".into(),
-            output_bytes: active.output_bytes,
-            output_truncated: false,
-            recorded: false,
-        }
+        RunRecord::abandoned(&active.id, &self.user, active.started, active.output_bytes)
     }
 
     /// Stops the active run (if any) and forwards its remaining events, ending with its `exit`.
@@ -446,28 +429,9 @@ impl Session {
         }
         self.finish_active().await;
         let config = &self.app.config;
-        let mut req = RunRequest::script(Vec::new());
-        req.program = Program::Script {
-            filename: params.filename,
-            source: params.source.into_bytes(),
-        };
-        req.files = params
-            .files
-            .into_iter()
-            .map(|(k, v)| (k, v.into_bytes()))
-            .collect();
-        req.args = params.args;
-        req.stdin = params.stdin.map(String::into_bytes);
-        req.repl = params.repl;
-        req.limits = params.limits.apply(&config.limits, &config.max_limits);
-        if params.record || params.deterministic.is_some() {
-            let seed = params.deterministic.map(|d| d.seed).unwrap_or(0);
-            req.deterministic = Some(Seed(seed));
-        }
-        req.record_input = params.record;
-        let recording = params
-            .record
-            .then(|| Box::new((req.clone(), OutputLog::default())));
+        let record = params.record;
+        let req = params.into_request(&config.limits, &config.max_limits);
+        let recording = record.then(|| Box::new((req.clone(), OutputLog::default())));
         let handle = self.app.sandbox.start(req).await.map_err(|e| match e {
             StartError::AtCapacity(_) => (code::LIMIT, e.to_string()),
             StartError::Internal(_) => (code::INTERNAL, e.to_string()),

@@ -46,7 +46,16 @@ pub async fn try_connect(
     query: &str,
     headers: &[(&'static str, &str)],
 ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
-    let mut req = format!("ws://{}/ws{query}", server.addr).into_client_request()?;
+    try_connect_to(server, &format!("/ws{query}"), headers).await
+}
+
+/// Opens a WebSocket on any path (`/api/v2/connect`, …).
+pub async fn try_connect_to(
+    server: &RunningServer,
+    path: &str,
+    headers: &[(&'static str, &str)],
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let mut req = format!("ws://{}{path}", server.addr).into_client_request()?;
     for (k, v) in headers {
         req.headers_mut().insert(*k, v.parse().unwrap());
     }
@@ -171,4 +180,79 @@ pub async fn http_get(server: &RunningServer, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// An HTTP/1.1 response: status, headers (lower-case names) and body.
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}), status {}: {}", self.status, self.body))
+    }
+}
+
+/// Sends one request (`Connection: close`) and reads the whole response.
+pub async fn http(
+    server: &RunningServer,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        server.addr,
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    // The server may answer (413) before reading a large body; a failed write is fine then.
+    let _ = stream.write_all(body).await;
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_string()))
+        .collect();
+    HttpResponse {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+/// POSTs a JSON body.
+pub async fn post_json(server: &RunningServer, path: &str, body: &Value) -> HttpResponse {
+    http(
+        server,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+    .await
 }

@@ -1,0 +1,22 @@
+// Drives a running weir with the unmodified, published Piston client (npm `piston-client`) and
+// prints what it got back as one JSON object for tests/piston.rs to check.
+import piston from "piston-client";
+
+const server = process.argv[2];
+const client = piston({ server });
+
+const results = {
+  runtimes: await client.runtimes(),
+  hello: await client.execute(
+    "python",
+    'import sys\nname = input()\nprint("hello", name, sys.argv[1:])',
+    { stdin: "weir\n", args: ["a", "b"] },
+  ),
+  error: await client.execute("python", "print('before')\n1 / 0\n"),
+  syntax: await client.execute("python", "print('never'\n"),
+  timeout: await client.execute("python", "while True:\n    pass\n", {
+    runTimeout: 500,
+  }),
+  unknown: await client.execute("python", "print(1)", { version: "2.7.18" }),
+};
+console.log(JSON.stringify(results));
