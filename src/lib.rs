@@ -28,6 +28,7 @@ pub mod engine;
 pub mod guest;
 pub mod history;
 pub mod host;
+pub mod ide;
 pub mod limits;
 pub mod metrics;
 pub mod oneshot;

@@ -152,6 +152,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .merge(crate::api::routes())
         .merge(crate::piston::routes())
+        .merge(crate::ide::routes())
         .layer(body_limit)
         .with_state(state)
 }

@@ -33,11 +33,12 @@ pub fn node(script: &str, args: &[&str]) -> String {
         .current_dir(&dir)
         .output()
         .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "node {script} failed ({}):\n{stderr}",
+        "node {script} failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    stdout
 }

@@ -1,0 +1,193 @@
+// End-to-end test of weir's browser IDE (GET /) in headless Chromium, driven by Playwright.
+// Usage: node ide_e2e.mjs URL SCREENSHOT_PATH. Prints one line per passed step; exits 1 with the
+// failing step's reason (and a screenshot next to SCREENSHOT_PATH) on the first failure.
+import { chromium } from "playwright-core";
+
+const [url, screenshot] = process.argv.slice(2);
+const STEP_TIMEOUT = 15000;
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+  ],
+});
+const page = await browser.newPage({ viewport: { width: 1280, height: 760 } });
+page.setDefaultTimeout(STEP_TIMEOUT);
+const pageErrors = [];
+page.on("pageerror", (e) => pageErrors.push(String(e)));
+page.on("console", (m) => {
+  if (m.type() === "error") pageErrors.push(m.text());
+});
+
+let current = "start";
+async function step(name, body) {
+  current = name;
+  await body();
+  if (pageErrors.length) throw new Error(`the page logged errors: ${pageErrors.join(" | ")}`);
+  console.log(`ok - ${name}`);
+}
+
+const consoleText = () => page.locator("#console").textContent();
+async function waitConsole(text) {
+  await page.waitForFunction(
+    (t) => document.getElementById("console").textContent.includes(t),
+    text,
+  );
+}
+async function waitOutcome(outcome) {
+  await page.waitForFunction(
+    (o) => document.getElementById("outcome").dataset.outcome === o,
+    outcome,
+  );
+}
+async function waitRunState(state) {
+  await page.waitForFunction((s) => document.body.dataset.runState === s, state);
+}
+async function setSource(code) {
+  await page.locator("#editor").fill(code);
+}
+async function answer(text) {
+  await page.locator("#stdin").waitFor({ state: "visible" });
+  await page.locator("#stdin").fill(text);
+  await page.locator("#stdin").press("Enter");
+}
+
+try {
+  await step("the page loads and connects", async () => {
+    await page.goto(url);
+    await page.waitForFunction(() => document.getElementById("status").dataset.status === "connected");
+    if (!(await page.locator("#run").isEnabled())) throw new Error("Run is disabled while connected");
+    if (await page.locator("#stop").isEnabled()) throw new Error("Stop is enabled with no run");
+  });
+
+  await step("a typed script runs and its output streams, stderr set apart", async () => {
+    await page.locator("#editor").fill("");
+    await page.locator("#editor").click();
+    await page.keyboard.type('import sys\nprint("hello from the browser")\nprint("oops", file=sys.stderr)\n');
+    const highlighted = await page.locator("#highlight .tok-kw").count();
+    if (highlighted < 1) throw new Error("no keyword was highlighted");
+    await page.locator("#run").click();
+    await waitConsole("hello from the browser");
+    await waitOutcome("exited");
+    const err = await page.locator("#console .err").first().textContent();
+    if (!err.includes("oops")) throw new Error(`stderr not shown apart: ${err}`);
+    const outcome = await page.locator("#outcome").textContent();
+    if (!/exited · Script finished · \d+\.\d\d s/.test(outcome)) throw new Error(`outcome line: ${outcome}`);
+    await page.screenshot({ path: screenshot });
+  });
+
+  await step("two input() prompts are answered from the input line (Ctrl+Enter runs)", async () => {
+    await setSource('a = input("first? ")\nb = input("second? ")\nprint(f"{a}+{b}")\n');
+    await page.locator("#editor").press("Control+Enter");
+    await waitRunState("waiting_input");
+    await answer("one");
+    await waitConsole("second? ");
+    await answer("two");
+    await waitConsole("one+two");
+    await waitOutcome("exited");
+    if (await page.locator("#input-line").isVisible()) throw new Error("the input line stayed after the run");
+    const text = await consoleText();
+    if (!text.includes("first? one\nsecond? two\none+two")) throw new Error(`console: ${text}`);
+  });
+
+  await step("while True: pass is stopped", async () => {
+    await setSource("while True:\n    pass\n");
+    await page.locator("#run").click();
+    await waitRunState("running");
+    await page.locator("#stop").click();
+    await waitOutcome("stopped");
+    await waitConsole("stopped: Script was stopped");
+    if (await page.locator("#stop").isEnabled()) throw new Error("Stop still enabled after the run");
+  });
+
+  await step("pause and resume follow the run state", async () => {
+    await setSource("import time\nfor i in range(600):\n    print(i, flush=True)\n    time.sleep(0.05)\n");
+    await page.locator("#run").click();
+    await waitConsole("3\n");
+    await page.locator("#pause").click();
+    await waitRunState("paused");
+    if ((await page.locator("#pause").textContent()).indexOf("Resume") < 0) throw new Error("no Resume button while paused");
+    await page.locator("#pause").click();
+    await waitRunState("running");
+    await page.locator("#stop").click();
+    await waitOutcome("stopped");
+  });
+
+  await step("a flood stays responsive, is capped, and Stop works", async () => {
+    await setSource("while True:\n    print(1)\n");
+    await page.locator("#run").click();
+    await page.locator("#truncated").waitFor({ state: "visible" });
+    // The page still answers: the editor takes typing and the DOM stays bounded mid-flood.
+    await page.locator("#editor").press("End");
+    const kept = await page.evaluate(() => ({
+      chars: document.getElementById("console").textContent.length,
+      lines: document.getElementById("console").textContent.split("\n").length - 1,
+      state: document.body.dataset.runState,
+    }));
+    if (kept.lines > 3000 + 100 || kept.chars > 300000) throw new Error(`console not capped: ${JSON.stringify(kept)}`);
+    if (kept.state !== "running") throw new Error(`flood ended on its own (${kept.state}); raise the test server's output limit`);
+    await page.locator("#stop").click();
+    await waitOutcome("stopped");
+  });
+
+  await step("switching file and pressing Run stops the old run", async () => {
+    await setSource('import time\nprint("main started", flush=True)\ntime.sleep(60)\n');
+    await page.locator("#run").click();
+    await waitConsole("main started");
+    page.once("dialog", (d) => d.accept("other.py"));
+    await page.locator("#add-file").click();
+    await page.locator('.tab[data-file="other.py"][aria-selected="true"]').waitFor();
+    await setSource('print("other ran")\n');
+    await page.locator("#run").click();
+    await waitConsole("other ran");
+    await waitOutcome("exited");
+    const text = await consoleText();
+    const stopped = text.indexOf("[main.py] stopped: Script was stopped");
+    const other = text.indexOf("other ran");
+    if (stopped < 0 || stopped > other) throw new Error(`old run not reported stopped before the new one: ${text}`);
+    await page.locator('.tab[data-file="main.py"]').click();
+    const source = await page.locator("#editor").inputValue();
+    if (!source.includes("main started")) throw new Error("switching back lost main.py's content");
+  });
+
+  await step("a REPL after the script evaluates a line with the script's variables", async () => {
+    await setSource("x = 21\n");
+    await page.locator("#repl").check();
+    await page.locator("#run").click();
+    await waitRunState("repl");
+    if ((await page.locator("#prompt").textContent()) !== ">>>") throw new Error("no REPL prompt");
+    await answer("x * 2");
+    await waitConsole("42");
+    await page.locator("#stdin").press("Control+d");
+    await waitOutcome("exited");
+    await page.locator("#repl").uncheck();
+  });
+
+  await step("a dropped connection is reported, and the page reconnects by itself", async () => {
+    await setSource("import time\ntime.sleep(60)\n");
+    await page.locator("#run").click();
+    await waitRunState("running");
+    await page.evaluate(() => window.weir.conn.socket.close());
+    await waitConsole("Connection lost: the run of main.py was stopped");
+    await page.waitForFunction(() => document.getElementById("status").dataset.status === "reconnecting");
+    await page.waitForFunction(() => document.getElementById("status").dataset.status === "connected");
+    await setSource('print("back")\n');
+    await page.locator("#run").click();
+    await waitConsole("back");
+    await waitOutcome("exited");
+  });
+} catch (e) {
+  console.log(`not ok - ${current}: ${e.message}`);
+  await page.screenshot({ path: screenshot.replace(/\.png$/, "-failure.png") }).catch(() => {});
+  await browser.close();
+  process.exit(1);
+}
+await browser.close();
