@@ -162,7 +162,7 @@ async fn run(socket: WebSocket, app: Arc<AppState>, user: String) {
     if let Some(job) = c.job.take() {
         let record = RunRecord::abandoned(&job.id, &c.user, job.started, job.output_bytes);
         drop(job); // frees the run's store
-        app.history.store(record, None).await;
+        app.abandoned(record).await;
     }
     if let End::Close(code, reason) = end {
         let frame = CloseFrame {

@@ -39,6 +39,17 @@ pub struct AppState {
     pub(crate) tracker: TaskTracker,
 }
 
+impl AppState {
+    /// Counts (as `stopped`) and stores a run that ended without an `exit` because its client
+    /// went away.
+    pub(crate) async fn abandoned(&self, record: crate::history::RunRecord) {
+        let duration = Duration::from_millis(record.duration_ms);
+        self.metrics
+            .run_finished("stopped", duration, record.output_bytes);
+        self.history.store(record, None).await;
+    }
+}
+
 /// A server running in the background (tests and `weir serve` use this).
 pub struct RunningServer {
     pub addr: SocketAddr,

@@ -178,7 +178,7 @@ async fn run_in_span(socket: WebSocket, mut ctx: SessionCtx) {
     if let Some(active) = s.active.take() {
         let record = s.abandoned(&active);
         drop(active); // frees the run's store
-        s.app.history.store(record, None).await;
+        s.app.abandoned(record).await;
     }
     if let End::Close(code, reason) = end {
         let frame = CloseFrame {
@@ -339,7 +339,7 @@ impl Session {
                 tracing::error!("run ended without an exit event");
                 if let Some(active) = self.active.take() {
                     let record = self.abandoned(&active);
-                    self.app.history.store(record, None).await;
+                    self.app.abandoned(record).await;
                 }
                 return;
             }
