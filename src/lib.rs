@@ -21,6 +21,7 @@ pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod bench;
+pub mod bench_native;
 pub mod cli;
 pub mod config;
 pub mod determinism;

@@ -1,0 +1,146 @@
+//! The baseline `weir bench` compares against: what a process-based executor does, a fresh
+//! native `python3` process per run with its output read from a pipe as it is written.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+
+/// The interpreter the baseline runs: `$WEIR_BENCH_PYTHON`, default `python3` resolved to its
+/// real executable once (a version manager's shim, such as pyenv's, would add ~250 ms per
+/// process that a real executor would not pay).
+pub fn python() -> String {
+    static PYTHON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let named = std::env::var("WEIR_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+            std::process::Command::new(&named)
+                .args(["-c", "import sys; print(sys.executable)"])
+                .output()
+                .ok()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .filter(|p| !p.is_empty())
+                .unwrap_or(named)
+        })
+        .clone()
+}
+
+fn spawn(code: &str, stdin: Stdio) -> std::io::Result<Child> {
+    Command::new(python())
+        .args(["-c", code])
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+}
+
+/// One `print("hello")` process: spawn → first stdout byte; then it is waited for.
+async fn hello_first_byte() -> std::io::Result<Duration> {
+    let t = Instant::now();
+    let mut child = spawn("print('hello')", Stdio::null())?;
+    let mut stdout = child.stdout.take().ok_or(std::io::ErrorKind::BrokenPipe)?;
+    let mut byte = [0u8; 1];
+    stdout.read_exact(&mut byte).await?;
+    let first = t.elapsed();
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest).await?;
+    child.wait().await?;
+    Ok(first)
+}
+
+/// Spawn → first byte of `print("hello")`, p50 and p99 over `n` sequential processes.
+pub async fn first_byte_latency(n: usize) -> std::io::Result<(Duration, Duration)> {
+    for _ in 0..5 {
+        hello_first_byte().await?; // page cache warm
+    }
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        times.push(hello_first_byte().await?);
+    }
+    times.sort();
+    Ok((
+        super::bench::percentile(&times, 0.5),
+        super::bench::percentile(&times, 0.99),
+    ))
+}
+
+/// `print("hello")` processes completed per second with `workers` concurrent callers.
+pub async fn throughput(span: Duration, workers: usize) -> std::io::Result<f64> {
+    let deadline = Instant::now() + span;
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut done = 0u64;
+                while Instant::now() < deadline {
+                    if hello_first_byte().await.is_ok() {
+                        done += 1;
+                    }
+                }
+                done
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap_or(0);
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+fn pss_of(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|t| {
+            let line = t.lines().find(|l| l.starts_with("Pss:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kb| kb * 1024.0)
+}
+
+/// PSS per idle interactive interpreter: `n` `python3 -i` processes waiting at their prompt.
+pub async fn idle_pss(n: usize) -> std::io::Result<f64> {
+    let mut children = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut child = Command::new(python())
+            .args(["-i", "-q", "-c", "x = 1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        // Wait for its first prompt (written to stderr when stdin is not a terminal).
+        if let Some(mut stderr) = child.stderr.take() {
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 64];
+            while !seen.ends_with(b">>> ") {
+                let read = tokio::time::timeout(Duration::from_secs(10), stderr.read(&mut buf));
+                match read.await {
+                    Ok(Ok(k)) if k > 0 => seen.extend_from_slice(&buf[..k]),
+                    _ => break,
+                }
+            }
+        }
+        children.push(child);
+    }
+    let total: f64 = children.iter().filter_map(Child::id).map(pss_of).sum();
+    drop(children);
+    Ok(total / n as f64)
+}
+
+/// SIGKILL → the process reaped, for a busy loop or a process blocked in `input()`.
+pub async fn stop_latency(busy: bool) -> std::io::Result<Duration> {
+    let code = if busy { "while True: pass" } else { "input()" };
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        let mut child = spawn(code, Stdio::piped())?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let t = Instant::now();
+        child.start_kill()?;
+        child.wait().await?;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    Ok(super::bench::percentile(&times, 0.5))
+}
