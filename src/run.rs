@@ -225,6 +225,11 @@ impl RunHandle {
         self.events.recv().await
     }
 
+    /// The next event if one has already arrived.
+    pub fn try_next_event(&mut self) -> Option<Event> {
+        self.events.try_recv().ok()
+    }
+
     /// Consumes the events until the run ends, collecting stdout and stderr.
     pub async fn collect(mut self) -> Collected {
         let mut out = Collected::default();
