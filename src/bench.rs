@@ -297,7 +297,11 @@ pub mod ws {
     >;
 
     async fn connect(server: &RunningServer) -> anyhow::Result<Ws> {
-        let url = format!("ws://{}/ws", server.addr);
+        connect_to(&server.addr.to_string()).await
+    }
+
+    async fn connect_to(addr: &str) -> anyhow::Result<Ws> {
+        let url = format!("ws://{addr}/ws");
         Ok(
             tokio_tungstenite::connect_async_with_config(url, None, true)
                 .await?
@@ -331,10 +335,15 @@ pub mod ws {
         }
     }
 
-    async fn clients(server: &RunningServer, n: usize, span: Duration) -> anyhow::Result<()> {
+    /// `n` clients run hello in a closed loop for `span`: (p50, p99, runs per second).
+    async fn clients(
+        addr: &str,
+        n: usize,
+        span: Duration,
+    ) -> anyhow::Result<(Duration, Duration, f64)> {
         let mut tasks = Vec::new();
         for _ in 0..n {
-            let mut ws = connect(server).await?;
+            let mut ws = connect_to(addr).await?;
             tasks.push(tokio::spawn(async move {
                 let mut times = Vec::new();
                 let end = Instant::now() + span;
@@ -355,21 +364,36 @@ pub mod ws {
         }
         all.sort();
         let rate = all.len() as f64 / span.as_secs_f64();
-        let label = format!("ws {n} clients: run -> first output");
-        let target = if n == 100 { "<= 2 ms" } else { "" };
-        row(
-            &format!("{label}, p50"),
-            ms(percentile(&all, 0.5)),
-            "",
-            target,
-        );
-        row(&format!("{label}, p99"), ms(percentile(&all, 0.99)), "", "");
-        row(
-            &format!("ws {n} clients: runs per second"),
-            format!("{rate:.0}/s"),
-            "",
-            "",
-        );
+        Ok((percentile(&all, 0.5), percentile(&all, 0.99), rate))
+    }
+
+    /// The WebSocket rows: weir's server beside the process-per-run baseline server.
+    async fn client_rows(server: &RunningServer, native: Option<&str>) -> anyhow::Result<()> {
+        let span = Duration::from_secs(3);
+        for n in [1, 10, 100] {
+            let (p50, p99, rate) = clients(&server.addr.to_string(), n, span).await?;
+            let base = match native {
+                Some(addr) => clients(addr, n, span).await.ok(),
+                None => None,
+            };
+            let label = format!("ws {n} clients: run -> first output");
+            let target = if n == 100 { "<= 2 ms" } else { "" };
+            let cell =
+                |f: fn(&(Duration, Duration, f64)) -> String| base.as_ref().map_or("-".into(), f);
+            row(
+                &format!("{label}, p50"),
+                ms(p50),
+                &cell(|b| ms(b.0)),
+                target,
+            );
+            row(&format!("{label}, p99"), ms(p99), &cell(|b| ms(b.1)), "");
+            row(
+                &format!("ws {n} clients: runs per second"),
+                format!("{rate:.0}/s"),
+                &cell(|b| format!("{:.0}/s", b.2)),
+                "",
+            );
+        }
         Ok(())
     }
 
@@ -448,9 +472,9 @@ pub mod ws {
         };
         config.max_limits.output_bytes = 1 << 30;
         let server = start(config).await?;
-        for n in [1, 10, 100] {
-            clients(&server, n, Duration::from_secs(3)).await?;
-        }
+        let baseline = crate::bench_native::WsServer::start().await.ok();
+        client_rows(&server, baseline.as_ref().map(|b| b.addr.as_str())).await?;
+        drop(baseline);
         let (growth, p50, p99) = flood(&server, 100).await?;
         row(
             "flood, 100 slow readers: server PSS growth/session",

@@ -144,3 +144,90 @@ pub async fn stop_latency(busy: bool) -> std::io::Result<Duration> {
     times.sort();
     Ok(super::bench::percentile(&times, 0.5))
 }
+
+/// A process-per-run executor speaking the same `/ws` messages as weir (`run` → result, then
+/// `output` and `exit` notifications), so the WebSocket rows compare like for like: each run is
+/// a fresh `python3 -c SOURCE` whose stdout is forwarded as it is read.
+pub struct WsServer {
+    pub addr: String,
+    _task: crate::run::AbortOnDrop,
+}
+
+impl WsServer {
+    pub async fn start() -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                let _ = tcp.set_nodelay(true);
+                connections.spawn(serve_connection(tcp));
+            }
+        });
+        Ok(WsServer {
+            addr,
+            _task: crate::run::AbortOnDrop(task),
+        })
+    }
+}
+
+async fn serve_connection(tcp: tokio::net::TcpStream) {
+    use futures_util::{SinkExt, StreamExt};
+    use serde_json::{json, Value};
+    use tokio_tungstenite::tungstenite::Message;
+    let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+        return;
+    };
+    let mut next_run = 0u64;
+    while let Some(Ok(msg)) = ws.next().await {
+        let Message::Text(text) = msg else { continue };
+        let Ok(req) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        let source = req["params"]["source"].as_str().unwrap_or("").to_string();
+        next_run += 1;
+        let run_id = next_run.to_string();
+        let reply = json!({"jsonrpc": "2.0", "id": req["id"], "result": {"run_id": run_id}});
+        let Ok(mut child) = spawn(&source, Stdio::null()) else {
+            return;
+        };
+        if ws
+            .send(Message::Text(reply.to_string().into()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let Some(mut stdout) = child.stdout.take() else {
+            return;
+        };
+        let mut buf = vec![0u8; 16 << 10];
+        let mut seq = 0;
+        while let Ok(n) = stdout.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            seq += 1;
+            let data = String::from_utf8_lossy(&buf[..n]);
+            let note = json!({"jsonrpc": "2.0", "method": "output", "params":
+                {"run_id": run_id, "stream": "stdout", "data": data, "seq": seq}});
+            if ws
+                .send(Message::Text(note.to_string().into()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let code = child.wait().await.ok().and_then(|s| s.code()).unwrap_or(-1);
+        let exit = json!({"jsonrpc": "2.0", "method": "exit", "params":
+            {"run_id": run_id, "outcome": "exited", "code": code}});
+        if ws
+            .send(Message::Text(exit.to_string().into()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
