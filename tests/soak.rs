@@ -17,7 +17,7 @@ type Ws =
 
 const CLIENTS: usize = 100;
 const RUNS_PER_CLIENT: usize = 100;
-const WARMUP_RUNS_PER_CLIENT: usize = 30;
+const WARMUP_RUNS_PER_CLIENT: usize = 90;
 const BOUND: Duration = Duration::from_secs(300);
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(60);
 
