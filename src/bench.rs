@@ -30,12 +30,7 @@ pub async fn run(settings: EngineSettings, samples: usize) -> anyhow::Result<()>
         "weir bench: {samples} samples, {} cores; baseline: a fresh `{python}` process per run",
         num_cores()
     );
-    row(
-        "measurement",
-        "weir",
-        &format!("{python} process"),
-        "target",
-    );
+    row("measurement", "weir", "python3 per run", "target");
     let (p50, p99) = first_byte_latency(&sandbox, samples).await?;
     let native_latency = native::first_byte_latency(samples.min(200)).await.ok();
     let (n50, n99) = native_latency.unzip();
