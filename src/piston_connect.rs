@@ -178,7 +178,7 @@ async fn run(socket: WebSocket, app: Arc<AppState>, user: String) {
 
 async fn next_event(job: &mut Option<Job>) -> Option<Event> {
     match job {
-        Some(j) => j.handle.next_event().await,
+        Some(j) => j.handle.next_event_merged(session::MERGE_BYTES).await,
         None => std::future::pending().await,
     }
 }

@@ -202,6 +202,8 @@ pub struct RunHandle {
     id: crate::run::RunId,
     control: RunControl,
     events: mpsc::Receiver<Event>,
+    /// An event taken early by [`RunHandle::next_event_merged`], returned next.
+    held: Option<Event>,
     scratch: PathBuf,
     _task: AbortOnDrop,
 }
@@ -222,12 +224,38 @@ impl RunHandle {
 
     /// The next event; `None` after `Exit`.
     pub async fn next_event(&mut self) -> Option<Event> {
-        self.events.recv().await
+        match self.held.take() {
+            Some(event) => Some(event),
+            None => self.events.recv().await,
+        }
     }
 
-    /// The next event if one has already arrived.
-    pub fn try_next_event(&mut self) -> Option<Event> {
-        self.events.try_recv().ok()
+    /// The next event, with output of the same stream that has already arrived merged into it
+    /// (up to `max` bytes): a flood reaches a consumer as a few large chunks instead of one per
+    /// line. Order is kept: an event of another kind waits for the next call.
+    pub async fn next_event_merged(&mut self, max: usize) -> Option<Event> {
+        let (stream, data) = match self.next_event().await? {
+            Event::Output { stream, data } => (stream, data),
+            other => return Some(other),
+        };
+        let mut merged: Option<bytes::BytesMut> = None;
+        while merged.as_ref().map_or(data.len(), |m| m.len()) < max {
+            match self.events.try_recv() {
+                Ok(Event::Output {
+                    stream: s,
+                    data: more,
+                }) if s == stream => merged
+                    .get_or_insert_with(|| bytes::BytesMut::from(&data[..]))
+                    .extend_from_slice(&more),
+                Ok(other) => {
+                    self.held = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let data = merged.map_or(data, bytes::BytesMut::freeze);
+        Some(Event::Output { stream, data })
     }
 
     /// Consumes the events until the run ends, collecting stdout and stderr.
@@ -321,6 +349,7 @@ pub(crate) fn spawn(
         id,
         control,
         events: events_rx,
+        held: None,
         scratch,
         _task: AbortOnDrop(task),
     }

@@ -7,12 +7,11 @@
 use crate::history::RunRecord;
 use crate::protocol::{self, code, Incoming, Request, RpcError, RunParams};
 use crate::run::RunResult;
-use crate::run::{Event, RunHandle, StreamKind};
+use crate::run::{Event, RunHandle};
 use crate::sandbox::{RunRequest, StartError};
 use crate::server::AppState;
 use crate::transcript::{OutputLog, Transcript};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -28,8 +27,8 @@ pub const ANONYMOUS: &str = "anonymous";
 /// Frames queued towards a slow client before the session stops taking run events.
 pub(crate) const OUT_QUEUE: usize = 32;
 
-/// Most output bytes merged into one `output` notification.
-const MERGE_BYTES: usize = 64 << 10;
+/// Most output bytes merged into one output message (`/ws` and `/api/v2/connect`).
+pub(crate) const MERGE_BYTES: usize = 64 << 10;
 
 /// Close codes the server uses.
 pub mod close {
@@ -58,37 +57,6 @@ struct Active {
     output_bytes: u64,
     /// The request and output of a run being recorded as a transcript.
     recording: Option<Box<(RunRequest, OutputLog)>>,
-    /// An event taken early while merging output, to be forwarded next.
-    held: Option<Event>,
-}
-
-impl Active {
-    /// `first` plus the output of the same stream that has already arrived (up to
-    /// [`MERGE_BYTES`]): a flood becomes a few large frames instead of one per line.
-    fn merge_output(&mut self, stream: StreamKind, first: Bytes) -> Bytes {
-        let mut merged: Option<BytesMut> = None;
-        while merged.as_ref().map_or(first.len(), BytesMut::len) < MERGE_BYTES {
-            match self.handle.try_next_event() {
-                Some(Event::Output { stream: s, data }) if s == stream => {
-                    if let Some(rec) = &mut self.recording {
-                        rec.1.observe(&Event::Output {
-                            stream: s,
-                            data: data.clone(),
-                        });
-                    }
-                    merged
-                        .get_or_insert_with(|| BytesMut::from(&first[..]))
-                        .extend_from_slice(&data);
-                }
-                Some(other) => {
-                    self.held = Some(other);
-                    break;
-                }
-                None => break,
-            }
-        }
-        merged.map_or(first, BytesMut::freeze)
-    }
 }
 
 struct Session {
@@ -257,10 +225,7 @@ fn too_big_or_gone(e: &axum::Error) -> End {
 
 async fn next_event(active: &mut Option<Active>) -> Option<Event> {
     match active {
-        Some(a) => match a.held.take() {
-            Some(event) => Some(event),
-            None => a.handle.next_event().await,
-        },
+        Some(a) => a.handle.next_event_merged(MERGE_BYTES).await,
         None => std::future::pending().await,
     }
 }
@@ -361,7 +326,6 @@ impl Session {
         }
         let text = match event {
             Some(Event::Output { stream, data }) => {
-                let data = active.merge_output(stream, data);
                 active.seq += 1;
                 active.output_bytes += data.len() as u64;
                 protocol::output(&active.id, stream, &data, active.seq)
@@ -490,7 +454,6 @@ impl Session {
             started: SystemTime::now(),
             output_bytes: 0,
             recording,
-            held: None,
         });
         Ok(json!({ "run_id": id }))
     }

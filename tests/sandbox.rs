@@ -552,3 +552,45 @@ async fn every_wait_for_input_is_reported() {
     let out = handle.collect().await;
     assert_eq!(out.outcome(), Outcome::Exited { code: 0 });
 }
+
+#[tokio::test]
+async fn merged_events_join_waiting_output_and_keep_stream_order() {
+    let source = "import sys\n\
+                  for i in range(300):\n    \
+                  print('out', i, flush=True)\n    \
+                  if i % 50 == 49:\n        \
+                  print('err', i, file=sys.stderr, flush=True)\n";
+    let mut handle = start(RunRequest::script(source)).await;
+    // Let output pile up so there is something to merge.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut chunks, mut seen) = (0, Vec::new());
+    while let Some(event) = handle.next_event_merged(64 << 10).await {
+        match event {
+            Event::Output { stream, data } => {
+                chunks += 1;
+                let tag = if stream == StreamKind::Stderr {
+                    "E:"
+                } else {
+                    ""
+                };
+                for line in String::from_utf8_lossy(&data).lines() {
+                    seen.push(format!("{tag}{line}"));
+                }
+            }
+            Event::Exit(r) => assert_eq!(r.outcome, Outcome::Exited { code: 0 }),
+            Event::State(_) => {}
+        }
+    }
+    let mut expected = Vec::new();
+    for i in 0..300 {
+        expected.push(format!("out {i}"));
+        if i % 50 == 49 {
+            expected.push(format!("E:err {i}"));
+        }
+    }
+    assert_eq!(seen, expected, "every line, each stream in its place");
+    assert!(
+        chunks < expected.len(),
+        "waiting output was merged ({chunks} chunks)"
+    );
+}
