@@ -10,10 +10,10 @@ use crate::admission::{self, Body};
 use crate::guest::PYTHON_VERSION;
 use crate::history::RunRecord;
 use crate::piston::{self, SignalAction};
-use crate::run::{AbortOnDrop, Event, RunHandle};
-use crate::server::{AppState, WsQuery};
-use crate::session::{self, ANONYMOUS, OUT_QUEUE};
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use crate::run::{Event, RunHandle};
+use crate::server::{self, AppState, WsQuery};
+use crate::session::{self, ANONYMOUS};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -52,22 +52,14 @@ pub async fn upgrade(
         Ok(a) => a,
         Err(refusal) => return refusal.into_response(Body::Message),
     };
-    let ws = ws.max_message_size(state.config.max_message_bytes);
-    let ws = match admitted.protocol.clone() {
-        Some(p) => ws.protocols([p]),
-        None => ws,
-    };
     let session_no = state.next_session.fetch_add(1, Relaxed);
-    let tracker = state.tracker.clone();
-    ws.on_upgrade(move |socket| {
-        tracker.track_future(async move {
-            let user = admitted.user.clone().unwrap_or_else(|| ANONYMOUS.into());
-            let span = tracing::info_span!("piston", session = session_no, user = %user);
-            state.metrics.sessions_open.fetch_add(1, Relaxed);
-            run(socket, state.clone(), user).instrument(span).await;
-            state.metrics.sessions_open.fetch_sub(1, Relaxed);
-            drop(admitted);
-        })
+    let protocol = admitted.protocol.clone();
+    let app = state.clone();
+    server::upgrade(&state, ws, protocol, move |socket| async move {
+        let user = admitted.user.clone().unwrap_or_else(|| ANONYMOUS.into());
+        let span = tracing::info_span!("piston", session = session_no, user = %user);
+        run(socket, app, user).instrument(span).await;
+        drop(admitted);
     })
 }
 
@@ -110,8 +102,7 @@ fn close(code: u16, reason: &str) -> Option<End> {
 
 async fn run(socket: WebSocket, app: Arc<AppState>, user: String) {
     let (sink, mut stream) = socket.split();
-    let (out, out_rx) = mpsc::channel(OUT_QUEUE);
-    let writer = AbortOnDrop(tokio::spawn(session::write_frames(sink, out_rx)));
+    let (out, writer) = session::outbound(sink);
     let mut shutdown = app.shutdown.subscribe();
     let mut shutting_down = *shutdown.borrow();
     let mut grace: Option<Instant> = None;
@@ -164,15 +155,11 @@ async fn run(socket: WebSocket, app: Arc<AppState>, user: String) {
         drop(job); // frees the run's store
         app.abandoned(record).await;
     }
-    if let End::Close(code, reason) = end {
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        let _ = c.out.try_send(Message::Close(Some(frame)));
-    }
-    drop(c.out);
-    let _ = tokio::time::timeout(Duration::from_secs(1), writer.join()).await;
+    let close = match end {
+        End::Close(code, reason) => Some((code, reason)),
+        End::Gone => None,
+    };
+    session::close_outbound(c.out, writer, close).await;
     tracing::info!("piston connection ended");
 }
 

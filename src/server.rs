@@ -8,6 +8,7 @@ use crate::metrics::Metrics;
 use crate::sandbox::{RunRequest, Sandbox};
 use crate::session::{self, SessionCtx};
 use crate::EngineSettings;
+use axum::extract::ws::WebSocket;
 use axum::extract::{Query, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -216,25 +217,45 @@ async fn ws_upgrade(
     } = admitted;
     let session_no = state.next_session.fetch_add(1, Relaxed);
     let replaced = register_user(&state, user.as_deref(), session_no);
+    let app = state.clone();
+    upgrade(&state, ws, protocol, move |socket| async move {
+        let ctx = SessionCtx {
+            app: app.clone(),
+            session_no,
+            user: user.clone(),
+            replaced,
+        };
+        session::run(socket, ctx).await;
+        unregister_user(&app, user.as_deref(), session_no);
+        drop(permit);
+    })
+}
+
+/// Upgrades an admitted connection: messages capped at `max_message_bytes`, the token's
+/// subprotocol echoed, and `session` run as a task that shutdown waits for and that
+/// `weir_sessions_open` counts.
+pub(crate) fn upgrade<F, Fut>(
+    state: &Arc<AppState>,
+    ws: WebSocketUpgrade,
+    protocol: Option<String>,
+    session: F,
+) -> Response
+where
+    F: FnOnce(WebSocket) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let ws = ws.max_message_size(state.config.max_message_bytes);
     let ws = match protocol {
         Some(p) => ws.protocols([p]),
         None => ws,
     };
+    let state = state.clone();
     let tracker = state.tracker.clone();
     ws.on_upgrade(move |socket| {
         tracker.track_future(async move {
             state.metrics.sessions_open.fetch_add(1, Relaxed);
-            let ctx = SessionCtx {
-                app: state.clone(),
-                session_no,
-                user: user.clone(),
-                replaced,
-            };
-            session::run(socket, ctx).await;
-            unregister_user(&state, user.as_deref(), session_no);
+            session(socket).await;
             state.metrics.sessions_open.fetch_sub(1, Relaxed);
-            drop(permit);
         })
     })
 }

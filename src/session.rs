@@ -7,7 +7,7 @@
 use crate::history::RunRecord;
 use crate::protocol::{self, code, Incoming, Request, RpcError, RunParams};
 use crate::run::RunResult;
-use crate::run::{Event, RunHandle};
+use crate::run::{AbortOnDrop, Event, RunHandle};
 use crate::sandbox::{RunRequest, StartError};
 use crate::server::AppState;
 use crate::transcript::{OutputLog, Transcript};
@@ -25,7 +25,7 @@ use tracing::Instrument;
 pub const ANONYMOUS: &str = "anonymous";
 
 /// Frames queued towards a slow client before the session stops taking run events.
-pub(crate) const OUT_QUEUE: usize = 32;
+const OUT_QUEUE: usize = 32;
 
 /// Most output bytes merged into one output message (`/ws` and `/api/v2/connect`).
 pub(crate) const MERGE_BYTES: usize = 64 << 10;
@@ -100,8 +100,7 @@ pub async fn run(socket: WebSocket, ctx: SessionCtx) {
 
 async fn run_in_span(socket: WebSocket, mut ctx: SessionCtx) {
     let (sink, mut stream) = socket.split();
-    let (out, out_rx) = mpsc::channel(OUT_QUEUE);
-    let writer = crate::run::AbortOnDrop(tokio::spawn(write_frames(sink, out_rx)));
+    let (out, writer) = outbound(sink);
     let mut shutdown = ctx.app.shutdown.subscribe();
     let mut s = Session {
         app: ctx.app.clone(),
@@ -183,15 +182,11 @@ async fn run_in_span(socket: WebSocket, mut ctx: SessionCtx) {
         drop(active); // frees the run's store
         s.app.abandoned(record).await;
     }
-    if let End::Close(code, reason) = end {
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        let _ = s.out.try_send(Message::Close(Some(frame)));
-    }
-    drop(s.out);
-    let _ = tokio::time::timeout(Duration::from_secs(1), writer.join()).await;
+    let close = match end {
+        End::Close(code, reason) => Some((code, reason.to_string())),
+        End::Gone => None,
+    };
+    close_outbound(s.out, writer, close).await;
     tracing::info!("session ended");
 }
 
@@ -230,8 +225,34 @@ async fn next_event(active: &mut Option<Active>) -> Option<Event> {
     }
 }
 
+/// A session's outbound side: a bounded frame queue and the task that writes it to the socket.
+pub(crate) fn outbound(
+    sink: futures_util::stream::SplitSink<WebSocket, Message>,
+) -> (mpsc::Sender<Message>, AbortOnDrop) {
+    let (out, frames) = mpsc::channel(OUT_QUEUE);
+    (out, AbortOnDrop(tokio::spawn(write_frames(sink, frames))))
+}
+
+/// Ends a session's outbound side: queues the close frame (when the peer is still there to get
+/// it), closes the queue, and gives the writer a second to send what is queued.
+pub(crate) async fn close_outbound(
+    out: mpsc::Sender<Message>,
+    writer: AbortOnDrop,
+    close: Option<(u16, String)>,
+) {
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = out.try_send(Message::Close(Some(frame)));
+    }
+    drop(out);
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer.join()).await;
+}
+
 /// Sends queued frames until the queue closes or a close frame has gone out.
-pub(crate) async fn write_frames(
+async fn write_frames(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
     mut frames: mpsc::Receiver<Message>,
 ) {
