@@ -8,7 +8,7 @@
 use crate::admission::{self, Body};
 use crate::history::HistoryError;
 use crate::oneshot;
-use crate::protocol::RunParams;
+use crate::protocol::{self, RunParams};
 use crate::server::{AppState, WsQuery};
 use crate::session::ANONYMOUS;
 use crate::transcript::Data;
@@ -123,7 +123,7 @@ async fn create_run(
         Ok(a) => a,
         Err(refusal) => return refusal.into_response(Body::Error),
     };
-    let body = match crate::piston::json_body(body, state.config.max_message_bytes) {
+    let body = match oneshot::json_body(body, state.config.max_message_bytes) {
         Ok(b) => b,
         Err((status, message)) => return error(status, message),
     };
@@ -142,21 +142,13 @@ async fn create_run(
     };
     drop(admitted);
     let result = &finished.result;
-    let mut body = json!({
-        "run_id": finished.id,
-        "stdout": Data::from_bytes(&finished.collected.stdout),
-        "stderr": Data::from_bytes(&finished.collected.stderr),
-        "outcome": result.outcome.kind(),
-        "code": result.outcome.exit_code(),
-        "message": result.message,
-        "duration_ms": result.duration.as_millis() as u64,
-        "output_truncated": result.output_truncated,
-    });
-    if let Some(fuel) = result.fuel_consumed {
-        body["fuel_consumed"] = json!(fuel);
-    }
-    if let Some(url) = finished.transcript {
-        body["transcript"] = json!(url);
-    }
+    let mut body = protocol::exit_params(
+        &finished.id,
+        result.outcome.kind(),
+        result,
+        finished.transcript.as_deref(),
+    );
+    body["stdout"] = json!(Data::from_bytes(&finished.collected.stdout));
+    body["stderr"] = json!(Data::from_bytes(&finished.collected.stderr));
     Json(body).into_response()
 }

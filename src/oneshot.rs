@@ -8,13 +8,17 @@ use crate::run::{Collected, RunResult};
 use crate::sandbox::{RunRequest, StartError};
 use crate::server::AppState;
 use crate::transcript::{OutputLog, Transcript};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
+use serde_json::Value;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime};
 
 /// A run that has ended.
 pub struct Finished {
     pub id: String,
+    /// What the run printed (its `result` is moved to [`Finished::result`]).
     pub collected: Collected,
     pub result: RunResult,
     /// Where the recorded transcript can be fetched, for runs that asked for one.
@@ -42,7 +46,7 @@ pub async fn execute(
         }
         collected.push(event);
     }
-    let result = collected.result.clone().unwrap_or_else(vanished);
+    let result = collected.result.take().unwrap_or_else(vanished);
     let outcome = result.outcome.kind();
     app.metrics
         .run_finished(outcome, result.duration, result.output_bytes);
@@ -89,4 +93,28 @@ pub fn start_status(e: &StartError) -> StatusCode {
         }
         _ => StatusCode::BAD_REQUEST,
     }
+}
+
+/// An HTTP body as a JSON value, whatever its `Content-Type` (Piston clients send `text/plain`
+/// as often as `application/json`).
+pub fn json_body(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Value, (StatusCode, String)> {
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body is larger than the {} limit",
+                crate::limits::human_bytes(limit as u64)
+            ),
+        ),
+        status => (status, rejection.body_text()),
+    })?;
+    serde_json::from_slice(&body).map_err(|e| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("the request body is not valid JSON: {e}"),
+        )
+    })
 }

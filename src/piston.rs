@@ -63,7 +63,7 @@ async fn execute(
         Ok(a) => a,
         Err(refusal) => return refusal.into_response(Body::Message),
     };
-    let body = match json_body(body, state.config.max_message_bytes) {
+    let body = match oneshot::json_body(body, state.config.max_message_bytes) {
         Ok(b) => b,
         Err((status, m)) => return message(status, m),
     };
@@ -90,30 +90,6 @@ async fn execute(
             .insert(HeaderName::from_static(RUN_ID_HEADER), id);
     }
     response
-}
-
-/// An HTTP body as a JSON value, whatever its `Content-Type` (Piston clients send `text/plain`
-/// as often as `application/json`).
-pub fn json_body(
-    body: Result<Bytes, BytesRejection>,
-    limit: usize,
-) -> Result<Value, (StatusCode, String)> {
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the request body is larger than the {} limit",
-                crate::limits::human_bytes(limit as u64)
-            ),
-        ),
-        status => (status, rejection.body_text()),
-    })?;
-    serde_json::from_slice(&body).map_err(|e| {
-        (
-            StatusCode::BAD_REQUEST,
-            format!("the request body is not valid JSON: {e}"),
-        )
-    })
 }
 
 /// Validates a Piston job (an `/execute` body or a `/connect` `init` message) and builds the

@@ -260,8 +260,18 @@ pub fn state(run_id: &str, state: RunState) -> String {
 }
 
 /// `exit` notification; `outcome` may differ from the result's (e.g. "shutdown").
-/// `exit`; `transcript` is where a recorded run's transcript can be fetched.
 pub fn exit(run_id: &str, outcome: &str, result: &RunResult, transcript: Option<&str>) -> String {
+    notification("exit", exit_params(run_id, outcome, result, transcript))
+}
+
+/// How a run ended, as `exit` and `POST /v1/runs` report it; `transcript` is where a recorded
+/// run's transcript can be fetched.
+pub fn exit_params(
+    run_id: &str,
+    outcome: &str,
+    result: &RunResult,
+    transcript: Option<&str>,
+) -> Value {
     let mut params = json!({
         "run_id": run_id,
         "outcome": outcome,
@@ -276,7 +286,7 @@ pub fn exit(run_id: &str, outcome: &str, result: &RunResult, transcript: Option<
     if let Some(url) = transcript {
         params["transcript"] = json!(url);
     }
-    notification("exit", params)
+    params
 }
 
 #[cfg(test)]
