@@ -48,15 +48,11 @@ pub async fn run(settings: EngineSettings, samples: usize) -> anyhow::Result<()>
     );
     let workers = num_cores() * 16;
     let rate = throughput(&sandbox, Duration::from_secs(3)).await?;
-    let native_rate = native::throughput(Duration::from_secs(3), num_cores() * 2)
-        .await
-        .ok();
+    let native_rate = native::throughput(Duration::from_secs(3), num_cores() * 2).await;
     row(
         "hello runs per second (all cores)",
         format!("{rate:.0}/s ({workers} callers)"),
-        &native_rate.map_or("-".into(), |r| {
-            format!("{r:.0}/s ({} callers)", num_cores() * 2)
-        }),
+        &format!("{native_rate:.0}/s ({} callers)", num_cores() * 2),
         ">= 1000/s",
     );
     let (guest, native_fib) = fib(&sandbox).await?;
@@ -169,19 +165,41 @@ async fn first_byte_latency(sandbox: &Sandbox, n: usize) -> anyhow::Result<(Dura
 }
 
 async fn throughput(sandbox: &Sandbox, span: Duration) -> anyhow::Result<f64> {
-    let deadline = Instant::now() + span;
     let n = std::env::var("WEIR_BENCH_WORKERS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(num_cores() * 16);
-    let workers: Vec<_> = (0..n)
+    let sandbox = sandbox.clone();
+    Ok(closed_loop(n, span, move || {
+        let sandbox = sandbox.clone();
+        async move {
+            match sandbox.start(hello()).await {
+                Ok(handle) => {
+                    handle.collect().await;
+                    true
+                }
+                Err(_) => false,
+            }
+        }
+    })
+    .await)
+}
+
+/// Completions per second of `workers` callers that each repeat `one` until `span` has passed
+/// (`one` tells whether its attempt completed).
+pub(crate) async fn closed_loop<F, Fut>(workers: usize, span: Duration, one: F) -> f64
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let deadline = Instant::now() + span;
+    let tasks: Vec<_> = (0..workers)
         .map(|_| {
-            let sandbox = sandbox.clone();
+            let one = one.clone();
             tokio::spawn(async move {
                 let mut done = 0u64;
                 while Instant::now() < deadline {
-                    if let Ok(handle) = sandbox.start(hello()).await {
-                        handle.collect().await;
+                    if one().await {
                         done += 1;
                     }
                 }
@@ -191,10 +209,10 @@ async fn throughput(sandbox: &Sandbox, span: Duration) -> anyhow::Result<f64> {
         .collect();
     let started = Instant::now();
     let mut total = 0;
-    for w in workers {
-        total += w.await?;
+    for t in tasks {
+        total += t.await.unwrap_or(0);
     }
-    Ok(total as f64 / started.elapsed().as_secs_f64())
+    total as f64 / started.elapsed().as_secs_f64()
 }
 
 async fn fib(sandbox: &Sandbox) -> anyhow::Result<(f64, Option<f64>)> {
@@ -218,7 +236,12 @@ async fn fib(sandbox: &Sandbox) -> anyhow::Result<(f64, Option<f64>)> {
 
 /// Proportional set size of this process, bytes.
 pub fn pss_bytes() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/self/smaps_rollup").ok()?;
+    pss_bytes_of("self")
+}
+
+/// Proportional set size of process `pid` ("self" for this one), bytes.
+pub fn pss_bytes_of(pid: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
     let line = text.lines().find(|l| l.starts_with("Pss:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024.0)

@@ -66,37 +66,8 @@ pub async fn first_byte_latency(n: usize) -> std::io::Result<(Duration, Duration
 }
 
 /// `print("hello")` processes completed per second with `workers` concurrent callers.
-pub async fn throughput(span: Duration, workers: usize) -> std::io::Result<f64> {
-    let deadline = Instant::now() + span;
-    let tasks: Vec<_> = (0..workers)
-        .map(|_| {
-            tokio::spawn(async move {
-                let mut done = 0u64;
-                while Instant::now() < deadline {
-                    if hello_first_byte().await.is_ok() {
-                        done += 1;
-                    }
-                }
-                done
-            })
-        })
-        .collect();
-    let started = Instant::now();
-    let mut total = 0;
-    for t in tasks {
-        total += t.await.unwrap_or(0);
-    }
-    Ok(total as f64 / started.elapsed().as_secs_f64())
-}
-
-fn pss_of(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .ok()
-        .and_then(|t| {
-            let line = t.lines().find(|l| l.starts_with("Pss:"))?;
-            line.split_whitespace().nth(1)?.parse::<f64>().ok()
-        })
-        .map_or(0.0, |kb| kb * 1024.0)
+pub async fn throughput(span: Duration, workers: usize) -> f64 {
+    super::bench::closed_loop(workers, span, || async { hello_first_byte().await.is_ok() }).await
 }
 
 /// PSS per idle interactive interpreter: `n` `python3 -i` processes waiting at their prompt.
@@ -124,7 +95,11 @@ pub async fn idle_pss(n: usize) -> std::io::Result<f64> {
         }
         children.push(child);
     }
-    let total: f64 = children.iter().filter_map(Child::id).map(pss_of).sum();
+    let total: f64 = children
+        .iter()
+        .filter_map(Child::id)
+        .filter_map(|pid| super::bench::pss_bytes_of(&pid.to_string()))
+        .sum();
     drop(children);
     Ok(total / n as f64)
 }
