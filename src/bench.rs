@@ -46,7 +46,7 @@ pub async fn run(settings: EngineSettings, samples: usize) -> anyhow::Result<()>
         &opt_ms(n99),
         "",
     );
-    let workers = num_cores() * 16;
+    let workers = workers();
     let rate = throughput(&sandbox, Duration::from_secs(3)).await?;
     let native_rate = native::throughput(Duration::from_secs(3), num_cores() * 2).await;
     row(
@@ -164,13 +164,17 @@ async fn first_byte_latency(sandbox: &Sandbox, n: usize) -> anyhow::Result<(Dura
     Ok((percentile(&times, 0.5), percentile(&times, 0.99)))
 }
 
-async fn throughput(sandbox: &Sandbox, span: Duration) -> anyhow::Result<f64> {
-    let n = std::env::var("WEIR_BENCH_WORKERS")
+/// Concurrent callers of weir's throughput line: `$WEIR_BENCH_WORKERS`, default 16 per core.
+fn workers() -> usize {
+    std::env::var("WEIR_BENCH_WORKERS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(num_cores() * 16);
+        .unwrap_or(num_cores() * 16)
+}
+
+async fn throughput(sandbox: &Sandbox, span: Duration) -> anyhow::Result<f64> {
     let sandbox = sandbox.clone();
-    Ok(closed_loop(n, span, move || {
+    Ok(closed_loop(workers(), span, move || {
         let sandbox = sandbox.clone();
         async move {
             match sandbox.start(hello()).await {
