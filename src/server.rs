@@ -123,36 +123,52 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
 /// `weir serve`: runs until SIGINT or SIGTERM, then shuts down gracefully.
 pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let server = start(config).await?;
+    // Registered before the address is announced: a SIGTERM sent as soon as a supervisor sees
+    // the server listening must begin a graceful shutdown, not kill the process.
+    let signals = ShutdownSignals::register()?;
     tracing::info!(addr = %server.addr, "weir listening");
     eprintln!(
         "weir: listening on http://{} (WebSocket at /ws)",
         server.addr
     );
-    shutdown_signal().await;
+    signals.recv().await;
     eprintln!("weir: shutting down");
     server.shutdown().await;
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGTERM and SIGINT (Ctrl-C elsewhere), caught from the moment they are registered.
+struct ShutdownSignals {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn register() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let err = |e| anyhow::anyhow!("cannot catch shutdown signals: {e}");
+            Ok(ShutdownSignals {
+                term: signal(SignalKind::terminate()).map_err(err)?,
+                int: signal(SignalKind::interrupt()).map_err(err)?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(ShutdownSignals {})
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+
+    async fn recv(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
