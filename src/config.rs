@@ -1,5 +1,6 @@
 //! Server configuration: embedded defaults, an optional TOML file, then flags / env vars.
 
+use crate::engine::EngineSettings;
 use crate::history::HistoryConfig;
 use crate::limits::Limits;
 use serde::{Deserialize, Serialize};
@@ -37,6 +38,9 @@ pub struct ServerConfig {
     pub max_limits: Limits,
     /// Pooling-allocator slots (most guest instances alive at once).
     pub max_instances: u32,
+    /// Guest instances kept instantiated ahead of demand, so a run starts without waiting for
+    /// instantiation (0 turns the warm pool off).
+    pub warm_instances: usize,
     /// Run history: database path and retention.
     pub history: HistoryConfig,
 }
@@ -66,6 +70,7 @@ impl Default for ServerConfig {
                 ..Limits::default()
             },
             max_instances: 1100,
+            warm_instances: EngineSettings::default().warm_instances,
             history: HistoryConfig::default(),
         }
     }

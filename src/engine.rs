@@ -5,13 +5,16 @@ use crate::guest;
 use crate::host;
 use crate::limits::MAX_MEMORY_BYTES;
 use crate::sandbox::GuestState;
+use crate::warm::{Instantiated, WarmPool};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
-use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+};
+use wasmtime_wasi::p2::bindings::{Command, CommandPre};
 
 /// Engine knobs; every one has a default and can be overridden by the embedder.
 #[derive(Debug, Clone)]
@@ -30,6 +33,9 @@ pub struct EngineSettings {
     /// Initialise funcref tables lazily (on first use) rather than at instantiation. Off by
     /// default: eager initialisation measured 5 % faster runs and 25 % less memory per instance.
     pub table_lazy_init: bool,
+    /// Instances kept instantiated ahead of demand per engine variant (`crate::warm`), so a
+    /// run's start does not wait for instantiation. 0 turns the warm pool off.
+    pub warm_instances: usize,
 }
 
 impl Default for EngineSettings {
@@ -41,6 +47,7 @@ impl Default for EngineSettings {
             cache_dir: default_cache_dir(),
             keep_resident: env_usize("WEIR_KEEP_RESIDENT").unwrap_or(16 << 20),
             table_lazy_init: env_usize("WEIR_TABLE_LAZY_INIT").is_some_and(|v| v != 0),
+            warm_instances: env_usize("WEIR_WARM_INSTANCES").unwrap_or(4),
         }
     }
 }
@@ -65,7 +72,8 @@ const MEMORIES_PER_GUEST: u32 = 4;
 const TABLES_PER_GUEST: u32 = 8;
 
 fn config(settings: &EngineSettings, fuel: bool) -> Config {
-    let n = settings.max_instances.max(1);
+    // Warm instances occupy pool slots too, beyond the runs' own.
+    let n = (settings.max_instances as usize + settings.warm_instances).max(1) as u32;
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(n)
         .total_core_instances(n * CORE_INSTANCES_PER_GUEST)
@@ -130,11 +138,58 @@ impl Drop for EpochTicker {
     }
 }
 
-/// One compiled engine (with or without fuel metering) and the guest pre-instantiated on it.
-pub struct EngineVariant {
+/// What instantiating the guest needs: cheap to clone and shared with the warm-pool thread.
+#[derive(Clone)]
+pub(crate) struct Instantiator {
     pub(crate) engine: Engine,
-    pub(crate) pre: CommandPre<GuestState>,
+    pre: CommandPre<GuestState>,
     pub(crate) fuel: bool,
+}
+
+impl Instantiator {
+    /// A store for `state`, with the engine's policy applied: the memory limiter, fuel (on
+    /// metered engines) and an epoch deadline of one tick.
+    pub(crate) fn store(&self, state: GuestState, fuel: Option<u64>) -> Store<GuestState> {
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        arm(&mut store, self.fuel, fuel);
+        // Yield to the executor on every epoch tick: the driver can then stop, pause or time
+        // out the run, and a busy guest never holds a worker thread for more than one tick.
+        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+        store
+    }
+
+    /// Instantiates the guest in `store`.
+    pub(crate) async fn instantiate(
+        &self,
+        store: &mut Store<GuestState>,
+    ) -> wasmtime::Result<Command> {
+        self.pre.instantiate_async(&mut *store).await
+    }
+
+    /// A store instantiated with a placeholder state, for the warm pool.
+    pub(crate) async fn instantiate_placeholder(&self) -> wasmtime::Result<Instantiated> {
+        let mut store = self.store(GuestState::placeholder(), None);
+        let command = self.instantiate(&mut store).await?;
+        Ok(Instantiated { store, command })
+    }
+}
+
+/// Sets a store's fuel (metered engines only) and its epoch deadline to one tick from now.
+/// Called when a store is created and again when a warm store is handed to its run.
+pub(crate) fn arm(store: &mut Store<GuestState>, metered: bool, fuel: Option<u64>) {
+    if metered {
+        // Cannot fail: the engine meters fuel.
+        let _ = store.set_fuel(fuel.unwrap_or(u64::MAX));
+    }
+    store.set_epoch_deadline(1);
+}
+
+/// One compiled engine (with or without fuel metering), the guest pre-instantiated on it, and
+/// its warm pool.
+pub struct EngineVariant {
+    pub(crate) instantiator: Instantiator,
+    pub(crate) warm: WarmPool,
     _ticker: EpochTicker,
 }
 
@@ -152,12 +207,20 @@ impl EngineVariant {
         host::add_to_linker(&mut linker)?;
         let pre = instantiate_pre(&linker, &component)?;
         let ticker = EpochTicker::start(engine.clone(), settings.epoch_tick)?;
+        let instantiator = Instantiator { engine, pre, fuel };
+        // Metered runs count the fuel instantiation burns (start functions run wasm), and a
+        // deterministic run must burn the same fuel every time: they always instantiate fresh.
+        let warm_instances = if fuel { 0 } else { settings.warm_instances };
+        let warm = WarmPool::start(instantiator.clone(), warm_instances)?;
         Ok(EngineVariant {
-            engine,
-            pre,
-            fuel,
+            instantiator,
+            warm,
             _ticker: ticker,
         })
+    }
+
+    pub(crate) fn metered(&self) -> bool {
+        self.instantiator.fuel
     }
 }
 

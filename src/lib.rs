@@ -45,6 +45,7 @@ pub mod scratch;
 pub mod server;
 pub mod session;
 pub mod transcript;
+pub mod warm;
 
 pub use engine::EngineSettings;
 pub use limits::Limits;

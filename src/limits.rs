@@ -156,6 +156,12 @@ impl MemoryLimiter {
     pub fn peak(&self) -> usize {
         self.peak
     }
+
+    /// Records memory the guest already has (a warm instance's initial memory, granted before
+    /// this limiter was installed).
+    pub fn starts_at(&mut self, bytes: usize) {
+        self.peak = self.peak.max(bytes);
+    }
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {

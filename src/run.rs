@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 use wasmtime::{Store, Trap};
+use wasmtime_wasi::p2::bindings::Command;
 
 /// A run's identifier: 16 hex digits, unique across restarts for all practical purposes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -316,6 +317,8 @@ impl Collected {
 pub(crate) struct Driver {
     pub id: RunId,
     pub store: Store<GuestState>,
+    /// The guest, when the store came instantiated from the warm pool.
+    pub command: Option<Command>,
     pub variant: Arc<EngineVariant>,
     pub limits: Limits,
     pub events: mpsc::Sender<Event>,
@@ -367,6 +370,7 @@ impl Driver {
     async fn run(self, mut desired: watch::Receiver<Desired>) {
         let Driver {
             mut store,
+            command,
             variant,
             limits,
             events,
@@ -380,7 +384,7 @@ impl Driver {
         let started = Instant::now();
         let initial_fuel = store.get_fuel().ok();
         let finished = {
-            let call = call_guest(&mut store, &variant);
+            let call = call_guest(&mut store, command, &variant);
             tokio::pin!(call);
             let scratch = Scratch {
                 path: &scratch_path,
@@ -403,7 +407,7 @@ impl Driver {
             Err(outcome) => outcome,
         };
         let fuel_consumed = match (initial_fuel, store.get_fuel().ok()) {
-            (Some(start), Some(left)) if variant.fuel => Some(start.saturating_sub(left)),
+            (Some(start), Some(left)) if variant.metered() => Some(start.saturating_sub(left)),
             _ => None,
         };
         let result = RunResult {
@@ -429,9 +433,13 @@ impl Driver {
 
 async fn call_guest(
     store: &mut Store<GuestState>,
+    command: Option<Command>,
     variant: &EngineVariant,
 ) -> wasmtime::Result<Result<(), ()>> {
-    let command = variant.pre.instantiate_async(&mut *store).await?;
+    let command = match command {
+        Some(command) => command,
+        None => variant.instantiator.instantiate(store).await?,
+    };
     command.wasi_cli_run().call_run(&mut *store).await
 }
 

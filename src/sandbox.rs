@@ -5,7 +5,7 @@
 //! No host environment variable, file or socket is reachable.
 
 use crate::determinism::{GuestClock, Seed, VirtualClock};
-use crate::engine::{EngineSettings, EngineVariant};
+use crate::engine::{self, EngineSettings, EngineVariant};
 use crate::host::{HostState, Launch};
 use crate::limits::{LimitError, Limits, MemoryLimiter};
 use crate::pipes::{GuestStatus, GuestStdin, OutputQueue, ReadLog, StdinMode, StdinMsg};
@@ -15,7 +15,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::ResourceTable;
-use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 /// Where the scratch directory appears inside the guest (also its working directory).
@@ -131,8 +130,33 @@ pub struct GuestState {
     pub(crate) host: HostState,
     pub(crate) status: watch::Sender<GuestStatus>,
     pub(crate) clock: GuestClock,
+    /// `None` only while the store waits in the warm pool, before any run owns it.
+    _holdings: Option<Holdings>,
+}
+
+/// What a run holds for as long as its store lives.
+struct Holdings {
     _slot: OwnedSemaphorePermit,
     _scratch: Scratch,
+}
+
+impl GuestState {
+    /// The state of a warm-pool store: no stdio, files, args or environment, and the engine's
+    /// largest memory limit. Replaced by the run's own state before the guest starts.
+    pub(crate) fn placeholder() -> Self {
+        GuestState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(crate::limits::MAX_MEMORY_BYTES),
+            host: HostState {
+                launch: launch_of(&Program::Code(String::new()), false),
+                uncaught: None,
+            },
+            status: watch::channel(GuestStatus::default()).0,
+            clock: GuestClock::Real,
+            _holdings: None,
+        }
+    }
 }
 
 impl WasiView for GuestState {
@@ -240,7 +264,7 @@ impl Sandbox {
         let scratch = Scratch::create(&req, limits.scratch_bytes)?;
         let scratch_path = scratch.path().to_path_buf();
         let wasi = wasi_context(&req, &scratch, &pipes, &stdin)?;
-        let state = GuestState {
+        let mut state = GuestState {
             wasi,
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(limits.memory_bytes),
@@ -253,10 +277,22 @@ impl Sandbox {
                 (Some(_), Some(fuel)) => GuestClock::Virtual(VirtualClock::new(fuel)),
                 _ => GuestClock::Real,
             },
-            _slot: slot,
-            _scratch: scratch,
+            _holdings: Some(Holdings {
+                _slot: slot,
+                _scratch: scratch,
+            }),
         };
-        let store = new_store(&variant, state, &limits)?;
+        let (store, command) = match variant.warm.take() {
+            // A warm instance already holds its initial memory: usable when the limit allows it.
+            Some(warm) if warm.store.data().limiter.peak() as u64 <= limits.memory_bytes => {
+                let mut store = warm.store;
+                state.limiter.starts_at(store.data().limiter.peak());
+                *store.data_mut() = state;
+                engine::arm(&mut store, variant.metered(), limits.cpu_fuel);
+                (store, Some(warm.command))
+            }
+            _ => (variant.instantiator.store(state, limits.cpu_fuel), None),
+        };
         let id = RunId::new();
         let span = tracing::info_span!("run", run_id = %id);
         tracing::debug!(parent: &span, ?limits, seed = ?req.deterministic, "run starting");
@@ -264,6 +300,7 @@ impl Sandbox {
             run::Driver {
                 id,
                 store,
+                command,
                 variant,
                 limits,
                 events: events_tx,
@@ -339,23 +376,4 @@ fn wasi_context(
             })?;
     }
     Ok(b.build())
-}
-
-fn new_store(
-    variant: &EngineVariant,
-    state: GuestState,
-    limits: &Limits,
-) -> Result<Store<GuestState>, StartError> {
-    let mut store = Store::new(&variant.engine, state);
-    store.limiter(|s| &mut s.limiter);
-    if variant.fuel {
-        store
-            .set_fuel(limits.cpu_fuel.unwrap_or(u64::MAX))
-            .map_err(|e| StartError::Internal(format!("{e:#}")))?;
-    }
-    // Yield to the executor on every epoch tick: the driver can then stop, pause or time out
-    // the run, and a busy guest never holds a worker thread for more than one tick.
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
-    Ok(store)
 }

@@ -71,6 +71,7 @@ impl RunningServer {
 pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let settings = EngineSettings {
         max_instances: config.max_instances,
+        warm_instances: config.warm_instances,
         ..EngineSettings::default()
     };
     let sandbox = Sandbox::load_async(settings).await?;

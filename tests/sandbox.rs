@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use std::time::{Duration, Instant};
-use weir::{Event, Outcome, RunRequest, RunState, StreamKind};
+use weir::{EngineSettings, Event, Outcome, RunRequest, RunState, Sandbox, StreamKind};
 
 #[tokio::test]
 async fn hello_prints_and_exits_zero() {
@@ -593,4 +593,50 @@ async fn merged_events_join_waiting_output_and_keep_stream_order() {
         chunks < expected.len(),
         "waiting output was merged ({chunks} chunks)"
     );
+}
+
+#[tokio::test]
+async fn warm_instances_start_clean_with_each_runs_own_state() {
+    // More runs than the warm pool holds, so both pooled and refilled instances serve them.
+    let sandbox = sandbox();
+    for i in 0..12 {
+        let mut req = RunRequest::script(
+            "import json, os, sys\n\
+             print(hasattr(json, 'leak'), os.environ.get('N'), sys.argv[1:], os.getcwd())\n\
+             json.leak = 1\n",
+        );
+        req.env = vec![("N".into(), i.to_string())];
+        req.args = vec![format!("a{i}")];
+        req.close_stdin = true;
+        let out = sandbox.start(req).await.expect("starts").collect().await;
+        assert_eq!(out.stdout_text(), format!("False {i} ['a{i}'] /sandbox\n"));
+    }
+}
+
+#[tokio::test]
+async fn a_memory_limit_below_the_interpreters_own_memory_ends_as_memory_limit() {
+    // The interpreter's snapshot alone needs more than 4 MiB: a warm instance cannot serve this
+    // run, and the fresh one is refused its initial memory.
+    let out = run_with("print('hi')", |r| {
+        r.limits = limits(|l| l.memory_bytes = 4 << 20)
+    })
+    .await;
+    assert_eq!(out.outcome(), Outcome::MemoryLimit, "{}", out.stderr_text());
+    assert_eq!(out.stdout_text(), "");
+}
+
+#[tokio::test]
+async fn runs_work_with_the_warm_pool_off() {
+    let sandbox = Sandbox::load(EngineSettings {
+        warm_instances: 0,
+        max_instances: 2,
+        ..EngineSettings::default()
+    })
+    .expect("sandbox loads");
+    for i in 0..3 {
+        let mut req = RunRequest::script(format!("print({i})"));
+        req.close_stdin = true;
+        let out = sandbox.start(req).await.expect("starts").collect().await;
+        assert_eq!(out.stdout_text(), format!("{i}\n"));
+    }
 }
