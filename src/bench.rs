@@ -14,7 +14,7 @@ t = time.perf_counter()\nfib(27)\nprint(time.perf_counter() - t)\n";
 /// Runs every measurement and prints the table: weir, and beside it the baseline a
 /// process-based executor uses (a fresh native `python3` per run, [`crate::bench_native`]).
 pub async fn run(settings: EngineSettings, samples: usize) -> anyhow::Result<()> {
-    let sandbox = Sandbox::load_async(settings).await?;
+    let sandbox = Sandbox::load_async(settings.clone()).await?;
     if std::env::var_os("WEIR_BENCH_ONLY_LATENCY").is_some() {
         let (p50, p99) = first_byte_latency(&sandbox, samples).await?;
         let rate = throughput(&sandbox, Duration::from_secs(3)).await?;
@@ -70,7 +70,7 @@ pub async fn run(settings: EngineSettings, samples: usize) -> anyhow::Result<()>
             "<= 1.8x",
         );
     }
-    let pss = idle_pss(&sandbox, 100).await?;
+    let pss = idle_pss(&settings, 100).await?;
     let native_pss = native::idle_pss(100).await.ok();
     row(
         "PSS per idle interpreter (100; weir: in input())",
@@ -271,7 +271,10 @@ pub fn pss_bytes_of(pid: &str) -> Option<f64> {
     Some(kb * 1024.0)
 }
 
-async fn idle_pss(sandbox: &Sandbox, n: usize) -> anyhow::Result<f64> {
+/// PSS per instance blocked in `input()`, on a sandbox of its own: the shared one's freed slots
+/// keep the pages their runs dirtied, which would hide new instances' copies.
+async fn idle_pss(settings: &EngineSettings, n: usize) -> anyhow::Result<f64> {
+    let sandbox = Sandbox::load_async(settings.clone()).await?;
     let before = pss_bytes().unwrap_or(0.0);
     let mut handles = Vec::with_capacity(n);
     for _ in 0..n {
@@ -513,10 +516,14 @@ pub mod ws {
             ..ServerConfig::default()
         };
         config.max_limits.output_bytes = 1 << 30;
-        let server = start(config).await?;
+        // Each measurement gets a server of its own: a freed pool slot keeps the pages its last
+        // run dirtied, so a server that already ran other rows would under-count memory.
+        let server = start(config.clone()).await?;
         let baseline = crate::bench_native::WsServer::start().await.ok();
         client_rows(&server, baseline.as_ref().map(|b| b.addr.as_str())).await?;
         drop(baseline);
+        server.shutdown().await;
+        let server = start(config.clone()).await?;
         let (growth, p50, p99) = flood(&server, 100).await?;
         row(
             "flood, 100 slow readers: server PSS growth/session",
@@ -526,10 +533,10 @@ pub mod ws {
         );
         row("flood: concurrent hello, p50", ms(p50), "", "");
         row("flood: concurrent hello, p99", ms(p99), "", "<= 25 ms");
-        // Let the flooding sessions end before measuring idle ones.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        server.shutdown().await;
         let native_pss = crate::bench_native::idle_pss(100).await.ok();
         for n in [100, repl_sessions] {
+            let server = start(config.clone()).await?;
             let per = repl_density(&server, n).await?;
             row(
                 &format!("PSS per idle REPL session ({n})"),
@@ -543,8 +550,8 @@ pub mod ws {
                 "",
                 if n == 1000 { "<= 1.5 GB" } else { "" },
             );
+            server.shutdown().await;
         }
-        server.shutdown().await;
         Ok(())
     }
 }

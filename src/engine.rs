@@ -27,8 +27,12 @@ pub struct EngineSettings {
     pub epoch_tick: Duration,
     /// Where precompiled guests are cached.
     pub cache_dir: PathBuf,
-    /// Bytes of each freed linear memory kept resident and reset with `memset` (only the pages
-    /// the run dirtied, found with Linux's PAGEMAP_SCAN) instead of `madvise` + page faults.
+    /// Bytes of each freed linear memory kept resident and reset with `memcpy` from the image
+    /// (only the pages the run dirtied, found with Linux's PAGEMAP_SCAN; see
+    /// `vendor/wasmtime/WEIR-PATCH.md`) instead of `madvise` and copy-on-write faults in the
+    /// next run. A hello run dirties ~1.8 MB. The cost: a freed slot holds up to this much
+    /// memory until it is reused, so the process keeps the high-water mark of concurrent runs
+    /// (at most `max_instances` x this). `$WEIR_KEEP_RESIDENT`; 0 keeps nothing.
     pub keep_resident: usize,
     /// Initialise funcref tables lazily (on first use) rather than at instantiation. Off by
     /// default: eager initialisation measured 5 % faster runs and 25 % less memory per instance.
@@ -45,7 +49,7 @@ impl Default for EngineSettings {
             max_wasm_stack: 32 << 20,
             epoch_tick: Duration::from_millis(2),
             cache_dir: default_cache_dir(),
-            keep_resident: env_usize("WEIR_KEEP_RESIDENT").unwrap_or(16 << 20),
+            keep_resident: env_usize("WEIR_KEEP_RESIDENT").unwrap_or(4 << 20),
             table_lazy_init: env_usize("WEIR_TABLE_LAZY_INIT").is_some_and(|v| v != 0),
             warm_instances: env_usize("WEIR_WARM_INSTANCES").unwrap_or(4),
         }

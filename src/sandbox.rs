@@ -357,7 +357,8 @@ fn wasi_context(
         .initial_cwd(GUEST_DIR)
         .allow_tcp(false)
         .allow_udp(false)
-        .allow_ip_name_lookup(false);
+        .allow_ip_name_lookup(false)
+        .allow_blocking_current_thread(true);
     if let Some(seed) = req.deterministic {
         seed.seed_random(&mut b);
     }
