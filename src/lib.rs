@@ -37,6 +37,7 @@ pub mod outcome;
 pub mod pipes;
 pub mod piston;
 pub mod piston_connect;
+pub mod priority;
 pub mod protocol;
 pub mod replay;
 pub mod run;

@@ -8,6 +8,7 @@
 //! stream tells the run driver, which reports `waiting_input` and switches to the idle clock.
 
 use crate::limits::human_bytes;
+use crate::priority::Priority;
 use crate::run::{Event, StreamKind};
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
@@ -156,6 +157,8 @@ pub struct OutputQueue {
     events: mpsc::Sender<Event>,
     data: Notify,
     space: Notify,
+    /// A background run gives way to foreground runs before writing on.
+    priority: Priority,
 }
 
 struct QueueState {
@@ -165,7 +168,12 @@ struct QueueState {
 }
 
 impl OutputQueue {
-    pub fn new(events: mpsc::Sender<Event>, cap: u64, line_cap: u64) -> Arc<Self> {
+    pub fn new(
+        events: mpsc::Sender<Event>,
+        cap: u64,
+        line_cap: u64,
+        priority: Priority,
+    ) -> Arc<Self> {
         Arc::new(OutputQueue {
             state: Mutex::new(QueueState {
                 budget: OutputBudget::new(cap, line_cap),
@@ -175,6 +183,7 @@ impl OutputQueue {
             events,
             data: Notify::new(),
             space: Notify::new(),
+            priority,
         })
     }
 
@@ -298,10 +307,12 @@ impl Pollable for GuestOutput {
         loop {
             let notified = self.queue.space.notified();
             if self.queue.room() > 0 || self.queue.events.is_closed() {
-                return;
+                break;
             }
             notified.await;
         }
+        // A flooding guest resumes here rather than at an epoch tick: give way here too.
+        self.queue.priority.give_way().await;
     }
 }
 

@@ -10,6 +10,7 @@ use crate::engine::EngineVariant;
 use crate::limits::Limits;
 use crate::outcome::Outcome;
 use crate::pipes::{GuestStatus, GuestStdin, OutputLimitExceeded, OutputQueue, ReadLog, StdinMsg};
+use crate::priority::{Grant, Priority};
 use crate::sandbox::GuestState;
 use bytes::Bytes;
 use serde::Serialize;
@@ -329,7 +330,45 @@ pub(crate) struct Driver {
     pub pipes: Arc<OutputQueue>,
     pub stdin: GuestStdin,
     pub scratch_path: PathBuf,
+    /// The run's CPU class, foreground from the start (see [`crate::priority`]).
+    pub foreground: Foreground,
     pub span: tracing::Span,
+}
+
+/// A run's foreground grant and when it lapses.
+pub(crate) struct Foreground {
+    priority: Priority,
+    grant: Option<Grant>,
+    until: tokio::time::Instant,
+}
+
+impl Foreground {
+    /// Foreground from now, for as long as the sandbox's policy says.
+    pub fn new(priority: Priority) -> Self {
+        Foreground {
+            grant: Some(priority.grant()),
+            until: tokio::time::Instant::now() + priority.foreground_for(),
+            priority,
+        }
+    }
+
+    fn renew(&mut self) {
+        self.grant = Some(self.priority.grant());
+        self.until = tokio::time::Instant::now() + self.priority.foreground_for();
+    }
+
+    fn end(&mut self) {
+        self.grant = None;
+    }
+
+    /// Completes when the grant lapses (never, without one).
+    async fn lapsed(&self) {
+        if self.grant.is_some() {
+            tokio::time::sleep_until(self.until).await
+        } else {
+            std::future::pending().await
+        }
+    }
 }
 
 /// Spawns the driver task and returns the caller's handle, which gets the run's event receiver
@@ -378,6 +417,7 @@ impl Driver {
             pipes,
             stdin,
             scratch_path,
+            mut foreground,
             stdin_open: _stdin_open, // held until the run ends
             ..
         } = self;
@@ -389,6 +429,7 @@ impl Driver {
             let scratch = Scratch {
                 path: &scratch_path,
                 limit: limits.scratch_bytes,
+                foreground: &mut foreground,
             };
             supervise(
                 &mut call,
@@ -401,6 +442,7 @@ impl Driver {
             )
             .await
         };
+        foreground.end();
         drain(&pipes, &events).await;
         let outcome = match finished {
             Ok(result) => classify(result, &store),
@@ -446,11 +488,12 @@ async fn call_guest(
 /// How often the scratch directory's size is checked while a run is active.
 const DISK_CHECK: Duration = Duration::from_millis(100);
 
-/// The run's scratch directory and its size limit.
-#[derive(Clone, Copy)]
+/// What the driver looks after besides the guest's own clocks: the run's scratch directory
+/// and its size limit, and the run's CPU class.
 struct Scratch<'a> {
     path: &'a Path,
     limit: u64,
+    foreground: &'a mut Foreground,
 }
 
 /// Polls the guest until it finishes (`Ok`) or the run must end for another reason (`Err`).
@@ -465,6 +508,7 @@ async fn supervise(
     scratch: Scratch<'_>,
     limits: &Limits,
 ) -> Result<wasmtime::Result<Result<(), ()>>, Outcome> {
+    let foreground = scratch.foreground;
     let mut wall_left = limits.wall();
     let mut disk_check = tokio::time::interval(DISK_CHECK);
     disk_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -504,6 +548,10 @@ async fn supervise(
             }
             if shown == Some(RunState::Repl) && state == RunState::Running {
                 wall_left = limits.wall(); // each REPL statement gets the full time limit
+                foreground.renew(); // and starts in the foreground
+            }
+            if state != RunState::Running {
+                foreground.end(); // waiting or paused: background until the next statement
             }
             deadline = now
                 + if state == RunState::Running {
@@ -532,6 +580,10 @@ async fn supervise(
                 Wake::Changed
             }
             _ = output.data_queued(), if !output.has_queued() => Wake::Changed,
+            _ = foreground.lapsed() => {
+                foreground.end();
+                Wake::Changed
+            }
             _ = disk_check.tick() => {
                 if crate::scratch::exceeds(scratch.path, scratch.limit) {
                     Wake::Expired(Outcome::DiskLimit)

@@ -9,7 +9,8 @@ use crate::engine::{self, EngineSettings, EngineVariant};
 use crate::host::{HostState, Launch};
 use crate::limits::{LimitError, Limits, MemoryLimiter};
 use crate::pipes::{GuestStatus, GuestStdin, OutputQueue, ReadLog, StdinMode, StdinMsg};
-use crate::run::{self, RunHandle, RunId, StreamKind};
+use crate::priority::{CpuGate, Priority};
+use crate::run::{self, Foreground, RunHandle, RunId, StreamKind};
 use crate::scratch::{Scratch, ScratchError};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -130,6 +131,7 @@ pub struct GuestState {
     pub(crate) host: HostState,
     pub(crate) status: watch::Sender<GuestStatus>,
     pub(crate) clock: GuestClock,
+    pub(crate) priority: Priority,
     /// `None` only while the store waits in the warm pool, before any run owns it.
     _holdings: Option<Holdings>,
 }
@@ -154,6 +156,7 @@ impl GuestState {
             },
             status: watch::channel(GuestStatus::default()).0,
             clock: GuestClock::Real,
+            priority: Priority::placeholder(),
             _holdings: None,
         }
     }
@@ -179,6 +182,8 @@ struct Inner {
     plain: Arc<EngineVariant>,
     fueled: tokio::sync::OnceCell<Arc<EngineVariant>>,
     slots: Arc<Semaphore>,
+    /// Which runs are foreground (`crate::priority`).
+    cpu: Arc<CpuGate>,
 }
 
 impl Sandbox {
@@ -186,12 +191,14 @@ impl Sandbox {
     pub fn load(settings: EngineSettings) -> anyhow::Result<Self> {
         let plain = Arc::new(EngineVariant::load(&settings, false)?);
         let slots = Arc::new(Semaphore::new(settings.max_instances as usize));
+        let cpu = Arc::new(CpuGate::new(settings.foreground_for, settings.max_give_way));
         Ok(Sandbox {
             inner: Arc::new(Inner {
                 settings,
                 plain,
                 fueled: tokio::sync::OnceCell::new(),
                 slots,
+                cpu,
             }),
         })
     }
@@ -204,6 +211,11 @@ impl Sandbox {
     /// Guest instances alive right now (stores not yet dropped).
     pub fn live_instances(&self) -> usize {
         self.inner.settings.max_instances as usize - self.inner.slots.available_permits()
+    }
+
+    /// Runs in their foreground phase right now (`crate::priority`).
+    pub fn foreground_runs(&self) -> usize {
+        self.inner.cpu.foreground_runs()
     }
 
     pub fn settings(&self) -> &EngineSettings {
@@ -260,7 +272,14 @@ impl Sandbox {
                 gated: req.deterministic.is_some(),
             },
         );
-        let pipes = OutputQueue::new(events_tx.clone(), limits.output_bytes, limits.line_bytes);
+        let priority = Priority::new(self.inner.cpu.clone());
+        let foreground = Foreground::new(priority.clone());
+        let pipes = OutputQueue::new(
+            events_tx.clone(),
+            limits.output_bytes,
+            limits.line_bytes,
+            priority.clone(),
+        );
         let scratch = Scratch::create(&req, limits.scratch_bytes)?;
         let scratch_path = scratch.path().to_path_buf();
         let wasi = wasi_context(&req, &scratch, &pipes, &stdin)?;
@@ -277,6 +296,7 @@ impl Sandbox {
                 (Some(_), Some(fuel)) => GuestClock::Virtual(VirtualClock::new(fuel)),
                 _ => GuestClock::Real,
             },
+            priority,
             _holdings: Some(Holdings {
                 _slot: slot,
                 _scratch: scratch,
@@ -309,6 +329,7 @@ impl Sandbox {
                 pipes,
                 stdin,
                 scratch_path,
+                foreground,
                 span,
             },
             events_rx,

@@ -640,3 +640,108 @@ async fn runs_work_with_the_warm_pool_off() {
         assert_eq!(out.stdout_text(), format!("{i}\n"));
     }
 }
+
+/// Waits (up to 10 s) until `cond` holds.
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_start_in_the_foreground_and_leave_it_when_they_wait_or_run_long() {
+    // Foreground for 1 s (default 20 ms), so a loaded machine cannot end it between two looks.
+    let sandbox = Sandbox::load(EngineSettings {
+        max_instances: 4,
+        foreground_for: Duration::from_secs(1),
+        ..EngineSettings::default()
+    })
+    .expect("sandbox loads");
+    let mut waiting = sandbox
+        .start(RunRequest::script("input()\nwhile True: pass"))
+        .await
+        .expect("starts");
+    assert_eq!(sandbox.foreground_runs(), 1);
+    wait_state(&mut waiting, RunState::WaitingInput).await;
+    assert_eq!(sandbox.foreground_runs(), 0, "a run waiting for input");
+    // Input resumes it, still in the background: only a new run or REPL statement is foreground.
+    assert!(waiting.control().write_stdin("go\n").await);
+    wait_state(&mut waiting, RunState::Running).await;
+    assert_eq!(sandbox.foreground_runs(), 0);
+
+    let busy = sandbox
+        .start(RunRequest::script("while True: pass"))
+        .await
+        .expect("starts");
+    assert_eq!(sandbox.foreground_runs(), 1);
+    eventually("a busy loop turns background", || {
+        sandbox.foreground_runs() == 0
+    })
+    .await;
+
+    drop((waiting, busy));
+    until_no_instances(&sandbox).await;
+    assert_eq!(sandbox.foreground_runs(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_repl_statement_starts_in_the_foreground() {
+    // A long foreground time, so a loaded machine cannot make the test miss it.
+    let sandbox = Sandbox::load(EngineSettings {
+        max_instances: 2,
+        foreground_for: Duration::from_secs(60),
+        ..EngineSettings::default()
+    })
+    .expect("sandbox loads");
+    let mut req = RunRequest::script("x = 1");
+    req.repl = true;
+    let mut repl = sandbox.start(req).await.expect("starts");
+    wait_state(&mut repl, RunState::Repl).await;
+    assert_eq!(sandbox.foreground_runs(), 0, "an idle REPL");
+    assert!(repl.control().write_stdin("sum(range(10**12))\n").await);
+    eventually("a REPL statement starts in the foreground", || {
+        sandbox.foreground_runs() == 1
+    })
+    .await;
+    repl.control().stop();
+    let out = repl.collect().await;
+    assert_eq!(out.outcome(), Outcome::Stopped);
+    assert_eq!(sandbox.foreground_runs(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_runs_finish_while_new_runs_keep_arriving() {
+    let sandbox = private_sandbox(8);
+    let mut long = Vec::new();
+    for i in 0..3 {
+        let mut req = RunRequest::script(format!(
+            "n = 0\nfor k in range(2_000_000):\n    n += k\nprint({i}, n)\n\
+             for line in range(3000):\n    print('flood', line)\n"
+        ));
+        req.close_stdin = true;
+        long.push(sandbox.start(req).await.expect("starts"));
+    }
+    // Foreground runs arrive one after another while the long runs compute and flood.
+    let hellos = async {
+        for i in 0..40 {
+            let mut req = RunRequest::script(format!("print('hello', {i})"));
+            req.close_stdin = true;
+            let out = sandbox.start(req).await.expect("starts").collect().await;
+            assert_eq!(out.stdout_text(), format!("hello {i}\n"));
+        }
+    };
+    let longs = futures_util::future::join_all(long.into_iter().map(|h| h.collect()));
+    let (outs, ()) = tokio::join!(longs, hellos);
+    for (i, out) in outs.iter().enumerate() {
+        let text = out.stdout_text();
+        assert!(
+            text.starts_with(&format!("{i} 1999999000000\n")),
+            "{}",
+            &text[..text.len().min(200)]
+        );
+        assert!(text.ends_with("flood 2999\n"));
+        assert_eq!(out.outcome(), Outcome::Exited { code: 0 });
+    }
+}

@@ -1,0 +1,186 @@
+//! CPU priority between runs, so a new short run never queues behind long-running or flooding
+//! ones.
+//!
+//! A run is *foreground* for its first moments of running ([`FOREGROUND_FOR`] by default), and
+//! again for each REPL statement. After that, and while it waits for input or is paused, it is
+//! *background*. Background runs give way to foreground ones: after every epoch tick, and whenever
+//! their output stream has room again, a background run waits while any foreground run exists —
+//! for at most [`MAX_GIVE_WAY`] (by default) at a time, so it still progresses under a steady
+//! stream of new runs.
+//! Without this, 100 flooding guests and one `print("hello")` share both cores equally and the
+//! hello run waits for hundreds of milliseconds.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// How long a run (or a REPL statement) stays foreground, by default.
+pub const FOREGROUND_FOR: Duration = Duration::from_millis(20);
+
+/// Longest a background run waits for foreground runs in one go, by default.
+pub const MAX_GIVE_WAY: Duration = Duration::from_millis(5);
+
+/// The foreground runs of one sandbox, and its policy.
+pub struct CpuGate {
+    foreground: AtomicUsize,
+    quiet: Notify,
+    foreground_for: Duration,
+    max_give_way: Duration,
+}
+
+impl Default for CpuGate {
+    fn default() -> Self {
+        CpuGate::new(FOREGROUND_FOR, MAX_GIVE_WAY)
+    }
+}
+
+impl CpuGate {
+    pub fn new(foreground_for: Duration, max_give_way: Duration) -> Self {
+        CpuGate {
+            foreground: AtomicUsize::new(0),
+            quiet: Notify::new(),
+            foreground_for,
+            max_give_way,
+        }
+    }
+
+    /// Runs that are foreground right now.
+    pub fn foreground_runs(&self) -> usize {
+        self.foreground.load(Ordering::Acquire)
+    }
+
+    /// Waits until no run is foreground, or the longest give-way has passed.
+    async fn give_way(&self) {
+        if self.foreground_runs() == 0 {
+            return;
+        }
+        let quiet = self.quiet.notified();
+        tokio::pin!(quiet);
+        // Registered before the second look, so a run ending in between still wakes us.
+        quiet.as_mut().enable();
+        if self.foreground_runs() == 0 {
+            return;
+        }
+        let _ = tokio::time::timeout(self.max_give_way, quiet).await;
+    }
+}
+
+/// One run's class: set by its driver (through [`Grant`]s), acted on by its store's epoch
+/// callback and its output streams.
+#[derive(Clone)]
+pub struct Priority {
+    gate: Arc<CpuGate>,
+    background: Arc<AtomicBool>,
+}
+
+impl Priority {
+    /// A background run of `gate` (until granted foreground).
+    pub fn new(gate: Arc<CpuGate>) -> Self {
+        Priority {
+            gate,
+            background: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// The priority of a store waiting in the warm pool, which runs no guest code.
+    pub fn placeholder() -> Self {
+        Priority::new(Arc::new(CpuGate::default()))
+    }
+
+    pub fn is_background(&self) -> bool {
+        self.background.load(Ordering::Acquire)
+    }
+
+    /// Waits while foreground runs exist (for a bounded time), if this run is background.
+    pub async fn give_way(&self) {
+        if self.is_background() {
+            self.gate.give_way().await;
+        }
+    }
+
+    /// What a background run does at an epoch tick: let other tasks run, then give way.
+    pub async fn yield_then_give_way(self) {
+        tokio::task::yield_now().await;
+        self.give_way().await;
+    }
+
+    /// How long a grant should last.
+    pub fn foreground_for(&self) -> Duration {
+        self.gate.foreground_for
+    }
+
+    /// Makes the run foreground until the grant is dropped.
+    pub fn grant(&self) -> Grant {
+        self.gate.foreground.fetch_add(1, Ordering::AcqRel);
+        self.background.store(false, Ordering::Release);
+        Grant {
+            priority: self.clone(),
+        }
+    }
+}
+
+/// A run's foreground status; dropping it makes the run background.
+pub struct Grant {
+    priority: Priority,
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        self.priority.background.store(true, Ordering::Release);
+        if self.priority.gate.foreground.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.priority.gate.quiet.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_count_foreground_runs_and_set_the_class() {
+        let gate = Arc::new(CpuGate::default());
+        let a = Priority::new(gate.clone());
+        let b = Priority::new(gate.clone());
+        assert!(a.is_background());
+        let ga = a.grant();
+        let gb = b.grant();
+        assert_eq!(gate.foreground_runs(), 2);
+        assert!(!a.is_background());
+        drop(ga);
+        assert!(a.is_background());
+        assert!(!b.is_background());
+        drop(gb);
+        assert_eq!(gate.foreground_runs(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_background_run_waits_until_the_last_grant_ends() {
+        let gate = Arc::new(CpuGate::default());
+        let background = Priority::new(gate.clone());
+        let grant = Priority::new(gate.clone()).grant();
+        let start = tokio::time::Instant::now();
+        let waiting = tokio::spawn(async move { background.give_way().await });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiting.is_finished(), "gave way while a run is foreground");
+        drop(grant);
+        waiting.await.expect("give_way returns");
+        // The clock is paused: it had not moved, so the wait ended with the grant, not the cap.
+        assert!(start.elapsed() < MAX_GIVE_WAY);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_are_capped_and_foreground_runs_never_wait() {
+        let gate = Arc::new(CpuGate::default());
+        let foreground = Priority::new(gate.clone());
+        let _grant = foreground.grant();
+        let start = tokio::time::Instant::now();
+        foreground.give_way().await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        Priority::new(gate.clone()).give_way().await;
+        assert_eq!(start.elapsed(), MAX_GIVE_WAY);
+    }
+}
