@@ -327,9 +327,8 @@ async fn stop_latency(sandbox: &Sandbox, busy: bool) -> anyhow::Result<Duration>
 /// WebSocket figures: first-output latency and run rate with N concurrent clients, and the
 /// server's PSS per idle REPL session.
 pub mod ws {
-    use super::{ms, percentile, pss_bytes, row};
-    use crate::config::ServerConfig;
-    use crate::server::{start, RunningServer};
+    use super::pss_bytes_of;
+    use super::{ms, percentile, row};
     use futures_util::{SinkExt, StreamExt};
     use serde_json::{json, Value};
     use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -341,8 +340,80 @@ pub mod ws {
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >;
 
-    async fn connect(server: &RunningServer) -> anyhow::Result<Ws> {
-        connect_to(&server.addr.to_string()).await
+    /// `weir serve` in a process of its own, so its memory and CPU are measured apart from the
+    /// bench's clients. Killed when dropped.
+    struct Server {
+        child: tokio::process::Child,
+        addr: String,
+        _stderr: crate::run::AbortOnDrop,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Server {
+        /// Starts this executable's `serve` with room for `sessions` sessions.
+        async fn start(sessions: usize) -> anyhow::Result<Server> {
+            use tokio::io::AsyncBufReadExt;
+            let dir = tempfile::tempdir()?;
+            let config = dir.path().join("weir.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "listen = \"127.0.0.1:0\"\nmax_sessions = {n}\nmax_instances = {n}\n\
+                     runs_per_minute = {rpm}\n[max_limits]\noutput_bytes = {out}\n\
+                     [history]\npath = \"{db}\"\n",
+                    n = sessions + 10,
+                    rpm = u32::MAX,
+                    out = 1u64 << 30,
+                    db = dir.path().join("history.sqlite3").display(),
+                ),
+            )?;
+            let mut child = tokio::process::Command::new(std::env::current_exe()?)
+                .args(["serve", "--config"])
+                .arg(&config)
+                .env("WEIR_LOG", "warn")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()?;
+            let stderr = child
+                .stderr
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            let addr = loop {
+                let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+                    .await??
+                    .ok_or_else(|| anyhow::anyhow!("weir serve exited before listening"))?;
+                if let Some(rest) = line.strip_prefix("weir: listening on http://") {
+                    break rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                }
+            };
+            // Keep reading its stderr so the server never blocks on a full pipe.
+            let stderr =
+                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            Ok(Server {
+                child,
+                addr,
+                _stderr: crate::run::AbortOnDrop(stderr),
+                _dir: dir,
+            })
+        }
+
+        fn pss(&self) -> f64 {
+            self.child
+                .id()
+                .and_then(|pid| pss_bytes_of(&pid.to_string()))
+                .unwrap_or(0.0)
+        }
+    }
+
+    async fn connect(server: &Server) -> anyhow::Result<Ws> {
+        connect_to(&server.addr).await
     }
 
     async fn connect_to(addr: &str) -> anyhow::Result<Ws> {
@@ -413,10 +484,10 @@ pub mod ws {
     }
 
     /// The WebSocket rows: weir's server beside the process-per-run baseline server.
-    async fn client_rows(server: &RunningServer, native: Option<&str>) -> anyhow::Result<()> {
+    async fn client_rows(server: &Server, native: Option<&str>) -> anyhow::Result<()> {
         let span = Duration::from_secs(3);
         for n in [1, 10, 100] {
-            let (p50, p99, rate) = clients(&server.addr.to_string(), n, span).await?;
+            let (p50, p99, rate) = clients(&server.addr, n, span).await?;
             let base = match native {
                 Some(addr) => clients(addr, n, span).await.ok(),
                 None => None,
@@ -442,8 +513,8 @@ pub mod ws {
         Ok(())
     }
 
-    async fn repl_density(server: &RunningServer, n: usize) -> anyhow::Result<f64> {
-        let before = pss_bytes().unwrap_or(0.0);
+    async fn repl_density(server: &Server, n: usize) -> anyhow::Result<f64> {
+        let before = server.pss();
         let mut sockets = Vec::with_capacity(n);
         for i in 0..n {
             let mut ws = connect(server).await?;
@@ -457,7 +528,7 @@ pub mod ws {
             }
             sockets.push(ws);
         }
-        let after = pss_bytes().unwrap_or(0.0);
+        let after = server.pss();
         drop(sockets);
         Ok((after - before) / n as f64)
     }
@@ -465,8 +536,8 @@ pub mod ws {
     /// `n` sessions print as fast as they can to clients that read one message every 10 ms;
     /// meanwhile one more client runs hello in a loop. Returns (PSS growth per flooding
     /// session, hello p50, hello p99).
-    async fn flood(server: &RunningServer, n: usize) -> anyhow::Result<(f64, Duration, Duration)> {
-        let before = pss_bytes().unwrap_or(0.0);
+    async fn flood(server: &Server, n: usize) -> anyhow::Result<(f64, Duration, Duration)> {
+        let before = server.pss();
         let stop = Arc::new(AtomicBool::new(false));
         let mut readers = Vec::new();
         for i in 0..n {
@@ -494,7 +565,7 @@ pub mod ws {
             id += 1;
             times.push(hello(&mut ws, id).await?);
         }
-        let after = pss_bytes().unwrap_or(0.0);
+        let after = server.pss();
         stop.store(true, Relaxed);
         for r in readers {
             r.abort();
@@ -508,22 +579,14 @@ pub mod ws {
     }
 
     pub async fn run(repl_sessions: usize) -> anyhow::Result<()> {
-        let mut config = ServerConfig {
-            listen: "127.0.0.1:0".parse()?,
-            max_sessions: repl_sessions + 10,
-            max_instances: repl_sessions as u32 + 10,
-            runs_per_minute: u32::MAX,
-            ..ServerConfig::default()
-        };
-        config.max_limits.output_bytes = 1 << 30;
         // Each measurement gets a server of its own: a freed pool slot keeps the pages its last
         // run dirtied, so a server that already ran other rows would under-count memory.
-        let server = start(config.clone()).await?;
+        let server = Server::start(100).await?;
         let baseline = crate::bench_native::WsServer::start().await.ok();
         client_rows(&server, baseline.as_ref().map(|b| b.addr.as_str())).await?;
         drop(baseline);
-        server.shutdown().await;
-        let server = start(config.clone()).await?;
+        drop(server);
+        let server = Server::start(100).await?;
         let (growth, p50, p99) = flood(&server, 100).await?;
         row(
             "flood, 100 slow readers: server PSS growth/session",
@@ -533,10 +596,10 @@ pub mod ws {
         );
         row("flood: concurrent hello, p50", ms(p50), "", "");
         row("flood: concurrent hello, p99", ms(p99), "", "<= 25 ms");
-        server.shutdown().await;
+        drop(server);
         let native_pss = crate::bench_native::idle_pss(100).await.ok();
         for n in [100, repl_sessions] {
-            let server = start(config.clone()).await?;
+            let server = Server::start(n).await?;
             let per = repl_density(&server, n).await?;
             row(
                 &format!("PSS per idle REPL session ({n})"),
@@ -550,7 +613,6 @@ pub mod ws {
                 "",
                 if n == 1000 { "<= 1.5 GB" } else { "" },
             );
-            server.shutdown().await;
         }
         Ok(())
     }

@@ -510,7 +510,9 @@ async fn supervise(
 ) -> Result<wasmtime::Result<Result<(), ()>>, Outcome> {
     let foreground = scratch.foreground;
     let mut wall_left = limits.wall();
-    let mut disk_check = tokio::time::interval(DISK_CHECK);
+    // The first check comes one period in, not before the guest has even started.
+    let mut disk_check =
+        tokio::time::interval_at(tokio::time::Instant::now() + DISK_CHECK, DISK_CHECK);
     disk_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shown: Option<RunState> = None;
     let mut seen_waits = 0;
