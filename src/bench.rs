@@ -14,6 +14,10 @@ t = time.perf_counter()\nfib(27)\nprint(time.perf_counter() - t)\n";
 /// Runs every measurement and prints the table: weir, and beside it the baseline a
 /// process-based executor uses (a fresh native `python3` per run, [`crate::bench_native`]).
 pub async fn run(settings: EngineSettings, samples: usize) -> anyhow::Result<()> {
+    if std::env::var_os("WEIR_BENCH_ONLY_WS").is_some() {
+        row("measurement", "weir", "python3 per run", "target");
+        return ws::run(1000).await;
+    }
     let sandbox = Sandbox::load_async(settings.clone()).await?;
     if std::env::var_os("WEIR_BENCH_ONLY_LATENCY").is_some() {
         let (p50, p99) = first_byte_latency(&sandbox, samples).await?;

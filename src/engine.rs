@@ -49,7 +49,7 @@ pub struct EngineSettings {
 impl Default for EngineSettings {
     fn default() -> Self {
         EngineSettings {
-            max_instances: 1100,
+            max_instances: env_usize("WEIR_MAX_INSTANCES").map_or(1100, |n| n as u32),
             max_wasm_stack: 32 << 20,
             epoch_tick: Duration::from_millis(2),
             cache_dir: default_cache_dir(),

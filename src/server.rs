@@ -67,6 +67,9 @@ impl RunningServer {
     }
 }
 
+/// Read and write buffer size of each WebSocket.
+const WS_BUFFER_BYTES: usize = 8 << 10;
+
 /// Loads the sandbox, binds, and serves until [`RunningServer::shutdown`].
 pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let settings = EngineSettings {
@@ -261,7 +264,12 @@ where
     F: FnOnce(WebSocket) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let ws = ws.max_message_size(state.config.max_message_bytes);
+    // axum's 128 KiB read and write buffers are sized for bulk transfer; a session mostly
+    // carries small JSON messages, and its memory is counted per idle session.
+    let ws = ws
+        .max_message_size(state.config.max_message_bytes)
+        .read_buffer_size(WS_BUFFER_BYTES)
+        .write_buffer_size(WS_BUFFER_BYTES);
     let ws = match protocol {
         Some(p) => ws.protocols([p]),
         None => ws,
