@@ -371,15 +371,26 @@ pub mod ws {
                     db = dir.path().join("history.sqlite3").display(),
                 ),
             )?;
-            let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            let mut command = tokio::process::Command::new(std::env::current_exe()?);
+            command
                 .args(["serve", "--config"])
                 .arg(&config)
                 .env("WEIR_LOG", "warn")
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()?;
+                .kill_on_drop(true);
+            // SAFETY: prctl is async-signal-safe and touches no memory of the parent. It makes
+            // the kernel kill the server if the bench dies without dropping it (Ctrl-C).
+            unsafe {
+                command.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let mut child = command.spawn()?;
             let stderr = child
                 .stderr
                 .take()
