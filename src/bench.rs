@@ -331,8 +331,7 @@ async fn stop_latency(sandbox: &Sandbox, busy: bool) -> anyhow::Result<Duration>
 /// WebSocket figures: first-output latency and run rate with N concurrent clients, and the
 /// server's PSS per idle REPL session.
 pub mod ws {
-    use super::pss_bytes_of;
-    use super::{ms, percentile, row};
+    use super::{ms, percentile, pss_bytes_of, row};
     use futures_util::{SinkExt, StreamExt};
     use serde_json::{json, Value};
     use std::sync::atomic::{AtomicBool, Ordering::Relaxed};

@@ -353,6 +353,8 @@ impl Foreground {
     }
 
     fn renew(&mut self) {
+        // The old grant goes first: dropped after the new one, it would mark the run background.
+        self.end();
         self.grant = Some(self.priority.grant());
         self.until = tokio::time::Instant::now() + self.priority.foreground_for();
     }
@@ -426,9 +428,9 @@ impl Driver {
         let finished = {
             let call = call_guest(&mut store, command, &variant);
             tokio::pin!(call);
-            let scratch = Scratch {
-                path: &scratch_path,
-                limit: limits.scratch_bytes,
+            let upkeep = Upkeep {
+                scratch_path: &scratch_path,
+                scratch_limit: limits.scratch_bytes,
                 foreground: &mut foreground,
             };
             supervise(
@@ -437,7 +439,7 @@ impl Driver {
                 &mut status,
                 &events,
                 &pipes,
-                scratch,
+                upkeep,
                 &limits,
             )
             .await
@@ -488,11 +490,11 @@ async fn call_guest(
 /// How often the scratch directory's size is checked while a run is active.
 const DISK_CHECK: Duration = Duration::from_millis(100);
 
-/// What the driver looks after besides the guest's own clocks: the run's scratch directory
+/// What the driver looks after besides the guest and the caller: the run's scratch directory
 /// and its size limit, and the run's CPU class.
-struct Scratch<'a> {
-    path: &'a Path,
-    limit: u64,
+struct Upkeep<'a> {
+    scratch_path: &'a Path,
+    scratch_limit: u64,
     foreground: &'a mut Foreground,
 }
 
@@ -505,10 +507,10 @@ async fn supervise(
     status: &mut watch::Receiver<GuestStatus>,
     events: &mpsc::Sender<Event>,
     output: &OutputQueue,
-    scratch: Scratch<'_>,
+    upkeep: Upkeep<'_>,
     limits: &Limits,
 ) -> Result<wasmtime::Result<Result<(), ()>>, Outcome> {
-    let foreground = scratch.foreground;
+    let foreground = upkeep.foreground;
     let mut wall_left = limits.wall();
     // The first check comes one period in, not before the guest has even started.
     let mut disk_check =
@@ -587,7 +589,7 @@ async fn supervise(
                 Wake::Changed
             }
             _ = disk_check.tick() => {
-                if crate::scratch::exceeds(scratch.path, scratch.limit) {
+                if crate::scratch::exceeds(upkeep.scratch_path, upkeep.scratch_limit) {
                     Wake::Expired(Outcome::DiskLimit)
                 } else {
                     Wake::Changed

@@ -151,7 +151,11 @@ impl GuestState {
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(crate::limits::MAX_MEMORY_BYTES),
             host: HostState {
-                launch: launch_of(&Program::Code(String::new()), false),
+                launch: Launch {
+                    script: String::new(),
+                    code: None,
+                    repl: false,
+                },
                 uncaught: None,
             },
             status: watch::channel(GuestStatus::default()).0,

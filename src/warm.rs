@@ -9,7 +9,7 @@
 
 use crate::engine::Instantiator;
 use crate::sandbox::GuestState;
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 use wasmtime::Store;
@@ -80,14 +80,9 @@ fn fill(core: &Instantiator, tx: &SyncSender<Instantiated>) {
                 return;
             }
         };
-        match tx.try_send(instance) {
-            Ok(()) => continue,
-            Err(TrySendError::Full(instance)) => {
-                if tx.send(instance).is_err() {
-                    return;
-                }
-            }
-            Err(TrySendError::Disconnected(_)) => return,
+        // Waits while the queue is full; fails once the pool has been dropped.
+        if tx.send(instance).is_err() {
+            return;
         }
     }
 }

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use std::time::{Duration, Instant};
-use weir::{EngineSettings, Event, Outcome, RunRequest, RunState, Sandbox, StreamKind};
+use weir::{Event, Outcome, RunRequest, RunState, StreamKind};
 
 #[tokio::test]
 async fn hello_prints_and_exits_zero() {
@@ -627,12 +627,7 @@ async fn a_memory_limit_below_the_interpreters_own_memory_ends_as_memory_limit()
 
 #[tokio::test]
 async fn runs_work_with_the_warm_pool_off() {
-    let sandbox = Sandbox::load(EngineSettings {
-        warm_instances: 0,
-        max_instances: 2,
-        ..EngineSettings::default()
-    })
-    .expect("sandbox loads");
+    let sandbox = sandbox_with(2, |s| s.warm_instances = 0);
     for i in 0..3 {
         let mut req = RunRequest::script(format!("print({i})"));
         req.close_stdin = true;
@@ -653,12 +648,7 @@ async fn eventually(what: &str, cond: impl Fn() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_start_in_the_foreground_and_leave_it_when_they_wait_or_run_long() {
     // Foreground for 1 s (default 20 ms), so a loaded machine cannot end it between two looks.
-    let sandbox = Sandbox::load(EngineSettings {
-        max_instances: 4,
-        foreground_for: Duration::from_secs(1),
-        ..EngineSettings::default()
-    })
-    .expect("sandbox loads");
+    let sandbox = sandbox_with(4, |s| s.foreground_for = Duration::from_secs(1));
     let mut waiting = sandbox
         .start(RunRequest::script("input()\nwhile True: pass"))
         .await
@@ -689,12 +679,7 @@ async fn runs_start_in_the_foreground_and_leave_it_when_they_wait_or_run_long() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_repl_statement_starts_in_the_foreground() {
     // A long foreground time, so a loaded machine cannot make the test miss it.
-    let sandbox = Sandbox::load(EngineSettings {
-        max_instances: 2,
-        foreground_for: Duration::from_secs(60),
-        ..EngineSettings::default()
-    })
-    .expect("sandbox loads");
+    let sandbox = sandbox_with(2, |s| s.foreground_for = Duration::from_secs(60));
     let mut req = RunRequest::script("x = 1");
     req.repl = true;
     let mut repl = sandbox.start(req).await.expect("starts");

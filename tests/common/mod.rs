@@ -15,10 +15,16 @@ pub fn sandbox() -> Sandbox {
 
 /// A sandbox of its own, for tests that count instances.
 pub fn private_sandbox(max_instances: u32) -> Sandbox {
-    let settings = EngineSettings {
+    sandbox_with(max_instances, |_| {})
+}
+
+/// A sandbox of its own with `max_instances` slots and other settings changed by `f`.
+pub fn sandbox_with(max_instances: u32, f: impl FnOnce(&mut EngineSettings)) -> Sandbox {
+    let mut settings = EngineSettings {
         max_instances,
         ..EngineSettings::default()
     };
+    f(&mut settings);
     Sandbox::load(settings).expect("sandbox loads")
 }
 
