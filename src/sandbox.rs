@@ -11,7 +11,7 @@ use crate::limits::{LimitError, Limits, MemoryLimiter};
 use crate::pipes::{GuestStatus, GuestStdin, OutputQueue, ReadLog, StdinMode, StdinMsg};
 use crate::priority::{CpuGate, Priority};
 use crate::run::{self, Foreground, RunHandle, RunId, StreamKind};
-use crate::scratch::{Scratch, ScratchError};
+use crate::scratch::{Scratch, ScratchDirs, ScratchError};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -188,6 +188,8 @@ struct Inner {
     slots: Arc<Semaphore>,
     /// Which runs are foreground (`crate::priority`).
     cpu: Arc<CpuGate>,
+    /// The runs' scratch directories (`crate::scratch`).
+    scratch_dirs: Arc<ScratchDirs>,
 }
 
 impl Sandbox {
@@ -196,6 +198,8 @@ impl Sandbox {
         let plain = Arc::new(EngineVariant::load(&settings, false)?);
         let slots = Arc::new(Semaphore::new(settings.max_instances as usize));
         let cpu = Arc::new(CpuGate::new(settings.foreground_for, settings.max_give_way));
+        let scratch_dirs = ScratchDirs::new()
+            .map_err(|e| anyhow::anyhow!("cannot create the scratch directory root: {e}"))?;
         Ok(Sandbox {
             inner: Arc::new(Inner {
                 settings,
@@ -203,6 +207,7 @@ impl Sandbox {
                 fueled: tokio::sync::OnceCell::new(),
                 slots,
                 cpu,
+                scratch_dirs,
             }),
         })
     }
@@ -284,7 +289,7 @@ impl Sandbox {
             limits.line_bytes,
             priority.clone(),
         );
-        let scratch = Scratch::create(&req, limits.scratch_bytes)?;
+        let scratch = Scratch::create(&self.inner.scratch_dirs, &req, limits.scratch_bytes)?;
         let scratch_path = scratch.path().to_path_buf();
         let wasi = wasi_context(&req, &scratch, &pipes, &stdin)?;
         let mut state = GuestState {

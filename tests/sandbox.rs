@@ -358,7 +358,33 @@ async fn files_written_land_only_in_the_scratch_dir() {
     handle.control().write_stdin("\n").await;
     let out = handle.collect().await;
     assert_eq!(out.outcome(), Outcome::Exited { code: 0 });
-    assert!(!scratch.exists(), "scratch dir outlived its run");
+    assert!(
+        !scratch.join("out.txt").exists() && !scratch.join("in").exists(),
+        "files outlived their run"
+    );
+}
+
+#[tokio::test]
+async fn a_reused_scratch_dir_shows_nothing_of_the_previous_run() {
+    // One sandbox, one run at a time: the second run gets the directory the first one emptied.
+    let sandbox = private_sandbox(2);
+    let mut first = RunRequest::script(
+        "import os\nos.makedirs('a/b')\nopen('a/b/secret.txt', 'w').write('s')\n\
+         open('notes.txt', 'w').write('n')\nos.symlink('a', 'link')\nprint(sorted(os.listdir()))",
+    );
+    first.files = vec![("given.txt".into(), b"g".to_vec())];
+    let handle = sandbox.start(first).await.expect("a slot is free");
+    let first_dir = handle.scratch_path().to_path_buf();
+    let out = handle.collect().await;
+    assert_eq!(
+        out.stdout_text(),
+        "['a', 'given.txt', 'link', 'main.py', 'notes.txt']\n"
+    );
+    let second = RunRequest::script("import os\nprint(sorted(os.listdir()), os.getcwd())");
+    let handle = sandbox.start(second).await.expect("a slot is free");
+    assert_eq!(handle.scratch_path(), first_dir, "the directory is reused");
+    let out = handle.collect().await;
+    assert_eq!(out.stdout_text(), "['main.py'] /sandbox\n");
 }
 
 #[tokio::test]

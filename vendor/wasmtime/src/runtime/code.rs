@@ -428,6 +428,11 @@ impl<'a> ModuleWithCode<'a> {
         self.module
     }
 
+    /// WEIR PATCH: the module's whole text section as loaded in the store.
+    pub(crate) fn store_code_text(&self) -> &'a [u8] {
+        self.store_code.text()
+    }
+
     /// Returns the slice in the text section of the function that
     /// `key` points to.
     #[inline]

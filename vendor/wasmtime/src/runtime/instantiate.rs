@@ -25,6 +25,10 @@ pub struct CompiledModule {
     index: Arc<CompiledFunctionsTable>,
     /// Sorted list, by function index, of names we have for this module.
     func_names: Vec<FunctionName>,
+    /// WEIR PATCH: the text offsets of each defined function's array-to-wasm trampoline and
+    /// body, indexed by `DefinedFuncIndex`, computed on first use (see
+    /// `defined_funcref_starts`).
+    funcref_starts: crate::sync::OnceLock<Vec<(u32, u32)>>,
 }
 
 impl CompiledModule {
@@ -58,6 +62,7 @@ impl CompiledModule {
             meta: info.meta,
             index,
             func_names: info.func_names,
+            funcref_starts: crate::sync::OnceLock::new(),
         };
         ret.register_profiling(profiler)?;
 
@@ -163,6 +168,32 @@ impl CompiledModule {
             }
             _ => None,
         }
+    }
+
+    /// WEIR PATCH: the text offsets of `def`'s array-to-wasm trampoline and of its body, the two
+    /// code pointers of its `VMFuncRef`. Instantiating a module with eager table init builds a
+    /// `VMFuncRef` for every function in its tables (thousands for CPython), and the two
+    /// `func_loc` lookups per function were ~15 % of a trivial run's CPU. `None` when the
+    /// function has no trampoline (callers then take the general path).
+    pub fn defined_funcref_starts(&self, def: DefinedFuncIndex) -> Option<(usize, usize)> {
+        let starts = self.funcref_starts.get_or_init(|| {
+            let module = self.module_index();
+            self.module
+                .defined_func_indices()
+                .map(|i| {
+                    let array = self
+                        .index
+                        .func_loc(FuncKey::ArrayToWasmTrampoline(module, i));
+                    let wasm = self.index.func_loc(FuncKey::DefinedWasmFunction(module, i));
+                    match (array, wasm) {
+                        (Some(a), Some(w)) => (a.start, w.start),
+                        _ => (u32::MAX, u32::MAX),
+                    }
+                })
+                .collect()
+        });
+        let &(array, wasm) = starts.get(def.as_u32() as usize)?;
+        (array != u32::MAX).then(|| (array as usize, wasm as usize))
     }
 
     /// Gets the function location information for a given function index.

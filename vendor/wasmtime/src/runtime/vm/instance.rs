@@ -144,6 +144,10 @@ pub struct Instance {
     /// cross-thread stuff used in `InstancePre`)
     store: Option<VMStoreRawPtr>,
 
+    /// WEIR PATCH: the address of this instance's module code as loaded in its store, looked up
+    /// once rather than through the store's module registry for every `VMFuncRef`.
+    store_text: Option<usize>,
+
     /// Additional context used by compiled wasm code. This field is last, and
     /// represents a dynamically-sized array that extends beyond the nominal
     /// end of the struct (similar to a flexible array member).
@@ -209,6 +213,7 @@ impl Instance {
             #[cfg(feature = "wmemcheck")]
             wmemcheck_state,
             store: None,
+            store_text: None,
             vmctx: OwnedVMContext::new(),
         })?;
 
@@ -871,7 +876,7 @@ impl Instance {
     /// Initializes a defined function's `VMFuncRef` in-place and then returns a
     /// pointer to that location.
     fn initialize_defined_funcref(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         registry: &ModuleRegistry,
         def_index: DefinedFuncIndex,
     ) -> Option<NonNull<VMFuncRef>> {
@@ -880,6 +885,11 @@ impl Instance {
         let func = &module.functions[index];
         let type_index = func.signature.unwrap_engine_type_index();
         let vmctx_offset = self.offsets().vmctx_func_ref(func.func_ref);
+        if let Some(ptr) = self.as_mut().fast_funcref(registry, def_index, type_index, vmctx_offset)
+        {
+            return Some(ptr);
+        }
+        let module = self.env_module();
         let array_to_wasm_key = FuncKey::ArrayToWasmTrampoline(module.module_index, def_index);
         let wasm_key = FuncKey::DefinedWasmFunction(module.module_index, def_index);
         // SAFETY: the type/offset/keys here are all valid for the defined
@@ -893,6 +903,52 @@ impl Instance {
                 wasm_key,
             )
         }
+    }
+
+    /// WEIR PATCH: `initialize_defined_funcref` without registry or function-table lookups: the
+    /// module's code address is cached in the instance, the function's offsets in its
+    /// `CompiledModule`. Writes the same `VMFuncRef` the general path writes.
+    fn fast_funcref(
+        mut self: Pin<&mut Self>,
+        registry: &ModuleRegistry,
+        def_index: DefinedFuncIndex,
+        type_index: VMSharedTypeIndex,
+        vmctx_offset: u32,
+    ) -> Option<NonNull<VMFuncRef>> {
+        let (array_start, wasm_start) = self
+            .runtime_module()?
+            .compiled_module()
+            .defined_funcref_starts(def_index)?;
+        let text = match self.store_text {
+            Some(text) => text,
+            None => {
+                let module = self.runtime_module()?;
+                let text = ModuleWithCode::in_store(registry, module)?
+                    .store_code_text()
+                    .as_ptr() as usize;
+                // SAFETY: not moving data out of `self`.
+                unsafe { self.as_mut().get_unchecked_mut() }.store_text = Some(text);
+                text
+            }
+        };
+        let array_call = VmPtr::from(NonNull::new((text + array_start) as *mut u8)?.cast());
+        let wasm_call = Some(VmPtr::from(
+            NonNull::new((text + wasm_start) as *mut u8)?.cast::<VMWasmCallFunction>(),
+        ));
+        let vmctx = VMOpaqueContext::from_vmcontext(self.vmctx()).into();
+        // SAFETY: the offset is this function's `VMFuncRef` within our `VMContext`, as in
+        // `initialize_and_return_funcref`.
+        let func_ref_ptr = unsafe { self.vmctx_plus_offset_raw::<VMFuncRef>(vmctx_offset) };
+        // SAFETY: as in `initialize_and_return_funcref`.
+        unsafe {
+            func_ref_ptr.write(VMFuncRef {
+                array_call,
+                wasm_call,
+                vmctx,
+                type_index,
+            });
+        }
+        Some(func_ref_ptr)
     }
 
     fn get_start_func_ref(
