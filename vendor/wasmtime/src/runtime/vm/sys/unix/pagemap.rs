@@ -276,7 +276,7 @@ pub unsafe fn reset_with_pagemap(
         },
     };
 
-    // weir patch: scan in rounds of `MAX_REGIONS` regions until the whole range
+    // WEIR PATCH: scan in rounds of `MAX_REGIONS` regions until the whole range
     // was walked or `keep_resident` pages were found. Upstream scans once and
     // decommits everything past the first 32 regions, but CPython's dirty pages
     // are scattered over tens of megabytes in hundreds of regions, so most of
