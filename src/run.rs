@@ -219,7 +219,7 @@ impl RunHandle {
         self.control.clone()
     }
 
-    /// The host path of the run's scratch directory (removed when the run ends).
+    /// The host path of the run's scratch directory (emptied when the run ends, then reused).
     pub fn scratch_path(&self) -> &Path {
         &self.scratch
     }
