@@ -931,24 +931,11 @@ impl Instance {
                 text
             }
         };
-        let array_call = VmPtr::from(NonNull::new((text + array_start) as *mut u8)?.cast());
-        let wasm_call = Some(VmPtr::from(
-            NonNull::new((text + wasm_start) as *mut u8)?.cast::<VMWasmCallFunction>(),
-        ));
-        let vmctx = VMOpaqueContext::from_vmcontext(self.vmctx()).into();
-        // SAFETY: the offset is this function's `VMFuncRef` within our `VMContext`, as in
-        // `initialize_and_return_funcref`.
-        let func_ref_ptr = unsafe { self.vmctx_plus_offset_raw::<VMFuncRef>(vmctx_offset) };
-        // SAFETY: as in `initialize_and_return_funcref`.
-        unsafe {
-            func_ref_ptr.write(VMFuncRef {
-                array_call,
-                wasm_call,
-                vmctx,
-                type_index,
-            });
-        }
-        Some(func_ref_ptr)
+        let array_call = NonNull::new((text + array_start) as *mut u8)?;
+        let wasm_call = NonNull::new((text + wasm_start) as *mut u8)?;
+        // SAFETY: the offset and type are `def_index`'s (from
+        // `initialize_defined_funcref`), the pointers its code in this store.
+        Some(unsafe { self.write_func_ref(vmctx_offset, array_call, wasm_call, type_index) })
     }
 
     fn get_start_func_ref(
@@ -1023,38 +1010,49 @@ impl Instance {
         )
         .expect("module not in store");
 
-        let array_call =
-            VmPtr::from(NonNull::from(module_with_code.function(array_to_wasm_key)).cast());
+        let array_call = NonNull::from(module_with_code.function(array_to_wasm_key)).cast();
+        let wasm_call = NonNull::from(module_with_code.function(wasm_key)).cast();
 
-        let wasm_call = Some(VmPtr::from(
-            NonNull::new(
-                module_with_code
-                    .function(wasm_key)
-                    .as_ptr()
-                    .cast::<VMWasmCallFunction>()
-                    .cast_mut(),
-            )
-            .unwrap(),
-        ));
+        // SAFETY: the offset and type are this function's (this function's
+        // contract), and the two pointers are its code in this store.
+        Some(unsafe { self.write_func_ref(vmctx_offset, array_call, wasm_call, type_index) })
+    }
 
+    /// WEIR PATCH: the end of `initialize_and_return_funcref`, shared with
+    /// `fast_funcref`: writes the `VMFuncRef` at `vmctx_offset` in this
+    /// instance's `VMContext` and returns a pointer to it.
+    ///
+    /// # Safety
+    ///
+    /// `vmctx_offset` must be the offset of a function's `VMFuncRef` within
+    /// this `VMContext`, `type_index` that function's type, and `array_call`
+    /// and `wasm_call` the starts of its array-to-wasm trampoline and of its
+    /// body in the store's code.
+    unsafe fn write_func_ref(
+        &self,
+        vmctx_offset: u32,
+        array_call: NonNull<u8>,
+        wasm_call: NonNull<u8>,
+        type_index: VMSharedTypeIndex,
+    ) -> NonNull<VMFuncRef> {
         let vmctx = VMOpaqueContext::from_vmcontext(self.vmctx()).into();
 
-        // SAFETY: the offset calculated here should be correct with
-        // `self.offsets`
+        // SAFETY: the offset is correct with `self.offsets` (this function's
+        // contract).
         let func_ref_ptr = unsafe { self.vmctx_plus_offset_raw::<VMFuncRef>(vmctx_offset) };
 
         // SAFETY: the `func_ref_ptr` should be valid as it's within our
         // `VMContext` area.
         unsafe {
             func_ref_ptr.write(VMFuncRef {
-                array_call,
-                wasm_call,
+                array_call: VmPtr::from(array_call.cast()),
+                wasm_call: Some(VmPtr::from(wasm_call.cast::<VMWasmCallFunction>())),
                 vmctx,
                 type_index,
             });
         }
 
-        Some(func_ref_ptr)
+        func_ref_ptr
     }
 
     /// Get the passive elements segment at the given index.
