@@ -641,8 +641,16 @@ pub mod ws {
         // Each measurement gets a server of its own: a freed pool slot keeps the pages its last
         // run dirtied, so a server that already ran other rows would under-count memory.
         let server = Server::start(100).await?;
-        let baseline = crate::bench_native::WsServer::start().await.ok();
+        // `WEIR_BENCH_ONLY_WS=clients`: weir's client rows only, for quick comparisons.
+        let clients_only = std::env::var("WEIR_BENCH_ONLY_WS").is_ok_and(|v| v == "clients");
+        let baseline = match clients_only {
+            true => None,
+            false => crate::bench_native::WsServer::start().await.ok(),
+        };
         client_rows(&server, baseline.as_ref().map(|b| b.addr.as_str())).await?;
+        if clients_only {
+            return Ok(());
+        }
         drop(baseline);
         drop(server);
         let server = Server::start(100).await?;

@@ -12,7 +12,9 @@
 //!
 //! Modules, one concept each: [`engine`] (wasmtime policy), [`guest`] (the embedded component and
 //! its compile cache), [`host`] (weir's guest interface), [`sandbox`] (stores and isolation),
-//! [`run`] (a run's driver, events and control), [`pipes`] (bounded stdio), [`limits`],
+//! [`run`] (a run's driver, events and control), [`priority`] (foreground and background runs),
+//! [`background`] (the lower-priority lane background runs continue on), [`pipes`] (bounded
+//! stdio), [`limits`],
 //! [`outcome`], [`scratch`] (per-run directory), [`cli`] (`weir run`), [`bench`] (`weir bench`);
 //! the service: [`server`] (`weir serve`, routes), [`session`] (one WebSocket session),
 //! [`protocol`] (JSON-RPC messages), [`auth`] (tokens), [`metrics`], [`config`].
@@ -20,6 +22,7 @@
 pub mod admission;
 pub mod api;
 pub mod auth;
+pub mod background;
 pub mod bench;
 pub mod bench_native;
 pub mod cli;

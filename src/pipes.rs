@@ -12,6 +12,7 @@ use crate::priority::Priority;
 use crate::run::{Event, StreamKind};
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch, Notify};
 use wasmtime_wasi::cli::{IsTerminal, StdinStream, StdoutStream};
@@ -159,6 +160,9 @@ pub struct OutputQueue {
     space: Notify,
     /// A background run gives way to foreground runs before writing on.
     priority: Priority,
+    /// The run's first output has just made it background: the guest pauses once at its next
+    /// write check, so its driver can move to the background lane before it runs on.
+    demoted: AtomicBool,
 }
 
 struct QueueState {
@@ -184,6 +188,7 @@ impl OutputQueue {
             data: Notify::new(),
             space: Notify::new(),
             priority,
+            demoted: AtomicBool::new(false),
         })
     }
 
@@ -243,6 +248,9 @@ impl OutputQueue {
         let admitted = state.budget.admit(kind, bytes);
         let data = admitted.data;
         if !data.is_empty() {
+            if self.priority.demote() {
+                self.demoted.store(true, Ordering::Release);
+            }
             if state.segments.is_empty() {
                 if let Ok(permit) = self.events.try_reserve() {
                     permit.send(Event::Output { stream: kind, data });
@@ -311,6 +319,10 @@ impl Pollable for GuestOutput {
             }
             notified.await;
         }
+        if self.queue.demoted.swap(false, Ordering::AcqRel) {
+            // Pending once: the driver sees the run background and moves it to its lane.
+            tokio::task::yield_now().await;
+        }
         // A flooding guest resumes here rather than at an epoch tick: give way here too.
         self.queue.priority.give_way().await;
     }
@@ -334,6 +346,9 @@ impl OutputStream for GuestOutput {
     fn check_write(&mut self) -> StreamResult<usize> {
         if self.queue.events.is_closed() {
             return Err(StreamError::Closed);
+        }
+        if self.queue.demoted.load(Ordering::Acquire) {
+            return Ok(0); // the guest then waits on `ready`, which yields once
         }
         Ok(self.queue.room())
     }

@@ -1,21 +1,27 @@
 //! CPU priority between runs, so a new short run never queues behind long-running or flooding
 //! ones.
 //!
-//! A run is *foreground* for its first moments of running ([`FOREGROUND_FOR`] by default), and
-//! again for each REPL statement. After that, and while it waits for input or is paused, it is
-//! *background*. Background runs give way to foreground ones: after every epoch tick, and whenever
-//! their output stream has room again, a background run waits while any foreground run exists —
-//! for at most [`MAX_GIVE_WAY`] (by default) at a time, so it still progresses under a steady
-//! stream of new runs.
+//! A run is *foreground* from its start until its first output, for at most [`FOREGROUND_FOR`]
+//! by default, and again for each REPL statement. After that, and while it waits for input or
+//! is paused, it is *background*. Two mechanisms act on the class:
+//! - a background run's driver is polled on the background lane (`crate::background`), whose
+//!   threads have a lower OS priority: the kernel preempts it for foreground work;
+//! - a background run gives way to foreground ones after every epoch tick and whenever its
+//!   output stream has room again: it waits while any foreground run exists, for at most
+//!   [`MAX_GIVE_WAY`] (by default) at a time, so it still progresses under a steady stream of new
+//!   runs.
+//!
 //! Without this, 100 flooding guests and one `print("hello")` share both cores equally and the
-//! hello run waits for hundreds of milliseconds.
+//! hello run waits for hundreds of milliseconds; and 100 clients running scripts in a loop get
+//! their first output only after a full share of every other run's work.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// How long a run (or a REPL statement) stays foreground, by default.
+/// How long a run (or a REPL statement) may run in the foreground, by default: time its guest
+/// ran, counted in epoch ticks, not time it waited for a CPU.
 pub const FOREGROUND_FOR: Duration = Duration::from_millis(20);
 
 /// Longest a background run waits for foreground runs in one go, by default.
@@ -25,22 +31,25 @@ pub const MAX_GIVE_WAY: Duration = Duration::from_millis(5);
 pub struct CpuGate {
     foreground: AtomicUsize,
     quiet: Notify,
-    foreground_for: Duration,
+    /// Epoch ticks a grant lasts while its guest runs.
+    foreground_ticks: u32,
     max_give_way: Duration,
 }
 
 impl Default for CpuGate {
     fn default() -> Self {
-        CpuGate::new(FOREGROUND_FOR, MAX_GIVE_WAY)
+        CpuGate::new(FOREGROUND_FOR, Duration::from_millis(2), MAX_GIVE_WAY)
     }
 }
 
 impl CpuGate {
-    pub fn new(foreground_for: Duration, max_give_way: Duration) -> Self {
+    /// A grant lasts `foreground_for` of guest running time, counted in ticks of `epoch_tick`.
+    pub fn new(foreground_for: Duration, epoch_tick: Duration, max_give_way: Duration) -> Self {
+        let ticks = foreground_for.as_micros() / epoch_tick.as_micros().max(1);
         CpuGate {
             foreground: AtomicUsize::new(0),
             quiet: Notify::new(),
-            foreground_for,
+            foreground_ticks: u32::try_from(ticks).unwrap_or(u32::MAX).max(1),
             max_give_way,
         }
     }
@@ -66,12 +75,24 @@ impl CpuGate {
     }
 }
 
-/// One run's class: set by its driver (through [`Grant`]s), acted on by its store's epoch
-/// callback and its output streams.
+/// One run's class: set by its driver (through [`Grant`]s) and by its first output, acted on by
+/// its store's epoch callback, its output streams and the lane that polls it
+/// (`crate::background`).
 #[derive(Clone)]
 pub struct Priority {
     gate: Arc<CpuGate>,
-    background: Arc<AtomicBool>,
+    class: Arc<Class>,
+}
+
+#[derive(Default)]
+struct Class {
+    /// Foreground by a grant (counted in the gate).
+    granted: AtomicBool,
+    /// Epoch ticks the guest has run since the grant.
+    ticks: AtomicU32,
+    /// The run is being stopped: it finishes in the foreground, so whatever waits for its end
+    /// (a new run of the same session) does not wait behind background work.
+    urgent: AtomicBool,
 }
 
 impl Priority {
@@ -79,7 +100,7 @@ impl Priority {
     pub fn new(gate: Arc<CpuGate>) -> Self {
         Priority {
             gate,
-            background: Arc::new(AtomicBool::new(true)),
+            class: Arc::default(),
         }
     }
 
@@ -89,7 +110,7 @@ impl Priority {
     }
 
     pub fn is_background(&self) -> bool {
-        self.background.load(Ordering::Acquire)
+        !self.class.granted.load(Ordering::Acquire) && !self.class.urgent.load(Ordering::Acquire)
     }
 
     /// Waits while foreground runs exist (for a bounded time), if this run is background.
@@ -105,32 +126,53 @@ impl Priority {
         self.give_way().await;
     }
 
-    /// How long a grant should last.
-    pub fn foreground_for(&self) -> Duration {
-        self.gate.foreground_for
+    /// What the store's epoch callback reports at each tick the guest runs through: a grant
+    /// that has used up its ticks ends.
+    pub fn ticked(&self) {
+        if self.class.granted.load(Ordering::Acquire)
+            && self.class.ticks.fetch_add(1, Ordering::AcqRel) + 1 >= self.gate.foreground_ticks
+        {
+            self.demote();
+        }
     }
 
-    /// Makes the run foreground until the grant is dropped.
+    /// Makes the run foreground until the grant is dropped or [`Priority::demote`] is called.
     pub fn grant(&self) -> Grant {
-        self.gate.foreground.fetch_add(1, Ordering::AcqRel);
-        self.background.store(false, Ordering::Release);
+        self.class.ticks.store(0, Ordering::Release);
+        if !self.class.granted.swap(true, Ordering::AcqRel) {
+            self.gate.foreground.fetch_add(1, Ordering::AcqRel);
+        }
         Grant {
             priority: self.clone(),
         }
     }
+
+    /// Ends the run's foreground grant, if it has one (its first output does this): returns
+    /// whether it had one.
+    pub fn demote(&self) -> bool {
+        if !self.class.granted.swap(false, Ordering::AcqRel) {
+            return false;
+        }
+        if self.gate.foreground.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.gate.quiet.notify_waiters();
+        }
+        true
+    }
+
+    /// Keeps the run foreground from now on, whatever its grants (it is being stopped).
+    pub fn make_urgent(&self) {
+        self.class.urgent.store(true, Ordering::Release);
+    }
 }
 
-/// A run's foreground status; dropping it makes the run background.
+/// A run's foreground status; dropping it makes the run background (if it still is foreground).
 pub struct Grant {
     priority: Priority,
 }
 
 impl Drop for Grant {
     fn drop(&mut self) {
-        self.priority.background.store(true, Ordering::Release);
-        if self.priority.gate.foreground.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.priority.gate.quiet.notify_waiters();
-        }
+        self.priority.demote();
     }
 }
 

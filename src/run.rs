@@ -6,6 +6,7 @@
 //! limit counts only while the guest is running, and the idle limit while it waits for input or
 //! is paused.
 
+use crate::background::BackgroundLane;
 use crate::engine::EngineVariant;
 use crate::limits::Limits;
 use crate::outcome::Outcome;
@@ -123,6 +124,7 @@ pub enum StdinError {
 pub struct RunControl {
     desired: Arc<watch::Sender<Desired>>,
     stdin: mpsc::Sender<StdinMsg>,
+    priority: Priority,
 }
 
 impl RunControl {
@@ -156,8 +158,10 @@ impl RunControl {
         let _ = self.stdin.send(StdinMsg::Eof).await;
     }
 
-    /// Ends the run now (also while it waits for input or is paused).
+    /// Ends the run now (also while it waits for input or is paused). A background run ends in
+    /// the foreground: whoever waits for its end does not wait behind other runs.
     pub fn stop(&self) {
+        self.priority.make_urgent();
         self.desired.send_replace(Desired::Stop);
     }
 
@@ -332,14 +336,17 @@ pub(crate) struct Driver {
     pub scratch_path: PathBuf,
     /// The run's CPU class, foreground from the start (see [`crate::priority`]).
     pub foreground: Foreground,
+    /// Where the driver is polled while the run is background.
+    pub lane: Arc<BackgroundLane>,
     pub span: tracing::Span,
 }
 
-/// A run's foreground grant and when it lapses.
+/// A run's foreground grant (which its first output or its running time also ends).
 pub(crate) struct Foreground {
     priority: Priority,
     grant: Option<Grant>,
-    until: tokio::time::Instant,
+    /// The class the driver last saw (`true`: background).
+    seen_background: bool,
 }
 
 impl Foreground {
@@ -347,8 +354,18 @@ impl Foreground {
     pub fn new(priority: Priority) -> Self {
         Foreground {
             grant: Some(priority.grant()),
-            until: tokio::time::Instant::now() + priority.foreground_for(),
             priority,
+            seen_background: false,
+        }
+    }
+
+    /// Lets the run move to its lane if its class changed since the last look: pending once
+    /// (the driver's poller moves a pending driver whose class changed; `crate::background`).
+    async fn follow_class(&mut self) {
+        let background = self.priority.is_background();
+        if background != self.seen_background {
+            self.seen_background = background;
+            tokio::task::yield_now().await;
         }
     }
 
@@ -356,20 +373,10 @@ impl Foreground {
         // The old grant goes first: dropped after the new one, it would mark the run background.
         self.end();
         self.grant = Some(self.priority.grant());
-        self.until = tokio::time::Instant::now() + self.priority.foreground_for();
     }
 
     fn end(&mut self) {
         self.grant = None;
-    }
-
-    /// Completes when the grant lapses (never, without one).
-    async fn lapsed(&self) {
-        if self.grant.is_some() {
-            tokio::time::sleep_until(self.until).await
-        } else {
-            std::future::pending().await
-        }
     }
 }
 
@@ -381,14 +388,18 @@ pub(crate) fn spawn(
     stdin: mpsc::Sender<StdinMsg>,
 ) -> RunHandle {
     let (desired_tx, desired_rx) = watch::channel(Desired::Run);
+    let priority = d.foreground.priority.clone();
     let control = RunControl {
         desired: Arc::new(desired_tx),
         stdin,
+        priority: priority.clone(),
     };
     let id = d.id.clone();
     let scratch = d.scratch_path.clone();
     let span = d.span.clone();
-    let task = tokio::spawn(d.run(desired_rx).instrument(span));
+    let lane = d.lane.clone();
+    let driver = Box::pin(d.run(desired_rx).instrument(span));
+    let task = tokio::spawn(crate::background::drive(driver, priority, lane));
     RunHandle {
         id,
         control,
@@ -446,6 +457,8 @@ impl Driver {
         };
         foreground.end();
         drain(&pipes, &events).await;
+        // What is left (freeing the instance, the exit) is background work unless stopped.
+        foreground.follow_class().await;
         let outcome = match finished {
             Ok(result) => classify(result, &store),
             Err(outcome) => outcome,
@@ -521,6 +534,7 @@ async fn supervise(
     // When the current state's clock runs out: wall time while running, idle time otherwise.
     let mut deadline = tokio::time::Instant::now();
     loop {
+        foreground.follow_class().await;
         let want = *desired.borrow_and_update();
         let guest = *status.borrow_and_update();
         if want == Desired::Stop {
@@ -584,10 +598,6 @@ async fn supervise(
                 Wake::Changed
             }
             _ = output.data_queued(), if !output.has_queued() => Wake::Changed,
-            _ = foreground.lapsed() => {
-                foreground.end();
-                Wake::Changed
-            }
             _ = disk_check.tick() => {
                 if crate::scratch::exceeds(upkeep.scratch_path, upkeep.scratch_limit) {
                     Wake::Expired(Outcome::DiskLimit)

@@ -4,6 +4,7 @@
 //! directory), explicitly mounted host directories, the request's args and env, and stdio pipes.
 //! No host environment variable, file or socket is reachable.
 
+use crate::background::BackgroundLane;
 use crate::determinism::{GuestClock, Seed, VirtualClock};
 use crate::engine::{self, EngineSettings, EngineVariant};
 use crate::host::{HostState, Launch};
@@ -190,6 +191,8 @@ struct Inner {
     cpu: Arc<CpuGate>,
     /// The runs' scratch directories (`crate::scratch`).
     scratch_dirs: Arc<ScratchDirs>,
+    /// Where background runs continue (`crate::background`).
+    lane: Arc<BackgroundLane>,
 }
 
 impl Sandbox {
@@ -197,9 +200,15 @@ impl Sandbox {
     pub fn load(settings: EngineSettings) -> anyhow::Result<Self> {
         let plain = Arc::new(EngineVariant::load(&settings, false)?);
         let slots = Arc::new(Semaphore::new(settings.max_instances as usize));
-        let cpu = Arc::new(CpuGate::new(settings.foreground_for, settings.max_give_way));
+        let cpu = Arc::new(CpuGate::new(
+            settings.foreground_for,
+            settings.epoch_tick,
+            settings.max_give_way,
+        ));
         let scratch_dirs = ScratchDirs::new()
             .map_err(|e| anyhow::anyhow!("cannot create the scratch directory root: {e}"))?;
+        let lane = BackgroundLane::start(settings.background_threads, settings.background_nice)
+            .map_err(|e| anyhow::anyhow!("cannot start the background lane: {e}"))?;
         Ok(Sandbox {
             inner: Arc::new(Inner {
                 settings,
@@ -208,6 +217,7 @@ impl Sandbox {
                 slots,
                 cpu,
                 scratch_dirs,
+                lane: Arc::new(lane),
             }),
         })
     }
@@ -339,6 +349,7 @@ impl Sandbox {
                 stdin,
                 scratch_path,
                 foreground,
+                lane: self.inner.lane.clone(),
                 span,
             },
             events_rx,

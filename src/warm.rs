@@ -28,8 +28,9 @@ pub(crate) struct WarmPool {
 }
 
 impl WarmPool {
-    /// Starts filling a queue of `size` instances (none, and no thread, when `size` is 0).
-    pub fn start(core: Instantiator, size: usize) -> std::io::Result<Self> {
+    /// Starts filling a queue of `size` instances (none, and no thread, when `size` is 0), on a
+    /// thread at nice value `nice`: refilling is background work, which runs do not wait for.
+    pub fn start(core: Instantiator, size: usize, nice: i32) -> std::io::Result<Self> {
         if size == 0 {
             return Ok(WarmPool {
                 ready: None,
@@ -39,7 +40,10 @@ impl WarmPool {
         let (tx, rx) = mpsc::sync_channel(size);
         let filler = std::thread::Builder::new()
             .name("weir-warm".into())
-            .spawn(move || fill(&core, &tx))?;
+            .spawn(move || {
+                crate::background::lower_this_thread(nice);
+                fill(&core, &tx)
+            })?;
         Ok(WarmPool {
             ready: Some(Mutex::new(rx)),
             filler: Some(filler),

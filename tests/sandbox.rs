@@ -703,6 +703,34 @@ async fn runs_start_in_the_foreground_and_leave_it_when_they_wait_or_run_long() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_leaves_the_foreground_at_its_first_output() {
+    // A foreground time far longer than the test: only the output can end it.
+    let sandbox = sandbox_with(2, |s| s.foreground_for = Duration::from_secs(600));
+    let mut busy = sandbox
+        .start(RunRequest::script(
+            "print('ready', flush=True)\nwhile True: pass",
+        ))
+        .await
+        .expect("starts");
+    let mut seen = String::new();
+    while !seen.contains("ready") {
+        match busy.next_event().await {
+            Some(Event::Output { data, .. }) => seen.push_str(&String::from_utf8_lossy(&data)),
+            Some(Event::Exit(r)) => panic!("ended early: {:?}", r.outcome),
+            _ => {}
+        }
+    }
+    eventually("the run is background after its first output", || {
+        sandbox.foreground_runs() == 0
+    })
+    .await;
+    // A background run still stops at once, with its exit.
+    busy.control().stop();
+    assert_eq!(busy.collect().await.outcome(), Outcome::Stopped);
+    until_no_instances(&sandbox).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_repl_statement_starts_in_the_foreground() {
     // A long foreground time, so a loaded machine cannot make the test miss it.
     let sandbox = sandbox_with(2, |s| s.foreground_for = Duration::from_secs(60));
