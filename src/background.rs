@@ -11,7 +11,7 @@
 use crate::priority::Priority;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::task::Poll;
 use tokio::runtime::{Builder, Handle, Runtime};
 
@@ -74,51 +74,91 @@ pub fn lower_this_thread(nice: i32) {
     let _ = nice;
 }
 
-/// Polls `fut` until it completes (`true`) or, when it is pending, `stay()` says it should move
-/// to the other lane (`false`).
-async fn poll_while<F: Future<Output = ()> + ?Sized>(
-    fut: &mut Pin<Box<F>>,
-    stay: impl Fn() -> bool,
-) -> bool {
-    std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
-        Poll::Ready(()) => Poll::Ready(true),
-        Poll::Pending if stay() => Poll::Pending,
-        Poll::Pending => Poll::Ready(false),
+/// A run's driver, shared by the task that owns the run and the lane task polling it. Whoever
+/// polls it holds the lock for that one poll.
+type Slot = Arc<Mutex<Option<Driver>>>;
+
+type Driver = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+fn lock(slot: &Slot) -> MutexGuard<'_, Option<Driver>> {
+    // A panic inside a poll leaves nothing half-done that a later look could trip on.
+    slot.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Polls the driver in `slot` until it completes or is gone (`true`) or, when it is pending,
+/// `stay()` says it should move to the other lane (`false`).
+async fn poll_while(slot: &Slot, stay: impl Fn() -> bool) -> bool {
+    std::future::poll_fn(|cx| {
+        let mut driver = lock(slot);
+        let Some(fut) = driver.as_mut() else {
+            return Poll::Ready(true);
+        };
+        match fut.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                *driver = None;
+                Poll::Ready(true)
+            }
+            Poll::Pending if stay() => Poll::Pending,
+            Poll::Pending => Poll::Ready(false),
+        }
     })
     .await
 }
 
-/// Aborts the lane task when dropped: the run's owner going away takes its driver with it.
-struct AbortLaneTask<T>(tokio::task::JoinHandle<T>);
+/// Aborts the lane task when dropped.
+struct AbortLaneTask(tokio::task::JoinHandle<bool>);
 
-impl<T> Drop for AbortLaneTask<T> {
+impl Drop for AbortLaneTask {
     fn drop(&mut self) {
         self.0.abort();
     }
 }
 
-type Driver = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// Drops the driver when the run's owner goes away: here and now, unless the lane is polling it
+/// at this very moment (then the aborted lane task drops it when that poll returns). Aborting
+/// alone would leave an abandoned run's store to a background thread, behind other runs.
+struct DropDriver(Slot);
+
+impl Drop for DropDriver {
+    fn drop(&mut self) {
+        let driver = match self.0.try_lock() {
+            Ok(mut d) => d.take(),
+            Err(TryLockError::Poisoned(p)) => p.into_inner().take(),
+            Err(TryLockError::WouldBlock) => None,
+        };
+        drop(driver); // outside the lock
+    }
+}
 
 /// Drives a run's `driver` future to completion: polled in the calling task while the run is
 /// foreground, on `lane` while it is background. The future moves only while it is pending;
-/// the task that takes it over polls it at once, so its wakers follow it.
+/// the task that takes it over polls it at once, so its wakers follow it. A run made urgent
+/// (stopped) is taken back from the lane at once.
 pub(crate) async fn drive(driver: Driver, priority: Priority, lane: Arc<BackgroundLane>) {
-    let mut driver = driver;
+    let slot: Slot = Arc::new(Mutex::new(Some(driver)));
+    let _owner = DropDriver(slot.clone());
     loop {
-        if poll_while(&mut driver, || !priority.is_background()).await {
-            return;
+        if !priority.is_background() {
+            if poll_while(&slot, || !priority.is_background()).await {
+                return;
+            }
+            continue;
         }
-        let class = priority.clone();
-        let mut task = AbortLaneTask(lane.handle().spawn(async move {
-            let done = poll_while(&mut driver, || class.is_background()).await;
-            (done, driver)
-        }));
-        match (&mut task.0).await {
-            Ok((true, _)) => return,
-            Ok((false, back)) => driver = back,
-            // The driver panicked (a bug): the run's event channel closes and its caller sees
-            // the run end without an exit.
-            Err(_) => return,
+        let (class, on_lane) = (priority.clone(), slot.clone());
+        let mut task = AbortLaneTask(
+            lane.handle()
+                .spawn(async move { poll_while(&on_lane, || class.is_background()).await }),
+        );
+        tokio::select! {
+            done = &mut task.0 => match done {
+                Ok(false) => {}
+                // Done, or the driver panicked (a bug): the run's event channel closes and
+                // its caller sees the run end.
+                Ok(true) | Err(_) => return,
+            },
+            // Aborted: the lane task polls no more (a poll under way finishes first: the next
+            // poll here waits for it on the lock).
+            () = priority.urgent() => drop(task),
         }
     }
 }
@@ -181,8 +221,43 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn dropping_the_caller_drops_a_driver_on_the_lane() {
+    async fn an_urgent_run_is_taken_back_from_the_lane_at_once() {
         let lane = Arc::new(BackgroundLane::start(1, 0).expect("lane starts"));
+        let priority = Priority::new(Arc::new(CpuGate::default())); // background from the start
+        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+        let (polled, mut polls) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let record = seen.clone();
+        // Pending for good (never woken) until it is polled off the lane.
+        let driver = Box::pin(std::future::poll_fn(move |_| {
+            let name = std::thread::current().name().unwrap_or("").to_owned();
+            let off_lane = name != "weir-bg";
+            record.lock().unwrap_or_else(|p| p.into_inner()).push(name);
+            let _ = polled.send(());
+            if off_lane {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }));
+        let task = tokio::spawn(drive(driver, priority.clone(), lane));
+        polls.recv().await; // polled once, on the lane; nothing will wake it there
+        priority.make_urgent();
+        tokio::time::timeout(std::time::Duration::from_secs(10), task)
+            .await
+            .expect("the urgent run was polled again")
+            .expect("drive returns");
+        let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[0], "weir-bg");
+        assert_ne!(seen[1], "weir-bg");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_caller_drops_its_driver_even_while_the_lane_is_busy() {
+        let lane = Arc::new(BackgroundLane::start(1, 0).expect("lane starts"));
+        // The lane's only thread is busy for longer than the test waits.
+        lane.handle()
+            .spawn(async { std::thread::sleep(std::time::Duration::from_secs(20)) });
         let priority = Priority::new(Arc::new(CpuGate::default())); // background from the start
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let driver = Box::pin(async move {
@@ -193,7 +268,7 @@ mod tests {
         tokio::task::yield_now().await;
         task.abort();
         // The sender is dropped (not sent): the receiver sees the channel close.
-        let closed = tokio::time::timeout(std::time::Duration::from_secs(10), rx).await;
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(5), rx).await;
         assert!(
             matches!(closed, Ok(Err(_))),
             "the driver outlived its caller"

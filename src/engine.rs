@@ -37,13 +37,13 @@ pub struct EngineSettings {
     /// Initialise funcref tables lazily (on first use) rather than at instantiation. Off by
     /// default: eager initialisation measured 5 % faster runs and 25 % less memory per instance.
     pub table_lazy_init: bool,
-    /// How long a new run (or REPL statement) has priority over longer runs until its first
-    /// output: time its guest runs, not time it waits (`crate::priority`).
+    /// How long a new run (or REPL statement) has priority over longer runs, at most: its first
+    /// output ends it sooner (`crate::priority`).
     pub foreground_for: Duration,
     /// Longest a background run waits for foreground runs in one go (`crate::priority`).
     pub max_give_way: Duration,
-    /// Nice value (0–19) of the threads background runs continue on and of the warm-pool
-    /// threads (`crate::background`): higher lets new runs preempt them more strictly.
+    /// Nice value (0–19) of the threads background runs continue on (`crate::background`):
+    /// higher lets new runs preempt them more strictly.
     /// `$WEIR_BACKGROUND_NICE`; 0 keeps the lane at the process's priority.
     pub background_nice: i32,
     /// Worker threads of the background lane; by default one per CPU.
@@ -187,7 +187,6 @@ impl Instantiator {
         // A background run then also gives way to foreground ones (`crate::priority`).
         store.epoch_deadline_callback(|ctx| {
             let priority = &ctx.data().priority;
-            priority.ticked();
             Ok(if priority.is_background() {
                 UpdateDeadline::YieldCustom(1, Box::pin(priority.clone().yield_then_give_way()))
             } else {
@@ -249,11 +248,7 @@ impl EngineVariant {
         // Metered runs count the fuel instantiation burns (start functions run wasm), and a
         // deterministic run must burn the same fuel every time: they always instantiate fresh.
         let warm_instances = if fuel { 0 } else { settings.warm_instances };
-        let warm = WarmPool::start(
-            instantiator.clone(),
-            warm_instances,
-            settings.background_nice,
-        )?;
+        let warm = WarmPool::start(instantiator.clone(), warm_instances)?;
         Ok(EngineVariant {
             instantiator,
             warm,

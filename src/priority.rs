@@ -15,13 +15,12 @@
 //! hello run waits for hundreds of milliseconds; and 100 clients running scripts in a loop get
 //! their first output only after a full share of every other run's work.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// How long a run (or a REPL statement) may run in the foreground, by default: time its guest
-/// ran, counted in epoch ticks, not time it waited for a CPU.
+/// How long a run (or a REPL statement) stays foreground at most, by default.
 pub const FOREGROUND_FOR: Duration = Duration::from_millis(20);
 
 /// Longest a background run waits for foreground runs in one go, by default.
@@ -31,25 +30,22 @@ pub const MAX_GIVE_WAY: Duration = Duration::from_millis(5);
 pub struct CpuGate {
     foreground: AtomicUsize,
     quiet: Notify,
-    /// Epoch ticks a grant lasts while its guest runs.
-    foreground_ticks: u32,
+    foreground_for: Duration,
     max_give_way: Duration,
 }
 
 impl Default for CpuGate {
     fn default() -> Self {
-        CpuGate::new(FOREGROUND_FOR, Duration::from_millis(2), MAX_GIVE_WAY)
+        CpuGate::new(FOREGROUND_FOR, MAX_GIVE_WAY)
     }
 }
 
 impl CpuGate {
-    /// A grant lasts `foreground_for` of guest running time, counted in ticks of `epoch_tick`.
-    pub fn new(foreground_for: Duration, epoch_tick: Duration, max_give_way: Duration) -> Self {
-        let ticks = foreground_for.as_micros() / epoch_tick.as_micros().max(1);
+    pub fn new(foreground_for: Duration, max_give_way: Duration) -> Self {
         CpuGate {
             foreground: AtomicUsize::new(0),
             quiet: Notify::new(),
-            foreground_ticks: u32::try_from(ticks).unwrap_or(u32::MAX).max(1),
+            foreground_for,
             max_give_way,
         }
     }
@@ -88,11 +84,11 @@ pub struct Priority {
 struct Class {
     /// Foreground by a grant (counted in the gate).
     granted: AtomicBool,
-    /// Epoch ticks the guest has run since the grant.
-    ticks: AtomicU32,
     /// The run is being stopped: it finishes in the foreground, so whatever waits for its end
     /// (a new run of the same session) does not wait behind background work.
     urgent: AtomicBool,
+    /// Signalled when the run becomes urgent.
+    urgent_now: Notify,
 }
 
 impl Priority {
@@ -126,19 +122,13 @@ impl Priority {
         self.give_way().await;
     }
 
-    /// What the store's epoch callback reports at each tick the guest runs through: a grant
-    /// that has used up its ticks ends.
-    pub fn ticked(&self) {
-        if self.class.granted.load(Ordering::Acquire)
-            && self.class.ticks.fetch_add(1, Ordering::AcqRel) + 1 >= self.gate.foreground_ticks
-        {
-            self.demote();
-        }
+    /// How long a grant should last.
+    pub fn foreground_for(&self) -> Duration {
+        self.gate.foreground_for
     }
 
     /// Makes the run foreground until the grant is dropped or [`Priority::demote`] is called.
     pub fn grant(&self) -> Grant {
-        self.class.ticks.store(0, Ordering::Release);
         if !self.class.granted.swap(true, Ordering::AcqRel) {
             self.gate.foreground.fetch_add(1, Ordering::AcqRel);
         }
@@ -162,6 +152,19 @@ impl Priority {
     /// Keeps the run foreground from now on, whatever its grants (it is being stopped).
     pub fn make_urgent(&self) {
         self.class.urgent.store(true, Ordering::Release);
+        self.class.urgent_now.notify_waiters();
+    }
+
+    /// Completes once the run is urgent (at once if it already is).
+    pub async fn urgent(&self) {
+        let now = self.class.urgent_now.notified();
+        tokio::pin!(now);
+        // Registered before the look, so a `make_urgent` in between still wakes us.
+        now.as_mut().enable();
+        if self.class.urgent.load(Ordering::Acquire) {
+            return;
+        }
+        now.await
     }
 }
 

@@ -341,10 +341,11 @@ pub(crate) struct Driver {
     pub span: tracing::Span,
 }
 
-/// A run's foreground grant (which its first output or its running time also ends).
+/// A run's foreground grant and when it lapses (its first output ends it sooner).
 pub(crate) struct Foreground {
     priority: Priority,
     grant: Option<Grant>,
+    until: tokio::time::Instant,
     /// The class the driver last saw (`true`: background).
     seen_background: bool,
 }
@@ -354,6 +355,7 @@ impl Foreground {
     pub fn new(priority: Priority) -> Self {
         Foreground {
             grant: Some(priority.grant()),
+            until: tokio::time::Instant::now() + priority.foreground_for(),
             priority,
             seen_background: false,
         }
@@ -373,10 +375,20 @@ impl Foreground {
         // The old grant goes first: dropped after the new one, it would mark the run background.
         self.end();
         self.grant = Some(self.priority.grant());
+        self.until = tokio::time::Instant::now() + self.priority.foreground_for();
     }
 
     fn end(&mut self) {
         self.grant = None;
+    }
+
+    /// Completes when the grant lapses (never, without one).
+    async fn lapsed(&self) {
+        if self.grant.is_some() {
+            tokio::time::sleep_until(self.until).await
+        } else {
+            std::future::pending().await
+        }
     }
 }
 
@@ -598,6 +610,10 @@ async fn supervise(
                 Wake::Changed
             }
             _ = output.data_queued(), if !output.has_queued() => Wake::Changed,
+            _ = foreground.lapsed() => {
+                foreground.end();
+                Wake::Changed
+            }
             _ = disk_check.tick() => {
                 if crate::scratch::exceeds(upkeep.scratch_path, upkeep.scratch_limit) {
                     Wake::Expired(Outcome::DiskLimit)

@@ -200,11 +200,7 @@ impl Sandbox {
     pub fn load(settings: EngineSettings) -> anyhow::Result<Self> {
         let plain = Arc::new(EngineVariant::load(&settings, false)?);
         let slots = Arc::new(Semaphore::new(settings.max_instances as usize));
-        let cpu = Arc::new(CpuGate::new(
-            settings.foreground_for,
-            settings.epoch_tick,
-            settings.max_give_way,
-        ));
+        let cpu = Arc::new(CpuGate::new(settings.foreground_for, settings.max_give_way));
         let scratch_dirs = ScratchDirs::new()
             .map_err(|e| anyhow::anyhow!("cannot create the scratch directory root: {e}"))?;
         let lane = BackgroundLane::start(settings.background_threads, settings.background_nice)
