@@ -9,6 +9,7 @@
 //! `Send`, so the move is just handing the boxed future to the other runtime.
 
 use crate::priority::Priority;
+use crate::run::AbortOnDrop;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
@@ -54,7 +55,7 @@ impl Drop for BackgroundLane {
 
 /// Sets the calling thread's nice value (Linux: per thread). Best effort: raising one's own
 /// nice value needs no privilege, and a failure only leaves the thread at its priority.
-pub fn lower_this_thread(nice: i32) {
+fn lower_this_thread(nice: i32) {
     #[cfg(target_os = "linux")]
     if nice > 0 {
         // SAFETY: plain system calls on the calling thread, no pointers involved.
@@ -105,15 +106,6 @@ async fn poll_while(slot: &Slot, stay: impl Fn() -> bool) -> bool {
     .await
 }
 
-/// Aborts the lane task when dropped.
-struct AbortLaneTask(tokio::task::JoinHandle<bool>);
-
-impl Drop for AbortLaneTask {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Drops the driver when the run's owner goes away: here and now, unless the lane is polling it
 /// at this very moment (then the aborted lane task drops it when that poll returns). Aborting
 /// alone would leave an abandoned run's store to a background thread, behind other runs.
@@ -145,7 +137,7 @@ pub(crate) async fn drive(driver: Driver, priority: Priority, lane: Arc<Backgrou
             continue;
         }
         let (class, on_lane) = (priority.clone(), slot.clone());
-        let mut task = AbortLaneTask(
+        let mut task = AbortOnDrop(
             lane.handle()
                 .spawn(async move { poll_while(&on_lane, || class.is_background()).await }),
         );

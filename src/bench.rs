@@ -643,9 +643,10 @@ pub mod ws {
         let server = Server::start(100).await?;
         // `WEIR_BENCH_ONLY_WS=clients`: weir's client rows only, for quick comparisons.
         let clients_only = std::env::var("WEIR_BENCH_ONLY_WS").is_ok_and(|v| v == "clients");
-        let baseline = match clients_only {
-            true => None,
-            false => crate::bench_native::WsServer::start().await.ok(),
+        let baseline = if clients_only {
+            None
+        } else {
+            crate::bench_native::WsServer::start().await.ok()
         };
         client_rows(&server, baseline.as_ref().map(|b| b.addr.as_str())).await?;
         if clients_only {

@@ -140,7 +140,10 @@ impl Priority {
     /// Ends the run's foreground grant, if it has one (its first output does this): returns
     /// whether it had one.
     pub fn demote(&self) -> bool {
-        if !self.class.granted.swap(false, Ordering::AcqRel) {
+        // A plain load first: every output write calls this, and almost all find no grant.
+        if !self.class.granted.load(Ordering::Acquire)
+            || !self.class.granted.swap(false, Ordering::AcqRel)
+        {
             return false;
         }
         if self.gate.foreground.fetch_sub(1, Ordering::AcqRel) == 1 {

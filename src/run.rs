@@ -188,16 +188,16 @@ impl RunControl {
 }
 
 /// Aborts a task when dropped, so an owner going away takes its task with it.
-pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+pub struct AbortOnDrop<T = ()>(pub tokio::task::JoinHandle<T>);
 
-impl AbortOnDrop {
+impl<T> AbortOnDrop<T> {
     /// Waits for the task to finish (it is aborted if this wait is itself dropped).
-    pub async fn join(mut self) {
-        let _ = (&mut self.0).await;
+    pub async fn join(mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
     }
 }
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }

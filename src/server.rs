@@ -62,7 +62,7 @@ impl RunningServer {
     /// Begins graceful shutdown and waits until every session has ended.
     pub async fn shutdown(self) {
         let _ = self.state.shutdown.send(true);
-        self.task.join().await;
+        let _ = self.task.join().await;
         self.state.history.flush().await;
     }
 }
