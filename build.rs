@@ -16,6 +16,9 @@
 //! components are kept in `target/guest/`, named by the hash of their sources, so debug, release
 //! and test builds share one.
 
+#[path = "guests/build/immortalize.rs"]
+mod immortalize;
+
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -181,9 +184,23 @@ fn build_guest(tool: &Path, guest_dir: &Path, wasm: &Path, preload: &Path) {
     if let Some(dir) = scratch {
         let _ = std::fs::remove_dir_all(dir);
     }
+    make_immortal(&tmp);
     std::fs::rename(&tmp, wasm)
         .unwrap_or_else(|e| fail(&format!("cannot move guest into place: {e}")));
     say(&format!("built {}", wasm.display()));
+}
+
+/// Makes the snapshot's objects immortal (`guests/build/immortalize.rs`).
+fn make_immortal(wasm: &Path) {
+    let mut bytes = std::fs::read(wasm)
+        .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", wasm.display())));
+    let done = immortalize::immortalize(&mut bytes).unwrap_or_else(|e| fail(&e));
+    say(&format!(
+        "made {} of the snapshot's {} objects immortal ({} left as they were)",
+        done.patched, done.listed, done.skipped
+    ));
+    std::fs::write(wasm, &bytes)
+        .unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", wasm.display())));
 }
 
 /// A private directory on /dev/shm (tmpfs), if this machine has one.

@@ -136,8 +136,54 @@ _patch_asyncio()
 sys.path[:] = []
 sys.path_importer_cache.clear()
 
+
+
+def _immortal_table():
+    """The snapshot's objects, for the build to make immortal (`guests/build/immortalize.rs`).
+
+    A run that touches an object of the snapshot (calls a function, reads a module global, makes
+    an instance of a class) changes its reference count, and so dirties -- copies -- its page.
+    CPython skips reference counting for immortal objects, whose count is at least 2**30 on
+    wasm32. Python cannot set a count, so the guest lists every object reachable now, by address
+    (its `id`) beside its type's address, and the build writes the immortal count into those
+    addresses of the snapshot's memory image, where it checks that the type still matches and
+    the old count is a count (a block freed between this list and the snapshot holds a pointer).
+    Layout: a marker, the number of pairs, then the pairs (little-endian u32).
+    """
+    import array
+
+    roots = gc.get_objects()
+    seen = bytearray()  # one bit per 8-byte-aligned address
+    pairs = array.array("I")
+    is_immortal = sys._is_immortal
+    code_type = types.CodeType
+    stack = roots
+    while stack:
+        obj = stack.pop()
+        slot = id(obj) >> 3
+        byte, bit = slot >> 3, 1 << (slot & 7)
+        if byte >= len(seen):
+            seen.extend(bytes(byte - len(seen) + (1 << 16)))
+        if seen[byte] & bit:
+            continue
+        seen[byte] |= bit
+        if not is_immortal(obj):
+            pairs.append(id(obj))
+            pairs.append(id(type(obj)))
+        stack.extend(gc.get_referents(obj))
+        if isinstance(obj, dict):
+            stack.extend(obj.keys())  # a dict of str keys does not report them as referents
+        elif type(obj) is code_type:  # code objects are not tracked by the GC
+            stack.extend((obj.co_consts, obj.co_names, obj.co_filename, obj.co_name,
+                          obj.co_qualname, obj.co_linetable, obj.co_exceptiontable))
+    marker = bytes(reversed(b"1V-ELBAT-LATROMMI-RIEW"))  # built, so no constant holds it
+    return marker + array.array("I", [len(pairs) // 2]).tobytes() + pairs.tobytes()
+
+
 # Objects alive now belong to the snapshot; freezing them keeps a run-time gc.collect() from
 # dirtying (and so copying) their pages in every instance.
+gc.collect()
+_IMMORTAL_TABLE = _immortal_table()
 gc.collect()
 gc.freeze()
 
