@@ -16,8 +16,8 @@ use wasmparser::{DataKind, Encoding, Operator, Parser, Payload};
 
 /// CPython's `_Py_IMMORTAL_INITIAL_REFCNT` on 32-bit targets (`Include/refcount.h`).
 const IMMORTAL_REFCNT: u32 = 5 << 28;
-/// Larger counts are not counts but pointers left in freed blocks.
-const MAX_PLAUSIBLE_REFCNT: u32 = 1 << 20;
+/// Larger values are not counts but pointers left in freed blocks (the heap starts near 1 MiB).
+const MAX_PLAUSIBLE_REFCNT: u32 = 1 << 16;
 /// The guest builds this marker at run time, so no constant of its own holds it.
 const MARKER: &[u8] = b"WEIR-IMMORTAL-TABLE-V1";
 

@@ -180,25 +180,30 @@ def _immortal_table():
     return marker + array.array("I", [len(pairs) // 2]).tobytes() + pairs.tobytes()
 
 
-# Objects alive now belong to the snapshot; freezing them keeps a run-time gc.collect() from
-# dirtying (and so copying) their pages in every instance.
-gc.collect()
-_IMMORTAL_TABLE = _immortal_table()
-gc.collect()
-gc.freeze()
-
 # ------------------------------------------------------------------ run time
 
 _RUNNER_FILE = _denied.__code__.co_filename
 
 
-def _refresh_process_state(script_dir):
+class _Host:
+    """What a run asks of the host. The build's warm-up (`_warm_up`) passes a stand-in."""
+
+    launch_config = staticmethod(host.launch_config)
+    uncaught_exception = staticmethod(host.uncaught_exception)
+    repl_started = staticmethod(host.repl_started)
+    get_arguments = staticmethod(environment.get_arguments)
+    get_environment = staticmethod(environment.get_environment)
+    initial_cwd = staticmethod(environment.initial_cwd)
+    read_line = staticmethod(input)
+
+
+def _refresh_process_state(script_dir, api):
     """Replace what the snapshot captured at build time with this run's values."""
-    sys.argv = list(environment.get_arguments()) or [""]
-    env = dict(environment.get_environment())
+    sys.argv = list(api.get_arguments()) or [""]
+    env = dict(api.get_environment())
     os.environ.clear()
     os.environ.update(env)
-    cwd = environment.initial_cwd()
+    cwd = api.initial_cwd()
     if cwd:
         os.chdir(cwd)
     sys.path[:] = [script_dir]
@@ -238,7 +243,7 @@ def _exit_code(exc):
     return 1
 
 
-def _report(exc):
+def _report(exc, api):
     """Print an uncaught exception as CPython does and tell the host. Returns the exit code."""
     if isinstance(exc, SystemExit):
         return _exit_code(exc)
@@ -252,16 +257,16 @@ def _report(exc):
         message = str(exc)
     except BaseException:  # noqa: BLE001
         message = ""
-    host.uncaught_exception(type(exc).__name__, message[:1000])
+    api.uncaught_exception(type(exc).__name__, message[:1000])
     return 1
 
 
-def _execute(code_obj, namespace):
+def _execute(code_obj, namespace, api):
     try:
         exec(code_obj, namespace)
         return 0
     except BaseException as exc:  # noqa: BLE001 - every way out of the script is reported
-        return _report(exc)
+        return _report(exc, api)
 
 
 def _load(launch):
@@ -274,12 +279,13 @@ def _load(launch):
     return compile(source, filename, "exec", dont_inherit=True), filename
 
 
-def _repl(namespace):
+def _repl(namespace, api):
     import code
 
-    host.repl_started()
+    api.repl_started()
     sys.ps1, sys.ps2 = ">>> ", "... "
     console = code.InteractiveConsole(locals=namespace)
+    console.raw_input = api.read_line
     try:
         console.interact(banner="", exitmsg="")
         return 0
@@ -299,14 +305,14 @@ def _finish():
             pass
 
 
-def _main():
-    launch = host.launch_config()
-    _refresh_process_state("")  # "" is the working directory, as for `python -c`
+def _main(api):
+    launch = api.launch_config()
+    _refresh_process_state("", api)  # "" is the working directory, as for `python -c`
     try:
         code_obj, filename = _load(launch)
     except BaseException as exc:  # noqa: BLE001 - SyntaxError, missing file, ...
         _new_main(launch.script or "<string>")
-        status = _report(exc)
+        status = _report(exc, api)
         namespace = None
     else:
         if filename != "<string>":
@@ -314,17 +320,82 @@ def _main():
         namespace = _new_main(filename).__dict__
         if filename == "<string>":
             del namespace["__file__"]
-        status = _execute(code_obj, namespace)
+        status = _execute(code_obj, namespace, api)
     if launch.repl:
         if namespace is None:
             namespace = _new_main("<stdin>").__dict__
-        status = _repl(namespace)
-    _finish()
+        status = _repl(namespace, api)
     return status
 
 
 class Run(exports.Run):
     def run(self) -> None:
-        status = _main()
+        status = _main(_Host)
+        _finish()
         if status != 0:
             wasi_exit.exit_with_code(status)
+
+
+# ------------------------------------------------------- build time, last
+
+class _WarmUpHost:
+    """A stand-in for the host, for `_warm_up`: a `-c` program, then a REPL fed from a list."""
+
+    def __init__(self, code, lines):
+        self.launch = types.SimpleNamespace(script="", code=code, repl=True)
+        self.lines = iter(lines)
+        self.env = list(os.environ.items())
+
+    def launch_config(self):
+        return self.launch
+
+    def uncaught_exception(self, type_name, message):
+        pass
+
+    def repl_started(self):
+        pass
+
+    def get_arguments(self):
+        return ["main.py", "arg"]
+
+    def get_environment(self):
+        return self.env
+
+    def initial_cwd(self):
+        return None
+
+    def read_line(self, prompt=""):
+        try:
+            return next(self.lines)
+        except StopIteration:
+            raise EOFError from None
+
+
+def _warm_up():
+    """Take the run-time paths a few times now, at build time, so the snapshot holds their bytecode
+    already specialized: CPython's adaptive interpreter rewrites a function's instructions (and
+    their counters) in its code object the first times it runs, and a run doing that would dirty
+    -- copy -- one more page of the snapshot per function, in every instance. Nothing is printed
+    and no exit handler runs."""
+    build_main = sys.modules.get("__main__")
+    script = "x = 1\ndef f(a):\n    return a + x\ny = f(2)\n"
+    lines = ["z = f(y)", "def g():", "    return z", "", "w = g()"]
+    for _ in range(3):
+        _main(_WarmUpHost(script, lines))
+        os.path.dirname(os.path.abspath("main.py"))
+        with open(__file__, "rb") as f:
+            f.read()
+        sys.stdout.flush()
+    if build_main is not None:
+        sys.modules["__main__"] = build_main
+    sys.argv = [""]
+    sys.path[:] = []
+
+
+_warm_up()
+# Objects alive now belong to the snapshot; freezing them keeps a run-time gc.collect() from
+# dirtying (and so copying) their pages in every instance.
+gc.collect()
+_IMMORTAL_TABLE = _immortal_table()
+gc.collect()
+gc.freeze()
