@@ -534,6 +534,32 @@ async fn the_standard_library_works_at_run_time() {
 }
 
 #[tokio::test]
+async fn the_snapshot_is_immortal_and_runs_still_free_their_own_objects() {
+    // The build makes every object of the interpreter snapshot immortal (docs/sandbox.md), so
+    // a run does not dirty snapshot pages by touching them; the run's own objects stay mortal.
+    let out = run(
+        "import sys, json, os, weakref, gc\n\
+         print(sys._is_immortal(json.dumps), sys._is_immortal(os.environ), sys._is_immortal(json))\n\
+         class C: pass\n\
+         c = C(); r = weakref.ref(c)\n\
+         print(sys._is_immortal(c), sys.getrefcount(c))\n\
+         del c\n\
+         print(r() is None)\n\
+         s = 'x' * 10\n\
+         s += 'y'\n\
+         json.dumps = lambda o: 'patched'\n\
+         print(len(s), json.dumps(1), gc.collect() >= 0)\n",
+    )
+    .await;
+    assert_eq!(
+        out.stdout_text(),
+        "True True True\nFalse 2\nTrue\n11 patched True\n",
+        "{}",
+        out.stderr_text()
+    );
+}
+
+#[tokio::test]
 async fn each_run_draws_fresh_randomness() {
     let a = run("import random, uuid; print(random.random(), uuid.uuid4())").await;
     let b = run("import random, uuid; print(random.random(), uuid.uuid4())").await;

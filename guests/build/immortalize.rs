@@ -94,7 +94,9 @@ pub fn immortalize(component: &mut [u8]) -> Result<Immortalized, String> {
         let ty = image.read_u32(first + 8 * i + 4);
         let refcnt = image.read_u32(address);
         let plausible = (1..MAX_PLAUSIBLE_REFCNT).contains(&refcnt);
-        if plausible && image.read_u32(address + 4) == ty && image.write_u32(address, IMMORTAL_REFCNT)
+        if plausible
+            && image.read_u32(address + 4) == ty
+            && image.write_u32(address, IMMORTAL_REFCNT)
         {
             patched += 1;
         } else {
