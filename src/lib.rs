@@ -51,6 +51,9 @@ pub mod session;
 pub mod transcript;
 pub mod warm;
 
+#[cfg(test)]
+mod immortalize_tests;
+
 pub use engine::EngineSettings;
 pub use limits::Limits;
 pub use outcome::Outcome;
