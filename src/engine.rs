@@ -66,7 +66,7 @@ impl Default for EngineSettings {
             warm_instances: env_usize("WEIR_WARM_INSTANCES").unwrap_or(4),
             foreground_for: env_ms("WEIR_FOREGROUND_MS").unwrap_or(crate::priority::FOREGROUND_FOR),
             max_give_way: env_ms("WEIR_GIVE_WAY_MS").unwrap_or(crate::priority::MAX_GIVE_WAY),
-            background_nice: env_usize("WEIR_BACKGROUND_NICE").map_or(10, |n| n.min(19) as i32),
+            background_nice: env_usize("WEIR_BACKGROUND_NICE").map_or(15, |n| n.min(19) as i32),
             background_threads: env_usize("WEIR_BACKGROUND_THREADS")
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         }
