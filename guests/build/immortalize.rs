@@ -63,9 +63,8 @@ impl Image<'_> {
     /// Writes `value` if every nonzero byte of it falls in a segment (the rest are zero anyway).
     fn write_u32(&mut self, address: u32, value: u32) -> bool {
         let le = value.to_le_bytes();
-        let places: Vec<Option<usize>> = (0..4u32)
-            .map(|k| self.locate(address.wrapping_add(k)))
-            .collect();
+        let places: [Option<usize>; 4] =
+            std::array::from_fn(|k| self.locate(address.wrapping_add(k as u32)));
         if le.iter().zip(&places).any(|(b, p)| *b != 0 && p.is_none()) {
             return false;
         }
@@ -80,12 +79,11 @@ impl Image<'_> {
 
 /// Patches `component` in place. Fails if the guest's table is missing or malformed.
 pub fn immortalize(component: &mut [u8]) -> Result<Immortalized, String> {
-    let segments = snapshot_segments(component)?;
+    let (segments, table) = snapshot_segments(component)?;
     let mut image = Image {
         bytes: component,
         segments,
     };
-    let table = find_marker(&image).ok_or("the guest's immortal table is not in the image")?;
     let count = image.read_u32(table + MARKER.len() as u32) as usize;
     let first = table + MARKER.len() as u32 + 4;
     let (mut patched, mut skipped) = (0, 0);
@@ -116,17 +114,19 @@ pub fn immortalize(component: &mut [u8]) -> Result<Immortalized, String> {
     })
 }
 
-fn find_marker(image: &Image) -> Option<u32> {
-    image.segments.iter().find_map(|seg| {
-        let data = &image.bytes[seg.file_offset..seg.file_offset + seg.len as usize];
+/// The guest address of the marker, if one of `segments` holds it.
+fn find_marker(component: &[u8], segments: &[Segment]) -> Option<u32> {
+    segments.iter().find_map(|seg| {
+        let data = &component[seg.file_offset..seg.file_offset + seg.len as usize];
         data.windows(MARKER.len())
             .position(|w| w == MARKER)
             .map(|pos| seg.address + pos as u32)
     })
 }
 
-/// The active, constant-offset data segments of the core module that holds the marker, sorted.
-fn snapshot_segments(component: &[u8]) -> Result<Vec<Segment>, String> {
+/// The active, constant-offset data segments of the core module that holds the marker, sorted,
+/// and the marker's guest address.
+fn snapshot_segments(component: &[u8]) -> Result<(Vec<Segment>, u32), String> {
     let base = component.as_ptr() as usize;
     let mut modules: Vec<Vec<Segment>> = Vec::new();
     for payload in Parser::new(0).parse_all(component) {
@@ -164,15 +164,10 @@ fn snapshot_segments(component: &[u8]) -> Result<Vec<Segment>, String> {
     }
     modules
         .into_iter()
-        .map(|mut segments| {
+        .find_map(|mut segments| {
+            let table = find_marker(component, &segments)?;
             segments.sort_by_key(|s| s.address);
-            segments
+            Some((segments, table))
         })
-        .find(|segments| {
-            segments.iter().any(|seg| {
-                let data = &component[seg.file_offset..seg.file_offset + seg.len as usize];
-                data.windows(MARKER.len()).any(|w| w == MARKER)
-            })
-        })
-        .ok_or_else(|| "no core module holds the guest's immortal table".into())
+        .ok_or_else(|| "the guest's immortal table is not in the image".into())
 }
