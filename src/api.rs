@@ -135,6 +135,7 @@ async fn create_run(
     let config = &state.config;
     let mut req = params.into_request(&config.limits, &config.max_limits);
     req.close_stdin = true;
+    req.compile_scope = crate::compile_cache::scope_for(admitted.user.as_deref(), None);
     let user = admitted.user.as_deref().unwrap_or(ANONYMOUS);
     let finished = match oneshot::execute(&state, user, req, record).await {
         Ok(f) => f,

@@ -52,6 +52,9 @@ pub struct EngineSettings {
     /// Instances kept instantiated ahead of demand per engine variant (`crate::warm`), so a
     /// run's start does not wait for instantiation. 0 turns the warm pool off.
     pub warm_instances: usize,
+    /// Bytes of compiled programs kept for re-runs (`crate::compile_cache`); 0 turns the cache
+    /// off. `$WEIR_COMPILE_CACHE_BYTES`.
+    pub compile_cache_bytes: usize,
 }
 
 impl Default for EngineSettings {
@@ -64,6 +67,7 @@ impl Default for EngineSettings {
             keep_resident: env_usize("WEIR_KEEP_RESIDENT").unwrap_or(4 << 20),
             table_lazy_init: env_usize("WEIR_TABLE_LAZY_INIT").is_some_and(|v| v != 0),
             warm_instances: env_usize("WEIR_WARM_INSTANCES").unwrap_or(4),
+            compile_cache_bytes: env_usize("WEIR_COMPILE_CACHE_BYTES").unwrap_or(64 << 20),
             foreground_for: env_ms("WEIR_FOREGROUND_MS").unwrap_or(crate::priority::FOREGROUND_FOR),
             max_give_way: env_ms("WEIR_GIVE_WAY_MS").unwrap_or(crate::priority::MAX_GIVE_WAY),
             background_nice: env_usize("WEIR_BACKGROUND_NICE").map_or(15, |n| n.min(19) as i32),

@@ -1,6 +1,7 @@
 //! weir's own host interface for the guest (`weir:sandbox/host`, see
 //! `guests/python/wit/world.wit`): how to launch the program, and what became of it.
 
+use crate::compile_cache::CachePut;
 use crate::sandbox::GuestState;
 use wasmtime::component::{ComponentType, Linker, Lower};
 use wasmtime::StoreContextMut;
@@ -13,7 +14,27 @@ const INTERFACE: &str = "weir:sandbox/host@0.1.0";
 pub struct Launch {
     pub script: String,
     pub code: Option<String>,
+    /// The script's bytes as written to its file; `None` makes the guest read the file.
+    pub source: Option<Vec<u8>>,
+    /// The program as an earlier run compiled it (`crate::compile_cache`).
+    pub compiled: Option<Vec<u8>>,
+    #[component(name = "cache-compiled")]
+    pub cache_compiled: bool,
     pub repl: bool,
+}
+
+impl Launch {
+    /// A launch that reads nothing from a cache and offers nothing to one.
+    pub fn plain(script: String, code: Option<String>, repl: bool) -> Self {
+        Launch {
+            script,
+            code,
+            source: None,
+            compiled: None,
+            cache_compiled: false,
+            repl,
+        }
+    }
 }
 
 /// An exception the user's program did not catch.
@@ -28,6 +49,18 @@ pub struct Uncaught {
 pub struct HostState {
     pub launch: Launch,
     pub uncaught: Option<Uncaught>,
+    /// Where the guest's compiled program goes, if this run may fill the cache.
+    pub cache_put: Option<CachePut>,
+}
+
+impl HostState {
+    pub fn new(launch: Launch, cache_put: Option<CachePut>) -> Self {
+        HostState {
+            launch,
+            uncaught: None,
+            cache_put,
+        }
+    }
 }
 
 pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
@@ -36,7 +69,29 @@ pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     inst.func_wrap(
         "launch-config",
-        |store: StoreContextMut<'_, GuestState>, (): ()| Ok((store.data().host.launch.clone(),)),
+        |mut store: StoreContextMut<'_, GuestState>, (): ()| {
+            // The guest asks once; the bytes move rather than copy (asked again, it gets the
+            // rest, and reads and compiles the file itself).
+            let launch = &mut store.data_mut().host.launch;
+            Ok((Launch {
+                script: launch.script.clone(),
+                code: launch.code.clone(),
+                source: launch.source.take(),
+                compiled: launch.compiled.take(),
+                cache_compiled: launch.cache_compiled,
+                repl: launch.repl,
+            },))
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    inst.func_wrap(
+        "program-compiled",
+        |mut store: StoreContextMut<'_, GuestState>, (code,): (Vec<u8>,)| {
+            if let Some(put) = store.data_mut().host.cache_put.take() {
+                put.put(code);
+            }
+            Ok(())
+        },
     )
     .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     inst.func_wrap(

@@ -26,6 +26,7 @@ pub mod background;
 pub mod bench;
 pub mod bench_native;
 pub mod cli;
+pub mod compile_cache;
 pub mod config;
 pub mod determinism;
 pub mod engine;

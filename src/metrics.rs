@@ -1,5 +1,6 @@
 //! Server metrics, rendered in the Prometheus text format at `GET /metrics`.
 
+use crate::compile_cache::CacheStats;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -66,8 +67,8 @@ impl Metrics {
         self.rejected[slot(&REJECTIONS, reason)].fetch_add(1, Relaxed);
     }
 
-    /// The Prometheus text exposition; `live_instances` comes from the sandbox.
-    pub fn render(&self, live_instances: usize) -> String {
+    /// The Prometheus text exposition; `live_instances` and `cache` come from the sandbox.
+    pub fn render(&self, live_instances: usize, cache: CacheStats) -> String {
         let mut s = String::new();
         let mut gauge = |name: &str, help: &str, kind: &str, value: u64| {
             let _ = writeln!(
@@ -92,6 +93,24 @@ impl Metrics {
             "Runs started.",
             "counter",
             self.runs_started.load(Relaxed),
+        );
+        gauge(
+            "weir_compile_cache_hits_total",
+            "Runs that loaded their program compiled by an earlier run.",
+            "counter",
+            cache.hits,
+        );
+        gauge(
+            "weir_compile_cache_misses_total",
+            "Runs that compiled their program, with the cache on.",
+            "counter",
+            cache.misses,
+        );
+        gauge(
+            "weir_compile_cache_bytes",
+            "Bytes of compiled programs the cache holds.",
+            "gauge",
+            cache.bytes as u64,
         );
         gauge(
             "weir_output_bytes_total",
@@ -143,7 +162,7 @@ mod tests {
         let m = Metrics::default();
         m.run_finished("timeout", Duration::from_millis(3), 10);
         m.rejected("capacity");
-        let text = m.render(2);
+        let text = m.render(2, CacheStats::default());
         assert!(text.contains("weir_instances_live 2\n"));
         assert!(text.contains("weir_runs_finished_total{outcome=\"timeout\"} 1\n"));
         assert!(text.contains("weir_connections_rejected_total{reason=\"capacity\"} 1\n"));

@@ -67,10 +67,11 @@ async fn execute(
         Ok(b) => b,
         Err((status, m)) => return message(status, m),
     };
-    let req = match job(&body, &state.config) {
+    let mut req = match job(&body, &state.config) {
         Ok(req) => req,
         Err(m) => return message(StatusCode::BAD_REQUEST, m),
     };
+    req.compile_scope = crate::compile_cache::scope_for(admitted.user.as_deref(), None);
     let user = admitted.user.as_deref().unwrap_or(ANONYMOUS);
     let finished = match oneshot::execute(&state, user, req, false).await {
         Ok(f) => f,

@@ -5,6 +5,7 @@
 //! No host environment variable, file or socket is reachable.
 
 use crate::background::BackgroundLane;
+use crate::compile_cache::{CachePut, CompileCache, Key};
 use crate::determinism::{GuestClock, Seed, VirtualClock};
 use crate::engine::{self, EngineSettings, EngineVariant};
 use crate::host::{HostState, Launch};
@@ -13,7 +14,7 @@ use crate::pipes::{GuestStatus, GuestStdin, OutputQueue, ReadLog, StdinMode, Std
 use crate::priority::{CpuGate, Priority};
 use crate::run::{self, Foreground, RunHandle, RunId, StreamKind};
 use crate::scratch::{Scratch, ScratchDirs, ScratchError};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::ResourceTable;
@@ -69,6 +70,9 @@ pub struct RunRequest {
     pub replay_input: Option<ReadLog>,
     /// Deterministic mode (seeded randomness, virtual clocks, fuel): see [`crate::determinism`].
     pub deterministic: Option<Seed>,
+    /// Runs share compiled programs (`crate::compile_cache`) only within one scope: the server
+    /// uses the user (or the connection, for anonymous ones). Default: the empty scope.
+    pub compile_scope: String,
 }
 
 impl RunRequest {
@@ -90,6 +94,7 @@ impl RunRequest {
             record_input: false,
             replay_input: None,
             deterministic: None,
+            compile_scope: String::new(),
         }
     }
 
@@ -152,12 +157,9 @@ impl GuestState {
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(crate::limits::MAX_MEMORY_BYTES),
             host: HostState {
-                launch: Launch {
-                    script: String::new(),
-                    code: None,
-                    repl: false,
-                },
+                launch: Launch::plain(String::new(), None, false),
                 uncaught: None,
+                cache_put: None,
             },
             status: watch::channel(GuestStatus::default()).0,
             clock: GuestClock::Real,
@@ -193,6 +195,8 @@ struct Inner {
     scratch_dirs: Arc<ScratchDirs>,
     /// Where background runs continue (`crate::background`).
     lane: Arc<BackgroundLane>,
+    /// Programs compiled by earlier runs (`crate::compile_cache`).
+    compile_cache: Arc<CompileCache>,
 }
 
 impl Sandbox {
@@ -207,6 +211,7 @@ impl Sandbox {
             .map_err(|e| anyhow::anyhow!("cannot start the background lane: {e}"))?;
         Ok(Sandbox {
             inner: Arc::new(Inner {
+                compile_cache: Arc::new(CompileCache::new(settings.compile_cache_bytes)),
                 settings,
                 plain,
                 fueled: tokio::sync::OnceCell::new(),
@@ -226,6 +231,11 @@ impl Sandbox {
     /// Guest instances alive right now (stores not yet dropped).
     pub fn live_instances(&self) -> usize {
         self.inner.settings.max_instances as usize - self.inner.slots.available_permits()
+    }
+
+    /// What the compile cache holds and how it has served (`crate::compile_cache`).
+    pub fn compile_cache_stats(&self) -> crate::compile_cache::CacheStats {
+        self.inner.compile_cache.stats()
     }
 
     /// Runs in their foreground phase right now (`crate::priority`).
@@ -302,10 +312,7 @@ impl Sandbox {
             wasi,
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(limits.memory_bytes),
-            host: HostState {
-                launch: launch_of(&req.program, req.repl),
-                uncaught: None,
-            },
+            host: self.launch(&req, &limits),
             status: status_tx,
             clock: match (req.deterministic, limits.cpu_fuel) {
                 (Some(_), Some(fuel)) => GuestClock::Virtual(VirtualClock::new(fuel)),
@@ -354,18 +361,53 @@ impl Sandbox {
     }
 }
 
-fn launch_of(program: &Program, repl: bool) -> Launch {
-    match program {
-        Program::Script { filename, .. } => Launch {
-            script: filename.clone(),
-            code: None,
-            repl,
-        },
-        Program::Code(code) => Launch {
-            script: String::new(),
-            code: Some(code.clone()),
-            repl,
-        },
+impl Sandbox {
+    /// How the guest launches the program: with its bytes when they are surely what the script's
+    /// file holds, and with the compile cache (`crate::compile_cache`) when the run may use it.
+    fn launch(&self, req: &RunRequest, limits: &Limits) -> HostState {
+        let (mut launch, name, source) = match &req.program {
+            Program::Script { filename, source } => {
+                // A caller's file of the same name, or a mount, could put other bytes there.
+                let base = Path::new(filename).file_name();
+                let shadowed = !req.mounts.is_empty()
+                    || req
+                        .files
+                        .iter()
+                        .any(|(f, _)| Path::new(f).file_name() == base);
+                if shadowed {
+                    let launch = Launch::plain(filename.clone(), None, req.repl);
+                    return HostState::new(launch, None);
+                }
+                let mut launch = Launch::plain(filename.clone(), None, req.repl);
+                launch.source = Some(source.clone());
+                (launch, filename.as_str(), source.as_slice())
+            }
+            Program::Code(code) => (
+                Launch::plain(String::new(), Some(code.clone()), req.repl),
+                "<string>",
+                code.as_bytes(),
+            ),
+        };
+        let cache = &self.inner.compile_cache;
+        // Fuel, and the virtual clock it drives, must not depend on what ran before.
+        if !cache.enabled() || limits.cpu_fuel.is_some() || req.deterministic.is_some() {
+            return HostState::new(launch, None);
+        }
+        let key = Key::new(&req.compile_scope, name, source);
+        match cache.get(&key) {
+            Some(code) => {
+                launch.compiled = Some(code.to_vec());
+                HostState::new(launch, None)
+            }
+            None => {
+                launch.cache_compiled = true;
+                let put = CachePut {
+                    cache: cache.clone(),
+                    key,
+                };
+                HostState::new(launch, Some(put))
+            }
+        }
     }
 }
 

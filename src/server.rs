@@ -75,6 +75,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let settings = EngineSettings {
         max_instances: config.max_instances,
         warm_instances: config.warm_instances,
+        compile_cache_bytes: config.compile_cache_bytes,
         ..EngineSettings::default()
     };
     let sandbox = Sandbox::load_async(settings).await?;
@@ -192,7 +193,10 @@ pub fn router(state: Arc<AppState>) -> Router {
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(state.sandbox.live_instances()),
+        state.metrics.render(
+            state.sandbox.live_instances(),
+            state.sandbox.compile_cache_stats(),
+        ),
     )
 }
 

@@ -63,6 +63,8 @@ struct Session {
     app: Arc<AppState>,
     /// The signed-in user, or "anonymous": the owner of this session's runs in the history.
     user: String,
+    /// Where this session's compiled programs are cached (`crate::compile_cache`).
+    compile_scope: String,
     out: mpsc::Sender<Message>,
     active: Option<Active>,
     recent_runs: VecDeque<Instant>,
@@ -105,6 +107,7 @@ async fn run_in_span(socket: WebSocket, mut ctx: SessionCtx) {
     let mut s = Session {
         app: ctx.app.clone(),
         user: ctx.user.clone().unwrap_or_else(|| ANONYMOUS.into()),
+        compile_scope: crate::compile_cache::scope_for(ctx.user.as_deref(), Some(ctx.session_no)),
         out,
         active: None,
         recent_runs: VecDeque::new(),
@@ -454,7 +457,8 @@ impl Session {
         self.finish_active().await;
         let config = &self.app.config;
         let record = params.record;
-        let req = params.into_request(&config.limits, &config.max_limits);
+        let mut req = params.into_request(&config.limits, &config.max_limits);
+        req.compile_scope = self.compile_scope.clone();
         let recording = record.then(|| Box::new((req.clone(), OutputLog::default())));
         let handle = self.app.sandbox.start(req).await.map_err(|e| match e {
             StartError::AtCapacity(_) => (code::LIMIT, e.to_string()),

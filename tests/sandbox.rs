@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use std::time::{Duration, Instant};
-use weir::{Event, Outcome, RunRequest, RunState, StreamKind};
+use weir::{Event, Outcome, Program, RunRequest, RunState, StreamKind};
 
 #[tokio::test]
 async fn hello_prints_and_exits_zero() {
@@ -809,4 +809,125 @@ async fn background_runs_finish_while_new_runs_keep_arriving() {
         assert!(text.ends_with("flood 2999\n"));
         assert_eq!(out.outcome(), Outcome::Exited { code: 0 });
     }
+}
+
+#[tokio::test]
+async fn rerunning_an_unchanged_program_loads_it_compiled_and_behaves_the_same() {
+    let sandbox = private_sandbox(4);
+    let run_in = |source: &str, scope: &str| {
+        let mut req = RunRequest::script(source);
+        req.close_stdin = true;
+        req.compile_scope = scope.into();
+        let sandbox = sandbox.clone();
+        async move {
+            sandbox
+                .start(req)
+                .await
+                .expect("run starts")
+                .collect()
+                .await
+        }
+    };
+    let script = "import sys\n\
+                  def f():\n    raise ValueError('boom')\n\
+                  print(__file__, f.__code__.co_name, f.__code__.co_firstlineno)\n\
+                  f()\n";
+    let first = run_in(script, "a").await;
+    let stats = sandbox.compile_cache_stats();
+    assert_eq!((stats.entries, stats.hits, stats.misses), (1, 0, 1));
+    let second = run_in(script, "a").await;
+    assert_eq!(
+        sandbox.compile_cache_stats().hits,
+        1,
+        "the second run loads it"
+    );
+    for out in [&first, &second] {
+        assert_eq!(out.stdout_text(), "/sandbox/main.py f 2\n");
+        assert!(
+            out.stderr_text()
+                .contains("line 3, in f\n    raise ValueError('boom')\n"),
+            "tracebacks still show the source: {}",
+            out.stderr_text()
+        );
+        assert_eq!(out.result.as_ref().map(|r| r.outcome.kind()), Some("error"));
+    }
+    assert_eq!(first.stderr_text(), second.stderr_text());
+    // Another source, or another scope, compiles afresh.
+    let changed = run_in(&script.replace("boom", "bang"), "a").await;
+    assert!(changed.stderr_text().contains("ValueError: bang"));
+    run_in(script, "b").await;
+    let stats = sandbox.compile_cache_stats();
+    assert_eq!((stats.entries, stats.hits, stats.misses), (3, 1, 3));
+    // `-c` programs are cached too.
+    for _ in 0..2 {
+        let mut req = RunRequest::script("");
+        req.program = Program::Code("print(6 * 7)".into());
+        req.close_stdin = true;
+        let out = sandbox
+            .start(req)
+            .await
+            .expect("run starts")
+            .collect()
+            .await;
+        assert_eq!(out.stdout_text(), "42\n");
+    }
+    assert_eq!(sandbox.compile_cache_stats().hits, 2);
+}
+
+#[tokio::test]
+async fn compile_warnings_and_errors_show_on_every_run_and_are_not_cached() {
+    let sandbox = private_sandbox(4);
+    for source in ["x = '\\d'\nprint(len(x))\n", "print('a'\n"] {
+        for _ in 0..2 {
+            let mut req = RunRequest::script(source);
+            req.close_stdin = true;
+            let out = sandbox
+                .start(req)
+                .await
+                .expect("run starts")
+                .collect()
+                .await;
+            let err = out.stderr_text();
+            if source.starts_with('x') {
+                assert_eq!(out.stdout_text(), "2\n");
+                assert!(
+                    err.contains("SyntaxWarning: \"\\d\" is an invalid escape sequence"),
+                    "{err}"
+                );
+            } else {
+                assert!(err.contains("SyntaxError: '(' was never closed"), "{err}");
+            }
+        }
+    }
+    let stats = sandbox.compile_cache_stats();
+    assert_eq!((stats.entries, stats.hits), (0, 0));
+}
+
+#[tokio::test]
+async fn metered_runs_and_shadowed_scripts_compile_their_own() {
+    let sandbox = private_sandbox(4);
+    let start = |f: &dyn Fn(&mut RunRequest)| {
+        let mut req = RunRequest::script("print('script')");
+        req.close_stdin = true;
+        f(&mut req);
+        let sandbox = sandbox.clone();
+        async move {
+            sandbox
+                .start(req)
+                .await
+                .expect("run starts")
+                .collect()
+                .await
+        }
+    };
+    start(&|_| {}).await;
+    assert_eq!(sandbox.compile_cache_stats().entries, 1);
+    // Fuel (and the virtual clock it drives) must not depend on what ran before.
+    let metered = start(&|r| r.limits.cpu_fuel = Some(1 << 32)).await;
+    assert_eq!(metered.stdout_text(), "script\n");
+    // A caller's file of the script's name is what runs, as it is what the file holds.
+    let shadowed = start(&|r| r.files.push(("main.py".into(), b"print('file')".to_vec()))).await;
+    assert_eq!(shadowed.stdout_text(), "file\n");
+    let stats = sandbox.compile_cache_stats();
+    assert_eq!((stats.entries, stats.hits, stats.misses), (1, 0, 1));
 }

@@ -10,10 +10,12 @@ import builtins
 import gc
 import importlib.abc
 import importlib.util
+import marshal
 import os
 import pkgutil
 import sys
 import types
+import warnings
 
 from wit_world import exports
 from wit_world.imports import environment, exit as wasi_exit, host
@@ -189,6 +191,7 @@ class _Host:
     """What a run asks of the host. The build's warm-up (`_warm_up`) passes a stand-in."""
 
     launch_config = staticmethod(host.launch_config)
+    program_compiled = staticmethod(host.program_compiled)
     uncaught_exception = staticmethod(host.uncaught_exception)
     repl_started = staticmethod(host.repl_started)
     get_arguments = staticmethod(environment.get_arguments)
@@ -269,14 +272,36 @@ def _execute(code_obj, namespace, api):
         return _report(exc, api)
 
 
-def _load(launch):
-    """Compile the user's program; returns (code object, filename) or raises SyntaxError etc."""
+def _load(launch, api):
+    """Compile the user's program; returns (code object, filename) or raises SyntaxError etc.
+
+    The host may give the script's bytes (they are what it wrote to the file) and the code an
+    earlier run compiled from them; this run then hands its own compiled code over only if
+    compiling it warned nothing, since a cached load would not repeat the warnings."""
     if launch.code is not None:
-        return compile(launch.code, "<string>", "exec"), "<string>"
-    filename = os.path.abspath(launch.script)
-    with open(filename, "rb") as f:
-        source = f.read()
-    return compile(source, filename, "exec", dont_inherit=True), filename
+        source, filename = launch.code, "<string>"
+    else:
+        filename = os.path.abspath(launch.script)
+        source = launch.source
+        if source is None:
+            with open(filename, "rb") as f:
+                source = f.read()
+    if launch.compiled is not None:
+        try:
+            code_obj = marshal.loads(launch.compiled)
+        except BaseException:  # noqa: BLE001 - compile instead
+            code_obj = None
+        if type(code_obj) is types.CodeType:
+            return code_obj, filename
+    if not launch.cache_compiled:
+        return compile(source, filename, "exec", dont_inherit=True), filename
+    with warnings.catch_warnings(record=True) as caught:
+        code_obj = compile(source, filename, "exec", dont_inherit=True)
+    for w in caught:  # shown as they would have been; only the showing was deferred
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+    if not caught:
+        api.program_compiled(marshal.dumps(code_obj))
+    return code_obj, filename
 
 
 def _repl(namespace, api):
@@ -309,7 +334,7 @@ def _main(api):
     launch = api.launch_config()
     _refresh_process_state("", api)  # "" is the working directory, as for `python -c`
     try:
-        code_obj, filename = _load(launch)
+        code_obj, filename = _load(launch, api)
     except BaseException as exc:  # noqa: BLE001 - SyntaxError, missing file, ...
         _new_main(launch.script or "<string>")
         status = _report(exc, api)
@@ -341,8 +366,12 @@ class Run(exports.Run):
 class _WarmUpHost:
     """A stand-in for the host, for `_warm_up`: a `-c` program, then a REPL fed from a list."""
 
-    def __init__(self, code, lines):
-        self.launch = types.SimpleNamespace(script="", code=code, repl=True)
+    def __init__(self, code, lines, compiled=None):
+        self.launch = types.SimpleNamespace(
+            script="", code=code, source=None, compiled=compiled, cache_compiled=compiled is None,
+            repl=True,
+        )
+        self.compiled = None
         self.lines = iter(lines)
         self.env = list(os.environ.items())
 
@@ -351,6 +380,9 @@ class _WarmUpHost:
 
     def uncaught_exception(self, type_name, message):
         pass
+
+    def program_compiled(self, code):
+        self.compiled = code
 
     def repl_started(self):
         pass
@@ -380,8 +412,12 @@ def _warm_up():
     build_main = sys.modules.get("__main__")
     script = "x = 1\ndef f(a):\n    return a + x\ny = f(2)\n"
     lines = ["z = f(y)", "def g():", "    return z", "", "w = g()"]
+    compiled = None
     for _ in range(3):
-        _main(_WarmUpHost(script, lines))
+        # A miss that hands its code over, then hits loading it.
+        warm_host = _WarmUpHost(script, lines, compiled)
+        _main(warm_host)
+        compiled = compiled or warm_host.compiled
         os.path.dirname(os.path.abspath("main.py"))
         with open(__file__, "rb") as f:
             f.read()
