@@ -152,8 +152,9 @@ impl Scratch {
         };
         let mut written = Vec::with_capacity(entries.len());
         for (rel, data) in entries {
-            let path = scratch.dir.join(rel);
-            if let Some(parent) = path.parent() {
+            let path = scratch.dir.join(&rel);
+            // The scratch dir itself exists: only subdirectories need creating.
+            if let Some(parent) = path.parent().filter(|_| rel.components().count() > 1) {
                 std::fs::create_dir_all(parent)?;
             }
             std::fs::write(&path, data)?;

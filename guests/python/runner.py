@@ -204,8 +204,10 @@ def _refresh_process_state(script_dir, api):
     """Replace what the snapshot captured at build time with this run's values."""
     sys.argv = list(api.get_arguments()) or [""]
     env = dict(api.get_environment())
-    os.environ.clear()
-    os.environ.update(env)
+    if os.environ:  # the snapshot's is empty: clearing an empty one costs an exception
+        os.environ.clear()
+    if env:
+        os.environ.update(env)
     cwd = api.initial_cwd()
     if cwd:
         os.chdir(cwd)
