@@ -5,7 +5,7 @@ use crate::guest;
 use crate::host;
 use crate::limits::MAX_MEMORY_BYTES;
 use crate::sandbox::GuestState;
-use crate::warm::{Instantiated, WarmPool};
+use crate::warm::WarmPool;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -209,10 +209,12 @@ impl Instantiator {
     }
 
     /// A store instantiated with a placeholder state, for the warm pool.
-    pub(crate) async fn instantiate_placeholder(&self) -> wasmtime::Result<Instantiated> {
+    pub(crate) async fn instantiate_placeholder(
+        &self,
+    ) -> wasmtime::Result<(Store<GuestState>, Command)> {
         let mut store = self.store(GuestState::placeholder(), None);
         let command = self.instantiate(&mut store).await?;
-        Ok(Instantiated { store, command })
+        Ok((store, command))
     }
 }
 

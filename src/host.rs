@@ -63,24 +63,35 @@ impl HostState {
     }
 }
 
+/// What `launch-config` answers. The guest asks once; the bytes move rather than copy (asked
+/// again, it gets the rest, and reads and compiles the file itself).
+fn take_launch(launch: &mut Launch) -> Launch {
+    Launch {
+        script: launch.script.clone(),
+        code: launch.code.clone(),
+        source: launch.source.take(),
+        compiled: launch.compiled.take(),
+        cache_compiled: launch.cache_compiled,
+        repl: launch.repl,
+    }
+}
+
 pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
     let mut inst = linker
         .instance(INTERFACE)
         .map_err(|e| anyhow::anyhow!("{e:#}"))?;
-    inst.func_wrap(
+    inst.func_wrap_async(
         "launch-config",
         |mut store: StoreContextMut<'_, GuestState>, (): ()| {
-            // The guest asks once; the bytes move rather than copy (asked again, it gets the
-            // rest, and reads and compiles the file itself).
-            let launch = &mut store.data_mut().host.launch;
-            Ok((Launch {
-                script: launch.script.clone(),
-                code: launch.code.clone(),
-                source: launch.source.take(),
-                compiled: launch.compiled.take(),
-                cache_compiled: launch.cache_compiled,
-                repl: launch.repl,
-            },))
+            Box::new(async move {
+                // A warm guest is entered ahead of demand and waits here for its run.
+                if let Some(assignment) = store.data_mut().assignment.take() {
+                    let run = assignment.wait().await?;
+                    store.data_mut().take_over(run);
+                    store.set_epoch_deadline(1);
+                }
+                Ok((take_launch(&mut store.data_mut().host.launch),))
+            })
         },
     )
     .map_err(|e| anyhow::anyhow!("{e:#}"))?;

@@ -4,6 +4,8 @@
 //! caller (CLI flag, environment variable, protocol parameter).
 
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The hard ceiling on any run's memory: one pooling-allocator slot.
@@ -136,6 +138,9 @@ pub struct MemoryLimiter {
     limit: usize,
     denied: bool,
     peak: usize,
+    /// `peak`, readable after the store is gone (a run stopped inside a warm instance's call,
+    /// which owns the store; `crate::warm`).
+    shared_peak: Arc<AtomicUsize>,
 }
 
 impl MemoryLimiter {
@@ -144,7 +149,13 @@ impl MemoryLimiter {
             limit: usize::try_from(limit).unwrap_or(usize::MAX),
             denied: false,
             peak: 0,
+            shared_peak: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// The peak, as a handle that outlives the store.
+    pub fn peak_handle(&self) -> Arc<AtomicUsize> {
+        self.shared_peak.clone()
     }
 
     /// Whether the guest ever asked for more memory than it may have.
@@ -160,7 +171,12 @@ impl MemoryLimiter {
     /// Records memory the guest already has (a warm instance's initial memory, granted before
     /// this limiter was installed).
     pub fn starts_at(&mut self, bytes: usize) {
+        self.record(bytes);
+    }
+
+    fn record(&mut self, bytes: usize) {
         self.peak = self.peak.max(bytes);
+        self.shared_peak.store(self.peak, Ordering::Relaxed);
     }
 }
 
@@ -175,7 +191,7 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
             self.denied = true;
             return Ok(false);
         }
-        self.peak = self.peak.max(desired);
+        self.record(desired);
         Ok(true)
     }
 

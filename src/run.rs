@@ -13,15 +13,16 @@ use crate::outcome::Outcome;
 use crate::pipes::{GuestStatus, GuestStdin, OutputLimitExceeded, OutputQueue, ReadLog, StdinMsg};
 use crate::priority::{Grant, Priority};
 use crate::sandbox::GuestState;
+use crate::warm::{CallResult, GuestCall};
 use bytes::Bytes;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 use wasmtime::{Store, Trap};
-use wasmtime_wasi::p2::bindings::Command;
 
 /// A run's identifier: 16 hex digits, unique across restarts for all practical purposes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -321,9 +322,7 @@ impl Collected {
 /// Everything the driver task owns.
 pub(crate) struct Driver {
     pub id: RunId,
-    pub store: Store<GuestState>,
-    /// The guest, when the store came instantiated from the warm pool.
-    pub command: Option<Command>,
+    pub start: Start,
     pub variant: Arc<EngineVariant>,
     pub limits: Limits,
     pub events: mpsc::Sender<Event>,
@@ -339,6 +338,18 @@ pub(crate) struct Driver {
     /// Where the driver is polled while the run is background.
     pub lane: Arc<BackgroundLane>,
     pub span: tracing::Span,
+}
+
+/// How a run's guest starts.
+pub(crate) enum Start {
+    /// A store holding the run's state: the driver instantiates the guest in it and calls it.
+    Fresh(Store<GuestState>),
+    /// A warm guest, entered ahead of demand and handed the run's state (`crate::warm`): its
+    /// call owns the store, so a run stopped before it returns reads its peak memory here.
+    Entered {
+        call: GuestCall,
+        peak: Arc<AtomicUsize>,
+    },
 }
 
 /// A run's foreground grant and when it lapses (its first output ends it sooner).
@@ -423,8 +434,8 @@ pub(crate) fn spawn(
 }
 
 /// How one wait of the driver ended.
-enum Wake {
-    Finished(wasmtime::Result<Result<(), ()>>),
+enum Wake<O> {
+    Finished(O),
     Expired(Outcome),
     Changed,
     Stop,
@@ -433,8 +444,7 @@ enum Wake {
 impl Driver {
     async fn run(self, mut desired: watch::Receiver<Desired>) {
         let Driver {
-            mut store,
-            command,
+            start,
             variant,
             limits,
             events,
@@ -447,41 +457,34 @@ impl Driver {
             ..
         } = self;
         let started = Instant::now();
-        // Asked only of metered stores: on the others `get_fuel` builds an error, which captures
-        // a backtrace when RUST_BACKTRACE is set (~0.1 ms on the way to the first output).
-        let metered = variant.metered();
-        let initial_fuel = metered.then(|| store.get_fuel().ok()).flatten();
-        let finished = {
-            let call = call_guest(&mut store, command, &variant);
-            tokio::pin!(call);
-            let upkeep = Upkeep {
-                scratch_path: &scratch_path,
-                scratch_limit: limits.scratch_bytes,
-                foreground: &mut foreground,
-            };
-            supervise(
-                &mut call,
-                &mut desired,
-                &mut status,
-                &events,
-                &pipes,
-                upkeep,
-                &limits,
-            )
-            .await
+        let upkeep = Upkeep {
+            scratch_path: &scratch_path,
+            scratch_limit: limits.scratch_bytes,
+            foreground: &mut foreground,
+        };
+        let mut watch = Watch {
+            desired: &mut desired,
+            status: &mut status,
+            events: &events,
+            output: &pipes,
+            limits: &limits,
+        };
+        let (finished, fuel_consumed, peak) = match start {
+            Start::Fresh(store) => watch.fresh(store, &variant, upkeep).await,
+            Start::Entered { call, peak } => watch.entered(call, peak, upkeep).await,
         };
         foreground.end();
         drain(&pipes, &events).await;
         // What is left (freeing the instance, the exit) is background work unless stopped.
         foreground.follow_class().await;
         let outcome = match finished {
-            Ok(result) => classify(result, &store),
+            Ok((result, store)) => {
+                let outcome = classify(result, &store);
+                // Free the instance before reporting, so a caller that sees `Exit` sees it gone.
+                drop(store);
+                outcome
+            }
             Err(outcome) => outcome,
-        };
-        let fuel_left = metered.then(|| store.get_fuel().ok()).flatten();
-        let fuel_consumed = match (initial_fuel, fuel_left) {
-            (Some(start), Some(left)) => Some(start.saturating_sub(left)),
-            _ => None,
         };
         let result = RunResult {
             message: outcome.message(&limits),
@@ -490,11 +493,9 @@ impl Driver {
             output_truncated: pipes.truncated(),
             output_bytes: pipes.written(),
             fuel_consumed,
-            peak_memory: store.data().limiter.peak(),
+            peak_memory: peak,
             input_read: stdin.read_log(),
         };
-        // Free the instance before reporting, so a caller that sees `Exit` sees it gone.
-        drop(store);
         tracing::info!(
             outcome = result.outcome.kind(),
             duration_ms = result.duration.as_millis() as u64,
@@ -504,15 +505,78 @@ impl Driver {
     }
 }
 
-async fn call_guest(
-    store: &mut Store<GuestState>,
-    command: Option<Command>,
-    variant: &EngineVariant,
-) -> wasmtime::Result<Result<(), ()>> {
-    let command = match command {
-        Some(command) => command,
-        None => variant.instantiator.instantiate(store).await?,
-    };
+/// What the guest's call ended with: its result and its store, or why it was ended.
+type Finished = Result<(CallResult, Store<GuestState>), Outcome>;
+
+/// What [`supervise`] watches besides the guest.
+struct Watch<'a> {
+    desired: &'a mut watch::Receiver<Desired>,
+    status: &'a mut watch::Receiver<GuestStatus>,
+    events: &'a mpsc::Sender<Event>,
+    output: &'a OutputQueue,
+    limits: &'a Limits,
+}
+
+impl Watch<'_> {
+    /// Instantiates and calls the guest in `store`. Returns how it ended, the fuel it used
+    /// (metered runs) and its peak memory.
+    async fn fresh(
+        &mut self,
+        mut store: Store<GuestState>,
+        variant: &EngineVariant,
+        upkeep: Upkeep<'_>,
+    ) -> (Finished, Option<u64>, usize) {
+        // Asked only of metered stores: on the others `get_fuel` builds an error, which
+        // captures a backtrace when RUST_BACKTRACE is set (~0.1 ms before the first output).
+        let metered = variant.metered();
+        let initial_fuel = metered.then(|| store.get_fuel().ok()).flatten();
+        let finished = {
+            let call = call_guest(&mut store, variant);
+            tokio::pin!(call);
+            self.supervise(&mut call, upkeep).await
+        };
+        let fuel_left = metered.then(|| store.get_fuel().ok()).flatten();
+        let fuel_consumed = match (initial_fuel, fuel_left) {
+            (Some(start), Some(left)) => Some(start.saturating_sub(left)),
+            _ => None,
+        };
+        let peak = store.data().limiter.peak();
+        (finished.map(|result| (result, store)), fuel_consumed, peak)
+    }
+
+    /// Continues a warm guest's call (never metered: metered engines keep no warm pool). A
+    /// run ended before the guest returned drops the call, and the store with it.
+    async fn entered(
+        &mut self,
+        mut call: GuestCall,
+        peak: Arc<AtomicUsize>,
+        upkeep: Upkeep<'_>,
+    ) -> (Finished, Option<u64>, usize) {
+        let finished = self.supervise(&mut call.as_mut(), upkeep).await;
+        drop(call);
+        (finished, None, peak.load(Ordering::Relaxed))
+    }
+
+    async fn supervise<O>(
+        &mut self,
+        call: &mut std::pin::Pin<&mut (impl std::future::Future<Output = O> + ?Sized)>,
+        upkeep: Upkeep<'_>,
+    ) -> Result<O, Outcome> {
+        supervise(
+            call,
+            self.desired,
+            self.status,
+            self.events,
+            self.output,
+            upkeep,
+            self.limits,
+        )
+        .await
+    }
+}
+
+async fn call_guest(store: &mut Store<GuestState>, variant: &EngineVariant) -> CallResult {
+    let command = variant.instantiator.instantiate(store).await?;
     command.wasi_cli_run().call_run(&mut *store).await
 }
 
@@ -528,17 +592,15 @@ struct Upkeep<'a> {
 }
 
 /// Polls the guest until it finishes (`Ok`) or the run must end for another reason (`Err`).
-async fn supervise(
-    call: &mut std::pin::Pin<
-        &mut impl std::future::Future<Output = wasmtime::Result<Result<(), ()>>>,
-    >,
+async fn supervise<O>(
+    call: &mut std::pin::Pin<&mut (impl std::future::Future<Output = O> + ?Sized)>,
     desired: &mut watch::Receiver<Desired>,
     status: &mut watch::Receiver<GuestStatus>,
     events: &mpsc::Sender<Event>,
     output: &OutputQueue,
     upkeep: Upkeep<'_>,
     limits: &Limits,
-) -> Result<wasmtime::Result<Result<(), ()>>, Outcome> {
+) -> Result<O, Outcome> {
     let foreground = upkeep.foreground;
     let mut wall_left = limits.wall();
     // The first check comes one period in, not before the guest has even started.

@@ -7,7 +7,7 @@
 use crate::background::BackgroundLane;
 use crate::compile_cache::{CachePut, CompileCache, Key};
 use crate::determinism::{GuestClock, Seed, VirtualClock};
-use crate::engine::{self, EngineSettings, EngineVariant};
+use crate::engine::{EngineSettings, EngineVariant};
 use crate::host::{HostState, Launch};
 use crate::limits::{LimitError, Limits, MemoryLimiter};
 use crate::pipes::{GuestStatus, GuestStdin, OutputQueue, ReadLog, StdinMode, StdinMsg};
@@ -140,6 +140,9 @@ pub struct GuestState {
     pub(crate) priority: Priority,
     /// `None` only while the store waits in the warm pool, before any run owns it.
     _holdings: Option<Holdings>,
+    /// Set only in a warm store: what its guest, entered ahead of demand, waits for in
+    /// `launch-config` (`crate::warm`).
+    pub(crate) assignment: Option<crate::warm::Assignment>,
 }
 
 /// What a run holds for as long as its store lives.
@@ -165,7 +168,17 @@ impl GuestState {
             clock: GuestClock::Real,
             priority: Priority::placeholder(),
             _holdings: None,
+            assignment: None,
         }
+    }
+
+    /// Installs a run's state in a store whose guest has already been entered (a warm
+    /// instance waiting in `launch-config`): everything but the resource table, which holds
+    /// whatever the guest has opened so far. The guest has run no code of its own yet.
+    pub(crate) fn take_over(&mut self, mut run: Box<GuestState>) {
+        std::mem::swap(&mut run.table, &mut self.table);
+        run.limiter.starts_at(self.limiter.peak());
+        *self = *run;
     }
 }
 
@@ -323,17 +336,19 @@ impl Sandbox {
                 _slot: slot,
                 _scratch: scratch,
             }),
+            assignment: None,
         };
-        let (store, command) = match variant.warm.take() {
-            // A warm instance already holds its initial memory: usable when the limit allows it.
-            Some(warm) if warm.store.data().limiter.peak() as u64 <= limits.memory_bytes => {
-                let mut store = warm.store;
-                state.limiter.starts_at(store.data().limiter.peak());
-                *store.data_mut() = state;
-                engine::arm(&mut store, variant.metered(), limits.cpu_fuel);
-                (store, Some(warm.command))
+        let start = match variant.warm.take() {
+            // A warm guest already holds its initial memory: usable when the limit allows it.
+            Some(warm) if warm.memory as u64 <= limits.memory_bytes => {
+                state.limiter.starts_at(warm.memory);
+                let peak = state.limiter.peak_handle();
+                match warm.assign(Box::new(state)) {
+                    Ok(call) => run::Start::Entered { call, peak },
+                    Err(state) => fresh(&variant, *state, &limits),
+                }
             }
-            _ => (variant.instantiator.store(state, limits.cpu_fuel), None),
+            _ => fresh(&variant, state, &limits),
         };
         let id = RunId::new();
         let span = tracing::info_span!("run", run_id = %id);
@@ -341,8 +356,7 @@ impl Sandbox {
         Ok(run::spawn(
             run::Driver {
                 id,
-                store,
-                command,
+                start,
                 variant,
                 limits,
                 events: events_tx,
@@ -359,6 +373,11 @@ impl Sandbox {
             stdin_tx,
         ))
     }
+}
+
+/// A run in a store of its own, instantiated by the run's driver.
+fn fresh(variant: &EngineVariant, state: GuestState, limits: &Limits) -> run::Start {
+    run::Start::Fresh(variant.instantiator.store(state, limits.cpu_fuel))
 }
 
 impl Sandbox {

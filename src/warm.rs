@@ -1,34 +1,75 @@
-//! Instances kept instantiated ahead of demand, so starting a run does not wait for
-//! instantiation (table initialisation and memory-slot setup, about a millisecond).
+//! Instances made ready ahead of demand, so starting a run waits neither for instantiation
+//! (table initialisation and memory-slot setup, about a millisecond) nor for entering the
+//! guest (the call into the component up to the runner's first question, ~50 µs).
 //!
-//! One thread per engine variant instantiates stores with a placeholder [`GuestState`] and
-//! parks them in a bounded queue; [`WarmPool::take`] hands one out without waiting, and the run
-//! then swaps its own state (WASI context, limiter, stdio, scratch dir) into the store before the
-//! guest runs a single instruction. Isolation is unchanged: a warm store has never run guest code
-//! and serves exactly one run. When the queue is empty the run instantiates as before.
+//! One thread per engine variant instantiates stores with a placeholder [`GuestState`], calls
+//! the guest's `run` export and polls that call until the guest asks `launch-config`, which
+//! waits for an [`Assignment`]. The call, which owns the store, is parked in a bounded queue;
+//! [`WarmPool::take`] hands one out without waiting, the run sends its own state (WASI context,
+//! limiter, stdio, scratch dir), and `launch-config` installs it before it returns: the guest
+//! runs none of its own code before that. Isolation is unchanged: a warm store serves exactly
+//! one run. When the queue is empty the run instantiates as before.
 
 use crate::engine::Instantiator;
 use crate::sandbox::GuestState;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::thread::JoinHandle;
+use tokio::sync::oneshot;
 use wasmtime::Store;
-use wasmtime_wasi::p2::bindings::Command;
 
-/// A store whose guest is instantiated but has not started.
-pub(crate) struct Instantiated {
-    pub store: Store<GuestState>,
-    pub command: Command,
+/// What the guest's `run` export returned: `Err` for a trap or a host error, `Ok(Err(()))`
+/// when the guest reported failure.
+pub(crate) type CallResult = wasmtime::Result<Result<(), ()>>;
+
+/// A guest's call that owns its store and gives it back when the guest returns.
+pub(crate) type GuestCall = Pin<Box<dyn Future<Output = (CallResult, Store<GuestState>)> + Send>>;
+
+/// A guest entered ahead of demand, waiting in `launch-config` for its run.
+pub(crate) struct Entered {
+    call: GuestCall,
+    assign: oneshot::Sender<Box<GuestState>>,
+    /// The guest's linear memory when it was entered, bytes.
+    pub memory: usize,
 }
 
-/// The bounded queue of ready instances and the thread that fills it.
+impl Entered {
+    /// Hands the guest its run's state; the call then continues as that run's guest. Gives the
+    /// state back if the guest has gone (it cannot have: its call is held here).
+    pub fn assign(self, state: Box<GuestState>) -> Result<GuestCall, Box<GuestState>> {
+        self.assign.send(state)?;
+        Ok(self.call)
+    }
+}
+
+/// What a warm guest's `launch-config` waits for (kept in the placeholder state).
+pub(crate) struct Assignment {
+    run: oneshot::Receiver<Box<GuestState>>,
+    waiting: Arc<AtomicBool>,
+}
+
+impl Assignment {
+    /// Waits for the run that takes this guest.
+    pub async fn wait(self) -> wasmtime::Result<Box<GuestState>> {
+        self.waiting.store(true, Ordering::Release);
+        self.run
+            .await
+            .map_err(|_| wasmtime::format_err!("the warm instance was discarded before any run"))
+    }
+}
+
+/// The bounded queue of ready guests and the thread that fills it.
 pub(crate) struct WarmPool {
-    ready: Option<Mutex<Receiver<Instantiated>>>,
+    ready: Option<Mutex<Receiver<Entered>>>,
     filler: Option<JoinHandle<()>>,
 }
 
 impl WarmPool {
-    /// Starts filling a queue of `size` instances (none, and no thread, when `size` is 0). The
+    /// Starts filling a queue of `size` guests (none, and no thread, when `size` is 0). The
     /// filler keeps the process's priority: with a lower one (tried at nice 10) it fell behind
     /// under load, runs instantiated on the request path instead, and the server's memory grew
     /// 6-13 % over the soak test instead of 2 %.
@@ -49,8 +90,8 @@ impl WarmPool {
         })
     }
 
-    /// A ready instance, if one is waiting. Never blocks on instantiation.
-    pub fn take(&self) -> Option<Instantiated> {
+    /// A ready guest, if one is waiting. Never blocks on instantiation.
+    pub fn take(&self) -> Option<Entered> {
         let ready = self.ready.as_ref()?.lock().ok()?;
         ready.try_recv().ok()
     }
@@ -66,8 +107,8 @@ impl Drop for WarmPool {
     }
 }
 
-/// Instantiates stores until the queue is closed; blocks while it is full.
-fn fill(core: &Instantiator, tx: &SyncSender<Instantiated>) {
+/// Makes ready guests until the queue is closed; blocks while it is full.
+fn fill(core: &Instantiator, tx: &SyncSender<Entered>) {
     let runtime = match tokio::runtime::Builder::new_current_thread().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -76,16 +117,53 @@ fn fill(core: &Instantiator, tx: &SyncSender<Instantiated>) {
         }
     };
     loop {
-        let instance = match runtime.block_on(core.instantiate_placeholder()) {
-            Ok(instance) => instance,
+        let entered = match runtime.block_on(enter(core)) {
+            Ok(entered) => entered,
             Err(e) => {
-                tracing::warn!("warm pool stopped: cannot instantiate the guest: {e:#}");
+                tracing::warn!("warm pool stopped: cannot make a guest ready: {e:#}");
                 return;
             }
         };
         // Waits while the queue is full; fails once the pool has been dropped.
-        if tx.send(instance).is_err() {
+        if tx.send(entered).is_err() {
             return;
         }
+    }
+}
+
+/// Instantiates a guest with a placeholder state and runs it until it waits for its run.
+async fn enter(core: &Instantiator) -> wasmtime::Result<Entered> {
+    let (mut store, command) = core.instantiate_placeholder().await?;
+    let (assign, run) = oneshot::channel();
+    let waiting = Arc::new(AtomicBool::new(false));
+    store.data_mut().assignment = Some(Assignment {
+        run,
+        waiting: waiting.clone(),
+    });
+    let memory = store.data().limiter.peak();
+    let mut call: GuestCall = Box::pin(async move {
+        let result = command.wasi_cli_run().call_run(&mut store).await;
+        (result, store)
+    });
+    // Poll until the guest waits in `launch-config` (a pending call that is not yet waiting
+    // there has yielded on an epoch tick and has woken itself).
+    let ended = std::future::poll_fn(|cx| match call.as_mut().poll(cx) {
+        Poll::Ready((result, _)) => Poll::Ready(Some(result)),
+        Poll::Pending if waiting.load(Ordering::Acquire) => Poll::Ready(None),
+        Poll::Pending => Poll::Pending,
+    })
+    .await;
+    match ended {
+        None => Ok(Entered {
+            call,
+            assign,
+            memory,
+        }),
+        Some(Err(e)) => Err(wasmtime::format_err!(
+            "the guest ended before asking for its run: {e:#}"
+        )),
+        Some(Ok(_)) => Err(wasmtime::format_err!(
+            "the guest ended before asking for its run"
+        )),
     }
 }

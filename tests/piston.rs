@@ -344,7 +344,7 @@ async fn until_closed(ws: &mut Ws) -> (Vec<Value>, u16) {
     use futures_util::StreamExt;
     let mut messages = Vec::new();
     loop {
-        let msg = tokio::time::timeout(std::time::Duration::from_secs(20), ws.next())
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(90), ws.next())
             .await
             .expect("a message in time");
         match msg {

@@ -678,6 +678,33 @@ async fn a_memory_limit_below_the_interpreters_own_memory_ends_as_memory_limit()
 }
 
 #[tokio::test]
+async fn a_stopped_run_reports_the_memory_it_reached() {
+    // With the warm pool a run's store lives inside the guest's call, and stopping the run
+    // drops both: the result must still say how far its memory grew. Fresh stores too.
+    for warm_instances in [2, 0] {
+        let sandbox = sandbox_with(2, |s| s.warm_instances = warm_instances);
+        let mut req = RunRequest::script("print(1)");
+        req.close_stdin = true;
+        let small = sandbox.start(req).await.expect("starts").collect().await;
+        let small = small.result.expect("a result").peak_memory;
+        let mut handle = sandbox
+            .start(RunRequest::script("b = bytearray(64 << 20)\ninput()"))
+            .await
+            .expect("starts");
+        wait_state(&mut handle, RunState::WaitingInput).await;
+        handle.control().stop();
+        let out = handle.collect().await;
+        assert_eq!(out.outcome(), Outcome::Stopped);
+        let big = out.result.expect("a result").peak_memory;
+        assert!(small > 0, "warm pool {warm_instances}");
+        assert!(
+            big >= small + (64 << 20),
+            "warm pool {warm_instances}: {big} after a 64 MiB allocation, {small} before"
+        );
+    }
+}
+
+#[tokio::test]
 async fn runs_work_with_the_warm_pool_off() {
     let sandbox = sandbox_with(2, |s| s.warm_instances = 0);
     for i in 0..3 {

@@ -77,10 +77,15 @@ pub async fn send(ws: &mut Ws, value: Value) {
         .expect("sent");
 }
 
-/// The next JSON message (pings are skipped); panics after 20 s.
+/// How long a test waits for the server's next message before calling it hung. Generous: the
+/// first metered run on a fresh machine compiles the fuel-metered guest (10-15 s alone, 30 s
+/// on a busy 2-core machine with other test binaries compiling it too).
+const MESSAGE_WAIT: Duration = Duration::from_secs(90);
+
+/// The next JSON message (pings are skipped); panics after [`MESSAGE_WAIT`].
 pub async fn recv(ws: &mut Ws) -> Value {
     loop {
-        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+        let msg = tokio::time::timeout(MESSAGE_WAIT, ws.next())
             .await
             .expect("a message in time")
             .expect("socket open")
