@@ -21,6 +21,10 @@ pub struct Launch {
     #[component(name = "cache-compiled")]
     pub cache_compiled: bool,
     pub repl: bool,
+    /// `sys.argv`, the environment and the working directory (as the WASI context has them).
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: String,
 }
 
 impl Launch {
@@ -33,6 +37,9 @@ impl Launch {
             compiled: None,
             cache_compiled: false,
             repl,
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: String::new(),
         }
     }
 }
@@ -73,6 +80,9 @@ fn take_launch(launch: &mut Launch) -> Launch {
         compiled: launch.compiled.take(),
         cache_compiled: launch.cache_compiled,
         repl: launch.repl,
+        args: std::mem::take(&mut launch.args),
+        env: std::mem::take(&mut launch.env),
+        cwd: launch.cwd.clone(),
     }
 }
 

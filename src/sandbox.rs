@@ -321,11 +321,15 @@ impl Sandbox {
         let scratch = Scratch::create(&self.inner.scratch_dirs, &req, limits.scratch_bytes)?;
         let scratch_path = scratch.path().to_path_buf();
         let wasi = wasi_context(&req, &scratch, &pipes, &stdin)?;
+        let mut host = self.launch(&req, &limits);
+        host.launch.args = argv(&req);
+        host.launch.env = req.env.clone();
+        host.launch.cwd = GUEST_DIR.to_string();
         let mut state = GuestState {
             wasi,
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(limits.memory_bytes),
-            host: self.launch(&req, &limits),
+            host,
             status: status_tx,
             clock: match (req.deterministic, limits.cpu_fuel) {
                 (Some(_), Some(fuel)) => GuestClock::Virtual(VirtualClock::new(fuel)),

@@ -13,12 +13,13 @@ import importlib.util
 import marshal
 import os
 import pkgutil
+import random
 import sys
 import types
 import warnings
 
 from wit_world import exports
-from wit_world.imports import environment, exit as wasi_exit, host
+from wit_world.imports import exit as wasi_exit, host
 
 # ---------------------------------------------------------------- build time
 
@@ -194,27 +195,19 @@ class _Host:
     program_compiled = staticmethod(host.program_compiled)
     uncaught_exception = staticmethod(host.uncaught_exception)
     repl_started = staticmethod(host.repl_started)
-    get_arguments = staticmethod(environment.get_arguments)
-    get_environment = staticmethod(environment.get_environment)
-    initial_cwd = staticmethod(environment.initial_cwd)
     read_line = staticmethod(input)
 
 
-def _refresh_process_state(script_dir, api):
+def _refresh_process_state(launch):
     """Replace what the snapshot captured at build time with this run's values."""
-    sys.argv = list(api.get_arguments()) or [""]
-    env = dict(api.get_environment())
+    sys.argv = list(launch.args) or [""]
     if os.environ:  # the snapshot's is empty: clearing an empty one costs an exception
         os.environ.clear()
-    if env:
-        os.environ.update(env)
-    cwd = api.initial_cwd()
-    if cwd:
-        os.chdir(cwd)
-    sys.path[:] = [script_dir]
-    import random
-
-    random.seed()  # the build-time seed is in the snapshot: draw a fresh one from wasi:random
+    if launch.env:
+        os.environ.update(launch.env)
+    if launch.cwd:
+        os.chdir(launch.cwd)
+    sys.path[:] = [""]  # "" is the working directory, as for `python -c`
 
 
 def _new_main(filename):
@@ -333,8 +326,12 @@ def _finish():
 
 
 def _main(api):
+    # The build-time seed is in the snapshot: draw a fresh one from wasi:random. Done before the
+    # run is known, so a warm guest has done it ahead of demand (`src/warm.rs`); metered and
+    # deterministic runs never use warm guests, so theirs comes from their own seeded source.
+    random.seed()
     launch = api.launch_config()
-    _refresh_process_state("", api)  # "" is the working directory, as for `python -c`
+    _refresh_process_state(launch)
     try:
         code_obj, filename = _load(launch, api)
     except BaseException as exc:  # noqa: BLE001 - SyntaxError, missing file, ...
@@ -371,11 +368,10 @@ class _WarmUpHost:
     def __init__(self, code, lines, compiled=None):
         self.launch = types.SimpleNamespace(
             script="", code=code, source=None, compiled=compiled, cache_compiled=compiled is None,
-            repl=True,
+            repl=True, args=["main.py", "arg"], env=list(os.environ.items()), cwd="",
         )
         self.compiled = None
         self.lines = iter(lines)
-        self.env = list(os.environ.items())
 
     def launch_config(self):
         return self.launch
@@ -388,15 +384,6 @@ class _WarmUpHost:
 
     def repl_started(self):
         pass
-
-    def get_arguments(self):
-        return ["main.py", "arg"]
-
-    def get_environment(self):
-        return self.env
-
-    def initial_cwd(self):
-        return None
 
     def read_line(self, prompt=""):
         try:
