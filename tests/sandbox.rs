@@ -660,7 +660,7 @@ async fn warm_instances_start_clean_with_each_runs_own_state() {
         req.env = vec![("N".into(), i.to_string())];
         req.args = vec![format!("a{i}")];
         req.close_stdin = true;
-        let out = sandbox.start(req).await.expect("starts").collect().await;
+        let out = collect_in(&sandbox, req).await;
         assert_eq!(out.stdout_text(), format!("False {i} ['a{i}'] /sandbox\n"));
     }
 }
@@ -685,7 +685,7 @@ async fn a_stopped_run_reports_the_memory_it_reached() {
         let sandbox = sandbox_with(2, |s| s.warm_instances = warm_instances);
         let mut req = RunRequest::script("print(1)");
         req.close_stdin = true;
-        let small = sandbox.start(req).await.expect("starts").collect().await;
+        let small = collect_in(&sandbox, req).await;
         let small = small.result.expect("a result").peak_memory;
         let mut handle = sandbox
             .start(RunRequest::script("b = bytearray(64 << 20)\ninput()"))
@@ -710,7 +710,7 @@ async fn runs_work_with_the_warm_pool_off() {
     for i in 0..3 {
         let mut req = RunRequest::script(format!("print({i})"));
         req.close_stdin = true;
-        let out = sandbox.start(req).await.expect("starts").collect().await;
+        let out = collect_in(&sandbox, req).await;
         assert_eq!(out.stdout_text(), format!("{i}\n"));
     }
 }
@@ -820,7 +820,7 @@ async fn background_runs_finish_while_new_runs_keep_arriving() {
         for i in 0..40 {
             let mut req = RunRequest::script(format!("print('hello', {i})"));
             req.close_stdin = true;
-            let out = sandbox.start(req).await.expect("starts").collect().await;
+            let out = collect_in(&sandbox, req).await;
             assert_eq!(out.stdout_text(), format!("hello {i}\n"));
         }
     };
@@ -845,15 +845,7 @@ async fn rerunning_an_unchanged_program_loads_it_compiled_and_behaves_the_same()
         let mut req = RunRequest::script(source);
         req.close_stdin = true;
         req.compile_scope = scope.into();
-        let sandbox = sandbox.clone();
-        async move {
-            sandbox
-                .start(req)
-                .await
-                .expect("run starts")
-                .collect()
-                .await
-        }
+        collect_in(&sandbox, req)
     };
     let script = "import sys\n\
                   def f():\n    raise ValueError('boom')\n\
@@ -890,12 +882,7 @@ async fn rerunning_an_unchanged_program_loads_it_compiled_and_behaves_the_same()
         let mut req = RunRequest::script("");
         req.program = Program::Code("print(6 * 7)".into());
         req.close_stdin = true;
-        let out = sandbox
-            .start(req)
-            .await
-            .expect("run starts")
-            .collect()
-            .await;
+        let out = collect_in(&sandbox, req).await;
         assert_eq!(out.stdout_text(), "42\n");
     }
     assert_eq!(sandbox.compile_cache_stats().hits, 2);
@@ -908,12 +895,7 @@ async fn compile_warnings_and_errors_show_on_every_run_and_are_not_cached() {
         for _ in 0..2 {
             let mut req = RunRequest::script(source);
             req.close_stdin = true;
-            let out = sandbox
-                .start(req)
-                .await
-                .expect("run starts")
-                .collect()
-                .await;
+            let out = collect_in(&sandbox, req).await;
             let err = out.stderr_text();
             if source.starts_with('x') {
                 assert_eq!(out.stdout_text(), "2\n");
@@ -937,15 +919,7 @@ async fn metered_runs_and_shadowed_scripts_compile_their_own() {
         let mut req = RunRequest::script("print('script')");
         req.close_stdin = true;
         f(&mut req);
-        let sandbox = sandbox.clone();
-        async move {
-            sandbox
-                .start(req)
-                .await
-                .expect("run starts")
-                .collect()
-                .await
-        }
+        collect_in(&sandbox, req)
     };
     start(&|_| {}).await;
     assert_eq!(sandbox.compile_cache_stats().entries, 1);

@@ -38,6 +38,16 @@ pub async fn start(req: RunRequest) -> RunHandle {
     sandbox().start(req).await.expect("run starts")
 }
 
+/// Runs `req` in `sandbox` to the end.
+pub async fn collect_in(sandbox: &Sandbox, req: RunRequest) -> Collected {
+    sandbox
+        .start(req)
+        .await
+        .expect("run starts")
+        .collect()
+        .await
+}
+
 /// Runs a script to the end with closed stdin.
 pub async fn run(source: &str) -> Collected {
     let mut req = RunRequest::script(source);
