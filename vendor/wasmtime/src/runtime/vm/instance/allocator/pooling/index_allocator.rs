@@ -272,11 +272,12 @@ impl ShardLayout {
 impl ModuleAffinityIndexAllocator {
     /// Create the default state for this strategy.
     pub fn new(capacity: u32, max_unused_warm_slots: u32) -> Result<Self, OutOfMemory> {
-        Self::new_with_shard_count(
-            capacity,
-            max_unused_warm_slots,
-            super::default_shard_count(),
-        )
+        // WEIR PATCH: one shard. Sharded, a thread allocates from its home shard and takes a
+        // never-used slot there even when another shard holds free slots with this module's
+        // affinity, so the set of slots a long-running server has touched -- each keeping its
+        // dirty pages resident -- grows with every shift in which threads instantiate, instead
+        // of staying at the peak number of concurrent instances.
+        Self::new_with_shard_count(capacity, max_unused_warm_slots, 1)
     }
 
     /// Same as [`Self::new`], but with an explicit shard count (which is
