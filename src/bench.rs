@@ -549,6 +549,28 @@ pub mod ws {
         /// The clients' first runs, all sent at once: p50 and slowest.
         first_p50: Duration,
         first_max: Duration,
+        /// The share of the machine's CPU time the hypervisor took during the measured span.
+        steal: Option<f64>,
+    }
+
+    /// (steal, total) CPU time of the whole machine so far, in clock ticks (`/proc/stat`).
+    fn cpu_ticks() -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(|f| f.parse().ok())
+            .collect::<Option<_>>()?;
+        Some((*fields.get(7)?, fields.iter().sum()))
+    }
+
+    /// The steal share between two `cpu_ticks` readings.
+    fn steal_share(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+        let ((s0, t0), (s1, t1)) = (before?, after?);
+        (t1 > t0).then(|| s1.saturating_sub(s0) as f64 / (t1 - t0) as f64)
     }
 
     /// How long the clients loop before the measured span starts.
@@ -599,10 +621,15 @@ pub mod ws {
                 })
             })
             .collect();
+        let at_start = tokio::spawn(async move {
+            tokio::time::sleep_until(started.into()).await;
+            cpu_ticks()
+        });
         let mut all = Vec::new();
         for t in tasks {
             all.extend(t.await?);
         }
+        let steal = steal_share(at_start.await?, cpu_ticks());
         // The last runs end after the span: divide by the time they really took.
         let rate = all.len() as f64 / started.elapsed().as_secs_f64();
         all.sort();
@@ -612,6 +639,7 @@ pub mod ws {
             runs_per_second: rate,
             first_p50: percentile(&firsts, 0.5),
             first_max: firsts.last().copied().unwrap_or_default(),
+            steal,
         })
     }
 
@@ -649,6 +677,16 @@ pub mod ws {
                 &format!("ws {n} clients: first runs, at once (cold), p50 / max"),
                 format!("{} / {}", ms(weir.first_p50), ms(weir.first_max)),
                 &cell(|b| format!("{} / {}", ms(b.first_p50), ms(b.first_max))),
+                "",
+            );
+            let pct = |f: &ClientFigures| {
+                f.steal
+                    .map_or("-".into(), |s| format!("{:.0} %", s * 100.0))
+            };
+            row(
+                &format!("ws {n} clients: CPU taken by the hypervisor (steal)"),
+                pct(&weir),
+                &base.as_ref().map_or("-".into(), pct),
                 "",
             );
         }
