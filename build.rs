@@ -16,8 +16,12 @@
 //! components are kept in `target/guest/`, named by the hash of their sources, so debug, release
 //! and test builds share one.
 
+#[path = "guests/build/image.rs"]
+mod image;
 #[path = "guests/build/immortalize.rs"]
 mod immortalize;
+#[path = "guests/build/seal_heap.rs"]
+mod seal_heap;
 
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -184,20 +188,26 @@ fn build_guest(tool: &Path, guest_dir: &Path, wasm: &Path, preload: &Path) {
     if let Some(dir) = scratch {
         let _ = std::fs::remove_dir_all(dir);
     }
-    make_immortal(&tmp);
+    patch_snapshot(&tmp);
     std::fs::rename(&tmp, wasm)
         .unwrap_or_else(|e| fail(&format!("cannot move guest into place: {e}")));
     say(&format!("built {}", wasm.display()));
 }
 
-/// Makes the snapshot's objects immortal (`guests/build/immortalize.rs`).
-fn make_immortal(wasm: &Path) {
+/// Makes the snapshot's objects immortal (`guests/build/immortalize.rs`) and seals its heap's
+/// free chunks (`guests/build/seal_heap.rs`).
+fn patch_snapshot(wasm: &Path) {
     let mut bytes = std::fs::read(wasm)
         .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", wasm.display())));
     let done = immortalize::immortalize(&mut bytes).unwrap_or_else(|e| fail(&e));
     say(&format!(
         "made {} of the snapshot's {} objects immortal ({} left as they were)",
         done.patched, done.listed, done.skipped
+    ));
+    let sealed = seal_heap::seal_heap(&mut bytes).unwrap_or_else(|e| fail(&e));
+    say(&format!(
+        "sealed the heap's {} free chunks ({} bytes, of {} chunks; allocator state at {:#x}): runs allocate from its top",
+        sealed.chunks, sealed.bytes, sealed.walked, sealed.state
     ));
     std::fs::write(wasm, &bytes)
         .unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", wasm.display())));

@@ -817,6 +817,11 @@ pub mod ws {
             server.stop().await;
             return flood_rows().await;
         }
+        // `WEIR_BENCH_ONLY_WS=repl`: the REPL-density rows only.
+        if only == "repl" {
+            server.stop().await;
+            return repl_rows(repl_sessions, None).await;
+        }
         let baseline = if clients_only {
             None
         } else {
@@ -830,6 +835,11 @@ pub mod ws {
         server.stop().await;
         flood_rows().await?;
         let native_pss = crate::bench_native::idle_pss(100).await.ok();
+        repl_rows(repl_sessions, native_pss).await
+    }
+
+    /// PSS per idle REPL session of a fresh server, at 100 and `repl_sessions` sessions.
+    async fn repl_rows(repl_sessions: usize, native_pss: Option<f64>) -> anyhow::Result<()> {
         for n in [100, repl_sessions] {
             let server = Server::start(n).await?;
             let per = repl_density(&server, n).await?;

@@ -53,7 +53,7 @@ pub mod transcript;
 pub mod warm;
 
 #[cfg(test)]
-mod immortalize_tests;
+mod snapshot_tests;
 
 pub use engine::EngineSettings;
 pub use limits::Limits;

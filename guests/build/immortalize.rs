@@ -12,7 +12,7 @@
 //! type and the count is a plausible count: a block freed between the listing and the snapshot
 //! holds an allocator pointer there instead, and is left alone.
 
-use wasmparser::{DataKind, Encoding, Operator, Parser, Payload};
+use super::image::{module_segments, Image, Segment};
 
 /// CPython's `_Py_IMMORTAL_INITIAL_REFCNT` on 32-bit targets (`Include/refcount.h`).
 const IMMORTAL_REFCNT: u32 = 5 << 28;
@@ -26,55 +26,6 @@ pub struct Immortalized {
     pub listed: usize,
     pub patched: usize,
     pub skipped: usize,
-}
-
-/// One active data segment of the memory that holds the snapshot.
-struct Segment {
-    address: u32,
-    len: u32,
-    file_offset: usize,
-}
-
-/// The snapshot memory's data segments, addressable by guest address.
-struct Image<'a> {
-    bytes: &'a mut [u8],
-    segments: Vec<Segment>,
-}
-
-impl Image<'_> {
-    fn locate(&self, address: u32) -> Option<usize> {
-        let i = self.segments.partition_point(|s| s.address <= address);
-        let seg = self.segments.get(i.checked_sub(1)?)?;
-        let delta = address - seg.address;
-        (delta < seg.len).then(|| seg.file_offset + delta as usize)
-    }
-
-    /// Memory outside every segment is zero in the image.
-    fn read_u32(&self, address: u32) -> u32 {
-        let mut le = [0u8; 4];
-        for (k, byte) in le.iter_mut().enumerate() {
-            if let Some(at) = self.locate(address.wrapping_add(k as u32)) {
-                *byte = self.bytes[at];
-            }
-        }
-        u32::from_le_bytes(le)
-    }
-
-    /// Writes `value` if every nonzero byte of it falls in a segment (the rest are zero anyway).
-    fn write_u32(&mut self, address: u32, value: u32) -> bool {
-        let le = value.to_le_bytes();
-        let places: [Option<usize>; 4] =
-            std::array::from_fn(|k| self.locate(address.wrapping_add(k as u32)));
-        if le.iter().zip(&places).any(|(b, p)| *b != 0 && p.is_none()) {
-            return false;
-        }
-        for (b, p) in le.iter().zip(places) {
-            if let Some(at) = p {
-                self.bytes[at] = *b;
-            }
-        }
-        true
-    }
 }
 
 /// Patches `component` in place. Fails if the guest's table is missing or malformed.
@@ -124,49 +75,12 @@ fn find_marker(component: &[u8], segments: &[Segment]) -> Option<u32> {
     })
 }
 
-/// The active, constant-offset data segments of the core module that holds the marker, sorted,
-/// and the marker's guest address.
+/// The segments of the core module that holds the marker, and the marker's guest address.
 fn snapshot_segments(component: &[u8]) -> Result<(Vec<Segment>, u32), String> {
-    let base = component.as_ptr() as usize;
-    let mut modules: Vec<Vec<Segment>> = Vec::new();
-    for payload in Parser::new(0).parse_all(component) {
-        let payload = payload.map_err(|e| format!("cannot parse the component: {e}"))?;
-        match payload {
-            Payload::Version {
-                encoding: Encoding::Module,
-                ..
-            } => modules.push(Vec::new()),
-            Payload::DataSection(reader) => {
-                let Some(segments) = modules.last_mut() else {
-                    continue;
-                };
-                for data in reader {
-                    let data = data.map_err(|e| format!("bad data segment: {e}"))?;
-                    let DataKind::Active {
-                        memory_index: 0,
-                        offset_expr,
-                    } = data.kind
-                    else {
-                        continue;
-                    };
-                    let mut ops = offset_expr.get_operators_reader();
-                    if let Ok(Operator::I32Const { value }) = ops.read() {
-                        segments.push(Segment {
-                            address: value as u32,
-                            len: data.data.len() as u32,
-                            file_offset: data.data.as_ptr() as usize - base,
-                        });
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    modules
+    module_segments(component)?
         .into_iter()
-        .find_map(|mut segments| {
+        .find_map(|segments| {
             let table = find_marker(component, &segments)?;
-            segments.sort_by_key(|s| s.address);
             Some((segments, table))
         })
         .ok_or_else(|| "the guest's immortal table is not in the image".into())
