@@ -189,13 +189,25 @@ _RUNNER_FILE = _denied.__code__.co_filename
 
 
 class _Host:
-    """What a run asks of the host. The build's warm-up (`_warm_up`) passes a stand-in."""
+    """What a run asks of the host: the host's functions at run time, a stand-in's in the build's
+    warm-up (`_warm_up`). One type for both, so the bytecode the warm-up specializes for it (and
+    the type's attribute cache entries) is what a run finds in the snapshot, not something it
+    must rewrite -- dirtying, so copying, their pages."""
 
-    launch_config = staticmethod(host.launch_config)
-    program_compiled = staticmethod(host.program_compiled)
-    uncaught_exception = staticmethod(host.uncaught_exception)
-    repl_started = staticmethod(host.repl_started)
-    read_line = staticmethod(input)
+    __slots__ = ("launch_config", "program_compiled", "uncaught_exception", "repl_started",
+                 "read_line")
+
+    def __init__(self, launch_config, program_compiled, uncaught_exception, repl_started,
+                 read_line):
+        self.launch_config = launch_config
+        self.program_compiled = program_compiled
+        self.uncaught_exception = uncaught_exception
+        self.repl_started = repl_started
+        self.read_line = read_line
+
+
+_HOST = _Host(host.launch_config, host.program_compiled, host.uncaught_exception,
+              host.repl_started, input)
 
 
 def _refresh_process_state(launch):
@@ -354,7 +366,7 @@ def _main(api):
 
 class Run(exports.Run):
     def run(self) -> None:
-        status = _main(_Host)
+        status = _main(_HOST)
         _finish()
         if status != 0:
             wasi_exit.exit_with_code(status)
@@ -366,12 +378,17 @@ class _WarmUpHost:
     """A stand-in for the host, for `_warm_up`: a `-c` program, then a REPL fed from a list."""
 
     def __init__(self, code, lines, compiled=None):
-        self.launch = types.SimpleNamespace(
+        # The bindings' own record type, as the host's `launch-config` returns it.
+        self.launch = host.Launch(
             script="", code=code, source=None, compiled=compiled, cache_compiled=compiled is None,
             repl=True, args=["main.py", "arg"], env=list(os.environ.items()), cwd="",
         )
         self.compiled = None
         self.lines = iter(lines)
+
+    def api(self):
+        return _Host(self.launch_config, self.program_compiled, self.uncaught_exception,
+                     self.repl_started, self.read_line)
 
     def launch_config(self):
         return self.launch
@@ -392,7 +409,7 @@ class _WarmUpHost:
             raise EOFError from None
 
 
-def _warm_up():
+def _warm_up(passes=3):
     """Take the run-time paths a few times now, at build time, so the snapshot holds their bytecode
     already specialized: CPython's adaptive interpreter rewrites a function's instructions (and
     their counters) in its code object the first times it runs, and a run doing that would dirty
@@ -402,10 +419,10 @@ def _warm_up():
     script = "x = 1\ndef f(a):\n    return a + x\ny = f(2)\n"
     lines = ["z = f(y)", "def g():", "    return z", "", "w = g()"]
     compiled = None
-    for _ in range(3):
+    for _ in range(passes):
         # A miss that hands its code over, then hits loading it.
         warm_host = _WarmUpHost(script, lines, compiled)
-        _main(warm_host)
+        _main(warm_host.api())
         compiled = compiled or warm_host.compiled
         os.path.dirname(os.path.abspath("main.py"))
         with open(__file__, "rb") as f:
@@ -422,5 +439,7 @@ _warm_up()
 # dirtying (and so copying) their pages in every instance.
 gc.collect()
 _IMMORTAL_TABLE = _immortal_table()
+gc.collect()
+_warm_up(1)
 gc.collect()
 gc.freeze()
