@@ -130,7 +130,21 @@ def _buffered_stdio():
     sys.stderr = sys.__stderr__ = writer(2, "backslashreplace")
 
 
+def _preimport_bindings():
+    """Import every module of the generated bindings now, before the warm-up: componentize-py
+    imports them after this module, and their enums' class creation would otherwise fill the
+    type attribute cache with entries no run uses, evicting those of the run-time path."""
+    import wit_world
+
+    for info in pkgutil.walk_packages(wit_world.__path__, "wit_world.", onerror=lambda _n: None):
+        try:
+            importlib.import_module(info.name)
+        except BaseException:  # noqa: BLE001 - only a warm-up; the run imports what it needs
+            continue
+
+
 PREIMPORTED = _preimport_stdlib()
+_preimport_bindings()
 _buffered_stdio()
 sys.meta_path.append(_SourceFinder(_capture_sources(_ON_DEMAND)))
 _patch_asyncio()
