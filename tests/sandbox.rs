@@ -575,7 +575,10 @@ async fn a_runs_new_objects_are_packed_together_not_spread_over_the_snapshot() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no page count in {text:?}: {}", out.stderr_text()));
     // 2,000 chunks of 16 bytes fill 8 pages; a few chunks the run freed are reused elsewhere.
-    assert!(pages < 64, "2,000 new objects are spread over {pages} pages");
+    assert!(
+        pages < 64,
+        "2,000 new objects are spread over {pages} pages"
+    );
 }
 
 #[tokio::test]

@@ -143,7 +143,8 @@ fn walk(image: &Image, state: u32) -> Result<Heap, String> {
         let head = image.read_u32(p + 4);
         let size = head & !FLAG_BITS;
         let next = p.checked_add(size).filter(|&n| n <= top);
-        let Some(next) = next.filter(|_| size >= MIN_CHUNK && size.is_multiple_of(CHUNK_ALIGN)) else {
+        let Some(next) = next.filter(|_| size >= MIN_CHUNK && size.is_multiple_of(CHUNK_ALIGN))
+        else {
             return Err(format!("heap chunk at {p:#x}: bad size {size:#x}"));
         };
         if (head & PINUSE != 0) != previous_in_use {
