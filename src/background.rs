@@ -23,13 +23,13 @@ pub struct BackgroundLane {
 }
 
 impl BackgroundLane {
-    /// A lane of `threads` worker threads at nice value `nice` (0–19; Linux only, elsewhere the
-    /// threads keep their priority).
-    pub fn start(threads: usize, nice: i32) -> std::io::Result<Self> {
+    /// A lane of `threads` worker threads at `priority` (Linux only, elsewhere the threads keep
+    /// the process's priority).
+    pub fn start(threads: usize, priority: LanePriority) -> std::io::Result<Self> {
         let runtime = Builder::new_multi_thread()
             .worker_threads(threads.max(1))
             .thread_name("weir-bg")
-            .on_thread_start(move || lower_this_thread(nice))
+            .on_thread_start(move || lower_this_thread(priority))
             .enable_all()
             .build()?;
         let handle = runtime.handle().clone();
@@ -53,26 +53,59 @@ impl Drop for BackgroundLane {
     }
 }
 
-/// Sets the calling thread's nice value (Linux: per thread). Best effort: raising one's own
-/// nice value needs no privilege, and a failure only leaves the thread at its priority.
-fn lower_this_thread(nice: i32) {
+/// The CPU priority of the lane's threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LanePriority {
+    /// Linux's `SCHED_IDLE` policy: the threads run when no other thread of the machine wants the
+    /// CPU, and a waking thread of normal priority preempts them at once.
+    Idle,
+    /// A nice value, 0–19 (0: the process's own priority). The kernel still gives such a thread
+    /// its full time slice once it runs, so a new run can wait behind it.
+    Nice(i32),
+}
+
+impl LanePriority {
+    /// `idle`, or a nice value 0–19 (higher values are clamped); anything else is `None`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.trim() {
+            "idle" => Some(LanePriority::Idle),
+            n => n
+                .parse::<u32>()
+                .ok()
+                .map(|n| LanePriority::Nice(n.min(19) as i32)),
+        }
+    }
+}
+
+/// Lowers the calling thread's priority (Linux: per thread). Best effort: lowering one's own
+/// priority needs no privilege, and a failure only leaves the thread where it was.
+fn lower_this_thread(priority: LanePriority) {
     #[cfg(target_os = "linux")]
-    if nice > 0 {
-        // SAFETY: plain system calls on the calling thread, no pointers involved.
+    {
+        // SAFETY: plain system calls on the calling thread, no pointers kept.
         let result = unsafe {
-            let tid = libc::gettid();
-            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
+            match priority {
+                LanePriority::Idle => {
+                    let param = libc::sched_param { sched_priority: 0 };
+                    libc::sched_setscheduler(0, libc::SCHED_IDLE, &param)
+                }
+                LanePriority::Nice(0) => 0,
+                LanePriority::Nice(nice) => {
+                    let tid = libc::gettid();
+                    libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
+                }
+            }
         };
         if result != 0 {
             tracing::debug!(
-                nice,
+                ?priority,
                 error = %std::io::Error::last_os_error(),
                 "cannot lower a background thread's priority"
             );
         }
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = nice;
+    let _ = priority;
 }
 
 /// A run's driver, shared by the task that owns the run and the lane task polling it. Whoever
@@ -160,6 +193,26 @@ mod tests {
     use super::*;
     use crate::priority::CpuGate;
     use std::sync::Mutex;
+
+    #[test]
+    fn the_lane_priority_is_idle_or_a_nice_value() {
+        assert_eq!(LanePriority::parse("idle"), Some(LanePriority::Idle));
+        assert_eq!(LanePriority::parse(" 15\n"), Some(LanePriority::Nice(15)));
+        assert_eq!(LanePriority::parse("40"), Some(LanePriority::Nice(19)));
+        assert_eq!(LanePriority::parse("-1"), None);
+        assert_eq!(LanePriority::parse("low"), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn idle_lane_threads_run_under_sched_idle() {
+        let lane = BackgroundLane::start(1, LanePriority::Idle).expect("lane starts");
+        // SAFETY: a plain query of the calling thread's policy.
+        let policy = lane.handle().block_on(async {
+            tokio::task::spawn(async { unsafe { libc::sched_getscheduler(0) } }).await
+        });
+        assert_eq!(policy.expect("task ran"), libc::SCHED_IDLE);
+    }
     use std::task::Context;
 
     /// Pending `polls` times (waking itself), noting the thread of every poll; `on_poll(n)` runs
@@ -190,7 +243,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_driver_runs_on_the_lane_exactly_while_its_run_is_background() {
-        let lane = Arc::new(BackgroundLane::start(1, 0).expect("lane starts"));
+        let lane = Arc::new(BackgroundLane::start(1, LanePriority::Nice(0)).expect("lane starts"));
         let priority = Priority::new(Arc::new(CpuGate::default()));
         let grant = Mutex::new(Some(priority.grant()));
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -214,7 +267,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_urgent_run_is_taken_back_from_the_lane_at_once() {
-        let lane = Arc::new(BackgroundLane::start(1, 0).expect("lane starts"));
+        let lane = Arc::new(BackgroundLane::start(1, LanePriority::Nice(0)).expect("lane starts"));
         let priority = Priority::new(Arc::new(CpuGate::default())); // background from the start
         let seen = Arc::new(Mutex::new(Vec::<String>::new()));
         let (polled, mut polls) = tokio::sync::mpsc::unbounded_channel::<()>();
@@ -246,7 +299,7 @@ mod tests {
 
     #[tokio::test]
     async fn dropping_the_caller_drops_its_driver_even_while_the_lane_is_busy() {
-        let lane = Arc::new(BackgroundLane::start(1, 0).expect("lane starts"));
+        let lane = Arc::new(BackgroundLane::start(1, LanePriority::Nice(0)).expect("lane starts"));
         // The lane's only thread is busy for longer than the test waits.
         lane.handle()
             .spawn(async { std::thread::sleep(std::time::Duration::from_secs(20)) });

@@ -1,6 +1,7 @@
 //! All wasmtime policy in one place: engine configuration, the pooling allocator, the one epoch
 //! ticker per engine, and the linker with the pre-instantiated guest.
 
+use crate::background::LanePriority;
 use crate::guest;
 use crate::host;
 use crate::limits::MAX_MEMORY_BYTES;
@@ -42,10 +43,10 @@ pub struct EngineSettings {
     pub foreground_for: Duration,
     /// Longest a background run waits for foreground runs in one go (`crate::priority`).
     pub max_give_way: Duration,
-    /// Nice value (0–19) of the threads background runs continue on (`crate::background`):
-    /// higher lets new runs preempt them more strictly.
-    /// `$WEIR_BACKGROUND_NICE`; 0 keeps the lane at the process's priority.
-    pub background_nice: i32,
+    /// CPU priority of the threads background runs continue on (`crate::background`): by
+    /// default `SCHED_IDLE`, so new runs preempt them at once. `$WEIR_BACKGROUND_NICE`: `idle`,
+    /// or a nice value 0–19 instead (0 keeps the lane at the process's priority).
+    pub background_priority: LanePriority,
     /// Worker threads of the background lane; by default one per CPU.
     /// `$WEIR_BACKGROUND_THREADS`.
     pub background_threads: usize,
@@ -70,7 +71,10 @@ impl Default for EngineSettings {
             compile_cache_bytes: env_usize("WEIR_COMPILE_CACHE_BYTES").unwrap_or(64 << 20),
             foreground_for: env_ms("WEIR_FOREGROUND_MS").unwrap_or(crate::priority::FOREGROUND_FOR),
             max_give_way: env_ms("WEIR_GIVE_WAY_MS").unwrap_or(crate::priority::MAX_GIVE_WAY),
-            background_nice: env_usize("WEIR_BACKGROUND_NICE").map_or(15, |n| n.min(19) as i32),
+            background_priority: std::env::var("WEIR_BACKGROUND_NICE")
+                .ok()
+                .and_then(|v| LanePriority::parse(&v))
+                .unwrap_or(LanePriority::Idle),
             background_threads: env_usize("WEIR_BACKGROUND_THREADS")
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         }

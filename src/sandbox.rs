@@ -220,7 +220,7 @@ impl Sandbox {
         let cpu = Arc::new(CpuGate::new(settings.foreground_for, settings.max_give_way));
         let scratch_dirs = ScratchDirs::new()
             .map_err(|e| anyhow::anyhow!("cannot create the scratch directory root: {e}"))?;
-        let lane = BackgroundLane::start(settings.background_threads, settings.background_nice)
+        let lane = BackgroundLane::start(settings.background_threads, settings.background_priority)
             .map_err(|e| anyhow::anyhow!("cannot start the background lane: {e}"))?;
         Ok(Sandbox {
             inner: Arc::new(Inner {
