@@ -22,6 +22,11 @@ pub async fn run(settings: EngineSettings, samples: usize) -> anyhow::Result<()>
         return ws::run(1000).await;
     }
     let sandbox = Sandbox::load_async(settings.clone()).await?;
+    // `WEIR_BENCH_ONLY_FIB=1`: the fib(27) rows only.
+    if std::env::var_os("WEIR_BENCH_ONLY_FIB").is_some() {
+        row("measurement", "weir", "python3 per run", "target");
+        return fib_rows(&sandbox).await;
+    }
     if std::env::var_os("WEIR_BENCH_ONLY_LATENCY").is_some() {
         let (p50, p99) = first_byte_latency(&sandbox, samples, false).await?;
         let (c50, c99) = first_byte_latency(&sandbox, samples, true).await?;
@@ -72,25 +77,7 @@ pub async fn run(settings: EngineSettings, samples: usize) -> anyhow::Result<()>
         &format!("{native_rate:.0}/s ({} callers)", num_cores() * 2),
         ">= 1000/s",
     );
-    let (guest, native_fib) = fib(&sandbox).await?;
-    row(
-        "fib(27) s, best (median) of 7 runs x 3 calls",
-        format!("{:.3} ({:.3}) s", guest.best, guest.median),
-        &native_fib.map_or("-".into(), |n| format!("{:.3} ({:.3}) s", n.best, n.median)),
-        "",
-    );
-    if let Some(n) = native_fib {
-        row(
-            "fib(27) ratio weir / native, best (median)",
-            format!(
-                "{:.2}x ({:.2}x)",
-                guest.best / n.best,
-                guest.median / n.median
-            ),
-            "1x",
-            "<= 1.8x",
-        );
-    }
+    fib_rows(&sandbox).await?;
     let pss = idle_pss(&settings, 100).await?;
     let native_pss = native::idle_pss(100).await.ok();
     row(
@@ -260,6 +247,30 @@ where
         total += t.await.unwrap_or(0);
     }
     total as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The fib(27) rows: guest and native times side by side, and their ratios.
+async fn fib_rows(sandbox: &Sandbox) -> anyhow::Result<()> {
+    let (guest, native_fib) = fib(sandbox).await?;
+    row(
+        "fib(27) s, best (median) of 7 runs x 3 calls",
+        format!("{:.3} ({:.3}) s", guest.best, guest.median),
+        &native_fib.map_or("-".into(), |n| format!("{:.3} ({:.3}) s", n.best, n.median)),
+        "",
+    );
+    if let Some(n) = native_fib {
+        row(
+            "fib(27) ratio weir / native, best (median)",
+            format!(
+                "{:.2}x ({:.2}x)",
+                guest.best / n.best,
+                guest.median / n.median
+            ),
+            "1x",
+            "<= 1.8x",
+        );
+    }
+    Ok(())
 }
 
 /// Runs of fib(27) on each side.
