@@ -12,6 +12,13 @@ pub struct Segment {
     pub file_offset: usize,
 }
 
+impl Segment {
+    /// The segment's bytes in `component`.
+    pub fn data<'a>(&self, component: &'a [u8]) -> &'a [u8] {
+        &component[self.file_offset..self.file_offset + self.len as usize]
+    }
+}
+
 /// One core module's memory image: the component's bytes and that module's segments, sorted.
 pub struct Image<'a> {
     pub bytes: &'a mut [u8],
@@ -55,7 +62,7 @@ impl Image<'_> {
 
     /// A segment's bytes.
     pub fn data(&self, segment: &Segment) -> &[u8] {
-        &self.bytes[segment.file_offset..segment.file_offset + segment.len as usize]
+        segment.data(self.bytes)
     }
 }
 

@@ -68,8 +68,8 @@ pub fn immortalize(component: &mut [u8]) -> Result<Immortalized, String> {
 /// The guest address of the marker, if one of `segments` holds it.
 fn find_marker(component: &[u8], segments: &[Segment]) -> Option<u32> {
     segments.iter().find_map(|seg| {
-        let data = &component[seg.file_offset..seg.file_offset + seg.len as usize];
-        data.windows(MARKER.len())
+        seg.data(component)
+            .windows(MARKER.len())
             .position(|w| w == MARKER)
             .map(|pos| seg.address + pos as u32)
     })
