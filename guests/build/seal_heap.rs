@@ -62,12 +62,13 @@ pub fn seal_heap(component: &mut [u8]) -> Result<Sealed, String> {
         for state in candidates(&image) {
             // Two bins that point to themselves may be any two empty bins: the first candidate
             // whose fields describe a heap is the state, and its heap must then be consistent.
-            if let Err(e) = check_state(&image, state) {
-                last_error = e;
-                continue;
+            match check_state(&image, state) {
+                Ok(bounds) => {
+                    let heap = walk(&image, &bounds)?;
+                    return Ok(seal(&mut image, state, heap));
+                }
+                Err(e) => last_error = e,
             }
-            let heap = walk(&image, state)?;
-            return Ok(seal(&mut image, state, heap));
         }
     }
     Err(last_error)
@@ -107,16 +108,23 @@ struct Heap {
     walked: usize,
 }
 
-/// Whether `state`'s fields describe one heap segment whose top chunk matches.
-fn check_state(image: &Image, state: u32) -> Result<(), String> {
-    let field = |offset: u32| image.read_u32(state + offset);
+/// What a checked state says of its heap: where its segment starts, and its top chunk.
+struct Bounds {
+    base: u32,
+    top: u32,
+    top_head: u32,
+}
+
+/// `state`'s heap, if its fields describe one segment whose top chunk matches.
+fn check_state(image: &Image, state: u32) -> Result<Bounds, String> {
+    let field = |offset: u32| image.read_u32(state.wrapping_add(offset));
     let (top, topsize, base) = (field(TOP), field(TOPSIZE), field(SEG_BASE));
     if field(LEAST_ADDR) != base || field(SEG_NEXT) != 0 {
         return Err(format!(
             "dlmalloc state at {state:#x}: not one segment starting at least_addr"
         ));
     }
-    let top_head = image.read_u32(top + 4);
+    let top_head = image.read_u32(top.wrapping_add(4));
     if top_head & !FLAG_BITS != topsize || top < base || top >= base.saturating_add(field(SEG_SIZE))
     {
         return Err(format!(
@@ -129,14 +137,20 @@ fn check_state(image: &Image, state: u32) -> Result<(), String> {
             "dlmalloc state at {state:#x}: a small bin is not initialised"
         ));
     }
-    Ok(())
+    Ok(Bounds {
+        base,
+        top,
+        top_head,
+    })
 }
 
-/// Walks the heap of a checked `state` from its segment's base to its top chunk.
-fn walk(image: &Image, state: u32) -> Result<Heap, String> {
-    let field = |offset: u32| image.read_u32(state + offset);
-    let (top, base) = (field(TOP), field(SEG_BASE));
-    let top_head = image.read_u32(top + 4);
+/// Walks a checked heap from its segment's base to its top chunk.
+fn walk(image: &Image, bounds: &Bounds) -> Result<Heap, String> {
+    let Bounds {
+        base,
+        top,
+        top_head,
+    } = *bounds;
     let mut p = align_as_chunk(base);
     let (mut previous_in_use, mut free, mut walked) = (true, Vec::new(), 0);
     while p != top {
