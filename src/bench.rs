@@ -654,11 +654,46 @@ pub mod ws {
         })
     }
 
+    /// The server's `weir_instance_starts_total` counters, (warm, fresh), read from
+    /// `/metrics` with a plain HTTP/1.1 request.
+    async fn instance_starts(addr: &str) -> Option<(u64, u64)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.ok()?;
+        let count = |from: &str| {
+            let prefix = format!("weir_instance_starts_total{{from=\"{from}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        Some((count("warm")?, count("fresh")?))
+    }
+
+    /// The share of runs between two `instance_starts` readings that instantiated on the
+    /// request path because the warm pool was empty.
+    fn fresh_share(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> String {
+        let Some(((w0, f0), (w1, f1))) = before.zip(after) else {
+            return "-".into();
+        };
+        let (warm, fresh) = (w1.saturating_sub(w0), f1.saturating_sub(f0));
+        let all = (warm + fresh).max(1);
+        format!(
+            "{fresh} of {} ({:.1} %)",
+            warm + fresh,
+            fresh as f64 * 100.0 / all as f64
+        )
+    }
+
     /// The WebSocket rows: weir's server beside the process-per-run baseline server.
     async fn client_rows(server: &Server, native: Option<&str>) -> anyhow::Result<()> {
         let span = Duration::from_secs(3);
         for n in [1, 10, 100] {
+            let starts_before = instance_starts(&server.addr).await;
             let weir = clients(&server.addr, n, span).await?;
+            let starts_after = instance_starts(&server.addr).await;
             let base = match native {
                 Some(addr) => clients(addr, n, span).await.ok(),
                 None => None,
@@ -694,6 +729,12 @@ pub mod ws {
                 f.steal
                     .map_or("-".into(), |s| format!("{:.0} %", s * 100.0))
             };
+            row(
+                &format!("ws {n} clients: runs instantiated on the request path"),
+                fresh_share(starts_before, starts_after),
+                "",
+                "",
+            );
             row(
                 &format!("ws {n} clients: CPU taken by the hypervisor (steal)"),
                 pct(&weir),

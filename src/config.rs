@@ -41,6 +41,8 @@ pub struct ServerConfig {
     /// Guest instances kept instantiated ahead of demand, so a run starts without waiting for
     /// instantiation (0 turns the warm pool off).
     pub warm_instances: usize,
+    /// Threads that fill the warm pool.
+    pub warm_fillers: usize,
     /// Bytes of compiled programs kept so re-running an unchanged script skips compiling it
     /// (`crate::compile_cache`; 0 turns the cache off).
     pub compile_cache_bytes: usize,
@@ -74,6 +76,7 @@ impl Default for ServerConfig {
             },
             max_instances: 1100,
             warm_instances: EngineSettings::default().warm_instances,
+            warm_fillers: EngineSettings::default().warm_fillers,
             compile_cache_bytes: EngineSettings::default().compile_cache_bytes,
             history: HistoryConfig::default(),
         }

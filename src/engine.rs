@@ -53,6 +53,9 @@ pub struct EngineSettings {
     /// Instances kept instantiated ahead of demand per engine variant (`crate::warm`), so a
     /// run's start does not wait for instantiation. 0 turns the warm pool off.
     pub warm_instances: usize,
+    /// Threads filling the warm pool (`crate::warm`); by default two.
+    /// `$WEIR_WARM_FILLERS`.
+    pub warm_fillers: usize,
     /// Bytes of compiled programs kept for re-runs (`crate::compile_cache`); 0 turns the cache
     /// off. `$WEIR_COMPILE_CACHE_BYTES`.
     pub compile_cache_bytes: usize,
@@ -68,6 +71,7 @@ impl Default for EngineSettings {
             keep_resident: env_usize("WEIR_KEEP_RESIDENT").unwrap_or(4 << 20),
             table_lazy_init: env_usize("WEIR_TABLE_LAZY_INIT").is_some_and(|v| v != 0),
             warm_instances: env_usize("WEIR_WARM_INSTANCES").unwrap_or(4),
+            warm_fillers: env_usize("WEIR_WARM_FILLERS").unwrap_or(2),
             compile_cache_bytes: env_usize("WEIR_COMPILE_CACHE_BYTES").unwrap_or(64 << 20),
             foreground_for: env_ms("WEIR_FOREGROUND_MS").unwrap_or(crate::priority::FOREGROUND_FOR),
             max_give_way: env_ms("WEIR_GIVE_WAY_MS").unwrap_or(crate::priority::MAX_GIVE_WAY),
@@ -106,7 +110,8 @@ const TABLES_PER_GUEST: u32 = 8;
 
 fn config(settings: &EngineSettings, fuel: bool) -> Config {
     // Warm instances occupy pool slots too, beyond the runs' own.
-    let n = (settings.max_instances as usize + settings.warm_instances).max(1) as u32;
+    let warm = crate::warm::slots(settings.warm_instances, settings.warm_fillers);
+    let n = (settings.max_instances as usize + warm).max(1) as u32;
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(n)
         .total_core_instances(n * CORE_INSTANCES_PER_GUEST)
@@ -258,7 +263,7 @@ impl EngineVariant {
         // Metered runs count the fuel instantiation burns (start functions run wasm), and a
         // deterministic run must burn the same fuel every time: they always instantiate fresh.
         let warm_instances = if fuel { 0 } else { settings.warm_instances };
-        let warm = WarmPool::start(instantiator.clone(), warm_instances)?;
+        let warm = WarmPool::start(instantiator.clone(), warm_instances, settings.warm_fillers)?;
         Ok(EngineVariant {
             instantiator,
             warm,

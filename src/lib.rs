@@ -59,4 +59,4 @@ pub use engine::EngineSettings;
 pub use limits::Limits;
 pub use outcome::Outcome;
 pub use run::{Collected, Event, RunControl, RunHandle, RunId, RunResult, RunState, StreamKind};
-pub use sandbox::{Mount, Program, RunRequest, Sandbox, StartError};
+pub use sandbox::{InstanceStarts, Mount, Program, RunRequest, Sandbox, StartError};

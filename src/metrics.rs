@@ -1,6 +1,7 @@
 //! Server metrics, rendered in the Prometheus text format at `GET /metrics`.
 
 use crate::compile_cache::CacheStats;
+use crate::sandbox::InstanceStarts;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -67,8 +68,14 @@ impl Metrics {
         self.rejected[slot(&REJECTIONS, reason)].fetch_add(1, Relaxed);
     }
 
-    /// The Prometheus text exposition; `live_instances` and `cache` come from the sandbox.
-    pub fn render(&self, live_instances: usize, cache: CacheStats) -> String {
+    /// The Prometheus text exposition; `live_instances`, `starts` and `cache` come from the
+    /// sandbox.
+    pub fn render(
+        &self,
+        live_instances: usize,
+        starts: InstanceStarts,
+        cache: CacheStats,
+    ) -> String {
         let mut s = String::new();
         let mut gauge = |name: &str, help: &str, kind: &str, value: u64| {
             let _ = writeln!(
@@ -118,6 +125,15 @@ impl Metrics {
             "counter",
             self.output_bytes.load(Relaxed),
         );
+        let _ = writeln!(
+            s,
+            "# HELP weir_instance_starts_total Runs started, by where their guest instance came \
+             from: the warm pool, or instantiated on the request path.\n\
+             # TYPE weir_instance_starts_total counter\n\
+             weir_instance_starts_total{{from=\"warm\"}} {}\n\
+             weir_instance_starts_total{{from=\"fresh\"}} {}",
+            starts.warm, starts.fresh
+        );
         let _ = writeln!(s, "# HELP weir_runs_finished_total Runs finished, by outcome.\n# TYPE weir_runs_finished_total counter");
         for (name, count) in OUTCOMES.iter().zip(&self.finished) {
             let _ = writeln!(
@@ -162,7 +178,8 @@ mod tests {
         let m = Metrics::default();
         m.run_finished("timeout", Duration::from_millis(3), 10);
         m.rejected("capacity");
-        let text = m.render(2, CacheStats::default());
+        let starts = InstanceStarts { warm: 5, fresh: 3 };
+        let text = m.render(2, starts, CacheStats::default());
         assert!(text.contains("weir_instances_live 2\n"));
         assert!(text.contains("weir_runs_finished_total{outcome=\"timeout\"} 1\n"));
         assert!(text.contains("weir_connections_rejected_total{reason=\"capacity\"} 1\n"));
@@ -170,5 +187,7 @@ mod tests {
         assert!(text.contains("weir_run_duration_seconds_bucket{le=\"0.005\"} 1\n"));
         assert!(text.contains("weir_run_duration_seconds_count 1\n"));
         assert!(text.contains("weir_output_bytes_total 10\n"));
+        assert!(text.contains("weir_instance_starts_total{from=\"warm\"} 5\n"));
+        assert!(text.contains("weir_instance_starts_total{from=\"fresh\"} 3\n"));
     }
 }

@@ -15,6 +15,7 @@ use crate::priority::{CpuGate, Priority};
 use crate::run::{self, Foreground, RunHandle, RunId, StreamKind};
 use crate::scratch::{Scratch, ScratchDirs, ScratchError};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::ResourceTable;
@@ -210,6 +211,24 @@ struct Inner {
     lane: Arc<BackgroundLane>,
     /// Programs compiled by earlier runs (`crate::compile_cache`).
     compile_cache: Arc<CompileCache>,
+    /// How runs got their instance.
+    starts: StartCounts,
+}
+
+/// How many runs took a warm instance and how many instantiated their own on the request
+/// path (the warm pool was empty, the run is metered, or its memory limit is below a warm
+/// instance's size).
+#[derive(Debug, Default)]
+struct StartCounts {
+    warm: AtomicU64,
+    fresh: AtomicU64,
+}
+
+/// [`Sandbox::start_counts`]: runs started from a warm instance and from a fresh one.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceStarts {
+    pub warm: u64,
+    pub fresh: u64,
 }
 
 impl Sandbox {
@@ -225,6 +244,7 @@ impl Sandbox {
         Ok(Sandbox {
             inner: Arc::new(Inner {
                 compile_cache: Arc::new(CompileCache::new(settings.compile_cache_bytes)),
+                starts: StartCounts::default(),
                 settings,
                 plain,
                 fueled: tokio::sync::OnceCell::new(),
@@ -249,6 +269,15 @@ impl Sandbox {
     /// What the compile cache holds and how it has served (`crate::compile_cache`).
     pub fn compile_cache_stats(&self) -> crate::compile_cache::CacheStats {
         self.inner.compile_cache.stats()
+    }
+
+    /// How the runs so far got their instance: warm from the pool or instantiated fresh.
+    pub fn instance_starts(&self) -> InstanceStarts {
+        let starts = &self.inner.starts;
+        InstanceStarts {
+            warm: starts.warm.load(Ordering::Relaxed),
+            fresh: starts.fresh.load(Ordering::Relaxed),
+        }
     }
 
     /// Runs in their foreground phase right now (`crate::priority`).
@@ -354,6 +383,11 @@ impl Sandbox {
             }
             _ => fresh(&variant, state, &limits),
         };
+        let counter = match start {
+            run::Start::Entered { .. } => &self.inner.starts.warm,
+            run::Start::Fresh(_) => &self.inner.starts.fresh,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         let id = RunId::new();
         let span = tracing::info_span!("run", run_id = %id);
         tracing::debug!(parent: &span, ?limits, seed = ?req.deterministic, "run starting");

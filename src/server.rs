@@ -75,6 +75,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let settings = EngineSettings {
         max_instances: config.max_instances,
         warm_instances: config.warm_instances,
+        warm_fillers: config.warm_fillers,
         compile_cache_bytes: config.compile_cache_bytes,
         ..EngineSettings::default()
     };
@@ -195,6 +196,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(
             state.sandbox.live_instances(),
+            state.sandbox.instance_starts(),
             state.sandbox.compile_cache_stats(),
         ),
     )

@@ -727,6 +727,52 @@ async fn a_stopped_run_reports_the_memory_it_reached() {
 }
 
 #[tokio::test]
+async fn the_warm_pool_refills_after_runs_took_every_slot() {
+    // Two runs hold both run slots while the filler makes guests; once they end, runs start
+    // from warm guests again: the pool has room for what its fillers hold, and a filler that
+    // could not make a guest tries again instead of stopping for good.
+    let sandbox = sandbox_with(2, |s| {
+        s.warm_instances = 1;
+        s.warm_fillers = 1;
+    });
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut handle = sandbox
+            .start(RunRequest::script("input()"))
+            .await
+            .expect("starts");
+        wait_state(&mut handle, RunState::WaitingInput).await;
+        held.push(handle);
+    }
+    for handle in held {
+        handle.control().stop();
+        assert_eq!(handle.collect().await.outcome(), Outcome::Stopped);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut warm_in_a_row = 0;
+    while warm_in_a_row < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "runs never started warm again: {:?}",
+            sandbox.instance_starts()
+        );
+        let before = sandbox.instance_starts();
+        let mut req = RunRequest::script("print('ok')");
+        req.close_stdin = true;
+        assert_eq!(collect_in(&sandbox, req).await.stdout_text(), "ok\n");
+        let after = sandbox.instance_starts();
+        assert_eq!(after.warm + after.fresh, before.warm + before.fresh + 1);
+        warm_in_a_row = if after.warm > before.warm {
+            warm_in_a_row + 1
+        } else {
+            0
+        };
+        // Give the filler time to refill before the next run.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
 async fn runs_work_with_the_warm_pool_off() {
     let sandbox = sandbox_with(2, |s| s.warm_instances = 0);
     for i in 0..3 {

@@ -328,6 +328,15 @@ async fn health_readiness_and_metrics() {
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
+    // The readiness canary and the run: each took a warm guest or instantiated its own.
+    let starts = |from: &str| -> u64 {
+        let prefix = format!("weir_instance_starts_total{{from=\"{from}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix:?} in\n{text}"))
+    };
+    assert_eq!(starts("warm") + starts("fresh"), 2, "{text}");
 }
 
 #[tokio::test]
