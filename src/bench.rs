@@ -787,6 +787,9 @@ pub mod ws {
         late_growth: f64,
         p50: Duration,
         p99: Duration,
+        /// Hello runs the concurrent client completed: each waits for its exit, background
+        /// work behind the floods, so there are only a few dozen and the p99 is near the max.
+        samples: usize,
     }
 
     /// `n` sessions print as fast as they can to clients that read one message every 10 ms;
@@ -833,6 +836,7 @@ pub mod ws {
             late_growth: (after - flowing) / n as f64,
             p50: percentile(&times, 0.5),
             p99: percentile(&times, 0.99),
+            samples: times.len(),
         })
     }
 
@@ -852,7 +856,12 @@ pub mod ws {
             "",
         );
         row("flood: concurrent hello, p50", ms(f.p50), "", "");
-        row("flood: concurrent hello, p99", ms(f.p99), "", "<= 25 ms");
+        row(
+            "flood: concurrent hello, p99",
+            format!("{} (of {} runs)", ms(f.p99), f.samples),
+            "",
+            "<= 25 ms",
+        );
         server.stop().await;
         Ok(())
     }
