@@ -108,9 +108,20 @@ const CORE_INSTANCES_PER_GUEST: u32 = 16;
 const MEMORIES_PER_GUEST: u32 = 4;
 const TABLES_PER_GUEST: u32 = 8;
 
+/// The warm pool's size on one engine variant. Metered runs count the fuel instantiation burns
+/// (start functions run wasm), and a deterministic run must burn the same fuel every time: they
+/// always instantiate fresh, so the metered engine keeps no warm pool.
+fn warm_instances(settings: &EngineSettings, fuel: bool) -> usize {
+    if fuel {
+        0
+    } else {
+        settings.warm_instances
+    }
+}
+
 fn config(settings: &EngineSettings, fuel: bool) -> Config {
     // Warm instances occupy pool slots too, beyond the runs' own.
-    let warm = crate::warm::slots(settings.warm_instances, settings.warm_fillers);
+    let warm = crate::warm::slots(warm_instances(settings, fuel), settings.warm_fillers);
     let n = (settings.max_instances as usize + warm).max(1) as u32;
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(n)
@@ -260,10 +271,11 @@ impl EngineVariant {
         let pre = instantiate_pre(&linker, &component)?;
         let ticker = EpochTicker::start(engine.clone(), settings.epoch_tick)?;
         let instantiator = Instantiator { engine, pre, fuel };
-        // Metered runs count the fuel instantiation burns (start functions run wasm), and a
-        // deterministic run must burn the same fuel every time: they always instantiate fresh.
-        let warm_instances = if fuel { 0 } else { settings.warm_instances };
-        let warm = WarmPool::start(instantiator.clone(), warm_instances, settings.warm_fillers)?;
+        let warm = WarmPool::start(
+            instantiator.clone(),
+            warm_instances(settings, fuel),
+            settings.warm_fillers,
+        )?;
         Ok(EngineVariant {
             instantiator,
             warm,

@@ -224,7 +224,7 @@ struct StartCounts {
     fresh: AtomicU64,
 }
 
-/// [`Sandbox::start_counts`]: runs started from a warm instance and from a fresh one.
+/// [`Sandbox::instance_starts`]: runs started from a warm instance and from a fresh one.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct InstanceStarts {
     pub warm: u64,

@@ -86,7 +86,7 @@ impl WarmPool {
     /// at most `size + fillers` guests ([`slots`]).
     pub fn start(core: Instantiator, size: usize, fillers: usize) -> std::io::Result<Self> {
         let closed = Arc::new(AtomicBool::new(false));
-        if size == 0 || fillers == 0 {
+        if slots(size, fillers) == 0 {
             return Ok(WarmPool {
                 ready: None,
                 closed,

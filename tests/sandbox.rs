@@ -601,11 +601,7 @@ async fn five_hundred_runs_leave_no_instance_behind() {
     }
     // A dropped handle frees its instance too.
     for _ in 0..10 {
-        let mut handle = sandbox
-            .start(RunRequest::script("input()"))
-            .await
-            .expect("a slot is free");
-        wait_state(&mut handle, RunState::WaitingInput).await;
+        let handle = waiting_for_input(&sandbox).await;
         assert_eq!(sandbox.live_instances(), 1);
         drop(handle);
         until_no_instances(&sandbox).await;
@@ -737,12 +733,7 @@ async fn the_warm_pool_refills_after_runs_took_every_slot() {
     });
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut handle = sandbox
-            .start(RunRequest::script("input()"))
-            .await
-            .expect("starts");
-        wait_state(&mut handle, RunState::WaitingInput).await;
-        held.push(handle);
+        held.push(waiting_for_input(&sandbox).await);
     }
     for handle in held {
         handle.control().stop();
@@ -781,6 +772,16 @@ async fn runs_work_with_the_warm_pool_off() {
         let out = collect_in(&sandbox, req).await;
         assert_eq!(out.stdout_text(), format!("{i}\n"));
     }
+}
+
+/// A run of `input()` in `sandbox`, once it waits for its input.
+async fn waiting_for_input(sandbox: &weir::Sandbox) -> weir::RunHandle {
+    let mut handle = sandbox
+        .start(RunRequest::script("input()"))
+        .await
+        .expect("a slot is free");
+    wait_state(&mut handle, RunState::WaitingInput).await;
+    handle
 }
 
 /// Waits (up to 10 s) until `cond` holds.
