@@ -193,6 +193,7 @@ mod tests {
     use super::*;
     use crate::priority::CpuGate;
     use std::sync::Mutex;
+    use std::task::Context;
 
     #[test]
     fn the_lane_priority_is_idle_or_a_nice_value() {
@@ -213,7 +214,6 @@ mod tests {
         });
         assert_eq!(policy.expect("task ran"), libc::SCHED_IDLE);
     }
-    use std::task::Context;
 
     /// Pending `polls` times (waking itself), noting the thread of every poll; `on_poll(n)` runs
     /// at the n-th poll.

@@ -10,9 +10,10 @@
 //!
 //! One file survives the emptying: the last run's top-level script, a regular file with no other
 //! link, which the next run overwrites in place when its script has the same name (and deletes
-//! otherwise) before the guest starts, and leaves alone when it holds the same bytes already. Creating and deleting that file on every run made ext4
-//! allocate and free an inode each time, and inode allocation scans recently deleted inodes:
-//! about 15 % of the server's CPU time under 100 WebSocket clients running hello.
+//! otherwise) before the guest starts, and leaves alone when it already holds the same bytes.
+//! Creating and deleting that file on every run made ext4 allocate and free an inode each time,
+//! and inode allocation scans recently deleted inodes: about 15 % of the server's CPU time under
+//! 100 WebSocket clients running hello.
 
 use crate::limits::human_bytes;
 use crate::sandbox::{Program, RunRequest};
