@@ -79,6 +79,15 @@ fn check(state: &AppState, query: &WsQuery, headers: &HeaderMap) -> Result<Admit
             "the server is shutting down".into(),
         ));
     }
+    if state.config.secret.is_none() {
+        if let Err(host) = check_host(headers, &state.config.allowed_hosts) {
+            return Err(refuse(
+                StatusCode::MISDIRECTED_REQUEST,
+                "host",
+                format!("host {host:?} is not served here (see allowed_hosts)"),
+            ));
+        }
+    }
     if let Err(origin) = check_origin(headers, &state.config.allowed_origins) {
         return Err(refuse(
             StatusCode::FORBIDDEN,
@@ -103,6 +112,36 @@ fn check(state: &AppState, query: &WsQuery, headers: &HeaderMap) -> Result<Admit
         protocol,
         permit,
     })
+}
+
+/// The name in a `Host` header value, without its port (`[::1]:80` -> `[::1]`).
+fn bare_host(host: &str) -> &str {
+    host.rsplit_once(':')
+        .filter(|(name, port)| port.chars().all(|c| c.is_ascii_digit()) && !name.ends_with(':'))
+        .map_or(host, |(name, _)| name)
+}
+
+/// Without a secret, the `Host` a request names must be `localhost`, an IP address, or an
+/// allowed name: a page on a DNS name the attacker rebinds to this server's address sends its
+/// own name, and its requests would otherwise pass the `Origin` check as same-origin.
+/// Requests without `Host` (not browsers; HTTP/1.0) are let through.
+pub fn check_host(headers: &HeaderMap, allowed: &[String]) -> Result<(), String> {
+    let Some(host) = headers.get(header::HOST) else {
+        return Ok(());
+    };
+    let host = host.to_str().unwrap_or("");
+    let name = bare_host(host).to_ascii_lowercase();
+    let name = name.trim_end_matches('.');
+    let ip = name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name
+            .strip_prefix('[')
+            .and_then(|n| n.strip_suffix(']'))
+            .is_some_and(|n| n.parse::<std::net::Ipv6Addr>().is_ok());
+    if ip || name == "localhost" || allowed.iter().any(|a| a.eq_ignore_ascii_case(name)) {
+        Ok(())
+    } else {
+        Err(host.to_string())
+    }
 }
 
 /// Browsers send `Origin`; it must be this server's host, localhost, or an allowed origin.
@@ -199,13 +238,39 @@ mod tests {
     }
 
     #[test]
+    fn without_a_secret_only_local_names_ips_and_allowed_hosts_are_served() {
+        let host = |h: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::HOST, h.parse().unwrap());
+            m
+        };
+        for ok in [
+            "localhost:8080",
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "10.0.0.7",
+            "LOCALHOST",
+        ] {
+            assert!(check_host(&host(ok), &[]).is_ok(), "{ok}");
+        }
+        assert!(check_host(&HeaderMap::new(), &[]).is_ok());
+        // A rebound name (the attacker's page keeps its own Host and Origin).
+        assert!(check_host(&host("evil.example:8080"), &[]).is_err());
+        assert!(check_host(&host("localhost.evil.example"), &[]).is_err());
+        let allowed = vec!["ide.example".to_string()];
+        assert!(check_host(&host("ide.example:8080"), &allowed).is_ok());
+        assert!(check_host(&host("evil.example"), &allowed).is_err());
+    }
+
+    #[test]
     fn a_token_may_come_in_any_of_three_places() {
         let secret = "s3cret";
         let config = ServerConfig {
             secret: Some(secret.into()),
             ..ServerConfig::default()
         };
-        let token = auth::mint(secret.as_bytes(), "ada", std::time::Duration::from_secs(60));
+        let token =
+            auth::mint(secret.as_bytes(), "ada", std::time::Duration::from_secs(60)).unwrap();
         let query = WsQuery {
             token: Some(token.clone()),
         };

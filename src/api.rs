@@ -12,8 +12,6 @@ use crate::protocol::{self, RunParams};
 use crate::server::{AppState, WsQuery};
 use crate::session::ANONYMOUS;
 use crate::transcript::Data;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -117,13 +115,13 @@ async fn create_run(
     State(state): State<Arc<AppState>>,
     Query(query): Query<WsQuery>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Response {
     let admitted = match admission::admit(&state, &query, &headers) {
         Ok(a) => a,
         Err(refusal) => return refusal.into_response(Body::Error),
     };
-    let body = match oneshot::json_body(body, state.config.max_message_bytes) {
+    let body = match oneshot::request_json(&state, &headers, body).await {
         Ok(b) => b,
         Err((status, message)) => return error(status, message),
     };
@@ -134,7 +132,6 @@ async fn create_run(
     let record = params.record;
     let config = &state.config;
     let mut req = params.into_request(&config.limits, &config.max_limits);
-    req.close_stdin = true;
     req.compile_scope = crate::compile_cache::scope_for(admitted.user.as_deref(), None);
     let user = admitted.user.as_deref().unwrap_or(ANONYMOUS);
     let finished = match oneshot::execute(&state, user, req, record).await {
@@ -145,7 +142,7 @@ async fn create_run(
     let result = &finished.result;
     let mut body = protocol::exit_params(
         &finished.id,
-        result.outcome.kind(),
+        finished.outcome,
         result,
         finished.transcript.as_deref(),
     );

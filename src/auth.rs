@@ -37,11 +37,38 @@ fn mac(secret: &[u8], payload: &[u8]) -> HmacSha256 {
     mac
 }
 
+/// The user name a server without a secret records its runs under; no token may carry it.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// Why a user name cannot be put in a token.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UserNameError {
+    #[error("the user name must be 1-64 characters of letters, digits and . _ @ + -")]
+    Invalid,
+    #[error("the user name {ANONYMOUS:?} is reserved for runs made without a token")]
+    Reserved,
+}
+
+/// A user name a token may carry: 1-64 ASCII letters, digits and `. _ @ + -` (it goes into
+/// logs, history rows and cache scopes), and not [`ANONYMOUS`].
+pub fn check_user(user: &str) -> Result<(), UserNameError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._@+-".contains(c);
+    if user.is_empty() || user.len() > 64 || !user.chars().all(allowed) {
+        return Err(UserNameError::Invalid);
+    }
+    if user.eq_ignore_ascii_case(ANONYMOUS) {
+        return Err(UserNameError::Reserved);
+    }
+    Ok(())
+}
+
 /// Mints a token for `user`, valid for `ttl`.
-pub fn mint(secret: &[u8], user: &str, ttl: Duration) -> String {
-    let payload = format!("{user}.{}", now_secs() + ttl.as_secs());
+pub fn mint(secret: &[u8], user: &str, ttl: Duration) -> Result<String, UserNameError> {
+    check_user(user)?;
+    let expiry = now_secs().saturating_add(ttl.as_secs());
+    let payload = format!("{user}.{expiry}");
     let sig = mac(secret, payload.as_bytes()).finalize().into_bytes();
-    format!("{}.{}", B64.encode(payload), B64.encode(sig))
+    Ok(format!("{}.{}", B64.encode(payload), B64.encode(sig)))
 }
 
 /// Checks a token; returns its user.
@@ -55,7 +82,7 @@ pub fn verify(secret: &[u8], token: &str) -> Result<String, TokenError> {
     let payload = String::from_utf8(payload).map_err(|_| TokenError::Malformed)?;
     let (user, expiry) = payload.rsplit_once('.').ok_or(TokenError::Malformed)?;
     let expiry: u64 = expiry.parse().map_err(|_| TokenError::Malformed)?;
-    if user.is_empty() {
+    if check_user(user).is_err() {
         return Err(TokenError::Malformed);
     }
     if expiry <= now_secs() {
@@ -70,7 +97,7 @@ mod tests {
 
     #[test]
     fn round_trips_and_refuses_forgeries() {
-        let t = mint(b"s3cret", "ada", Duration::from_secs(60));
+        let t = mint(b"s3cret", "ada", Duration::from_secs(60)).unwrap();
         assert_eq!(verify(b"s3cret", &t), Ok("ada".into()));
         assert_eq!(verify(b"other", &t), Err(TokenError::BadSignature));
         let forged = format!(
@@ -80,7 +107,26 @@ mod tests {
         );
         assert_eq!(verify(b"s3cret", &forged), Err(TokenError::BadSignature));
         assert_eq!(verify(b"s3cret", "garbage"), Err(TokenError::Malformed));
-        let expired = mint(b"s3cret", "ada", Duration::ZERO);
+        let expired = mint(b"s3cret", "ada", Duration::ZERO).unwrap();
         assert_eq!(verify(b"s3cret", &expired), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn user_names_are_plain_and_never_anonymous() {
+        for bad in [
+            "",
+            "ada\nINFO forged log line",
+            "a b",
+            &"x".repeat(65),
+            "Anonymous",
+        ] {
+            assert!(mint(b"s", bad, Duration::from_secs(60)).is_err(), "{bad:?}");
+        }
+        assert!(mint(b"s", "ada.lovelace@example-1", Duration::from_secs(60)).is_ok());
+        // A token signed for a name that minting refuses is refused too.
+        let payload = format!("anonymous.{}", now_secs() + 60);
+        let sig = mac(b"s", payload.as_bytes()).finalize().into_bytes();
+        let forged = format!("{}.{}", B64.encode(payload), B64.encode(sig));
+        assert_eq!(verify(b"s", &forged), Err(TokenError::Malformed));
     }
 }

@@ -1,8 +1,15 @@
-//! The background lane: a tokio runtime whose threads run at a lower OS priority, where a run
-//! continues once it is background (`crate::priority`) — after its first output, after its
-//! foreground time, while it waits for input. The kernel, not a cooperative check, then makes
-//! every new run's way to its first output preempt the rest of older runs: their guests, their
-//! exits and the resetting of their memory slots.
+//! The background lane: a tokio runtime of its own where a run continues once it is background
+//! (`crate::priority`) — after its first output, after its foreground time, while it waits for
+//! input. Its threads keep the process's own CPU priority by default: weir's priorities are
+//! relative to weir's runs only. A background guest gives way to foreground runs at every epoch
+//! tick (`crate::priority`), and being polled on threads of their own, older runs never hold
+//! the caller's runtime workers that new runs start on.
+//!
+//! A lower OS priority for the lane ([`LanePriority::Idle`], or a nice value) is an opt-in for
+//! machines that run nothing but weir. It lets the kernel preempt older runs for new ones at
+//! once, but it ranks them below *every other process on the host* too: under `SCHED_IDLE`, two
+//! ordinary busy processes on a 2-core host starved a 0.05 s script until its 10 s time limit
+//! killed it, and at nice 15 a lane thread weighs 36 against 1024 for each normal thread.
 //!
 //! A run's driver future moves between the caller's runtime and this lane whenever its class
 //! changes ([`drive`]); a future may be polled from any thread, and wasmtime's async calls are
@@ -23,8 +30,8 @@ pub struct BackgroundLane {
 }
 
 impl BackgroundLane {
-    /// A lane of `threads` worker threads at `priority` (Linux only, elsewhere the threads keep
-    /// the process's priority).
+    /// A lane of `threads` worker threads at `priority` (lowered on Linux only; elsewhere the
+    /// threads keep the process's priority).
     pub fn start(threads: usize, priority: LanePriority) -> std::io::Result<Self> {
         let runtime = Builder::new_multi_thread()
             .worker_threads(threads.max(1))
@@ -54,20 +61,28 @@ impl Drop for BackgroundLane {
 }
 
 /// The CPU priority of the lane's threads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LanePriority {
-    /// Linux's `SCHED_IDLE` policy: the threads run when no other thread of the machine wants the
-    /// CPU, and a waking thread of normal priority preempts them at once.
+    /// The process's own priority: background runs compete with the rest of the host exactly
+    /// as foreground ones do. The default, and what `weir run` always uses.
+    #[default]
+    Process,
+    /// Linux's `SCHED_IDLE` policy, for dedicated machines only: the threads run when no other
+    /// thread *of the machine* wants the CPU, so any busy process on the host starves every
+    /// background run (until its wall-time limit ends it).
     Idle,
-    /// A nice value, 0–19 (0: the process's own priority). The kernel still gives such a thread
-    /// its full time slice once it runs, so a new run can wait behind it.
+    /// A nice value, 1–19, for dedicated machines only: the threads lose to every normal thread
+    /// of the host by the same weight (nice 15: 36 against 1024), and the kernel still gives such
+    /// a thread its full time slice once it runs, so a new run can wait behind it.
     Nice(i32),
 }
 
 impl LanePriority {
-    /// `idle`, or a nice value 0–19 (higher values are clamped); anything else is `None`.
+    /// `process` (or `0`), `idle`, or a nice value 1–19 (higher values are clamped); anything
+    /// else is `None`.
     pub fn parse(text: &str) -> Option<Self> {
         match text.trim() {
+            "process" | "0" => Some(LanePriority::Process),
             "idle" => Some(LanePriority::Idle),
             n => n
                 .parse::<u32>()
@@ -89,7 +104,7 @@ fn lower_this_thread(priority: LanePriority) {
                     let param = libc::sched_param { sched_priority: 0 };
                     libc::sched_setscheduler(0, libc::SCHED_IDLE, &param)
                 }
-                LanePriority::Nice(0) => 0,
+                LanePriority::Process | LanePriority::Nice(..=0) => 0,
                 LanePriority::Nice(nice) => {
                     let tid = libc::gettid();
                     libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
@@ -198,6 +213,8 @@ mod tests {
     #[test]
     fn the_lane_priority_is_idle_or_a_nice_value() {
         assert_eq!(LanePriority::parse("idle"), Some(LanePriority::Idle));
+        assert_eq!(LanePriority::parse("process"), Some(LanePriority::Process));
+        assert_eq!(LanePriority::parse("0"), Some(LanePriority::Process));
         assert_eq!(LanePriority::parse(" 15\n"), Some(LanePriority::Nice(15)));
         assert_eq!(LanePriority::parse("40"), Some(LanePriority::Nice(19)));
         assert_eq!(LanePriority::parse("-1"), None);
@@ -243,7 +260,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_driver_runs_on_the_lane_exactly_while_its_run_is_background() {
-        let lane = Arc::new(BackgroundLane::start(1, LanePriority::Nice(0)).expect("lane starts"));
+        let lane = Arc::new(BackgroundLane::start(1, LanePriority::Process).expect("lane starts"));
         let priority = Priority::new(Arc::new(CpuGate::default()));
         let grant = Mutex::new(Some(priority.grant()));
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -267,7 +284,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_urgent_run_is_taken_back_from_the_lane_at_once() {
-        let lane = Arc::new(BackgroundLane::start(1, LanePriority::Nice(0)).expect("lane starts"));
+        let lane = Arc::new(BackgroundLane::start(1, LanePriority::Process).expect("lane starts"));
         let priority = Priority::new(Arc::new(CpuGate::default())); // background from the start
         let seen = Arc::new(Mutex::new(Vec::<String>::new()));
         let (polled, mut polls) = tokio::sync::mpsc::unbounded_channel::<()>();
@@ -299,7 +316,7 @@ mod tests {
 
     #[tokio::test]
     async fn dropping_the_caller_drops_its_driver_even_while_the_lane_is_busy() {
-        let lane = Arc::new(BackgroundLane::start(1, LanePriority::Nice(0)).expect("lane starts"));
+        let lane = Arc::new(BackgroundLane::start(1, LanePriority::Process).expect("lane starts"));
         // The lane's only thread is busy for longer than the test waits.
         lane.handle()
             .spawn(async { std::thread::sleep(std::time::Duration::from_secs(20)) });

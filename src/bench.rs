@@ -27,6 +27,12 @@ pub async fn run(settings: EngineSettings, samples: usize) -> anyhow::Result<()>
         row("measurement", "weir", "python3 per run", "target");
         return fib_rows(&sandbox).await;
     }
+    // `WEIR_BENCH_ONLY_HOST=1`: the busy-host and deep-recursion rows only.
+    if std::env::var_os("WEIR_BENCH_ONLY_HOST").is_some() {
+        row("measurement", "weir", "python3 per run", "target");
+        busy_host_rows(&sandbox).await?;
+        return deep_recursion_row(&sandbox).await;
+    }
     if std::env::var_os("WEIR_BENCH_ONLY_LATENCY").is_some() {
         let (p50, p99) = first_byte_latency(&sandbox, samples, false).await?;
         let (c50, c99) = first_byte_latency(&sandbox, samples, true).await?;
@@ -78,6 +84,7 @@ pub async fn run(settings: EngineSettings, samples: usize) -> anyhow::Result<()>
         ">= 1000/s",
     );
     fib_rows(&sandbox).await?;
+    busy_host_rows(&sandbox).await?;
     let pss = idle_pss(&settings, 100).await?;
     let native_pss = native::idle_pss(100).await.ok();
     row(
@@ -86,6 +93,7 @@ pub async fn run(settings: EngineSettings, samples: usize) -> anyhow::Result<()>
         &native_pss.map_or("-".into(), mb),
         "<= 1.2 MB",
     );
+    deep_recursion_row(&sandbox).await?;
     let late = timeout_lateness(&sandbox).await?;
     row(
         "timeout lateness (100 ms limit, busy loop)",
@@ -182,7 +190,7 @@ async fn first_byte_samples(
     for i in 0..n {
         let mut req = hello();
         if compiling {
-            req.compile_scope = format!("bench-{i}");
+            req.compile_scope = format!("bench-{i}").into();
         }
         let t = Instant::now();
         let mut handle = sandbox.start(req).await?;
@@ -273,6 +281,150 @@ async fn fib_rows(sandbox: &Sandbox) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Times fib(25) [`FIB_CALLS`] times in one interpreter, one line per call.
+const FIB25: &str =
+    "import time\ndef fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n\
+for _ in range(3):\n    t = time.perf_counter()\n    fib(25)\n    print(time.perf_counter() - t)\n";
+
+/// Rounds of the busy-host rows: each runs [`FIB25`] on both sides on a quiet host, then on a
+/// busy one.
+const BUSY_ROUNDS: usize = 7;
+
+/// The busy-host rows: fib(25) with one ordinary busy process per core on the host against a
+/// quiet host, for weir and a native `python3` in the same sitting, rounds alternating quiet
+/// and busy. A run must keep its fair share of the CPU (`crate::background`): weir's slowdown
+/// should match native's.
+async fn busy_host_rows(sandbox: &Sandbox) -> anyhow::Result<()> {
+    fib25_guest(sandbox).await?; // warm: the first run pages in what later runs find resident
+    let (mut quiet, mut busy) = (Fib25::default(), Fib25::default());
+    for _ in 0..BUSY_ROUNDS {
+        quiet.round(sandbox).await?;
+        let _host = native::BusyHost::start(num_cores())?;
+        busy.round(sandbox).await?;
+    }
+    let (q, b) = (quiet.medians(), busy.medians());
+    row(
+        "fib(25) s, median: quiet / busy host (1 busy proc/core)",
+        format!("{:.3} / {:.3} s", q.0, b.0),
+        &format!("{:.3} / {:.3} s", q.1, b.1),
+        "",
+    );
+    let slowdown = |busy: f64, quiet: f64| format!("{:.2}x", busy / quiet);
+    row(
+        "  slowdown on the busy host",
+        slowdown(b.0, q.0),
+        &slowdown(b.1, q.1),
+        "<= 1.5x native's",
+    );
+    row(
+        "  weir start -> exit, median: quiet / busy host",
+        format!("{:.3} / {:.3} s", q.2, b.2),
+        "",
+        "",
+    );
+    Ok(())
+}
+
+/// fib(25) call times on each side, and weir's whole runs (start to exit), seconds.
+#[derive(Default)]
+struct Fib25 {
+    guest: Vec<f64>,
+    native: Vec<f64>,
+    guest_run: Vec<f64>,
+}
+
+impl Fib25 {
+    async fn round(&mut self, sandbox: &Sandbox) -> anyhow::Result<()> {
+        let t = Instant::now();
+        self.guest.extend(fib25_guest(sandbox).await?);
+        self.guest_run.push(t.elapsed().as_secs_f64());
+        let run = tokio::process::Command::new(native::python())
+            .arg("-c")
+            .arg(FIB25)
+            .output()
+            .await?;
+        self.native
+            .extend(fib_calls(&String::from_utf8_lossy(&run.stdout)));
+        Ok(())
+    }
+
+    /// Medians of the guest's calls, native's calls and weir's runs.
+    fn medians(&mut self) -> (f64, f64, f64) {
+        let m = |v: &mut Vec<f64>| if v.is_empty() { f64::NAN } else { median(v) };
+        (
+            m(&mut self.guest),
+            m(&mut self.native),
+            m(&mut self.guest_run),
+        )
+    }
+}
+
+/// One run of [`FIB25`] in the guest: its calls' times.
+async fn fib25_guest(sandbox: &Sandbox) -> anyhow::Result<Vec<f64>> {
+    guest_calls(sandbox, FIB25).await
+}
+
+/// A request for `script` with stdin closed and two minutes of wall time.
+fn long_request(script: &str) -> RunRequest {
+    let mut req = RunRequest::script(script);
+    req.close_stdin = true;
+    req.limits = Limits {
+        wall_ms: 120_000,
+        ..Limits::default()
+    };
+    req
+}
+
+/// Runs `script`, which times [`FIB_CALLS`] calls, in the guest: the calls' times.
+async fn guest_calls(sandbox: &Sandbox, script: &str) -> anyhow::Result<Vec<f64>> {
+    let out = sandbox.start(long_request(script)).await?.collect().await;
+    let calls = fib_calls(&out.stdout_text());
+    anyhow::ensure!(
+        calls.len() == FIB_CALLS,
+        "the guest printed {calls:?} ({:?})",
+        out.outcome()
+    );
+    Ok(calls)
+}
+
+async fn deep_recursion_row(sandbox: &Sandbox) -> anyhow::Result<()> {
+    let deep = deep_recursion_growth(sandbox).await?;
+    row(
+        "PSS growth after 100 deep-recursion runs (10 at once)",
+        mb(deep),
+        "",
+        "~0 MB",
+    );
+    Ok(())
+}
+
+/// How much this process's PSS grew over 100 runs that recurse until the wasm stack is
+/// exhausted, 10 at a time: what the fiber stacks keep resident after such runs.
+async fn deep_recursion_growth(sandbox: &Sandbox) -> anyhow::Result<f64> {
+    const DEEP: &str = "import sys\nsys.setrecursionlimit(10**9)\n\
+                        def f(n):\n    return f(n + 1)\nf(0)\n";
+    let batch = |n: usize| {
+        let runs = (0..n).map(|_| {
+            let sandbox = sandbox.clone();
+            async move { sandbox.start(long_request(DEEP)).await.map(|h| h.collect()) }
+        });
+        futures_util::future::join_all(runs)
+    };
+    for run in batch(1).await {
+        run?.await;
+    }
+    let before = pss_bytes().unwrap_or(0.0);
+    for _ in 0..10 {
+        let mut collecting = Vec::new();
+        for run in batch(10).await {
+            collecting.push(run?);
+        }
+        futures_util::future::join_all(collecting).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    Ok(pss_bytes().unwrap_or(0.0) - before)
+}
+
 /// Runs of fib(27) on each side.
 const FIB_ROUNDS: usize = 7;
 
@@ -309,19 +461,7 @@ fn fib_calls(stdout: &str) -> Vec<f64> {
 async fn fib(sandbox: &Sandbox) -> anyhow::Result<(FibTimes, Option<FibTimes>)> {
     let (mut guest, mut native) = (Vec::new(), Vec::new());
     for _ in 0..FIB_ROUNDS {
-        let mut req = RunRequest::script(FIB);
-        req.close_stdin = true;
-        req.limits = Limits {
-            wall_ms: 120_000,
-            ..Limits::default()
-        };
-        let out = sandbox.start(req).await?.collect().await;
-        let calls = fib_calls(&out.stdout_text());
-        anyhow::ensure!(
-            calls.len() == FIB_CALLS,
-            "fib in the guest printed {calls:?}"
-        );
-        guest.extend(calls);
+        guest.extend(guest_calls(sandbox, FIB).await?);
         let run = tokio::process::Command::new(native::python())
             .arg("-c")
             .arg(FIB)

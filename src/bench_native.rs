@@ -206,3 +206,31 @@ async fn serve_connection(tcp: tokio::net::TcpStream) {
         }
     }
 }
+
+/// Ordinary busy processes (a shell loop each, at the priority any program on the host has),
+/// killed when this is dropped: the "busy host" of `weir bench`'s fairness rows.
+pub struct BusyHost(Vec<std::process::Child>);
+
+impl BusyHost {
+    pub fn start(n: usize) -> std::io::Result<Self> {
+        let mut host = BusyHost(Vec::with_capacity(n));
+        for _ in 0..n {
+            host.0.push(
+                std::process::Command::new("sh")
+                    .args(["-c", "while :; do :; done"])
+                    .stdin(Stdio::null())
+                    .spawn()?,
+            );
+        }
+        Ok(host)
+    }
+}
+
+impl Drop for BusyHost {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

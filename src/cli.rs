@@ -1,5 +1,6 @@
 //! `weir run`: a script in the sandbox with the terminal's stdin, stdout and stderr.
 
+use crate::background::LanePriority;
 use crate::determinism::Seed;
 use crate::limits::{parse_bytes, parse_duration, Limits};
 use crate::outcome::Outcome;
@@ -167,8 +168,10 @@ fn parse_mount(spec: &str) -> anyhow::Result<Mount> {
     })
 }
 
-/// Runs `weir run`; returns the process exit code.
-pub async fn run(args: RunArgs, settings: EngineSettings) -> anyhow::Result<i32> {
+/// Runs `weir run`; returns the process exit code. Its one run keeps the process's CPU priority
+/// whatever `$WEIR_BACKGROUND_NICE` says: there are no other runs for it to give way to.
+pub async fn run(args: RunArgs, mut settings: EngineSettings) -> anyhow::Result<i32> {
+    settings.background_priority = LanePriority::Process;
     let req = args.request()?;
     if args.record.is_some() && !req.mounts.is_empty() {
         anyhow::bail!(
@@ -191,7 +194,7 @@ pub async fn run(args: RunArgs, settings: EngineSettings) -> anyhow::Result<i32>
                 }
             }
         }
-        control.close_stdin().await;
+        control.close_stdin();
     });
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();

@@ -131,13 +131,42 @@ impl CompileCache {
     }
 }
 
-/// The scope of a run's entries: its signed-in user's, else its connection's; one-shot requests
-/// without a user (a server without a secret) share the anonymous scope.
-pub fn scope_for(user: Option<&str>, connection: Option<u64>) -> String {
+/// Which runs share compiled programs: those of one scope, never those of another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompileScope {
+    /// Runs of this scope share entries (an embedder's default: the empty scope).
+    Named(String),
+    /// The run neither reads nor fills the cache.
+    Off,
+}
+
+impl Default for CompileScope {
+    fn default() -> Self {
+        CompileScope::Named(String::new())
+    }
+}
+
+impl From<&str> for CompileScope {
+    fn from(name: &str) -> Self {
+        CompileScope::Named(name.to_owned())
+    }
+}
+
+impl From<String> for CompileScope {
+    fn from(name: String) -> Self {
+        CompileScope::Named(name)
+    }
+}
+
+/// The scope of a run's entries: its signed-in user's, else its connection's. One-shot requests
+/// without a user (a server without a secret) use no cache: two such callers are strangers to
+/// each other, and neither may meet the other's entries nor learn from a start time what the
+/// other ran.
+pub fn scope_for(user: Option<&str>, connection: Option<u64>) -> CompileScope {
     match (user, connection) {
-        (Some(user), _) => format!("user:{user}"),
-        (None, Some(n)) => format!("connection:{n}"),
-        (None, None) => String::new(),
+        (Some(user), _) => CompileScope::Named(format!("user:{user}")),
+        (None, Some(n)) => CompileScope::Named(format!("connection:{n}")),
+        (None, None) => CompileScope::Off,
     }
 }
 
@@ -156,6 +185,30 @@ impl std::fmt::Debug for CachePut {
 impl CachePut {
     pub fn put(self, code: Vec<u8>) {
         self.cache.insert(self.key, code);
+    }
+}
+
+/// A run's one chance to fill the cache: taken by the guest's first `program-compiled` call,
+/// which the runner makes (with the code, or empty to decline) before any of the user's code
+/// runs. Whatever the guest sends later is user code's and is ignored.
+#[derive(Debug, Default)]
+pub enum CacheSlot {
+    /// The run compiles and may hand its code over, once.
+    Open(CachePut),
+    /// Used, declined, or never offered.
+    #[default]
+    Closed,
+}
+
+impl CacheSlot {
+    /// The guest's `program-compiled`: stores `code` if the slot is open and `code` is not empty,
+    /// and closes the slot either way.
+    pub fn offer(&mut self, code: Vec<u8>) {
+        if let CacheSlot::Open(put) = std::mem::take(self) {
+            if !code.is_empty() {
+                put.put(code);
+            }
+        }
     }
 }
 
@@ -191,6 +244,35 @@ mod tests {
         assert_eq!(cache.usage(), (2, 8));
         cache.insert(a, vec![9; 2]); // replacing counts the new size only
         assert_eq!(cache.usage(), (2, 6));
+    }
+
+    #[test]
+    fn a_slot_takes_one_offer_and_ignores_later_ones() {
+        let cache = Arc::new(CompileCache::new(1 << 10));
+        let key = Key::new("", "a", b"");
+        let put = |cache: &Arc<CompileCache>| {
+            CacheSlot::Open(CachePut {
+                cache: cache.clone(),
+                key,
+            })
+        };
+        let mut slot = put(&cache);
+        slot.offer(vec![1, 2]);
+        slot.offer(vec![6, 6, 6]); // user code, after the runner's offer
+        assert_eq!(cache.get(&key).as_deref(), Some(&[1u8, 2][..]));
+        // Declined (compiling warned): nothing stored, and a later offer cannot fill it.
+        let other = Arc::new(CompileCache::new(1 << 10));
+        let mut slot = put(&other);
+        slot.offer(Vec::new());
+        slot.offer(vec![6, 6, 6]);
+        assert_eq!(other.usage(), (0, 0));
+    }
+
+    #[test]
+    fn anonymous_one_shot_callers_share_no_scope() {
+        assert_eq!(scope_for(None, None), CompileScope::Off);
+        assert_ne!(scope_for(None, Some(1)), scope_for(None, Some(2)));
+        assert_ne!(scope_for(Some("a"), None), scope_for(Some("b"), None));
     }
 
     #[test]

@@ -16,6 +16,13 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Most WebSocket sessions at once; more are refused with 503 and Retry-After.
     pub max_sessions: usize,
+    /// Longest a client may take to send a request's headers (also an idle keep-alive
+    /// connection's next request), and its body once the headers are in, seconds: slow or
+    /// silent connections are closed, a body that does not arrive gets 408.
+    pub request_timeout_secs: u64,
+    /// Most TCP connections served at once (sessions, HTTP requests, idle keep-alive ones);
+    /// more wait in the listen backlog until one closes.
+    pub max_connections: usize,
     /// Largest WebSocket message accepted; larger closes the socket with 1009.
     pub max_message_bytes: usize,
     /// Most `run` requests per session per minute.
@@ -30,6 +37,10 @@ pub struct ServerConfig {
     pub secret: Option<String>,
     /// Origins allowed besides the server's own host and localhost.
     pub allowed_origins: Vec<String>,
+    /// Host names (the `Host` header, without its port) a server without a secret answers
+    /// besides `localhost` and IP addresses; any other name is refused with 421, so a web page
+    /// cannot reach the server through a DNS name rebound to it.
+    pub allowed_hosts: Vec<String>,
     /// Log JSON lines instead of human-readable text.
     pub log_json: bool,
     /// Limits a run gets when the client asks for none.
@@ -55,6 +66,8 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_sessions: 1000,
+            max_connections: 1500,
+            request_timeout_secs: 10,
             max_message_bytes: 1 << 20,
             runs_per_minute: 120,
             session_idle_secs: 600,
@@ -62,6 +75,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 10,
             secret: None,
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             log_json: false,
             limits: Limits {
                 wall_ms: 5_000,
@@ -97,6 +111,10 @@ impl ServerConfig {
 
     pub fn session_idle(&self) -> Duration {
         Duration::from_secs(self.session_idle_secs.max(1))
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs.max(1))
     }
 
     pub fn shutdown_grace(&self) -> Duration {

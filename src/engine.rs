@@ -35,6 +35,11 @@ pub struct EngineSettings {
     /// memory until it is reused, so the process keeps the high-water mark of concurrent runs
     /// (at most `max_instances` x this). `$WEIR_KEEP_RESIDENT`; 0 keeps nothing.
     pub keep_resident: usize,
+    /// Bytes at the top of each freed fiber stack zeroed with `memset` and kept resident; the
+    /// rest of the stack is given back to the kernel (`madvise`) after every run, so a run that
+    /// recursed deep (up to the 34 MiB stack) leaves no memory behind in the pool.
+    /// `$WEIR_STACK_KEEP_RESIDENT`.
+    pub stack_keep_resident: usize,
     /// Initialise funcref tables lazily (on first use) rather than at instantiation. Off by
     /// default: eager initialisation measured 5 % faster runs and 25 % less memory per instance.
     pub table_lazy_init: bool,
@@ -44,8 +49,9 @@ pub struct EngineSettings {
     /// Longest a background run waits for foreground runs in one go (`crate::priority`).
     pub max_give_way: Duration,
     /// CPU priority of the threads background runs continue on (`crate::background`): by
-    /// default `SCHED_IDLE`, so new runs preempt them at once. `$WEIR_BACKGROUND_NICE`: `idle`,
-    /// or a nice value 0–19 instead (0 keeps the lane at the process's priority).
+    /// default the process's own, so no run yields to the rest of the host.
+    /// `$WEIR_BACKGROUND_NICE`: `idle` (`SCHED_IDLE`) or a nice value 1–19, opt-ins for
+    /// dedicated machines only: they rank background runs below every other process there.
     pub background_priority: LanePriority,
     /// Worker threads of the background lane; by default one per CPU.
     /// `$WEIR_BACKGROUND_THREADS`.
@@ -69,6 +75,7 @@ impl Default for EngineSettings {
             epoch_tick: Duration::from_millis(2),
             cache_dir: default_cache_dir(),
             keep_resident: env_usize("WEIR_KEEP_RESIDENT").unwrap_or(4 << 20),
+            stack_keep_resident: env_usize("WEIR_STACK_KEEP_RESIDENT").unwrap_or(256 << 10),
             table_lazy_init: env_usize("WEIR_TABLE_LAZY_INIT").is_some_and(|v| v != 0),
             warm_instances: env_usize("WEIR_WARM_INSTANCES").unwrap_or(4),
             warm_fillers: env_usize("WEIR_WARM_FILLERS").unwrap_or(2),
@@ -78,7 +85,7 @@ impl Default for EngineSettings {
             background_priority: std::env::var("WEIR_BACKGROUND_NICE")
                 .ok()
                 .and_then(|v| LanePriority::parse(&v))
-                .unwrap_or(LanePriority::Idle),
+                .unwrap_or_default(),
             background_threads: env_usize("WEIR_BACKGROUND_THREADS")
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         }
@@ -138,6 +145,7 @@ fn config(settings: &EngineSettings, fuel: bool) -> Config {
         .max_component_instance_size(4 << 20)
         .linear_memory_keep_resident(settings.keep_resident)
         .table_keep_resident(settings.keep_resident.min(1 << 20))
+        .async_stack_keep_resident(settings.stack_keep_resident)
         .pagemap_scan(wasmtime::Enabled::Auto);
     let mut config = Config::new();
     config
@@ -150,6 +158,10 @@ fn config(settings: &EngineSettings, fuel: bool) -> Config {
         .wasm_backtrace_max_frames(None)
         .max_wasm_stack(settings.max_wasm_stack)
         .async_stack_size(settings.max_wasm_stack + (2 << 20))
+        // Freed stacks are zeroed: the top `stack_keep_resident` bytes with memset, the rest
+        // decommitted. Without it a pooled stack kept every page a run touched (a deep
+        // recursion: 34 MiB per stack, for ever) and the next tenant's run got it unzeroed.
+        .async_stack_zeroing(true)
         .memory_init_cow(true)
         .table_lazy_init(settings.table_lazy_init)
         .parallel_compilation(true)

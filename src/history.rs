@@ -29,6 +29,8 @@ pub struct HistoryConfig {
     pub max_runs: u64,
     /// Runs older than this are deleted, days.
     pub max_age_days: u64,
+    /// Most bytes of messages and transcripts kept; the oldest runs go first.
+    pub max_bytes: u64,
 }
 
 impl Default for HistoryConfig {
@@ -37,6 +39,7 @@ impl Default for HistoryConfig {
             path: default_path(),
             max_runs: 100_000,
             max_age_days: 30,
+            max_bytes: 1 << 30,
         }
     }
 }
@@ -177,10 +180,11 @@ impl History {
         let writer_conn = open(&config.path)?;
         let reader = open(&config.path)?;
         let (tx, rx) = mpsc::channel(QUEUE);
-        let retention = (
-            config.max_runs,
-            Duration::from_secs(config.max_age_days * 86_400),
-        );
+        let retention = Retention {
+            max_runs: config.max_runs,
+            max_age: Duration::from_secs(config.max_age_days.saturating_mul(86_400)),
+            max_bytes: config.max_bytes,
+        };
         let writer = std::thread::Builder::new()
             .name("weir-history".into())
             .spawn(move || write_loop(writer_conn, rx, retention))
@@ -307,7 +311,7 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 fn write_loop(
     mut conn: rusqlite::Connection,
     mut rx: mpsc::Receiver<Command>,
-    (max_runs, max_age): (u64, Duration),
+    retention: Retention,
 ) {
     let mut last_prune: Option<std::time::Instant> = None;
     while let Some(first) = rx.blocking_recv() {
@@ -333,7 +337,7 @@ fn write_loop(
             tracing::error!(error = %e, runs = records.len(), "run history: cannot store runs");
         }
         if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
-            if let Err(e) = prune(&conn, max_runs, max_age) {
+            if let Err(e) = prune(&conn, &retention) {
                 tracing::error!(error = %e, "run history: retention failed");
             }
             last_prune = Some(std::time::Instant::now());
@@ -378,16 +382,33 @@ fn store_batch(
     tx.commit()
 }
 
-/// Deletes runs past the age limit, then the oldest beyond the count limit.
-fn prune(conn: &rusqlite::Connection, max_runs: u64, max_age: Duration) -> rusqlite::Result<()> {
-    let cutoff = unix_ms(SystemTime::now()).saturating_sub(max_age.as_millis() as u64);
+/// What the history keeps.
+struct Retention {
+    max_runs: u64,
+    max_age: Duration,
+    max_bytes: u64,
+}
+
+/// Deletes runs past the age limit, then the oldest beyond the count limit, then the oldest
+/// beyond the size limit (a run's size: its message and transcript, plus a little for the rest).
+fn prune(conn: &rusqlite::Connection, retention: &Retention) -> rusqlite::Result<()> {
+    let cutoff = unix_ms(SystemTime::now()).saturating_sub(retention.max_age.as_millis() as u64);
     conn.execute(
         "DELETE FROM runs WHERE finished_at_ms < ?1",
         [cutoff as i64],
     )?;
     conn.execute(
         "DELETE FROM runs WHERE seq <= (SELECT seq FROM runs ORDER BY seq DESC LIMIT 1 OFFSET ?1)",
-        [max_runs as i64],
+        [retention.max_runs.min(i64::MAX as u64) as i64],
+    )?;
+    conn.execute(
+        "DELETE FROM runs WHERE seq <= (
+             SELECT seq FROM (
+                 SELECT seq, SUM(length(message) + coalesce(length(transcript), 0) + 128)
+                     OVER (ORDER BY seq DESC) AS kept
+                 FROM runs)
+             WHERE kept > ?1 ORDER BY seq DESC LIMIT 1)",
+        [retention.max_bytes.min(i64::MAX as u64) as i64],
     )?;
     Ok(())
 }
@@ -419,6 +440,7 @@ mod tests {
             path: dir.path().join("h.sqlite3"),
             max_runs: 3,
             max_age_days: 1,
+            max_bytes: 1 << 20,
         };
         let now = unix_ms(SystemTime::now());
         {
@@ -442,5 +464,34 @@ mod tests {
         assert!(r4.recorded);
         let (owner, transcript) = h.transcript("r4").await.unwrap().unwrap();
         assert_eq!((owner.as_str(), transcript.as_deref()), ("ann", Some("{}")));
+    }
+
+    #[tokio::test]
+    async fn large_runs_are_pruned_by_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = HistoryConfig {
+            path: dir.path().join("h.sqlite3"),
+            max_runs: 1000,
+            max_age_days: 1,
+            max_bytes: 10_000,
+        };
+        let now = unix_ms(SystemTime::now());
+        {
+            let h = History::open(&config).unwrap();
+            for i in 0..5 {
+                h.store(record(&format!("big{i}"), now), Some("x".repeat(4_000)))
+                    .await;
+            }
+            h.flush().await;
+        }
+        let h = History::open(&config).unwrap();
+        h.store(record("small", now), None).await;
+        h.flush().await;
+        // 10,000 bytes hold the newest two transcripts (and the small run), not a third.
+        assert!(h.get("small").await.unwrap().is_some());
+        assert!(h.get("big4").await.unwrap().is_some());
+        assert!(h.get("big3").await.unwrap().is_some());
+        assert!(h.get("big2").await.unwrap().is_none());
+        assert!(h.get("big0").await.unwrap().is_none());
     }
 }

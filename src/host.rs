@@ -1,9 +1,9 @@
 //! weir's own host interface for the guest (`weir:sandbox/host`, see
 //! `guests/python/wit/world.wit`): how to launch the program, and what became of it.
 
-use crate::compile_cache::CachePut;
+use crate::compile_cache::{CacheSlot, MAX_ENTRY_BYTES};
 use crate::sandbox::GuestState;
-use wasmtime::component::{ComponentType, Linker, Lower};
+use wasmtime::component::{ComponentType, Linker, Lower, WasmList, WasmStr};
 use wasmtime::StoreContextMut;
 
 const INTERFACE: &str = "weir:sandbox/host@0.1.0";
@@ -56,18 +56,38 @@ pub struct Uncaught {
 pub struct HostState {
     pub launch: Launch,
     pub uncaught: Option<Uncaught>,
-    /// Where the guest's compiled program goes, if this run may fill the cache.
-    pub cache_put: Option<CachePut>,
+    /// Where the guest's compiled program goes, if this run may fill the cache (once).
+    pub cache_slot: CacheSlot,
+    /// The guest has said its REPL started.
+    pub repl_started: bool,
 }
 
 impl HostState {
-    pub fn new(launch: Launch, cache_put: Option<CachePut>) -> Self {
+    pub fn new(launch: Launch, cache_slot: CacheSlot) -> Self {
         HostState {
             launch,
             uncaught: None,
-            cache_put,
+            cache_slot,
+            repl_started: false,
         }
     }
+}
+
+/// Longest exception type name kept from the guest, bytes.
+pub const MAX_TYPE_NAME_BYTES: usize = 256;
+/// Longest exception message kept from the guest, bytes (the runner sends at most 1,000
+/// characters; user code calling the interface directly is cut here).
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// A guest string, cut at `max` bytes (on a character boundary): what the guest hands the host
+/// ends up in responses and the run history, so its size is the host's to decide.
+fn bounded(store: &StoreContextMut<'_, GuestState>, text: &WasmStr, max: usize) -> String {
+    let text = text.to_str(store).unwrap_or_default();
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 /// What `launch-config` answers. The guest asks once; the bytes move rather than copy (asked
@@ -107,17 +127,22 @@ pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     inst.func_wrap(
         "program-compiled",
-        |mut store: StoreContextMut<'_, GuestState>, (code,): (Vec<u8>,)| {
-            if let Some(put) = store.data_mut().host.cache_put.take() {
-                put.put(code);
-            }
+        |mut store: StoreContextMut<'_, GuestState>, (code,): (WasmList<u8>,)| {
+            // Read only when it could be kept: the guest names the length, up to its memory.
+            let code = match code.len() <= MAX_ENTRY_BYTES {
+                true => code.as_le_slice(&store).to_vec(),
+                false => Vec::new(),
+            };
+            store.data_mut().host.cache_slot.offer(code);
             Ok(())
         },
     )
     .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     inst.func_wrap(
         "uncaught-exception",
-        |mut store: StoreContextMut<'_, GuestState>, (type_name, message): (String, String)| {
+        |mut store: StoreContextMut<'_, GuestState>, (type_name, message): (WasmStr, WasmStr)| {
+            let type_name = bounded(&store, &type_name, MAX_TYPE_NAME_BYTES);
+            let message = bounded(&store, &message, MAX_MESSAGE_BYTES);
             store.data_mut().host.uncaught = Some(Uncaught { type_name, message });
             Ok(())
         },
@@ -125,8 +150,13 @@ pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     inst.func_wrap(
         "repl-started",
-        |store: StoreContextMut<'_, GuestState>, (): ()| {
-            store.data().status.send_modify(|s| s.in_repl = true);
+        |mut store: StoreContextMut<'_, GuestState>, (): ()| {
+            // Only a run that asked for a REPL has one, and it starts once: a script calling
+            // this itself gains nothing (each REPL statement's fresh wall-time limit included).
+            let host = &mut store.data_mut().host;
+            if host.launch.repl && !std::mem::replace(&mut host.repl_started, true) {
+                store.data().status.send_modify(|s| s.in_repl = true);
+            }
             Ok(())
         },
     )

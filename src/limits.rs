@@ -55,6 +55,22 @@ pub enum LimitError {
 }
 
 impl Limits {
+    /// These limits, none above `max`'s (an unmetered run stays unmetered).
+    pub fn capped_by(self, max: &Limits) -> Limits {
+        Limits {
+            wall_ms: self.wall_ms.min(max.wall_ms),
+            cpu_fuel: match (self.cpu_fuel, max.cpu_fuel) {
+                (Some(asked), Some(most)) => Some(asked.min(most)),
+                (asked, _) => asked,
+            },
+            memory_bytes: self.memory_bytes.min(max.memory_bytes),
+            output_bytes: self.output_bytes.min(max.output_bytes),
+            line_bytes: self.line_bytes.min(max.line_bytes),
+            scratch_bytes: self.scratch_bytes.min(max.scratch_bytes),
+            idle_ms: self.idle_ms.min(max.idle_ms),
+        }
+    }
+
     /// Checks that every limit is usable.
     pub fn validate(&self) -> Result<(), LimitError> {
         let non_zero = [
@@ -79,12 +95,15 @@ impl Limits {
         Ok(())
     }
 
+    /// The wall-time limit (at most [`MAX_DURATION`]: a deadline that far away must still be
+    /// representable).
     pub fn wall(&self) -> Duration {
-        Duration::from_millis(self.wall_ms)
+        Duration::from_millis(self.wall_ms).min(MAX_DURATION)
     }
 
+    /// The idle limit (at most [`MAX_DURATION`]).
     pub fn idle(&self) -> Duration {
-        Duration::from_millis(self.idle_ms)
+        Duration::from_millis(self.idle_ms).min(MAX_DURATION)
     }
 }
 
@@ -113,14 +132,26 @@ pub fn human_ms(ms: u64) -> String {
     }
 }
 
-/// Parses "2s", "500ms", "1m" (humantime) or a bare number of seconds.
+/// The longest duration any limit or token lifetime may have: ten years.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Parses "2s", "500ms", "1m" (humantime) or a bare number of seconds, up to [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    if let Ok(secs) = s.trim().parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            return Ok(Duration::from_secs_f64(secs));
+    let parsed = match s.trim().parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => {
+            Duration::try_from_secs_f64(secs).map_err(|_| too_long(s))?
         }
+        _ => humantime::parse_duration(s.trim())
+            .map_err(|e| format!("invalid duration {s:?}: {e}"))?,
+    };
+    if parsed > MAX_DURATION {
+        return Err(too_long(s));
     }
-    humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))
+    Ok(parsed)
+}
+
+fn too_long(s: &str) -> String {
+    format!("invalid duration {s:?}: longer than the maximum of 10 years")
 }
 
 /// Parses "64MiB", "1 MB", "4096" (bytes).
@@ -218,6 +249,11 @@ mod tests {
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         assert!(parse_bytes("lots").is_err());
         assert!(parse_duration("soon").is_err());
+        // Values past any clock's range are refused, not a panic.
+        for huge in ["1e20", "1e300", "100000000000000000000s", "11y"] {
+            assert!(parse_duration(huge).is_err(), "{huge}");
+        }
+        assert_eq!(parse_duration("3650d"), Ok(MAX_DURATION));
     }
 
     #[test]

@@ -121,7 +121,9 @@ async fn dispatch(command: Command, settings: EngineSettings) -> anyhow::Result<
             weir::server::serve(config).await.map(|()| 0)
         }
         Command::Token { user, ttl, secret } => {
-            println!("{}", weir::auth::mint(secret.as_bytes(), &user, ttl));
+            let token = weir::auth::mint(secret.as_bytes(), &user, ttl)
+                .map_err(|e| anyhow::anyhow!("--user {user:?}: {e}"))?;
+            println!("{token}");
             Ok(0)
         }
         Command::Replay { update, files } => {

@@ -8,9 +8,8 @@ use crate::run::{Collected, RunResult};
 use crate::sandbox::{RunRequest, StartError};
 use crate::server::AppState;
 use crate::transcript::{OutputLog, Transcript};
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::http::{header, HeaderMap, StatusCode};
 use serde_json::Value;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime};
@@ -23,16 +22,21 @@ pub struct Finished {
     pub result: RunResult,
     /// Where the recorded transcript can be fetched, for runs that asked for one.
     pub transcript: Option<String>,
+    /// The outcome reported and recorded: the result's, or `shutdown` when the server stopped
+    /// the run at the end of its shutdown grace period.
+    pub outcome: &'static str,
 }
 
 /// Starts `req` for `user`, waits for it to end, and records it. Dropping the future (the
-/// client hung up) drops the run and frees its store.
+/// client hung up) drops the run and frees its store. stdin holds the request's text and is then
+/// closed: nobody can type into a one-shot run, so `input()` past the text reads end of file.
 pub async fn execute(
     app: &AppState,
     user: &str,
-    req: RunRequest,
+    mut req: RunRequest,
     record: bool,
 ) -> Result<Finished, StartError> {
+    req.close_stdin = true;
     let started = SystemTime::now();
     let mut recording = record.then(|| (req.clone(), OutputLog::default()));
     let mut handle = app.sandbox.start(req).await?;
@@ -40,14 +44,35 @@ pub async fn execute(
     let id = handle.id().to_string();
     tracing::info!(run_id = %id, user, "one-shot run started");
     let mut collected = Collected::default();
-    while let Some(event) = handle.next_event().await {
+    // On shutdown the run may finish for the grace period, then it is stopped.
+    let mut shutdown = app.shutdown.subscribe();
+    let mut grace_over: Option<tokio::time::Instant> = None;
+    let mut stopped_for_shutdown = false;
+    loop {
+        let event = tokio::select! {
+            event = handle.next_event() => event,
+            _ = shutdown.wait_for(|s| *s), if grace_over.is_none() => {
+                grace_over = Some(tokio::time::Instant::now() + app.config.shutdown_grace());
+                continue;
+            }
+            () = crate::session::sleep_until_opt(grace_over), if !stopped_for_shutdown => {
+                stopped_for_shutdown = true;
+                handle.control().stop();
+                continue;
+            }
+        };
+        let Some(event) = event else { break };
         if let Some((_, log)) = &mut recording {
             log.observe(&event);
         }
         collected.push(event);
     }
     let result = collected.result.take().unwrap_or_else(vanished);
-    let outcome = result.outcome.kind();
+    let outcome = if stopped_for_shutdown {
+        "shutdown"
+    } else {
+        result.outcome.kind()
+    };
     app.metrics
         .run_finished(outcome, result.duration, result.output_bytes);
     let transcript = recording.and_then(|(req, log)| {
@@ -64,6 +89,7 @@ pub async fn execute(
         id,
         collected,
         result,
+        outcome,
     })
 }
 
@@ -88,33 +114,92 @@ pub fn start_status(e: &StartError) -> StatusCode {
     match e {
         StartError::AtCapacity(_) => StatusCode::SERVICE_UNAVAILABLE,
         StartError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        StartError::Scratch(crate::scratch::ScratchError::TooLarge { .. }) => {
-            StatusCode::PAYLOAD_TOO_LARGE
-        }
+        StartError::Scratch(
+            crate::scratch::ScratchError::TooLarge { .. }
+            | crate::scratch::ScratchError::TooManyEntries { .. },
+        ) => StatusCode::PAYLOAD_TOO_LARGE,
         _ => StatusCode::BAD_REQUEST,
     }
 }
 
-/// An HTTP body as a JSON value, whatever its `Content-Type` (Piston clients send `text/plain`
-/// as often as `application/json`).
-pub fn json_body(
-    body: Result<Bytes, BytesRejection>,
-    limit: usize,
+/// A request's body as a JSON value, within the server's size limit and request timeout
+/// ([`json_body`]).
+pub async fn request_json(
+    app: &AppState,
+    headers: &HeaderMap,
+    body: Body,
 ) -> Result<Value, (StatusCode, String)> {
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => (
+    let config = &app.config;
+    json_body(
+        headers,
+        body,
+        config.max_message_bytes,
+        config.request_timeout(),
+    )
+    .await
+}
+
+/// An HTTP body as a JSON value, whatever its `Content-Type` (Piston clients send `text/plain`
+/// as often as `application/json`). A body announced larger than `limit` is refused at once
+/// (413, without waiting for it), one that grows past it too, and one that does not arrive
+/// within `timeout` gets 408.
+pub async fn json_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Value, (StatusCode, String)> {
+    let too_large = || {
+        (
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
                 "the request body is larger than the {} limit",
                 crate::limits::human_bytes(limit as u64)
             ),
-        ),
-        status => (status, rejection.body_text()),
-    })?;
+        )
+    };
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let body = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => {
+            return Err((
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} s",
+                    timeout.as_secs()
+                ),
+            ))
+        }
+        Ok(Err(e)) if is_length_limit(&e) => return Err(too_large()),
+        Ok(Err(e)) => {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the request body: {e}"),
+            ))
+        }
+        Ok(Ok(body)) => body,
+    };
     serde_json::from_slice(&body).map_err(|e| {
         (
             StatusCode::BAD_REQUEST,
             format!("the request body is not valid JSON: {e}"),
         )
     })
+}
+
+/// Whether reading a body failed because it passed its length limit.
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }

@@ -354,11 +354,59 @@ impl OutputStream for GuestOutput {
     }
 }
 
-/// What the caller sends to a run's stdin.
-#[derive(Debug)]
-pub enum StdinMsg {
-    Data(Bytes),
-    Eof,
+/// The caller's end of a run's stdin: a bounded queue of data, and a close that never waits
+/// (end of file must get through even while the queue is full of input the guest has not read).
+#[derive(Clone)]
+pub struct StdinSender {
+    data: mpsc::Sender<Bytes>,
+    closed: Arc<watch::Sender<bool>>,
+}
+
+/// The guest's end of [`StdinSender`].
+pub struct StdinReceiver {
+    data: mpsc::Receiver<Bytes>,
+    closed: watch::Receiver<bool>,
+}
+
+/// A stdin channel holding at most `chunks` chunks the guest has not read.
+pub fn stdin_channel(chunks: usize) -> (StdinSender, StdinReceiver) {
+    let (data_tx, data_rx) = mpsc::channel(chunks);
+    let (closed_tx, closed_rx) = watch::channel(false);
+    (
+        StdinSender {
+            data: data_tx,
+            closed: Arc::new(closed_tx),
+        },
+        StdinReceiver {
+            data: data_rx,
+            closed: closed_rx,
+        },
+    )
+}
+
+impl StdinSender {
+    fn is_closed(&self) -> bool {
+        *self.closed.borrow()
+    }
+
+    /// Queues `data`, waiting while the queue is full; false once stdin is closed or the run
+    /// has ended.
+    pub async fn send(&self, data: Bytes) -> bool {
+        !self.is_closed() && self.data.send(data).await.is_ok()
+    }
+
+    /// Queues `data` without waiting.
+    pub fn try_send(&self, data: Bytes) -> Result<(), mpsc::error::TrySendError<Bytes>> {
+        if self.is_closed() {
+            return Err(mpsc::error::TrySendError::Closed(data));
+        }
+        self.data.try_send(data)
+    }
+
+    /// Closes stdin at once: the guest reads what was queued before, then end of file.
+    pub fn close(&self) {
+        self.closed.send_replace(true);
+    }
 }
 
 /// The reads a guest made from stdin: each chunk is what one read returned, in order, and `eof`
@@ -390,7 +438,7 @@ pub struct GuestStdin {
 }
 
 struct StdinState {
-    rx: mpsc::Receiver<StdinMsg>,
+    rx: StdinReceiver,
     /// Replay: the recorded reads still to give, in place of the caller's channel.
     replay: Option<(VecDeque<Bytes>, bool)>,
     buffered: Bytes,
@@ -403,11 +451,7 @@ struct StdinState {
 }
 
 impl GuestStdin {
-    pub fn new(
-        rx: mpsc::Receiver<StdinMsg>,
-        status: watch::Sender<GuestStatus>,
-        mode: StdinMode,
-    ) -> Self {
+    pub fn new(rx: StdinReceiver, status: watch::Sender<GuestStatus>, mode: StdinMode) -> Self {
         GuestStdin {
             state: Arc::new(tokio::sync::Mutex::new(StdinState {
                 rx,
@@ -429,10 +473,10 @@ impl GuestStdin {
 }
 
 impl StdinState {
-    fn take_message(&mut self, msg: Option<StdinMsg>) {
+    fn take_message(&mut self, msg: Option<Bytes>) {
         match msg {
-            Some(StdinMsg::Data(b)) => self.buffered = b,
-            Some(StdinMsg::Eof) | None => self.eof = true,
+            Some(b) => self.buffered = b,
+            None => self.eof = true,
         }
     }
 
@@ -448,9 +492,11 @@ impl StdinState {
             }
             return;
         }
-        match self.rx.try_recv() {
+        // Closing is seen after the data: whatever was queued before the close is read first.
+        let closed = *self.rx.closed.borrow();
+        match self.rx.data.try_recv() {
             Ok(msg) => self.take_message(Some(msg)),
-            Err(mpsc::error::TryRecvError::Empty) => {}
+            Err(mpsc::error::TryRecvError::Empty) => self.eof = closed,
             Err(mpsc::error::TryRecvError::Disconnected) => self.eof = true,
         }
     }
@@ -485,8 +531,14 @@ impl StdinState {
                 s.waiting_input = true;
                 s.waits += 1;
             });
-            let msg = self.rx.recv().await;
-            self.take_message(msg);
+            let rx = &mut self.rx;
+            let closed = async { rx.closed.wait_for(|closed| *closed).await.is_ok() };
+            tokio::select! {
+                msg = rx.data.recv() => self.take_message(msg),
+                // Closed: take what was queued before, else end of file.
+                true = closed => self.poll_buffer(),
+                else => self.eof = true,
+            }
             self.status.send_modify(|s| s.waiting_input = false);
         }
         self.armed = true;

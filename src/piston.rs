@@ -16,8 +16,6 @@ use crate::run::{Collected, RunResult};
 use crate::sandbox::{Program, RunRequest};
 use crate::server::{AppState, WsQuery};
 use crate::session::ANONYMOUS;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -57,13 +55,13 @@ async fn execute(
     State(state): State<Arc<AppState>>,
     Query(query): Query<WsQuery>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Response {
     let admitted = match admission::admit(&state, &query, &headers) {
         Ok(a) => a,
         Err(refusal) => return refusal.into_response(Body::Message),
     };
-    let body = match oneshot::json_body(body, state.config.max_message_bytes) {
+    let body = match oneshot::request_json(&state, &headers, body).await {
         Ok(b) => b,
         Err((status, m)) => return message(status, m),
     };
@@ -211,6 +209,8 @@ fn limits(body: &Value, defaults: &Limits, max: &Limits) -> Result<Limits, Strin
     if let Some(ms) = constraint(body, "run_cpu_time", max_cpu_ms)? {
         limits.cpu_fuel = Some(ms.saturating_mul(FUEL_PER_MS));
     }
+    // Piston's run_timeout bounds the whole run, waits for input included.
+    limits.idle_ms = limits.idle_ms.min(limits.wall_ms);
     for name in [
         "compile_timeout",
         "compile_memory_limit",

@@ -102,7 +102,7 @@ fn close(code: u16, reason: &str) -> Option<End> {
 
 async fn run(socket: WebSocket, app: Arc<AppState>, user: String) {
     let (sink, mut stream) = socket.split();
-    let (out, writer) = session::outbound(sink);
+    let (out, _liveness, writer) = session::outbound(sink);
     let mut shutdown = app.shutdown.subscribe();
     let mut shutting_down = *shutdown.borrow();
     let mut grace: Option<Instant> = None;
@@ -223,7 +223,7 @@ impl Connection {
                 None
             }
             ("eof", Some(job)) => {
-                job.handle.control().close_stdin().await;
+                job.handle.control().close_stdin();
                 None
             }
             ("signal", Some(_)) => self.signal(&msg),
@@ -310,7 +310,11 @@ impl Connection {
                 exit["type"] = json!("exit");
                 exit["stage"] = json!("run");
                 self.send(exit).await;
-                close(close::JOB_COMPLETED, "Job Completed")
+                if job.shutdown_stop {
+                    close(close::GOING_AWAY, "server shutting down")
+                } else {
+                    close(close::JOB_COMPLETED, "Job Completed")
+                }
             }
             None => {
                 tracing::error!("run ended without an exit event");

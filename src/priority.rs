@@ -4,12 +4,16 @@
 //! A run is *foreground* from its start until its first output, for at most [`FOREGROUND_FOR`]
 //! by default, and again for each REPL statement. After that, and while it waits for input or
 //! is paused, it is *background*. Two mechanisms act on the class:
-//! - a background run's driver is polled on the background lane (`crate::background`), whose
-//!   threads have a lower OS priority: the kernel preempts it for foreground work;
-//! - a background run gives way to foreground ones after every epoch tick and whenever its
-//!   output stream has room again: it waits while any foreground run exists, for at most
-//!   [`MAX_GIVE_WAY`] (by default) at a time, so it still progresses under a steady stream of new
-//!   runs.
+//! - a background run's driver is polled on the background lane (`crate::background`), threads
+//!   of its own, so older runs never hold the workers new runs start on;
+//! - a background run gives way to foreground ones after every epoch tick, whenever its
+//!   output stream has room again, and before its instance is freed: it waits while any
+//!   foreground run exists, for [`MAX_GIVE_WAY`] (by default) at least, and then for its turn:
+//!   background runs that waited their longest resume [`BACKGROUND_TURN`] apart, so together
+//!   they keep about one thread busy while new runs keep coming, and each still progresses.
+//!
+//! All of this is weir's own doing, at the process's CPU priority: no run ever yields to the
+//! rest of the host (`crate::background`).
 //!
 //! Without this, 100 flooding guests and one `print("hello")` share both cores equally and the
 //! hello run waits for hundreds of milliseconds; and 100 clients running scripts in a loop get
@@ -26,12 +30,18 @@ pub const FOREGROUND_FOR: Duration = Duration::from_millis(20);
 /// Longest a background run waits for foreground runs in one go, by default.
 pub const MAX_GIVE_WAY: Duration = Duration::from_millis(5);
 
+/// While foreground runs exist, background runs that have waited their longest resume one at a
+/// time, this far apart: together they then keep about one thread busy, whatever their number.
+pub const BACKGROUND_TURN: Duration = Duration::from_millis(2);
+
 /// The foreground runs of one sandbox, and its policy.
 pub struct CpuGate {
     foreground: AtomicUsize,
     quiet: Notify,
     foreground_for: Duration,
     max_give_way: Duration,
+    /// The latest resumption reserved by a background run that waited its longest.
+    last_turn: std::sync::Mutex<tokio::time::Instant>,
 }
 
 impl Default for CpuGate {
@@ -47,7 +57,17 @@ impl CpuGate {
             quiet: Notify::new(),
             foreground_for,
             max_give_way,
+            last_turn: std::sync::Mutex::new(tokio::time::Instant::now()),
         }
+    }
+
+    /// When a background run starting to wait now may resume if foreground runs remain: after
+    /// the longest give-way, and [`BACKGROUND_TURN`] after the previous such resumption.
+    fn reserve_turn(&self) -> tokio::time::Instant {
+        let mut last = self.last_turn.lock().unwrap_or_else(|p| p.into_inner());
+        let turn = (tokio::time::Instant::now() + self.max_give_way).max(*last + BACKGROUND_TURN);
+        *last = turn;
+        turn
     }
 
     /// Runs that are foreground right now.
@@ -55,7 +75,8 @@ impl CpuGate {
         self.foreground.load(Ordering::Acquire)
     }
 
-    /// Waits until no run is foreground, or the longest give-way has passed.
+    /// Waits until no run is foreground, or until this run's turn (see [`BACKGROUND_TURN`]):
+    /// the longest give-way at the soonest.
     async fn give_way(&self) {
         if self.foreground_runs() == 0 {
             return;
@@ -67,7 +88,7 @@ impl CpuGate {
         if self.foreground_runs() == 0 {
             return;
         }
-        let _ = tokio::time::timeout(self.max_give_way, quiet).await;
+        let _ = tokio::time::timeout_at(self.reserve_turn(), quiet).await;
     }
 }
 
@@ -218,6 +239,35 @@ mod tests {
         waiting.await.expect("give_way returns");
         // The clock is paused: it had not moved, so the wait ended with the grant, not the cap.
         assert!(start.elapsed() < MAX_GIVE_WAY);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn background_runs_that_waited_their_longest_resume_one_turn_apart() {
+        let gate = Arc::new(CpuGate::default());
+        let _grant = Priority::new(gate.clone()).grant();
+        let start = tokio::time::Instant::now();
+        let waits: Vec<_> = (0..3)
+            .map(|_| {
+                let run = Priority::new(gate.clone());
+                tokio::spawn(async move {
+                    run.give_way().await;
+                    start.elapsed()
+                })
+            })
+            .collect();
+        let mut resumed = Vec::new();
+        for wait in waits {
+            resumed.push(wait.await.expect("give_way returns"));
+        }
+        resumed.sort();
+        assert_eq!(
+            resumed,
+            [
+                MAX_GIVE_WAY,
+                MAX_GIVE_WAY + BACKGROUND_TURN,
+                MAX_GIVE_WAY + BACKGROUND_TURN * 2
+            ]
+        );
     }
 
     #[tokio::test(start_paused = true)]

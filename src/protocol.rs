@@ -37,17 +37,14 @@ pub struct LimitParams {
 impl LimitParams {
     /// The client's limits on top of `defaults`, each capped at `max`.
     pub fn apply(&self, defaults: &Limits, max: &Limits) -> Limits {
-        let cap = |asked: Option<u64>, default: u64, max: u64| asked.unwrap_or(default).min(max);
         Limits {
-            wall_ms: cap(self.wall_ms, defaults.wall_ms, max.wall_ms),
-            cpu_fuel: match (self.cpu_fuel.or(defaults.cpu_fuel), max.cpu_fuel) {
-                (Some(asked), Some(most)) => Some(asked.min(most)),
-                (asked, _) => asked,
-            },
-            memory_bytes: cap(self.memory_bytes, defaults.memory_bytes, max.memory_bytes),
-            output_bytes: cap(self.output_bytes, defaults.output_bytes, max.output_bytes),
+            wall_ms: self.wall_ms.unwrap_or(defaults.wall_ms),
+            cpu_fuel: self.cpu_fuel.or(defaults.cpu_fuel),
+            memory_bytes: self.memory_bytes.unwrap_or(defaults.memory_bytes),
+            output_bytes: self.output_bytes.unwrap_or(defaults.output_bytes),
             ..*defaults
         }
+        .capped_by(max)
     }
 }
 
@@ -100,6 +97,8 @@ impl RunParams {
         req.stdin = self.stdin.map(String::into_bytes);
         req.repl = self.repl;
         req.limits = self.limits.apply(defaults, max);
+        // Deterministic mode's own defaults (fuel, a long wall-time net) stay within them too.
+        req.max_limits = Some(*max);
         if self.record || self.deterministic.is_some() {
             req.deterministic = Some(Seed(self.deterministic.map(|d| d.seed).unwrap_or(0)));
         }

@@ -10,7 +10,9 @@ use crate::background::BackgroundLane;
 use crate::engine::EngineVariant;
 use crate::limits::Limits;
 use crate::outcome::Outcome;
-use crate::pipes::{GuestStatus, GuestStdin, OutputLimitExceeded, OutputQueue, ReadLog, StdinMsg};
+use crate::pipes::{
+    GuestStatus, GuestStdin, OutputLimitExceeded, OutputQueue, ReadLog, StdinSender,
+};
 use crate::priority::{Grant, Priority};
 use crate::sandbox::GuestState;
 use crate::warm::{CallResult, GuestCall};
@@ -124,7 +126,7 @@ pub enum StdinError {
 #[derive(Clone)]
 pub struct RunControl {
     desired: Arc<watch::Sender<Desired>>,
-    stdin: mpsc::Sender<StdinMsg>,
+    stdin: StdinSender,
     priority: Priority,
 }
 
@@ -136,7 +138,7 @@ impl RunControl {
         if data.is_empty() {
             return true;
         }
-        self.stdin.send(StdinMsg::Data(data)).await.is_ok()
+        self.stdin.send(data).await
     }
 
     /// Sends bytes to stdin without waiting; fails when the run has ended or the guest has not
@@ -146,17 +148,16 @@ impl RunControl {
         if data.is_empty() {
             return Ok(());
         }
-        self.stdin
-            .try_send(StdinMsg::Data(data))
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => StdinError::Full,
-                mpsc::error::TrySendError::Closed(_) => StdinError::Ended,
-            })
+        self.stdin.try_send(data).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => StdinError::Full,
+            mpsc::error::TrySendError::Closed(_) => StdinError::Ended,
+        })
     }
 
-    /// Closes stdin: once the guest has read what was sent, it sees end of file.
-    pub async fn close_stdin(&self) {
-        let _ = self.stdin.send(StdinMsg::Eof).await;
+    /// Closes stdin: once the guest has read what was sent, it sees end of file. Never waits,
+    /// also while stdin's queue is full.
+    pub fn close_stdin(&self) {
+        self.stdin.close();
     }
 
     /// Ends the run now (also while it waits for input or is paused). A background run ends in
@@ -328,7 +329,7 @@ pub(crate) struct Driver {
     pub events: mpsc::Sender<Event>,
     /// Keeps stdin open while the run lives: end of file comes only from `close_stdin`, not
     /// from the caller dropping its controls.
-    pub stdin_open: mpsc::Sender<StdinMsg>,
+    pub stdin_open: StdinSender,
     pub status: watch::Receiver<GuestStatus>,
     pub pipes: Arc<OutputQueue>,
     pub stdin: GuestStdin,
@@ -405,11 +406,7 @@ impl Foreground {
 
 /// Spawns the driver task and returns the caller's handle, which gets the run's event receiver
 /// and stdin sender.
-pub(crate) fn spawn(
-    d: Driver,
-    events_rx: mpsc::Receiver<Event>,
-    stdin: mpsc::Sender<StdinMsg>,
-) -> RunHandle {
+pub(crate) fn spawn(d: Driver, events_rx: mpsc::Receiver<Event>, stdin: StdinSender) -> RunHandle {
     let (desired_tx, desired_rx) = watch::channel(Desired::Run);
     let priority = d.foreground.priority.clone();
     let control = RunControl {
@@ -480,6 +477,9 @@ impl Driver {
         let outcome = match finished {
             Ok((result, store)) => {
                 let outcome = classify(result, &store);
+                // Freeing resets the instance's memory slot, a background run's largest step:
+                // it waits for foreground runs first, as its guest did at every epoch tick.
+                foreground.priority.give_way().await;
                 // Free the instance before reporting, so a caller that sees `Exit` sees it gone.
                 drop(store);
                 outcome

@@ -5,12 +5,12 @@
 //! No host environment variable, file or socket is reachable.
 
 use crate::background::BackgroundLane;
-use crate::compile_cache::{CachePut, CompileCache, Key};
+use crate::compile_cache::{CachePut, CacheSlot, CompileCache, CompileScope, Key};
 use crate::determinism::{GuestClock, Seed, VirtualClock};
 use crate::engine::{EngineSettings, EngineVariant};
 use crate::host::{HostState, Launch};
 use crate::limits::{LimitError, Limits, MemoryLimiter};
-use crate::pipes::{GuestStatus, GuestStdin, OutputQueue, ReadLog, StdinMode, StdinMsg};
+use crate::pipes::{GuestStatus, GuestStdin, OutputQueue, ReadLog, StdinMode};
 use crate::priority::{CpuGate, Priority};
 use crate::run::{self, Foreground, RunHandle, RunId, StreamKind};
 use crate::scratch::{Scratch, ScratchDirs, ScratchError};
@@ -72,8 +72,12 @@ pub struct RunRequest {
     /// Deterministic mode (seeded randomness, virtual clocks, fuel): see [`crate::determinism`].
     pub deterministic: Option<Seed>,
     /// Runs share compiled programs (`crate::compile_cache`) only within one scope: the server
-    /// uses the user (or the connection, for anonymous ones). Default: the empty scope.
-    pub compile_scope: String,
+    /// uses the user (or the connection, for anonymous ones; anonymous one-shot requests use no
+    /// cache). Default: the empty scope.
+    pub compile_scope: CompileScope,
+    /// Ceilings on the limits the run gets, applied last (after deterministic mode's defaults):
+    /// the server sets its configured maximum. `None`: no ceiling.
+    pub max_limits: Option<Limits>,
 }
 
 impl RunRequest {
@@ -95,15 +99,20 @@ impl RunRequest {
             record_input: false,
             replay_input: None,
             deterministic: None,
-            compile_scope: String::new(),
+            compile_scope: CompileScope::default(),
+            max_limits: None,
         }
     }
 
     /// The limits the run actually gets (deterministic runs are always metered by fuel).
     pub fn effective_limits(&self) -> Limits {
-        match self.deterministic {
+        let limits = match self.deterministic {
             Some(seed) => seed.limits(self.limits),
             None => self.limits,
+        };
+        match &self.max_limits {
+            Some(max) => limits.capped_by(max),
+            None => limits,
         }
     }
 }
@@ -160,11 +169,7 @@ impl GuestState {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(crate::limits::MAX_MEMORY_BYTES),
-            host: HostState {
-                launch: Launch::plain(String::new(), None, false),
-                uncaught: None,
-                cache_put: None,
-            },
+            host: HostState::new(Launch::plain(String::new(), None, false), CacheSlot::Closed),
             status: watch::channel(GuestStatus::default()).0,
             clock: GuestClock::Real,
             priority: Priority::placeholder(),
@@ -261,6 +266,12 @@ impl Sandbox {
         tokio::task::spawn_blocking(move || Sandbox::load(settings)).await?
     }
 
+    /// Deletes every run's scratch directory now, runs still alive included (their files
+    /// vanish under them): for a process about to exit whatever still holds the sandbox.
+    pub fn close_scratch(&self) {
+        self.inner.scratch_dirs.remove_all();
+    }
+
     /// Guest instances alive right now (stores not yet dropped).
     pub fn live_instances(&self) -> usize {
         self.inner.settings.max_instances as usize - self.inner.slots.available_permits()
@@ -321,14 +332,14 @@ impl Sandbox {
             .try_acquire_owned()
             .map_err(|_| StartError::AtCapacity(self.inner.settings.max_instances))?;
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-        let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
+        let (stdin_tx, stdin_rx) = crate::pipes::stdin_channel(STDIN_QUEUE);
         let (status_tx, status_rx) = watch::channel(GuestStatus::default());
         if let Some(data) = req.stdin.clone().filter(|d| !d.is_empty()) {
             // The queue is empty and has room: this cannot fail.
-            let _ = stdin_tx.try_send(StdinMsg::Data(data.into()));
+            let _ = stdin_tx.try_send(data.into());
         }
         if req.close_stdin {
-            let _ = stdin_tx.try_send(StdinMsg::Eof);
+            stdin_tx.close();
         }
         let stdin = GuestStdin::new(
             stdin_rx,
@@ -433,7 +444,7 @@ impl Sandbox {
                         .any(|(f, _)| Path::new(f).file_name() == base);
                 if shadowed {
                     let launch = Launch::plain(filename.clone(), None, req.repl);
-                    return HostState::new(launch, None);
+                    return HostState::new(launch, CacheSlot::Closed);
                 }
                 let mut launch = Launch::plain(filename.clone(), None, req.repl);
                 launch.source = Some(source.clone());
@@ -447,14 +458,18 @@ impl Sandbox {
         };
         let cache = &self.inner.compile_cache;
         // Fuel, and the virtual clock it drives, must not depend on what ran before.
+        let scope = match &req.compile_scope {
+            CompileScope::Named(scope) => scope,
+            CompileScope::Off => return HostState::new(launch, CacheSlot::Closed),
+        };
         if !cache.enabled() || limits.cpu_fuel.is_some() || req.deterministic.is_some() {
-            return HostState::new(launch, None);
+            return HostState::new(launch, CacheSlot::Closed);
         }
-        let key = Key::new(&req.compile_scope, name, source);
+        let key = Key::new(scope, name, source);
         match cache.get(&key) {
             Some(code) => {
                 launch.compiled = Some(code.to_vec());
-                HostState::new(launch, None)
+                HostState::new(launch, CacheSlot::Closed)
             }
             None => {
                 launch.cache_compiled = true;
@@ -462,7 +477,7 @@ impl Sandbox {
                     cache: cache.clone(),
                     key,
                 };
-                HostState::new(launch, Some(put))
+                HostState::new(launch, CacheSlot::Open(put))
             }
         }
     }

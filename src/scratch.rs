@@ -10,16 +10,22 @@
 //!
 //! One file survives the emptying: the last run's top-level script, a regular file with no other
 //! link, which the next run overwrites in place when its script has the same name (and deletes
-//! otherwise) before the guest starts, and leaves alone when it already holds the same bytes.
+//! otherwise) before the guest starts, and leaves alone when it already holds the same bytes and
+//! the previous run had the same owner (compile scope): a stranger's run always rewrites it, so
+//! its modification time cannot tell them whether they guessed another tenant's exact script.
+//!
+//! Directories are created 0700 and the caller's files 0600: other users of the host cannot
+//! read tenants' scripts in the temp dir.
 //! Creating and deleting that file on every run made ext4 allocate and free an inode each time,
 //! and inode allocation scans recently deleted inodes: about 15 % of the server's CPU time under
 //! 100 WebSocket clients running hello.
 
+use crate::compile_cache::CompileScope;
 use crate::limits::human_bytes;
 use crate::sandbox::{Program, RunRequest};
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -30,6 +36,8 @@ pub enum ScratchError {
     BadPath(String),
     #[error("files total {total} bytes, above the scratch limit of {limit}")]
     TooLarge { total: u64, limit: String },
+    #[error("files and their directories number {count}, above the scratch limit of {MAX_SCRATCH_ENTRIES} entries")]
+    TooManyEntries { count: usize },
     #[error("cannot create the scratch directory: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -45,17 +53,28 @@ pub struct ScratchDirs {
     free: Mutex<Vec<Pooled>>,
 }
 
-/// An emptied directory, holding at most its last run's script (named here).
+/// An emptied directory, holding at most its last run's script (named here) and whose run it
+/// was.
 #[derive(Debug)]
 struct Pooled {
     dir: PathBuf,
     kept: Option<OsString>,
+    owner: Option<String>,
+}
+
+/// Directories only this process's user may enter.
+fn private_dir() -> std::fs::Permissions {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::Permissions::from_mode(0o700)
 }
 
 impl ScratchDirs {
     /// A parent directory in the system temp dir (`$TMPDIR`).
     pub fn new() -> std::io::Result<Arc<Self>> {
-        let root = tempfile::Builder::new().prefix("weir-scratch-").tempdir()?;
+        let root = tempfile::Builder::new()
+            .prefix("weir-scratch-")
+            .permissions(private_dir())
+            .tempdir()?;
         Ok(Arc::new(ScratchDirs {
             root,
             free: Mutex::new(Vec::with_capacity(POOLED_DIRS)),
@@ -70,22 +89,35 @@ impl ScratchDirs {
         }
         let dir = tempfile::Builder::new()
             .prefix("run-")
+            .permissions(private_dir())
             .tempdir_in(self.root.path())?
             .keep();
-        Ok(Pooled { dir, kept: None })
+        Ok(Pooled {
+            dir,
+            kept: None,
+            owner: None,
+        })
     }
 
     /// Empties `dir` (but for the file named `keep`, if it may be reused) and keeps it for
     /// reuse, or deletes it when it cannot be emptied or the pool is full.
-    fn give_back(&self, dir: PathBuf, keep: Option<&OsStr>) {
+    fn give_back(&self, dir: PathBuf, keep: Option<&OsStr>, owner: Option<String>) {
         if let Ok(kept) = empty_dir(&dir, keep) {
             let mut free = self.free_list();
             if free.len() < POOLED_DIRS {
-                free.push(Pooled { dir, kept });
+                free.push(Pooled { dir, kept, owner });
                 return;
             }
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Removes the root and everything in it now, even while runs still hold directories in
+    /// it (a server stopping with sessions that did not end): no tenant's file outlives the
+    /// process in the temp dir.
+    pub fn remove_all(&self) {
+        self.free_list().clear();
+        let _ = std::fs::remove_dir_all(self.root.path());
     }
 
     /// Directories waiting for reuse (for tests).
@@ -125,11 +157,12 @@ fn empty_dir(dir: &Path, keep: Option<&OsStr>) -> std::io::Result<Option<OsStrin
 }
 
 /// Overwrites the regular, singly linked file at `path` with `data`, in place (same inode), or
-/// leaves it alone when it holds `data` already: a script run again unchanged writes nothing.
+/// leaves it alone when it holds `data` already and `may_skip`: a script run again unchanged by
+/// the same owner writes nothing.
 /// Every write to an ext4 file starts a journal handle (its times change), and one started while
 /// the journal commits waits for the commit: tens of milliseconds on this machine's disk, during
 /// which the thread that wrote is blocked (a `weir serve` worker, with every session on it).
-fn overwrite(path: &Path, data: &[u8]) -> std::io::Result<()> {
+fn overwrite(path: &Path, data: &[u8], may_skip: bool) -> std::io::Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -139,7 +172,7 @@ fn overwrite(path: &Path, data: &[u8]) -> std::io::Result<()> {
     if !meta.is_file() || meta.nlink() != 1 {
         return Err(std::io::Error::other("not a file of its own"));
     }
-    if meta.len() == data.len() as u64 && holds(&mut file, data)? {
+    if may_skip && meta.len() == data.len() as u64 && holds(&mut file, data)? {
         return Ok(());
     }
     file.seek(std::io::SeekFrom::Start(0))?;
@@ -168,13 +201,39 @@ pub struct Scratch {
     dirs: Arc<ScratchDirs>,
     /// The run's top-level script: the file the next run in this directory may reuse.
     script: Option<OsString>,
+    /// The run's compile scope, if it has one: whose script that file holds.
+    owner: Option<String>,
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
         let dir = std::mem::take(&mut self.dir);
-        self.dirs.give_back(dir, self.script.as_deref());
+        self.dirs
+            .give_back(dir, self.script.as_deref(), self.owner.take());
     }
+}
+
+/// Writes `data` to `path` (a caller's file may replace the script of the same name), created
+/// readable by this process's user only; never through a symbolic link.
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?
+        .write_all(data)
+}
+
+/// Files and the directories they need, counted as the scratch dir's entry limit counts them.
+fn entry_count(files: &[(PathBuf, &[u8])]) -> usize {
+    let dirs: std::collections::HashSet<&Path> = files
+        .iter()
+        .flat_map(|(rel, _)| rel.ancestors().skip(1))
+        .filter(|d| !d.as_os_str().is_empty())
+        .collect();
+    files.len() + dirs.len()
 }
 
 /// A relative path that stays inside the scratch dir.
@@ -207,6 +266,10 @@ impl Scratch {
         for (name, data) in &req.files {
             entries.push((checked_path(name)?, data));
         }
+        let count = entry_count(&entries);
+        if count > MAX_SCRATCH_ENTRIES {
+            return Err(ScratchError::TooManyEntries { count });
+        }
         let total: u64 = entries.iter().map(|(_, d)| d.len() as u64).sum();
         if total > limit {
             return Err(ScratchError::TooLarge {
@@ -223,10 +286,16 @@ impl Scratch {
         };
         // From here on, dropping `scratch` empties the directory again.
         let pooled = dirs.take()?;
+        let owner = match &req.compile_scope {
+            CompileScope::Named(scope) => Some(scope.clone()),
+            CompileScope::Off => None,
+        };
+        let same_owner = owner.is_some() && pooled.owner == owner;
         let scratch = Scratch {
             dir: pooled.dir,
             dirs: dirs.clone(),
             script: script.clone(),
+            owner,
         };
         let mut reuse = pooled.kept.is_some() && pooled.kept == script;
         if let Some(stale) = pooled.kept.filter(|_| !reuse) {
@@ -236,7 +305,7 @@ impl Scratch {
         for (rel, data) in entries {
             let path = scratch.dir.join(&rel);
             if std::mem::take(&mut reuse) {
-                if overwrite(&path, data).is_ok() {
+                if overwrite(&path, data, same_owner).is_ok() {
                     written.push(path);
                     continue;
                 }
@@ -244,9 +313,12 @@ impl Scratch {
             }
             // The scratch dir itself exists: only subdirectories need creating.
             if let Some(parent) = path.parent().filter(|_| rel.components().count() > 1) {
-                std::fs::create_dir_all(parent)?;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(parent)?;
             }
-            std::fs::write(&path, data)?;
+            write_private(&path, data)?;
             written.push(path);
         }
         if req.deterministic.is_some() {
@@ -425,17 +497,22 @@ mod tests {
         assert_eq!(listing(fourth.path()), Vec::<String>::new());
     }
 
+    /// Gives `path` an old modification time, which a write would move to now; returns it.
+    fn mark_old(path: &Path) -> std::time::SystemTime {
+        let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        file.set_times(std::fs::FileTimes::new().set_modified(old))
+            .unwrap();
+        old
+    }
+
     #[test]
     fn a_script_run_again_unchanged_is_not_rewritten() {
         let dirs = ScratchDirs::new().unwrap();
         let first = Scratch::create(&dirs, &RunRequest::script("print('same')"), 1024).unwrap();
         let script = first.path().join("main.py");
-        // An old modification time marks the file: a write would move it to now.
-        let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
-        let file = std::fs::File::options().write(true).open(&script).unwrap();
-        file.set_times(std::fs::FileTimes::new().set_modified(old))
-            .unwrap();
-        drop((file, first));
+        let old = mark_old(&script);
+        drop(first);
         let again = Scratch::create(&dirs, &RunRequest::script("print('same')"), 1024).unwrap();
         let mtime = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
         assert_eq!(again.path().join("main.py"), script);
@@ -446,6 +523,57 @@ mod tests {
         assert_eq!(std::fs::read(&script).unwrap(), b"print('diff')");
         assert_ne!(mtime(&script), old);
         drop(other);
+    }
+
+    #[test]
+    fn another_tenants_unchanged_script_is_rewritten() {
+        let dirs = ScratchDirs::new().unwrap();
+        let run_as = |scope: &str| {
+            let mut req = RunRequest::script("print('guess')");
+            req.compile_scope = scope.into();
+            Scratch::create(&dirs, &req, 1024).unwrap()
+        };
+        let first = run_as("user:ada");
+        let script = first.path().join("main.py");
+        let old = mark_old(&script);
+        drop(first);
+        // Bob guesses Ada's exact script: its time must not tell him he was right.
+        let bob = run_as("user:bob");
+        assert_eq!(bob.path().join("main.py"), script);
+        let mtime = std::fs::metadata(&script).unwrap().modified().unwrap();
+        assert_ne!(mtime, old, "a stranger's run left the file alone");
+    }
+
+    #[test]
+    fn scratch_dirs_and_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let mut req = RunRequest::script("print(1)");
+        req.files.push(("data/in.txt".into(), b"x".to_vec()));
+        let dirs = ScratchDirs::new().unwrap();
+        let s = Scratch::create(&dirs, &req, 1024).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(dirs.root.path()), 0o700);
+        assert_eq!(mode(s.path()), 0o700);
+        assert_eq!(mode(&s.path().join("data")), 0o700);
+        assert_eq!(mode(&s.path().join("main.py")), 0o600);
+        assert_eq!(mode(&s.path().join("data/in.txt")), 0o600);
+    }
+
+    #[test]
+    fn too_many_files_are_refused_before_any_is_written() {
+        let mut req = RunRequest::script("print(1)");
+        // One directory per file: 2 x 5,001 entries with the script.
+        req.files = (0..5_001)
+            .map(|i| (format!("d{i}/f"), Vec::new()))
+            .collect();
+        let dirs = ScratchDirs::new().unwrap();
+        let err = Scratch::create(&dirs, &req, 1 << 20).unwrap_err();
+        assert!(
+            matches!(err, ScratchError::TooManyEntries { count: 10_003 }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("10000 entries"), "{err}");
+        assert_eq!(dirs.pooled(), 0, "no directory was taken");
     }
 
     #[test]

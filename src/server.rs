@@ -38,6 +38,54 @@ pub struct AppState {
     users: Mutex<HashMap<String, (u64, watch::Sender<bool>)>>,
     pub(crate) next_session: AtomicU64,
     pub(crate) tracker: TaskTracker,
+    readiness: Readiness,
+}
+
+/// `/readyz`'s canary: one at a time, its result kept for [`READY_FOR`] so a probe every second
+/// (or a flood of them) costs at most one run a second.
+#[derive(Default)]
+struct Readiness {
+    /// When the last canary finished, and whether it passed.
+    last: Mutex<Option<(std::time::Instant, bool)>>,
+    /// Held while a canary runs; other probes wait for its result.
+    running: tokio::sync::Mutex<()>,
+}
+
+/// How long a canary's result answers `/readyz`.
+const READY_FOR: Duration = Duration::from_secs(1);
+
+impl Readiness {
+    fn fresh(&self) -> Option<bool> {
+        let last = *self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.filter(|(at, _)| at.elapsed() < READY_FOR)
+            .map(|(_, ok)| ok)
+    }
+
+    async fn check(&self, sandbox: &Sandbox) -> bool {
+        if let Some(ok) = self.fresh() {
+            return ok;
+        }
+        let _one = self.running.lock().await;
+        if let Some(ok) = self.fresh() {
+            return ok; // the canary this probe waited for
+        }
+        let ok = canary(sandbox).await;
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((std::time::Instant::now(), ok));
+        ok
+    }
+}
+
+/// Whether a canary script prints the expected text within 2 s.
+async fn canary(sandbox: &Sandbox) -> bool {
+    let mut req = RunRequest::script("print('weir-ready')");
+    req.close_stdin = true;
+    let run = async {
+        let handle = sandbox.start(req).await.ok()?;
+        Some(handle.collect().await.stdout_text())
+    };
+    let out = tokio::time::timeout(Duration::from_secs(2), run).await;
+    matches!(out, Ok(Some(text)) if text == "weir-ready\n")
 }
 
 impl AppState {
@@ -61,7 +109,8 @@ pub struct RunningServer {
 impl RunningServer {
     /// Begins graceful shutdown and waits until every session has ended.
     pub async fn shutdown(self) {
-        let _ = self.state.shutdown.send(true);
+        // Stored even if nothing has subscribed yet (the serving task may not have started).
+        self.state.shutdown.send_replace(true);
         let _ = self.task.join().await;
         self.state.history.flush().await;
     }
@@ -69,6 +118,9 @@ impl RunningServer {
 
 /// Read and write buffer size of each WebSocket.
 const WS_BUFFER_BYTES: usize = 8 << 10;
+
+/// After the grace period, how long sessions and connections get to say goodbye.
+const DRAIN_EXTRA: Duration = Duration::from_secs(5);
 
 /// Loads the sandbox, binds, and serves until [`RunningServer::shutdown`].
 pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
@@ -95,35 +147,146 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         users: Mutex::new(HashMap::new()),
         next_session: AtomicU64::new(1),
         tracker: TaskTracker::new(),
+        readiness: Readiness::default(),
     });
     let app = router(state.clone());
-    let mut stop = state.shutdown.subscribe();
-    let tracker = state.tracker.clone();
-    let grace = state.config.shutdown_grace();
-    let task = tokio::spawn(async move {
-        // Small frames (a prompt, one output line) must not wait for Nagle's algorithm.
-        let listener =
-            axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::warn!("cannot set TCP_NODELAY: {e}");
-                }
-            });
-        let serve =
-            axum::serve(listener, app.into_make_service()).with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            });
-        if let Err(e) = serve.await {
-            tracing::error!("server error: {e}");
-        }
-        tracker.close();
-        // Sessions stop their runs after the grace period; give them a little more to say goodbye.
-        let _ = tokio::time::timeout(grace + Duration::from_secs(5), tracker.wait()).await;
-    });
+    let task = tokio::spawn(serve_connections(listener, app, state.clone()));
     Ok(RunningServer {
         addr,
         state,
         task: crate::run::AbortOnDrop(task),
     })
+}
+
+/// Accepts and serves connections (at most `max_connections` at once; more wait in the
+/// listen backlog) until shutdown has drained them. On shutdown the server keeps answering:
+/// new requests get 503 with `Retry-After` (and close their connection), requests under way
+/// finish, idle keep-alive connections close, and sessions stop their runs after the grace
+/// period. Whatever is left `DRAIN_EXTRA` after that is dropped with this future.
+async fn serve_connections(listener: tokio::net::TcpListener, app: Router, state: Arc<AppState>) {
+    let limit = Arc::new(Semaphore::new(state.config.max_connections.max(1)));
+    let mut connections = tokio::task::JoinSet::new();
+    let mut stop = state.shutdown.subscribe();
+    let sessions = state.tracker.clone();
+    let mut drain_until: Option<tokio::time::Instant> = None;
+    loop {
+        let draining = drain_until.is_some();
+        if draining && sessions.is_empty() && connections.is_empty() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s), if !draining => {
+                sessions.close();
+                let grace = state.config.shutdown_grace();
+                drain_until = Some(tokio::time::Instant::now() + grace + DRAIN_EXTRA);
+            }
+            () = crate::session::sleep_until_opt(drain_until) => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            () = sessions.wait(), if draining && !sessions.is_empty() => {}
+            accepted = accept(&listener, &limit) => {
+                if let Some((tcp, permit)) = accepted {
+                    let stop = state.shutdown.subscribe();
+                    let timeout = state.config.request_timeout();
+                    set_user_timeout(&tcp, user_timeout(&state.config));
+                    let conn = serve_connection(tcp, app.clone(), stop, timeout);
+                    connections.spawn(async move {
+                        conn.await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+    }
+    state.sandbox.close_scratch();
+}
+
+/// How long a connection's sent data may go unacknowledged: three heartbeat periods, and at
+/// least 30 s, since a slow but healthy reader can hold its receive window shut for seconds
+/// under load.
+fn user_timeout(config: &ServerConfig) -> Duration {
+    (config.heartbeat() * 3).max(Duration::from_secs(30))
+}
+
+/// Makes the kernel drop the connection when data it sent stays unacknowledged (or cannot be
+/// sent for a zero window) for `timeout`: a peer that vanished, or stopped reading, while the
+/// server waits to write to it. A slow reader still making progress is not affected.
+fn set_user_timeout(tcp: &tokio::net::TcpStream, timeout: Duration) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let ms = libc::c_uint::try_from(timeout.as_millis()).unwrap_or(libc::c_uint::MAX);
+        // SAFETY: a plain setsockopt on a socket this function borrows, with a pointer to a
+        // local of the option's size.
+        let result = unsafe {
+            libc::setsockopt(
+                tcp.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_USER_TIMEOUT,
+                (&ms as *const libc::c_uint).cast(),
+                std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+            )
+        };
+        if result != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot set TCP_USER_TIMEOUT");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (tcp, timeout);
+}
+
+/// The next connection and its slot under the connection cap; `None` after an accept error
+/// (out of file descriptors, say), after a pause so the error does not spin.
+async fn accept(
+    listener: &tokio::net::TcpListener,
+    limit: &Arc<Semaphore>,
+) -> Option<(tokio::net::TcpStream, tokio::sync::OwnedSemaphorePermit)> {
+    let permit = limit.clone().acquire_owned().await.ok()?;
+    match listener.accept().await {
+        Ok((tcp, _)) => Some((tcp, permit)),
+        Err(e) => {
+            tracing::warn!("cannot accept a connection: {e}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            None
+        }
+    }
+}
+
+/// Serves one connection's HTTP/1 requests (and hands WebSocket upgrades to their sessions).
+/// Headers must arrive within the configured request timeout. Once shutdown begins the
+/// connection finishes the request under way and closes; one accepted during shutdown gets its
+/// answer (503) and closes.
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+    header_timeout: Duration,
+) {
+    // Small frames (a prompt, one output line) must not wait for Nagle's algorithm.
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::warn!("cannot set TCP_NODELAY: {e}");
+    }
+    let draining = *stop.borrow_and_update();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(!draining);
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let conn = http
+        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    if draining {
+        // One request (answered 503 by admission, or a probe), then the connection closes.
+        let _ = conn.await;
+        return;
+    }
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = stop.wait_for(|s| *s) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
 }
 
 /// `weir serve`: runs until SIGINT or SIGTERM, then shuts down gracefully.
@@ -202,21 +365,17 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     )
 }
 
-/// Ready only if a canary script prints the expected text within 2 s.
+/// Ready only if the server is not shutting down and a canary script printed the expected text
+/// within 2 s (at most [`READY_FOR`] ago).
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    let mut req = RunRequest::script("print('weir-ready')");
-    req.close_stdin = true;
-    let canary = async {
-        let handle = state.sandbox.start(req).await.ok()?;
-        Some(handle.collect().await.stdout_text())
-    };
-    match tokio::time::timeout(Duration::from_secs(2), canary).await {
-        Ok(Some(out)) if out == "weir-ready\n" => (StatusCode::OK, "ready").into_response(),
-        _ => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the canary run failed",
-        )
-            .into_response(),
+    let unavailable = |why: &'static str| (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+    if *state.shutdown.borrow() {
+        return unavailable("not ready: shutting down");
+    }
+    if state.readiness.check(&state.sandbox).await {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        unavailable("not ready: the canary run failed")
     }
 }
 

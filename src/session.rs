@@ -17,12 +17,12 @@ use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 use tracing::Instrument;
 
 /// The owner of runs from sessions without a signed-in user.
-pub const ANONYMOUS: &str = "anonymous";
+pub use crate::auth::ANONYMOUS;
 
 /// Frames queued towards a slow client before the session stops taking run events.
 const OUT_QUEUE: usize = 32;
@@ -64,7 +64,7 @@ struct Session {
     /// The signed-in user, or "anonymous": the owner of this session's runs in the history.
     user: String,
     /// Where this session's compiled programs are cached (`crate::compile_cache`).
-    compile_scope: String,
+    compile_scope: crate::compile_cache::CompileScope,
     out: mpsc::Sender<Message>,
     active: Option<Active>,
     recent_runs: VecDeque<Instant>,
@@ -102,7 +102,7 @@ pub async fn run(socket: WebSocket, ctx: SessionCtx) {
 
 async fn run_in_span(socket: WebSocket, mut ctx: SessionCtx) {
     let (sink, mut stream) = socket.split();
-    let (out, writer) = outbound(sink);
+    let (out, liveness, writer) = outbound(sink);
     let mut shutdown = ctx.app.shutdown.subscribe();
     let mut s = Session {
         app: ctx.app.clone(),
@@ -117,7 +117,9 @@ async fn run_in_span(socket: WebSocket, mut ctx: SessionCtx) {
     let config = &ctx.app.config;
     let mut heartbeat = tokio::time::interval(config.heartbeat());
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_pong = Instant::now();
+    // When the peer last showed it was there: a pong, or taking frames off its socket.
+    let mut last_alive = Instant::now();
+    let mut progress = Some(0);
     let mut grace_deadline: Option<Instant> = None;
     let end = loop {
         if s.shutting_down && s.active.is_none() {
@@ -162,18 +164,23 @@ async fn run_in_span(socket: WebSocket, mut ctx: SessionCtx) {
                     );
                     s.send(e.to_json()).await;
                 }
-                Some(Ok(Message::Pong(_))) => last_pong = Instant::now(),
+                Some(Ok(Message::Pong(_))) => last_alive = Instant::now(),
                 Some(Ok(Message::Ping(_))) => {}
                 Some(Ok(Message::Close(_))) | None => break End::Gone,
                 Some(Err(e)) => break too_big_or_gone(&e),
             },
             Step::Event(event) => s.forward(event).await,
             Step::Heartbeat => {
-                if last_pong.elapsed() > config.heartbeat() * 3 {
+                let now = liveness.progress();
+                if now.is_none() || now != progress {
+                    progress = now;
+                    last_alive = Instant::now();
+                }
+                if last_alive.elapsed() > config.heartbeat() * 3 {
                     tracing::info!("peer stopped answering pings; dropping the session");
                     break End::Gone;
                 }
-                let _ = s.out.try_send(Message::Ping(Default::default()));
+                liveness.ping();
             }
             Step::Idle => break End::Close(close::IDLE, "idle timeout"),
             Step::Nothing => {}
@@ -228,12 +235,44 @@ async fn next_event(active: &mut Option<Active>) -> Option<Event> {
     }
 }
 
-/// A session's outbound side: a bounded frame queue and the task that writes it to the socket.
+/// A session's outbound side: a bounded frame queue, the writer's [`Liveness`], and the task
+/// that writes frames to the socket.
 pub(crate) fn outbound(
     sink: futures_util::stream::SplitSink<WebSocket, Message>,
-) -> (mpsc::Sender<Message>, AbortOnDrop) {
+) -> (mpsc::Sender<Message>, Arc<Liveness>, AbortOnDrop) {
     let (out, frames) = mpsc::channel(OUT_QUEUE);
-    (out, AbortOnDrop(tokio::spawn(write_frames(sink, frames))))
+    let liveness = Arc::new(Liveness::default());
+    let writer = tokio::spawn(write_frames(sink, frames, liveness.clone()));
+    (out, liveness, AbortOnDrop(writer))
+}
+
+/// What tells a live peer from a dead one: pings that jump the queue, and output the peer
+/// takes. A client reading a long output slowly may not reach a ping for a long time (behind
+/// megabytes in the socket buffers); while the writer waits for the socket, the kernel judges
+/// instead: every connection has a TCP user timeout (three heartbeat periods, at least 30 s;
+/// `crate::server`), so a peer that stops taking data at all is disconnected, and the send
+/// fails.
+#[derive(Default)]
+pub(crate) struct Liveness {
+    ping: Notify,
+    /// Frames of output (not pings) written to the socket so far.
+    written: std::sync::atomic::AtomicU64,
+    /// The writer is waiting for the socket to take a frame.
+    sending: std::sync::atomic::AtomicBool,
+}
+
+impl Liveness {
+    /// Sends a ping ahead of every queued frame.
+    pub(crate) fn ping(&self) {
+        self.ping.notify_one();
+    }
+
+    /// A number that changes whenever the peer takes output, and that cannot be told apart
+    /// from progress while the writer waits on the socket (see the type's doc).
+    pub(crate) fn progress(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        (!self.sending.load(Relaxed)).then(|| self.written.load(Relaxed))
+    }
 }
 
 /// Ends a session's outbound side: queues the close frame (when the peer is still there to get
@@ -258,10 +297,28 @@ pub(crate) async fn close_outbound(
 async fn write_frames(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
     mut frames: mpsc::Receiver<Message>,
+    liveness: Arc<Liveness>,
 ) {
-    while let Some(frame) = frames.recv().await {
+    loop {
+        // A ping jumps the queue: a client reading a long output slowly still sees it (and
+        // answers) as soon as it has read what the socket already holds.
+        let frame = tokio::select! {
+            biased;
+            () = liveness.ping.notified() => Message::Ping(Default::default()),
+            frame = frames.recv() => match frame {
+                Some(frame) => frame,
+                None => break,
+            },
+        };
         let closing = matches!(frame, Message::Close(_));
-        if sink.send(frame).await.is_err() || closing {
+        use std::sync::atomic::Ordering::Relaxed;
+        // Pings do not count as output taken: a peer must answer them.
+        let output = !matches!(frame, Message::Ping(_));
+        liveness.sending.store(output, Relaxed);
+        let sent = sink.send(frame).await;
+        liveness.written.fetch_add(u64::from(output), Relaxed);
+        liveness.sending.store(false, Relaxed);
+        if sent.is_err() || closing {
             break;
         }
     }
@@ -306,7 +363,7 @@ impl Session {
             }
             Request::Eof { run_id } => {
                 let control = self.control(id, &run_id)?;
-                control.close_stdin().await;
+                control.close_stdin();
                 Ok(json!(true))
             }
             Request::Stop { run_id } => {

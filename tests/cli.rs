@@ -240,3 +240,46 @@ fn token_mints_a_token_the_server_accepts() {
         "a missing secret is a usage error"
     );
 }
+
+#[test]
+fn bad_user_names_and_huge_durations_are_usage_errors_not_panics() {
+    let token = |user: &str, ttl: &str| {
+        Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["token", "--user", user, "--ttl", ttl])
+            .env("WEIR_SECRET", "s3cret")
+            .output()
+            .expect("weir token runs")
+    };
+    for (user, ttl) in [
+        ("", "1h"),
+        ("ada\nforged", "1h"),
+        ("anonymous", "1h"),
+        ("ada", "1e20"),
+    ] {
+        let out = token(user, ttl);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{user:?} {ttl}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            !text(&out.stderr).contains("panicked"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    let out = weir(&["run", "--timeout", "1e20", "-c", "print(1)"], b"");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "-c", "print(1)"])
+        .env("WEIR_TIMEOUT", "1e300")
+        .output()
+        .expect("weir runs");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("10 years"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -88,7 +88,8 @@ async fn a_recorded_run_serves_a_transcript_that_replays() {
 async fn another_user_cannot_read_a_run() {
     let secret = "history-secret";
     let server = server(|c| c.secret = Some(secret.into())).await;
-    let token = |user: &str| weir::auth::mint(secret.as_bytes(), user, Duration::from_secs(60));
+    let token =
+        |user: &str| weir::auth::mint(secret.as_bytes(), user, Duration::from_secs(60)).unwrap();
     let (ada, bob) = (token("ada"), token("bob"));
     let mut ws = connect(&server, &format!("?token={ada}")).await;
     let run_id = run(&mut ws, 1, json!({"source": "print(1)", "record": true})).await;

@@ -253,7 +253,8 @@ async fn http_runs_pass_the_same_auth_and_origin_checks() {
         r.body
     );
 
-    let token = weir::auth::mint(secret.as_bytes(), "ada", std::time::Duration::from_secs(60));
+    let token =
+        weir::auth::mint(secret.as_bytes(), "ada", std::time::Duration::from_secs(60)).unwrap();
     let bearer = format!("Bearer {token}");
     let body = job("print('authorized')").to_string();
     let r = http(

@@ -147,7 +147,7 @@ async fn repl_keeps_the_script_namespace() {
     let control = handle.control();
     wait_state(&mut handle, RunState::Repl).await;
     control.write_stdin("x + 1\nprint(double(x))\n").await;
-    control.close_stdin().await;
+    control.close_stdin();
     let out = handle.collect().await;
     assert_eq!(out.stdout_text(), "42\n>>> 82\n>>> ");
     assert_eq!(out.outcome(), Outcome::Exited { code: 0 });
@@ -454,7 +454,7 @@ async fn stop_ends_a_run_waiting_for_input_or_looping() {
         control.pause();
         control.resume();
         assert!(!control.write_stdin("late").await);
-        control.close_stdin().await;
+        control.close_stdin();
     }
 }
 

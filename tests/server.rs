@@ -222,7 +222,7 @@ async fn tokens_are_required_checked_and_one_session_per_user() {
         status_of(try_connect(&server, "", &[]).await.err().unwrap()),
         401
     );
-    let expired = weir::auth::mint(secret.as_bytes(), "ada", Duration::ZERO);
+    let expired = weir::auth::mint(secret.as_bytes(), "ada", Duration::ZERO).unwrap();
     assert_eq!(
         status_of(
             try_connect(&server, &format!("?token={expired}"), &[])
@@ -232,7 +232,7 @@ async fn tokens_are_required_checked_and_one_session_per_user() {
         ),
         401
     );
-    let forged = weir::auth::mint(b"wrong", "ada", Duration::from_secs(60));
+    let forged = weir::auth::mint(b"wrong", "ada", Duration::from_secs(60)).unwrap();
     assert_eq!(
         status_of(
             try_connect(&server, &format!("?token={forged}"), &[])
@@ -242,7 +242,7 @@ async fn tokens_are_required_checked_and_one_session_per_user() {
         ),
         401
     );
-    let token = weir::auth::mint(secret.as_bytes(), "ada", Duration::from_secs(60));
+    let token = weir::auth::mint(secret.as_bytes(), "ada", Duration::from_secs(60)).unwrap();
     let mut first = connect(&server, &format!("?token={token}")).await;
     send(
         &mut first,

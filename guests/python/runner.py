@@ -112,6 +112,21 @@ def _patch_asyncio():
     loop._write_to_self = lambda self: None
 
 
+def _patch_os_exit():
+    """`os._exit(n)` ends the process with status `n`, as on Linux: the low 8 bits (300 -> 44,
+    -1 -> 255), and `OverflowError` for a value outside a C int. WASI's own `proc_exit` reports
+    every non-zero status as 1."""
+    def _exit(status):
+        status = status.__index__()
+        if not -(1 << 31) <= status < (1 << 31):
+            raise OverflowError("Python int too large to convert to C int")
+        wasi_exit.exit_with_code(status & 0xFF)
+
+    _exit.__name__ = _exit.__qualname__ = "_exit"
+    _exit.__doc__ = os._exit.__doc__
+    os._exit = _exit
+
+
 def _buffered_stdio():
     """componentize-py leaves stdout/stderr unbuffered (one host call per write); give them the
     line-buffered writers `python main.py` has, so a print() is one write and output still
@@ -148,6 +163,7 @@ _preimport_bindings()
 _buffered_stdio()
 sys.meta_path.append(_SourceFinder(_capture_sources(_ON_DEMAND)))
 _patch_asyncio()
+_patch_os_exit()
 # The build's paths do not exist at run time (every stdlib module is already imported): drop them
 # and their cached finders now, so no run has to free them (freeing dirties snapshot pages).
 sys.path[:] = []
@@ -259,7 +275,8 @@ def _exit_code(exc):
     if code is None:
         return 0
     if isinstance(code, int):
-        return code & 0xFF
+        # CPython reads the code as a C long long: out of its range, the status is -1 (255).
+        return code & 0xFF if -(1 << 63) <= code < (1 << 63) else 0xFF
     try:
         print(code, file=sys.stderr)
     except BaseException:  # noqa: BLE001
@@ -316,12 +333,19 @@ def _load(launch, api):
             return code_obj, filename
     if not launch.cache_compiled:
         return compile(source, filename, "exec", dont_inherit=True), filename
-    with warnings.catch_warnings(record=True) as caught:
-        code_obj = compile(source, filename, "exec", dont_inherit=True)
+    # The host's cache slot takes exactly one offer, and this is it: the code, or b"" when
+    # compiling warned or failed. Made here, before any user code runs (a warning's display, a
+    # traceback, the REPL), so nothing user code sends later can fill the slot.
+    offer = b""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            code_obj = compile(source, filename, "exec", dont_inherit=True)
+        if not caught:
+            offer = marshal.dumps(code_obj)
+    finally:
+        api.program_compiled(offer)
     for w in caught:  # shown as they would have been; only the showing was deferred
         warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
-    if not caught:
-        api.program_compiled(marshal.dumps(code_obj))
     return code_obj, filename
 
 
