@@ -324,6 +324,10 @@ async fn a_rebound_host_name_is_refused_without_a_secret() {
     let local = format!("localhost:{}", server.addr.port());
     let r = request_as(server.addr, &local, &[], "/v1/runs", body).await;
     assert_eq!(r.status, 200, "{}", r.body);
+    // The run history is not readable through the rebound name either.
+    let path = format!("/v1/runs/{}", r.json()["run_id"].as_str().unwrap());
+    let read = request_with(server.addr, "GET", &evil, &[], &path, b"").await;
+    assert_eq!(read.status, 421, "{}", read.body);
 }
 
 #[tokio::test]
