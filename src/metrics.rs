@@ -28,7 +28,13 @@ pub const OUTCOMES: [&str; 12] = [
 ];
 
 /// Reasons a connection can be refused.
-pub const REJECTIONS: [&str; 4] = ["capacity", "unauthorized", "origin", "shutting_down"];
+pub const REJECTIONS: [&str; 5] = [
+    "capacity",
+    "unauthorized",
+    "host",
+    "origin",
+    "shutting_down",
+];
 
 #[derive(Default)]
 pub struct Metrics {
