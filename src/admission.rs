@@ -79,14 +79,8 @@ fn check(state: &AppState, query: &WsQuery, headers: &HeaderMap) -> Result<Admit
             "the server is shutting down".into(),
         ));
     }
-    if state.config.secret.is_none() {
-        if let Err(host) = check_host(headers, &state.config.allowed_hosts) {
-            return Err(refuse(
-                StatusCode::MISDIRECTED_REQUEST,
-                "host",
-                format!("host {host:?} is not served here (see allowed_hosts)"),
-            ));
-        }
+    if let Err(message) = served_host(&state.config, headers) {
+        return Err(refuse(StatusCode::MISDIRECTED_REQUEST, "host", message));
     }
     if let Err(origin) = check_origin(headers, &state.config.allowed_origins) {
         return Err(refuse(
@@ -112,6 +106,16 @@ fn check(state: &AppState, query: &WsQuery, headers: &HeaderMap) -> Result<Admit
         protocol,
         permit,
     })
+}
+
+/// [`check_host`] for a server without a secret (one with a secret needs a token instead, which a
+/// rebound page does not have); the refusal's message names the host.
+pub fn served_host(config: &ServerConfig, headers: &HeaderMap) -> Result<(), String> {
+    if config.secret.is_some() {
+        return Ok(());
+    }
+    check_host(headers, &config.allowed_hosts)
+        .map_err(|host| format!("host {host:?} is not served here (see allowed_hosts)"))
 }
 
 /// The name in a `Host` header value, without its port (`[::1]:80` -> `[::1]`).

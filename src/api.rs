@@ -33,18 +33,14 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 /// Who is asking: the token's user, or "anonymous" when the server has no secret (then the
-/// `Host` must be one the server answers, as for runs: `crate::admission::check_host`).
+/// `Host` must be one the server answers, as for runs: `crate::admission::served_host`).
 pub(crate) fn caller(
     state: &AppState,
     query: &WsQuery,
     headers: &HeaderMap,
 ) -> Result<String, (StatusCode, String)> {
-    if state.config.secret.is_none() {
-        if let Err(host) = crate::admission::check_host(headers, &state.config.allowed_hosts) {
-            let message = format!("host {host:?} is not served here (see allowed_hosts)");
-            return Err((StatusCode::MISDIRECTED_REQUEST, message));
-        }
-    }
+    crate::admission::served_host(&state.config, headers)
+        .map_err(|message| (StatusCode::MISDIRECTED_REQUEST, message))?;
     match crate::admission::authenticate(&state.config, query, headers) {
         Ok((user, _)) => Ok(user.unwrap_or_else(|| ANONYMOUS.into())),
         Err(e) => Err((StatusCode::UNAUTHORIZED, e.to_string())),

@@ -207,20 +207,37 @@ async fn serve_connection(tcp: tokio::net::TcpStream) {
     }
 }
 
-/// Ordinary busy processes (a shell loop each, at the priority any program on the host has),
-/// killed when this is dropped: the "busy host" of `weir bench`'s fairness rows.
+/// Ordinary busy processes, at the priority any program on the host has: `python3` spin loops
+/// that each stop by themselves after two minutes, and are killed when this is dropped. The
+/// "busy host" of `weir bench`'s fairness rows and of `tests/host_resources.rs`.
 pub struct BusyHost(Vec<std::process::Child>);
 
+/// Says it is spinning, then spins for at most 120 s.
+const SPIN: &str = "import time\nend = time.monotonic() + 120\nprint('spinning', flush=True)\n\
+while time.monotonic() < end: pass";
+
 impl BusyHost {
+    /// `n` busy processes; returns once every one is spinning.
     pub fn start(n: usize) -> std::io::Result<Self> {
+        use std::io::BufRead;
         let mut host = BusyHost(Vec::with_capacity(n));
         for _ in 0..n {
-            host.0.push(
-                std::process::Command::new("sh")
-                    .args(["-c", "while :; do :; done"])
-                    .stdin(Stdio::null())
-                    .spawn()?,
-            );
+            let mut child = std::process::Command::new(python())
+                .args(["-c", SPIN])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .spawn()?;
+            let stdout = child.stdout.take();
+            host.0.push(child); // killed on drop from here on
+            let mut line = String::new();
+            if let Some(stdout) = stdout {
+                std::io::BufReader::new(stdout).read_line(&mut line)?;
+            }
+            if line != "spinning\n" {
+                return Err(std::io::Error::other(
+                    "a busy process did not start spinning",
+                ));
+            }
         }
         Ok(host)
     }

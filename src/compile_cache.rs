@@ -140,6 +140,16 @@ pub enum CompileScope {
     Off,
 }
 
+impl CompileScope {
+    /// The scope's name; `None` when the run uses no cache.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            CompileScope::Named(name) => Some(name),
+            CompileScope::Off => None,
+        }
+    }
+}
+
 impl Default for CompileScope {
     fn default() -> Self {
         CompileScope::Named(String::new())

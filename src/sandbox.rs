@@ -456,12 +456,11 @@ impl Sandbox {
                 code.as_bytes(),
             ),
         };
+        let Some(scope) = req.compile_scope.name() else {
+            return HostState::new(launch, CacheSlot::Closed);
+        };
         let cache = &self.inner.compile_cache;
         // Fuel, and the virtual clock it drives, must not depend on what ran before.
-        let scope = match &req.compile_scope {
-            CompileScope::Named(scope) => scope,
-            CompileScope::Off => return HostState::new(launch, CacheSlot::Closed),
-        };
         if !cache.enabled() || limits.cpu_fuel.is_some() || req.deterministic.is_some() {
             return HostState::new(launch, CacheSlot::Closed);
         }

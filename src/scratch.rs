@@ -20,7 +20,6 @@
 //! and inode allocation scans recently deleted inodes: about 15 % of the server's CPU time under
 //! 100 WebSocket clients running hello.
 
-use crate::compile_cache::CompileScope;
 use crate::limits::human_bytes;
 use crate::sandbox::{Program, RunRequest};
 use std::ffi::{OsStr, OsString};
@@ -286,10 +285,7 @@ impl Scratch {
         };
         // From here on, dropping `scratch` empties the directory again.
         let pooled = dirs.take()?;
-        let owner = match &req.compile_scope {
-            CompileScope::Named(scope) => Some(scope.clone()),
-            CompileScope::Off => None,
-        };
+        let owner = req.compile_scope.name().map(str::to_owned);
         let same_owner = owner.is_some() && pooled.owner == owner;
         let scratch = Scratch {
             dir: pooled.dir,

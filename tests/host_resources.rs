@@ -17,7 +17,8 @@ mod common;
 mod ws;
 
 use serde_json::json;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+use weir::bench_native::BusyHost;
 use weir::{Outcome, RunRequest};
 
 /// Prints at once (which ends a run's foreground phase), then computes fib(24): ~50 ms of CPU
@@ -31,48 +32,10 @@ const EXPECTED: &str = "started\n46368\n";
 /// The time limit every run here gets: 100 times what the script needs on a quiet core.
 const LIMIT_MS: u64 = 5_000;
 
-/// Ordinary busy processes, one per core, at the priority any other program on the host has;
-/// each stops by itself after two minutes, and all are killed when this is dropped.
-struct BusyHost(Vec<Child>);
-
-/// Says it is spinning, then spins for at most 120 s.
-const SPIN: &str = "import time\nend = time.monotonic() + 120\nprint('spinning', flush=True)\n\
-while time.monotonic() < end: pass";
-
-impl BusyHost {
-    /// Returns once every process is spinning.
-    fn start() -> Self {
-        use std::io::BufRead;
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let mut children: Vec<Child> = (0..cores)
-            .map(|_| {
-                Command::new("python3")
-                    .args(["-c", SPIN])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .spawn()
-                    .expect("a busy process starts")
-            })
-            .collect();
-        for child in &mut children {
-            let mut line = String::new();
-            let stdout = child.stdout.take().expect("piped");
-            std::io::BufReader::new(stdout)
-                .read_line(&mut line)
-                .expect("the busy process speaks");
-            assert_eq!(line, "spinning\n");
-        }
-        BusyHost(children)
-    }
-}
-
-impl Drop for BusyHost {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// One ordinary busy process per core (`weir::bench_native::BusyHost`, the bench's own).
+fn busy_host() -> BusyHost {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    BusyHost::start(cores).expect("busy processes spin")
 }
 
 /// One test at a time: the tests of this binary run in parallel otherwise.
@@ -117,7 +80,7 @@ async fn deep_recursion_gives_its_stack_memory_back() {
 async fn a_library_run_finishes_on_a_busy_host() {
     let _one = HOST.lock().await;
     let sandbox = common::sandbox();
-    let _busy = BusyHost::start();
+    let _busy = busy_host();
     for _ in 0..3 {
         let mut req = RunRequest::script(SCRIPT);
         req.close_stdin = true;
@@ -137,7 +100,7 @@ async fn a_library_run_finishes_on_a_busy_host() {
 async fn a_server_run_finishes_on_a_busy_host() {
     let _one = HOST.lock().await;
     let server = ws::server(|_| {}).await;
-    let _busy = BusyHost::start();
+    let _busy = busy_host();
     let body = json!({"source": SCRIPT, "limits": {"wall_ms": LIMIT_MS}});
     for _ in 0..3 {
         let r = ws::post_json(&server, "/v1/runs", &body).await.json();
@@ -149,7 +112,7 @@ async fn a_server_run_finishes_on_a_busy_host() {
 #[tokio::test]
 async fn weir_run_finishes_on_a_busy_host_even_with_an_idle_lane_asked_for() {
     let _one = HOST.lock().await;
-    let _busy = BusyHost::start();
+    let _busy = busy_host();
     let out = Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(["run", "--timeout", "5s", "-c", SCRIPT])
         // A single run has no other runs to give way to: it keeps the process's priority.
