@@ -1,16 +1,17 @@
 //! `weir run`: a script in the sandbox with the terminal's stdin, stdout and stderr.
 
-use crate::background::LanePriority;
-use crate::determinism::Seed;
-use crate::limits::{parse_bytes, parse_duration, Limits};
-use crate::outcome::Outcome;
-use crate::run::{Event, StreamKind};
-use crate::sandbox::{split_env, Mount, Program, RunRequest, Sandbox};
-use crate::transcript::{OutputLog, Transcript};
-use crate::EngineSettings;
 use clap::Args;
 use std::path::PathBuf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weir_sandbox::background::LanePriority;
+use weir_sandbox::determinism::Seed;
+use weir_sandbox::limits::{parse_bytes, parse_duration, Limits};
+use weir_sandbox::request::split_env;
+use weir_sandbox::transcript::{OutputLog, Transcript};
+use weir_sandbox::EngineSettings;
+use weir_sandbox::Outcome;
+use weir_sandbox::{Event, StreamKind};
+use weir_sandbox::{Mount, Program, RunRequest, Sandbox};
 
 /// Arguments of `weir run`.
 #[derive(Debug, Args)]

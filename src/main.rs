@@ -2,9 +2,11 @@
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use weir::cli::RunArgs;
-use weir::config::ServerConfig;
-use weir::EngineSettings;
+mod cli;
+
+use cli::RunArgs;
+use weir_sandbox::EngineSettings;
+use weir_service::ServerConfig;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -76,7 +78,7 @@ enum Command {
         #[arg(long)]
         user: String,
         /// How long the token is valid: "24h", "30m".
-        #[arg(long, default_value = "24h", value_parser = weir::limits::parse_duration)]
+        #[arg(long, default_value = "24h", value_parser = weir_sandbox::limits::parse_duration)]
         ttl: std::time::Duration,
         #[arg(long, env = "WEIR_SECRET", hide_env_values = true)]
         secret: String,
@@ -114,23 +116,23 @@ fn init_logging(json: bool, default: &str) {
 
 async fn dispatch(command: Command, settings: EngineSettings) -> anyhow::Result<i32> {
     match command {
-        Command::Run(args) => weir::cli::run(*args, settings).await,
+        Command::Run(args) => cli::run(*args, settings).await,
         Command::Serve(args) => {
             let config = args.config()?;
             init_logging(config.log_json, "info");
-            weir::server::serve(config).await.map(|()| 0)
+            weir_service::serve(config).await.map(|()| 0)
         }
         Command::Token { user, ttl, secret } => {
-            let token = weir::auth::mint(secret.as_bytes(), &user, ttl)
+            let token = weir_service::auth::mint(secret.as_bytes(), &user, ttl)
                 .map_err(|e| anyhow::anyhow!("--user {user:?}: {e}"))?;
             println!("{token}");
             Ok(0)
         }
         Command::Replay { update, files } => {
-            let sandbox = weir::Sandbox::load_async(settings).await?;
-            Ok(weir::replay::run(&sandbox, &files, update).await)
+            let sandbox = weir_sandbox::Sandbox::load_async(settings).await?;
+            Ok(weir_sandbox::replay::run(&sandbox, &files, update).await)
         }
-        Command::Bench { samples } => weir::bench::run(settings, samples).await.map(|()| 0),
+        Command::Bench { samples } => weir_bench::run(settings, samples).await.map(|()| 0),
     }
 }
 

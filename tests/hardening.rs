@@ -10,7 +10,7 @@ mod ws;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use weir::{Outcome, RunRequest, RunState};
+use weir_sandbox::{Outcome, RunRequest, RunState};
 use ws::*;
 
 /// Compiles with a warning (an invalid escape), so the runner does not hand its code to the
@@ -382,8 +382,8 @@ async fn a_script_cannot_reset_its_time_limit_by_claiming_a_repl() {
     let mut saw_repl = false;
     let result = loop {
         match common::next(&mut handle, 30).await {
-            weir::Event::State(RunState::Repl) => saw_repl = true,
-            weir::Event::Exit(r) => break r,
+            weir_sandbox::Event::State(RunState::Repl) => saw_repl = true,
+            weir_sandbox::Event::Exit(r) => break r,
             _ => {}
         }
     };
@@ -395,7 +395,7 @@ async fn a_script_cannot_reset_its_time_limit_by_claiming_a_repl() {
 #[tokio::test]
 async fn readiness_probes_share_one_canary() {
     let server = server(|_| {}).await;
-    let starts = |s: &weir::server::RunningServer| {
+    let starts = |s: &weir_service::server::RunningServer| {
         let n = s.state.sandbox.instance_starts();
         n.warm + n.fresh
     };

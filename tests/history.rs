@@ -7,8 +7,8 @@ mod ws;
 
 use serde_json::{json, Value};
 use std::time::Duration;
-use weir::replay::{compare, replay};
-use weir::transcript::Transcript;
+use weir_sandbox::replay::{compare, replay};
+use weir_sandbox::transcript::Transcript;
 use ws::*;
 
 fn body(text: &str) -> Value {
@@ -88,8 +88,9 @@ async fn a_recorded_run_serves_a_transcript_that_replays() {
 async fn another_user_cannot_read_a_run() {
     let secret = "history-secret";
     let server = server(|c| c.secret = Some(secret.into())).await;
-    let token =
-        |user: &str| weir::auth::mint(secret.as_bytes(), user, Duration::from_secs(60)).unwrap();
+    let token = |user: &str| {
+        weir_service::auth::mint(secret.as_bytes(), user, Duration::from_secs(60)).unwrap()
+    };
     let (ada, bob) = (token("ada"), token("bob"));
     let mut ws = connect(&server, &format!("?token={ada}")).await;
     let run_id = run(&mut ws, 1, json!({"source": "print(1)", "record": true})).await;

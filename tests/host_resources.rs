@@ -18,8 +18,8 @@ mod ws;
 
 use serde_json::json;
 use std::process::{Command, Stdio};
-use weir::bench_native::BusyHost;
-use weir::{Outcome, RunRequest};
+use weir_bench::native::BusyHost;
+use weir_sandbox::{Outcome, RunRequest};
 
 /// Prints at once (which ends a run's foreground phase), then computes fib(24): ~50 ms of CPU
 /// in the guest on a quiet core.
@@ -32,7 +32,7 @@ const EXPECTED: &str = "started\n46368\n";
 /// The time limit every run here gets: 100 times what the script needs on a quiet core.
 const LIMIT_MS: u64 = 5_000;
 
-/// One ordinary busy process per core (`weir::bench_native::BusyHost`, the bench's own).
+/// One ordinary busy process per core (`weir_bench::native::BusyHost`, the bench's own).
 fn busy_host() -> BusyHost {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     BusyHost::start(cores).expect("busy processes spin")
@@ -62,12 +62,12 @@ async fn deep_recursion_gives_its_stack_memory_back() {
     // Once first: the process pages in the compiled guest and its other one-time costs.
     run_all(1).await;
     common::until_no_instances(&sandbox).await;
-    let before = weir::bench::pss_bytes().expect("PSS readable");
+    let before = weir_bench::measure::pss_bytes().expect("PSS readable");
     for out in run_all(6).await {
         assert_eq!(out.outcome(), Outcome::StackOverflow);
     }
     common::until_no_instances(&sandbox).await;
-    let grown = weir::bench::pss_bytes().expect("PSS readable") - before;
+    let grown = weir_bench::measure::pss_bytes().expect("PSS readable") - before;
     // Six stacks kept resident would be ~200 MB.
     assert!(
         grown < 48e6,

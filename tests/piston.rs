@@ -11,14 +11,14 @@ mod ws;
 use futures_util::SinkExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
-use weir::piston_connect::close;
+use weir_service::piston::connect::close;
 use ws::*;
 
 fn job(source: &str) -> Value {
     json!({"language": "python", "version": "*", "files": [{"content": source}]})
 }
 
-async fn execute(server: &weir::server::RunningServer, body: Value) -> HttpResponse {
+async fn execute(server: &weir_service::server::RunningServer, body: Value) -> HttpResponse {
     post_json(server, "/api/v2/execute", &body).await
 }
 
@@ -32,7 +32,10 @@ async fn the_published_piston_client_runs_scripts_on_weir() {
     let r: Value = serde_json::from_str(out.trim()).expect("the client printed JSON");
 
     assert_eq!(r["runtimes"][0]["language"], "python");
-    assert_eq!(r["runtimes"][0]["version"], weir::guest::PYTHON_VERSION);
+    assert_eq!(
+        r["runtimes"][0]["version"],
+        weir_sandbox::runtime::python::PYTHON_VERSION
+    );
     assert_eq!(r["runtimes"][0]["aliases"], json!(["py", "python3"]));
 
     let hello = &r["hello"];
@@ -254,7 +257,8 @@ async fn http_runs_pass_the_same_auth_and_origin_checks() {
     );
 
     let token =
-        weir::auth::mint(secret.as_bytes(), "ada", std::time::Duration::from_secs(60)).unwrap();
+        weir_service::auth::mint(secret.as_bytes(), "ada", std::time::Duration::from_secs(60))
+            .unwrap();
     let bearer = format!("Bearer {token}");
     let body = job("print('authorized')").to_string();
     let r = http(
@@ -359,7 +363,7 @@ async fn until_closed(ws: &mut Ws) -> (Vec<Value>, u16) {
     }
 }
 
-async fn piston_ws(server: &weir::server::RunningServer) -> Ws {
+async fn piston_ws(server: &weir_service::server::RunningServer) -> Ws {
     try_connect_to(server, "/api/v2/connect", &[])
         .await
         .expect("upgrade accepted")
@@ -377,7 +381,7 @@ async fn connect_runs_an_interactive_job() {
     let runtime = recv(&mut ws).await;
     assert_eq!(
         runtime,
-        json!({"type": "runtime", "language": "python", "version": weir::guest::PYTHON_VERSION})
+        json!({"type": "runtime", "language": "python", "version": weir_sandbox::runtime::python::PYTHON_VERSION})
     );
     assert_eq!(
         recv(&mut ws).await,

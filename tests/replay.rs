@@ -6,10 +6,10 @@ mod common;
 use common::{run_with, sandbox};
 use std::path::PathBuf;
 use std::process::Command;
-use weir::determinism::Seed;
-use weir::replay::{compare, replay};
-use weir::transcript::{Data, OutputDoc, OutputLog, Transcript};
-use weir::{Event, RunRequest};
+use weir_sandbox::determinism::Seed;
+use weir_sandbox::replay::{compare, replay};
+use weir_sandbox::transcript::{Data, OutputDoc, OutputLog, Transcript};
+use weir_sandbox::{Event, RunRequest};
 
 fn fixtures() -> Vec<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/transcripts");
@@ -154,7 +154,9 @@ async fn record(req: RunRequest, input: &[&str]) -> Transcript {
     let mut pending = input.iter();
     let mut result = None;
     while let Some(event) = handle.next_event().await {
-        if let Event::State(weir::RunState::WaitingInput | weir::RunState::Repl) = event {
+        if let Event::State(weir_sandbox::RunState::WaitingInput | weir_sandbox::RunState::Repl) =
+            event
+        {
             match pending.next() {
                 Some(line) => {
                     control.write_stdin(line.as_bytes().to_vec()).await;

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use std::time::{Duration, Instant};
-use weir::{Event, Outcome, Program, RunRequest, RunState, StreamKind};
+use weir_sandbox::{Event, Outcome, Program, RunRequest, RunState, StreamKind};
 
 #[tokio::test]
 async fn hello_prints_and_exits_zero() {
@@ -255,7 +255,7 @@ async fn deep_c_recursion_raises_recursion_error() {
 }
 
 /// Sums the output queued right now (what the host holds for a consumer that has not read).
-async fn drain_queued(handle: &mut weir::RunHandle) -> usize {
+async fn drain_queued(handle: &mut weir_sandbox::RunHandle) -> usize {
     let mut bytes = 0;
     while let Ok(Some(Event::Output { data, .. })) =
         tokio::time::timeout(Duration::from_millis(20), handle.next_event()).await
@@ -775,7 +775,7 @@ async fn runs_work_with_the_warm_pool_off() {
 }
 
 /// A run of `input()` in `sandbox`, once it waits for its input.
-async fn waiting_for_input(sandbox: &weir::Sandbox) -> weir::RunHandle {
+async fn waiting_for_input(sandbox: &weir_sandbox::Sandbox) -> weir_sandbox::RunHandle {
     let mut handle = sandbox
         .start(RunRequest::script("input()"))
         .await

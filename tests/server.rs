@@ -5,7 +5,7 @@ use serde_json::json;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-use weir::server::RunningServer;
+use weir_service::server::RunningServer;
 
 #[path = "common/ws.rs"]
 mod ws;
@@ -222,7 +222,7 @@ async fn tokens_are_required_checked_and_one_session_per_user() {
         status_of(try_connect(&server, "", &[]).await.err().unwrap()),
         401
     );
-    let expired = weir::auth::mint(secret.as_bytes(), "ada", Duration::ZERO).unwrap();
+    let expired = weir_service::auth::mint(secret.as_bytes(), "ada", Duration::ZERO).unwrap();
     assert_eq!(
         status_of(
             try_connect(&server, &format!("?token={expired}"), &[])
@@ -232,7 +232,7 @@ async fn tokens_are_required_checked_and_one_session_per_user() {
         ),
         401
     );
-    let forged = weir::auth::mint(b"wrong", "ada", Duration::from_secs(60)).unwrap();
+    let forged = weir_service::auth::mint(b"wrong", "ada", Duration::from_secs(60)).unwrap();
     assert_eq!(
         status_of(
             try_connect(&server, &format!("?token={forged}"), &[])
@@ -242,7 +242,8 @@ async fn tokens_are_required_checked_and_one_session_per_user() {
         ),
         401
     );
-    let token = weir::auth::mint(secret.as_bytes(), "ada", Duration::from_secs(60)).unwrap();
+    let token =
+        weir_service::auth::mint(secret.as_bytes(), "ada", Duration::from_secs(60)).unwrap();
     let mut first = connect(&server, &format!("?token={token}")).await;
     send(
         &mut first,
@@ -389,8 +390,14 @@ async fn two_hundred_concurrent_sessions_wait_for_input() {
 
 #[test]
 fn close_codes_are_the_documented_ones() {
-    assert_eq!(u16::from(CloseCode::Away), weir::session::close::GOING_AWAY);
-    assert_eq!(u16::from(CloseCode::Size), weir::session::close::TOO_BIG);
+    assert_eq!(
+        u16::from(CloseCode::Away),
+        weir_service::socket::close::GOING_AWAY
+    );
+    assert_eq!(
+        u16::from(CloseCode::Size),
+        weir_service::socket::close::TOO_BIG
+    );
 }
 
 #[tokio::test]

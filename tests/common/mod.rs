@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 use std::time::Duration;
-use weir::{Collected, EngineSettings, Event, Limits, RunHandle, RunRequest, Sandbox};
+use weir_sandbox::{Collected, EngineSettings, Event, Limits, RunHandle, RunRequest, Sandbox};
 
 /// The sandbox every test in this binary shares (the compiled guest comes from the disk cache).
 pub fn sandbox() -> Sandbox {
@@ -82,13 +82,13 @@ pub async fn read_until_stdout(handle: &mut RunHandle, text: &str) -> String {
 }
 
 /// Reads events until the run reports `state`; returns the stdout seen on the way.
-pub async fn wait_state(handle: &mut RunHandle, state: weir::RunState) -> String {
+pub async fn wait_state(handle: &mut RunHandle, state: weir_sandbox::RunState) -> String {
     let mut out = String::new();
     loop {
         match next(handle, 20).await {
             Event::State(s) if s == state => return out,
             Event::Output {
-                stream: weir::StreamKind::Stdout,
+                stream: weir_sandbox::StreamKind::Stdout,
                 data,
             } => out.push_str(&String::from_utf8_lossy(&data)),
             Event::Exit(r) => panic!("run ended ({:?}) before reaching {state:?}", r.outcome),

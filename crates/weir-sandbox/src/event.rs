@@ -1,0 +1,163 @@
+//! What a run reports: its id, its output chunks and states in order, and how it ended.
+
+use crate::outcome::Outcome;
+use bytes::Bytes;
+use serde::Serialize;
+use std::time::Duration;
+
+/// A run's identifier: 16 hex digits, unique across restarts for all practical purposes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct RunId(String);
+
+impl RunId {
+    /// A fresh id.
+    pub fn new() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        RunId(format!("{:016x}", h.finish()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for RunId {
+    fn default() -> Self {
+        RunId::new()
+    }
+}
+
+impl std::fmt::Display for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which output stream a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamKind {
+    /// Standard output.
+    Stdout = 0,
+    /// Standard error.
+    Stderr = 1,
+}
+
+/// What the run is doing, as the caller sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Running the program.
+    Running,
+    /// Waiting for input on stdin.
+    WaitingInput,
+    /// Paused by the caller.
+    Paused,
+    /// Waiting for the next REPL statement.
+    Repl,
+}
+
+/// How a run ended, with everything a caller may want to show or record.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The outcome in words, for people.
+    pub message: String,
+    /// Wall time from start to end, including paused time.
+    pub duration: Duration,
+    /// Some output was cut (line cap or total cap).
+    pub output_truncated: bool,
+    /// Bytes the script wrote to stdout and stderr.
+    pub output_bytes: u64,
+    /// Fuel the run consumed (metered runs only).
+    pub fuel_consumed: Option<u64>,
+    /// Largest linear memory the guest reached, bytes.
+    pub peak_memory: usize,
+    /// What the guest read from stdin, in order (when the request asked to record it).
+    pub input_read: Option<ReadLog>,
+}
+
+/// What a run reports, in order. `Exit` is always the last event.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Bytes the program wrote.
+    Output {
+        /// Which stream.
+        stream: StreamKind,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// The run changed state.
+    State(RunState),
+    /// The run ended (always the last event).
+    Exit(RunResult),
+}
+
+/// The reads a guest made from stdin: each chunk is what one read returned, in order, and `eof`
+/// says whether it then read end of file. Recorded for transcripts; replayed exactly.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadLog {
+    /// What each read returned, in order.
+    pub chunks: Vec<Bytes>,
+    /// The guest then read end of file.
+    pub eof: bool,
+}
+
+/// Everything a run printed, and how it ended.
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// Everything written to stdout.
+    pub stdout: Vec<u8>,
+    /// Everything written to stderr.
+    pub stderr: Vec<u8>,
+    /// stdout and stderr interleaved in the order they were written.
+    pub output: Vec<u8>,
+    /// The states the run reported, in order.
+    pub states: Vec<RunState>,
+    /// How the run ended (`None` only if it never reported).
+    pub result: Option<RunResult>,
+}
+
+impl Collected {
+    /// Adds one event.
+    pub fn push(&mut self, event: Event) {
+        match event {
+            Event::Output { stream, data } => {
+                match stream {
+                    StreamKind::Stdout => self.stdout.extend_from_slice(&data),
+                    StreamKind::Stderr => self.stderr.extend_from_slice(&data),
+                }
+                self.output.extend_from_slice(&data);
+            }
+            Event::State(s) => self.states.push(s),
+            Event::Exit(result) => self.result = Some(result),
+        }
+    }
+
+    /// stdout as text (invalid UTF-8 replaced).
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    /// stderr as text (invalid UTF-8 replaced).
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+    /// The outcome (`Crashed` if the run task vanished without reporting, which is a bug).
+    pub fn outcome(&self) -> Outcome {
+        self.result
+            .as_ref()
+            .map(|r| r.outcome.clone())
+            .unwrap_or(Outcome::Crashed {
+                detail: "the run ended without reporting".into(),
+            })
+    }
+}

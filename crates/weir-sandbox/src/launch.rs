@@ -1,0 +1,97 @@
+//! How a run's program is handed to its guest ([`Launch`]) and what the guest reports back
+//! ([`HostState`]): the data a runtime's host interface reads and fills.
+
+use crate::compile_cache::CacheSlot;
+use wasmtime::component::{ComponentType, Lower};
+
+/// How the guest should launch the user's program (the WIT `launch` record).
+#[derive(Debug, Clone, ComponentType, Lower)]
+#[component(record)]
+pub struct Launch {
+    /// The script's file name in the working directory (empty for `-c` code).
+    pub script: String,
+    /// Source run as `python -c CODE`, instead of a script.
+    pub code: Option<String>,
+    /// The script's bytes as written to its file; `None` makes the guest read the file.
+    pub source: Option<Vec<u8>>,
+    /// The program as an earlier run compiled it (`crate::compile_cache`).
+    pub compiled: Option<Vec<u8>>,
+    #[component(name = "cache-compiled")]
+    /// The guest should hand its compiled program back (`GuestState::offer_compiled`).
+    pub cache_compiled: bool,
+    /// Start an interactive console after the program.
+    pub repl: bool,
+    /// `sys.argv`, the environment and the working directory (as the WASI context has them).
+    pub args: Vec<String>,
+    /// The environment.
+    pub env: Vec<(String, String)>,
+    /// The working directory.
+    pub cwd: String,
+}
+
+impl Launch {
+    /// A launch that reads nothing from a cache and offers nothing to one.
+    pub fn plain(script: String, code: Option<String>, repl: bool) -> Self {
+        Launch {
+            script,
+            code,
+            source: None,
+            compiled: None,
+            cache_compiled: false,
+            repl,
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: String::new(),
+        }
+    }
+}
+
+/// An exception the user's program did not catch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uncaught {
+    /// The exception's type, e.g. `ValueError`.
+    pub type_name: String,
+    /// Its message.
+    pub message: String,
+}
+
+/// The host side of the interface, one per run.
+#[derive(Debug)]
+pub struct HostState {
+    /// What the guest is to run.
+    pub launch: Launch,
+    /// The exception the program did not catch, if any.
+    pub uncaught: Option<Uncaught>,
+    /// Where the guest's compiled program goes, if this run may fill the cache (once).
+    pub cache_slot: CacheSlot,
+    /// The guest has said its REPL started.
+    pub repl_started: bool,
+}
+
+impl HostState {
+    /// A run's host state before the guest has said anything.
+    pub fn new(launch: Launch, cache_slot: CacheSlot) -> Self {
+        HostState {
+            launch,
+            uncaught: None,
+            cache_slot,
+            repl_started: false,
+        }
+    }
+}
+
+/// What `launch-config` answers. The guest asks once; the bytes move rather than copy (asked
+/// again, it gets the rest, and reads and compiles the file itself).
+pub(crate) fn take_launch(launch: &mut Launch) -> Launch {
+    Launch {
+        script: launch.script.clone(),
+        code: launch.code.clone(),
+        source: launch.source.take(),
+        compiled: launch.compiled.take(),
+        cache_compiled: launch.cache_compiled,
+        repl: launch.repl,
+        args: std::mem::take(&mut launch.args),
+        env: std::mem::take(&mut launch.env),
+        cwd: launch.cwd.clone(),
+    }
+}

@@ -1,0 +1,303 @@
+//! Per-run limits, their defaults, and the memory `ResourceLimiter` that enforces one of them.
+//!
+//! Every limit has a default suited to an interactive IDE run; every one can be overridden by the
+//! caller (CLI flag, environment variable, protocol parameter).
+
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The hard ceiling on any run's memory: one pooling-allocator slot.
+pub const MAX_MEMORY_BYTES: u64 = 2 << 30;
+
+/// What one run may consume. `None` for `cpu_fuel` means "not metered".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Wall-clock time the run may be active (paused time does not count), milliseconds.
+    pub wall_ms: u64,
+    /// Fuel units (roughly wasm instructions); `None` leaves CPU unmetered.
+    pub cpu_fuel: Option<u64>,
+    /// Linear memory the guest may grow to, bytes.
+    pub memory_bytes: u64,
+    /// Total bytes the script may write to stdout and stderr together.
+    pub output_bytes: u64,
+    /// Longest line kept; the rest of a longer line is cut with a visible marker.
+    pub line_bytes: u64,
+    /// Total size of the scratch directory: the caller's files and what the script writes.
+    pub scratch_bytes: u64,
+    /// How long a REPL (or a paused run) may sit idle before it is ended, milliseconds.
+    pub idle_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            wall_ms: 10_000,
+            cpu_fuel: None,
+            memory_bytes: 256 << 20,
+            output_bytes: 1 << 20,
+            line_bytes: 64 << 10,
+            scratch_bytes: 64 << 20,
+            idle_ms: 300_000,
+        }
+    }
+}
+
+/// A limit value the caller asked for that cannot be honoured.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LimitError {
+    /// A limit of zero.
+    #[error("{name} must be greater than zero")]
+    Zero {
+        /// The limit's name.
+        name: &'static str,
+    },
+    /// A memory limit above what the engine allows.
+    #[error("memory limit {asked} bytes is above the maximum of {max} bytes")]
+    MemoryTooLarge {
+        /// Bytes asked for.
+        asked: u64,
+        /// The most the engine allows.
+        max: u64,
+    },
+}
+
+impl Limits {
+    /// These limits, none above `max`'s (an unmetered run stays unmetered).
+    pub fn capped_by(self, max: &Limits) -> Limits {
+        Limits {
+            wall_ms: self.wall_ms.min(max.wall_ms),
+            cpu_fuel: match (self.cpu_fuel, max.cpu_fuel) {
+                (Some(asked), Some(most)) => Some(asked.min(most)),
+                (asked, _) => asked,
+            },
+            memory_bytes: self.memory_bytes.min(max.memory_bytes),
+            output_bytes: self.output_bytes.min(max.output_bytes),
+            line_bytes: self.line_bytes.min(max.line_bytes),
+            scratch_bytes: self.scratch_bytes.min(max.scratch_bytes),
+            idle_ms: self.idle_ms.min(max.idle_ms),
+        }
+    }
+
+    /// Checks that every limit is usable.
+    pub fn validate(&self) -> Result<(), LimitError> {
+        let non_zero = [
+            ("wall_ms", self.wall_ms),
+            ("memory_bytes", self.memory_bytes),
+            ("output_bytes", self.output_bytes),
+            ("line_bytes", self.line_bytes),
+            ("idle_ms", self.idle_ms),
+        ];
+        if let Some((name, _)) = non_zero.iter().find(|(_, v)| *v == 0) {
+            return Err(LimitError::Zero { name });
+        }
+        if self.cpu_fuel == Some(0) {
+            return Err(LimitError::Zero { name: "cpu_fuel" });
+        }
+        if self.memory_bytes > MAX_MEMORY_BYTES {
+            return Err(LimitError::MemoryTooLarge {
+                asked: self.memory_bytes,
+                max: MAX_MEMORY_BYTES,
+            });
+        }
+        Ok(())
+    }
+
+    /// The wall-time limit (at most [`MAX_DURATION`]: a deadline that far away must still be
+    /// representable).
+    pub fn wall(&self) -> Duration {
+        Duration::from_millis(self.wall_ms).min(MAX_DURATION)
+    }
+
+    /// The idle limit (at most [`MAX_DURATION`]).
+    pub fn idle(&self) -> Duration {
+        Duration::from_millis(self.idle_ms).min(MAX_DURATION)
+    }
+}
+
+/// Human form of a byte count: "64 MiB", "1 MiB", "512 B".
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    for (size, unit) in UNITS {
+        if n >= size && n.is_multiple_of(size) {
+            return format!("{} {unit}", n / size);
+        }
+        if n >= size {
+            return format!("{:.1} {unit}", n as f64 / size as f64);
+        }
+    }
+    format!("{n} B")
+}
+
+/// Human form of a duration in milliseconds: "3 s", "250 ms", "1.5 s".
+pub fn human_ms(ms: u64) -> String {
+    if ms >= 1000 && ms.is_multiple_of(1000) {
+        format!("{} s", ms / 1000)
+    } else if ms >= 1000 {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    } else {
+        format!("{ms} ms")
+    }
+}
+
+/// The longest duration any limit or token lifetime may have: ten years.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Parses "2s", "500ms", "1m" (humantime) or a bare number of seconds, up to [`MAX_DURATION`].
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let parsed = match s.trim().parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => {
+            Duration::try_from_secs_f64(secs).map_err(|_| too_long(s))?
+        }
+        _ => humantime::parse_duration(s.trim())
+            .map_err(|e| format!("invalid duration {s:?}: {e}"))?,
+    };
+    if parsed > MAX_DURATION {
+        return Err(too_long(s));
+    }
+    Ok(parsed)
+}
+
+fn too_long(s: &str) -> String {
+    format!("invalid duration {s:?}: longer than the maximum of 10 years")
+}
+
+/// Parses "64MiB", "1 MB", "4096" (bytes).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("invalid size {s:?}: {e}"))
+}
+
+/// Enforces `memory_bytes`: growth past it is refused (CPython sees a failed allocation and
+/// raises `MemoryError`), and the refusal is remembered so the outcome can say why.
+#[derive(Debug)]
+pub struct MemoryLimiter {
+    limit: usize,
+    denied: bool,
+    peak: usize,
+    /// `peak`, readable after the store is gone (a run stopped inside a warm instance's call,
+    /// which owns the store; `crate::warm`).
+    shared_peak: Arc<AtomicUsize>,
+}
+
+impl MemoryLimiter {
+    /// A limiter that grants up to `limit` bytes of linear memory.
+    pub fn new(limit: u64) -> Self {
+        MemoryLimiter {
+            limit: usize::try_from(limit).unwrap_or(usize::MAX),
+            denied: false,
+            peak: 0,
+            shared_peak: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// The peak, as a handle that outlives the store.
+    pub fn peak_handle(&self) -> Arc<AtomicUsize> {
+        self.shared_peak.clone()
+    }
+
+    /// Whether the guest ever asked for more memory than it may have.
+    pub fn hit(&self) -> bool {
+        self.denied
+    }
+
+    /// Largest linear-memory size the guest reached, bytes.
+    pub fn peak(&self) -> usize {
+        self.peak
+    }
+
+    /// Records memory the guest already has (a warm instance's initial memory, granted before
+    /// this limiter was installed).
+    pub fn starts_at(&mut self, bytes: usize) {
+        self.record(bytes);
+    }
+
+    fn record(&mut self, bytes: usize) {
+        self.peak = self.peak.max(bytes);
+        self.shared_peak.store(self.peak, Ordering::Relaxed);
+    }
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.denied = true;
+            return Ok(false);
+        }
+        self.record(desired);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_human_units() {
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_duration("soon").is_err());
+        // Values past any clock's range are refused, not a panic.
+        for huge in ["1e20", "1e300", "100000000000000000000s", "11y"] {
+            assert!(parse_duration(huge).is_err(), "{huge}");
+        }
+        assert_eq!(parse_duration("3650d"), Ok(MAX_DURATION));
+    }
+
+    #[test]
+    fn formats_human_units() {
+        assert_eq!(human_bytes(64 << 20), "64 MiB");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_ms(3000), "3 s");
+        assert_eq!(human_ms(250), "250 ms");
+    }
+
+    #[test]
+    fn rejects_unusable_limits() {
+        let zero = Limits {
+            wall_ms: 0,
+            ..Limits::default()
+        };
+        assert_eq!(zero.validate(), Err(LimitError::Zero { name: "wall_ms" }));
+        let huge = Limits {
+            memory_bytes: MAX_MEMORY_BYTES + 1,
+            ..Limits::default()
+        };
+        assert!(huge.validate().is_err());
+        assert!(Limits::default().validate().is_ok());
+    }
+
+    #[test]
+    fn limiter_refuses_and_remembers() {
+        use wasmtime::ResourceLimiter;
+        let mut l = MemoryLimiter::new(1 << 20);
+        assert!(l.memory_growing(0, 1 << 19, None).unwrap());
+        assert!(!l.hit());
+        assert!(!l.memory_growing(0, 2 << 20, None).unwrap());
+        assert!(l.hit());
+        assert_eq!(l.peak(), 1 << 19);
+    }
+}

@@ -1,0 +1,192 @@
+//! Replay: run a transcript's program again and compare what it produces, byte for byte, with
+//! what was recorded (`weir replay`).
+
+use crate::event::{Event, RunState, StreamKind};
+use crate::sandbox::Sandbox;
+use crate::transcript::{ended_from_outside, Expected, OutputLog, Transcript, TranscriptError};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Why a replay could not produce a result.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    /// The transcript cannot be read or replayed.
+    Transcript(#[from] TranscriptError),
+    #[error("the run could not start: {0}")]
+    /// The run could not start.
+    Start(#[from] crate::sandbox::StartError),
+}
+
+/// Runs the transcript's program again (the guest build must match) and returns what it produced.
+pub async fn replay(sandbox: &Sandbox, t: &Transcript) -> Result<Expected, ReplayError> {
+    t.check_guest()?;
+    rerun(sandbox, t).await
+}
+
+/// Runs the transcript's program without checking the guest build (for `--update`).
+async fn rerun(sandbox: &Sandbox, t: &Transcript) -> Result<Expected, ReplayError> {
+    let mut handle = sandbox.start(t.request()?).await?;
+    let control = handle.control();
+    let mut output = OutputLog::default();
+    let mut result = None;
+    while let Some(event) = handle.next_event().await {
+        // Every recorded read is available from the start, so a guest that waits for input has
+        // read all of it: the recorded run was ended here, from outside.
+        if let Event::State(RunState::WaitingInput | RunState::Repl) = event {
+            control.stop();
+        }
+        if let Some(r) = output.observe(&event) {
+            result = Some(r);
+        }
+    }
+    let result = result.ok_or(TranscriptError::NoResult)?;
+    let mut actual = Expected::of(&output, &result);
+    // The recorded run was ended from outside while it waited for input; the replay ends it at
+    // the same point (its recorded input ran out), which is the same result.
+    if actual.outcome == "stopped" && !t.stdin.eof && ended_from_outside(&t.expected.outcome) {
+        actual.outcome = t.expected.outcome.clone();
+        actual.code = t.expected.code;
+        actual.message = t.expected.message.clone();
+    }
+    Ok(actual)
+}
+
+/// `None` when `actual` is exactly what was recorded; otherwise a readable account of every
+/// difference (a unified diff per stream, then the result fields).
+pub fn compare(expected: &Expected, actual: &Expected) -> Option<String> {
+    if expected == actual {
+        return None;
+    }
+    let mut report = String::new();
+    for stream in [StreamKind::Stdout, StreamKind::Stderr] {
+        let (e, a) = (expected.stream_bytes(stream), actual.stream_bytes(stream));
+        if e != a {
+            let name = match stream {
+                StreamKind::Stdout => "stdout",
+                StreamKind::Stderr => "stderr",
+            };
+            let _ = writeln!(report, "{name} differs:");
+            report.push_str(&diff(&e, &a));
+        }
+    }
+    if report.is_empty() && expected.output != actual.output {
+        let _ = writeln!(
+            report,
+            "stdout and stderr hold the same bytes but interleave differently"
+        );
+    }
+    let fields: [(&str, String, String); 5] = [
+        ("outcome", expected.outcome.clone(), actual.outcome.clone()),
+        ("code", expected.code.to_string(), actual.code.to_string()),
+        ("message", expected.message.clone(), actual.message.clone()),
+        (
+            "output_truncated",
+            expected.output_truncated.to_string(),
+            actual.output_truncated.to_string(),
+        ),
+        (
+            "fuel_consumed",
+            format!("{:?}", expected.fuel_consumed),
+            format!("{:?}", actual.fuel_consumed),
+        ),
+    ];
+    for (name, e, a) in fields {
+        if e != a {
+            let _ = writeln!(report, "{name}: expected {e}, got {a}");
+        }
+    }
+    Some(report)
+}
+
+/// A unified line diff of two byte strings (lossy UTF-8).
+fn diff(expected: &[u8], actual: &[u8]) -> String {
+    let e = String::from_utf8_lossy(expected);
+    let a = String::from_utf8_lossy(actual);
+    let text = similar::TextDiff::from_lines(e.as_ref(), a.as_ref());
+    let mut out = text
+        .unified_diff()
+        .context_radius(3)
+        .header("expected", "actual")
+        .to_string();
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out
+}
+
+/// How one file's replay went.
+#[derive(Debug)]
+pub enum Verdict {
+    /// The run produced exactly what was recorded.
+    Match,
+    /// It differed; the text says how.
+    Mismatch(String),
+    /// The transcript was re-recorded.
+    Updated,
+    /// It could not be replayed; the text says why.
+    Failed(String),
+}
+
+/// Replays one transcript file; with `update`, re-records it instead of comparing.
+pub async fn replay_file(sandbox: &Sandbox, path: &Path, update: bool) -> Verdict {
+    let t = match Transcript::load(path) {
+        Ok(t) => t,
+        Err(e) => return Verdict::Failed(e.to_string()),
+    };
+    if update {
+        return match rerun(sandbox, &t).await {
+            Ok(actual) => write_updated(path, t, actual),
+            Err(e) => Verdict::Failed(e.to_string()),
+        };
+    }
+    match replay(sandbox, &t).await {
+        Ok(actual) => match compare(&t.expected, &actual) {
+            None => Verdict::Match,
+            Some(diff) => Verdict::Mismatch(diff),
+        },
+        Err(e) => Verdict::Failed(e.to_string()),
+    }
+}
+
+fn write_updated(path: &Path, mut t: Transcript, actual: Expected) -> Verdict {
+    t.guest = crate::transcript::GuestIdentity::current();
+    t.weir_version = env!("CARGO_PKG_VERSION").into();
+    t.expected = actual;
+    match std::fs::write(path, t.to_json()) {
+        Ok(()) => Verdict::Updated,
+        Err(e) => Verdict::Failed(format!("cannot write {}: {e}", path.display())),
+    }
+}
+
+/// `weir replay FILE…`: prints one line per file (and a diff per mismatch); returns the exit
+/// code: 0 when every file matched (or was updated), 1 otherwise.
+pub async fn run(sandbox: &Sandbox, files: &[PathBuf], update: bool) -> i32 {
+    let (mut ok, mut bad) = (0, 0);
+    for path in files {
+        let shown = path.display();
+        match replay_file(sandbox, path, update).await {
+            Verdict::Match => {
+                ok += 1;
+                println!("ok       {shown}");
+            }
+            Verdict::Updated => {
+                ok += 1;
+                println!("updated  {shown}");
+            }
+            Verdict::Mismatch(diff) => {
+                bad += 1;
+                println!("MISMATCH {shown}");
+                for line in diff.lines() {
+                    println!("    {line}");
+                }
+            }
+            Verdict::Failed(reason) => {
+                bad += 1;
+                println!("FAILED   {shown}: {reason}");
+            }
+        }
+    }
+    println!("{ok} passed, {bad} failed");
+    i32::from(bad > 0)
+}

@@ -1,0 +1,598 @@
+//! One run: its events, its control handle, and the driver task that owns its store.
+//!
+//! The driver polls the guest future alongside the caller's commands and the run's clocks:
+//! stop drops the store at once; pause simply stops polling the guest (the epoch callback makes a
+//! busy guest yield every tick, so it is frozen within one tick and uses no CPU); the wall-time
+//! limit counts only while the guest is running, and the idle limit while it waits for input or
+//! is paused.
+
+use crate::background::BackgroundLane;
+use crate::event::{Collected, Event, RunId, RunResult, RunState};
+use crate::limits::Limits;
+use crate::outcome::Outcome;
+use crate::pipes::{GuestStatus, GuestStdin, OutputLimitExceeded, OutputQueue, StdinSender};
+use crate::priority::{Grant, Priority};
+use crate::runtime::{CallResult, GuestCall, Runtime};
+use crate::store::GuestState;
+use crate::task::AbortOnDrop;
+use crate::variant::EngineVariant;
+use bytes::Bytes;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+use wasmtime::{Store, Trap};
+
+/// What the caller wants the run to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Desired {
+    Run,
+    Pause,
+    Stop,
+}
+
+/// Why input could not be delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StdinError {
+    #[error("stdin is full: the script has not read the input already sent")]
+    /// The script has not read the input already sent.
+    Full,
+    #[error("the run has ended")]
+    /// The run has ended.
+    Ended,
+}
+
+/// Commands to a run. Cloneable; every method is harmless once the run has ended.
+#[derive(Clone)]
+pub struct RunControl {
+    desired: Arc<watch::Sender<Desired>>,
+    stdin: StdinSender,
+    priority: Priority,
+}
+
+impl RunControl {
+    /// Sends bytes to the guest's stdin, waiting while its queue is full. Returns false if the
+    /// run has ended or stdin was closed.
+    pub async fn write_stdin(&self, data: impl Into<Bytes>) -> bool {
+        let data = data.into();
+        if data.is_empty() {
+            return true;
+        }
+        self.stdin.send(data).await
+    }
+
+    /// Sends bytes to stdin without waiting; fails when the run has ended or the guest has not
+    /// read enough of what was sent before.
+    pub fn try_write_stdin(&self, data: impl Into<Bytes>) -> Result<(), StdinError> {
+        let data = data.into();
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.stdin.try_send(data).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => StdinError::Full,
+            mpsc::error::TrySendError::Closed(_) => StdinError::Ended,
+        })
+    }
+
+    /// Closes stdin: once the guest has read what was sent, it sees end of file. Never waits,
+    /// also while stdin's queue is full.
+    pub fn close_stdin(&self) {
+        self.stdin.close();
+    }
+
+    /// Ends the run now (also while it waits for input or is paused). A background run ends in
+    /// the foreground: whoever waits for its end does not wait behind other runs.
+    pub fn stop(&self) {
+        self.priority.make_urgent();
+        self.desired.send_replace(Desired::Stop);
+    }
+
+    /// Freezes the guest: no CPU, and its wall-time clock stops.
+    pub fn pause(&self) {
+        self.desired.send_if_modified(|d| {
+            let change = *d == Desired::Run;
+            if change {
+                *d = Desired::Pause;
+            }
+            change
+        });
+    }
+
+    /// Resumes a paused run.
+    pub fn resume(&self) {
+        self.desired.send_if_modified(|d| {
+            let change = *d == Desired::Pause;
+            if change {
+                *d = Desired::Run;
+            }
+            change
+        });
+    }
+}
+
+/// The caller's end of a run. Dropping it stops the run and frees its store.
+pub struct RunHandle {
+    id: RunId,
+    control: RunControl,
+    events: mpsc::Receiver<Event>,
+    /// An event taken early by [`RunHandle::next_event_merged`], returned next.
+    held: Option<Event>,
+    scratch: PathBuf,
+    _task: AbortOnDrop,
+}
+
+impl RunHandle {
+    /// The run's id.
+    pub fn id(&self) -> &RunId {
+        &self.id
+    }
+
+    /// A handle to control the run (stdin, stop, pause) from elsewhere.
+    pub fn control(&self) -> RunControl {
+        self.control.clone()
+    }
+
+    /// The host path of the run's scratch directory (emptied when the run ends, then reused).
+    pub fn scratch_path(&self) -> &Path {
+        &self.scratch
+    }
+
+    /// The next event; `None` after `Exit`.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        match self.held.take() {
+            Some(event) => Some(event),
+            None => self.events.recv().await,
+        }
+    }
+
+    /// The next event, with output of the same stream that has already arrived merged into it
+    /// (up to `max` bytes): a flood reaches a consumer as a few large chunks instead of one per
+    /// line. Order is kept: an event of another kind waits for the next call.
+    pub async fn next_event_merged(&mut self, max: usize) -> Option<Event> {
+        let (stream, data) = match self.next_event().await? {
+            Event::Output { stream, data } => (stream, data),
+            other => return Some(other),
+        };
+        let mut merged: Option<bytes::BytesMut> = None;
+        while merged.as_ref().map_or(data.len(), |m| m.len()) < max {
+            match self.events.try_recv() {
+                Ok(Event::Output {
+                    stream: s,
+                    data: more,
+                }) if s == stream => merged
+                    .get_or_insert_with(|| bytes::BytesMut::from(&data[..]))
+                    .extend_from_slice(&more),
+                Ok(other) => {
+                    self.held = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let data = merged.map_or(data, bytes::BytesMut::freeze);
+        Some(Event::Output { stream, data })
+    }
+
+    /// Consumes the events until the run ends, collecting stdout and stderr.
+    pub async fn collect(mut self) -> Collected {
+        let mut out = Collected::default();
+        while let Some(event) = self.next_event().await {
+            out.push(event);
+        }
+        out
+    }
+}
+
+/// Everything the driver task owns.
+pub(crate) struct Driver {
+    pub id: RunId,
+    pub start: Start,
+    pub variant: Arc<EngineVariant>,
+    pub limits: Limits,
+    pub events: mpsc::Sender<Event>,
+    /// Keeps stdin open while the run lives: end of file comes only from `close_stdin`, not
+    /// from the caller dropping its controls.
+    pub stdin_open: StdinSender,
+    pub status: watch::Receiver<GuestStatus>,
+    pub pipes: Arc<OutputQueue>,
+    pub stdin: GuestStdin,
+    pub scratch_path: PathBuf,
+    /// The run's CPU class, foreground from the start (see [`crate::priority`]).
+    pub foreground: Foreground,
+    /// Where the driver is polled while the run is background.
+    pub lane: Arc<BackgroundLane>,
+    pub span: tracing::Span,
+}
+
+/// How a run's guest starts.
+pub(crate) enum Start {
+    /// A store holding the run's state: the driver instantiates the guest in it and calls it.
+    Fresh(Store<GuestState>),
+    /// A warm guest, entered ahead of demand and handed the run's state (`crate::warm`): its
+    /// call owns the store, so a run stopped before it returns reads its peak memory here.
+    Entered {
+        call: GuestCall,
+        peak: Arc<AtomicUsize>,
+    },
+}
+
+/// A run's foreground grant and when it lapses (its first output ends it sooner).
+pub(crate) struct Foreground {
+    priority: Priority,
+    grant: Option<Grant>,
+    until: tokio::time::Instant,
+    /// The class the driver last saw (`true`: background).
+    seen_background: bool,
+}
+
+impl Foreground {
+    /// Foreground from now, for as long as the sandbox's policy says.
+    pub fn new(priority: Priority) -> Self {
+        Foreground {
+            grant: Some(priority.grant()),
+            until: tokio::time::Instant::now() + priority.foreground_for(),
+            priority,
+            seen_background: false,
+        }
+    }
+
+    /// Lets the run move to its lane if its class changed since the last look: pending once
+    /// (the driver's poller moves a pending driver whose class changed; `crate::background`).
+    async fn follow_class(&mut self) {
+        let background = self.priority.is_background();
+        if background != self.seen_background {
+            self.seen_background = background;
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn renew(&mut self) {
+        // The old grant goes first: dropped after the new one, it would mark the run background.
+        self.end();
+        self.grant = Some(self.priority.grant());
+        self.until = tokio::time::Instant::now() + self.priority.foreground_for();
+    }
+
+    fn end(&mut self) {
+        self.grant = None;
+    }
+
+    /// Completes when the grant lapses (never, without one).
+    async fn lapsed(&self) {
+        if self.grant.is_some() {
+            tokio::time::sleep_until(self.until).await
+        } else {
+            std::future::pending().await
+        }
+    }
+}
+
+/// Spawns the driver task and returns the caller's handle, which gets the run's event receiver
+/// and stdin sender.
+pub(crate) fn spawn(d: Driver, events_rx: mpsc::Receiver<Event>, stdin: StdinSender) -> RunHandle {
+    let (desired_tx, desired_rx) = watch::channel(Desired::Run);
+    let priority = d.foreground.priority.clone();
+    let control = RunControl {
+        desired: Arc::new(desired_tx),
+        stdin,
+        priority: priority.clone(),
+    };
+    let id = d.id.clone();
+    let scratch = d.scratch_path.clone();
+    let span = d.span.clone();
+    let lane = d.lane.clone();
+    let driver = Box::pin(d.run(desired_rx).instrument(span));
+    let task = tokio::spawn(crate::background::drive(driver, priority, lane));
+    RunHandle {
+        id,
+        control,
+        events: events_rx,
+        held: None,
+        scratch,
+        _task: AbortOnDrop(task),
+    }
+}
+
+/// How one wait of the driver ended.
+enum Wake<O> {
+    Finished(O),
+    Expired(Outcome),
+    Changed,
+    Stop,
+}
+
+impl Driver {
+    async fn run(self, mut desired: watch::Receiver<Desired>) {
+        let Driver {
+            start,
+            variant,
+            limits,
+            events,
+            mut status,
+            pipes,
+            stdin,
+            scratch_path,
+            mut foreground,
+            stdin_open: _stdin_open, // held until the run ends
+            ..
+        } = self;
+        let started = Instant::now();
+        let upkeep = Upkeep {
+            scratch_path: &scratch_path,
+            scratch_limit: limits.scratch_bytes,
+            foreground: &mut foreground,
+        };
+        let mut watch = Watch {
+            desired: &mut desired,
+            status: &mut status,
+            events: &events,
+            output: &pipes,
+            limits: &limits,
+        };
+        let (finished, fuel_consumed, peak) = match start {
+            Start::Fresh(store) => watch.fresh(store, &variant, upkeep).await,
+            Start::Entered { call, peak } => watch.entered(call, peak, upkeep).await,
+        };
+        foreground.end();
+        drain(&pipes, &events).await;
+        // What is left (freeing the instance, the exit) is background work unless stopped.
+        foreground.follow_class().await;
+        let outcome = match finished {
+            Ok((result, store)) => {
+                let outcome = classify(result, &store, &*variant.runtime);
+                // Freeing resets the instance's memory slot, a background run's largest step:
+                // it waits for foreground runs first, as its guest did at every epoch tick.
+                foreground.priority.give_way().await;
+                // Free the instance before reporting, so a caller that sees `Exit` sees it gone.
+                drop(store);
+                outcome
+            }
+            Err(outcome) => outcome,
+        };
+        let result = RunResult {
+            message: outcome.message(&limits),
+            outcome,
+            duration: started.elapsed(),
+            output_truncated: pipes.truncated(),
+            output_bytes: pipes.written(),
+            fuel_consumed,
+            peak_memory: peak,
+            input_read: stdin.read_log(),
+        };
+        tracing::info!(
+            outcome = result.outcome.kind(),
+            duration_ms = result.duration.as_millis() as u64,
+            "run finished"
+        );
+        let _ = events.send(Event::Exit(result)).await;
+    }
+}
+
+/// What the guest's call ended with: its result and its store, or why it was ended.
+type Finished = Result<(CallResult, Store<GuestState>), Outcome>;
+
+/// What [`supervise`] watches besides the guest.
+struct Watch<'a> {
+    desired: &'a mut watch::Receiver<Desired>,
+    status: &'a mut watch::Receiver<GuestStatus>,
+    events: &'a mpsc::Sender<Event>,
+    output: &'a OutputQueue,
+    limits: &'a Limits,
+}
+
+impl Watch<'_> {
+    /// Instantiates and calls the guest in `store`. Returns how it ended, the fuel it used
+    /// (metered runs) and its peak memory.
+    async fn fresh(
+        &mut self,
+        mut store: Store<GuestState>,
+        variant: &EngineVariant,
+        upkeep: Upkeep<'_>,
+    ) -> (Finished, Option<u64>, usize) {
+        // Asked only of metered stores: on the others `get_fuel` builds an error, which
+        // captures a backtrace when RUST_BACKTRACE is set (~0.1 ms before the first output).
+        let metered = variant.metered();
+        let initial_fuel = metered.then(|| store.get_fuel().ok()).flatten();
+        let finished = {
+            let call = call_guest(&mut store, variant);
+            tokio::pin!(call);
+            self.supervise(&mut call, upkeep).await
+        };
+        let fuel_left = metered.then(|| store.get_fuel().ok()).flatten();
+        let fuel_consumed = match (initial_fuel, fuel_left) {
+            (Some(start), Some(left)) => Some(start.saturating_sub(left)),
+            _ => None,
+        };
+        let peak = store.data().limiter.peak();
+        (finished.map(|result| (result, store)), fuel_consumed, peak)
+    }
+
+    /// Continues a warm guest's call (never metered: metered engines keep no warm pool). A
+    /// run ended before the guest returned drops the call, and the store with it.
+    async fn entered(
+        &mut self,
+        mut call: GuestCall,
+        peak: Arc<AtomicUsize>,
+        upkeep: Upkeep<'_>,
+    ) -> (Finished, Option<u64>, usize) {
+        let finished = self.supervise(&mut call.as_mut(), upkeep).await;
+        drop(call);
+        (finished, None, peak.load(Ordering::Relaxed))
+    }
+
+    async fn supervise<O>(
+        &mut self,
+        call: &mut std::pin::Pin<&mut (impl std::future::Future<Output = O> + ?Sized)>,
+        upkeep: Upkeep<'_>,
+    ) -> Result<O, Outcome> {
+        supervise(
+            call,
+            self.desired,
+            self.status,
+            self.events,
+            self.output,
+            upkeep,
+            self.limits,
+        )
+        .await
+    }
+}
+
+async fn call_guest(store: &mut Store<GuestState>, variant: &EngineVariant) -> CallResult {
+    variant.instantiator.guest.call(store).await
+}
+
+/// How often the scratch directory's size is checked while a run is active.
+const DISK_CHECK: Duration = Duration::from_millis(100);
+
+/// What the driver looks after besides the guest and the caller: the run's scratch directory
+/// and its size limit, and the run's CPU class.
+struct Upkeep<'a> {
+    scratch_path: &'a Path,
+    scratch_limit: u64,
+    foreground: &'a mut Foreground,
+}
+
+/// Polls the guest until it finishes (`Ok`) or the run must end for another reason (`Err`).
+async fn supervise<O>(
+    call: &mut std::pin::Pin<&mut (impl std::future::Future<Output = O> + ?Sized)>,
+    desired: &mut watch::Receiver<Desired>,
+    status: &mut watch::Receiver<GuestStatus>,
+    events: &mpsc::Sender<Event>,
+    output: &OutputQueue,
+    upkeep: Upkeep<'_>,
+    limits: &Limits,
+) -> Result<O, Outcome> {
+    let foreground = upkeep.foreground;
+    let mut wall_left = limits.wall();
+    // The first check comes one period in, not before the guest has even started.
+    let mut disk_check =
+        tokio::time::interval_at(tokio::time::Instant::now() + DISK_CHECK, DISK_CHECK);
+    disk_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shown: Option<RunState> = None;
+    let mut seen_waits = 0;
+    // When the current state's clock runs out: wall time while running, idle time otherwise.
+    let mut deadline = tokio::time::Instant::now();
+    loop {
+        foreground.follow_class().await;
+        let want = *desired.borrow_and_update();
+        let guest = *status.borrow_and_update();
+        if want == Desired::Stop {
+            return Err(Outcome::Stopped);
+        }
+        let state = match (want, guest) {
+            (Desired::Pause, _) => RunState::Paused,
+            (_, g) if g.waiting_input && g.in_repl => RunState::Repl,
+            (_, g) if g.waiting_input => RunState::WaitingInput,
+            _ => RunState::Running,
+        };
+        if guest.waits != seen_waits {
+            seen_waits = guest.waits;
+            if shown == Some(state) && matches!(state, RunState::WaitingInput | RunState::Repl) {
+                // The guest got input, ran and waits again, all between two looks: report it.
+                if state == RunState::Repl {
+                    wall_left = limits.wall();
+                }
+                drain(output, events).await;
+                let _ = events.send(Event::State(RunState::Running)).await;
+                let _ = events.send(Event::State(state)).await;
+                deadline = tokio::time::Instant::now() + limits.idle();
+            }
+        }
+        if shown != Some(state) {
+            let now = tokio::time::Instant::now();
+            if shown == Some(RunState::Running) {
+                wall_left = deadline.saturating_duration_since(now);
+            }
+            if shown == Some(RunState::Repl) && state == RunState::Running {
+                wall_left = limits.wall(); // each REPL statement gets the full time limit
+                foreground.renew(); // and starts in the foreground
+            }
+            if state != RunState::Running {
+                foreground.end(); // waiting or paused: background until the next statement
+            }
+            deadline = now
+                + if state == RunState::Running {
+                    wall_left
+                } else {
+                    limits.idle()
+                };
+            drain(output, events).await; // output printed before the change comes first
+            let _ = events.send(Event::State(state)).await;
+            shown = Some(state);
+        }
+        let on_expiry = if state == RunState::Running {
+            Outcome::Timeout
+        } else {
+            Outcome::Idle
+        };
+        let wake = tokio::select! {
+            biased;
+            changed = desired.changed() => if changed.is_ok() { Wake::Changed } else { Wake::Stop },
+            _ = status.changed() => Wake::Changed,
+            _ = tokio::time::sleep_until(deadline) => Wake::Expired(on_expiry),
+            permit = events.reserve(), if output.has_queued() => {
+                if let (Ok(permit), Some(chunk)) = (permit, output.pop()) {
+                    permit.send(chunk);
+                }
+                Wake::Changed
+            }
+            _ = output.data_queued(), if !output.has_queued() => Wake::Changed,
+            _ = foreground.lapsed() => {
+                foreground.end();
+                Wake::Changed
+            }
+            _ = disk_check.tick() => {
+                if crate::scratch::exceeds(upkeep.scratch_path, upkeep.scratch_limit) {
+                    Wake::Expired(Outcome::DiskLimit)
+                } else {
+                    Wake::Changed
+                }
+            }
+            result = call.as_mut(), if state != RunState::Paused => Wake::Finished(result),
+        };
+        match wake {
+            Wake::Finished(result) => return Ok(result),
+            Wake::Expired(outcome) => return Err(outcome),
+            Wake::Stop => return Err(Outcome::Stopped),
+            Wake::Changed => {}
+        }
+    }
+}
+
+/// Delivers all queued output, waiting for the consumer as needed.
+async fn drain(output: &OutputQueue, events: &mpsc::Sender<Event>) {
+    while let Some(chunk) = output.pop() {
+        if events.send(chunk).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Maps what the guest call returned to an outcome.
+fn classify(result: CallResult, store: &Store<GuestState>, runtime: &dyn Runtime) -> Outcome {
+    let data = store.data();
+    let memory_hit = data.limiter.hit();
+    let exited = |code| runtime.exited(code, data.host.uncaught.as_ref(), memory_hit);
+    let error = match result {
+        Ok(Ok(())) => return Outcome::Exited { code: 0 },
+        Ok(Err(())) => return exited(1),
+        Err(e) => e,
+    };
+    if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return exited(exit.0);
+    }
+    if error.downcast_ref::<OutputLimitExceeded>().is_some() {
+        return Outcome::OutputLimit;
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => Outcome::CpuLimit,
+        Some(Trap::StackOverflow) => Outcome::StackOverflow,
+        _ if memory_hit => Outcome::MemoryLimit,
+        _ => Outcome::Crashed {
+            detail: format!("{error:#}"),
+        },
+    }
+}

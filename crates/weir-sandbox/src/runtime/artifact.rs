@@ -1,0 +1,94 @@
+//! A runtime's compiled artifact, cached on disk: compiled once per machine, engine settings and
+//! wasmtime version, then loaded with mmap (which also lets the pooling allocator map its memory
+//! image copy-on-write). One process compiles; others wait on a file lock and then load the file.
+
+use sha2::{Digest, Sha256};
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use wasmtime::Engine;
+
+/// The wasmtime version weir is pinned to (Cargo.toml).
+pub const WASMTIME_VERSION: &str = "48.0.8";
+
+/// The cache file for the guest named `name` whose bytes have sha256 `sha256` on this engine.
+pub fn cache_path(engine: &Engine, dir: &Path, name: &str, sha256: &str) -> PathBuf {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    let mut key = Sha256::new();
+    key.update(sha256.as_bytes());
+    key.update(WASMTIME_VERSION.as_bytes());
+    key.update(hasher.finish().to_le_bytes());
+    let key = hex::encode(&key.finalize()[..12]);
+    dir.join(format!("{name}-{key}.cwasm"))
+}
+
+/// Loads `path` with `load`, or compiles it with `compile` first (once, under a lock) and writes
+/// it there. `load` returns `None` for a file that is missing or unusable.
+pub fn load_or_compile<T>(
+    path: &Path,
+    what: &str,
+    compile: impl FnOnce() -> anyhow::Result<Vec<u8>>,
+    load: impl Fn(&Path) -> Option<T>,
+) -> anyhow::Result<T> {
+    if let Some(loaded) = load(path) {
+        return Ok(loaded);
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .map_err(|e| anyhow::anyhow!("cannot create cache dir {}: {e}", dir.display()))?;
+    let _lock = FileLock::acquire(&path.with_extension("lock"))?;
+    if let Some(loaded) = load(path) {
+        return Ok(loaded);
+    }
+    eprintln!(
+        "weir: compiling {what} for this machine (once), caching it in {}",
+        path.display()
+    );
+    let started = Instant::now();
+    let compiled = compile()?;
+    write_atomically(path, &compiled)?;
+    eprintln!(
+        "weir: compiled {what} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    load(path).ok_or_else(|| anyhow::anyhow!("cannot load the freshly compiled {}", path.display()))
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    Ok(())
+}
+
+/// An exclusive advisory lock on a file, released on drop.
+struct FileLock(std::fs::File);
+
+impl FileLock {
+    fn acquire(path: &Path) -> anyhow::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(FileLock(file))
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: unlocking the descriptor we locked.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}

@@ -1,0 +1,74 @@
+//! weir's own host interface for the guest (`weir:sandbox/host`, see
+//! `guests/python/wit/world.wit`): how to launch the program, and what became of it.
+
+use crate::launch::Uncaught;
+use crate::store::{self, GuestState};
+use wasmtime::component::{Linker, WasmList, WasmStr};
+use wasmtime::StoreContextMut;
+
+const INTERFACE: &str = "weir:sandbox/host@0.1.0";
+
+/// Longest exception type name kept from the guest, bytes.
+pub const MAX_TYPE_NAME_BYTES: usize = 256;
+/// Longest exception message kept from the guest, bytes (the runner sends at most 1,000
+/// characters; user code calling the interface directly is cut here).
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// A guest string, cut at `max` bytes (on a character boundary): what the guest hands the host
+/// ends up in responses and the run history, so its size is the host's to decide.
+fn bounded(store: &StoreContextMut<'_, GuestState>, text: &WasmStr, max: usize) -> String {
+    let text = text.to_str(store).unwrap_or_default();
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+/// Installs the interface's host functions.
+pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
+    let mut inst = linker
+        .instance(INTERFACE)
+        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    inst.func_wrap_async(
+        "launch-config",
+        |mut store: StoreContextMut<'_, GuestState>, (): ()| {
+            Box::new(async move { Ok((store::launch(&mut store).await?,)) })
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    inst.func_wrap(
+        "program-compiled",
+        |mut store: StoreContextMut<'_, GuestState>, (code,): (WasmList<u8>,)| {
+            // Read only when it could be kept: the guest names the length, up to its memory.
+            let code = match code.len() <= GuestState::MAX_COMPILED_BYTES {
+                true => code.as_le_slice(&store).to_vec(),
+                false => Vec::new(),
+            };
+            store.data_mut().offer_compiled(code);
+            Ok(())
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    inst.func_wrap(
+        "uncaught-exception",
+        |mut store: StoreContextMut<'_, GuestState>, (type_name, message): (WasmStr, WasmStr)| {
+            let type_name = bounded(&store, &type_name, MAX_TYPE_NAME_BYTES);
+            let message = bounded(&store, &message, MAX_MESSAGE_BYTES);
+            store
+                .data_mut()
+                .report_uncaught(Uncaught { type_name, message });
+            Ok(())
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    inst.func_wrap(
+        "repl-started",
+        |mut store: StoreContextMut<'_, GuestState>, (): ()| {
+            store.data_mut().repl_started();
+            Ok(())
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    Ok(())
+}

@@ -1,0 +1,468 @@
+//! The sandbox: owns the engines and builds one fresh, isolated `Store` per run.
+//!
+//! A store sees only what its request gives it: its scratch directory (as `/sandbox`, its working
+//! directory), explicitly mounted host directories, the request's args and env, and stdio pipes.
+//! No host environment variable, file or socket is reachable.
+
+use crate::background::BackgroundLane;
+use crate::compile_cache::{CachePut, CacheSlot, CompileCache, Key};
+use crate::determinism::{GuestClock, VirtualClock};
+use crate::engine::EngineSettings;
+use crate::event::{RunId, StreamKind};
+use crate::launch::{HostState, Launch};
+use crate::limits::{LimitError, Limits, MemoryLimiter};
+use crate::pipes::{GuestStatus, GuestStdin, OutputQueue, StdinMode};
+use crate::priority::{CpuGate, Priority};
+use crate::request::{Program, RunRequest};
+use crate::run::{self, Foreground, RunHandle};
+use crate::runtime::{python::CPython, Runtime, RuntimeInfo};
+use crate::scratch::{Scratch, ScratchDirs, ScratchError};
+use crate::store::{GuestState, Parts};
+use crate::variant::EngineVariant;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch, Semaphore};
+use wasmtime_wasi::{FsPerms, WasiCtx};
+
+/// Where the scratch directory appears inside the guest (also its working directory).
+pub const GUEST_DIR: &str = "/sandbox";
+
+/// Events a run may have in flight towards a slow consumer before the guest has to wait.
+const EVENT_QUEUE: usize = 16;
+/// Stdin chunks the caller may have queued before `write_stdin` waits.
+const STDIN_QUEUE: usize = 16;
+
+/// Why a run could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    /// The limits asked for cannot be honoured.
+    Limits(#[from] LimitError),
+    #[error(transparent)]
+    /// The scratch directory could not be set up.
+    Scratch(#[from] ScratchError),
+    #[error("all {0} sandbox slots are in use; try again shortly")]
+    /// Every instance slot is taken.
+    AtCapacity(u32),
+    /// A mount could not be opened.
+    #[error("cannot mount {path}: {reason}")]
+    Mount {
+        /// The host directory.
+        path: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// No runtime of this sandbox answers to the requested name.
+    #[error("no runtime named {name:?}; this sandbox has {known}")]
+    UnknownRuntime {
+        /// The name asked for.
+        name: String,
+        /// The runtimes there are, comma-separated.
+        known: String,
+    },
+    #[error("the sandbox failed to start the run: {0}")]
+    /// Something failed inside the sandbox (a bug or the host's resources).
+    Internal(String),
+}
+
+/// The sandbox. Cheap to clone; every clone shares the engines and the instance slots.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: EngineSettings,
+    /// The runtimes, the default first.
+    runtimes: Vec<Engines>,
+    slots: Arc<Semaphore>,
+    /// Which runs are foreground (`crate::priority`).
+    cpu: Arc<CpuGate>,
+    /// The runs' scratch directories (`crate::scratch`).
+    scratch_dirs: Arc<ScratchDirs>,
+    /// Where background runs continue (`crate::background`).
+    lane: Arc<BackgroundLane>,
+    /// Programs compiled by earlier runs (`crate::compile_cache`).
+    compile_cache: Arc<CompileCache>,
+    /// How runs got their instance.
+    starts: StartCounts,
+}
+
+/// One runtime's engines: the plain one, loaded with the sandbox, and the fuel-metered one,
+/// loaded by the first metered run.
+struct Engines {
+    runtime: Arc<dyn Runtime>,
+    plain: Arc<EngineVariant>,
+    fueled: tokio::sync::OnceCell<Arc<EngineVariant>>,
+}
+
+impl Engines {
+    fn load(settings: &EngineSettings, runtime: Arc<dyn Runtime>) -> anyhow::Result<Self> {
+        Ok(Engines {
+            plain: Arc::new(EngineVariant::load(settings, runtime.clone(), false)?),
+            runtime,
+            fueled: tokio::sync::OnceCell::new(),
+        })
+    }
+}
+
+/// How many runs took a warm instance and how many instantiated their own on the request
+/// path (the warm pool was empty, the run is metered, or its memory limit is below a warm
+/// instance's size).
+#[derive(Debug, Default)]
+struct StartCounts {
+    warm: AtomicU64,
+    fresh: AtomicU64,
+}
+
+/// [`Sandbox::instance_starts`]: runs started from a warm instance and from a fresh one.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceStarts {
+    /// Runs that took a warm instance.
+    pub warm: u64,
+    /// Runs that instantiated their own.
+    pub fresh: u64,
+}
+
+impl Sandbox {
+    /// Loads the engine and the default runtime, CPython ([`CPython`]), compiling its guest once
+    /// if it is not cached. Blocking.
+    pub fn load(settings: EngineSettings) -> anyhow::Result<Self> {
+        Sandbox::with_runtimes(settings, vec![Arc::new(CPython)])
+    }
+
+    /// Loads the engine and these runtimes (the first is the default). Blocking.
+    pub fn with_runtimes(
+        settings: EngineSettings,
+        runtimes: Vec<Arc<dyn Runtime>>,
+    ) -> anyhow::Result<Self> {
+        if runtimes.is_empty() {
+            anyhow::bail!("a sandbox needs at least one runtime");
+        }
+        let runtimes = runtimes
+            .into_iter()
+            .map(|runtime| Engines::load(&settings, runtime))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let slots = Arc::new(Semaphore::new(settings.max_instances as usize));
+        let cpu = Arc::new(CpuGate::new(settings.foreground_for, settings.max_give_way));
+        let scratch_dirs = ScratchDirs::new()
+            .map_err(|e| anyhow::anyhow!("cannot create the scratch directory root: {e}"))?;
+        let lane = BackgroundLane::start(settings.background_threads, settings.background_priority)
+            .map_err(|e| anyhow::anyhow!("cannot start the background lane: {e}"))?;
+        Ok(Sandbox {
+            inner: Arc::new(Inner {
+                compile_cache: Arc::new(CompileCache::new(settings.compile_cache_bytes)),
+                starts: StartCounts::default(),
+                settings,
+                runtimes,
+                slots,
+                cpu,
+                scratch_dirs,
+                lane: Arc::new(lane),
+            }),
+        })
+    }
+
+    /// [`Sandbox::load`] on a blocking thread.
+    pub async fn load_async(settings: EngineSettings) -> anyhow::Result<Self> {
+        tokio::task::spawn_blocking(move || Sandbox::load(settings)).await?
+    }
+
+    /// Deletes every run's scratch directory now, runs still alive included (their files
+    /// vanish under them): for a process about to exit whatever still holds the sandbox.
+    pub fn close_scratch(&self) {
+        self.inner.scratch_dirs.remove_all();
+    }
+
+    /// Guest instances alive right now (stores not yet dropped).
+    pub fn live_instances(&self) -> usize {
+        self.inner.settings.max_instances as usize - self.inner.slots.available_permits()
+    }
+
+    /// What the compile cache holds and how it has served (`crate::compile_cache`).
+    pub fn compile_cache_stats(&self) -> crate::compile_cache::CacheStats {
+        self.inner.compile_cache.stats()
+    }
+
+    /// How the runs so far got their instance: warm from the pool or instantiated fresh.
+    pub fn instance_starts(&self) -> InstanceStarts {
+        let starts = &self.inner.starts;
+        InstanceStarts {
+            warm: starts.warm.load(Ordering::Relaxed),
+            fresh: starts.fresh.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Runs in their foreground phase right now (`crate::priority`).
+    pub fn foreground_runs(&self) -> usize {
+        self.inner.cpu.foreground_runs()
+    }
+
+    /// The settings the sandbox was loaded with.
+    pub fn settings(&self) -> &EngineSettings {
+        &self.inner.settings
+    }
+
+    /// What the runtimes are, the default first.
+    pub fn runtimes(&self) -> impl Iterator<Item = &RuntimeInfo> {
+        self.inner.runtimes.iter().map(|e| e.runtime.info())
+    }
+
+    /// The runtime `name` selects (its name or an alias); `None`: the default.
+    pub fn runtime(&self, name: Option<&str>) -> Result<&RuntimeInfo, StartError> {
+        self.engines(name).map(|e| e.runtime.info())
+    }
+
+    fn engines(&self, name: Option<&str>) -> Result<&Engines, StartError> {
+        let runtimes = &self.inner.runtimes;
+        let Some(name) = name else {
+            // `with_runtimes` refuses an empty list.
+            return runtimes
+                .first()
+                .ok_or_else(|| StartError::Internal("the sandbox has no runtime".into()));
+        };
+        runtimes
+            .iter()
+            .find(|e| e.runtime.info().answers_to(name))
+            .ok_or_else(|| StartError::UnknownRuntime {
+                name: name.to_string(),
+                known: self
+                    .runtimes()
+                    .map(|r| r.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// The engine variant for this runtime and these limits: fuel metering needs its own
+    /// compiled code.
+    async fn variant(
+        &self,
+        runtime: Option<&str>,
+        limits: &Limits,
+    ) -> Result<Arc<EngineVariant>, StartError> {
+        let engines = self.engines(runtime)?;
+        if limits.cpu_fuel.is_none() {
+            return Ok(engines.plain.clone());
+        }
+        let settings = self.inner.settings.clone();
+        let runtime = engines.runtime.clone();
+        engines
+            .fueled
+            .get_or_try_init(|| async move {
+                tokio::task::spawn_blocking(move || EngineVariant::load(&settings, runtime, true))
+                    .await
+                    .map_err(|e| StartError::Internal(e.to_string()))?
+                    .map(Arc::new)
+                    .map_err(|e| StartError::Internal(format!("{e:#}")))
+            })
+            .await
+            .cloned()
+    }
+
+    /// Starts a run in a fresh store. The returned handle owns the run: dropping it stops the
+    /// run and frees everything it holds.
+    pub async fn start(&self, req: RunRequest) -> Result<RunHandle, StartError> {
+        let limits = req.effective_limits();
+        limits.validate()?;
+        let variant = self.variant(req.runtime.as_deref(), &limits).await?;
+        let slot = self
+            .inner
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| StartError::AtCapacity(self.inner.settings.max_instances))?;
+        let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let (stdin_tx, stdin_rx) = crate::pipes::stdin_channel(STDIN_QUEUE);
+        let (status_tx, status_rx) = watch::channel(GuestStatus::default());
+        if let Some(data) = req.stdin.clone().filter(|d| !d.is_empty()) {
+            // The queue is empty and has room: this cannot fail.
+            let _ = stdin_tx.try_send(data.into());
+        }
+        if req.close_stdin {
+            stdin_tx.close();
+        }
+        let stdin = GuestStdin::new(
+            stdin_rx,
+            status_tx.clone(),
+            StdinMode {
+                record: req.record_input,
+                replay: req.replay_input.clone(),
+                gated: req.deterministic.is_some(),
+            },
+        );
+        let priority = Priority::new(self.inner.cpu.clone());
+        let foreground = Foreground::new(priority.clone());
+        let pipes = OutputQueue::new(
+            events_tx.clone(),
+            limits.output_bytes,
+            limits.line_bytes,
+            priority.clone(),
+        );
+        let scratch = Scratch::create(&self.inner.scratch_dirs, &req, limits.scratch_bytes)?;
+        let scratch_path = scratch.path().to_path_buf();
+        let wasi = wasi_context(&req, &scratch, &pipes, &stdin)?;
+        let mut host = self.launch(&req, &limits, &variant.runtime.info().name);
+        host.launch.args = argv(&req);
+        host.launch.env = req.env.clone();
+        host.launch.cwd = GUEST_DIR.to_string();
+        let mut state = GuestState::new(Parts {
+            wasi,
+            limiter: MemoryLimiter::new(limits.memory_bytes),
+            host,
+            status: status_tx,
+            clock: match (req.deterministic, limits.cpu_fuel) {
+                (Some(_), Some(fuel)) => GuestClock::Virtual(VirtualClock::new(fuel)),
+                _ => GuestClock::Real,
+            },
+            priority,
+            slot,
+            scratch,
+        });
+        let start = match variant.warm.take() {
+            // A warm guest already holds its initial memory: usable when the limit allows it.
+            Some(warm) if warm.memory as u64 <= limits.memory_bytes => {
+                state.limiter.starts_at(warm.memory);
+                let peak = state.limiter.peak_handle();
+                match warm.assign(Box::new(state)) {
+                    Ok(call) => run::Start::Entered { call, peak },
+                    Err(state) => fresh(&variant, *state, &limits),
+                }
+            }
+            _ => fresh(&variant, state, &limits),
+        };
+        let counter = match start {
+            run::Start::Entered { .. } => &self.inner.starts.warm,
+            run::Start::Fresh(_) => &self.inner.starts.fresh,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let id = RunId::new();
+        let span = tracing::info_span!("run", run_id = %id);
+        tracing::debug!(parent: &span, ?limits, seed = ?req.deterministic, "run starting");
+        Ok(run::spawn(
+            run::Driver {
+                id,
+                start,
+                variant,
+                limits,
+                events: events_tx,
+                stdin_open: stdin_tx.clone(),
+                status: status_rx,
+                pipes,
+                stdin,
+                scratch_path,
+                foreground,
+                lane: self.inner.lane.clone(),
+                span,
+            },
+            events_rx,
+            stdin_tx,
+        ))
+    }
+}
+
+/// A run in a store of its own, instantiated by the run's driver.
+fn fresh(variant: &EngineVariant, state: GuestState, limits: &Limits) -> run::Start {
+    run::Start::Fresh(variant.instantiator.store(state, limits.cpu_fuel))
+}
+
+impl Sandbox {
+    /// How the guest launches the program: with its bytes when they are surely what the script's
+    /// file holds, and with the compile cache (`crate::compile_cache`) when the run may use it.
+    fn launch(&self, req: &RunRequest, limits: &Limits, runtime: &str) -> HostState {
+        let (mut launch, name, source) = match &req.program {
+            Program::Script { filename, source } => {
+                // A caller's file of the same name, or a mount, could put other bytes there.
+                let base = Path::new(filename).file_name();
+                let shadowed = !req.mounts.is_empty()
+                    || req
+                        .files
+                        .iter()
+                        .any(|(f, _)| Path::new(f).file_name() == base);
+                if shadowed {
+                    let launch = Launch::plain(filename.clone(), None, req.repl);
+                    return HostState::new(launch, CacheSlot::Closed);
+                }
+                let mut launch = Launch::plain(filename.clone(), None, req.repl);
+                launch.source = Some(source.clone());
+                (launch, filename.as_str(), source.as_slice())
+            }
+            Program::Code(code) => (
+                Launch::plain(String::new(), Some(code.clone()), req.repl),
+                "<string>",
+                code.as_bytes(),
+            ),
+        };
+        let Some(scope) = req.compile_scope.name() else {
+            return HostState::new(launch, CacheSlot::Closed);
+        };
+        let cache = &self.inner.compile_cache;
+        // Fuel, and the virtual clock it drives, must not depend on what ran before.
+        if !cache.enabled() || limits.cpu_fuel.is_some() || req.deterministic.is_some() {
+            return HostState::new(launch, CacheSlot::Closed);
+        }
+        let key = Key::new(runtime, scope, name, source);
+        match cache.get(&key) {
+            Some(code) => {
+                launch.compiled = Some(code.to_vec());
+                HostState::new(launch, CacheSlot::Closed)
+            }
+            None => {
+                launch.cache_compiled = true;
+                let put = CachePut {
+                    cache: cache.clone(),
+                    key,
+                };
+                HostState::new(launch, CacheSlot::Open(put))
+            }
+        }
+    }
+}
+
+fn argv(req: &RunRequest) -> Vec<String> {
+    let first = match &req.program {
+        Program::Script { filename, .. } => filename.clone(),
+        Program::Code(_) => "-c".into(),
+    };
+    std::iter::once(first)
+        .chain(req.args.iter().cloned())
+        .collect()
+}
+
+fn wasi_context(
+    req: &RunRequest,
+    scratch: &Scratch,
+    pipes: &Arc<OutputQueue>,
+    stdin: &GuestStdin,
+) -> Result<WasiCtx, StartError> {
+    let mut b = WasiCtx::builder();
+    b.stdin(stdin.clone())
+        .stdout(pipes.stream(StreamKind::Stdout))
+        .stderr(pipes.stream(StreamKind::Stderr))
+        .args(&argv(req))
+        .envs(&req.env)
+        .initial_cwd(GUEST_DIR)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .allow_blocking_current_thread(true);
+    if let Some(seed) = req.deterministic {
+        seed.seed_random(&mut b);
+    }
+    b.preopened_dir(scratch.path(), GUEST_DIR, FsPerms::ReadWrite)
+        .map_err(|e| StartError::Internal(format!("cannot open scratch dir: {e:#}")))?;
+    for m in &req.mounts {
+        let perms = if m.read_only {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        };
+        b.preopened_dir(&m.host, &m.guest, perms)
+            .map_err(|e| StartError::Mount {
+                path: m.host.display().to_string(),
+                reason: format!("{e:#}"),
+            })?;
+    }
+    Ok(b.build())
+}

@@ -1,0 +1,173 @@
+//! A store's data ([`GuestState`]): the WASI context and everything the run's host side tracks,
+//! and what a runtime's host functions may do with it.
+
+use crate::compile_cache::{CacheSlot, MAX_ENTRY_BYTES};
+use crate::determinism::{ClockView, GuestClock};
+use crate::launch::{take_launch, HostState, Launch, Uncaught};
+use crate::limits::MemoryLimiter;
+use crate::pipes::GuestStatus;
+use crate::priority::Priority;
+use crate::scratch::Scratch;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit};
+use wasmtime::component::ResourceTable;
+use wasmtime::StoreContextMut;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// A store's data: the WASI context and everything the run's host side tracks. A runtime's host
+/// functions see it through [`launch`] and the methods below.
+pub struct GuestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) host: HostState,
+    pub(crate) status: watch::Sender<GuestStatus>,
+    pub(crate) clock: GuestClock,
+    pub(crate) priority: Priority,
+    /// `None` only while the store waits in the warm pool, before any run owns it.
+    _holdings: Option<Holdings>,
+    /// Set only in a warm store: what its guest, entered ahead of demand, waits for when it
+    /// asks for its launch (`crate::warm`).
+    pub(crate) assignment: Option<Assignment>,
+}
+
+/// What a run holds for as long as its store lives.
+struct Holdings {
+    _slot: OwnedSemaphorePermit,
+    _scratch: Scratch,
+}
+
+/// The parts of a run's state, before its store exists.
+pub(crate) struct Parts {
+    pub wasi: WasiCtx,
+    pub limiter: MemoryLimiter,
+    pub host: HostState,
+    pub status: watch::Sender<GuestStatus>,
+    pub clock: GuestClock,
+    pub priority: Priority,
+    pub slot: OwnedSemaphorePermit,
+    pub scratch: Scratch,
+}
+
+impl GuestState {
+    /// A run's state: it holds the run's instance slot and scratch directory until the store
+    /// is dropped.
+    pub(crate) fn new(parts: Parts) -> Self {
+        GuestState {
+            wasi: parts.wasi,
+            table: ResourceTable::new(),
+            limiter: parts.limiter,
+            host: parts.host,
+            status: parts.status,
+            clock: parts.clock,
+            priority: parts.priority,
+            _holdings: Some(Holdings {
+                _slot: parts.slot,
+                _scratch: parts.scratch,
+            }),
+            assignment: None,
+        }
+    }
+
+    /// The state of a warm-pool store: no stdio, files, args or environment, and the engine's
+    /// largest memory limit. Replaced by the run's own state before the guest starts.
+    pub(crate) fn placeholder() -> Self {
+        GuestState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(crate::limits::MAX_MEMORY_BYTES),
+            host: HostState::new(Launch::plain(String::new(), None, false), CacheSlot::Closed),
+            status: watch::channel(GuestStatus::default()).0,
+            clock: GuestClock::Real,
+            priority: Priority::placeholder(),
+            _holdings: None,
+            assignment: None,
+        }
+    }
+
+    /// Installs a run's state in a store whose guest has already been entered (a warm
+    /// instance waiting for its launch): everything but the resource table, which holds
+    /// whatever the guest has opened so far. The guest has run no code of its own yet.
+    pub(crate) fn take_over(&mut self, mut run: Box<GuestState>) {
+        std::mem::swap(&mut run.table, &mut self.table);
+        run.limiter.starts_at(self.limiter.peak());
+        *self = *run;
+    }
+
+    /// Records the exception the user's program did not catch (the run's outcome names it).
+    pub fn report_uncaught(&mut self, uncaught: Uncaught) {
+        self.host.uncaught = Some(uncaught);
+    }
+
+    /// Offers the program as the guest compiled it to the compile cache (`crate::compile_cache`),
+    /// if this run may fill it; taken at most once per run. Empty: nothing to keep.
+    pub fn offer_compiled(&mut self, code: Vec<u8>) {
+        self.host.cache_slot.offer(code);
+    }
+
+    /// Largest compiled program the compile cache keeps, bytes: a runtime need not read more
+    /// from its guest.
+    pub const MAX_COMPILED_BYTES: usize = MAX_ENTRY_BYTES;
+
+    /// The guest's REPL has started (only a run that asked for one has one, and it starts once;
+    /// a script claiming it gains nothing).
+    pub fn repl_started(&mut self) {
+        let host = &mut self.host;
+        if host.launch.repl && !std::mem::replace(&mut host.repl_started, true) {
+            self.status.send_modify(|s| s.in_repl = true);
+        }
+    }
+}
+
+/// The launch the guest asks for: what program to run, and how. A warm guest (entered ahead of
+/// demand, `crate::warm`) waits here for its run, whose state then replaces the placeholder. The
+/// guest asks once; the bytes move rather than copy (asked again, it gets the rest).
+pub async fn launch(store: &mut StoreContextMut<'_, GuestState>) -> wasmtime::Result<Launch> {
+    if let Some(assignment) = store.data_mut().assignment.take() {
+        let run = assignment.wait().await?;
+        store.data_mut().take_over(run);
+        store.set_epoch_deadline(1);
+    }
+    Ok(take_launch(&mut store.data_mut().host.launch))
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl ClockView for GuestState {
+    fn clock(&self) -> &GuestClock {
+        &self.clock
+    }
+
+    fn clock_mut(&mut self) -> &mut GuestClock {
+        &mut self.clock
+    }
+}
+
+/// What a warm guest waits for when it asks for its launch (kept in the placeholder state).
+pub(crate) struct Assignment {
+    run: oneshot::Receiver<Box<GuestState>>,
+    waiting: Arc<AtomicBool>,
+}
+
+impl Assignment {
+    /// An assignment that `run` fulfils; `waiting` turns true once the guest waits for it.
+    pub fn new(run: oneshot::Receiver<Box<GuestState>>, waiting: Arc<AtomicBool>) -> Self {
+        Assignment { run, waiting }
+    }
+
+    /// Waits for the run that takes this guest.
+    pub async fn wait(self) -> wasmtime::Result<Box<GuestState>> {
+        self.waiting.store(true, Ordering::Release);
+        self.run
+            .await
+            .map_err(|_| wasmtime::format_err!("the warm instance was discarded before any run"))
+    }
+}

@@ -1,0 +1,440 @@
+//! Transcripts: a recorded run as a versioned, human-readable JSON document (docs/transcripts.md).
+//!
+//! A transcript holds everything needed to run the same program again in deterministic mode (guest
+//! identity, seed, limits, program, files, args, env, the stdin reads the guest made) and what the
+//! run produced (stdout/stderr in order, outcome, exit code, fuel). Bytes are JSON strings when
+//! they are valid UTF-8 and `{"base64": "..."}` otherwise.
+
+use crate::determinism::Seed;
+use crate::limits::Limits;
+
+use crate::event::{Event, ReadLog, RunResult, StreamKind};
+use crate::request::{split_env, Program, RunRequest};
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The `format` field of every transcript.
+pub const FORMAT: &str = "weir-transcript";
+/// The version of the document layout this weir writes and reads.
+pub const VERSION: u32 = 1;
+
+/// A recorded run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transcript {
+    /// Always `weir-transcript`.
+    pub format: String,
+    /// The format's version.
+    pub version: u32,
+    /// The weir that recorded it (informational: replays compare the guest, not weir).
+    pub weir_version: String,
+    /// The guest build that recorded it.
+    pub guest: GuestIdentity,
+    /// The deterministic run's seed.
+    pub seed: u64,
+    /// The limits the run had (fuel always set: transcripts are deterministic runs).
+    pub limits: Limits,
+    /// What ran.
+    pub program: ProgramDoc,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Extra files in the scratch directory.
+    pub files: Vec<FileDoc>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// `sys.argv[1:]`.
+    pub args: Vec<String>,
+    /// The guest's whole environment, as `KEY=VALUE`, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    #[serde(default)]
+    /// A REPL followed the program.
+    pub repl: bool,
+    /// What the guest read from stdin.
+    pub stdin: StdinDoc,
+    /// What the run produced.
+    pub expected: Expected,
+}
+
+/// Which guest build a transcript belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestIdentity {
+    /// What the guest was built from (compared on replay).
+    pub build: String,
+    /// The component's sha256 on the recording machine (informational).
+    pub sha256: String,
+    /// The Python version inside it.
+    pub python: String,
+}
+
+impl GuestIdentity {
+    /// The guest this weir runs.
+    pub fn current() -> Self {
+        GuestIdentity {
+            build: crate::runtime::python::GUEST_BUILD.into(),
+            sha256: crate::runtime::python::GUEST_SHA256.into(),
+            python: crate::runtime::python::PYTHON_VERSION.into(),
+        }
+    }
+}
+
+/// The program: a named script, or `-c` code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ProgramDoc {
+    /// A named script.
+    Script {
+        /// Its file name.
+        filename: String,
+        /// Its bytes.
+        source: Data,
+    },
+    /// Code run with `-c`.
+    Code {
+        /// The code.
+        code: String,
+    },
+}
+
+/// An extra file placed in the scratch directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDoc {
+    /// Relative path in the scratch directory.
+    pub path: String,
+    /// Its bytes.
+    pub content: Data,
+}
+
+/// What the guest read from stdin: one entry per read, then whether it read end of file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdinDoc {
+    #[serde(default)]
+    /// What each read returned, in order.
+    pub reads: Vec<Data>,
+    /// The guest then read end of file.
+    #[serde(default)]
+    pub eof: bool,
+}
+
+/// What the run produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expected {
+    /// Output in order; consecutive writes to the same stream are joined.
+    pub output: Vec<OutputDoc>,
+    /// The outcome's kind, e.g. `exited`.
+    pub outcome: String,
+    /// The exit status `weir run` gave (the script's code, or the limit's fixed code).
+    pub code: i32,
+    /// The outcome in words.
+    pub message: String,
+    #[serde(default)]
+    /// Some output was cut.
+    pub output_truncated: bool,
+    /// Fuel the run consumed.
+    pub fuel_consumed: Option<u64>,
+}
+
+/// One stretch of output: `{"stdout": "..."}` or `{"stderr": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputDoc {
+    /// Written to stdout.
+    Stdout(Data),
+    /// Written to stderr.
+    Stderr(Data),
+}
+
+impl OutputDoc {
+    /// Which stream it was written to.
+    pub fn stream(&self) -> StreamKind {
+        match self {
+            OutputDoc::Stdout(_) => StreamKind::Stdout,
+            OutputDoc::Stderr(_) => StreamKind::Stderr,
+        }
+    }
+
+    /// The bytes written.
+    pub fn data(&self) -> &Data {
+        match self {
+            OutputDoc::Stdout(d) | OutputDoc::Stderr(d) => d,
+        }
+    }
+}
+
+/// Bytes, written as text where they are valid UTF-8.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Data {
+    /// Valid UTF-8, as text.
+    Text(String),
+    /// Not UTF-8, as base64.
+    Binary {
+        /// The bytes in base64.
+        base64: String,
+    },
+}
+
+impl Data {
+    /// Text when the bytes are valid UTF-8, base64 otherwise.
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => Data::Text(s.to_owned()),
+            Err(_) => Data::Binary {
+                base64: base64::engine::general_purpose::STANDARD.encode(bytes),
+            },
+        }
+    }
+
+    /// The bytes (an error for invalid base64).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, TranscriptError> {
+        match self {
+            Data::Text(s) => Ok(s.clone().into_bytes()),
+            Data::Binary { base64 } => base64::engine::general_purpose::STANDARD
+                .decode(base64)
+                .map_err(|e| TranscriptError::Invalid(format!("bad base64: {e}"))),
+        }
+    }
+}
+
+/// Why a transcript cannot be recorded, read or replayed.
+#[derive(Debug, thiserror::Error)]
+pub enum TranscriptError {
+    /// The file cannot be read.
+    #[error("cannot read {path}: {reason}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    #[error("not a weir transcript: {0}")]
+    /// The file is not a transcript.
+    Invalid(String),
+    #[error(
+        "transcript version {0} is not supported (this weir reads version {VERSION}); re-record it"
+    )]
+    /// A format version this weir does not read.
+    Version(u32),
+    #[error(
+        "recorded with a different guest build ({recorded}; this weir runs {current}): \
+         its output cannot be compared; re-record it with `weir replay --update`"
+    )]
+    /// Recorded with another guest build.
+    OtherGuest {
+        /// The build that recorded it.
+        recorded: String,
+        /// The build this weir runs.
+        current: String,
+    },
+    #[error("only deterministic runs can be recorded")]
+    /// Only deterministic runs can be recorded.
+    NotDeterministic,
+    #[error("a run with mounted host directories cannot be recorded (its files are not in the transcript)")]
+    /// Runs with mounts cannot be recorded.
+    Mounts,
+    #[error("the run ended without a result")]
+    /// The run reported no result.
+    NoResult,
+}
+
+/// Output collected in order, joining consecutive chunks of the same stream.
+#[derive(Debug, Default, Clone)]
+pub struct OutputLog {
+    parts: Vec<(StreamKind, Vec<u8>)>,
+}
+
+impl OutputLog {
+    /// Adds output, joined to the previous stretch when it is on the same stream.
+    pub fn push(&mut self, stream: StreamKind, data: &[u8]) {
+        match self.parts.last_mut() {
+            Some((s, buf)) if *s == stream => buf.extend_from_slice(data),
+            _ => self.parts.push((stream, data.to_vec())),
+        }
+    }
+
+    /// Feeds an event; returns the result when it is the run's `Exit`.
+    pub fn observe(&mut self, event: &Event) -> Option<RunResult> {
+        match event {
+            Event::Output { stream, data } => {
+                self.push(*stream, data);
+                None
+            }
+            Event::State(_) => None,
+            Event::Exit(result) => Some(result.clone()),
+        }
+    }
+
+    /// The output as the transcript stores it.
+    pub fn docs(&self) -> Vec<OutputDoc> {
+        self.parts
+            .iter()
+            .map(|(stream, data)| match stream {
+                StreamKind::Stdout => OutputDoc::Stdout(Data::from_bytes(data)),
+                StreamKind::Stderr => OutputDoc::Stderr(Data::from_bytes(data)),
+            })
+            .collect()
+    }
+}
+
+impl Expected {
+    /// What a run produced, as recorded.
+    pub fn of(output: &OutputLog, result: &RunResult) -> Self {
+        Expected {
+            output: output.docs(),
+            outcome: result.outcome.kind().into(),
+            code: result.outcome.exit_code(),
+            message: result.message.clone(),
+            output_truncated: result.output_truncated,
+            fuel_consumed: result.fuel_consumed,
+        }
+    }
+
+    /// All of one stream's bytes.
+    pub fn stream_bytes(&self, stream: StreamKind) -> Vec<u8> {
+        self.output
+            .iter()
+            .filter(|o| o.stream() == stream)
+            .flat_map(|o| o.data().to_bytes().unwrap_or_default())
+            .collect()
+    }
+}
+
+impl Transcript {
+    /// Builds the transcript of a finished deterministic run.
+    pub fn record(
+        req: &RunRequest,
+        output: &OutputLog,
+        result: &RunResult,
+    ) -> Result<Self, TranscriptError> {
+        let seed = req.deterministic.ok_or(TranscriptError::NotDeterministic)?;
+        if !req.mounts.is_empty() {
+            return Err(TranscriptError::Mounts);
+        }
+        let input = result.input_read.clone().unwrap_or_default();
+        Ok(Transcript {
+            format: FORMAT.into(),
+            version: VERSION,
+            weir_version: env!("CARGO_PKG_VERSION").into(),
+            guest: GuestIdentity::current(),
+            seed: seed.0,
+            limits: req.effective_limits(),
+            program: match &req.program {
+                Program::Script { filename, source } => ProgramDoc::Script {
+                    filename: filename.clone(),
+                    source: Data::from_bytes(source),
+                },
+                Program::Code(code) => ProgramDoc::Code { code: code.clone() },
+            },
+            files: req
+                .files
+                .iter()
+                .map(|(path, content)| FileDoc {
+                    path: path.clone(),
+                    content: Data::from_bytes(content),
+                })
+                .collect(),
+            args: req.args.clone(),
+            env: req.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            repl: req.repl,
+            stdin: StdinDoc {
+                reads: input.chunks.iter().map(|c| Data::from_bytes(c)).collect(),
+                eof: input.eof,
+            },
+            expected: Expected::of(output, result),
+        })
+    }
+
+    /// Reads and checks a transcript file (format and version; not the guest build).
+    pub fn load(path: &Path) -> Result<Self, TranscriptError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TranscriptError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Reads a transcript from its JSON text.
+    pub fn parse(text: &str) -> Result<Self, TranscriptError> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| TranscriptError::Invalid(e.to_string()))?;
+        if value.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
+            return Err(TranscriptError::Invalid(format!(
+                "the \"format\" field must be \"{FORMAT}\""
+            )));
+        }
+        match value.get("version").and_then(|v| v.as_u64()) {
+            Some(v) if v == u64::from(VERSION) => {}
+            Some(v) => return Err(TranscriptError::Version(v as u32)),
+            None => return Err(TranscriptError::Invalid("no \"version\" field".into())),
+        }
+        serde_json::from_value(value).map_err(|e| TranscriptError::Invalid(e.to_string()))
+    }
+
+    /// Pretty JSON with a trailing newline, as fixtures are stored.
+    pub fn to_json(&self) -> String {
+        let mut s = serde_json::to_string_pretty(self).unwrap_or_default();
+        s.push('\n');
+        s
+    }
+
+    /// Refuses a transcript recorded with another guest build.
+    pub fn check_guest(&self) -> Result<(), TranscriptError> {
+        let current = GuestIdentity::current();
+        if self.guest.build != current.build {
+            return Err(TranscriptError::OtherGuest {
+                recorded: self.guest.build.clone(),
+                current: current.build,
+            });
+        }
+        Ok(())
+    }
+
+    /// The request that runs this transcript's program again, with its recorded input.
+    pub fn request(&self) -> Result<RunRequest, TranscriptError> {
+        let mut req = RunRequest::script(Vec::new());
+        req.program = match &self.program {
+            ProgramDoc::Script { filename, source } => Program::Script {
+                filename: filename.clone(),
+                source: source.to_bytes()?,
+            },
+            ProgramDoc::Code { code } => Program::Code(code.clone()),
+        };
+        req.files = self
+            .files
+            .iter()
+            .map(|f| Ok((f.path.clone(), f.content.to_bytes()?)))
+            .collect::<Result<_, TranscriptError>>()?;
+        req.args = self.args.clone();
+        req.env = self
+            .env
+            .iter()
+            .map(|kv| {
+                split_env(kv)
+                    .ok_or_else(|| TranscriptError::Invalid(format!("env entry {kv:?} has no '='")))
+            })
+            .collect::<Result<_, _>>()?;
+        req.limits = self.limits;
+        req.repl = self.repl;
+        req.deterministic = Some(Seed(self.seed));
+        req.replay_input = Some(ReadLog {
+            chunks: self
+                .stdin
+                .reads
+                .iter()
+                .map(|d| d.to_bytes().map(Bytes::from))
+                .collect::<Result<_, _>>()?,
+            eof: self.stdin.eof,
+        });
+        Ok(req)
+    }
+}
+
+/// Outcomes decided from outside the guest while it waited for input. A replay reproduces them
+/// by ending the run where the recorded input runs out.
+pub fn ended_from_outside(outcome: &str) -> bool {
+    matches!(outcome, "stopped" | "idle" | "shutdown")
+}

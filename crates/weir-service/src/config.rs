@@ -1,0 +1,146 @@
+//! Server configuration: embedded defaults, an optional TOML file, then flags / env vars.
+
+use crate::history::HistoryConfig;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+use weir_sandbox::engine::EngineSettings;
+use weir_sandbox::limits::Limits;
+
+/// Everything `weir serve` can be told. Every field has a default (see `docs/protocol.md`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Most WebSocket sessions at once; more are refused with 503 and Retry-After.
+    pub max_sessions: usize,
+    /// Longest a client may take to send a request's headers (also an idle keep-alive
+    /// connection's next request), and its body once the headers are in, seconds: slow or
+    /// silent connections are closed, a body that does not arrive gets 408.
+    pub request_timeout_secs: u64,
+    /// Most TCP connections served at once (sessions, HTTP requests, idle keep-alive ones);
+    /// more wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// Largest WebSocket message accepted; larger closes the socket with 1009.
+    pub max_message_bytes: usize,
+    /// Most `run` requests per session per minute.
+    pub runs_per_minute: u32,
+    /// A session with no run and no message for this long is closed with 4002, seconds.
+    pub session_idle_secs: u64,
+    /// The server pings every this many seconds; a peer silent for three periods is dropped.
+    pub heartbeat_secs: u64,
+    /// On SIGTERM/SIGINT, active runs may finish for this long, seconds.
+    pub shutdown_grace_secs: u64,
+    /// With a secret, connections need a token (`weir token`); without one they are anonymous.
+    pub secret: Option<String>,
+    /// Origins allowed besides the server's own host and localhost.
+    pub allowed_origins: Vec<String>,
+    /// Host names (the `Host` header, without its port) a server without a secret answers
+    /// besides `localhost` and IP addresses; any other name is refused with 421, so a web page
+    /// cannot reach the server through a DNS name rebound to it.
+    pub allowed_hosts: Vec<String>,
+    /// Log JSON lines instead of human-readable text.
+    pub log_json: bool,
+    /// Limits a run gets when the client asks for none.
+    pub limits: Limits,
+    /// The most a client may ask for.
+    pub max_limits: Limits,
+    /// Pooling-allocator slots (most guest instances alive at once).
+    pub max_instances: u32,
+    /// Guest instances kept instantiated ahead of demand, so a run starts without waiting for
+    /// instantiation (0 turns the warm pool off).
+    pub warm_instances: usize,
+    /// Threads that fill the warm pool.
+    pub warm_fillers: usize,
+    /// Bytes of compiled programs kept so re-running an unchanged script skips compiling it
+    /// (`crate::compile_cache`; 0 turns the cache off).
+    pub compile_cache_bytes: usize,
+    /// Run history: database path and retention.
+    pub history: HistoryConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_sessions: 1000,
+            max_connections: 1500,
+            request_timeout_secs: 10,
+            max_message_bytes: 1 << 20,
+            runs_per_minute: 120,
+            session_idle_secs: 600,
+            heartbeat_secs: 20,
+            shutdown_grace_secs: 10,
+            secret: None,
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            log_json: false,
+            limits: Limits {
+                wall_ms: 5_000,
+                ..Limits::default()
+            },
+            max_limits: Limits {
+                wall_ms: 60_000,
+                memory_bytes: 1 << 30,
+                output_bytes: 16 << 20,
+                cpu_fuel: Some(500_000_000_000),
+                ..Limits::default()
+            },
+            max_instances: 1100,
+            warm_instances: EngineSettings::default().warm_instances,
+            warm_fillers: EngineSettings::default().warm_fillers,
+            compile_cache_bytes: EngineSettings::default().compile_cache_bytes,
+            history: HistoryConfig::default(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Reads a TOML file; fields it does not name keep their defaults.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_secs.max(1))
+    }
+
+    pub fn session_idle(&self) -> Duration {
+        Duration::from_secs(self.session_idle_secs.max(1))
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs.max(1))
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_overrides_only_what_it_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.toml");
+        std::fs::write(
+            &path,
+            "listen = \"0.0.0.0:9000\"\n[limits]\nwall_ms = 2000\n",
+        )
+        .unwrap();
+        let c = ServerConfig::from_file(&path).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.limits.wall_ms, 2000);
+        assert_eq!(c.limits.memory_bytes, Limits::default().memory_bytes);
+        assert_eq!(c.max_sessions, 1000);
+        std::fs::write(&path, "listen_on = 1\n").unwrap();
+        assert!(ServerConfig::from_file(&path).is_err());
+    }
+}

@@ -1,0 +1,497 @@
+//! Run history: every run the server starts is kept in an embedded SQLite database (metadata, and
+//! the transcript of recorded runs), so nothing is lost on restart.
+//!
+//! Writes never wait on the database: the session hands a finished run to a bounded queue and one
+//! writer thread stores the queue in batches (one transaction each) and applies retention. Reads
+//! use their own connection on a blocking thread.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+
+/// Finished runs waiting for the writer; past this, a session waits (after its client has
+/// already seen the run's `exit`).
+const QUEUE: usize = 1024;
+/// Most runs stored in one transaction.
+const BATCH: usize = 256;
+/// How often retention runs, at most.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Where and how long runs are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// The SQLite database file (created when missing).
+    pub path: PathBuf,
+    /// Most runs kept; the oldest go first.
+    pub max_runs: u64,
+    /// Runs older than this are deleted, days.
+    pub max_age_days: u64,
+    /// Most bytes of messages and transcripts kept; the oldest runs go first.
+    pub max_bytes: u64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            path: default_path(),
+            max_runs: 100_000,
+            max_age_days: 30,
+            max_bytes: 1 << 30,
+        }
+    }
+}
+
+/// `$XDG_DATA_HOME/weir/history.sqlite3` (usually `~/.local/share/weir/`).
+pub fn default_path() -> PathBuf {
+    dirs::data_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("weir")
+        .join("history.sqlite3")
+}
+
+/// One stored run: what `GET /v1/runs/{id}` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: String,
+    /// The signed-in user, or "anonymous".
+    pub user: String,
+    /// Unix time in milliseconds.
+    pub started_at_ms: u64,
+    pub finished_at_ms: u64,
+    pub duration_ms: u64,
+    pub outcome: String,
+    pub code: i32,
+    pub message: String,
+    pub output_bytes: u64,
+    pub output_truncated: bool,
+    /// Whether a transcript was recorded (then at `/v1/runs/{id}/transcript`).
+    pub recorded: bool,
+}
+
+impl RunRecord {
+    /// The record of a run that ended with `result`; `outcome` may differ from the result's
+    /// (e.g. "shutdown").
+    pub fn finished(
+        id: &str,
+        user: &str,
+        started: SystemTime,
+        outcome: &str,
+        result: &weir_sandbox::RunResult,
+        recorded: bool,
+    ) -> Self {
+        RunRecord {
+            id: id.into(),
+            user: user.into(),
+            started_at_ms: unix_ms(started),
+            finished_at_ms: unix_ms(SystemTime::now()),
+            duration_ms: result.duration.as_millis() as u64,
+            outcome: outcome.into(),
+            code: result.outcome.exit_code(),
+            message: result.message.clone(),
+            output_bytes: result.output_bytes,
+            output_truncated: result.output_truncated,
+            recorded,
+        }
+    }
+
+    /// The record of a run that ended without an `exit` because its client went away.
+    pub fn abandoned(id: &str, user: &str, started: SystemTime, output_bytes: u64) -> Self {
+        let now = SystemTime::now();
+        RunRecord {
+            id: id.into(),
+            user: user.into(),
+            started_at_ms: unix_ms(started),
+            finished_at_ms: unix_ms(now),
+            duration_ms: now.duration_since(started).unwrap_or_default().as_millis() as u64,
+            outcome: "stopped".into(),
+            code: weir_sandbox::Outcome::Stopped.exit_code(),
+            message: "The run was stopped because its client went away".into(),
+            output_bytes,
+            output_truncated: false,
+            recorded: false,
+        }
+    }
+}
+
+/// Why the history cannot be opened or read.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("run history database {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("run history: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("run history is closed")]
+    Closed,
+}
+
+enum Command {
+    Store(Box<(RunRecord, Option<String>)>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The history store. Dropping it stores what is queued and joins its writer thread.
+pub struct History {
+    tx: Option<mpsc::Sender<Command>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    reader: Arc<Mutex<rusqlite::Connection>>,
+}
+
+const SCHEMA: &str = "
+    PRAGMA journal_mode = WAL;
+    PRAGMA synchronous = NORMAL;
+    CREATE TABLE IF NOT EXISTS runs (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        user TEXT NOT NULL,
+        started_at_ms INTEGER NOT NULL,
+        finished_at_ms INTEGER NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        code INTEGER NOT NULL,
+        message TEXT NOT NULL,
+        output_bytes INTEGER NOT NULL,
+        output_truncated INTEGER NOT NULL,
+        transcript TEXT
+    );
+    CREATE INDEX IF NOT EXISTS runs_finished ON runs (finished_at_ms);
+";
+
+fn open(path: &Path) -> Result<rusqlite::Connection, HistoryError> {
+    let err = |reason: String| HistoryError::Open {
+        path: path.display().to_string(),
+        reason,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    }
+    let conn = rusqlite::Connection::open(path).map_err(|e| err(e.to_string()))?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(|e| err(e.to_string()))?;
+    conn.execute_batch(SCHEMA).map_err(|e| err(e.to_string()))?;
+    Ok(conn)
+}
+
+impl History {
+    /// Opens (or creates) the database and starts the writer thread.
+    pub fn open(config: &HistoryConfig) -> Result<Self, HistoryError> {
+        let writer_conn = open(&config.path)?;
+        let reader = open(&config.path)?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let retention = Retention {
+            max_runs: config.max_runs,
+            max_age: Duration::from_secs(config.max_age_days.saturating_mul(86_400)),
+            max_bytes: config.max_bytes,
+        };
+        let writer = std::thread::Builder::new()
+            .name("weir-history".into())
+            .spawn(move || write_loop(writer_conn, rx, retention))
+            .map_err(|e| HistoryError::Open {
+                path: config.path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(History {
+            tx: Some(tx),
+            writer: Some(writer),
+            reader: Arc::new(Mutex::new(reader)),
+        })
+    }
+
+    /// Queues a finished run (and its transcript) for storage.
+    pub async fn store(&self, record: RunRecord, transcript: Option<String>) {
+        if let Some(tx) = &self.tx {
+            if tx
+                .send(Command::Store(Box::new((record, transcript))))
+                .await
+                .is_err()
+            {
+                tracing::error!("run history writer has stopped; a run was not stored");
+            }
+        }
+    }
+
+    /// Waits until everything queued so far is stored.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if let Some(tx) = &self.tx {
+            if tx.send(Command::Flush(done)).await.is_ok() {
+                let _ = wait.await;
+            }
+        }
+    }
+
+    /// The stored run `id`.
+    pub async fn get(&self, id: &str) -> Result<Option<RunRecord>, HistoryError> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT id, user, started_at_ms, finished_at_ms, duration_ms, outcome, code,
+                        message, output_bytes, output_truncated, transcript IS NOT NULL
+                 FROM runs WHERE id = ?1",
+            )?;
+            let mut rows = st.query([&id])?;
+            let Some(r) = rows.next()? else {
+                return Ok(None);
+            };
+            Ok(Some(RunRecord {
+                id: r.get(0)?,
+                user: r.get(1)?,
+                started_at_ms: r.get::<_, i64>(2)? as u64,
+                finished_at_ms: r.get::<_, i64>(3)? as u64,
+                duration_ms: r.get::<_, i64>(4)? as u64,
+                outcome: r.get(5)?,
+                code: r.get(6)?,
+                message: r.get(7)?,
+                output_bytes: r.get::<_, i64>(8)? as u64,
+                output_truncated: r.get(9)?,
+                recorded: r.get(10)?,
+            }))
+        })
+        .await
+    }
+
+    /// The owner and transcript of run `id` (`None` if there is no such run).
+    pub async fn transcript(
+        &self,
+        id: &str,
+    ) -> Result<Option<(String, Option<String>)>, HistoryError> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            let mut st = c.prepare_cached("SELECT user, transcript FROM runs WHERE id = ?1")?;
+            let mut rows = st.query([&id])?;
+            match rows.next()? {
+                Some(r) => Ok(Some((r.get(0)?, r.get(1)?))),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    /// How many runs are stored.
+    pub async fn count(&self) -> Result<u64, HistoryError> {
+        self.read(|c| {
+            c.query_row("SELECT COUNT(*) FROM runs", [], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+        })
+        .await
+    }
+
+    async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<R, rusqlite::Error> + Send + 'static,
+    ) -> Result<R, HistoryError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().map_err(|_| HistoryError::Closed)?;
+            f(&conn).map_err(HistoryError::from)
+        })
+        .await
+        .map_err(|_| HistoryError::Closed)?
+    }
+}
+
+impl Drop for History {
+    fn drop(&mut self) {
+        self.tx = None; // the writer stores what is queued, then ends
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// Unix time in milliseconds.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn write_loop(
+    mut conn: rusqlite::Connection,
+    mut rx: mpsc::Receiver<Command>,
+    retention: Retention,
+) {
+    let mut last_prune: Option<std::time::Instant> = None;
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(cmd) => batch.push(cmd),
+                Err(_) => break,
+            }
+        }
+        let mut flushed = Vec::new();
+        let records: Vec<_> = batch
+            .into_iter()
+            .filter_map(|cmd| match cmd {
+                Command::Store(r) => Some(r),
+                Command::Flush(done) => {
+                    flushed.push(done);
+                    None
+                }
+            })
+            .collect();
+        if let Err(e) = store_batch(&mut conn, &records) {
+            tracing::error!(error = %e, runs = records.len(), "run history: cannot store runs");
+        }
+        if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+            if let Err(e) = prune(&conn, &retention) {
+                tracing::error!(error = %e, "run history: retention failed");
+            }
+            last_prune = Some(std::time::Instant::now());
+        }
+        for done in flushed {
+            let _ = done.send(());
+        }
+    }
+}
+
+fn store_batch(
+    conn: &mut rusqlite::Connection,
+    records: &[Box<(RunRecord, Option<String>)>],
+) -> Result<(), rusqlite::Error> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    {
+        let mut st = tx.prepare_cached(
+            "INSERT OR REPLACE INTO runs (id, user, started_at_ms, finished_at_ms, duration_ms,
+                 outcome, code, message, output_bytes, output_truncated, transcript)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )?;
+        for entry in records {
+            let (r, transcript) = entry.as_ref();
+            st.execute(rusqlite::params![
+                r.id,
+                r.user,
+                r.started_at_ms as i64,
+                r.finished_at_ms as i64,
+                r.duration_ms as i64,
+                r.outcome,
+                r.code,
+                r.message,
+                r.output_bytes as i64,
+                r.output_truncated,
+                transcript,
+            ])?;
+        }
+    }
+    tx.commit()
+}
+
+/// What the history keeps.
+struct Retention {
+    max_runs: u64,
+    max_age: Duration,
+    max_bytes: u64,
+}
+
+/// Deletes runs past the age limit, then the oldest beyond the count limit, then the oldest
+/// beyond the size limit (a run's size: its message and transcript, plus a little for the rest).
+fn prune(conn: &rusqlite::Connection, retention: &Retention) -> rusqlite::Result<()> {
+    let cutoff = unix_ms(SystemTime::now()).saturating_sub(retention.max_age.as_millis() as u64);
+    conn.execute(
+        "DELETE FROM runs WHERE finished_at_ms < ?1",
+        [cutoff as i64],
+    )?;
+    conn.execute(
+        "DELETE FROM runs WHERE seq <= (SELECT seq FROM runs ORDER BY seq DESC LIMIT 1 OFFSET ?1)",
+        [retention.max_runs.min(i64::MAX as u64) as i64],
+    )?;
+    conn.execute(
+        "DELETE FROM runs WHERE seq <= (
+             SELECT seq FROM (
+                 SELECT seq, SUM(length(message) + coalesce(length(transcript), 0) + 128)
+                     OVER (ORDER BY seq DESC) AS kept
+                 FROM runs)
+             WHERE kept > ?1 ORDER BY seq DESC LIMIT 1)",
+        [retention.max_bytes.min(i64::MAX as u64) as i64],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, finished_at_ms: u64) -> RunRecord {
+        RunRecord {
+            id: id.into(),
+            user: "ann".into(),
+            started_at_ms: finished_at_ms.saturating_sub(5),
+            finished_at_ms,
+            duration_ms: 5,
+            outcome: "exited".into(),
+            code: 0,
+            message: "Script finished".into(),
+            output_bytes: 6,
+            output_truncated: false,
+            recorded: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn keeps_runs_across_reopen_and_applies_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = HistoryConfig {
+            path: dir.path().join("h.sqlite3"),
+            max_runs: 3,
+            max_age_days: 1,
+            max_bytes: 1 << 20,
+        };
+        let now = unix_ms(SystemTime::now());
+        {
+            let h = History::open(&config).unwrap();
+            h.store(record("old", now - 3 * 86_400_000), None).await;
+            for i in 0..5 {
+                h.store(record(&format!("r{i}"), now), Some("{}".into()))
+                    .await;
+            }
+            h.flush().await;
+        }
+        let h = History::open(&config).unwrap();
+        // The writer prunes on its first batch after opening: store one more to trigger it.
+        h.store(record("r5", now), None).await;
+        h.flush().await;
+        assert_eq!(h.count().await.unwrap(), 3);
+        assert!(h.get("old").await.unwrap().is_none());
+        assert!(h.get("r0").await.unwrap().is_none());
+        let r4 = h.get("r4").await.unwrap().unwrap();
+        assert_eq!(r4.user, "ann");
+        assert!(r4.recorded);
+        let (owner, transcript) = h.transcript("r4").await.unwrap().unwrap();
+        assert_eq!((owner.as_str(), transcript.as_deref()), ("ann", Some("{}")));
+    }
+
+    #[tokio::test]
+    async fn large_runs_are_pruned_by_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = HistoryConfig {
+            path: dir.path().join("h.sqlite3"),
+            max_runs: 1000,
+            max_age_days: 1,
+            max_bytes: 10_000,
+        };
+        let now = unix_ms(SystemTime::now());
+        {
+            let h = History::open(&config).unwrap();
+            for i in 0..5 {
+                h.store(record(&format!("big{i}"), now), Some("x".repeat(4_000)))
+                    .await;
+            }
+            h.flush().await;
+        }
+        let h = History::open(&config).unwrap();
+        h.store(record("small", now), None).await;
+        h.flush().await;
+        // 10,000 bytes hold the newest two transcripts (and the small run), not a third.
+        assert!(h.get("small").await.unwrap().is_some());
+        assert!(h.get("big4").await.unwrap().is_some());
+        assert!(h.get("big3").await.unwrap().is_some());
+        assert!(h.get("big2").await.unwrap().is_none());
+        assert!(h.get("big0").await.unwrap().is_none());
+    }
+}

@@ -1,0 +1,28 @@
+//! weir-service: weir's network service on top of `weir-sandbox` — the browser IDE, JSON-RPC
+//! sessions over `/ws`, one-shot `POST /v1/runs`, Piston's API, run history, metrics and
+//! readiness.
+//!
+//! Layers, bottom up (each module depends only on those before it): [`config`], [`auth`],
+//! [`history`] (run history in SQLite), [`metrics`], [`protocol`] (JSON-RPC messages),
+//! [`state`] (what every handler shares), [`admission`] (who may start what), [`socket`]
+//! (WebSocket plumbing), [`oneshot`] (a run start to finish for an HTTP request), [`session`] (one
+//! `/ws` session), [`api`] (`/v1/runs`), [`piston`] (Piston's API), [`ide`] (the browser IDE),
+//! and [`server`] (routes, connections, shutdown).
+
+pub mod admission;
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod history;
+pub mod ide;
+pub mod metrics;
+pub mod oneshot;
+pub mod piston;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod socket;
+pub mod state;
+
+pub use config::ServerConfig;
+pub use server::{serve, start, RunningServer};

@@ -1,0 +1,199 @@
+//! Server metrics, rendered in the Prometheus text format at `GET /metrics`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+use weir_sandbox::compile_cache::CacheStats;
+use weir_sandbox::InstanceStarts;
+
+/// Upper bounds (seconds) of the run-duration histogram buckets.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+];
+
+/// Outcomes counted separately (the protocol's outcome names).
+pub const OUTCOMES: [&str; 12] = [
+    "exited",
+    "error",
+    "timeout",
+    "cpu_limit",
+    "memory_limit",
+    "output_limit",
+    "disk_limit",
+    "stack_overflow",
+    "stopped",
+    "idle",
+    "shutdown",
+    "crashed",
+];
+
+/// Reasons a connection can be refused.
+pub const REJECTIONS: [&str; 5] = [
+    "capacity",
+    "unauthorized",
+    "host",
+    "origin",
+    "shutting_down",
+];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub sessions_open: AtomicU64,
+    pub runs_started: AtomicU64,
+    finished: [AtomicU64; OUTCOMES.len()],
+    rejected: [AtomicU64; REJECTIONS.len()],
+    pub output_bytes: AtomicU64,
+    buckets: [AtomicU64; BUCKETS.len()],
+    duration_count: AtomicU64,
+    duration_micros: AtomicU64,
+}
+
+fn slot(names: &[&str], name: &str) -> usize {
+    names
+        .iter()
+        .position(|n| *n == name)
+        .unwrap_or(names.len() - 1)
+}
+
+impl Metrics {
+    pub fn run_finished(&self, outcome: &str, duration: Duration, output_bytes: u64) {
+        self.finished[slot(&OUTCOMES, outcome)].fetch_add(1, Relaxed);
+        self.output_bytes.fetch_add(output_bytes, Relaxed);
+        let secs = duration.as_secs_f64();
+        for (bound, count) in BUCKETS.iter().zip(&self.buckets) {
+            if secs <= *bound {
+                count.fetch_add(1, Relaxed);
+            }
+        }
+        self.duration_count.fetch_add(1, Relaxed);
+        self.duration_micros
+            .fetch_add(duration.as_micros() as u64, Relaxed);
+    }
+
+    pub fn rejected(&self, reason: &str) {
+        self.rejected[slot(&REJECTIONS, reason)].fetch_add(1, Relaxed);
+    }
+
+    /// The Prometheus text exposition; `live_instances`, `starts` and `cache` come from the
+    /// sandbox.
+    pub fn render(
+        &self,
+        live_instances: usize,
+        starts: InstanceStarts,
+        cache: CacheStats,
+    ) -> String {
+        let mut s = String::new();
+        let mut gauge = |name: &str, help: &str, kind: &str, value: u64| {
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        gauge(
+            "weir_sessions_open",
+            "Open WebSocket sessions.",
+            "gauge",
+            self.sessions_open.load(Relaxed),
+        );
+        gauge(
+            "weir_instances_live",
+            "Guest instances alive.",
+            "gauge",
+            live_instances as u64,
+        );
+        gauge(
+            "weir_runs_started_total",
+            "Runs started.",
+            "counter",
+            self.runs_started.load(Relaxed),
+        );
+        gauge(
+            "weir_compile_cache_hits_total",
+            "Runs that loaded their program compiled by an earlier run.",
+            "counter",
+            cache.hits,
+        );
+        gauge(
+            "weir_compile_cache_misses_total",
+            "Runs that compiled their program, with the cache on.",
+            "counter",
+            cache.misses,
+        );
+        gauge(
+            "weir_compile_cache_bytes",
+            "Bytes of compiled programs the cache holds.",
+            "gauge",
+            cache.bytes as u64,
+        );
+        gauge(
+            "weir_output_bytes_total",
+            "Bytes scripts wrote to stdout and stderr.",
+            "counter",
+            self.output_bytes.load(Relaxed),
+        );
+        let _ = writeln!(
+            s,
+            "# HELP weir_instance_starts_total Runs started, by where their guest instance came \
+             from: the warm pool, or instantiated on the request path.\n\
+             # TYPE weir_instance_starts_total counter\n\
+             weir_instance_starts_total{{from=\"warm\"}} {}\n\
+             weir_instance_starts_total{{from=\"fresh\"}} {}",
+            starts.warm, starts.fresh
+        );
+        let _ = writeln!(s, "# HELP weir_runs_finished_total Runs finished, by outcome.\n# TYPE weir_runs_finished_total counter");
+        for (name, count) in OUTCOMES.iter().zip(&self.finished) {
+            let _ = writeln!(
+                s,
+                "weir_runs_finished_total{{outcome=\"{name}\"}} {}",
+                count.load(Relaxed)
+            );
+        }
+        let _ = writeln!(s, "# HELP weir_connections_rejected_total Connections refused, by reason.\n# TYPE weir_connections_rejected_total counter");
+        for (name, count) in REJECTIONS.iter().zip(&self.rejected) {
+            let _ = writeln!(
+                s,
+                "weir_connections_rejected_total{{reason=\"{name}\"}} {}",
+                count.load(Relaxed)
+            );
+        }
+        let _ = writeln!(s, "# HELP weir_run_duration_seconds Run wall time.\n# TYPE weir_run_duration_seconds histogram");
+        for (bound, count) in BUCKETS.iter().zip(&self.buckets) {
+            let _ = writeln!(
+                s,
+                "weir_run_duration_seconds_bucket{{le=\"{bound}\"}} {}",
+                count.load(Relaxed)
+            );
+        }
+        let count = self.duration_count.load(Relaxed);
+        let _ = writeln!(s, "weir_run_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.duration_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(
+            s,
+            "weir_run_duration_seconds_sum {sum}\nweir_run_duration_seconds_count {count}"
+        );
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counts_and_histogram() {
+        let m = Metrics::default();
+        m.run_finished("timeout", Duration::from_millis(3), 10);
+        m.rejected("capacity");
+        let starts = InstanceStarts { warm: 5, fresh: 3 };
+        let text = m.render(2, starts, CacheStats::default());
+        assert!(text.contains("weir_instances_live 2\n"));
+        assert!(text.contains("weir_runs_finished_total{outcome=\"timeout\"} 1\n"));
+        assert!(text.contains("weir_connections_rejected_total{reason=\"capacity\"} 1\n"));
+        assert!(text.contains("weir_run_duration_seconds_bucket{le=\"0.0025\"} 0\n"));
+        assert!(text.contains("weir_run_duration_seconds_bucket{le=\"0.005\"} 1\n"));
+        assert!(text.contains("weir_run_duration_seconds_count 1\n"));
+        assert!(text.contains("weir_output_bytes_total 10\n"));
+        assert!(text.contains("weir_instance_starts_total{from=\"warm\"} 5\n"));
+        assert!(text.contains("weir_instance_starts_total{from=\"fresh\"} 3\n"));
+    }
+}

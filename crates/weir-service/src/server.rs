@@ -1,0 +1,312 @@
+//! `weir serve`: the HTTP/WebSocket server. A semaphore caps sessions, shutdown is broadcast,
+//! one task per session (tracked, so shutdown waits for every one of them).
+
+use crate::admission::{self, Admitted};
+use crate::config::ServerConfig;
+use crate::history::History;
+use crate::session::{self, SessionCtx};
+use crate::socket::upgrade;
+use crate::state::{register_user, unregister_user, AppState, WsQuery};
+use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Semaphore};
+use weir_sandbox::task::AbortOnDrop;
+use weir_sandbox::{EngineSettings, Sandbox};
+
+/// A server running in the background (tests and `weir serve` use this).
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    task: AbortOnDrop,
+}
+
+impl RunningServer {
+    /// Begins graceful shutdown and waits until every session has ended.
+    pub async fn shutdown(self) {
+        // Stored even if nothing has subscribed yet (the serving task may not have started).
+        self.state.shutdown.send_replace(true);
+        let _ = self.task.join().await;
+        self.state.history.flush().await;
+    }
+}
+
+/// After the grace period, how long sessions and connections get to say goodbye.
+const DRAIN_EXTRA: Duration = Duration::from_secs(5);
+
+/// Loads the sandbox, binds, and serves until [`RunningServer::shutdown`].
+pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
+    let settings = EngineSettings {
+        max_instances: config.max_instances,
+        warm_instances: config.warm_instances,
+        warm_fillers: config.warm_fillers,
+        compile_cache_bytes: config.compile_cache_bytes,
+        ..EngineSettings::default()
+    };
+    let sandbox = Sandbox::load_async(settings).await?;
+    let history = History::open(&config.history)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let state = Arc::new(AppState::new(config, sandbox, history));
+    let app = router(state.clone());
+    let task = tokio::spawn(serve_connections(listener, app, state.clone()));
+    Ok(RunningServer {
+        addr,
+        state,
+        task: AbortOnDrop(task),
+    })
+}
+
+/// Accepts and serves connections (at most `max_connections` at once; more wait in the
+/// listen backlog) until shutdown has drained them. On shutdown the server keeps answering:
+/// new requests get 503 with `Retry-After` (and close their connection), requests under way
+/// finish, idle keep-alive connections close, and sessions stop their runs after the grace
+/// period. Whatever is left `DRAIN_EXTRA` after that is dropped with this future.
+async fn serve_connections(listener: tokio::net::TcpListener, app: Router, state: Arc<AppState>) {
+    let limit = Arc::new(Semaphore::new(state.config.max_connections.max(1)));
+    let mut connections = tokio::task::JoinSet::new();
+    let mut stop = state.shutdown.subscribe();
+    let sessions = state.tracker.clone();
+    let mut drain_until: Option<tokio::time::Instant> = None;
+    loop {
+        let draining = drain_until.is_some();
+        if draining && sessions.is_empty() && connections.is_empty() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s), if !draining => {
+                sessions.close();
+                let grace = state.config.shutdown_grace();
+                drain_until = Some(tokio::time::Instant::now() + grace + DRAIN_EXTRA);
+            }
+            () = crate::socket::sleep_until_opt(drain_until) => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            () = sessions.wait(), if draining && !sessions.is_empty() => {}
+            accepted = accept(&listener, &limit) => {
+                if let Some((tcp, permit)) = accepted {
+                    let stop = state.shutdown.subscribe();
+                    let timeout = state.config.request_timeout();
+                    set_user_timeout(&tcp, user_timeout(&state.config));
+                    let conn = serve_connection(tcp, app.clone(), stop, timeout);
+                    connections.spawn(async move {
+                        conn.await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+    }
+    state.sandbox.close_scratch();
+}
+
+/// How long a connection's sent data may go unacknowledged: three heartbeat periods, and at
+/// least 30 s, since a slow but healthy reader can hold its receive window shut for seconds
+/// under load.
+fn user_timeout(config: &ServerConfig) -> Duration {
+    (config.heartbeat() * 3).max(Duration::from_secs(30))
+}
+
+/// Makes the kernel drop the connection when data it sent stays unacknowledged (or cannot be
+/// sent for a zero window) for `timeout`: a peer that vanished, or stopped reading, while the
+/// server waits to write to it. A slow reader still making progress is not affected.
+fn set_user_timeout(tcp: &tokio::net::TcpStream, timeout: Duration) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let ms = libc::c_uint::try_from(timeout.as_millis()).unwrap_or(libc::c_uint::MAX);
+        // SAFETY: a plain setsockopt on a socket this function borrows, with a pointer to a
+        // local of the option's size.
+        let result = unsafe {
+            libc::setsockopt(
+                tcp.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_USER_TIMEOUT,
+                (&ms as *const libc::c_uint).cast(),
+                std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+            )
+        };
+        if result != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot set TCP_USER_TIMEOUT");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (tcp, timeout);
+}
+
+/// The next connection and its slot under the connection cap; `None` after an accept error
+/// (out of file descriptors, say), after a pause so the error does not spin.
+async fn accept(
+    listener: &tokio::net::TcpListener,
+    limit: &Arc<Semaphore>,
+) -> Option<(tokio::net::TcpStream, tokio::sync::OwnedSemaphorePermit)> {
+    let permit = limit.clone().acquire_owned().await.ok()?;
+    match listener.accept().await {
+        Ok((tcp, _)) => Some((tcp, permit)),
+        Err(e) => {
+            tracing::warn!("cannot accept a connection: {e}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            None
+        }
+    }
+}
+
+/// Serves one connection's HTTP/1 requests (and hands WebSocket upgrades to their sessions).
+/// Headers must arrive within the configured request timeout. Once shutdown begins the
+/// connection finishes the request under way and closes; one accepted during shutdown gets its
+/// answer (503) and closes.
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+    header_timeout: Duration,
+) {
+    // Small frames (a prompt, one output line) must not wait for Nagle's algorithm.
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::warn!("cannot set TCP_NODELAY: {e}");
+    }
+    let draining = *stop.borrow_and_update();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(!draining);
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let conn = http
+        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    if draining {
+        // One request (answered 503 by admission, or a probe), then the connection closes.
+        let _ = conn.await;
+        return;
+    }
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = stop.wait_for(|s| *s) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// `weir serve`: runs until SIGINT or SIGTERM, then shuts down gracefully.
+pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
+    let server = start(config).await?;
+    // Registered before the address is announced: a SIGTERM sent as soon as a supervisor sees
+    // the server listening must begin a graceful shutdown, not kill the process.
+    let signals = ShutdownSignals::register()?;
+    tracing::info!(addr = %server.addr, "weir listening");
+    eprintln!(
+        "weir: listening on http://{} (WebSocket at /ws)",
+        server.addr
+    );
+    signals.recv().await;
+    eprintln!("weir: shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+/// SIGTERM and SIGINT (Ctrl-C elsewhere), caught from the moment they are registered.
+struct ShutdownSignals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn register() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let err = |e| anyhow::anyhow!("cannot catch shutdown signals: {e}");
+            Ok(ShutdownSignals {
+                term: signal(SignalKind::terminate()).map_err(err)?,
+                int: signal(SignalKind::interrupt()).map_err(err)?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(ShutdownSignals {})
+    }
+
+    async fn recv(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let body_limit = axum::extract::DefaultBodyLimit::max(state.config.max_message_bytes);
+    Router::new()
+        .route("/ws", get(ws_upgrade))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(crate::api::routes())
+        .merge(crate::piston::routes())
+        .merge(crate::ide::routes())
+        .layer(body_limit)
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(
+            state.sandbox.live_instances(),
+            state.sandbox.instance_starts(),
+            state.sandbox.compile_cache_stats(),
+        ),
+    )
+}
+
+/// Ready only if the server is not shutting down and a canary run passed (`AppState::ready`).
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    match state.ready().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    }
+}
+
+async fn ws_upgrade(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<WsQuery>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let admitted = match admission::admit(&state, &query, &headers) {
+        Ok(a) => a,
+        Err(refusal) => return refusal.into_response(admission::Body::Text),
+    };
+    let Admitted {
+        user,
+        protocol,
+        permit,
+    } = admitted;
+    let session_no = state.next_session.fetch_add(1, Relaxed);
+    let replaced = register_user(&state, user.as_deref(), session_no);
+    let app = state.clone();
+    upgrade(&state, ws, protocol, move |socket| async move {
+        let ctx = SessionCtx {
+            app: app.clone(),
+            session_no,
+            user: user.clone(),
+            replaced,
+        };
+        session::run(socket, ctx).await;
+        unregister_user(&app, user.as_deref(), session_no);
+        drop(permit);
+    })
+}

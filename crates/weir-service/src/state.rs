@@ -1,0 +1,149 @@
+//! What every request handler and session shares ([`AppState`]), and the query string every
+//! entry point accepts.
+
+use crate::config::ServerConfig;
+use crate::history::{History, RunRecord};
+use crate::metrics::Metrics;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Semaphore};
+use tokio_util::task::TaskTracker;
+use weir_sandbox::{RunRequest, Sandbox};
+
+/// What every request handler and session shares.
+pub struct AppState {
+    pub config: ServerConfig,
+    pub sandbox: Sandbox,
+    pub metrics: Metrics,
+    pub history: History,
+    /// `true` once shutdown has begun; sessions subscribe.
+    pub shutdown: watch::Sender<bool>,
+    /// Session slots: one per WebSocket session or one-shot HTTP run (`max_sessions`).
+    pub(crate) slots: Arc<Semaphore>,
+    /// Signed-in users and the switch that closes their current session (one entry per open
+    /// authenticated session, so bounded by `max_sessions`).
+    users: Mutex<HashMap<String, (u64, watch::Sender<bool>)>>,
+    pub(crate) next_session: AtomicU64,
+    pub(crate) tracker: TaskTracker,
+    readiness: Readiness,
+}
+
+/// `/readyz`'s canary: one at a time, its result kept for [`READY_FOR`] so a probe every second
+/// (or a flood of them) costs at most one run a second.
+#[derive(Default)]
+struct Readiness {
+    /// When the last canary finished, and whether it passed.
+    last: Mutex<Option<(std::time::Instant, bool)>>,
+    /// Held while a canary runs; other probes wait for its result.
+    running: tokio::sync::Mutex<()>,
+}
+
+/// How long a canary's result answers `/readyz`.
+const READY_FOR: Duration = Duration::from_secs(1);
+
+impl Readiness {
+    fn fresh(&self) -> Option<bool> {
+        let last = *self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.filter(|(at, _)| at.elapsed() < READY_FOR)
+            .map(|(_, ok)| ok)
+    }
+
+    async fn check(&self, sandbox: &Sandbox) -> bool {
+        if let Some(ok) = self.fresh() {
+            return ok;
+        }
+        let _one = self.running.lock().await;
+        if let Some(ok) = self.fresh() {
+            return ok; // the canary this probe waited for
+        }
+        let ok = canary(sandbox).await;
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((std::time::Instant::now(), ok));
+        ok
+    }
+}
+
+/// Whether a canary script prints the expected text within 2 s.
+async fn canary(sandbox: &Sandbox) -> bool {
+    let mut req = RunRequest::script("print('weir-ready')");
+    req.close_stdin = true;
+    let run = async {
+        let handle = sandbox.start(req).await.ok()?;
+        Some(handle.collect().await.stdout_text())
+    };
+    let out = tokio::time::timeout(Duration::from_secs(2), run).await;
+    matches!(out, Ok(Some(text)) if text == "weir-ready\n")
+}
+
+impl AppState {
+    /// The state of a server that has not served anything yet.
+    pub fn new(config: ServerConfig, sandbox: Sandbox, history: History) -> Self {
+        AppState {
+            slots: Arc::new(Semaphore::new(config.max_sessions)),
+            config,
+            sandbox,
+            metrics: Metrics::default(),
+            history,
+            shutdown: watch::channel(false).0,
+            users: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+            tracker: TaskTracker::new(),
+            readiness: Readiness::default(),
+        }
+    }
+
+    /// Whether the server is ready for work: not shutting down, and a canary script printed
+    /// the expected text within 2 s (at most [`READY_FOR`] ago).
+    pub(crate) async fn ready(&self) -> Result<(), &'static str> {
+        if *self.shutdown.borrow() {
+            return Err("not ready: shutting down");
+        }
+        match self.readiness.check(&self.sandbox).await {
+            true => Ok(()),
+            false => Err("not ready: the canary run failed"),
+        }
+    }
+
+    /// Counts (as `stopped`) and stores a run that ended without an `exit` because its client
+    /// went away.
+    pub(crate) async fn abandoned(&self, record: RunRecord) {
+        let duration = Duration::from_millis(record.duration_ms);
+        self.metrics
+            .run_finished("stopped", duration, record.output_bytes);
+        self.history.store(record, None).await;
+    }
+}
+
+/// The query string every entry point accepts: an optional token.
+#[derive(Debug, Default, Deserialize)]
+pub struct WsQuery {
+    pub token: Option<String>,
+}
+
+/// Records `user`'s new session, closing their previous one.
+pub(crate) fn register_user(
+    state: &AppState,
+    user: Option<&str>,
+    session_no: u64,
+) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    if let Some(user) = user {
+        let mut users = state.users.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, previous)) = users.insert(user.to_string(), (session_no, tx)) {
+            let _ = previous.send(true);
+        }
+    }
+    rx
+}
+
+pub(crate) fn unregister_user(state: &AppState, user: Option<&str>, session_no: u64) {
+    if let Some(user) = user {
+        let mut users = state.users.lock().unwrap_or_else(|p| p.into_inner());
+        if users.get(user).is_some_and(|(n, _)| *n == session_no) {
+            users.remove(user);
+        }
+    }
+}
