@@ -1,6 +1,8 @@
 //! weir-bench (`weir bench`): measures the sandbox on this machine and prints one table (see
 //! docs/benchmarks.md). A benchmark, not a test: it asserts nothing.
 
+#![deny(unsafe_code)]
+
 pub mod measure;
 pub mod native;
 pub mod ws;
@@ -145,7 +147,7 @@ async fn first_output(handle: &mut RunHandle) -> anyhow::Result<()> {
 }
 
 /// start -> first byte of hello, p50 and p99. Re-runs of one script load it from the compile
-/// cache (`crate::compile_cache`) after the first; with `compiling`, every run has a scope of its
+/// cache (`weir_sandbox::compile_cache`) after the first; with `compiling`, every run has a scope of its
 /// own, so each one compiles (and offers its code to the cache) as a first run does.
 async fn first_byte_latency(
     sandbox: &Sandbox,
@@ -242,7 +244,7 @@ const BUSY_ROUNDS: usize = 7;
 
 /// The busy-host rows: fib(25) with one ordinary busy process per core on the host against a
 /// quiet host, for weir and a native `python3` in the same sitting, rounds alternating quiet
-/// and busy. A run must keep its fair share of the CPU (`crate::background`): weir's slowdown
+/// and busy. A run must keep its fair share of the CPU (`weir_sandbox::background`): weir's slowdown
 /// should match native's.
 async fn busy_host_rows(sandbox: &Sandbox) -> anyhow::Result<()> {
     fib25_guest(sandbox).await?; // warm: the first run pages in what later runs find resident

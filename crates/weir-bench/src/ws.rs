@@ -23,6 +23,7 @@ struct Server {
 
 impl Server {
     /// Starts this executable's `serve` with room for `sessions` sessions.
+    #[allow(unsafe_code)]
     async fn start(sessions: usize) -> anyhow::Result<Server> {
         use tokio::io::AsyncBufReadExt;
         let dir = tempfile::tempdir()?;
@@ -90,7 +91,7 @@ impl Server {
     /// Kills the server and waits until it has exited. A server still exiting shares the
     /// compiled guest's code pages with the next one, whose PSS then counts half of them,
     /// and the whole once it is gone: a measurement that spans that moment saw the code
-    /// pages as growth (~0.2 MB per session of the flood row until session 10).
+    /// pages as growth (~0.2 MB per session of the flood row).
     async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
@@ -339,7 +340,7 @@ async fn client_rows(server: &Server, native: Option<&str>) -> anyhow::Result<()
 /// Runs hello 100 times over one connection, so that a memory row measures what sessions
 /// add and not the server's one-time costs. The first runs that end page in the parts of
 /// the compiled guest's file that resetting a slot reads (~28 MB of page-cache pages,
-/// mapped once per process): before session 10 the flood row counted them as growth,
+/// mapped once per process): without this warm-up the flood row counted them as growth,
 /// 0.25 MB per flooding session.
 async fn warm_up(server: &Server) -> anyhow::Result<()> {
     let mut ws = connect(server).await?;

@@ -94,6 +94,7 @@ impl LanePriority {
 
 /// Lowers the calling thread's priority (Linux: per thread). Best effort: lowering one's own
 /// priority needs no privilege, and a failure only leaves the thread where it was.
+#[allow(unsafe_code)]
 fn lower_this_thread(priority: LanePriority) {
     #[cfg(target_os = "linux")]
     {
@@ -223,6 +224,7 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[test]
+    #[allow(unsafe_code)]
     fn idle_lane_threads_run_under_sched_idle() {
         let lane = BackgroundLane::start(1, LanePriority::Idle).expect("lane starts");
         // SAFETY: a plain query of the calling thread's policy.

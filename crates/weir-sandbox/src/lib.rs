@@ -26,6 +26,7 @@
 //! - records: [`transcript`] and [`replay`].
 
 #![deny(missing_docs)]
+#![deny(unsafe_code)]
 
 pub mod background;
 pub mod compile_cache;

@@ -55,7 +55,7 @@ pub struct ServerConfig {
     /// Threads that fill the warm pool.
     pub warm_fillers: usize,
     /// Bytes of compiled programs kept so re-running an unchanged script skips compiling it
-    /// (`crate::compile_cache`; 0 turns the cache off).
+    /// (`weir_sandbox::compile_cache`; 0 turns the cache off).
     pub compile_cache_bytes: usize,
     /// Run history: database path and retention.
     pub history: HistoryConfig,

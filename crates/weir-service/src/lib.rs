@@ -9,6 +9,8 @@
 //! `/ws` session), [`api`] (`/v1/runs`), [`piston`] (Piston's API), [`ide`] (the browser IDE),
 //! and [`server`] (routes, connections, shutdown).
 
+#![deny(unsafe_code)]
+
 pub mod admission;
 pub mod api;
 pub mod auth;

@@ -118,6 +118,7 @@ fn user_timeout(config: &ServerConfig) -> Duration {
 /// Makes the kernel drop the connection when data it sent stays unacknowledged (or cannot be
 /// sent for a zero window) for `timeout`: a peer that vanished, or stopped reading, while the
 /// server waits to write to it. A slow reader still making progress is not affected.
+#[allow(unsafe_code)]
 fn set_user_timeout(tcp: &tokio::net::TcpStream, timeout: Duration) {
     #[cfg(target_os = "linux")]
     {

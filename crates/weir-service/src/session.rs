@@ -50,7 +50,7 @@ struct Session {
     app: Arc<AppState>,
     /// The signed-in user, or "anonymous": the owner of this session's runs in the history.
     user: String,
-    /// Where this session's compiled programs are cached (`crate::compile_cache`).
+    /// Where this session's compiled programs are cached (`weir_sandbox::compile_cache`).
     compile_scope: weir_sandbox::compile_cache::CompileScope,
     out: mpsc::Sender<Message>,
     active: Option<Active>,

@@ -70,6 +70,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 struct FileLock(std::fs::File);
 
 impl FileLock {
+    #[allow(unsafe_code)]
     fn acquire(path: &Path) -> anyhow::Result<Self> {
         use std::os::fd::AsRawFd;
         let file = std::fs::OpenOptions::new()
@@ -86,6 +87,7 @@ impl FileLock {
 }
 
 impl Drop for FileLock {
+    #[allow(unsafe_code)]
     fn drop(&mut self) {
         use std::os::fd::AsRawFd;
         // SAFETY: unlocking the descriptor we locked.

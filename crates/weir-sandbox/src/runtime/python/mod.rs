@@ -7,9 +7,10 @@
 
 pub mod host;
 
-use super::{artifact, CallResult, Footprint, Loaded, Runtime, RuntimeInfo};
 use crate::launch::Uncaught;
 use crate::outcome::Outcome;
+use crate::runtime::artifact;
+use crate::runtime::plugin::{CallResult, Footprint, Loaded, Runtime, RuntimeInfo};
 use crate::store::GuestState;
 use std::future::Future;
 use std::path::Path;
@@ -140,6 +141,7 @@ pub fn load_component(engine: &Engine, cache_dir: &Path) -> anyhow::Result<Compo
     )
 }
 
+#[allow(unsafe_code)]
 fn try_deserialize(engine: &Engine, path: &Path) -> Option<Component> {
     if !path.exists() {
         return None;

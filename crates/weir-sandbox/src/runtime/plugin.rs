@@ -1,0 +1,91 @@
+//! The plug-in point's types: [`Runtime`], [`Loaded`], [`RuntimeInfo`], [`Footprint`].
+
+use crate::launch::Uncaught;
+use crate::outcome::Outcome;
+use crate::store::GuestState;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use wasmtime::{Engine, Store};
+
+/// What a runtime is: shown to users (`weir runtimes`, Piston's runtime list) and recorded in
+/// transcripts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeInfo {
+    /// Unique name requests select it by, e.g. `python`.
+    pub name: String,
+    /// The language it runs, as Piston names it, e.g. `python`.
+    pub language: String,
+    /// The language version inside the guest, e.g. `3.14.0`.
+    pub version: String,
+    /// Other names that select it.
+    pub aliases: Vec<String>,
+    /// What the guest was built from: two builds with the same id run every program the same way.
+    pub build: String,
+    /// sha256 of the guest's bytes, hex.
+    pub sha256: String,
+}
+
+impl RuntimeInfo {
+    /// Whether `name` selects this runtime (its name or an alias).
+    pub fn answers_to(&self, name: &str) -> bool {
+        self.name == name || self.aliases.iter().any(|a| a == name)
+    }
+}
+
+/// Pooling-allocator resources one instance of a runtime's guest needs at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    /// Core wasm instances.
+    pub core_instances: u32,
+    /// Linear memories.
+    pub memories: u32,
+    /// Tables.
+    pub tables: u32,
+}
+
+/// What a guest's entry point returned: `Err` for a trap or a host error, `Ok(Err(()))` when the
+/// guest reported failure.
+pub type CallResult = wasmtime::Result<Result<(), ()>>;
+
+/// A guest's call that owns its store and gives it back when the guest returns.
+pub type GuestCall = Pin<Box<dyn Future<Output = (CallResult, Store<GuestState>)> + Send>>;
+
+/// A guest kind the sandbox can host.
+pub trait Runtime: Send + Sync + 'static {
+    /// Its name, language, version and build.
+    fn info(&self) -> &RuntimeInfo;
+
+    /// What one instance needs of the pooling allocator.
+    fn footprint(&self) -> Footprint;
+
+    /// Obtains the guest (embedded, or fetched and verified), compiles it for `engine` or loads
+    /// the compiled form from `cache_dir`, and links it. Blocking: milliseconds from the cache,
+    /// seconds the first time.
+    fn load(&self, engine: &Engine, cache_dir: &Path) -> anyhow::Result<Arc<dyn Loaded>>;
+
+    /// The outcome of a guest that exited with `code`, given the exception it reported (if
+    /// any) and whether it hit its memory limit. By default: an uncaught exception with code 1
+    /// is an error, anything else an exit.
+    fn exited(&self, code: i32, uncaught: Option<&Uncaught>, memory_hit: bool) -> Outcome {
+        let _ = memory_hit;
+        match uncaught {
+            Some(u) if code == 1 => Outcome::Error {
+                exception: u.type_name.clone(),
+                message: u.message.clone(),
+            },
+            _ => Outcome::Exited { code },
+        }
+    }
+}
+
+/// A runtime compiled and linked for one engine.
+pub trait Loaded: Send + Sync + 'static {
+    /// Instantiates the guest in `store` and calls its entry point until the program ends. The
+    /// guest asks for its launch first ([`store::launch`](crate::store::launch)).
+    fn call<'a>(
+        &'a self,
+        store: &'a mut Store<GuestState>,
+    ) -> Pin<Box<dyn Future<Output = CallResult> + Send + 'a>>;
+}
