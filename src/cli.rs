@@ -60,6 +60,10 @@ pub struct RunArgs {
     /// Record the run as a transcript in FILE (implies --deterministic).
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
+    /// The runtime to run in, by name or alias (`weir runtimes` lists them); the default
+    /// without one.
+    #[arg(long, env = "WEIR_RUNTIME", value_name = "NAME")]
+    pub runtime: Option<String>,
     /// The script to run.
     pub script: Option<PathBuf>,
     /// Arguments passed to the script as sys.argv[1:].
@@ -107,6 +111,7 @@ impl RunArgs {
         req.args = self.args.clone();
         req.limits = self.limits();
         req.repl = self.repl;
+        req.runtime = self.runtime.clone();
         if self.deterministic || self.seed.is_some() || self.record.is_some() {
             req.deterministic = Some(Seed(self.seed.unwrap_or(0)));
         }
@@ -180,7 +185,15 @@ pub async fn run(args: RunArgs, mut settings: EngineSettings) -> anyhow::Result<
         );
     }
     let sandbox = Sandbox::load_async(settings).await?;
-    let mut handle = sandbox.start(req.clone()).await?;
+    let mut handle = match sandbox.start(req.clone()).await {
+        Ok(handle) => handle,
+        // Naming a runtime this weir does not host is a usage error, like a bad flag.
+        Err(e @ weir_sandbox::StartError::UnknownRuntime { .. }) => {
+            eprintln!("weir: {e}");
+            return Ok(2);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let control = handle.control();
     let feeder = tokio::spawn(async move {
         let mut stdin = tokio::io::stdin();
@@ -239,4 +252,24 @@ pub async fn run(args: RunArgs, mut settings: EngineSettings) -> anyhow::Result<
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     }
     Ok(outcome.map(|o| o.exit_code()).unwrap_or(70))
+}
+
+/// `weir runtimes`: one line per runtime, the default first.
+pub fn runtimes_table(sandbox: &Sandbox) -> String {
+    let mut out = format!(
+        "{:<14} {:<10} {:<9} {:<20} {}\n",
+        "NAME", "LANGUAGE", "VERSION", "ALIASES", "BUILD"
+    );
+    for (i, r) in sandbox.runtimes().enumerate() {
+        let default = if i == 0 { " (default)" } else { "" };
+        out.push_str(&format!(
+            "{:<14} {:<10} {:<9} {:<20} {}{default}\n",
+            r.name,
+            r.language,
+            r.version,
+            r.aliases.join(","),
+            r.build
+        ));
+    }
+    out
 }

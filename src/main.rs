@@ -92,6 +92,8 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// List the runtimes this weir hosts (the default first).
+    Runtimes,
     /// Measure the sandbox on this machine and print a table (docs/benchmarks.md).
     Bench {
         /// Samples for the latency percentiles.
@@ -131,6 +133,11 @@ async fn dispatch(command: Command, settings: EngineSettings) -> anyhow::Result<
         Command::Replay { update, files } => {
             let sandbox = weir_sandbox::Sandbox::load_async(settings).await?;
             Ok(weir_sandbox::replay::run(&sandbox, &files, update).await)
+        }
+        Command::Runtimes => {
+            let sandbox = weir_sandbox::Sandbox::load_async(settings).await?;
+            print!("{}", cli::runtimes_table(&sandbox));
+            Ok(0)
         }
         Command::Bench { samples } => weir_bench::run(settings, samples).await.map(|()| 0),
     }

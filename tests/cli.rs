@@ -286,3 +286,25 @@ fn bad_user_names_and_huge_durations_are_usage_errors_not_panics() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn runtimes_are_listed_and_chosen_by_name_or_alias() {
+    let out = weir(&["runtimes"], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listing = text(&out.stdout);
+    let first = listing.lines().nth(1).unwrap_or_default();
+    assert!(
+        first.starts_with("python ") && first.contains("3.14.0") && first.ends_with("(default)"),
+        "{listing}"
+    );
+    for name in ["python", "py", "python3"] {
+        let out = weir(&["run", "--runtime", name, "-c", "print(6 * 7)"], b"");
+        assert_eq!(text(&out.stdout), "42\n", "--runtime {name}");
+        assert_eq!(out.status.code(), Some(0));
+    }
+    let out = weir(&["run", "--runtime", "cobol", "-c", "print(1)"], b"");
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let err = text(&out.stderr);
+    assert!(err.contains("cobol") && err.contains("python"), "{err}");
+    assert_eq!(text(&out.stdout), "");
+}

@@ -50,7 +50,8 @@ async fn the_ide_works_end_to_end_in_chromium() {
          .ci/run installs it), or CHROMIUM=/path/to/chromium"
     );
     // A flood must still be running when the test presses Stop: a large output limit.
-    let server = server(|c| {
+    // Two runtimes, so the picker has a choice to make.
+    let server = server_with_runtimes(two_runtimes(), |c| {
         c.limits.output_bytes = 256 << 20;
         c.max_limits.output_bytes = 256 << 20;
         c.limits.wall_ms = 60_000;
@@ -71,6 +72,7 @@ async fn the_ide_works_end_to_end_in_chromium() {
     println!("{out}");
     for step in [
         "the page loads and connects",
+        "the runtime picker lists the server's runtimes",
         "two input() prompts",
         "while True: pass is stopped",
         "a flood stays responsive",

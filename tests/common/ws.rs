@@ -3,12 +3,18 @@
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
+use weir_sandbox::launch::Uncaught;
+use weir_sandbox::runtime::python::CPython;
+use weir_sandbox::runtime::{Footprint, Loaded, Runtime, RuntimeInfo};
+use weir_sandbox::{Outcome, Sandbox};
 use weir_service::config::ServerConfig;
-use weir_service::server::{start, RunningServer};
+use weir_service::server::{start, start_with, RunningServer};
 
 pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -23,6 +29,63 @@ pub async fn server(f: impl FnOnce(&mut ServerConfig)) -> RunningServer {
     config.history.path = temp_history();
     f(&mut config);
     start(config).await.expect("server starts")
+}
+
+/// A test server whose sandbox hosts `runtimes` (the first is the default).
+pub async fn server_with_runtimes(
+    runtimes: Vec<Arc<dyn Runtime>>,
+    f: impl FnOnce(&mut ServerConfig),
+) -> RunningServer {
+    let mut config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        max_instances: 16,
+        ..ServerConfig::default()
+    };
+    config.history.path = temp_history();
+    f(&mut config);
+    let sandbox =
+        Sandbox::with_runtimes(config.engine_settings(), runtimes).expect("sandbox loads");
+    start_with(config, sandbox).await.expect("server starts")
+}
+
+/// The embedded CPython under another name and aliases: a second runtime plugged in through the
+/// public `Runtime` trait, to test runtime selection through every API.
+pub struct Renamed(RuntimeInfo);
+
+impl Renamed {
+    pub fn new(name: &str, aliases: &[&str]) -> Self {
+        let mut info = CPython.info().clone();
+        info.name = name.into();
+        info.aliases = aliases.iter().map(|a| a.to_string()).collect();
+        Renamed(info)
+    }
+}
+
+impl Runtime for Renamed {
+    fn info(&self) -> &RuntimeInfo {
+        &self.0
+    }
+    fn footprint(&self) -> Footprint {
+        CPython.footprint()
+    }
+    fn load(
+        &self,
+        engine: &weir_sandbox::wasmtime::Engine,
+        cache_dir: &Path,
+    ) -> anyhow::Result<Arc<dyn Loaded>> {
+        CPython.load(engine, cache_dir)
+    }
+    fn exited(&self, code: i32, uncaught: Option<&Uncaught>, memory_hit: bool) -> Outcome {
+        CPython.exited(code, uncaught, memory_hit)
+    }
+}
+
+/// `python` (the default) and `python-alt` (alias `alt`).
+pub fn two_runtimes() -> Vec<Arc<dyn Runtime>> {
+    vec![
+        Arc::new(CPython),
+        Arc::new(Renamed::new("python-alt", &["alt"])),
+    ]
 }
 
 /// A new, empty history database path (kept after the test, under `target/tmp`).

@@ -84,6 +84,22 @@ try {
     await page.screenshot({ path: screenshot });
   });
 
+  await step("the runtime picker lists the server's runtimes and a run goes to the chosen one", async () => {
+    await page.waitForFunction(() => document.querySelectorAll("#runtime option").length === 2);
+    const labels = await page.locator("#runtime option").allTextContents();
+    if (!labels[0].startsWith("python ") || !labels[1].startsWith("python-alt ")) {
+      throw new Error(`picker: ${labels}`);
+    }
+    await page.locator("#runtime").selectOption("python-alt");
+    await page.locator("#editor").fill('print("in the other runtime")');
+    await page.locator("#run").click();
+    await waitConsole("in the other runtime");
+    await waitOutcome("exited");
+    const ran = await page.locator("#outcome").getAttribute("data-runtime");
+    if (ran !== "python-alt") throw new Error(`the run went to ${ran}`);
+    await page.locator("#runtime").selectOption("python");
+  });
+
   await step("two input() prompts are answered from the input line (Ctrl+Enter runs)", async () => {
     await setSource('a = input("first? ")\nb = input("second? ")\nprint(f"{a}+{b}")\n');
     await page.locator("#editor").press("Control+Enter");

@@ -84,6 +84,8 @@ pub struct RunResult {
     pub peak_memory: usize,
     /// What the guest read from stdin, in order (when the request asked to record it).
     pub input_read: Option<ReadLog>,
+    /// The name of the runtime that ran it ([`crate::RuntimeInfo::name`]).
+    pub runtime: String,
 }
 
 /// What a run reports, in order. `Exit` is always the last event.

@@ -50,6 +50,9 @@ pub mod transcript;
 mod variant;
 pub mod warm;
 
+/// The wasmtime weir is built on (pinned): a [`Runtime`] implementation links against these types.
+pub use wasmtime;
+
 pub use engine::EngineSettings;
 pub use event::{Collected, Event, ReadLog, RunId, RunResult, RunState, StreamKind};
 pub use limits::Limits;

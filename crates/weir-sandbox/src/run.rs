@@ -120,6 +120,7 @@ pub struct RunHandle {
     /// An event taken early by [`RunHandle::next_event_merged`], returned next.
     held: Option<Event>,
     scratch: PathBuf,
+    runtime: String,
     _task: AbortOnDrop,
 }
 
@@ -127,6 +128,11 @@ impl RunHandle {
     /// The run's id.
     pub fn id(&self) -> &RunId {
         &self.id
+    }
+
+    /// The name of the runtime the run is in.
+    pub fn runtime(&self) -> &str {
+        &self.runtime
     }
 
     /// A handle to control the run (stdin, stop, pause) from elsewhere.
@@ -280,6 +286,7 @@ pub(crate) fn spawn(d: Driver, events_rx: mpsc::Receiver<Event>, stdin: StdinSen
         priority: priority.clone(),
     };
     let id = d.id.clone();
+    let runtime = d.variant.runtime.info().name.clone();
     let scratch = d.scratch_path.clone();
     let span = d.span.clone();
     let lane = d.lane.clone();
@@ -291,6 +298,7 @@ pub(crate) fn spawn(d: Driver, events_rx: mpsc::Receiver<Event>, stdin: StdinSen
         events: events_rx,
         held: None,
         scratch,
+        runtime,
         _task: AbortOnDrop(task),
     }
 }
@@ -360,6 +368,7 @@ impl Driver {
             fuel_consumed,
             peak_memory: peak,
             input_read: stdin.read_log(),
+            runtime: variant.runtime.info().name.clone(),
         };
         tracing::info!(
             outcome = result.outcome.kind(),

@@ -16,7 +16,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::sync::Arc;
 use weir_sandbox::transcript::Data;
 
@@ -25,6 +25,28 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/runs", post(create_run))
         .route("/v1/runs/{id}", get(run_metadata))
         .route("/v1/runs/{id}/transcript", get(run_transcript))
+        .route("/v1/runtimes", get(runtimes))
+}
+
+/// The runtimes a run may name (`runtime` in `run` params and `POST /v1/runs`), the default
+/// first. Public like `/healthz`: it says what the server hosts, nothing about anyone's runs.
+async fn runtimes(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let list: Vec<Value> = state
+        .sandbox
+        .runtimes()
+        .enumerate()
+        .map(|(i, r)| {
+            json!({
+                "name": r.name,
+                "language": r.language,
+                "version": r.version,
+                "aliases": r.aliases,
+                "build": r.build,
+                "default": i == 0,
+            })
+        })
+        .collect();
+    Json(Value::Array(list))
 }
 
 /// A JSON error body: `{"error": message}`.

@@ -98,6 +98,17 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
+    /// The sandbox's engine settings this configuration asks for (the rest at their defaults).
+    pub fn engine_settings(&self) -> weir_sandbox::EngineSettings {
+        weir_sandbox::EngineSettings {
+            max_instances: self.max_instances,
+            warm_instances: self.warm_instances,
+            warm_fillers: self.warm_fillers,
+            compile_cache_bytes: self.compile_cache_bytes,
+            ..weir_sandbox::EngineSettings::default()
+        }
+    }
+
     /// Reads a TOML file; fields it does not name keep their defaults.
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)

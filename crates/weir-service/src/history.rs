@@ -69,6 +69,9 @@ pub struct RunRecord {
     pub output_truncated: bool,
     /// Whether a transcript was recorded (then at `/v1/runs/{id}/transcript`).
     pub recorded: bool,
+    /// The runtime the run was in (empty for runs stored before runtimes were recorded).
+    #[serde(default)]
+    pub runtime: String,
 }
 
 impl RunRecord {
@@ -94,11 +97,18 @@ impl RunRecord {
             output_bytes: result.output_bytes,
             output_truncated: result.output_truncated,
             recorded,
+            runtime: result.runtime.clone(),
         }
     }
 
     /// The record of a run that ended without an `exit` because its client went away.
-    pub fn abandoned(id: &str, user: &str, started: SystemTime, output_bytes: u64) -> Self {
+    pub fn abandoned(
+        id: &str,
+        user: &str,
+        started: SystemTime,
+        output_bytes: u64,
+        runtime: &str,
+    ) -> Self {
         let now = SystemTime::now();
         RunRecord {
             id: id.into(),
@@ -112,6 +122,7 @@ impl RunRecord {
             output_bytes,
             output_truncated: false,
             recorded: false,
+            runtime: runtime.into(),
         }
     }
 }
@@ -154,7 +165,8 @@ const SCHEMA: &str = "
         message TEXT NOT NULL,
         output_bytes INTEGER NOT NULL,
         output_truncated INTEGER NOT NULL,
-        transcript TEXT
+        transcript TEXT,
+        runtime TEXT NOT NULL DEFAULT ''
     );
     CREATE INDEX IF NOT EXISTS runs_finished ON runs (finished_at_ms);
 ";
@@ -171,7 +183,19 @@ fn open(path: &Path) -> Result<rusqlite::Connection, HistoryError> {
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(|e| err(e.to_string()))?;
     conn.execute_batch(SCHEMA).map_err(|e| err(e.to_string()))?;
+    add_runtime_column(&conn).map_err(|e| err(e.to_string()))?;
     Ok(conn)
+}
+
+/// Databases made before runs recorded their runtime get the column (empty for their runs).
+fn add_runtime_column(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    let has = conn
+        .prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'runtime'")?
+        .exists([])?;
+    if !has {
+        conn.execute_batch("ALTER TABLE runs ADD COLUMN runtime TEXT NOT NULL DEFAULT ''")?;
+    }
+    Ok(())
 }
 
 impl History {
@@ -228,7 +252,7 @@ impl History {
         self.read(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT id, user, started_at_ms, finished_at_ms, duration_ms, outcome, code,
-                        message, output_bytes, output_truncated, transcript IS NOT NULL
+                        message, output_bytes, output_truncated, transcript IS NOT NULL, runtime
                  FROM runs WHERE id = ?1",
             )?;
             let mut rows = st.query([&id])?;
@@ -247,6 +271,7 @@ impl History {
                 output_bytes: r.get::<_, i64>(8)? as u64,
                 output_truncated: r.get(9)?,
                 recorded: r.get(10)?,
+                runtime: r.get(11)?,
             }))
         })
         .await
@@ -359,8 +384,8 @@ fn store_batch(
     {
         let mut st = tx.prepare_cached(
             "INSERT OR REPLACE INTO runs (id, user, started_at_ms, finished_at_ms, duration_ms,
-                 outcome, code, message, output_bytes, output_truncated, transcript)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 outcome, code, message, output_bytes, output_truncated, transcript, runtime)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )?;
         for entry in records {
             let (r, transcript) = entry.as_ref();
@@ -376,6 +401,7 @@ fn store_batch(
                 r.output_bytes as i64,
                 r.output_truncated,
                 transcript,
+                r.runtime,
             ])?;
         }
     }
@@ -430,7 +456,46 @@ mod tests {
             output_bytes: 6,
             output_truncated: false,
             recorded: false,
+            runtime: "python".into(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_database_from_before_runtimes_were_recorded_gains_the_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.sqlite3");
+        {
+            let old = rusqlite::Connection::open(&path).unwrap();
+            old.execute_batch(
+                "CREATE TABLE runs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+                 user TEXT NOT NULL, started_at_ms INTEGER NOT NULL, finished_at_ms INTEGER NOT NULL,
+                 duration_ms INTEGER NOT NULL, outcome TEXT NOT NULL, code INTEGER NOT NULL,
+                 message TEXT NOT NULL, output_bytes INTEGER NOT NULL,
+                 output_truncated INTEGER NOT NULL, transcript TEXT);
+                 INSERT INTO runs (id, user, started_at_ms, finished_at_ms, duration_ms, outcome,
+                 code, message, output_bytes, output_truncated)
+                 VALUES ('before', 'ann', 1, 2, 1, 'exited', 0, 'Script finished', 0, 0);",
+            )
+            .unwrap();
+        }
+        let config = HistoryConfig {
+            path,
+            max_runs: 1000,
+            max_age_days: 3650,
+            max_bytes: 1 << 20,
+        };
+        let h = History::open(&config).unwrap();
+        let before = h.get("before").await.unwrap().expect("the old run is kept");
+        assert_eq!(before.runtime, "");
+        h.store(record("after", unix_ms(SystemTime::now())), None)
+            .await;
+        h.flush().await;
+        let after = h
+            .get("after")
+            .await
+            .unwrap()
+            .expect("the new run is stored");
+        assert_eq!(after.runtime, "python");
     }
 
     #[tokio::test]

@@ -27,4 +27,4 @@ pub mod socket;
 pub mod state;
 
 pub use config::ServerConfig;
-pub use server::{serve, start, RunningServer};
+pub use server::{serve, start, start_with, RunningServer};

@@ -67,7 +67,8 @@ pub async fn execute(
         }
         collected.push(event);
     }
-    let result = collected.result.take().unwrap_or_else(vanished);
+    let runtime = handle.runtime().to_string();
+    let result = collected.result.take().unwrap_or_else(|| vanished(runtime));
     let outcome = if stopped_for_shutdown {
         "shutdown"
     } else {
@@ -94,7 +95,7 @@ pub async fn execute(
 }
 
 /// The result of a run whose task ended without reporting (a weir bug, reported as crashed).
-fn vanished() -> RunResult {
+fn vanished(runtime: String) -> RunResult {
     RunResult {
         outcome: Outcome::Crashed {
             detail: "the run ended without reporting".into(),
@@ -106,6 +107,7 @@ fn vanished() -> RunResult {
         fuel_consumed: None,
         peak_memory: 0,
         input_read: None,
+        runtime,
     }
 }
 

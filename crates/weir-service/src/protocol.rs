@@ -69,6 +69,9 @@ pub struct RunParams {
     /// Record a transcript (implies deterministic mode, seed 0 unless given).
     #[serde(default)]
     pub record: bool,
+    /// The runtime to run in, by name or alias (`GET /v1/runtimes`); the server's default
+    /// without one.
+    pub runtime: Option<String>,
 }
 
 /// `run`'s `deterministic` parameter.
@@ -103,6 +106,7 @@ impl RunParams {
             req.deterministic = Some(Seed(self.deterministic.map(|d| d.seed).unwrap_or(0)));
         }
         req.record_input = self.record;
+        req.runtime = self.runtime;
         req
     }
 }
@@ -278,6 +282,7 @@ pub fn exit_params(
         "message": result.message,
         "duration_ms": result.duration.as_millis() as u64,
         "output_truncated": result.output_truncated,
+        "runtime": result.runtime,
     });
     if let Some(fuel) = result.fuel_consumed {
         params["fuel_consumed"] = json!(fuel);

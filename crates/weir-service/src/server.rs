@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 use weir_sandbox::task::AbortOnDrop;
-use weir_sandbox::{EngineSettings, Sandbox};
+use weir_sandbox::Sandbox;
 
 /// A server running in the background (tests and `weir serve` use this).
 pub struct RunningServer {
@@ -42,14 +42,13 @@ const DRAIN_EXTRA: Duration = Duration::from_secs(5);
 
 /// Loads the sandbox, binds, and serves until [`RunningServer::shutdown`].
 pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
-    let settings = EngineSettings {
-        max_instances: config.max_instances,
-        warm_instances: config.warm_instances,
-        warm_fillers: config.warm_fillers,
-        compile_cache_bytes: config.compile_cache_bytes,
-        ..EngineSettings::default()
-    };
-    let sandbox = Sandbox::load_async(settings).await?;
+    let sandbox = Sandbox::load_async(config.engine_settings()).await?;
+    start_with(config, sandbox).await
+}
+
+/// Serves `sandbox` (its runtimes, its settings) instead of loading one from `config`'s engine
+/// settings: for embedders that host runtimes of their own.
+pub async fn start_with(config: ServerConfig, sandbox: Sandbox) -> anyhow::Result<RunningServer> {
     let history = History::open(&config.history)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -356,7 +356,13 @@ impl Session {
 
     /// The history record of a run that ended without an `exit` (its client went away).
     fn abandoned(&self, active: &Active) -> RunRecord {
-        RunRecord::abandoned(&active.id, &self.user, active.started, active.output_bytes)
+        RunRecord::abandoned(
+            &active.id,
+            &self.user,
+            active.started,
+            active.output_bytes,
+            active.handle.runtime(),
+        )
     }
 
     /// Stops the active run (if any) and forwards its remaining events, ending with its `exit`.

@@ -494,6 +494,7 @@ function run() {
   const others = {};
   for (const f of files.list) if (f !== file) others[f.name] = f.content;
   const params = { source: file.content, filename: file.name, files: others, repl: $("repl").checked };
+  if ($("runtime").value) params.runtime = $("runtime").value;
   if (!conn.socket || conn.socket.readyState !== WebSocket.OPEN) {
     conn.queued = params;
     conn.auto = true;
@@ -537,20 +538,23 @@ function finished(run, p) {
   runs.known.delete(run.id);
   if (needsNewline()) write("sys", "\n");
   const secs = (p.duration_ms / 1000).toFixed(2);
-  write("end", `[${run.file}] ${p.outcome}: ${p.message} (${secs} s)${p.output_truncated ? " — output truncated" : ""}\n`);
+  const where = p.runtime ? `, ${p.runtime}` : "";
+  write("end", `[${run.file}] ${p.outcome}: ${p.message} (${secs} s${where})${p.output_truncated ? " — output truncated" : ""}\n`);
   if (run === runs.current) {
     runs.current = null;
     setRunState("none");
-    showOutcome(p.outcome, p.message, p.duration_ms, p.output_truncated);
+    showOutcome(p.outcome, p.message, p.duration_ms, p.output_truncated, p.runtime);
   }
 }
 
-function showOutcome(outcome, message, durationMs, truncated) {
+function showOutcome(outcome, message, durationMs, truncated, runtime) {
   const el = $("outcome");
   el.dataset.outcome = outcome;
+  el.dataset.runtime = runtime || "";
   const parts = [outcome, message];
   if (durationMs !== null && durationMs !== undefined) parts.push(`${(durationMs / 1000).toFixed(2)} s`);
   if (truncated) parts.push("output truncated");
+  if (runtime) parts.push(runtime);
   el.textContent = parts.filter(Boolean).join(" · ");
 }
 
@@ -610,6 +614,25 @@ function inputKeys(e) {
 
 // ---------------------------------------------------------------- start
 
+/** Fills the runtime picker from `GET /v1/runtimes` (the default first, selected). */
+async function loadRuntimes() {
+  const picker = $("runtime");
+  try {
+    const response = await fetch("v1/runtimes");
+    if (!response.ok) return;
+    const list = await response.json();
+    picker.replaceChildren(...list.map((r) => {
+      const option = document.createElement("option");
+      option.value = r.name;
+      option.textContent = `${r.name} ${r.version}`;
+      option.selected = r.default;
+      return option;
+    }));
+  } catch (e) {
+    // The picker keeps "default runtime": runs go to the server's default.
+  }
+}
+
 function init() {
   const editor = $("editor");
   editor.value = files.current().content;
@@ -639,6 +662,7 @@ function init() {
   });
   renderTabs();
   highlight();
+  loadRuntimes();
   connect();
   // For tests and the curious: the page's state, read-only in spirit.
   window.weir = { conn, runs, files, out };

@@ -25,7 +25,6 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
-use weir_sandbox::runtime::python::PYTHON_VERSION;
 use weir_sandbox::{Event, RunHandle};
 
 /// Piston's close codes (and the two standard ones weir also uses).
@@ -153,7 +152,13 @@ async fn run(socket: WebSocket, app: Arc<AppState>, user: String) {
         }
     };
     if let Some(job) = c.job.take() {
-        let record = RunRecord::abandoned(&job.id, &c.user, job.started, job.output_bytes);
+        let record = RunRecord::abandoned(
+            &job.id,
+            &c.user,
+            job.started,
+            job.output_bytes,
+            job.handle.runtime(),
+        );
         drop(job); // frees the run's store
         app.abandoned(record).await;
     }
@@ -238,8 +243,9 @@ impl Connection {
     }
 
     async fn init(&mut self, msg: &Value) -> Option<End> {
-        let req = match piston::job(msg, &self.app.config) {
-            Ok(req) => req,
+        let runtimes: Vec<_> = self.app.sandbox.runtimes().cloned().collect();
+        let (req, runtime) = match piston::job(msg, &self.app.config, &runtimes) {
+            Ok(job) => job,
             Err(m) => return self.notify_error(m).await,
         };
         let handle = match self.app.sandbox.start(req).await {
@@ -257,10 +263,9 @@ impl Connection {
             signal: None,
             shutdown_stop: false,
         });
-        self.send(
-            json!({"type": "runtime", "language": piston::LANGUAGE, "version": PYTHON_VERSION}),
-        )
-        .await;
+        let announce =
+            json!({"type": "runtime", "language": runtime.language, "version": runtime.version});
+        self.send(announce).await;
         self.send(json!({"type": "stage", "stage": "run"})).await;
         None
     }

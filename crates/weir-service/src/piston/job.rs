@@ -11,13 +11,9 @@ use serde_json::{json, Value};
 use weir_sandbox::determinism::FUEL_PER_NS;
 use weir_sandbox::limits::Limits;
 use weir_sandbox::outcome::Outcome;
-use weir_sandbox::runtime::python::PYTHON_VERSION;
+use weir_sandbox::RuntimeInfo;
 use weir_sandbox::{Collected, RunResult};
 use weir_sandbox::{Program, RunRequest};
-
-/// The one runtime weir serves.
-pub const LANGUAGE: &str = "python";
-pub const ALIASES: [&str; 2] = ["py", "python3"];
 
 /// Piston's `run_cpu_time` is in milliseconds; weir meters CPU in fuel.
 pub const FUEL_PER_MS: u64 = FUEL_PER_NS * 1_000_000;
@@ -32,7 +28,11 @@ pub fn message(status: StatusCode, message: impl Into<String>) -> Response {
 
 /// Validates a Piston job (an `/execute` body or a `/connect` `init` message) and builds the
 /// run it asks for. Errors carry Piston's messages where Piston has one.
-pub fn job(body: &Value, config: &ServerConfig) -> Result<RunRequest, String> {
+pub fn job(
+    body: &Value,
+    config: &ServerConfig,
+    runtimes: &[RuntimeInfo],
+) -> Result<(RunRequest, RuntimeInfo), String> {
     if !body.is_object() {
         return Err("the request body must be a JSON object".into());
     }
@@ -52,9 +52,9 @@ pub fn job(body: &Value, config: &ServerConfig) -> Result<RunRequest, String> {
             return Err(format!("files[{i}].content is required as a string"));
         }
     }
-    if !runtime_matches(language, version) {
+    let Some(runtime) = runtime_for(runtimes, language, version) else {
         return Err(format!("{language}-{version} runtime is unknown"));
-    }
+    };
     let mut files = decode_files(files)?;
     let main = files
         .iter()
@@ -74,7 +74,8 @@ pub fn job(body: &Value, config: &ServerConfig) -> Result<RunRequest, String> {
         Some(_) => return Err("stdin must be a string".into()),
     };
     req.limits = limits(body, &config.limits, &config.max_limits)?;
-    Ok(req)
+    req.runtime = Some(runtime.name.clone());
+    Ok((req, runtime.clone()))
 }
 
 struct File {
@@ -187,9 +188,26 @@ fn constraint(body: &Value, name: &str, configured: Option<u64>) -> Result<Optio
     Ok(Some(n as u64))
 }
 
-/// Whether `language` (or an alias) at `range` names weir's Python.
-pub fn runtime_matches(language: &str, range: &str) -> bool {
-    (language == LANGUAGE || ALIASES.contains(&language)) && version_matches(range, PYTHON_VERSION)
+/// The first of `runtimes` (the default first) that `language` names (its language, its name
+/// or an alias) at a version in `range`.
+pub fn runtime_for<'a>(
+    runtimes: &'a [RuntimeInfo],
+    language: &str,
+    range: &str,
+) -> Option<&'a RuntimeInfo> {
+    runtimes.iter().find(|r| {
+        (r.language == language || r.answers_to(language)) && version_matches(range, &r.version)
+    })
+}
+
+/// A runtime as Piston's `GET /api/v2/runtimes` lists it: its name, when that differs from the
+/// language, is one more alias.
+pub fn listing(runtime: &RuntimeInfo) -> Value {
+    let mut aliases = runtime.aliases.clone();
+    if runtime.name != runtime.language {
+        aliases.insert(0, runtime.name.clone());
+    }
+    json!({ "language": runtime.language, "version": runtime.version, "aliases": aliases })
 }
 
 /// Piston matches versions with node-semver ranges. Supported here: `*`, x-ranges (`3`, `3.x`,
@@ -439,6 +457,36 @@ mod tests {
         }
     }
 
+    /// The runtimes of a sandbox with only the lean CPython.
+    fn lean() -> Vec<RuntimeInfo> {
+        vec![weir_sandbox::runtime::python::info().clone()]
+    }
+
+    #[test]
+    fn language_version_and_aliases_pick_the_runtime() {
+        let mut sci = lean()[0].clone();
+        sci.name = "python-sci".into();
+        sci.version = "3.15.0".into();
+        sci.aliases = vec!["sci".into()];
+        let runtimes = vec![lean()[0].clone(), sci];
+        let pick = |language: &str, range: &str| {
+            runtime_for(&runtimes, language, range).map(|r| r.name.as_str())
+        };
+        assert_eq!(pick("python", "*"), Some("python"));
+        assert_eq!(pick("python", "3.15"), Some("python-sci"));
+        assert_eq!(pick("python", ">=3.15"), Some("python-sci"));
+        assert_eq!(pick("python-sci", "*"), Some("python-sci"));
+        assert_eq!(pick("sci", "*"), Some("python-sci"));
+        assert_eq!(pick("py", "*"), Some("python"));
+        assert_eq!(pick("python", "3.16"), None);
+        assert_eq!(pick("ruby", "*"), None);
+        let listed = listing(&runtimes[1]);
+        assert_eq!(listed["language"], "python");
+        assert_eq!(listed["version"], "3.15.0");
+        assert_eq!(listed["aliases"], json!(["python-sci", "sci"]));
+        assert_eq!(listing(&runtimes[0])["aliases"], json!(["py", "python3"]));
+    }
+
     #[test]
     fn a_job_becomes_a_run_request() {
         let config = ServerConfig::default();
@@ -452,7 +500,9 @@ mod tests {
             "args": ["a", "b"], "stdin": "in", "run_timeout": 2500,
             "run_memory_limit": -1, "compile_timeout": 10000, "run_cpu_time": 100
         });
-        let req = job(&body, &config).unwrap();
+        let (req, runtime) = job(&body, &config, &lean()).unwrap();
+        assert_eq!(runtime.name, "python");
+        assert_eq!(req.runtime.as_deref(), Some("python"));
         assert!(matches!(&req.program, Program::Script { filename, source }
             if filename == "file1.code" && source == b"print(1)"));
         assert_eq!(
@@ -472,7 +522,7 @@ mod tests {
     #[test]
     fn bad_jobs_get_pistons_messages() {
         let config = ServerConfig::default();
-        let err = |body: Value| job(&body, &config).unwrap_err();
+        let err = |body: Value| job(&body, &config, &lean()).unwrap_err();
         let files = json!([{"content": "print(1)"}]);
         assert_eq!(err(json!([])), "the request body must be a JSON object");
         assert_eq!(

@@ -15,10 +15,9 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use job::{job, message, stage, ALIASES, LANGUAGE, RUN_ID_HEADER};
+use job::{job, listing, message, stage, RUN_ID_HEADER};
 use serde_json::{json, Value};
 use std::sync::Arc;
-use weir_sandbox::runtime::python::PYTHON_VERSION;
 
 /// Piston's routes.
 pub fn routes() -> Router<Arc<AppState>> {
@@ -28,8 +27,9 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/v2/connect", get(connect::upgrade))
 }
 
-async fn runtimes() -> Json<Value> {
-    Json(json!([{ "language": LANGUAGE, "version": PYTHON_VERSION, "aliases": ALIASES }]))
+/// Every runtime of the sandbox, the default first.
+async fn runtimes(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(state.sandbox.runtimes().map(listing).collect())
 }
 
 async fn execute(
@@ -46,8 +46,9 @@ async fn execute(
         Ok(b) => b,
         Err((status, m)) => return message(status, m),
     };
-    let mut req = match job(&body, &state.config) {
-        Ok(req) => req,
+    let runtimes: Vec<_> = state.sandbox.runtimes().cloned().collect();
+    let (mut req, runtime) = match job(&body, &state.config, &runtimes) {
+        Ok(job) => job,
         Err(m) => return message(StatusCode::BAD_REQUEST, m),
     };
     req.compile_scope = weir_sandbox::compile_cache::scope_for(admitted.user.as_deref(), None);
@@ -59,8 +60,8 @@ async fn execute(
     drop(admitted);
     let run = stage(&finished.collected, &finished.result, None);
     let mut response = Json(json!({
-        "language": LANGUAGE,
-        "version": PYTHON_VERSION,
+        "language": runtime.language,
+        "version": runtime.version,
         "run": run,
     }))
     .into_response();
