@@ -67,6 +67,29 @@ impl ServeArgs {
     }
 }
 
+#[derive(Debug, clap::Args)]
+struct McpArgs {
+    /// TOML configuration file, as for `serve` (its limits and history apply).
+    #[arg(long, env = "WEIR_CONFIG")]
+    config: Option<PathBuf>,
+    /// The run-history SQLite database (default: ~/.local/share/weir/history.sqlite3).
+    #[arg(long, env = "WEIR_HISTORY")]
+    history: Option<PathBuf>,
+}
+
+impl McpArgs {
+    fn config(&self) -> anyhow::Result<ServerConfig> {
+        let mut c = match &self.config {
+            Some(path) => ServerConfig::from_file(path)?,
+            None => ServerConfig::default(),
+        };
+        if let Some(path) = &self.history {
+            c.history.path = path.clone();
+        }
+        Ok(c)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a Python script in the sandbox with this terminal's stdin/stdout/stderr.
@@ -92,6 +115,9 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Serve MCP (Model Context Protocol) on stdin/stdout: the `run_python` tool for AI agents
+    /// (docs/mcp.md).
+    Mcp(McpArgs),
     /// List the runtimes this weir hosts (the default first).
     Runtimes,
     /// Measure the sandbox on this machine and print a table (docs/benchmarks.md).
@@ -133,6 +159,12 @@ async fn dispatch(command: Command, settings: EngineSettings) -> anyhow::Result<
         Command::Replay { update, files } => {
             let sandbox = weir_sandbox::Sandbox::load_async(settings).await?;
             Ok(weir_sandbox::replay::run(&sandbox, &files, update).await)
+        }
+        Command::Mcp(args) => {
+            // stdout carries the protocol; logs go to stderr, as for every command.
+            weir_service::mcp::serve_stdio(args.config()?)
+                .await
+                .map(|()| 0)
         }
         Command::Runtimes => {
             let sandbox = weir_sandbox::Sandbox::load_async(settings).await?;

@@ -7,7 +7,7 @@
 //! [`state`] (what every handler shares), [`admission`] (who may start what), [`socket`]
 //! (WebSocket plumbing), [`oneshot`] (a run start to finish for an HTTP request), [`session`] (one
 //! `/ws` session), [`api`] (`/v1/runs`), [`piston`] (Piston's API), [`ide`] (the browser IDE),
-//! and [`server`] (routes, connections, shutdown).
+//! [`mcp`] (the MCP server), and [`server`] (routes, connections, shutdown).
 
 #![deny(unsafe_code)]
 
@@ -17,6 +17,7 @@ pub mod auth;
 pub mod config;
 pub mod history;
 pub mod ide;
+pub mod mcp;
 pub mod metrics;
 pub mod oneshot;
 pub mod piston;

@@ -33,6 +33,7 @@ impl RunningServer {
         // Stored even if nothing has subscribed yet (the serving task may not have started).
         self.state.shutdown.send_replace(true);
         let _ = self.task.join().await;
+        self.state.mcp_shutdown.cancel();
         self.state.history.flush().await;
     }
 }
@@ -257,6 +258,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::api::routes())
         .merge(crate::piston::routes())
         .merge(crate::ide::routes())
+        .merge(crate::mcp::routes(&state))
         .layer(body_limit)
         .with_state(state)
 }

@@ -29,6 +29,8 @@ pub struct AppState {
     pub(crate) next_session: AtomicU64,
     pub(crate) tracker: TaskTracker,
     readiness: Readiness,
+    /// Ends the MCP transport's sessions once the server has drained (`crate::mcp`).
+    pub(crate) mcp_shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// `/readyz`'s canary: one at a time, its result kept for [`READY_FOR`] so a probe every second
@@ -92,6 +94,7 @@ impl AppState {
             next_session: AtomicU64::new(1),
             tracker: TaskTracker::new(),
             readiness: Readiness::default(),
+            mcp_shutdown: tokio_util::sync::CancellationToken::new(),
         }
     }
 

@@ -1,0 +1,275 @@
+//! The MCP server (Model Context Protocol, with the official Rust SDK `rmcp`): AI agents run
+//! Python in the sandbox through the `run_python` tool, over stdio (`weir mcp`) or streamable
+//! HTTP at `/mcp` on `weir serve`. A tool call is a one-shot run ([`crate::oneshot`]): the same
+//! limits, metrics and run history as `POST /v1/runs`; over HTTP also the same admission (Host,
+//! Origin, token, capacity), checked for every request.
+
+use crate::admission::{self, Body};
+use crate::auth::ANONYMOUS;
+use crate::oneshot::{self, Finished};
+use crate::protocol::{LimitParams, RunParams};
+use crate::state::{AppState, WsQuery};
+use axum::extract::{Query, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use rmcp::handler::server::{router::tool::ToolRouter, wrapper::Parameters};
+use rmcp::model::{ContentBlock, Implementation, ServerCapabilities, ServerConfig};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::{
+    session::local::LocalSessionManager, StreamableHttpServerConfig, StreamableHttpService,
+};
+use rmcp::{schemars, tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use weir_sandbox::transcript::Data;
+
+/// Longest stdout or stderr text a tool result carries, bytes; the rest is cut with a note (the
+/// run's own output limit applies first).
+const MAX_TEXT_BYTES: usize = 64 << 10;
+
+/// `run_python`'s arguments.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct RunPython {
+    /// The Python source to run as `__main__` (a script file `main.py`).
+    pub code: String,
+    /// Extra files placed beside the script in its working directory: relative path → text.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+    /// Text on the script's stdin (closed after it: `input()` past it raises `EOFError`).
+    pub stdin: Option<String>,
+    /// Wall-time limit in milliseconds (the server's default and maximum apply).
+    pub timeout_ms: Option<u64>,
+    /// The runtime to run in, by name or alias; the server's default without one.
+    pub runtime: Option<String>,
+}
+
+/// Who called, as the HTTP admission found it (absent over stdio).
+#[derive(Debug, Clone)]
+struct Caller(Option<String>);
+
+/// The MCP server: one per stdio connection or HTTP session, all sharing the app state.
+#[derive(Clone)]
+pub struct WeirMcp {
+    state: Arc<AppState>,
+    tool_router: ToolRouter<Self>,
+}
+
+impl WeirMcp {
+    /// A server running tool calls on `state`'s sandbox.
+    pub fn new(state: Arc<AppState>) -> Self {
+        WeirMcp {
+            state,
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    /// Serves one client over this process's stdin and stdout until it disconnects.
+    async fn serve_stdio(self) -> anyhow::Result<()> {
+        use rmcp::ServiceExt;
+        let running = self
+            .serve(rmcp::transport::stdio())
+            .await
+            .map_err(|e| anyhow::anyhow!("MCP over stdio: {e}"))?;
+        running
+            .waiting()
+            .await
+            .map_err(|e| anyhow::anyhow!("MCP over stdio: {e}"))?;
+        Ok(())
+    }
+
+    /// What agents are told up front: the runtime, the limits, and what is not there.
+    fn instructions(&self) -> String {
+        let config = &self.state.config;
+        let runtimes: Vec<String> = self
+            .state
+            .sandbox
+            .runtimes()
+            .map(|r| format!("{} ({} {})", r.name, r.language, r.version))
+            .collect();
+        format!(
+            "weir runs Python in a WebAssembly sandbox. Runtimes: {}; the first is the default. \
+             The standard library is available; third-party packages are not, and there is no \
+             network. Each run starts fresh in an empty working directory holding its files; \
+             nothing persists between runs. Limits per run: wall time {} ms by default (at most \
+             {} ms), memory {} MiB, output {} KiB.",
+            runtimes.join(", "),
+            config.limits.wall_ms,
+            config.max_limits.wall_ms,
+            config.limits.memory_bytes >> 20,
+            config.limits.output_bytes >> 10,
+        )
+    }
+}
+
+#[tool_router]
+impl WeirMcp {
+    /// Runs a Python program once and reports its output and how it ended.
+    #[tool(
+        description = "Run a Python program in an isolated sandbox and return its stdout, stderr \
+                       and outcome. Standard library only, no network, a fresh empty working \
+                       directory per run (pass extra files in `files`); nothing persists between \
+                       calls. Print what you want to see. Limits: wall time (`timeout_ms`, capped \
+                       by the server), memory and output; a run that hits one says which."
+    )]
+    async fn run_python(
+        &self,
+        Parameters(args): Parameters<RunPython>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResult, ErrorData> {
+        let user = ctx
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<Caller>())
+            .and_then(|caller| caller.0.clone());
+        let params = RunParams {
+            source: args.code,
+            filename: "main.py".into(),
+            files: args.files,
+            args: Vec::new(),
+            stdin: Some(args.stdin.unwrap_or_default()),
+            repl: false,
+            limits: LimitParams {
+                wall_ms: args.timeout_ms,
+                ..LimitParams::default()
+            },
+            deterministic: None,
+            record: false,
+            runtime: args.runtime,
+        };
+        let config = &self.state.config;
+        let mut req = params.into_request(&config.limits, &config.max_limits);
+        req.compile_scope = weir_sandbox::compile_cache::scope_for(user.as_deref(), None);
+        let owner = user.as_deref().unwrap_or(ANONYMOUS);
+        match oneshot::execute(&self.state, owner, req, false).await {
+            Ok(finished) => Ok(tool_result(&finished)),
+            Err(e) => Ok(rmcp::model::CallToolResult::error(vec![
+                ContentBlock::text(format!("the run could not start: {e}")),
+            ])),
+        }
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for WeirMcp {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("weir", env!("CARGO_PKG_VERSION")))
+            .with_instructions(self.instructions())
+    }
+}
+
+/// A finished run as a tool result: one text block with the outcome line, stdout and stderr; an
+/// error result unless the program exited with status 0.
+fn tool_result(finished: &Finished) -> rmcp::model::CallToolResult {
+    let result = &finished.result;
+    let mut text = format!(
+        "outcome: {} (exit code {}) · {} · {} ms · runtime {} · run {}\n",
+        finished.outcome,
+        result.outcome.exit_code(),
+        result.message,
+        result.duration.as_millis(),
+        result.runtime,
+        finished.id,
+    );
+    append_stream(&mut text, "stdout", &finished.collected.stdout);
+    append_stream(&mut text, "stderr", &finished.collected.stderr);
+    let content = vec![ContentBlock::text(text)];
+    if finished.outcome == "exited" && result.outcome.exit_code() == 0 {
+        rmcp::model::CallToolResult::success(content)
+    } else {
+        rmcp::model::CallToolResult::error(content)
+    }
+}
+
+/// Adds a stream's text under its name (nothing for an empty stream), cut at
+/// [`MAX_TEXT_BYTES`].
+fn append_stream(text: &mut String, name: &str, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    let shown = &bytes[..bytes.len().min(MAX_TEXT_BYTES)];
+    let body = match Data::from_bytes(shown) {
+        Data::Text(t) => t,
+        Data::Binary { .. } => String::from_utf8_lossy(shown).into_owned(),
+    };
+    text.push_str(&format!("--- {name} ---\n{body}"));
+    if !body.ends_with('\n') {
+        text.push('\n');
+    }
+    if bytes.len() > MAX_TEXT_BYTES {
+        text.push_str(&format!(
+            "[{name} cut: {} of {} bytes shown]\n",
+            MAX_TEXT_BYTES,
+            bytes.len()
+        ));
+    }
+}
+
+/// `weir mcp`: loads the sandbox and the run history for `config` and serves one MCP client
+/// over stdin and stdout until it disconnects.
+pub async fn serve_stdio(config: crate::ServerConfig) -> anyhow::Result<()> {
+    let sandbox = weir_sandbox::Sandbox::load_async(config.engine_settings()).await?;
+    let history = crate::history::History::open(&config.history)?;
+    let state = Arc::new(AppState::new(config, sandbox, history));
+    let served = WeirMcp::new(state.clone()).serve_stdio().await;
+    state.history.flush().await;
+    served
+}
+
+/// `/mcp`: the streamable HTTP transport behind the admission every entry point passes.
+pub fn routes(state: &Arc<AppState>) -> axum::Router<Arc<AppState>> {
+    let app = state.clone();
+    let config = StreamableHttpServerConfig::default()
+        // weir's own admission checks Host (and Origin) before rmcp sees the request.
+        .disable_allowed_hosts()
+        .with_json_response(true)
+        .with_sse_keep_alive(None)
+        .with_cancellation_token(state.mcp_shutdown.child_token());
+    let service: StreamableHttpService<WeirMcp, LocalSessionManager> = StreamableHttpService::new(
+        move || Ok(WeirMcp::new(app.clone())),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    axum::Router::new()
+        .nest_service("/mcp", service)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), admit))
+}
+
+/// Admits an MCP request like any other entry point and tells the tool who called.
+async fn admit(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<WsQuery>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let admitted = match admission::admit(&state, &query, request.headers()) {
+        Ok(a) => a,
+        Err(refusal) => return refusal.into_response(Body::Text),
+    };
+    request
+        .extensions_mut()
+        .insert(Caller(admitted.user.clone()));
+    let response = next.run(request).await;
+    drop(admitted);
+    response.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_streams_are_cut_with_a_note_and_empty_ones_left_out() {
+        let mut text = String::new();
+        append_stream(&mut text, "stdout", b"");
+        assert_eq!(text, "");
+        append_stream(&mut text, "stdout", b"hi");
+        assert_eq!(text, "--- stdout ---\nhi\n");
+        let mut long = String::new();
+        append_stream(&mut long, "stderr", &vec![b'x'; MAX_TEXT_BYTES + 10]);
+        assert!(long.ends_with(&format!(
+            "[stderr cut: {MAX_TEXT_BYTES} of {} bytes shown]\n",
+            MAX_TEXT_BYTES + 10
+        )));
+    }
+}

@@ -1,0 +1,82 @@
+//! The MCP server, driven by the official MCP TypeScript SDK (`tests/js/mcp_client.mjs`) over
+//! both transports: `weir mcp` on stdio and `/mcp` on `weir serve`. Over HTTP, `/mcp` passes the
+//! same admission as every other entry point.
+
+#[path = "common/node.rs"]
+mod node;
+#[path = "common/ws.rs"]
+mod ws;
+
+use ws::*;
+
+const STEPS: [&str; 7] = [
+    "connects and says what it is",
+    "lists run_python with its limits in the description",
+    "runs code and returns its output",
+    "passes files and stdin",
+    "reports an uncaught exception as an error with its traceback",
+    "stops a busy loop at its time limit",
+    "refuses an unknown runtime by name",
+];
+
+fn assert_steps(out: &str) {
+    for step in STEPS {
+        assert!(
+            out.contains(&format!("ok - {step}")),
+            "step {step:?}:\n{out}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_official_sdk_runs_python_over_stdio() {
+    let history = temp_history();
+    let history = history.to_string_lossy().into_owned();
+    let weir = env!("CARGO_BIN_EXE_weir");
+    let out = tokio::task::spawn_blocking(move || {
+        node::node("mcp_client.mjs", &["stdio", weir, "--history", &history])
+    })
+    .await
+    .unwrap();
+    assert_steps(&out);
+}
+
+#[tokio::test]
+async fn the_official_sdk_runs_python_over_streamable_http() {
+    let server = server(|_| {}).await;
+    let url = format!("http://{}/mcp", server.addr);
+    let out = tokio::task::spawn_blocking(move || node::node("mcp_client.mjs", &["http", &url]))
+        .await
+        .unwrap();
+    assert_steps(&out);
+    let (_, metrics) = http_get(&server, "/metrics").await;
+    assert!(
+        metrics.contains("weir_runs_started_total 4"),
+        "every tool call that started a run is counted (4 of 5):\n{metrics}"
+    );
+    assert_eq!(server.state.sandbox.live_instances(), 0);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn mcp_over_http_passes_the_same_admission_as_every_entry_point() {
+    let server = server(|c| c.secret = Some("s3cret".into())).await;
+    let initialize = br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    let headers = [
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+    ];
+    let r = http(&server, "POST", "/mcp", &headers, initialize).await;
+    assert_eq!(r.status, 401, "no token: {}", r.body);
+    let token = weir_service::auth::mint(b"s3cret", "ann", std::time::Duration::from_secs(60))
+        .expect("a token");
+    let path = format!("/mcp?token={token}");
+    let mut evil = headers.to_vec();
+    evil.push(("origin", "https://evil.example"));
+    let r = http(&server, "POST", &path, &evil, initialize).await;
+    assert_eq!(r.status, 403, "cross-origin: {}", r.body);
+    let r = http(&server, "POST", &path, &headers, initialize).await;
+    assert_eq!(r.status, 200, "admitted: {}", r.body);
+    assert!(r.body.contains("\"weir\""), "{}", r.body);
+    server.shutdown().await;
+}
