@@ -22,11 +22,34 @@ struct Cli {
     command: Command,
 }
 
+/// Where a server's configuration comes from: `serve` and `mcp` share these.
 #[derive(Debug, clap::Args)]
-struct ServeArgs {
+struct ConfigArgs {
     /// TOML configuration file (every field optional; see docs/protocol.md).
     #[arg(long, env = "WEIR_CONFIG")]
     config: Option<PathBuf>,
+    /// The run-history SQLite database (default: ~/.local/share/weir/history.sqlite3).
+    #[arg(long, env = "WEIR_HISTORY")]
+    history: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    fn config(&self) -> anyhow::Result<ServerConfig> {
+        let mut c = match &self.config {
+            Some(path) => ServerConfig::from_file(path)?,
+            None => ServerConfig::default(),
+        };
+        if let Some(path) = &self.history {
+            c.history.path = path.clone();
+        }
+        Ok(c)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    files: ConfigArgs,
     /// Address to listen on (default 127.0.0.1:8080).
     #[arg(long, env = "WEIR_LISTEN")]
     listen: Option<std::net::SocketAddr>,
@@ -39,17 +62,11 @@ struct ServeArgs {
     /// Log JSON lines instead of text.
     #[arg(long, env = "WEIR_LOG_JSON")]
     log_json: bool,
-    /// The run-history SQLite database (default: ~/.local/share/weir/history.sqlite3).
-    #[arg(long, env = "WEIR_HISTORY")]
-    history: Option<PathBuf>,
 }
 
 impl ServeArgs {
     fn config(&self) -> anyhow::Result<ServerConfig> {
-        let mut c = match &self.config {
-            Some(path) => ServerConfig::from_file(path)?,
-            None => ServerConfig::default(),
-        };
+        let mut c = self.files.config()?;
         if let Some(listen) = self.listen {
             c.listen = listen;
         }
@@ -60,32 +77,6 @@ impl ServeArgs {
             c.secret = self.secret.clone();
         }
         c.log_json |= self.log_json;
-        if let Some(path) = &self.history {
-            c.history.path = path.clone();
-        }
-        Ok(c)
-    }
-}
-
-#[derive(Debug, clap::Args)]
-struct McpArgs {
-    /// TOML configuration file, as for `serve` (its limits and history apply).
-    #[arg(long, env = "WEIR_CONFIG")]
-    config: Option<PathBuf>,
-    /// The run-history SQLite database (default: ~/.local/share/weir/history.sqlite3).
-    #[arg(long, env = "WEIR_HISTORY")]
-    history: Option<PathBuf>,
-}
-
-impl McpArgs {
-    fn config(&self) -> anyhow::Result<ServerConfig> {
-        let mut c = match &self.config {
-            Some(path) => ServerConfig::from_file(path)?,
-            None => ServerConfig::default(),
-        };
-        if let Some(path) = &self.history {
-            c.history.path = path.clone();
-        }
         Ok(c)
     }
 }
@@ -117,7 +108,7 @@ enum Command {
     },
     /// Serve MCP (Model Context Protocol) on stdin/stdout: the `run_python` tool for AI agents
     /// (docs/mcp.md).
-    Mcp(McpArgs),
+    Mcp(ConfigArgs),
     /// List the runtimes this weir hosts (the default first).
     Runtimes,
     /// Measure the sandbox on this machine and print a table (docs/benchmarks.md).

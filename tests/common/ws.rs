@@ -19,8 +19,9 @@ use weir_service::server::{start, start_with, RunningServer};
 pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// A test server on a free port, with its run history in a fresh file under `target/tmp`.
-pub async fn server(f: impl FnOnce(&mut ServerConfig)) -> RunningServer {
+/// A test server's configuration: a free port, 16 instances, its run history in a fresh file
+/// under `target/tmp`, then whatever `f` changes.
+fn test_config(f: impl FnOnce(&mut ServerConfig)) -> ServerConfig {
     let mut config = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         max_instances: 16,
@@ -28,7 +29,12 @@ pub async fn server(f: impl FnOnce(&mut ServerConfig)) -> RunningServer {
     };
     config.history.path = temp_history();
     f(&mut config);
-    start(config).await.expect("server starts")
+    config
+}
+
+/// A test server (`test_config`).
+pub async fn server(f: impl FnOnce(&mut ServerConfig)) -> RunningServer {
+    start(test_config(f)).await.expect("server starts")
 }
 
 /// A test server whose sandbox hosts `runtimes` (the first is the default).
@@ -36,13 +42,7 @@ pub async fn server_with_runtimes(
     runtimes: Vec<Arc<dyn Runtime>>,
     f: impl FnOnce(&mut ServerConfig),
 ) -> RunningServer {
-    let mut config = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        max_instances: 16,
-        ..ServerConfig::default()
-    };
-    config.history.path = temp_history();
-    f(&mut config);
+    let config = test_config(f);
     let sandbox =
         Sandbox::with_runtimes(config.engine_settings(), runtimes).expect("sandbox loads");
     start_with(config, sandbox).await.expect("server starts")
