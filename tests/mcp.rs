@@ -78,5 +78,12 @@ async fn mcp_over_http_passes_the_same_admission_as_every_entry_point() {
     let r = http(&server, "POST", &path, &headers, initialize).await;
     assert_eq!(r.status, 200, "admitted: {}", r.body);
     assert!(r.body.contains("\"weir\""), "{}", r.body);
+    let max = server.state.config.max_message_bytes;
+    let huge = format!(
+        r#"{{"jsonrpc":"2.0","id":2,"method":"ping","params":{{"pad":"{}"}}}}"#,
+        "x".repeat(max)
+    );
+    let r = http(&server, "POST", &path, &headers, huge.as_bytes()).await;
+    assert_eq!(r.status, 413, "a body over max_message_bytes: {}", r.body);
     server.shutdown().await;
 }

@@ -235,17 +235,34 @@ pub fn routes(state: &Arc<AppState>) -> axum::Router<Arc<AppState>> {
         .layer(axum::middleware::from_fn_with_state(state.clone(), admit))
 }
 
-/// Admits an MCP request like any other entry point and tells the tool who called.
+/// Admits an MCP request like any other entry point, caps its body at `max_message_bytes`, and
+/// tells the tool who called.
 async fn admit(
     State(state): State<Arc<AppState>>,
     Query(query): Query<WsQuery>,
-    mut request: Request,
+    request: Request,
     next: Next,
 ) -> Response {
     let admitted = match admission::admit(&state, &query, request.headers()) {
         Ok(a) => a,
         Err(refusal) => return refusal.into_response(Body::Text),
     };
+    let max = state.config.max_message_bytes;
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        let message = format!("the request body is larger than {max} bytes");
+        return (axum::http::StatusCode::PAYLOAD_TOO_LARGE, message).into_response();
+    }
+    // A body without a length (chunked) is cut at the same size: reading past it fails.
+    let (parts, body) = request.into_parts();
+    let mut request = Request::from_parts(
+        parts,
+        axum::body::Body::new(http_body_util::Limited::new(body, max)),
+    );
     request
         .extensions_mut()
         .insert(Caller(admitted.user.clone()));
