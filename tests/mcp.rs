@@ -78,6 +78,8 @@ async fn mcp_over_http_passes_the_same_admission_as_every_entry_point() {
     let r = http(&server, "POST", &path, &headers, initialize).await;
     assert_eq!(r.status, 200, "admitted: {}", r.body);
     assert!(r.body.contains("\"weir\""), "{}", r.body);
+    // Stateless: no MCP session is kept per client, so none is named.
+    assert_eq!(r.header("mcp-session-id"), None, "a session was created");
     let max = server.state.config.max_message_bytes;
     let huge = format!(
         r#"{{"jsonrpc":"2.0","id":2,"method":"ping","params":{{"pad":"{}"}}}}"#,

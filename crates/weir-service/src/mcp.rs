@@ -16,7 +16,7 @@ use rmcp::handler::server::{router::tool::ToolRouter, wrapper::Parameters};
 use rmcp::model::{ContentBlock, Implementation, ServerCapabilities, ServerConfig};
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::{
-    session::local::LocalSessionManager, StreamableHttpServerConfig, StreamableHttpService,
+    session::never::NeverSessionManager, StreamableHttpServerConfig, StreamableHttpService,
 };
 use rmcp::{schemars, tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler};
 use std::collections::BTreeMap;
@@ -222,12 +222,15 @@ pub fn routes(state: &Arc<AppState>) -> axum::Router<Arc<AppState>> {
     let config = StreamableHttpServerConfig::default()
         // weir's own admission checks Host (and Origin) before rmcp sees the request.
         .disable_allowed_hosts()
+        // Stateless: `run_python` keeps nothing between calls, so the server keeps no MCP
+        // session per client either (a session map would grow with every `initialize`).
+        .with_legacy_session_mode(false)
         .with_json_response(true)
         .with_sse_keep_alive(None)
         .with_cancellation_token(state.mcp_shutdown.child_token());
-    let service: StreamableHttpService<WeirMcp, LocalSessionManager> = StreamableHttpService::new(
+    let service: StreamableHttpService<WeirMcp, NeverSessionManager> = StreamableHttpService::new(
         move || Ok(WeirMcp::new(app.clone())),
-        Arc::new(LocalSessionManager::default()),
+        Arc::new(NeverSessionManager::default()),
         config,
     );
     axum::Router::new()
