@@ -251,14 +251,8 @@ async fn admit(
         Err(refusal) => return refusal.into_response(Body::Text),
     };
     let max = state.config.max_message_bytes;
-    let declared = request
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        let message = format!("the request body is larger than {max} bytes");
-        return (axum::http::StatusCode::PAYLOAD_TOO_LARGE, message).into_response();
+    if let Err(too_large) = oneshot::refuse_announced_over(request.headers(), max) {
+        return too_large.into_response();
     }
     // A body without a length (chunked) is cut at the same size: reading past it fails.
     let (parts, body) = request.into_parts();

@@ -141,6 +141,32 @@ pub async fn request_json(
     .await
 }
 
+/// 413 for a body larger than `limit`.
+fn too_large(limit: usize) -> (StatusCode, String) {
+    (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the request body is larger than the {} limit",
+            weir_sandbox::limits::human_bytes(limit as u64)
+        ),
+    )
+}
+
+/// Refuses at once (413, without reading it) a body whose `Content-Length` is over `limit`.
+pub fn refuse_announced_over(
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<(), (StatusCode, String)> {
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match announced {
+        Some(n) if n > limit as u64 => Err(too_large(limit)),
+        _ => Ok(()),
+    }
+}
+
 /// An HTTP body as a JSON value, whatever its `Content-Type` (Piston clients send `text/plain`
 /// as often as `application/json`). A body announced larger than `limit` is refused at once
 /// (413, without waiting for it), one that grows past it too, and one that does not arrive
@@ -151,22 +177,7 @@ pub async fn json_body(
     limit: usize,
     timeout: Duration,
 ) -> Result<Value, (StatusCode, String)> {
-    let too_large = || {
-        (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the request body is larger than the {} limit",
-                weir_sandbox::limits::human_bytes(limit as u64)
-            ),
-        )
-    };
-    let announced = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
+    refuse_announced_over(headers, limit)?;
     let body = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
         Err(_) => {
             return Err((
@@ -177,7 +188,7 @@ pub async fn json_body(
                 ),
             ))
         }
-        Ok(Err(e)) if is_length_limit(&e) => return Err(too_large()),
+        Ok(Err(e)) if is_length_limit(&e) => return Err(too_large(limit)),
         Ok(Err(e)) => {
             return Err((
                 StatusCode::BAD_REQUEST,

@@ -243,8 +243,7 @@ impl Connection {
     }
 
     async fn init(&mut self, msg: &Value) -> Option<End> {
-        let runtimes: Vec<_> = self.app.sandbox.runtimes().cloned().collect();
-        let (req, runtime) = match piston::job(msg, &self.app.config, &runtimes) {
+        let (req, runtime) = match piston::job(msg, &self.app.config, self.app.sandbox.runtimes()) {
             Ok(job) => job,
             Err(m) => return self.notify_error(m).await,
         };

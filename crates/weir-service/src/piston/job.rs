@@ -28,10 +28,10 @@ pub fn message(status: StatusCode, message: impl Into<String>) -> Response {
 
 /// Validates a Piston job (an `/execute` body or a `/connect` `init` message) and builds the
 /// run it asks for. Errors carry Piston's messages where Piston has one.
-pub fn job(
+pub fn job<'a>(
     body: &Value,
     config: &ServerConfig,
-    runtimes: &[RuntimeInfo],
+    runtimes: impl IntoIterator<Item = &'a RuntimeInfo>,
 ) -> Result<(RunRequest, RuntimeInfo), String> {
     if !body.is_object() {
         return Err("the request body must be a JSON object".into());
@@ -191,11 +191,11 @@ fn constraint(body: &Value, name: &str, configured: Option<u64>) -> Result<Optio
 /// The first of `runtimes` (the default first) that `language` names (its language, its name
 /// or an alias) at a version in `range`.
 pub fn runtime_for<'a>(
-    runtimes: &'a [RuntimeInfo],
+    runtimes: impl IntoIterator<Item = &'a RuntimeInfo>,
     language: &str,
     range: &str,
 ) -> Option<&'a RuntimeInfo> {
-    runtimes.iter().find(|r| {
+    runtimes.into_iter().find(|r| {
         (r.language == language || r.answers_to(language)) && version_matches(range, &r.version)
     })
 }

@@ -46,8 +46,7 @@ async fn execute(
         Ok(b) => b,
         Err((status, m)) => return message(status, m),
     };
-    let runtimes: Vec<_> = state.sandbox.runtimes().cloned().collect();
-    let (mut req, runtime) = match job(&body, &state.config, &runtimes) {
+    let (mut req, runtime) = match job(&body, &state.config, state.sandbox.runtimes()) {
         Ok(job) => job,
         Err(m) => return message(StatusCode::BAD_REQUEST, m),
     };
