@@ -229,7 +229,7 @@ pub async fn run(args: RunArgs, mut settings: EngineSettings) -> anyhow::Result<
                 let _ = sink.write_all(&data).await;
                 let _ = sink.flush().await;
             }
-            Event::State(_) => {}
+            Event::State(_) | Event::Cell(_) => {}
             Event::Exit(result) => {
                 if !matches!(
                     result.outcome,

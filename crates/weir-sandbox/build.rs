@@ -1,6 +1,6 @@
 //! Builds the CPython guest (`weir-guest-build`) and tells the crate where it is
 //! (`WEIR_GUEST_WASM`), what it is (`WEIR_GUEST_SHA256`) and what it was built from
-//! (`WEIR_GUEST_BUILD`).
+//! (`WEIR_GUEST_BUILD`), and where an interrupt is written in it (`WEIR_GUEST_INTERRUPT`).
 
 fn main() {
     for input in weir_guest_build::inputs() {
@@ -12,4 +12,5 @@ fn main() {
     println!("cargo:rustc-env=WEIR_GUEST_WASM={}", guest.wasm.display());
     println!("cargo:rustc-env=WEIR_GUEST_SHA256={}", guest.sha256);
     println!("cargo:rustc-env=WEIR_GUEST_BUILD={}", guest.build_id);
+    println!("cargo:rustc-env=WEIR_GUEST_INTERRUPT={}", guest.interrupt);
 }

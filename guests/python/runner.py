@@ -225,19 +225,21 @@ class _Host:
     must rewrite -- dirtying, so copying, their pages."""
 
     __slots__ = ("launch_config", "program_compiled", "uncaught_exception", "repl_started",
-                 "read_line")
+                 "read_line", "next_cell", "cell_done")
 
     def __init__(self, launch_config, program_compiled, uncaught_exception, repl_started,
-                 read_line):
+                 read_line, next_cell, cell_done):
         self.launch_config = launch_config
         self.program_compiled = program_compiled
         self.uncaught_exception = uncaught_exception
         self.repl_started = repl_started
         self.read_line = read_line
+        self.next_cell = next_cell
+        self.cell_done = cell_done
 
 
 _HOST = _Host(host.launch_config, host.program_compiled, host.uncaught_exception,
-              host.repl_started, input)
+              host.repl_started, input, host.next_cell, host.cell_done)
 
 
 def _refresh_process_state(launch):
@@ -363,6 +365,101 @@ def _repl(namespace, api):
         return _exit_code(exc)
 
 
+def _fresh_stdin():
+    """A new `sys.stdin` for a cell: nothing an earlier cell's reads left buffered carries over."""
+    import io
+
+    raw = io.FileIO(0, "rb", closefd=False)
+    sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.BufferedReader(raw), encoding="utf-8")
+
+
+def _compile_cell(source, name):
+    """The cell's statements, and its last statement as an expression when it is one (its value
+    is the cell's result, as in a REPL or a notebook). The source goes to `linecache`, so
+    tracebacks show the cell's lines."""
+    import ast
+    import linecache
+
+    linecache.cache[name] = (len(source), None, source.splitlines(True), name)
+    tree = ast.parse(source, name, "exec")
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = ast.Expression(tree.body.pop().value)
+    body = compile(tree, name, "exec", dont_inherit=True)
+    expr = compile(last, name, "eval", dont_inherit=True) if last is not None else None
+    return body, expr
+
+
+def _run_cell(source, name, namespace):
+    body, expr = _compile_cell(source, name)
+    exec(body, namespace)
+    if expr is None:
+        return None
+    value = eval(expr, namespace)
+    if value is None:
+        return None
+    builtins._ = value
+    return repr(value)
+
+
+def _show(exc):
+    """Prints an exception's traceback as the REPL does; returns its type name and message."""
+    tb = _user_traceback(exc.__traceback__)
+    try:
+        exc.__traceback__ = tb
+        sys.excepthook(type(exc), exc, tb)
+    except BaseException:  # noqa: BLE001
+        pass
+    try:
+        message = str(exc)
+    except BaseException:  # noqa: BLE001
+        message = ""
+    return type(exc).__name__, message[:1000]
+
+
+def _flush_stdio():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:  # noqa: BLE001
+            pass
+
+
+def _cell_done(api, result, error):
+    """Reports a finished cell. An interrupt that reaches the guest after its cell ended (the
+    host withdraws it in `cell-done`) is ignored."""
+    while True:
+        try:
+            _flush_stdio()
+            api.cell_done(result, error)
+            return
+        except KeyboardInterrupt:
+            continue
+
+
+def _cells(namespace, api):
+    """A session: runs cells in one namespace until the host has no more, or one exits."""
+    number = 0
+    while True:
+        try:
+            source = api.next_cell()
+        except KeyboardInterrupt:  # a late interrupt, as in `_cell_done`
+            continue
+        if source is None:
+            return 0
+        number += 1
+        _fresh_stdin()
+        result = error = None
+        try:
+            result = _run_cell(source, "<cell %d>" % number, namespace)
+        except SystemExit as exc:
+            _cell_done(api, None, ("SystemExit", str(exc.code)))
+            return _exit_code(exc)
+        except BaseException as exc:  # noqa: BLE001 - every error is the cell's, not the session's
+            error = _show(exc)
+        _cell_done(api, result, error)
+
+
 def _finish():
     try:
         atexit._run_exitfuncs()
@@ -395,10 +492,10 @@ def _main(api):
         if filename == "<string>":
             del namespace["__file__"]
         status = _execute(code_obj, namespace, api)
-    if launch.repl:
+    if launch.repl or launch.cells:
         if namespace is None:
             namespace = _new_main("<stdin>").__dict__
-        status = _repl(namespace, api)
+        status = _cells(namespace, api) if launch.cells else _repl(namespace, api)
     return status
 
 
@@ -415,18 +512,19 @@ class Run(exports.Run):
 class _WarmUpHost:
     """A stand-in for the host, for `_warm_up`: a `-c` program, then a REPL fed from a list."""
 
-    def __init__(self, code, lines, compiled=None):
+    def __init__(self, code, lines, compiled=None, cells=False):
         # The bindings' own record type, as the host's `launch-config` returns it.
         self.launch = host.Launch(
             script="", code=code, source=None, compiled=compiled, cache_compiled=compiled is None,
-            repl=True, args=["main.py", "arg"], env=list(os.environ.items()), cwd="",
+            repl=not cells, cells=cells, args=["main.py", "arg"], env=list(os.environ.items()),
+            cwd="",
         )
         self.compiled = None
         self.lines = iter(lines)
 
     def api(self):
         return _Host(self.launch_config, self.program_compiled, self.uncaught_exception,
-                     self.repl_started, self.read_line)
+                     self.repl_started, self.read_line, self.next_cell, self.cell_done)
 
     def launch_config(self):
         return self.launch
@@ -445,6 +543,12 @@ class _WarmUpHost:
             return next(self.lines)
         except StopIteration:
             raise EOFError from None
+
+    def next_cell(self):
+        return next(self.lines, None)
+
+    def cell_done(self, result, error):
+        pass
 
 
 def _warm_up(passes=3):
@@ -466,12 +570,25 @@ def _warm_up(passes=3):
         with open(__file__, "rb") as f:
             f.read()
         sys.stdout.flush()
+        # A session's cells: the last expression's value, an error, state kept between cells.
+        _main(_WarmUpHost("n = 1", ["n += 1", "n * 2", "def h():\n    return n\nh()",
+                                     "1 / 0 if n > 99 else None"], cells=True).api())
     if build_main is not None:
         sys.modules["__main__"] = build_main
     sys.argv = [""]
     sys.path[:] = []
 
 
+def _interrupt_table():
+    """Where the host finds the exception an interrupt raises (`guests/build/interrupt.rs`):
+    a marker, then the address of `KeyboardInterrupt` (little-endian u32)."""
+    import array
+
+    marker = bytes(reversed(b"1V-ELBAT-TPURRETNI-RIEW"))  # built, so no constant holds it
+    return marker + array.array("I", [id(KeyboardInterrupt)]).tobytes()
+
+
+_INTERRUPT_TABLE = _interrupt_table()
 _warm_up()
 # Objects alive now belong to the snapshot; freezing them keeps a run-time gc.collect() from
 # dirtying (and so copying) their pages in every instance.

@@ -140,7 +140,7 @@ async fn first_output(handle: &mut RunHandle) -> anyhow::Result<()> {
         match event {
             Event::Output { .. } => return Ok(()),
             Event::Exit(r) => anyhow::bail!("run ended without output: {}", r.message),
-            Event::State(_) => {}
+            Event::State(_) | Event::Cell(_) => {}
         }
     }
     anyhow::bail!("run vanished")

@@ -48,6 +48,8 @@ async fn main() -> anyhow::Result<()> {
                 StreamKind::Stderr => eprint!("{}", String::from_utf8_lossy(&data)),
             },
             Some(Event::State(state)) => eprintln!("[state: {state:?}]"),
+            // Only sessions (`RunRequest::cells`) run cells.
+            Some(Event::Cell(_)) => {}
             Some(Event::Exit(result)) => {
                 eprintln!(
                     "[{}: {} in {:.1} ms, peak memory {} bytes]",

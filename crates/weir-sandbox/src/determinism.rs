@@ -14,9 +14,11 @@
 //! The clock functions are installed for every run (shadowing wasmtime-wasi's); a run that is not
 //! deterministic gets wasmtime-wasi's real clocks through them unchanged.
 
+use crate::interrupt::Interrupter;
 use crate::limits::Limits;
 use chacha20::rand_core::SeedableRng;
 use chacha20::ChaCha20Rng;
+use std::sync::Arc;
 use wasmtime::component::{Linker, Resource};
 use wasmtime::StoreContextMut;
 use wasmtime_wasi::p2::bindings::clocks::{monotonic_clock, wall_clock};
@@ -111,6 +113,47 @@ pub trait ClockView: WasiView + Send + 'static {
     fn clock(&self) -> &GuestClock;
     /// The run's clock, to advance it.
     fn clock_mut(&mut self) -> &mut GuestClock;
+    /// What ends a real-clock sleep early (`crate::interrupt`); `None`: nothing does.
+    fn interrupter(&self) -> Option<Arc<Interrupter>> {
+        None
+    }
+}
+
+/// A real-clock sleep that an interrupt ends early, raising `KeyboardInterrupt` in the guest
+/// as it returns (`time.sleep`).
+struct Sleep {
+    until: tokio::time::Instant,
+    interrupter: Arc<Interrupter>,
+}
+
+#[async_trait::async_trait]
+impl Pollable for Sleep {
+    async fn ready(&mut self) {
+        if self.interrupter.in_flight() {
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(self.until) => {}
+            () = self.interrupter.requested() => {
+                self.interrupter.deliver();
+            }
+        }
+    }
+}
+
+/// A sleep of `ns` on the real clock: interruptible when the run has an interrupter.
+fn real_sleep<T: ClockView>(
+    store: &mut StoreContextMut<'_, T>,
+    ns: u64,
+) -> wasmtime::Result<Resource<DynPollable>> {
+    use wasmtime_wasi::clocks::WasiClocksView;
+    let Some(interrupter) = store.data().interrupter() else {
+        return monotonic_clock::Host::subscribe_duration(&mut store.data_mut().clocks(), ns);
+    };
+    let until = tokio::time::Instant::now() + std::time::Duration::from_nanos(ns);
+    let table = store.data_mut().ctx().table;
+    let sleep = table.push(Sleep { until, interrupter })?;
+    wasmtime_wasi::p2::subscribe(table, sleep)
 }
 
 /// The virtual clock's state and the guest's remaining fuel, if this run is deterministic.
@@ -286,10 +329,7 @@ fn add_clocks<T: ClockView>(linker: &mut Linker<T>) -> anyhow::Result<()> {
                 advance(&mut store, ns);
                 Ok((ready_pollable(&mut store)?,))
             }
-            None => Ok((Mono::subscribe_duration(
-                &mut store.data_mut().clocks(),
-                ns,
-            )?,)),
+            None => Ok((real_sleep(&mut store, ns)?,)),
         },
     )
     .map_err(wasm_err)?;
@@ -300,10 +340,10 @@ fn add_clocks<T: ClockView>(linker: &mut Linker<T>) -> anyhow::Result<()> {
                 advance(&mut store, when.saturating_sub(MONOTONIC_START_NS + now));
                 Ok((ready_pollable(&mut store)?,))
             }
-            None => Ok((Mono::subscribe_instant(
-                &mut store.data_mut().clocks(),
-                when,
-            )?,)),
+            None => {
+                let now = Mono::now(&mut store.data_mut().clocks())?;
+                Ok((real_sleep(&mut store, when.saturating_sub(now))?,))
+            }
         },
     )
     .map_err(wasm_err)?;

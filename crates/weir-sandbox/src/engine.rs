@@ -229,6 +229,10 @@ impl Instantiator {
         // out the run, and a busy guest never holds a worker thread for more than one tick.
         // A background run then also gives way to foreground ones (`crate::priority`).
         store.epoch_deadline_callback(|ctx| {
+            // A busy guest takes a requested interrupt here, within one tick.
+            if ctx.data().interrupter.pending() {
+                ctx.data().interrupter.deliver();
+            }
             let priority = &ctx.data().priority;
             Ok(if priority.is_background() {
                 UpdateDeadline::YieldCustom(1, Box::pin(priority.clone().yield_then_give_way()))

@@ -88,6 +88,25 @@ pub struct RunResult {
     pub runtime: String,
 }
 
+/// The exception a session's cell raised (its traceback went to stderr).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CellException {
+    /// The exception's type, e.g. `ZeroDivisionError` or `KeyboardInterrupt`.
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// Its message.
+    pub message: String,
+}
+
+/// How a session's cell ended (a run in cell mode, [`crate::RunControl::send_cell`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CellEnd {
+    /// The `repr` of the cell's last expression, when it was one and its value not `None`.
+    pub value: Option<String>,
+    /// The exception the cell raised.
+    pub exception: Option<CellException>,
+}
+
 /// What a run reports, in order. `Exit` is always the last event.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -100,6 +119,8 @@ pub enum Event {
     },
     /// The run changed state.
     State(RunState),
+    /// A session's cell ended; its output came before this.
+    Cell(CellEnd),
     /// The run ended (always the last event).
     Exit(RunResult),
 }
@@ -125,6 +146,8 @@ pub struct Collected {
     pub output: Vec<u8>,
     /// The states the run reported, in order.
     pub states: Vec<RunState>,
+    /// The cells that ended, in order (sessions only).
+    pub cells: Vec<CellEnd>,
     /// How the run ended (`None` only if it never reported).
     pub result: Option<RunResult>,
 }
@@ -141,6 +164,7 @@ impl Collected {
                 self.output.extend_from_slice(&data);
             }
             Event::State(s) => self.states.push(s),
+            Event::Cell(c) => self.cells.push(c),
             Event::Exit(result) => self.result = Some(result),
         }
     }

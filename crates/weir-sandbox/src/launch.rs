@@ -2,6 +2,10 @@
 //! ([`HostState`]): the data a runtime's host interface reads and fills.
 
 use crate::compile_cache::CacheSlot;
+use crate::pipes::{GuestStdin, OutputQueue};
+use bytes::Bytes;
+use std::sync::Arc;
+use tokio::sync::mpsc;
 use wasmtime::component::{ComponentType, Lower};
 
 /// How the guest should launch the user's program (the WIT `launch` record).
@@ -21,6 +25,8 @@ pub struct Launch {
     pub cache_compiled: bool,
     /// Start an interactive console after the program.
     pub repl: bool,
+    /// Run a session's cells after the program (never with `repl`).
+    pub cells: bool,
     /// `sys.argv`, the environment and the working directory (as the WASI context has them).
     pub args: Vec<String>,
     /// The environment.
@@ -39,6 +45,7 @@ impl Launch {
             compiled: None,
             cache_compiled: false,
             repl,
+            cells: false,
             args: Vec::new(),
             env: Vec::new(),
             cwd: String::new(),
@@ -66,6 +73,33 @@ pub struct HostState {
     pub cache_slot: CacheSlot,
     /// The guest has said its REPL started.
     pub repl_started: bool,
+    /// A session's cells, as they come (cell mode only).
+    pub cells: Option<CellInbox>,
+}
+
+/// One cell of a session: code run in the session's namespace, and its stdin.
+#[derive(Debug, Clone, Default)]
+pub struct Cell {
+    /// The cell's source.
+    pub code: String,
+    /// What the cell reads from stdin, before end of file.
+    pub stdin: Bytes,
+}
+
+/// Where a session's guest takes its cells from, and what a cell's start resets.
+pub struct CellInbox {
+    /// Cells from the caller; closed: the session ends.
+    pub cells: mpsc::Receiver<Cell>,
+    /// The run's stdin, given each cell's own.
+    pub stdin: GuestStdin,
+    /// The run's output, whose cap each cell gets afresh and which carries each cell's end.
+    pub output: Arc<OutputQueue>,
+}
+
+impl std::fmt::Debug for CellInbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CellInbox").finish_non_exhaustive()
+    }
 }
 
 impl HostState {
@@ -76,6 +110,7 @@ impl HostState {
             uncaught: None,
             cache_slot,
             repl_started: false,
+            cells: None,
         }
     }
 }
@@ -90,6 +125,7 @@ pub(crate) fn take_launch(launch: &mut Launch) -> Launch {
         compiled: launch.compiled.take(),
         cache_compiled: launch.cache_compiled,
         repl: launch.repl,
+        cells: launch.cells,
         args: std::mem::take(&mut launch.args),
         env: std::mem::take(&mut launch.env),
         cwd: launch.cwd.clone(),

@@ -12,7 +12,8 @@
 //! ```
 //!
 //! Layers, bottom up (each module depends only on those before it):
-//! - values: [`limits`], [`outcome`], [`event`] (what a run reports), [`task`];
+//! - values: [`limits`], [`outcome`], [`event`] (what a run reports), [`task`], [`interrupt`]
+//!   (raising `KeyboardInterrupt` in running code);
 //! - scheduling: [`priority`] (foreground and background runs), [`background`] (the lane
 //!   background runs continue on);
 //! - a run's parts: [`pipes`] (bounded stdio), [`determinism`] (seeded randomness, virtual
@@ -33,6 +34,7 @@ pub mod compile_cache;
 pub mod determinism;
 pub mod engine;
 pub mod event;
+pub mod interrupt;
 pub mod launch;
 pub mod limits;
 pub mod outcome;
@@ -54,10 +56,13 @@ pub mod warm;
 pub use wasmtime;
 
 pub use engine::EngineSettings;
-pub use event::{Collected, Event, ReadLog, RunId, RunResult, RunState, StreamKind};
+pub use event::{
+    CellEnd, CellException, Collected, Event, ReadLog, RunId, RunResult, RunState, StreamKind,
+};
+pub use launch::Cell;
 pub use limits::Limits;
 pub use outcome::Outcome;
 pub use request::{Mount, Program, RunRequest};
-pub use run::{RunControl, RunHandle};
+pub use run::{CellError, RunControl, RunHandle};
 pub use runtime::{Runtime, RuntimeInfo};
 pub use sandbox::{InstanceStarts, Sandbox, StartError};

@@ -8,6 +8,7 @@
 //! stream tells the run driver, which reports `waiting_input` and switches to the idle clock.
 
 use crate::event::{Event, ReadLog, StreamKind};
+use crate::interrupt::Interrupter;
 use crate::limits::human_bytes;
 use crate::priority::Priority;
 use bytes::{Bytes, BytesMut};
@@ -42,6 +43,8 @@ pub struct GuestStatus {
 /// Accounting shared by stdout and stderr: total bytes and per-stream line state.
 #[derive(Debug)]
 struct OutputBudget {
+    /// Bytes written in earlier cells of a session.
+    earlier: u64,
     written: u64,
     cap: u64,
     line_cap: u64,
@@ -75,6 +78,7 @@ fn utf8_prefix(data: &[u8], max: usize) -> usize {
 impl OutputBudget {
     fn new(cap: u64, line_cap: u64) -> Self {
         OutputBudget {
+            earlier: 0,
             written: 0,
             cap,
             line_cap,
@@ -82,6 +86,14 @@ impl OutputBudget {
             cutting_line: [false; 2],
             truncated: false,
         }
+    }
+
+    /// A new cell's budget: the cap applies to each cell of a session on its own.
+    fn begin_cell(&mut self) {
+        self.earlier = self.earlier.saturating_add(self.written);
+        self.written = 0;
+        self.line_len = [0; 2];
+        self.cutting_line = [false; 2];
     }
 
     /// Applies the total cap and the line cap to one write of `stream`.
@@ -167,8 +179,14 @@ pub struct OutputQueue {
 
 struct QueueState {
     budget: OutputBudget,
-    segments: VecDeque<(StreamKind, BytesMut)>,
+    segments: VecDeque<Segment>,
     queued: usize,
+}
+
+/// What waits in the queue: output, or an event that must reach the caller after it.
+enum Segment {
+    Output(StreamKind, BytesMut),
+    Marker(Event),
 }
 
 impl OutputQueue {
@@ -213,12 +231,34 @@ impl OutputQueue {
 
     /// Bytes the guest wrote to stdout and stderr together (before any cutting).
     pub fn written(&self) -> u64 {
-        self.lock().budget.written
+        let state = self.lock();
+        state.budget.earlier + state.budget.written
     }
 
-    /// Whether output is waiting to be delivered.
+    /// Starts a session's next cell: it gets the whole output cap again.
+    pub fn begin_cell(&self) {
+        self.lock().budget.begin_cell();
+    }
+
+    /// Queues `event` behind the output written so far, so the caller sees it after that output
+    /// (a session's cell end). Never waits: at most one marker per cell is ever queued.
+    pub fn push_marker(&self, event: Event) {
+        let mut state = self.lock();
+        if state.segments.is_empty() {
+            match self.events.try_reserve() {
+                Ok(permit) => return permit.send(event),
+                Err(mpsc::error::TrySendError::Closed(())) => return,
+                Err(mpsc::error::TrySendError::Full(())) => {}
+            }
+        }
+        state.segments.push_back(Segment::Marker(event));
+        drop(state);
+        self.data.notify_one();
+    }
+
+    /// Whether output (or an event behind it) is waiting to be delivered.
     pub fn has_queued(&self) -> bool {
-        self.lock().queued > 0
+        !self.lock().segments.is_empty()
     }
 
     /// Waits until the guest queues output (returns at once if some is queued).
@@ -235,7 +275,10 @@ impl OutputQueue {
     /// Takes the oldest queued chunk, making room for the guest.
     pub fn pop(&self) -> Option<Event> {
         let mut state = self.lock();
-        let (stream, data) = state.segments.pop_front()?;
+        let (stream, data) = match state.segments.pop_front()? {
+            Segment::Output(stream, data) => (stream, data),
+            Segment::Marker(event) => return Some(event),
+        };
         state.queued -= data.len();
         drop(state);
         self.space.notify_one();
@@ -261,10 +304,14 @@ impl OutputQueue {
             }
             state.queued += data.len();
             match state.segments.back_mut() {
-                Some((k, tail)) if *k == kind && tail.len() + data.len() <= CHUNK_BYTES => {
+                Some(Segment::Output(k, tail))
+                    if *k == kind && tail.len() + data.len() <= CHUNK_BYTES =>
+                {
                     tail.extend_from_slice(&data)
                 }
-                _ => state.segments.push_back((kind, BytesMut::from(&data[..]))),
+                _ => state
+                    .segments
+                    .push_back(Segment::Output(kind, BytesMut::from(&data[..]))),
             }
             drop(state);
             self.data.notify_one();
@@ -442,11 +489,21 @@ struct StdinState {
     armed: bool,
     status: watch::Sender<GuestStatus>,
     log: Option<ReadLog>,
+    interrupter: Arc<Interrupter>,
+    /// An interrupt ended the last wait: the next read returns an empty line, so the guest's
+    /// `input()` returns and raises the interrupt's `KeyboardInterrupt` on the spot.
+    interrupted: bool,
 }
 
 impl GuestStdin {
-    /// The guest's end of a run's stdin channel, reporting its waits on `status`.
-    pub fn new(rx: StdinReceiver, status: watch::Sender<GuestStatus>, mode: StdinMode) -> Self {
+    /// The guest's end of a run's stdin channel, reporting its waits on `status`; a wait ends
+    /// early when `interrupter` is asked to interrupt the guest.
+    pub fn new(
+        rx: StdinReceiver,
+        status: watch::Sender<GuestStatus>,
+        mode: StdinMode,
+        interrupter: Arc<Interrupter>,
+    ) -> Self {
         GuestStdin {
             state: Arc::new(tokio::sync::Mutex::new(StdinState {
                 rx,
@@ -457,8 +514,19 @@ impl GuestStdin {
                 armed: false,
                 status,
                 log: mode.record.then(ReadLog::default),
+                interrupter,
+                interrupted: false,
             })),
         }
+    }
+
+    /// A session's next cell: its stdin is exactly `data`, then end of file (nothing an earlier
+    /// cell left unread, and nothing from the caller's channel).
+    pub async fn begin_cell(&self, data: Bytes) {
+        let mut state = self.state.lock().await;
+        state.buffered = data;
+        state.eof = true;
+        state.interrupted = false;
     }
 
     /// What the guest read so far (`None` unless recording).
@@ -497,6 +565,9 @@ impl StdinState {
     }
 
     fn read(&mut self, size: usize) -> StreamResult<Bytes> {
+        if std::mem::take(&mut self.interrupted) {
+            return Ok(Bytes::from_static(b"\n"));
+        }
         if self.gated && !self.armed {
             return Ok(Bytes::new());
         }
@@ -521,6 +592,10 @@ impl StdinState {
 
     async fn wait(&mut self) {
         self.poll_buffer();
+        if self.buffered.is_empty() && !self.eof && self.interrupter.in_flight() {
+            self.interrupted = true;
+            return;
+        }
         if self.buffered.is_empty() && !self.eof {
             self.status.send_modify(|s| {
                 s.waiting_input = true;
@@ -528,10 +603,12 @@ impl StdinState {
             });
             let rx = &mut self.rx;
             let closed = async { rx.closed.wait_for(|closed| *closed).await.is_ok() };
+            let interrupter = self.interrupter.clone();
             tokio::select! {
                 msg = rx.data.recv() => self.take_message(msg),
                 // Closed: take what was queued before, else end of file.
                 true = closed => self.poll_buffer(),
+                () = interrupter.requested() => self.interrupted = interrupter.deliver(),
                 else => self.eof = true,
             }
             self.status.send_modify(|s| s.waiting_input = false);

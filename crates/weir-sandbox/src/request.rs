@@ -47,6 +47,10 @@ pub struct RunRequest {
     pub limits: Limits,
     /// Start an interactive console after the script (`python -i`).
     pub repl: bool,
+    /// A session: after the program, run the cells sent with [`crate::RunControl::send_cell`]
+    /// in its namespace, one at a time, until the handle is dropped. Takes precedence over
+    /// `repl`. The wall-time limit applies to each cell, the idle limit between cells.
+    pub cells: bool,
     /// Bytes available on stdin from the start.
     pub stdin: Option<Vec<u8>>,
     /// Close stdin after `stdin` (the guest then sees EOF instead of waiting).
@@ -85,6 +89,7 @@ impl RunRequest {
             env: Vec::new(),
             limits: Limits::default(),
             repl: false,
+            cells: false,
             stdin: None,
             close_stdin: false,
             mounts: Vec::new(),

@@ -8,6 +8,8 @@
 
 use crate::background::BackgroundLane;
 use crate::event::{Collected, Event, RunId, RunResult, RunState};
+use crate::interrupt::Interrupter;
+use crate::launch::Cell;
 use crate::limits::Limits;
 use crate::outcome::Outcome;
 use crate::pipes::{GuestStatus, GuestStdin, OutputLimitExceeded, OutputQueue, StdinSender};
@@ -44,12 +46,28 @@ pub enum StdinError {
     Ended,
 }
 
+/// Why a cell could not be handed to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CellError {
+    /// The run was not started as a session ([`crate::RunRequest::cells`]).
+    #[error("the run is not a session")]
+    NotASession,
+    /// A cell is running or waiting: one at a time.
+    #[error("a cell is already running in this session")]
+    Busy,
+    /// The session has ended.
+    #[error("the session has ended")]
+    Ended,
+}
+
 /// Commands to a run. Cloneable; every method is harmless once the run has ended.
 #[derive(Clone)]
 pub struct RunControl {
     desired: Arc<watch::Sender<Desired>>,
     stdin: StdinSender,
     priority: Priority,
+    interrupter: Arc<Interrupter>,
+    cells: Option<mpsc::Sender<Cell>>,
 }
 
 impl RunControl {
@@ -87,6 +105,24 @@ impl RunControl {
     pub fn stop(&self) {
         self.priority.make_urgent();
         self.desired.send_replace(Desired::Stop);
+    }
+
+    /// Raises `KeyboardInterrupt` in the guest's running code, as Ctrl-C would: within one
+    /// epoch tick in a busy loop, at once in `time.sleep` or `input()`. The run goes on (a
+    /// REPL shows the traceback and prompts again; a session's cell ends with it). False when
+    /// nothing can take it: the runtime cannot be interrupted, or a session is between cells.
+    pub fn interrupt(&self) -> bool {
+        self.interrupter.request()
+    }
+
+    /// Hands a session its next cell. The cell's end arrives as [`Event::Cell`] after its
+    /// output; one cell at a time.
+    pub fn send_cell(&self, cell: Cell) -> Result<(), CellError> {
+        let cells = self.cells.as_ref().ok_or(CellError::NotASession)?;
+        cells.try_send(cell).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => CellError::Busy,
+            mpsc::error::TrySendError::Closed(_) => CellError::Ended,
+        })
     }
 
     /// Freezes the guest: no CPU, and its wall-time clock stops.
@@ -210,6 +246,9 @@ pub(crate) struct Driver {
     /// Where the driver is polled while the run is background.
     pub lane: Arc<BackgroundLane>,
     pub span: tracing::Span,
+    pub interrupter: Arc<Interrupter>,
+    /// A session's cells (the callers' end).
+    pub cells: Option<mpsc::Sender<Cell>>,
 }
 
 /// How a run's guest starts.
@@ -284,6 +323,8 @@ pub(crate) fn spawn(d: Driver, events_rx: mpsc::Receiver<Event>, stdin: StdinSen
         desired: Arc::new(desired_tx),
         stdin,
         priority: priority.clone(),
+        interrupter: d.interrupter.clone(),
+        cells: d.cells.clone(),
     };
     let id = d.id.clone();
     let runtime = d.variant.runtime.info().name.clone();

@@ -9,7 +9,8 @@ use crate::compile_cache::{CachePut, CacheSlot, CompileCache, Key};
 use crate::determinism::{GuestClock, VirtualClock};
 use crate::engine::EngineSettings;
 use crate::event::{RunId, StreamKind};
-use crate::launch::{HostState, Launch};
+use crate::interrupt::Interrupter;
+use crate::launch::{CellInbox, HostState, Launch};
 use crate::limits::{LimitError, Limits, MemoryLimiter};
 use crate::pipes::{GuestStatus, GuestStdin, OutputQueue, StdinMode};
 use crate::priority::{CpuGate, Priority};
@@ -283,6 +284,11 @@ impl Sandbox {
         if req.close_stdin {
             stdin_tx.close();
         }
+        // A session takes interrupts only while a cell runs.
+        let interrupter = Arc::new(match req.cells {
+            true => Interrupter::default(),
+            false => Interrupter::armed(),
+        });
         let stdin = GuestStdin::new(
             stdin_rx,
             status_tx.clone(),
@@ -291,6 +297,7 @@ impl Sandbox {
                 replay: req.replay_input.clone(),
                 gated: req.deterministic.is_some(),
             },
+            interrupter.clone(),
         );
         let priority = Priority::new(self.inner.cpu.clone());
         let foreground = Foreground::new(priority.clone());
@@ -307,6 +314,16 @@ impl Sandbox {
         host.launch.args = argv(&req);
         host.launch.env = req.env.clone();
         host.launch.cwd = GUEST_DIR.to_string();
+        let (cells_tx, cells_rx) = mpsc::channel(1);
+        if req.cells {
+            host.launch.repl = false;
+            host.launch.cells = true;
+            host.cells = Some(CellInbox {
+                cells: cells_rx,
+                stdin: stdin.clone(),
+                output: pipes.clone(),
+            });
+        }
         let mut state = GuestState::new(Parts {
             wasi,
             limiter: MemoryLimiter::new(limits.memory_bytes),
@@ -317,6 +334,7 @@ impl Sandbox {
                 _ => GuestClock::Real,
             },
             priority,
+            interrupter: interrupter.clone(),
             slot,
             scratch,
         });
@@ -355,6 +373,8 @@ impl Sandbox {
                 foreground,
                 lane: self.inner.lane.clone(),
                 span,
+                interrupter,
+                cells: req.cells.then_some(cells_tx),
             },
             events_rx,
             stdin_tx,

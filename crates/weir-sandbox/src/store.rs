@@ -3,6 +3,8 @@
 
 use crate::compile_cache::{CacheSlot, MAX_ENTRY_BYTES};
 use crate::determinism::{ClockView, GuestClock};
+use crate::event::{CellEnd, Event};
+use crate::interrupt::Interrupter;
 use crate::launch::{take_launch, HostState, Launch, Uncaught};
 use crate::limits::MemoryLimiter;
 use crate::pipes::GuestStatus;
@@ -25,6 +27,8 @@ pub struct GuestState {
     pub(crate) status: watch::Sender<GuestStatus>,
     pub(crate) clock: GuestClock,
     pub(crate) priority: Priority,
+    /// Interrupts the guest's running code (`crate::interrupt`).
+    pub(crate) interrupter: Arc<Interrupter>,
     /// `None` only while the store waits in the warm pool, before any run owns it.
     _holdings: Option<Holdings>,
     /// Set only in a warm store: what its guest, entered ahead of demand, waits for when it
@@ -46,6 +50,7 @@ pub(crate) struct Parts {
     pub status: watch::Sender<GuestStatus>,
     pub clock: GuestClock,
     pub priority: Priority,
+    pub interrupter: Arc<Interrupter>,
     pub slot: OwnedSemaphorePermit,
     pub scratch: Scratch,
 }
@@ -62,6 +67,7 @@ impl GuestState {
             status: parts.status,
             clock: parts.clock,
             priority: parts.priority,
+            interrupter: parts.interrupter,
             _holdings: Some(Holdings {
                 _slot: parts.slot,
                 _scratch: parts.scratch,
@@ -81,6 +87,7 @@ impl GuestState {
             status: watch::channel(GuestStatus::default()).0,
             clock: GuestClock::Real,
             priority: Priority::placeholder(),
+            interrupter: Arc::new(Interrupter::armed()),
             _holdings: None,
             assignment: None,
         }
@@ -92,6 +99,7 @@ impl GuestState {
     pub(crate) fn take_over(&mut self, mut run: Box<GuestState>) {
         std::mem::swap(&mut run.table, &mut self.table);
         run.limiter.starts_at(self.limiter.peak());
+        run.interrupter.take_target_from(&self.interrupter);
         *self = *run;
     }
 
@@ -109,6 +117,21 @@ impl GuestState {
     /// Largest compiled program the compile cache keeps, bytes: a runtime need not read more
     /// from its guest.
     pub const MAX_COMPILED_BYTES: usize = MAX_ENTRY_BYTES;
+
+    /// The interrupter of this store's run: a runtime attaches its guest's memory to it right
+    /// after instantiation ([`Interrupter::attach`]).
+    pub fn interrupter(&self) -> &Interrupter {
+        &self.interrupter
+    }
+
+    /// A session's cell ended: `end` reaches the caller after the cell's output, and interrupts
+    /// are withdrawn until the next cell.
+    pub fn cell_done(&mut self, end: CellEnd) {
+        self.interrupter.set_armed(false);
+        if let Some(inbox) = &self.host.cells {
+            inbox.output.push_marker(Event::Cell(end));
+        }
+    }
 
     /// The guest's REPL has started (only a run that asked for one has one, and it starts once;
     /// a script claiming it gains nothing).
@@ -132,6 +155,34 @@ pub async fn launch(store: &mut StoreContextMut<'_, GuestState>) -> wasmtime::Re
     Ok(take_launch(&mut store.data_mut().host.launch))
 }
 
+impl Drop for GuestState {
+    fn drop(&mut self) {
+        // The instance (and its memory) goes with the store.
+        self.interrupter.detach();
+    }
+}
+
+/// A session's next cell, waited for while the run counts as idle (as at a REPL prompt); `None`
+/// when the caller closed the session, or for a run that is not a session.
+pub async fn next_cell(store: &mut StoreContextMut<'_, GuestState>) -> Option<String> {
+    let state = store.data_mut();
+    state.interrupter.set_armed(false);
+    let inbox = state.host.cells.as_mut()?;
+    let status = &state.status;
+    status.send_modify(|s| {
+        s.in_repl = true;
+        s.waiting_input = true;
+        s.waits += 1;
+    });
+    let cell = inbox.cells.recv().await;
+    status.send_modify(|s| s.waiting_input = false);
+    let cell = cell?;
+    inbox.output.begin_cell();
+    inbox.stdin.begin_cell(cell.stdin).await;
+    state.interrupter.set_armed(true);
+    Some(cell.code)
+}
+
 impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
@@ -148,6 +199,10 @@ impl ClockView for GuestState {
 
     fn clock_mut(&mut self) -> &mut GuestClock {
         &mut self.clock
+    }
+
+    fn interrupter(&self) -> Option<Arc<Interrupter>> {
+        Some(self.interrupter.clone())
     }
 }
 

@@ -263,7 +263,7 @@ impl OutputLog {
                 self.push(*stream, data);
                 None
             }
-            Event::State(_) => None,
+            Event::State(_) | Event::Cell(_) => None,
             Event::Exit(result) => Some(result.clone()),
         }
     }

@@ -300,6 +300,8 @@ impl Session {
                 protocol::output(&active.id, stream, &data, active.seq)
             }
             Some(Event::State(state)) => protocol::state(&active.id, state),
+            // Runs started here are never sessions: no cells end.
+            Some(Event::Cell(_)) => return,
             Some(Event::Exit(result)) => {
                 let Some(active) = self.active.take() else {
                     return;

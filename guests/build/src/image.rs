@@ -109,3 +109,24 @@ pub fn module_segments(component: &[u8]) -> Result<Vec<Vec<Segment>>, String> {
     }
     Ok(modules)
 }
+
+/// The sorted segments of the core module whose memory image holds `marker` (a table the guest
+/// left for the build, `what`), and the marker's guest address.
+pub fn marked_segments(
+    component: &[u8],
+    marker: &[u8],
+    what: &str,
+) -> Result<(Vec<Segment>, u32), String> {
+    let found = module_segments(component)?
+        .into_iter()
+        .find_map(|segments| {
+            let at = segments.iter().find_map(|seg| {
+                seg.data(component)
+                    .windows(marker.len())
+                    .position(|w| w == marker)
+                    .map(|pos| seg.address + pos as u32)
+            })?;
+            Some((segments, at))
+        });
+    found.ok_or_else(|| format!("the guest's {what} is not in the image"))
+}

@@ -12,7 +12,7 @@
 //! type and the count is a plausible count: a block freed between the listing and the snapshot
 //! holds an allocator pointer there instead, and is left alone.
 
-use crate::image::{module_segments, Image, Segment};
+use crate::image::{marked_segments, Image};
 
 /// CPython's `_Py_IMMORTAL_INITIAL_REFCNT` on 32-bit targets (`Include/refcount.h`).
 const IMMORTAL_REFCNT: u32 = 5 << 28;
@@ -30,7 +30,7 @@ pub struct Immortalized {
 
 /// Patches `component` in place. Fails if the guest's table is missing or malformed.
 pub fn immortalize(component: &mut [u8]) -> Result<Immortalized, String> {
-    let (segments, table) = snapshot_segments(component)?;
+    let (segments, table) = marked_segments(component, MARKER, "immortal table")?;
     let mut image = Image {
         bytes: component,
         segments,
@@ -63,25 +63,4 @@ pub fn immortalize(component: &mut [u8]) -> Result<Immortalized, String> {
         patched,
         skipped,
     })
-}
-
-/// The guest address of the marker, if one of `segments` holds it.
-fn find_marker(component: &[u8], segments: &[Segment]) -> Option<u32> {
-    segments.iter().find_map(|seg| {
-        seg.data(component)
-            .windows(MARKER.len())
-            .position(|w| w == MARKER)
-            .map(|pos| seg.address + pos as u32)
-    })
-}
-
-/// The segments of the core module that holds the marker, and the marker's guest address.
-fn snapshot_segments(component: &[u8]) -> Result<(Vec<Segment>, u32), String> {
-    module_segments(component)?
-        .into_iter()
-        .find_map(|segments| {
-            let table = find_marker(component, &segments)?;
-            Some((segments, table))
-        })
-        .ok_or_else(|| "the guest's immortal table is not in the image".into())
 }

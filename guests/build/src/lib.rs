@@ -22,6 +22,7 @@
 
 pub mod image;
 pub mod immortalize;
+pub mod interrupt;
 pub mod seal_heap;
 
 use sha2::{Digest, Sha256};
@@ -37,6 +38,8 @@ pub struct Built {
     pub wasm: PathBuf,
     /// sha256 of its bytes, hex.
     pub sha256: String,
+    /// Where a host writes to raise `KeyboardInterrupt` in it ([`interrupt`]).
+    pub interrupt: interrupt::InterruptSite,
     /// What it was built from: a hash of the guest's sources, the build recipe (this crate's
     /// sources) and the componentize-py version, 32 hex digits. Transcripts name it.
     pub build_id: String,
@@ -75,16 +78,22 @@ pub fn python_guest() -> Built {
     let recipe = root.join("guests/build");
     let source_hash = hash_sources(&[&guest_dir, &recipe.join("src")], &recipe);
     let wasm = out_dir.join(format!("python-{}.wasm", &source_hash[..16]));
-    if !wasm.exists() {
+    let site_file = wasm.with_extension("interrupt");
+    if !wasm.exists() || !site_file.exists() {
         let tool = componentize_py(&target);
         let preload = build_preload(&recipe, &out_dir);
         build_guest(&tool, &guest_dir, &wasm, &preload);
     }
     let bytes = std::fs::read(&wasm)
         .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", wasm.display())));
+    let site = std::fs::read_to_string(&site_file)
+        .ok()
+        .and_then(|text| interrupt::InterruptSite::parse(&text))
+        .unwrap_or_else(|| fail(&format!("cannot read {}", site_file.display())));
     Built {
         sha256: hex::encode(Sha256::digest(&bytes)),
         wasm,
+        interrupt: site,
         build_id: source_hash[..32].to_string(),
     }
 }
@@ -217,15 +226,17 @@ fn build_guest(tool: &Path, guest_dir: &Path, wasm: &Path, preload: &Path) {
     if let Some(dir) = scratch {
         let _ = std::fs::remove_dir_all(dir);
     }
-    patch_snapshot(&tmp);
+    let site = patch_snapshot(&tmp);
+    std::fs::write(wasm.with_extension("interrupt"), site.to_string())
+        .unwrap_or_else(|e| fail(&format!("cannot write the interrupt site: {e}")));
     std::fs::rename(&tmp, wasm)
         .unwrap_or_else(|e| fail(&format!("cannot move guest into place: {e}")));
     say(&format!("built {}", wasm.display()));
 }
 
-/// Makes the snapshot's objects immortal ([`immortalize`]) and seals its heap's free chunks
-/// ([`seal_heap`]).
-fn patch_snapshot(wasm: &Path) {
+/// Makes the snapshot's objects immortal ([`immortalize`]), seals its heap's free chunks
+/// ([`seal_heap`]) and finds where an interrupt is written ([`interrupt`]).
+fn patch_snapshot(wasm: &Path) -> interrupt::InterruptSite {
     let mut bytes = std::fs::read(wasm)
         .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", wasm.display())));
     let done = immortalize::immortalize(&mut bytes).unwrap_or_else(|e| fail(&e));
@@ -238,8 +249,11 @@ fn patch_snapshot(wasm: &Path) {
         "sealed the heap's {} free chunks ({} bytes, of {} chunks; allocator state at {:#x}): runs allocate from its top",
         sealed.chunks, sealed.bytes, sealed.walked, sealed.state
     ));
+    let site = interrupt::find(&mut bytes).unwrap_or_else(|e| fail(&e));
+    say(&format!("interrupts write {site:?}"));
     std::fs::write(wasm, &bytes)
         .unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", wasm.display())));
+    site
 }
 
 /// A private directory on /dev/shm (tmpfs), if this machine has one.

@@ -298,7 +298,8 @@ impl Connection {
                     .await;
                 None
             }
-            Some(Event::State(_)) => None,
+            // Piston jobs are never sessions: no cells end.
+            Some(Event::State(_) | Event::Cell(_)) => None,
             Some(Event::Exit(result)) => {
                 let job = self.job.take()?;
                 let outcome = if job.shutdown_stop {

@@ -1,6 +1,7 @@
 //! weir's own host interface for the guest (`weir:sandbox/host`, see
 //! `guests/python/wit/world.wit`): how to launch the program, and what became of it.
 
+use crate::event::{CellEnd, CellException};
 use crate::launch::Uncaught;
 use crate::store::{self, GuestState};
 use wasmtime::component::{Linker, WasmList, WasmStr};
@@ -13,6 +14,9 @@ pub const MAX_TYPE_NAME_BYTES: usize = 256;
 /// Longest exception message kept from the guest, bytes (the runner sends at most 1,000
 /// characters; user code calling the interface directly is cut here).
 pub const MAX_MESSAGE_BYTES: usize = 4096;
+/// Longest cell result (`repr` of its last expression) kept, bytes; a longer one is cut with
+/// a visible marker.
+pub const MAX_VALUE_BYTES: usize = 64 << 10;
 
 /// A guest string, cut at `max` bytes (on a character boundary): what the guest hands the host
 /// ends up in responses and the run history, so its size is the host's to decide.
@@ -58,6 +62,34 @@ pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
             store
                 .data_mut()
                 .report_uncaught(Uncaught { type_name, message });
+            Ok(())
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    inst.func_wrap_async(
+        "next-cell",
+        |mut store: StoreContextMut<'_, GuestState>, (): ()| {
+            Box::new(async move { Ok((store::next_cell(&mut store).await,)) })
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    inst.func_wrap(
+        "cell-done",
+        |mut store: StoreContextMut<'_, GuestState>,
+         (value, failure): (Option<WasmStr>, Option<(WasmStr, WasmStr)>)| {
+            let value = value.map(|v| {
+                let text = v.to_str(&store).unwrap_or_default();
+                let kept = bounded(&store, &v, MAX_VALUE_BYTES);
+                match kept.len() < text.len() {
+                    true => format!("{kept}… [truncated: longer than {MAX_VALUE_BYTES} bytes]"),
+                    false => kept,
+                }
+            });
+            let exception = failure.map(|(t, m)| CellException {
+                type_name: bounded(&store, &t, MAX_TYPE_NAME_BYTES),
+                message: bounded(&store, &m, MAX_MESSAGE_BYTES),
+            });
+            store.data_mut().cell_done(CellEnd { value, exception });
             Ok(())
         },
     )

@@ -7,6 +7,7 @@
 
 pub mod host;
 
+use crate::interrupt::InterruptSite;
 use crate::launch::Uncaught;
 use crate::outcome::Outcome;
 use crate::runtime::artifact;
@@ -18,7 +19,7 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store};
-use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::p2::bindings::{Command, CommandPre};
 
 /// The guest component's bytes.
 pub static GUEST_WASM: &[u8] = include_bytes!(env!("WEIR_GUEST_WASM"));
@@ -30,6 +31,20 @@ pub const GUEST_SHA256: &str = env!("WEIR_GUEST_SHA256");
 /// version. Builds are deterministic (see `weir-guest-build`), so two builds with the same
 /// identity run every script the same way; transcripts name it.
 pub const GUEST_BUILD: &str = env!("WEIR_GUEST_BUILD");
+
+/// Where an interrupt is written in the guest's memory (`guests/build/src/interrupt.rs`), as
+/// the build found it: three decimal addresses.
+const GUEST_INTERRUPT: &str = env!("WEIR_GUEST_INTERRUPT");
+
+/// The guest's [`InterruptSite`], if the build recorded a well-formed one.
+fn interrupt_site() -> Option<InterruptSite> {
+    let mut words = GUEST_INTERRUPT.split_whitespace().map(str::parse::<u32>);
+    Some(InterruptSite {
+        eval_breaker: words.next()?.ok()?,
+        async_exc: words.next()?.ok()?,
+        exception: words.next()?.ok()?,
+    })
+}
 
 /// The Python version inside the guest.
 pub const PYTHON_VERSION: &str = "3.14.0";
@@ -120,7 +135,17 @@ impl Loaded for Linked {
         store: &'a mut Store<GuestState>,
     ) -> Pin<Box<dyn Future<Output = CallResult> + Send + 'a>> {
         Box::pin(async move {
-            let command = self.pre.instantiate_async(&mut *store).await?;
+            let instance = self
+                .pre
+                .instance_pre()
+                .instantiate_async(&mut *store)
+                .await?;
+            if let (Some(site), Some((base, len))) =
+                (interrupt_site(), instance.weir_memory_base(&*store))
+            {
+                store.data().interrupter().attach(base, len, site);
+            }
+            let command = Command::new(&mut *store, &instance)?;
             command.wasi_cli_run().call_run(&mut *store).await
         })
     }

@@ -476,6 +476,26 @@ impl Instance {
         Some(instance.runtime_memory(memory))
     }
 
+    /// WEIR PATCH: where this component's first linear memory starts, and its current length
+    /// in bytes; `None` if it has none. A component with one memory (every componentize-py
+    /// guest) lowers all canonical-ABI values into it.
+    ///
+    /// The address stays valid while the instance lives: a pooled or statically reserved memory
+    /// grows in place. Reading or writing through it is only sound on the thread running the
+    /// store while the guest is not executing (inside a host call or the epoch callback); weir
+    /// sets CPython's interrupt flags this way.
+    pub fn weir_memory_base(&self, store: impl AsContext) -> Option<(NonNull<u8>, usize)> {
+        let store = store.as_context().0;
+        let instance = self.id.get(store);
+        if instance.component().env_component().num_runtime_memories == 0 {
+            return None;
+        }
+        let memory = instance.runtime_memory(RuntimeMemoryIndex::from_u32(0));
+        // SAFETY: the definition belongs to this live instance of `store`.
+        let memory = unsafe { memory.as_ref() };
+        Some((memory.base.as_non_null(), memory.current_length()))
+    }
+
     pub(crate) fn options_memory<'a>(
         &self,
         store: &'a StoreOpaque,

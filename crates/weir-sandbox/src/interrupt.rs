@@ -1,0 +1,254 @@
+//! Interrupting a guest's running code without ending it: CPython's `KeyboardInterrupt`,
+//! raised where the code is (a busy loop, `time.sleep`, `input()`), as Ctrl-C would.
+//!
+//! A runtime that supports it names an [`InterruptSite`]: guest addresses of the main thread's
+//! `async_exc` and `eval_breaker` words and of the exception to raise (the guest build finds them,
+//! `guests/build/src/interrupt.rs`). Delivering writes the exception into `async_exc` and sets the
+//! asynchronous-exception bit in `eval_breaker`; the interpreter raises it at its next check
+//! (every loop iteration, call, and return from a builtin).
+//!
+//! The caller's [`Interrupter::request`] only sets a flag and wakes waiters, from any thread.
+//! Guest memory is written only where the guest is not executing and on the thread that runs
+//! it: in the epoch callback (a busy guest, within one tick), and in the stdin and sleep
+//! pollables, which return early so a blocked `input()` or `time.sleep` ends at once.
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use tokio::sync::Notify;
+
+/// `_PY_ASYNC_EXCEPTION_BIT` (CPython 3.14, `Include/internal/pycore_ceval.h`).
+const ASYNC_EXCEPTION_BIT: u32 = 1 << 3;
+
+/// Where, in a guest's linear memory, an interrupt is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InterruptSite {
+    /// The main thread state's `eval_breaker` word.
+    pub eval_breaker: u32,
+    /// The main thread state's `async_exc` word.
+    pub async_exc: u32,
+    /// The exception type object to raise.
+    pub exception: u32,
+}
+
+/// A live guest memory and the site within it.
+struct Target {
+    base: NonNull<u8>,
+    len: usize,
+    site: InterruptSite,
+}
+
+// SAFETY: the pointer is only dereferenced by `Interrupter::deliver` and `withdraw`, which run on
+// the thread running the store, while its guest is not executing (see the module docs); the
+// store owns the memory for as long as the target is attached (`GuestState` detaches it before
+// the instance goes).
+#[allow(unsafe_code)]
+unsafe impl Send for Target {}
+
+/// One run's interrupt: requested by the caller, delivered into the guest by the run's side.
+#[derive(Default)]
+pub struct Interrupter {
+    requested: AtomicBool,
+    /// Interrupts are taken (a script, a REPL statement or a cell is running).
+    armed: AtomicBool,
+    wake: Notify,
+    target: Mutex<Option<Target>>,
+}
+
+impl Interrupter {
+    /// An interrupter that takes requests from the start (a script or a REPL).
+    pub fn armed() -> Self {
+        Interrupter {
+            armed: AtomicBool::new(true),
+            ..Default::default()
+        }
+    }
+
+    fn target(&self) -> std::sync::MutexGuard<'_, Option<Target>> {
+        self.target.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether this guest can be interrupted at all (its runtime names a site).
+    pub fn supported(&self) -> bool {
+        self.target().is_some()
+    }
+
+    /// Asks for an interrupt; false if nothing runs that could take one (no site, or a session
+    /// between cells). Any thread.
+    pub fn request(&self) -> bool {
+        if !self.armed.load(Ordering::Acquire) || !self.supported() {
+            return false;
+        }
+        self.requested.store(true, Ordering::Release);
+        self.wake.notify_waiters();
+        true
+    }
+
+    /// Whether an interrupt waits for delivery (cheap: the epoch callback asks every tick).
+    pub fn pending(&self) -> bool {
+        self.requested.load(Ordering::Acquire)
+    }
+
+    /// Waits until an interrupt is requested.
+    pub async fn requested(&self) {
+        loop {
+            let notified = self.wake.notified();
+            if self.pending() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Points the interrupter at a guest's memory. Called on the store's thread right after
+    /// instantiation; `base`/`len` are the instance's first memory.
+    pub fn attach(&self, base: NonNull<u8>, len: usize, site: InterruptSite) {
+        *self.target() = Some(Target { base, len, site });
+    }
+
+    /// Moves another interrupter's target here (a warm instance handed to its run).
+    pub(crate) fn take_target_from(&self, other: &Interrupter) {
+        let target = other.target().take();
+        *self.target() = target;
+    }
+
+    /// Forgets the guest's memory (its instance is going away).
+    pub fn detach(&self) {
+        *self.target() = None;
+    }
+
+    /// Starts or stops taking requests (a session takes them only while a cell runs). Stopping
+    /// also withdraws an interrupt not yet raised, so it cannot hit the next cell.
+    pub fn set_armed(&self, armed: bool) {
+        self.armed.store(armed, Ordering::Release);
+        if !armed {
+            self.requested.store(false, Ordering::Release);
+            self.withdraw();
+        }
+    }
+
+    /// Writes a requested interrupt into the guest. Returns whether it did. Only on the store's
+    /// thread while the guest is not executing.
+    pub fn deliver(&self) -> bool {
+        if !self.requested.swap(false, Ordering::AcqRel) || !self.armed.load(Ordering::Acquire) {
+            return false;
+        }
+        let guard = self.target();
+        let Some(t) = guard.as_ref() else {
+            return false;
+        };
+        let breaker = read_word(t, t.site.eval_breaker);
+        write_word(t, t.site.async_exc, t.site.exception)
+            && breaker.is_some_and(|b| write_word(t, t.site.eval_breaker, b | ASYNC_EXCEPTION_BIT))
+    }
+
+    /// Whether an interrupt was written into the guest and not raised yet (the epoch callback
+    /// delivered it just before the guest blocked): a blocking call should return at once so
+    /// the guest raises it. Only on the store's thread while the guest is not executing.
+    pub fn in_flight(&self) -> bool {
+        let guard = self.target();
+        guard
+            .as_ref()
+            .is_some_and(|t| read_word(t, t.site.async_exc) == Some(t.site.exception))
+    }
+
+    /// Clears an interrupt written but not yet raised.
+    fn withdraw(&self) {
+        let guard = self.target();
+        if let Some(t) = guard.as_ref() {
+            if read_word(t, t.site.async_exc) == Some(t.site.exception) {
+                write_word(t, t.site.async_exc, 0);
+            }
+        }
+    }
+}
+
+fn in_bounds(t: &Target, address: u32) -> bool {
+    (address as usize)
+        .checked_add(4)
+        .is_some_and(|end| end <= t.len)
+        && address.is_multiple_of(4)
+}
+
+#[allow(unsafe_code)]
+fn read_word(t: &Target, address: u32) -> Option<u32> {
+    if !in_bounds(t, address) {
+        return None;
+    }
+    // SAFETY: in bounds and aligned, in a memory the store keeps alive while attached; the
+    // guest is not executing (module docs).
+    Some(unsafe {
+        t.base
+            .as_ptr()
+            .add(address as usize)
+            .cast::<u32>()
+            .read_volatile()
+    })
+}
+
+#[allow(unsafe_code)]
+fn write_word(t: &Target, address: u32, value: u32) -> bool {
+    if !in_bounds(t, address) {
+        return false;
+    }
+    // SAFETY: as in `read_word`.
+    unsafe {
+        t.base
+            .as_ptr()
+            .add(address as usize)
+            .cast::<u32>()
+            .write_volatile(value)
+    };
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_memory(f: impl FnOnce(&Interrupter, &[u32; 8])) {
+        let words = Box::new([0u32; 8]);
+        let base = NonNull::from(&*words).cast::<u8>();
+        let i = Interrupter::armed();
+        i.attach(
+            base,
+            32,
+            InterruptSite {
+                eval_breaker: 4,
+                async_exc: 8,
+                exception: 0xABCD,
+            },
+        );
+        f(&i, &words);
+        i.detach();
+    }
+
+    #[test]
+    fn delivery_sets_the_exception_and_the_breaker_bit_once() {
+        with_memory(|i, words| {
+            assert!(!i.deliver(), "nothing requested");
+            assert!(i.request());
+            assert!(i.deliver());
+            assert_eq!(words[2], 0xABCD);
+            assert_eq!(words[1], ASYNC_EXCEPTION_BIT);
+            assert!(!i.deliver(), "delivered once per request");
+        });
+    }
+
+    #[test]
+    fn a_disarmed_interrupter_refuses_and_withdraws() {
+        with_memory(|i, words| {
+            assert!(i.request());
+            assert!(i.deliver());
+            i.set_armed(false);
+            assert_eq!(words[2], 0, "an unraised interrupt is withdrawn");
+            assert!(!i.request(), "no cell runs");
+        });
+    }
+
+    #[test]
+    fn without_a_site_nothing_can_be_interrupted() {
+        let i = Interrupter::armed();
+        assert!(!i.request());
+    }
+}

@@ -1,0 +1,228 @@
+//! Interrupting running code (`KeyboardInterrupt`, as Ctrl-C) and sessions of cells, as a
+//! library user sees them.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+use weir_sandbox::{Cell, CellEnd, CellError, Event, Outcome, RunHandle, RunRequest, RunState};
+
+/// Starts `source` and waits until it printed `ready`.
+async fn started(source: &str, f: impl FnOnce(&mut RunRequest)) -> RunHandle {
+    let mut req = RunRequest::script(source);
+    f(&mut req);
+    let mut handle = start(req).await;
+    read_until_stdout(&mut handle, "ready\n").await;
+    handle
+}
+
+#[tokio::test]
+async fn an_interrupt_raises_keyboard_interrupt_in_a_busy_loop() {
+    let handle = started(
+        "print('ready', flush=True)\nn = 0\nwhile True:\n    n += 1\n",
+        |_| {},
+    )
+    .await;
+    assert!(handle.control().interrupt());
+    let out = handle.collect().await;
+    let err = out.stderr_text();
+    assert!(err.contains("KeyboardInterrupt"), "{err}");
+    assert!(err.contains("line 3") || err.contains("line 4"), "{err}");
+    assert!(
+        matches!(out.outcome(), Outcome::Error { ref exception, .. } if exception == "KeyboardInterrupt"),
+        "{:?}",
+        out.outcome()
+    );
+}
+
+#[tokio::test]
+async fn an_interrupt_ends_a_sleep_at_once_and_can_be_caught() {
+    let handle = started(
+        "import time\nprint('ready', flush=True)\ntry:\n    time.sleep(60)\n    print('slept')\nexcept KeyboardInterrupt:\n    print('interrupted')\nprint('after')\n",
+        |_| {},
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let asked = std::time::Instant::now();
+    assert!(handle.control().interrupt());
+    let out = handle.collect().await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(30),
+        "the sleep was not cut short"
+    );
+    assert_eq!(out.stdout_text(), "interrupted\nafter\n");
+    assert_eq!(out.outcome(), Outcome::Exited { code: 0 });
+}
+
+#[tokio::test]
+async fn an_interrupt_at_input_raises_there_and_a_repl_keeps_its_namespace() {
+    let mut req = RunRequest::script("x = 41\n");
+    req.repl = true;
+    let mut handle = start(req).await;
+    let control = handle.control();
+    wait_state(&mut handle, RunState::Repl).await;
+    control.write_stdin("name = input('name? ')\n").await;
+    read_until_stdout(&mut handle, "name? ").await;
+    assert!(control.interrupt());
+    // The REPL prints the interrupt, as Python's does, and prompts again.
+    let mut out = String::new();
+    while !out.contains("KeyboardInterrupt\n>>> ") {
+        match tokio::time::timeout(Duration::from_secs(10), handle.next_event()).await {
+            Ok(Some(Event::Output { data, .. })) => out.push_str(&String::from_utf8_lossy(&data)),
+            Ok(Some(e)) => eprintln!("event {e:?}"),
+            other => panic!("{other:?} after {out:?}"),
+        }
+    }
+    control.write_stdin("x + 1\n").await;
+    control.close_stdin();
+    let out = handle.collect().await;
+    assert!(
+        out.stdout_text().contains("42\n"),
+        "{:?}",
+        out.stdout_text()
+    );
+    assert_eq!(out.outcome(), Outcome::Exited { code: 0 });
+}
+
+/// A session's next cell, with what it printed.
+async fn cell(handle: &mut RunHandle, code: &str) -> (String, String, CellEnd) {
+    handle
+        .control()
+        .send_cell(Cell {
+            code: code.into(),
+            stdin: Default::default(),
+        })
+        .expect("the session takes a cell");
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    loop {
+        match next(handle, 30).await {
+            Event::Output { stream, data } => {
+                let text = String::from_utf8_lossy(&data).into_owned();
+                match stream {
+                    weir_sandbox::StreamKind::Stdout => stdout.push_str(&text),
+                    weir_sandbox::StreamKind::Stderr => stderr.push_str(&text),
+                }
+            }
+            Event::Cell(end) => return (stdout, stderr, end),
+            Event::State(_) => {}
+            Event::Exit(r) => panic!("the session ended: {r:?}"),
+        }
+    }
+}
+
+fn session() -> RunRequest {
+    let mut req = RunRequest::script("");
+    req.cells = true;
+    req
+}
+
+#[tokio::test]
+async fn a_session_keeps_its_namespace_and_reports_the_last_expression() {
+    let mut handle = start(session()).await;
+    let (out, _, end) = cell(&mut handle, "x = 41\nprint('set')").await;
+    assert_eq!(
+        (out.as_str(), end.value, end.exception),
+        ("set\n", None, None)
+    );
+    let (_, _, end) = cell(&mut handle, "x + 1").await;
+    assert_eq!(end.value.as_deref(), Some("42"));
+    let (_, _, end) = cell(&mut handle, "def f():\n    return [x, 'a']\nf()").await;
+    assert_eq!(end.value.as_deref(), Some("[41, 'a']"));
+    let (_, err, end) = cell(&mut handle, "1 / 0").await;
+    assert_eq!(
+        end.exception.map(|e| e.type_name).as_deref(),
+        Some("ZeroDivisionError")
+    );
+    assert!(
+        err.contains("File \"<cell 4>\", line 1") && err.contains("1 / 0"),
+        "{err}"
+    );
+    let (_, _, end) = cell(&mut handle, "x").await;
+    assert_eq!(
+        end.value.as_deref(),
+        Some("41"),
+        "an error keeps the session"
+    );
+}
+
+#[tokio::test]
+async fn a_session_runs_one_cell_at_a_time() {
+    let mut handle = start(session()).await;
+    let control = handle.control();
+    control
+        .send_cell(Cell {
+            code: "import time\ntime.sleep(0.3)".into(),
+            stdin: Default::default(),
+        })
+        .unwrap();
+    // The first may already be taken; a third while one runs and one waits is refused.
+    let second = control.send_cell(Cell::default());
+    let third = control.send_cell(Cell::default());
+    assert!(second == Err(CellError::Busy) || third == Err(CellError::Busy));
+    drop(handle.collect());
+    let not_a_session = start(RunRequest::script("")).await;
+    assert_eq!(
+        not_a_session.control().send_cell(Cell::default()),
+        Err(CellError::NotASession)
+    );
+    handle = start(session()).await;
+    let (_, _, end) = cell(&mut handle, "'ok'").await;
+    assert_eq!(end.value.as_deref(), Some("'ok'"));
+}
+
+#[tokio::test]
+async fn an_interrupted_cell_keeps_the_session() {
+    let mut handle = start(session()).await;
+    cell(&mut handle, "total = 5").await;
+    let control = handle.control();
+    assert!(!control.interrupt(), "nothing runs between cells");
+    control
+        .send_cell(Cell {
+            code: "print('ready', flush=True)\nwhile True:\n    total += 1".into(),
+            stdin: Default::default(),
+        })
+        .unwrap();
+    read_until_stdout(&mut handle, "ready\n").await;
+    assert!(control.interrupt());
+    let end = loop {
+        if let Event::Cell(end) = next(&mut handle, 30).await {
+            break end;
+        }
+    };
+    assert_eq!(
+        end.exception.map(|e| e.type_name).as_deref(),
+        Some("KeyboardInterrupt")
+    );
+    let (_, _, end) = cell(&mut handle, "total > 5").await;
+    assert_eq!(end.value.as_deref(), Some("True"));
+}
+
+#[tokio::test]
+async fn a_cells_stdin_is_its_own_then_end_of_file() {
+    let mut handle = start(session()).await;
+    handle
+        .control()
+        .send_cell(Cell {
+            code: "a = input()\nprint(a.upper())".into(),
+            stdin: "one\ntwo\n".into(),
+        })
+        .unwrap();
+    let mut out = String::new();
+    loop {
+        match next(&mut handle, 30).await {
+            Event::Output { data, .. } => out.push_str(&String::from_utf8_lossy(&data)),
+            Event::Cell(end) => {
+                assert_eq!(end.exception, None);
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(out, "ONE\n");
+    let (_, _, end) = cell(&mut handle, "input()").await;
+    assert_eq!(
+        end.exception.map(|e| e.type_name).as_deref(),
+        Some("EOFError"),
+        "the earlier cell's unread 'two' does not carry over"
+    );
+}
