@@ -1,5 +1,6 @@
 //! What a run reports: its id, its output chunks and states in order, and how it ended.
 
+use crate::files::Returned;
 use crate::outcome::Outcome;
 use bytes::Bytes;
 use serde::Serialize;
@@ -86,6 +87,8 @@ pub struct RunResult {
     pub input_read: Option<ReadLog>,
     /// The name of the runtime that ran it ([`crate::RuntimeInfo::name`]).
     pub runtime: String,
+    /// The files [`crate::RunRequest::return_files`] asked for.
+    pub files: Returned,
 }
 
 /// The exception a session's cell raised (its traceback went to stderr).

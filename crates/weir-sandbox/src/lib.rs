@@ -18,7 +18,7 @@
 //!   background runs continue on);
 //! - a run's parts: [`pipes`] (bounded stdio), [`determinism`] (seeded randomness, virtual
 //!   clocks), [`compile_cache`], [`request`] (what a run is asked to do), [`scratch`] (its
-//!   directory), [`launch`] (how the program reaches the guest), [`store`] (a store's data);
+//!   directory), [`files`] (files in and out of it while it lives), [`launch`] (how the program reaches the guest), [`store`] (a store's data);
 //! - guests: [`runtime`] (the plug-in point: a guest kind; [`runtime::python`] is CPython);
 //! - wasmtime: [`engine`] (all engine policy), [`warm`] (instances ready ahead of demand),
 //!   `variant` (one runtime on one engine);
@@ -34,6 +34,7 @@ pub mod compile_cache;
 pub mod determinism;
 pub mod engine;
 pub mod event;
+pub mod files;
 pub mod interrupt;
 pub mod launch;
 pub mod limits;

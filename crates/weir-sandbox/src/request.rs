@@ -51,6 +51,10 @@ pub struct RunRequest {
     /// in its namespace, one at a time, until the handle is dropped. Takes precedence over
     /// `repl`. The wall-time limit applies to each cell, the idle limit between cells.
     pub cells: bool,
+    /// Globs (`*`, `?`, `[..]`, `**`) naming files of the scratch directory whose contents come
+    /// back in [`crate::RunResult::files`] when the program ends by itself, up to the run's
+    /// output limit in all and [`crate::files::MAX_RETURNED_FILES`] files.
+    pub return_files: Vec<String>,
     /// Bytes available on stdin from the start.
     pub stdin: Option<Vec<u8>>,
     /// Close stdin after `stdin` (the guest then sees EOF instead of waiting).
@@ -90,6 +94,7 @@ impl RunRequest {
             limits: Limits::default(),
             repl: false,
             cells: false,
+            return_files: Vec::new(),
             stdin: None,
             close_stdin: false,
             mounts: Vec::new(),

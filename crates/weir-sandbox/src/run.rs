@@ -8,6 +8,7 @@
 
 use crate::background::BackgroundLane;
 use crate::event::{Collected, Event, RunId, RunResult, RunState};
+use crate::files::Returned;
 use crate::interrupt::Interrupter;
 use crate::launch::Cell;
 use crate::limits::Limits;
@@ -249,6 +250,8 @@ pub(crate) struct Driver {
     pub interrupter: Arc<Interrupter>,
     /// A session's cells (the callers' end).
     pub cells: Option<mpsc::Sender<Cell>>,
+    /// Files to return when the program ends by itself.
+    pub return_files: Vec<glob::Pattern>,
 }
 
 /// How a run's guest starts.
@@ -365,6 +368,7 @@ impl Driver {
             scratch_path,
             mut foreground,
             stdin_open: _stdin_open, // held until the run ends
+            return_files,
             ..
         } = self;
         let started = Instant::now();
@@ -388,9 +392,12 @@ impl Driver {
         drain(&pipes, &events).await;
         // What is left (freeing the instance, the exit) is background work unless stopped.
         foreground.follow_class().await;
+        let mut files = Returned::default();
         let outcome = match finished {
             Ok((result, store)) => {
                 let outcome = classify(result, &store, &*variant.runtime);
+                // Read before the store goes: its scratch directory is emptied with it.
+                files = crate::files::collect(&scratch_path, &return_files, limits.output_bytes);
                 // Freeing resets the instance's memory slot, a background run's largest step:
                 // it waits for foreground runs first, as its guest did at every epoch tick.
                 foreground.priority.give_way().await;
@@ -410,6 +417,7 @@ impl Driver {
             peak_memory: peak,
             input_read: stdin.read_log(),
             runtime: variant.runtime.info().name.clone(),
+            files,
         };
         tracing::info!(
             outcome = result.outcome.kind(),

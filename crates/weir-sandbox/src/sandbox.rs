@@ -62,6 +62,9 @@ pub enum StartError {
         /// The runtimes there are, comma-separated.
         known: String,
     },
+    /// A `return_files` glob that does not parse.
+    #[error(transparent)]
+    Files(#[from] crate::files::FileError),
     #[error("the sandbox failed to start the run: {0}")]
     /// Something failed inside the sandbox (a bug or the host's resources).
     Internal(String),
@@ -267,6 +270,7 @@ impl Sandbox {
     pub async fn start(&self, req: RunRequest) -> Result<RunHandle, StartError> {
         let limits = req.effective_limits();
         limits.validate()?;
+        let return_files = crate::files::patterns(&req.return_files)?;
         let variant = self.variant(req.runtime.as_deref(), &limits).await?;
         let slot = self
             .inner
@@ -375,6 +379,7 @@ impl Sandbox {
                 span,
                 interrupter,
                 cells: req.cells.then_some(cells_tx),
+                return_files,
             },
             events_rx,
             stdin_tx,

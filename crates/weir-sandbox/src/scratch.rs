@@ -248,7 +248,7 @@ fn entry_count(files: &[(PathBuf, &[u8])]) -> usize {
 }
 
 /// A relative path that stays inside the scratch dir.
-fn checked_path(name: &str) -> Result<PathBuf, ScratchError> {
+pub(crate) fn checked_path(name: &str) -> Result<PathBuf, ScratchError> {
     let path = Path::new(name);
     let ok = !name.is_empty()
         && !name.contains('\0')

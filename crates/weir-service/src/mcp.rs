@@ -135,6 +135,7 @@ impl WeirMcp {
             deterministic: None,
             record: false,
             runtime: args.runtime,
+            return_files: Vec::new(),
         };
         let config = &self.state.config;
         let mut req = params.into_request(&config.limits, &config.max_limits);

@@ -108,6 +108,7 @@ fn vanished(runtime: String) -> RunResult {
         peak_memory: 0,
         input_read: None,
         runtime,
+        files: Default::default(),
     }
 }
 

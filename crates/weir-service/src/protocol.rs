@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use weir_sandbox::determinism::Seed;
 use weir_sandbox::limits::Limits;
+use weir_sandbox::transcript::Data;
 use weir_sandbox::{Program, RunRequest};
 use weir_sandbox::{RunResult, RunState, StreamKind};
 
@@ -22,6 +23,8 @@ pub mod code {
     pub const UNKNOWN_RUN: i64 = -32001;
     /// A limit refused the request (rate, capacity, shutting down).
     pub const LIMIT: i64 = -32002;
+    /// The run cannot take the request now (`interrupt` with nothing to interrupt).
+    pub const NOT_NOW: i64 = -32003;
 }
 
 /// Limits a client may ask for; anything absent takes the server's default.
@@ -72,6 +75,9 @@ pub struct RunParams {
     /// The runtime to run in, by name or alias (`GET /v1/runtimes`); the server's default
     /// without one.
     pub runtime: Option<String>,
+    /// Globs of files in the working directory whose contents come back with the result.
+    #[serde(default)]
+    pub return_files: Vec<String>,
 }
 
 /// `run`'s `deterministic` parameter.
@@ -107,6 +113,7 @@ impl RunParams {
         }
         req.record_input = self.record;
         req.runtime = self.runtime;
+        req.return_files = self.return_files;
         req
     }
 }
@@ -137,6 +144,7 @@ pub enum Request {
     Stop { run_id: String },
     Pause { run_id: String },
     Resume { run_id: String },
+    Interrupt { run_id: String },
     Ping,
 }
 
@@ -231,11 +239,12 @@ fn request(method: &str, p: Value) -> Result<Request, (i64, String)> {
         "stop" => Request::Stop { run_id: with_id(p)? },
         "pause" => Request::Pause { run_id: with_id(p)? },
         "resume" => Request::Resume { run_id: with_id(p)? },
+        "interrupt" => Request::Interrupt { run_id: with_id(p)? },
         "ping" => Request::Ping,
         other => {
             return Err((
                 code::METHOD_NOT_FOUND,
-                format!("method not found: {other:?} (expected run, input, eof, stop, pause, resume or ping)"),
+                format!("method not found: {other:?} (expected run, input, eof, stop, pause, resume, interrupt or ping)"),
             ))
         }
     })
@@ -290,7 +299,21 @@ pub fn exit_params(
     if let Some(url) = transcript {
         params["transcript"] = json!(url);
     }
+    if !result.files.files.is_empty() || !result.files.omitted.is_empty() {
+        params["files"] = returned_files(&result.files);
+    }
     params
+}
+
+/// Files a run returned (`return_files`): path → contents (text, or `{"base64": …}` for bytes
+/// that are not UTF-8), and the paths that matched but did not fit.
+pub fn returned_files(returned: &weir_sandbox::files::Returned) -> Value {
+    let files: serde_json::Map<String, Value> = returned
+        .files
+        .iter()
+        .map(|f| (f.path.clone(), json!(Data::from_bytes(&f.data))))
+        .collect();
+    json!({"contents": files, "omitted": returned.omitted})
 }
 
 #[cfg(test)]

@@ -266,6 +266,13 @@ impl Session {
                 self.control(id, &run_id)?.resume();
                 Ok(json!(true))
             }
+            Request::Interrupt { run_id } => match self.control(id, &run_id)?.interrupt() {
+                true => Ok(json!(true)),
+                false => Err(err(
+                    code::NOT_NOW,
+                    "this run cannot be interrupted (its runtime does not support it)".into(),
+                )),
+            },
         }
     }
 

@@ -1,0 +1,283 @@
+//! Files in and out of a run's scratch directory while it lives: listing, reading and writing
+//! (a session's files) and collecting by glob when the program ends (`return_files`).
+//!
+//! Every path is resolved inside the directory with cap-std, whatever the guest made of it: a
+//! symbolic link the guest created can point nowhere outside, and a listing or a glob never
+//! follows one. Every answer is bounded: entries by [`MAX_SCRATCH_ENTRIES`], bytes by the
+//! caller's cap.
+
+use crate::limits::human_bytes;
+use crate::scratch::{checked_path, MAX_SCRATCH_ENTRIES};
+use cap_std::fs::Dir;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Why a file operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// A path that would leave the directory.
+    #[error("invalid file name {0:?}: use a relative path without '..'")]
+    BadPath(String),
+    /// No such file (or not a regular file).
+    #[error("no file {0:?}")]
+    NotFound(String),
+    /// A file larger than the caller reads at once.
+    #[error("{path:?} is {size} bytes, above the limit of {limit}")]
+    TooLarge {
+        /// The file.
+        path: String,
+        /// Its size, bytes.
+        size: u64,
+        /// The limit, for people.
+        limit: String,
+    },
+    /// Writing it would take the directory past the run's scratch limit.
+    #[error("writing {path:?} would take the files past the scratch limit of {limit}")]
+    ScratchFull {
+        /// The file.
+        path: String,
+        /// The limit, for people.
+        limit: String,
+    },
+    /// A glob that does not parse.
+    #[error("invalid pattern {pattern:?}: {reason}")]
+    BadPattern {
+        /// The pattern.
+        pattern: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The host failed.
+    #[error("file operation failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// One regular file in a listing.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FileEntry {
+    /// Its path relative to the directory, `/`-separated.
+    pub path: String,
+    /// Its size, bytes.
+    pub size: u64,
+}
+
+/// A file's contents, returned to the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReturnedFile {
+    /// Its path relative to the directory.
+    pub path: String,
+    /// Its bytes.
+    pub data: Vec<u8>,
+}
+
+/// Files collected by glob: those that fit the byte cap, in path order, and the paths of those
+/// that matched but did not fit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Returned {
+    /// The files returned.
+    pub files: Vec<ReturnedFile>,
+    /// Matching files left out: past the byte cap or the count cap.
+    pub omitted: Vec<String>,
+}
+
+/// Most files `return_files` returns.
+pub const MAX_RETURNED_FILES: usize = 100;
+
+fn open(root: &Path) -> std::io::Result<Dir> {
+    Dir::open_ambient_dir(root, cap_std::ambient_authority())
+}
+
+fn checked(rel: &str) -> Result<PathBuf, FileError> {
+    checked_path(rel).map_err(|_| FileError::BadPath(rel.to_string()))
+}
+
+/// Every regular file under `root`, sorted by path; symbolic links are neither listed nor
+/// followed. At most [`MAX_SCRATCH_ENTRIES`] entries are walked.
+pub fn list(root: &Path) -> Result<Vec<FileEntry>, FileError> {
+    let dir = open(root)?;
+    let mut files = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    let mut walked = 0usize;
+    while let Some(rel) = stack.pop() {
+        let entries = match rel.as_os_str().is_empty() {
+            true => dir.entries()?,
+            false => dir.read_dir(&rel)?,
+        };
+        for entry in entries.flatten() {
+            walked += 1;
+            if walked > MAX_SCRATCH_ENTRIES {
+                break;
+            }
+            let path = rel.join(entry.file_name());
+            let Ok(kind) = entry.file_type() else { continue };
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file() {
+                let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                files.push(FileEntry {
+                    path: path.to_string_lossy().into_owned(),
+                    size,
+                });
+            }
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}
+
+/// The bytes of the regular file `rel`, if it holds at most `max` bytes.
+pub fn read(root: &Path, rel: &str, max: u64) -> Result<Vec<u8>, FileError> {
+    let path = checked(rel)?;
+    let dir = open(root)?;
+    let not_found = || FileError::NotFound(rel.to_string());
+    let meta = dir.symlink_metadata(&path).map_err(|_| not_found())?;
+    if !meta.is_file() {
+        return Err(not_found());
+    }
+    if meta.len() > max {
+        return Err(FileError::TooLarge {
+            path: rel.to_string(),
+            size: meta.len(),
+            limit: human_bytes(max),
+        });
+    }
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    // The file may grow between the check and the read: read no more than `max`.
+    dir.open(&path)
+        .map_err(|_| not_found())?
+        .take(max)
+        .read_to_end(&mut data)?;
+    Ok(data)
+}
+
+/// Writes `data` to `rel` (creating its directories), if the directory then stays within
+/// `scratch_limit` bytes and [`MAX_SCRATCH_ENTRIES`] entries.
+pub fn write(root: &Path, rel: &str, data: &[u8], scratch_limit: u64) -> Result<(), FileError> {
+    let path = checked(rel)?;
+    let dir = open(root)?;
+    let replaced = dir
+        .symlink_metadata(&path)
+        .ok()
+        .filter(|m| m.is_file())
+        .map_or(0, |m| m.len());
+    let room = scratch_limit.saturating_add(replaced).saturating_sub(data.len() as u64);
+    if data.len() as u64 > scratch_limit || crate::scratch::exceeds(root, room) {
+        return Err(FileError::ScratchFull {
+            path: rel.to_string(),
+            limit: human_bytes(scratch_limit),
+        });
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        dir.create_dir_all(parent)?;
+    }
+    dir.write(&path, data)?;
+    Ok(())
+}
+
+/// Parses `return_files` globs (`*`, `?`, `[...]`, `**` across directories).
+pub fn patterns(globs: &[String]) -> Result<Vec<glob::Pattern>, FileError> {
+    globs
+        .iter()
+        .map(|g| {
+            glob::Pattern::new(g).map_err(|e| FileError::BadPattern {
+                pattern: g.clone(),
+                reason: e.msg.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The regular files under `root` that match any of `patterns`, in path order, up to
+/// `max_bytes` in all and [`MAX_RETURNED_FILES`] files.
+pub fn collect(root: &Path, patterns: &[glob::Pattern], max_bytes: u64) -> Returned {
+    let mut out = Returned::default();
+    if patterns.is_empty() {
+        return out;
+    }
+    let options = glob::MatchOptions {
+        require_literal_separator: true,
+        ..Default::default()
+    };
+    let Ok(listing) = list(root) else { return out };
+    let mut left = max_bytes;
+    for entry in listing {
+        if !patterns.iter().any(|p| p.matches_with(&entry.path, options)) {
+            continue;
+        }
+        let fits = entry.size <= left && out.files.len() < MAX_RETURNED_FILES;
+        match fits.then(|| read(root, &entry.path, entry.size)) {
+            Some(Ok(data)) => {
+                left -= data.len() as u64;
+                out.files.push(ReturnedFile {
+                    path: entry.path,
+                    data,
+                });
+            }
+            _ => out.omitted.push(entry.path),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pats(globs: &[&str]) -> Vec<glob::Pattern> {
+        patterns(&globs.iter().map(|g| g.to_string()).collect::<Vec<_>>()).unwrap()
+    }
+
+    #[test]
+    fn writes_reads_and_lists_inside_the_directory_only() {
+        let root = tempfile::tempdir().unwrap();
+        write(root.path(), "data/in.csv", b"a,b\n", 1 << 20).unwrap();
+        assert_eq!(read(root.path(), "data/in.csv", 100).unwrap(), b"a,b\n");
+        assert!(matches!(
+            read(root.path(), "../etc/passwd", 100),
+            Err(FileError::BadPath(_))
+        ));
+        assert!(matches!(
+            write(root.path(), "/tmp/x", b"", 100),
+            Err(FileError::BadPath(_))
+        ));
+        std::os::unix::fs::symlink("/etc/passwd", root.path().join("link")).unwrap();
+        assert!(matches!(
+            read(root.path(), "link", 1 << 20),
+            Err(FileError::NotFound(_))
+        ));
+        let listed: Vec<String> = list(root.path()).unwrap().into_iter().map(|e| e.path).collect();
+        assert_eq!(listed, ["data/in.csv"]);
+    }
+
+    #[test]
+    fn caps_reads_and_the_directory_size() {
+        let root = tempfile::tempdir().unwrap();
+        write(root.path(), "a", &[0; 60], 100).unwrap();
+        assert!(matches!(
+            write(root.path(), "b", &[0; 60], 100),
+            Err(FileError::ScratchFull { .. })
+        ));
+        write(root.path(), "a", &[0; 90], 100).unwrap(); // replacing frees its old size
+        assert!(matches!(
+            read(root.path(), "a", 10),
+            Err(FileError::TooLarge { size: 90, .. })
+        ));
+    }
+
+    #[test]
+    fn collects_matching_files_up_to_the_cap() {
+        let root = tempfile::tempdir().unwrap();
+        for (name, size) in [("out/a.txt", 10), ("out/b.txt", 10), ("out/c.png", 30), ("x.txt", 5)] {
+            write(root.path(), name, &vec![b'x'; size], 1 << 20).unwrap();
+        }
+        let got = collect(root.path(), &pats(&["out/*.txt", "**/*.png"]), 25);
+        let names: Vec<&str> = got.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(names, ["out/a.txt", "out/b.txt"]);
+        assert_eq!(got.omitted, ["out/c.png"]);
+        assert!(collect(root.path(), &pats(&["*.txt"]), 100).files.iter().all(|f| f.path == "x.txt"));
+        assert!(matches!(
+            patterns(&["[".to_string()]),
+            Err(FileError::BadPattern { .. })
+        ));
+    }
+}
