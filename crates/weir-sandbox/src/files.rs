@@ -109,7 +109,9 @@ pub fn list(root: &Path) -> Result<Vec<FileEntry>, FileError> {
                 break;
             }
             let path = rel.join(entry.file_name());
-            let Ok(kind) = entry.file_type() else { continue };
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
             if kind.is_dir() {
                 stack.push(path);
             } else if kind.is_file() {
@@ -160,7 +162,9 @@ pub fn write(root: &Path, rel: &str, data: &[u8], scratch_limit: u64) -> Result<
         .ok()
         .filter(|m| m.is_file())
         .map_or(0, |m| m.len());
-    let room = scratch_limit.saturating_add(replaced).saturating_sub(data.len() as u64);
+    let room = scratch_limit
+        .saturating_add(replaced)
+        .saturating_sub(data.len() as u64);
     if data.len() as u64 > scratch_limit || crate::scratch::exceeds(root, room) {
         return Err(FileError::ScratchFull {
             path: rel.to_string(),
@@ -201,7 +205,10 @@ pub fn collect(root: &Path, patterns: &[glob::Pattern], max_bytes: u64) -> Retur
     let Ok(listing) = list(root) else { return out };
     let mut left = max_bytes;
     for entry in listing {
-        if !patterns.iter().any(|p| p.matches_with(&entry.path, options)) {
+        if !patterns
+            .iter()
+            .any(|p| p.matches_with(&entry.path, options))
+        {
             continue;
         }
         let fits = entry.size <= left && out.files.len() < MAX_RETURNED_FILES;
@@ -245,7 +252,11 @@ mod tests {
             read(root.path(), "link", 1 << 20),
             Err(FileError::NotFound(_))
         ));
-        let listed: Vec<String> = list(root.path()).unwrap().into_iter().map(|e| e.path).collect();
+        let listed: Vec<String> = list(root.path())
+            .unwrap()
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
         assert_eq!(listed, ["data/in.csv"]);
     }
 
@@ -267,14 +278,22 @@ mod tests {
     #[test]
     fn collects_matching_files_up_to_the_cap() {
         let root = tempfile::tempdir().unwrap();
-        for (name, size) in [("out/a.txt", 10), ("out/b.txt", 10), ("out/c.png", 30), ("x.txt", 5)] {
+        for (name, size) in [
+            ("out/a.txt", 10),
+            ("out/b.txt", 10),
+            ("out/c.png", 30),
+            ("x.txt", 5),
+        ] {
             write(root.path(), name, &vec![b'x'; size], 1 << 20).unwrap();
         }
         let got = collect(root.path(), &pats(&["out/*.txt", "**/*.png"]), 25);
         let names: Vec<&str> = got.files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(names, ["out/a.txt", "out/b.txt"]);
         assert_eq!(got.omitted, ["out/c.png"]);
-        assert!(collect(root.path(), &pats(&["*.txt"]), 100).files.iter().all(|f| f.path == "x.txt"));
+        assert!(collect(root.path(), &pats(&["*.txt"]), 100)
+            .files
+            .iter()
+            .all(|f| f.path == "x.txt"));
         assert!(matches!(
             patterns(&["[".to_string()]),
             Err(FileError::BadPattern { .. })

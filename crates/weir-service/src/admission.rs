@@ -67,18 +67,46 @@ pub fn admit(state: &AppState, query: &WsQuery, headers: &HeaderMap) -> Result<A
 }
 
 fn check(state: &AppState, query: &WsQuery, headers: &HeaderMap) -> Result<Admitted, Refusal> {
+    if *state.shutdown.borrow() {
+        return Err(Refusal {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            reason: "shutting_down",
+            message: "the server is shutting down".into(),
+        });
+    }
+    let (user, protocol) = identify(state, query, headers)?;
+    let permit = state
+        .slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Refusal {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            reason: "capacity",
+            message: format!(
+                "all {} sessions are in use; retry shortly",
+                state.config.max_sessions
+            ),
+        })?;
+    Ok(Admitted {
+        user,
+        protocol,
+        permit,
+    })
+}
+
+/// The checks for a request about something the caller already holds (a session's cells and
+/// files): `Host`, `Origin` and token, but no slot. Returns the token's user and the protocol
+/// value that carried it.
+pub fn identify(
+    state: &AppState,
+    query: &WsQuery,
+    headers: &HeaderMap,
+) -> Result<(Option<String>, Option<String>), Refusal> {
     let refuse = |status, reason, message| Refusal {
         status,
         reason,
         message,
     };
-    if *state.shutdown.borrow() {
-        return Err(refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the server is shutting down".into(),
-        ));
-    }
     if let Err(message) = served_host(&state.config, headers) {
         return Err(refuse(StatusCode::MISDIRECTED_REQUEST, "host", message));
     }
@@ -89,23 +117,8 @@ fn check(state: &AppState, query: &WsQuery, headers: &HeaderMap) -> Result<Admit
             format!("origin {origin:?} is not allowed"),
         ));
     }
-    let (user, protocol) = authenticate(&state.config, query, headers)
-        .map_err(|e| refuse(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()))?;
-    let permit = state.slots.clone().try_acquire_owned().map_err(|_| {
-        refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "capacity",
-            format!(
-                "all {} sessions are in use; retry shortly",
-                state.config.max_sessions
-            ),
-        )
-    })?;
-    Ok(Admitted {
-        user,
-        protocol,
-        permit,
-    })
+    authenticate(&state.config, query, headers)
+        .map_err(|e| refuse(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()))
 }
 
 /// [`check_host`] for a server without a secret (one with a secret needs a token instead, which a

@@ -4,9 +4,9 @@
 //!
 //! Layers, bottom up (each module depends only on those before it): [`config`], [`auth`],
 //! [`history`] (run history in SQLite), [`metrics`], [`protocol`] (JSON-RPC messages),
-//! [`state`] (what every handler shares), [`admission`] (who may start what), [`socket`]
+//! [`kernel`] (stateful sessions: a run in cell mode), [`state`] (what every handler shares), [`admission`] (who may start what), [`socket`]
 //! (WebSocket plumbing), [`oneshot`] (a run start to finish for an HTTP request), [`session`] (one
-//! `/ws` session), [`api`] (`/v1/runs`), [`piston`] (Piston's API), [`ide`] (the browser IDE),
+//! `/ws` session), [`api`] (`/v1/runs`), [`notebook`] (`/v1/sessions`), [`piston`] (Piston's API), [`ide`] (the browser IDE),
 //! [`mcp`] (the MCP server), and [`server`] (routes, connections, shutdown).
 
 #![deny(unsafe_code)]
@@ -17,8 +17,10 @@ pub mod auth;
 pub mod config;
 pub mod history;
 pub mod ide;
+pub mod kernel;
 pub mod mcp;
 pub mod metrics;
+pub mod notebook;
 pub mod oneshot;
 pub mod piston;
 pub mod protocol;

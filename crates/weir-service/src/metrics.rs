@@ -39,6 +39,8 @@ pub const REJECTIONS: [&str; 5] = [
 #[derive(Default)]
 pub struct Metrics {
     pub sessions_open: AtomicU64,
+    /// Cells run in stateful sessions (`/v1/sessions`, MCP).
+    pub cells_run: AtomicU64,
     pub runs_started: AtomicU64,
     finished: [AtomicU64; OUTCOMES.len()],
     rejected: [AtomicU64; REJECTIONS.len()],
@@ -78,6 +80,7 @@ impl Metrics {
     /// sandbox.
     pub fn render(
         &self,
+        http_sessions: usize,
         live_instances: usize,
         starts: InstanceStarts,
         cache: CacheStats,
@@ -94,6 +97,18 @@ impl Metrics {
             "Open WebSocket sessions.",
             "gauge",
             self.sessions_open.load(Relaxed),
+        );
+        gauge(
+            "weir_http_sessions_open",
+            "Open stateful sessions (/v1/sessions and MCP).",
+            "gauge",
+            http_sessions as u64,
+        );
+        gauge(
+            "weir_cells_total",
+            "Cells run in stateful sessions.",
+            "counter",
+            self.cells_run.load(Relaxed),
         );
         gauge(
             "weir_instances_live",
@@ -185,7 +200,7 @@ mod tests {
         m.run_finished("timeout", Duration::from_millis(3), 10);
         m.rejected("capacity");
         let starts = InstanceStarts { warm: 5, fresh: 3 };
-        let text = m.render(2, starts, CacheStats::default());
+        let text = m.render(1, 2, starts, CacheStats::default());
         assert!(text.contains("weir_instances_live 2\n"));
         assert!(text.contains("weir_runs_finished_total{outcome=\"timeout\"} 1\n"));
         assert!(text.contains("weir_connections_rejected_total{reason=\"capacity\"} 1\n"));

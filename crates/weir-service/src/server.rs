@@ -25,6 +25,8 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     pub state: Arc<AppState>,
     task: AbortOnDrop,
+    /// Removes idle stateful sessions (`crate::kernel::reap`).
+    _reaper: AbortOnDrop,
 }
 
 impl RunningServer {
@@ -33,6 +35,7 @@ impl RunningServer {
         // Stored even if nothing has subscribed yet (the serving task may not have started).
         self.state.shutdown.send_replace(true);
         let _ = self.task.join().await;
+        self.state.kernels.clear();
         self.state.mcp_shutdown.cancel();
         self.state.history.flush().await;
     }
@@ -58,10 +61,13 @@ pub async fn start_with(config: ServerConfig, sandbox: Sandbox) -> anyhow::Resul
     let state = Arc::new(AppState::new(config, sandbox, history));
     let app = router(state.clone());
     let task = tokio::spawn(serve_connections(listener, app, state.clone()));
+    let idle = state.config.session_idle();
+    let reaper = tokio::spawn(crate::kernel::reap(state.kernels.clone(), idle));
     Ok(RunningServer {
         addr,
         state,
         task: AbortOnDrop(task),
+        _reaper: AbortOnDrop(reaper),
     })
 }
 
@@ -256,6 +262,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(crate::api::routes())
+        .merge(crate::notebook::routes())
         .merge(crate::piston::routes())
         .merge(crate::ide::routes())
         .merge(crate::mcp::routes(&state))
@@ -267,6 +274,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(
+            state.kernels.len(),
             state.sandbox.live_instances(),
             state.sandbox.instance_starts(),
             state.sandbox.compile_cache_stats(),

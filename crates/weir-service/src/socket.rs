@@ -10,7 +10,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
-use tokio::time::Instant;
 use weir_sandbox::task::AbortOnDrop;
 
 /// Frames queued towards a slow client before the session stops taking run events.
@@ -27,13 +26,7 @@ pub mod close {
     pub const IDLE: u16 = 4002;
 }
 
-/// Sleeps until `deadline`; for ever without one.
-pub(crate) async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
+pub(crate) use weir_sandbox::task::sleep_until_opt;
 
 /// Whether a receive error means the peer sent a message over the size cap.
 pub(crate) fn is_too_big(e: &axum::Error) -> bool {

@@ -3,6 +3,7 @@
 
 use crate::config::ServerConfig;
 use crate::history::{History, RunRecord};
+use crate::kernel::Kernels;
 use crate::metrics::Metrics;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -31,6 +32,8 @@ pub struct AppState {
     readiness: Readiness,
     /// Ends the MCP transport's sessions once the server has drained (`crate::mcp`).
     pub(crate) mcp_shutdown: tokio_util::sync::CancellationToken,
+    /// Stateful sessions (`/v1/sessions`, MCP's session tools), each holding a slot.
+    pub kernels: Arc<Kernels>,
 }
 
 /// `/readyz`'s canary: one at a time, its result kept for [`READY_FOR`] so a probe every second
@@ -95,6 +98,7 @@ impl AppState {
             tracker: TaskTracker::new(),
             readiness: Readiness::default(),
             mcp_shutdown: tokio_util::sync::CancellationToken::new(),
+            kernels: Arc::new(Kernels::default()),
         }
     }
 

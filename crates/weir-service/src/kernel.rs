@@ -1,0 +1,251 @@
+//! Stateful sessions (`/v1/sessions`, and the MCP session tools): a [`Kernel`] is one sandbox
+//! run in cell mode (`weir_sandbox::RunRequest::cells`) whose namespace lives across cells, with
+//! its owner and last use; [`Kernels`] is the server's registry of them.
+//!
+//! One cell runs at a time. A cell past its time limit is interrupted first (`KeyboardInterrupt`,
+//! the session lives on); only if the guest does not end the cell within [`INTERRUPT_GRACE`] is
+//! the run stopped, and the session with it. Idle sessions are removed by [`reap`]. Every kernel
+//! holds one of the server's session slots, so the registry is bounded by `max_sessions`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::OwnedSemaphorePermit;
+use weir_sandbox::{Cell, CellEnd, CellError, Collected, Event, RunControl, RunHandle, RunResult};
+
+/// How long a cell past its time limit has to take its `KeyboardInterrupt` before the session
+/// is ended.
+pub const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
+
+/// One session: a run in cell mode and who owns it.
+pub struct Kernel {
+    pub id: String,
+    pub user: String,
+    pub runtime: String,
+    pub created: SystemTime,
+    /// The run's scratch directory (the session's files) and its size limit.
+    pub scratch: PathBuf,
+    pub scratch_limit: u64,
+    run: tokio::sync::Mutex<RunHandle>,
+    control: RunControl,
+    last_used: Mutex<Instant>,
+    /// The caller asked to interrupt the running cell.
+    interrupt_asked: AtomicBool,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// Why a cell did not run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ExecError {
+    #[error("a cell is already running in this session; wait for it or interrupt it")]
+    Busy,
+    #[error("the session has ended")]
+    Ended,
+}
+
+/// What a cell did.
+#[derive(Debug, Default)]
+pub struct CellReport {
+    pub output: Collected,
+    /// How the cell ended; `None` when the session ended during it.
+    pub end: Option<CellEnd>,
+    /// The session's run ended (exit, a limit, or stopped after an interrupt went unanswered).
+    pub exit: Option<RunResult>,
+    /// The cell passed its time limit and was interrupted.
+    pub timed_out: bool,
+    /// The caller interrupted the cell.
+    pub interrupted: bool,
+    pub duration: Duration,
+}
+
+impl Kernel {
+    /// A session around `run`, holding `slot` for as long as it lives.
+    pub fn new(
+        id: String,
+        user: String,
+        run: RunHandle,
+        scratch_limit: u64,
+        slot: OwnedSemaphorePermit,
+    ) -> Self {
+        Kernel {
+            id,
+            user,
+            runtime: run.runtime().to_string(),
+            created: SystemTime::now(),
+            scratch: run.scratch_path().to_path_buf(),
+            scratch_limit,
+            control: run.control(),
+            run: tokio::sync::Mutex::new(run),
+            last_used: Mutex::new(Instant::now()),
+            interrupt_asked: AtomicBool::new(false),
+            _slot: slot,
+        }
+    }
+
+    fn touch(&self) {
+        *self.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// How long since the session's last cell ended (or it was created, or a file moved).
+    pub fn idle_for(&self) -> Duration {
+        self.last_used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+
+    /// Whether a cell is running.
+    pub fn busy(&self) -> bool {
+        self.run.try_lock().is_err()
+    }
+
+    /// Marks the session used now (file transfers count as use).
+    pub fn used(&self) {
+        self.touch();
+    }
+
+    /// Interrupts the running cell; false when none runs.
+    pub fn interrupt(&self) -> bool {
+        let asked = self.busy() && self.control.interrupt();
+        if asked {
+            self.interrupt_asked.store(true, Ordering::Release);
+        }
+        asked
+    }
+
+    /// Ends the session's run now (its instance is freed).
+    pub fn stop(&self) {
+        self.control.stop();
+    }
+
+    /// Runs one cell, waiting at most `timeout` before interrupting it.
+    pub async fn exec(&self, cell: Cell, timeout: Duration) -> Result<CellReport, ExecError> {
+        let mut run = self.run.try_lock().map_err(|_| ExecError::Busy)?;
+        self.interrupt_asked.store(false, Ordering::Release);
+        let started = Instant::now();
+        self.control.send_cell(cell).map_err(|e| match e {
+            CellError::Busy => ExecError::Busy,
+            CellError::NotASession | CellError::Ended => ExecError::Ended,
+        })?;
+        let mut report = CellReport::default();
+        let limit = tokio::time::Instant::now() + timeout;
+        let mut grace_over: Option<tokio::time::Instant> = None;
+        loop {
+            let event = tokio::select! {
+                event = run.next_event() => event,
+                () = tokio::time::sleep_until(limit), if grace_over.is_none() => {
+                    report.timed_out = true;
+                    self.control.interrupt();
+                    grace_over = Some(tokio::time::Instant::now() + INTERRUPT_GRACE);
+                    continue;
+                }
+                () = weir_sandbox::task::sleep_until_opt(grace_over) => {
+                    grace_over = None; // stopped: the run's `Exit` follows
+                    self.control.stop();
+                    continue;
+                }
+            };
+            match event {
+                Some(Event::Cell(end)) => {
+                    report.end = Some(end);
+                    break;
+                }
+                Some(Event::Exit(result)) => {
+                    report.exit = Some(result);
+                    break;
+                }
+                Some(other) => report.output.push(other),
+                None => break,
+            }
+        }
+        report.interrupted = self.interrupt_asked.swap(false, Ordering::AcqRel);
+        report.duration = started.elapsed();
+        self.touch();
+        Ok(report)
+    }
+}
+
+/// The server's sessions by id.
+#[derive(Default)]
+pub struct Kernels {
+    map: Mutex<HashMap<String, Arc<Kernel>>>,
+}
+
+impl Kernels {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Kernel>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn insert(&self, kernel: Arc<Kernel>) {
+        self.map().insert(kernel.id.clone(), kernel);
+    }
+
+    /// `user`'s session `id`; another user's is as absent as a missing one.
+    pub fn get(&self, id: &str, user: &str) -> Option<Arc<Kernel>> {
+        self.map().get(id).filter(|k| k.user == user).cloned()
+    }
+
+    /// Removes a session and stops its run.
+    pub fn remove(&self, id: &str) -> Option<Arc<Kernel>> {
+        let kernel = self.map().remove(id);
+        if let Some(k) = &kernel {
+            k.stop();
+        }
+        kernel
+    }
+
+    /// `user`'s sessions, oldest first.
+    pub fn of(&self, user: &str) -> Vec<Arc<Kernel>> {
+        let mut list: Vec<_> = self
+            .map()
+            .values()
+            .filter(|k| k.user == user)
+            .cloned()
+            .collect();
+        list.sort_by_key(|k| k.created);
+        list
+    }
+
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Removes (and stops) every session idle for longer than `idle` with no cell running.
+    pub fn expire(&self, idle: Duration) -> usize {
+        let expired: Vec<String> = self
+            .map()
+            .values()
+            .filter(|k| !k.busy() && k.idle_for() > idle)
+            .map(|k| k.id.clone())
+            .collect();
+        for id in &expired {
+            tracing::info!(session_id = %id, "session expired");
+            self.remove(id);
+        }
+        expired.len()
+    }
+
+    /// Removes every session (shutdown).
+    pub fn clear(&self) {
+        let all: Vec<Arc<Kernel>> = self.map().drain().map(|(_, k)| k).collect();
+        for k in all {
+            k.stop();
+        }
+    }
+}
+
+/// Removes idle sessions every so often (a quarter of `idle`, at most a second) until dropped.
+pub async fn reap(kernels: Arc<Kernels>, idle: Duration) {
+    let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        kernels.expire(idle);
+    }
+}

@@ -1,0 +1,417 @@
+//! Stateful sessions over HTTP, for notebooks and agents (docs/sessions.md): `POST /v1/sessions`
+//! starts one (a run in cell mode, `crate::kernel`), cells run in its namespace with
+//! `POST /v1/sessions/{id}/exec` (the last expression's value comes back, as in a REPL), a cell
+//! is interrupted with `KeyboardInterrupt`, files go in and out, `DELETE` ends it.
+//!
+//! Creating a session passes the same admission as every entry point and holds a session slot
+//! until it ends; every other request needs the same `Host`, `Origin` and token checks. A
+//! session is its creator's alone: to anyone else it does not exist (404).
+
+use crate::admission::{self, Body};
+use crate::api::error;
+use crate::auth::ANONYMOUS;
+use crate::kernel::{CellReport, ExecError, Kernel};
+use crate::oneshot;
+use crate::protocol::LimitParams;
+use crate::state::{AppState, WsQuery};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+use weir_sandbox::files::{self, FileError};
+use weir_sandbox::transcript::Data;
+use weir_sandbox::{Cell, Program, RunRequest};
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/sessions", post(create).get(list))
+        .route("/v1/sessions/{id}", get(describe).delete(close))
+        .route("/v1/sessions/{id}/exec", post(exec))
+        .route("/v1/sessions/{id}/interrupt", post(interrupt))
+        .route("/v1/sessions/{id}/files", get(list_files))
+        .route(
+            "/v1/sessions/{id}/files/{*path}",
+            get(read_file).put(write_file),
+        )
+}
+
+/// `POST /v1/sessions`'s body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateParams {
+    /// The runtime, by name or alias; the server's default without one.
+    pub runtime: Option<String>,
+    /// Limits for every cell (`wall_ms` is a cell's default time limit).
+    #[serde(default)]
+    pub limits: LimitParams,
+    /// Files placed in the working directory first: relative path → text.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+    /// The guest's environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// `POST /v1/sessions/{id}/exec`'s body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecParams {
+    /// The cell's source.
+    pub code: String,
+    /// What the cell reads from stdin; end of file after it.
+    pub stdin: Option<String>,
+    /// The cell's time limit; the session's default and the server's maximum apply.
+    pub timeout_ms: Option<u64>,
+}
+
+/// Why a request about a session is answered with an error.
+enum Denied {
+    /// Host, Origin or token refused.
+    Refused(admission::Refusal),
+    /// No such session for this caller (whoever else owns it).
+    Missing(String),
+}
+
+impl IntoResponse for Denied {
+    fn into_response(self) -> Response {
+        match self {
+            Denied::Refused(refusal) => refusal.into_response(Body::Error),
+            Denied::Missing(id) => error(StatusCode::NOT_FOUND, format!("no session {id:?}")),
+        }
+    }
+}
+
+/// Who is asking, for requests about an existing session.
+fn who(state: &AppState, query: &WsQuery, headers: &HeaderMap) -> Result<String, Denied> {
+    match admission::identify(state, query, headers) {
+        Ok((user, _)) => Ok(user.unwrap_or_else(|| ANONYMOUS.into())),
+        Err(refusal) => {
+            state.metrics.rejected(refusal.reason);
+            Err(Denied::Refused(refusal))
+        }
+    }
+}
+
+/// The caller's session `id`, or the 404 anyone else gets.
+fn kernel(
+    state: &AppState,
+    id: &str,
+    query: &WsQuery,
+    headers: &HeaderMap,
+) -> Result<Arc<Kernel>, Denied> {
+    let user = who(state, query, headers)?;
+    state
+        .kernels
+        .get(id, &user)
+        .ok_or_else(|| Denied::Missing(id.to_string()))
+}
+
+/// A session's request for the sandbox: an empty program, then cells. A cell's time limit is
+/// the exec's; the run's own wall limit only backs it up, past the longest cell and its
+/// interrupt grace. Idle expiry is the server's (`session_idle_secs`).
+pub fn session_request(state: &AppState, params: CreateParams) -> RunRequest {
+    let config = &state.config;
+    let mut req = RunRequest::script(Vec::new());
+    req.program = Program::Code(String::new());
+    req.cells = true;
+    req.runtime = params.runtime;
+    req.files = params
+        .files
+        .into_iter()
+        .map(|(k, v)| (k, v.into_bytes()))
+        .collect();
+    req.env = params.env.into_iter().collect();
+    let mut limits = params.limits.apply(&config.limits, &config.max_limits);
+    let backstop = config.max_limits.wall_ms + crate::kernel::INTERRUPT_GRACE.as_millis() as u64;
+    limits.wall_ms = backstop + 5_000;
+    limits.idle_ms = config.session_idle().as_millis() as u64 + 60_000;
+    req.limits = limits;
+    req
+}
+
+/// A cell's time limit: asked for, else the server's default, at most the server's maximum.
+pub fn cell_timeout(state: &AppState, asked: Option<u64>) -> Duration {
+    let config = &state.config;
+    let ms = asked
+        .unwrap_or(config.limits.wall_ms)
+        .clamp(1, config.max_limits.wall_ms);
+    Duration::from_millis(ms)
+}
+
+/// Starts a session for `user` on `slot`: its id, and the kernel (registered).
+pub async fn start(
+    state: &AppState,
+    user: &str,
+    params: CreateParams,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) -> Result<Arc<Kernel>, weir_sandbox::StartError> {
+    let req = session_request(state, params);
+    let scratch_limit = req.limits.scratch_bytes;
+    let run = state.sandbox.start(req).await?;
+    let id = format!("s{}", run.id());
+    let kernel = Arc::new(Kernel::new(id, user.to_string(), run, scratch_limit, slot));
+    state.kernels.insert(kernel.clone());
+    state.metrics.runs_started.fetch_add(1, Relaxed);
+    tracing::info!(session_id = %kernel.id, user, runtime = %kernel.runtime, "session started");
+    Ok(kernel)
+}
+
+async fn create(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<WsQuery>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let admitted = match admission::admit(&state, &query, &headers) {
+        Ok(a) => a,
+        Err(refusal) => return refusal.into_response(Body::Error),
+    };
+    let params: CreateParams = match oneshot::request_json(&state, &headers, body).await {
+        Ok(Value::Null) => CreateParams::default(),
+        Ok(body) => match serde_json::from_value(body) {
+            Ok(p) => p,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid session: {e}")),
+        },
+        Err((status, message)) => return error(status, message),
+    };
+    let user = admitted.user.unwrap_or_else(|| ANONYMOUS.into());
+    match start(&state, &user, params, admitted.permit).await {
+        Ok(k) => (StatusCode::CREATED, Json(describe_json(&state, &k))).into_response(),
+        Err(e) => error(oneshot::start_status(&e), e.to_string()),
+    }
+}
+
+fn describe_json(state: &AppState, k: &Kernel) -> Value {
+    json!({
+        "session_id": k.id,
+        "runtime": k.runtime,
+        "busy": k.busy(),
+        "idle_ms": k.idle_for().as_millis() as u64,
+        "idle_timeout_ms": state.config.session_idle().as_millis() as u64,
+    })
+}
+
+async fn list(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<WsQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let user = match who(&state, &query, &headers) {
+        Ok(u) => u,
+        Err(denied) => return denied.into_response(),
+    };
+    let all: Vec<Value> = state
+        .kernels
+        .of(&user)
+        .iter()
+        .map(|k| describe_json(&state, k))
+        .collect();
+    Json(Value::Array(all)).into_response()
+}
+
+async fn describe(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(query): Query<WsQuery>,
+    headers: HeaderMap,
+) -> Response {
+    match kernel(&state, &id, &query, &headers) {
+        Ok(k) => Json(describe_json(&state, &k)).into_response(),
+        Err(denied) => denied.into_response(),
+    }
+}
+
+async fn close(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(query): Query<WsQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(denied) = kernel(&state, &id, &query, &headers) {
+        return denied.into_response();
+    }
+    state.kernels.remove(&id);
+    tracing::info!(session_id = %id, "session closed");
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn exec(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(query): Query<WsQuery>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let k = match kernel(&state, &id, &query, &headers) {
+        Ok(k) => k,
+        Err(denied) => return denied.into_response(),
+    };
+    let params: ExecParams = match oneshot::request_json(&state, &headers, body).await {
+        Ok(body) => match serde_json::from_value(body) {
+            Ok(p) => p,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid cell: {e}")),
+        },
+        Err((status, message)) => return error(status, message),
+    };
+    match run_cell(&state, &k, params).await {
+        Ok(report) => Json(report_json(&report)).into_response(),
+        Err(ExecError::Busy) => error(StatusCode::CONFLICT, ExecError::Busy.to_string()),
+        Err(ExecError::Ended) => error(StatusCode::NOT_FOUND, format!("session {id:?} has ended")),
+    }
+}
+
+/// Runs one cell in `k`, counting it in the metrics; a session whose run ended is removed.
+pub async fn run_cell(
+    state: &AppState,
+    k: &Kernel,
+    params: ExecParams,
+) -> Result<CellReport, ExecError> {
+    let cell = Cell {
+        code: params.code,
+        stdin: params.stdin.unwrap_or_default().into(),
+    };
+    let result = k.exec(cell, cell_timeout(state, params.timeout_ms)).await;
+    if matches!(
+        result,
+        Err(ExecError::Ended) | Ok(CellReport { exit: Some(_), .. })
+    ) {
+        state.kernels.remove(&k.id);
+    }
+    if let Ok(report) = &result {
+        state.metrics.cells_run.fetch_add(1, Relaxed);
+        if let Some(exit) = &report.exit {
+            let outcome = exit.outcome.kind();
+            state
+                .metrics
+                .run_finished(outcome, exit.duration, exit.output_bytes);
+        }
+    }
+    result
+}
+
+/// How a cell ended, in words: `ok`, `error`, `interrupted`, `timeout`, or the run's outcome
+/// when the session ended.
+pub fn cell_outcome(report: &CellReport) -> &'static str {
+    match (&report.end, &report.exit) {
+        _ if report.timed_out => "timeout",
+        (Some(end), _) if end.exception.is_none() => "ok",
+        (Some(_), _) if report.interrupted => "interrupted",
+        (Some(_), _) => "error",
+        (None, Some(exit)) => exit.outcome.kind(),
+        (None, None) => "crashed",
+    }
+}
+
+/// A cell's report as `exec` answers it.
+pub fn report_json(report: &CellReport) -> Value {
+    let end = report.end.clone().unwrap_or_default();
+    let mut body = json!({
+        "outcome": cell_outcome(report),
+        "result": end.value,
+        "stdout": Data::from_bytes(&report.output.stdout),
+        "stderr": Data::from_bytes(&report.output.stderr),
+        "display": [],
+        "duration_ms": report.duration.as_millis() as u64,
+        "session_ended": report.exit.is_some(),
+    });
+    if let Some(e) = end.exception {
+        body["error"] = json!(e);
+    }
+    if let Some(exit) = &report.exit {
+        body["message"] = json!(exit.message);
+    }
+    body
+}
+
+async fn interrupt(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(query): Query<WsQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let k = match kernel(&state, &id, &query, &headers) {
+        Ok(k) => k,
+        Err(denied) => return denied.into_response(),
+    };
+    match k.interrupt() {
+        true => Json(json!({ "interrupted": true })).into_response(),
+        false => error(StatusCode::CONFLICT, "no cell is running in this session"),
+    }
+}
+
+fn file_error(e: FileError) -> Response {
+    let status = match &e {
+        FileError::BadPath(_) | FileError::BadPattern { .. } => StatusCode::BAD_REQUEST,
+        FileError::NotFound(_) => StatusCode::NOT_FOUND,
+        FileError::TooLarge { .. } | FileError::ScratchFull { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        FileError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, e.to_string())
+}
+
+async fn list_files(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(query): Query<WsQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let k = match kernel(&state, &id, &query, &headers) {
+        Ok(k) => k,
+        Err(denied) => return denied.into_response(),
+    };
+    k.used();
+    let scratch = k.scratch.clone();
+    match tokio::task::spawn_blocking(move || files::list(&scratch)).await {
+        Ok(Ok(list)) => Json(list).into_response(),
+        Ok(Err(e)) => file_error(e),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "listing failed"),
+    }
+}
+
+async fn read_file(
+    State(state): State<Arc<AppState>>,
+    Path((id, path)): Path<(String, String)>,
+    Query(query): Query<WsQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let k = match kernel(&state, &id, &query, &headers) {
+        Ok(k) => k,
+        Err(denied) => return denied.into_response(),
+    };
+    k.used();
+    let (scratch, max) = (k.scratch.clone(), state.config.max_message_bytes as u64);
+    match tokio::task::spawn_blocking(move || files::read(&scratch, &path, max)).await {
+        Ok(Ok(data)) => {
+            ([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response()
+        }
+        Ok(Err(e)) => file_error(e),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "reading failed"),
+    }
+}
+
+async fn write_file(
+    State(state): State<Arc<AppState>>,
+    Path((id, path)): Path<(String, String)>,
+    Query(query): Query<WsQuery>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let k = match kernel(&state, &id, &query, &headers) {
+        Ok(k) => k,
+        Err(denied) => return denied.into_response(),
+    };
+    k.used();
+    let (scratch, limit) = (k.scratch.clone(), k.scratch_limit);
+    match tokio::task::spawn_blocking(move || files::write(&scratch, &path, &body, limit)).await {
+        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(e)) => file_error(e),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "writing failed"),
+    }
+}

@@ -1,0 +1,353 @@
+//! Stateful sessions over HTTP (`/v1/sessions`), as a notebook or an agent uses them: state kept
+//! across cells, the last expression's value, errors that keep the session, interrupts, one cell
+//! at a time, files in and out, idle expiry, owner-only access, and `DELETE`.
+
+#[path = "common/ws.rs"]
+mod ws;
+
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use weir_service::RunningServer;
+use ws::*;
+
+async fn create(server: &RunningServer, auth: &[(&str, &str)], body: &Value) -> HttpResponse {
+    let mut headers = vec![("Content-Type", "application/json")];
+    headers.extend_from_slice(auth);
+    http(
+        server,
+        "POST",
+        "/v1/sessions",
+        &headers,
+        body.to_string().as_bytes(),
+    )
+    .await
+}
+
+async fn session(server: &RunningServer) -> String {
+    let r = create(server, &[], &json!({})).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.json()["session_id"].as_str().unwrap().to_string()
+}
+
+async fn exec(server: &RunningServer, id: &str, body: Value) -> Value {
+    let r = post_json(server, &format!("/v1/sessions/{id}/exec"), &body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+}
+
+#[tokio::test]
+async fn cells_share_a_namespace_and_return_their_last_expression() {
+    let server = server(|_| {}).await;
+    let id = session(&server).await;
+    let r = exec(&server, &id, json!({"code": "x = 41\nprint('set')"})).await;
+    assert_eq!(
+        (r["outcome"].as_str(), r["stdout"].as_str()),
+        (Some("ok"), Some("set\n"))
+    );
+    assert_eq!(r["result"], Value::Null);
+    let r = exec(&server, &id, json!({"code": "x + 1"})).await;
+    assert_eq!(r["result"], "42");
+    let r = exec(
+        &server,
+        &id,
+        json!({"code": "import math\n{'pi': round(math.pi, 2)}"}),
+    )
+    .await;
+    assert_eq!(r["result"], "{'pi': 3.14}");
+    let r = exec(&server, &id, json!({"code": "undefined_name"})).await;
+    assert_eq!(r["outcome"], "error");
+    assert_eq!(r["error"]["type"], "NameError");
+    assert!(r["stderr"]
+        .as_str()
+        .unwrap()
+        .contains("NameError: name 'undefined_name' is not defined"));
+    let r = exec(&server, &id, json!({"code": "x"})).await;
+    assert_eq!(r["result"], "41", "an error keeps the session: {r}");
+    let r = exec(
+        &server,
+        &id,
+        json!({"code": "print(input(), input())", "stdin": "a\nb\n"}),
+    )
+    .await;
+    assert_eq!(r["stdout"], "a b\n");
+    let r = http_get(&server, "/metrics").await.1;
+    assert!(r.contains("weir_http_sessions_open 1"), "{r}");
+    assert!(r.contains("weir_cells_total 6"), "{r}");
+}
+
+/// Runs `code` as a cell and interrupts it 300 ms later (a cell's output comes with its end, so
+/// the pause is what lets it start); returns the exec's answer and the interrupt's status.
+async fn interrupted(server: &RunningServer, id: &str, code: &str) -> (Value, u16) {
+    let path = format!("/v1/sessions/{id}/exec");
+    let body = json!({ "code": code, "timeout_ms": 20_000 });
+    let exec = post_json(server, &path, &body);
+    let stop = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = http(
+            server,
+            "POST",
+            &format!("/v1/sessions/{id}/interrupt"),
+            &[],
+            b"",
+        )
+        .await;
+        r.status
+    };
+    let (r, status) = tokio::join!(exec, stop);
+    assert_eq!(r.status, 200, "{}", r.body);
+    (r.json(), status)
+}
+
+#[tokio::test]
+async fn an_interrupt_stops_a_busy_loop_a_sleep_and_keeps_the_variables() {
+    let server = server(|_| {}).await;
+    let id = session(&server).await;
+    exec(&server, &id, json!({"code": "n = 0"})).await;
+    let started = Instant::now();
+    let (r, status) = interrupted(&server, &id, "while True:\n    n += 1").await;
+    assert_eq!(status, 200);
+    assert_eq!(r["outcome"], "interrupted", "{r}");
+    assert_eq!(r["error"]["type"], "KeyboardInterrupt");
+    assert!(r["stderr"].as_str().unwrap().contains("KeyboardInterrupt"));
+    let r2 = exec(&server, &id, json!({"code": "n > 0"})).await;
+    assert_eq!(r2["result"], "True", "the loop's variable survived: {r2}");
+    let (r, _) = interrupted(&server, &id, "import time\ntime.sleep(60)\nslept = True").await;
+    assert_eq!(r["outcome"], "interrupted", "{r}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "interrupts were not prompt"
+    );
+    let r = exec(&server, &id, json!({"code": "'slept' in globals()"})).await;
+    assert_eq!(r["result"], "False");
+    let r = http(
+        &server,
+        "POST",
+        &format!("/v1/sessions/{id}/interrupt"),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 409, "nothing runs: {}", r.body);
+}
+
+#[tokio::test]
+async fn a_cell_past_its_time_limit_is_interrupted_and_the_session_lives() {
+    let server = server(|_| {}).await;
+    let id = session(&server).await;
+    exec(&server, &id, json!({"code": "kept = 'yes'"})).await;
+    let r = exec(
+        &server,
+        &id,
+        json!({"code": "while True: pass", "timeout_ms": 300}),
+    )
+    .await;
+    assert_eq!(r["outcome"], "timeout", "{r}");
+    assert_eq!(r["session_ended"], false);
+    assert_eq!(r["error"]["type"], "KeyboardInterrupt");
+    let r = exec(&server, &id, json!({"code": "kept"})).await;
+    assert_eq!(r["result"], "'yes'");
+    // A cell that swallows every interrupt is ended with its session after the grace period.
+    let r = exec(
+        &server,
+        &id,
+        json!({"code": "while True:\n    try:\n        while True: pass\n    except KeyboardInterrupt:\n        pass", "timeout_ms": 300}),
+    )
+    .await;
+    assert_eq!(
+        (r["outcome"].as_str(), r["session_ended"].as_bool()),
+        (Some("timeout"), Some(true)),
+        "{r}"
+    );
+    let r = post_json(
+        &server,
+        &format!("/v1/sessions/{id}/exec"),
+        &json!({"code": "1"}),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+}
+
+#[tokio::test]
+async fn one_cell_at_a_time() {
+    let server = server(|_| {}).await;
+    let id = session(&server).await;
+    let path = format!("/v1/sessions/{id}/exec");
+    let slow_cell = json!({"code": "import time\ntime.sleep(1)\n'slow'"});
+    let slow = post_json(&server, &path, &slow_cell);
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        post_json(&server, &path, &json!({"code": "'fast'"})).await
+    };
+    let (slow, second) = tokio::join!(slow, second);
+    assert_eq!(slow.json()["result"], "'slow'");
+    assert_eq!(second.status, 409, "{}", second.body);
+    assert!(second.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("already running"));
+}
+
+#[tokio::test]
+async fn files_go_in_and_out_and_stay_inside_the_session() {
+    let server = server(|_| {}).await;
+    let r = create(
+        &server,
+        &[],
+        &json!({"files": {"data/in.csv": "a,b\n1,2\n"}}),
+    )
+    .await;
+    let id = r.json()["session_id"].as_str().unwrap().to_string();
+    let put = http(
+        &server,
+        "PUT",
+        &format!("/v1/sessions/{id}/files/more/x.txt"),
+        &[],
+        b"hello",
+    )
+    .await;
+    assert_eq!(put.status, 204, "{}", put.body);
+    let r = exec(
+        &server,
+        &id,
+        json!({"code": "import csv\nrows = list(csv.reader(open('data/in.csv')))\nopen('out.txt', 'w').write(open('more/x.txt').read().upper())\nrows"}),
+    )
+    .await;
+    assert_eq!(r["result"], "[['a', 'b'], ['1', '2']]", "{r}");
+    let (status, body) = http_get(&server, &format!("/v1/sessions/{id}/files/out.txt")).await;
+    assert_eq!((status, body.as_str()), (200, "HELLO"));
+    let (status, body) = http_get(&server, &format!("/v1/sessions/{id}/files")).await;
+    assert_eq!(status, 200);
+    let listed: Value = serde_json::from_str(&body).unwrap();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["data/in.csv", "more/x.txt", "out.txt"]);
+    let bad = http(
+        &server,
+        "PUT",
+        &format!("/v1/sessions/{id}/files/..%2F..%2Fetc%2Fx"),
+        &[],
+        b"x",
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    exec(
+        &server,
+        &id,
+        json!({"code": "import os\nos.symlink('/etc/passwd', 'leak')"}),
+    )
+    .await;
+    let (status, _) = http_get(&server, &format!("/v1/sessions/{id}/files/leak")).await;
+    assert_eq!(status, 404, "a link the guest made leads nowhere outside");
+    let (status, _) = http_get(&server, &format!("/v1/sessions/{id}/files/missing.txt")).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn another_users_session_does_not_exist_for_them() {
+    let secret = "s3cret";
+    let server = server(|c| c.secret = Some(secret.into())).await;
+    let token =
+        |u: &str| weir_service::auth::mint(secret.as_bytes(), u, Duration::from_secs(60)).unwrap();
+    let (ada, bob) = (
+        format!("Bearer {}", token("ada")),
+        format!("Bearer {}", token("bob")),
+    );
+    let r = create(&server, &[("Authorization", &ada)], &json!({})).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["session_id"].as_str().unwrap().to_string();
+    let cell = json!({"code": "1"}).to_string();
+    for (who, status) in [(&bob, 404), (&ada, 200)] {
+        let r = http(
+            &server,
+            "POST",
+            &format!("/v1/sessions/{id}/exec"),
+            &[("Authorization", who), ("Content-Type", "application/json")],
+            cell.as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, status, "{}", r.body);
+    }
+    let r = http(
+        &server,
+        "DELETE",
+        &format!("/v1/sessions/{id}"),
+        &[("Authorization", &bob)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    let r = http(
+        &server,
+        "GET",
+        "/v1/sessions",
+        &[("Authorization", &bob)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.json(), json!([]));
+    let r = http(
+        &server,
+        "POST",
+        &format!("/v1/sessions/{id}/exec"),
+        &[("Content-Type", "application/json")],
+        cell.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+}
+
+#[tokio::test]
+async fn delete_frees_the_instance_at_once_and_idle_sessions_expire() {
+    let server = server(|c| {
+        c.session_idle_secs = 1;
+        c.warm_instances = 0;
+    })
+    .await;
+    let sandbox = &server.state.sandbox;
+    let id = session(&server).await;
+    exec(&server, &id, json!({"code": "1"})).await;
+    assert_eq!(sandbox.live_instances(), 1);
+    let r = http(&server, "DELETE", &format!("/v1/sessions/{id}"), &[], b"").await;
+    assert_eq!(r.status, 204);
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while sandbox.live_instances() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(sandbox.live_instances(), 0, "DELETE freed the instance");
+    let r = post_json(
+        &server,
+        &format!("/v1/sessions/{id}/exec"),
+        &json!({"code": "1"}),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+
+    let id = session(&server).await;
+    exec(&server, &id, json!({"code": "1"})).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(sandbox.live_instances(), 0, "the idle session was freed");
+    let (status, _) = http_get(&server, &format!("/v1/sessions/{id}")).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn sessions_count_against_the_session_cap() {
+    let server = server(|c| c.max_sessions = 1).await;
+    let id = session(&server).await;
+    let r = create(&server, &[], &json!({})).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    http(&server, "DELETE", &format!("/v1/sessions/{id}"), &[], b"").await;
+    let r = create(
+        &server,
+        &[],
+        &json!({"limits": {"memory_bytes": 1}, "runtime": "nope"}),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("no runtime named"), "{}", r.body);
+    session(&server).await;
+}
