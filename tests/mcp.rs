@@ -9,7 +9,7 @@ mod ws;
 
 use ws::*;
 
-const STEPS: [&str; 7] = [
+const STEPS: [&str; 10] = [
     "connects and says what it is",
     "lists run_python with its limits in the description",
     "runs code and returns its output",
@@ -17,6 +17,9 @@ const STEPS: [&str; 7] = [
     "reports an uncaught exception as an error with its traceback",
     "stops a busy loop at its time limit",
     "refuses an unknown runtime by name",
+    "keeps state across session cells",
+    "interrupts a loop and reads a variable afterwards",
+    "lists and reads session files, then closes the session",
 ];
 
 fn assert_steps(out: &str) {
@@ -51,8 +54,8 @@ async fn the_official_sdk_runs_python_over_streamable_http() {
     assert_steps(&out);
     let (_, metrics) = http_get(&server, "/metrics").await;
     assert!(
-        metrics.contains("weir_runs_started_total 4"),
-        "every tool call that started a run is counted (4 of 5):\n{metrics}"
+        metrics.contains("weir_runs_started_total 5"),
+        "every tool call that started a run is counted (4 of 5 run_python calls, 1 session):\n{metrics}"
     );
     assert_eq!(server.state.sandbox.live_instances(), 0);
     server.shutdown().await;

@@ -21,6 +21,8 @@ async function step(name, body) {
 
 const text = (result) => result.content.map((c) => c.text ?? "").join("");
 const run = (args) => client.callTool({ name: "run_python", arguments: args });
+const tool = (name, args) => client.callTool({ name, arguments: args });
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 try {
   await step("connects and says what it is", async () => {
@@ -33,12 +35,15 @@ try {
 
   await step("lists run_python with its limits in the description", async () => {
     const { tools } = await client.listTools();
-    const tool = tools.find((t) => t.name === "run_python");
-    if (!tool) throw new Error(`tools: ${tools.map((t) => t.name)}`);
-    if (!/sandbox/.test(tool.description) || !/network/.test(tool.description)) {
-      throw new Error(`description: ${tool.description}`);
+    const runner = tools.find((t) => t.name === "run_python");
+    if (!runner) throw new Error(`tools: ${tools.map((t) => t.name)}`);
+    if (!/sandbox/.test(runner.description) || !/network/.test(runner.description)) {
+      throw new Error(`description: ${runner.description}`);
     }
-    if (!tool.inputSchema?.properties?.code) throw new Error(`schema: ${JSON.stringify(tool.inputSchema)}`);
+    if (!runner.inputSchema?.properties?.code) throw new Error(`schema: ${JSON.stringify(runner.inputSchema)}`);
+    const names = tools.map((t) => t.name).sort().join(",");
+    const expected = "run_python,session_close,session_create,session_exec,session_files,session_interrupt,session_read_file";
+    if (names !== expected) throw new Error(`tools: ${names}`);
   });
 
   await step("runs code and returns its output", async () => {
@@ -75,6 +80,42 @@ try {
     const result = await run({ code: "print(1)", runtime: "cobol" });
     const out = text(result);
     if (!result.isError || !out.includes("cobol")) throw new Error(out);
+  });
+
+  let session_id;
+  await step("keeps state across session cells", async () => {
+    const created = text(await tool("session_create", {}));
+    session_id = /session_id: (\S+)/.exec(created)?.[1];
+    if (!session_id) throw new Error(created);
+    const first = await tool("session_exec", { session_id, code: "x = 41\nprint('set')" });
+    if (first.isError || !text(first).includes("set")) throw new Error(text(first));
+    const second = await tool("session_exec", { session_id, code: "x + 1" });
+    if (second.isError || !text(second).includes("--- result ---\n42")) throw new Error(text(second));
+  });
+
+  await step("interrupts a loop and reads a variable afterwards", async () => {
+    const loop = tool("session_exec", { session_id, code: "n = 0\nwhile True:\n    n += 1", timeout_ms: 20000 });
+    await sleep(500);
+    const asked = await tool("session_interrupt", { session_id });
+    if (asked.isError) throw new Error(text(asked));
+    const ended = await loop;
+    if (!text(ended).includes("outcome: interrupted") || !text(ended).includes("KeyboardInterrupt")) {
+      throw new Error(text(ended));
+    }
+    const after = await tool("session_exec", { session_id, code: "n > 0, x" });
+    if (!text(after).includes("(True, 41)")) throw new Error(text(after));
+  });
+
+  await step("lists and reads session files, then closes the session", async () => {
+    await tool("session_exec", { session_id, code: "open('out.txt', 'w').write('hello')" });
+    const listed = text(await tool("session_files", { session_id }));
+    if (!listed.includes("out.txt\t5 bytes")) throw new Error(listed);
+    const read = await tool("session_read_file", { session_id, path: "out.txt" });
+    if (read.isError || text(read) !== "hello") throw new Error(text(read));
+    const closed = await tool("session_close", { session_id });
+    if (closed.isError) throw new Error(text(closed));
+    const gone = await tool("session_exec", { session_id, code: "1" });
+    if (!gone.isError || !text(gone).includes("no session")) throw new Error(text(gone));
   });
 
   await client.close();

@@ -5,6 +5,7 @@
 //! Origin, token, capacity), checked for every request.
 
 use crate::admission::{self, Body};
+use crate::notebook;
 use crate::auth::ANONYMOUS;
 use crate::oneshot::{self, Finished};
 use crate::protocol::{LimitParams, RunParams};
@@ -41,6 +42,45 @@ pub struct RunPython {
     pub timeout_ms: Option<u64>,
     /// The runtime to run in, by name or alias; the server's default without one.
     pub runtime: Option<String>,
+}
+
+/// `session_create`'s arguments.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct SessionCreate {
+    /// Files placed in the session's working directory first: relative path → text.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+    /// The runtime, by name or alias; the server's default without one.
+    pub runtime: Option<String>,
+}
+
+/// `session_exec`'s arguments.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct SessionExec {
+    /// The session, as `session_create` named it.
+    pub session_id: String,
+    /// The cell's Python source; its last expression's value is returned.
+    pub code: String,
+    /// Text on the cell's stdin (end of file after it).
+    pub stdin: Option<String>,
+    /// The cell's time limit in milliseconds (the server's default and maximum apply).
+    pub timeout_ms: Option<u64>,
+}
+
+/// Arguments naming a session.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct SessionRef {
+    /// The session, as `session_create` named it.
+    pub session_id: String,
+}
+
+/// `session_read_file`'s arguments.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct SessionFile {
+    /// The session, as `session_create` named it.
+    pub session_id: String,
+    /// The file's path relative to the session's working directory.
+    pub path: String,
 }
 
 /// Who called, as the HTTP admission found it (absent over stdio).
@@ -89,15 +129,52 @@ impl WeirMcp {
         format!(
             "weir runs Python in a WebAssembly sandbox. Runtimes: {}; the first is the default. \
              The standard library is available; third-party packages are not, and there is no \
-             network. Each run starts fresh in an empty working directory holding its files; \
-             nothing persists between runs. Limits per run: wall time {} ms by default (at most \
-             {} ms), memory {} MiB, output {} KiB.",
+             network. Each run_python call starts fresh in an empty working directory holding \
+             its files; for state that persists across calls (variables, imports, files), use a \
+             session: session_create, then session_exec per cell (an idle session ends after {} \
+             s). Limits per run or cell: wall time {} ms by default (at most {} ms), memory {} \
+             MiB, output {} KiB.",
             runtimes.join(", "),
+            config.session_idle().as_secs(),
             config.limits.wall_ms,
             config.max_limits.wall_ms,
             config.limits.memory_bytes >> 20,
             config.limits.output_bytes >> 10,
         )
+    }
+}
+
+/// A tool's text answer: an error result or a successful one.
+fn answer(ok: bool, text: String) -> rmcp::model::CallToolResult {
+    let content = vec![ContentBlock::text(text)];
+    match ok {
+        true => rmcp::model::CallToolResult::success(content),
+        false => rmcp::model::CallToolResult::error(content),
+    }
+}
+
+/// The caller's user, as the HTTP admission passed it on (none over stdio).
+fn caller(ctx: &RequestContext<RoleServer>) -> Option<String> {
+    ctx.extensions
+        .get::<axum::http::request::Parts>()
+        .and_then(|parts| parts.extensions.get::<Caller>())
+        .and_then(|caller| caller.0.clone())
+}
+
+impl WeirMcp {
+    /// The caller's session `id`, or a tool error naming it.
+    fn kernel(
+        &self,
+        id: &str,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<Arc<crate::kernel::Kernel>, rmcp::model::CallToolResult> {
+        let user = caller(ctx).unwrap_or_else(|| ANONYMOUS.into());
+        self.state.kernels.get(id, &user).ok_or_else(|| {
+            answer(
+                false,
+                format!("no session {id:?} (it ended, expired or was never created)"),
+            )
+        })
     }
 }
 
@@ -116,11 +193,7 @@ impl WeirMcp {
         Parameters(args): Parameters<RunPython>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::CallToolResult, ErrorData> {
-        let user = ctx
-            .extensions
-            .get::<axum::http::request::Parts>()
-            .and_then(|parts| parts.extensions.get::<Caller>())
-            .and_then(|caller| caller.0.clone());
+        let user = caller(&ctx);
         let params = RunParams {
             source: args.code,
             filename: "main.py".into(),
@@ -148,6 +221,181 @@ impl WeirMcp {
             ])),
         }
     }
+
+    /// Starts a stateful session.
+    #[tool(
+        description = "Start a stateful Python session (like a notebook kernel): variables, \
+                       imports and files persist across `session_exec` calls until \
+                       `session_close` or the idle timeout. Returns the session_id. Same sandbox \
+                       as run_python: standard library, no network."
+    )]
+    async fn session_create(
+        &self,
+        Parameters(args): Parameters<SessionCreate>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResult, ErrorData> {
+        let user = caller(&ctx).unwrap_or_else(|| ANONYMOUS.into());
+        let Ok(slot) = self.state.slots.clone().try_acquire_owned() else {
+            return Ok(answer(
+                false,
+                format!(
+                    "all {} sessions are in use; close one or retry shortly",
+                    self.state.config.max_sessions
+                ),
+            ));
+        };
+        let params = notebook::CreateParams {
+            runtime: args.runtime,
+            files: args.files,
+            ..Default::default()
+        };
+        Ok(match notebook::start(&self.state, &user, params, slot).await {
+            Ok(k) => answer(
+                true,
+                format!(
+                    "session_id: {}\nruntime: {}\nidle timeout: {} s",
+                    k.id,
+                    k.runtime,
+                    self.state.config.session_idle().as_secs()
+                ),
+            ),
+            Err(e) => answer(false, format!("the session could not start: {e}")),
+        })
+    }
+
+    /// Runs a cell in a session.
+    #[tool(
+        description = "Run Python code in a session's namespace (state from earlier cells is \
+                       there). Returns the value of the last expression (as in a REPL), stdout, \
+                       stderr and the outcome. An exception keeps the session. A cell past its \
+                       time limit (`timeout_ms`) gets KeyboardInterrupt; one cell at a time."
+    )]
+    async fn session_exec(
+        &self,
+        Parameters(args): Parameters<SessionExec>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResult, ErrorData> {
+        let k = match self.kernel(&args.session_id, &ctx) {
+            Ok(k) => k,
+            Err(e) => return Ok(e),
+        };
+        let params = notebook::ExecParams {
+            code: args.code,
+            stdin: args.stdin,
+            timeout_ms: args.timeout_ms,
+        };
+        Ok(match notebook::run_cell(&self.state, &k, params).await {
+            Ok(report) => cell_result(&report),
+            Err(e) => answer(false, e.to_string()),
+        })
+    }
+
+    /// Interrupts a session's running cell.
+    #[tool(
+        description = "Interrupt the cell running in a session (raises KeyboardInterrupt in it, \
+                       as Ctrl-C would); the session and its variables stay."
+    )]
+    async fn session_interrupt(
+        &self,
+        Parameters(args): Parameters<SessionRef>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResult, ErrorData> {
+        Ok(match self.kernel(&args.session_id, &ctx) {
+            Ok(k) if k.interrupt() => answer(true, "interrupted".into()),
+            Ok(_) => answer(false, "no cell is running in this session".into()),
+            Err(e) => e,
+        })
+    }
+
+    /// Lists a session's files.
+    #[tool(description = "List the files in a session's working directory (path and size).")]
+    async fn session_files(
+        &self,
+        Parameters(args): Parameters<SessionRef>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResult, ErrorData> {
+        let k = match self.kernel(&args.session_id, &ctx) {
+            Ok(k) => k,
+            Err(e) => return Ok(e),
+        };
+        k.used();
+        let scratch = k.scratch.clone();
+        let listed = tokio::task::spawn_blocking(move || weir_sandbox::files::list(&scratch)).await;
+        Ok(match listed {
+            Ok(Ok(files)) => {
+                let lines: Vec<String> = files
+                    .iter()
+                    .map(|f| format!("{}\t{} bytes", f.path, f.size))
+                    .collect();
+                answer(true, lines.join("\n"))
+            }
+            Ok(Err(e)) => answer(false, e.to_string()),
+            Err(_) => answer(false, "listing failed".into()),
+        })
+    }
+
+    /// Reads a file of a session.
+    #[tool(
+        description = "Read a file from a session's working directory (text; bytes that are not \
+                       UTF-8 come back base64-encoded)."
+    )]
+    async fn session_read_file(
+        &self,
+        Parameters(args): Parameters<SessionFile>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResult, ErrorData> {
+        let k = match self.kernel(&args.session_id, &ctx) {
+            Ok(k) => k,
+            Err(e) => return Ok(e),
+        };
+        k.used();
+        let (scratch, path) = (k.scratch.clone(), args.path);
+        let max = MAX_TEXT_BYTES as u64;
+        let read =
+            tokio::task::spawn_blocking(move || weir_sandbox::files::read(&scratch, &path, max))
+                .await;
+        Ok(match read {
+            Ok(Ok(data)) => match Data::from_bytes(&data) {
+                Data::Text(t) => answer(true, t),
+                binary => answer(true, serde_json::to_string(&binary).unwrap_or_default()),
+            },
+            Ok(Err(e)) => answer(false, e.to_string()),
+            Err(_) => answer(false, "reading failed".into()),
+        })
+    }
+
+    /// Ends a session.
+    #[tool(description = "Close a session: its instance, variables and files are freed at once.")]
+    async fn session_close(
+        &self,
+        Parameters(args): Parameters<SessionRef>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResult, ErrorData> {
+        Ok(match self.kernel(&args.session_id, &ctx) {
+            Ok(k) => {
+                self.state.kernels.remove(&k.id);
+                answer(true, format!("session {} closed", k.id))
+            }
+            Err(e) => e,
+        })
+    }
+}
+
+/// A cell's report as a tool result: the outcome line, the last expression's value, stdout and
+/// stderr; an error result unless the cell ended without an exception.
+fn cell_result(report: &crate::kernel::CellReport) -> rmcp::model::CallToolResult {
+    let outcome = notebook::cell_outcome(report);
+    let mut text = format!("outcome: {outcome} · {} ms", report.duration.as_millis());
+    if report.exit.is_some() {
+        text.push_str(" · the session has ended");
+    }
+    text.push('\n');
+    if let Some(value) = report.end.as_ref().and_then(|e| e.value.as_deref()) {
+        text.push_str(&format!("--- result ---\n{value}\n"));
+    }
+    append_stream(&mut text, "stdout", &report.output.stdout);
+    append_stream(&mut text, "stderr", &report.output.stderr);
+    answer(outcome == "ok", text)
 }
 
 #[tool_handler(router = self.tool_router)]
@@ -212,7 +460,11 @@ pub async fn serve_stdio(config: crate::ServerConfig) -> anyhow::Result<()> {
     let sandbox = weir_sandbox::Sandbox::load_async(config.engine_settings()).await?;
     let history = crate::history::History::open(&config.history)?;
     let state = Arc::new(AppState::new(config, sandbox, history));
+    let idle = state.config.session_idle();
+    let reaper = tokio::spawn(crate::kernel::reap(state.kernels.clone(), idle));
+    let _reaper = weir_sandbox::task::AbortOnDrop(reaper);
     let served = WeirMcp::new(state.clone()).serve_stdio().await;
+    state.kernels.clear();
     state.history.flush().await;
     served
 }
