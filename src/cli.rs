@@ -194,6 +194,20 @@ pub async fn run(args: RunArgs, mut settings: EngineSettings) -> anyhow::Result<
         }
         Err(e) => return Err(e.into()),
     };
+    // Ctrl-C interrupts the program as it would `python` (KeyboardInterrupt where it runs); a
+    // second one, or one the runtime cannot deliver, ends the run.
+    let interrupter = {
+        let control = handle.control();
+        tokio::spawn(async move {
+            let mut delivered = false;
+            while tokio::signal::ctrl_c().await.is_ok() {
+                if delivered || !control.interrupt() {
+                    control.stop();
+                }
+                delivered = true;
+            }
+        })
+    };
     let control = handle.control();
     let feeder = tokio::spawn(async move {
         let mut stdin = tokio::io::stdin();
@@ -244,6 +258,7 @@ pub async fn run(args: RunArgs, mut settings: EngineSettings) -> anyhow::Result<
         }
     }
     feeder.abort();
+    interrupter.abort();
     let _ = stdout.flush().await;
     let _ = stderr.flush().await;
     if let (Some(path), Some(result)) = (&args.record, recorded) {
@@ -251,7 +266,12 @@ pub async fn run(args: RunArgs, mut settings: EngineSettings) -> anyhow::Result<
         std::fs::write(path, transcript.to_json())
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     }
-    Ok(outcome.map(|o| o.exit_code()).unwrap_or(70))
+    Ok(match outcome {
+        // As `python` does after an uncaught KeyboardInterrupt: the status of death by SIGINT.
+        Some(Outcome::Error { exception, .. }) if exception == "KeyboardInterrupt" => 130,
+        Some(o) => o.exit_code(),
+        None => 70,
+    })
 }
 
 /// `weir runtimes`: one line per runtime, the default first.

@@ -308,3 +308,38 @@ fn runtimes_are_listed_and_chosen_by_name_or_alias() {
     assert!(err.contains("cobol") && err.contains("python"), "{err}");
     assert_eq!(text(&out.stdout), "");
 }
+
+#[test]
+fn ctrl_c_raises_keyboard_interrupt_in_the_script_as_python_does() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = tempfile::tempdir().unwrap();
+    let path = script(
+        &dir,
+        "loop.py",
+        "print('ready', flush=True)\nn = 0\nwhile True:\n    n += 1\n",
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", &path])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("weir run starts");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("stdout readable");
+    assert_eq!(line, "ready\n");
+    // SAFETY: sending SIGINT to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().expect("weir run exits");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("line 4, in <module>"), "{err}");
+    assert!(err.ends_with("KeyboardInterrupt\n"), "{err}");
+    assert_eq!(status.code(), Some(130));
+}

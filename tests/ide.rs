@@ -75,6 +75,7 @@ async fn the_ide_works_end_to_end_in_chromium() {
         "the runtime picker lists the server's runtimes",
         "two input() prompts",
         "while True: pass is stopped",
+        "Interrupt raises KeyboardInterrupt where the loop runs",
         "a flood stays responsive",
         "switching file and pressing Run stops the old run",
         "a REPL after the script",

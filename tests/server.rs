@@ -481,3 +481,41 @@ async fn a_peer_that_stops_answering_pings_is_dropped() {
     }
     assert_eq!(open(), 0, "the silent peer was not dropped");
 }
+
+#[tokio::test]
+async fn interrupt_raises_keyboard_interrupt_in_a_repl_statement_and_the_repl_goes_on() {
+    let server = server(|_| {}).await;
+    let mut ws = connect(&server, "").await;
+    let id = run(&mut ws, 1, json!({"source": "total = 0", "repl": true})).await;
+    wait_for_state(&mut ws, &id, "repl").await;
+    let input = |id: &str, n, data: &str| json!({"jsonrpc": "2.0", "id": n, "method": "input", "params": {"run_id": id, "data": data}});
+    send(&mut ws, input(&id, 2, "while True: total += 1\n\n")).await;
+    wait_for_state(&mut ws, &id, "running").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    send(
+        &mut ws,
+        json!({"jsonrpc": "2.0", "id": 3, "method": "interrupt", "params": {"run_id": id}}),
+    )
+    .await;
+    let mut stderr = String::new();
+    loop {
+        let m = recv(&mut ws).await;
+        if m["id"] == 3 {
+            assert_eq!(m["result"], true, "{m}");
+        } else if m["method"] == "output" && m["params"]["stream"] == "stderr" {
+            stderr.push_str(m["params"]["data"].as_str().unwrap());
+        } else if m["method"] == "state" && m["params"]["state"] == "repl" {
+            break;
+        }
+    }
+    assert!(stderr.contains("KeyboardInterrupt"), "{stderr}");
+    send(&mut ws, input(&id, 4, "print(total > 0)\n")).await;
+    send(
+        &mut ws,
+        json!({"jsonrpc": "2.0", "id": 5, "method": "eof", "params": {"run_id": id}}),
+    )
+    .await;
+    let (out, exit) = until_exit(&mut ws, &id).await;
+    assert!(out.contains("True\n"), "{out}");
+    assert_eq!(exit["outcome"], "exited");
+}

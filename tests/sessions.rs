@@ -351,3 +351,36 @@ async fn sessions_count_against_the_session_cap() {
     assert!(r.body.contains("no runtime named"), "{}", r.body);
     session(&server).await;
 }
+
+#[tokio::test]
+async fn a_one_shot_run_returns_the_files_its_globs_name() {
+    let server = server(|_| {}).await;
+    let r = post_json(
+        &server,
+        "/v1/runs",
+        &json!({
+            "source": "import os\nos.makedirs('out', exist_ok=True)\nopen('out/a.txt', 'w').write('alpha')\nopen('out/b.bin', 'wb').write(bytes([0, 255]))\nopen('big.txt', 'w').write('x' * 5000)\nopen('skip.log', 'w').write('no')",
+            "return_files": ["out/*", "big.txt"],
+            "limits": {"output_bytes": 4096},
+        }),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let files = &r.json()["files"];
+    assert_eq!(files["contents"]["out/a.txt"], "alpha", "{files}");
+    assert_eq!(files["contents"]["out/b.bin"], json!({"base64": "AP8="}));
+    assert_eq!(
+        files["omitted"],
+        json!(["big.txt"]),
+        "past the output limit"
+    );
+    assert!(files["contents"].get("skip.log").is_none());
+    let r = post_json(
+        &server,
+        "/v1/runs",
+        &json!({"source": "1", "return_files": ["["]}),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("invalid pattern"), "{}", r.body);
+}

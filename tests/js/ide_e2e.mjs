@@ -124,6 +124,18 @@ try {
     if (await page.locator("#stop").isEnabled()) throw new Error("Stop still enabled after the run");
   });
 
+  await step("Interrupt raises KeyboardInterrupt where the loop runs", async () => {
+    await setSource("n = 0\nwhile True:\n    n += 1\n");
+    await page.locator("#run").click();
+    await waitRunState("running");
+    await page.locator("#interrupt").click();
+    await waitConsole("KeyboardInterrupt");
+    await waitOutcome("error");
+    const text = await consoleText();
+    if (!text.includes("line 3, in <module>")) throw new Error(`console: ${text}`);
+    if (await page.locator("#interrupt").isEnabled()) throw new Error("Interrupt still enabled after the run");
+  });
+
   await step("pause and resume follow the run state", async () => {
     await setSource("import time\nfor i in range(600):\n    print(i, flush=True)\n    time.sleep(0.05)\n");
     await page.locator("#run").click();

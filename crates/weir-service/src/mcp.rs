@@ -5,8 +5,8 @@
 //! Origin, token, capacity), checked for every request.
 
 use crate::admission::{self, Body};
-use crate::notebook;
 use crate::auth::ANONYMOUS;
+use crate::notebook;
 use crate::oneshot::{self, Finished};
 use crate::protocol::{LimitParams, RunParams};
 use crate::state::{AppState, WsQuery};
@@ -249,18 +249,20 @@ impl WeirMcp {
             files: args.files,
             ..Default::default()
         };
-        Ok(match notebook::start(&self.state, &user, params, slot).await {
-            Ok(k) => answer(
-                true,
-                format!(
-                    "session_id: {}\nruntime: {}\nidle timeout: {} s",
-                    k.id,
-                    k.runtime,
-                    self.state.config.session_idle().as_secs()
+        Ok(
+            match notebook::start(&self.state, &user, params, slot).await {
+                Ok(k) => answer(
+                    true,
+                    format!(
+                        "session_id: {}\nruntime: {}\nidle timeout: {} s",
+                        k.id,
+                        k.runtime,
+                        self.state.config.session_idle().as_secs()
+                    ),
                 ),
-            ),
-            Err(e) => answer(false, format!("the session could not start: {e}")),
-        })
+                Err(e) => answer(false, format!("the session could not start: {e}")),
+            },
+        )
     }
 
     /// Runs a cell in a session.

@@ -578,12 +578,17 @@ function updateButtons() {
   const active = !!runs.current;
   $("run").disabled = runs.starting || (!connected && conn.socket !== null);
   $("stop").disabled = !connected || !active;
+  $("interrupt").disabled = !connected || !active;
   $("pause").disabled = !connected || !active;
   $("pause").textContent = state === "paused" ? "▶ Resume" : "❚❚ Pause";
 }
 
 function stop() {
   if (runs.current) call("stop", { run_id: runs.current.id });
+}
+
+function interrupt() {
+  if (runs.current) call("interrupt", { run_id: runs.current.id });
 }
 
 function pauseOrResume() {
@@ -609,6 +614,10 @@ function inputKeys(e) {
     e.preventDefault();
     write("sys", "^D\n");
     call("eof", { run_id: runs.current.id });
+  } else if (e.key === "c" && e.ctrlKey && runs.current && !window.getSelection()?.toString()) {
+    e.preventDefault();
+    write("sys", "^C\n");
+    interrupt();
   }
 }
 
@@ -651,6 +660,7 @@ function init() {
   });
   $("run").addEventListener("click", run);
   $("stop").addEventListener("click", stop);
+  $("interrupt").addEventListener("click", interrupt);
   $("pause").addEventListener("click", pauseOrResume);
   $("clear").addEventListener("click", clearConsole);
   $("input-line").addEventListener("submit", sendInput);
