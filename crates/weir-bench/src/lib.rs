@@ -5,6 +5,7 @@
 
 pub mod measure;
 pub mod native;
+pub mod sessions;
 pub mod ws;
 
 use measure::{closed_loop, mb, median, ms, opt_ms, percentile, pss_bytes, row};
@@ -23,6 +24,11 @@ pub async fn run(settings: EngineSettings, samples: usize) -> anyhow::Result<()>
     if std::env::var_os("WEIR_BENCH_ONLY_WS").is_some() {
         row("measurement", "weir", "python3 per run", "target");
         return ws::run(1000).await;
+    }
+    // `WEIR_BENCH_ONLY_SESSIONS=1`: the stateful-session rows only.
+    if std::env::var_os("WEIR_BENCH_ONLY_SESSIONS").is_some() {
+        row("measurement", "weir", "python3 per run", "target");
+        return sessions::rows().await;
     }
     let sandbox = Sandbox::load_async(settings.clone()).await?;
     // `WEIR_BENCH_ONLY_FIB=1`: the fib(27) rows only.
@@ -120,7 +126,8 @@ pub async fn run(settings: EngineSettings, samples: usize) -> anyhow::Result<()>
         );
     }
     drop(sandbox);
-    ws::run(1000).await
+    ws::run(1000).await?;
+    sessions::rows().await
 }
 
 fn num_cores() -> usize {

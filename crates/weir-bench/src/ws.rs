@@ -14,9 +14,9 @@ type Ws =
 
 /// `weir serve` in a process of its own, so its memory and CPU are measured apart from the
 /// bench's clients. Killed when dropped.
-struct Server {
+pub(crate) struct Server {
     child: tokio::process::Child,
-    addr: String,
+    pub(crate) addr: String,
     _stderr: weir_sandbox::task::AbortOnDrop,
     _dir: tempfile::TempDir,
 }
@@ -24,7 +24,7 @@ struct Server {
 impl Server {
     /// Starts this executable's `serve` with room for `sessions` sessions.
     #[allow(unsafe_code)]
-    async fn start(sessions: usize) -> anyhow::Result<Server> {
+    pub(crate) async fn start(sessions: usize) -> anyhow::Result<Server> {
         use tokio::io::AsyncBufReadExt;
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("weir.toml");
@@ -92,11 +92,11 @@ impl Server {
     /// compiled guest's code pages with the next one, whose PSS then counts half of them,
     /// and the whole once it is gone: a measurement that spans that moment saw the code
     /// pages as growth (~0.2 MB per session of the flood row).
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
 
-    fn pss(&self) -> f64 {
+    pub(crate) fn pss(&self) -> f64 {
         self.child
             .id()
             .and_then(|pid| pss_bytes_of(&pid.to_string()))
@@ -342,7 +342,7 @@ async fn client_rows(server: &Server, native: Option<&str>) -> anyhow::Result<()
 /// the compiled guest's file that resetting a slot reads (~28 MB of page-cache pages,
 /// mapped once per process): without this warm-up the flood row counted them as growth,
 /// 0.25 MB per flooding session.
-async fn warm_up(server: &Server) -> anyhow::Result<()> {
+pub(crate) async fn warm_up(server: &Server) -> anyhow::Result<()> {
     let mut ws = connect(server).await?;
     for id in 0..100 {
         hello(&mut ws, id).await?;

@@ -7,10 +7,50 @@
 //! caller's cap.
 
 use crate::limits::human_bytes;
-use crate::scratch::{checked_path, MAX_SCRATCH_ENTRIES};
 use cap_std::fs::Dir;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
+
+/// Most files and directories a scratch dir may hold.
+pub const MAX_SCRATCH_ENTRIES: usize = 10_000;
+
+/// `name` as a relative path that stays inside a directory: not empty, no NUL, no root, no `..`.
+pub fn relative_path(name: &str) -> Option<PathBuf> {
+    let path = Path::new(name);
+    let ok = !name.is_empty()
+        && !name.contains('\0')
+        && path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+        && path.components().any(|c| matches!(c, Component::Normal(_)));
+    ok.then(|| path.to_path_buf())
+}
+
+/// Whether the directory at `root` holds more than `limit` bytes or more than
+/// [`MAX_SCRATCH_ENTRIES`] entries. Stops walking as soon as either is passed.
+pub fn exceeds(root: &Path, limit: u64) -> bool {
+    let mut total = 0u64;
+    let mut entries = 0usize;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(list) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in list.flatten() {
+            entries += 1;
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                total = total.saturating_add(meta.len());
+            }
+            if total > limit || entries > MAX_SCRATCH_ENTRIES {
+                return true;
+            }
+        }
+    }
+    false
+}
 
 /// Why a file operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +128,7 @@ fn open(root: &Path) -> std::io::Result<Dir> {
 }
 
 fn checked(rel: &str) -> Result<PathBuf, FileError> {
-    checked_path(rel).map_err(|_| FileError::BadPath(rel.to_string()))
+    relative_path(rel).ok_or_else(|| FileError::BadPath(rel.to_string()))
 }
 
 /// Every regular file under `root`, sorted by path; symbolic links are neither listed nor
@@ -165,7 +205,7 @@ pub fn write(root: &Path, rel: &str, data: &[u8], scratch_limit: u64) -> Result<
     let room = scratch_limit
         .saturating_add(replaced)
         .saturating_sub(data.len() as u64);
-    if data.len() as u64 > scratch_limit || crate::scratch::exceeds(root, room) {
+    if data.len() as u64 > scratch_limit || exceeds(root, room) {
         return Err(FileError::ScratchFull {
             path: rel.to_string(),
             limit: human_bytes(scratch_limit),

@@ -20,12 +20,20 @@
 //! and inode allocation scans recently deleted inodes: about 15 % of the server's CPU time under
 //! 100 WebSocket clients running hello.
 
+use crate::files::relative_path;
 use crate::limits::human_bytes;
+
+pub use crate::files::{exceeds, MAX_SCRATCH_ENTRIES};
+
+/// A relative path that stays inside the scratch dir.
+fn checked_path(name: &str) -> Result<PathBuf, ScratchError> {
+    relative_path(name).ok_or_else(|| ScratchError::BadPath(name.to_string()))
+}
 use crate::request::{Program, RunRequest};
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// Why the caller's files cannot be placed.
@@ -247,22 +255,6 @@ fn entry_count(files: &[(PathBuf, &[u8])]) -> usize {
     files.len() + dirs.len()
 }
 
-/// A relative path that stays inside the scratch dir.
-pub(crate) fn checked_path(name: &str) -> Result<PathBuf, ScratchError> {
-    let path = Path::new(name);
-    let ok = !name.is_empty()
-        && !name.contains('\0')
-        && path
-            .components()
-            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-        && path.components().any(|c| matches!(c, Component::Normal(_)));
-    if ok {
-        Ok(path.to_path_buf())
-    } else {
-        Err(ScratchError::BadPath(name.to_string()))
-    }
-}
-
 impl Scratch {
     /// Takes an empty directory from `dirs` and writes the script and files into it.
     pub fn create(
@@ -362,35 +354,6 @@ fn fix_times(root: &Path, files: &[PathBuf]) -> std::io::Result<()> {
         std::fs::File::open(path)?.set_times(times)?;
     }
     Ok(())
-}
-
-/// Most files and directories a scratch dir may hold.
-pub const MAX_SCRATCH_ENTRIES: usize = 10_000;
-
-/// Whether the directory at `root` holds more than `limit` bytes or more than
-/// [`MAX_SCRATCH_ENTRIES`] entries. Stops walking as soon as either is passed.
-pub fn exceeds(root: &Path, limit: u64) -> bool {
-    let mut total = 0u64;
-    let mut entries = 0usize;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(list) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in list.flatten() {
-            entries += 1;
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.is_dir() {
-                stack.push(entry.path());
-            } else {
-                total = total.saturating_add(meta.len());
-            }
-            if total > limit || entries > MAX_SCRATCH_ENTRIES {
-                return true;
-            }
-        }
-    }
-    false
 }
 
 #[cfg(test)]
