@@ -571,8 +571,11 @@ def _warm_up(passes=3):
             f.read()
         sys.stdout.flush()
         # A session's cells: the last expression's value, an error, state kept between cells.
+        # The cells replace `sys.stdin`; the snapshot keeps the interpreter's own.
+        stdin = sys.stdin
         _main(_WarmUpHost("n = 1", ["n += 1", "n * 2", "def h():\n    return n\nh()",
                                      "1 / 0 if n > 99 else None"], cells=True).api())
+        sys.stdin = sys.__stdin__ = stdin
     if build_main is not None:
         sys.modules["__main__"] = build_main
     sys.argv = [""]

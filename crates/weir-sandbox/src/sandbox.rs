@@ -318,12 +318,14 @@ impl Sandbox {
         host.launch.args = argv(&req);
         host.launch.env = req.env.clone();
         host.launch.cwd = GUEST_DIR.to_string();
-        let (cells_tx, cells_rx) = mpsc::channel(1);
+        let mut cells_tx = None;
         if req.cells {
+            let (tx, rx) = mpsc::channel(1);
+            cells_tx = Some(tx);
             host.launch.repl = false;
             host.launch.cells = true;
             host.cells = Some(CellInbox {
-                cells: cells_rx,
+                cells: rx,
                 stdin: stdin.clone(),
                 output: pipes.clone(),
             });
@@ -378,7 +380,7 @@ impl Sandbox {
                 lane: self.inner.lane.clone(),
                 span,
                 interrupter,
-                cells: req.cells.then_some(cells_tx),
+                cells: cells_tx,
                 return_files,
             },
             events_rx,
