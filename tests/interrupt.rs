@@ -90,7 +90,7 @@ async fn cell(handle: &mut RunHandle, code: &str) -> (String, String, CellEnd) {
         .control()
         .send_cell(Cell {
             code: code.into(),
-            stdin: Default::default(),
+            ..Default::default()
         })
         .expect("the session takes a cell");
     let (mut stdout, mut stderr) = (String::new(), String::new());
@@ -152,7 +152,7 @@ async fn a_session_runs_one_cell_at_a_time() {
     control
         .send_cell(Cell {
             code: "import time\ntime.sleep(0.3)".into(),
-            stdin: Default::default(),
+            ..Default::default()
         })
         .unwrap();
     // The first may already be taken; a third while one runs and one waits is refused.
@@ -179,7 +179,7 @@ async fn an_interrupted_cell_keeps_the_session() {
     control
         .send_cell(Cell {
             code: "print('ready', flush=True)\nwhile True:\n    total += 1".into(),
-            stdin: Default::default(),
+            ..Default::default()
         })
         .unwrap();
     read_until_stdout(&mut handle, "ready\n").await;
@@ -205,6 +205,7 @@ async fn a_cells_stdin_is_its_own_then_end_of_file() {
         .send_cell(Cell {
             code: "a = input()\nprint(a.upper())".into(),
             stdin: "one\ntwo\n".into(),
+            ..Default::default()
         })
         .unwrap();
     let mut out = String::new();

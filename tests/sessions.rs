@@ -79,7 +79,7 @@ async fn cells_share_a_namespace_and_return_their_last_expression() {
 /// the pause is what lets it start); returns the exec's answer and the interrupt's status.
 async fn interrupted(server: &RunningServer, id: &str, code: &str) -> (Value, u16) {
     let path = format!("/v1/sessions/{id}/exec");
-    let body = json!({ "code": code, "timeout_ms": 20_000 });
+    let body = json!({ "code": code, "timeout_ms": 20_000, "interactive": true });
     let exec = post_json(server, &path, &body);
     let stop = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -383,4 +383,46 @@ async fn a_one_shot_run_returns_the_files_its_globs_name() {
     .await;
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("invalid pattern"), "{}", r.body);
+}
+
+#[tokio::test]
+async fn an_interactive_cell_reads_what_is_sent_and_an_interrupt_ends_its_wait() {
+    let server = server(|_| {}).await;
+    let id = session(&server).await;
+    let path = format!("/v1/sessions/{id}/exec");
+    let stdin = format!("/v1/sessions/{id}/stdin");
+    let cell = json!({"code": "name = input('name? ')\nname.upper()", "interactive": true, "timeout_ms": 20_000});
+    let typed = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        post_json(&server, &stdin, &json!({"data": "ada\n"})).await
+    };
+    let (r, typed) = tokio::join!(post_json(&server, &path, &cell), typed);
+    assert_eq!(typed.status, 200, "{}", typed.body);
+    let r = r.json();
+    assert_eq!(
+        (r["result"].as_str(), r["stdout"].as_str()),
+        (Some("'ADA'"), Some("name? ")),
+        "{r}"
+    );
+    // Blocked in input(): the interrupt ends the wait with KeyboardInterrupt there.
+    let (r, status) = interrupted(
+        &server,
+        &id,
+        "try:\n    again = input()\nfinally:\n    reached = True",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(r["outcome"], "interrupted", "{r}");
+    let r = exec(&server, &id, json!({"code": "reached, name"})).await;
+    assert_eq!(r["result"], "(True, 'ada')");
+    // End of file ends an interactive cell's input; nothing is left for the next cell.
+    let cell = json!({"code": "import sys\nsys.stdin.read()", "interactive": true});
+    let typed = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        post_json(&server, &stdin, &json!({"data": "x\ny\n", "eof": true})).await
+    };
+    let (r, _) = tokio::join!(post_json(&server, &path, &cell), typed);
+    assert_eq!(r.json()["result"], "'x\\ny\\n'");
+    let r = post_json(&server, &stdin, &json!({"data": "late\n"})).await;
+    assert_eq!(r.status, 409, "no cell runs: {}", r.body);
 }

@@ -82,8 +82,11 @@ pub struct HostState {
 pub struct Cell {
     /// The cell's source.
     pub code: String,
-    /// What the cell reads from stdin, before end of file.
+    /// What the cell reads from stdin first.
     pub stdin: Bytes,
+    /// After `stdin`, the cell's reads wait for more (`RunControl::write_stdin`) until
+    /// `RunControl::end_input` or the cell's end, instead of reading end of file at once.
+    pub interactive: bool,
 }
 
 /// Where a session's guest takes its cells from, and what a cell's start resets.

@@ -452,6 +452,12 @@ impl StdinSender {
         self.data.try_send(data)
     }
 
+    /// Ends the input of a session's running cell: it reads what was queued before, then end
+    /// of file; the session's next cell gets its own. Fails like [`StdinSender::try_send`].
+    pub fn end_input(&self) -> Result<(), mpsc::error::TrySendError<Bytes>> {
+        self.try_send(Bytes::new())
+    }
+
     /// Closes stdin at once: the guest reads what was queued before, then end of file.
     pub fn close(&self) {
         self.closed.send_replace(true);
@@ -520,13 +526,23 @@ impl GuestStdin {
         }
     }
 
-    /// A session's next cell: its stdin is exactly `data`, then end of file (nothing an earlier
-    /// cell left unread, and nothing from the caller's channel).
-    pub async fn begin_cell(&self, data: Bytes) {
+    /// A session's next cell: its stdin is `data`, then end of file, or (`interactive`) what the
+    /// caller sends while it runs. Nothing an earlier cell left unread reaches it.
+    pub async fn begin_cell(&self, data: Bytes, interactive: bool) {
         let mut state = self.state.lock().await;
         state.buffered = data;
-        state.eof = true;
+        state.eof = !interactive;
         state.interrupted = false;
+    }
+
+    /// A session's cell ended: what it left unread, in the buffer or in the caller's channel,
+    /// is dropped. Called while the guest waits in a host call, so the lock is free.
+    pub fn end_cell(&self) {
+        if let Ok(mut state) = self.state.try_lock() {
+            state.buffered = Bytes::new();
+            while state.rx.data.try_recv().is_ok() {}
+            state.eof = true;
+        }
     }
 
     /// What the guest read so far (`None` unless recording).
@@ -538,6 +554,8 @@ impl GuestStdin {
 impl StdinState {
     fn take_message(&mut self, msg: Option<Bytes>) {
         match msg {
+            // The end of a session cell's input (`StdinSender::end_input`).
+            Some(b) if b.is_empty() => self.eof = true,
             Some(b) => self.buffered = b,
             None => self.eof = true,
         }

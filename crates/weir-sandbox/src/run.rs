@@ -95,6 +95,15 @@ impl RunControl {
         })
     }
 
+    /// Ends the input of a session's running interactive cell ([`Cell::interactive`]): once
+    /// it has read what was sent, it reads end of file; later cells get their own input.
+    pub fn end_input(&self) -> Result<(), StdinError> {
+        self.stdin.end_input().map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => StdinError::Full,
+            mpsc::error::TrySendError::Closed(_) => StdinError::Ended,
+        })
+    }
+
     /// Closes stdin: once the guest has read what was sent, it sees end of file. Never waits,
     /// also while stdin's queue is full.
     pub fn close_stdin(&self) {

@@ -129,6 +129,7 @@ impl GuestState {
     pub fn cell_done(&mut self, end: CellEnd) {
         self.interrupter.set_armed(false);
         if let Some(inbox) = &self.host.cells {
+            inbox.stdin.end_cell();
             inbox.output.push_marker(Event::Cell(end));
         }
     }
@@ -178,7 +179,7 @@ pub async fn next_cell(store: &mut StoreContextMut<'_, GuestState>) -> Option<St
     status.send_modify(|s| s.waiting_input = false);
     let cell = cell?;
     inbox.output.begin_cell();
-    inbox.stdin.begin_cell(cell.stdin).await;
+    inbox.stdin.begin_cell(cell.stdin, cell.interactive).await;
     state.interrupter.set_armed(true);
     Some(cell.code)
 }

@@ -45,6 +45,15 @@ pub enum ExecError {
     Ended,
 }
 
+/// Why input could not reach a cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    #[error("no cell is running in this session")]
+    NoCell,
+    #[error(transparent)]
+    Stdin(#[from] weir_sandbox::run::StdinError),
+}
+
 /// What a cell did.
 #[derive(Debug, Default)]
 pub struct CellReport {
@@ -113,6 +122,20 @@ impl Kernel {
             self.interrupt_asked.store(true, Ordering::Release);
         }
         asked
+    }
+
+    /// Sends `data` to the running cell's stdin (an interactive cell waits for it), then end of
+    /// file for this cell if `eof`. Never waits: a full queue is refused.
+    pub fn write_stdin(&self, data: String, eof: bool) -> Result<(), InputError> {
+        if !self.busy() {
+            return Err(InputError::NoCell);
+        }
+        self.control.try_write_stdin(data)?;
+        if eof {
+            self.control.end_input()?;
+        }
+        self.touch();
+        Ok(())
     }
 
     /// Ends the session's run now (its instance is freed).

@@ -284,6 +284,7 @@ impl WeirMcp {
         let params = notebook::ExecParams {
             code: args.code,
             stdin: args.stdin,
+            interactive: false,
             timeout_ms: args.timeout_ms,
         };
         Ok(match notebook::run_cell(&self.state, &k, params).await {

@@ -35,6 +35,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/sessions/{id}", get(describe).delete(close))
         .route("/v1/sessions/{id}/exec", post(exec))
         .route("/v1/sessions/{id}/interrupt", post(interrupt))
+        .route("/v1/sessions/{id}/stdin", post(stdin))
         .route("/v1/sessions/{id}/files", get(list_files))
         .route(
             "/v1/sessions/{id}/files/{*path}",
@@ -65,8 +66,12 @@ pub struct CreateParams {
 pub struct ExecParams {
     /// The cell's source.
     pub code: String,
-    /// What the cell reads from stdin; end of file after it.
+    /// What the cell reads from stdin first; end of file after it unless `interactive`.
     pub stdin: Option<String>,
+    /// The cell's `input()` waits for `POST /v1/sessions/{id}/stdin` instead of reading end of
+    /// file (interrupt it, or let its time limit, to stop waiting).
+    #[serde(default)]
+    pub interactive: bool,
     /// The cell's time limit; the session's default and the server's maximum apply.
     pub timeout_ms: Option<u64>,
 }
@@ -276,6 +281,7 @@ pub async fn run_cell(
     let cell = Cell {
         code: params.code,
         stdin: params.stdin.unwrap_or_default().into(),
+        interactive: params.interactive,
     };
     let result = k.exec(cell, cell_timeout(state, params.timeout_ms)).await;
     if matches!(
@@ -343,6 +349,48 @@ async fn interrupt(
     match k.interrupt() {
         true => Json(json!({ "interrupted": true })).into_response(),
         false => error(StatusCode::CONFLICT, "no cell is running in this session"),
+    }
+}
+
+/// `POST /v1/sessions/{id}/stdin`'s body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdinParams {
+    /// Text for the running cell's stdin.
+    #[serde(default)]
+    pub data: String,
+    /// Then end of file for this cell.
+    #[serde(default)]
+    pub eof: bool,
+}
+
+async fn stdin(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(query): Query<WsQuery>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let k = match kernel(&state, &id, &query, &headers) {
+        Ok(k) => k,
+        Err(denied) => return denied.into_response(),
+    };
+    let params: StdinParams = match oneshot::request_json(&state, &headers, body).await {
+        Ok(body) => match serde_json::from_value(body) {
+            Ok(p) => p,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid input: {e}")),
+        },
+        Err((status, message)) => return error(status, message),
+    };
+    let bytes = params.data.len();
+    match k.write_stdin(params.data, params.eof) {
+        Ok(()) => Json(json!({ "bytes": bytes })).into_response(),
+        Err(crate::kernel::InputError::NoCell) => {
+            error(StatusCode::CONFLICT, "no cell is running in this session")
+        }
+        Err(crate::kernel::InputError::Stdin(e)) => {
+            error(StatusCode::TOO_MANY_REQUESTS, e.to_string())
+        }
     }
 }
 
