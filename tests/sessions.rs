@@ -332,6 +332,15 @@ async fn delete_frees_the_instance_at_once_and_idle_sessions_expire() {
     assert_eq!(sandbox.live_instances(), 0, "the idle session was freed");
     let (status, _) = http_get(&server, &format!("/v1/sessions/{id}")).await;
     assert_eq!(status, 404);
+    let (_, metrics) = http_get(&server, "/metrics").await;
+    for line in [
+        "weir_runs_started_total 2",
+        "weir_runs_finished_total{outcome=\"stopped\"} 1",
+        "weir_runs_finished_total{outcome=\"idle\"} 1",
+        "weir_http_sessions_open 0",
+    ] {
+        assert!(metrics.contains(line), "{line}:\n{metrics}");
+    }
 }
 
 #[tokio::test]

@@ -146,13 +146,9 @@ async fn create_run(
         Ok(a) => a,
         Err(refusal) => return refusal.into_response(Body::Error),
     };
-    let body = match oneshot::request_json(&state, &headers, body).await {
-        Ok(b) => b,
-        Err((status, message)) => return error(status, message),
-    };
-    let params: RunParams = match serde_json::from_value(body) {
+    let params: RunParams = match oneshot::request_params(&state, &headers, body, "run").await {
         Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid run: {e}")),
+        Err((status, message)) => return error(status, message),
     };
     let record = params.record;
     let config = &state.config;

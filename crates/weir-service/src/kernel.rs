@@ -4,8 +4,9 @@
 //!
 //! One cell runs at a time. A cell past its time limit is interrupted first (`KeyboardInterrupt`,
 //! the session lives on); only if the guest does not end the cell within [`INTERRUPT_GRACE`] is
-//! the run stopped, and the session with it. Idle sessions are removed by [`reap`]. Every kernel
-//! holds one of the server's session slots, so the registry is bounded by `max_sessions`.
+//! the run stopped, and the session with it. Idle sessions are removed with [`Kernels::expire`]
+//! (`crate::notebook::reap`). Every kernel holds one of the server's session slots, so the
+//! registry is bounded by `max_sessions`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -113,6 +114,11 @@ impl Kernel {
     /// Marks the session used now (file transfers count as use).
     pub fn used(&self) {
         self.touch();
+    }
+
+    /// How long the session has existed.
+    pub fn age(&self) -> Duration {
+        self.created.elapsed().unwrap_or_default()
     }
 
     /// Interrupts the running cell; false when none runs.
@@ -240,35 +246,22 @@ impl Kernels {
     }
 
     /// Removes (and stops) every session idle for longer than `idle` with no cell running.
-    pub fn expire(&self, idle: Duration) -> usize {
+    pub fn expire(&self, idle: Duration) -> Vec<Arc<Kernel>> {
         let expired: Vec<String> = self
             .map()
             .values()
             .filter(|k| !k.busy() && k.idle_for() > idle)
             .map(|k| k.id.clone())
             .collect();
-        for id in &expired {
-            tracing::info!(session_id = %id, "session expired");
-            self.remove(id);
-        }
-        expired.len()
+        expired.iter().filter_map(|id| self.remove(id)).collect()
     }
 
-    /// Removes every session (shutdown).
-    pub fn clear(&self) {
+    /// Removes (and stops) every session (shutdown).
+    pub fn clear(&self) -> Vec<Arc<Kernel>> {
         let all: Vec<Arc<Kernel>> = self.map().drain().map(|(_, k)| k).collect();
-        for k in all {
+        for k in &all {
             k.stop();
         }
-    }
-}
-
-/// Removes idle sessions every so often (a quarter of `idle`, at most a second) until dropped.
-pub async fn reap(kernels: Arc<Kernels>, idle: Duration) {
-    let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tick.tick().await;
-        kernels.expire(idle);
+        all
     }
 }

@@ -376,7 +376,7 @@ impl WeirMcp {
     ) -> Result<rmcp::model::CallToolResult, ErrorData> {
         Ok(match self.kernel(&args.session_id, &ctx) {
             Ok(k) => {
-                self.state.kernels.remove(&k.id);
+                notebook::end(&self.state, &k.id, "stopped");
                 answer(true, format!("session {} closed", k.id))
             }
             Err(e) => e,
@@ -463,11 +463,10 @@ pub async fn serve_stdio(config: crate::ServerConfig) -> anyhow::Result<()> {
     let sandbox = weir_sandbox::Sandbox::load_async(config.engine_settings()).await?;
     let history = crate::history::History::open(&config.history)?;
     let state = Arc::new(AppState::new(config, sandbox, history));
-    let idle = state.config.session_idle();
-    let reaper = tokio::spawn(crate::kernel::reap(state.kernels.clone(), idle));
+    let reaper = tokio::spawn(notebook::reap(state.clone()));
     let _reaper = weir_sandbox::task::AbortOnDrop(reaper);
     let served = WeirMcp::new(state.clone()).serve_stdio().await;
-    state.kernels.clear();
+    notebook::end_all(&state);
     state.history.flush().await;
     served
 }

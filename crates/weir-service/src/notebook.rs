@@ -14,7 +14,8 @@ use crate::kernel::{CellReport, ExecError, Kernel};
 use crate::oneshot;
 use crate::protocol::LimitParams;
 use crate::state::{AppState, WsQuery};
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, RawPathParams, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -77,11 +78,13 @@ pub struct ExecParams {
 }
 
 /// Why a request about a session is answered with an error.
-enum Denied {
+pub enum Denied {
     /// Host, Origin or token refused.
     Refused(admission::Refusal),
     /// No such session for this caller (whoever else owns it).
     Missing(String),
+    /// A query string that does not parse.
+    BadQuery(String),
 }
 
 impl IntoResponse for Denied {
@@ -89,7 +92,33 @@ impl IntoResponse for Denied {
         match self {
             Denied::Refused(refusal) => refusal.into_response(Body::Error),
             Denied::Missing(id) => error(StatusCode::NOT_FOUND, format!("no session {id:?}")),
+            Denied::BadQuery(message) => error(StatusCode::BAD_REQUEST, message),
         }
+    }
+}
+
+/// The caller's session named by the path's `{id}`: extracting it runs the checks (`Host`,
+/// `Origin`, token) and the ownership test, so a handler that takes one can only see its own.
+pub struct Owned(pub Arc<Kernel>);
+
+impl FromRequestParts<Arc<AppState>> for Owned {
+    type Rejection = Denied;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Denied> {
+        let Query(query) = Query::<WsQuery>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| Denied::BadQuery(e.body_text()))?;
+        let id = RawPathParams::from_request_parts(parts, state)
+            .await
+            .ok()
+            .and_then(|params| {
+                params
+                    .iter()
+                    .find(|(name, _)| *name == "id")
+                    .map(|(_, value)| value.to_string())
+            })
+            .unwrap_or_default();
+        kernel(state, &id, &query, &parts.headers).map(Owned)
     }
 }
 
@@ -150,6 +179,39 @@ pub fn cell_timeout(state: &AppState, asked: Option<u64>) -> Duration {
     Duration::from_millis(ms)
 }
 
+/// Removes session `id` and counts its end (`outcome`: `stopped`, `idle`, `shutdown`) in the
+/// metrics, as a run's. Returns whether it existed.
+pub fn end(state: &AppState, id: &str, outcome: &str) -> bool {
+    let Some(k) = state.kernels.remove(id) else {
+        return false;
+    };
+    state.metrics.run_finished(outcome, k.age(), 0);
+    tracing::info!(session_id = %id, outcome, "session ended");
+    true
+}
+
+/// Removes idle sessions every so often (a quarter of `session_idle_secs`, at most a second)
+/// until dropped; each counts as a run ended `idle`.
+pub async fn reap(state: Arc<AppState>) {
+    let idle = state.config.session_idle();
+    let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        for k in state.kernels.expire(idle) {
+            state.metrics.run_finished("idle", k.age(), 0);
+            tracing::info!(session_id = %k.id, "session expired");
+        }
+    }
+}
+
+/// Ends every session (shutdown), each counted as a run ended `shutdown`.
+pub fn end_all(state: &AppState) {
+    for k in state.kernels.clear() {
+        state.metrics.run_finished("shutdown", k.age(), 0);
+    }
+}
+
 /// Starts a session for `user` on `slot`: its id, and the kernel (registered).
 pub async fn start(
     state: &AppState,
@@ -178,16 +240,13 @@ async fn create(
         Ok(a) => a,
         Err(refusal) => return refusal.into_response(Body::Error),
     };
-    let params: CreateParams = match oneshot::request_json(&state, &headers, body).await {
-        Ok(Value::Null) => CreateParams::default(),
-        Ok(body) => match serde_json::from_value(body) {
+    let params: Option<CreateParams> =
+        match oneshot::request_params(&state, &headers, body, "session").await {
             Ok(p) => p,
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid session: {e}")),
-        },
-        Err((status, message)) => return error(status, message),
-    };
+            Err((status, message)) => return error(status, message),
+        };
     let user = admitted.user.unwrap_or_else(|| ANONYMOUS.into());
-    match start(&state, &user, params, admitted.permit).await {
+    match start(&state, &user, params.unwrap_or_default(), admitted.permit).await {
         Ok(k) => (StatusCode::CREATED, Json(describe_json(&state, &k))).into_response(),
         Err(e) => error(oneshot::start_status(&e), e.to_string()),
     }
@@ -221,54 +280,32 @@ async fn list(
     Json(Value::Array(all)).into_response()
 }
 
-async fn describe(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    Query(query): Query<WsQuery>,
-    headers: HeaderMap,
-) -> Response {
-    match kernel(&state, &id, &query, &headers) {
-        Ok(k) => Json(describe_json(&state, &k)).into_response(),
-        Err(denied) => denied.into_response(),
-    }
+async fn describe(State(state): State<Arc<AppState>>, Owned(k): Owned) -> Response {
+    Json(describe_json(&state, &k)).into_response()
 }
 
-async fn close(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    Query(query): Query<WsQuery>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(denied) = kernel(&state, &id, &query, &headers) {
-        return denied.into_response();
-    }
-    state.kernels.remove(&id);
-    tracing::info!(session_id = %id, "session closed");
+async fn close(State(state): State<Arc<AppState>>, Owned(k): Owned) -> Response {
+    end(&state, &k.id, "stopped");
     StatusCode::NO_CONTENT.into_response()
 }
 
 async fn exec(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    Query(query): Query<WsQuery>,
+    Owned(k): Owned,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    let k = match kernel(&state, &id, &query, &headers) {
-        Ok(k) => k,
-        Err(denied) => return denied.into_response(),
-    };
-    let params: ExecParams = match oneshot::request_json(&state, &headers, body).await {
-        Ok(body) => match serde_json::from_value(body) {
-            Ok(p) => p,
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid cell: {e}")),
-        },
+    let params: ExecParams = match oneshot::request_params(&state, &headers, body, "cell").await {
+        Ok(p) => p,
         Err((status, message)) => return error(status, message),
     };
     match run_cell(&state, &k, params).await {
         Ok(report) => Json(report_json(&report)).into_response(),
         Err(ExecError::Busy) => error(StatusCode::CONFLICT, ExecError::Busy.to_string()),
-        Err(ExecError::Ended) => error(StatusCode::NOT_FOUND, format!("session {id:?} has ended")),
+        Err(ExecError::Ended) => error(
+            StatusCode::NOT_FOUND,
+            format!("session {:?} has ended", k.id),
+        ),
     }
 }
 
@@ -284,11 +321,16 @@ pub async fn run_cell(
         interactive: params.interactive,
     };
     let result = k.exec(cell, cell_timeout(state, params.timeout_ms)).await;
-    if matches!(
-        result,
-        Err(ExecError::Ended) | Ok(CellReport { exit: Some(_), .. })
-    ) {
-        state.kernels.remove(&k.id);
+    match &result {
+        // The run ended by itself before the cell could start (its idle backstop).
+        Err(ExecError::Ended) => {
+            end(state, &k.id, "idle");
+        }
+        // Counted below with the run's own outcome.
+        Ok(CellReport { exit: Some(_), .. }) => {
+            state.kernels.remove(&k.id);
+        }
+        _ => {}
     }
     if let Ok(report) = &result {
         state.metrics.cells_run.fetch_add(1, Relaxed);
@@ -336,16 +378,7 @@ pub fn report_json(report: &CellReport) -> Value {
     body
 }
 
-async fn interrupt(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    Query(query): Query<WsQuery>,
-    headers: HeaderMap,
-) -> Response {
-    let k = match kernel(&state, &id, &query, &headers) {
-        Ok(k) => k,
-        Err(denied) => return denied.into_response(),
-    };
+async fn interrupt(Owned(k): Owned) -> Response {
     match k.interrupt() {
         true => Json(json!({ "interrupted": true })).into_response(),
         false => error(StatusCode::CONFLICT, "no cell is running in this session"),
@@ -366,20 +399,12 @@ pub struct StdinParams {
 
 async fn stdin(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    Query(query): Query<WsQuery>,
+    Owned(k): Owned,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    let k = match kernel(&state, &id, &query, &headers) {
-        Ok(k) => k,
-        Err(denied) => return denied.into_response(),
-    };
-    let params: StdinParams = match oneshot::request_json(&state, &headers, body).await {
-        Ok(body) => match serde_json::from_value(body) {
-            Ok(p) => p,
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid input: {e}")),
-        },
+    let params: StdinParams = match oneshot::request_params(&state, &headers, body, "input").await {
+        Ok(p) => p,
         Err((status, message)) => return error(status, message),
     };
     let bytes = params.data.len();
@@ -404,16 +429,7 @@ fn file_error(e: FileError) -> Response {
     error(status, e.to_string())
 }
 
-async fn list_files(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    Query(query): Query<WsQuery>,
-    headers: HeaderMap,
-) -> Response {
-    let k = match kernel(&state, &id, &query, &headers) {
-        Ok(k) => k,
-        Err(denied) => return denied.into_response(),
-    };
+async fn list_files(Owned(k): Owned) -> Response {
     k.used();
     let scratch = k.scratch.clone();
     match tokio::task::spawn_blocking(move || files::list(&scratch)).await {
@@ -425,14 +441,9 @@ async fn list_files(
 
 async fn read_file(
     State(state): State<Arc<AppState>>,
-    Path((id, path)): Path<(String, String)>,
-    Query(query): Query<WsQuery>,
-    headers: HeaderMap,
+    Owned(k): Owned,
+    Path((_, path)): Path<(String, String)>,
 ) -> Response {
-    let k = match kernel(&state, &id, &query, &headers) {
-        Ok(k) => k,
-        Err(denied) => return denied.into_response(),
-    };
     k.used();
     let (scratch, max) = (k.scratch.clone(), state.config.max_message_bytes as u64);
     match tokio::task::spawn_blocking(move || files::read(&scratch, &path, max)).await {
@@ -445,16 +456,10 @@ async fn read_file(
 }
 
 async fn write_file(
-    State(state): State<Arc<AppState>>,
-    Path((id, path)): Path<(String, String)>,
-    Query(query): Query<WsQuery>,
-    headers: HeaderMap,
+    Owned(k): Owned,
+    Path((_, path)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Response {
-    let k = match kernel(&state, &id, &query, &headers) {
-        Ok(k) => k,
-        Err(denied) => return denied.into_response(),
-    };
     k.used();
     let (scratch, limit) = (k.scratch.clone(), k.scratch_limit);
     match tokio::task::spawn_blocking(move || files::write(&scratch, &path, &body, limit)).await {

@@ -125,6 +125,19 @@ pub fn start_status(e: &StartError) -> StatusCode {
     }
 }
 
+/// A request's body as a `T`, within the server's size limit and request timeout; a body that is
+/// not a `T` is a 400 naming `what` was invalid and why.
+pub async fn request_params<T: serde::de::DeserializeOwned>(
+    app: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    what: &str,
+) -> Result<T, (StatusCode, String)> {
+    let value = request_json(app, headers, body).await?;
+    serde_json::from_value(value)
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("invalid {what}: {e}")))
+}
+
 /// A request's body as a JSON value, within the server's size limit and request timeout
 /// ([`json_body`]).
 pub async fn request_json(

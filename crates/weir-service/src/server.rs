@@ -25,7 +25,7 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     pub state: Arc<AppState>,
     task: AbortOnDrop,
-    /// Removes idle stateful sessions (`crate::kernel::reap`).
+    /// Removes idle stateful sessions (`crate::notebook::reap`).
     _reaper: AbortOnDrop,
 }
 
@@ -35,7 +35,7 @@ impl RunningServer {
         // Stored even if nothing has subscribed yet (the serving task may not have started).
         self.state.shutdown.send_replace(true);
         let _ = self.task.join().await;
-        self.state.kernels.clear();
+        crate::notebook::end_all(&self.state);
         self.state.mcp_shutdown.cancel();
         self.state.history.flush().await;
     }
@@ -61,8 +61,7 @@ pub async fn start_with(config: ServerConfig, sandbox: Sandbox) -> anyhow::Resul
     let state = Arc::new(AppState::new(config, sandbox, history));
     let app = router(state.clone());
     let task = tokio::spawn(serve_connections(listener, app, state.clone()));
-    let idle = state.config.session_idle();
-    let reaper = tokio::spawn(crate::kernel::reap(state.kernels.clone(), idle));
+    let reaper = tokio::spawn(crate::notebook::reap(state.clone()));
     Ok(RunningServer {
         addr,
         state,
