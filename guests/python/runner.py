@@ -290,17 +290,7 @@ def _report(exc, api):
     """Print an uncaught exception as CPython does and tell the host. Returns the exit code."""
     if isinstance(exc, SystemExit):
         return _exit_code(exc)
-    tb = _user_traceback(exc.__traceback__)
-    try:
-        exc.__traceback__ = tb  # the default hook prints exc.__traceback__, not its argument
-        sys.excepthook(type(exc), exc, tb)
-    except BaseException:  # noqa: BLE001
-        pass
-    try:
-        message = str(exc)
-    except BaseException:  # noqa: BLE001
-        message = ""
-    api.uncaught_exception(type(exc).__name__, message[:1000])
+    api.uncaught_exception(*_show(exc))
     return 1
 
 
@@ -406,7 +396,7 @@ def _show(exc):
     """Prints an exception's traceback as the REPL does; returns its type name and message."""
     tb = _user_traceback(exc.__traceback__)
     try:
-        exc.__traceback__ = tb
+        exc.__traceback__ = tb  # the default hook prints exc.__traceback__, not its argument
         sys.excepthook(type(exc), exc, tb)
     except BaseException:  # noqa: BLE001
         pass

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::OwnedSemaphorePermit;
+use weir_sandbox::files::{self, FileError};
 use weir_sandbox::{Cell, CellEnd, CellError, Collected, Event, RunControl, RunHandle, RunResult};
 
 /// How long a cell past its time limit has to take its `KeyboardInterrupt` before the session
@@ -142,6 +143,36 @@ impl Kernel {
         }
         self.touch();
         Ok(())
+    }
+
+    /// Runs `op` on the session's directory on a blocking thread; counts as use.
+    async fn on_files<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&std::path::Path) -> Result<T, FileError> + Send + 'static,
+    ) -> Result<T, FileError> {
+        self.touch();
+        let scratch = self.scratch.clone();
+        tokio::task::spawn_blocking(move || op(&scratch))
+            .await
+            .unwrap_or_else(|e| Err(FileError::Io(std::io::Error::other(e))))
+    }
+
+    /// The session's files ([`files::list`]).
+    pub async fn files(&self) -> Result<Vec<files::FileEntry>, FileError> {
+        self.on_files(files::list).await
+    }
+
+    /// One of the session's files, if it holds at most `max` bytes ([`files::read`]).
+    pub async fn read_file(&self, path: String, max: u64) -> Result<Vec<u8>, FileError> {
+        self.on_files(move |root| files::read(root, &path, max))
+            .await
+    }
+
+    /// Writes one of the session's files, within its scratch limit ([`files::write`]).
+    pub async fn write_file(&self, path: String, data: axum::body::Bytes) -> Result<(), FileError> {
+        let limit = self.scratch_limit;
+        self.on_files(move |root| files::write(root, &path, &data, limit))
+            .await
     }
 
     /// Ends the session's run now (its instance is freed).

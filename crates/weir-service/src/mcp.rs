@@ -321,19 +321,15 @@ impl WeirMcp {
             Ok(k) => k,
             Err(e) => return Ok(e),
         };
-        k.used();
-        let scratch = k.scratch.clone();
-        let listed = tokio::task::spawn_blocking(move || weir_sandbox::files::list(&scratch)).await;
-        Ok(match listed {
-            Ok(Ok(files)) => {
+        Ok(match k.files().await {
+            Ok(files) => {
                 let lines: Vec<String> = files
                     .iter()
                     .map(|f| format!("{}\t{} bytes", f.path, f.size))
                     .collect();
                 answer(true, lines.join("\n"))
             }
-            Ok(Err(e)) => answer(false, e.to_string()),
-            Err(_) => answer(false, "listing failed".into()),
+            Err(e) => answer(false, e.to_string()),
         })
     }
 
@@ -351,19 +347,12 @@ impl WeirMcp {
             Ok(k) => k,
             Err(e) => return Ok(e),
         };
-        k.used();
-        let (scratch, path) = (k.scratch.clone(), args.path);
-        let max = MAX_TEXT_BYTES as u64;
-        let read =
-            tokio::task::spawn_blocking(move || weir_sandbox::files::read(&scratch, &path, max))
-                .await;
-        Ok(match read {
-            Ok(Ok(data)) => match Data::from_bytes(&data) {
+        Ok(match k.read_file(args.path, MAX_TEXT_BYTES as u64).await {
+            Ok(data) => match Data::from_bytes(&data) {
                 Data::Text(t) => answer(true, t),
                 binary => answer(true, serde_json::to_string(&binary).unwrap_or_default()),
             },
-            Ok(Err(e)) => answer(false, e.to_string()),
-            Err(_) => answer(false, "reading failed".into()),
+            Err(e) => answer(false, e.to_string()),
         })
     }
 

@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
-use weir_sandbox::files::{self, FileError};
+use weir_sandbox::files::FileError;
 use weir_sandbox::transcript::Data;
 use weir_sandbox::{Cell, Program, RunRequest};
 
@@ -430,12 +430,9 @@ fn file_error(e: FileError) -> Response {
 }
 
 async fn list_files(Owned(k): Owned) -> Response {
-    k.used();
-    let scratch = k.scratch.clone();
-    match tokio::task::spawn_blocking(move || files::list(&scratch)).await {
-        Ok(Ok(list)) => Json(list).into_response(),
-        Ok(Err(e)) => file_error(e),
-        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "listing failed"),
+    match k.files().await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => file_error(e),
     }
 }
 
@@ -444,14 +441,12 @@ async fn read_file(
     Owned(k): Owned,
     Path((_, path)): Path<(String, String)>,
 ) -> Response {
-    k.used();
-    let (scratch, max) = (k.scratch.clone(), state.config.max_message_bytes as u64);
-    match tokio::task::spawn_blocking(move || files::read(&scratch, &path, max)).await {
-        Ok(Ok(data)) => {
-            ([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response()
-        }
-        Ok(Err(e)) => file_error(e),
-        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "reading failed"),
+    match k
+        .read_file(path, state.config.max_message_bytes as u64)
+        .await
+    {
+        Ok(data) => ([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response(),
+        Err(e) => file_error(e),
     }
 }
 
@@ -460,11 +455,8 @@ async fn write_file(
     Path((_, path)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Response {
-    k.used();
-    let (scratch, limit) = (k.scratch.clone(), k.scratch_limit);
-    match tokio::task::spawn_blocking(move || files::write(&scratch, &path, &body, limit)).await {
-        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
-        Ok(Err(e)) => file_error(e),
-        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "writing failed"),
+    match k.write_file(path, body).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => file_error(e),
     }
 }
