@@ -227,3 +227,19 @@ async fn a_cells_stdin_is_its_own_then_end_of_file() {
         "the earlier cell's unread 'two' does not carry over"
     );
 }
+
+#[tokio::test]
+async fn user_code_calling_the_cell_interface_cannot_break_its_session() {
+    let mut handle = start(session()).await;
+    // A second end report, and one outside any cell, are ignored: each cell ends once.
+    let (_, _, end) = cell(
+        &mut handle,
+        "from wit_world.imports import host\nhost.cell_done('fake', None)\n'real'",
+    )
+    .await;
+    assert_eq!(end.value.as_deref(), Some("fake"), "the first report ends the cell");
+    let (out, _, end) = cell(&mut handle, "print('next')\n41 + 1").await;
+    assert_eq!((out.as_str(), end.value.as_deref()), ("next\n", Some("42")));
+    let not_a_session = run("from wit_world.imports import host\nhost.cell_done('x', None)\nprint('ok')").await;
+    assert_eq!(not_a_session.stdout_text(), "ok\n");
+}

@@ -75,6 +75,9 @@ pub struct HostState {
     pub repl_started: bool,
     /// A session's cells, as they come (cell mode only).
     pub cells: Option<CellInbox>,
+    /// A cell has been handed to the guest and has not reported its end: the one time
+    /// `cell-done` counts (user code calling the interface itself gains nothing).
+    pub cell_running: bool,
 }
 
 /// One cell of a session: code run in the session's namespace, and its stdin.
@@ -114,6 +117,7 @@ impl HostState {
             cache_slot,
             repl_started: false,
             cells: None,
+            cell_running: false,
         }
     }
 }

@@ -127,6 +127,9 @@ impl GuestState {
     /// A session's cell ended: `end` reaches the caller after the cell's output, and interrupts
     /// are withdrawn until the next cell.
     pub fn cell_done(&mut self, end: CellEnd) {
+        if !std::mem::replace(&mut self.host.cell_running, false) {
+            return;
+        }
         self.interrupter.set_armed(false);
         if let Some(inbox) = &self.host.cells {
             inbox.stdin.end_cell();
@@ -180,6 +183,7 @@ pub async fn next_cell(store: &mut StoreContextMut<'_, GuestState>) -> Option<St
     let cell = cell?;
     inbox.output.begin_cell();
     inbox.stdin.begin_cell(cell.stdin, cell.interactive).await;
+    state.host.cell_running = true;
     state.interrupter.set_armed(true);
     Some(cell.code)
 }
