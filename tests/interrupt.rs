@@ -237,9 +237,14 @@ async fn user_code_calling_the_cell_interface_cannot_break_its_session() {
         "from wit_world.imports import host\nhost.cell_done('fake', None)\n'real'",
     )
     .await;
-    assert_eq!(end.value.as_deref(), Some("fake"), "the first report ends the cell");
+    assert_eq!(
+        end.value.as_deref(),
+        Some("fake"),
+        "the first report ends the cell"
+    );
     let (out, _, end) = cell(&mut handle, "print('next')\n41 + 1").await;
     assert_eq!((out.as_str(), end.value.as_deref()), ("next\n", Some("42")));
-    let not_a_session = run("from wit_world.imports import host\nhost.cell_done('x', None)\nprint('ok')").await;
+    let not_a_session =
+        run("from wit_world.imports import host\nhost.cell_done('x', None)\nprint('ok')").await;
     assert_eq!(not_a_session.stdout_text(), "ok\n");
 }

@@ -325,6 +325,13 @@ async fn delete_frees_the_instance_at_once_and_idle_sessions_expire() {
     )
     .await;
     assert_eq!(r.status, 404);
+    let (status, body) = http_get(&server, &format!("/v1/runs/{id}")).await;
+    assert_eq!(status, 200, "the session is in the run history: {body}");
+    let record: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (record["outcome"].as_str(), record["runtime"].as_str()),
+        (Some("stopped"), Some("python"))
+    );
 
     let id = session(&server).await;
     exec(&server, &id, json!({"code": "1"})).await;
@@ -332,6 +339,8 @@ async fn delete_frees_the_instance_at_once_and_idle_sessions_expire() {
     assert_eq!(sandbox.live_instances(), 0, "the idle session was freed");
     let (status, _) = http_get(&server, &format!("/v1/sessions/{id}")).await;
     assert_eq!(status, 404);
+    let (_, body) = http_get(&server, &format!("/v1/runs/{id}")).await;
+    assert!(body.contains("\"outcome\":\"idle\""), "{body}");
     let (_, metrics) = http_get(&server, "/metrics").await;
     for line in [
         "weir_runs_started_total 2",

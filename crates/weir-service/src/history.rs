@@ -101,6 +101,47 @@ impl RunRecord {
         }
     }
 
+    /// The record of a stateful session the server ended (`stopped`: its owner closed it;
+    /// `idle`; `shutdown`), its run never having ended by itself.
+    pub fn session_ended(
+        id: &str,
+        user: &str,
+        started: SystemTime,
+        outcome: &str,
+        output_bytes: u64,
+        runtime: &str,
+    ) -> Self {
+        let now = SystemTime::now();
+        let (code, message) = match outcome {
+            "idle" => (
+                weir_sandbox::Outcome::Idle.exit_code(),
+                "The session was idle past its limit",
+            ),
+            "shutdown" => (
+                weir_sandbox::Outcome::Stopped.exit_code(),
+                "The server shut down",
+            ),
+            _ => (
+                weir_sandbox::Outcome::Stopped.exit_code(),
+                "The session was closed",
+            ),
+        };
+        RunRecord {
+            id: id.into(),
+            user: user.into(),
+            started_at_ms: unix_ms(started),
+            finished_at_ms: unix_ms(now),
+            duration_ms: now.duration_since(started).unwrap_or_default().as_millis() as u64,
+            outcome: outcome.into(),
+            code,
+            message: message.into(),
+            output_bytes,
+            output_truncated: false,
+            recorded: false,
+            runtime: runtime.into(),
+        }
+    }
+
     /// The record of a run that ended without an `exit` because its client went away.
     pub fn abandoned(
         id: &str,

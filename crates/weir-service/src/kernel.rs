@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::OwnedSemaphorePermit;
@@ -35,6 +35,8 @@ pub struct Kernel {
     last_used: Mutex<Instant>,
     /// The caller asked to interrupt the running cell.
     interrupt_asked: AtomicBool,
+    /// Bytes the session's cells wrote.
+    output_bytes: AtomicU64,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -91,6 +93,7 @@ impl Kernel {
             run: tokio::sync::Mutex::new(run),
             last_used: Mutex::new(Instant::now()),
             interrupt_asked: AtomicBool::new(false),
+            output_bytes: AtomicU64::new(0),
             _slot: slot,
         }
     }
@@ -115,6 +118,11 @@ impl Kernel {
     /// Marks the session used now (file transfers count as use).
     pub fn used(&self) {
         self.touch();
+    }
+
+    /// Bytes the session's cells have written so far.
+    pub fn output_bytes(&self) -> u64 {
+        self.output_bytes.load(Ordering::Relaxed)
     }
 
     /// How long the session has existed.
@@ -221,6 +229,9 @@ impl Kernel {
             }
         }
         report.interrupted = self.interrupt_asked.swap(false, Ordering::AcqRel);
+        let written = report.output.stdout.len() + report.output.stderr.len();
+        self.output_bytes
+            .fetch_add(written as u64, Ordering::Relaxed);
         report.duration = started.elapsed();
         self.touch();
         Ok(report)

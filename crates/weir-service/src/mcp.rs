@@ -365,7 +365,7 @@ impl WeirMcp {
     ) -> Result<rmcp::model::CallToolResult, ErrorData> {
         Ok(match self.kernel(&args.session_id, &ctx) {
             Ok(k) => {
-                notebook::end(&self.state, &k.id, "stopped");
+                notebook::end(&self.state, &k.id, "stopped").await;
                 answer(true, format!("session {} closed", k.id))
             }
             Err(e) => e,
@@ -455,7 +455,7 @@ pub async fn serve_stdio(config: crate::ServerConfig) -> anyhow::Result<()> {
     let reaper = tokio::spawn(notebook::reap(state.clone()));
     let _reaper = weir_sandbox::task::AbortOnDrop(reaper);
     let served = WeirMcp::new(state.clone()).serve_stdio().await;
-    notebook::end_all(&state);
+    notebook::end_all(&state).await;
     state.history.flush().await;
     served
 }

@@ -10,6 +10,7 @@
 use crate::admission::{self, Body};
 use crate::api::error;
 use crate::auth::ANONYMOUS;
+use crate::history::RunRecord;
 use crate::kernel::{CellReport, ExecError, Kernel};
 use crate::oneshot;
 use crate::protocol::LimitParams;
@@ -179,15 +180,31 @@ pub fn cell_timeout(state: &AppState, asked: Option<u64>) -> Duration {
     Duration::from_millis(ms)
 }
 
-/// Removes session `id` and counts its end (`outcome`: `stopped`, `idle`, `shutdown`) in the
-/// metrics, as a run's. Returns whether it existed.
-pub fn end(state: &AppState, id: &str, outcome: &str) -> bool {
+/// Removes session `id` and records its end (`outcome`: `stopped`, `idle`, `shutdown`) as a
+/// run's, in the metrics and the run history. Returns whether it existed.
+pub async fn end(state: &AppState, id: &str, outcome: &str) -> bool {
     let Some(k) = state.kernels.remove(id) else {
         return false;
     };
-    state.metrics.run_finished(outcome, k.age(), 0);
-    tracing::info!(session_id = %id, outcome, "session ended");
+    ended(state, &k, outcome).await;
     true
+}
+
+/// Counts and stores the end of session `k`, already removed.
+async fn ended(state: &AppState, k: &Kernel, outcome: &str) {
+    state
+        .metrics
+        .run_finished(outcome, k.age(), k.output_bytes());
+    tracing::info!(session_id = %k.id, outcome, "session ended");
+    let record = RunRecord::session_ended(
+        &k.id,
+        &k.user,
+        k.created,
+        outcome,
+        k.output_bytes(),
+        &k.runtime,
+    );
+    state.history.store(record, None).await;
 }
 
 /// Removes idle sessions every so often (a quarter of `session_idle_secs`, at most a second)
@@ -199,16 +216,15 @@ pub async fn reap(state: Arc<AppState>) {
     loop {
         tick.tick().await;
         for k in state.kernels.expire(idle) {
-            state.metrics.run_finished("idle", k.age(), 0);
-            tracing::info!(session_id = %k.id, "session expired");
+            ended(&state, &k, "idle").await;
         }
     }
 }
 
-/// Ends every session (shutdown), each counted as a run ended `shutdown`.
-pub fn end_all(state: &AppState) {
+/// Ends every session (shutdown), each recorded as a run ended `shutdown`.
+pub async fn end_all(state: &AppState) {
     for k in state.kernels.clear() {
-        state.metrics.run_finished("shutdown", k.age(), 0);
+        ended(state, &k, "shutdown").await;
     }
 }
 
@@ -285,7 +301,7 @@ async fn describe(State(state): State<Arc<AppState>>, Owned(k): Owned) -> Respon
 }
 
 async fn close(State(state): State<Arc<AppState>>, Owned(k): Owned) -> Response {
-    end(&state, &k.id, "stopped");
+    end(&state, &k.id, "stopped").await;
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -324,11 +340,16 @@ pub async fn run_cell(
     match &result {
         // The run ended by itself before the cell could start (its idle backstop).
         Err(ExecError::Ended) => {
-            end(state, &k.id, "idle");
+            end(state, &k.id, "idle").await;
         }
-        // Counted below with the run's own outcome.
-        Ok(CellReport { exit: Some(_), .. }) => {
+        // Counted below, and stored with the run's own outcome.
+        Ok(CellReport {
+            exit: Some(result), ..
+        }) => {
             state.kernels.remove(&k.id);
+            let outcome = result.outcome.kind();
+            let record = RunRecord::finished(&k.id, &k.user, k.created, outcome, result, false);
+            state.history.store(record, None).await;
         }
         _ => {}
     }

@@ -35,7 +35,7 @@ impl RunningServer {
         // Stored even if nothing has subscribed yet (the serving task may not have started).
         self.state.shutdown.send_replace(true);
         let _ = self.task.join().await;
-        crate::notebook::end_all(&self.state);
+        crate::notebook::end_all(&self.state).await;
         self.state.mcp_shutdown.cancel();
         self.state.history.flush().await;
     }
