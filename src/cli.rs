@@ -64,6 +64,10 @@ pub struct RunArgs {
     /// without one.
     #[arg(long, env = "WEIR_RUNTIME", value_name = "NAME")]
     pub runtime: Option<String>,
+    /// The package sites' root (`weir packages`): the runtime's site is importable, read-only
+    /// (default: ~/.local/share/weir/packages; recorded runs use none).
+    #[arg(long, env = "WEIR_PACKAGES", value_name = "DIR")]
+    pub packages: Option<PathBuf>,
     /// The script to run.
     pub script: Option<PathBuf>,
     /// Arguments passed to the script as sys.argv[1:].
@@ -178,7 +182,15 @@ fn parse_mount(spec: &str) -> anyhow::Result<Mount> {
 /// whatever `$WEIR_BACKGROUND_NICE` says: there are no other runs for it to give way to.
 pub async fn run(args: RunArgs, mut settings: EngineSettings) -> anyhow::Result<i32> {
     settings.background_priority = LanePriority::Process;
-    let req = args.request()?;
+    let mut req = args.request()?;
+    // A transcript holds the program and its files, not the packages it imported: recorded
+    // runs import none, so they replay anywhere.
+    if args.record.is_none() {
+        req.packages = args
+            .packages
+            .clone()
+            .or_else(weir_service::packages::default_root);
+    }
     if args.record.is_some() && !req.mounts.is_empty() {
         anyhow::bail!(
             "--record cannot be used with --dir: the transcript would not hold the mounted files"
@@ -272,6 +284,48 @@ pub async fn run(args: RunArgs, mut settings: EngineSettings) -> anyhow::Result<
         Some(o) => o.exit_code(),
         None => 70,
     })
+}
+
+/// `weir packages add` (with `specs`) or `weir packages list` (without) for `runtime`'s site
+/// under `root`.
+pub async fn packages(
+    specs: Option<Vec<String>>,
+    root: &std::path::Path,
+    runtime: Option<&str>,
+    settings: EngineSettings,
+) -> anyhow::Result<i32> {
+    let sandbox = Sandbox::load_async(settings).await?;
+    let name = match sandbox.runtime(runtime) {
+        Ok(info) => info.name.clone(),
+        Err(e) => {
+            eprintln!("weir: {e}");
+            return Ok(2);
+        }
+    };
+    let Some(specs) = specs else {
+        for p in weir_service::packages::installed(&root.join(&name)) {
+            println!(
+                "{}=={}\t{}\tsha256:{}",
+                p.name, p.version, p.wheel, p.sha256
+            );
+        }
+        return Ok(0);
+    };
+    match weir_service::packages::add(&sandbox, root, Some(&name), &specs).await {
+        Ok(added) => {
+            for p in added {
+                println!(
+                    "installed {}=={} for {name} (sha256:{})",
+                    p.name, p.version, p.sha256
+                );
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("weir: {e}");
+            Ok(1)
+        }
+    }
 }
 
 /// `weir runtimes`: one line per runtime, the default first.

@@ -111,12 +111,34 @@ enum Command {
     Mcp(ConfigArgs),
     /// List the runtimes this weir hosts (the default first).
     Runtimes,
+    /// Install pure-Python packages for runs to import, or list them (docs/sandbox.md).
+    Packages {
+        #[command(subcommand)]
+        action: PackagesAction,
+        /// The package sites' root (default: ~/.local/share/weir/packages).
+        #[arg(long, env = "WEIR_PACKAGES", global = true)]
+        dir: Option<PathBuf>,
+        /// The runtime the packages are for (default: the default runtime).
+        #[arg(long, global = true)]
+        runtime: Option<String>,
+    },
     /// Measure the sandbox on this machine and print a table (docs/benchmarks.md).
     Bench {
         /// Samples for the latency percentiles.
         #[arg(long, default_value_t = 500)]
         samples: usize,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum PackagesAction {
+    /// Install wheels: `NAME==VERSION` (from PyPI, with the host's pip) or a `.whl` file.
+    Add {
+        #[arg(required = true)]
+        specs: Vec<String>,
+    },
+    /// List what is installed, with versions and sha256.
+    List,
 }
 
 /// Logs go to stderr; `WEIR_LOG` sets the filter (default: info for the server, warn otherwise).
@@ -162,7 +184,25 @@ async fn dispatch(command: Command, settings: EngineSettings) -> anyhow::Result<
             print!("{}", cli::runtimes_table(&sandbox));
             Ok(0)
         }
+        Command::Packages {
+            action,
+            dir,
+            runtime,
+        } => {
+            let root = dir
+                .or_else(weir_service::packages::default_root)
+                .ok_or_else(|| anyhow::anyhow!("no data directory: pass --dir"))?;
+            cli::packages(action_specs(action), &root, runtime.as_deref(), settings).await
+        }
         Command::Bench { samples } => weir_bench::run(settings, samples).await.map(|()| 0),
+    }
+}
+
+/// The wheels to add, or `None` to list.
+fn action_specs(action: PackagesAction) -> Option<Vec<String>> {
+    match action {
+        PackagesAction::Add { specs } => Some(specs),
+        PackagesAction::List => None,
     }
 }
 

@@ -3,6 +3,10 @@
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
+#[path = "common/wheel.rs"]
+mod wheel;
+use wheel::greet_wheel;
+
 fn weir(args: &[&str], stdin: &[u8]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(args)
@@ -342,4 +346,90 @@ fn ctrl_c_raises_keyboard_interrupt_in_the_script_as_python_does() {
     assert!(err.contains("line 4, in <module>"), "{err}");
     assert!(err.ends_with("KeyboardInterrupt\n"), "{err}");
     assert_eq!(status.code(), Some(130));
+}
+
+#[test]
+fn an_operators_pure_python_package_imports_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site");
+    let site = site.to_str().unwrap();
+    let wheel = greet_wheel(dir.path());
+    let out = weir(&["packages", "add", &wheel, "--dir", site], b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("installed greet==1.0 for python (sha256:"));
+    // Compiled by the guest itself: runs load bytecode of their own CPython.
+    assert!(dir
+        .path()
+        .join("site/python/greet/__pycache__/__init__.cpython-314.pyc")
+        .exists());
+    let listed = weir(&["packages", "list", "--dir", site], b"");
+    assert!(text(&listed.stdout).starts_with("greet==1.0\tgreet-1.0-py3-none-any.whl\tsha256:"));
+    let run = weir(
+        &[
+            "run",
+            "--packages",
+            site,
+            "-c",
+            "import greet\nprint(greet.hello('ada'))\nopen('/packages/x', 'w')",
+        ],
+        b"",
+    );
+    assert_eq!(text(&run.stdout), "hello, ada\n");
+    assert!(
+        text(&run.stderr).contains("PermissionError"),
+        "{}",
+        text(&run.stderr)
+    );
+    let without = weir(
+        &["run", "--packages", "/nonexistent", "-c", "import greet"],
+        b"",
+    );
+    assert!(text(&without.stderr).contains("ModuleNotFoundError"));
+}
+
+#[test]
+fn a_native_or_unpinned_package_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let native = dir
+        .path()
+        .join("fast-1.0-cp311-cp311-manylinux_2_17_x86_64.whl");
+    std::fs::write(&native, b"not installed").unwrap();
+    let site = dir.path().join("site");
+    let out = weir(
+        &[
+            "packages",
+            "add",
+            native.to_str().unwrap(),
+            "--dir",
+            site.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains(
+            "only a native wheel exists (fast-1.0-cp311-cp311-manylinux_2_17_x86_64.whl)"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        !site.join("python/weir-packages.json").exists(),
+        "nothing installed"
+    );
+    let out = weir(
+        &[
+            "packages",
+            "add",
+            "tabulate",
+            "--dir",
+            site.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(
+        text(&out.stderr).contains("pin a version, NAME==VERSION"),
+        "{}",
+        text(&out.stderr)
+    );
 }

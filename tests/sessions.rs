@@ -2,6 +2,8 @@
 //! across cells, the last expression's value, errors that keep the session, interrupts, one cell
 //! at a time, files in and out, idle expiry, owner-only access, and `DELETE`.
 
+#[path = "common/wheel.rs"]
+mod wheel;
 #[path = "common/ws.rs"]
 mod ws;
 
@@ -443,4 +445,31 @@ async fn an_interactive_cell_reads_what_is_sent_and_an_interrupt_ends_its_wait()
     assert_eq!(r.json()["result"], "'x\\ny\\n'");
     let r = post_json(&server, &stdin, &json!({"data": "late\n"})).await;
     assert_eq!(r.status, 409, "no cell runs: {}", r.body);
+}
+
+#[tokio::test]
+async fn sessions_and_one_shot_runs_import_the_operators_packages() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("site");
+    let wheel = wheel::greet_wheel(dir.path());
+    let packages = root.clone();
+    let server = server(move |c| c.packages_dir = Some(packages)).await;
+    weir_service::packages::add(&server.state.sandbox, &root, None, &[wheel])
+        .await
+        .expect("installed");
+    let id = session(&server).await;
+    let r = exec(
+        &server,
+        &id,
+        json!({"code": "import greet\ngreet.hello('ada')"}),
+    )
+    .await;
+    assert_eq!(r["result"], "'hello, ada'", "{r}");
+    let r = post_json(
+        &server,
+        "/v1/runs",
+        &json!({"source": "import greet; print(greet.__file__)"}),
+    )
+    .await;
+    assert_eq!(r.json()["stdout"], "/packages/greet/__init__.py\n");
 }

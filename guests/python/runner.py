@@ -251,7 +251,8 @@ def _refresh_process_state(launch):
         os.environ.update(launch.env)
     if launch.cwd:
         os.chdir(launch.cwd)
-    sys.path[:] = [""]  # "" is the working directory, as for `python -c`
+    # "" is the working directory, as for `python -c`; then the operator's package sites.
+    sys.path[:] = [""] + list(launch.path)
 
 
 def _new_main(filename):
@@ -507,7 +508,7 @@ class _WarmUpHost:
         self.launch = host.Launch(
             script="", code=code, source=None, compiled=compiled, cache_compiled=compiled is None,
             repl=not cells, cells=cells, args=["main.py", "arg"], env=list(os.environ.items()),
-            cwd="",
+            cwd="", path=[],
         )
         self.compiled = None
         self.lines = iter(lines)

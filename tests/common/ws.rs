@@ -28,6 +28,8 @@ fn test_config(f: impl FnOnce(&mut ServerConfig)) -> ServerConfig {
         ..ServerConfig::default()
     };
     config.history.path = temp_history();
+    // Whatever packages this machine's operator installed, tests run without them.
+    config.packages_dir = None;
     f(&mut config);
     config
 }

@@ -61,6 +61,9 @@ pub struct EngineSettings {
     /// Bytes of compiled programs kept for re-runs (`crate::compile_cache`); 0 turns the cache
     /// off. `$WEIR_COMPILE_CACHE_BYTES`.
     pub compile_cache_bytes: usize,
+    /// The operator's package sites, for runs that name none
+    /// ([`crate::RunRequest::packages`]); none by default.
+    pub packages: Option<PathBuf>,
 }
 
 impl Default for EngineSettings {
@@ -84,6 +87,7 @@ impl Default for EngineSettings {
                 .unwrap_or_default(),
             background_threads: env_usize("WEIR_BACKGROUND_THREADS")
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+            packages: None,
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct Launch {
     pub env: Vec<(String, String)>,
     /// The working directory.
     pub cwd: String,
+    /// Directories searched for imports after the working directory.
+    pub path: Vec<String>,
 }
 
 impl Launch {
@@ -49,6 +51,7 @@ impl Launch {
             args: Vec::new(),
             env: Vec::new(),
             cwd: String::new(),
+            path: Vec::new(),
         }
     }
 }
@@ -136,5 +139,6 @@ pub(crate) fn take_launch(launch: &mut Launch) -> Launch {
         args: std::mem::take(&mut launch.args),
         env: std::mem::take(&mut launch.env),
         cwd: launch.cwd.clone(),
+        path: std::mem::take(&mut launch.path),
     }
 }

@@ -61,6 +61,10 @@ pub struct RunRequest {
     pub close_stdin: bool,
     /// Host directories exposed to the guest.
     pub mounts: Vec<Mount>,
+    /// Where the operator's package sites are (`weir packages`): `<dir>/<runtime name>`, if it
+    /// exists, is mounted read-only at [`crate::sandbox::SITE_DIR`] and searched for imports
+    /// after the working directory.
+    pub packages: Option<PathBuf>,
     /// Keep what the guest read from stdin, in order, in the result (for transcripts).
     pub record_input: bool,
     /// Give the guest exactly these reads first (replaying a transcript); when they run out
@@ -98,6 +102,7 @@ impl RunRequest {
             stdin: None,
             close_stdin: false,
             mounts: Vec::new(),
+            packages: None,
             record_input: false,
             replay_input: None,
             deterministic: None,

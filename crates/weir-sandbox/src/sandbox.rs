@@ -28,6 +28,8 @@ use wasmtime_wasi::{FsPerms, WasiCtx};
 
 /// Where the scratch directory appears inside the guest (also its working directory).
 pub const GUEST_DIR: &str = "/sandbox";
+/// Where a run sees the operator's package site for its runtime (read-only).
+pub const SITE_DIR: &str = "/packages";
 
 /// Events a run may have in flight towards a slow consumer before the guest has to wait.
 const EVENT_QUEUE: usize = 16;
@@ -313,11 +315,20 @@ impl Sandbox {
         );
         let scratch = Scratch::create(&self.inner.scratch_dirs, &req, limits.scratch_bytes)?;
         let scratch_path = scratch.path().to_path_buf();
-        let wasi = wasi_context(&req, &scratch, &pipes, &stdin)?;
+        let site = req
+            .packages
+            .as_ref()
+            .or(self.inner.settings.packages.as_ref())
+            .map(|root| root.join(&variant.runtime.info().name))
+            .filter(|dir| dir.is_dir());
+        let wasi = wasi_context(&req, &scratch, &pipes, &stdin, site.as_deref())?;
         let mut host = self.launch(&req, &limits, &variant.runtime.info().name);
         host.launch.args = argv(&req);
         host.launch.env = req.env.clone();
         host.launch.cwd = GUEST_DIR.to_string();
+        if site.is_some() {
+            host.launch.path = vec![SITE_DIR.to_string()];
+        }
         let mut cells_tx = None;
         if req.cells {
             let (tx, rx) = mpsc::channel(1);
@@ -462,6 +473,7 @@ fn wasi_context(
     scratch: &Scratch,
     pipes: &Arc<OutputQueue>,
     stdin: &GuestStdin,
+    site: Option<&Path>,
 ) -> Result<WasiCtx, StartError> {
     let mut b = WasiCtx::builder();
     b.stdin(stdin.clone())
@@ -479,6 +491,13 @@ fn wasi_context(
     }
     b.preopened_dir(scratch.path(), GUEST_DIR, FsPerms::ReadWrite)
         .map_err(|e| StartError::Internal(format!("cannot open scratch dir: {e:#}")))?;
+    if let Some(dir) = site {
+        b.preopened_dir(dir, SITE_DIR, FsPerms::ReadOnly)
+            .map_err(|e| StartError::Mount {
+                path: dir.display().to_string(),
+                reason: format!("{e:#}"),
+            })?;
+    }
     for m in &req.mounts {
         let perms = if m.read_only {
             FsPerms::ReadOnly

@@ -3,7 +3,7 @@
 use crate::history::HistoryConfig;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use weir_sandbox::engine::EngineSettings;
 use weir_sandbox::limits::Limits;
@@ -57,6 +57,9 @@ pub struct ServerConfig {
     /// Bytes of compiled programs kept so re-running an unchanged script skips compiling it
     /// (`weir_sandbox::compile_cache`; 0 turns the cache off).
     pub compile_cache_bytes: usize,
+    /// Where the operator's package sites are (`weir packages`, `<dir>/<runtime>`); runs see
+    /// their runtime's read-only. Default: `$XDG_DATA_HOME/weir/packages`.
+    pub packages_dir: Option<PathBuf>,
     /// Run history: database path and retention.
     pub history: HistoryConfig,
 }
@@ -92,6 +95,7 @@ impl Default for ServerConfig {
             warm_instances: EngineSettings::default().warm_instances,
             warm_fillers: EngineSettings::default().warm_fillers,
             compile_cache_bytes: EngineSettings::default().compile_cache_bytes,
+            packages_dir: crate::packages::default_root(),
             history: HistoryConfig::default(),
         }
     }
@@ -105,6 +109,7 @@ impl ServerConfig {
             warm_instances: self.warm_instances,
             warm_fillers: self.warm_fillers,
             compile_cache_bytes: self.compile_cache_bytes,
+            packages: self.packages_dir.clone(),
             ..weir_sandbox::EngineSettings::default()
         }
     }

@@ -7,7 +7,8 @@
 //! [`kernel`] (stateful sessions: a run in cell mode), [`state`] (what every handler shares), [`admission`] (who may start what), [`socket`]
 //! (WebSocket plumbing), [`oneshot`] (a run start to finish for an HTTP request), [`session`] (one
 //! `/ws` session), [`api`] (`/v1/runs`), [`notebook`] (`/v1/sessions`), [`piston`] (Piston's API), [`ide`] (the browser IDE),
-//! [`mcp`] (the MCP server), and [`server`] (routes, connections, shutdown).
+//! [`mcp`] (the MCP server), [`server`] (routes, connections, shutdown), and [`packages`] (the
+//! operator's pure-Python packages, `weir packages`).
 
 #![deny(unsafe_code)]
 
@@ -22,6 +23,7 @@ pub mod mcp;
 pub mod metrics;
 pub mod notebook;
 pub mod oneshot;
+pub mod packages;
 pub mod piston;
 pub mod protocol;
 pub mod server;

@@ -117,6 +117,25 @@ impl WeirMcp {
         Ok(())
     }
 
+    /// The operator's packages for the default runtime (`weir packages`), for the instructions.
+    fn packages(&self) -> String {
+        let site = self.state.config.packages_dir.as_ref().and_then(|root| {
+            let runtime = self.state.sandbox.runtime(None).ok()?;
+            Some(root.join(&runtime.name))
+        });
+        let installed = site
+            .map(|s| crate::packages::installed(&s))
+            .unwrap_or_default();
+        match installed.is_empty() {
+            true => "none".into(),
+            false => installed
+                .iter()
+                .map(|p| format!("{} {}", p.name, p.version))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
     /// What agents are told up front: the runtime, the limits, and what is not there.
     fn instructions(&self) -> String {
         let config = &self.state.config;
@@ -128,13 +147,14 @@ impl WeirMcp {
             .collect();
         format!(
             "weir runs Python in a WebAssembly sandbox. Runtimes: {}; the first is the default. \
-             The standard library is available; third-party packages are not, and there is no \
-             network. Each run_python call starts fresh in an empty working directory holding \
-             its files; for state that persists across calls (variables, imports, files), use a \
+             The standard library is available, and these packages: {}; nothing else can be \
+             installed, and there is no network. Each run_python call starts fresh in an empty \
+             working directory holding its files; for state that persists across calls (variables, imports, files), use a \
              session: session_create, then session_exec per cell (an idle session ends after {} \
              s). Limits per run or cell: wall time {} ms by default (at most {} ms), memory {} \
              MiB, output {} KiB.",
             runtimes.join(", "),
+            self.packages(),
             config.session_idle().as_secs(),
             config.limits.wall_ms,
             config.max_limits.wall_ms,
@@ -183,7 +203,8 @@ impl WeirMcp {
     /// Runs a Python program once and reports its output and how it ended.
     #[tool(
         description = "Run a Python program in an isolated sandbox and return its stdout, stderr \
-                       and outcome. Standard library only, no network, a fresh empty working \
+                       and outcome. The standard library and the operator's packages (listed in \
+                       the server's instructions), no network, a fresh empty working \
                        directory per run (pass extra files in `files`); nothing persists between \
                        calls. Print what you want to see. Limits: wall time (`timeout_ms`, capped \
                        by the server), memory and output; a run that hits one says which."
