@@ -358,10 +358,10 @@ fn an_operators_pure_python_package_imports_read_only() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).starts_with("installed greet==1.0 for python (sha256:"));
     // Compiled by the guest itself: runs load bytecode of their own CPython.
-    assert!(dir
-        .path()
-        .join("site/python/greet/__pycache__/__init__.cpython-314.pyc")
-        .exists());
+    for module in ["__init__", "big"] {
+        let pyc = format!("site/python/greet/__pycache__/{module}.cpython-314.pyc");
+        assert!(dir.path().join(pyc).exists(), "{module} compiled");
+    }
     let listed = weir(&["packages", "list", "--dir", site], b"");
     assert!(text(&listed.stdout).starts_with("greet==1.0\tgreet-1.0-py3-none-any.whl\tsha256:"));
     let run = weir(

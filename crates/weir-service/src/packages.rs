@@ -183,13 +183,22 @@ pub async fn add(
     Ok(added)
 }
 
+/// The compile run's program. A WASI file write may be short, and `py_compile` writes a `.pyc`
+/// with one `os.write`, failing on a short one: this writes it through a buffered file, which
+/// writes on until done.
+const COMPILE: &str = "\
+import compileall, importlib._bootstrap_external as bootstrap, sys
+def write(path, data, mode=0o666):
+    with open(path, 'wb') as f:
+        f.write(data)
+bootstrap._write_atomic = write
+sys.exit(0 if compileall.compile_dir('/packages', quiet=1) else 1)
+";
+
 /// Compiles every module of `site` to the runtime's bytecode, in its own guest.
 async fn compile(sandbox: &Sandbox, site: &Path, runtime: &str) -> Result<(), PackageError> {
     let mut req = RunRequest::script(Vec::new());
-    req.program = Program::Code(
-        "import compileall, sys\nsys.exit(0 if compileall.compile_dir('/packages', quiet=1) else 1)"
-            .into(),
-    );
+    req.program = Program::Code(COMPILE.into());
     req.runtime = Some(runtime.into());
     req.close_stdin = true;
     req.limits.wall_ms = 300_000;
@@ -206,8 +215,9 @@ async fn compile(sandbox: &Sandbox, site: &Path, runtime: &str) -> Result<(), Pa
     match out.outcome() {
         weir_sandbox::Outcome::Exited { code: 0 } => Ok(()),
         other => Err(PackageError::Compile(format!(
-            "{}: {}",
+            "{}: {}{}",
             other.kind(),
+            out.stdout_text().trim(),
             out.stderr_text().trim()
         ))),
     }
