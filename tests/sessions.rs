@@ -453,10 +453,14 @@ async fn sessions_and_one_shot_runs_import_the_operators_packages() {
     let root = dir.path().join("site");
     let wheel = wheel::greet_wheel(dir.path());
     let packages = root.clone();
-    let server = server(move |c| c.packages_dir = Some(packages)).await;
-    weir_service::packages::add(&server.state.sandbox, &root, None, &[wheel])
-        .await
-        .expect("installed");
+    // The configured list is installed as the server starts.
+    let server = server(move |c| {
+        c.packages_dir = Some(packages);
+        c.packages = vec![wheel];
+    })
+    .await;
+    let installed = weir_service::packages::installed(&root.join("python"));
+    assert_eq!(installed.len(), 1, "{installed:?}");
     let id = session(&server).await;
     let r = exec(
         &server,

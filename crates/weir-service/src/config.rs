@@ -60,6 +60,9 @@ pub struct ServerConfig {
     /// Where the operator's package sites are (`weir packages`, `<dir>/<runtime>`); runs see
     /// their runtime's read-only. Default: `$XDG_DATA_HOME/weir/packages`.
     pub packages_dir: Option<PathBuf>,
+    /// Packages the server installs into the default runtime's site at start if they are
+    /// missing (`NAME==VERSION` or a wheel file, as `weir packages add` takes them).
+    pub packages: Vec<String>,
     /// Run history: database path and retention.
     pub history: HistoryConfig,
 }
@@ -96,6 +99,7 @@ impl Default for ServerConfig {
             warm_fillers: EngineSettings::default().warm_fillers,
             compile_cache_bytes: EngineSettings::default().compile_cache_bytes,
             packages_dir: crate::packages::default_root(),
+            packages: Vec::new(),
             history: HistoryConfig::default(),
         }
     }

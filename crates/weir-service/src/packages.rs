@@ -130,6 +130,35 @@ fn unpack(wheel: &Path, site: &Path) -> Result<(), PackageError> {
     Ok(())
 }
 
+/// Installs those of `specs` the default runtime's site under `root` lacks (a `NAME==VERSION`
+/// installed at that version, or a wheel file installed by that name); returns what it added.
+pub async fn ensure(
+    sandbox: &Sandbox,
+    root: &Path,
+    specs: &[String],
+) -> Result<Vec<Installed>, PackageError> {
+    let runtime = sandbox
+        .runtime(None)
+        .map_err(|e| PackageError::Compile(e.to_string()))?
+        .name
+        .clone();
+    let have = installed(&root.join(&runtime));
+    let missing: Vec<String> = specs
+        .iter()
+        .filter(|spec| {
+            !have.iter().any(|i| {
+                **spec == format!("{}=={}", i.name, i.version)
+                    || Path::new(spec.as_str()).file_name() == Some(i.wheel.as_ref())
+            })
+        })
+        .cloned()
+        .collect();
+    if missing.is_empty() {
+        return Ok(Vec::new());
+    }
+    add(sandbox, root, Some(&runtime), &missing).await
+}
+
 /// Installs each of `specs` (`NAME==VERSION` or a `.whl` path) into `root/<runtime>`, then
 /// compiles the site with the runtime's guest. Stops at the first refusal, installing nothing
 /// of it.

@@ -50,9 +50,28 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     start_with(config, sandbox).await
 }
 
+/// Installs the configured packages the site lacks (`packages`), before serving anything.
+async fn install_packages(config: &ServerConfig, sandbox: &Sandbox) -> anyhow::Result<()> {
+    if config.packages.is_empty() {
+        return Ok(());
+    }
+    let root = config
+        .packages_dir
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("`packages` is set but `packages_dir` is not"))?;
+    let added = crate::packages::ensure(sandbox, root, &config.packages)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot install the configured packages: {e}"))?;
+    for p in added {
+        tracing::info!(name = %p.name, version = %p.version, sha256 = %p.sha256, "package installed");
+    }
+    Ok(())
+}
+
 /// Serves `sandbox` (its runtimes, its settings) instead of loading one from `config`'s engine
 /// settings: for embedders that host runtimes of their own.
 pub async fn start_with(config: ServerConfig, sandbox: Sandbox) -> anyhow::Result<RunningServer> {
+    install_packages(&config, &sandbox).await?;
     let history = History::open(&config.history)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
