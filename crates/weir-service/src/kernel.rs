@@ -37,6 +37,9 @@ pub struct Kernel {
     interrupt_asked: AtomicBool,
     /// Bytes the session's cells wrote.
     output_bytes: AtomicU64,
+    /// A cell was handed to the guest and its end has not been read: its `exec` was abandoned
+    /// (the client hung up). The next `exec` reads past it first.
+    unsettled: AtomicBool,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -94,6 +97,7 @@ impl Kernel {
             last_used: Mutex::new(Instant::now()),
             interrupt_asked: AtomicBool::new(false),
             output_bytes: AtomicU64::new(0),
+            unsettled: AtomicBool::new(false),
             _slot: slot,
         }
     }
@@ -191,27 +195,32 @@ impl Kernel {
     /// Runs one cell, waiting at most `timeout` before interrupting it.
     pub async fn exec(&self, cell: Cell, timeout: Duration) -> Result<CellReport, ExecError> {
         let mut run = self.run.try_lock().map_err(|_| ExecError::Busy)?;
+        if self.unsettled.load(Ordering::Acquire) {
+            self.settle(&mut run).await?;
+        }
         self.interrupt_asked.store(false, Ordering::Release);
         let started = Instant::now();
         self.control.send_cell(cell).map_err(|e| match e {
             CellError::Busy => ExecError::Busy,
             CellError::NotASession | CellError::Ended => ExecError::Ended,
         })?;
+        // Dropped before the cell's end is read (the client hung up): interrupt the cell, and
+        // leave its end for the next `exec` to read past.
+        self.unsettled.store(true, Ordering::Release);
+        let _abandon = Abandon(self);
         let mut report = CellReport::default();
-        let limit = tokio::time::Instant::now() + timeout;
-        let mut grace_over: Option<tokio::time::Instant> = None;
+        let mut clock = CellClock::new(timeout);
         loop {
             let event = tokio::select! {
                 event = run.next_event() => event,
-                () = tokio::time::sleep_until(limit), if grace_over.is_none() => {
-                    report.timed_out = true;
-                    self.control.interrupt();
-                    grace_over = Some(tokio::time::Instant::now() + INTERRUPT_GRACE);
-                    continue;
-                }
-                () = weir_sandbox::task::sleep_until_opt(grace_over) => {
-                    grace_over = None; // stopped: the run's `Exit` follows
-                    self.control.stop();
+                () = clock.next() => {
+                    match clock.fire() {
+                        Phase::Interrupted => {
+                            report.timed_out = true;
+                            self.control.interrupt();
+                        }
+                        _ => self.control.stop(), // the run's `Exit` follows
+                    }
                     continue;
                 }
             };
@@ -228,6 +237,7 @@ impl Kernel {
                 None => break,
             }
         }
+        self.unsettled.store(false, Ordering::Release);
         report.interrupted = self.interrupt_asked.swap(false, Ordering::AcqRel);
         let written = report.output.stdout.len() + report.output.stderr.len();
         self.output_bytes
@@ -235,6 +245,85 @@ impl Kernel {
         report.duration = started.elapsed();
         self.touch();
         Ok(report)
+    }
+}
+
+impl Kernel {
+    /// Reads past an abandoned cell's output to its end (it was interrupted when abandoned);
+    /// if it has not ended within [`INTERRUPT_GRACE`], the session is ended.
+    async fn settle(&self, run: &mut RunHandle) -> Result<(), ExecError> {
+        let deadline = tokio::time::Instant::now() + INTERRUPT_GRACE;
+        loop {
+            match tokio::time::timeout_at(deadline, run.next_event()).await {
+                Ok(Some(Event::Cell(_))) => {
+                    self.unsettled.store(false, Ordering::Release);
+                    return Ok(());
+                }
+                Ok(Some(Event::Exit(_)) | None) => return Err(ExecError::Ended),
+                Ok(Some(_)) => {}
+                Err(_) => {
+                    self.control.stop();
+                    return Err(ExecError::Ended);
+                }
+            }
+        }
+    }
+}
+
+/// Interrupts a cell whose `exec` is dropped before its end was read.
+struct Abandon<'a>(&'a Kernel);
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        if self.0.unsettled.load(Ordering::Acquire) {
+            self.0.control.interrupt();
+        }
+    }
+}
+
+/// Where a cell is in its time limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Within its limit.
+    Running,
+    /// Past it and interrupted; the grace period runs.
+    Interrupted,
+    /// Past the grace period: the run is stopped.
+    Stopped,
+}
+
+/// A cell's time limit, then the grace period after its interrupt.
+struct CellClock {
+    phase: Phase,
+    next: tokio::time::Instant,
+}
+
+impl CellClock {
+    fn new(limit: Duration) -> Self {
+        CellClock {
+            phase: Phase::Running,
+            next: tokio::time::Instant::now() + limit,
+        }
+    }
+
+    /// Sleeps until the next step is due; for ever once the run is stopped.
+    async fn next(&self) {
+        match self.phase {
+            Phase::Stopped => std::future::pending().await,
+            _ => tokio::time::sleep_until(self.next).await,
+        }
+    }
+
+    /// Takes the step that is due; returns the phase it enters.
+    fn fire(&mut self) -> Phase {
+        self.phase = match self.phase {
+            Phase::Running => {
+                self.next = tokio::time::Instant::now() + INTERRUPT_GRACE;
+                Phase::Interrupted
+            }
+            _ => Phase::Stopped,
+        };
+        self.phase
     }
 }
 
