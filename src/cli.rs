@@ -274,7 +274,8 @@ pub async fn run(args: RunArgs, mut settings: EngineSettings) -> anyhow::Result<
     let _ = stdout.flush().await;
     let _ = stderr.flush().await;
     if let (Some(path), Some(result)) = (&args.record, recorded) {
-        let transcript = Transcript::record(&req, &log, &result)?;
+        let runtime = sandbox.runtime(Some(&result.runtime))?;
+        let transcript = Transcript::record(&req, runtime, &log, &result)?;
         std::fs::write(path, transcript.to_json())
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     }

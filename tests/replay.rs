@@ -168,7 +168,10 @@ async fn record(req: RunRequest, input: &[&str]) -> Transcript {
             result = Some(r);
         }
     }
-    Transcript::record(&req, &log, &result.expect("exit")).expect("records")
+    let result = result.expect("exit");
+    let sandbox = sandbox();
+    let runtime = sandbox.runtime(Some(&result.runtime)).expect("its runtime");
+    Transcript::record(&req, runtime, &log, &result).expect("records")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

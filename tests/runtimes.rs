@@ -197,3 +197,38 @@ async fn the_service_lists_and_selects_runtimes_on_every_entry_point() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_transcript_names_the_runtime_it_ran_in_and_replays_there() {
+    use weir_sandbox::transcript::{OutputLog, Transcript};
+    let sandbox = sandbox();
+    let mut req = request("import random\nprint(random.random())", Some("alt"));
+    req.deterministic = Some(weir_sandbox::determinism::Seed(3));
+    req.record_input = true;
+    let mut handle = sandbox.start(req.clone()).await.expect("starts");
+    let mut log = OutputLog::default();
+    let mut result = None;
+    while let Some(event) = handle.next_event().await {
+        result = log.observe(&event).or(result);
+    }
+    let result = result.expect("exit");
+    let runtime = sandbox.runtime(Some(&result.runtime)).expect("its runtime");
+    let transcript = Transcript::record(&req, runtime, &log, &result).expect("records");
+    assert_eq!(transcript.guest.runtime, "python-alt");
+    let replayed = weir_sandbox::replay::replay(&sandbox, &transcript)
+        .await
+        .expect("replays");
+    assert_eq!(
+        replayed, transcript.expected,
+        "byte for byte, in python-alt"
+    );
+    let mut elsewhere = transcript.clone();
+    elsewhere.guest.runtime = "cobol".into();
+    let err = weir_sandbox::replay::replay(&sandbox, &elsewhere)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no runtime named \"cobol\""),
+        "{err}"
+    );
+}

@@ -20,7 +20,7 @@ pub enum ReplayError {
 
 /// Runs the transcript's program again (the guest build must match) and returns what it produced.
 pub async fn replay(sandbox: &Sandbox, t: &Transcript) -> Result<Expected, ReplayError> {
-    t.check_guest()?;
+    t.check_guest(sandbox.runtime(Some(&t.guest.runtime))?)?;
     rerun(sandbox, t).await
 }
 
@@ -136,7 +136,7 @@ pub async fn replay_file(sandbox: &Sandbox, path: &Path, update: bool) -> Verdic
     };
     if update {
         return match rerun(sandbox, &t).await {
-            Ok(actual) => write_updated(path, t, actual),
+            Ok(actual) => write_updated(sandbox, path, t, actual),
             Err(e) => Verdict::Failed(e.to_string()),
         };
     }
@@ -149,8 +149,11 @@ pub async fn replay_file(sandbox: &Sandbox, path: &Path, update: bool) -> Verdic
     }
 }
 
-fn write_updated(path: &Path, mut t: Transcript, actual: Expected) -> Verdict {
-    t.guest = crate::transcript::GuestIdentity::current();
+fn write_updated(sandbox: &Sandbox, path: &Path, mut t: Transcript, actual: Expected) -> Verdict {
+    match sandbox.runtime(Some(&t.guest.runtime)) {
+        Ok(info) => t.guest = crate::transcript::GuestIdentity::of(info),
+        Err(e) => return Verdict::Failed(e.to_string()),
+    }
     t.weir_version = env!("CARGO_PKG_VERSION").into();
     t.expected = actual;
     match std::fs::write(path, t.to_json()) {

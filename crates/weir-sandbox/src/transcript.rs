@@ -56,25 +56,33 @@ pub struct Transcript {
     pub expected: Expected,
 }
 
-/// Which guest build a transcript belongs to.
+/// Which runtime and guest build a transcript belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GuestIdentity {
+    /// The runtime that ran it (replay runs it there); transcripts without one name `python`.
+    #[serde(default = "default_runtime")]
+    pub runtime: String,
     /// What the guest was built from (compared on replay).
     pub build: String,
     /// The component's sha256 on the recording machine (informational).
     pub sha256: String,
-    /// The Python version inside it.
+    /// The language version inside it.
     pub python: String,
 }
 
+fn default_runtime() -> String {
+    crate::runtime::python::NAME.into()
+}
+
 impl GuestIdentity {
-    /// The guest this weir runs.
-    pub fn current() -> Self {
+    /// The identity of `runtime`'s guest in this weir.
+    pub fn of(runtime: &crate::RuntimeInfo) -> Self {
         GuestIdentity {
-            build: crate::runtime::python::GUEST_BUILD.into(),
-            sha256: crate::runtime::python::GUEST_SHA256.into(),
-            python: crate::runtime::python::PYTHON_VERSION.into(),
+            runtime: runtime.name.clone(),
+            build: runtime.build.clone(),
+            sha256: runtime.sha256.clone(),
+            python: runtime.version.clone(),
         }
     }
 }
@@ -304,9 +312,10 @@ impl Expected {
 }
 
 impl Transcript {
-    /// Builds the transcript of a finished deterministic run.
+    /// Builds the transcript of a finished deterministic run, which ran in `runtime`.
     pub fn record(
         req: &RunRequest,
+        runtime: &crate::RuntimeInfo,
         output: &OutputLog,
         result: &RunResult,
     ) -> Result<Self, TranscriptError> {
@@ -319,7 +328,7 @@ impl Transcript {
             format: FORMAT.into(),
             version: VERSION,
             weir_version: env!("CARGO_PKG_VERSION").into(),
-            guest: GuestIdentity::current(),
+            guest: GuestIdentity::of(runtime),
             seed: seed.0,
             limits: req.effective_limits(),
             program: match &req.program {
@@ -382,12 +391,11 @@ impl Transcript {
     }
 
     /// Refuses a transcript recorded with another guest build.
-    pub fn check_guest(&self) -> Result<(), TranscriptError> {
-        let current = GuestIdentity::current();
+    pub fn check_guest(&self, current: &crate::RuntimeInfo) -> Result<(), TranscriptError> {
         if self.guest.build != current.build {
             return Err(TranscriptError::OtherGuest {
                 recorded: self.guest.build.clone(),
-                current: current.build,
+                current: current.build.clone(),
             });
         }
         Ok(())
@@ -419,6 +427,7 @@ impl Transcript {
             .collect::<Result<_, _>>()?;
         req.limits = self.limits;
         req.repl = self.repl;
+        req.runtime = Some(self.guest.runtime.clone());
         req.deterministic = Some(Seed(self.seed));
         req.replay_input = Some(ReadLog {
             chunks: self

@@ -77,7 +77,8 @@ pub async fn execute(
     app.metrics
         .run_finished(outcome, result.duration, result.output_bytes);
     let transcript = recording.and_then(|(req, log)| {
-        Transcript::record(&req, &log, &result)
+        let runtime = app.sandbox.runtime(Some(&result.runtime)).ok()?;
+        Transcript::record(&req, runtime, &log, &result)
             .map_err(|e| tracing::warn!(error = %e, "cannot record the transcript"))
             .ok()
     });

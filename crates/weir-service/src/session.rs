@@ -340,7 +340,8 @@ impl Session {
             .run_finished(outcome, result.duration, result.output_bytes);
         let transcript = active.recording.and_then(|rec| {
             let (req, log) = *rec;
-            Transcript::record(&req, &log, &result)
+            let runtime = self.app.sandbox.runtime(Some(&result.runtime)).ok()?;
+            Transcript::record(&req, runtime, &log, &result)
                 .map_err(|e| tracing::warn!(error = %e, "cannot record the transcript"))
                 .ok()
         });
