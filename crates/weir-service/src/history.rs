@@ -101,9 +101,9 @@ impl RunRecord {
         }
     }
 
-    /// The record of a stateful session the server ended (`stopped`: its owner closed it;
-    /// `idle`; `shutdown`), its run never having ended by itself.
-    pub fn session_ended(
+    /// The record of a run the server ended before it ended by itself: `stopped` (its owner
+    /// closed it), `idle` or `shutdown`.
+    pub fn ended_by_server(
         id: &str,
         user: &str,
         started: SystemTime,
@@ -150,20 +150,9 @@ impl RunRecord {
         output_bytes: u64,
         runtime: &str,
     ) -> Self {
-        let now = SystemTime::now();
         RunRecord {
-            id: id.into(),
-            user: user.into(),
-            started_at_ms: unix_ms(started),
-            finished_at_ms: unix_ms(now),
-            duration_ms: now.duration_since(started).unwrap_or_default().as_millis() as u64,
-            outcome: "stopped".into(),
-            code: weir_sandbox::Outcome::Stopped.exit_code(),
             message: "The run was stopped because its client went away".into(),
-            output_bytes,
-            output_truncated: false,
-            recorded: false,
-            runtime: runtime.into(),
+            ..Self::ended_by_server(id, user, started, "stopped", output_bytes, runtime)
         }
     }
 }

@@ -196,7 +196,7 @@ async fn ended(state: &AppState, k: &Kernel, outcome: &str) {
         .metrics
         .run_finished(outcome, k.age(), k.output_bytes());
     tracing::info!(session_id = %k.id, outcome, "session ended");
-    let record = RunRecord::session_ended(
+    let record = RunRecord::ended_by_server(
         &k.id,
         &k.user,
         k.created,
