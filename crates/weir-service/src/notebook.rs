@@ -342,24 +342,19 @@ pub async fn run_cell(
         Err(ExecError::Ended) => {
             end(state, &k.id, "idle").await;
         }
-        // Counted below, and stored with the run's own outcome.
-        Ok(CellReport {
-            exit: Some(result), ..
-        }) => {
-            state.kernels.remove(&k.id);
-            let outcome = result.outcome.kind();
-            let record = RunRecord::finished(&k.id, &k.user, k.created, outcome, result, false);
-            state.history.store(record, None).await;
-        }
-        _ => {}
-    }
-    if let Ok(report) = &result {
-        state.metrics.cells_run.fetch_add(1, Relaxed);
-        if let Some(exit) = &report.exit {
-            let outcome = exit.outcome.kind();
-            state
-                .metrics
-                .run_finished(outcome, exit.duration, exit.output_bytes);
+        Err(ExecError::Busy) => {}
+        Ok(report) => {
+            state.metrics.cells_run.fetch_add(1, Relaxed);
+            // The session ended during the cell: counted and stored with the run's own outcome.
+            if let Some(exit) = &report.exit {
+                state.kernels.remove(&k.id);
+                let outcome = exit.outcome.kind();
+                state
+                    .metrics
+                    .run_finished(outcome, exit.duration, exit.output_bytes);
+                let record = RunRecord::finished(&k.id, &k.user, k.created, outcome, exit, false);
+                state.history.store(record, None).await;
+            }
         }
     }
     result

@@ -76,13 +76,17 @@ pub fn installed(site: &Path) -> Vec<Installed> {
         .unwrap_or_default()
 }
 
+/// The host's Python, which fetches and unpacks wheels: `$WEIR_PIP_PYTHON`, else `python3`.
+fn host_python() -> String {
+    std::env::var("WEIR_PIP_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
 /// Downloads `spec` (`NAME==VERSION`) with the host's pip into `dest`; returns the wheel.
 fn download(spec: &str, dest: &Path) -> Result<PathBuf, PackageError> {
     if !spec.contains("==") {
         return Err(PackageError::Unpinned(spec.into()));
     }
-    let python = std::env::var("WEIR_PIP_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = Command::new(python)
+    let out = Command::new(host_python())
         .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
         .args(["--disable-pip-version-check", "--quiet", "--dest"])
         .arg(dest)
@@ -112,8 +116,7 @@ fn download(spec: &str, dest: &Path) -> Result<PathBuf, PackageError> {
 /// Unpacks a wheel (a zip) into `site`, with the host's Python (its `zipfile` keeps every
 /// member inside the target directory).
 fn unpack(wheel: &Path, site: &Path) -> Result<(), PackageError> {
-    let python = std::env::var("WEIR_PIP_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = Command::new(python)
+    let out = Command::new(host_python())
         .args([
             "-c",
             "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])",
