@@ -178,6 +178,39 @@ fn parse_mount(spec: &str) -> anyhow::Result<Mount> {
     })
 }
 
+/// Where `weir run` writes the images a program shows: next to the script, named after it
+/// (`plot.py` → `plot-1.png`, `plot-2.png`…), or `weir-figure-N.png` in the working directory
+/// for `-c` code.
+struct Figures {
+    dir: std::path::PathBuf,
+    stem: String,
+    count: usize,
+}
+
+impl Figures {
+    fn next_to(script: Option<&std::path::Path>) -> Self {
+        let dir = script
+            .and_then(|p| p.parent())
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| std::path::PathBuf::from("."), |p| p.to_path_buf());
+        let stem = script
+            .and_then(|p| p.file_stem())
+            .map_or_else(|| "weir-figure".into(), |s| s.to_string_lossy().into_owned());
+        Figures {
+            dir,
+            stem,
+            count: 0,
+        }
+    }
+
+    fn save(&mut self, image: &weir_sandbox::event::Display) -> std::io::Result<std::path::PathBuf> {
+        self.count += 1;
+        let path = self.dir.join(format!("{}-{}.png", self.stem, self.count));
+        std::fs::write(&path, &image.data)?;
+        Ok(path)
+    }
+}
+
 /// Runs `weir run`; returns the process exit code. Its one run keeps the process's CPU priority
 /// whatever `$WEIR_BACKGROUND_NICE` says: there are no other runs for it to give way to.
 pub async fn run(args: RunArgs, mut settings: EngineSettings) -> anyhow::Result<i32> {
@@ -241,6 +274,7 @@ pub async fn run(args: RunArgs, mut settings: EngineSettings) -> anyhow::Result<
     let mut outcome = None;
     let mut log = OutputLog::default();
     let mut recorded = None;
+    let mut figures = Figures::next_to(args.script.as_deref());
     while let Some(event) = handle.next_event().await {
         if args.record.is_some() {
             recorded = log.observe(&event).or(recorded);
@@ -256,6 +290,19 @@ pub async fn run(args: RunArgs, mut settings: EngineSettings) -> anyhow::Result<
                 let _ = sink.flush().await;
             }
             Event::State(_) | Event::Cell(_) => {}
+            Event::Display(image) => {
+                let note = match figures.save(&image) {
+                    Ok(path) => format!(
+                        "weir: figure {}x{} saved to {}\n",
+                        image.width,
+                        image.height,
+                        path.display()
+                    ),
+                    Err(e) => format!("weir: cannot save a figure: {e}\n"),
+                };
+                let _ = stdout.flush().await;
+                let _ = stderr.write_all(note.as_bytes()).await;
+            }
             Event::Exit(result) => {
                 if !matches!(
                     result.outcome,

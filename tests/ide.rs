@@ -8,6 +8,8 @@ mod node;
 mod ws;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use weir_sandbox::runtime::sci::SciPython;
 use ws::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,7 +53,7 @@ async fn the_ide_works_end_to_end_in_chromium() {
     );
     // A flood must still be running when the test presses Stop: a large output limit.
     // Two runtimes, so the picker has a choice to make.
-    let server = server_with_runtimes(two_runtimes(), |c| {
+    let server = server_with_lazy_runtimes(two_runtimes(), vec![Arc::new(SciPython)], |c| {
         c.limits.output_bytes = 256 << 20;
         c.max_limits.output_bytes = 256 << 20;
         c.limits.wall_ms = 60_000;
@@ -73,6 +75,7 @@ async fn the_ide_works_end_to_end_in_chromium() {
     for step in [
         "the page loads and connects",
         "the runtime picker lists the server's runtimes",
+        "a matplotlib figure is shown inline",
         "two input() prompts",
         "while True: pass is stopped",
         "Interrupt raises KeyboardInterrupt where the loop runs",

@@ -104,7 +104,7 @@ async fn cell(handle: &mut RunHandle, code: &str) -> (String, String, CellEnd) {
                 }
             }
             Event::Cell(end) => return (stdout, stderr, end),
-            Event::State(_) => {}
+            Event::State(_) | Event::Display(_) => {}
             Event::Exit(r) => panic!("the session ended: {r:?}"),
         }
     }

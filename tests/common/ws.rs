@@ -30,6 +30,8 @@ fn test_config(f: impl FnOnce(&mut ServerConfig)) -> ServerConfig {
     config.history.path = temp_history();
     // Whatever packages this machine's operator installed, tests run without them.
     config.packages_dir = None;
+    // `python-sci` loads on its first run: tests that use it wait for it there.
+    config.prepare_runtimes = false;
     f(&mut config);
     config
 }
@@ -47,6 +49,19 @@ pub async fn server_with_runtimes(
     let config = test_config(f);
     let sandbox =
         Sandbox::with_runtimes(config.engine_settings(), runtimes).expect("sandbox loads");
+    start_with(config, sandbox).await.expect("server starts")
+}
+
+/// A test server whose sandbox hosts `eager` (loaded now, the first the default) and `lazy`
+/// (loaded by their first run).
+pub async fn server_with_lazy_runtimes(
+    eager: Vec<Arc<dyn Runtime>>,
+    lazy: Vec<Arc<dyn Runtime>>,
+    f: impl FnOnce(&mut ServerConfig),
+) -> RunningServer {
+    let config = test_config(f);
+    let sandbox = Sandbox::with_lazy_runtimes(config.engine_settings(), eager, lazy)
+        .expect("sandbox loads");
     start_with(config, sandbox).await.expect("server starts")
 }
 

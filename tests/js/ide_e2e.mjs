@@ -36,10 +36,11 @@ async function step(name, body) {
 }
 
 const consoleText = () => page.locator("#console").textContent();
-async function waitConsole(text) {
+async function waitConsole(text, timeout = 30_000) {
   await page.waitForFunction(
     (t) => document.getElementById("console").textContent.includes(t),
     text,
+    { timeout },
   );
 }
 async function waitOutcome(outcome) {
@@ -85,9 +86,10 @@ try {
   });
 
   await step("the runtime picker lists the server's runtimes and a run goes to the chosen one", async () => {
-    await page.waitForFunction(() => document.querySelectorAll("#runtime option").length === 2);
+    await page.waitForFunction(() => document.querySelectorAll("#runtime option").length === 4);
     const labels = await page.locator("#runtime option").allTextContents();
-    if (!labels[0].startsWith("python ") || !labels[1].startsWith("python-alt ")) {
+    if (labels[0] !== "auto" || !labels[1].startsWith("python ") || !labels[2].startsWith("python-alt ")
+        || !labels[3].startsWith("python-sci ")) {
       throw new Error(`picker: ${labels}`);
     }
     await page.locator("#runtime").selectOption("python-alt");
@@ -97,6 +99,28 @@ try {
     await waitOutcome("exited");
     const ran = await page.locator("#outcome").getAttribute("data-runtime");
     if (ran !== "python-alt") throw new Error(`the run went to ${ran}`);
+    await page.locator("#runtime").selectOption("python");
+  });
+
+  await step("a matplotlib figure is shown inline, after the text printed before it", async () => {
+    await page.locator("#runtime").selectOption("");
+    await setSource('import matplotlib.pyplot as plt\nprint("before")\nplt.plot([1, 3, 2])\nplt.show()\nprint("after")\n');
+    await page.locator("#run").click();
+    await waitConsole("after", 600_000);
+    await waitOutcome("exited");
+    const ran = await page.locator("#outcome").getAttribute("data-runtime");
+    if (ran !== "python-sci") throw new Error(`auto ran it in ${ran}`);
+    const figure = await page.evaluate(() => {
+      const img = document.querySelector("#console .figure img");
+      if (!img) return null;
+      const span = img.parentElement;
+      const order = (span.previousElementSibling?.textContent || "").includes("before")
+        && (span.nextElementSibling?.textContent || "").includes("after");
+      return { w: img.naturalWidth, h: img.naturalHeight, order };
+    });
+    if (!figure || figure.w < 100 || figure.h < 100 || !figure.order) {
+      throw new Error(`figure: ${JSON.stringify(figure)}`);
+    }
     await page.locator("#runtime").selectOption("python");
   });
 

@@ -147,7 +147,7 @@ async fn first_output(handle: &mut RunHandle) -> anyhow::Result<()> {
         match event {
             Event::Output { .. } => return Ok(()),
             Event::Exit(r) => anyhow::bail!("run ended without output: {}", r.message),
-            Event::State(_) | Event::Cell(_) => {}
+            Event::State(_) | Event::Cell(_) | Event::Display(_) => {}
         }
     }
     anyhow::bail!("run vanished")

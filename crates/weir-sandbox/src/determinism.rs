@@ -157,7 +157,7 @@ fn real_sleep<T: ClockView>(
 }
 
 /// The virtual clock's state and the guest's remaining fuel, if this run is deterministic.
-fn virtual_now<T: ClockView>(store: &StoreContextMut<'_, T>) -> Option<u64> {
+pub(crate) fn virtual_now<T: ClockView>(store: &StoreContextMut<'_, T>) -> Option<u64> {
     match store.data().clock() {
         GuestClock::Real => None,
         GuestClock::Virtual(c) => Some(c.elapsed_ns(store.get_fuel().unwrap_or(0))),

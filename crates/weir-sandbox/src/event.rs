@@ -110,6 +110,20 @@ pub struct CellEnd {
     pub exception: Option<CellException>,
 }
 
+/// An image the program showed (a matplotlib figure): delivered in order with the output, its
+/// bytes counted against the output limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Display {
+    /// Its media type; `image/png`.
+    pub mime: String,
+    /// The encoded image.
+    pub data: Bytes,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+}
+
 /// What a run reports, in order. `Exit` is always the last event.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -124,6 +138,8 @@ pub enum Event {
     State(RunState),
     /// A session's cell ended; its output came before this.
     Cell(CellEnd),
+    /// The program showed an image (`plt.show()`, or a figure open when it ended).
+    Display(Display),
     /// The run ended (always the last event).
     Exit(RunResult),
 }
@@ -151,6 +167,8 @@ pub struct Collected {
     pub states: Vec<RunState>,
     /// The cells that ended, in order (sessions only).
     pub cells: Vec<CellEnd>,
+    /// The images the program showed, in order.
+    pub displays: Vec<Display>,
     /// How the run ended (`None` only if it never reported).
     pub result: Option<RunResult>,
 }
@@ -168,6 +186,7 @@ impl Collected {
             }
             Event::State(s) => self.states.push(s),
             Event::Cell(c) => self.cells.push(c),
+            Event::Display(d) => self.displays.push(d),
             Event::Exit(result) => self.result = Some(result),
         }
     }

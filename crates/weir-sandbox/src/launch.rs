@@ -78,6 +78,9 @@ pub struct HostState {
     pub repl_started: bool,
     /// A session's cells, as they come (cell mode only).
     pub cells: Option<CellInbox>,
+    /// Where images the program shows go (behind its output); `None` before a run owns the
+    /// state.
+    pub output: Option<DisplayOutput>,
     /// A cell has been handed to the guest and has not reported its end: the one time
     /// `cell-done` counts (user code calling the interface itself gains nothing).
     pub cell_running: bool,
@@ -93,6 +96,16 @@ pub struct Cell {
     /// After `stdin`, the cell's reads wait for more (`RunControl::write_stdin`) until
     /// `RunControl::end_input` or the cell's end, instead of reading end of file at once.
     pub interactive: bool,
+}
+
+/// The run's output queue, where images go.
+#[derive(Clone)]
+pub struct DisplayOutput(pub Arc<OutputQueue>);
+
+impl std::fmt::Debug for DisplayOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DisplayOutput")
+    }
 }
 
 /// Where a session's guest takes its cells from, and what a cell's start resets.
@@ -120,6 +133,7 @@ impl HostState {
             cache_slot,
             repl_started: false,
             cells: None,
+            output: None,
             cell_running: false,
         }
     }

@@ -66,4 +66,4 @@ pub use outcome::Outcome;
 pub use request::{Mount, Program, RunRequest};
 pub use run::{CellError, RunControl, RunHandle};
 pub use runtime::{Runtime, RuntimeInfo};
-pub use sandbox::{InstanceStarts, Sandbox, StartError};
+pub use sandbox::{InstanceStarts, RuntimeStatus, Sandbox, StartError};

@@ -7,7 +7,7 @@
 //! Input: the caller's bytes arrive through a bounded channel; while the guest waits for them the
 //! stream tells the run driver, which reports `waiting_input` and switches to the idle clock.
 
-use crate::event::{Event, ReadLog, StreamKind};
+use crate::event::{Display, Event, ReadLog, StreamKind};
 use crate::interrupt::Interrupter;
 use crate::limits::human_bytes;
 use crate::priority::Priority;
@@ -254,6 +254,24 @@ impl OutputQueue {
         state.segments.push_back(Segment::Marker(event));
         drop(state);
         self.data.notify_one();
+    }
+
+    /// Queues an image behind the output so far. Its bytes count against the output cap: an
+    /// image past it is dropped, and the run ends as one whose text passed it.
+    pub fn push_display(&self, display: Display) -> Result<(), OutputLimitExceeded> {
+        {
+            let mut state = self.lock();
+            let budget = &mut state.budget;
+            let n = display.data.len() as u64;
+            let over = n > budget.cap.saturating_sub(budget.written);
+            budget.written = budget.written.saturating_add(n);
+            if over {
+                budget.truncated = true;
+                return Err(OutputLimitExceeded);
+            }
+        }
+        self.push_marker(Event::Display(display));
+        Ok(())
     }
 
     /// Whether output (or an event behind it) is waiting to be delivered.

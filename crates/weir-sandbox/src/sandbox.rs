@@ -16,7 +16,7 @@ use crate::pipes::{GuestStatus, GuestStdin, OutputQueue, StdinMode};
 use crate::priority::{CpuGate, Priority};
 use crate::request::{Program, RunRequest};
 use crate::run::{self, Foreground, RunHandle};
-use crate::runtime::{python::CPython, Runtime, RuntimeInfo};
+use crate::runtime::{python::CPython, GuestSetup, Runtime, RuntimeInfo};
 use crate::scratch::{Scratch, ScratchDirs, ScratchError};
 use crate::store::{GuestState, Parts};
 use crate::variant::EngineVariant;
@@ -24,6 +24,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch, Semaphore};
+use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, WasiCtx};
 
 /// Where the scratch directory appears inside the guest (also its working directory).
@@ -95,21 +96,83 @@ struct Inner {
     starts: StartCounts,
 }
 
-/// One runtime's engines: the plain one, loaded with the sandbox, and the fuel-metered one,
-/// loaded by the first metered run.
+/// One runtime's engines: the plain one, loaded with the sandbox (or, for a runtime added with
+/// [`Sandbox::with_lazy_runtimes`], by its first run or [`Sandbox::prepare`]), and the
+/// fuel-metered one, loaded by the first metered run.
 struct Engines {
     runtime: Arc<dyn Runtime>,
-    plain: Arc<EngineVariant>,
+    plain: tokio::sync::OnceCell<Arc<EngineVariant>>,
     fueled: tokio::sync::OnceCell<Arc<EngineVariant>>,
+    /// Why preparing the runtime failed, if it did (a later run tries again).
+    failed: std::sync::Mutex<Option<String>>,
+}
+
+/// Whether a runtime can take runs now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeStatus {
+    /// Loaded: runs start at once.
+    Ready,
+    /// Not loaded yet: the first run (or [`Sandbox::prepare`]) loads it, which takes minutes
+    /// the first time on a machine and seconds after.
+    NotLoaded,
+    /// The last attempt to load it failed, for this reason.
+    Failed(String),
 }
 
 impl Engines {
-    fn load(settings: &EngineSettings, runtime: Arc<dyn Runtime>) -> anyhow::Result<Self> {
-        Ok(Engines {
-            plain: Arc::new(EngineVariant::load(settings, runtime.clone(), false)?),
+    fn lazy(runtime: Arc<dyn Runtime>) -> Self {
+        Engines {
             runtime,
+            plain: tokio::sync::OnceCell::new(),
             fueled: tokio::sync::OnceCell::new(),
-        })
+            failed: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn load(settings: &EngineSettings, runtime: Arc<dyn Runtime>) -> anyhow::Result<Self> {
+        let plain = EngineVariant::load(settings, runtime.clone(), false)?;
+        let engines = Engines::lazy(runtime);
+        // A new cell: cannot already be set.
+        let _ = engines.plain.set(Arc::new(plain));
+        Ok(engines)
+    }
+
+    fn status(&self) -> RuntimeStatus {
+        if self.plain.initialized() {
+            return RuntimeStatus::Ready;
+        }
+        match self.failed.lock().map(|f| f.clone()) {
+            Ok(Some(reason)) => RuntimeStatus::Failed(reason),
+            _ => RuntimeStatus::NotLoaded,
+        }
+    }
+
+    /// The engine variant, loaded on a blocking thread first if needed.
+    async fn variant(
+        &self,
+        settings: &EngineSettings,
+        fuel: bool,
+    ) -> Result<Arc<EngineVariant>, StartError> {
+        let cell = match fuel {
+            true => &self.fueled,
+            false => &self.plain,
+        };
+        let settings = settings.clone();
+        let runtime = self.runtime.clone();
+        let loaded = cell
+            .get_or_try_init(|| async move {
+                tokio::task::spawn_blocking(move || EngineVariant::load(&settings, runtime, fuel))
+                    .await
+                    .map_err(|e| StartError::Internal(e.to_string()))?
+                    .map(Arc::new)
+                    .map_err(|e| StartError::Internal(format!("{e:#}")))
+            })
+            .await
+            .cloned();
+        if let (Err(e), Ok(mut failed)) = (&loaded, self.failed.lock()) {
+            *failed = Some(e.to_string());
+        }
+        loaded
     }
 }
 
@@ -132,10 +195,10 @@ pub struct InstanceStarts {
 }
 
 impl Sandbox {
-    /// Loads the engine and the default runtime, CPython ([`CPython`]), compiling its guest once
-    /// if it is not cached. Blocking.
+    /// [`Sandbox::standard`]: the default runtime, CPython ([`CPython`]), loaded now (its guest
+    /// compiled once if it is not cached), and `python-sci` on first use. Blocking.
     pub fn load(settings: EngineSettings) -> anyhow::Result<Self> {
-        Sandbox::with_runtimes(settings, vec![Arc::new(CPython)])
+        Sandbox::standard(settings)
     }
 
     /// Loads the engine and these runtimes (the first is the default). Blocking.
@@ -146,10 +209,33 @@ impl Sandbox {
         if runtimes.is_empty() {
             anyhow::bail!("a sandbox needs at least one runtime");
         }
-        let runtimes = runtimes
+        Sandbox::with_lazy_runtimes(settings, runtimes, Vec::new())
+    }
+
+    /// The standard runtimes: `python` (the default, loaded now) and `python-sci` (loaded by
+    /// its first run or by [`Sandbox::prepare`]). Blocking.
+    pub fn standard(settings: EngineSettings) -> anyhow::Result<Self> {
+        Sandbox::with_lazy_runtimes(
+            settings,
+            vec![Arc::new(CPython)],
+            vec![Arc::new(crate::runtime::sci::SciPython)],
+        )
+    }
+
+    /// Loads `eager` now (the first is the default) and `lazy` on first use. Blocking.
+    pub fn with_lazy_runtimes(
+        settings: EngineSettings,
+        eager: Vec<Arc<dyn Runtime>>,
+        lazy: Vec<Arc<dyn Runtime>>,
+    ) -> anyhow::Result<Self> {
+        if eager.is_empty() {
+            anyhow::bail!("a sandbox needs at least one runtime loaded at start");
+        }
+        let mut runtimes = eager
             .into_iter()
             .map(|runtime| Engines::load(&settings, runtime))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        runtimes.extend(lazy.into_iter().map(Engines::lazy));
         let slots = Arc::new(Semaphore::new(settings.max_instances as usize));
         let cpu = Arc::new(CpuGate::new(settings.foreground_for, settings.max_give_way));
         let scratch_dirs = ScratchDirs::new()
@@ -215,6 +301,32 @@ impl Sandbox {
         self.inner.runtimes.iter().map(|e| e.runtime.info())
     }
 
+    /// The runtime a request that names none runs in: `python-sci` when this sandbox hosts it and
+    /// the program imports a module only it has ([`crate::runtime::sci::wants`]), else the
+    /// default.
+    pub fn auto_runtime(&self, req: &RunRequest) -> Option<String> {
+        let sci = crate::runtime::sci::NAME;
+        self.inner.runtimes.iter().find(|e| e.runtime.info().name == sci)?;
+        let source = match &req.program {
+            Program::Code(code) => code.as_str(),
+            Program::Script { source, .. } => std::str::from_utf8(source).ok()?,
+        };
+        crate::runtime::sci::wants(source).then(|| sci.to_string())
+    }
+
+    /// Whether the runtime `name` selects can take runs now.
+    pub fn runtime_status(&self, name: &str) -> Result<RuntimeStatus, StartError> {
+        self.engines(Some(name)).map(Engines::status)
+    }
+
+    /// Loads the runtime `name` selects, if it is not loaded yet (minutes the first time on a
+    /// machine: see the runtime). Runs of it wait for this; a server calls it in the
+    /// background at start.
+    pub async fn prepare(&self, name: &str) -> Result<(), StartError> {
+        let engines = self.engines(Some(name))?;
+        engines.variant(&self.inner.settings, false).await.map(|_| ())
+    }
+
     /// The runtime `name` selects (its name or an alias); `None`: the default.
     pub fn runtime(&self, name: Option<&str>) -> Result<&RuntimeInfo, StartError> {
         self.engines(name).map(|e| e.runtime.info())
@@ -249,22 +361,9 @@ impl Sandbox {
         limits: &Limits,
     ) -> Result<Arc<EngineVariant>, StartError> {
         let engines = self.engines(runtime)?;
-        if limits.cpu_fuel.is_none() {
-            return Ok(engines.plain.clone());
-        }
-        let settings = self.inner.settings.clone();
-        let runtime = engines.runtime.clone();
         engines
-            .fueled
-            .get_or_try_init(|| async move {
-                tokio::task::spawn_blocking(move || EngineVariant::load(&settings, runtime, true))
-                    .await
-                    .map_err(|e| StartError::Internal(e.to_string()))?
-                    .map(Arc::new)
-                    .map_err(|e| StartError::Internal(format!("{e:#}")))
-            })
+            .variant(&self.inner.settings, limits.cpu_fuel.is_some())
             .await
-            .cloned()
     }
 
     /// Starts a run in a fresh store. The returned handle owns the run: dropping it stops the
@@ -273,7 +372,8 @@ impl Sandbox {
         let limits = req.effective_limits();
         limits.validate()?;
         let return_files = crate::files::patterns(&req.return_files)?;
-        let variant = self.variant(req.runtime.as_deref(), &limits).await?;
+        let runtime = req.runtime.clone().or_else(|| self.auto_runtime(&req));
+        let variant = self.variant(runtime.as_deref(), &limits).await?;
         let slot = self
             .inner
             .slots
@@ -320,12 +420,23 @@ impl Sandbox {
             .as_ref()
             .or(self.inner.settings.packages.as_ref())
             .map(|root| root.join(&variant.runtime.info().name))
-            .filter(|dir| dir.is_dir());
-        let wasi = wasi_context(&req, &scratch, &pipes, &stdin, site.as_deref())?;
+            .filter(|dir| dir.is_dir() && !variant.instantiator.guest.setup().fixed_mounts);
+        let setup = variant.instantiator.guest.setup();
+        if setup.fixed_mounts && !req.mounts.is_empty() {
+            return Err(StartError::Mount {
+                path: req.mounts[0].host.display().to_string(),
+                reason: format!(
+                    "the {} runtime cannot mount directories; pass files instead",
+                    variant.runtime.info().name
+                ),
+            });
+        }
+        let wasi = wasi_context(&req, setup, &scratch, &pipes, &stdin, site.as_deref())?;
         let mut host = self.launch(&req, &limits, &variant.runtime.info().name);
         host.launch.args = argv(&req);
-        host.launch.env = req.env.clone();
+        host.launch.env = environment(&req, setup);
         host.launch.cwd = GUEST_DIR.to_string();
+        host.output = Some(crate::launch::DisplayOutput(pipes.clone()));
         if site.is_some() {
             host.launch.path = vec![SITE_DIR.to_string()];
         }
@@ -468,19 +579,32 @@ fn argv(req: &RunRequest) -> Vec<String> {
         .collect()
 }
 
+/// The run's environment: the runtime's variables, then the run's own (which win).
+fn environment(req: &RunRequest, setup: &GuestSetup) -> Vec<(String, String)> {
+    let own = |k: &String| req.env.iter().any(|(name, _)| name == k);
+    setup
+        .env
+        .iter()
+        .filter(|(k, _)| !own(k))
+        .cloned()
+        .chain(req.env.iter().cloned())
+        .collect()
+}
+
 fn wasi_context(
     req: &RunRequest,
+    setup: &GuestSetup,
     scratch: &Scratch,
     pipes: &Arc<OutputQueue>,
     stdin: &GuestStdin,
     site: Option<&Path>,
-) -> Result<WasiCtx, StartError> {
+) -> Result<WasiP1Ctx, StartError> {
     let mut b = WasiCtx::builder();
     b.stdin(stdin.clone())
         .stdout(pipes.stream(StreamKind::Stdout))
         .stderr(pipes.stream(StreamKind::Stderr))
         .args(&argv(req))
-        .envs(&req.env)
+        .envs(&environment(req, setup))
         .initial_cwd(GUEST_DIR)
         .allow_tcp(false)
         .allow_udp(false)
@@ -488,6 +612,10 @@ fn wasi_context(
         .allow_blocking_current_thread(true);
     if let Some(seed) = req.deterministic {
         seed.seed_random(&mut b);
+    }
+    for (host, guest) in &setup.mounts {
+        b.preopened_dir(host, guest, FsPerms::ReadOnly)
+            .map_err(|e| StartError::Internal(format!("cannot mount {guest}: {e:#}")))?;
     }
     b.preopened_dir(scratch.path(), GUEST_DIR, FsPerms::ReadWrite)
         .map_err(|e| StartError::Internal(format!("cannot open scratch dir: {e:#}")))?;
@@ -510,5 +638,5 @@ fn wasi_context(
                 reason: format!("{e:#}"),
             })?;
     }
-    Ok(b.build())
+    Ok(b.build_p1())
 }

@@ -3,7 +3,7 @@
 
 use crate::compile_cache::{CacheSlot, MAX_ENTRY_BYTES};
 use crate::determinism::{ClockView, GuestClock};
-use crate::event::{CellEnd, Event};
+use crate::event::{CellEnd, Display, Event};
 use crate::interrupt::Interrupter;
 use crate::launch::{take_launch, HostState, Launch, Uncaught};
 use crate::limits::MemoryLimiter;
@@ -13,15 +13,16 @@ use crate::scratch::Scratch;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit};
-use wasmtime::component::ResourceTable;
 use wasmtime::StoreContextMut;
+use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// A store's data: the WASI context and everything the run's host side tracks. A runtime's host
 /// functions see it through [`launch`] and the methods below.
 pub struct GuestState {
-    wasi: WasiCtx,
-    table: ResourceTable,
+    /// The WASI context and its resource table. A preview-1 context also serves preview 2
+    /// ([`WasiView`]): one type for component guests and core-module guests alike.
+    wasi: WasiP1Ctx,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) host: HostState,
     pub(crate) status: watch::Sender<GuestStatus>,
@@ -44,7 +45,7 @@ struct Holdings {
 
 /// The parts of a run's state, before its store exists.
 pub(crate) struct Parts {
-    pub wasi: WasiCtx,
+    pub wasi: WasiP1Ctx,
     pub limiter: MemoryLimiter,
     pub host: HostState,
     pub status: watch::Sender<GuestStatus>,
@@ -61,7 +62,6 @@ impl GuestState {
     pub(crate) fn new(parts: Parts) -> Self {
         GuestState {
             wasi: parts.wasi,
-            table: ResourceTable::new(),
             limiter: parts.limiter,
             host: parts.host,
             status: parts.status,
@@ -80,8 +80,7 @@ impl GuestState {
     /// largest memory limit. Replaced by the run's own state before the guest starts.
     pub(crate) fn placeholder() -> Self {
         GuestState {
-            wasi: WasiCtx::builder().build(),
-            table: ResourceTable::new(),
+            wasi: WasiCtx::builder().build_p1(),
             limiter: MemoryLimiter::new(crate::limits::MAX_MEMORY_BYTES),
             host: HostState::new(Launch::plain(String::new(), None, false), CacheSlot::Closed),
             status: watch::channel(GuestStatus::default()).0,
@@ -97,7 +96,7 @@ impl GuestState {
     /// instance waiting for its launch): everything but the resource table, which holds
     /// whatever the guest has opened so far. The guest has run no code of its own yet.
     pub(crate) fn take_over(&mut self, mut run: Box<GuestState>) {
-        std::mem::swap(&mut run.table, &mut self.table);
+        std::mem::swap(run.wasi.ctx().table, self.wasi.ctx().table);
         run.limiter.starts_at(self.limiter.peak());
         run.interrupter.take_target_from(&self.interrupter);
         *self = *run;
@@ -134,6 +133,15 @@ impl GuestState {
         if let Some(inbox) = &self.host.cells {
             inbox.stdin.end_cell();
             inbox.output.push_marker(Event::Cell(end));
+        }
+    }
+
+    /// The program showed an image: queued behind its output, counted against the output cap
+    /// (past it, the run ends as one whose output passed it).
+    pub fn display(&mut self, display: Display) -> wasmtime::Result<()> {
+        match &self.host.output {
+            Some(output) => output.0.push_display(display).map_err(wasmtime::Error::new),
+            None => Ok(()),
         }
     }
 
@@ -190,10 +198,14 @@ pub async fn next_cell(store: &mut StoreContextMut<'_, GuestState>) -> Option<St
 
 impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        self.wasi.ctx()
+    }
+}
+
+impl GuestState {
+    /// The preview-1 view of the WASI context, for core-module guests.
+    pub fn wasi_p1(&mut self) -> &mut WasiP1Ctx {
+        &mut self.wasi
     }
 }
 

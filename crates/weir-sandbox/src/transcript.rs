@@ -271,7 +271,7 @@ impl OutputLog {
                 self.push(*stream, data);
                 None
             }
-            Event::State(_) | Event::Cell(_) => None,
+            Event::State(_) | Event::Cell(_) | Event::Display(_) => None,
             Event::Exit(result) => Some(result.clone()),
         }
     }

@@ -43,10 +43,22 @@ async fn runtimes(State(state): State<Arc<AppState>>) -> Json<Value> {
                 "aliases": r.aliases,
                 "build": r.build,
                 "default": i == 0,
+                "status": status(&state.sandbox, &r.name),
             })
         })
         .collect();
     Json(Value::Array(list))
+}
+
+/// `ready`, `preparing` (not loaded yet: its first run, or the server's start, loads it), or
+/// `failed: REASON`.
+pub(crate) fn status(sandbox: &weir_sandbox::Sandbox, name: &str) -> String {
+    match sandbox.runtime_status(name) {
+        Ok(weir_sandbox::RuntimeStatus::Ready) => "ready".into(),
+        Ok(weir_sandbox::RuntimeStatus::NotLoaded) => "preparing".into(),
+        Ok(weir_sandbox::RuntimeStatus::Failed(reason)) => format!("failed: {reason}"),
+        Err(e) => format!("failed: {e}"),
+    }
 }
 
 /// A JSON error body: `{"error": message}`.
@@ -169,5 +181,11 @@ async fn create_run(
     );
     body["stdout"] = json!(Data::from_bytes(&finished.collected.stdout));
     body["stderr"] = json!(Data::from_bytes(&finished.collected.stderr));
+    body["display"] = finished
+        .collected
+        .displays
+        .iter()
+        .map(protocol::display_value)
+        .collect();
     Json(body).into_response()
 }

@@ -63,6 +63,11 @@ pub struct ServerConfig {
     /// Packages the server installs into the default runtime's site at start if they are
     /// missing (`NAME==VERSION` or a wheel file, as `weir packages add` takes them).
     pub packages: Vec<String>,
+    /// Load the runtimes that are not loaded at start (`python-sci`) in the background as soon
+    /// as the server listens, rather than on their first run. The first time on a machine this
+    /// takes minutes (fetch, pre-initialize, compile); `GET /v1/runtimes` says `preparing`
+    /// until it is done. Default: true.
+    pub prepare_runtimes: bool,
     /// Run history: database path and retention.
     pub history: HistoryConfig,
 }
@@ -100,6 +105,7 @@ impl Default for ServerConfig {
             compile_cache_bytes: EngineSettings::default().compile_cache_bytes,
             packages_dir: crate::packages::default_root(),
             packages: Vec::new(),
+            prepare_runtimes: true,
             history: HistoryConfig::default(),
         }
     }

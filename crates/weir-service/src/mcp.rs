@@ -408,7 +408,23 @@ fn cell_result(report: &crate::kernel::CellReport) -> rmcp::model::CallToolResul
     }
     append_stream(&mut text, "stdout", &report.output.stdout);
     append_stream(&mut text, "stderr", &report.output.stderr);
-    answer(outcome == "ok", text)
+    let mut content = vec![ContentBlock::text(text)];
+    content.extend(images(&report.output.displays));
+    match outcome == "ok" {
+        true => rmcp::model::CallToolResult::success(content),
+        false => rmcp::model::CallToolResult::error(content),
+    }
+}
+
+/// The figures a run or cell showed, as MCP image content (base64 PNG).
+fn images(displays: &[weir_sandbox::event::Display]) -> impl Iterator<Item = ContentBlock> + '_ {
+    use base64::Engine as _;
+    displays.iter().map(|d| {
+        ContentBlock::image(
+            base64::engine::general_purpose::STANDARD.encode(&d.data),
+            d.mime.clone(),
+        )
+    })
 }
 
 #[tool_handler(router = self.tool_router)]
@@ -435,7 +451,8 @@ fn tool_result(finished: &Finished) -> rmcp::model::CallToolResult {
     );
     append_stream(&mut text, "stdout", &finished.collected.stdout);
     append_stream(&mut text, "stderr", &finished.collected.stderr);
-    let content = vec![ContentBlock::text(text)];
+    let mut content = vec![ContentBlock::text(text)];
+    content.extend(images(&finished.collected.displays));
     if finished.outcome == "exited" && result.outcome.exit_code() == 0 {
         rmcp::model::CallToolResult::success(content)
     } else {

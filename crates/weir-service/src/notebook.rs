@@ -381,7 +381,7 @@ pub fn report_json(report: &CellReport) -> Value {
         "result": end.value,
         "stdout": Data::from_bytes(&report.output.stdout),
         "stderr": Data::from_bytes(&report.output.stderr),
-        "display": [],
+        "display": report.output.displays.iter().map(crate::protocol::display_value).collect::<Vec<_>>(),
         "duration_ms": report.duration.as_millis() as u64,
         "session_ended": report.exit.is_some(),
     });

@@ -267,6 +267,24 @@ pub fn output(run_id: &str, stream: StreamKind, data: &[u8], seq: u64) -> String
     )
 }
 
+/// An image's JSON form: `mime`, `data` (base64), `width`, `height`.
+pub fn display_value(display: &weir_sandbox::event::Display) -> Value {
+    use base64::Engine as _;
+    json!({
+        "mime": display.mime,
+        "data": base64::engine::general_purpose::STANDARD.encode(&display.data),
+        "width": display.width,
+        "height": display.height,
+    })
+}
+
+/// `display` notification: an image the program showed, in order with its output.
+pub fn display(run_id: &str, display: &weir_sandbox::event::Display) -> String {
+    let mut params = display_value(display);
+    params["run_id"] = json!(run_id);
+    notification("display", params)
+}
+
 pub fn state(run_id: &str, state: RunState) -> String {
     notification("state", json!({"run_id": run_id, "state": state}))
 }

@@ -27,6 +27,8 @@ pub struct RunningServer {
     task: AbortOnDrop,
     /// Removes idle stateful sessions (`crate::notebook::reap`).
     _reaper: AbortOnDrop,
+    /// Loads the runtimes not loaded at start (`ServerConfig::prepare_runtimes`).
+    _preparer: Option<AbortOnDrop>,
 }
 
 impl RunningServer {
@@ -81,12 +83,30 @@ pub async fn start_with(config: ServerConfig, sandbox: Sandbox) -> anyhow::Resul
     let app = router(state.clone());
     let task = tokio::spawn(serve_connections(listener, app, state.clone()));
     let reaper = tokio::spawn(crate::notebook::reap(state.clone()));
+    let preparer = state
+        .config
+        .prepare_runtimes
+        .then(|| AbortOnDrop(tokio::spawn(prepare_runtimes(state.sandbox.clone()))));
     Ok(RunningServer {
         addr,
         state,
         task: AbortOnDrop(task),
         _reaper: AbortOnDrop(reaper),
+        _preparer: preparer,
     })
+}
+
+/// Loads every runtime not loaded yet, one after the other; a failure is logged (and shown in
+/// `GET /v1/runtimes`), and the runtime's first run tries again.
+async fn prepare_runtimes(sandbox: Sandbox) {
+    let names: Vec<String> = sandbox.runtimes().map(|r| r.name.clone()).collect();
+    for name in names {
+        if let Err(e) = sandbox.prepare(&name).await {
+            tracing::warn!(runtime = %name, error = %e, "cannot prepare the runtime");
+        } else {
+            tracing::info!(runtime = %name, "runtime ready");
+        }
+    }
 }
 
 /// Accepts and serves connections (at most `max_connections` at once; more wait in the

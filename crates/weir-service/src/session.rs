@@ -307,6 +307,7 @@ impl Session {
                 protocol::output(&active.id, stream, &data, active.seq)
             }
             Some(Event::State(state)) => protocol::state(&active.id, state),
+            Some(Event::Display(image)) => protocol::display(&active.id, &image),
             // Runs started here are never sessions: no cells end.
             Some(Event::Cell(_)) => return,
             Some(Event::Exit(result)) => {

@@ -19,5 +19,6 @@
 pub mod artifact;
 mod plugin;
 pub mod python;
+pub mod sci;
 
-pub use plugin::{CallResult, Footprint, GuestCall, Loaded, Runtime, RuntimeInfo};
+pub use plugin::{CallResult, Footprint, GuestCall, GuestSetup, Loaded, Runtime, RuntimeInfo};

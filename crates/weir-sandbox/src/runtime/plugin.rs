@@ -4,7 +4,7 @@ use crate::launch::Uncaught;
 use crate::outcome::Outcome;
 use crate::store::GuestState;
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use wasmtime::{Engine, Store};
@@ -43,6 +43,11 @@ pub struct Footprint {
     pub memories: u32,
     /// Tables.
     pub tables: u32,
+    /// GC heaps (a module using exception handling keeps its thrown exceptions in one); each is
+    /// backed by one of the pool's memories, counted in `memories` too.
+    pub gc_heaps: u32,
+    /// Largest linear memory, bytes: the pool reserves this much address space per memory.
+    pub max_memory_bytes: u64,
 }
 
 /// What a guest's entry point returned: `Err` for a trap or a host error, `Ok(Err(()))` when the
@@ -80,8 +85,30 @@ pub trait Runtime: Send + Sync + 'static {
     }
 }
 
+/// What a runtime's guest needs in every run's WASI context beyond the run's own.
+#[derive(Debug, Clone, Default)]
+pub struct GuestSetup {
+    /// Environment variables added to the run's (the run's own win).
+    pub env: Vec<(String, String)>,
+    /// Read-only directories, `(host, guest path)`, mounted before the run's own.
+    pub mounts: Vec<(PathBuf, String)>,
+    /// The guest sees only these and the working directory: a run asking for more mounts, or
+    /// for a package site, is refused.
+    pub fixed_mounts: bool,
+}
+
 /// A runtime compiled and linked for one engine.
 pub trait Loaded: Send + Sync + 'static {
+    /// What every run's WASI context needs for this guest; nothing by default.
+    fn setup(&self) -> &GuestSetup {
+        static NONE: GuestSetup = GuestSetup {
+            env: Vec::new(),
+            mounts: Vec::new(),
+            fixed_mounts: false,
+        };
+        &NONE
+    }
+
     /// Instantiates the guest in `store` and calls its entry point until the program ends. The
     /// guest asks for its launch first ([`store::launch`](crate::store::launch)).
     fn call<'a>(

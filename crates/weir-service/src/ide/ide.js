@@ -239,12 +239,36 @@ function countLines(text) {
   return n;
 }
 
+/** Queues an image the program showed (`display`) for the console, in order with its text. */
+function show(image) {
+  out.pending.push(["img", image]);
+  if (!out.scheduled) {
+    out.scheduled = true;
+    requestAnimationFrame(flush);
+  }
+}
+
+/** Appends an image as a span of its own (one line of the console's budget). */
+function appendImage(frag, image) {
+  const node = document.createElement("span");
+  node.className = "figure";
+  const img = document.createElement("img");
+  img.src = `data:${image.mime};base64,${image.data}`;
+  img.width = image.width;
+  img.height = image.height;
+  img.alt = "figure";
+  node.append(img);
+  frag.append(node);
+  out.spans.push({ node, cls: "img", chars: 0, lines: 1, parts: [] });
+  out.lines += 1;
+}
+
 /** Queues text for the console; rendering happens once per animation frame, so a flood costs
  * one DOM update per frame however many messages arrive. */
 function write(cls, text) {
   if (!text) return;
   const last = out.pending[out.pending.length - 1];
-  if (last && last[0] === cls && cls !== "end") last[1] += text;
+  if (last && last[0] === cls && cls !== "end" && cls !== "img") last[1] += text;
   else out.pending.push([cls, text]);
   out.pendingChars += text.length;
   // Faster than the page renders: keep only what the console could show anyway.
@@ -275,7 +299,7 @@ function trimPending() {
 function appendText(frag, cls, text) {
   let tail = out.spans.length > out.first ? out.spans[out.spans.length - 1] : null;
   while (text) {
-    if (!tail || tail.cls !== cls || cls === "end" || tail.lines >= SPAN_LINES || tail.chars >= SPAN_CHARS) {
+    if (!tail || tail.cls !== cls || tail.cls === "img" || cls === "end" || tail.lines >= SPAN_LINES || tail.chars >= SPAN_CHARS) {
       const node = document.createElement("span");
       node.className = cls;
       frag.append(node);
@@ -308,12 +332,16 @@ function flush() {
   const frag = document.createDocumentFragment();
   const before = out.spans.length;
   const touched = out.spans.length > out.first ? out.spans[out.spans.length - 1] : null;
-  for (const [cls, text] of out.pending) appendText(frag, cls, text);
+  for (const [cls, item] of out.pending) {
+    if (cls === "img") appendImage(frag, item);
+    else appendText(frag, cls, item);
+  }
   out.pending = [];
   out.pendingChars = 0;
-  // Spans written this frame get their text once.
-  if (touched) touched.node.textContent = touched.parts.join("");
-  for (let i = before; i < out.spans.length; i++) out.spans[i].node.textContent = out.spans[i].parts.join("");
+  // Spans written this frame get their text once (an image's span holds its image).
+  const text = (span) => span.cls !== "img" && (span.node.textContent = span.parts.join(""));
+  if (touched) text(touched);
+  for (let i = before; i < out.spans.length; i++) text(out.spans[i]);
   con.append(frag);
   while ((out.lines > KEEP_LINES || out.chars > KEEP_CHARS) && out.spans.length - out.first > 1) {
     const old = out.spans[out.first];
@@ -469,6 +497,9 @@ function receive(msg) {
   switch (msg.method) {
     case "output":
       write(p.stream === "stderr" ? "err" : "out", p.data);
+      break;
+    case "display":
+      if (p.mime === "image/png" && typeof p.data === "string") show(p);
       break;
     case "state":
       if (run === runs.current) setRunState(p.state);
@@ -630,11 +661,15 @@ async function loadRuntimes() {
     const response = await fetch("v1/runtimes");
     if (!response.ok) return;
     const list = await response.json();
-    picker.replaceChildren(...list.map((r) => {
+    const auto = document.createElement("option");
+    auto.value = "";
+    auto.textContent = "auto";
+    auto.title = "the default runtime, or python-sci when the program imports a package only it has";
+    picker.replaceChildren(auto, ...list.map((r) => {
       const option = document.createElement("option");
       option.value = r.name;
-      option.textContent = `${r.name} ${r.version}`;
-      option.selected = r.default;
+      const note = r.status && r.status !== "ready" ? ` (${r.status.split(":")[0]})` : "";
+      option.textContent = `${r.name} ${r.version}${note}`;
       return option;
     }));
   } catch (e) {

@@ -298,8 +298,8 @@ impl Connection {
                     .await;
                 None
             }
-            // Piston jobs are never sessions: no cells end.
-            Some(Event::State(_) | Event::Cell(_)) => None,
+            // Piston jobs are never sessions: no cells end. Piston's protocol carries no images.
+            Some(Event::State(_) | Event::Cell(_) | Event::Display(_)) => None,
             Some(Event::Exit(result)) => {
                 let job = self.job.take()?;
                 let outcome = if job.shutdown_stop {

@@ -57,6 +57,8 @@ const FOOTPRINT: Footprint = Footprint {
     core_instances: 16,
     memories: 4,
     tables: 8,
+    gc_heaps: 0,
+    max_memory_bytes: crate::limits::MAX_MEMORY_BYTES,
 };
 
 /// CPython's message when an object size does not fit in `Py_ssize_t`.

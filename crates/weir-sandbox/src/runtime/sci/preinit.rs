@@ -1,0 +1,211 @@
+//! Pre-initialization: the module with numpy, pandas, scipy, scikit-learn and matplotlib already
+//! imported, and weir's runner loaded, snapshotted into a new module with `wasmtime-wizer`'s
+//! rewriting half. The module is instrumented (its globals exported), instantiated on an engine
+//! of its own, made to import everything in one `turn`, and its memory and globals are written
+//! back as the new module's data and initial values. A run then starts from that state: its
+//! imports cost nothing.
+
+use super::artifact::{self, Files};
+use super::RUNNER_SOURCE;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use wasmtime::{Config, Engine, Instance, Linker, Module, Store, Val};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{FsPerms, WasiCtx};
+use wasmtime_wizer::{InstanceState, SnapshotVal, Wizer};
+
+/// Modules imported before the snapshot, so a run's `import` finds them loaded.
+pub const PREIMPORT: &[&str] = &[
+    "numpy",
+    "pandas",
+    "scipy",
+    "scipy.optimize",
+    "scipy.stats",
+    "scipy.linalg",
+    "scipy.integrate",
+    "scipy.interpolate",
+    "scipy.signal",
+    "scipy.sparse",
+    "sklearn",
+    "sklearn.linear_model",
+    "sklearn.model_selection",
+    "sklearn.preprocessing",
+    "sklearn.metrics",
+    "sklearn.cluster",
+    "sklearn.tree",
+    "sklearn.ensemble",
+    "matplotlib",
+    "matplotlib.pyplot",
+    "csv",
+    "json",
+    "statistics",
+];
+
+/// Bytes of captured output kept from the pre-initialization, for its error message.
+const OUTPUT_KEPT: usize = 64 << 10;
+
+/// What identifies a pre-initialized module: the artifact, the runner, the imports and weir's
+/// wasmtime (the snapshot's format).
+pub fn build_id() -> String {
+    let mut key = Sha256::new();
+    key.update(artifact::MODULE_SHA256.as_bytes());
+    key.update(RUNNER_SOURCE.as_bytes());
+    for name in PREIMPORT {
+        key.update(name.as_bytes());
+        key.update([0]);
+    }
+    key.update(format!("{:?} {}", super::ENV, crate::sandbox::GUEST_DIR).as_bytes());
+    key.update(crate::runtime::artifact::WASMTIME_VERSION.as_bytes());
+    hex::encode(&key.finalize()[..16])
+}
+
+/// The pre-initialized module's file under `cache_dir`, made first if missing (once per
+/// machine, under a lock). Blocking: minutes the first time (one compile of the original module
+/// and the imports), a stat after.
+pub fn ensure(cache_dir: &Path, files: &Files) -> anyhow::Result<PathBuf> {
+    let path = cache_dir.join(format!("python-sci-{}.wasm", build_id()));
+    if path.is_file() {
+        return Ok(path);
+    }
+    let _lock = crate::runtime::artifact::FileLock::acquire(&path.with_extension("lock"))?;
+    if path.is_file() {
+        return Ok(path);
+    }
+    eprintln!("weir: pre-initializing python-sci (numpy, pandas, scipy, scikit-learn, matplotlib); once, a few minutes");
+    let started = std::time::Instant::now();
+    let wasm = snapshot(files)?;
+    crate::runtime::artifact::write_atomically(&path, &wasm)?;
+    eprintln!(
+        "weir: pre-initialized python-sci in {:.1} s ({} MB)",
+        started.elapsed().as_secs_f64(),
+        wasm.len() >> 20
+    );
+    Ok(path)
+}
+
+/// Runs the imports in an instrumented instance and returns the snapshot module.
+fn snapshot(files: &Files) -> anyhow::Result<Vec<u8>> {
+    let wasm = std::fs::read(&files.module)?;
+    let got = hex::encode(Sha256::digest(&wasm));
+    if got != artifact::MODULE_SHA256 {
+        anyhow::bail!("{} changed after it was verified", files.module.display());
+    }
+    let wizer = Wizer::new();
+    let (cx, instrumented) = wizer
+        .instrument(&wasm)
+        .map_err(|e| anyhow::anyhow!("cannot instrument python-sci: {e:#}"))?;
+    let mut config = Config::new();
+    config
+        .wasm_exceptions(true)
+        .max_wasm_stack(8 << 20)
+        .async_stack_size(10 << 20);
+    let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let module = Module::new(&engine, &instrumented)
+        .map_err(|e| anyhow::anyhow!("cannot compile python-sci: {e:#}"))?;
+    let tmp = tempfile::tempdir()?;
+    let output = MemoryOutputPipe::new(OUTPUT_KEPT);
+    let mut b = WasiCtx::builder();
+    b.args(&["python"]).stdout(output.clone()).stderr(output.clone());
+    for (name, value) in super::ENV {
+        b.env(name, value);
+    }
+    b.preopened_dir(&files.stdlib_dir, artifact::STDLIB_GUEST, FsPerms::ReadOnly)?;
+    b.preopened_dir(&files.mpl_data, artifact::MPL_DATA_GUEST, FsPerms::ReadOnly)?;
+    // The C library keeps the directories it found here for every run of the snapshot: a run
+    // must mount the same ones in the same order (`super::setup`), its working directory third.
+    b.preopened_dir(tmp.path(), crate::sandbox::GUEST_DIR, FsPerms::ReadWrite)?;
+    let mut store = Store::new(&engine, b.build_p1());
+    let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
+    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| s)
+        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    // No host is bound to the door while pre-initializing.
+    linker
+        .func_wrap("host", "call", |_: i32, _: i32, _: i32, _: i32| -> i32 { -1 })
+        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let instance = linker
+        .instantiate(&mut store, &module)
+        .map_err(|e| anyhow::anyhow!("cannot instantiate python-sci: {e:#}"))?;
+    let status = turn(&mut store, &instance, &init_source()).map_err(|e| {
+        anyhow::anyhow!(
+            "pre-initializing python-sci failed: {e:#}\n{}",
+            String::from_utf8_lossy(&output.contents())
+        )
+    })?;
+    if status != 0 {
+        anyhow::bail!(
+            "pre-initializing python-sci failed (status {status}):\n{}",
+            String::from_utf8_lossy(&output.contents())
+        );
+    }
+    let mut state = Snapshotting {
+        store: &mut store,
+        instance,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    rt.block_on(wizer.snapshot(&cx, &mut state))
+        .map_err(|e| anyhow::anyhow!("cannot snapshot python-sci: {e:#}"))
+}
+
+/// The one turn that loads the runner as `_weir` and imports everything.
+fn init_source() -> String {
+    format!(
+        "import sys as _s, types as _t\n\
+         _m = _t.ModuleType('_weir')\n\
+         _m.__file__ = '<weir>'\n\
+         exec(compile({runner:?}, '<weir>', 'exec', dont_inherit=True), _m.__dict__)\n\
+         _s.modules['_weir'] = _m\n\
+         _m._preimport({names:?})\n\
+         del _s, _t, _m\n\
+         import gc as _gc\n\
+         _gc.collect()\n\
+         _gc.freeze()\n\
+         del _gc\n",
+        runner = RUNNER_SOURCE,
+        names = PREIMPORT,
+    )
+}
+
+/// Runs `source` as one turn of the guest's session interface; its status (0: no exception).
+fn turn(store: &mut Store<WasiP1Ctx>, instance: &Instance, source: &str) -> anyhow::Result<i32> {
+    let alloc = instance.get_typed_func::<i32, i32>(&mut *store, "host_alloc")?;
+    let turn = instance.get_typed_func::<(i32, i32), i32>(&mut *store, "turn")?;
+    let memory = instance
+        .get_memory(&mut *store, "memory")
+        .ok_or_else(|| anyhow::anyhow!("python-sci exports no memory"))?;
+    let len = i32::try_from(source.len())?;
+    let ptr = alloc.call(&mut *store, len)?;
+    memory.write(&mut *store, ptr as u32 as usize, source.as_bytes())?;
+    Ok(turn.call(&mut *store, (ptr, len))?)
+}
+
+/// The instance's state as `wasmtime-wizer` reads it.
+struct Snapshotting<'a> {
+    store: &'a mut Store<WasiP1Ctx>,
+    instance: Instance,
+}
+
+impl InstanceState for Snapshotting<'_> {
+    async fn global_get(&mut self, name: &str, _: wasmparser::ValType) -> SnapshotVal {
+        let value = self
+            .instance
+            .get_global(&mut *self.store, name)
+            .map(|g| g.get(&mut *self.store));
+        match value {
+            Some(Val::I32(x)) => SnapshotVal::I32(x),
+            Some(Val::I64(x)) => SnapshotVal::I64(x),
+            Some(Val::F32(x)) => SnapshotVal::F32(x),
+            Some(Val::F64(x)) => SnapshotVal::F64(x),
+            Some(Val::V128(x)) => SnapshotVal::V128(x.as_u128()),
+            // Instrumentation exports every global wizer asks for, of these types only.
+            _ => SnapshotVal::I32(0),
+        }
+    }
+
+    async fn memory_contents(&mut self, name: &str, contents: impl FnOnce(&[u8]) + Send) {
+        match self.instance.get_memory(&mut *self.store, name) {
+            Some(memory) => contents(memory.data(&*self.store)),
+            None => contents(&[]),
+        }
+    }
+}

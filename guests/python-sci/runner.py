@@ -1,0 +1,369 @@
+"""weir's runner for the `python-sci` runtime: runs the user's program as `__main__`, like
+`python main.py`, in CPython 3.15 with numpy, pandas, scipy, scikit-learn and matplotlib.
+
+The host loads this module into the interpreter when it pre-initializes the guest (see
+`crates/weir-sandbox/src/runtime/sci/preinit.rs`), together with the packages it imports there,
+and snapshots the result. Each run then calls `main()`. Everything the run needs from the host
+goes through the door (`_host.call`), one JSON request and one JSON answer per call.
+"""
+
+import atexit
+import base64
+import builtins
+import io
+import json
+import marshal
+import os
+import sys
+import types
+import warnings
+
+import _host
+
+_RUNNER_FILE = "<weir>"
+# Figures larger than this (pixels, either side) are not rendered: a plot's PNG counts against
+# the run's output limit anyway, and a 100,000-pixel-wide canvas would take the run's memory.
+_MAX_FIGURE_PIXELS = 8192
+
+
+def _ask(op, **fields):
+    fields["op"] = op
+    return json.loads(_host.call(json.dumps(fields).encode()))
+
+
+class _Launch:
+    """The launch the host answers, as attributes."""
+
+    def __init__(self, fields):
+        self.script = fields.get("script") or ""
+        self.code = fields.get("code")
+        source = fields.get("source")
+        self.source = None if source is None else source.encode()
+        compiled = fields.get("compiled")
+        self.compiled = None if compiled is None else base64.b64decode(compiled)
+        self.cache_compiled = bool(fields.get("cache_compiled"))
+        self.repl = bool(fields.get("repl"))
+        self.cells = bool(fields.get("cells"))
+        self.args = list(fields.get("args") or [])
+        self.env = [tuple(kv) for kv in fields.get("env") or []]
+        self.cwd = fields.get("cwd") or ""
+        self.path = list(fields.get("path") or [])
+
+
+def _refresh_process_state(launch):
+    sys.argv = list(launch.args) or [""]
+    os.environ.clear()
+    os.environ.update(launch.env)
+    if launch.cwd:
+        os.chdir(launch.cwd)
+    sys.path[:] = [""] + [p for p in _BASE_PATH] + list(launch.path)
+
+
+def _new_main(filename):
+    main = types.ModuleType("__main__")
+    main.__file__ = filename
+    main.__builtins__ = builtins
+    main.__spec__ = None
+    main.__loader__ = None
+    sys.modules["__main__"] = main
+    return main
+
+
+def _user_traceback(tb):
+    while tb is not None and tb.tb_frame.f_code.co_filename == _RUNNER_FILE:
+        tb = tb.tb_next
+    return tb
+
+
+def _exit_code(exc):
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF if -(1 << 63) <= code < (1 << 63) else 0xFF
+    try:
+        print(code, file=sys.stderr)
+    except BaseException:  # noqa: BLE001
+        pass
+    return 1
+
+
+def _show(exc):
+    tb = _user_traceback(exc.__traceback__)
+    try:
+        exc.__traceback__ = tb
+        sys.excepthook(type(exc), exc, tb)
+    except BaseException:  # noqa: BLE001
+        pass
+    try:
+        message = str(exc)
+    except BaseException:  # noqa: BLE001
+        message = ""
+    return type(exc).__name__, message[:1000]
+
+
+def _report(exc):
+    if isinstance(exc, SystemExit):
+        return _exit_code(exc)
+    type_name, message = _show(exc)
+    _ask("uncaught", type=type_name, message=message)
+    return 1
+
+
+def _load(launch):
+    if launch.code is not None:
+        source, filename = launch.code, "<string>"
+    else:
+        filename = os.path.abspath(launch.script)
+        source = launch.source
+        if source is None:
+            with open(filename, "rb") as f:
+                source = f.read()
+    if launch.compiled is not None:
+        try:
+            code_obj = marshal.loads(launch.compiled)
+        except BaseException:  # noqa: BLE001 - compile instead
+            code_obj = None
+        if type(code_obj) is types.CodeType:
+            return code_obj, filename
+    if not launch.cache_compiled:
+        return compile(source, filename, "exec", dont_inherit=True), filename
+    offer = b""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            code_obj = compile(source, filename, "exec", dont_inherit=True)
+        if not caught:
+            offer = marshal.dumps(code_obj)
+    finally:
+        _ask("compiled", code=base64.b64encode(offer).decode())
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+    return code_obj, filename
+
+
+# ------------------------------------------------------------------ figures
+
+def _open_figures():
+    """The figures still open, if matplotlib was imported (it always is here, pre-imported)."""
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is None:
+        return plt, []
+    try:
+        return plt, [plt.figure(n) for n in plt.get_fignums()]
+    except BaseException:  # noqa: BLE001
+        return plt, []
+
+
+def _send_figure(figure):
+    width, height = (int(round(v)) for v in figure.get_size_inches() * figure.dpi)
+    if not (0 < width <= _MAX_FIGURE_PIXELS and 0 < height <= _MAX_FIGURE_PIXELS):
+        print("weir: figure of %dx%d pixels not rendered (larger than %d)"
+              % (width, height, _MAX_FIGURE_PIXELS), file=sys.stderr)
+        return
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    data = buffer.getvalue()
+    _flush_stdio()
+    _ask("display", mime="image/png", data=base64.b64encode(data).decode(),
+         width=width, height=height)
+
+
+def _show_figures(*args, **kwargs):
+    """`plt.show()`: every open figure is rendered to PNG, sent to the host and closed."""
+    plt, figures = _open_figures()
+    for figure in figures:
+        try:
+            _send_figure(figure)
+        finally:
+            plt.close(figure)
+
+
+def _patch_show():
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is not None:
+        plt.show = _show_figures
+
+
+# ------------------------------------------------------------------ running
+
+def _execute(code_obj, namespace):
+    try:
+        exec(code_obj, namespace)
+        _show_figures()
+        return 0
+    except BaseException as exc:  # noqa: BLE001
+        _show_figures()
+        return _report(exc)
+
+
+class _Console:
+    """The interactive console after the script (`python -i`); figures a statement leaves open
+    are shown after it, as IPython's inline backend does."""
+
+    def __init__(self, namespace):
+        import code
+
+        class Console(code.InteractiveConsole):
+            def runcode(self, code_obj):
+                super().runcode(code_obj)
+                _show_figures()
+
+        self.console = Console(locals=namespace)
+
+    def interact(self):
+        _ask("repl_started")
+        sys.ps1, sys.ps2 = ">>> ", "... "
+        try:
+            self.console.interact(banner="", exitmsg="")
+            return 0
+        except SystemExit as exc:
+            return _exit_code(exc)
+
+
+def _fresh_stdin():
+    raw = io.FileIO(0, "rb", closefd=False)
+    sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.BufferedReader(raw), encoding="utf-8")
+
+
+def _compile_cell(source, name):
+    import ast
+    import linecache
+
+    linecache.cache[name] = (len(source), None, source.splitlines(True), name)
+    tree = ast.parse(source, name, "exec")
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = ast.Expression(tree.body.pop().value)
+    body = compile(tree, name, "exec", dont_inherit=True)
+    expr = compile(last, name, "eval", dont_inherit=True) if last is not None else None
+    return body, expr
+
+
+def _run_cell(source, name, namespace):
+    body, expr = _compile_cell(source, name)
+    exec(body, namespace)
+    if expr is None:
+        return None
+    value = eval(expr, namespace)
+    if value is None:
+        return None
+    builtins._ = value
+    return repr(value)
+
+
+def _flush_stdio():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:  # noqa: BLE001
+            pass
+
+
+def _cell_done(result, error):
+    while True:
+        try:
+            _flush_stdio()
+            _ask("cell_done", value=result, failure=error)
+            return
+        except KeyboardInterrupt:
+            continue
+
+
+def _cells(namespace):
+    number = 0
+    while True:
+        try:
+            source = _ask("next_cell").get("code")
+        except KeyboardInterrupt:
+            continue
+        if source is None:
+            return 0
+        number += 1
+        _fresh_stdin()
+        result = error = None
+        try:
+            result = _run_cell(source, "<cell %d>" % number, namespace)
+        except SystemExit as exc:
+            _show_figures()
+            _cell_done(None, ("SystemExit", str(exc.code)))
+            return _exit_code(exc)
+        except BaseException as exc:  # noqa: BLE001
+            error = _show(exc)
+        _show_figures()
+        _cell_done(result, error)
+
+
+def _finish():
+    try:
+        atexit._run_exitfuncs()
+    except BaseException:  # noqa: BLE001
+        pass
+    _flush_stdio()
+
+
+def _reseed():
+    """The snapshot holds the seeds drawn when it was made: draw fresh ones from the host's
+    random source (seeded in a deterministic run, so its numbers repeat)."""
+    import random
+
+    random.seed()
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed()
+
+
+def _run():
+    launch = _Launch(_ask("launch"))
+    _reseed()
+    _refresh_process_state(launch)
+    try:
+        code_obj, filename = _load(launch)
+    except BaseException as exc:  # noqa: BLE001
+        _new_main(launch.script or "<string>")
+        status = _report(exc)
+        namespace = None
+    else:
+        if filename != "<string>":
+            sys.path[0] = os.path.dirname(filename)
+        namespace = _new_main(filename).__dict__
+        if filename == "<string>":
+            del namespace["__file__"]
+        status = _execute(code_obj, namespace)
+    if launch.repl or launch.cells:
+        if namespace is None:
+            namespace = _new_main("<stdin>").__dict__
+        status = _cells(namespace) if launch.cells else _Console(namespace).interact()
+    return status
+
+
+def main():
+    """One run: the program the host launches, then its REPL or cells; the exit status."""
+    status = _run()
+    _finish()
+    raise SystemExit(status)
+
+
+def _preimport(names):
+    """Imports the packages the runtime promises ready (`PREIMPORT` in preinit.rs)."""
+    import importlib
+
+    for name in names:
+        importlib.import_module(name)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.figure()
+    plt.plot([0, 1], [0, 1])
+    plt.savefig(io.BytesIO(), format="png")  # the Agg renderer's code paths: taken once, now
+    plt.close("all")
+    # A loaded font reads its file through a descriptor of this process, which no run has:
+    # fonts are opened again by the run that draws text.
+    from matplotlib import font_manager
+
+    font_manager._get_font.cache_clear()
+    _patch_show()
+
+
+_BASE_PATH = list(sys.path)

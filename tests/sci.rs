@@ -1,0 +1,307 @@
+//! The scientific runtime, `python-sci`: pandas, numpy, scipy, scikit-learn and matplotlib in the
+//! sandbox, plots delivered as PNG through the library, `/ws` and `POST /v1/runs`, runs that hit
+//! a limit inside numpy's C code, stdin and a REPL, deterministic numpy, and the auto-selection
+//! of the runtime from a program's imports.
+//!
+//! The first test to run on a fresh machine prepares the runtime (fetch, pre-initialize,
+//! compile: minutes); every other waits for it (a file lock) and then loads the cached result.
+
+#[path = "common/ws.rs"]
+mod ws;
+
+use serde_json::{json, Value};
+use std::sync::OnceLock;
+use weir_sandbox::compile_cache::CompileScope;
+use weir_sandbox::determinism::Seed;
+use weir_sandbox::{Collected, EngineSettings, Outcome, RunRequest, Sandbox};
+use ws::*;
+
+const SCI: &str = "python-sci";
+
+/// One sandbox for this binary, with `python-sci` loaded.
+async fn sandbox() -> Sandbox {
+    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
+    let sandbox = SANDBOX
+        .get_or_init(|| {
+            let settings = EngineSettings {
+                max_instances: 8,
+                ..EngineSettings::default()
+            };
+            Sandbox::load(settings).expect("sandbox loads")
+        })
+        .clone();
+    sandbox.prepare(SCI).await.expect("python-sci prepares");
+    sandbox
+}
+
+fn request(source: &str) -> RunRequest {
+    let mut req = RunRequest::script(source);
+    req.close_stdin = true;
+    req.runtime = Some(SCI.into());
+    req.compile_scope = CompileScope::Off;
+    req
+}
+
+async fn run_sci(req: RunRequest) -> Collected {
+    sandbox().await.start(req).await.expect("starts").collect().await
+}
+
+fn outcome(out: &Collected) -> Outcome {
+    out.result.as_ref().expect("a result").outcome.clone()
+}
+
+fn assert_exited(out: &Collected) {
+    assert_eq!(
+        outcome(out),
+        Outcome::Exited { code: 0 },
+        "stdout: {}\nstderr: {}",
+        out.stdout_text(),
+        out.stderr_text()
+    );
+}
+
+fn is_png(data: &[u8]) -> bool {
+    data.starts_with(b"\x89PNG\r\n\x1a\n") && data.len() > 1000
+}
+
+#[tokio::test]
+async fn a_csv_file_is_grouped_with_pandas_and_printed_as_a_table() {
+    let mut req = request(
+        "import pandas as pd\n\
+         df = pd.read_csv('sales.csv')\n\
+         print(df.groupby('region')['amount'].sum().to_string())\n\
+         print(pd.__version__)\n",
+    );
+    req.files = vec![(
+        "sales.csv".into(),
+        b"region,amount\nnorth,10\nsouth,5\nnorth,2.5\neast,1\nsouth,5\n".to_vec(),
+    )];
+    let out = run_sci(req).await;
+    assert_exited(&out);
+    let text = out.stdout_text();
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0], ["region"], "{text}");
+    assert_eq!(rows[1], ["east", "1.0"], "{text}");
+    assert_eq!(rows[2], ["north", "12.5"], "{text}");
+    assert_eq!(rows[3], ["south", "10.0"], "{text}");
+    assert_eq!(rows[4], ["3.0.6"], "{text}");
+    assert_eq!(out.result.unwrap().runtime, SCI);
+}
+
+#[tokio::test]
+async fn numpy_linear_algebra_scipy_optimize_and_scikit_learn_give_the_right_answers() {
+    let out = run_sci(request(
+        "import numpy as np\n\
+         a = np.array([[3.0, 1.0], [1.0, 2.0]])\n\
+         x = np.linalg.solve(a, np.array([9.0, 8.0]))\n\
+         print('solve', x.round(6).tolist())\n\
+         print('det', round(float(np.linalg.det(a)), 6))\n\
+         from scipy.optimize import minimize\n\
+         r = minimize(lambda v: (v[0] - 3) ** 2 + (v[1] + 1) ** 2, [0, 0])\n\
+         print('min', np.round(r.x, 3).tolist())\n\
+         from sklearn.linear_model import LinearRegression\n\
+         X = np.arange(20).reshape(-1, 1)\n\
+         m = LinearRegression().fit(X, 2 * X.ravel() + 1)\n\
+         print('predict', np.round(m.predict([[100]]), 3).tolist())\n",
+    ))
+    .await;
+    assert_exited(&out);
+    assert_eq!(
+        out.stdout_text(),
+        "solve [2.0, 3.0]\ndet 5.0\nmin [3.0, -1.0]\npredict [201.0]\n"
+    );
+}
+
+#[tokio::test]
+async fn plt_show_and_figures_left_open_arrive_as_png_in_order_with_the_output() {
+    let out = run_sci(request(
+        "import matplotlib.pyplot as plt\n\
+         print('one')\n\
+         plt.plot([1, 2, 3], [1, 4, 9])\n\
+         plt.title('squares')\n\
+         plt.show()\n\
+         print('two')\n\
+         plt.figure(figsize=(4, 3), dpi=50)\n\
+         plt.bar(['a', 'b'], [3, 5])\n",
+    ))
+    .await;
+    assert_exited(&out);
+    assert_eq!(out.stdout_text(), "one\ntwo\n");
+    assert_eq!(out.displays.len(), 2, "{}", out.stderr_text());
+    let (first, second) = (&out.displays[0], &out.displays[1]);
+    assert!(is_png(&first.data) && is_png(&second.data));
+    assert_eq!(first.mime, "image/png");
+    assert_eq!((first.width, first.height), (640, 480));
+    assert_eq!((second.width, second.height), (200, 150));
+    // The image's bytes counted against the output limit.
+    let result = out.result.unwrap();
+    assert!(result.output_bytes > (first.data.len() + second.data.len()) as u64);
+}
+
+#[tokio::test]
+async fn a_figure_larger_than_the_output_limit_ends_the_run_at_the_limit() {
+    let mut req = request(
+        "import matplotlib.pyplot as plt\n\
+         plt.plot(range(100))\n\
+         plt.show()\n\
+         print('not reached')\n",
+    );
+    req.limits.output_bytes = 5_000;
+    let out = run_sci(req).await;
+    assert_eq!(outcome(&out), Outcome::OutputLimit);
+    assert!(out.displays.is_empty());
+    assert!(!out.stdout_text().contains("not reached"));
+}
+
+#[tokio::test]
+async fn memory_and_time_limits_hold_inside_numpy() {
+    // 7 GB of ones: more than the limit, and than wasm32 can address.
+    let mut req = request("import numpy as np\na = np.ones(7 * 10**9 // 8)\nprint(a.sum())\n");
+    req.limits.memory_bytes = 512 << 20;
+    let out = run_sci(req).await;
+    assert_eq!(outcome(&out), Outcome::MemoryLimit, "{}", out.stderr_text());
+    // 200 MB within a 256 MiB limit: refused by the limit, not by the address space.
+    let mut req = request("import numpy as np\na = np.ones(200 * 2**20 // 8)\nprint(a.sum())\n");
+    req.limits.memory_bytes = 128 << 20;
+    let out = run_sci(req).await;
+    assert_eq!(outcome(&out), Outcome::MemoryLimit, "{}", out.stderr_text());
+    // A long loop of matrix products is stopped at its wall-time limit.
+    let mut req = request(
+        "import numpy as np\na = np.random.rand(300, 300)\nwhile True:\n    a = np.dot(a, a) / 300\n",
+    );
+    req.limits.wall_ms = 1_500;
+    let out = run_sci(req).await;
+    assert_eq!(outcome(&out), Outcome::Timeout);
+    // The same runtime runs the next program normally.
+    let out = run_sci(request("import numpy as np\nprint(int(np.arange(10).sum()))\n")).await;
+    assert_exited(&out);
+    assert_eq!(out.stdout_text(), "45\n");
+}
+
+#[tokio::test]
+async fn input_and_a_repl_keep_working_in_python_sci() {
+    let mut req = request("import numpy as np\nname = input('name? ')\nv = np.array([1, 2, 3])\n");
+    req.close_stdin = false;
+    req.repl = true;
+    req.stdin = Some(b"ada\nprint(name, int(v.sum()))\nexit()\n".to_vec());
+    let out = run_sci(req).await;
+    assert_exited(&out);
+    let text = out.stdout_text();
+    assert!(text.contains("name? "), "{text}");
+    assert!(text.contains("ada 6"), "{text}");
+}
+
+#[tokio::test]
+async fn deterministic_runs_repeat_numpy_randomness_and_other_seeds_differ() {
+    let program = "import numpy as np, random, time\n\
+                   print(np.random.default_rng().random(3).round(8).tolist())\n\
+                   print(np.random.rand())\n\
+                   print(random.random())\n\
+                   print(time.time())\n";
+    let seeded = |seed| {
+        let mut req = request(program);
+        req.deterministic = Some(Seed(seed));
+        req
+    };
+    let a = run_sci(seeded(7)).await;
+    let b = run_sci(seeded(7)).await;
+    let c = run_sci(seeded(8)).await;
+    assert_exited(&a);
+    assert_eq!(a.stdout_text(), b.stdout_text());
+    assert_ne!(a.stdout_text(), c.stdout_text());
+    // The virtual clock starts in 2000.
+    assert!(a.stdout_text().lines().nth(3).unwrap().starts_with("9466848"));
+    // Without a seed, two runs draw different numbers.
+    let x = run_sci(request(program)).await;
+    let y = run_sci(request(program)).await;
+    assert_ne!(x.stdout_text(), y.stdout_text());
+}
+
+#[tokio::test]
+async fn a_run_that_names_no_runtime_goes_to_python_sci_when_it_imports_a_package_only_it_has() {
+    let sandbox = sandbox().await;
+    for (source, expected) in [
+        ("import numpy as np\nprint(np.__name__)\n", SCI),
+        ("import os, pandas\nprint(1)\n", SCI),
+        ("from matplotlib import pyplot\nprint(1)\n", SCI),
+        ("  from sklearn.linear_model import Ridge\n", SCI),
+        ("import json\nprint('numpy')\n", "python"),
+        ("x = 'import numpy'\n", "python"),
+    ] {
+        let mut req = request(source);
+        req.runtime = None;
+        let handle = sandbox.start(req).await.expect("starts");
+        assert_eq!(handle.runtime(), expected, "{source:?}");
+        let out = handle.collect().await;
+        assert_exited(&out);
+    }
+}
+
+#[tokio::test]
+async fn a_python_sci_run_cannot_mount_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut req = request("print(1)\n");
+    req.mounts = vec![weir_sandbox::Mount {
+        host: dir.path().to_path_buf(),
+        guest: "/data".into(),
+        read_only: true,
+    }];
+    let err = sandbox().await.start(req).await.err().expect("refused");
+    assert!(err.to_string().contains("cannot mount"), "{err}");
+}
+
+/// A plot over `/ws` (a `display` notification between the outputs) and `POST /v1/runs` (the
+/// `display` list), with the runtime chosen automatically and named in the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plot_arrives_as_png_over_ws_and_v1_runs() {
+    let server = server(|_| {}).await;
+    server.state.sandbox.prepare(SCI).await.expect("prepares");
+    let source = "import matplotlib.pyplot as plt\nprint('a')\nplt.plot([3, 1, 2])\nplt.show()\nprint('b')\n";
+
+    let response = post_json(&server, "/v1/runs", &json!({"source": source})).await;
+    let body = response.json();
+    assert_eq!(body["outcome"], "exited", "{body}");
+    assert_eq!(body["runtime"], SCI);
+    assert_eq!(body["stdout"], "a\nb\n");
+    let display = body["display"].as_array().expect("a display list");
+    assert_eq!(display.len(), 1);
+    assert_png_value(&display[0]);
+
+    let mut ws = connect(&server, "").await;
+    let run_id = run(&mut ws, 1, json!({"source": source, "filename": "plot.py"})).await;
+    let mut order = Vec::new();
+    loop {
+        let m = recv(&mut ws).await;
+        if m["params"]["run_id"] != json!(run_id) {
+            continue;
+        }
+        match m["method"].as_str() {
+            Some("output") => order.push(m["params"]["data"].as_str().unwrap().to_string()),
+            Some("display") => {
+                assert_png_value(&m["params"]);
+                order.push("<figure>".into());
+            }
+            Some("exit") => {
+                assert_eq!(m["params"]["outcome"], "exited");
+                assert_eq!(m["params"]["runtime"], SCI);
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(order.concat(), "a\n<figure>b\n");
+    server.shutdown().await;
+}
+
+fn assert_png_value(v: &Value) {
+    use base64::Engine as _;
+    assert_eq!(v["mime"], "image/png");
+    assert_eq!((v["width"].as_u64(), v["height"].as_u64()), (Some(640), Some(480)));
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(v["data"].as_str().expect("base64 data"))
+        .expect("valid base64");
+    assert!(is_png(&data));
+}
