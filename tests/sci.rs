@@ -227,7 +227,7 @@ async fn a_run_that_names_no_runtime_goes_to_python_sci_when_it_imports_a_packag
         ("import numpy as np\nprint(np.__name__)\n", SCI),
         ("import os, pandas\nprint(1)\n", SCI),
         ("from matplotlib import pyplot\nprint(1)\n", SCI),
-        ("  from sklearn.linear_model import Ridge\n", SCI),
+        ("if True:\n    from sklearn.linear_model import Ridge\n", SCI),
         ("import json\nprint('numpy')\n", "python"),
         ("x = 'import numpy'\n", "python"),
     ] {

@@ -90,6 +90,9 @@ pub fn wants(source: &str) -> bool {
     })
 }
 
+/// numpy's message for an array whose size does not fit the address space.
+const TOO_BIG: &str = "array is too big; ";
+
 /// The scientific runtime. Its artifact is fetched into the engine's cache directory.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SciPython;
@@ -136,6 +139,11 @@ impl Runtime for SciPython {
     fn exited(&self, code: i32, uncaught: Option<&Uncaught>, memory_hit: bool) -> Outcome {
         match uncaught {
             Some(u) if code == 1 && memory_hit && u.type_name.contains("MemoryError") => {
+                Outcome::MemoryLimit
+            }
+            // wasm32: an array past the 32-bit address space cannot even be expressed; a 64-bit
+            // numpy would have failed the allocation instead.
+            Some(u) if code == 1 && u.type_name == "ValueError" && u.message.starts_with(TOO_BIG) => {
                 Outcome::MemoryLimit
             }
             Some(u) if code == 1 => Outcome::Error {
