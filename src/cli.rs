@@ -193,9 +193,10 @@ impl Figures {
             .and_then(|p| p.parent())
             .filter(|p| !p.as_os_str().is_empty())
             .map_or_else(|| std::path::PathBuf::from("."), |p| p.to_path_buf());
-        let stem = script
-            .and_then(|p| p.file_stem())
-            .map_or_else(|| "weir-figure".into(), |s| s.to_string_lossy().into_owned());
+        let stem = script.and_then(|p| p.file_stem()).map_or_else(
+            || "weir-figure".into(),
+            |s| s.to_string_lossy().into_owned(),
+        );
         Figures {
             dir,
             stem,
@@ -203,7 +204,10 @@ impl Figures {
         }
     }
 
-    fn save(&mut self, image: &weir_sandbox::event::Display) -> std::io::Result<std::path::PathBuf> {
+    fn save(
+        &mut self,
+        image: &weir_sandbox::event::Display,
+    ) -> std::io::Result<std::path::PathBuf> {
         self.count += 1;
         let path = self.dir.join(format!("{}-{}.png", self.stem, self.count));
         std::fs::write(&path, &image.data)?;

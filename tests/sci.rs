@@ -43,7 +43,13 @@ fn request(source: &str) -> RunRequest {
 }
 
 async fn run_sci(req: RunRequest) -> Collected {
-    sandbox().await.start(req).await.expect("starts").collect().await
+    sandbox()
+        .await
+        .start(req)
+        .await
+        .expect("starts")
+        .collect()
+        .await
 }
 
 fn outcome(out: &Collected) -> Outcome {
@@ -176,7 +182,10 @@ async fn memory_and_time_limits_hold_inside_numpy() {
     let out = run_sci(req).await;
     assert_eq!(outcome(&out), Outcome::Timeout);
     // The same runtime runs the next program normally.
-    let out = run_sci(request("import numpy as np\nprint(int(np.arange(10).sum()))\n")).await;
+    let out = run_sci(request(
+        "import numpy as np\nprint(int(np.arange(10).sum()))\n",
+    ))
+    .await;
     assert_exited(&out);
     assert_eq!(out.stdout_text(), "45\n");
 }
@@ -213,7 +222,12 @@ async fn deterministic_runs_repeat_numpy_randomness_and_other_seeds_differ() {
     assert_eq!(a.stdout_text(), b.stdout_text());
     assert_ne!(a.stdout_text(), c.stdout_text());
     // The virtual clock starts in 2000.
-    assert!(a.stdout_text().lines().nth(3).unwrap().starts_with("9466848"));
+    assert!(a
+        .stdout_text()
+        .lines()
+        .nth(3)
+        .unwrap()
+        .starts_with("9466848"));
     // Without a seed, two runs draw different numbers.
     let x = run_sci(request(program)).await;
     let y = run_sci(request(program)).await;
@@ -227,7 +241,10 @@ async fn a_run_that_names_no_runtime_goes_to_python_sci_when_it_imports_a_packag
         ("import numpy as np\nprint(np.__name__)\n", SCI),
         ("import os, pandas\nprint(1)\n", SCI),
         ("from matplotlib import pyplot\nprint(1)\n", SCI),
-        ("if True:\n    from sklearn.linear_model import Ridge\n", SCI),
+        (
+            "if True:\n    from sklearn.linear_model import Ridge\n",
+            SCI,
+        ),
         ("import json\nprint('numpy')\n", "python"),
         ("x = 'import numpy'\n", "python"),
     ] {
@@ -299,7 +316,10 @@ async fn a_plot_arrives_as_png_over_ws_and_v1_runs() {
 fn assert_png_value(v: &Value) {
     use base64::Engine as _;
     assert_eq!(v["mime"], "image/png");
-    assert_eq!((v["width"].as_u64(), v["height"].as_u64()), (Some(640), Some(480)));
+    assert_eq!(
+        (v["width"].as_u64(), v["height"].as_u64()),
+        (Some(640), Some(480))
+    );
     let data = base64::engine::general_purpose::STANDARD
         .decode(v["data"].as_str().expect("base64 data"))
         .expect("valid base64");

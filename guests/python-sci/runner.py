@@ -343,10 +343,18 @@ def main():
     raise SystemExit(status)
 
 
+def _line_buffered_stdio():
+    """Output streams as the lean runtime's does: a print() is one write, written when its line
+    ends, so stdout and stderr arrive in the order the program wrote them."""
+    sys.stdout.reconfigure(line_buffering=True)
+    sys.stderr.reconfigure(errors="backslashreplace", line_buffering=True)
+
+
 def _preimport(names):
     """Imports the packages the runtime promises ready (`PREIMPORT` in preinit.rs)."""
     import importlib
 
+    _line_buffered_stdio()
     for name in names:
         importlib.import_module(name)
     import matplotlib

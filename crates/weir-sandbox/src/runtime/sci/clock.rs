@@ -17,20 +17,20 @@ pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
     linker.allow_shadowing(true);
     let defined = linker
         .func_wrap(
-        "wasi_snapshot_preview1",
-        "clock_time_get",
-        |mut caller: Caller<'_, GuestState>, id: i32, _precision: i64, out: i32| -> i32 {
-            let Some(ns) = now(&mut caller, id) else {
-                return ERRNO_INVAL;
-            };
-            let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
-                return ERRNO_FAULT;
-            };
-            match memory.write(&mut caller, out as u32 as usize, &ns.to_le_bytes()) {
-                Ok(()) => 0,
-                Err(_) => ERRNO_FAULT,
-            }
-        },
+            "wasi_snapshot_preview1",
+            "clock_time_get",
+            |mut caller: Caller<'_, GuestState>, id: i32, _precision: i64, out: i32| -> i32 {
+                let Some(ns) = now(&mut caller, id) else {
+                    return ERRNO_INVAL;
+                };
+                let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+                    return ERRNO_FAULT;
+                };
+                match memory.write(&mut caller, out as u32 as usize, &ns.to_le_bytes()) {
+                    Ok(()) => 0,
+                    Err(_) => ERRNO_FAULT,
+                }
+            },
         )
         .map(|_| ())
         .map_err(|e| anyhow::anyhow!("{e:#}"));

@@ -26,7 +26,8 @@ pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
         .func_wrap_async(
             "host",
             "call",
-            |mut caller: Caller<'_, GuestState>, (ptr, len, out_ptr, out_len): (i32, i32, i32, i32)| {
+            |mut caller: Caller<'_, GuestState>,
+             (ptr, len, out_ptr, out_len): (i32, i32, i32, i32)| {
                 Box::new(async move {
                     let Some(request) = read(&mut caller, ptr, len) else {
                         return Ok(FAULT);
@@ -77,8 +78,16 @@ async fn write(
         return Ok(FAULT);
     }
     memory.write(&mut *caller, at as u32 as usize, &bytes)?;
-    memory.write(&mut *caller, out_ptr as u32 as usize, &(at as u32).to_le_bytes())?;
-    memory.write(&mut *caller, out_len as u32 as usize, &(len as u32).to_le_bytes())?;
+    memory.write(
+        &mut *caller,
+        out_ptr as u32 as usize,
+        &(at as u32).to_le_bytes(),
+    )?;
+    memory.write(
+        &mut *caller,
+        out_len as u32 as usize,
+        &(len as u32).to_le_bytes(),
+    )?;
     Ok(ANSWERED)
 }
 

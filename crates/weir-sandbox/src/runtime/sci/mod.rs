@@ -14,19 +14,15 @@ mod clock;
 mod door;
 pub mod preinit;
 
-use crate::outcome::Outcome;
 use crate::launch::Uncaught;
+use crate::outcome::Outcome;
 use crate::runtime::plugin::{CallResult, Footprint, GuestSetup, Loaded, Runtime, RuntimeInfo};
-use crate::sandbox::GUEST_DIR;
 use crate::store::GuestState;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use wasmtime::{Engine, InstancePre, Linker, Module, Store};
-
-/// The runner, loaded into the guest when it is pre-initialized.
-pub const RUNNER_SOURCE: &str = include_str!("../../../../../guests/python-sci/runner.py");
 
 /// The runtime's name.
 pub const NAME: &str = "python-sci";
@@ -59,14 +55,62 @@ const ENTRY: &str = "import _weir; _weir.main()";
 /// Top-level modules only `python-sci` has: a request that names no runtime and whose program
 /// imports one of these runs in `python-sci` ([`wants`]).
 pub const ONLY_HERE: &[&str] = &[
-    "numpy", "pandas", "scipy", "sklearn", "matplotlib", "mpl_toolkits", "seaborn",
-    "statsmodels", "sympy", "mpmath", "networkx", "PIL", "lxml", "openpyxl", "xlsxwriter",
-    "xlrd", "pypdf", "bs4", "html5lib", "yaml", "jinja2", "markupsafe", "dateutil", "regex",
-    "patsy", "formulaic", "joblib", "threadpoolctl", "cloudpickle", "toolz", "tlz", "tqdm",
-    "more_itertools", "attr", "attrs", "narwhals", "contourpy", "kiwisolver", "cycler",
-    "fontTools", "pyparsing", "packaging", "tabulate", "charset_normalizer", "soupsieve",
-    "defusedxml", "xmltodict", "tomli_w", "reportlab", "wrapt", "six", "pytz", "tzdata",
-    "typing_extensions", "webencodings", "et_xmlfile",
+    "numpy",
+    "pandas",
+    "scipy",
+    "sklearn",
+    "matplotlib",
+    "mpl_toolkits",
+    "seaborn",
+    "statsmodels",
+    "sympy",
+    "mpmath",
+    "networkx",
+    "PIL",
+    "lxml",
+    "openpyxl",
+    "xlsxwriter",
+    "xlrd",
+    "pypdf",
+    "bs4",
+    "html5lib",
+    "yaml",
+    "jinja2",
+    "markupsafe",
+    "dateutil",
+    "regex",
+    "patsy",
+    "formulaic",
+    "joblib",
+    "threadpoolctl",
+    "cloudpickle",
+    "toolz",
+    "tlz",
+    "tqdm",
+    "more_itertools",
+    "attr",
+    "attrs",
+    "narwhals",
+    "contourpy",
+    "kiwisolver",
+    "cycler",
+    "fontTools",
+    "pyparsing",
+    "packaging",
+    "tabulate",
+    "charset_normalizer",
+    "soupsieve",
+    "defusedxml",
+    "xmltodict",
+    "tomli_w",
+    "reportlab",
+    "wrapt",
+    "six",
+    "pytz",
+    "tzdata",
+    "typing_extensions",
+    "webencodings",
+    "et_xmlfile",
 ];
 
 /// Whether `source` imports (at the start of a line: `import x`, `import a, x`, `from x…
@@ -143,7 +187,9 @@ impl Runtime for SciPython {
             }
             // wasm32: an array past the 32-bit address space cannot even be expressed; a 64-bit
             // numpy would have failed the allocation instead.
-            Some(u) if code == 1 && u.type_name == "ValueError" && u.message.starts_with(TOO_BIG) => {
+            Some(u)
+                if code == 1 && u.type_name == "ValueError" && u.message.starts_with(TOO_BIG) =>
+            {
                 Outcome::MemoryLimit
             }
             Some(u) if code == 1 => Outcome::Error {
@@ -155,20 +201,15 @@ impl Runtime for SciPython {
     }
 }
 
-/// Home, temporary files and matplotlib's configuration: in the run's working directory.
-const ENV: [(&str, &str); 4] = [
-    ("HOME", GUEST_DIR),
-    ("TMPDIR", GUEST_DIR),
-    ("MPLCONFIGDIR", "/sandbox/.matplotlib"),
-    ("MPLBACKEND", "Agg"),
-];
-
 /// The stdlib and matplotlib's data, mounted read-only, then the working directory: the
 /// directories the guest's C library found when it was pre-initialized, in that order. It
 /// looks for no others, so a run can mount nothing more.
 fn setup(files: &artifact::Files) -> GuestSetup {
     GuestSetup {
-        env: ENV.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        env: preinit::ENV
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         mounts: vec![
             (files.stdlib_dir.clone(), artifact::STDLIB_GUEST.into()),
             (files.mpl_data.clone(), artifact::MPL_DATA_GUEST.into()),
@@ -178,7 +219,11 @@ fn setup(files: &artifact::Files) -> GuestSetup {
 }
 
 /// The pre-initialized module, compiled for `engine` (cached).
-fn load_module(engine: &Engine, cache_dir: &Path, files: &artifact::Files) -> anyhow::Result<Module> {
+fn load_module(
+    engine: &Engine,
+    cache_dir: &Path,
+    files: &artifact::Files,
+) -> anyhow::Result<Module> {
     let path = crate::runtime::artifact::cache_path(engine, cache_dir, NAME, &preinit::build_id());
     crate::runtime::artifact::load_or_compile(
         &path,
@@ -204,7 +249,10 @@ fn try_deserialize(engine: &Engine, path: &Path) -> Option<Module> {
     match unsafe { Module::deserialize_file(engine, path) } {
         Ok(m) => Some(m),
         Err(e) => {
-            eprintln!("weir: ignoring unusable cached python-sci {}: {e:#}", path.display());
+            eprintln!(
+                "weir: ignoring unusable cached python-sci {}: {e:#}",
+                path.display()
+            );
             None
         }
     }

@@ -6,7 +6,7 @@
 //! imports cost nothing.
 
 use super::artifact::{self, Files};
-use super::RUNNER_SOURCE;
+use crate::scratch::GUEST_DIR;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use wasmtime::{Config, Engine, Instance, Linker, Module, Store, Val};
@@ -14,6 +14,18 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx};
 use wasmtime_wizer::{InstanceState, SnapshotVal, Wizer};
+
+/// The runner, loaded into the guest when it is pre-initialized.
+pub const RUNNER_SOURCE: &str = include_str!("../../../../../guests/python-sci/runner.py");
+
+/// Home, temporary files and matplotlib's configuration: in the run's working directory. The
+/// same while pre-initializing and in every run.
+pub const ENV: [(&str, &str); 4] = [
+    ("HOME", GUEST_DIR),
+    ("TMPDIR", GUEST_DIR),
+    ("MPLCONFIGDIR", "/sandbox/.matplotlib"),
+    ("MPLBACKEND", "Agg"),
+];
 
 /// Modules imported before the snapshot, so a run's `import` finds them loaded.
 pub const PREIMPORT: &[&str] = &[
@@ -55,7 +67,7 @@ pub fn build_id() -> String {
         key.update(name.as_bytes());
         key.update([0]);
     }
-    key.update(format!("{:?} {}", super::ENV, crate::sandbox::GUEST_DIR).as_bytes());
+    key.update(format!("{:?} {}", ENV, GUEST_DIR).as_bytes());
     key.update(crate::runtime::artifact::WASMTIME_VERSION.as_bytes());
     hex::encode(&key.finalize()[..16])
 }
@@ -106,22 +118,26 @@ fn snapshot(files: &Files) -> anyhow::Result<Vec<u8>> {
     let tmp = tempfile::tempdir()?;
     let output = MemoryOutputPipe::new(OUTPUT_KEPT);
     let mut b = WasiCtx::builder();
-    b.args(&["python"]).stdout(output.clone()).stderr(output.clone());
-    for (name, value) in super::ENV {
+    b.args(&["python"])
+        .stdout(output.clone())
+        .stderr(output.clone());
+    for (name, value) in ENV {
         b.env(name, value);
     }
     b.preopened_dir(&files.stdlib_dir, artifact::STDLIB_GUEST, FsPerms::ReadOnly)?;
     b.preopened_dir(&files.mpl_data, artifact::MPL_DATA_GUEST, FsPerms::ReadOnly)?;
     // The C library keeps the directories it found here for every run of the snapshot: a run
     // must mount the same ones in the same order (`super::setup`), its working directory third.
-    b.preopened_dir(tmp.path(), crate::sandbox::GUEST_DIR, FsPerms::ReadWrite)?;
+    b.preopened_dir(tmp.path(), GUEST_DIR, FsPerms::ReadWrite)?;
     let mut store = Store::new(&engine, b.build_p1());
     let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
     wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| s)
         .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     // No host is bound to the door while pre-initializing.
     linker
-        .func_wrap("host", "call", |_: i32, _: i32, _: i32, _: i32| -> i32 { -1 })
+        .func_wrap("host", "call", |_: i32, _: i32, _: i32, _: i32| -> i32 {
+            -1
+        })
         .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let instance = linker
         .instantiate(&mut store, &module)
