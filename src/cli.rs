@@ -383,17 +383,23 @@ pub async fn packages(
 /// `weir runtimes`: one line per runtime, the default first.
 pub fn runtimes_table(sandbox: &Sandbox) -> String {
     let mut out = format!(
-        "{:<14} {:<10} {:<9} {:<20} {}\n",
-        "NAME", "LANGUAGE", "VERSION", "ALIASES", "BUILD"
+        "{:<14} {:<10} {:<9} {:<20} {:<10} {}\n",
+        "NAME", "LANGUAGE", "VERSION", "ALIASES", "STATUS", "BUILD"
     );
     for (i, r) in sandbox.runtimes().enumerate() {
         let default = if i == 0 { " (default)" } else { "" };
+        let status = match sandbox.runtime_status(&r.name) {
+            Ok(weir_sandbox::RuntimeStatus::Ready) => "ready",
+            Ok(weir_sandbox::RuntimeStatus::NotLoaded) => "on use",
+            _ => "failed",
+        };
         out.push_str(&format!(
-            "{:<14} {:<10} {:<9} {:<20} {}{default}\n",
+            "{:<14} {:<10} {:<9} {:<20} {:<10} {}{default}\n",
             r.name,
             r.language,
             r.version,
             r.aliases.join(","),
+            status,
             r.build
         ));
     }

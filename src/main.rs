@@ -110,7 +110,12 @@ enum Command {
     /// (docs/mcp.md).
     Mcp(ConfigArgs),
     /// List the runtimes this weir hosts (the default first).
-    Runtimes,
+    Runtimes {
+        /// Prepare every runtime first (python-sci: fetch, pre-initialize and compile, minutes
+        /// the first time on a machine), so no run waits for it.
+        #[arg(long)]
+        prepare: bool,
+    },
     /// Install pure-Python packages for runs to import, or list them (docs/sandbox.md).
     Packages {
         #[command(subcommand)]
@@ -179,8 +184,17 @@ async fn dispatch(command: Command, settings: EngineSettings) -> anyhow::Result<
                 .await
                 .map(|()| 0)
         }
-        Command::Runtimes => {
+        Command::Runtimes { prepare } => {
             let sandbox = weir_sandbox::Sandbox::load_async(settings).await?;
+            if prepare {
+                let names: Vec<String> = sandbox.runtimes().map(|r| r.name.clone()).collect();
+                for name in names {
+                    if let Err(e) = sandbox.prepare(&name).await {
+                        eprintln!("weir: cannot prepare {name}: {e}");
+                        return Ok(1);
+                    }
+                }
+            }
             print!("{}", cli::runtimes_table(&sandbox));
             Ok(0)
         }

@@ -311,6 +311,36 @@ fn runtimes_are_listed_and_chosen_by_name_or_alias() {
     let err = text(&out.stderr);
     assert!(err.contains("cobol") && err.contains("python"), "{err}");
     assert_eq!(text(&out.stdout), "");
+    let sci = listing.lines().nth(2).unwrap_or_default();
+    assert!(
+        sci.starts_with("python-sci ") && sci.contains("3.15.0") && sci.contains("sci"),
+        "{listing}"
+    );
+}
+
+#[test]
+fn weir_run_writes_the_figures_a_python_sci_script_shows_next_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = script(
+        &dir,
+        "chart.py",
+        "import numpy as np\nimport matplotlib.pyplot as plt\n\
+         plt.plot(np.arange(5) ** 2)\nplt.show()\nprint('shown')\nplt.figure()\nplt.bar([1, 2], [2, 1])\n",
+    );
+    // No --runtime: the imports choose python-sci.
+    let out = weir(&["run", &path], b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "shown\n");
+    let err = text(&out.stderr);
+    for n in [1, 2] {
+        let png = dir.path().join(format!("chart-{n}.png"));
+        let bytes = std::fs::read(&png).unwrap_or_else(|e| panic!("{}: {e}\n{err}", png.display()));
+        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{}", png.display());
+        assert!(
+            err.contains(&format!("saved to {}", png.display())),
+            "{err}"
+        );
+    }
 }
 
 #[test]

@@ -325,3 +325,48 @@ fn assert_png_value(v: &Value) {
         .expect("valid base64");
     assert!(is_png(&data));
 }
+
+/// A session in `python-sci`: a DataFrame kept across cells, the last expression's value, and
+/// a figure shown by a cell arriving before that cell's end.
+#[tokio::test]
+async fn a_session_keeps_a_dataframe_across_cells_and_a_cell_shows_its_figure() {
+    use weir_sandbox::{Cell, Event};
+    let mut req = request("import pandas as pd\n");
+    req.close_stdin = false;
+    req.cells = true;
+    let mut handle = sandbox().await.start(req).await.expect("starts");
+    let mut cell = async |code: &str| {
+        handle
+            .control()
+            .send_cell(Cell {
+                code: code.into(),
+                ..Default::default()
+            })
+            .expect("the session takes a cell");
+        let mut images = 0;
+        loop {
+            let event =
+                tokio::time::timeout(std::time::Duration::from_secs(60), handle.next_event())
+                    .await
+                    .expect("the cell ends in time")
+                    .expect("the session lives");
+            match event {
+                Event::Display(d) => {
+                    assert!(is_png(&d.data));
+                    images += 1;
+                }
+                Event::Cell(end) => return (end, images),
+                Event::Exit(r) => panic!("the session ended: {r:?}"),
+                _ => {}
+            }
+        }
+    };
+    let (end, _) = cell("df = pd.DataFrame({'x': [1, 2, 3]})").await;
+    assert_eq!(end.value, None);
+    let (end, _) = cell("int(df.x.sum())").await;
+    assert_eq!(end.value.as_deref(), Some("6"));
+    let (end, images) = cell("ax = df.plot(y='x')\nlen(df)").await;
+    assert_eq!((end.value.as_deref(), images), (Some("3"), 1));
+    let (end, _) = cell("df.nope").await;
+    assert_eq!(end.exception.expect("an error").type_name, "AttributeError");
+}
