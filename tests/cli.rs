@@ -418,6 +418,53 @@ fn an_operators_pure_python_package_imports_read_only() {
 }
 
 #[test]
+fn an_operators_package_imports_in_python_sci_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site");
+    let site = site.to_str().unwrap();
+    let wheel = greet_wheel(dir.path());
+    let args = [
+        "packages",
+        "add",
+        &wheel,
+        "--dir",
+        site,
+        "--runtime",
+        "python-sci",
+    ];
+    let out = weir(&args, b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("installed greet==1.0 for python-sci (sha256:"));
+    let pyc = "site/python-sci/greet/__pycache__/__init__.cpython-315.pyc";
+    assert!(
+        dir.path().join(pyc).exists(),
+        "compiled by python-sci's CPython"
+    );
+    let code = "import greet, numpy\nprint(greet.hello('ada'), numpy.__version__)";
+    let run = weir(&["run", "--packages", site, "-c", code], b"");
+    assert_eq!(
+        text(&run.stdout),
+        "hello, ada 2.5.2\n",
+        "{}",
+        text(&run.stderr)
+    );
+    // Not in the other runtime's site.
+    let lean = weir(
+        &[
+            "run",
+            "--packages",
+            site,
+            "--runtime",
+            "python",
+            "-c",
+            "import greet",
+        ],
+        b"",
+    );
+    assert!(text(&lean.stderr).contains("ModuleNotFoundError"));
+}
+
+#[test]
 fn a_native_or_unpinned_package_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let native = dir

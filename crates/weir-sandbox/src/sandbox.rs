@@ -319,15 +319,15 @@ impl Sandbox {
         self.engines(Some(name)).map(Engines::status)
     }
 
-    /// Loads the runtime `name` selects, if it is not loaded yet (minutes the first time on a
-    /// machine: see the runtime). Runs of it wait for this; a server calls it in the
-    /// background at start.
+    /// Loads the runtime `name` selects, if it is not loaded yet: its plain engine, then its
+    /// fuel-metered one (metered and deterministic runs use it), each compiled once per machine
+    /// (minutes the first time for `python-sci`). Runs of it wait for this; a server calls it in
+    /// the background at start.
     pub async fn prepare(&self, name: &str) -> Result<(), StartError> {
         let engines = self.engines(Some(name))?;
-        engines
-            .variant(&self.inner.settings, false)
-            .await
-            .map(|_| ())
+        engines.variant(&self.inner.settings, false).await?;
+        engines.variant(&self.inner.settings, true).await?;
+        Ok(())
     }
 
     /// The runtime `name` selects (its name or an alias); `None`: the default.
@@ -423,11 +423,15 @@ impl Sandbox {
             .as_ref()
             .or(self.inner.settings.packages.as_ref())
             .map(|root| root.join(&variant.runtime.info().name))
-            .filter(|dir| dir.is_dir() && !variant.instantiator.guest.setup().fixed_mounts);
+            .filter(|dir| dir.is_dir());
         let setup = variant.instantiator.guest.setup();
-        if setup.fixed_mounts && !req.mounts.is_empty() {
+        if let Some(m) = req
+            .mounts
+            .iter()
+            .find(|m| setup.site_placeholder.is_some() && m.guest != SITE_DIR)
+        {
             return Err(StartError::Mount {
-                path: req.mounts[0].host.display().to_string(),
+                path: m.host.display().to_string(),
                 reason: format!(
                     "the {} runtime cannot mount directories; pass files instead",
                     variant.runtime.info().name
@@ -622,6 +626,13 @@ fn wasi_context(
     }
     b.preopened_dir(scratch.path(), GUEST_DIR, FsPerms::ReadWrite)
         .map_err(|e| StartError::Internal(format!("cannot open scratch dir: {e:#}")))?;
+    // A guest with a fixed layout always has its site directory: the site, or a mount there (the
+    // compile step of `weir packages`), or an empty placeholder.
+    let placeholder = setup.site_placeholder.as_deref();
+    let site = match req.mounts.iter().any(|m| m.guest == SITE_DIR) {
+        true => None,
+        false => site.or(placeholder),
+    };
     if let Some(dir) = site {
         b.preopened_dir(dir, SITE_DIR, FsPerms::ReadOnly)
             .map_err(|e| StartError::Mount {

@@ -92,9 +92,10 @@ pub struct GuestSetup {
     pub env: Vec<(String, String)>,
     /// Read-only directories, `(host, guest path)`, mounted before the run's own.
     pub mounts: Vec<(PathBuf, String)>,
-    /// The guest sees only these and the working directory: a run asking for more mounts, or
-    /// for a package site, is refused.
-    pub fixed_mounts: bool,
+    /// Set for a guest that sees only these, the working directory and the package site
+    /// (`SITE_DIR`), always in that order: an empty directory mounted there when a run has no
+    /// site. A run asking for any other mount is refused.
+    pub site_placeholder: Option<PathBuf>,
 }
 
 /// A runtime compiled and linked for one engine.
@@ -104,7 +105,7 @@ pub trait Loaded: Send + Sync + 'static {
         static NONE: GuestSetup = GuestSetup {
             env: Vec::new(),
             mounts: Vec::new(),
-            fixed_mounts: false,
+            site_placeholder: None,
         };
         &NONE
     }

@@ -32,6 +32,8 @@ pub struct Files {
     pub stdlib_dir: PathBuf,
     /// matplotlib's data, unpacked (mounted at [`MPL_DATA_GUEST`]).
     pub mpl_data: PathBuf,
+    /// An empty directory, mounted as the package site of a run that has none.
+    pub empty: PathBuf,
 }
 
 /// The artifact under `cache_dir`, fetched and unpacked first if it is not there yet.
@@ -42,8 +44,10 @@ pub fn ensure(cache_dir: &Path) -> anyhow::Result<Files> {
         module: root.join("python-snapshot.wasm"),
         stdlib_dir: root.join("lib"),
         mpl_data: root.join("mpl-data"),
+        empty: root.join("empty"),
     };
     if verified(&files).is_ok() {
+        std::fs::create_dir_all(&files.empty)?;
         return Ok(files);
     }
     std::fs::create_dir_all(cache_dir)?;
@@ -60,6 +64,7 @@ pub fn ensure(cache_dir: &Path) -> anyhow::Result<Files> {
     }
     std::fs::rename(&unpacked, &root)?;
     verified(&files)?;
+    std::fs::create_dir_all(&files.empty)?;
     Ok(files)
 }
 

@@ -201,9 +201,9 @@ impl Runtime for SciPython {
     }
 }
 
-/// The stdlib and matplotlib's data, mounted read-only, then the working directory: the
-/// directories the guest's C library found when it was pre-initialized, in that order. It
-/// looks for no others, so a run can mount nothing more.
+/// The stdlib and matplotlib's data, mounted read-only, then the working directory and the
+/// package site: the directories the guest's C library found when it was pre-initialized, in
+/// that order. It looks for no others, so a run can mount nothing more.
 fn setup(files: &artifact::Files) -> GuestSetup {
     GuestSetup {
         env: preinit::ENV
@@ -214,7 +214,7 @@ fn setup(files: &artifact::Files) -> GuestSetup {
             (files.stdlib_dir.clone(), artifact::STDLIB_GUEST.into()),
             (files.mpl_data.clone(), artifact::MPL_DATA_GUEST.into()),
         ],
-        fixed_mounts: true,
+        site_placeholder: Some(files.empty.clone()),
     }
 }
 

@@ -6,7 +6,7 @@
 //! imports cost nothing.
 
 use super::artifact::{self, Files};
-use crate::scratch::GUEST_DIR;
+use crate::scratch::{GUEST_DIR, SITE_DIR};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use wasmtime::{Config, Engine, Instance, Linker, Module, Store, Val};
@@ -67,7 +67,7 @@ pub fn build_id() -> String {
         key.update(name.as_bytes());
         key.update([0]);
     }
-    key.update(format!("{:?} {}", ENV, GUEST_DIR).as_bytes());
+    key.update(format!("{ENV:?} {GUEST_DIR} {SITE_DIR}").as_bytes());
     key.update(crate::runtime::artifact::WASMTIME_VERSION.as_bytes());
     hex::encode(&key.finalize()[..16])
 }
@@ -127,8 +127,10 @@ fn snapshot(files: &Files) -> anyhow::Result<Vec<u8>> {
     b.preopened_dir(&files.stdlib_dir, artifact::STDLIB_GUEST, FsPerms::ReadOnly)?;
     b.preopened_dir(&files.mpl_data, artifact::MPL_DATA_GUEST, FsPerms::ReadOnly)?;
     // The C library keeps the directories it found here for every run of the snapshot: a run
-    // must mount the same ones in the same order (`super::setup`), its working directory third.
+    // must mount the same ones in the same order (`super::setup`): its working directory third,
+    // its package site fourth.
     b.preopened_dir(tmp.path(), GUEST_DIR, FsPerms::ReadWrite)?;
+    b.preopened_dir(&files.empty, SITE_DIR, FsPerms::ReadOnly)?;
     let mut store = Store::new(&engine, b.build_p1());
     let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
     wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| s)
