@@ -22,7 +22,9 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    /// Starts this executable's `serve` with room for `sessions` sessions.
+    /// Starts this executable's `serve` with room for `sessions` sessions. It loads no runtime
+    /// beyond the default one (`prepare_runtimes = false`): these rows measure the lean
+    /// runtime, and a prepared `python-sci` adds its own fixed memory (docs/sci.md).
     #[allow(unsafe_code)]
     pub(crate) async fn start(sessions: usize) -> anyhow::Result<Server> {
         use tokio::io::AsyncBufReadExt;
@@ -32,7 +34,8 @@ impl Server {
             &config,
             format!(
                 "listen = \"127.0.0.1:0\"\nmax_sessions = {n}\nmax_instances = {n}\n\
-                 runs_per_minute = {rpm}\n[max_limits]\noutput_bytes = {out}\n\
+                 runs_per_minute = {rpm}\nprepare_runtimes = false\n\
+                 [max_limits]\noutput_bytes = {out}\n\
                  [history]\npath = \"{db}\"\n",
                 n = sessions + 10,
                 rpm = u32::MAX,
