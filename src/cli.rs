@@ -234,6 +234,16 @@ pub async fn run(args: RunArgs, mut settings: EngineSettings) -> anyhow::Result<
         );
     }
     let sandbox = Sandbox::load_async(settings).await?;
+    // python-sci's own default memory limit, unless --memory names one.
+    let runtime = req.runtime.clone().or_else(|| sandbox.auto_runtime(&req));
+    let sci = weir_sandbox::runtime::sci::NAME;
+    if args.memory.is_none()
+        && sandbox
+            .runtime(runtime.as_deref())
+            .is_ok_and(|r| r.name == sci)
+    {
+        req.limits.memory_bytes = weir_sandbox::runtime::sci::DEFAULT_MEMORY_BYTES;
+    }
     let mut handle = match sandbox.start(req.clone()).await {
         Ok(handle) => handle,
         // Naming a runtime this weir does not host is a usage error, like a bad flag.

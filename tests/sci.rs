@@ -370,3 +370,21 @@ async fn a_session_keeps_a_dataframe_across_cells_and_a_cell_shows_its_figure() 
     let (end, _) = cell("df.nope").await;
     assert_eq!(end.exception.expect("an error").type_name, "AttributeError");
 }
+
+/// A python-sci run whose client names no memory limit gets `sci_memory_bytes` (1 GiB), not the
+/// server's 256 MiB default; one that names a limit gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_sci_run_gets_a_gigabyte_unless_it_asks_for_less() {
+    let server = server(|_| {}).await;
+    server.state.sandbox.prepare(SCI).await.expect("prepares");
+    let source = "import numpy as np\na = np.ones(400 * 2**20 // 8)\nprint(a.nbytes >> 20)\n";
+    let body = post_json(&server, "/v1/runs", &json!({"source": source}))
+        .await
+        .json();
+    assert_eq!(body["outcome"], "exited", "{body}");
+    assert_eq!(body["stdout"], "400\n");
+    let limited = json!({"source": source, "limits": {"memory_bytes": 256 << 20}});
+    let body = post_json(&server, "/v1/runs", &limited).await.json();
+    assert_eq!(body["outcome"], "memory_limit", "{body}");
+    server.shutdown().await;
+}

@@ -164,7 +164,9 @@ async fn create_run(
     };
     let record = params.record;
     let config = &state.config;
+    let memory_given = params.limits.memory_bytes.is_some();
     let mut req = params.into_request(&config.limits, &config.max_limits);
+    state.runtime_defaults(&mut req, memory_given);
     req.compile_scope = weir_sandbox::compile_cache::scope_for(admitted.user.as_deref(), None);
     let user = admitted.user.as_deref().unwrap_or(ANONYMOUS);
     let finished = match oneshot::execute(&state, user, req, record).await {

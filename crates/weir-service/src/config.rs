@@ -45,6 +45,10 @@ pub struct ServerConfig {
     pub log_json: bool,
     /// Limits a run gets when the client asks for none.
     pub limits: Limits,
+    /// The memory limit of a `python-sci` run (named, or chosen from its imports) whose client
+    /// asks for none: data work needs more than `limits.memory_bytes`. Capped by `max_limits`.
+    /// Default: 1 GiB.
+    pub sci_memory_bytes: u64,
     /// The most a client may ask for.
     pub max_limits: Limits,
     /// Pooling-allocator slots (most guest instances alive at once).
@@ -92,6 +96,7 @@ impl Default for ServerConfig {
                 wall_ms: 5_000,
                 ..Limits::default()
             },
+            sci_memory_bytes: weir_sandbox::runtime::sci::DEFAULT_MEMORY_BYTES,
             max_limits: Limits {
                 wall_ms: 60_000,
                 memory_bytes: 1 << 30,

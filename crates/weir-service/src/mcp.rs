@@ -232,7 +232,9 @@ impl WeirMcp {
             return_files: Vec::new(),
         };
         let config = &self.state.config;
+        let memory_given = params.limits.memory_bytes.is_some();
         let mut req = params.into_request(&config.limits, &config.max_limits);
+        self.state.runtime_defaults(&mut req, memory_given);
         req.compile_scope = weir_sandbox::compile_cache::scope_for(user.as_deref(), None);
         let owner = user.as_deref().unwrap_or(ANONYMOUS);
         match oneshot::execute(&self.state, owner, req, false).await {

@@ -168,6 +168,7 @@ pub fn session_request(state: &AppState, params: CreateParams) -> RunRequest {
     limits.wall_ms = backstop + 5_000;
     limits.idle_ms = config.session_idle().as_millis() as u64 + 60_000;
     req.limits = limits;
+    state.runtime_defaults(&mut req, params.limits.memory_bytes.is_some());
     req
 }
 

@@ -419,7 +419,9 @@ impl Session {
         self.finish_active().await;
         let config = &self.app.config;
         let record = params.record;
+        let memory_given = params.limits.memory_bytes.is_some();
         let mut req = params.into_request(&config.limits, &config.max_limits);
+        self.app.runtime_defaults(&mut req, memory_given);
         req.compile_scope = self.compile_scope.clone();
         let recording = record.then(|| Box::new((req.clone(), OutputLog::default())));
         let handle = self.app.sandbox.start(req).await.map_err(|e| match e {

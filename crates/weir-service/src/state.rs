@@ -84,6 +84,30 @@ async fn canary(sandbox: &Sandbox) -> bool {
 }
 
 impl AppState {
+    /// Applies the request's runtime's own defaults: a `python-sci` run (named, or chosen from
+    /// its imports) whose client named no memory limit gets `sci_memory_bytes`, within
+    /// `max_limits`.
+    pub fn runtime_defaults(&self, req: &mut weir_sandbox::RunRequest, memory_given: bool) {
+        if memory_given {
+            return;
+        }
+        let runtime = req
+            .runtime
+            .clone()
+            .or_else(|| self.sandbox.auto_runtime(req));
+        let sci = weir_sandbox::runtime::sci::NAME;
+        if self
+            .sandbox
+            .runtime(runtime.as_deref())
+            .is_ok_and(|r| r.name == sci)
+        {
+            req.limits.memory_bytes = self
+                .config
+                .sci_memory_bytes
+                .min(self.config.max_limits.memory_bytes);
+        }
+    }
+
     /// The state of a server that has not served anything yet.
     pub fn new(config: ServerConfig, sandbox: Sandbox, history: History) -> Self {
         AppState {

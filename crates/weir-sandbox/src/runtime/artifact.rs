@@ -56,6 +56,28 @@ pub fn load_or_compile<T>(
     load(path).ok_or_else(|| anyhow::anyhow!("cannot load the freshly compiled {}", path.display()))
 }
 
+/// The compiled artifact cached at `path`, loaded with `deserialize`; `None` when it is missing
+/// or unusable (said on stderr: it is then compiled again).
+pub fn cached<T>(
+    path: &Path,
+    what: &str,
+    deserialize: impl FnOnce(&Path) -> wasmtime::Result<T>,
+) -> Option<T> {
+    if !path.exists() {
+        return None;
+    }
+    match deserialize(path) {
+        Ok(loaded) => Some(loaded),
+        Err(e) => {
+            eprintln!(
+                "weir: ignoring unusable cached {what} {}: {e:#}",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;

@@ -73,7 +73,12 @@ pub fn job<'a>(
         Some(Value::String(s)) => Some(s.clone().into_bytes()),
         Some(_) => return Err("stdin must be a string".into()),
     };
-    req.limits = limits(body, &config.limits, &config.max_limits)?;
+    let mut defaults = config.limits;
+    if runtime.name == weir_sandbox::runtime::sci::NAME {
+        // python-sci's own default (`sci_memory_bytes`), as for every entry point.
+        defaults.memory_bytes = config.sci_memory_bytes.min(config.max_limits.memory_bytes);
+    }
+    req.limits = limits(body, &defaults, &config.max_limits)?;
     req.runtime = Some(runtime.name.clone());
     Ok((req, runtime.clone()))
 }

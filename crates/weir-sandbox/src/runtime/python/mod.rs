@@ -154,6 +154,7 @@ impl Loaded for Linked {
 }
 
 /// Loads the guest for `engine`, compiling and caching it the first time.
+#[allow(unsafe_code)]
 pub fn load_component(engine: &Engine, cache_dir: &Path) -> anyhow::Result<Component> {
     let path = artifact::cache_path(engine, cache_dir, NAME, GUEST_SHA256);
     artifact::load_or_compile(
@@ -164,25 +165,12 @@ pub fn load_component(engine: &Engine, cache_dir: &Path) -> anyhow::Result<Compo
                 .precompile_component(GUEST_WASM)
                 .map_err(|e| anyhow::anyhow!("cannot compile the guest: {e:#}"))
         },
-        |path| try_deserialize(engine, path),
+        // SAFETY: the file was written by this same wasmtime version with matching settings
+        // (the file name encodes both); wasmtime checks its header too.
+        |path| {
+            artifact::cached(path, "guest", |p| unsafe {
+                Component::deserialize_file(engine, p)
+            })
+        },
     )
-}
-
-#[allow(unsafe_code)]
-fn try_deserialize(engine: &Engine, path: &Path) -> Option<Component> {
-    if !path.exists() {
-        return None;
-    }
-    // SAFETY: the file was written by `precompile_component` of this same wasmtime version
-    // with matching settings (the file name encodes both); wasmtime checks its header too.
-    match unsafe { Component::deserialize_file(engine, path) } {
-        Ok(c) => Some(c),
-        Err(e) => {
-            eprintln!(
-                "weir: ignoring unusable cached guest {}: {e:#}",
-                path.display()
-            );
-            None
-        }
-    }
 }

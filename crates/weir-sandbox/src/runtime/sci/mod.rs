@@ -34,8 +34,8 @@ pub const PYTHON_VERSION: &str = "3.15.0";
 /// ([`DEFAULT_MEMORY_BYTES`]); a request may raise it to this.
 pub const MAX_MEMORY_BYTES: u64 = 2 << 30;
 
-/// A `python-sci` run's memory limit when the request names none: data work needs more than
-/// the lean runtime's 256 MiB.
+/// A `python-sci` run's memory limit when its caller names none (`weir run`, and the server's
+/// `sci_memory_bytes` by default): data work needs more than the lean runtime's 256 MiB.
 pub const DEFAULT_MEMORY_BYTES: u64 = 1 << 30;
 
 /// One core instance with one memory, one table and one GC heap (thrown exceptions live there;
@@ -219,6 +219,7 @@ fn setup(files: &artifact::Files) -> GuestSetup {
 }
 
 /// The pre-initialized module, compiled for `engine` (cached).
+#[allow(unsafe_code)]
 fn load_module(
     engine: &Engine,
     cache_dir: &Path,
@@ -235,27 +236,14 @@ fn load_module(
                 .precompile_module(&wasm)
                 .map_err(|e| anyhow::anyhow!("cannot compile python-sci: {e:#}"))
         },
-        |path| try_deserialize(engine, path),
+        // SAFETY: the file was written by this same wasmtime version with matching settings
+        // (the file name encodes both); wasmtime checks its header too.
+        |path| {
+            crate::runtime::artifact::cached(path, "python-sci", |p| unsafe {
+                Module::deserialize_file(engine, p)
+            })
+        },
     )
-}
-
-#[allow(unsafe_code)]
-fn try_deserialize(engine: &Engine, path: &Path) -> Option<Module> {
-    if !path.exists() {
-        return None;
-    }
-    // SAFETY: the file was written by `precompile_module` of this same wasmtime version with
-    // matching settings (the file name encodes both); wasmtime checks its header too.
-    match unsafe { Module::deserialize_file(engine, path) } {
-        Ok(m) => Some(m),
-        Err(e) => {
-            eprintln!(
-                "weir: ignoring unusable cached python-sci {}: {e:#}",
-                path.display()
-            );
-            None
-        }
-    }
 }
 
 /// The module pre-instantiated on one engine.
