@@ -9,13 +9,14 @@ mod ws;
 
 use ws::*;
 
-const STEPS: [&str; 10] = [
+const STEPS: [&str; 11] = [
     "connects and says what it is",
     "lists run_python with its limits in the description",
     "runs code and returns its output",
     "passes files and stdin",
     "reports an uncaught exception as an error with its traceback",
     "stops a busy loop at its time limit",
+    "returns a matplotlib figure as PNG image content",
     "refuses an unknown runtime by name",
     "keeps state across session cells",
     "interrupts a loop and reads a variable afterwards",
@@ -54,8 +55,8 @@ async fn the_official_sdk_runs_python_over_streamable_http() {
     assert_steps(&out);
     let (_, metrics) = http_get(&server, "/metrics").await;
     assert!(
-        metrics.contains("weir_runs_started_total 5"),
-        "every tool call that started a run is counted (4 of 5 run_python calls, 1 session):\n{metrics}"
+        metrics.contains("weir_runs_started_total 6"),
+        "every tool call that started a run is counted (5 of 6 run_python calls, 1 session):\n{metrics}"
     );
     assert_eq!(server.state.sandbox.live_instances(), 0);
     server.shutdown().await;

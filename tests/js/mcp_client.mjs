@@ -76,6 +76,16 @@ try {
     if (!result.isError || !out.includes("outcome: timeout")) throw new Error(out);
   });
 
+  await step("returns a matplotlib figure as PNG image content", async () => {
+    const result = await run({ code: "import matplotlib.pyplot as plt\nplt.plot([1, 2, 4])\nplt.show()\nprint('drawn')" });
+    const out = text(result);
+    if (result.isError || !out.includes("drawn") || !out.includes("runtime python-sci")) throw new Error(out);
+    const images = result.content.filter((c) => c.type === "image");
+    if (images.length !== 1 || images[0].mimeType !== "image/png") throw new Error(JSON.stringify(result.content).slice(0, 300));
+    const png = Buffer.from(images[0].data, "base64");
+    if (png.subarray(0, 8).toString("hex") !== "89504e470d0a1a0a") throw new Error("not a PNG");
+  });
+
   await step("refuses an unknown runtime by name", async () => {
     const result = await run({ code: "print(1)", runtime: "cobol" });
     const out = text(result);
