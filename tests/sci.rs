@@ -205,11 +205,13 @@ async fn input_and_a_repl_keep_working_in_python_sci() {
 
 #[tokio::test]
 async fn deterministic_runs_repeat_numpy_randomness_and_other_seeds_differ() {
-    let program = "import numpy as np, random, time\n\
+    let program = "import numpy as np, os, random, time\n\
                    print(np.random.default_rng().random(3).round(8).tolist())\n\
                    print(np.random.rand())\n\
                    print(random.random())\n\
-                   print(time.time())\n";
+                   print(time.time())\n\
+                   s = os.stat('main.py')\n\
+                   print(s.st_ino, s.st_dev, s.st_mtime)\n";
     let seeded = |seed| {
         let mut req = request(program);
         req.deterministic = Some(Seed(seed));

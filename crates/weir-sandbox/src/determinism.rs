@@ -93,7 +93,7 @@ impl VirtualClock {
         }
     }
 
-    fn file_id(&mut self, real: (u64, u64)) -> u64 {
+    pub(crate) fn file_id(&mut self, real: (u64, u64)) -> u64 {
         let next = self.file_ids.len() as u64 + 1;
         if self.file_ids.len() >= MAX_FILE_IDS {
             return *self.file_ids.get(&real).unwrap_or(&0);

@@ -1,20 +1,27 @@
-//! The guest's clocks in WASI preview 1 (`clock_time_get`), over wasmtime-wasi's: a
-//! deterministic run reads the virtual clock (`crate::determinism`), any other the host's.
+//! The guest's clocks and file identities in WASI preview 1, over wasmtime-wasi's: a
+//! deterministic run reads the virtual clock (`crate::determinism`) in `clock_time_get`, and
+//! `fd_filestat_get` and `path_filestat_get` number its files in the order the guest first
+//! looks at them (as the lean runtime's `stat` does); any other run gets the host's.
 
-use crate::determinism::{self, MONOTONIC_START_NS, WALL_START_SECS};
+use crate::determinism::{self, GuestClock, MONOTONIC_START_NS, WALL_START_SECS};
 use crate::store::GuestState;
 use std::sync::OnceLock;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use wasmtime::{AsContextMut, Caller, Extern, Linker};
+use wasmtime_wasi::p1::types::{Errno, Fd, Filestat, Lookupflags};
+use wasmtime_wasi::p1::wasi_snapshot_preview1::WasiSnapshotPreview1;
+use wiggle::{GuestMemory, GuestPtr};
 
 const REALTIME: i32 = 0;
 const MONOTONIC: i32 = 1;
 const ERRNO_FAULT: i32 = 21;
 const ERRNO_INVAL: i32 = 28;
 
-/// Installs `clock_time_get` over wasmtime-wasi's (call after it is linked).
+/// Installs `clock_time_get`, `fd_filestat_get` and `path_filestat_get` over wasmtime-wasi's
+/// (call after it is linked).
 pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
     linker.allow_shadowing(true);
+    let stats = add_stats(linker);
     let defined = linker
         .func_wrap(
             "wasi_snapshot_preview1",
@@ -36,7 +43,90 @@ pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e:#}"));
     linker.allow_shadowing(false);
     defined?;
+    stats
+}
+
+/// The stat calls: wasmtime-wasi's preview-1 implementation, then, in a deterministic run,
+/// the file's identity made virtual.
+fn add_stats(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
+    linker
+        .func_wrap_async(
+            "wasi_snapshot_preview1",
+            "fd_filestat_get",
+            |mut caller: Caller<'_, GuestState>, (fd, buf): (i32, i32)| {
+                Box::new(async move {
+                    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+                        return Ok(ERRNO_FAULT);
+                    };
+                    let (mem, state) = memory.data_and_store_mut(&mut caller);
+                    let mut guest = GuestMemory::Unshared(mem);
+                    let fd = Fd::from(fd as u32);
+                    let stat = state.wasi_p1().fd_filestat_get(&mut guest, fd).await;
+                    answer(&mut caller, memory, stat, buf)
+                })
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    linker
+        .func_wrap_async(
+            "wasi_snapshot_preview1",
+            "path_filestat_get",
+            |mut caller: Caller<'_, GuestState>,
+             (fd, flags, path, len, buf): (i32, i32, i32, i32, i32)| {
+                Box::new(async move {
+                    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+                        return Ok(ERRNO_FAULT);
+                    };
+                    let Ok(flags) = Lookupflags::try_from(flags as u32) else {
+                        return Ok(ERRNO_INVAL);
+                    };
+                    let (mem, state) = memory.data_and_store_mut(&mut caller);
+                    let mut guest = GuestMemory::Unshared(mem);
+                    let path = GuestPtr::new((path as u32, len as u32));
+                    let fd = Fd::from(fd as u32);
+                    let stat = state
+                        .wasi_p1()
+                        .path_filestat_get(&mut guest, fd, flags, path)
+                        .await;
+                    answer(&mut caller, memory, stat, buf)
+                })
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     Ok(())
+}
+
+/// Writes a stat's answer at `buf` (virtual in a deterministic run) and returns its errno; an
+/// error that is not an errno traps, as wasmtime-wasi's own functions do.
+fn answer(
+    caller: &mut Caller<'_, GuestState>,
+    memory: wasmtime::Memory,
+    stat: Result<Filestat, wasmtime_wasi::p1::types::Error>,
+    buf: i32,
+) -> wasmtime::Result<i32> {
+    let mut stat = match stat {
+        Ok(stat) => stat,
+        Err(e) => return Ok(e.downcast().map_err(|e| wasmtime::format_err!("{e}"))? as i32),
+    };
+    if let GuestClock::Virtual(clock) = &mut caller.data_mut().clock {
+        stat.ino = clock.file_id((stat.dev, stat.ino));
+        stat.dev = 0;
+    }
+    let mut bytes = [0u8; 64];
+    bytes[0..8].copy_from_slice(&stat.dev.to_le_bytes());
+    bytes[8..16].copy_from_slice(&stat.ino.to_le_bytes());
+    bytes[16] = stat.filetype as u8;
+    bytes[24..32].copy_from_slice(&stat.nlink.to_le_bytes());
+    bytes[32..40].copy_from_slice(&stat.size.to_le_bytes());
+    bytes[40..48].copy_from_slice(&stat.atim.to_le_bytes());
+    bytes[48..56].copy_from_slice(&stat.mtim.to_le_bytes());
+    bytes[56..64].copy_from_slice(&stat.ctim.to_le_bytes());
+    Ok(
+        match memory.write(&mut *caller, buf as u32 as usize, &bytes) {
+            Ok(()) => Errno::Success as i32,
+            Err(_) => ERRNO_FAULT,
+        },
+    )
 }
 
 /// The clock `id`'s reading in nanoseconds; `None` for a clock WASI does not name here.
