@@ -37,6 +37,9 @@ async fn the_published_piston_client_runs_scripts_on_weir() {
         weir_sandbox::runtime::python::PYTHON_VERSION
     );
     assert_eq!(r["runtimes"][0]["aliases"], json!(["py", "python3"]));
+    assert_eq!(r["runtimes"][1]["language"], "python");
+    assert_eq!(r["runtimes"][1]["version"], "3.15.0");
+    assert_eq!(r["runtimes"][1]["aliases"][0], "python-sci");
 
     let hello = &r["hello"];
     assert_eq!(hello["language"], "python");

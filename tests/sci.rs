@@ -390,3 +390,37 @@ async fn a_python_sci_run_gets_a_gigabyte_unless_it_asks_for_less() {
     assert_eq!(body["outcome"], "memory_limit", "{body}");
     server.shutdown().await;
 }
+
+/// Pause, resume and stop work on a python-sci run busy in numpy, as on any run.
+#[tokio::test]
+async fn a_busy_python_sci_run_pauses_resumes_and_stops() {
+    use std::time::Duration;
+    use weir_sandbox::{Event, RunState};
+    let mut req = request(
+        "import numpy as np\na = np.ones((200, 200))\nn = 0\nwhile True:\n    a = a @ a / 200\n    n += 1\n    if n % 20 == 0:\n        print(n, flush=True)\n",
+    );
+    req.limits.wall_ms = 60_000;
+    let mut handle = sandbox().await.start(req).await.expect("starts");
+    let control = handle.control();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(30), handle.next_event())
+            .await
+            .expect("an event in time")
+            .expect("the run lives")
+    };
+    while !matches!(next().await, Event::Output { .. }) {}
+    control.pause();
+    while !matches!(next().await, Event::State(RunState::Paused)) {}
+    // Paused: nothing more is printed (output already queued may still arrive first).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    control.resume();
+    while !matches!(next().await, Event::State(RunState::Running)) {}
+    while !matches!(next().await, Event::Output { .. }) {}
+    control.stop();
+    let result = loop {
+        if let Event::Exit(result) = next().await {
+            break result;
+        }
+    };
+    assert_eq!(result.outcome, Outcome::Stopped);
+}

@@ -27,9 +27,20 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/v2/connect", get(connect::upgrade))
 }
 
-/// Every runtime of the sandbox, the default first.
+/// Every runtime of the sandbox, the default first, each with weir's `status` (`ready`,
+/// `preparing`, `failed: …`) beside Piston's fields.
 async fn runtimes(State(state): State<Arc<AppState>>) -> Json<Value> {
-    Json(state.sandbox.runtimes().map(listing).collect())
+    Json(
+        state
+            .sandbox
+            .runtimes()
+            .map(|r| {
+                let mut entry = listing(r);
+                entry["status"] = crate::api::status(&state.sandbox, &r.name).into();
+                entry
+            })
+            .collect(),
+    )
 }
 
 async fn execute(
