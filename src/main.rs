@@ -62,6 +62,12 @@ struct ServeArgs {
     /// Log JSON lines instead of text.
     #[arg(long, env = "WEIR_LOG_JSON")]
     log_json: bool,
+    /// Cluster mode: the PostgreSQL database every node shares (`[cluster] database_url`).
+    #[arg(long, env = "WEIR_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// This node's id in cluster mode (`[cluster] node_id`; default: the host name).
+    #[arg(long, env = "WEIR_NODE_ID")]
+    node_id: Option<String>,
 }
 
 impl ServeArgs {
@@ -77,6 +83,12 @@ impl ServeArgs {
             c.secret = self.secret.clone();
         }
         c.log_json |= self.log_json;
+        if self.database_url.is_some() {
+            c.cluster.database_url = self.database_url.clone();
+        }
+        if self.node_id.is_some() {
+            c.cluster.node_id = self.node_id.clone();
+        }
         Ok(c)
     }
 }

@@ -312,7 +312,7 @@ async fn v1_runs_answers_with_the_whole_run() {
         (Some("exited"), Some(2))
     );
     assert_eq!(run["message"], "Script exited with code 2");
-    assert!(run["run_id"].as_str().is_some_and(|id| id.len() == 16));
+    assert!(run["run_id"].as_str().is_some_and(|id| id.len() == 32));
 
     // Deterministic runs repeat exactly; recorded ones serve their transcript.
     let det = json!({"source": "import random, time\nprint(random.random(), time.time())",

@@ -3,6 +3,8 @@
 
 #![deny(unsafe_code)]
 
+pub mod cluster;
+pub mod harness;
 pub mod measure;
 pub mod native;
 pub mod sci;
@@ -25,6 +27,11 @@ pub async fn run(settings: EngineSettings, samples: usize) -> anyhow::Result<()>
     if std::env::var_os("WEIR_BENCH_ONLY_WS").is_some() {
         row("measurement", "weir", "python3 per run", "target");
         return ws::run(1000).await;
+    }
+    // `WEIR_BENCH_ONLY_CLUSTER=1`: the cluster rows only (PostgreSQL, HAProxy, three nodes).
+    if std::env::var_os("WEIR_BENCH_ONLY_CLUSTER").is_some() {
+        row("measurement", "weir", "", "");
+        return cluster::rows().await;
     }
     // `WEIR_BENCH_ONLY_SESSIONS=1`: the stateful-session rows only.
     if std::env::var_os("WEIR_BENCH_ONLY_SESSIONS").is_some() {

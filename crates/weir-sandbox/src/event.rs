@@ -6,22 +6,26 @@ use bytes::Bytes;
 use serde::Serialize;
 use std::time::Duration;
 
-/// A run's identifier: 16 hex digits, unique across restarts for all practical purposes.
+/// A run's identifier: 32 hex digits, unique across restarts and cluster nodes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct RunId(String);
 
 impl RunId {
-    /// A fresh id.
+    /// A fresh id: 128 bits (32 hex digits) from two SipHash keys the standard library seeds
+    /// from the operating system's randomness, over the time: unique across every node of a
+    /// cluster as a random UUID is.
     pub fn new() -> Self {
         use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0),
-        );
-        RunId(format!("{:016x}", h.finish()))
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let half = || {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(now);
+            h.finish()
+        };
+        RunId(format!("{:016x}{:016x}", half(), half()))
     }
 
     /// The id as text.

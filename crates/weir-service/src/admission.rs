@@ -74,6 +74,12 @@ fn check(state: &AppState, query: &WsQuery, headers: &HeaderMap) -> Result<Admit
             message: "the server is shutting down".into(),
         });
     }
+    if let Err(reason) = state.registry.health() {
+        return Err(registry_refusal(
+            state,
+            crate::registry::RegisterError::Unavailable(reason),
+        ));
+    }
     let (user, protocol) = identify(state, query, headers)?;
     let permit = state
         .slots
@@ -92,6 +98,23 @@ fn check(state: &AppState, query: &WsQuery, headers: &HeaderMap) -> Result<Admit
         protocol,
         permit,
     })
+}
+
+/// The refusal of a caller the session registry cannot admit (cluster mode: the database is
+/// unreachable, or the user's session on another node did not close in time); counted and
+/// logged like the other refusals.
+pub fn registry_refusal(state: &AppState, e: crate::registry::RegisterError) -> Refusal {
+    let reason = match e {
+        crate::registry::RegisterError::Unavailable(_) => "database",
+        crate::registry::RegisterError::Busy => "replacing",
+    };
+    state.metrics.rejected(reason);
+    tracing::info!(reason, message = %e, "refused");
+    Refusal {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        reason,
+        message: e.to_string(),
+    }
 }
 
 /// The checks for a request about something the caller already holds (a session's cells and

@@ -74,6 +74,27 @@ pub struct ServerConfig {
     pub prepare_runtimes: bool,
     /// Run history: database path and retention.
     pub history: HistoryConfig,
+    /// Cluster mode: nodes sharing one PostgreSQL database (off without `database_url`).
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: with a `database_url`, the run history and the one-session-per-user registry
+/// live in PostgreSQL, shared by every node that names the same database (docs/cluster.md).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// A PostgreSQL connection string (`postgresql://user:password@host:port/db`, or key=value
+    /// pairs); env `WEIR_DATABASE_URL`. Without one the node is alone: SQLite history, sessions
+    /// registered in memory.
+    pub database_url: Option<String>,
+    /// This node's name in history rows, logs and the `X-Weir-Node` response header; env
+    /// `WEIR_NODE_ID`. Default: the host name.
+    pub node_id: Option<String>,
+    /// On SIGTERM, how long the node keeps serving while `/readyz` already answers 503, so the
+    /// load balancer stops sending it work before it drains, seconds. Default: 3 with a
+    /// `database_url` (HAProxy in `deploy/` marks a node down after 2 failed checks 1 s apart),
+    /// 0 without.
+    pub drain_delay_secs: Option<u64>,
 }
 
 impl Default for ServerConfig {
@@ -112,6 +133,7 @@ impl Default for ServerConfig {
             packages: Vec::new(),
             prepare_runtimes: true,
             history: HistoryConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -146,6 +168,25 @@ impl ServerConfig {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs.max(1))
+    }
+
+    /// This node's id (`[cluster] node_id`, or the host name).
+    pub fn node_id(&self) -> String {
+        self.cluster
+            .node_id
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(crate::cluster::hostname)
+    }
+
+    /// How long a SIGTERM'd node stays up reporting not-ready before it drains.
+    pub fn drain_delay(&self) -> Duration {
+        let default = if self.cluster.database_url.is_some() {
+            3
+        } else {
+            0
+        };
+        Duration::from_secs(self.cluster.drain_delay_secs.unwrap_or(default))
     }
 
     pub fn shutdown_grace(&self) -> Duration {

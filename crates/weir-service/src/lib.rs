@@ -2,8 +2,10 @@
 //! sessions over `/ws`, one-shot `POST /v1/runs`, Piston's API, run history, metrics and
 //! readiness.
 //!
-//! Layers, bottom up (each module depends only on those before it): [`config`], [`auth`],
-//! [`history`] (run history in SQLite), [`metrics`], [`protocol`] (JSON-RPC messages),
+//! Layers, bottom up (each module depends only on those before it): [`cluster`] (a node's
+//! identity and its PostgreSQL settings), [`config`], [`auth`], [`history`] (run history in
+//! SQLite, or PostgreSQL in cluster mode), [`registry`] (one session per user, across nodes in
+//! cluster mode), [`metrics`], [`protocol`] (JSON-RPC messages),
 //! [`kernel`] (stateful sessions: a run in cell mode), [`state`] (what every handler shares), [`admission`] (who may start what), [`socket`]
 //! (WebSocket plumbing), [`oneshot`] (a run start to finish for an HTTP request), [`session`] (one
 //! `/ws` session), [`api`] (`/v1/runs`), [`notebook`] (`/v1/sessions`), [`piston`] (Piston's API), [`ide`] (the browser IDE),
@@ -15,6 +17,7 @@
 pub mod admission;
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod history;
 pub mod ide;
@@ -26,6 +29,7 @@ pub mod oneshot;
 pub mod packages;
 pub mod piston;
 pub mod protocol;
+pub mod registry;
 pub mod server;
 pub mod session;
 pub mod socket;

@@ -244,6 +244,10 @@ pub async fn start(
     state.kernels.insert(kernel.clone());
     state.metrics.runs_started.fetch_add(1, Relaxed);
     tracing::info!(session_id = %kernel.id, user, runtime = %kernel.runtime, "session started");
+    state
+        .history
+        .started(&kernel.id, user, &kernel.runtime)
+        .await;
     Ok(kernel)
 }
 

@@ -43,6 +43,7 @@ pub async fn execute(
     app.metrics.runs_started.fetch_add(1, Relaxed);
     let id = handle.id().to_string();
     tracing::info!(run_id = %id, user, "one-shot run started");
+    app.history.started(&id, user, handle.runtime()).await;
     let mut collected = Collected::default();
     // On shutdown the run may finish for the grace period, then it is stopped.
     let mut shutdown = app.shutdown.subscribe();

@@ -4,9 +4,10 @@
 use crate::admission::{self, Admitted};
 use crate::config::ServerConfig;
 use crate::history::History;
+use crate::registry::Registry;
 use crate::session::{self, SessionCtx};
 use crate::socket::upgrade;
-use crate::state::{register_user, unregister_user, AppState, WsQuery};
+use crate::state::{AppState, WsQuery};
 use axum::extract::{Query, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -32,6 +33,22 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
+    /// Drains: `/readyz` answers 503 at once, while requests are still served for the
+    /// configured drain delay (`[cluster] drain_delay_secs`: long enough for the load balancer to
+    /// notice), then [`RunningServer::shutdown`].
+    pub async fn drain(self) {
+        self.state.begin_drain();
+        let delay = self.state.config.drain_delay();
+        if !delay.is_zero() {
+            tracing::info!(
+                secs = delay.as_secs(),
+                "draining: reporting not-ready before shutdown"
+            );
+            tokio::time::sleep(delay).await;
+        }
+        self.shutdown().await;
+    }
+
     /// Begins graceful shutdown and waits until every session has ended.
     pub async fn shutdown(self) {
         // Stored even if nothing has subscribed yet (the serving task may not have started).
@@ -74,12 +91,12 @@ async fn install_packages(config: &ServerConfig, sandbox: &Sandbox) -> anyhow::R
 /// settings: for embedders that host runtimes of their own.
 pub async fn start_with(config: ServerConfig, sandbox: Sandbox) -> anyhow::Result<RunningServer> {
     install_packages(&config, &sandbox).await?;
-    let history = History::open(&config.history)?;
+    let (history, registry) = open_stores(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
-    let state = Arc::new(AppState::new(config, sandbox, history));
+    let state = Arc::new(AppState::new(config, sandbox, history).with_registry(registry));
     let app = router(state.clone());
     let task = tokio::spawn(serve_connections(listener, app, state.clone()));
     let reaper = tokio::spawn(crate::notebook::reap(state.clone()));
@@ -94,6 +111,20 @@ pub async fn start_with(config: ServerConfig, sandbox: Sandbox) -> anyhow::Resul
         _reaper: AbortOnDrop(reaper),
         _preparer: preparer,
     })
+}
+
+/// The run history and the session registry: SQLite and in memory, or with a
+/// `[cluster] database_url` both in PostgreSQL (schema created or migrated here).
+async fn open_stores(config: &ServerConfig) -> anyhow::Result<(History, Registry)> {
+    let node = crate::cluster::Node::new(&config.node_id());
+    let Some(pg) = crate::cluster::pg_config(config.cluster.database_url.as_deref(), &node)? else {
+        let history = History::open(&config.history)?.with_node(&node.id);
+        return Ok((history, Registry::local()));
+    };
+    let registry = Registry::clustered(&node, pg.clone(), config.max_sessions).await?;
+    let history = History::connect(&config.history, pg, &node).await?;
+    tracing::info!(node = %node.id, "cluster mode: history and sessions in PostgreSQL");
+    Ok((history, registry))
 }
 
 /// Loads every runtime not loaded yet, one after the other; a failure is logged (and shown in
@@ -247,14 +278,14 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     // Registered before the address is announced: a SIGTERM sent as soon as a supervisor sees
     // the server listening must begin a graceful shutdown, not kill the process.
     let signals = ShutdownSignals::register()?;
-    tracing::info!(addr = %server.addr, "weir listening");
+    tracing::info!(addr = %server.addr, node = %server.state.node, "weir listening");
     eprintln!(
         "weir: listening on http://{} (WebSocket at /ws)",
         server.addr
     );
     signals.recv().await;
     eprintln!("weir: shutting down");
-    server.shutdown().await;
+    server.drain().await;
     Ok(())
 }
 
@@ -305,7 +336,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::ide::routes())
         .merge(crate::mcp::routes(&state))
         .layer(body_limit)
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            node_header,
+        ))
         .with_state(state)
+}
+
+/// Every response says which node answered (`X-Weir-Node`).
+async fn node_header(State(state): State<Arc<AppState>>, mut response: Response) -> Response {
+    if let Ok(node) = header::HeaderValue::from_str(&state.node) {
+        response.headers_mut().insert("x-weir-node", node);
+    }
+    response
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
@@ -344,17 +387,23 @@ async fn ws_upgrade(
         permit,
     } = admitted;
     let session_no = state.next_session.fetch_add(1, Relaxed);
-    let replaced = register_user(&state, user.as_deref(), session_no);
+    let registration = match state.registry.register(user.as_deref(), session_no).await {
+        Ok(r) => r,
+        Err(e) => {
+            return admission::registry_refusal(&state, e).into_response(admission::Body::Text)
+        }
+    };
     let app = state.clone();
     upgrade(&state, ws, protocol, move |socket| async move {
         let ctx = SessionCtx {
             app: app.clone(),
             session_no,
             user: user.clone(),
-            replaced,
+            ended: registration.ended.clone(),
         };
         session::run(socket, ctx).await;
-        unregister_user(&app, user.as_deref(), session_no);
+        app.registry.unregister(user.as_deref(), session_no);
+        drop(registration); // releases the user's cluster lock
         drop(permit);
     })
 }

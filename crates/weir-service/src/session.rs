@@ -6,6 +6,7 @@
 
 use crate::history::RunRecord;
 use crate::protocol::{self, code, Incoming, Request, RpcError, RunParams};
+use crate::registry::SessionEnd;
 use crate::socket::{close, close_outbound, is_too_big, outbound, sleep_until_opt, MERGE_BYTES};
 use crate::state::AppState;
 use axum::extract::ws::{Message, WebSocket};
@@ -30,8 +31,8 @@ pub struct SessionCtx {
     pub app: Arc<AppState>,
     pub session_no: u64,
     pub user: Option<String>,
-    /// Fires when the same user logs in elsewhere.
-    pub replaced: watch::Receiver<bool>,
+    /// Changes when the same user logs in elsewhere, or the node loses its cluster database.
+    pub ended: watch::Receiver<SessionEnd>,
 }
 
 struct Active {
@@ -61,7 +62,7 @@ struct Session {
 
 /// What woke the session loop.
 enum Step {
-    Replaced,
+    Ended(SessionEnd),
     Shutdown,
     GraceOver,
     Frame(Option<Result<Message, axum::Error>>),
@@ -119,7 +120,7 @@ async fn run_in_span(socket: WebSocket, mut ctx: SessionCtx) {
         let room = s.out.capacity() > 0;
         let step = tokio::select! {
             biased;
-            _ = replaced(&mut ctx.replaced) => Step::Replaced,
+            why = ended(&mut ctx.ended) => Step::Ended(why),
             _ = shutdown.changed(), if !s.shutting_down => Step::Shutdown,
             _ = sleep_until_opt(grace_deadline), if s.active.is_some() => Step::GraceOver,
             frame = stream.next() => Step::Frame(frame),
@@ -129,7 +130,13 @@ async fn run_in_span(socket: WebSocket, mut ctx: SessionCtx) {
             _ = tokio::time::sleep_until(idle_at), if s.active.is_none() => Step::Idle,
         };
         match step {
-            Step::Replaced => break End::Close(close::REPLACED, "logged in from another location"),
+            Step::Ended(SessionEnd::DatabaseLost) => {
+                break End::Close(
+                    close::TRY_AGAIN_LATER,
+                    "this node lost its cluster database",
+                )
+            }
+            Step::Ended(_) => break End::Close(close::REPLACED, "logged in from another location"),
             Step::Shutdown => {
                 s.shutting_down = true;
                 grace_deadline = Some(Instant::now() + config.shutdown_grace());
@@ -190,11 +197,17 @@ async fn run_in_span(socket: WebSocket, mut ctx: SessionCtx) {
     tracing::info!("session ended");
 }
 
-/// Resolves when this session's user logs in elsewhere; never for anonymous sessions (whose
-/// sender is dropped at once).
-async fn replaced(rx: &mut watch::Receiver<bool>) {
-    if rx.wait_for(|r| *r).await.is_err() {
-        std::future::pending::<()>().await;
+/// Resolves with the reason when the registry ends this session (its user logged in elsewhere,
+/// or the node lost its cluster database); never for anonymous sessions (whose sender is
+/// dropped at once).
+async fn ended(rx: &mut watch::Receiver<SessionEnd>) -> SessionEnd {
+    let why = rx
+        .wait_for(|e| *e != SessionEnd::Open)
+        .await
+        .map(|why| *why);
+    match why {
+        Ok(why) => why,
+        Err(_) => std::future::pending().await,
     }
 }
 
@@ -435,6 +448,10 @@ impl Session {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = handle.id().to_string();
         tracing::info!(run_id = %id, "run started");
+        self.app
+            .history
+            .started(&id, &self.user, handle.runtime())
+            .await;
         self.active = Some(Active {
             id: id.clone(),
             handle,

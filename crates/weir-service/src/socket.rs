@@ -22,6 +22,8 @@ pub(crate) const MERGE_BYTES: usize = 64 << 10;
 pub mod close {
     pub const GOING_AWAY: u16 = 1001;
     pub const TOO_BIG: u16 = 1009;
+    /// The node cannot serve the session now (cluster mode: it lost its database).
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     pub const REPLACED: u16 = 4001;
     pub const IDLE: u16 = 4002;
 }

@@ -5,9 +5,9 @@ use crate::config::ServerConfig;
 use crate::history::{History, RunRecord};
 use crate::kernel::Kernels;
 use crate::metrics::Metrics;
+use crate::registry::Registry;
 use serde::Deserialize;
-use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
@@ -24,9 +24,13 @@ pub struct AppState {
     pub shutdown: watch::Sender<bool>,
     /// Session slots: one per WebSocket session or one-shot HTTP run (`max_sessions`).
     pub(crate) slots: Arc<Semaphore>,
-    /// Signed-in users and the switch that closes their current session (one entry per open
-    /// authenticated session, so bounded by `max_sessions`).
-    users: Mutex<HashMap<String, (u64, watch::Sender<bool>)>>,
+    /// One session per signed-in user (in cluster mode, across nodes).
+    pub registry: Registry,
+    /// This node's id (`ServerConfig::node_id`), sent as `X-Weir-Node` on every response.
+    pub node: String,
+    /// Set on SIGTERM, before the drain: `/readyz` answers 503 so the load balancer stops
+    /// sending work, while requests are still served.
+    draining: std::sync::atomic::AtomicBool,
     pub(crate) next_session: AtomicU64,
     pub(crate) tracker: TaskTracker,
     readiness: Readiness,
@@ -110,6 +114,7 @@ impl AppState {
 
     /// The state of a server that has not served anything yet.
     pub fn new(config: ServerConfig, sandbox: Sandbox, history: History) -> Self {
+        let config_node = config.node_id();
         AppState {
             slots: Arc::new(Semaphore::new(config.max_sessions)),
             config,
@@ -117,7 +122,9 @@ impl AppState {
             metrics: Metrics::default(),
             history,
             shutdown: watch::channel(false).0,
-            users: Mutex::new(HashMap::new()),
+            registry: Registry::local(),
+            node: config_node,
+            draining: std::sync::atomic::AtomicBool::new(false),
             next_session: AtomicU64::new(1),
             tracker: TaskTracker::new(),
             readiness: Readiness::default(),
@@ -126,15 +133,35 @@ impl AppState {
         }
     }
 
-    /// Whether the server is ready for work: not shutting down, and a canary script printed
-    /// the expected text within 2 s (at most [`READY_FOR`] ago).
-    pub(crate) async fn ready(&self) -> Result<(), &'static str> {
+    /// This state with `registry` (a cluster node's) in place of the local one.
+    pub fn with_registry(mut self, registry: Registry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// Reports not-ready from now on (the first step of a drain).
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the server is ready for work: not draining or shutting down, its cluster
+    /// database (if any) reachable, and a canary script printed the expected text within 2 s
+    /// (at most [`READY_FOR`] ago).
+    pub(crate) async fn ready(&self) -> Result<(), String> {
         if *self.shutdown.borrow() {
-            return Err("not ready: shutting down");
+            return Err("not ready: shutting down".into());
+        }
+        if self.draining.load(Ordering::Relaxed) {
+            return Err("not ready: draining before shutdown".into());
+        }
+        if let Err(reason) = self.registry.health() {
+            return Err(format!(
+                "not ready: the cluster database is unreachable ({reason})"
+            ));
         }
         match self.readiness.check(&self.sandbox).await {
             true => Ok(()),
-            false => Err("not ready: the canary run failed"),
+            false => Err("not ready: the canary run failed".into()),
         }
     }
 
@@ -152,29 +179,4 @@ impl AppState {
 #[derive(Debug, Default, Deserialize)]
 pub struct WsQuery {
     pub token: Option<String>,
-}
-
-/// Records `user`'s new session, closing their previous one.
-pub(crate) fn register_user(
-    state: &AppState,
-    user: Option<&str>,
-    session_no: u64,
-) -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
-    if let Some(user) = user {
-        let mut users = state.users.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, previous)) = users.insert(user.to_string(), (session_no, tx)) {
-            let _ = previous.send(true);
-        }
-    }
-    rx
-}
-
-pub(crate) fn unregister_user(state: &AppState, user: Option<&str>, session_no: u64) {
-    if let Some(user) = user {
-        let mut users = state.users.lock().unwrap_or_else(|p| p.into_inner());
-        if users.get(user).is_some_and(|(n, _)| *n == session_no) {
-            users.remove(user);
-        }
-    }
 }

@@ -254,6 +254,10 @@ impl Connection {
         self.app.metrics.runs_started.fetch_add(1, Relaxed);
         let id = handle.id().to_string();
         tracing::info!(run_id = %id, "piston job started");
+        self.app
+            .history
+            .started(&id, &self.user, handle.runtime())
+            .await;
         self.job = Some(Job {
             id,
             handle,

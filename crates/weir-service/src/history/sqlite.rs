@@ -1,180 +1,21 @@
-//! Run history: every run the server starts is kept in an embedded SQLite database (metadata, and
-//! the transcript of recorded runs), so nothing is lost on restart.
-//!
-//! Writes never wait on the database: the session hands a finished run to a bounded queue and one
-//! writer thread stores the queue in batches (one transaction each) and applies retention. Reads
-//! use their own connection on a blocking thread.
+//! The embedded run history: one SQLite file, a writer thread that stores finished runs in
+//! batches and applies retention, and a reader connection used on a blocking thread.
 
-use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use super::record::{
+    unix_ms, HistoryConfig, HistoryError, Retention, RunRecord, BATCH, PRUNE_EVERY, QUEUE,
+};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot};
-
-/// Finished runs waiting for the writer; past this, a session waits (after its client has
-/// already seen the run's `exit`).
-const QUEUE: usize = 1024;
-/// Most runs stored in one transaction.
-const BATCH: usize = 256;
-/// How often retention runs, at most.
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
-
-/// Where and how long runs are kept.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HistoryConfig {
-    /// The SQLite database file (created when missing).
-    pub path: PathBuf,
-    /// Most runs kept; the oldest go first.
-    pub max_runs: u64,
-    /// Runs older than this are deleted, days.
-    pub max_age_days: u64,
-    /// Most bytes of messages and transcripts kept; the oldest runs go first.
-    pub max_bytes: u64,
-}
-
-impl Default for HistoryConfig {
-    fn default() -> Self {
-        HistoryConfig {
-            path: default_path(),
-            max_runs: 100_000,
-            max_age_days: 30,
-            max_bytes: 1 << 30,
-        }
-    }
-}
-
-/// `$XDG_DATA_HOME/weir/history.sqlite3` (usually `~/.local/share/weir/`).
-pub fn default_path() -> PathBuf {
-    dirs::data_dir()
-        .unwrap_or_else(std::env::temp_dir)
-        .join("weir")
-        .join("history.sqlite3")
-}
-
-/// One stored run: what `GET /v1/runs/{id}` returns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunRecord {
-    pub id: String,
-    /// The signed-in user, or "anonymous".
-    pub user: String,
-    /// Unix time in milliseconds.
-    pub started_at_ms: u64,
-    pub finished_at_ms: u64,
-    pub duration_ms: u64,
-    pub outcome: String,
-    pub code: i32,
-    pub message: String,
-    pub output_bytes: u64,
-    pub output_truncated: bool,
-    /// Whether a transcript was recorded (then at `/v1/runs/{id}/transcript`).
-    pub recorded: bool,
-    /// The runtime the run was in (empty for runs stored before runtimes were recorded).
-    #[serde(default)]
-    pub runtime: String,
-}
-
-impl RunRecord {
-    /// The record of a run that ended with `result`; `outcome` may differ from the result's
-    /// (e.g. "shutdown").
-    pub fn finished(
-        id: &str,
-        user: &str,
-        started: SystemTime,
-        outcome: &str,
-        result: &weir_sandbox::RunResult,
-        recorded: bool,
-    ) -> Self {
-        RunRecord {
-            id: id.into(),
-            user: user.into(),
-            started_at_ms: unix_ms(started),
-            finished_at_ms: unix_ms(SystemTime::now()),
-            duration_ms: result.duration.as_millis() as u64,
-            outcome: outcome.into(),
-            code: result.outcome.exit_code(),
-            message: result.message.clone(),
-            output_bytes: result.output_bytes,
-            output_truncated: result.output_truncated,
-            recorded,
-            runtime: result.runtime.clone(),
-        }
-    }
-
-    /// The record of a run the server ended before it ended by itself: `stopped` (its owner
-    /// closed it), `idle` or `shutdown`.
-    pub fn ended_by_server(
-        id: &str,
-        user: &str,
-        started: SystemTime,
-        outcome: &str,
-        output_bytes: u64,
-        runtime: &str,
-    ) -> Self {
-        let now = SystemTime::now();
-        let (code, message) = match outcome {
-            "idle" => (
-                weir_sandbox::Outcome::Idle.exit_code(),
-                "The session was idle past its limit",
-            ),
-            "shutdown" => (
-                weir_sandbox::Outcome::Stopped.exit_code(),
-                "The server shut down",
-            ),
-            _ => (
-                weir_sandbox::Outcome::Stopped.exit_code(),
-                "The session was closed",
-            ),
-        };
-        RunRecord {
-            id: id.into(),
-            user: user.into(),
-            started_at_ms: unix_ms(started),
-            finished_at_ms: unix_ms(now),
-            duration_ms: now.duration_since(started).unwrap_or_default().as_millis() as u64,
-            outcome: outcome.into(),
-            code,
-            message: message.into(),
-            output_bytes,
-            output_truncated: false,
-            recorded: false,
-            runtime: runtime.into(),
-        }
-    }
-
-    /// The record of a run that ended without an `exit` because its client went away.
-    pub fn abandoned(
-        id: &str,
-        user: &str,
-        started: SystemTime,
-        output_bytes: u64,
-        runtime: &str,
-    ) -> Self {
-        RunRecord {
-            message: "The run was stopped because its client went away".into(),
-            ..Self::ended_by_server(id, user, started, "stopped", output_bytes, runtime)
-        }
-    }
-}
-
-/// Why the history cannot be opened or read.
-#[derive(Debug, thiserror::Error)]
-pub enum HistoryError {
-    #[error("run history database {path}: {reason}")]
-    Open { path: String, reason: String },
-    #[error("run history: {0}")]
-    Sql(#[from] rusqlite::Error),
-    #[error("run history is closed")]
-    Closed,
-}
 
 enum Command {
     Store(Box<(RunRecord, Option<String>)>),
     Flush(oneshot::Sender<()>),
 }
 
-/// The history store. Dropping it stores what is queued and joins its writer thread.
-pub struct History {
+/// The embedded history. Dropping it stores what is queued and joins its writer thread.
+pub struct SqliteHistory {
     tx: Option<mpsc::Sender<Command>>,
     writer: Option<std::thread::JoinHandle<()>>,
     reader: Arc<Mutex<rusqlite::Connection>>,
@@ -196,7 +37,8 @@ const SCHEMA: &str = "
         output_bytes INTEGER NOT NULL,
         output_truncated INTEGER NOT NULL,
         transcript TEXT,
-        runtime TEXT NOT NULL DEFAULT ''
+        runtime TEXT NOT NULL DEFAULT '',
+        node TEXT NOT NULL DEFAULT ''
     );
     CREATE INDEX IF NOT EXISTS runs_finished ON runs (finished_at_ms);
 ";
@@ -213,32 +55,33 @@ fn open(path: &Path) -> Result<rusqlite::Connection, HistoryError> {
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(|e| err(e.to_string()))?;
     conn.execute_batch(SCHEMA).map_err(|e| err(e.to_string()))?;
-    add_runtime_column(&conn).map_err(|e| err(e.to_string()))?;
+    for column in ["runtime", "node"] {
+        add_column(&conn, column).map_err(|e| err(e.to_string()))?;
+    }
     Ok(conn)
 }
 
-/// Databases made before runs recorded their runtime get the column (empty for their runs).
-fn add_runtime_column(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+/// Databases made before runs recorded their runtime (or node) get the text column `name`,
+/// empty for their runs.
+fn add_column(conn: &rusqlite::Connection, name: &str) -> rusqlite::Result<()> {
     let has = conn
-        .prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'runtime'")?
-        .exists([])?;
+        .prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = ?1")?
+        .exists([name])?;
     if !has {
-        conn.execute_batch("ALTER TABLE runs ADD COLUMN runtime TEXT NOT NULL DEFAULT ''")?;
+        conn.execute_batch(&format!(
+            "ALTER TABLE runs ADD COLUMN {name} TEXT NOT NULL DEFAULT ''"
+        ))?;
     }
     Ok(())
 }
 
-impl History {
+impl SqliteHistory {
     /// Opens (or creates) the database and starts the writer thread.
     pub fn open(config: &HistoryConfig) -> Result<Self, HistoryError> {
         let writer_conn = open(&config.path)?;
         let reader = open(&config.path)?;
         let (tx, rx) = mpsc::channel(QUEUE);
-        let retention = Retention {
-            max_runs: config.max_runs,
-            max_age: Duration::from_secs(config.max_age_days.saturating_mul(86_400)),
-            max_bytes: config.max_bytes,
-        };
+        let retention = Retention::of(config);
         let writer = std::thread::Builder::new()
             .name("weir-history".into())
             .spawn(move || write_loop(writer_conn, rx, retention))
@@ -246,7 +89,7 @@ impl History {
                 path: config.path.display().to_string(),
                 reason: e.to_string(),
             })?;
-        Ok(History {
+        Ok(SqliteHistory {
             tx: Some(tx),
             writer: Some(writer),
             reader: Arc::new(Mutex::new(reader)),
@@ -282,7 +125,8 @@ impl History {
         self.read(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT id, user, started_at_ms, finished_at_ms, duration_ms, outcome, code,
-                        message, output_bytes, output_truncated, transcript IS NOT NULL, runtime
+                        message, output_bytes, output_truncated, transcript IS NOT NULL, runtime,
+                        node
                  FROM runs WHERE id = ?1",
             )?;
             let mut rows = st.query([&id])?;
@@ -302,6 +146,7 @@ impl History {
                 output_truncated: r.get(9)?,
                 recorded: r.get(10)?,
                 runtime: r.get(11)?,
+                node: r.get(12)?,
             }))
         })
         .await
@@ -347,20 +192,13 @@ impl History {
     }
 }
 
-impl Drop for History {
+impl Drop for SqliteHistory {
     fn drop(&mut self) {
         self.tx = None; // the writer stores what is queued, then ends
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
     }
-}
-
-/// Unix time in milliseconds.
-pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn write_loop(
@@ -414,8 +252,8 @@ fn store_batch(
     {
         let mut st = tx.prepare_cached(
             "INSERT OR REPLACE INTO runs (id, user, started_at_ms, finished_at_ms, duration_ms,
-                 outcome, code, message, output_bytes, output_truncated, transcript, runtime)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                 outcome, code, message, output_bytes, output_truncated, transcript, runtime, node)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )?;
         for entry in records {
             let (r, transcript) = entry.as_ref();
@@ -432,17 +270,11 @@ fn store_batch(
                 r.output_truncated,
                 transcript,
                 r.runtime,
+                r.node,
             ])?;
         }
     }
     tx.commit()
-}
-
-/// What the history keeps.
-struct Retention {
-    max_runs: u64,
-    max_age: Duration,
-    max_bytes: u64,
 }
 
 /// Deletes runs past the age limit, then the oldest beyond the count limit, then the oldest
@@ -487,6 +319,7 @@ mod tests {
             output_truncated: false,
             recorded: false,
             runtime: "python".into(),
+            node: String::new(),
         }
     }
 
@@ -514,7 +347,7 @@ mod tests {
             max_age_days: 3650,
             max_bytes: 1 << 20,
         };
-        let h = History::open(&config).unwrap();
+        let h = SqliteHistory::open(&config).unwrap();
         let before = h.get("before").await.unwrap().expect("the old run is kept");
         assert_eq!(before.runtime, "");
         h.store(record("after", unix_ms(SystemTime::now())), None)
@@ -539,7 +372,7 @@ mod tests {
         };
         let now = unix_ms(SystemTime::now());
         {
-            let h = History::open(&config).unwrap();
+            let h = SqliteHistory::open(&config).unwrap();
             h.store(record("old", now - 3 * 86_400_000), None).await;
             for i in 0..5 {
                 h.store(record(&format!("r{i}"), now), Some("{}".into()))
@@ -547,7 +380,7 @@ mod tests {
             }
             h.flush().await;
         }
-        let h = History::open(&config).unwrap();
+        let h = SqliteHistory::open(&config).unwrap();
         // The writer prunes on its first batch after opening: store one more to trigger it.
         h.store(record("r5", now), None).await;
         h.flush().await;
@@ -572,14 +405,14 @@ mod tests {
         };
         let now = unix_ms(SystemTime::now());
         {
-            let h = History::open(&config).unwrap();
+            let h = SqliteHistory::open(&config).unwrap();
             for i in 0..5 {
                 h.store(record(&format!("big{i}"), now), Some("x".repeat(4_000)))
                     .await;
             }
             h.flush().await;
         }
-        let h = History::open(&config).unwrap();
+        let h = SqliteHistory::open(&config).unwrap();
         h.store(record("small", now), None).await;
         h.flush().await;
         // 10,000 bytes hold the newest two transcripts (and the small run), not a third.

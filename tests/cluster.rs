@@ -1,0 +1,304 @@
+//! Cluster mode with real components on loopback: PostgreSQL (Debian's package, run as the
+//! `postgres` user in a temporary directory), three `weir serve` processes sharing it, and
+//! HAProxy running `deploy/haproxy.cfg` as it is. One test, in order: history readable from
+//! every node and private to its owner; a user's sessions hashed to one node; a second login on
+//! another node closing the first with 4001; `kill -9` of a node mid-run; a rolling restart
+//! under a one-shot client that loses no request; the database going away.
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use weir_bench::harness::{http, one_shot, token, HaProxy, Node, Postgres};
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Opens `/ws?token=…` on `addr`; returns the socket and the node that answered.
+async fn connect(addr: &str, token: &str) -> Result<(Ws, String), u16> {
+    let req = format!("ws://{addr}/ws?token={token}")
+        .into_client_request()
+        .unwrap();
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, response)) => {
+            let node = response
+                .headers()
+                .get("x-weir-node")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            Ok((ws, node))
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("WebSocket connect to {addr}: {e}"),
+    }
+}
+
+/// The next text message as JSON, or `Err(close code)` (0: the socket dropped without one).
+async fn next(ws: &mut Ws, wait: Duration) -> Result<Value, u16> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("a message or a close in time");
+        match msg {
+            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t).unwrap()),
+            Some(Ok(Message::Close(f))) => return Err(f.map_or(0, |f| u16::from(f.code))),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return Err(0),
+        }
+    }
+}
+
+/// Starts a run on `ws` and returns its id once it has printed `marker`.
+async fn run_until(ws: &mut Ws, source: &str, marker: &str) -> String {
+    let req = json!({"jsonrpc": "2.0", "id": 1, "method": "run", "params": {"source": source}});
+    futures_util::SinkExt::send(ws, Message::Text(req.to_string().into()))
+        .await
+        .unwrap();
+    let mut id = String::new();
+    let mut out = String::new();
+    while !out.contains(marker) {
+        let m = next(ws, Duration::from_secs(60)).await.expect("open");
+        if m["id"] == 1 {
+            id = m["result"]["run_id"].as_str().expect("run started").into();
+        }
+        if m["method"] == "output" {
+            out.push_str(m["params"]["data"].as_str().unwrap_or(""));
+        }
+    }
+    id
+}
+
+/// Polls `GET /v1/runs/{id}` on `addr` until its outcome is `outcome`.
+async fn wait_outcome(addr: &str, token: &str, id: &str, outcome: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = http(addr, "GET", &format!("/v1/runs/{id}"), Some(token), b"").await;
+        if r.status == 200 && r.json()["outcome"] == outcome {
+            return r.json();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run {id} never read {outcome}: {} {}",
+            r.status,
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_behind_haproxy_share_history_sessions_and_survive_failures() {
+    let dir = tempfile::Builder::new()
+        .prefix("cluster-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let mut pg = Postgres::start().expect("PostgreSQL starts");
+    let weir = Path::new(env!("CARGO_BIN_EXE_weir"));
+    let mut nodes: Vec<Node> = ["node1", "node2", "node3"]
+        .iter()
+        .map(|id| Node::new(weir, dir.path(), id, Some(&pg.url()), "").unwrap())
+        .collect();
+    for n in &mut nodes {
+        n.spawn().unwrap();
+    }
+    for n in &nodes {
+        n.wait_ready().await.unwrap();
+    }
+    let addrs = [0, 1, 2].map(|i| nodes[i].addr.as_str());
+    let lb = HaProxy::start(repo(), dir.path(), addrs).expect("HAProxy starts");
+    for n in &nodes {
+        lb.wait_for(&n.id, "UP").await.unwrap();
+    }
+
+    // History from any node: a run made through HAProxy answers identically on every node,
+    // and does not exist for another user on any of them.
+    let ann = token("ann", 3600);
+    let bob = token("bob", 3600);
+    let made = one_shot(&lb.addr, &ann, "print('hello from the cluster')").await;
+    assert_eq!(made.status, 200, "{}", made.body);
+    let served_by = made
+        .header("x-weir-node")
+        .expect("the node header")
+        .to_string();
+    let run = made.json();
+    assert_eq!(run["stdout"], "hello from the cluster\n");
+    let id = run["run_id"].as_str().unwrap().to_string();
+    let mut seen = Vec::new();
+    for n in &nodes {
+        let meta = http(&n.addr, "GET", &format!("/v1/runs/{id}"), Some(&ann), b"").await;
+        assert_eq!(meta.status, 200, "{} on {}", meta.body, n.id);
+        assert_eq!(meta.header("x-weir-node"), Some(n.id.as_str()));
+        let transcript = http(
+            &n.addr,
+            "GET",
+            &format!("/v1/runs/{id}/transcript"),
+            Some(&ann),
+            b"",
+        )
+        .await;
+        assert_eq!(transcript.status, 200, "{}", transcript.body);
+        seen.push((meta.body, transcript.body));
+        for path in [
+            format!("/v1/runs/{id}"),
+            format!("/v1/runs/{id}/transcript"),
+        ] {
+            let other = http(&n.addr, "GET", &path, Some(&bob), b"").await;
+            assert_eq!(other.status, 404, "bob must not see ann's run on {}", n.id);
+        }
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0] == w[1]),
+        "every node answers the same"
+    );
+    let meta: Value = serde_json::from_str(&seen[0].0).unwrap();
+    assert_eq!(
+        (meta["outcome"].as_str(), meta["node"].as_str()),
+        (Some("exited"), Some(served_by.as_str()))
+    );
+    assert_eq!(meta["user"], "ann");
+
+    // A user's sessions are hashed on the user in the token: two tokens of carol (different
+    // expiry) reach the same node through HAProxy.
+    let (mut first, node_a) = connect(&lb.addr, &token("carol", 3600)).await.unwrap();
+    let (_second, node_b) = connect(&lb.addr, &token("carol", 7200)).await.unwrap();
+    assert_eq!(node_a, node_b, "carol's sessions land on one node");
+    assert_eq!(
+        next(&mut first, Duration::from_secs(5)).await.err(),
+        Some(4001)
+    );
+
+    // One session per user across nodes: dave on node1, then on node2: node1's closes with
+    // 4001 (the second login is admitted once the first has closed).
+    let dave = token("dave", 3600);
+    let (mut on1, _) = connect(&nodes[0].addr, &dave).await.unwrap();
+    let (mut on2, _) = connect(&nodes[1].addr, &dave).await.unwrap();
+    assert_eq!(
+        next(&mut on1, Duration::from_secs(2)).await.err(),
+        Some(4001)
+    );
+    let pong = json!({"jsonrpc": "2.0", "id": 9, "method": "ping"});
+    futures_util::SinkExt::send(&mut on2, Message::Text(pong.to_string().into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut on2, Duration::from_secs(5)).await.unwrap()["id"],
+        9
+    );
+    drop(on2);
+
+    // kill -9 of a node mid-run.
+    let eve = token("eve", 3600);
+    let earlier = one_shot(&lb.addr, &eve, "print('before the crash')").await;
+    assert_eq!(earlier.status, 200);
+    let earlier_id = earlier.json()["run_id"].as_str().unwrap().to_string();
+    let (mut ws, victim) = connect(&lb.addr, &eve).await.unwrap();
+    let running = run_until(
+        &mut ws,
+        "import time\nprint('working', flush=True)\ntime.sleep(120)",
+        "working",
+    )
+    .await;
+    let victim_ix = nodes.iter().position(|n| n.id == victim).expect("a node");
+    let witness = &nodes[(victim_ix + 1) % 3].addr.clone();
+    let live = wait_outcome(witness, &eve, &running, "running").await;
+    assert_eq!(live["node"], victim.as_str());
+    nodes[victim_ix].kill9();
+    assert_eq!(
+        next(&mut ws, Duration::from_secs(10)).await.err(),
+        Some(0),
+        "the client sees its socket close"
+    );
+    lb.wait_for(&victim, "DOWN").await.unwrap();
+    let (mut again, rescuer) = connect(&lb.addr, &eve)
+        .await
+        .expect("a reconnect is admitted");
+    assert_ne!(rescuer, victim);
+    run_until(
+        &mut again,
+        "print('on ' + 'another node')",
+        "on another node",
+    )
+    .await;
+    drop(again);
+    let before = wait_outcome(witness, &eve, &earlier_id, "exited").await;
+    assert_eq!(before["message"], "Script finished");
+    let lost = wait_outcome(witness, &eve, &running, "lost").await;
+    assert!(
+        lost["message"].as_str().unwrap().contains(&victim),
+        "{lost}"
+    );
+    nodes[victim_ix].spawn().unwrap();
+    nodes[victim_ix].wait_ready().await.unwrap();
+    lb.wait_for(&victim, "UP").await.unwrap();
+
+    // A rolling restart of all three nodes while a one-shot client loops through HAProxy:
+    // no request is lost.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let (addr, stop, tok) = (lb.addr.clone(), stop.clone(), token("frank", 3600));
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let r = one_shot(&addr, &tok, &format!("print({i} * 2)")).await;
+                if r.status == 200 && r.json()["stdout"] == format!("{}\n", i * 2) {
+                    ok += 1;
+                } else {
+                    failed.push(format!("#{i}: {} {}", r.status, r.body));
+                }
+            }
+            (ok, failed)
+        })
+    };
+    for n in &mut nodes {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let status = n.terminate().expect("an exit status");
+        assert!(
+            status.success(),
+            "{} exits 0 after draining: {status}",
+            n.id
+        );
+        assert!(n.log_text().contains("draining"), "{} drained first", n.id);
+        n.spawn().unwrap();
+        n.wait_ready().await.unwrap();
+        lb.wait_for(&n.id, "UP").await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = client.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "requests lost in the rolling restart: {failed:?}"
+    );
+    assert!(ok >= 10, "the client kept running ({ok} runs)");
+
+    // The database goes away: signed-in sessions close (1013), nodes stop admitting and say why.
+    let (mut gina, _) = connect(&nodes[0].addr, &token("gina", 3600)).await.unwrap();
+    pg.stop();
+    assert_eq!(
+        next(&mut gina, Duration::from_secs(10)).await.err(),
+        Some(1013)
+    );
+    let ready = http(&nodes[1].addr, "GET", "/readyz", None, b"").await;
+    assert_eq!(ready.status, 503);
+    assert!(ready.body.contains("cluster database"), "{}", ready.body);
+    match connect(&nodes[2].addr, &token("hana", 3600)).await {
+        Err(status) => assert_eq!(status, 503),
+        Ok(_) => panic!("a node without its database admitted a session"),
+    }
+    let refused = one_shot(&nodes[2].addr, &ann, "print(1)").await;
+    assert_eq!(refused.status, 503);
+    let why = refused.json()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(why.contains("cluster database"), "{}", refused.body);
+}
