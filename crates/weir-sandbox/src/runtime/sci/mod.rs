@@ -13,6 +13,7 @@ pub mod artifact;
 mod clock;
 mod door;
 pub mod preinit;
+mod readdir;
 
 use crate::launch::Uncaught;
 use crate::outcome::Outcome;
@@ -170,6 +171,7 @@ impl Runtime for SciPython {
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, GuestState::wasi_p1)
             .map_err(|e| anyhow::anyhow!("cannot link WASI: {e:#}"))?;
         clock::add_to_linker(&mut linker)?;
+        readdir::add_to_linker(&mut linker)?;
         door::add_to_linker(&mut linker)?;
         let pre = linker
             .instantiate_pre(&module)

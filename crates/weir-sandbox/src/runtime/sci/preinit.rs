@@ -54,6 +54,11 @@ pub const PREIMPORT: &[&str] = &[
     "statistics",
 ];
 
+/// How the pre-initialization is kept the same on every machine (part of the build id): its
+/// randomness seeded, its directory listings in name order (`super::readdir`), so two machines
+/// make the same snapshot from the same files and a transcript replays on both.
+const HERMETIC: &str = "seeded random, sorted readdir";
+
 /// Bytes of captured output kept from the pre-initialization, for its error message.
 const OUTPUT_KEPT: usize = 64 << 10;
 
@@ -67,7 +72,7 @@ pub fn build_id() -> String {
         key.update(name.as_bytes());
         key.update([0]);
     }
-    key.update(format!("{ENV:?} {GUEST_DIR} {SITE_DIR}").as_bytes());
+    key.update(format!("{ENV:?} {GUEST_DIR} {SITE_DIR} {HERMETIC}").as_bytes());
     key.update(crate::runtime::artifact::WASMTIME_VERSION.as_bytes());
     hex::encode(&key.finalize()[..16])
 }
@@ -124,6 +129,7 @@ fn snapshot(files: &Files) -> anyhow::Result<Vec<u8>> {
     for (name, value) in ENV {
         b.env(name, value);
     }
+    crate::determinism::Seed(0).seed_random(&mut b);
     b.preopened_dir(&files.stdlib_dir, artifact::STDLIB_GUEST, FsPerms::ReadOnly)?;
     b.preopened_dir(&files.mpl_data, artifact::MPL_DATA_GUEST, FsPerms::ReadOnly)?;
     // The C library keeps the directories it found here for every run of the snapshot: a run
@@ -135,6 +141,7 @@ fn snapshot(files: &Files) -> anyhow::Result<Vec<u8>> {
     let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
     wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| s)
         .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    super::readdir::add_to_preinit_linker(&mut linker)?;
     // No host is bound to the door while pre-initializing.
     linker
         .func_wrap("host", "call", |_: i32, _: i32, _: i32, _: i32| -> i32 {
