@@ -23,8 +23,10 @@ const POOL: usize = 8;
 const TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a batch that cannot be stored is retried.
 const RETRY_FOR: Duration = Duration::from_secs(30);
-/// How long `store` waits for its run to be written before it lets the session go on.
-const STORE_WAIT: Duration = Duration::from_secs(10);
+/// How long `store` waits for its run to be written before it lets the session go on (a
+/// healthy database commits in milliseconds; one that takes longer is failing, and the client
+/// should have its answer meanwhile — the write is still retried).
+const STORE_WAIT: Duration = Duration::from_secs(3);
 
 /// Schema version 1. Created under a transaction-level advisory lock, so nodes starting together
 /// do not race to create it.
