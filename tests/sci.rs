@@ -424,3 +424,77 @@ async fn a_busy_python_sci_run_pauses_resumes_and_stops() {
     };
     assert_eq!(result.outcome, Outcome::Stopped);
 }
+
+/// `KeyboardInterrupt` reaches running python-sci code as it does the lean runtime's: a busy
+/// loop in a session's cell ends with it and the session keeps its arrays; a script's busy loop
+/// ends with it as its outcome.
+#[tokio::test]
+async fn an_interrupt_raises_keyboard_interrupt_in_python_sci_and_the_session_keeps_its_arrays() {
+    use std::time::Duration;
+    use weir_sandbox::{Cell, CellEnd, Event};
+    let mut req = request("import numpy as np\n");
+    req.close_stdin = false;
+    req.cells = true;
+    let mut handle = sandbox().await.start(req).await.expect("starts");
+    let control = handle.control();
+    let mut cell = async |code: &str, mut interrupt: bool| -> CellEnd {
+        control
+            .send_cell(Cell {
+                code: code.into(),
+                ..Default::default()
+            })
+            .expect("the session takes a cell");
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(60), handle.next_event())
+                .await
+                .expect("the cell ends in time")
+                .expect("the session lives");
+            match event {
+                Event::Output { .. } if interrupt => {
+                    assert!(control.interrupt());
+                    interrupt = false;
+                }
+                Event::Cell(end) => return end,
+                Event::Exit(r) => panic!("the session ended: {r:?}"),
+                _ => {}
+            }
+        }
+    };
+    assert_eq!(cell("a = np.arange(10)", false).await.exception, None);
+    let end = cell(
+        "print('ready', flush=True)\nn = 0\nwhile True:\n    n += 1",
+        true,
+    )
+    .await;
+    assert_eq!(
+        end.exception.map(|e| e.type_name).as_deref(),
+        Some("KeyboardInterrupt")
+    );
+    let end = cell("int(a.sum()) + (n > 0)", false).await;
+    assert_eq!(end.value.as_deref(), Some("46"));
+
+    let mut req = request("print('ready', flush=True)\nwhile True:\n    pass\n");
+    req.limits.wall_ms = 60_000;
+    let mut handle = sandbox().await.start(req).await.expect("starts");
+    let run = handle.control();
+    let mut interrupted = false;
+    let result = loop {
+        let event = tokio::time::timeout(Duration::from_secs(60), handle.next_event())
+            .await
+            .expect("an event in time")
+            .expect("the run lives");
+        match event {
+            Event::Output { .. } if !interrupted => {
+                assert!(run.interrupt());
+                interrupted = true;
+            }
+            Event::Exit(result) => break result,
+            _ => {}
+        }
+    };
+    assert!(
+        matches!(result.outcome, Outcome::Error { ref exception, .. } if exception == "KeyboardInterrupt"),
+        "{:?}",
+        result.outcome
+    );
+}

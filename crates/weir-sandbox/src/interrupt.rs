@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use tokio::sync::Notify;
 
 /// `_PY_ASYNC_EXCEPTION_BIT` (CPython 3.14, `Include/internal/pycore_ceval.h`).
-const ASYNC_EXCEPTION_BIT: u32 = 1 << 3;
+pub(crate) const ASYNC_EXCEPTION_BIT: u32 = 1 << 3;
 
 /// Where, in a guest's linear memory, an interrupt is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

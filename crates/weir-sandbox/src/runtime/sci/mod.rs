@@ -14,6 +14,7 @@ mod clock;
 mod door;
 pub mod preinit;
 mod readdir;
+mod site;
 
 use crate::launch::Uncaught;
 use crate::outcome::Outcome;
@@ -22,6 +23,7 @@ use crate::store::GuestState;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
+use std::ptr::NonNull;
 use std::sync::{Arc, OnceLock};
 use wasmtime::{Engine, InstancePre, Linker, Module, Store};
 
@@ -179,6 +181,7 @@ impl Runtime for SciPython {
         Ok(Arc::new(Linked {
             pre,
             setup: setup(&files),
+            site: preinit::site(&preinit::snapshot_path(cache_dir)),
         }))
     }
 
@@ -252,6 +255,8 @@ fn load_module(
 struct Linked {
     pre: InstancePre<GuestState>,
     setup: GuestSetup,
+    /// Where `KeyboardInterrupt` is written into a running instance (`site`), if it was found.
+    site: Option<crate::interrupt::InterruptSite>,
 }
 
 impl Loaded for Linked {
@@ -270,6 +275,10 @@ impl Loaded for Linked {
             let memory = instance
                 .get_memory(&mut *store, "memory")
                 .ok_or_else(|| wasmtime::format_err!("python-sci exports no memory"))?;
+            if let (Some(site), Some(base)) = (self.site, NonNull::new(memory.data_ptr(&*store))) {
+                let size = memory.data_size(&*store);
+                store.data().interrupter().attach(base, size, site);
+            }
             let len = ENTRY.len() as i32;
             let at = alloc.call_async(&mut *store, len).await?;
             memory.write(&mut *store, at as u32 as usize, ENTRY.as_bytes())?;

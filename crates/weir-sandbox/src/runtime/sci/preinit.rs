@@ -6,6 +6,7 @@
 //! imports cost nothing.
 
 use super::artifact::{self, Files};
+use crate::interrupt::{InterruptSite, ASYNC_EXCEPTION_BIT};
 use crate::scratch::{GUEST_DIR, SITE_DIR};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -57,7 +58,7 @@ pub const PREIMPORT: &[&str] = &[
 /// How the pre-initialization is kept the same on every machine (part of the build id): its
 /// randomness seeded, its directory listings in name order (`super::readdir`), so two machines
 /// make the same snapshot from the same files and a transcript replays on both.
-const HERMETIC: &str = "seeded random, sorted readdir";
+const HERMETIC: &str = "seeded random, sorted readdir, interrupt site";
 
 /// Bytes of captured output kept from the pre-initialization, for its error message.
 const OUTPUT_KEPT: usize = 64 << 10;
@@ -81,7 +82,7 @@ pub fn build_id() -> String {
 /// machine, under a lock). Blocking: minutes the first time (one compile of the original module
 /// and the imports), a stat after.
 pub fn ensure(cache_dir: &Path, files: &Files) -> anyhow::Result<PathBuf> {
-    let path = cache_dir.join(format!("python-sci-{}.wasm", build_id()));
+    let path = snapshot_path(cache_dir);
     if path.is_file() {
         return Ok(path);
     }
@@ -91,7 +92,14 @@ pub fn ensure(cache_dir: &Path, files: &Files) -> anyhow::Result<PathBuf> {
     }
     eprintln!("weir: pre-initializing python-sci (numpy, pandas, scipy, scikit-learn, matplotlib); once, a few minutes");
     let started = std::time::Instant::now();
-    let wasm = snapshot(files)?;
+    let (wasm, site) = snapshot(files)?;
+    // The site first: a snapshot on disk has its site beside it, or has none.
+    if let Some(site) = &site {
+        crate::runtime::artifact::write_atomically(
+            &site_path(&path),
+            super::site::to_text(site).as_bytes(),
+        )?;
+    }
     crate::runtime::artifact::write_atomically(&path, &wasm)?;
     eprintln!(
         "weir: pre-initialized python-sci in {:.1} s ({} MB)",
@@ -102,7 +110,23 @@ pub fn ensure(cache_dir: &Path, files: &Files) -> anyhow::Result<PathBuf> {
 }
 
 /// Runs the imports in an instrumented instance and returns the snapshot module.
-fn snapshot(files: &Files) -> anyhow::Result<Vec<u8>> {
+/// The pre-initialized module's file under `cache_dir`.
+pub fn snapshot_path(cache_dir: &Path) -> PathBuf {
+    cache_dir.join(format!("python-sci-{}.wasm", build_id()))
+}
+
+/// Where the interrupt site of the snapshot at `wasm` is kept.
+fn site_path(wasm: &Path) -> PathBuf {
+    wasm.with_extension("site")
+}
+
+/// The interrupt site found when the snapshot at `wasm` was made (`None`: none was found, or it
+/// did not raise `KeyboardInterrupt` when tried; runs then cannot be interrupted).
+pub fn site(wasm: &Path) -> Option<InterruptSite> {
+    super::site::parse(&std::fs::read_to_string(site_path(wasm)).ok()?)
+}
+
+fn snapshot(files: &Files) -> anyhow::Result<(Vec<u8>, Option<InterruptSite>)> {
     let wasm = std::fs::read(&files.module)?;
     let got = hex::encode(Sha256::digest(&wasm));
     if got != artifact::MODULE_SHA256 {
@@ -168,28 +192,96 @@ fn snapshot(files: &Files) -> anyhow::Result<Vec<u8>> {
         instance,
     };
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
-    rt.block_on(wizer.snapshot(&cx, &mut state))
-        .map_err(|e| anyhow::anyhow!("cannot snapshot python-sci: {e:#}"))
+    let wasm = rt
+        .block_on(wizer.snapshot(&cx, &mut state))
+        .map_err(|e| anyhow::anyhow!("cannot snapshot python-sci: {e:#}"))?;
+    let printed = String::from_utf8_lossy(&output.contents()).into_owned();
+    let site = interrupt_site(&mut store, &instance, &printed)
+        .map_err(|why| eprintln!("weir: python-sci runs cannot be interrupted: {why}"))
+        .ok();
+    Ok((wasm, site))
 }
 
-/// The one turn that loads the runner as `_weir` and imports everything.
+/// A loop of Python bytecode: the interpreter checks its eval breaker at every iteration.
+const LOOP: &str = "for _weir_i in range(1000):\n    pass\n";
+
+/// Finds the interrupt site in the instance just snapshotted and tries it there: a loop ends
+/// cleanly, then with the site written it ends in `KeyboardInterrupt` (and `async_exc` is
+/// consumed), then a loop ends cleanly again. `Err` says why there is none.
+fn interrupt_site(
+    store: &mut Store<WasiP1Ctx>,
+    instance: &Instance,
+    printed: &str,
+) -> Result<InterruptSite, String> {
+    let mut words = printed
+        .lines()
+        .find_map(|l| l.strip_prefix(SITE_MARKER))
+        .ok_or("the pre-initializing turn did not print the site's inputs")?
+        .split_whitespace()
+        .map(|w| w.parse::<u32>().ok());
+    let (Some(Some(exception)), Some(Some(ident))) = (words.next(), words.next()) else {
+        return Err("the site's inputs are not two numbers".into());
+    };
+    let memory = instance
+        .get_memory(&mut *store, "memory")
+        .ok_or("no memory export")?;
+    let site = super::site::find(memory.data(&*store), exception, ident)
+        .ok_or("no thread state found through the debug offsets")?;
+    let word = |store: &Store<WasiP1Ctx>, at: u32| -> Option<u32> {
+        let bytes = memory.data(store).get(at as usize..at as usize + 4)?;
+        Some(u32::from_le_bytes(bytes.try_into().ok()?))
+    };
+    let status =
+        |store: &mut Store<WasiP1Ctx>| turn(store, instance, LOOP).map_err(|e| e.to_string());
+    if status(store)? != 0 {
+        return Err("a loop failed before the site was tried".into());
+    }
+    let breaker = word(store, site.eval_breaker).ok_or("eval_breaker out of bounds")?;
+    let write = |store: &mut Store<WasiP1Ctx>, at: u32, value: u32| {
+        memory
+            .write(&mut *store, at as usize, &value.to_le_bytes())
+            .map_err(|e| e.to_string())
+    };
+    write(store, site.async_exc, exception)?;
+    write(store, site.eval_breaker, breaker | ASYNC_EXCEPTION_BIT)?;
+    if status(store)? == 0 {
+        return Err(format!("{site:?} did not interrupt a loop"));
+    }
+    if word(store, site.async_exc) != Some(0) {
+        return Err(format!("{site:?}: async_exc was not consumed"));
+    }
+    if status(store)? != 0 {
+        return Err(format!("{site:?}: a loop failed after the interrupt"));
+    }
+    Ok(site)
+}
+
+/// The one turn that loads the runner as `_weir`, imports everything, and prints (flushed, so
+/// nothing stays buffered in the snapshot) what the interrupt site is found by.
 fn init_source() -> String {
     format!(
-        "import sys as _s, types as _t\n\
+        "import sys as _s, types as _t, _thread as _th\n\
          _m = _t.ModuleType('_weir')\n\
          _m.__file__ = '<weir>'\n\
          exec(compile({runner:?}, '<weir>', 'exec', dont_inherit=True), _m.__dict__)\n\
          _s.modules['_weir'] = _m\n\
          _m._preimport({names:?})\n\
-         del _s, _t, _m\n\
+         _s.stdout.write('{marker}%d %d\\n' % (id(KeyboardInterrupt), _th.get_ident()))\n\
+         _s.stdout.flush()\n\
+         del _s, _t, _m, _th\n\
          import gc as _gc\n\
          _gc.collect()\n\
          _gc.freeze()\n\
          del _gc\n",
         runner = RUNNER_SOURCE,
         names = PREIMPORT,
+        marker = SITE_MARKER,
     )
 }
+
+/// The line the pre-initializing turn prints: `KeyboardInterrupt`'s address and the thread's
+/// ident follow it.
+const SITE_MARKER: &str = "WEIR-INTERRUPT-SITE ";
 
 /// Runs `source` as one turn of the guest's session interface; its status (0: no exception).
 fn turn(store: &mut Store<WasiP1Ctx>, instance: &Instance, source: &str) -> anyhow::Result<i32> {
