@@ -498,3 +498,80 @@ async fn an_interrupt_raises_keyboard_interrupt_in_python_sci_and_the_session_ke
         result.outcome
     );
 }
+
+/// An interrupt while a python-sci program waits in `input()` raises there at once.
+#[tokio::test]
+async fn an_interrupt_at_input_raises_keyboard_interrupt_in_python_sci() {
+    use std::time::Duration;
+    use weir_sandbox::{Event, RunState};
+    let mut req = request("x = input()\nprint('not reached')\n");
+    req.close_stdin = false;
+    req.limits.wall_ms = 60_000;
+    let mut handle = sandbox().await.start(req).await.expect("starts");
+    let run = handle.control();
+    let mut interrupted = false;
+    let (result, stdout) = {
+        let mut stdout = Vec::new();
+        let result = loop {
+            let event = tokio::time::timeout(Duration::from_secs(60), handle.next_event())
+                .await
+                .expect("an event in time")
+                .expect("the run lives");
+            match event {
+                Event::State(RunState::WaitingInput) if !interrupted => {
+                    assert!(run.interrupt());
+                    interrupted = true;
+                }
+                Event::Output { data, .. } => stdout.extend_from_slice(&data),
+                Event::Exit(result) => break result,
+                _ => {}
+            }
+        };
+        (result, stdout)
+    };
+    assert!(
+        matches!(result.outcome, Outcome::Error { ref exception, .. } if exception == "KeyboardInterrupt"),
+        "{:?}",
+        result.outcome
+    );
+    assert!(!String::from_utf8_lossy(&stdout).contains("not reached"));
+}
+
+/// An interrupt ends a python-sci `time.sleep` at once, where the program can catch it.
+#[tokio::test]
+async fn an_interrupt_ends_a_sleep_at_once_in_python_sci() {
+    use std::time::Duration;
+    use weir_sandbox::Event;
+    let mut req = request(
+        "import time\nprint('ready', flush=True)\ntry:\n    time.sleep(60)\n    print('slept')\nexcept KeyboardInterrupt:\n    print('interrupted')\nprint('after')\n",
+    );
+    req.limits.wall_ms = 120_000;
+    let mut handle = sandbox().await.start(req).await.expect("starts");
+    let run = handle.control();
+    let mut stdout = String::new();
+    let mut asked = None;
+    let result = loop {
+        let event = tokio::time::timeout(Duration::from_secs(90), handle.next_event())
+            .await
+            .expect("an event in time")
+            .expect("the run lives");
+        match event {
+            Event::Output { data, .. } => {
+                stdout.push_str(&String::from_utf8_lossy(&data));
+                if asked.is_none() && stdout.contains("ready") {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    assert!(run.interrupt());
+                    asked = Some(std::time::Instant::now());
+                }
+            }
+            Event::Exit(result) => break result,
+            _ => {}
+        }
+    };
+    assert!(
+        asked.is_some_and(|t| t.elapsed() < Duration::from_secs(30)),
+        "the sleep was not cut short"
+    );
+    assert_eq!(stdout, "ready\ninterrupted\nafter\n");
+    assert_eq!(result.outcome, Outcome::Exited { code: 0 });
+}

@@ -21,7 +21,7 @@ const ERRNO_INVAL: i32 = 28;
 /// (call after it is linked).
 pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
     linker.allow_shadowing(true);
-    let stats = add_stats(linker);
+    let stats = add_stats(linker).and_then(|()| add_poll(linker));
     let defined = linker
         .func_wrap(
             "wasi_snapshot_preview1",
@@ -94,6 +94,103 @@ fn add_stats(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
         )
         .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     Ok(())
+}
+
+/// `poll_oneoff` (how `time.sleep` waits): wasmtime-wasi's, but a wait that includes a timer
+/// ends early when an interrupt is asked for — the interrupt is written into the guest and the
+/// first timer is reported as fired, so the sleep returns and the interpreter raises
+/// `KeyboardInterrupt` at once, as in the lean runtime (`crate::determinism`'s sleep).
+fn add_poll(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
+    linker
+        .func_wrap_async(
+            "wasi_snapshot_preview1",
+            "poll_oneoff",
+            |mut caller: Caller<'_, GuestState>, (subs, events, n, out): (i32, i32, i32, i32)| {
+                Box::new(async move {
+                    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+                        return Ok(ERRNO_FAULT);
+                    };
+                    let interrupter = determinism::ClockView::interrupter(caller.data());
+                    let (subs, events, n) = (subs as u32, events as u32, n as u32);
+                    let timer = first_timer(memory.data(&caller), subs, n);
+                    let early = match (&interrupter, timer) {
+                        (Some(i), Some(_)) => i.in_flight(),
+                        _ => false,
+                    };
+                    let polled = if early {
+                        None
+                    } else {
+                        let (mem, state) = memory.data_and_store_mut(&mut caller);
+                        let mut guest = GuestMemory::Unshared(mem);
+                        let poll = state.wasi_p1().poll_oneoff(
+                            &mut guest,
+                            GuestPtr::new(subs),
+                            GuestPtr::new(events),
+                            n,
+                        );
+                        match (&interrupter, timer) {
+                            (Some(i), Some(_)) => tokio::select! {
+                                r = poll => Some(r),
+                                () = i.requested() => None,
+                            },
+                            _ => Some(poll.await),
+                        }
+                    };
+                    let data = memory.data_mut(&mut caller);
+                    match polled {
+                        Some(Ok(count)) => Ok(put_u32(data, out as u32, count)),
+                        Some(Err(e)) => {
+                            Ok(e.downcast().map_err(|e| wasmtime::format_err!("{e}"))? as i32)
+                        }
+                        None => {
+                            if let Some(i) = &interrupter {
+                                i.deliver();
+                            }
+                            let userdata = timer.unwrap_or(0);
+                            Ok(timer_fired(data, events, userdata, out as u32))
+                        }
+                    }
+                })
+            },
+        )
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
+}
+
+/// A preview-1 subscription's size; its `userdata` is first, its tag (0: a timer) at 8.
+const SUBSCRIPTION: usize = 48;
+/// A preview-1 event's size: `userdata`, `error` (u16 at 8), `type` (u8 at 10), then the
+/// read/write part.
+const EVENT: usize = 32;
+
+/// The `userdata` of the first timer among the `n` subscriptions at `subs`, if there is one.
+fn first_timer(memory: &[u8], subs: u32, n: u32) -> Option<u64> {
+    (0..n as usize).find_map(|k| {
+        let at = (subs as usize).checked_add(k.checked_mul(SUBSCRIPTION)?)?;
+        let sub = memory.get(at..at.checked_add(SUBSCRIPTION)?)?;
+        (sub[8] == 0).then(|| u64::from_le_bytes(sub[..8].try_into().unwrap_or_default()))
+    })
+}
+
+/// Writes `value` at `at`; the errno (0, or a fault).
+fn put_u32(memory: &mut [u8], at: u32, value: u32) -> i32 {
+    match memory.get_mut(at as usize..at as usize + 4) {
+        Some(dest) => {
+            dest.copy_from_slice(&value.to_le_bytes());
+            0
+        }
+        None => ERRNO_FAULT,
+    }
+}
+
+/// Reports one event, the timer `userdata` firing, and its count at `out`.
+fn timer_fired(memory: &mut [u8], events: u32, userdata: u64, out: u32) -> i32 {
+    let Some(event) = memory.get_mut(events as usize..events as usize + EVENT) else {
+        return ERRNO_FAULT;
+    };
+    event.fill(0);
+    event[..8].copy_from_slice(&userdata.to_le_bytes());
+    put_u32(memory, out, 1)
 }
 
 /// Writes a stat's answer at `buf` (virtual in a deterministic run) and returns its errno; an
