@@ -31,6 +31,30 @@ pub struct InterruptSite {
     pub exception: u32,
 }
 
+impl InterruptSite {
+    /// Reads the form [`std::fmt::Display`] writes: three decimal addresses (`eval_breaker`,
+    /// `async_exc`, `exception`), nothing more. How a runtime's build hands its site over.
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut words = text.split_whitespace().map(|w| w.parse::<u32>().ok());
+        let site = InterruptSite {
+            eval_breaker: words.next()??,
+            async_exc: words.next()??,
+            exception: words.next()??,
+        };
+        words.next().is_none().then_some(site)
+    }
+}
+
+impl std::fmt::Display for InterruptSite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} {}",
+            self.eval_breaker, self.async_exc, self.exception
+        )
+    }
+}
+
 /// A live guest memory and the site within it.
 struct Target {
     base: NonNull<u8>,

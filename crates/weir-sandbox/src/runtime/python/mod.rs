@@ -38,12 +38,7 @@ const GUEST_INTERRUPT: &str = env!("WEIR_GUEST_INTERRUPT");
 
 /// The guest's [`InterruptSite`], if the build recorded a well-formed one.
 fn interrupt_site() -> Option<InterruptSite> {
-    let mut words = GUEST_INTERRUPT.split_whitespace().map(str::parse::<u32>);
-    Some(InterruptSite {
-        eval_breaker: words.next()?.ok()?,
-        async_exc: words.next()?.ok()?,
-        exception: words.next()?.ok()?,
-    })
+    InterruptSite::parse(GUEST_INTERRUPT)
 }
 
 /// The Python version inside the guest.

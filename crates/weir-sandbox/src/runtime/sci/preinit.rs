@@ -97,7 +97,7 @@ pub fn ensure(cache_dir: &Path, files: &Files) -> anyhow::Result<PathBuf> {
     if let Some(site) = &site {
         crate::runtime::artifact::write_atomically(
             &site_path(&path),
-            super::site::to_text(site).as_bytes(),
+            format!("{site}\n").as_bytes(),
         )?;
     }
     crate::runtime::artifact::write_atomically(&path, &wasm)?;
@@ -109,7 +109,6 @@ pub fn ensure(cache_dir: &Path, files: &Files) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Runs the imports in an instrumented instance and returns the snapshot module.
 /// The pre-initialized module's file under `cache_dir`.
 pub fn snapshot_path(cache_dir: &Path) -> PathBuf {
     cache_dir.join(format!("python-sci-{}.wasm", build_id()))
@@ -123,9 +122,11 @@ fn site_path(wasm: &Path) -> PathBuf {
 /// The interrupt site found when the snapshot at `wasm` was made (`None`: none was found, or it
 /// did not raise `KeyboardInterrupt` when tried; runs then cannot be interrupted).
 pub fn site(wasm: &Path) -> Option<InterruptSite> {
-    super::site::parse(&std::fs::read_to_string(site_path(wasm)).ok()?)
+    InterruptSite::parse(&std::fs::read_to_string(site_path(wasm)).ok()?)
 }
 
+/// Runs the imports in an instrumented instance and returns the snapshot module, and the
+/// interrupt site found (and tried) in that instance.
 fn snapshot(files: &Files) -> anyhow::Result<(Vec<u8>, Option<InterruptSite>)> {
     let wasm = std::fs::read(&files.module)?;
     let got = hex::encode(Sha256::digest(&wasm));
@@ -227,10 +228,8 @@ fn interrupt_site(
         .ok_or("no memory export")?;
     let site = super::site::find(memory.data(&*store), exception, ident)
         .ok_or("no thread state found through the debug offsets")?;
-    let word = |store: &Store<WasiP1Ctx>, at: u32| -> Option<u32> {
-        let bytes = memory.data(store).get(at as usize..at as usize + 4)?;
-        Some(u32::from_le_bytes(bytes.try_into().ok()?))
-    };
+    let word =
+        |store: &Store<WasiP1Ctx>, at: u32| super::site::u32_at(memory.data(store), at as usize);
     let status =
         |store: &mut Store<WasiP1Ctx>| turn(store, instance, LOOP).map_err(|e| e.to_string());
     if status(store)? != 0 {

@@ -32,7 +32,7 @@ fn u64_at(memory: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(bytes.try_into().ok()?))
 }
 
-fn u32_at(memory: &[u8], at: usize) -> Option<u32> {
+pub(super) fn u32_at(memory: &[u8], at: usize) -> Option<u32> {
     let bytes = memory.get(at..at.checked_add(4)?)?;
     Some(u32::from_le_bytes(bytes.try_into().ok()?))
 }
@@ -88,25 +88,6 @@ fn from_runtime(
     None
 }
 
-/// The site as kept beside the snapshot: three decimal addresses.
-pub fn to_text(site: &InterruptSite) -> String {
-    format!(
-        "{} {} {}\n",
-        site.eval_breaker, site.async_exc, site.exception
-    )
-}
-
-/// Reads [`to_text`]'s form.
-pub fn parse(text: &str) -> Option<InterruptSite> {
-    let mut words = text.split_whitespace().map(|w| w.parse::<u32>().ok());
-    let site = InterruptSite {
-        eval_breaker: words.next()??,
-        async_exc: words.next()??,
-        exception: words.next()??,
-    };
-    words.next().is_none().then_some(site)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,7 +122,7 @@ mod tests {
         assert_eq!(site.eval_breaker, tstate + 12);
         assert_eq!(site.async_exc, tstate + 92);
         assert_eq!(site.exception, 0x9999);
-        assert_eq!(parse(&to_text(&site)), Some(site));
+        assert_eq!(InterruptSite::parse(&site.to_string()), Some(site));
         // Another thread ident, or another CPython, finds nothing.
         assert!(find(&m, 0x9999, 78).is_none());
         put64(&mut m, runtime + VERSION, 0x030E_00F0);
