@@ -14,7 +14,7 @@ use wiggle::{GuestMemory, GuestPtr};
 
 const REALTIME: i32 = 0;
 const MONOTONIC: i32 = 1;
-const ERRNO_FAULT: i32 = 21;
+pub(super) const ERRNO_FAULT: i32 = 21;
 const ERRNO_INVAL: i32 = 28;
 
 /// Installs `clock_time_get`, `fd_filestat_get` and `path_filestat_get` over wasmtime-wasi's
@@ -173,7 +173,7 @@ fn first_timer(memory: &[u8], subs: u32, n: u32) -> Option<u64> {
 }
 
 /// Writes `value` at `at`; the errno (0, or a fault).
-fn put_u32(memory: &mut [u8], at: u32, value: u32) -> i32 {
+pub(super) fn put_u32(memory: &mut [u8], at: u32, value: u32) -> i32 {
     match memory.get_mut(at as usize..at as usize + 4) {
         Some(dest) => {
             dest.copy_from_slice(&value.to_le_bytes());

@@ -9,6 +9,7 @@
 //! A listing larger than [`MOST`] bytes (only a guest that made hundreds of thousands of files in
 //! its own directory) is passed through in the host's order.
 
+use super::clock::{put_u32, ERRNO_FAULT};
 use crate::store::GuestState;
 use wasmtime::{Caller, Extern, Linker};
 use wasmtime_wasi::p1::types::{Error, Fd};
@@ -22,7 +23,6 @@ const HEADER: usize = 24;
 const FIRST: usize = 64 << 10;
 /// The largest listing sorted.
 const MOST: usize = 16 << 20;
-const ERRNO_FAULT: i32 = 21;
 
 struct Entry<'a> {
     ino: [u8; 8],
@@ -135,17 +135,9 @@ async fn fd_readdir(
 
 /// Writes a successful `fd_readdir`'s size at `out`; returns the errno (0 on success).
 fn finish(memory: &mut [u8], result: Result<u32, i32>, out: i32) -> i32 {
-    let used = match result {
-        Ok(used) => used,
-        Err(errno) => return errno,
-    };
-    let at = out as u32 as usize;
-    match memory.get_mut(at..at + 4) {
-        Some(dest) => {
-            dest.copy_from_slice(&used.to_le_bytes());
-            0
-        }
-        None => ERRNO_FAULT,
+    match result {
+        Ok(used) => put_u32(memory, out as u32, used),
+        Err(errno) => errno,
     }
 }
 
