@@ -441,7 +441,12 @@ pub async fn http(
     if !matches!(read, Ok(Ok(_))) {
         return failed;
     }
-    let text = String::from_utf8_lossy(&raw).into_owned();
+    parse_response(&raw)
+}
+
+/// An HTTP/1.1 response read to its end (the connection closed): status line, headers, body.
+pub fn parse_response(raw: &[u8]) -> Response {
+    let text = String::from_utf8_lossy(raw);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
     let status = lines
