@@ -52,6 +52,14 @@ async fn run_sci(req: RunRequest) -> Collected {
         .await
 }
 
+/// The run's next event, within `secs` (a run that hangs or vanishes fails the test).
+async fn next_event(handle: &mut weir_sandbox::RunHandle, secs: u64) -> weir_sandbox::Event {
+    tokio::time::timeout(std::time::Duration::from_secs(secs), handle.next_event())
+        .await
+        .expect("an event in time")
+        .expect("the run lives")
+}
+
 fn outcome(out: &Collected) -> Outcome {
     out.result.as_ref().expect("a result").outcome.clone()
 }
@@ -347,11 +355,7 @@ async fn a_session_keeps_a_dataframe_across_cells_and_a_cell_shows_its_figure() 
             .expect("the session takes a cell");
         let mut images = 0;
         loop {
-            let event =
-                tokio::time::timeout(std::time::Duration::from_secs(60), handle.next_event())
-                    .await
-                    .expect("the cell ends in time")
-                    .expect("the session lives");
+            let event = next_event(&mut handle, 60).await;
             match event {
                 Event::Display(d) => {
                     assert!(is_png(&d.data));
@@ -402,12 +406,7 @@ async fn a_busy_python_sci_run_pauses_resumes_and_stops() {
     req.limits.wall_ms = 60_000;
     let mut handle = sandbox().await.start(req).await.expect("starts");
     let control = handle.control();
-    let mut next = async || {
-        tokio::time::timeout(Duration::from_secs(30), handle.next_event())
-            .await
-            .expect("an event in time")
-            .expect("the run lives")
-    };
+    let mut next = async || next_event(&mut handle, 30).await;
     while !matches!(next().await, Event::Output { .. }) {}
     control.pause();
     while !matches!(next().await, Event::State(RunState::Paused)) {}
@@ -430,7 +429,6 @@ async fn a_busy_python_sci_run_pauses_resumes_and_stops() {
 /// ends with it as its outcome.
 #[tokio::test]
 async fn an_interrupt_raises_keyboard_interrupt_in_python_sci_and_the_session_keeps_its_arrays() {
-    use std::time::Duration;
     use weir_sandbox::{Cell, CellEnd, Event};
     let mut req = request("import numpy as np\n");
     req.close_stdin = false;
@@ -445,10 +443,7 @@ async fn an_interrupt_raises_keyboard_interrupt_in_python_sci_and_the_session_ke
             })
             .expect("the session takes a cell");
         loop {
-            let event = tokio::time::timeout(Duration::from_secs(60), handle.next_event())
-                .await
-                .expect("the cell ends in time")
-                .expect("the session lives");
+            let event = next_event(&mut handle, 60).await;
             match event {
                 Event::Output { .. } if interrupt => {
                     assert!(control.interrupt());
@@ -479,10 +474,7 @@ async fn an_interrupt_raises_keyboard_interrupt_in_python_sci_and_the_session_ke
     let run = handle.control();
     let mut interrupted = false;
     let result = loop {
-        let event = tokio::time::timeout(Duration::from_secs(60), handle.next_event())
-            .await
-            .expect("an event in time")
-            .expect("the run lives");
+        let event = next_event(&mut handle, 60).await;
         match event {
             Event::Output { .. } if !interrupted => {
                 assert!(run.interrupt());
@@ -502,7 +494,6 @@ async fn an_interrupt_raises_keyboard_interrupt_in_python_sci_and_the_session_ke
 /// An interrupt while a python-sci program waits in `input()` raises there at once.
 #[tokio::test]
 async fn an_interrupt_at_input_raises_keyboard_interrupt_in_python_sci() {
-    use std::time::Duration;
     use weir_sandbox::{Event, RunState};
     let mut req = request("x = input()\nprint('not reached')\n");
     req.close_stdin = false;
@@ -513,10 +504,7 @@ async fn an_interrupt_at_input_raises_keyboard_interrupt_in_python_sci() {
     let (result, stdout) = {
         let mut stdout = Vec::new();
         let result = loop {
-            let event = tokio::time::timeout(Duration::from_secs(60), handle.next_event())
-                .await
-                .expect("an event in time")
-                .expect("the run lives");
+            let event = next_event(&mut handle, 60).await;
             match event {
                 Event::State(RunState::WaitingInput) if !interrupted => {
                     assert!(run.interrupt());
@@ -551,10 +539,7 @@ async fn an_interrupt_ends_a_sleep_at_once_in_python_sci() {
     let mut stdout = String::new();
     let mut asked = None;
     let result = loop {
-        let event = tokio::time::timeout(Duration::from_secs(90), handle.next_event())
-            .await
-            .expect("an event in time")
-            .expect("the run lives");
+        let event = next_event(&mut handle, 90).await;
         match event {
             Event::Output { data, .. } => {
                 stdout.push_str(&String::from_utf8_lossy(&data));
