@@ -795,10 +795,15 @@ async fn eventually(what: &str, cond: impl Fn() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_start_in_the_foreground_and_leave_it_when_they_wait_or_run_long() {
-    // Foreground for 1 s (default 20 ms), so a loaded machine cannot end it between two looks.
+    // Foreground for 1 s (default 20 ms), so a loaded machine cannot end it between two looks;
+    // the run is busy for its first 0.5 s, so its wait for input cannot end it before the first
+    // look either (a test thread descheduled right after `start` once saw it already waiting).
     let sandbox = sandbox_with(4, |s| s.foreground_for = Duration::from_secs(1));
     let mut waiting = sandbox
-        .start(RunRequest::script("input()\nwhile True: pass"))
+        .start(RunRequest::script(
+            "import time\nt = time.monotonic()\nwhile time.monotonic() - t < 0.5: pass\n\
+             input()\nwhile True: pass",
+        ))
         .await
         .expect("starts");
     assert_eq!(sandbox.foreground_runs(), 1);
