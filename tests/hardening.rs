@@ -234,7 +234,14 @@ async fn the_scratch_root_is_removed_even_while_the_sandbox_is_held() {
         .start(RunRequest::script("print(1)"))
         .await
         .unwrap();
-    let root = handle.scratch_path().parent().unwrap().to_path_buf();
+    let root = handle
+        .control()
+        .live_dir()
+        .unwrap()
+        .path()
+        .parent()
+        .unwrap()
+        .to_path_buf();
     drop(handle);
     assert!(root.exists());
     server.shutdown().await;
@@ -496,4 +503,379 @@ async fn request_with(
         headers: Vec::new(),
         body: body.to_string(),
     }
+}
+
+/// Sends `method path` with `body` and hangs up `after` later, without reading the answer.
+async fn hang_up_after(
+    server: &weir_service::RunningServer,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    after: Duration,
+) {
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        server.addr,
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body.as_bytes()).await.unwrap();
+    tokio::time::sleep(after).await;
+    drop(stream);
+}
+
+/// A session whose run ends with no `exec` to read it (here: an abandoned cell that takes its
+/// interrupt and then exits) is gone at once on every route: its files are never reached
+/// through it again, whoever's run gets its directory next.
+#[tokio::test]
+async fn a_session_whose_run_ended_unseen_answers_404_on_every_route() {
+    let server = server(|c| c.session_idle_secs = 600).await;
+    let r = post_json(&server, "/v1/sessions", &json!({})).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["session_id"].as_str().unwrap().to_string();
+    let r = http(
+        &server,
+        "PUT",
+        &format!("/v1/sessions/{id}/files/mine.txt"),
+        &[],
+        b"mine",
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let cell = json!({
+        "code": "import os, time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    pass\nos._exit(3)",
+        "timeout_ms": 30_000,
+    });
+    let path = format!("/v1/sessions/{id}/exec");
+    hang_up_after(
+        &server,
+        "POST",
+        &path,
+        &[],
+        &cell.to_string(),
+        Duration::from_millis(300),
+    )
+    .await;
+    // The run ends a moment later; from then on the session does not exist.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_get(&server, &format!("/v1/sessions/{id}")).await.0 != 404 {
+        assert!(
+            Instant::now() < deadline,
+            "an ended session is still served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Another user's run now takes the pooled directory.
+    let theirs =
+        json!({"source": "import time\nopen('theirs.txt', 'w').write('secret')\ntime.sleep(1)"});
+    let other = post_json(&server, "/v1/runs", &theirs);
+    let probes = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let files = format!("/v1/sessions/{id}/files");
+        let file = format!("/v1/sessions/{id}/files/theirs.txt");
+        let planted = format!("/v1/sessions/{id}/files/seaborn.py");
+        vec![
+            (
+                "GET files",
+                http(&server, "GET", &files, &[], b"").await.status,
+            ),
+            (
+                "GET file",
+                http(&server, "GET", &file, &[], b"").await.status,
+            ),
+            (
+                "PUT file",
+                http(&server, "PUT", &planted, &[], b"import os")
+                    .await
+                    .status,
+            ),
+            (
+                "exec",
+                post_json(&server, &path, &json!({"code": "1"}))
+                    .await
+                    .status,
+            ),
+            (
+                "interrupt",
+                post_json(&server, &format!("/v1/sessions/{id}/interrupt"), &json!({}))
+                    .await
+                    .status,
+            ),
+            (
+                "stdin",
+                post_json(
+                    &server,
+                    &format!("/v1/sessions/{id}/stdin"),
+                    &json!({"data": "x"}),
+                )
+                .await
+                .status,
+            ),
+            (
+                "DELETE",
+                http(&server, "DELETE", &format!("/v1/sessions/{id}"), &[], b"")
+                    .await
+                    .status,
+            ),
+        ]
+    };
+    let (other, probes) = tokio::join!(other, probes);
+    assert_eq!(other.status, 200, "{}", other.body);
+    for (route, status) in probes {
+        assert_eq!(status, 404, "{route} on an ended session");
+    }
+    let listed = http(&server, "GET", "/v1/sessions", &[], b"").await.json();
+    assert_eq!(listed, json!([]), "an ended session is listed");
+    // Counted once, with its run's own outcome.
+    let metrics = http_get(&server, "/metrics").await.1;
+    assert!(metrics.contains("weir_http_sessions_open 0"), "{metrics}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn sessions_with_environment_names_a_guest_cannot_take_are_refused() {
+    let server = server(|_| {}).await;
+    for env in [
+        json!({"": "x"}),
+        json!({"A=B": "x"}),
+        json!({"A\u{0}B": "x"}),
+    ] {
+        let r = post_json(&server, "/v1/sessions", &json!({ "env": env })).await;
+        assert_eq!(r.status, 400, "{env}: {}", r.body);
+        assert!(
+            r.body.contains("invalid environment variable"),
+            "{}",
+            r.body
+        );
+    }
+    assert_eq!(server.state.kernels.len(), 0);
+    server.shutdown().await;
+}
+
+const MCP_HEADERS: [(&str, &str); 2] = [
+    ("accept", "application/json, text/event-stream"),
+    ("mcp-protocol-version", "2025-06-18"),
+];
+
+fn mcp_call(id: u64, code: &str) -> String {
+    json!({
+        "jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": {"name": "run_python", "arguments": {"code": code, "timeout_ms": 30_000}},
+    })
+    .to_string()
+}
+
+/// `tools/call` requests whose clients hung up stop their runs, and hold their slots until the
+/// runs are gone: no instance runs for a client that left, and none runs without a slot.
+#[tokio::test]
+async fn mcp_calls_whose_client_hung_up_stop_their_runs() {
+    let server = server(|c| c.max_sessions = 3).await;
+    let sleeper = "import time\ntime.sleep(25)\nprint('done')";
+    for i in 0..3 {
+        hang_up_after(
+            &server,
+            "POST",
+            "/mcp",
+            &MCP_HEADERS,
+            &mcp_call(i, sleeper),
+            Duration::from_millis(400),
+        )
+        .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.state.sandbox.live_instances() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} runs of departed clients still live",
+            server.state.sandbox.live_instances()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Their slots are back: three calls that stay fill every slot, a fourth is refused.
+    let staying: Vec<_> = (0..3)
+        .map(|i| {
+            let addr = server.addr;
+            let body = mcp_call(10 + i, "import time\ntime.sleep(2)\nprint('stayed')");
+            tokio::spawn(async move {
+                request_with(
+                    addr,
+                    "POST",
+                    &addr.to_string(),
+                    &MCP_HEADERS,
+                    "/mcp",
+                    body.as_bytes(),
+                )
+                .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = post_json(&server, "/v1/runs", &json!({"source": "print(1)"})).await;
+    assert_eq!(r.status, 503, "admitted past max_sessions: {}", r.body);
+    for call in staying {
+        let r = call.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.body.contains("stayed"), "{}", r.body);
+    }
+    server.shutdown().await;
+}
+
+/// A body that never arrives gets 408 after `request_timeout_secs` on every route that reads
+/// one, and holds no slot while it is awaited.
+#[tokio::test]
+async fn silent_bodies_time_out_on_every_route_and_hold_no_slot() {
+    let server = server(|c| {
+        c.request_timeout_secs = 1;
+        c.max_sessions = 2;
+    })
+    .await;
+    let r = post_json(&server, "/v1/sessions", &json!({})).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["session_id"].as_str().unwrap().to_string();
+    let paths = [
+        "/mcp".to_string(),
+        "/v1/sessions".to_string(),
+        "/v1/runs".to_string(),
+        "/api/v2/execute".to_string(),
+        format!("/v1/sessions/{id}/files/x.bin"),
+        format!("/v1/sessions/{id}/exec"),
+        format!("/v1/sessions/{id}/stdin"),
+    ];
+    let mut silent = Vec::new();
+    for path in &paths {
+        let method = if path.contains("/files/") {
+            "PUT"
+        } else {
+            "POST"
+        };
+        let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json, text/event-stream\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        silent.push((path, tcp));
+    }
+    // One slot is the session's; the other is free while the bodies are awaited.
+    let r = post_json(&server, "/v1/runs", &json!({"source": "print('served')"})).await;
+    assert_eq!(r.status, 200, "a silent body held a slot: {}", r.body);
+    for (path, mut tcp) in silent {
+        assert_eq!(status_line(&mut tcp).await, 408, "{path}");
+    }
+    server.shutdown().await;
+}
+
+/// Without a secret every caller is anonymous: a session is reachable only through the id its
+/// creation returned, and no listing hands that id to another caller.
+#[tokio::test]
+async fn without_a_secret_no_caller_is_shown_anothers_session() {
+    let server = server(|_| {}).await;
+    let r = post_json(&server, "/v1/sessions", &json!({})).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["session_id"].as_str().unwrap().to_string();
+    assert!(id.len() >= 32, "a guessable session id: {id}");
+    let listed = http(&server, "GET", "/v1/sessions", &[], b"").await.json();
+    assert_eq!(
+        listed,
+        json!([]),
+        "a listing showed a session to any caller"
+    );
+    // The holder of the id still reaches it.
+    let r = post_json(
+        &server,
+        &format!("/v1/sessions/{id}/exec"),
+        &json!({"code": "6 * 7"}),
+    )
+    .await;
+    assert_eq!(r.json()["result"], "42");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_node_header_does_not_reveal_the_host_name() {
+    let server = server(|_| {}).await;
+    let r = http(&server, "GET", "/healthz", &[], b"").await;
+    let node = r.header("x-weir-node").expect("X-Weir-Node").to_string();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    assert!(node.starts_with("node-"), "{node}");
+    let host = host.trim();
+    assert!(
+        host.is_empty() || !node.contains(host),
+        "{node} names the host {host}"
+    );
+    server.shutdown().await;
+}
+
+/// File transfers a cell's links or a path's shape defeat answer 4xx with the reason, never 500.
+#[tokio::test]
+async fn file_transfers_onto_links_out_or_overlong_names_answer_4xx() {
+    let server = server(|_| {}).await;
+    let r = post_json(&server, "/v1/sessions", &json!({})).await;
+    let id = r.json()["session_id"].as_str().unwrap().to_string();
+    let r = post_json(
+        &server,
+        &format!("/v1/sessions/{id}/exec"),
+        &json!({"code": "import os\nup = '../' * 12\nos.symlink(up + 'etc/passwd', 'out')\nos.symlink(up + 'etc', 'dir')"}),
+    )
+    .await;
+    assert_eq!(r.json()["outcome"], "ok", "{}", r.body);
+    let long = "n".repeat(300);
+    for (path, expected) in [
+        ("out".to_string(), 400),
+        ("dir/x".to_string(), 400),
+        (long.clone(), 400),
+        (format!("{long}/x"), 400),
+    ] {
+        let r = http(
+            &server,
+            "PUT",
+            &format!("/v1/sessions/{id}/files/{path}"),
+            &[],
+            b"x",
+        )
+        .await;
+        assert_eq!(r.status, expected, "PUT {path}: {}", r.body);
+        assert!(r.body.contains("cannot use"), "{}", r.body);
+    }
+    let r = http(
+        &server,
+        "GET",
+        &format!("/v1/sessions/{id}/files/{long}"),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_ne!(
+        std::fs::read("/etc/passwd").unwrap_or_default(),
+        b"x",
+        "written through"
+    );
+    server.shutdown().await;
+}
+
+/// A chunked `/mcp` body (no length announced) that grows past `max_message_bytes` is 413.
+#[tokio::test]
+async fn an_over_cap_chunked_mcp_body_is_413() {
+    let server = server(|c| c.max_message_bytes = 64 << 10).await;
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head =
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json, text/event-stream\r\n\
+                Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b' '; 16 << 10];
+    for _ in 0..8 {
+        let frame = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+        if tcp.write_all(&frame).await.is_err() {
+            break; // answered and closed already
+        }
+    }
+    assert_eq!(status_line(&mut tcp).await, 413);
+    server.shutdown().await;
 }

@@ -345,7 +345,7 @@ async fn files_written_land_only_in_the_scratch_dir() {
     let mut handle = start(req).await;
     let before_input = wait_state(&mut handle, RunState::WaitingInput).await;
     assert!(before_input.starts_with("refused"), "{before_input}");
-    let scratch = handle.scratch_path().to_path_buf();
+    let scratch = handle.control().live_dir().unwrap().path().to_path_buf();
     assert_eq!(
         std::fs::read_to_string(scratch.join("out.txt")).unwrap(),
         "data"
@@ -374,7 +374,7 @@ async fn a_reused_scratch_dir_shows_nothing_of_the_previous_run() {
     );
     first.files = vec![("given.txt".into(), b"g".to_vec())];
     let handle = sandbox.start(first).await.expect("a slot is free");
-    let first_dir = handle.scratch_path().to_path_buf();
+    let first_dir = handle.control().live_dir().unwrap().path().to_path_buf();
     let out = handle.collect().await;
     assert_eq!(
         out.stdout_text(),
@@ -382,7 +382,8 @@ async fn a_reused_scratch_dir_shows_nothing_of_the_previous_run() {
     );
     let second = RunRequest::script("import os\nprint(sorted(os.listdir()), os.getcwd())");
     let handle = sandbox.start(second).await.expect("a slot is free");
-    assert_eq!(handle.scratch_path(), first_dir, "the directory is reused");
+    let second_dir = handle.control().live_dir().unwrap().path().to_path_buf();
+    assert_eq!(second_dir, first_dir, "the directory is reused");
     let out = handle.collect().await;
     assert_eq!(out.stdout_text(), "['main.py'] /sandbox\n");
 }
@@ -1005,4 +1006,85 @@ async fn metered_runs_and_shadowed_scripts_compile_their_own() {
     assert_eq!(shadowed.stdout_text(), "file\n");
     let stats = sandbox.compile_cache_stats();
     assert_eq!((stats.entries, stats.hits, stats.misses), (1, 0, 1));
+}
+
+#[tokio::test]
+async fn a_file_unlinked_while_open_still_counts_in_the_scratch_limit() {
+    // tempfile.TemporaryFile's way: open, unlink, keep writing through the descriptor. No
+    // directory lists the file, but it takes disk until closed.
+    let started = Instant::now();
+    let out = run_with(
+        "import os\nf = open('hidden.bin', 'wb')\nos.unlink('hidden.bin')\n\
+         chunk = b'x' * (1 << 20)\nfor i in range(64):\n    f.write(chunk)\n    f.flush()\n\
+         print('wrote 64 MiB')",
+        |r| r.limits = limits(|l| l.scratch_bytes = 8 << 20),
+    )
+    .await;
+    assert_eq!(out.outcome(), Outcome::DiskLimit, "{}", out.stdout_text());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // Closed, the space is free again: a program may write, unlink and close as often as it likes.
+    let out = run_with(
+        "import os, tempfile\nfor i in range(6):\n    with tempfile.TemporaryFile(dir='.') as f:\n        \
+         f.write(b'x' * (4 << 20))\n        f.flush()\n        import time; time.sleep(0.15)\nprint('ok')",
+        |r| r.limits = limits(|l| l.scratch_bytes = 8 << 20),
+    )
+    .await;
+    assert_eq!(out.outcome(), Outcome::Exited { code: 0 });
+    assert_eq!(out.stdout_text(), "ok\n");
+}
+
+#[tokio::test]
+async fn files_past_the_hosts_path_length_count_in_the_scratch_limit() {
+    // 16 directories of 250-byte names: about 4,000 bytes inside the guest, past PATH_MAX once
+    // the host's scratch path is in front.
+    let out = run_with(
+        "import os\npath = '/'.join(['d' * 250] * 16)\nos.makedirs(path)\n\
+         with open(path + '/big.bin', 'wb') as f:\n    for i in range(32):\n        \
+         f.write(b'x' * (1 << 20))\n        f.flush()\nprint('wrote 32 MiB')",
+        |r| r.limits = limits(|l| l.scratch_bytes = 8 << 20),
+    )
+    .await;
+    assert_eq!(out.outcome(), Outcome::DiskLimit, "{}", out.stdout_text());
+}
+
+#[tokio::test]
+async fn a_runs_directory_is_reachable_only_while_it_runs_and_reused_only_once_let_go() {
+    let sandbox = private_sandbox(2);
+    let mut first = sandbox
+        .start(RunRequest::script("input()"))
+        .await
+        .expect("a slot is free");
+    let control = first.control();
+    wait_state(&mut first, RunState::WaitingInput).await;
+    let held = control.live_dir().expect("a live run's directory");
+    std::fs::write(held.path().join("secret.txt"), "first run's").unwrap();
+    control.stop();
+    let _ = first.collect().await;
+    assert!(control.has_ended());
+    assert!(control.live_dir().is_none(), "an ended run's directory");
+    // Still held: the next run gets another directory, and the file is where it was.
+    let second = sandbox
+        .start(RunRequest::script("import os\nprint(sorted(os.listdir()))"))
+        .await
+        .expect("a slot is free");
+    let second_dir = second.control().live_dir().unwrap().path().to_path_buf();
+    assert_ne!(second_dir, held.path(), "a held directory was handed on");
+    assert_eq!(second.collect().await.stdout_text(), "['main.py']\n");
+    let first_dir = held.path().to_path_buf();
+    drop(held);
+    // Let go: emptied before anyone else sees it.
+    assert!(!first_dir.join("secret.txt").exists());
+}
+
+#[tokio::test]
+async fn environment_names_the_guest_cannot_take_are_refused() {
+    for (name, value) in [("", "x"), ("A=B", "x"), ("A\0B", "x"), ("OK", "a\0b")] {
+        let mut req = RunRequest::script("print(1)");
+        req.env = vec![(name.into(), value.into())];
+        let err = sandbox().start(req).await.err().expect("refused");
+        assert!(
+            err.to_string().contains("invalid environment variable"),
+            "{name:?}: {err}"
+        );
+    }
 }

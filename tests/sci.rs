@@ -560,3 +560,26 @@ async fn an_interrupt_ends_a_sleep_at_once_in_python_sci() {
     assert_eq!(stdout, "ready\ninterrupted\nafter\n");
     assert_eq!(result.outcome, Outcome::Exited { code: 0 });
 }
+
+/// `time.sleep` waits as long as it is asked to, however long the process has been up: the
+/// guest's monotonic readings and the deadlines WASI waits for are one clock.
+#[tokio::test]
+async fn sleeps_in_python_sci_last_as_asked() {
+    let sandbox = sandbox().await;
+    // The process's clock has been read for a while (another run, a pause) before this one.
+    let _ = run_sci(request("import time\ntime.sleep(0.2)")).await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let mut req = request(
+        "import time\nt = time.monotonic()\nfor _ in range(20):\n    time.sleep(0.01)\n\
+         print(round(time.monotonic() - t, 1) < 2)",
+    );
+    req.limits.wall_ms = 5_000;
+    let out = sandbox.start(req).await.expect("starts").collect().await;
+    assert_eq!(
+        out.outcome(),
+        Outcome::Exited { code: 0 },
+        "{}",
+        out.stderr_text()
+    );
+    assert_eq!(out.stdout_text(), "True\n");
+}

@@ -505,3 +505,36 @@ async fn a_cell_whose_client_hangs_up_is_interrupted_and_does_not_answer_the_nex
         "the abandoned cell was interrupted"
     );
 }
+
+/// `cpu_fuel` is each cell's budget, as documented: identical cells that each fit in it all
+/// run, however many there are.
+#[tokio::test]
+async fn cpu_fuel_is_a_budget_per_cell() {
+    let server = server(|_| {}).await;
+    // About 650 million fuel units a cell: two of them pass one billion.
+    let r = create(
+        &server,
+        &[],
+        &json!({"limits": {"cpu_fuel": 1_000_000_000u64}}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["session_id"].as_str().unwrap().to_string();
+    for n in 0..3 {
+        let r = exec(
+            &server,
+            &id,
+            json!({"code": "for i in range(1_000_000): pass\n'done'", "timeout_ms": 60_000}),
+        )
+        .await;
+        assert_eq!((n, r["outcome"].as_str()), (n, Some("ok")), "{r}");
+    }
+    // A cell past the budget alone still hits it.
+    let r = exec(
+        &server,
+        &id,
+        json!({"code": "for i in range(3_000_000): pass", "timeout_ms": 60_000}),
+    )
+    .await;
+    assert_eq!(r["outcome"], "cpu_limit", "{r}");
+}

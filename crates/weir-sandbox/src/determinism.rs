@@ -38,6 +38,34 @@ pub const WALL_START_SECS: u64 = 946_684_800;
 /// The virtual monotonic clock's reading at start, nanoseconds.
 pub const MONOTONIC_START_NS: u64 = 1_000_000_000;
 
+/// The host's monotonic clock as every run's guest reads it (not in deterministic mode): one
+/// clock for the process, [`MONOTONIC_START_NS`] at its first reading. It is installed as each
+/// run's WASI monotonic clock, and a runtime that answers `clock_time_get` itself
+/// (`runtime::sci`) reads the same one, so a deadline the guest computes from its readings (an
+/// absolute `poll_oneoff` timer: `time.sleep`) is one the WASI implementation waits for, never
+/// one offset by the server's uptime.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostMonotonic;
+
+impl HostMonotonic {
+    /// The clock's reading, nanoseconds.
+    pub fn now_ns() -> u64 {
+        static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let origin = *ORIGIN.get_or_init(std::time::Instant::now);
+        MONOTONIC_START_NS.saturating_add(origin.elapsed().as_nanos() as u64)
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for HostMonotonic {
+    fn resolution(&self) -> u64 {
+        1
+    }
+
+    fn now(&self) -> u64 {
+        HostMonotonic::now_ns()
+    }
+}
+
 const MONOTONIC: &str = "wasi:clocks/monotonic-clock@0.2.12";
 const WALL: &str = "wasi:clocks/wall-clock@0.2.12";
 

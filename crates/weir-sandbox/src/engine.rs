@@ -233,11 +233,13 @@ impl Instantiator {
         // Yield to the executor on every epoch tick: the driver can then stop, pause or time
         // out the run, and a busy guest never holds a worker thread for more than one tick.
         // A background run then also gives way to foreground ones (`crate::priority`).
-        store.epoch_deadline_callback(|ctx| {
+        store.epoch_deadline_callback(|mut ctx| {
             // A busy guest takes a requested interrupt here, within one tick.
             if ctx.data().interrupter.pending() {
                 ctx.data().interrupter.deliver();
             }
+            // Files it unlinked but holds open count in its scratch limit.
+            ctx.data_mut().recount_unlinked();
             let priority = &ctx.data().priority;
             Ok(if priority.is_background() {
                 UpdateDeadline::YieldCustom(1, Box::pin(priority.clone().yield_then_give_way()))

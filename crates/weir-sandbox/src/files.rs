@@ -26,30 +26,57 @@ pub fn relative_path(name: &str) -> Option<PathBuf> {
     ok.then(|| path.to_path_buf())
 }
 
-/// Whether the directory at `root` holds more than `limit` bytes or more than
-/// [`MAX_SCRATCH_ENTRIES`] entries. Stops walking as soon as either is passed.
+/// Deepest nesting of directories a scratch dir may hold: the size walk keeps one open handle
+/// per level, and a tree deeper than this counts as over the limit.
+pub const MAX_SCRATCH_DEPTH: usize = 128;
+
+/// Whether the directory at `root` holds more than `limit` bytes, more than
+/// [`MAX_SCRATCH_ENTRIES`] entries, or directories nested deeper than [`MAX_SCRATCH_DEPTH`].
+/// Stops walking as soon as one is passed.
+///
+/// The walk goes from directory handle to directory handle (each entry opened relative to its
+/// parent, never through a host path), so no depth of nesting or length of names hides a file
+/// from it; and it fails closed: an entry it cannot read counts as over the limit. Only an entry
+/// removed while it walks (the guest deleting files) is skipped.
 pub fn exceeds(root: &Path, limit: u64) -> bool {
+    walk_exceeds(root, limit).unwrap_or(true)
+}
+
+fn walk_exceeds(root: &Path, limit: u64) -> std::io::Result<bool> {
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
     let mut total = 0u64;
     let mut entries = 0usize;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(list) = std::fs::read_dir(&dir) else {
-            continue;
+    let mut stack = vec![open(root)?.entries()?];
+    while let Some(level) = stack.last_mut() {
+        let entry = match level.next() {
+            None => {
+                stack.pop();
+                continue;
+            }
+            Some(Err(e)) if gone(&e) => continue,
+            Some(entry) => entry?,
         };
-        for entry in list.flatten() {
-            entries += 1;
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.is_dir() {
-                stack.push(entry.path());
-            } else {
-                total = total.saturating_add(meta.len());
+        entries += 1;
+        let meta = match entry.metadata() {
+            Err(e) if gone(&e) => continue,
+            meta => meta?,
+        };
+        if meta.is_dir() {
+            if stack.len() > MAX_SCRATCH_DEPTH {
+                return Ok(true);
             }
-            if total > limit || entries > MAX_SCRATCH_ENTRIES {
-                return true;
+            match entry.open_dir() {
+                Err(e) if gone(&e) => {}
+                dir => stack.push(dir?.entries()?),
             }
+        } else {
+            total = total.saturating_add(meta.len());
+        }
+        if total > limit || entries > MAX_SCRATCH_ENTRIES {
+            return Ok(true);
         }
     }
-    false
+    Ok(false)
 }
 
 /// Why a file operation was refused.
@@ -87,6 +114,18 @@ pub enum FileError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A path the host cannot take: a name too long, a directory where a file is meant, or a
+    /// symbolic link (a guest's) that would lead out of the directory.
+    #[error("cannot use {path:?}: {reason}")]
+    Refused {
+        /// The path.
+        path: String,
+        /// Why, for people.
+        reason: &'static str,
+    },
+    /// The run has ended: its directory is gone.
+    #[error("the run has ended; its files are gone")]
+    Ended,
     /// The host failed.
     #[error("file operation failed: {0}")]
     Io(#[from] std::io::Error),
@@ -129,6 +168,28 @@ fn open(root: &Path) -> std::io::Result<Dir> {
 
 fn checked(rel: &str) -> Result<PathBuf, FileError> {
     relative_path(rel).ok_or_else(|| FileError::BadPath(rel.to_string()))
+}
+
+/// A host error on `rel` as the caller should see it: what a path's shape or a guest's link
+/// causes is the caller's to fix (never a server failure); anything else is the host's.
+fn on_path(rel: &str, e: std::io::Error) -> FileError {
+    let refused = |reason| FileError::Refused {
+        path: rel.to_string(),
+        reason,
+    };
+    match e.raw_os_error() {
+        Some(libc::ENAMETOOLONG) => refused("a name in it is too long"),
+        Some(libc::ELOOP) => refused("it is a symbolic link"),
+        Some(libc::EISDIR) => refused("it is a directory"),
+        Some(libc::ENOTDIR) => refused("a part of it is not a directory"),
+        Some(libc::EEXIST) => refused("a part of it is a file"),
+        _ if e.kind() == std::io::ErrorKind::NotFound => FileError::NotFound(rel.to_string()),
+        // cap-std's refusal of a path that would leave the directory.
+        _ if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            refused("it leads outside the directory")
+        }
+        _ => FileError::Io(e),
+    }
 }
 
 /// Every regular file under `root`, sorted by path; symbolic links are neither listed nor
@@ -188,7 +249,8 @@ pub fn read(root: &Path, rel: &str, max: u64) -> Result<Vec<u8>, FileError> {
     dir.open(&path)
         .map_err(|_| not_found())?
         .take(max)
-        .read_to_end(&mut data)?;
+        .read_to_end(&mut data)
+        .map_err(|e| on_path(rel, e))?;
     Ok(data)
 }
 
@@ -212,9 +274,9 @@ pub fn write(root: &Path, rel: &str, data: &[u8], scratch_limit: u64) -> Result<
         });
     }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        dir.create_dir_all(parent)?;
+        dir.create_dir_all(parent).map_err(|e| on_path(rel, e))?;
     }
-    dir.write(&path, data)?;
+    dir.write(&path, data).map_err(|e| on_path(rel, e))?;
     Ok(())
 }
 
@@ -313,6 +375,33 @@ mod tests {
             read(root.path(), "a", 10),
             Err(FileError::TooLarge { size: 90, .. })
         ));
+    }
+
+    #[test]
+    fn files_past_the_hosts_path_length_are_counted() {
+        let root = tempfile::tempdir().unwrap();
+        // 20 levels of 250-byte names: 5,020 bytes, past the host's PATH_MAX (made level by
+        // level, as a guest can).
+        let mut dir = open(root.path()).unwrap();
+        for i in 0..20 {
+            let name = format!("{i:0>250}");
+            dir.create_dir(&name).unwrap();
+            dir = dir.open_dir(&name).unwrap();
+        }
+        dir.write("big", vec![0u8; 2000]).unwrap();
+        assert!(exceeds(root.path(), 1000), "a deep file escaped the walk");
+        assert!(!exceeds(root.path(), 4000));
+    }
+
+    #[test]
+    fn nesting_past_the_depth_bound_counts_as_over() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = open(root.path()).unwrap();
+        let deep: PathBuf = (0..MAX_SCRATCH_DEPTH).map(|_| "d").collect();
+        dir.create_dir_all(&deep).unwrap();
+        assert!(!exceeds(root.path(), 1 << 20));
+        dir.create_dir(deep.join("d")).unwrap();
+        assert!(exceeds(root.path(), 1 << 20));
     }
 
     #[test]

@@ -116,6 +116,9 @@ pub struct CellInbox {
     pub stdin: GuestStdin,
     /// The run's output, whose cap each cell gets afresh and which carries each cell's end.
     pub output: Arc<OutputQueue>,
+    /// The fuel each cell gets afresh (`Limits::cpu_fuel` is per cell in a session), on a
+    /// metered engine.
+    pub fuel: Option<u64>,
 }
 
 impl std::fmt::Debug for CellInbox {

@@ -16,13 +16,14 @@ use crate::outcome::Outcome;
 use crate::pipes::{GuestStatus, GuestStdin, OutputLimitExceeded, OutputQueue, StdinSender};
 use crate::priority::{Grant, Priority};
 use crate::runtime::{CallResult, GuestCall, Runtime};
+use crate::scratch::{LiveDir, Scratch};
 use crate::store::GuestState;
 use crate::task::AbortOnDrop;
 use crate::variant::EngineVariant;
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
@@ -69,9 +70,28 @@ pub struct RunControl {
     priority: Priority,
     interrupter: Arc<Interrupter>,
     cells: Option<mpsc::Sender<Cell>>,
+    /// The run's scratch directory, while its store holds it.
+    dir: Weak<Scratch>,
+    /// Set once the guest will run no more (before its store, and directory, are let go).
+    ended: Arc<AtomicBool>,
 }
 
 impl RunControl {
+    /// Whether the run has ended (however it ended: its program finished, a limit, a stop, a
+    /// crash). Its directory and instance are then gone or going.
+    pub fn has_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    /// The run's scratch directory, held for as long as the returned [`LiveDir`] lives; `None`
+    /// once the run has ended. Work on a run's files through this, never through a stored path:
+    /// an ended run's directory is emptied and handed to the next run.
+    pub fn live_dir(&self) -> Option<LiveDir> {
+        let dir = self.dir.upgrade().map(LiveDir::new)?;
+        // Taken after the upgrade: a run that ends in between is refused, not served.
+        (!self.has_ended()).then_some(dir)
+    }
+
     /// Sends bytes to the guest's stdin, waiting while its queue is full. Returns false if the
     /// run has ended or stdin was closed.
     pub async fn write_stdin(&self, data: impl Into<Bytes>) -> bool {
@@ -165,7 +185,6 @@ pub struct RunHandle {
     events: mpsc::Receiver<Event>,
     /// An event taken early by [`RunHandle::next_event_merged`], returned next.
     held: Option<Event>,
-    scratch: PathBuf,
     runtime: String,
     _task: AbortOnDrop,
 }
@@ -184,11 +203,6 @@ impl RunHandle {
     /// A handle to control the run (stdin, stop, pause) from elsewhere.
     pub fn control(&self) -> RunControl {
         self.control.clone()
-    }
-
-    /// The host path of the run's scratch directory (emptied when the run ends, then reused).
-    pub fn scratch_path(&self) -> &Path {
-        &self.scratch
     }
 
     /// The next event; `None` after `Exit`.
@@ -251,6 +265,11 @@ pub(crate) struct Driver {
     pub pipes: Arc<OutputQueue>,
     pub stdin: GuestStdin,
     pub scratch_path: PathBuf,
+    /// The run's directory, as the store holds it (for [`RunControl::live_dir`]).
+    pub scratch: Weak<Scratch>,
+    /// What the store counts of files the guest unlinked but holds open
+    /// (`crate::store::UnlinkedFiles`): part of the directory's size.
+    pub unlinked: Arc<AtomicU64>,
     /// The run's CPU class, foreground from the start (see [`crate::priority`]).
     pub foreground: Foreground,
     /// Where the driver is polled while the run is background.
@@ -331,26 +350,27 @@ impl Foreground {
 pub(crate) fn spawn(d: Driver, events_rx: mpsc::Receiver<Event>, stdin: StdinSender) -> RunHandle {
     let (desired_tx, desired_rx) = watch::channel(Desired::Run);
     let priority = d.foreground.priority.clone();
+    let ended = Arc::new(AtomicBool::new(false));
     let control = RunControl {
         desired: Arc::new(desired_tx),
         stdin,
         priority: priority.clone(),
         interrupter: d.interrupter.clone(),
         cells: d.cells.clone(),
+        dir: d.scratch.clone(),
+        ended: ended.clone(),
     };
     let id = d.id.clone();
     let runtime = d.variant.runtime.info().name.clone();
-    let scratch = d.scratch_path.clone();
     let span = d.span.clone();
     let lane = d.lane.clone();
-    let driver = Box::pin(d.run(desired_rx).instrument(span));
+    let driver = Box::pin(d.run(desired_rx, Ended(ended)).instrument(span));
     let task = tokio::spawn(crate::background::drive(driver, priority, lane));
     RunHandle {
         id,
         control,
         events: events_rx,
         held: None,
-        scratch,
         runtime,
         _task: AbortOnDrop(task),
     }
@@ -364,8 +384,23 @@ enum Wake<O> {
     Stop,
 }
 
+/// Marks a run ended when its driver is done with the guest, or is dropped (aborted) before.
+struct Ended(Arc<AtomicBool>);
+
+impl Ended {
+    fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.set();
+    }
+}
+
 impl Driver {
-    async fn run(self, mut desired: watch::Receiver<Desired>) {
+    async fn run(self, mut desired: watch::Receiver<Desired>, ended: Ended) {
         let Driver {
             start,
             variant,
@@ -378,12 +413,16 @@ impl Driver {
             mut foreground,
             stdin_open: _stdin_open, // held until the run ends
             return_files,
+            unlinked,
             ..
         } = self;
         let started = Instant::now();
         let upkeep = Upkeep {
-            scratch_path: &scratch_path,
-            scratch_limit: limits.scratch_bytes,
+            disk: Disk {
+                scratch_path: &scratch_path,
+                scratch_limit: limits.scratch_bytes,
+                unlinked: &unlinked,
+            },
             foreground: &mut foreground,
         };
         let mut watch = Watch {
@@ -397,6 +436,7 @@ impl Driver {
             Start::Fresh(store) => watch.fresh(store, &variant, upkeep).await,
             Start::Entered { call, peak } => watch.entered(call, peak, upkeep).await,
         };
+        ended.set();
         foreground.end();
         drain(&pipes, &events).await;
         // What is left (freeing the instance, the exit) is background work unless stopped.
@@ -517,9 +557,25 @@ const DISK_CHECK: Duration = Duration::from_millis(100);
 /// What the driver looks after besides the guest and the caller: the run's scratch directory
 /// and its size limit, and the run's CPU class.
 struct Upkeep<'a> {
+    disk: Disk<'a>,
+    foreground: &'a mut Foreground,
+}
+
+/// The disk a run's files take: its scratch directory, and the files the guest unlinked but
+/// holds open (counted by its store).
+struct Disk<'a> {
     scratch_path: &'a Path,
     scratch_limit: u64,
-    foreground: &'a mut Foreground,
+    unlinked: &'a AtomicU64,
+}
+
+impl Disk<'_> {
+    /// Whether the run's files, listed or unlinked but open, pass its scratch limit.
+    fn full(&self) -> bool {
+        let unlinked = self.unlinked.load(Ordering::Relaxed);
+        unlinked > self.scratch_limit
+            || crate::scratch::exceeds(self.scratch_path, self.scratch_limit - unlinked)
+    }
 }
 
 /// Polls the guest until it finishes (`Ok`) or the run must end for another reason (`Err`).
@@ -532,7 +588,7 @@ async fn supervise<O>(
     upkeep: Upkeep<'_>,
     limits: &Limits,
 ) -> Result<O, Outcome> {
-    let foreground = upkeep.foreground;
+    let Upkeep { disk, foreground } = upkeep;
     let mut wall_left = limits.wall();
     // The first check comes one period in, not before the guest has even started.
     let mut disk_check =
@@ -612,7 +668,7 @@ async fn supervise<O>(
                 Wake::Changed
             }
             _ = disk_check.tick() => {
-                if crate::scratch::exceeds(upkeep.scratch_path, upkeep.scratch_limit) {
+                if disk.full() {
                     Wake::Expired(Outcome::DiskLimit)
                 } else {
                     Wake::Changed

@@ -65,6 +65,10 @@ pub enum StartError {
     /// A `return_files` glob that does not parse.
     #[error(transparent)]
     Files(#[from] crate::files::FileError),
+    /// An environment variable the guest could not be given: an empty name, or a name or value
+    /// holding `=` (names only) or NUL.
+    #[error("invalid environment variable {0:?}: a name must be non-empty and hold no '=' or NUL, a value no NUL")]
+    BadEnv(String),
     #[error("the sandbox failed to start the run: {0}")]
     /// Something failed inside the sandbox (a bug or the host's resources).
     Internal(String),
@@ -374,6 +378,9 @@ impl Sandbox {
     pub async fn start(&self, req: RunRequest) -> Result<RunHandle, StartError> {
         let limits = req.effective_limits();
         limits.validate()?;
+        if let Some((name, _)) = req.env.iter().find(|(k, v)| !valid_env(k, v)) {
+            return Err(StartError::BadEnv(name.clone()));
+        }
         let return_files = crate::files::patterns(&req.return_files)?;
         let runtime = req.runtime.clone().or_else(|| self.auto_runtime(&req));
         let variant = self.variant(runtime.as_deref(), &limits).await?;
@@ -416,8 +423,13 @@ impl Sandbox {
             limits.line_bytes,
             priority.clone(),
         );
-        let scratch = Scratch::create(&self.inner.scratch_dirs, &req, limits.scratch_bytes)?;
+        let scratch = Arc::new(Scratch::create(
+            &self.inner.scratch_dirs,
+            &req,
+            limits.scratch_bytes,
+        )?);
         let scratch_path = scratch.path().to_path_buf();
+        let unlinked = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let site = req
             .packages
             .as_ref()
@@ -457,6 +469,8 @@ impl Sandbox {
                 cells: rx,
                 stdin: stdin.clone(),
                 output: pipes.clone(),
+                // A deterministic run's virtual clock is its fuel: it is not refilled.
+                fuel: limits.cpu_fuel.filter(|_| req.deterministic.is_none()),
             });
         }
         let mut state = GuestState::new(Parts {
@@ -471,7 +485,8 @@ impl Sandbox {
             priority,
             interrupter: interrupter.clone(),
             slot,
-            scratch,
+            scratch: scratch.clone(),
+            unlinked: unlinked.clone(),
         });
         let start = match variant.warm.take() {
             // A warm guest already holds its initial memory: usable when the limit allows it.
@@ -505,6 +520,8 @@ impl Sandbox {
                 pipes,
                 stdin,
                 scratch_path,
+                scratch: Arc::downgrade(&scratch),
+                unlinked,
                 foreground,
                 lane: self.inner.lane.clone(),
                 span,
@@ -586,6 +603,11 @@ fn argv(req: &RunRequest) -> Vec<String> {
         .collect()
 }
 
+/// Whether `name=value` can be an entry of the guest's environment.
+fn valid_env(name: &str, value: &str) -> bool {
+    !name.is_empty() && !name.contains(['=', '\0']) && !value.contains('\0')
+}
+
 /// The run's environment: the runtime's variables, then the run's own (which win).
 fn environment(req: &RunRequest, setup: &GuestSetup) -> Vec<(String, String)> {
     let own = |k: &String| req.env.iter().any(|(name, _)| name == k);
@@ -613,6 +635,7 @@ fn wasi_context(
         .args(&argv(req))
         .envs(&environment(req, setup))
         .initial_cwd(GUEST_DIR)
+        .monotonic_clock(crate::determinism::HostMonotonic)
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false)

@@ -218,7 +218,10 @@ fn holds(file: &mut std::fs::File, data: &[u8]) -> std::io::Result<bool> {
     Ok(true)
 }
 
-/// A run's scratch directory, emptied (and pooled or removed) when dropped.
+/// A run's scratch directory, emptied (and pooled or removed) when dropped. The run's store
+/// holds it in an `Arc`; whoever works on the directory from outside the guest (a session's file
+/// transfers) holds a [`LiveDir`], so the directory is emptied and handed to another run only
+/// once nothing refers to it.
 #[derive(Debug)]
 pub struct Scratch {
     dir: PathBuf,
@@ -335,6 +338,24 @@ impl Scratch {
     /// The directory on the host.
     pub fn path(&self) -> &Path {
         &self.dir
+    }
+}
+
+/// A live run's scratch directory, held: while a `LiveDir` exists, the directory is neither
+/// emptied nor handed to another run, even if its own run ends meanwhile. Obtained only while the
+/// run lives ([`crate::RunControl::live_dir`]), so whoever holds one works on that run's files
+/// and no other's.
+#[derive(Debug, Clone)]
+pub struct LiveDir(Arc<Scratch>);
+
+impl LiveDir {
+    pub(crate) fn new(scratch: Arc<Scratch>) -> Self {
+        LiveDir(scratch)
+    }
+
+    /// The directory on the host.
+    pub fn path(&self) -> &Path {
+        self.0.path()
     }
 }
 

@@ -10,10 +10,11 @@ use crate::limits::MemoryLimiter;
 use crate::pipes::GuestStatus;
 use crate::priority::Priority;
 use crate::scratch::Scratch;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit};
 use wasmtime::StoreContextMut;
+use wasmtime_wasi::filesystem::Descriptor;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -35,12 +36,35 @@ pub struct GuestState {
     /// Set only in a warm store: what its guest, entered ahead of demand, waits for when it
     /// asks for its launch (`crate::warm`).
     pub(crate) assignment: Option<Assignment>,
+    /// Bytes of the files the guest holds open that no directory lists any more.
+    pub(crate) unlinked: UnlinkedFiles,
 }
 
 /// What a run holds for as long as its store lives.
 struct Holdings {
     _slot: OwnedSemaphorePermit,
-    _scratch: Scratch,
+    _scratch: Arc<Scratch>,
+}
+
+/// How often a running guest's open files are counted ([`UnlinkedFiles`]).
+const UNLINKED_RECOUNT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The bytes of files a guest keeps open after unlinking them: they still take disk space, but
+/// no directory walk finds them, so the store counts them from its open descriptors (every
+/// [`UNLINKED_RECOUNT`], from the epoch callback while the guest runs: only a running guest can
+/// write). The run's driver adds the figure to the scratch directory's size.
+pub(crate) struct UnlinkedFiles {
+    bytes: Arc<AtomicU64>,
+    counted: std::time::Instant,
+}
+
+impl UnlinkedFiles {
+    pub(crate) fn new(bytes: Arc<AtomicU64>) -> Self {
+        UnlinkedFiles {
+            bytes,
+            counted: std::time::Instant::now(),
+        }
+    }
 }
 
 /// The parts of a run's state, before its store exists.
@@ -53,7 +77,9 @@ pub(crate) struct Parts {
     pub priority: Priority,
     pub interrupter: Arc<Interrupter>,
     pub slot: OwnedSemaphorePermit,
-    pub scratch: Scratch,
+    pub scratch: Arc<Scratch>,
+    /// Where the store reports its unlinked open files' bytes ([`UnlinkedFiles`]).
+    pub unlinked: Arc<AtomicU64>,
 }
 
 impl GuestState {
@@ -73,6 +99,7 @@ impl GuestState {
                 _scratch: parts.scratch,
             }),
             assignment: None,
+            unlinked: UnlinkedFiles::new(parts.unlinked),
         }
     }
 
@@ -89,6 +116,7 @@ impl GuestState {
             interrupter: Arc::new(Interrupter::armed()),
             _holdings: None,
             assignment: None,
+            unlinked: UnlinkedFiles::new(Arc::default()),
         }
     }
 
@@ -191,8 +219,13 @@ pub async fn next_cell(store: &mut StoreContextMut<'_, GuestState>) -> Option<St
     let cell = cell?;
     inbox.output.begin_cell();
     inbox.stdin.begin_cell(cell.stdin, cell.interactive).await;
+    let fuel = inbox.fuel;
     state.host.cell_running = true;
     state.interrupter.set_armed(true);
+    if let Some(fuel) = fuel {
+        // Each cell gets its own CPU budget. Cannot fail: only metered runs have one.
+        let _ = store.set_fuel(fuel);
+    }
     Some(cell.code)
 }
 
@@ -203,6 +236,26 @@ impl WasiView for GuestState {
 }
 
 impl GuestState {
+    /// Counts the bytes of the files the guest holds open but no directory lists (opened, then
+    /// unlinked), at most every [`UNLINKED_RECOUNT`].
+    pub(crate) fn recount_unlinked(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        if self.unlinked.counted.elapsed() < UNLINKED_RECOUNT {
+            return;
+        }
+        self.unlinked.counted = std::time::Instant::now();
+        let table = self.wasi.ctx().table;
+        let bytes = table
+            .iter_mut()
+            .filter_map(|entry| match entry.downcast_ref::<Descriptor>() {
+                Some(Descriptor::File(file)) => file.file.metadata().ok(),
+                _ => None,
+            })
+            .filter(|meta| meta.nlink() == 0)
+            .fold(0u64, |sum, meta| sum.saturating_add(meta.len()));
+        self.unlinked.bytes.store(bytes, Ordering::Relaxed);
+    }
+
     /// The preview-1 view of the WASI context, for core-module guests.
     pub fn wasi_p1(&mut self) -> &mut WasiP1Ctx {
         &mut self.wasi

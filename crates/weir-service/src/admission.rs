@@ -66,6 +66,16 @@ pub fn admit(state: &AppState, query: &WsQuery, headers: &HeaderMap) -> Result<A
     refusal
 }
 
+/// The caller checks alone (`Host`, `Origin`, token; no slot), counted and logged like
+/// [`admit`]'s: what a route runs before it reads a body, so that a refused caller's body is never
+/// waited for and a slot is taken only once the body is in.
+pub fn precheck(state: &AppState, query: &WsQuery, headers: &HeaderMap) -> Result<(), Refusal> {
+    identify(state, query, headers).map(drop).inspect_err(|r| {
+        state.metrics.rejected(r.reason);
+        tracing::info!(reason = r.reason, message = %r.message, "refused");
+    })
+}
+
 fn check(state: &AppState, query: &WsQuery, headers: &HeaderMap) -> Result<Admitted, Refusal> {
     if *state.shutdown.borrow() {
         return Err(Refusal {

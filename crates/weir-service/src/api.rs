@@ -154,13 +154,16 @@ async fn create_run(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    let admitted = match admission::admit(&state, &query, &headers) {
-        Ok(a) => a,
-        Err(refusal) => return refusal.into_response(Body::Error),
-    };
+    if let Err(refusal) = admission::precheck(&state, &query, &headers) {
+        return refusal.into_response(Body::Error);
+    }
     let params: RunParams = match oneshot::request_params(&state, &headers, body, "run").await {
         Ok(p) => p,
         Err((status, message)) => return error(status, message),
+    };
+    let admitted = match admission::admit(&state, &query, &headers) {
+        Ok(a) => a,
+        Err(refusal) => return refusal.into_response(Body::Error),
     };
     let record = params.record;
     let config = &state.config;

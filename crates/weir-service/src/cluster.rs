@@ -25,7 +25,8 @@ pub enum ClusterError {
 /// This process as a cluster node.
 #[derive(Debug, Clone)]
 pub struct Node {
-    /// `[cluster] node_id` (default: the host name): in history rows, logs and the
+    /// `[cluster] node_id` (default: derived from the host name, `default_node_id`): in history
+    /// rows, logs and the
     /// `X-Weir-Node` response header.
     pub id: String,
     /// This process's node lock (62 random bits, positive). A new one per process: a node
@@ -52,7 +53,15 @@ impl Node {
     }
 }
 
-/// The machine's host name (a node's default id), or "weir" if it has none.
+/// A node's default id: `node-` and 12 hex digits of a SHA-256 of the machine's host name, the
+/// same on every start of the machine and distinct between machines, without telling clients
+/// (who see it in `X-Weir-Node`) the host's name.
+pub fn default_node_id() -> String {
+    let digest = Sha256::digest(format!("weir-node:{}", hostname()).as_bytes());
+    format!("node-{}", &hex::encode(digest)[..12])
+}
+
+/// The machine's host name, or "weir" if it has none.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()

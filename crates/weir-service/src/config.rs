@@ -88,7 +88,7 @@ pub struct ClusterConfig {
     /// registered in memory.
     pub database_url: Option<String>,
     /// This node's name in history rows, logs and the `X-Weir-Node` response header; env
-    /// `WEIR_NODE_ID`. Default: the host name.
+    /// `WEIR_NODE_ID`. Default: `node-` and 12 hex digits of a hash of the host name.
     pub node_id: Option<String>,
     /// On SIGTERM, how long the node keeps serving while `/readyz` already answers 503, so the
     /// load balancer stops sending it work before it drains, seconds. Default: 3 with a
@@ -170,13 +170,14 @@ impl ServerConfig {
         Duration::from_secs(self.request_timeout_secs.max(1))
     }
 
-    /// This node's id (`[cluster] node_id`, or the host name).
+    /// This node's id (`[cluster] node_id`, or one derived from the host name that does not
+    /// reveal it: `crate::cluster::default_node_id`).
     pub fn node_id(&self) -> String {
         self.cluster
             .node_id
             .clone()
             .filter(|n| !n.is_empty())
-            .unwrap_or_else(crate::cluster::hostname)
+            .unwrap_or_else(crate::cluster::default_node_id)
     }
 
     /// How long a SIGTERM'd node stays up reporting not-ready before it drains.

@@ -9,7 +9,6 @@
 //! registry is bounded by `max_sessions`.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -27,8 +26,7 @@ pub struct Kernel {
     pub user: String,
     pub runtime: String,
     pub created: SystemTime,
-    /// The run's scratch directory (the session's files) and its size limit.
-    pub scratch: PathBuf,
+    /// The size limit of the run's scratch directory (the session's files).
     pub scratch_limit: u64,
     run: tokio::sync::Mutex<RunHandle>,
     control: RunControl,
@@ -90,7 +88,6 @@ impl Kernel {
             user,
             runtime: run.runtime().to_string(),
             created: SystemTime::now(),
-            scratch: run.scratch_path().to_path_buf(),
             scratch_limit,
             control: run.control(),
             run: tokio::sync::Mutex::new(run),
@@ -106,7 +103,26 @@ impl Kernel {
         *self.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     }
 
-    /// How long since the session's last cell ended (or it was created, or a file moved).
+    /// Whether the session's run has ended (however it ended): the session is gone with it.
+    pub fn ended(&self) -> bool {
+        self.control.has_ended()
+    }
+
+    /// How the session's run ended, when it ended by itself and no `exec` read it: its exit,
+    /// if it can be read within a moment (no cell is being read).
+    pub async fn unseen_exit(&self) -> Option<RunResult> {
+        let mut run = self.run.try_lock().ok()?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            match tokio::time::timeout_at(deadline, run.next_event()).await {
+                Ok(Some(Event::Exit(result))) => return Some(result),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// How long since the session's last cell ended (or it was created).
     pub fn idle_for(&self) -> Duration {
         self.last_used
             .lock()
@@ -117,11 +133,6 @@ impl Kernel {
     /// Whether a cell is running.
     pub fn busy(&self) -> bool {
         self.run.try_lock().is_err()
-    }
-
-    /// Marks the session used now (file transfers count as use).
-    pub fn used(&self) {
-        self.touch();
     }
 
     /// Bytes the session's cells have written so far.
@@ -157,14 +168,14 @@ impl Kernel {
         Ok(())
     }
 
-    /// Runs `op` on the session's directory on a blocking thread; counts as use.
+    /// Runs `op` on the session's directory on a blocking thread, holding the directory (it
+    /// is not handed to another run until `op` is done); refused once the run has ended.
     async fn on_files<T: Send + 'static>(
         &self,
         op: impl FnOnce(&std::path::Path) -> Result<T, FileError> + Send + 'static,
     ) -> Result<T, FileError> {
-        self.touch();
-        let scratch = self.scratch.clone();
-        tokio::task::spawn_blocking(move || op(&scratch))
+        let dir = self.control.live_dir().ok_or(FileError::Ended)?;
+        tokio::task::spawn_blocking(move || op(dir.path()))
             .await
             .unwrap_or_else(|e| Err(FileError::Io(std::io::Error::other(e))))
     }
@@ -327,6 +338,15 @@ impl CellClock {
     }
 }
 
+/// Why [`Kernels::expire`] removed a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// Its run had ended by itself (a limit, a crash, its backstop) with no `exec` to read it.
+    RunEnded,
+    /// Idle past `session_idle_secs`.
+    Idle,
+}
+
 /// The server's sessions by id.
 #[derive(Default)]
 pub struct Kernels {
@@ -342,9 +362,13 @@ impl Kernels {
         self.map().insert(kernel.id.clone(), kernel);
     }
 
-    /// `user`'s session `id`; another user's is as absent as a missing one.
+    /// `user`'s session `id`; another user's is as absent as a missing one, and so is one whose
+    /// run has ended (the reaper records and removes it).
     pub fn get(&self, id: &str, user: &str) -> Option<Arc<Kernel>> {
-        self.map().get(id).filter(|k| k.user == user).cloned()
+        self.map()
+            .get(id)
+            .filter(|k| k.user == user && !k.ended())
+            .cloned()
     }
 
     /// Removes a session and stops its run.
@@ -356,12 +380,12 @@ impl Kernels {
         kernel
     }
 
-    /// `user`'s sessions, oldest first.
+    /// `user`'s live sessions, oldest first.
     pub fn of(&self, user: &str) -> Vec<Arc<Kernel>> {
         let mut list: Vec<_> = self
             .map()
             .values()
-            .filter(|k| k.user == user)
+            .filter(|k| k.user == user && !k.ended())
             .cloned()
             .collect();
         list.sort_by_key(|k| k.created);
@@ -376,15 +400,23 @@ impl Kernels {
         self.len() == 0
     }
 
-    /// Removes (and stops) every session idle for longer than `idle` with no cell running.
-    pub fn expire(&self, idle: Duration) -> Vec<Arc<Kernel>> {
-        let expired: Vec<String> = self
+    /// Removes (and stops) every session with no cell running whose run has ended, or that has
+    /// been idle for longer than `idle`; says which.
+    pub fn expire(&self, idle: Duration) -> Vec<(Arc<Kernel>, Expiry)> {
+        let expired: Vec<(String, Expiry)> = self
             .map()
             .values()
-            .filter(|k| !k.busy() && k.idle_for() > idle)
-            .map(|k| k.id.clone())
+            .filter(|k| !k.busy()) // a running `exec` reads its own session's end
+            .filter_map(|k| match k.ended() {
+                true => Some((k.id.clone(), Expiry::RunEnded)),
+                false if k.idle_for() > idle => Some((k.id.clone(), Expiry::Idle)),
+                false => None,
+            })
             .collect();
-        expired.iter().filter_map(|id| self.remove(id)).collect()
+        expired
+            .into_iter()
+            .filter_map(|(id, why)| Some((self.remove(&id)?, why)))
+            .collect()
     }
 
     /// Removes (and stops) every session (shutdown).

@@ -22,6 +22,7 @@ use rmcp::transport::streamable_http_server::{
 use rmcp::{schemars, tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 use weir_sandbox::transcript::Data;
 
 /// Longest stdout or stderr text a tool result carries, bytes; the rest is cut with a note (the
@@ -83,9 +84,15 @@ pub struct SessionFile {
     pub path: String,
 }
 
-/// Who called, as the HTTP admission found it (absent over stdio).
-#[derive(Debug, Clone)]
-struct Caller(Option<String>);
+/// Who called, as the HTTP admission found it (absent over stdio), the slot the call holds
+/// until its tool is done (even past a client that hung up), and the signal that the client hung
+/// up.
+#[derive(Clone)]
+struct Caller {
+    user: Option<String>,
+    _slot: Arc<tokio::sync::OwnedSemaphorePermit>,
+    hangup: CancellationToken,
+}
 
 /// The MCP server: one per stdio connection or HTTP session, all sharing the app state.
 #[derive(Clone)]
@@ -173,12 +180,42 @@ fn answer(ok: bool, text: String) -> rmcp::model::CallToolResult {
     }
 }
 
-/// The caller's user, as the HTTP admission passed it on (none over stdio).
-fn caller(ctx: &RequestContext<RoleServer>) -> Option<String> {
+/// The HTTP admission's record of the call (none over stdio).
+fn http_caller(ctx: &RequestContext<RoleServer>) -> Option<&Caller> {
     ctx.extensions
         .get::<axum::http::request::Parts>()
         .and_then(|parts| parts.extensions.get::<Caller>())
-        .and_then(|caller| caller.0.clone())
+}
+
+/// The caller's user, as the HTTP admission passed it on (none over stdio).
+fn caller(ctx: &RequestContext<RoleServer>) -> Option<String> {
+    http_caller(ctx).and_then(|caller| caller.user.clone())
+}
+
+/// Completes when the call is abandoned: its HTTP client hung up, or the client cancelled it
+/// (`notifications/cancelled`, or the stdio connection closed).
+async fn abandoned(ctx: &RequestContext<RoleServer>) {
+    let hangup = http_caller(ctx).map(|c| c.hangup.clone());
+    match hangup {
+        Some(hangup) => tokio::select! {
+            () = hangup.cancelled() => {}
+            () = ctx.ct.cancelled() => {}
+        },
+        None => ctx.ct.cancelled().await,
+    }
+}
+
+/// Runs `work` unless the call is abandoned first ([`abandoned`]): then `work` is dropped (a
+/// run stops and frees its instance; a cell is interrupted) and the call answers an error no
+/// client reads.
+async fn unless_abandoned(
+    ctx: &RequestContext<RoleServer>,
+    work: impl std::future::Future<Output = rmcp::model::CallToolResult>,
+) -> rmcp::model::CallToolResult {
+    tokio::select! {
+        result = work => result,
+        () = abandoned(ctx) => answer(false, "the call was abandoned: its client hung up or cancelled it".into()),
+    }
 }
 
 impl WeirMcp {
@@ -237,12 +274,13 @@ impl WeirMcp {
         self.state.runtime_defaults(&mut req, memory_given);
         req.compile_scope = weir_sandbox::compile_cache::scope_for(user.as_deref(), None);
         let owner = user.as_deref().unwrap_or(ANONYMOUS);
-        match oneshot::execute(&self.state, owner, req, false).await {
-            Ok(finished) => Ok(tool_result(&finished)),
-            Err(e) => Ok(rmcp::model::CallToolResult::error(vec![
-                ContentBlock::text(format!("the run could not start: {e}")),
-            ])),
-        }
+        let run = async {
+            match oneshot::execute(&self.state, owner, req, false).await {
+                Ok(finished) => tool_result(&finished),
+                Err(e) => answer(false, format!("the run could not start: {e}")),
+            }
+        };
+        Ok(unless_abandoned(&ctx, run).await)
     }
 
     /// Starts a stateful session.
@@ -310,10 +348,13 @@ impl WeirMcp {
             interactive: false,
             timeout_ms: args.timeout_ms,
         };
-        Ok(match notebook::run_cell(&self.state, &k, params).await {
-            Ok(report) => cell_result(&report),
-            Err(e) => answer(false, e.to_string()),
-        })
+        let cell = async {
+            match notebook::run_cell(&self.state, &k, params).await {
+                Ok(report) => cell_result(&report),
+                Err(e) => answer(false, e.to_string()),
+            }
+        };
+        Ok(unless_abandoned(&ctx, cell).await)
     }
 
     /// Interrupts a session's running cell.
@@ -522,34 +563,38 @@ pub fn routes(state: &Arc<AppState>) -> axum::Router<Arc<AppState>> {
         .layer(axum::middleware::from_fn_with_state(state.clone(), admit))
 }
 
-/// Admits an MCP request like any other entry point, caps its body at `max_message_bytes`, and
-/// tells the tool who called.
+/// Admits an MCP request like any other entry point: `Host`, `Origin` and token first, then its
+/// body (within `max_message_bytes` and `request_timeout_secs`: 413 or 408), and only then a
+/// slot, which the call holds until its tool is done. Tells the tool who called and, by a token
+/// cancelled when this request is dropped, when the client hangs up.
 async fn admit(
     State(state): State<Arc<AppState>>,
     Query(query): Query<WsQuery>,
     request: Request,
     next: Next,
 ) -> Response {
-    let admitted = match admission::admit(&state, &query, request.headers()) {
+    if let Err(refusal) = admission::precheck(&state, &query, request.headers()) {
+        return refusal.into_response(Body::Text);
+    }
+    let (parts, body) = request.into_parts();
+    let body = match oneshot::request_bytes(&state, &parts.headers, body).await {
+        Ok(b) => b,
+        Err(refused) => return refused.into_response(),
+    };
+    let admitted = match admission::admit(&state, &query, &parts.headers) {
         Ok(a) => a,
         Err(refusal) => return refusal.into_response(Body::Text),
     };
-    let max = state.config.max_message_bytes;
-    if let Err(too_large) = oneshot::refuse_announced_over(request.headers(), max) {
-        return too_large.into_response();
-    }
-    // A body without a length (chunked) is cut at the same size: reading past it fails.
-    let (parts, body) = request.into_parts();
-    let mut request = Request::from_parts(
-        parts,
-        axum::body::Body::new(http_body_util::Limited::new(body, max)),
-    );
-    request
-        .extensions_mut()
-        .insert(Caller(admitted.user.clone()));
-    let response = next.run(request).await;
-    drop(admitted);
-    response.into_response()
+    let hangup = CancellationToken::new();
+    // Dropped with this future: when the client hangs up, or once the answer is out.
+    let _hung_up = hangup.clone().drop_guard();
+    let mut request = Request::from_parts(parts, axum::body::Body::from(body));
+    request.extensions_mut().insert(Caller {
+        user: admitted.user,
+        _slot: Arc::new(admitted.permit),
+        hangup,
+    });
+    next.run(request).await
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use crate::admission::{self, Body};
 use crate::api::error;
 use crate::auth::ANONYMOUS;
 use crate::history::RunRecord;
-use crate::kernel::{CellReport, ExecError, Kernel};
+use crate::kernel::{CellReport, ExecError, Expiry, Kernel};
 use crate::oneshot;
 use crate::protocol::LimitParams;
 use crate::state::{AppState, WsQuery};
@@ -208,18 +208,42 @@ async fn ended(state: &AppState, k: &Kernel, outcome: &str) {
     state.history.store(record, None).await;
 }
 
-/// Removes idle sessions every so often (a quarter of `session_idle_secs`, at most a second)
-/// until dropped; each counts as a run ended `idle`.
+/// Removes sessions whose run has ended and idle ones every so often (a quarter of
+/// `session_idle_secs`, at most a second) until dropped: an idle one counts as a run ended
+/// `idle`, an ended one with its run's own outcome.
 pub async fn reap(state: Arc<AppState>) {
     let idle = state.config.session_idle();
     let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
-        for k in state.kernels.expire(idle) {
-            ended(&state, &k, "idle").await;
+        for (k, why) in state.kernels.expire(idle) {
+            match why {
+                Expiry::Idle => ended(&state, &k, "idle").await,
+                Expiry::RunEnded => run_ended(&state, &k).await,
+            }
         }
     }
+}
+
+/// Counts and stores the end of session `k` (removed) whose run ended with no `exec` reading
+/// it: with the run's own outcome when its exit can be read, else as `stopped`.
+async fn run_ended(state: &AppState, k: &Kernel) {
+    match k.unseen_exit().await {
+        Some(exit) => finished(state, k, &exit).await,
+        None => ended(state, k, "stopped").await,
+    }
+}
+
+/// Counts and stores session `k`'s run, ended with `exit`.
+async fn finished(state: &AppState, k: &Kernel, exit: &weir_sandbox::RunResult) {
+    let outcome = exit.outcome.kind();
+    state
+        .metrics
+        .run_finished(outcome, exit.duration, exit.output_bytes);
+    tracing::info!(session_id = %k.id, outcome, "session ended");
+    let record = RunRecord::finished(&k.id, &k.user, k.created, outcome, exit, false);
+    state.history.store(record, None).await;
 }
 
 /// Ends every session (shutdown), each recorded as a run ended `shutdown`.
@@ -257,15 +281,19 @@ async fn create(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    let admitted = match admission::admit(&state, &query, &headers) {
-        Ok(a) => a,
-        Err(refusal) => return refusal.into_response(Body::Error),
-    };
+    // Host, Origin and token first; the slot only once the body is in.
+    if let Err(refusal) = admission::precheck(&state, &query, &headers) {
+        return refusal.into_response(Body::Error);
+    }
     let params: Option<CreateParams> =
         match oneshot::request_params(&state, &headers, body, "session").await {
             Ok(p) => p,
             Err((status, message)) => return error(status, message),
         };
+    let admitted = match admission::admit(&state, &query, &headers) {
+        Ok(a) => a,
+        Err(refusal) => return refusal.into_response(Body::Error),
+    };
     let user = admitted.user.unwrap_or_else(|| ANONYMOUS.into());
     match start(&state, &user, params.unwrap_or_default(), admitted.permit).await {
         Ok(k) => (StatusCode::CREATED, Json(describe_json(&state, &k))).into_response(),
@@ -292,6 +320,12 @@ async fn list(
         Ok(u) => u,
         Err(denied) => return denied.into_response(),
     };
+    // Without a secret every caller is "anonymous": callers cannot be told apart, so a session
+    // is reachable only through the id its creation returned (128 random bits, a capability)
+    // and no listing shows one caller another's.
+    if state.config.secret.is_none() {
+        return Json(json!([])).into_response();
+    }
     let all: Vec<Value> = state
         .kernels
         .of(&user)
@@ -343,22 +377,20 @@ pub async fn run_cell(
     };
     let result = k.exec(cell, cell_timeout(state, params.timeout_ms)).await;
     match &result {
-        // The run ended by itself before the cell could start (its idle backstop).
+        // The run ended by itself before the cell could start.
         Err(ExecError::Ended) => {
-            end(state, &k.id, "idle").await;
+            if state.kernels.remove(&k.id).is_some() {
+                run_ended(state, k).await;
+            }
         }
         Err(ExecError::Busy) => {}
         Ok(report) => {
             state.metrics.cells_run.fetch_add(1, Relaxed);
             // The session ended during the cell: counted and stored with the run's own outcome.
             if let Some(exit) = &report.exit {
-                state.kernels.remove(&k.id);
-                let outcome = exit.outcome.kind();
-                state
-                    .metrics
-                    .run_finished(outcome, exit.duration, exit.output_bytes);
-                let record = RunRecord::finished(&k.id, &k.user, k.created, outcome, exit, false);
-                state.history.store(record, None).await;
+                if state.kernels.remove(&k.id).is_some() {
+                    finished(state, k, exit).await;
+                }
             }
         }
     }
@@ -442,8 +474,10 @@ async fn stdin(
 
 fn file_error(e: FileError) -> Response {
     let status = match &e {
-        FileError::BadPath(_) | FileError::BadPattern { .. } => StatusCode::BAD_REQUEST,
-        FileError::NotFound(_) => StatusCode::NOT_FOUND,
+        FileError::BadPath(_) | FileError::BadPattern { .. } | FileError::Refused { .. } => {
+            StatusCode::BAD_REQUEST
+        }
+        FileError::NotFound(_) | FileError::Ended => StatusCode::NOT_FOUND,
         FileError::TooLarge { .. } | FileError::ScratchFull { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         FileError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
@@ -472,10 +506,16 @@ async fn read_file(
 }
 
 async fn write_file(
+    State(state): State<Arc<AppState>>,
     Owned(k): Owned,
     Path((_, path)): Path<(String, String)>,
-    body: axum::body::Bytes,
+    headers: HeaderMap,
+    body: axum::body::Body,
 ) -> Response {
+    let body = match oneshot::request_bytes(&state, &headers, body).await {
+        Ok(b) => b,
+        Err((status, message)) => return error(status, message),
+    };
     match k.write_file(path, body).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => file_error(e),

@@ -184,41 +184,63 @@ pub fn refuse_announced_over(
 }
 
 /// An HTTP body as a JSON value, whatever its `Content-Type` (Piston clients send `text/plain`
-/// as often as `application/json`). A body announced larger than `limit` is refused at once
-/// (413, without waiting for it), one that grows past it too, and one that does not arrive
-/// within `timeout` gets 408.
+/// as often as `application/json`), read as [`body_bytes`] reads it.
 pub async fn json_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
     timeout: Duration,
 ) -> Result<Value, (StatusCode, String)> {
-    refuse_announced_over(headers, limit)?;
-    let body = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
-        Err(_) => {
-            return Err((
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the request body did not arrive within {} s",
-                    timeout.as_secs()
-                ),
-            ))
-        }
-        Ok(Err(e)) if is_length_limit(&e) => return Err(too_large(limit)),
-        Ok(Err(e)) => {
-            return Err((
-                StatusCode::BAD_REQUEST,
-                format!("cannot read the request body: {e}"),
-            ))
-        }
-        Ok(Ok(body)) => body,
-    };
+    let body = body_bytes(headers, body, limit, timeout).await?;
     serde_json::from_slice(&body).map_err(|e| {
         (
             StatusCode::BAD_REQUEST,
             format!("the request body is not valid JSON: {e}"),
         )
     })
+}
+
+/// An HTTP body's bytes. A body announced larger than `limit` is refused at once (413, without
+/// waiting for it), one that grows past it too, and one that has not all arrived within
+/// `timeout` gets 408: every route reads its body through this, before it takes a slot.
+pub async fn body_bytes(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<axum::body::Bytes, (StatusCode, String)> {
+    refuse_announced_over(headers, limit)?;
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err((
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} s",
+                timeout.as_secs()
+            ),
+        )),
+        Ok(Err(e)) if is_length_limit(&e) => Err(too_large(limit)),
+        Ok(Err(e)) => Err((
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the request body: {e}"),
+        )),
+        Ok(Ok(body)) => Ok(body),
+    }
+}
+
+/// A request's body bytes within the server's size limit and request timeout ([`body_bytes`]).
+pub async fn request_bytes(
+    app: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<axum::body::Bytes, (StatusCode, String)> {
+    let config = &app.config;
+    body_bytes(
+        headers,
+        body,
+        config.max_message_bytes,
+        config.request_timeout(),
+    )
+    .await
 }
 
 /// Whether reading a body failed because it passed its length limit.

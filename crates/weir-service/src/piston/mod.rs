@@ -49,13 +49,16 @@ async fn execute(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    let admitted = match admission::admit(&state, &query, &headers) {
-        Ok(a) => a,
-        Err(refusal) => return refusal.into_response(Body::Message),
-    };
+    if let Err(refusal) = admission::precheck(&state, &query, &headers) {
+        return refusal.into_response(Body::Message);
+    }
     let body = match oneshot::request_json(&state, &headers, body).await {
         Ok(b) => b,
         Err((status, m)) => return message(status, m),
+    };
+    let admitted = match admission::admit(&state, &query, &headers) {
+        Ok(a) => a,
+        Err(refusal) => return refusal.into_response(Body::Message),
     };
     let (mut req, runtime) = match job(&body, &state.config, state.sandbox.runtimes()) {
         Ok(job) => job,

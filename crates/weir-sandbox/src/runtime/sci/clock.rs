@@ -5,8 +5,7 @@
 
 use crate::determinism::{self, GuestClock, MONOTONIC_START_NS, WALL_START_SECS};
 use crate::store::GuestState;
-use std::sync::OnceLock;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 use wasmtime::{AsContextMut, Caller, Extern, Linker};
 use wasmtime_wasi::p1::types::{Errno, Fd, Filestat, Lookupflags};
 use wasmtime_wasi::p1::wasi_snapshot_preview1::WasiSnapshotPreview1;
@@ -240,11 +239,7 @@ fn now(caller: &mut Caller<'_, GuestState>, id: i32) -> Option<u64> {
             .duration_since(UNIX_EPOCH)
             .ok()
             .map(|d| d.as_nanos() as u64),
-        MONOTONIC => {
-            static ORIGIN: OnceLock<Instant> = OnceLock::new();
-            let origin = *ORIGIN.get_or_init(Instant::now);
-            Some(MONOTONIC_START_NS + origin.elapsed().as_nanos() as u64)
-        }
+        MONOTONIC => Some(determinism::HostMonotonic::now_ns()),
         _ => None,
     }
 }
