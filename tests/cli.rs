@@ -510,3 +510,127 @@ fn a_native_or_unpinned_package_is_refused_by_name() {
         text(&out.stderr)
     );
 }
+
+/// A wheel `NAME-1.0-py3-none-any.whl` in `dir` holding `members` (name → text), made with
+/// the host's Python; `extra` is more Python run with `z` open (for members made in bulk).
+fn wheel_of(dir: &std::path::Path, name: &str, members: &[(&str, &str)], extra: &str) -> String {
+    let wheel = dir.join(format!("{name}-1.0-py3-none-any.whl"));
+    let members = serde_json::to_string(&members).unwrap();
+    let made = std::process::Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import sys, json, zipfile\nwith zipfile.ZipFile(sys.argv[1], 'w', zipfile.ZIP_DEFLATED) as z:\n    \
+                 for n, t in json.loads(sys.argv[2]):\n        z.writestr(n, t)\n    {extra}\n"
+            ),
+        ])
+        .arg(&wheel)
+        .arg(&members)
+        .status()
+        .expect("python3 runs");
+    assert!(made.success());
+    wheel.to_string_lossy().into_owned()
+}
+
+/// Installs are all or nothing, and a wheel is checked before any of it is written: native
+/// modules, the manifest's name, stdlib names, too many members or bytes are refused by name,
+/// and a wheel whose module does not compile leaves the site as it was.
+#[test]
+fn package_installs_are_checked_and_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site");
+    let site = site.to_str().unwrap();
+    let greet = greet_wheel(dir.path());
+    let out = weir(&["packages", "add", &greet, "--dir", site], b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let manifest = std::fs::read(dir.path().join("site/python/weir-packages.json")).unwrap();
+    let refused = [
+        (
+            wheel_of(dir.path(), "fast", &[("fast/_speed.so", "ELF")], "pass"),
+            "native extension module",
+        ),
+        (
+            wheel_of(
+                dir.path(),
+                "sneaky",
+                &[("weir-packages.json", "[]")],
+                "pass",
+            ),
+            "would overwrite the site's manifest",
+        ),
+        (
+            wheel_of(
+                dir.path(),
+                "shadow",
+                &[("this.py", "print('owned')")],
+                "pass",
+            ),
+            "would shadow the standard library's this",
+        ),
+        (
+            wheel_of(
+                dir.path(),
+                "many",
+                &[],
+                "[z.writestr('many/m%d.py' % i, '') for i in range(10001)]",
+            ),
+            "more than 10000",
+        ),
+        (
+            wheel_of(
+                dir.path(),
+                "bomb",
+                &[],
+                "z.writestr('bomb/data.txt', '0' * (257 << 20))",
+            ),
+            "more than 268435456",
+        ),
+        (
+            wheel_of(
+                dir.path(),
+                "broken",
+                &[("broken/__init__.py", "def (:\n")],
+                "pass",
+            ),
+            "compiling the site's modules failed",
+        ),
+    ];
+    for (wheel, reason) in &refused {
+        let out = weir(&["packages", "add", &greet, wheel, "--dir", site], b"");
+        assert_eq!(out.status.code(), Some(1), "{wheel}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains(reason),
+            "{wheel}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("site/python/weir-packages.json")).unwrap(),
+            manifest,
+            "{wheel} changed the site"
+        );
+    }
+    for gone in ["fast", "sneaky", "this.py", "many", "bomb", "broken"] {
+        assert!(
+            !dir.path().join("site/python").join(gone).exists(),
+            "{gone} left behind"
+        );
+    }
+    // The site still works, and a later good add does too.
+    let ok = wheel_of(
+        dir.path(),
+        "tool",
+        &[("tool/__init__.py", "X = 7\n")],
+        "pass",
+    );
+    let out = weir(&["packages", "add", &ok, "--dir", site], b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let run = weir(
+        &["run", "--packages", site, "-c", "import greet, tool, this"],
+        b"",
+    );
+    assert!(
+        text(&run.stdout).contains("The Zen of Python"),
+        "{}",
+        text(&run.stderr)
+    );
+}

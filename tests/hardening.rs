@@ -879,3 +879,147 @@ async fn an_over_cap_chunked_mcp_body_is_413() {
     assert_eq!(status_line(&mut tcp).await, 413);
     server.shutdown().await;
 }
+
+/// One signed-in user cannot take the server: `max_sessions_per_user` holds over every entry
+/// point at once (HTTP sessions, `/ws`, one-shot runs, Piston, MCP), with 429 naming the
+/// setting, while another user is still served.
+#[tokio::test]
+async fn one_user_holds_at_most_max_sessions_per_user_over_every_entry_point() {
+    let server = server(|c| {
+        c.secret = Some("s3cret".into());
+        c.max_sessions_per_user = 2;
+    })
+    .await;
+    let token = |user: &str| {
+        weir_service::auth::mint(b"s3cret", user, Duration::from_secs(60)).expect("a token")
+    };
+    let (ann, bob) = (token("ann"), token("bob"));
+    let ann_auth = format!("Bearer {ann}");
+    let ann_headers = [
+        ("Authorization", ann_auth.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    // Ann's first two: an HTTP session and a /ws connection.
+    let r = http(&server, "POST", "/v1/sessions", &ann_headers, b"{}").await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let first = r.json()["session_id"].as_str().unwrap().to_string();
+    let ws = connect(&server, &format!("?token={ann}")).await;
+    // Her third, by any entry point, is refused.
+    let run = json!({"source": "print(1)"}).to_string();
+    for (path, body) in [("/v1/sessions", "{}"), ("/v1/runs", run.as_str())] {
+        let r = http(&server, "POST", path, &ann_headers, body.as_bytes()).await;
+        assert_eq!(r.status, 429, "{path}: {}", r.body);
+        assert!(r.body.contains("max_sessions_per_user"), "{}", r.body);
+    }
+    let piston = json!({"language": "python", "version": "*", "files": [{"content": "print(1)"}]})
+        .to_string();
+    let r = http(
+        &server,
+        "POST",
+        "/api/v2/execute",
+        &ann_headers,
+        piston.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    let refused = try_connect_to(&server, &format!("/api/v2/connect?token={ann}"), &[]).await;
+    assert_eq!(status_of(refused.expect_err("refused")), 429);
+    let mut mcp = ann_headers.to_vec();
+    mcp.extend(MCP_HEADERS);
+    let r = http(
+        &server,
+        "POST",
+        "/mcp",
+        &mcp,
+        mcp_call(1, "print(1)").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    // Bob is served meanwhile.
+    let bob_auth = format!("Bearer {bob}");
+    let bob_headers = [
+        ("Authorization", bob_auth.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let r = http(&server, "POST", "/v1/runs", &bob_headers, run.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // One of Ann's ends: she gets her slot back.
+    drop(ws);
+    let r = http(
+        &server,
+        "DELETE",
+        &format!("/v1/sessions/{first}"),
+        &ann_headers,
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = http(&server, "POST", "/v1/runs", &ann_headers, run.as_bytes()).await;
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Ann's slots never came back: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = http_get(&server, "/metrics").await.1;
+    assert!(metrics.contains("reason=\"user_capacity\"} 5"), "{metrics}");
+    server.shutdown().await;
+}
+
+/// The host's memory budget: a session whose memory limit what is left cannot cover is refused
+/// (503, naming the budget), and the budget comes back when a session ends.
+#[tokio::test]
+async fn sessions_past_the_hosts_memory_budget_are_refused() {
+    let server = server(|c| c.memory_budget_bytes = Some(700 << 20)).await;
+    let big = json!({"limits": {"memory_bytes": 512u64 << 20}});
+    let r = post_json(&server, "/v1/sessions", &big).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let first = r.json()["session_id"].as_str().unwrap().to_string();
+    let r = post_json(
+        &server,
+        &format!("/v1/sessions/{first}/exec"),
+        &json!({"code": "x = bytearray(300 << 20)\nlen(x)"}),
+    )
+    .await;
+    assert_eq!(r.json()["outcome"], "ok", "{}", r.body);
+    let r = post_json(&server, "/v1/sessions", &big).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("memory budget"), "{}", r.body);
+    // A run with a smaller limit still fits.
+    let r = post_json(
+        &server,
+        "/v1/runs",
+        &json!({"source": "print(1)", "limits": {"memory_bytes": 256u64 << 20}}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = http(
+        &server,
+        "DELETE",
+        &format!("/v1/sessions/{first}"),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = post_json(&server, "/v1/sessions", &big).await;
+        if r.status == 201 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the budget never came back: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.shutdown().await;
+}

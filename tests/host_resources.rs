@@ -128,3 +128,76 @@ async fn weir_run_finishes_on_a_busy_host_even_with_an_idle_lane_asked_for() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), EXPECTED);
 }
+
+/// The highest resident set size this process reaches while `work` runs, above where it
+/// started, bytes (sampled every 2 ms).
+async fn peak_rss_growth<T>(work: impl std::future::Future<Output = T>) -> (T, i64) {
+    fn rss() -> i64 {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+        let pages: i64 = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        pages * 4096
+    }
+    let start = rss();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let mut peak = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss());
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            peak.max(rss())
+        }
+    });
+    let out = work.await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap_or(start);
+    (out, peak - start)
+}
+
+/// A python-sci program that calls the runner's private door itself with huge JSON gets a
+/// fault, and the host builds nothing of what it sent: only the structure each request kind
+/// has is parsed, within a bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sci_requests_the_host_parses_are_bounded_and_typed() {
+    let _one = HOST.lock().await;
+    let sandbox = common::private_sandbox(2);
+    sandbox
+        .prepare("python-sci")
+        .await
+        .expect("python-sci prepares");
+    let request = |source: &str| {
+        let mut req = RunRequest::script(source);
+        req.runtime = Some("python-sci".into());
+        req.close_stdin = true;
+        req.limits = common::limits(|l| {
+            l.wall_ms = 60_000;
+            l.memory_bytes = 1 << 30;
+        });
+        req
+    };
+    // Once first: the process pages in the compiled guest.
+    common::collect_in(&sandbox, request("print(1)")).await;
+    // 15 MB of `0,`: as a JSON tree, 7.5 million values (~250 MB on the host) per call.
+    let flood = "import _host\npad = b'0,' * 7_500_000\n\
+                 for op in (b'cell_done', b'display', b'no_such_op'):\n    \
+                 try:\n        _host.call(b'{\"value\": [' + pad + b'0], \"op\": \"' + op + b'\"}')\n    \
+                 except Exception as e:\n        print(type(e).__name__)\n\
+                 print('alive')";
+    let (out, grown) = peak_rss_growth(common::collect_in(&sandbox, request(flood))).await;
+    assert!(
+        out.stdout_text().ends_with("alive\n"),
+        "{}",
+        out.stderr_text()
+    );
+    assert!(
+        grown < 120_000_000,
+        "the host's RSS peaked {:.0} MB above its start",
+        grown as f64 / 1e6
+    );
+}

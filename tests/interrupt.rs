@@ -231,20 +231,111 @@ async fn a_cells_stdin_is_its_own_then_end_of_file() {
 #[tokio::test]
 async fn user_code_calling_the_cell_interface_cannot_break_its_session() {
     let mut handle = start(session()).await;
-    // A second end report, and one outside any cell, are ignored: each cell ends once.
-    let (_, _, end) = cell(
+    // Only the runner ends a cell: a report from the cell's code neither ends it early nor
+    // stands (the runner's, after the code, replaces it), and one outside any cell is ignored.
+    let started = std::time::Instant::now();
+    let (out, _, end) = cell(
         &mut handle,
-        "from wit_world.imports import host\nhost.cell_done('fake', None)\n'real'",
+        "from wit_world.imports import host\nhost.cell_done('fake', None)\n\
+         import time\ntime.sleep(0.3)\nprint('still running')\n'real'",
     )
     .await;
     assert_eq!(
         end.value.as_deref(),
-        Some("fake"),
-        "the first report ends the cell"
+        Some("'real'"),
+        "the cell's own report stood"
     );
+    assert_eq!(out, "still running\n");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "ended early"
+    );
+    // The cell's code cannot ask for the next cell either: it gets its own source back.
+    let (_, _, end) = cell(
+        &mut handle,
+        "from wit_world.imports import host\nsrc = host.next_cell()\nlen(src) > 0",
+    )
+    .await;
+    assert_eq!(end.value.as_deref(), Some("True"));
     let (out, _, end) = cell(&mut handle, "print('next')\n41 + 1").await;
     assert_eq!((out.as_str(), end.value.as_deref()), ("next\n", Some("42")));
     let not_a_session =
         run("from wit_world.imports import host\nhost.cell_done('x', None)\nprint('ok')").await;
     assert_eq!(not_a_session.stdout_text(), "ok\n");
+}
+
+/// Interrupts that race short cells (sent again and again while cells start, run and end)
+/// reach the cells' code or nothing: the session lives through all of them, keeps its
+/// namespace, and runs no cell twice.
+#[tokio::test]
+async fn interrupts_racing_short_cells_never_end_the_session() {
+    // Epoch ticks every 20 µs and an interrupt asked for every 50 µs: interrupts land all over
+    // the runner's own code around each cell, not only in the cells' code.
+    let sandbox = sandbox_with(1, |s| s.epoch_tick = Duration::from_micros(20));
+    let mut handle = sandbox.start(session()).await.expect("a slot is free");
+    let (_, _, _) = cell(&mut handle, "n = 0").await;
+    let control = handle.control();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = std::thread::spawn({
+        let (control, stop) = (control.clone(), stop.clone());
+        move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                control.interrupt();
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+    });
+    let mut interrupted = 0;
+    let mut printed = Vec::new();
+    for i in 0..150u64 {
+        // Cells of 0 to about 3 ms, so that interrupts land before, in and after their code.
+        let code = format!("for _ in range({}): pass\nn += 1", (i * 997) % 30_000);
+        control
+            .send_cell(Cell {
+                code,
+                ..Default::default()
+            })
+            .expect("the session takes a cell");
+        let end = loop {
+            match next(&mut handle, 30).await {
+                Event::Cell(end) => break end,
+                Event::Exit(result) => panic!(
+                    "the session ended at cell {i}: {result:?}\n{}",
+                    String::from_utf8_lossy(&printed[printed.len().saturating_sub(3000)..])
+                ),
+                Event::Output { data, .. } => printed.extend_from_slice(&data),
+                _ => {}
+            }
+        };
+        if let Some(e) = end.exception {
+            assert_eq!(e.type_name, "KeyboardInterrupt", "cell {i}");
+            interrupted += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    hammer.join().unwrap();
+    let (_, _, end) = cell(&mut handle, "n").await;
+    let n: u64 = end.value.as_deref().unwrap_or("0").parse().unwrap();
+    assert!(n + interrupted >= 150, "n = {n}, {interrupted} interrupted");
+    assert!(n <= 150, "a cell ran twice: n = {n}");
+    assert!(
+        interrupted > 0,
+        "no interrupt landed: the test proves nothing"
+    );
+}
+
+/// A cell that calls `exit()` ends its session with the run's outcome.
+#[tokio::test]
+async fn a_cell_that_exits_ends_its_session() {
+    let handle = start(session()).await;
+    handle
+        .control()
+        .send_cell(Cell {
+            code: "print('bye')\nexit(3)".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    let out = handle.collect().await;
+    assert_eq!(out.stdout_text(), "bye\n");
+    assert_eq!(out.outcome(), Outcome::Exited { code: 3 });
 }

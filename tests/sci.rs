@@ -583,3 +583,68 @@ async fn sleeps_in_python_sci_last_as_asked() {
     );
     assert_eq!(out.stdout_text(), "True\n");
 }
+
+/// Interrupts racing short cells reach the cells' code or nothing in python-sci too: the
+/// session lives through them and runs no cell twice.
+#[tokio::test]
+async fn interrupts_racing_short_cells_never_end_a_python_sci_session() {
+    let settings = EngineSettings {
+        max_instances: 4,
+        epoch_tick: std::time::Duration::from_micros(20),
+        ..EngineSettings::default()
+    };
+    let sandbox = Sandbox::load(settings).expect("sandbox loads");
+    sandbox.prepare(SCI).await.expect("python-sci prepares");
+    let mut req = request("");
+    req.cells = true;
+    req.close_stdin = false;
+    let mut handle = sandbox.start(req).await.expect("starts");
+    let control = handle.control();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = std::thread::spawn({
+        let (control, stop) = (control.clone(), stop.clone());
+        move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                control.interrupt();
+                std::thread::sleep(std::time::Duration::from_micros(50));
+            }
+        }
+    });
+    let mut ends = Vec::new();
+    let mut printed: Vec<u8> = Vec::new();
+    for i in 0..80u64 {
+        let code = format!(
+            "n = globals().get('n', 0)\nfor _ in range({}): pass\nn += 1",
+            (i * 997) % 30_000
+        );
+        control
+            .send_cell(weir_sandbox::Cell {
+                code,
+                ..Default::default()
+            })
+            .expect("the session takes a cell");
+        let end = loop {
+            match next_event(&mut handle, 60).await {
+                weir_sandbox::Event::Cell(end) => break end,
+                weir_sandbox::Event::Exit(result) => panic!(
+                    "the session ended at cell {i}: {result:?}\n{}",
+                    String::from_utf8_lossy(&printed)
+                ),
+                weir_sandbox::Event::Output { data, .. } => printed.extend_from_slice(&data),
+                _ => {}
+            }
+        };
+        ends.push(end);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    hammer.join().unwrap();
+    let interrupted = ends.iter().filter(|e| e.exception.is_some()).count();
+    assert!(ends
+        .iter()
+        .filter_map(|e| e.exception.as_ref())
+        .all(|e| e.type_name == "KeyboardInterrupt"));
+    assert!(
+        interrupted > 0,
+        "no interrupt landed: the test proves nothing"
+    );
+}

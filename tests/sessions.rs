@@ -538,3 +538,82 @@ async fn cpu_fuel_is_a_budget_per_cell() {
     .await;
     assert_eq!(r["outcome"], "cpu_limit", "{r}");
 }
+
+/// Only the runner ends a cell: code that reports an end for its own cell does not answer the
+/// `exec` (which waits for the cell), and if it then runs on, its time limit still stops it.
+#[tokio::test]
+async fn a_cell_cannot_end_itself_and_run_on_unwatched() {
+    let server = server(|_| {}).await;
+    let id = session(&server).await;
+    let started = Instant::now();
+    let r = exec(
+        &server,
+        &id,
+        json!({
+            "code": "from wit_world.imports import host\nhost.cell_done('forged', None)\nwhile True:\n    pass",
+            "timeout_ms": 500,
+        }),
+    )
+    .await;
+    assert_ne!(r["result"], "'forged'", "the forged end answered: {r}");
+    assert_eq!(r["outcome"], "timeout", "{r}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "answered before the cell's time limit: {r}"
+    );
+    // Uninterruptible by its own doing: ended after the grace period, not at the run's backstop.
+    assert_eq!(r["session_ended"], true, "{r}");
+    assert!(started.elapsed() < Duration::from_secs(30), "{r}");
+}
+
+/// Input a cell has not read is bounded in bytes on the host (1 MiB a session), not only in
+/// chunks: more is refused with 429 until the cell reads.
+#[tokio::test]
+async fn unread_stdin_is_bounded_in_bytes() {
+    let server = server(|c| c.max_message_bytes = 2 << 20).await;
+    let id = session(&server).await;
+    let cell = {
+        let server_addr = server.addr;
+        let id = id.clone();
+        tokio::spawn(async move {
+            let body = json!({"code": "import time\ntime.sleep(20)", "interactive": true, "timeout_ms": 30_000});
+            let mut stream = tokio::net::TcpStream::connect(server_addr).await.unwrap();
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let body = body.to_string();
+            let req = format!(
+                "POST /v1/sessions/{id}/exec HTTP/1.1\r\nHost: {server_addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(req.as_bytes()).await.unwrap();
+            let mut out = Vec::new();
+            let _ = stream.read_to_end(&mut out).await;
+            String::from_utf8_lossy(&out).into_owned()
+        })
+    };
+    // Wait until the cell runs.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_get(&server, &format!("/v1/sessions/{id}"))
+        .await
+        .1
+        .contains("\"busy\":false")
+    {
+        assert!(Instant::now() < deadline, "the cell never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let chunk = "x".repeat(400 << 10);
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let r = post_json(
+            &server,
+            &format!("/v1/sessions/{id}/stdin"),
+            &json!({"data": chunk}),
+        )
+        .await;
+        statuses.push(r.status);
+    }
+    assert_eq!(statuses, [200, 200, 429, 429, 429, 429], "{statuses:?}");
+    let r = post_json(&server, &format!("/v1/sessions/{id}/interrupt"), &json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let answer = cell.await.unwrap();
+    assert!(answer.contains("\"interrupted\""), "{answer}");
+}

@@ -240,15 +240,29 @@ def _compile_cell(source, name):
 
 
 def _run_cell(source, name, namespace):
+    """Runs a cell; returns the `repr` of its last expression's value. Interrupts reach the
+    guest only between the two `cell_code` reports: in the cell's code and its value's `repr`."""
     body, expr = _compile_cell(source, name)
-    exec(body, namespace)
-    if expr is None:
-        return None
-    value = eval(expr, namespace)
-    if value is None:
-        return None
-    builtins._ = value
-    return repr(value)
+    try:
+        # Inside the `try`: an interrupt taken as soon as delivery opens still closes it.
+        _ask("cell_code", running=True)
+        exec(body, namespace)
+        if expr is None:
+            return None
+        value = eval(expr, namespace)
+        if value is None:
+            return None
+        builtins._ = value
+        return repr(value)
+    finally:
+        # Until the host has it: an interrupt that lands in this call's own code (delivery is
+        # still open) must not leave delivery open in the runner's code that follows.
+        while True:
+            try:
+                _ask("cell_code", running=False)
+                break
+            except KeyboardInterrupt:
+                pass
 
 
 def _flush_stdio():
@@ -259,38 +273,62 @@ def _flush_stdio():
             pass
 
 
-def _cell_done(result, error):
-    while True:
-        try:
-            _flush_stdio()
-            _ask("cell_done", value=result, failure=error)
-            return
-        except KeyboardInterrupt:
-            continue
+_WAIT, _RUN, _DONE = 0, 1, 2
+_INTERRUPTED = ("KeyboardInterrupt", "")
+
+
+class _Cell:
+    """Where the session's current cell is, kept across a stray interrupt (`_cells`)."""
+
+    __slots__ = ("number", "phase", "source", "result", "error", "exit")
+
+    def __init__(self):
+        self.number = 0
+        self.phase = _WAIT
+        self.source = self.result = self.error = self.exit = None
 
 
 def _cells(namespace):
-    number = 0
+    """A session, as the lean runtime's runner runs one: a stray interrupt (one that lands in
+    this loop's own code instead of the cell's) re-enters `_session`, which goes on where `cell`
+    says it was; asked again before any end was reported, the host hands out the same cell."""
+    cell = _Cell()
     while True:
         try:
-            source = _ask("next_cell").get("code")
+            return _session(namespace, cell)
         except KeyboardInterrupt:
-            continue
-        if source is None:
-            return 0
-        number += 1
-        _fresh_stdin()
-        result = error = None
-        try:
-            result = _run_cell(source, "<cell %d>" % number, namespace)
-        except SystemExit as exc:
-            _show_figures()
-            _cell_done(None, ("SystemExit", str(exc.code)))
-            return _exit_code(exc)
-        except BaseException as exc:  # noqa: BLE001
-            error = _show(exc)
-        _show_figures()
-        _cell_done(result, error)
+            pass
+
+
+def _session(namespace, cell):
+    while True:
+        if cell.phase == _WAIT:
+            source = _ask("next_cell").get("code")
+            if source is None:
+                return 0
+            cell.number += 1
+            cell.source, cell.result, cell.error, cell.exit = source, None, _INTERRUPTED, None
+            cell.phase = _RUN
+        if cell.phase == _RUN:
+            cell.phase = _DONE  # from here on the cell may have started: it never runs again
+            try:
+                _fresh_stdin()
+                cell.result = _run_cell(cell.source, "<cell %d>" % cell.number, namespace)
+                cell.error = None
+            except SystemExit as exc:
+                cell.error = ("SystemExit", str(exc.code))
+                cell.exit = _exit_code(exc)
+            except BaseException as exc:  # noqa: BLE001
+                cell.error = _show(exc)
+            try:
+                _show_figures()
+            except BaseException:  # noqa: BLE001 - a figure that cannot render is not the session's end
+                pass
+        _flush_stdio()
+        _ask("cell_done", value=cell.result, failure=cell.error)
+        if cell.exit is not None:
+            return cell.exit
+        cell.phase = _WAIT
 
 
 def _finish():

@@ -225,21 +225,22 @@ class _Host:
     must rewrite -- dirtying, so copying, their pages."""
 
     __slots__ = ("launch_config", "program_compiled", "uncaught_exception", "repl_started",
-                 "read_line", "next_cell", "cell_done")
+                 "read_line", "next_cell", "cell_code", "cell_done")
 
     def __init__(self, launch_config, program_compiled, uncaught_exception, repl_started,
-                 read_line, next_cell, cell_done):
+                 read_line, next_cell, cell_code, cell_done):
         self.launch_config = launch_config
         self.program_compiled = program_compiled
         self.uncaught_exception = uncaught_exception
         self.repl_started = repl_started
         self.read_line = read_line
         self.next_cell = next_cell
+        self.cell_code = cell_code
         self.cell_done = cell_done
 
 
 _HOST = _Host(host.launch_config, host.program_compiled, host.uncaught_exception,
-              host.repl_started, input, host.next_cell, host.cell_done)
+              host.repl_started, input, host.next_cell, host.cell_code, host.cell_done)
 
 
 def _refresh_process_state(launch):
@@ -381,16 +382,31 @@ def _compile_cell(source, name):
     return body, expr
 
 
-def _run_cell(source, name, namespace):
+def _run_cell(source, name, namespace, api):
+    """Runs a cell; returns the `repr` of its last expression's value. Interrupts reach the
+    guest only between `cell_code(True)` and `cell_code(False)`: in the cell's code and its
+    value's `repr`."""
     body, expr = _compile_cell(source, name)
-    exec(body, namespace)
-    if expr is None:
-        return None
-    value = eval(expr, namespace)
-    if value is None:
-        return None
-    builtins._ = value
-    return repr(value)
+    try:
+        # Inside the `try`: an interrupt taken as soon as delivery opens still closes it.
+        api.cell_code(True)
+        exec(body, namespace)
+        if expr is None:
+            return None
+        value = eval(expr, namespace)
+        if value is None:
+            return None
+        builtins._ = value
+        return repr(value)
+    finally:
+        # Until the host has it: an interrupt that lands in this call's own code (delivery is
+        # still open) must not leave delivery open in the runner's code that follows.
+        while True:
+            try:
+                api.cell_code(False)
+                break
+            except KeyboardInterrupt:
+                pass
 
 
 def _show(exc):
@@ -416,39 +432,62 @@ def _flush_stdio():
             pass
 
 
-def _cell_done(api, result, error):
-    """Reports a finished cell. An interrupt that reaches the guest after its cell ended (the
-    host withdraws it in `cell-done`) is ignored."""
-    while True:
-        try:
-            _flush_stdio()
-            api.cell_done(result, error)
-            return
-        except KeyboardInterrupt:
-            continue
+_WAIT, _RUN, _DONE = 0, 1, 2
+_INTERRUPTED = ("KeyboardInterrupt", "")
+
+
+class _Cell:
+    """Where the session's current cell is, kept across a stray interrupt (`_cells`)."""
+
+    __slots__ = ("number", "phase", "source", "result", "error", "exit")
+
+    def __init__(self):
+        self.number = 0
+        self.phase = _WAIT
+        self.source = self.result = self.error = self.exit = None
 
 
 def _cells(namespace, api):
-    """A session: runs cells in one namespace until the host has no more, or one exits."""
-    number = 0
+    """A session: runs cells in one namespace until the host has no more, or one exits.
+
+    The host delivers interrupts from a cell's start until the guest asks for the next cell, so
+    one may land in this loop's own code instead of the cell's. `_session` is then entered
+    again and `cell` says where it was: a stray interrupt never ends the session and never runs
+    a cell twice. One that lands before the cell's code starts loses nothing: asked again
+    before any end was reported, the host hands out the same cell."""
+    cell = _Cell()
     while True:
         try:
+            return _session(namespace, api, cell)
+        except KeyboardInterrupt:
+            pass
+
+
+def _session(namespace, api, cell):
+    while True:
+        if cell.phase == _WAIT:
             source = api.next_cell()
-        except KeyboardInterrupt:  # a late interrupt, as in `_cell_done`
-            continue
-        if source is None:
-            return 0
-        number += 1
-        _fresh_stdin()
-        result = error = None
-        try:
-            result = _run_cell(source, "<cell %d>" % number, namespace)
-        except SystemExit as exc:
-            _cell_done(api, None, ("SystemExit", str(exc.code)))
-            return _exit_code(exc)
-        except BaseException as exc:  # noqa: BLE001 - every error is the cell's, not the session's
-            error = _show(exc)
-        _cell_done(api, result, error)
+            if source is None:
+                return 0
+            cell.number += 1
+            cell.source, cell.result, cell.error, cell.exit = source, None, _INTERRUPTED, None
+            cell.phase = _RUN
+        if cell.phase == _RUN:
+            cell.phase = _DONE  # from here on the cell may have started: it never runs again
+            try:
+                _fresh_stdin()
+                cell.result = _run_cell(cell.source, "<cell %d>" % cell.number, namespace, api)
+                cell.error = None
+            except SystemExit as exc:
+                cell.error = ("SystemExit", str(exc.code))
+                cell.exit = _exit_code(exc)
+            except BaseException as exc:  # noqa: BLE001 - every error is the cell's, not the session's
+                cell.error = _show(exc)
+        _flush_stdio()
+        api.cell_done(cell.result, cell.error)
+        if cell.exit is not None:
+            return cell.exit
+        cell.phase = _WAIT
 
 
 def _finish():
@@ -515,7 +554,8 @@ class _WarmUpHost:
 
     def api(self):
         return _Host(self.launch_config, self.program_compiled, self.uncaught_exception,
-                     self.repl_started, self.read_line, self.next_cell, self.cell_done)
+                     self.repl_started, self.read_line, self.next_cell, self.cell_code,
+                     self.cell_done)
 
     def launch_config(self):
         return self.launch
@@ -537,6 +577,9 @@ class _WarmUpHost:
 
     def next_cell(self):
         return next(self.lines, None)
+
+    def cell_code(self, running):
+        pass
 
     def cell_done(self, result, error):
         pass

@@ -64,6 +64,12 @@ pub struct EngineSettings {
     /// The operator's package sites, for runs that name none
     /// ([`crate::RunRequest::packages`]); none by default.
     pub packages: Option<PathBuf>,
+    /// The host's memory budget for guests, bytes: what all live runs together may grow their
+    /// linear memory beyond their guest's initial image ([`crate::limits::MemoryBudget`]). A
+    /// run is refused at start while the budget left is less than its memory limit, and a
+    /// growth past the budget fails as one past the run's own limit. Default: three quarters of
+    /// the host's memory (`MemTotal`); `$WEIR_MEMORY_BUDGET` (bytes); `None`: no budget.
+    pub memory_budget_bytes: Option<u64>,
 }
 
 impl Default for EngineSettings {
@@ -88,6 +94,9 @@ impl Default for EngineSettings {
             background_threads: env_usize("WEIR_BACKGROUND_THREADS")
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             packages: None,
+            memory_budget_bytes: env_usize("WEIR_MEMORY_BUDGET")
+                .map(|b| b as u64)
+                .or_else(crate::limits::MemoryBudget::default_bytes),
         }
     }
 }

@@ -7,6 +7,10 @@
 //! asynchronous-exception bit in `eval_breaker`; the interpreter raises it at its next check
 //! (every loop iteration, call, and return from a builtin).
 //!
+//! A session takes requests while a cell runs, and delivers them only while the cell's own code
+//! runs (the runner says when it starts and returns, `cell-code`): never into the runner's code
+//! around the cell, where a `KeyboardInterrupt` would end the session instead of the cell.
+//!
 //! The caller's [`Interrupter::request`] only sets a flag and wakes waiters, from any thread.
 //! Guest memory is written only where the guest is not executing and on the thread that runs
 //! it: in the epoch callback (a busy guest, within one tick), and in the stdin and sleep
@@ -75,6 +79,9 @@ pub struct Interrupter {
     requested: AtomicBool,
     /// Interrupts are taken (a script, a REPL statement or a cell is running).
     armed: AtomicBool,
+    /// Taken interrupts are delivered now: always for a script or a REPL; for a session, only
+    /// while its cell's own code runs (`GuestState::cell_code`), never in the runner around it.
+    open: AtomicBool,
     wake: Notify,
     target: Mutex<Option<Target>>,
 }
@@ -84,6 +91,7 @@ impl Interrupter {
     pub fn armed() -> Self {
         Interrupter {
             armed: AtomicBool::new(true),
+            open: AtomicBool::new(true),
             ..Default::default()
         }
     }
@@ -113,11 +121,11 @@ impl Interrupter {
         self.requested.load(Ordering::Acquire)
     }
 
-    /// Waits until an interrupt is requested.
+    /// Waits until an interrupt is requested and may be delivered.
     pub async fn requested(&self) {
         loop {
             let notified = self.wake.notified();
-            if self.pending() {
+            if self.pending() && self.open.load(Ordering::Acquire) {
                 return;
             }
             notified.await;
@@ -146,14 +154,31 @@ impl Interrupter {
     pub fn set_armed(&self, armed: bool) {
         self.armed.store(armed, Ordering::Release);
         if !armed {
+            self.open.store(false, Ordering::Release);
             self.requested.store(false, Ordering::Release);
             self.withdraw();
         }
     }
 
+    /// Opens or closes delivery (a session's cell's own code starts or returns). Closing
+    /// withdraws an interrupt written and not yet raised; a request not yet delivered waits for
+    /// the next opening, or for the cell's end, which drops it. Only on the store's thread while
+    /// the guest is not executing.
+    pub fn set_open(&self, open: bool) {
+        self.open.store(open, Ordering::Release);
+        if !open {
+            self.withdraw();
+        } else if self.pending() {
+            self.wake.notify_waiters();
+        }
+    }
+
     /// Writes a requested interrupt into the guest. Returns whether it did. Only on the store's
-    /// thread while the guest is not executing.
+    /// thread while the guest is not executing; while delivery is closed the request waits.
     pub fn deliver(&self) -> bool {
+        if !self.open.load(Ordering::Acquire) {
+            return false;
+        }
         if !self.requested.swap(false, Ordering::AcqRel) || !self.armed.load(Ordering::Acquire) {
             return false;
         }

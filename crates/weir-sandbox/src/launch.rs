@@ -2,6 +2,7 @@
 //! ([`HostState`]): the data a runtime's host interface reads and fills.
 
 use crate::compile_cache::CacheSlot;
+use crate::event::CellEnd;
 use crate::pipes::{GuestStdin, OutputQueue};
 use bytes::Bytes;
 use std::sync::Arc;
@@ -81,9 +82,28 @@ pub struct HostState {
     /// Where images the program shows go (behind its output); `None` before a run owns the
     /// state.
     pub output: Option<DisplayOutput>,
-    /// A cell has been handed to the guest and has not reported its end: the one time
-    /// `cell-done` counts (user code calling the interface itself gains nothing).
-    pub cell_running: bool,
+    /// Where the session's current cell is (cell mode only).
+    pub cell: CellPhase,
+}
+
+/// Where a session's current cell is, as the host sees it. A cell ends only when the guest asks
+/// for the next one (`next-cell`): `cell-done` records how it ended (the last report counts: the
+/// runner's, made after the cell's code), so code inside a cell that calls the interface itself
+/// can neither end its cell early nor leave it running unwatched.
+#[derive(Debug, Default)]
+pub enum CellPhase {
+    /// No cell has been handed out, or the last one has ended.
+    #[default]
+    Idle,
+    /// A cell was handed to the guest. Asked for the next cell before any end was reported,
+    /// the host hands it the same one again (the runner lost it to an interrupt that landed
+    /// before its code started); with an end reported, the cell ends.
+    Running {
+        /// The cell's source.
+        code: String,
+        /// How it ended, once reported.
+        end: Option<CellEnd>,
+    },
 }
 
 /// One cell of a session: code run in the session's namespace, and its stdin.
@@ -137,7 +157,7 @@ impl HostState {
             repl_started: false,
             cells: None,
             output: None,
-            cell_running: false,
+            cell: CellPhase::Idle,
         }
     }
 }

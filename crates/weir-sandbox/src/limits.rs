@@ -4,7 +4,7 @@
 //! caller (CLI flag, environment variable, protocol parameter).
 
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -182,6 +182,84 @@ pub struct MemoryLimiter {
     /// `peak`, readable after the store is gone (a run stopped inside a warm instance's call,
     /// which owns the store; `crate::warm`).
     shared_peak: Arc<AtomicUsize>,
+    /// What the run has taken from the host's memory budget, if there is one.
+    charge: Option<Charge>,
+    /// The budget refused a growth.
+    budget_denied: bool,
+}
+
+/// The host's memory budget for guests: bytes of linear memory that all live runs together have
+/// grown beyond their guest's initial image. The initial image is copy-on-write and mostly
+/// shared (an idle instance costs under a megabyte of it), so it is not counted; what a run
+/// grows is memory of its own. Each run's [`MemoryLimiter`] takes from it as the guest grows and
+/// gives everything back when the store goes.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    limit: u64,
+    taken: AtomicU64,
+}
+
+impl MemoryBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: u64) -> Self {
+        MemoryBudget {
+            limit,
+            taken: AtomicU64::new(0),
+        }
+    }
+
+    /// Three quarters of the host's memory (`MemTotal` in `/proc/meminfo`), if it can be read.
+    pub fn default_bytes() -> Option<u64> {
+        let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let kib: u64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024 / 4 * 3)
+    }
+
+    /// The budget, bytes.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Bytes not taken.
+    pub fn left(&self) -> u64 {
+        self.limit
+            .saturating_sub(self.taken.load(Ordering::Acquire))
+    }
+
+    /// Takes `n` bytes, if that many are left.
+    fn take(&self, n: u64) -> bool {
+        self.taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                t.checked_add(n).filter(|&sum| sum <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, n: u64) {
+        self.taken.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// What one store has taken from the [`MemoryBudget`]: its memory's growth past its first size.
+#[derive(Debug)]
+struct Charge {
+    budget: Arc<MemoryBudget>,
+    /// The memory's first size (the guest's initial image), bytes.
+    base: Option<usize>,
+    taken: u64,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.give_back(self.taken);
+    }
 }
 
 impl MemoryLimiter {
@@ -192,7 +270,25 @@ impl MemoryLimiter {
             denied: false,
             peak: 0,
             shared_peak: Arc::new(AtomicUsize::new(0)),
+            charge: None,
+            budget_denied: false,
         }
+    }
+
+    /// Also takes what the memory grows past its first size from `budget`; a growth the budget
+    /// cannot cover is refused as one past the limit.
+    pub fn with_budget(mut self, budget: Option<Arc<MemoryBudget>>) -> Self {
+        self.charge = budget.map(|budget| Charge {
+            budget,
+            base: None,
+            taken: 0,
+        });
+        self
+    }
+
+    /// Whether the host's memory budget (not the run's own limit) refused a growth.
+    pub fn budget_hit(&self) -> bool {
+        self.budget_denied
     }
 
     /// The peak, as a handle that outlives the store.
@@ -214,6 +310,28 @@ impl MemoryLimiter {
     /// this limiter was installed).
     pub fn starts_at(&mut self, bytes: usize) {
         self.record(bytes);
+        if let Some(charge) = &mut self.charge {
+            charge.base.get_or_insert(bytes);
+        }
+    }
+
+    /// Takes the growth to `desired` bytes from the budget, if there is one; false when it
+    /// cannot cover it.
+    fn charge(&mut self, desired: usize) -> bool {
+        let Some(charge) = &mut self.charge else {
+            return true;
+        };
+        let base = *charge.base.get_or_insert(desired);
+        let grown = desired.saturating_sub(base) as u64;
+        let more = grown.saturating_sub(charge.taken);
+        if more == 0 {
+            return true;
+        }
+        if !charge.budget.take(more) {
+            return false;
+        }
+        charge.taken += more;
+        true
     }
 
     fn record(&mut self, bytes: usize) {
@@ -231,6 +349,11 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
     ) -> wasmtime::Result<bool> {
         if desired > self.limit {
             self.denied = true;
+            return Ok(false);
+        }
+        if !self.charge(desired) {
+            self.denied = true;
+            self.budget_denied = true;
             return Ok(false);
         }
         self.record(desired);
@@ -288,6 +411,26 @@ mod tests {
         };
         assert!(huge.validate().is_err());
         assert!(Limits::default().validate().is_ok());
+    }
+
+    #[test]
+    fn the_budget_counts_growth_past_the_first_size_and_is_given_back() {
+        use wasmtime::ResourceLimiter;
+        let budget = Arc::new(MemoryBudget::new(3 << 20));
+        let mut a = MemoryLimiter::new(1 << 30).with_budget(Some(budget.clone()));
+        assert!(
+            a.memory_growing(0, 10 << 20, None).unwrap(),
+            "the image is free"
+        );
+        assert!(a.memory_growing(10 << 20, 12 << 20, None).unwrap());
+        assert_eq!(budget.left(), 1 << 20);
+        let mut b = MemoryLimiter::new(1 << 30).with_budget(Some(budget.clone()));
+        assert!(b.memory_growing(0, 10 << 20, None).unwrap());
+        assert!(!b.memory_growing(10 << 20, 12 << 20, None).unwrap());
+        assert!(b.hit() && b.budget_hit());
+        drop(a);
+        assert_eq!(budget.left(), 3 << 20, "a store's share comes back with it");
+        assert!(b.memory_growing(10 << 20, 12 << 20, None).unwrap());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::limits::human_bytes;
 use crate::priority::Priority;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch, Notify};
 use wasmtime_wasi::cli::{IsTerminal, StdinStream, StdoutStream};
@@ -421,32 +421,78 @@ impl OutputStream for GuestOutput {
     }
 }
 
-/// The caller's end of a run's stdin: a bounded queue of data, and a close that never waits
-/// (end of file must get through even while the queue is full of input the guest has not read).
+/// Most bytes of stdin the guest has not read that a run's host side holds: past it, more input
+/// waits (or is refused, for a caller that does not wait). One chunk is always taken when
+/// nothing is queued, so a single write up to the message limit gets through.
+pub const MAX_STDIN_QUEUED_BYTES: usize = 1 << 20;
+
+/// The caller's end of a run's stdin: a queue bounded in chunks and in bytes
+/// ([`MAX_STDIN_QUEUED_BYTES`]), and a close that never waits (end of file must get through even
+/// while the queue is full of input the guest has not read).
 #[derive(Clone)]
 pub struct StdinSender {
     data: mpsc::Sender<Bytes>,
     closed: Arc<watch::Sender<bool>>,
+    queued: Arc<QueuedBytes>,
 }
 
 /// The guest's end of [`StdinSender`].
 pub struct StdinReceiver {
     data: mpsc::Receiver<Bytes>,
     closed: watch::Receiver<bool>,
+    queued: Arc<QueuedBytes>,
+}
+
+/// Bytes in a stdin queue, and the wake-up of a sender waiting for room.
+#[derive(Default)]
+struct QueuedBytes {
+    bytes: AtomicUsize,
+    room: tokio::sync::Notify,
+}
+
+impl QueuedBytes {
+    /// Counts `n` more bytes in, if they fit (or nothing is queued).
+    fn reserve(&self, n: usize) -> bool {
+        self.bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q == 0 || q.saturating_add(n) <= MAX_STDIN_QUEUED_BYTES).then(|| q + n)
+            })
+            .is_ok()
+    }
+
+    /// `n` bytes left the queue.
+    fn release(&self, n: usize) {
+        if n > 0 {
+            self.bytes.fetch_sub(n, Ordering::AcqRel);
+            self.room.notify_waiters();
+        }
+    }
+}
+
+impl StdinReceiver {
+    /// The next chunk, if one is queued now.
+    fn try_recv(&mut self) -> Result<Bytes, mpsc::error::TryRecvError> {
+        let chunk = self.data.try_recv()?;
+        self.queued.release(chunk.len());
+        Ok(chunk)
+    }
 }
 
 /// A stdin channel holding at most `chunks` chunks the guest has not read.
 pub fn stdin_channel(chunks: usize) -> (StdinSender, StdinReceiver) {
     let (data_tx, data_rx) = mpsc::channel(chunks);
     let (closed_tx, closed_rx) = watch::channel(false);
+    let queued = Arc::new(QueuedBytes::default());
     (
         StdinSender {
             data: data_tx,
             closed: Arc::new(closed_tx),
+            queued: queued.clone(),
         },
         StdinReceiver {
             data: data_rx,
             closed: closed_rx,
+            queued,
         },
     )
 }
@@ -456,18 +502,43 @@ impl StdinSender {
         *self.closed.borrow()
     }
 
-    /// Queues `data`, waiting while the queue is full; false once stdin is closed or the run
-    /// has ended.
+    /// Queues `data`, waiting while the queue is full (in chunks or bytes); false once stdin is
+    /// closed or the run has ended.
     pub async fn send(&self, data: Bytes) -> bool {
-        !self.is_closed() && self.data.send(data).await.is_ok()
+        loop {
+            if self.is_closed() {
+                return false;
+            }
+            let room = self.queued.room.notified();
+            if self.queued.reserve(data.len()) {
+                break;
+            }
+            tokio::select! {
+                () = room => {}
+                () = self.data.closed() => return false,
+            }
+        }
+        let n = data.len();
+        let sent = self.data.send(data).await.is_ok();
+        if !sent {
+            self.queued.release(n);
+        }
+        sent
     }
 
-    /// Queues `data` without waiting.
+    /// Queues `data` without waiting: `Full` when the queue holds as many chunks or bytes as it
+    /// may.
     pub fn try_send(&self, data: Bytes) -> Result<(), mpsc::error::TrySendError<Bytes>> {
         if self.is_closed() {
             return Err(mpsc::error::TrySendError::Closed(data));
         }
-        self.data.try_send(data)
+        if !self.queued.reserve(data.len()) {
+            return Err(mpsc::error::TrySendError::Full(data));
+        }
+        let n = data.len();
+        self.data
+            .try_send(data)
+            .inspect_err(|_| self.queued.release(n))
     }
 
     /// Ends the input of a session's running cell: it reads what was queued before, then end
@@ -558,7 +629,7 @@ impl GuestStdin {
     pub fn end_cell(&self) {
         if let Ok(mut state) = self.state.try_lock() {
             state.buffered = Bytes::new();
-            while state.rx.data.try_recv().is_ok() {}
+            while state.rx.try_recv().is_ok() {}
             state.eof = true;
         }
     }
@@ -593,7 +664,7 @@ impl StdinState {
         }
         // Closing is seen after the data: whatever was queued before the close is read first.
         let closed = *self.rx.closed.borrow();
-        match self.rx.data.try_recv() {
+        match self.rx.try_recv() {
             Ok(msg) => self.take_message(Some(msg)),
             Err(mpsc::error::TryRecvError::Empty) => self.eof = closed,
             Err(mpsc::error::TryRecvError::Disconnected) => self.eof = true,
@@ -637,11 +708,20 @@ impl StdinState {
                 s.waiting_input = true;
                 s.waits += 1;
             });
-            let rx = &mut self.rx;
-            let closed = async { rx.closed.wait_for(|closed| *closed).await.is_ok() };
+            let StdinReceiver {
+                data,
+                closed,
+                queued,
+            } = &mut self.rx;
+            let closed = async { closed.wait_for(|closed| *closed).await.is_ok() };
+            let next = async {
+                let chunk = data.recv().await;
+                queued.release(chunk.as_ref().map_or(0, Bytes::len));
+                chunk
+            };
             let interrupter = self.interrupter.clone();
             tokio::select! {
-                msg = rx.data.recv() => self.take_message(msg),
+                msg = next => self.take_message(msg),
                 // Closed: take what was queued before, else end of file.
                 true = closed => self.poll_buffer(),
                 () = interrupter.requested() => self.interrupted = interrupter.deliver(),

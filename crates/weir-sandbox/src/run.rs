@@ -442,9 +442,11 @@ impl Driver {
         // What is left (freeing the instance, the exit) is background work unless stopped.
         foreground.follow_class().await;
         let mut files = Returned::default();
+        let mut budget_hit = false;
         let outcome = match finished {
             Ok((result, store)) => {
                 let outcome = classify(result, &store, &*variant.runtime);
+                budget_hit = store.data().limiter.budget_hit();
                 // Read before the store goes: its scratch directory is emptied with it.
                 files = crate::files::collect(&scratch_path, &return_files, limits.output_bytes);
                 // Freeing resets the instance's memory slot, a background run's largest step:
@@ -456,8 +458,15 @@ impl Driver {
             }
             Err(outcome) => outcome,
         };
+        let message = match outcome {
+            Outcome::MemoryLimit if budget_hit => {
+                "Script's memory could not grow: the host's memory budget for all runs is spent"
+                    .to_string()
+            }
+            _ => outcome.message(&limits),
+        };
         let result = RunResult {
-            message: outcome.message(&limits),
+            message,
             outcome,
             duration: started.elapsed(),
             output_truncated: pipes.truncated(),

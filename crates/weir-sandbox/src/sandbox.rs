@@ -11,7 +11,7 @@ use crate::engine::EngineSettings;
 use crate::event::{RunId, StreamKind};
 use crate::interrupt::Interrupter;
 use crate::launch::{CellInbox, HostState, Launch};
-use crate::limits::{LimitError, Limits, MemoryLimiter};
+use crate::limits::{LimitError, Limits, MemoryBudget, MemoryLimiter};
 use crate::pipes::{GuestStatus, GuestStdin, OutputQueue, StdinMode};
 use crate::priority::{CpuGate, Priority};
 use crate::request::{Program, RunRequest};
@@ -46,6 +46,14 @@ pub enum StartError {
     #[error("all {0} sandbox slots are in use; try again shortly")]
     /// Every instance slot is taken.
     AtCapacity(u32),
+    /// The host's memory budget left cannot cover the run's memory limit.
+    #[error("the host's memory budget has {left} left, less than this run's {limit} memory limit; try again shortly or ask for less memory")]
+    MemoryBudget {
+        /// What is left of the budget, for people.
+        left: String,
+        /// The run's memory limit, for people.
+        limit: String,
+    },
     /// A mount could not be opened.
     #[error("cannot mount {path}: {reason}")]
     Mount {
@@ -95,6 +103,8 @@ struct Inner {
     compile_cache: Arc<CompileCache>,
     /// How runs got their instance.
     starts: StartCounts,
+    /// The host's memory budget for guests (`EngineSettings::memory_budget_bytes`).
+    memory: Option<Arc<MemoryBudget>>,
 }
 
 /// One runtime's engines: the plain one, loaded with the sandbox (or, for a runtime added with
@@ -247,6 +257,9 @@ impl Sandbox {
             inner: Arc::new(Inner {
                 compile_cache: Arc::new(CompileCache::new(settings.compile_cache_bytes)),
                 starts: StartCounts::default(),
+                memory: settings
+                    .memory_budget_bytes
+                    .map(|b| Arc::new(MemoryBudget::new(b))),
                 settings,
                 runtimes,
                 slots,
@@ -381,6 +394,14 @@ impl Sandbox {
         if let Some((name, _)) = req.env.iter().find(|(k, v)| !valid_env(k, v)) {
             return Err(StartError::BadEnv(name.clone()));
         }
+        if let Some(budget) = &self.inner.memory {
+            if budget.left() < limits.memory_bytes {
+                return Err(StartError::MemoryBudget {
+                    left: crate::limits::human_bytes(budget.left()),
+                    limit: crate::limits::human_bytes(limits.memory_bytes),
+                });
+            }
+        }
         let return_files = crate::files::patterns(&req.return_files)?;
         let runtime = req.runtime.clone().or_else(|| self.auto_runtime(&req));
         let variant = self.variant(runtime.as_deref(), &limits).await?;
@@ -475,7 +496,7 @@ impl Sandbox {
         }
         let mut state = GuestState::new(Parts {
             wasi,
-            limiter: MemoryLimiter::new(limits.memory_bytes),
+            limiter: MemoryLimiter::new(limits.memory_bytes).with_budget(self.inner.memory.clone()),
             host,
             status: status_tx,
             clock: match (req.deterministic, limits.cpu_fuel) {

@@ -5,7 +5,7 @@ use crate::compile_cache::{CacheSlot, MAX_ENTRY_BYTES};
 use crate::determinism::{ClockView, GuestClock};
 use crate::event::{CellEnd, Display, Event};
 use crate::interrupt::Interrupter;
-use crate::launch::{take_launch, HostState, Launch, Uncaught};
+use crate::launch::{take_launch, CellPhase, HostState, Launch, Uncaught};
 use crate::limits::MemoryLimiter;
 use crate::pipes::GuestStatus;
 use crate::priority::Priority;
@@ -151,16 +151,25 @@ impl GuestState {
         &self.interrupter
     }
 
-    /// A session's cell ended: `end` reaches the caller after the cell's output, and interrupts
-    /// are withdrawn until the next cell.
-    pub fn cell_done(&mut self, end: CellEnd) {
-        if !std::mem::replace(&mut self.host.cell_running, false) {
-            return;
+    /// A session's cell's own code starts (`true`) or has returned: only in between are
+    /// interrupts delivered into the guest (one asked for earlier waits; one written and not yet
+    /// raised when the code returns is withdrawn), so none can land in the runner's code around
+    /// the cell. Outside a running cell, ignored.
+    pub fn cell_code(&mut self, running: bool) {
+        if let CellPhase::Running { end: None, .. } = self.host.cell {
+            self.interrupter.set_open(running);
         }
-        self.interrupter.set_armed(false);
-        if let Some(inbox) = &self.host.cells {
-            inbox.stdin.end_cell();
-            inbox.output.push_marker(Event::Cell(end));
+    }
+
+    /// A session's cell reports how it ended. The end reaches the caller, after the cell's
+    /// output, once the guest asks for its next cell ([`next_cell`]); a later report replaces an
+    /// earlier one. Delivery of interrupts closes (as after the cell's code), whoever reports: a
+    /// cell's code that reports for itself only makes itself uninterruptible, and its time limit
+    /// still stops it. Outside a cell, ignored.
+    pub fn cell_done(&mut self, end: CellEnd) {
+        if let CellPhase::Running { end: reported, .. } = &mut self.host.cell {
+            *reported = Some(end);
+            self.interrupter.set_open(false);
         }
     }
 
@@ -206,8 +215,26 @@ impl Drop for GuestState {
 /// when the caller closed the session, or for a run that is not a session.
 pub async fn next_cell(store: &mut StoreContextMut<'_, GuestState>) -> Option<String> {
     let state = store.data_mut();
-    state.interrupter.set_armed(false);
     let inbox = state.host.cells.as_mut()?;
+    match std::mem::take(&mut state.host.cell) {
+        CellPhase::Idle => {}
+        // No end reported: the same cell again (its interrupts stay armed).
+        CellPhase::Running { code, end: None } => {
+            state.host.cell = CellPhase::Running {
+                code: code.clone(),
+                end: None,
+            };
+            return Some(code);
+        }
+        // The cell has ended: interrupts are withdrawn, its input closed, and its end queued
+        // behind its output.
+        CellPhase::Running { end: Some(end), .. } => {
+            state.interrupter.set_armed(false);
+            inbox.stdin.end_cell();
+            inbox.output.push_marker(Event::Cell(end));
+        }
+    }
+    state.interrupter.set_armed(false);
     let status = &state.status;
     status.send_modify(|s| {
         s.in_repl = true;
@@ -220,7 +247,10 @@ pub async fn next_cell(store: &mut StoreContextMut<'_, GuestState>) -> Option<St
     inbox.output.begin_cell();
     inbox.stdin.begin_cell(cell.stdin, cell.interactive).await;
     let fuel = inbox.fuel;
-    state.host.cell_running = true;
+    state.host.cell = CellPhase::Running {
+        code: cell.code.clone(),
+        end: None,
+    };
     state.interrupter.set_armed(true);
     if let Some(fuel) = fuel {
         // Each cell gets its own CPU budget. Cannot fail: only metered runs have one.

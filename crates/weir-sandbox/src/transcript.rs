@@ -173,13 +173,15 @@ impl OutputDoc {
     }
 }
 
-/// Bytes, written as text where they are valid UTF-8.
+/// Bytes, written as text where they are valid UTF-8 and JSON's escapes do not more than double
+/// them, base64 otherwise: output full of control characters (each `\u00XX` in JSON, six bytes
+/// for one) would make a response six times the output it carries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Data {
     /// Valid UTF-8, as text.
     Text(String),
-    /// Not UTF-8, as base64.
+    /// Not UTF-8 (or mostly control characters), as base64.
     Binary {
         /// The bytes in base64.
         base64: String,
@@ -187,11 +189,14 @@ pub enum Data {
 }
 
 impl Data {
-    /// Text when the bytes are valid UTF-8, base64 otherwise.
+    /// Text when the bytes are valid UTF-8 and JSON-escaped take at most twice their size,
+    /// base64 otherwise.
     pub fn from_bytes(bytes: &[u8]) -> Self {
         match std::str::from_utf8(bytes) {
-            Ok(s) => Data::Text(s.to_owned()),
-            Err(_) => Data::Binary {
+            Ok(s) if json_escaped_len(bytes) <= bytes.len().saturating_mul(2) => {
+                Data::Text(s.to_owned())
+            }
+            _ => Data::Binary {
                 base64: base64::engine::general_purpose::STANDARD.encode(bytes),
             },
         }
@@ -206,6 +211,19 @@ impl Data {
                 .map_err(|e| TranscriptError::Invalid(format!("bad base64: {e}"))),
         }
     }
+}
+
+/// The length of `bytes` as a JSON string's contents: two bytes for `"`, `\\` and the control
+/// characters with a short escape, six for the other control characters.
+fn json_escaped_len(bytes: &[u8]) -> usize {
+    bytes
+        .iter()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum()
 }
 
 /// Why a transcript cannot be recorded, read or replayed.
@@ -446,4 +464,21 @@ impl Transcript {
 /// by ending the run where the recorded input runs out.
 pub fn ended_from_outside(outcome: &str) -> bool {
     matches!(outcome, "stopped" | "idle" | "shutdown")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_is_text_unless_its_json_would_more_than_double_it() {
+        assert_eq!(Data::from_bytes(b"hi\n"), Data::Text("hi\n".into()));
+        assert_eq!(Data::from_bytes(b"\n\n\n"), Data::Text("\n\n\n".into()));
+        let controls = vec![1u8; 1000];
+        let data = Data::from_bytes(&controls);
+        assert!(matches!(data, Data::Binary { .. }), "{data:?}");
+        assert!(serde_json::to_string(&data).unwrap().len() < 2 * controls.len());
+        assert_eq!(data.to_bytes().unwrap(), controls);
+        assert!(matches!(Data::from_bytes(&[0xff]), Data::Binary { .. }));
+    }
 }

@@ -3,12 +3,12 @@
 
 use crate::auth;
 use crate::config::ServerConfig;
+pub use crate::registry::Slot;
 use crate::state::{AppState, WsQuery};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
-use tokio::sync::OwnedSemaphorePermit;
 
 /// A caller let in: who they are, and the slot they hold while their session or run lives.
 pub struct Admitted {
@@ -16,7 +16,38 @@ pub struct Admitted {
     pub user: Option<String>,
     /// The `Sec-WebSocket-Protocol` value that carried the token, to echo back.
     pub protocol: Option<String>,
-    pub permit: OwnedSemaphorePermit,
+    pub permit: Slot,
+}
+
+/// A slot for `user` (`None`: anonymous, who cannot be told apart and are bounded by
+/// `max_sessions` only): 503 when the server's slots are all taken, 429 when the user already
+/// holds `max_sessions_per_user`.
+pub fn slot(state: &AppState, user: Option<&str>) -> Result<Slot, Refusal> {
+    let global = state
+        .slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Refusal {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            reason: "capacity",
+            message: format!(
+                "all {} sessions are in use; retry shortly",
+                state.config.max_sessions
+            ),
+        })?;
+    let cap = state.config.sessions_per_user();
+    let user_slot = match user {
+        None => None,
+        Some(u) => Some(state.users.take(u, cap).ok_or_else(|| Refusal {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            reason: "user_capacity",
+            message: format!(
+                "user {u:?} already holds {cap} sessions and runs, the most one user may \
+                 (max_sessions_per_user); close one or retry when one ends"
+            ),
+        })?),
+    };
+    Ok(Slot::new(global, user_slot))
 }
 
 /// Why a caller was refused: the HTTP status, the metric's reason label and a message.
@@ -91,18 +122,7 @@ fn check(state: &AppState, query: &WsQuery, headers: &HeaderMap) -> Result<Admit
         ));
     }
     let (user, protocol) = identify(state, query, headers)?;
-    let permit = state
-        .slots
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| Refusal {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            reason: "capacity",
-            message: format!(
-                "all {} sessions are in use; retry shortly",
-                state.config.max_sessions
-            ),
-        })?;
+    let permit = slot(state, user.as_deref())?;
     Ok(Admitted {
         user,
         protocol,

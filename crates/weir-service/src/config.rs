@@ -16,6 +16,15 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Most WebSocket sessions at once; more are refused with 503 and Retry-After.
     pub max_sessions: usize,
+    /// Most sessions and runs one signed-in user holds at once, over every entry point; more are
+    /// refused with 429. Anonymous callers (no secret) cannot be told apart and are bounded by
+    /// `max_sessions` alone. 0: a quarter of `max_sessions`.
+    pub max_sessions_per_user: usize,
+    /// The host's memory budget for guests, bytes: what all runs together may grow their memory
+    /// beyond their guest's image (`weir_sandbox::limits::MemoryBudget`); a run whose memory
+    /// limit the budget left cannot cover is refused with 503. Absent: three quarters of the
+    /// host's memory; 0: no budget.
+    pub memory_budget_bytes: Option<u64>,
     /// Longest a client may take to send a request's headers (also an idle keep-alive
     /// connection's next request), and its body once the headers are in, seconds: slow or
     /// silent connections are closed, a body that does not arrive gets 408.
@@ -102,6 +111,8 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_sessions: 1000,
+            max_sessions_per_user: 0,
+            memory_budget_bytes: None,
             max_connections: 1500,
             request_timeout_secs: 10,
             max_message_bytes: 1 << 20,
@@ -147,7 +158,20 @@ impl ServerConfig {
             warm_fillers: self.warm_fillers,
             compile_cache_bytes: self.compile_cache_bytes,
             packages: self.packages_dir.clone(),
+            memory_budget_bytes: match self.memory_budget_bytes {
+                Some(0) => None,
+                Some(bytes) => Some(bytes),
+                None => weir_sandbox::EngineSettings::default().memory_budget_bytes,
+            },
             ..weir_sandbox::EngineSettings::default()
+        }
+    }
+
+    /// `max_sessions_per_user`, or a quarter of `max_sessions` (at least one) when it is 0.
+    pub fn sessions_per_user(&self) -> usize {
+        match self.max_sessions_per_user {
+            0 => (self.max_sessions / 4).max(1),
+            n => n,
         }
     }
 

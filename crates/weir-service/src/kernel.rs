@@ -8,11 +8,11 @@
 //! (`crate::notebook::reap`). Every kernel holds one of the server's session slots, so the
 //! registry is bounded by `max_sessions`.
 
+use crate::registry::Slot;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::OwnedSemaphorePermit;
 use weir_sandbox::files::{self, FileError};
 use weir_sandbox::{Cell, CellEnd, CellError, Collected, Event, RunControl, RunHandle, RunResult};
 
@@ -38,7 +38,7 @@ pub struct Kernel {
     /// A cell was handed to the guest and its end has not been read: its `exec` was abandoned
     /// (the client hung up). The next `exec` reads past it first.
     unsettled: AtomicBool,
-    _slot: OwnedSemaphorePermit,
+    _slot: Slot,
 }
 
 /// Why a cell did not run.
@@ -76,13 +76,7 @@ pub struct CellReport {
 
 impl Kernel {
     /// A session around `run`, holding `slot` for as long as it lives.
-    pub fn new(
-        id: String,
-        user: String,
-        run: RunHandle,
-        scratch_limit: u64,
-        slot: OwnedSemaphorePermit,
-    ) -> Self {
+    pub fn new(id: String, user: String, run: RunHandle, scratch_limit: u64, slot: Slot) -> Self {
         Kernel {
             id,
             user,

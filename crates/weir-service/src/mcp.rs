@@ -90,7 +90,7 @@ pub struct SessionFile {
 #[derive(Clone)]
 struct Caller {
     user: Option<String>,
-    _slot: Arc<tokio::sync::OwnedSemaphorePermit>,
+    _slot: Arc<admission::Slot>,
     hangup: CancellationToken,
 }
 
@@ -295,15 +295,14 @@ impl WeirMcp {
         Parameters(args): Parameters<SessionCreate>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::CallToolResult, ErrorData> {
-        let user = caller(&ctx).unwrap_or_else(|| ANONYMOUS.into());
-        let Ok(slot) = self.state.slots.clone().try_acquire_owned() else {
-            return Ok(answer(
-                false,
-                format!(
-                    "all {} sessions are in use; close one or retry shortly",
-                    self.state.config.max_sessions
-                ),
-            ));
+        let signed_in = caller(&ctx);
+        let user = signed_in.clone().unwrap_or_else(|| ANONYMOUS.into());
+        let slot = match admission::slot(&self.state, signed_in.as_deref()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                self.state.metrics.rejected(refusal.reason);
+                return Ok(answer(false, refusal.message));
+            }
         };
         let params = notebook::CreateParams {
             runtime: args.runtime,

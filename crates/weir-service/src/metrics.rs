@@ -28,8 +28,9 @@ pub const OUTCOMES: [&str; 12] = [
 ];
 
 /// Reasons a connection can be refused.
-pub const REJECTIONS: [&str; 5] = [
+pub const REJECTIONS: [&str; 6] = [
     "capacity",
+    "user_capacity",
     "unauthorized",
     "host",
     "origin",

@@ -258,7 +258,7 @@ pub async fn start(
     state: &AppState,
     user: &str,
     params: CreateParams,
-    slot: tokio::sync::OwnedSemaphorePermit,
+    slot: admission::Slot,
 ) -> Result<Arc<Kernel>, weir_sandbox::StartError> {
     let req = session_request(state, params);
     let scratch_limit = req.limits.scratch_bytes;

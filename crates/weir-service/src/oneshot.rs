@@ -117,7 +117,9 @@ fn vanished(runtime: String) -> RunResult {
 /// The HTTP status for a run that could not start.
 pub fn start_status(e: &StartError) -> StatusCode {
     match e {
-        StartError::AtCapacity(_) => StatusCode::SERVICE_UNAVAILABLE,
+        StartError::AtCapacity(_) | StartError::MemoryBudget { .. } => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         StartError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         StartError::Scratch(
             weir_sandbox::scratch::ScratchError::TooLarge { .. }

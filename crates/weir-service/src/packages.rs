@@ -9,6 +9,13 @@
 //! recorded with its version and sha256 in `weir-packages.json`, and its modules are compiled to
 //! bytecode by the runtime's own guest (`compileall`, the site mounted read-write just for that),
 //! so runs load them without compiling.
+//!
+//! An install is all or nothing: the wheels are unpacked into a copy of the site, compiled there,
+//! and the copy replaces the site only once everything succeeded, so a refused or broken wheel
+//! leaves the site as it was. A wheel is checked before anything of it is written: at most
+//! [`MAX_WHEEL_MEMBERS`] members and [`MAX_WHEEL_BYTES`] unpacked, no native extension module,
+//! no member named like the manifest, and no top-level module that would shadow one of the
+//! standard library's.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -41,6 +48,8 @@ pub enum PackageError {
     Fetch { spec: String, reason: String },
     #[error("{0:?} is not a wheel file name (NAME-VERSION-PYTHON-ABI-PLATFORM.whl)")]
     NotAWheel(String),
+    #[error("{wheel}: refused: {reason}")]
+    Refused { wheel: String, reason: String },
     #[error("compiling the site's modules failed: {0}")]
     Compile(String),
     #[error("{0}")]
@@ -113,22 +122,108 @@ fn download(spec: &str, dest: &Path) -> Result<PathBuf, PackageError> {
         })
 }
 
-/// Unpacks a wheel (a zip) into `site`, with the host's Python (its `zipfile` keeps every
-/// member inside the target directory).
+/// Most members a wheel may have.
+pub const MAX_WHEEL_MEMBERS: usize = 10_000;
+/// Most bytes a wheel may unpack to.
+pub const MAX_WHEEL_BYTES: u64 = 256 << 20;
+
+/// The unpacking program (host Python): checks the whole member list first, then extracts with
+/// `zipfile`, which keeps every member inside the target directory and makes no links; a member
+/// larger than its declared size is never written past it. Exit status 3: refused, the reason
+/// on stderr.
+const UNPACK: &str = r#"
+import sys, zipfile
+wheel, site, max_members, max_bytes, manifest = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+def refuse(reason):
+    print(reason, file=sys.stderr)
+    sys.exit(3)
+try:
+    z = zipfile.ZipFile(wheel)
+except zipfile.BadZipFile as e:
+    refuse("not a zip archive: %s" % e)
+members = z.infolist()
+if len(members) > max_members:
+    refuse("%d members, more than %d" % (len(members), max_members))
+total = sum(m.file_size for m in members)
+if total > max_bytes:
+    refuse("unpacks to %d bytes, more than %d" % (total, max_bytes))
+native = (".so", ".pyd", ".dylib", ".dll")
+for m in members:
+    name = m.filename
+    top = name.split("/")[0]
+    if name.lower().endswith(native) or ".so." in name.lower():
+        refuse("%s is a native extension module; weir's guests load pure Python only" % name)
+    if top == manifest:
+        refuse("%s would overwrite the site's manifest" % name)
+    module = top[:-3] if top.endswith(".py") else top
+    if not top.endswith((".dist-info", ".data")) and module in sys.stdlib_module_names:
+        refuse("%s would shadow the standard library's %s" % (name, module))
+z.extractall(site)
+"#;
+
+/// Unpacks a wheel (a zip) into `site`, with the host's Python, after checking it ([`UNPACK`]).
 fn unpack(wheel: &Path, site: &Path) -> Result<(), PackageError> {
     let out = Command::new(host_python())
-        .args([
-            "-c",
-            "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])",
-        ])
+        .args(["-c", UNPACK])
         .arg(wheel)
         .arg(site)
+        .arg(MAX_WHEEL_MEMBERS.to_string())
+        .arg(MAX_WHEEL_BYTES.to_string())
+        .arg(MANIFEST)
         .output()?;
-    if !out.status.success() {
-        return Err(PackageError::Fetch {
-            spec: wheel.display().to_string(),
-            reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
+    let reason = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let name = || {
+        wheel.file_name().map_or_else(
+            || wheel.display().to_string(),
+            |f| f.to_string_lossy().into(),
+        )
+    };
+    match out.status.code() {
+        Some(0) => Ok(()),
+        Some(3) => Err(PackageError::Refused {
+            wheel: name(),
+            reason,
+        }),
+        _ => Err(PackageError::Fetch {
+            spec: name(),
+            reason,
+        }),
+    }
+}
+
+/// Copies the directory tree at `from` into `to` (regular files and directories: a site holds
+/// nothing else).
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let target = to.join(entry.file_name());
+        if kind.is_dir() {
+            std::fs::create_dir(&target)?;
+            copy_tree(&entry.path(), &target)?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Puts the staged site `staged` in place of `site` (two renames in one directory; the old site
+/// is then removed).
+fn replace_site(site: &Path, staged: &Path) -> std::io::Result<()> {
+    let parent = site.parent().unwrap_or(Path::new("."));
+    let old = tempfile::Builder::new()
+        .prefix(".old-site-")
+        .tempdir_in(parent)?;
+    let had_site = site.exists();
+    if had_site {
+        std::fs::rename(site, old.path().join("site"))?;
+    }
+    if let Err(e) = std::fs::rename(staged, site) {
+        if had_site {
+            let _ = std::fs::rename(old.path().join("site"), site);
+        }
+        return Err(e);
     }
     Ok(())
 }
@@ -163,8 +258,9 @@ pub async fn ensure(
 }
 
 /// Installs each of `specs` (`NAME==VERSION` or a `.whl` path) into `root/<runtime>`, then
-/// compiles the site with the runtime's guest. Stops at the first refusal, installing nothing
-/// of it.
+/// compiles the site with the runtime's guest: all or nothing. Everything happens in a copy of
+/// the site, which replaces it only once every wheel is unpacked and compiled; at the first
+/// refusal or failure the site is left exactly as it was.
 pub async fn add(
     sandbox: &Sandbox,
     root: &Path,
@@ -177,8 +273,28 @@ pub async fn add(
         .name
         .clone();
     let site = root.join(&runtime);
-    std::fs::create_dir_all(&site)?;
-    let mut manifest = installed(&site);
+    std::fs::create_dir_all(root)?;
+    let staging = tempfile::Builder::new()
+        .prefix(&format!(".{runtime}-staging-"))
+        .tempdir_in(root)?;
+    let staged = staging.path().join("site");
+    std::fs::create_dir(&staged)?;
+    if site.is_dir() {
+        copy_tree(&site, &staged)?;
+    }
+    let added = stage(sandbox, &staged, &runtime, specs).await?;
+    replace_site(&site, &staged)?;
+    Ok(added)
+}
+
+/// Unpacks `specs` into the staged site `site` and compiles it; writes its manifest.
+async fn stage(
+    sandbox: &Sandbox,
+    site: &Path,
+    runtime: &str,
+    specs: &[String],
+) -> Result<Vec<Installed>, PackageError> {
+    let mut manifest = installed(site);
     let mut added = Vec::new();
     for spec in specs {
         let tmp = tempfile::tempdir()?;
@@ -198,7 +314,7 @@ pub async fn add(
             });
         }
         let bytes = std::fs::read(&wheel)?;
-        unpack(&wheel, &site)?;
+        unpack(&wheel, site)?;
         let entry = Installed {
             name,
             version,
@@ -209,7 +325,7 @@ pub async fn add(
         manifest.push(entry.clone());
         added.push(entry);
     }
-    compile(sandbox, &site, &runtime).await?;
+    compile(sandbox, site, runtime).await?;
     let json = serde_json::to_vec_pretty(&manifest).map_err(std::io::Error::other)?;
     std::fs::write(site.join(MANIFEST), json)?;
     Ok(added)

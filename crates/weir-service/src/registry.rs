@@ -1,4 +1,6 @@
-//! One `/ws` session per signed-in user: a new login closes the user's previous session with
+//! Who holds what: each admitted session's or run's [`Slot`] (one of `max_sessions`, and for a
+//! signed-in user one of `max_sessions_per_user`, counted in [`UserSlots`], on this node), and
+//! one `/ws` session per signed-in user: a new login closes the user's previous session with
 //! 4001. Alone, a node keeps the rule in memory ([`Users`]). In cluster mode it also holds, per
 //! signed-in session, a PostgreSQL advisory lock on the user ([`crate::cluster::user_key`]), on
 //! the node's one *presence* connection, which also holds the node lock and `LISTEN`s on
@@ -82,6 +84,76 @@ impl Users {
     fn end_all(&self, why: SessionEnd) {
         for (_, (_, tx)) in self.lock().drain() {
             let _ = tx.send(why);
+        }
+    }
+}
+
+/// One of the server's `max_sessions` slots, and for a signed-in user one of their
+/// `max_sessions_per_user`: held for as long as the session or run it admitted lives.
+pub struct Slot {
+    _global: tokio::sync::OwnedSemaphorePermit,
+    _user: Option<UserSlot>,
+}
+
+impl Slot {
+    /// A slot of the server's and, for a signed-in user, theirs.
+    pub fn new(global: tokio::sync::OwnedSemaphorePermit, user: Option<UserSlot>) -> Self {
+        Slot {
+            _global: global,
+            _user: user,
+        }
+    }
+}
+
+/// How many slots each signed-in user holds. An entry exists only while its user holds a slot,
+/// so the map is bounded by `max_sessions`.
+#[derive(Default)]
+pub struct UserSlots {
+    held: Mutex<HashMap<String, usize>>,
+}
+
+impl UserSlots {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Slots `user` holds now.
+    pub fn of(&self, user: &str) -> usize {
+        self.held().get(user).copied().unwrap_or(0)
+    }
+
+    /// One more slot for `user`, if they hold fewer than `cap`.
+    pub fn take(self: &Arc<Self>, user: &str, cap: usize) -> Option<UserSlot> {
+        let mut held = self.held();
+        let n = held.entry(user.to_string()).or_insert(0);
+        if *n >= cap {
+            if *n == 0 {
+                held.remove(user);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(UserSlot {
+            users: self.clone(),
+            user: user.to_string(),
+        })
+    }
+}
+
+/// A user's share of [`UserSlots`], given back when dropped.
+pub struct UserSlot {
+    users: Arc<UserSlots>,
+    user: String,
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut held = self.users.held();
+        if let Some(n) = held.get_mut(&self.user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.user);
+            }
         }
     }
 }

@@ -438,7 +438,9 @@ impl Session {
         req.compile_scope = self.compile_scope.clone();
         let recording = record.then(|| Box::new((req.clone(), OutputLog::default())));
         let handle = self.app.sandbox.start(req).await.map_err(|e| match e {
-            StartError::AtCapacity(_) => (code::LIMIT, e.to_string()),
+            StartError::AtCapacity(_) | StartError::MemoryBudget { .. } => {
+                (code::LIMIT, e.to_string())
+            }
             StartError::Internal(_) => (code::INTERNAL, e.to_string()),
             _ => (code::INVALID_PARAMS, e.to_string()),
         })?;

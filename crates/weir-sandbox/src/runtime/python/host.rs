@@ -74,6 +74,14 @@ pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     inst.func_wrap(
+        "cell-code",
+        |mut store: StoreContextMut<'_, GuestState>, (running,): (bool,)| {
+            store.data_mut().cell_code(running);
+            Ok(())
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    inst.func_wrap(
         "cell-done",
         |mut store: StoreContextMut<'_, GuestState>,
          (value, failure): (Option<WasmStr>, Option<(WasmStr, WasmStr)>)| {

@@ -9,16 +9,18 @@ use crate::launch::Uncaught;
 use crate::runtime::python::host::{MAX_MESSAGE_BYTES, MAX_TYPE_NAME_BYTES, MAX_VALUE_BYTES};
 use crate::store::{self, GuestState};
 use base64::Engine as _;
+use serde::Deserialize;
 use serde_json::{json, Value};
+use std::borrow::Cow;
 use wasmtime::{Caller, Extern, Linker, StoreContextMut};
 
 /// The guest's answer codes.
 const ANSWERED: i32 = 0;
 const FAULT: i32 = -2;
 
-/// Largest request the host reads, bytes: a display frame carries a PNG (base64), which the
-/// output limit bounds again when it is delivered.
-const MAX_REQUEST_BYTES: usize = 64 << 20;
+/// Largest request the host reads, bytes: a display frame carries a PNG (base64, at most
+/// 8,192 × 8,192 pixels, compressed), which the output limit bounds again when it is delivered.
+const MAX_REQUEST_BYTES: usize = 16 << 20;
 
 /// Installs `host.call`.
 pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
@@ -32,7 +34,9 @@ pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
                     let Some(request) = read(&mut caller, ptr, len) else {
                         return Ok(FAULT);
                     };
-                    let answer = answer(&mut caller.as_context_mut(), request).await?;
+                    let Some(answer) = answer(&mut caller.as_context_mut(), &request).await? else {
+                        return Ok(FAULT);
+                    };
                     write(&mut caller, &answer, out_ptr, out_len).await
                 })
             },
@@ -43,7 +47,8 @@ pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
 
 use wasmtime::AsContextMut;
 
-fn read(caller: &mut Caller<'_, GuestState>, ptr: i32, len: i32) -> Option<Value> {
+/// The request's bytes, copied out of guest memory (at most [`MAX_REQUEST_BYTES`]).
+fn read(caller: &mut Caller<'_, GuestState>, ptr: i32, len: i32) -> Option<Vec<u8>> {
     let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
         return None;
     };
@@ -51,8 +56,12 @@ fn read(caller: &mut Caller<'_, GuestState>, ptr: i32, len: i32) -> Option<Value
     if len > MAX_REQUEST_BYTES {
         return None;
     }
-    let bytes = memory.data(&*caller).get(ptr..ptr.checked_add(len)?)?;
-    serde_json::from_slice(bytes).ok()
+    Some(
+        memory
+            .data(&*caller)
+            .get(ptr..ptr.checked_add(len)?)?
+            .to_vec(),
+    )
 }
 
 async fn write(
@@ -91,60 +100,6 @@ async fn write(
     Ok(ANSWERED)
 }
 
-fn text(request: &Value, field: &str, max: usize) -> String {
-    let text = request.get(field).and_then(Value::as_str).unwrap_or("");
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_owned()
-}
-
-async fn answer(
-    store: &mut StoreContextMut<'_, GuestState>,
-    request: Value,
-) -> wasmtime::Result<Value> {
-    let op = request.get("op").and_then(Value::as_str).unwrap_or("");
-    Ok(match op {
-        "launch" => launch(store::launch(store).await?),
-        "compiled" => {
-            let code = request.get("code").and_then(Value::as_str).unwrap_or("");
-            let code = base64::engine::general_purpose::STANDARD
-                .decode(code)
-                .ok()
-                .filter(|c| c.len() <= GuestState::MAX_COMPILED_BYTES)
-                .unwrap_or_default();
-            store.data_mut().offer_compiled(code);
-            json!({})
-        }
-        "uncaught" => {
-            let type_name = text(&request, "type", MAX_TYPE_NAME_BYTES);
-            let message = text(&request, "message", MAX_MESSAGE_BYTES);
-            store
-                .data_mut()
-                .report_uncaught(Uncaught { type_name, message });
-            json!({})
-        }
-        "repl_started" => {
-            store.data_mut().repl_started();
-            json!({})
-        }
-        "next_cell" => json!({ "code": store::next_cell(store).await }),
-        "cell_done" => {
-            store.data_mut().cell_done(cell_end(&request));
-            json!({})
-        }
-        "display" => match display(&request) {
-            Some(image) => {
-                store.data_mut().display(image)?;
-                json!({ "accepted": true })
-            }
-            None => json!({ "accepted": false }),
-        },
-        _ => json!({ "error": format!("unknown request {op:?}") }),
-    })
-}
-
 fn launch(launch: crate::launch::Launch) -> Value {
     let b64 = |b: &Vec<u8>| base64::engine::general_purpose::STANDARD.encode(b);
     json!({
@@ -163,50 +118,163 @@ fn launch(launch: crate::launch::Launch) -> Value {
     })
 }
 
-fn cell_end(request: &Value) -> CellEnd {
-    let value = request.get("value").and_then(Value::as_str).map(|v| {
-        let kept = text(request, "value", MAX_VALUE_BYTES);
+/// The prefix of `text` of at most `max` bytes, cut at a character boundary.
+fn bounded(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+/// The request's kind: read first, every other field skipped unread.
+#[derive(Deserialize)]
+struct Op<'a> {
+    #[serde(borrow)]
+    op: Cow<'a, str>,
+}
+
+/// `compiled`: the program as the guest compiled it (marshal, base64).
+#[derive(Deserialize)]
+struct Compiled<'a> {
+    #[serde(borrow, default)]
+    code: Cow<'a, str>,
+}
+
+/// `uncaught`: the exception a program did not catch.
+#[derive(Deserialize)]
+struct UncaughtRequest<'a> {
+    #[serde(borrow, rename = "type", default)]
+    type_name: Cow<'a, str>,
+    #[serde(borrow, default)]
+    message: Cow<'a, str>,
+}
+
+/// `cell_code`: a cell's own code starts or has returned.
+#[derive(Deserialize)]
+struct CellCode {
+    running: bool,
+}
+
+/// `cell_done`: how a cell ended.
+#[derive(Deserialize)]
+struct CellDone<'a> {
+    #[serde(borrow, default)]
+    value: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    failure: Option<(Cow<'a, str>, Cow<'a, str>)>,
+}
+
+/// `display`: an image the program shows.
+#[derive(Deserialize)]
+struct DisplayRequest<'a> {
+    #[serde(borrow)]
+    mime: Cow<'a, str>,
+    #[serde(borrow)]
+    data: Cow<'a, str>,
+    width: u32,
+    height: u32,
+}
+
+/// Parses a request as `T`, whatever else it holds (fields `T` does not name are skipped
+/// without being built).
+fn parse<'a, T: Deserialize<'a>>(request: &'a [u8]) -> Option<T> {
+    serde_json::from_slice(request).ok()
+}
+
+/// Answers one request, parsed into the structure its kind has and nothing more (no tree of
+/// whatever the guest sent is built); `None` for a request that does not parse, which the
+/// guest reads as a fault.
+async fn answer(
+    store: &mut StoreContextMut<'_, GuestState>,
+    request: &[u8],
+) -> wasmtime::Result<Option<Value>> {
+    let Some(Op { op }) = parse(request) else {
+        return Ok(None);
+    };
+    Ok(Some(match op.as_ref() {
+        "launch" => launch(store::launch(store).await?),
+        "compiled" => {
+            let Some(Compiled { code }) = parse(request) else {
+                return Ok(None);
+            };
+            let code = base64::engine::general_purpose::STANDARD
+                .decode(code.as_bytes())
+                .ok()
+                .filter(|c| c.len() <= GuestState::MAX_COMPILED_BYTES)
+                .unwrap_or_default();
+            store.data_mut().offer_compiled(code);
+            json!({})
+        }
+        "uncaught" => {
+            let Some(u) = parse::<UncaughtRequest>(request) else {
+                return Ok(None);
+            };
+            store.data_mut().report_uncaught(Uncaught {
+                type_name: bounded(&u.type_name, MAX_TYPE_NAME_BYTES),
+                message: bounded(&u.message, MAX_MESSAGE_BYTES),
+            });
+            json!({})
+        }
+        "repl_started" => {
+            store.data_mut().repl_started();
+            json!({})
+        }
+        "next_cell" => json!({ "code": store::next_cell(store).await }),
+        "cell_code" => {
+            let Some(CellCode { running }) = parse(request) else {
+                return Ok(None);
+            };
+            store.data_mut().cell_code(running);
+            json!({})
+        }
+        "cell_done" => {
+            let Some(done) = parse::<CellDone>(request) else {
+                return Ok(None);
+            };
+            store.data_mut().cell_done(cell_end(done));
+            json!({})
+        }
+        "display" => match parse::<DisplayRequest>(request).and_then(display) {
+            Some(image) => {
+                store.data_mut().display(image)?;
+                json!({ "accepted": true })
+            }
+            None => json!({ "accepted": false }),
+        },
+        _ => json!({ "error": format!("unknown request {:?}", bounded(&op, 64)) }),
+    }))
+}
+
+fn cell_end(done: CellDone<'_>) -> CellEnd {
+    let value = done.value.map(|v| {
+        let kept = bounded(&v, MAX_VALUE_BYTES);
         match kept.len() < v.len() {
             true => format!("{kept}… [truncated: longer than {MAX_VALUE_BYTES} bytes]"),
             false => kept,
         }
     });
-    let exception = request
-        .get("failure")
-        .and_then(Value::as_array)
-        .map(|pair| {
-            let part = |i: usize, max: usize| {
-                let t = pair.get(i).and_then(Value::as_str).unwrap_or("");
-                let mut end = t.len().min(max);
-                while !t.is_char_boundary(end) {
-                    end -= 1;
-                }
-                t[..end].to_owned()
-            };
-            CellException {
-                type_name: part(0, MAX_TYPE_NAME_BYTES),
-                message: part(1, MAX_MESSAGE_BYTES),
-            }
-        });
+    let exception = done.failure.map(|(type_name, message)| CellException {
+        type_name: bounded(&type_name, MAX_TYPE_NAME_BYTES),
+        message: bounded(&message, MAX_MESSAGE_BYTES),
+    });
     CellEnd { value, exception }
 }
 
-fn display(request: &Value) -> Option<Display> {
-    let mime = request.get("mime")?.as_str()?;
-    if mime != "image/png" {
+fn display(request: DisplayRequest<'_>) -> Option<Display> {
+    if request.mime != "image/png" {
         return None;
     }
     let data = base64::engine::general_purpose::STANDARD
-        .decode(request.get("data")?.as_str()?)
+        .decode(request.data.as_bytes())
         .ok()?;
     if !data.starts_with(b"\x89PNG\r\n\x1a\n") {
         return None;
     }
-    let dim = |f: &str| u32::try_from(request.get(f)?.as_u64()?).ok();
     Some(Display {
-        mime: mime.to_string(),
+        mime: request.mime.into_owned(),
         data: data.into(),
-        width: dim("width")?,
-        height: dim("height")?,
+        width: request.width,
+        height: request.height,
     })
 }
