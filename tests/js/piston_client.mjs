@@ -1,5 +1,5 @@
 // Drives a running weir with the unmodified, published Piston client (npm `piston-client`) and
-// prints what it got back as one JSON object for tests/piston.rs to check.
+// prints what it got back as one JSON object for tests/all/piston.rs to check.
 import piston from "piston-client";
 
 const server = process.argv[2];

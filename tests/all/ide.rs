@@ -2,10 +2,8 @@
 //! (Debian's `chromium`, driven by Playwright from `tests/js/ide_e2e.mjs`). The screenshot of
 //! the page after a run is kept at `target/e2e/ide-after-run.png`.
 
-#[path = "common/node.rs"]
-mod node;
-#[path = "common/ws.rs"]
-mod ws;
+use crate::node;
+use crate::ws;
 
 use std::path::PathBuf;
 use std::sync::Arc;

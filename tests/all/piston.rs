@@ -2,11 +2,9 @@
 //! weir's one-shot `POST /v1/runs`, over a running server. The first test drives weir with the
 //! published npm `piston-client`, unmodified.
 
-mod common;
-#[path = "common/node.rs"]
-mod node;
-#[path = "common/ws.rs"]
-mod ws;
+use crate::common;
+use crate::node;
+use crate::ws;
 
 use futures_util::SinkExt;
 use serde_json::{json, Value};

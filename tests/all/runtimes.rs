@@ -3,8 +3,7 @@
 //! library, `/ws`, `POST /v1/runs` and Piston's API, every result names the runtime that ran, and
 //! an unknown name is refused with the names there are.
 
-#[path = "common/ws.rs"]
-mod ws;
+use crate::ws;
 
 use serde_json::{json, Value};
 use std::sync::OnceLock;

@@ -3,8 +3,7 @@
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-#[path = "common/wheel.rs"]
-mod wheel;
+use crate::wheel;
 use wheel::greet_wheel;
 
 fn weir(args: &[&str], stdin: &[u8]) -> Output {

@@ -1,7 +1,7 @@
 //! Deterministic mode, transcripts and replay: every fixture in `fixtures/transcripts/` replays
 //! byte for byte, in this process and in a separate `weir replay` process.
 
-mod common;
+use crate::common;
 
 use common::{run_with, sandbox};
 use std::path::PathBuf;

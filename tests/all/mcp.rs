@@ -2,10 +2,8 @@
 //! both transports: `weir mcp` on stdio and `/mcp` on `weir serve`. Over HTTP, `/mcp` passes the
 //! same admission as every other entry point.
 
-#[path = "common/node.rs"]
-mod node;
-#[path = "common/ws.rs"]
-mod ws;
+use crate::node;
+use crate::ws;
 
 use ws::*;
 

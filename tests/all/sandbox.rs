@@ -1,6 +1,6 @@
 //! The sandbox as a library user sees it: what scripts print, how runs end, what they can reach.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::time::{Duration, Instant};

@@ -2,10 +2,9 @@
 //! adversarial review found, and shows it can no longer happen (docs/sandbox.md, "Hostile
 //! input").
 
-mod common;
+use crate::common;
 
-#[path = "common/ws.rs"]
-mod ws;
+use crate::ws;
 
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};

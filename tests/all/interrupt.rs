@@ -1,7 +1,7 @@
 //! Interrupting running code (`KeyboardInterrupt`, as Ctrl-C) and sessions of cells, as a
 //! library user sees them.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::time::Duration;

@@ -7,8 +7,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use weir_service::server::RunningServer;
 
-#[path = "common/ws.rs"]
-mod ws;
+use crate::ws;
 use ws::*;
 
 async fn until_no_instances(server: &RunningServer) {

@@ -6,8 +6,7 @@
 //! The first test to run on a fresh machine prepares the runtime (fetch, pre-initialize,
 //! compile: minutes); every other waits for it (a file lock) and then loads the cached result.
 
-#[path = "common/ws.rs"]
-mod ws;
+use crate::ws;
 
 use serde_json::{json, Value};
 use std::sync::OnceLock;
@@ -457,7 +456,7 @@ async fn an_interrupt_raises_keyboard_interrupt_in_python_sci_and_the_session_ke
     };
     assert_eq!(cell("a = np.arange(10)", false).await.exception, None);
     let end = cell(
-        "print('ready', flush=True)\nn = 0\nwhile True:\n    n += 1",
+        "n = 0\nprint('ready', flush=True)\nwhile True:\n    n += 1",
         true,
     )
     .await;

@@ -1,9 +1,7 @@
 //! Run history over a running server: runs are stored in SQLite, survive a restart, are only
 //! shown to their owner, and recorded runs serve their transcript.
 
-mod common;
-#[path = "common/ws.rs"]
-mod ws;
+use crate::ws;
 
 use serde_json::{json, Value};
 use std::time::Duration;

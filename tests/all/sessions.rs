@@ -2,10 +2,8 @@
 //! across cells, the last expression's value, errors that keep the session, interrupts, one cell
 //! at a time, files in and out, idle expiry, owner-only access, and `DELETE`.
 
-#[path = "common/wheel.rs"]
-mod wheel;
-#[path = "common/ws.rs"]
-mod ws;
+use crate::wheel;
+use crate::ws;
 
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};

@@ -1,0 +1,28 @@
+//! weir's integration tests, in one binary (as wasmtime keeps its own in `tests/all`): the
+//! product links once instead of once per file. Each module is one area, as a user meets it.
+//! Tests that measure or load the whole process stay binaries of their own: `tests/soak.rs`,
+//! `tests/cluster.rs` and `tests/host_resources.rs`.
+
+#[path = "../common/mod.rs"]
+mod common;
+#[path = "../common/node.rs"]
+mod node;
+#[path = "../common/wheel.rs"]
+mod wheel;
+#[path = "../common/ws.rs"]
+mod ws;
+
+mod cli;
+mod hardening;
+mod history;
+mod ide;
+mod interrupt;
+mod layers;
+mod mcp;
+mod piston;
+mod replay;
+mod runtimes;
+mod sandbox;
+mod sci;
+mod server;
+mod sessions;
