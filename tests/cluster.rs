@@ -104,7 +104,16 @@ async fn three_nodes_behind_haproxy_share_history_sessions_and_survive_failures(
     let weir = Path::new(env!("CARGO_BIN_EXE_weir"));
     let mut nodes: Vec<Node> = ["node1", "node2", "node3"]
         .iter()
-        .map(|id| Node::new(weir, dir.path(), id, Some(&pg.url()), "").unwrap())
+        .map(|id| {
+            Node::new(
+                weir,
+                dir.path(),
+                id,
+                Some(&pg.url()),
+                "max_sessions_per_user = 2",
+            )
+            .unwrap()
+        })
         .collect();
     for n in &mut nodes {
         n.spawn().unwrap();
@@ -193,6 +202,35 @@ async fn three_nodes_behind_haproxy_share_history_sessions_and_survive_failures(
         9
     );
     drop(on2);
+
+    // One user's sessions and runs are counted across nodes (`max_sessions_per_user = 2`): ivy
+    // holds an HTTP session on node1 and a WebSocket session on node2, so her third, a run on
+    // node3, is refused with 429; once one of the two ends she is served there.
+    let ivy = token("ivy", 3600);
+    let session = http(&nodes[0].addr, "POST", "/v1/sessions", Some(&ivy), b"{}").await;
+    assert_eq!(session.status, 201, "{}", session.body);
+    let (ws_on2, _) = connect(&nodes[1].addr, &ivy).await.unwrap();
+    let third = one_shot(&nodes[2].addr, &ivy, "print(3)").await;
+    assert_eq!(third.status, 429, "{}", third.body);
+    assert!(
+        third.body.contains("max_sessions_per_user"),
+        "{}",
+        third.body
+    );
+    drop(ws_on2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let again = one_shot(&nodes[2].addr, &ivy, "print(3)").await;
+        if again.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ivy's slot never came back: {}",
+            again.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // kill -9 of a node mid-run.
     let eve = token("eve", 3600);

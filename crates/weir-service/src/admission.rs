@@ -4,6 +4,7 @@
 use crate::auth;
 use crate::config::ServerConfig;
 pub use crate::registry::Slot;
+use crate::registry::UserSlotError;
 use crate::state::{AppState, WsQuery};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -21,8 +22,8 @@ pub struct Admitted {
 
 /// A slot for `user` (`None`: anonymous, who cannot be told apart and are bounded by
 /// `max_sessions` only): 503 when the server's slots are all taken, 429 when the user already
-/// holds `max_sessions_per_user`.
-pub fn slot(state: &AppState, user: Option<&str>) -> Result<Slot, Refusal> {
+/// holds `max_sessions_per_user` (on this node or, in cluster mode, across the cluster).
+pub async fn slot(state: &AppState, user: Option<&str>) -> Result<Slot, Refusal> {
     let global = state
         .slots
         .clone()
@@ -35,17 +36,29 @@ pub fn slot(state: &AppState, user: Option<&str>) -> Result<Slot, Refusal> {
                 state.config.max_sessions
             ),
         })?;
-    let cap = state.config.sessions_per_user();
     let user_slot = match user {
         None => None,
-        Some(u) => Some(state.users.take(u, cap).ok_or_else(|| Refusal {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            reason: "user_capacity",
-            message: format!(
-                "user {u:?} already holds {cap} sessions and runs, the most one user may \
-                 (max_sessions_per_user); close one or retry when one ends"
-            ),
-        })?),
+        Some(u) => match state
+            .registry
+            .user_slot(u, state.config.sessions_per_user())
+            .await
+        {
+            Ok(slot) => Some(slot),
+            Err(e @ UserSlotError::Full { .. }) => {
+                return Err(Refusal {
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    reason: "user_capacity",
+                    message: e.to_string(),
+                })
+            }
+            Err(UserSlotError::Registry(e)) => {
+                return Err(Refusal {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    reason: "database",
+                    message: e.to_string(),
+                })
+            }
+        },
     };
     Ok(Slot::new(global, user_slot))
 }
@@ -88,8 +101,12 @@ impl Refusal {
 }
 
 /// Runs the checks; a refusal is counted in `weir_connections_rejected_total` and logged.
-pub fn admit(state: &AppState, query: &WsQuery, headers: &HeaderMap) -> Result<Admitted, Refusal> {
-    let refusal = check(state, query, headers);
+pub async fn admit(
+    state: &AppState,
+    query: &WsQuery,
+    headers: &HeaderMap,
+) -> Result<Admitted, Refusal> {
+    let refusal = check(state, query, headers).await;
     if let Err(r) = &refusal {
         state.metrics.rejected(r.reason);
         tracing::info!(reason = r.reason, message = %r.message, "refused");
@@ -107,7 +124,11 @@ pub fn precheck(state: &AppState, query: &WsQuery, headers: &HeaderMap) -> Resul
     })
 }
 
-fn check(state: &AppState, query: &WsQuery, headers: &HeaderMap) -> Result<Admitted, Refusal> {
+async fn check(
+    state: &AppState,
+    query: &WsQuery,
+    headers: &HeaderMap,
+) -> Result<Admitted, Refusal> {
     if *state.shutdown.borrow() {
         return Err(Refusal {
             status: StatusCode::SERVICE_UNAVAILABLE,
@@ -122,7 +143,7 @@ fn check(state: &AppState, query: &WsQuery, headers: &HeaderMap) -> Result<Admit
         ));
     }
     let (user, protocol) = identify(state, query, headers)?;
-    let permit = slot(state, user.as_deref())?;
+    let permit = slot(state, user.as_deref()).await?;
     Ok(Admitted {
         user,
         protocol,

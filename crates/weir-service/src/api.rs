@@ -161,7 +161,7 @@ async fn create_run(
         Ok(p) => p,
         Err((status, message)) => return error(status, message),
     };
-    let admitted = match admission::admit(&state, &query, &headers) {
+    let admitted = match admission::admit(&state, &query, &headers).await {
         Ok(a) => a,
         Err(refusal) => return refusal.into_response(Body::Error),
     };

@@ -80,6 +80,20 @@ pub fn user_key(user: &str) -> i64 {
     (u64::from_be_bytes(bytes) & ((1 << 62) - 1)) as i64
 }
 
+/// Most slots one user's cluster-wide count can name ([`user_slot_base`]).
+pub const MAX_USER_SLOT_KEYS: usize = 1 << 16;
+
+/// The first of `user`'s slot locks: in cluster mode a signed-in user's `n`-th concurrent session
+/// or run holds the advisory lock `user_slot_base(user) + i` for a free `i < n`, on its node's
+/// presence connection (62 bits of a SHA-256 of the name, the low 16 zero: room for
+/// [`MAX_USER_SLOT_KEYS`]).
+pub fn user_slot_base(user: &str) -> i64 {
+    let digest = Sha256::digest(format!("weir-user-slots:{user}").as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    (u64::from_be_bytes(bytes) & ((1 << 62) - 1) & !0xffff) as i64
+}
+
 /// The connection settings for `database_url` (`[cluster]`; `None` without one): a connect
 /// timeout, TCP keepalives so a vanished database is noticed, and the node in
 /// `application_name`.

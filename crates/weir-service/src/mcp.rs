@@ -297,7 +297,7 @@ impl WeirMcp {
     ) -> Result<rmcp::model::CallToolResult, ErrorData> {
         let signed_in = caller(&ctx);
         let user = signed_in.clone().unwrap_or_else(|| ANONYMOUS.into());
-        let slot = match admission::slot(&self.state, signed_in.as_deref()) {
+        let slot = match admission::slot(&self.state, signed_in.as_deref()).await {
             Ok(slot) => slot,
             Err(refusal) => {
                 self.state.metrics.rejected(refusal.reason);
@@ -580,7 +580,7 @@ async fn admit(
         Ok(b) => b,
         Err(refused) => return refused.into_response(),
     };
-    let admitted = match admission::admit(&state, &query, &parts.headers) {
+    let admitted = match admission::admit(&state, &query, &parts.headers).await {
         Ok(a) => a,
         Err(refusal) => return refusal.into_response(Body::Text),
     };

@@ -105,57 +105,97 @@ impl Slot {
     }
 }
 
-/// How many slots each signed-in user holds. An entry exists only while its user holds a slot,
-/// so the map is bounded by `max_sessions`.
+/// How many slots each signed-in user holds on this node, and (cluster mode) which of their
+/// slot locks this node holds. An entry exists only while its user holds a slot, so the map is
+/// bounded by `max_sessions`.
 #[derive(Default)]
 pub struct UserSlots {
-    held: Mutex<HashMap<String, usize>>,
+    held: Mutex<HashMap<String, Held>>,
+}
+
+/// One user's slots on this node.
+#[derive(Default)]
+struct Held {
+    count: usize,
+    /// The user's slot locks this node holds (cluster mode).
+    keys: Vec<i64>,
 }
 
 impl UserSlots {
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Slots `user` holds now.
+    /// Slots `user` holds on this node now.
     pub fn of(&self, user: &str) -> usize {
-        self.held().get(user).copied().unwrap_or(0)
+        self.held().get(user).map_or(0, |h| h.count)
     }
 
-    /// One more slot for `user`, if they hold fewer than `cap`.
-    pub fn take(self: &Arc<Self>, user: &str, cap: usize) -> Option<UserSlot> {
+    /// One more slot for `user`, if they hold fewer than `cap` here.
+    fn take(self: &Arc<Self>, user: &str, cap: usize) -> Option<UserSlot> {
         let mut held = self.held();
-        let n = held.entry(user.to_string()).or_insert(0);
-        if *n >= cap {
-            if *n == 0 {
+        let h = held.entry(user.to_string()).or_default();
+        if h.count >= cap {
+            if h.count == 0 {
                 held.remove(user);
             }
             return None;
         }
-        *n += 1;
+        h.count += 1;
         Some(UserSlot {
             users: self.clone(),
             user: user.to_string(),
+            lock: None,
         })
+    }
+
+    /// The slot locks of `user` this node holds.
+    fn keys(&self, user: &str) -> Vec<i64> {
+        self.held()
+            .get(user)
+            .map(|h| h.keys.clone())
+            .unwrap_or_default()
+    }
+
+    fn add_key(&self, user: &str, key: i64) {
+        if let Some(h) = self.held().get_mut(user) {
+            h.keys.push(key);
+        }
     }
 }
 
-/// A user's share of [`UserSlots`], given back when dropped.
+/// A user's share of [`UserSlots`] (and in cluster mode, of the user's slot locks), given back
+/// when dropped.
 pub struct UserSlot {
     users: Arc<UserSlots>,
     user: String,
+    lock: Option<UserLock>,
 }
 
 impl Drop for UserSlot {
     fn drop(&mut self) {
         let mut held = self.users.held();
-        if let Some(n) = held.get_mut(&self.user) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
+        if let Some(h) = held.get_mut(&self.user) {
+            h.count = h.count.saturating_sub(1);
+            if let Some(lock) = &self.lock {
+                h.keys.retain(|k| *k != lock.key);
+            }
+            if h.count == 0 {
                 held.remove(&self.user);
             }
         }
     }
+}
+
+/// Why a user could not have another slot.
+#[derive(Debug, thiserror::Error)]
+pub enum UserSlotError {
+    /// The user holds `cap` slots, on this node or across the cluster.
+    #[error("user {user:?} already holds {cap} sessions and runs, the most one user may (max_sessions_per_user); close one or retry when one ends")]
+    Full { user: String, cap: usize },
+    /// Cluster mode without its database: the count cannot be kept.
+    #[error(transparent)]
+    Registry(#[from] RegisterError),
 }
 
 /// Why a login was not admitted.
@@ -194,6 +234,8 @@ impl Drop for UserLock {
 /// The node's session registry.
 pub struct Registry {
     users: Arc<Users>,
+    /// Each signed-in user's slots (`max_sessions_per_user`).
+    slots: Arc<UserSlots>,
     presence: Option<Presence>,
 }
 
@@ -202,6 +244,7 @@ impl Registry {
     pub fn local() -> Self {
         Registry {
             users: Arc::default(),
+            slots: Arc::default(),
             presence: None,
         }
     }
@@ -229,6 +272,7 @@ impl Registry {
         ));
         Ok(Registry {
             users,
+            slots: Arc::default(),
             presence: Some(Presence {
                 node_key: node.key,
                 shared,
@@ -266,6 +310,33 @@ impl Registry {
             ended: self.users.insert(user, session_no),
             _lock: lock,
         })
+    }
+
+    /// One more of `user`'s at most `cap` slots: counted on this node and, in cluster mode,
+    /// across every node (one of the user's slot locks, taken in one round trip; a node that
+    /// dies gives its locks back with its connection).
+    pub async fn user_slot(&self, user: &str, cap: usize) -> Result<UserSlot, UserSlotError> {
+        let cap = cap.min(crate::cluster::MAX_USER_SLOT_KEYS);
+        let full = || UserSlotError::Full {
+            user: user.to_string(),
+            cap,
+        };
+        let mut slot = self.slots.take(user, cap).ok_or_else(full)?;
+        if let Some(presence) = &self.presence {
+            let mine = self.slots.keys(user);
+            let lock = presence
+                .slot_lock(user, cap, &mine)
+                .await?
+                .ok_or_else(full)?;
+            self.slots.add_key(user, lock.key);
+            slot.lock = Some(lock);
+        }
+        Ok(slot)
+    }
+
+    /// Slots `user` holds on this node now.
+    pub fn user_slots_here(&self, user: &str) -> usize {
+        self.slots.of(user)
     }
 
     /// Forgets session `session_no` (its registration, and with it the user's lock, is dropped
@@ -327,6 +398,37 @@ struct Presence {
 }
 
 impl Presence {
+    /// Takes one of `user`'s `cap` slot locks that no node holds (skipping `mine`, which this
+    /// connection holds already and would take again), in one statement; `None` when all are
+    /// held.
+    async fn slot_lock(
+        &self,
+        user: &str,
+        cap: usize,
+        mine: &[i64],
+    ) -> Result<Option<UserLock>, RegisterError> {
+        let client = self.shared.client()?;
+        let unavailable = |e: tokio_postgres::Error| RegisterError::Unavailable(e.to_string());
+        let base = crate::cluster::user_slot_base(user);
+        let row = client
+            .query_opt(
+                "SELECT k FROM generate_series($1::bigint, $1::bigint + $2::bigint - 1) AS k \
+                 WHERE CASE WHEN k = ANY($3::bigint[]) THEN false ELSE pg_try_advisory_lock(k) END \
+                 LIMIT 1",
+                &[&base, &(cap as i64), &mine],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(row
+            .map(|r| r.try_get::<_, i64>(0))
+            .transpose()
+            .map_err(unavailable)?
+            .map(|key| UserLock {
+                key,
+                release: self.release.clone(),
+            }))
+    }
+
     /// Announces `user`'s login and waits for the user's lock.
     async fn claim(&self, user: &str) -> Result<UserLock, RegisterError> {
         let client = self.shared.client()?;

@@ -377,7 +377,7 @@ async fn ws_upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let admitted = match admission::admit(&state, &query, &headers) {
+    let admitted = match admission::admit(&state, &query, &headers).await {
         Ok(a) => a,
         Err(refusal) => return refusal.into_response(admission::Body::Text),
     };

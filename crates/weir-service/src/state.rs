@@ -24,8 +24,6 @@ pub struct AppState {
     pub shutdown: watch::Sender<bool>,
     /// Session slots: one per WebSocket session or one-shot HTTP run (`max_sessions`).
     pub(crate) slots: Arc<Semaphore>,
-    /// How many of them each signed-in user holds (`max_sessions_per_user`).
-    pub users: Arc<crate::registry::UserSlots>,
     /// One session per signed-in user (in cluster mode, across nodes).
     pub registry: Registry,
     /// This node's id (`ServerConfig::node_id`), sent as `X-Weir-Node` on every response.
@@ -119,7 +117,6 @@ impl AppState {
         let config_node = config.node_id();
         AppState {
             slots: Arc::new(Semaphore::new(config.max_sessions)),
-            users: Arc::default(),
             config,
             sandbox,
             metrics: Metrics::default(),

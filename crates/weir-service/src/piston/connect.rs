@@ -49,7 +49,7 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let admitted = match admission::admit(&state, &query, &headers) {
+    let admitted = match admission::admit(&state, &query, &headers).await {
         Ok(a) => a,
         Err(refusal) => return refusal.into_response(Body::Message),
     };

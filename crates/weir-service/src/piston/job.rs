@@ -324,11 +324,38 @@ pub fn stage(
     signal_sent: Option<&'static str>,
 ) -> Value {
     let mut value = exit_fields(result, signal_sent);
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    value["stdout"] = json!(text(&collected.stdout));
-    value["stderr"] = json!(text(&collected.stderr));
-    value["output"] = json!(text(&collected.output));
+    value["stdout"] = json!(piston_text(&collected.stdout));
+    value["stderr"] = json!(piston_text(&collected.stderr));
+    value["output"] = json!(piston_text(&collected.output));
     value
+}
+
+/// What ends a Piston text field cut by [`piston_text`].
+const CUT_MARKER: &str = "\n[weir: cut here: control characters would have made this field more than twice its size in JSON]\n";
+
+/// Output as Piston's string fields carry it (Piston has no binary form): the bytes as text
+/// (invalid UTF-8 replaced), cut with a marker where control characters, six bytes each as
+/// JSON escapes, would take the field past twice its size. A response stays within about twice
+/// the output it carries.
+pub fn piston_text(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let escaped = |c: char| match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+        c if (c as u32) < 0x20 => 6,
+        c => c.len_utf8(),
+    };
+    let budget = 2 * text.len();
+    if text.chars().map(escaped).sum::<usize>() <= budget {
+        return text.into_owned();
+    }
+    let mut used: usize = CUT_MARKER.chars().map(escaped).sum();
+    for (at, c) in text.char_indices() {
+        used += escaped(c);
+        if used > budget {
+            return format!("{}{CUT_MARKER}", &text[..at]);
+        }
+    }
+    text.into_owned()
 }
 
 /// `code`, `signal`, `status`, `message` (for anything but a clean exit), `wall_time` (ms) and
@@ -414,6 +441,16 @@ pub fn signal(name: &str) -> Option<SignalAction> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn piston_text_stays_within_twice_its_size_in_json() {
+        assert_eq!(piston_text(b"hi\n\tthere"), "hi\n\tthere");
+        let controls = vec![1u8; 100_000];
+        let text = piston_text(&controls);
+        assert!(text.ends_with(CUT_MARKER), "{}", &text[text.len() - 40..]);
+        let json = serde_json::to_string(&text).unwrap();
+        assert!(json.len() <= 2 * controls.len() + 2, "{} bytes", json.len());
+    }
 
     #[test]
     fn versions_match_like_node_semver() {

@@ -56,7 +56,7 @@ async fn execute(
         Ok(b) => b,
         Err((status, m)) => return message(status, m),
     };
-    let admitted = match admission::admit(&state, &query, &headers) {
+    let admitted = match admission::admit(&state, &query, &headers).await {
         Ok(a) => a,
         Err(refusal) => return refusal.into_response(Body::Message),
     };
