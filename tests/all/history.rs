@@ -119,13 +119,96 @@ async fn a_run_abandoned_by_a_disconnect_is_stored_as_stopped() {
     let mut stored = None;
     for _ in 0..100 {
         let (status, text) = http_get(&server, &format!("/v1/runs/{run_id}")).await;
-        if status == 200 {
+        // Stored `running` from its start; its end replaces that.
+        if status == 200 && body(&text)["outcome"] != "running" {
             stored = Some(body(&text));
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let run = stored.expect("the run is stored within 2 s");
+    let run = stored.expect("the run's end is stored within 2 s");
     assert_eq!(run["outcome"], "stopped");
     server.shutdown().await;
+}
+
+/// Opens `/ws` on `addr` and starts `source`; returns the socket and the run's id.
+async fn start_on(addr: &str, token: &str, source: &str) -> (Ws, String) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token={token}"))
+        .await
+        .expect("the upgrade is accepted");
+    let request = json!({"jsonrpc": "2.0", "id": 1, "method": "run", "params": {"source": source}});
+    ws::send(&mut ws, request).await;
+    loop {
+        let m = ws::recv(&mut ws).await;
+        if m["id"] == 1 {
+            return (
+                ws,
+                m["result"]["run_id"].as_str().expect("run_id").to_string(),
+            );
+        }
+    }
+}
+
+/// The outcome `GET /v1/runs/{id}` reports on `addr`, once it is `want` (within 10 s).
+async fn outcome_becomes(addr: &str, token: &str, id: &str, want: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let path = format!("/v1/runs/{id}");
+        let r = weir_bench::harness::http(addr, "GET", &path, Some(token), b"").await;
+        if r.status == 200 && r.json()["outcome"] == want {
+            return r.json();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{id} on {addr}: {} {}",
+            r.status,
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The embedded history shows a run `running` while it runs, and `lost` once the process
+/// running it was killed (at the next start); a second live process sharing the file leaves
+/// the first one's runs alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_servers_running_runs_read_lost_at_the_next_start() {
+    let dir = tempfile::Builder::new()
+        .prefix("lost-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let weir = std::path::Path::new(env!("CARGO_BIN_EXE_weir"));
+    let node = |dir: &std::path::Path| {
+        weir_bench::harness::Node::new(weir, dir, "alone", None, "").expect("a node")
+    };
+    let ann = weir_bench::harness::token("ann", 3600);
+    let mut first = node(dir.path());
+    first.spawn().unwrap();
+    first.wait_ready().await.unwrap();
+    let (_ws, id) = start_on(
+        &first.addr,
+        &ann,
+        "import time\nprint('working', flush=True)\ntime.sleep(120)",
+    )
+    .await;
+    let running = outcome_becomes(&first.addr, &ann, &id, "running").await;
+    assert_eq!(running["message"], "The run is running");
+    // Another process on the same file: the first one lives, so its run stays `running`.
+    let mut second = node(dir.path());
+    second.spawn().unwrap();
+    second.wait_ready().await.unwrap();
+    outcome_becomes(&second.addr, &ann, &id, "running").await;
+    first.kill9();
+    second.terminate();
+    second.spawn().unwrap();
+    second.wait_ready().await.unwrap();
+    let lost = outcome_becomes(&second.addr, &ann, &id, "lost").await;
+    assert!(
+        lost["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("stopped before the run ended"),
+        "{lost}"
+    );
+    second.terminate();
 }

@@ -180,6 +180,7 @@ fn record(i: usize) -> RunRecord {
         recorded: false,
         runtime: "python".into(),
         node: String::new(),
+        owner: String::new(),
     }
 }
 

@@ -90,15 +90,21 @@ fn unavailable(e: HistoryError) -> Response {
     error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }
 
-/// Reads from the history; a miss flushes the write queue and reads once more, so a run whose
-/// `exit` the client has just seen is found even if it is still queued.
-async fn read_flushed<T, F, Fut>(state: &AppState, read: F) -> Result<Option<T>, HistoryError>
+/// Reads from the history; a miss, or a record `settled` does not accept (a run still stored
+/// `running`), flushes the write queue and reads once more, so a run whose `exit` the client has
+/// just seen is found as it ended even if its end is still queued.
+async fn read_flushed<T, F, Fut>(
+    state: &AppState,
+    read: F,
+    settled: impl Fn(&T) -> bool,
+) -> Result<Option<T>, HistoryError>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<Option<T>, HistoryError>>,
 {
     match read().await {
-        Ok(None) => {
+        Ok(Some(found)) if settled(&found) => Ok(Some(found)),
+        Ok(_) => {
             state.history.flush().await;
             read().await
         }
@@ -116,7 +122,13 @@ async fn run_metadata(
         Ok(u) => u,
         Err((status, message)) => return error(status, message),
     };
-    match read_flushed(&state, || state.history.get(&id)).await {
+    match read_flushed(
+        &state,
+        || state.history.get(&id),
+        |r| r.outcome != "running",
+    )
+    .await
+    {
         Ok(Some(run)) if run.user == user => Json(run).into_response(),
         Ok(_) => not_found(&id),
         Err(e) => unavailable(e),
@@ -133,7 +145,7 @@ async fn run_transcript(
         Ok(u) => u,
         Err((status, message)) => return error(status, message),
     };
-    match read_flushed(&state, || state.history.transcript(&id)).await {
+    match read_flushed(&state, || state.history.transcript(&id), |t| t.1.is_some()).await {
         Ok(Some((owner, Some(transcript)))) if owner == user => {
             ([(header::CONTENT_TYPE, "application/json")], transcript).into_response()
         }

@@ -5,7 +5,8 @@
 //! Writes never wait on the database: a session hands a finished run to a bounded queue and one
 //! writer stores the queue in batches (one transaction each) and applies retention. In cluster
 //! mode a finished run's write is awaited (the client may ask another node for it as soon as it
-//! sees the `exit`), and a run is also written when it starts, as `running`.
+//! sees the `exit`). A run is also written when it starts, as `running`, and reads `lost` once
+//! the process or node running it is gone.
 
 pub mod postgres;
 pub mod record;
@@ -55,13 +56,14 @@ impl History {
         self
     }
 
-    /// Records that a run has started (cluster mode: it reads `running`, or `lost` once its node
-    /// is gone; the embedded history keeps finished runs only).
+    /// Records that a run has started: it reads `running`, or `lost` once the process (the
+    /// node, in cluster mode) running it is gone.
     pub async fn started(&self, id: &str, user: &str, runtime: &str) {
-        if let Backend::Postgres(pg) = &self.backend {
-            let mut record = RunRecord::running(id, user, runtime);
-            record.node = self.node.clone();
-            pg.started(record).await;
+        let mut record = RunRecord::running(id, user, runtime);
+        record.node = self.node.clone();
+        match &self.backend {
+            Backend::Sqlite(s) => s.started(record).await,
+            Backend::Postgres(pg) => pg.started(record).await,
         }
     }
 

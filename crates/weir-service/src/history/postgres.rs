@@ -186,6 +186,7 @@ impl PgHistory {
             recorded: r.try_get(10).map_err(db)?,
             runtime: r.try_get(11).map_err(db)?,
             node: r.try_get(12).map_err(db)?,
+            owner: String::new(),
         };
         let lost: bool = r.try_get(13).map_err(db)?;
         Ok(Some(if lost { lost_record(record) } else { record }))

@@ -70,6 +70,10 @@ pub struct RunRecord {
     /// recorded).
     #[serde(default)]
     pub node: String,
+    /// The process that stored the run (the embedded history's owner id, `history::sqlite`);
+    /// not shown to clients.
+    #[serde(skip)]
+    pub owner: String,
 }
 
 impl RunRecord {
@@ -97,6 +101,7 @@ impl RunRecord {
             recorded,
             runtime: result.runtime.clone(),
             node: String::new(),
+            owner: String::new(),
         }
     }
 
@@ -139,6 +144,7 @@ impl RunRecord {
             recorded: false,
             runtime: runtime.into(),
             node: String::new(),
+            owner: String::new(),
         }
     }
 
@@ -158,6 +164,7 @@ impl RunRecord {
             recorded: false,
             runtime: runtime.into(),
             node: String::new(),
+            owner: String::new(),
         }
     }
 

@@ -1,5 +1,13 @@
-//! The embedded run history: one SQLite file, a writer thread that stores finished runs in
-//! batches and applies retention, and a reader connection used on a blocking thread.
+//! The embedded run history: one SQLite file, a writer thread that stores runs in batches and
+//! applies retention, and a reader connection used on a blocking thread.
+//!
+//! A run is stored `running` when it starts and replaced by its record when it ends. Each process
+//! that opens the file is an *owner*: its runs carry its owner id, and it holds an exclusive lock
+//! on a file of that name beside the database (`<db>.owners/<owner>.lock`, std's `File::lock`)
+//! for as long as it lives. At open, every `running` run whose owner's lock can be taken (the
+//! process died: killed, crashed, its host rebooted) is marked `lost`, so a run never reads
+//! `running` for ever; runs of another live process sharing the file (`weir mcp` beside
+//! `weir serve`) are left alone.
 
 use super::record::{
     unix_ms, HistoryConfig, HistoryError, Retention, RunRecord, BATCH, PRUNE_EVERY, QUEUE,
@@ -19,6 +27,76 @@ pub struct SqliteHistory {
     tx: Option<mpsc::Sender<Command>>,
     writer: Option<std::thread::JoinHandle<()>>,
     reader: Arc<Mutex<rusqlite::Connection>>,
+    /// This process's owner id, and the lock file held while it lives.
+    owner: Owner,
+}
+
+/// This process as an owner of runs in the file.
+struct Owner {
+    id: String,
+    /// Locked exclusively while this process lives.
+    _lock: std::fs::File,
+}
+
+/// The directory of the owners' lock files beside the database at `path`.
+fn owners_dir(path: &Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".owners");
+    path.with_file_name(name)
+}
+
+impl Owner {
+    /// A new owner id for this process, its lock file created and locked.
+    fn take(path: &Path) -> std::io::Result<Self> {
+        use std::hash::{BuildHasher, Hasher};
+        let dir = owners_dir(path);
+        std::fs::create_dir_all(&dir)?;
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let id = format!("{}-{:016x}", std::process::id(), h.finish());
+        let file = std::fs::File::create(dir.join(format!("{id}.lock")))?;
+        file.try_lock().map_err(std::io::Error::other)?;
+        Ok(Owner { id, _lock: file })
+    }
+
+    /// Whether the process that owned runs as `id` is gone (its lock can be taken, or its lock
+    /// file is missing); its lock file is then removed.
+    fn gone(path: &Path, id: &str) -> bool {
+        // Owner ids are this module's own; anything else is treated as gone.
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return true;
+        }
+        let file = owners_dir(path).join(format!("{id}.lock"));
+        let Ok(lock) = std::fs::File::open(&file) else {
+            return true;
+        };
+        match lock.try_lock() {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&file);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// Marks `running` the runs of owners that are gone `lost`.
+fn mark_lost(conn: &rusqlite::Connection, path: &Path, me: &str) -> rusqlite::Result<()> {
+    let owners: Vec<String> = conn
+        .prepare("SELECT DISTINCT owner FROM runs WHERE outcome = 'running'")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for owner in owners.iter().filter(|o| o.as_str() != me) {
+        if Owner::gone(path, owner) {
+            conn.execute(
+                "UPDATE runs SET outcome = 'lost', finished_at_ms = started_at_ms,
+                     message = 'The server running it stopped before the run ended'
+                 WHERE outcome = 'running' AND owner = ?1",
+                [owner],
+            )?;
+        }
+    }
+    Ok(())
 }
 
 const SCHEMA: &str = "
@@ -55,7 +133,7 @@ fn open(path: &Path) -> Result<rusqlite::Connection, HistoryError> {
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(|e| err(e.to_string()))?;
     conn.execute_batch(SCHEMA).map_err(|e| err(e.to_string()))?;
-    for column in ["runtime", "node"] {
+    for column in ["runtime", "node", "owner"] {
         add_column(&conn, column).map_err(|e| err(e.to_string()))?;
     }
     Ok(conn)
@@ -80,6 +158,13 @@ impl SqliteHistory {
     pub fn open(config: &HistoryConfig) -> Result<Self, HistoryError> {
         let writer_conn = open(&config.path)?;
         let reader = open(&config.path)?;
+        let failed = |reason: String| HistoryError::Open {
+            path: config.path.display().to_string(),
+            reason,
+        };
+        let owner = Owner::take(&config.path)
+            .map_err(|e| failed(format!("cannot lock its owner file: {e}")))?;
+        mark_lost(&writer_conn, &config.path, &owner.id).map_err(|e| failed(e.to_string()))?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let retention = Retention::of(config);
         let writer = std::thread::Builder::new()
@@ -93,11 +178,18 @@ impl SqliteHistory {
             tx: Some(tx),
             writer: Some(writer),
             reader: Arc::new(Mutex::new(reader)),
+            owner,
         })
     }
 
+    /// Queues a started run, stored `running` until its end replaces it.
+    pub async fn started(&self, record: RunRecord) {
+        self.store(record, None).await;
+    }
+
     /// Queues a finished run (and its transcript) for storage.
-    pub async fn store(&self, record: RunRecord, transcript: Option<String>) {
+    pub async fn store(&self, mut record: RunRecord, transcript: Option<String>) {
+        record.owner = self.owner.id.clone();
         if let Some(tx) = &self.tx {
             if tx
                 .send(Command::Store(Box::new((record, transcript))))
@@ -147,6 +239,7 @@ impl SqliteHistory {
                 recorded: r.get(10)?,
                 runtime: r.get(11)?,
                 node: r.get(12)?,
+                owner: String::new(),
             }))
         })
         .await
@@ -250,13 +343,19 @@ fn store_batch(
     }
     let tx = conn.transaction()?;
     {
-        let mut st = tx.prepare_cached(
-            "INSERT OR REPLACE INTO runs (id, user, started_at_ms, finished_at_ms, duration_ms,
-                 outcome, code, message, output_bytes, output_truncated, transcript, runtime, node)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-        )?;
+        // A finished run replaces its `running` row; a `running` row never replaces anything
+        // (its run may have finished and been stored first).
+        let columns = "(id, user, started_at_ms, finished_at_ms, duration_ms, outcome, code,
+                 message, output_bytes, output_truncated, transcript, runtime, node, owner)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+        let mut finished = tx.prepare_cached(&format!("INSERT OR REPLACE INTO runs {columns}"))?;
+        let mut running = tx.prepare_cached(&format!("INSERT OR IGNORE INTO runs {columns}"))?;
         for entry in records {
             let (r, transcript) = entry.as_ref();
+            let st = match r.outcome.as_str() {
+                "running" => &mut running,
+                _ => &mut finished,
+            };
             st.execute(rusqlite::params![
                 r.id,
                 r.user,
@@ -271,6 +370,7 @@ fn store_batch(
                 transcript,
                 r.runtime,
                 r.node,
+                r.owner,
             ])?;
         }
     }
@@ -282,7 +382,7 @@ fn store_batch(
 fn prune(conn: &rusqlite::Connection, retention: &Retention) -> rusqlite::Result<()> {
     let cutoff = unix_ms(SystemTime::now()).saturating_sub(retention.max_age.as_millis() as u64);
     conn.execute(
-        "DELETE FROM runs WHERE finished_at_ms < ?1",
+        "DELETE FROM runs WHERE outcome <> 'running' AND finished_at_ms < ?1",
         [cutoff as i64],
     )?;
     conn.execute(
@@ -320,6 +420,7 @@ mod tests {
             recorded: false,
             runtime: "python".into(),
             node: String::new(),
+            owner: String::new(),
         }
     }
 
