@@ -178,7 +178,9 @@ async fn an_interrupted_cell_keeps_the_session() {
     assert!(!control.interrupt(), "nothing runs between cells");
     control
         .send_cell(Cell {
-            code: "print('ready', flush=True)\nwhile True:\n    total += 1".into(),
+            // 'ready' once the loop has run: the interrupt cannot beat its first steps.
+            code: "while True:\n    total += 1\n    if total == 1000:\n        print('ready', flush=True)"
+                .into(),
             ..Default::default()
         })
         .unwrap();

@@ -88,31 +88,20 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// An exclusive advisory lock on a file, released on drop.
-pub(crate) struct FileLock(std::fs::File);
+/// An exclusive advisory lock on a file (std's `File::lock`), released when dropped (closing
+/// the file releases it).
+pub(crate) struct FileLock {
+    _file: std::fs::File,
+}
 
 impl FileLock {
-    #[allow(unsafe_code)]
     pub(crate) fn acquire(path: &Path) -> anyhow::Result<Self> {
-        use std::os::fd::AsRawFd;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(path)?;
-        // SAFETY: flock on a file descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        Ok(FileLock(file))
-    }
-}
-
-impl Drop for FileLock {
-    #[allow(unsafe_code)]
-    fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: unlocking the descriptor we locked.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+        file.lock()?;
+        Ok(FileLock { _file: file })
     }
 }
