@@ -700,7 +700,7 @@ async fn mcp_calls_whose_client_hung_up_stop_their_runs() {
     let staying: Vec<_> = (0..3)
         .map(|i| {
             let addr = server.addr;
-            let body = mcp_call(10 + i, "import time\ntime.sleep(2)\nprint('stayed')");
+            let body = mcp_call(10 + i, "import time\ntime.sleep(4)\nprint('stayed')");
             tokio::spawn(async move {
                 request_with(
                     addr,
@@ -714,7 +714,12 @@ async fn mcp_calls_whose_client_hung_up_stop_their_runs() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once the three run, a fourth is refused.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.state.sandbox.live_instances() < 3 {
+        assert!(Instant::now() < deadline, "the three calls never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let r = post_json(&server, "/v1/runs", &json!({"source": "print(1)"})).await;
     assert_eq!(r.status, 503, "admitted past max_sessions: {}", r.body);
     for call in staying {
