@@ -134,7 +134,16 @@ impl Interrupter {
 
     /// Points the interrupter at a guest's memory. Called on the store's thread right after
     /// instantiation; `base`/`len` are the instance's first memory.
-    pub fn attach(&self, base: NonNull<u8>, len: usize, site: InterruptSite) {
+    ///
+    /// # Safety
+    ///
+    /// `base` must point to `len` bytes of the guest's linear memory that stay mapped at that
+    /// address until [`Interrupter::detach`] (a pooled memory slot never moves; `GuestState`
+    /// detaches before its instance goes), and the caller must keep this interrupter's writes
+    /// to the thread that runs the store, while the guest does not execute (as
+    /// [`Interrupter::deliver`] and `withdraw` do): they write two of those bytes' words.
+    #[allow(unsafe_code)]
+    pub unsafe fn attach(&self, base: NonNull<u8>, len: usize, site: InterruptSite) {
         *self.target() = Some(Target { base, len, site });
     }
 
@@ -259,15 +268,19 @@ mod tests {
         let words = Box::new([0u32; 8]);
         let base = NonNull::from(&*words).cast::<u8>();
         let i = Interrupter::armed();
-        i.attach(
-            base,
-            32,
-            InterruptSite {
-                eval_breaker: 4,
-                async_exc: 8,
-                exception: 0xABCD,
-            },
-        );
+        // SAFETY: `words` is 32 bytes, lives past `detach` below, and only this thread writes.
+        #[allow(unsafe_code)]
+        unsafe {
+            i.attach(
+                base,
+                32,
+                InterruptSite {
+                    eval_breaker: 4,
+                    async_exc: 8,
+                    exception: 0xABCD,
+                },
+            )
+        };
         f(&i, &words);
         i.detach();
     }

@@ -140,7 +140,13 @@ impl Loaded for Linked {
             if let (Some(site), Some((base, len))) =
                 (interrupt_site(), instance.weir_memory_base(&*store))
             {
-                store.data().interrupter().attach(base, len, site);
+                // SAFETY: the instance's memory, in a pooled slot that does not move, detached
+                // by `GuestState` before the instance goes; written only on this store's thread
+                // while the guest waits (epoch callback, stdin and sleep).
+                #[allow(unsafe_code)]
+                unsafe {
+                    store.data().interrupter().attach(base, len, site)
+                };
             }
             let command = Command::new(&mut *store, &instance)?;
             command.wasi_cli_run().call_run(&mut *store).await

@@ -277,7 +277,13 @@ impl Loaded for Linked {
                 .ok_or_else(|| wasmtime::format_err!("python-sci exports no memory"))?;
             if let (Some(site), Some(base)) = (self.site, NonNull::new(memory.data_ptr(&*store))) {
                 let size = memory.data_size(&*store);
-                store.data().interrupter().attach(base, size, site);
+                // SAFETY: the instance's memory, in a pooled slot that does not move, detached
+                // by `GuestState` before the instance goes; written only on this store's thread
+                // while the guest waits (epoch callback, stdin and sleep).
+                #[allow(unsafe_code)]
+                unsafe {
+                    store.data().interrupter().attach(base, size, site)
+                };
             }
             let len = ENTRY.len() as i32;
             let at = alloc.call_async(&mut *store, len).await?;
