@@ -504,31 +504,6 @@ async fn request_with(
     }
 }
 
-/// Sends `method path` with `body` and hangs up `after` later, without reading the answer.
-async fn hang_up_after(
-    server: &weir_service::RunningServer,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-    after: Duration,
-) {
-    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        server.addr,
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body.as_bytes()).await.unwrap();
-    tokio::time::sleep(after).await;
-    drop(stream);
-}
-
 /// A session whose run ends with no `exec` to read it (here: an abandoned cell that takes its
 /// interrupt and then exits) is gone at once on every route: its files are never reached
 /// through it again, whoever's run gets its directory next.

@@ -478,20 +478,21 @@ async fn sessions_and_one_shot_runs_import_the_operators_packages() {
 
 #[tokio::test]
 async fn a_cell_whose_client_hangs_up_is_interrupted_and_does_not_answer_the_next() {
-    use tokio::io::AsyncWriteExt;
     let server = server(|_| {}).await;
     let id = session(&server).await;
     exec(&server, &id, json!({"code": "n = 0"})).await;
     let body = json!({"code": "while True:\n    n += 1", "timeout_ms": 20_000}).to_string();
-    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let request = format!(
-        "POST /v1/sessions/{id}/exec HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        server.addr,
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    drop(stream); // the client gives up on the cell
+    // The client gives up on the cell.
+    let path = format!("/v1/sessions/{id}/exec");
+    hang_up_after(
+        &server,
+        "POST",
+        &path,
+        &[],
+        &body,
+        Duration::from_millis(300),
+    )
+    .await;
     let started = Instant::now();
     let r = exec(&server, &id, json!({"code": "'next', n > 0"})).await;
     assert_eq!(

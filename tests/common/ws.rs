@@ -319,6 +319,31 @@ pub async fn http(
     }
 }
 
+/// Sends `method path` with `body` and hangs up `after` later, without reading the answer.
+pub async fn hang_up_after(
+    server: &RunningServer,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    after: Duration,
+) {
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        server.addr,
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body.as_bytes()).await.unwrap();
+    tokio::time::sleep(after).await;
+    drop(stream);
+}
+
 /// POSTs a JSON body.
 pub async fn post_json(server: &RunningServer, path: &str, body: &Value) -> HttpResponse {
     http(

@@ -222,11 +222,6 @@ impl MemoryBudget {
         Some(kib * 1024 / 4 * 3)
     }
 
-    /// The budget, bytes.
-    pub fn limit(&self) -> u64 {
-        self.limit
-    }
-
     /// Bytes not taken.
     pub fn left(&self) -> u64 {
         self.limit

@@ -216,23 +216,15 @@ impl Drop for GuestState {
 pub async fn next_cell(store: &mut StoreContextMut<'_, GuestState>) -> Option<String> {
     let state = store.data_mut();
     let inbox = state.host.cells.as_mut()?;
-    match std::mem::take(&mut state.host.cell) {
-        CellPhase::Idle => {}
-        // No end reported: the same cell again (its interrupts stay armed).
-        CellPhase::Running { code, end: None } => {
-            state.host.cell = CellPhase::Running {
-                code: code.clone(),
-                end: None,
-            };
-            return Some(code);
-        }
-        // The cell has ended: interrupts are withdrawn, its input closed, and its end queued
-        // behind its output.
-        CellPhase::Running { end: Some(end), .. } => {
-            state.interrupter.set_armed(false);
-            inbox.stdin.end_cell();
-            inbox.output.push_marker(Event::Cell(end));
-        }
+    // No end reported: the same cell again (its interrupts stay armed).
+    if let CellPhase::Running { code, end: None } = &state.host.cell {
+        return Some(code.clone());
+    }
+    // The cell has ended: its input is closed and its end queued behind its output. Interrupts
+    // are withdrawn until the next cell.
+    if let CellPhase::Running { end: Some(end), .. } = std::mem::take(&mut state.host.cell) {
+        inbox.stdin.end_cell();
+        inbox.output.push_marker(Event::Cell(end));
     }
     state.interrupter.set_armed(false);
     let status = &state.status;

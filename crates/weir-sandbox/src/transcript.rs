@@ -215,7 +215,7 @@ impl Data {
 
 /// The length of `bytes` as a JSON string's contents: two bytes for `"`, `\\` and the control
 /// characters with a short escape, six for the other control characters.
-fn json_escaped_len(bytes: &[u8]) -> usize {
+pub fn json_escaped_len(bytes: &[u8]) -> usize {
     bytes
         .iter()
         .map(|b| match b {

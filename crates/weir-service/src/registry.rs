@@ -126,22 +126,13 @@ impl UserSlots {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Slots `user` holds on this node now.
-    pub fn of(&self, user: &str) -> usize {
-        self.held().get(user).map_or(0, |h| h.count)
-    }
-
     /// One more slot for `user`, if they hold fewer than `cap` here.
     fn take(self: &Arc<Self>, user: &str, cap: usize) -> Option<UserSlot> {
         let mut held = self.held();
-        let h = held.entry(user.to_string()).or_default();
-        if h.count >= cap {
-            if h.count == 0 {
-                held.remove(user);
-            }
+        if held.get(user).map_or(0, |h| h.count) >= cap {
             return None;
         }
-        h.count += 1;
+        held.entry(user.to_string()).or_default().count += 1;
         Some(UserSlot {
             users: self.clone(),
             user: user.to_string(),
@@ -332,11 +323,6 @@ impl Registry {
             slot.lock = Some(lock);
         }
         Ok(slot)
-    }
-
-    /// Slots `user` holds on this node now.
-    pub fn user_slots_here(&self, user: &str) -> usize {
-        self.slots.of(user)
     }
 
     /// Forgets session `session_no` (its registration, and with it the user's lock, is dropped

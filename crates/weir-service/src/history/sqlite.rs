@@ -48,12 +48,13 @@ fn owners_dir(path: &Path) -> std::path::PathBuf {
 impl Owner {
     /// A new owner id for this process, its lock file created and locked.
     fn take(path: &Path) -> std::io::Result<Self> {
-        use std::hash::{BuildHasher, Hasher};
         let dir = owners_dir(path);
         std::fs::create_dir_all(&dir)?;
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u32(std::process::id());
-        let id = format!("{}-{:016x}", std::process::id(), h.finish());
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            weir_sandbox::RunId::new().as_str()
+        );
         let file = std::fs::File::create(dir.join(format!("{id}.lock")))?;
         file.try_lock().map_err(std::io::Error::other)?;
         Ok(Owner { id, _lock: file })

@@ -338,19 +338,15 @@ const CUT_MARKER: &str = "\n[weir: cut here: control characters would have made 
 /// JSON escapes, would take the field past twice its size. A response stays within about twice
 /// the output it carries.
 pub fn piston_text(bytes: &[u8]) -> String {
+    use weir_sandbox::transcript::json_escaped_len;
     let text = String::from_utf8_lossy(bytes);
-    let escaped = |c: char| match c {
-        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
-        c if (c as u32) < 0x20 => 6,
-        c => c.len_utf8(),
-    };
     let budget = 2 * text.len();
-    if text.chars().map(escaped).sum::<usize>() <= budget {
+    if json_escaped_len(text.as_bytes()) <= budget {
         return text.into_owned();
     }
-    let mut used: usize = CUT_MARKER.chars().map(escaped).sum();
+    let mut used = json_escaped_len(CUT_MARKER.as_bytes());
     for (at, c) in text.char_indices() {
-        used += escaped(c);
+        used += json_escaped_len(c.encode_utf8(&mut [0; 4]).as_bytes());
         if used > budget {
             return format!("{}{CUT_MARKER}", &text[..at]);
         }

@@ -18,15 +18,30 @@ pub const MAX_MESSAGE_BYTES: usize = 4096;
 /// a visible marker.
 pub const MAX_VALUE_BYTES: usize = 64 << 10;
 
-/// A guest string, cut at `max` bytes (on a character boundary): what the guest hands the host
-/// ends up in responses and the run history, so its size is the host's to decide.
-fn bounded(store: &StoreContextMut<'_, GuestState>, text: &WasmStr, max: usize) -> String {
-    let text = text.to_str(store).unwrap_or_default();
+/// `text` cut at `max` bytes (on a character boundary): what a guest hands the host ends up in
+/// responses and the run history, so its size is the host's to decide. Both runtimes' host
+/// interfaces cut with this.
+pub(crate) fn cut(text: &str, max: usize) -> String {
     let mut end = text.len().min(max);
     while !text.is_char_boundary(end) {
         end -= 1;
     }
     text[..end].to_owned()
+}
+
+/// A cell's result (`repr` of its last expression) as the host keeps it: at most
+/// [`MAX_VALUE_BYTES`], a longer one cut with a visible marker.
+pub(crate) fn cell_value(text: &str) -> String {
+    let kept = cut(text, MAX_VALUE_BYTES);
+    match kept.len() < text.len() {
+        true => format!("{kept}… [truncated: longer than {MAX_VALUE_BYTES} bytes]"),
+        false => kept,
+    }
+}
+
+/// A guest string, cut with [`cut`].
+fn bounded(store: &StoreContextMut<'_, GuestState>, text: &WasmStr, max: usize) -> String {
+    cut(&text.to_str(store).unwrap_or_default(), max)
 }
 
 /// Installs the interface's host functions.
@@ -85,14 +100,7 @@ pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
         "cell-done",
         |mut store: StoreContextMut<'_, GuestState>,
          (value, failure): (Option<WasmStr>, Option<(WasmStr, WasmStr)>)| {
-            let value = value.map(|v| {
-                let text = v.to_str(&store).unwrap_or_default();
-                let kept = bounded(&store, &v, MAX_VALUE_BYTES);
-                match kept.len() < text.len() {
-                    true => format!("{kept}… [truncated: longer than {MAX_VALUE_BYTES} bytes]"),
-                    false => kept,
-                }
-            });
+            let value = value.map(|v| cell_value(&v.to_str(&store).unwrap_or_default()));
             let exception = failure.map(|(t, m)| CellException {
                 type_name: bounded(&store, &t, MAX_TYPE_NAME_BYTES),
                 message: bounded(&store, &m, MAX_MESSAGE_BYTES),

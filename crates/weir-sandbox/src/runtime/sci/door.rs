@@ -6,7 +6,7 @@
 
 use crate::event::{CellEnd, CellException, Display};
 use crate::launch::Uncaught;
-use crate::runtime::python::host::{MAX_MESSAGE_BYTES, MAX_TYPE_NAME_BYTES, MAX_VALUE_BYTES};
+use crate::runtime::python::host::{cell_value, cut, MAX_MESSAGE_BYTES, MAX_TYPE_NAME_BYTES};
 use crate::store::{self, GuestState};
 use base64::Engine as _;
 use serde::Deserialize;
@@ -118,15 +118,6 @@ fn launch(launch: crate::launch::Launch) -> Value {
     })
 }
 
-/// The prefix of `text` of at most `max` bytes, cut at a character boundary.
-fn bounded(text: &str, max: usize) -> String {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_owned()
-}
-
 /// The request's kind: read first, every other field skipped unread.
 #[derive(Deserialize)]
 struct Op<'a> {
@@ -211,8 +202,8 @@ async fn answer(
                 return Ok(None);
             };
             store.data_mut().report_uncaught(Uncaught {
-                type_name: bounded(&u.type_name, MAX_TYPE_NAME_BYTES),
-                message: bounded(&u.message, MAX_MESSAGE_BYTES),
+                type_name: cut(&u.type_name, MAX_TYPE_NAME_BYTES),
+                message: cut(&u.message, MAX_MESSAGE_BYTES),
             });
             json!({})
         }
@@ -242,21 +233,15 @@ async fn answer(
             }
             None => json!({ "accepted": false }),
         },
-        _ => json!({ "error": format!("unknown request {:?}", bounded(&op, 64)) }),
+        _ => json!({ "error": format!("unknown request {:?}", cut(&op, 64)) }),
     }))
 }
 
 fn cell_end(done: CellDone<'_>) -> CellEnd {
-    let value = done.value.map(|v| {
-        let kept = bounded(&v, MAX_VALUE_BYTES);
-        match kept.len() < v.len() {
-            true => format!("{kept}… [truncated: longer than {MAX_VALUE_BYTES} bytes]"),
-            false => kept,
-        }
-    });
+    let value = done.value.map(|v| cell_value(&v));
     let exception = done.failure.map(|(type_name, message)| CellException {
-        type_name: bounded(&type_name, MAX_TYPE_NAME_BYTES),
-        message: bounded(&message, MAX_MESSAGE_BYTES),
+        type_name: cut(&type_name, MAX_TYPE_NAME_BYTES),
+        message: cut(&message, MAX_MESSAGE_BYTES),
     });
     CellEnd { value, exception }
 }
