@@ -234,15 +234,14 @@ pub async fn run(args: RunArgs, mut settings: EngineSettings) -> anyhow::Result<
         );
     }
     let sandbox = Sandbox::load_async(settings).await?;
-    // python-sci's own default memory limit, unless --memory names one.
-    let runtime = req.runtime.clone().or_else(|| sandbox.auto_runtime(&req));
-    let sci = weir_sandbox::runtime::sci::NAME;
-    if args.memory.is_none()
-        && sandbox
-            .runtime(runtime.as_deref())
-            .is_ok_and(|r| r.name == sci)
-    {
-        req.limits.memory_bytes = weir_sandbox::runtime::sci::DEFAULT_MEMORY_BYTES;
+    // The runtime's own default memory limit (python-sci's 1 GiB), unless --memory names one.
+    if args.memory.is_none() {
+        let policy = sandbox
+            .select(&req)
+            .and_then(|r| sandbox.policy(Some(&r.name)));
+        if let Some(bytes) = policy.ok().and_then(|p| p.memory_bytes) {
+            req.limits.memory_bytes = bytes;
+        }
     }
     let mut handle = match sandbox.start(req.clone()).await {
         Ok(handle) => handle,

@@ -178,7 +178,12 @@ async fn dispatch(command: Command, settings: EngineSettings) -> anyhow::Result<
         Command::Serve(args) => {
             let config = args.config()?;
             init_logging(config.log_json, "info");
-            weir_service::serve(config).await.map(|()| 0)
+            let listening = |addr| {
+                eprintln!("weir: listening on http://{addr} (WebSocket at /ws)");
+            };
+            weir_service::serve(config, listening).await?;
+            eprintln!("weir: stopped");
+            Ok(0)
         }
         Command::Token { user, ttl, secret } => {
             let token = weir_service::auth::mint(secret.as_bytes(), &user, ttl)

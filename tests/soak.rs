@@ -199,7 +199,7 @@ async fn until_quiet(addr: &str) -> (f64, f64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let live = metric(addr, "weir_instances_live").await;
-        let open = metric(addr, "weir_sessions_open").await;
+        let open = metric(addr, "weir_connections_open").await;
         if (live == 0.0 && open == 0.0) || Instant::now() > deadline {
             return (live, open);
         }

@@ -628,7 +628,7 @@ async fn sessions_with_environment_names_a_guest_cannot_take_are_refused() {
             r.body
         );
     }
-    assert_eq!(server.state.kernels.len(), 0);
+    assert_eq!(server.state.sessions.len(), 0);
     server.shutdown().await;
 }
 

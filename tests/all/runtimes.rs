@@ -109,6 +109,41 @@ async fn compiled_programs_are_not_shared_between_runtimes() {
     assert_eq!(after_alt.misses - after_python.misses, 1);
 }
 
+/// A runtime's own policy reaches the service without the service naming it: a program that
+/// names no runtime goes to the runtime that claims it, and a run of that runtime whose client
+/// names no memory limit gets the runtime's default (here 96 MiB: 120 MB is refused), while the
+/// default runtime keeps the server's (256 MiB: the same program runs).
+#[tokio::test]
+async fn a_runtime_claims_programs_and_sets_its_runs_memory_through_its_policy() {
+    let server = server_with_runtimes(two_runtimes(), |_| {}).await;
+    let program = "b = bytearray(120 << 20)\nprint(len(b) >> 20)\n";
+    let run = |source: String| {
+        let server = &server;
+        async move {
+            post_json(server, "/v1/runs", &json!({ "source": source }))
+                .await
+                .json()
+        }
+    };
+    let plain = run(program.to_string()).await;
+    assert_eq!(
+        (plain["outcome"].as_str(), plain["runtime"].as_str()),
+        (Some("exited"), Some("python")),
+        "{plain}"
+    );
+    let claimed = run(format!("{CLAIM}\n{program}")).await;
+    assert_eq!(
+        (claimed["outcome"].as_str(), claimed["runtime"].as_str()),
+        (Some("memory_limit"), Some("python-alt")),
+        "{claimed}"
+    );
+    let asked =
+        json!({"source": format!("{CLAIM}\n{program}"), "limits": {"memory_bytes": 256 << 20}});
+    let asked = post_json(&server, "/v1/runs", &asked).await.json();
+    assert_eq!(asked["outcome"], "exited", "{asked}");
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn the_service_lists_and_selects_runtimes_on_every_entry_point() {
     let server = server_with_runtimes(two_runtimes(), |_| {}).await;

@@ -376,8 +376,9 @@ async fn a_session_keeps_a_dataframe_across_cells_and_a_cell_shows_its_figure() 
     assert_eq!(end.exception.expect("an error").type_name, "AttributeError");
 }
 
-/// A python-sci run whose client names no memory limit gets `sci_memory_bytes` (1 GiB), not the
-/// server's 256 MiB default; one that names a limit gets it.
+/// A python-sci run whose client names no memory limit gets the runtime's own 1 GiB, not the
+/// server's 256 MiB default; one that names a limit gets it; an operator's
+/// `[runtimes.python-sci] memory_mb` (here by the alias `sci`) replaces the runtime's default.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_sci_run_gets_a_gigabyte_unless_it_asks_for_less() {
     let server = server(|_| {}).await;
@@ -392,6 +393,20 @@ async fn a_python_sci_run_gets_a_gigabyte_unless_it_asks_for_less() {
     let body = post_json(&server, "/v1/runs", &limited).await.json();
     assert_eq!(body["outcome"], "memory_limit", "{body}");
     server.shutdown().await;
+    let configured = server(|c| {
+        c.runtimes.insert(
+            "sci".into(),
+            weir_service::config::RuntimeSettings {
+                memory_mb: Some(300),
+            },
+        );
+    })
+    .await;
+    let body = post_json(&configured, "/v1/runs", &json!({"source": source}))
+        .await
+        .json();
+    assert_eq!(body["outcome"], "memory_limit", "{body}");
+    configured.shutdown().await;
 }
 
 /// Pause, resume and stop work on a python-sci run busy in numpy, as on any run.

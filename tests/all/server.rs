@@ -210,7 +210,7 @@ async fn sessions_beyond_the_cap_are_refused_with_503() {
         metrics.contains("weir_connections_rejected_total{reason=\"capacity\"} 1"),
         "{metrics}"
     );
-    assert!(metrics.contains("weir_sessions_open 2"), "{metrics}");
+    assert!(metrics.contains("weir_connections_open 2"), "{metrics}");
 }
 
 #[tokio::test]
@@ -319,7 +319,7 @@ async fn health_readiness_and_metrics() {
     let (status, text) = http_get(&server, "/metrics").await;
     assert_eq!(status, 200);
     for needle in [
-        "weir_sessions_open 1",
+        "weir_connections_open 1",
         "weir_instances_live 0",
         "weir_runs_started_total 1",
         "weir_runs_finished_total{outcome=\"timeout\"} 1",
@@ -391,11 +391,11 @@ async fn two_hundred_concurrent_sessions_wait_for_input() {
 fn close_codes_are_the_documented_ones() {
     assert_eq!(
         u16::from(CloseCode::Away),
-        weir_service::socket::close::GOING_AWAY
+        weir_service::lifecycle::pump::close::GOING_AWAY
     );
     assert_eq!(
         u16::from(CloseCode::Size),
-        weir_service::socket::close::TOO_BIG
+        weir_service::lifecycle::pump::close::TOO_BIG
     );
 }
 
@@ -466,7 +466,7 @@ async fn a_peer_that_stops_answering_pings_is_dropped() {
         server
             .state
             .metrics
-            .sessions_open
+            .connections_open
             .load(std::sync::atomic::Ordering::Relaxed)
     };
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -517,4 +517,35 @@ async fn interrupt_raises_keyboard_interrupt_in_a_repl_statement_and_the_repl_go
     let (out, exit) = until_exit(&mut ws, &id).await;
     assert!(out.contains("True\n"), "{out}");
     assert_eq!(exit["outcome"], "exited");
+}
+
+/// A one-shot run whose client hangs up is stopped, its instance freed, and its end recorded:
+/// `stopped` in the metrics (and in the history, by the run's record being dropped unfinished).
+#[tokio::test]
+async fn a_one_shot_run_whose_client_hangs_up_is_stopped_and_recorded() {
+    let server = server(|c| c.limits.wall_ms = 30_000).await;
+    let body = json!({"source": "print('started', flush=True)\nwhile True:\n    pass\n"});
+    hang_up_after(
+        &server,
+        "POST",
+        "/v1/runs",
+        &[],
+        &body.to_string(),
+        Duration::from_millis(500),
+    )
+    .await;
+    let stopped = "weir_runs_finished_total{outcome=\"stopped\"} 1\n";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = http_get(&server, "/metrics").await;
+        if metrics.contains(stopped) && metrics.contains("weir_instances_live 0\n") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run was not stopped: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.shutdown().await;
 }

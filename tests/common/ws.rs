@@ -78,9 +78,24 @@ impl Renamed {
     }
 }
 
+/// The line by which a program claims `Renamed` runtimes ([`Runtime::claims`]).
+pub const CLAIM: &str = "# runtime: renamed";
+
+/// How much memory a run of a `Renamed` runtime gets unless it asks ([`Runtime::policy`]).
+pub const RENAMED_MEMORY: u64 = 96 << 20;
+
 impl Runtime for Renamed {
     fn info(&self) -> &RuntimeInfo {
         &self.0
+    }
+    fn policy(&self) -> weir_sandbox::Policy {
+        weir_sandbox::Policy {
+            memory_bytes: Some(RENAMED_MEMORY),
+            display: true,
+        }
+    }
+    fn claims(&self, source: &str) -> bool {
+        source.lines().next() == Some(CLAIM)
     }
     fn footprint(&self) -> Footprint {
         CPython.footprint()

@@ -65,5 +65,5 @@ pub use limits::Limits;
 pub use outcome::Outcome;
 pub use request::{Mount, Program, RunRequest};
 pub use run::{CellError, RunControl, RunHandle};
-pub use runtime::{Runtime, RuntimeInfo};
+pub use runtime::{Policy, Runtime, RuntimeInfo};
 pub use sandbox::{InstanceStarts, RuntimeStatus, Sandbox, StartError};

@@ -16,7 +16,7 @@ use crate::pipes::{GuestStatus, GuestStdin, OutputQueue, StdinMode};
 use crate::priority::{CpuGate, Priority};
 use crate::request::{Program, RunRequest};
 use crate::run::{self, Foreground, RunHandle};
-use crate::runtime::{python::CPython, GuestSetup, Runtime, RuntimeInfo};
+use crate::runtime::{python::CPython, GuestSetup, Policy, Runtime, RuntimeInfo};
 use crate::scratch::{Scratch, ScratchDirs, ScratchError};
 use crate::store::{GuestState, Parts};
 use crate::variant::EngineVariant;
@@ -315,20 +315,32 @@ impl Sandbox {
         self.inner.runtimes.iter().map(|e| e.runtime.info())
     }
 
-    /// The runtime a request that names none runs in: `python-sci` when this sandbox hosts it and
-    /// the program imports a module only it has ([`crate::runtime::sci::wants`]), else the
-    /// default.
+    /// The runtime a request that names none runs in, when it is not the default: the first
+    /// other runtime that claims its program ([`Runtime::claims`]; `python-sci` claims a
+    /// program importing a module only it has).
     pub fn auto_runtime(&self, req: &RunRequest) -> Option<String> {
-        let sci = crate::runtime::sci::NAME;
-        self.inner
-            .runtimes
-            .iter()
-            .find(|e| e.runtime.info().name == sci)?;
         let source = match &req.program {
             Program::Code(code) => code.as_str(),
             Program::Script { source, .. } => std::str::from_utf8(source).ok()?,
         };
-        crate::runtime::sci::wants(source).then(|| sci.to_string())
+        self.inner
+            .runtimes
+            .iter()
+            .skip(1)
+            .find(|e| e.runtime.claims(source))
+            .map(|e| e.runtime.info().name.clone())
+    }
+
+    /// The runtime `req` runs in: the one it names, else [`Sandbox::auto_runtime`]'s, else the
+    /// default.
+    pub fn select(&self, req: &RunRequest) -> Result<&RuntimeInfo, StartError> {
+        let name = req.runtime.clone().or_else(|| self.auto_runtime(req));
+        self.runtime(name.as_deref())
+    }
+
+    /// What the runtime `name` selects asks for its runs ([`Runtime::policy`]).
+    pub fn policy(&self, name: Option<&str>) -> Result<Policy, StartError> {
+        self.engines(name).map(|e| e.runtime.policy())
     }
 
     /// Whether the runtime `name` selects can take runs now.

@@ -2,6 +2,7 @@
 
 use crate::history::HistoryConfig;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -54,10 +55,12 @@ pub struct ServerConfig {
     pub log_json: bool,
     /// Limits a run gets when the client asks for none.
     pub limits: Limits,
-    /// The memory limit of a `python-sci` run (named, or chosen from its imports) whose client
-    /// asks for none: data work needs more than `limits.memory_bytes`. Capped by `max_limits`.
-    /// Default: 1 GiB.
-    pub sci_memory_bytes: u64,
+    /// Per runtime, by name or alias (`[runtimes.python-sci] memory_mb = 2048`): settings over
+    /// the runtime's own policy.
+    pub runtimes: BTreeMap<String, RuntimeSettings>,
+    /// Deprecated: `[runtimes.python-sci] memory_mb` (which wins when both are set). The memory
+    /// limit of a `python-sci` run whose client asks for none, bytes.
+    pub sci_memory_bytes: Option<u64>,
     /// The most a client may ask for.
     pub max_limits: Limits,
     /// Pooling-allocator slots (most guest instances alive at once).
@@ -86,6 +89,19 @@ pub struct ServerConfig {
     /// Cluster mode: nodes sharing one PostgreSQL database (off without `database_url`).
     pub cluster: ClusterConfig,
 }
+
+/// `[runtimes.NAME]`: one runtime's settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeSettings {
+    /// The memory limit of a run of this runtime whose client asks for none, MiB (capped by
+    /// `max_limits.memory_bytes`). Absent: the runtime's own default (`python-sci`: 1024), else
+    /// `limits.memory_bytes`.
+    pub memory_mb: Option<u64>,
+}
+
+/// The runtime the deprecated top-level `sci_memory_bytes` setting configures.
+const SCI_MEMORY_RUNTIME: &str = "python-sci";
 
 /// `[cluster]`: with a `database_url`, the run history and the one-session-per-user registry
 /// live in PostgreSQL, shared by every node that names the same database (docs/cluster.md).
@@ -128,7 +144,8 @@ impl Default for ServerConfig {
                 wall_ms: 5_000,
                 ..Limits::default()
             },
-            sci_memory_bytes: weir_sandbox::runtime::sci::DEFAULT_MEMORY_BYTES,
+            runtimes: BTreeMap::new(),
+            sci_memory_bytes: None,
             max_limits: Limits {
                 wall_ms: 60_000,
                 memory_bytes: 1 << 30,
@@ -172,6 +189,23 @@ impl ServerConfig {
         match self.max_sessions_per_user {
             0 => (self.max_sessions / 4).max(1),
             n => n,
+        }
+    }
+
+    /// The memory limit configured for runs of `runtime` whose client asks for none: its
+    /// `[runtimes.NAME] memory_mb` (NAME its name or an alias), else the deprecated
+    /// `sci_memory_bytes` for `python-sci`; `None`: not configured here.
+    pub fn runtime_memory(&self, runtime: &weir_sandbox::RuntimeInfo) -> Option<u64> {
+        let configured = self
+            .runtimes
+            .iter()
+            .filter(|(name, _)| runtime.answers_to(name))
+            .find_map(|(_, settings)| settings.memory_mb);
+        match configured {
+            Some(mb) => Some(mb.saturating_mul(1 << 20)),
+            None => self
+                .sci_memory_bytes
+                .filter(|_| runtime.answers_to(SCI_MEMORY_RUNTIME)),
         }
     }
 
@@ -222,6 +256,24 @@ impl ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_runtimes_memory_is_configured_by_name_or_alias_and_the_old_key_still_reads() {
+        let sci = weir_sandbox::runtime::sci::info();
+        let lean = weir_sandbox::runtime::python::info();
+        let config: ServerConfig = toml::from_str("[runtimes.sci]\nmemory_mb = 300\n").unwrap();
+        assert_eq!(config.runtime_memory(sci), Some(300 << 20));
+        assert_eq!(config.runtime_memory(lean), None);
+        let old: ServerConfig = toml::from_str("sci_memory_bytes = 1000\n").unwrap();
+        assert_eq!(old.runtime_memory(sci), Some(1000));
+        assert_eq!(old.runtime_memory(lean), None);
+        let both: ServerConfig =
+            toml::from_str("sci_memory_bytes = 1000\n[runtimes.python-sci]\nmemory_mb = 2\n")
+                .unwrap();
+        assert_eq!(both.runtime_memory(sci), Some(2 << 20));
+        let unknown = toml::from_str::<ServerConfig>("[runtimes.sci]\nmemroy_mb = 3\n");
+        assert!(unknown.is_err(), "a misspelt setting is refused");
+    }
 
     #[test]
     fn a_file_overrides_only_what_it_names() {

@@ -1,18 +1,21 @@
 //! The MCP server (Model Context Protocol, with the official Rust SDK `rmcp`): AI agents run
 //! Python in the sandbox through the `run_python` tool, over stdio (`weir mcp`) or streamable
-//! HTTP at `/mcp` on `weir serve`. A tool call is a one-shot run ([`crate::oneshot`]): the same
+//! HTTP at `/mcp` on `weir serve`. A tool call is a one-shot run ([`oneshot`]): the same
 //! limits, metrics and run history as `POST /v1/runs`; over HTTP also the same admission (Host,
 //! Origin, token, capacity), checked for every request.
 
-use crate::admission::{self, Body};
-use crate::auth::ANONYMOUS;
-use crate::notebook;
-use crate::oneshot::{self, Finished};
+use crate::lifecycle::admission::{self, Admitted, ANONYMOUS};
+use crate::lifecycle::body::Raw;
+use crate::lifecycle::error::Text;
+use crate::lifecycle::oneshot::{self, Finished};
+use crate::lifecycle::session;
+use crate::lifecycle::EndedBy;
 use crate::protocol::{LimitParams, RunParams};
-use crate::state::{AppState, WsQuery};
-use axum::extract::{Query, Request, State};
+use crate::sessions::{CellReport, Session};
+use crate::state::AppState;
+use axum::extract::{Request, State};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use rmcp::handler::server::{router::tool::ToolRouter, wrapper::Parameters};
 use rmcp::model::{ContentBlock, Implementation, ServerCapabilities, ServerConfig};
 use rmcp::service::RequestContext;
@@ -90,7 +93,7 @@ pub struct SessionFile {
 #[derive(Clone)]
 struct Caller {
     user: Option<String>,
-    _slot: Arc<admission::Slot>,
+    _slot: Arc<crate::registry::Slot>,
     hangup: CancellationToken,
 }
 
@@ -220,13 +223,13 @@ async fn unless_abandoned(
 
 impl WeirMcp {
     /// The caller's session `id`, or a tool error naming it.
-    fn kernel(
+    fn session(
         &self,
         id: &str,
         ctx: &RequestContext<RoleServer>,
-    ) -> Result<Arc<crate::kernel::Kernel>, rmcp::model::CallToolResult> {
+    ) -> Result<Arc<Session>, rmcp::model::CallToolResult> {
         let user = caller(ctx).unwrap_or_else(|| ANONYMOUS.into());
-        self.state.kernels.get(id, &user).ok_or_else(|| {
+        self.state.sessions.get(id, &user).ok_or_else(|| {
             answer(
                 false,
                 format!("no session {id:?} (it ended, expired or was never created)"),
@@ -300,17 +303,17 @@ impl WeirMcp {
         let slot = match admission::slot(&self.state, signed_in.as_deref()).await {
             Ok(slot) => slot,
             Err(refusal) => {
-                self.state.metrics.rejected(refusal.reason);
-                return Ok(answer(false, refusal.message));
+                admission::count_refusal(&self.state, &refusal);
+                return Ok(answer(false, refusal.to_string()));
             }
         };
-        let params = notebook::CreateParams {
+        let params = session::CreateParams {
             runtime: args.runtime,
             files: args.files,
             ..Default::default()
         };
         Ok(
-            match notebook::start(&self.state, &user, params, slot).await {
+            match session::start(&self.state, &user, params, slot).await {
                 Ok(k) => answer(
                     true,
                     format!(
@@ -337,18 +340,18 @@ impl WeirMcp {
         Parameters(args): Parameters<SessionExec>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::CallToolResult, ErrorData> {
-        let k = match self.kernel(&args.session_id, &ctx) {
+        let k = match self.session(&args.session_id, &ctx) {
             Ok(k) => k,
             Err(e) => return Ok(e),
         };
-        let params = notebook::ExecParams {
+        let params = session::ExecParams {
             code: args.code,
             stdin: args.stdin,
             interactive: false,
             timeout_ms: args.timeout_ms,
         };
         let cell = async {
-            match notebook::run_cell(&self.state, &k, params).await {
+            match session::run_cell(&self.state, &k, params).await {
                 Ok(report) => cell_result(&report),
                 Err(e) => answer(false, e.to_string()),
             }
@@ -366,7 +369,7 @@ impl WeirMcp {
         Parameters(args): Parameters<SessionRef>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::CallToolResult, ErrorData> {
-        Ok(match self.kernel(&args.session_id, &ctx) {
+        Ok(match self.session(&args.session_id, &ctx) {
             Ok(k) if k.interrupt() => answer(true, "interrupted".into()),
             Ok(_) => answer(false, "no cell is running in this session".into()),
             Err(e) => e,
@@ -380,7 +383,7 @@ impl WeirMcp {
         Parameters(args): Parameters<SessionRef>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::CallToolResult, ErrorData> {
-        let k = match self.kernel(&args.session_id, &ctx) {
+        let k = match self.session(&args.session_id, &ctx) {
             Ok(k) => k,
             Err(e) => return Ok(e),
         };
@@ -406,7 +409,7 @@ impl WeirMcp {
         Parameters(args): Parameters<SessionFile>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::CallToolResult, ErrorData> {
-        let k = match self.kernel(&args.session_id, &ctx) {
+        let k = match self.session(&args.session_id, &ctx) {
             Ok(k) => k,
             Err(e) => return Ok(e),
         };
@@ -426,9 +429,9 @@ impl WeirMcp {
         Parameters(args): Parameters<SessionRef>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::CallToolResult, ErrorData> {
-        Ok(match self.kernel(&args.session_id, &ctx) {
+        Ok(match self.session(&args.session_id, &ctx) {
             Ok(k) => {
-                notebook::end(&self.state, &k.id, "stopped").await;
+                session::end(&self.state, &k.id, EndedBy::Closed).await;
                 answer(true, format!("session {} closed", k.id))
             }
             Err(e) => e,
@@ -438,8 +441,8 @@ impl WeirMcp {
 
 /// A cell's report as a tool result: the outcome line, the last expression's value, stdout and
 /// stderr; an error result unless the cell ended without an exception.
-fn cell_result(report: &crate::kernel::CellReport) -> rmcp::model::CallToolResult {
-    let outcome = notebook::cell_outcome(report);
+fn cell_result(report: &CellReport) -> rmcp::model::CallToolResult {
+    let outcome = session::cell_outcome(report);
     let mut text = format!("outcome: {outcome} · {} ms", report.duration.as_millis());
     if report.exit.is_some() {
         text.push_str(" · the session has ended");
@@ -528,14 +531,16 @@ fn append_stream(text: &mut String, name: &str, bytes: &[u8]) {
 
 /// `weir mcp`: loads the sandbox and the run history for `config` and serves one MCP client
 /// over stdin and stdout until it disconnects.
-pub async fn serve_stdio(config: crate::ServerConfig) -> anyhow::Result<()> {
+pub async fn serve_stdio(config: crate::config::ServerConfig) -> anyhow::Result<()> {
     let sandbox = weir_sandbox::Sandbox::load_async(config.engine_settings()).await?;
     let history = crate::history::History::open(&config.history)?;
     let state = Arc::new(AppState::new(config, sandbox, history));
-    let reaper = tokio::spawn(notebook::reap(state.clone()));
+    let reaper = tokio::spawn(session::reap(state.clone()));
     let _reaper = weir_sandbox::task::AbortOnDrop(reaper);
     let served = WeirMcp::new(state.clone()).serve_stdio().await;
-    notebook::end_all(&state).await;
+    session::end_all(&state).await;
+    state.tracker.close();
+    state.tracker.wait().await;
     state.history.flush().await;
     served
 }
@@ -562,35 +567,23 @@ pub fn routes(state: &Arc<AppState>) -> axum::Router<Arc<AppState>> {
         .layer(axum::middleware::from_fn_with_state(state.clone(), admit))
 }
 
-/// Admits an MCP request like any other entry point: `Host`, `Origin` and token first, then its
-/// body (within `max_message_bytes` and `request_timeout_secs`: 413 or 408), and only then a
-/// slot, which the call holds until its tool is done. Tells the tool who called and, by a token
-/// cancelled when this request is dropped, when the client hangs up.
-async fn admit(
-    State(state): State<Arc<AppState>>,
-    Query(query): Query<WsQuery>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if let Err(refusal) = admission::precheck(&state, &query, request.headers()) {
-        return refusal.into_response(Body::Text);
-    }
+/// Admits an MCP request like any other entry point ([`Admitted`]: `Host`, `Origin` and token,
+/// then its body, then a slot, which the call holds until its tool is done). Tells the tool who
+/// called and, by a token cancelled when this request is dropped, when the client hangs up.
+async fn admit(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
-    let body = match oneshot::request_bytes(&state, &parts.headers, body).await {
-        Ok(b) => b,
-        Err(refused) => return refused.into_response(),
-    };
-    let admitted = match admission::admit(&state, &query, &parts.headers).await {
+    let admitted = match Admitted::<Raw, Text>::admit(&state, &parts, body).await {
         Ok(a) => a,
-        Err(refusal) => return refusal.into_response(Body::Text),
+        Err(refused) => return refused,
     };
     let hangup = CancellationToken::new();
     // Dropped with this future: when the client hangs up, or once the answer is out.
     let _hung_up = hangup.clone().drop_guard();
+    let Raw(body) = admitted.body;
     let mut request = Request::from_parts(parts, axum::body::Body::from(body));
     request.extensions_mut().insert(Caller {
         user: admitted.user,
-        _slot: Arc::new(admitted.permit),
+        _slot: Arc::new(admitted.slot),
         hangup,
     });
     next.run(request).await

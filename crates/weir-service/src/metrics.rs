@@ -39,7 +39,8 @@ pub const REJECTIONS: [&str; 6] = [
 
 #[derive(Default)]
 pub struct Metrics {
-    pub sessions_open: AtomicU64,
+    /// Open WebSocket connections (`/ws` and Piston's `connect`).
+    pub connections_open: AtomicU64,
     /// Cells run in stateful sessions (`/v1/sessions`, MCP).
     pub cells_run: AtomicU64,
     pub runs_started: AtomicU64,
@@ -77,101 +78,109 @@ impl Metrics {
         self.rejected[slot(&REJECTIONS, reason)].fetch_add(1, Relaxed);
     }
 
-    /// The Prometheus text exposition; `live_instances`, `starts` and `cache` come from the
-    /// sandbox.
-    pub fn render(
-        &self,
-        http_sessions: usize,
-        live_instances: usize,
-        starts: InstanceStarts,
-        cache: CacheStats,
-    ) -> String {
+    /// The Prometheus text exposition; `now` holds what the sandbox and the session registry
+    /// report at this moment.
+    pub fn render(&self, now: &Gauges) -> String {
         let mut s = String::new();
-        let mut gauge = |name: &str, help: &str, kind: &str, value: u64| {
+        for (name, help, kind, value) in self.scalars(now) {
             let _ = writeln!(
                 s,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
-        };
-        gauge(
-            "weir_sessions_open",
-            "Open WebSocket sessions.",
-            "gauge",
-            self.sessions_open.load(Relaxed),
-        );
-        gauge(
-            "weir_http_sessions_open",
-            "Open stateful sessions (/v1/sessions and MCP).",
-            "gauge",
-            http_sessions as u64,
-        );
-        gauge(
-            "weir_cells_total",
-            "Cells run in stateful sessions.",
-            "counter",
-            self.cells_run.load(Relaxed),
-        );
-        gauge(
-            "weir_instances_live",
-            "Guest instances alive.",
-            "gauge",
-            live_instances as u64,
-        );
-        gauge(
-            "weir_runs_started_total",
-            "Runs started.",
-            "counter",
-            self.runs_started.load(Relaxed),
-        );
-        gauge(
-            "weir_compile_cache_hits_total",
-            "Runs that loaded their program compiled by an earlier run.",
-            "counter",
-            cache.hits,
-        );
-        gauge(
-            "weir_compile_cache_misses_total",
-            "Runs that compiled their program, with the cache on.",
-            "counter",
-            cache.misses,
-        );
-        gauge(
-            "weir_compile_cache_bytes",
-            "Bytes of compiled programs the cache holds.",
-            "gauge",
-            cache.bytes as u64,
-        );
-        gauge(
-            "weir_output_bytes_total",
-            "Bytes scripts wrote to stdout and stderr.",
-            "counter",
-            self.output_bytes.load(Relaxed),
-        );
-        let _ = writeln!(
-            s,
-            "# HELP weir_instance_starts_total Runs started, by where their guest instance came \
-             from: the warm pool, or instantiated on the request path.\n\
-             # TYPE weir_instance_starts_total counter\n\
-             weir_instance_starts_total{{from=\"warm\"}} {}\n\
-             weir_instance_starts_total{{from=\"fresh\"}} {}",
-            starts.warm, starts.fresh
-        );
-        let _ = writeln!(s, "# HELP weir_runs_finished_total Runs finished, by outcome.\n# TYPE weir_runs_finished_total counter");
-        for (name, count) in OUTCOMES.iter().zip(&self.finished) {
-            let _ = writeln!(
-                s,
-                "weir_runs_finished_total{{outcome=\"{name}\"}} {}",
-                count.load(Relaxed)
-            );
         }
-        let _ = writeln!(s, "# HELP weir_connections_rejected_total Connections refused, by reason.\n# TYPE weir_connections_rejected_total counter");
-        for (name, count) in REJECTIONS.iter().zip(&self.rejected) {
-            let _ = writeln!(
-                s,
-                "weir_connections_rejected_total{{reason=\"{name}\"}} {}",
-                count.load(Relaxed)
-            );
-        }
+        let starts = [("warm", now.starts.warm), ("fresh", now.starts.fresh)];
+        family(
+            &mut s,
+            ("weir_instance_starts_total", "from"),
+            "Runs started, by where their guest instance came from: the warm pool, or \
+             instantiated on the request path.",
+            starts.into_iter(),
+        );
+        family(
+            &mut s,
+            ("weir_runs_finished_total", "outcome"),
+            "Runs finished, by outcome.",
+            loaded(&OUTCOMES, &self.finished),
+        );
+        family(
+            &mut s,
+            ("weir_connections_rejected_total", "reason"),
+            "Connections refused, by reason.",
+            loaded(&REJECTIONS, &self.rejected),
+        );
+        self.histogram(&mut s);
+        s
+    }
+
+    /// The unlabelled metrics: name, help, type and value.
+    fn scalars(&self, now: &Gauges) -> [(&'static str, &'static str, &'static str, u64); 10] {
+        let connections = self.connections_open.load(Relaxed);
+        [
+            (
+                "weir_connections_open",
+                "Open WebSocket connections (/ws and Piston's connect).",
+                "gauge",
+                connections,
+            ),
+            (
+                "weir_sessions_open",
+                "Deprecated name of weir_connections_open.",
+                "gauge",
+                connections,
+            ),
+            (
+                "weir_http_sessions_open",
+                "Open stateful sessions (/v1/sessions and MCP).",
+                "gauge",
+                now.sessions as u64,
+            ),
+            (
+                "weir_cells_total",
+                "Cells run in stateful sessions.",
+                "counter",
+                self.cells_run.load(Relaxed),
+            ),
+            (
+                "weir_instances_live",
+                "Guest instances alive.",
+                "gauge",
+                now.live_instances as u64,
+            ),
+            (
+                "weir_runs_started_total",
+                "Runs started.",
+                "counter",
+                self.runs_started.load(Relaxed),
+            ),
+            (
+                "weir_compile_cache_hits_total",
+                "Runs that loaded their program compiled by an earlier run.",
+                "counter",
+                now.cache.hits,
+            ),
+            (
+                "weir_compile_cache_misses_total",
+                "Runs that compiled their program, with the cache on.",
+                "counter",
+                now.cache.misses,
+            ),
+            (
+                "weir_compile_cache_bytes",
+                "Bytes of compiled programs the cache holds.",
+                "gauge",
+                now.cache.bytes as u64,
+            ),
+            (
+                "weir_output_bytes_total",
+                "Bytes scripts wrote to stdout and stderr.",
+                "counter",
+                self.output_bytes.load(Relaxed),
+            ),
+        ]
+    }
+
+    /// The run-duration histogram.
+    fn histogram(&self, s: &mut String) {
         let _ = writeln!(s, "# HELP weir_run_duration_seconds Run wall time.\n# TYPE weir_run_duration_seconds histogram");
         for (bound, count) in BUCKETS.iter().zip(&self.buckets) {
             let _ = writeln!(
@@ -187,8 +196,41 @@ impl Metrics {
             s,
             "weir_run_duration_seconds_sum {sum}\nweir_run_duration_seconds_count {count}"
         );
-        s
     }
+}
+
+/// What the sandbox and the session registry report when the metrics are rendered.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Gauges {
+    /// Stateful sessions open.
+    pub sessions: usize,
+    pub live_instances: usize,
+    pub starts: InstanceStarts,
+    pub cache: CacheStats,
+}
+
+/// One counter family: `(name, label)`, its help, and each label value's count.
+fn family<'a>(
+    s: &mut String,
+    (name, label): (&str, &str),
+    help: &str,
+    values: impl Iterator<Item = (&'a str, u64)>,
+) {
+    let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (value, count) in values {
+        let _ = writeln!(s, "{name}{{{label}=\"{value}\"}} {count}");
+    }
+}
+
+/// Each name beside its counter's value.
+fn loaded<'a>(
+    names: &'a [&'a str],
+    counts: &'a [AtomicU64],
+) -> impl Iterator<Item = (&'a str, u64)> + 'a {
+    names
+        .iter()
+        .zip(counts)
+        .map(|(name, count)| (*name, count.load(Relaxed)))
 }
 
 #[cfg(test)]
@@ -201,7 +243,12 @@ mod tests {
         m.run_finished("timeout", Duration::from_millis(3), 10);
         m.rejected("capacity");
         let starts = InstanceStarts { warm: 5, fresh: 3 };
-        let text = m.render(1, 2, starts, CacheStats::default());
+        let text = m.render(&Gauges {
+            sessions: 1,
+            live_instances: 2,
+            starts,
+            cache: CacheStats::default(),
+        });
         assert!(text.contains("weir_instances_live 2\n"));
         assert!(text.contains("weir_runs_finished_total{outcome=\"timeout\"} 1\n"));
         assert!(text.contains("weir_connections_rejected_total{reason=\"capacity\"} 1\n"));
@@ -211,5 +258,12 @@ mod tests {
         assert!(text.contains("weir_output_bytes_total 10\n"));
         assert!(text.contains("weir_instance_starts_total{from=\"warm\"} 5\n"));
         assert!(text.contains("weir_instance_starts_total{from=\"fresh\"} 3\n"));
+        m.connections_open.store(3, Relaxed);
+        let text = m.render(&Gauges::default());
+        assert!(text.contains("weir_connections_open 3\n"));
+        assert!(
+            text.contains("weir_sessions_open 3\n"),
+            "the old name still reads"
+        );
     }
 }

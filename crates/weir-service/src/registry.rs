@@ -36,7 +36,7 @@ const RECONNECT: Duration = Duration::from_secs(1);
 
 /// Why a session's registration ended it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionEnd {
+pub enum LoginEnd {
     /// Still open.
     Open,
     /// The user logged in again (here or on another node): close with 4001.
@@ -49,19 +49,19 @@ pub enum SessionEnd {
 /// `max_sessions`.
 #[derive(Default)]
 pub struct Users {
-    map: Mutex<HashMap<String, (u64, watch::Sender<SessionEnd>)>>,
+    map: Mutex<HashMap<String, (u64, watch::Sender<LoginEnd>)>>,
 }
 
 impl Users {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, watch::Sender<SessionEnd>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, watch::Sender<LoginEnd>)>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records `user`'s session `session_no`, closing the user's previous one.
-    fn insert(&self, user: &str, session_no: u64) -> watch::Receiver<SessionEnd> {
-        let (tx, rx) = watch::channel(SessionEnd::Open);
+    fn insert(&self, user: &str, session_no: u64) -> watch::Receiver<LoginEnd> {
+        let (tx, rx) = watch::channel(LoginEnd::Open);
         if let Some((_, previous)) = self.lock().insert(user.to_string(), (session_no, tx)) {
-            let _ = previous.send(SessionEnd::Replaced);
+            let _ = previous.send(LoginEnd::Replaced);
         }
         rx
     }
@@ -74,14 +74,14 @@ impl Users {
     }
 
     /// Ends `user`'s session here, if there is one.
-    fn end(&self, user: &str, why: SessionEnd) {
+    fn end(&self, user: &str, why: LoginEnd) {
         if let Some((_, tx)) = self.lock().remove(user) {
             let _ = tx.send(why);
         }
     }
 
     /// Ends every signed-in session here.
-    fn end_all(&self, why: SessionEnd) {
+    fn end_all(&self, why: LoginEnd) {
         for (_, (_, tx)) in self.lock().drain() {
             let _ = tx.send(why);
         }
@@ -201,7 +201,7 @@ pub enum RegisterError {
 /// A registered session: what ends it, and (cluster mode) the user's lock, released when this
 /// is dropped.
 pub struct Registration {
-    pub ended: watch::Receiver<SessionEnd>,
+    pub ended: watch::Receiver<LoginEnd>,
     _lock: Option<UserLock>,
 }
 
@@ -290,7 +290,7 @@ impl Registry {
     ) -> Result<Registration, RegisterError> {
         let Some(user) = user else {
             // Anonymous sessions are never replaced: the sender is dropped at once.
-            let (_, ended) = watch::channel(SessionEnd::Open);
+            let (_, ended) = watch::channel(LoginEnd::Open);
             return Ok(Registration { ended, _lock: None });
         };
         let lock = match &self.presence {
@@ -524,7 +524,7 @@ async fn maintain(
         };
         if shared.set_down(reason.clone()) {
             tracing::error!(reason = %reason, "cluster database lost: closing signed-in sessions, admitting nothing");
-            users.end_all(SessionEnd::DatabaseLost);
+            users.end_all(LoginEnd::DatabaseLost);
         }
         // The connection's locks are gone with it.
         while releases.try_recv().is_ok() {}
@@ -578,7 +578,7 @@ fn replaced_elsewhere(payload: &str, node_key: i64, users: &Users) {
     };
     if node != node_key {
         tracing::info!(user, "logged in on another node: closing the session here");
-        users.end(user, SessionEnd::Replaced);
+        users.end(user, LoginEnd::Replaced);
     }
 }
 
@@ -591,13 +591,13 @@ mod tests {
         let registry = Registry::local();
         let first = registry.register(Some("ann"), 1).await.unwrap();
         let second = registry.register(Some("ann"), 2).await.unwrap();
-        assert_eq!(*first.ended.borrow(), SessionEnd::Replaced);
-        assert_eq!(*second.ended.borrow(), SessionEnd::Open);
+        assert_eq!(*first.ended.borrow(), LoginEnd::Replaced);
+        assert_eq!(*second.ended.borrow(), LoginEnd::Open);
         // The first session's end does not forget the second.
         registry.unregister(Some("ann"), 1);
         assert!(registry.users.lock().contains_key("ann"));
         let anon = registry.register(None, 3).await.unwrap();
-        assert_eq!(*anon.ended.borrow(), SessionEnd::Open);
+        assert_eq!(*anon.ended.borrow(), LoginEnd::Open);
         assert!(registry.health().is_ok());
     }
 
@@ -608,11 +608,11 @@ mod tests {
         replaced_elsewhere(r#"{"user":"ann","node":7}"#, 7, &users);
         assert_eq!(
             *rx.borrow(),
-            SessionEnd::Open,
+            LoginEnd::Open,
             "its own login is not a replacement"
         );
         replaced_elsewhere("not json", 8, &users);
         replaced_elsewhere(r#"{"user":"ann","node":8}"#, 7, &users);
-        assert_eq!(*rx.borrow(), SessionEnd::Replaced);
+        assert_eq!(*rx.borrow(), LoginEnd::Replaced);
     }
 }

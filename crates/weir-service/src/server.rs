@@ -1,20 +1,17 @@
-//! `weir serve`: the HTTP/WebSocket server. A semaphore caps sessions, shutdown is broadcast,
-//! one task per session (tracked, so shutdown waits for every one of them).
+//! `weir serve`: the HTTP/WebSocket server, on top of everything else — the front ends' routes
+//! side by side in one router, the connections (a semaphore caps them, one task each), and the
+//! shutdown (broadcast once; the server waits for every connection and run it tracks).
 
-use crate::admission::{self, Admitted};
 use crate::config::ServerConfig;
 use crate::history::History;
 use crate::registry::Registry;
-use crate::session::{self, SessionCtx};
-use crate::socket::upgrade;
-use crate::state::{AppState, WsQuery};
-use axum::extract::{Query, State, WebSocketUpgrade};
-use axum::http::{header, HeaderMap, StatusCode};
+use crate::state::AppState;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
@@ -26,7 +23,7 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     pub state: Arc<AppState>,
     task: AbortOnDrop,
-    /// Removes idle stateful sessions (`crate::notebook::reap`).
+    /// Removes idle stateful sessions (`crate::lifecycle::session::reap`).
     _reaper: AbortOnDrop,
     /// Loads the runtimes not loaded at start (`ServerConfig::prepare_runtimes`).
     _preparer: Option<AbortOnDrop>,
@@ -54,7 +51,7 @@ impl RunningServer {
         // Stored even if nothing has subscribed yet (the serving task may not have started).
         self.state.shutdown.send_replace(true);
         let _ = self.task.join().await;
-        crate::notebook::end_all(&self.state).await;
+        crate::lifecycle::session::end_all(&self.state).await;
         self.state.mcp_shutdown.cancel();
         self.state.history.flush().await;
     }
@@ -99,7 +96,7 @@ pub async fn start_with(config: ServerConfig, sandbox: Sandbox) -> anyhow::Resul
     let state = Arc::new(AppState::new(config, sandbox, history).with_registry(registry));
     let app = router(state.clone());
     let task = tokio::spawn(serve_connections(listener, app, state.clone()));
-    let reaper = tokio::spawn(crate::notebook::reap(state.clone()));
+    let reaper = tokio::spawn(crate::lifecycle::session::reap(state.clone()));
     let preparer = state
         .config
         .prepare_runtimes
@@ -163,7 +160,7 @@ async fn serve_connections(listener: tokio::net::TcpListener, app: Router, state
                 let grace = state.config.shutdown_grace();
                 drain_until = Some(tokio::time::Instant::now() + grace + DRAIN_EXTRA);
             }
-            () = crate::socket::sleep_until_opt(drain_until) => break,
+            () = weir_sandbox::task::sleep_until_opt(drain_until) => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             () = sessions.wait(), if draining && !sessions.is_empty() => {}
             accepted = accept(&listener, &limit) => {
@@ -193,26 +190,10 @@ fn user_timeout(config: &ServerConfig) -> Duration {
 /// Makes the kernel drop the connection when data it sent stays unacknowledged (or cannot be
 /// sent for a zero window) for `timeout`: a peer that vanished, or stopped reading, while the
 /// server waits to write to it. A slow reader still making progress is not affected.
-#[allow(unsafe_code)]
 fn set_user_timeout(tcp: &tokio::net::TcpStream, timeout: Duration) {
     #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let ms = libc::c_uint::try_from(timeout.as_millis()).unwrap_or(libc::c_uint::MAX);
-        // SAFETY: a plain setsockopt on a socket this function borrows, with a pointer to a
-        // local of the option's size.
-        let result = unsafe {
-            libc::setsockopt(
-                tcp.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_USER_TIMEOUT,
-                (&ms as *const libc::c_uint).cast(),
-                std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
-            )
-        };
-        if result != 0 {
-            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot set TCP_USER_TIMEOUT");
-        }
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(timeout)) {
+        tracing::debug!(error = %e, "cannot set TCP_USER_TIMEOUT");
     }
     #[cfg(not(target_os = "linux"))]
     let _ = (tcp, timeout);
@@ -272,19 +253,16 @@ async fn serve_connection(
     let _ = conn.await;
 }
 
-/// `weir serve`: runs until SIGINT or SIGTERM, then shuts down gracefully.
-pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
+/// `weir serve`: runs until SIGINT or SIGTERM, then shuts down gracefully. `listening` is told
+/// the address once the server listens and shutdown signals are caught (a SIGTERM sent as soon
+/// as a supervisor sees the address begins a graceful shutdown, not a kill).
+pub async fn serve(config: ServerConfig, listening: impl FnOnce(SocketAddr)) -> anyhow::Result<()> {
     let server = start(config).await?;
-    // Registered before the address is announced: a SIGTERM sent as soon as a supervisor sees
-    // the server listening must begin a graceful shutdown, not kill the process.
     let signals = ShutdownSignals::register()?;
     tracing::info!(addr = %server.addr, node = %server.state.node, "weir listening");
-    eprintln!(
-        "weir: listening on http://{} (WebSocket at /ws)",
-        server.addr
-    );
+    listening(server.addr);
     signals.recv().await;
-    eprintln!("weir: shutting down");
+    tracing::info!("shutting down");
     server.drain().await;
     Ok(())
 }
@@ -326,7 +304,7 @@ impl ShutdownSignals {
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = axum::extract::DefaultBodyLimit::max(state.config.max_message_bytes);
     Router::new()
-        .route("/ws", get(ws_upgrade))
+        .route("/ws", get(crate::ws::upgrade))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -354,12 +332,12 @@ async fn node_header(State(state): State<Arc<AppState>>, mut response: Response)
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(
-            state.kernels.len(),
-            state.sandbox.live_instances(),
-            state.sandbox.instance_starts(),
-            state.sandbox.compile_cache_stats(),
-        ),
+        state.metrics.render(&crate::metrics::Gauges {
+            sessions: state.sessions.len(),
+            live_instances: state.sandbox.live_instances(),
+            starts: state.sandbox.instance_starts(),
+            cache: state.sandbox.compile_cache_stats(),
+        }),
     )
 }
 
@@ -369,41 +347,4 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
     }
-}
-
-async fn ws_upgrade(
-    State(state): State<Arc<AppState>>,
-    Query(query): Query<WsQuery>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
-) -> Response {
-    let admitted = match admission::admit(&state, &query, &headers).await {
-        Ok(a) => a,
-        Err(refusal) => return refusal.into_response(admission::Body::Text),
-    };
-    let Admitted {
-        user,
-        protocol,
-        permit,
-    } = admitted;
-    let session_no = state.next_session.fetch_add(1, Relaxed);
-    let registration = match state.registry.register(user.as_deref(), session_no).await {
-        Ok(r) => r,
-        Err(e) => {
-            return admission::registry_refusal(&state, e).into_response(admission::Body::Text)
-        }
-    };
-    let app = state.clone();
-    upgrade(&state, ws, protocol, move |socket| async move {
-        let ctx = SessionCtx {
-            app: app.clone(),
-            session_no,
-            user: user.clone(),
-            ended: registration.ended.clone(),
-        };
-        session::run(socket, ctx).await;
-        app.registry.unregister(user.as_deref(), session_no);
-        drop(registration); // releases the user's cluster lock
-        drop(permit);
-    })
 }

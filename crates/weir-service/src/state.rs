@@ -2,10 +2,11 @@
 //! entry point accepts.
 
 use crate::config::ServerConfig;
-use crate::history::{History, RunRecord};
-use crate::kernel::Kernels;
+use crate::history::History;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::sessions::Sessions;
+use crate::tracked::Books;
 use serde::Deserialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,26 +19,30 @@ use weir_sandbox::{RunRequest, Sandbox};
 pub struct AppState {
     pub config: ServerConfig,
     pub sandbox: Sandbox,
-    pub metrics: Metrics,
-    pub history: History,
-    /// `true` once shutdown has begun; sessions subscribe.
+    pub metrics: Arc<Metrics>,
+    pub history: Arc<History>,
+    /// `true` once shutdown has begun; connections and runs subscribe
+    /// (`crate::lifecycle::shutdown`).
     pub shutdown: watch::Sender<bool>,
-    /// Session slots: one per WebSocket session or one-shot HTTP run (`max_sessions`).
+    /// The server's slots (`max_sessions`): one per WebSocket connection, one-shot run, MCP
+    /// call or stateful session.
     pub(crate) slots: Arc<Semaphore>,
-    /// One session per signed-in user (in cluster mode, across nodes).
+    /// One `/ws` login per signed-in user, and every user's slots (in cluster mode, across
+    /// nodes).
     pub registry: Registry,
     /// This node's id (`ServerConfig::node_id`), sent as `X-Weir-Node` on every response.
     pub node: String,
     /// Set on SIGTERM, before the drain: `/readyz` answers 503 so the load balancer stops
     /// sending work, while requests are still served.
     draining: std::sync::atomic::AtomicBool,
-    pub(crate) next_session: AtomicU64,
+    pub(crate) next_connection: AtomicU64,
+    /// Connections, and the writes of runs dropped unrecorded: shutdown waits for them.
     pub(crate) tracker: TaskTracker,
     readiness: Readiness,
     /// Ends the MCP transport's sessions once the server has drained (`crate::mcp`).
     pub(crate) mcp_shutdown: tokio_util::sync::CancellationToken,
     /// Stateful sessions (`/v1/sessions`, MCP's session tools), each holding a slot.
-    pub kernels: Arc<Kernels>,
+    pub sessions: Arc<Sessions>,
 }
 
 /// `/readyz`'s canary: one at a time, its result kept for [`READY_FOR`] so a probe every second
@@ -88,28 +93,28 @@ async fn canary(sandbox: &Sandbox) -> bool {
 }
 
 impl AppState {
-    /// Applies the request's runtime's own defaults: a `python-sci` run (named, or chosen from
-    /// its imports) whose client named no memory limit gets `sci_memory_bytes`, within
-    /// `max_limits`.
-    pub fn runtime_defaults(&self, req: &mut weir_sandbox::RunRequest, memory_given: bool) {
+    /// Applies the defaults of the runtime `req` runs in (named, or claiming its program) when
+    /// its client named no memory limit: [`AppState::memory_default`].
+    pub fn runtime_defaults(&self, req: &mut RunRequest, memory_given: bool) {
         if memory_given {
             return;
         }
-        let runtime = req
-            .runtime
-            .clone()
-            .or_else(|| self.sandbox.auto_runtime(req));
-        let sci = weir_sandbox::runtime::sci::NAME;
-        if self
-            .sandbox
-            .runtime(runtime.as_deref())
-            .is_ok_and(|r| r.name == sci)
-        {
-            req.limits.memory_bytes = self
-                .config
-                .sci_memory_bytes
-                .min(self.config.max_limits.memory_bytes);
+        if let Ok(runtime) = self.sandbox.select(req) {
+            req.limits.memory_bytes = self.memory_default(runtime);
         }
+    }
+
+    /// The memory limit of a run of `runtime` whose client names none: configured for it
+    /// (`[runtimes.NAME] memory_mb`), else its own policy's, else `limits.memory_bytes`; at
+    /// most `max_limits.memory_bytes`.
+    pub fn memory_default(&self, runtime: &weir_sandbox::RuntimeInfo) -> u64 {
+        let config = &self.config;
+        let policy = self.sandbox.policy(Some(&runtime.name)).unwrap_or_default();
+        config
+            .runtime_memory(runtime)
+            .or(policy.memory_bytes)
+            .unwrap_or(config.limits.memory_bytes)
+            .min(config.max_limits.memory_bytes)
     }
 
     /// The state of a server that has not served anything yet.
@@ -119,17 +124,17 @@ impl AppState {
             slots: Arc::new(Semaphore::new(config.max_sessions)),
             config,
             sandbox,
-            metrics: Metrics::default(),
-            history,
+            metrics: Arc::new(Metrics::default()),
+            history: Arc::new(history),
             shutdown: watch::channel(false).0,
             registry: Registry::local(),
             node: config_node,
             draining: std::sync::atomic::AtomicBool::new(false),
-            next_session: AtomicU64::new(1),
+            next_connection: AtomicU64::new(1),
             tracker: TaskTracker::new(),
             readiness: Readiness::default(),
             mcp_shutdown: tokio_util::sync::CancellationToken::new(),
-            kernels: Arc::new(Kernels::default()),
+            sessions: Arc::new(Sessions::default()),
         }
     }
 
@@ -165,13 +170,25 @@ impl AppState {
         }
     }
 
-    /// Counts (as `stopped`) and stores a run that ended without an `exit` because its client
-    /// went away.
-    pub(crate) async fn abandoned(&self, record: RunRecord) {
-        let duration = Duration::from_millis(record.duration_ms);
-        self.metrics
-            .run_finished("stopped", duration, record.output_bytes);
-        self.history.store(record, None).await;
+    /// Where runs start and are recorded ([`crate::tracked::TrackedRun`]).
+    pub fn books(&self) -> Books {
+        Books {
+            sandbox: self.sandbox.clone(),
+            metrics: self.metrics.clone(),
+            history: self.history.clone(),
+            tasks: self.tracker.clone(),
+        }
+    }
+
+    /// Runtime `name`'s status for the runtime listings: `ready`, `preparing` (not loaded yet:
+    /// its first run, or the server's start, loads it), or `failed: REASON`.
+    pub fn runtime_status(&self, name: &str) -> String {
+        match self.sandbox.runtime_status(name) {
+            Ok(weir_sandbox::RuntimeStatus::Ready) => "ready".into(),
+            Ok(weir_sandbox::RuntimeStatus::NotLoaded) => "preparing".into(),
+            Ok(weir_sandbox::RuntimeStatus::Failed(reason)) => format!("failed: {reason}"),
+            Err(e) => format!("failed: {e}"),
+        }
     }
 }
 

@@ -21,4 +21,6 @@ mod plugin;
 pub mod python;
 pub mod sci;
 
-pub use plugin::{CallResult, Footprint, GuestCall, GuestSetup, Loaded, Runtime, RuntimeInfo};
+pub use plugin::{
+    CallResult, Footprint, GuestCall, GuestSetup, Loaded, Policy, Runtime, RuntimeInfo,
+};

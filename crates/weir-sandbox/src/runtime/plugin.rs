@@ -57,10 +57,33 @@ pub type CallResult = wasmtime::Result<Result<(), ()>>;
 /// A guest's call that owns its store and gives it back when the guest returns.
 pub type GuestCall = Pin<Box<dyn Future<Output = (CallResult, Store<GuestState>)> + Send>>;
 
+/// What a runtime asks for the runs it hosts, beyond what the sandbox gives every run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// The memory limit of a run that asks for none, bytes, when the runtime needs more than
+    /// an embedder's default (data work does); `None`: the embedder's default. The runtime's
+    /// [`Footprint::max_memory_bytes`] is the most any run of it may ask for.
+    pub memory_bytes: Option<u64>,
+    /// Whether its programs show figures (`Event::Display`).
+    pub display: bool,
+}
+
 /// A guest kind the sandbox can host.
 pub trait Runtime: Send + Sync + 'static {
     /// Its name, language, version and build.
     fn info(&self) -> &RuntimeInfo;
+
+    /// What it asks for the runs it hosts. By default: nothing beyond the sandbox's defaults.
+    fn policy(&self) -> Policy {
+        Policy::default()
+    }
+
+    /// Whether a program that names no runtime belongs in this one rather than the default
+    /// (the first runtime that claims it wins). By default: none.
+    fn claims(&self, source: &str) -> bool {
+        let _ = source;
+        false
+    }
 
     /// What one instance needs of the pooling allocator.
     fn footprint(&self) -> Footprint;

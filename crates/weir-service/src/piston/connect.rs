@@ -3,29 +3,25 @@
 //! takes `data` (stdin) and `signal`, ends with `exit` and closes with 4999. Misuse closes with
 //! Piston's 4000-range codes. weir adds `{"type": "eof"}` to close the script's stdin.
 //!
-//! Like a `/ws` session, the connection's task owns its run: when the socket goes, the run's
-//! store is dropped with it.
+//! The pump ([`crate::lifecycle::pump`]) owns the socket and the job's run, as for `/ws`: when
+//! the socket goes, the run is stopped and recorded; this module maps Piston's protocol.
 
-use crate::admission::{self, Body};
-use crate::auth::ANONYMOUS;
-use crate::history::RunRecord;
+use crate::lifecycle::admission::Admitted;
+use crate::lifecycle::body::NoBody;
+use crate::lifecycle::error::PistonJson;
+use crate::lifecycle::pump::{self, Flow, Link, Protocol, Watch};
+use crate::lifecycle::TrackedRun;
 use crate::piston::job::{self as piston, SignalAction};
-use crate::socket as server;
-use crate::socket as session;
-use crate::state::{AppState, WsQuery};
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use crate::state::AppState;
+use axum::extract::{State, WebSocketUpgrade};
 use axum::response::Response;
-use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
-use tokio::sync::mpsc;
+use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
-use weir_sandbox::{Event, RunHandle};
+use weir_sandbox::Event;
 
 /// Piston's close codes (and the two standard ones weir also uses).
 pub mod close {
@@ -43,293 +39,205 @@ pub mod close {
 /// A connection that has not sent `init` by then is closed (4001), as Piston does.
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// `GET /api/v2/connect`: admits the caller and upgrades.
 pub async fn upgrade(
-    State(state): State<Arc<AppState>>,
-    Query(query): Query<WsQuery>,
-    headers: HeaderMap,
+    State(app): State<Arc<AppState>>,
     ws: WebSocketUpgrade,
+    admitted: Admitted<NoBody, PistonJson>,
 ) -> Response {
-    let admitted = match admission::admit(&state, &query, &headers).await {
-        Ok(a) => a,
-        Err(refusal) => return refusal.into_response(Body::Message),
-    };
-    let session_no = state.next_session.fetch_add(1, Relaxed);
+    let connection_no = app.next_connection.fetch_add(1, Relaxed);
     let protocol = admitted.protocol.clone();
-    let app = state.clone();
-    server::upgrade(&state, ws, protocol, move |socket| async move {
-        let user = admitted.user.clone().unwrap_or_else(|| ANONYMOUS.into());
-        let span = tracing::info_span!("piston", session = session_no, user = %user);
-        run(socket, app, user).instrument(span).await;
-        drop(admitted);
+    let state = app.clone();
+    pump::upgrade(&app, ws, protocol, move |socket| async move {
+        let user = admitted.owner().to_string();
+        let span = tracing::info_span!("piston", connection = connection_no, user = %user);
+        let connection = Connection {
+            app: state.clone(),
+            user,
+            run: None,
+            initialized: false,
+            signal: None,
+            init_deadline: Instant::now() + INIT_TIMEOUT,
+        };
+        pump::pump(socket, &state, connection, Watch::default())
+            .instrument(span)
+            .await;
+        tracing::info!("piston connection ended");
+        drop(admitted); // releases the slot
     })
 }
 
-/// The connection's job once `init` has started it.
-struct Job {
-    id: String,
-    handle: RunHandle,
-    started: SystemTime,
-    output_bytes: u64,
-    /// The signal a client's stop carried (reported in `exit`).
-    signal: Option<&'static str>,
-    shutdown_stop: bool,
-}
-
+/// One Piston connection: its job (a run) once `init` has started it.
 struct Connection {
     app: Arc<AppState>,
     user: String,
-    out: mpsc::Sender<Message>,
-    job: Option<Job>,
+    run: Option<TrackedRun>,
+    /// `init` has started a job (the connection takes no second one, even once it ended).
+    initialized: bool,
+    /// The signal a client's stop carried (reported in `exit`).
+    signal: Option<&'static str>,
+    init_deadline: Instant,
 }
 
-enum Step {
-    InitTimeout,
-    Shutdown,
-    GraceOver,
-    Frame(Option<Result<Message, axum::Error>>),
-    Event(Option<Event>),
-    Nothing,
-}
-
-/// How the connection ends: a close frame, or nothing (the peer is gone).
-enum End {
-    Close(u16, String),
-    Gone,
-}
-
-fn close(code: u16, reason: &str) -> Option<End> {
-    Some(End::Close(code, reason.into()))
-}
-
-async fn run(socket: WebSocket, app: Arc<AppState>, user: String) {
-    let (sink, mut stream) = socket.split();
-    let (out, _liveness, writer) = session::outbound(sink);
-    let mut shutdown = app.shutdown.subscribe();
-    let mut shutting_down = *shutdown.borrow();
-    let mut grace: Option<Instant> = None;
-    let init_deadline = Instant::now() + INIT_TIMEOUT;
-    let mut c = Connection {
-        app: app.clone(),
-        user,
-        out,
-        job: None,
-    };
-    let end = loop {
-        if shutting_down && c.job.is_none() {
-            break End::Close(close::GOING_AWAY, "server shutting down".into());
-        }
-        let room = c.out.capacity() > 0;
-        let step = tokio::select! {
-            biased;
-            _ = shutdown.changed(), if !shutting_down => Step::Shutdown,
-            _ = session::sleep_until_opt(grace), if c.job.is_some() => Step::GraceOver,
-            _ = tokio::time::sleep_until(init_deadline), if c.job.is_none() => Step::InitTimeout,
-            frame = stream.next() => Step::Frame(frame),
-            event = next_event(&mut c.job), if room => Step::Event(event),
-            _ = c.out.reserve(), if !room => Step::Nothing,
-        };
-        let ended = match step {
-            Step::InitTimeout => close(close::INIT_TIMEOUT, "Initialization Timeout"),
-            Step::Shutdown => {
-                shutting_down = true;
-                grace = Some(Instant::now() + app.config.shutdown_grace());
-                None
-            }
-            Step::GraceOver => {
-                if let Some(job) = &mut c.job {
-                    job.shutdown_stop = true;
-                    job.handle.control().stop();
-                }
-                grace = None;
-                None
-            }
-            Step::Frame(frame) => c.frame(frame).await,
-            Step::Event(event) => c.forward(event).await,
-            Step::Nothing => None,
-        };
-        if let Some(end) = ended {
-            break end;
-        }
-    };
-    if let Some(job) = c.job.take() {
-        let record = RunRecord::abandoned(
-            &job.id,
-            &c.user,
-            job.started,
-            job.output_bytes,
-            job.handle.runtime(),
-        );
-        drop(job); // frees the run's store
-        app.abandoned(record).await;
+impl Protocol for Connection {
+    fn run(&mut self) -> &mut Option<TrackedRun> {
+        &mut self.run
     }
-    let close = match end {
-        End::Close(code, reason) => Some((code, reason)),
-        End::Gone => None,
-    };
-    session::close_outbound(c.out, writer, close).await;
-    tracing::info!("piston connection ended");
+
+    async fn on_text(&mut self, link: &Link, text: &str) -> Flow {
+        self.message(link, text).await
+    }
+
+    async fn on_binary(&mut self, link: &Link, data: &[u8]) -> Flow {
+        match std::str::from_utf8(data) {
+            Ok(text) => self.message(link, text).await,
+            Err(_) => notify_error(link, "messages must be UTF-8 JSON").await,
+        }
+    }
+
+    async fn on_event(&mut self, link: &Link, event: Option<Event>) -> Flow {
+        self.forward(link, event).await
+    }
+
+    fn deadline(&self) -> Option<(Instant, u16, &'static str)> {
+        (!self.initialized).then_some((
+            self.init_deadline,
+            close::INIT_TIMEOUT,
+            "Initialization Timeout",
+        ))
+    }
 }
 
-async fn next_event(job: &mut Option<Job>) -> Option<Event> {
-    match job {
-        Some(j) => j.handle.next_event_merged(session::MERGE_BYTES).await,
-        None => std::future::pending().await,
-    }
+/// Piston's error path: an `error` message, then close 4002.
+async fn notify_error(link: &Link, message: impl Into<String>) -> Flow {
+    send(link, json!({ "type": "error", "message": message.into() })).await;
+    Flow::close(close::NOTIFIED_ERROR, "Notified Error")
+}
+
+async fn send(link: &Link, value: Value) {
+    link.send(value.to_string()).await;
 }
 
 impl Connection {
-    async fn send(&self, value: Value) {
-        let _ = self.out.send(Message::Text(value.to_string().into())).await;
-    }
-
-    /// Piston's error path: an `error` message, then close 4002.
-    async fn notify_error(&self, message: impl Into<String>) -> Option<End> {
-        self.send(json!({ "type": "error", "message": message.into() }))
-            .await;
-        close(close::NOTIFIED_ERROR, "Notified Error")
-    }
-
-    async fn frame(&mut self, frame: Option<Result<Message, axum::Error>>) -> Option<End> {
-        match frame {
-            Some(Ok(Message::Text(text))) => self.message(text.as_str()).await,
-            Some(Ok(Message::Binary(bytes))) => match std::str::from_utf8(&bytes) {
-                Ok(text) => self.message(text).await,
-                Err(_) => self.notify_error("messages must be UTF-8 JSON").await,
-            },
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
-            Some(Ok(Message::Close(_))) | None => Some(End::Gone),
-            Some(Err(e)) if session::is_too_big(&e) => close(close::TOO_BIG, "message too big"),
-            Some(Err(_)) => Some(End::Gone),
-        }
-    }
-
-    async fn message(&mut self, text: &str) -> Option<End> {
+    async fn message(&mut self, link: &Link, text: &str) -> Flow {
         let msg: Value = match serde_json::from_str(text) {
             Ok(v) => v,
-            Err(e) => return self.notify_error(format!("invalid JSON: {e}")).await,
+            Err(e) => return notify_error(link, format!("invalid JSON: {e}")).await,
         };
         let kind = msg.get("type").and_then(Value::as_str).unwrap_or("");
-        match (kind, &self.job) {
-            ("init", Some(_)) => close(close::ALREADY_INITIALIZED, "Already Initialized"),
-            ("init", None) => self.init(&msg).await,
-            ("data" | "signal" | "eof", None) => {
-                close(close::NOT_INITIALIZED, "Not yet initialized")
+        match (kind, self.initialized) {
+            ("init", true) => Flow::close(close::ALREADY_INITIALIZED, "Already Initialized"),
+            ("init", false) => self.init(link, &msg).await,
+            ("data" | "signal" | "eof", false) => {
+                Flow::close(close::NOT_INITIALIZED, "Not yet initialized")
             }
-            ("data", Some(job)) => {
-                if msg.get("stream").and_then(Value::as_str) != Some("stdin") {
-                    return close(close::STDIN_ONLY, "Can only write to stdin");
+            ("data", true) => self.data(link, &msg).await,
+            ("eof", true) => {
+                if let Some(run) = &self.run {
+                    run.control().close_stdin();
                 }
-                let Some(data) = msg.get("data").and_then(Value::as_str) else {
-                    return self.notify_error("data must be a string").await;
-                };
-                if let Err(e) = job.handle.control().try_write_stdin(data.to_owned()) {
-                    // Not fatal: the script has simply not read what was sent before.
-                    self.send(json!({ "type": "error", "message": e.to_string() }))
-                        .await;
-                }
-                None
+                Flow::Continue
             }
-            ("eof", Some(job)) => {
-                job.handle.control().close_stdin();
-                None
-            }
-            ("signal", Some(_)) => self.signal(&msg),
+            ("signal", true) => self.signal(&msg),
             (other, _) => {
                 let m =
                     format!("unknown message type {other:?} (expected init, data, signal or eof)");
-                self.notify_error(m).await
+                notify_error(link, m).await
             }
         }
     }
 
-    async fn init(&mut self, msg: &Value) -> Option<End> {
-        let (req, runtime) = match piston::job(msg, &self.app.config, self.app.sandbox.runtimes()) {
-            Ok(job) => job,
-            Err(m) => return self.notify_error(m).await,
+    /// Text for the job's stdin.
+    async fn data(&mut self, link: &Link, msg: &Value) -> Flow {
+        if msg.get("stream").and_then(Value::as_str) != Some("stdin") {
+            return Flow::close(close::STDIN_ONLY, "Can only write to stdin");
+        }
+        let Some(data) = msg.get("data").and_then(Value::as_str) else {
+            return notify_error(link, "data must be a string").await;
         };
-        let handle = match self.app.sandbox.start(req).await {
-            Ok(h) => h,
-            Err(e) => return self.notify_error(e.to_string()).await,
+        let Some(run) = &self.run else {
+            return Flow::Continue;
         };
-        self.app.metrics.runs_started.fetch_add(1, Relaxed);
-        let id = handle.id().to_string();
-        tracing::info!(run_id = %id, "piston job started");
-        self.app
-            .history
-            .started(&id, &self.user, handle.runtime())
-            .await;
-        self.job = Some(Job {
-            id,
-            handle,
-            started: SystemTime::now(),
-            output_bytes: 0,
-            signal: None,
-            shutdown_stop: false,
-        });
-        let announce =
-            json!({"type": "runtime", "language": runtime.language, "version": runtime.version});
-        self.send(announce).await;
-        self.send(json!({"type": "stage", "stage": "run"})).await;
-        None
+        if let Err(e) = run.control().try_write_stdin(data.to_owned()) {
+            // Not fatal: the script has simply not read what was sent before.
+            send(link, json!({ "type": "error", "message": e.to_string() })).await;
+        }
+        Flow::Continue
     }
 
-    fn signal(&mut self, msg: &Value) -> Option<End> {
-        let name = msg.get("signal").and_then(Value::as_str).unwrap_or("");
-        let (Some(action), Some(job)) = (piston::signal(name), &mut self.job) else {
-            return close(close::INVALID_SIGNAL, "Invalid signal");
+    async fn init(&mut self, link: &Link, msg: &Value) -> Flow {
+        let app = &self.app;
+        let (req, runtime) = match piston::job(msg, &app.config, app.sandbox.runtimes(), |r| {
+            app.memory_default(r)
+        }) {
+            Ok(job) => job,
+            Err(m) => return notify_error(link, m).await,
         };
-        let control = job.handle.control();
+        let run = match TrackedRun::start(&self.app.books(), &self.user, req, false).await {
+            Ok(run) => run,
+            Err(e) => return notify_error(link, e.to_string()).await,
+        };
+        self.run = Some(run);
+        self.initialized = true;
+        let announce =
+            json!({"type": "runtime", "language": runtime.language, "version": runtime.version});
+        send(link, announce).await;
+        send(link, json!({"type": "stage", "stage": "run"})).await;
+        Flow::Continue
+    }
+
+    fn signal(&mut self, msg: &Value) -> Flow {
+        let name = msg.get("signal").and_then(Value::as_str).unwrap_or("");
+        let Some(action) = piston::signal(name) else {
+            return Flow::close(close::INVALID_SIGNAL, "Invalid signal");
+        };
+        let Some(run) = &self.run else {
+            return Flow::Continue;
+        };
+        let control = run.control();
         match action {
             SignalAction::Stop(signal) => {
-                job.signal.get_or_insert(signal);
+                self.signal.get_or_insert(signal);
                 control.stop();
             }
             SignalAction::Pause => control.pause(),
             SignalAction::Resume => control.resume(),
             SignalAction::Ignore => {}
         }
-        None
+        Flow::Continue
     }
 
     /// Sends one run event; the run's `exit` ends the connection (4999, "Job Completed").
-    async fn forward(&mut self, event: Option<Event>) -> Option<End> {
-        let job = self.job.as_mut()?;
+    async fn forward(&mut self, link: &Link, event: Option<Event>) -> Flow {
         match event {
             Some(Event::Output { stream, data }) => {
-                job.output_bytes += data.len() as u64;
                 let data = String::from_utf8_lossy(&data);
-                self.send(json!({"type": "data", "stream": stream, "data": data}))
-                    .await;
-                None
+                send(
+                    link,
+                    json!({"type": "data", "stream": stream, "data": data}),
+                )
+                .await;
+                Flow::Continue
             }
             // Piston jobs are never sessions: no cells end. Piston's protocol carries no images.
-            Some(Event::State(_) | Event::Cell(_) | Event::Display(_)) => None,
+            Some(Event::State(_) | Event::Cell(_) | Event::Display(_)) => Flow::Continue,
             Some(Event::Exit(result)) => {
-                let job = self.job.take()?;
-                let outcome = if job.shutdown_stop {
-                    "shutdown"
-                } else {
-                    result.outcome.kind()
+                let Some(mut run) = self.run.take() else {
+                    return Flow::Continue;
                 };
-                self.app
-                    .metrics
-                    .run_finished(outcome, result.duration, result.output_bytes);
-                let record =
-                    RunRecord::finished(&job.id, &self.user, job.started, outcome, &result, false);
-                self.app.history.store(record, None).await;
-                let mut exit = piston::exit_fields(&result, job.signal);
+                let recorded = run.finish(&result).await;
+                let mut exit = piston::exit_fields(&result, self.signal);
                 exit["type"] = json!("exit");
                 exit["stage"] = json!("run");
-                self.send(exit).await;
-                if job.shutdown_stop {
-                    close(close::GOING_AWAY, "server shutting down")
-                } else {
-                    close(close::JOB_COMPLETED, "Job Completed")
+                send(link, exit).await;
+                match recorded.outcome {
+                    "shutdown" => Flow::close(close::GOING_AWAY, "server shutting down"),
+                    _ => Flow::close(close::JOB_COMPLETED, "Job Completed"),
                 }
             }
             None => {
                 tracing::error!("run ended without an exit event");
-                self.notify_error("the sandbox lost the run").await
+                notify_error(link, "the sandbox lost the run").await
             }
         }
     }

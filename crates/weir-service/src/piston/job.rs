@@ -3,9 +3,6 @@
 //! messages), and a weir outcome into Piston's `code`/`signal`/`status`.
 
 use crate::config::ServerConfig;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
 use base64::Engine as _;
 use serde_json::{json, Value};
 use weir_sandbox::determinism::FUEL_PER_NS;
@@ -21,17 +18,15 @@ pub const FUEL_PER_MS: u64 = FUEL_PER_NS * 1_000_000;
 /// The response header that names the weir run behind a Piston execution.
 pub const RUN_ID_HEADER: &str = "x-weir-run-id";
 
-/// A Piston error: `{"message": …}` with the given status.
-pub fn message(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "message": message.into() }))).into_response()
-}
-
 /// Validates a Piston job (an `/execute` body or a `/connect` `init` message) and builds the
 /// run it asks for. Errors carry Piston's messages where Piston has one.
+/// `memory_default` is the memory limit a run of a runtime gets when the job names none
+/// (`AppState::memory_default`).
 pub fn job<'a>(
     body: &Value,
     config: &ServerConfig,
     runtimes: impl IntoIterator<Item = &'a RuntimeInfo>,
+    memory_default: impl Fn(&RuntimeInfo) -> u64,
 ) -> Result<(RunRequest, RuntimeInfo), String> {
     if !body.is_object() {
         return Err("the request body must be a JSON object".into());
@@ -74,10 +69,8 @@ pub fn job<'a>(
         Some(_) => return Err("stdin must be a string".into()),
     };
     let mut defaults = config.limits;
-    if runtime.name == weir_sandbox::runtime::sci::NAME {
-        // python-sci's own default (`sci_memory_bytes`), as for every entry point.
-        defaults.memory_bytes = config.sci_memory_bytes.min(config.max_limits.memory_bytes);
-    }
+    // The runtime's own default, as for every entry point.
+    defaults.memory_bytes = memory_default(runtime);
     req.limits = limits(body, &defaults, &config.max_limits)?;
     req.runtime = Some(runtime.name.clone());
     Ok((req, runtime.clone()))
@@ -538,7 +531,7 @@ mod tests {
             "args": ["a", "b"], "stdin": "in", "run_timeout": 2500,
             "run_memory_limit": -1, "compile_timeout": 10000, "run_cpu_time": 100
         });
-        let (req, runtime) = job(&body, &config, &lean()).unwrap();
+        let (req, runtime) = job(&body, &config, &lean(), |_| config.limits.memory_bytes).unwrap();
         assert_eq!(runtime.name, "python");
         assert_eq!(req.runtime.as_deref(), Some("python"));
         assert!(matches!(&req.program, Program::Script { filename, source }
@@ -560,7 +553,8 @@ mod tests {
     #[test]
     fn bad_jobs_get_pistons_messages() {
         let config = ServerConfig::default();
-        let err = |body: Value| job(&body, &config, &lean()).unwrap_err();
+        let err =
+            |body: Value| job(&body, &config, &lean(), |_| config.limits.memory_bytes).unwrap_err();
         let files = json!([{"content": "print(1)"}]);
         assert_eq!(err(json!([])), "the request body must be a JSON object");
         assert_eq!(

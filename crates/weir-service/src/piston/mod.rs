@@ -6,16 +6,16 @@
 pub mod connect;
 pub mod job;
 
-use crate::admission::{self, Body};
-use crate::auth::ANONYMOUS;
-use crate::oneshot;
-use crate::state::{AppState, WsQuery};
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use crate::lifecycle::admission::Admitted;
+use crate::lifecycle::error::{Error, PistonJson};
+use crate::lifecycle::oneshot;
+use crate::state::AppState;
+use axum::extract::State;
+use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use job::{job, listing, message, stage, RUN_ID_HEADER};
+use job::{job, listing, stage, RUN_ID_HEADER};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -36,39 +36,28 @@ async fn runtimes(State(state): State<Arc<AppState>>) -> Json<Value> {
             .runtimes()
             .map(|r| {
                 let mut entry = listing(r);
-                entry["status"] = crate::api::status(&state.sandbox, &r.name).into();
+                entry["status"] = state.runtime_status(&r.name).into();
                 entry
             })
             .collect(),
     )
 }
 
+/// `POST /api/v2/execute`: a Piston job, run to its end.
 async fn execute(
     State(state): State<Arc<AppState>>,
-    Query(query): Query<WsQuery>,
-    headers: HeaderMap,
-    body: axum::body::Body,
+    admitted: Admitted<Value, PistonJson>,
 ) -> Response {
-    if let Err(refusal) = admission::precheck(&state, &query, &headers) {
-        return refusal.into_response(Body::Message);
-    }
-    let body = match oneshot::request_json(&state, &headers, body).await {
-        Ok(b) => b,
-        Err((status, m)) => return message(status, m),
-    };
-    let admitted = match admission::admit(&state, &query, &headers).await {
-        Ok(a) => a,
-        Err(refusal) => return refusal.into_response(Body::Message),
-    };
-    let (mut req, runtime) = match job(&body, &state.config, state.sandbox.runtimes()) {
+    let memory_default = |r: &weir_sandbox::RuntimeInfo| state.memory_default(r);
+    let runtimes = state.sandbox.runtimes();
+    let (mut req, runtime) = match job(&admitted.body, &state.config, runtimes, memory_default) {
         Ok(job) => job,
-        Err(m) => return message(StatusCode::BAD_REQUEST, m),
+        Err(m) => return Error::BadRequest(m).render::<PistonJson>(),
     };
-    req.compile_scope = weir_sandbox::compile_cache::scope_for(admitted.user.as_deref(), None);
-    let user = admitted.user.as_deref().unwrap_or(ANONYMOUS);
-    let finished = match oneshot::execute(&state, user, req, false).await {
+    req.compile_scope = admitted.compile_scope();
+    let finished = match oneshot::execute(&state, admitted.owner(), req, false).await {
         Ok(f) => f,
-        Err(e) => return message(oneshot::start_status(&e), e.to_string()),
+        Err(e) => return Error::from(e).render::<PistonJson>(),
     };
     drop(admitted);
     let run = stage(&finished.collected, &finished.result, None);

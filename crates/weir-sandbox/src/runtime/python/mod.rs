@@ -11,7 +11,7 @@ use crate::interrupt::InterruptSite;
 use crate::launch::Uncaught;
 use crate::outcome::Outcome;
 use crate::runtime::artifact;
-use crate::runtime::plugin::{CallResult, Footprint, Loaded, Runtime, RuntimeInfo};
+use crate::runtime::plugin::{CallResult, Footprint, Loaded, Policy, Runtime, RuntimeInfo};
 use crate::store::GuestState;
 use std::future::Future;
 use std::path::Path;
@@ -79,6 +79,14 @@ pub fn info() -> &'static RuntimeInfo {
 impl Runtime for CPython {
     fn info(&self) -> &RuntimeInfo {
         info()
+    }
+
+    /// The embedder's default limits; matplotlib figures are shown.
+    fn policy(&self) -> Policy {
+        Policy {
+            memory_bytes: None,
+            display: true,
+        }
     }
 
     fn footprint(&self) -> Footprint {

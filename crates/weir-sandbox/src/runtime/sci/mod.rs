@@ -18,7 +18,9 @@ mod site;
 
 use crate::launch::Uncaught;
 use crate::outcome::Outcome;
-use crate::runtime::plugin::{CallResult, Footprint, GuestSetup, Loaded, Runtime, RuntimeInfo};
+use crate::runtime::plugin::{
+    CallResult, Footprint, GuestSetup, Loaded, Policy, Runtime, RuntimeInfo,
+};
 use crate::store::GuestState;
 use std::future::Future;
 use std::path::Path;
@@ -37,8 +39,8 @@ pub const PYTHON_VERSION: &str = "3.15.0";
 /// ([`DEFAULT_MEMORY_BYTES`]); a request may raise it to this.
 pub const MAX_MEMORY_BYTES: u64 = 2 << 30;
 
-/// A `python-sci` run's memory limit when its caller names none (`weir run`, and the server's
-/// `sci_memory_bytes` by default): data work needs more than the lean runtime's 256 MiB.
+/// A `python-sci` run's memory limit when its caller names none ([`Policy::memory_bytes`]):
+/// data work needs more than the lean runtime's 256 MiB.
 pub const DEFAULT_MEMORY_BYTES: u64 = 1 << 30;
 
 /// One core instance with one memory, one table and one GC heap (thrown exceptions live there;
@@ -160,6 +162,19 @@ pub fn info() -> &'static RuntimeInfo {
 impl Runtime for SciPython {
     fn info(&self) -> &RuntimeInfo {
         info()
+    }
+
+    /// Data work needs more memory than a plain script: 1 GiB unless the run asks otherwise.
+    fn policy(&self) -> Policy {
+        Policy {
+            memory_bytes: Some(DEFAULT_MEMORY_BYTES),
+            display: true,
+        }
+    }
+
+    /// A program that imports a module only this runtime has ([`wants`]).
+    fn claims(&self, source: &str) -> bool {
+        wants(source)
     }
 
     fn footprint(&self) -> Footprint {

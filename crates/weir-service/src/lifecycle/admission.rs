@@ -1,166 +1,193 @@
-//! Who may start runs: every entry point (the `/ws` session, the Piston API, `POST /v1/runs`)
-//! passes the same checks, in the same order: shutting down, `Origin`, token, capacity.
+//! Who may start what: every entry point admits its callers through [`Admitted`] (a run or a
+//! session: `Host`, `Origin`, token, then the body, then drain and capacity) or [`Identified`] (a
+//! request about something the caller holds: `Host`, `Origin`, token). A refusal is counted in
+//! `weir_connections_rejected_total` by its reason and logged.
 
+use super::body::FromBody;
+use super::error::{Dialect, Error, Refusal};
 use crate::auth;
 use crate::config::ServerConfig;
-pub use crate::registry::Slot;
-use crate::registry::UserSlotError;
+use crate::registry::{RegisterError, Slot, UserSlotError};
 use crate::state::{AppState, WsQuery};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
-use serde_json::json;
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
+use std::marker::PhantomData;
+use std::sync::Arc;
 
-/// A caller let in: who they are, and the slot they hold while their session or run lives.
-pub struct Admitted {
+/// The owner of runs from callers without a signed-in user.
+pub use crate::auth::ANONYMOUS;
+
+/// A caller let in to start a run or a session: who they are, the body their request carried
+/// (`B`: [`NoBody`](super::body::NoBody), [`Raw`](super::body::Raw), JSON), and the slot they
+/// hold while what they start lives. Extracting one runs, in order: drain, `Host`, `Origin`,
+/// token (no body is waited for from a refused caller), the body (408, 413, 400), then drain
+/// again, the cluster database's health and capacity (503, or 429 for a user at
+/// `max_sessions_per_user`): a slot is taken only once the body is in. A refusal is rendered as
+/// the front end's dialect `D` spells errors.
+pub struct Admitted<B, D> {
     /// The token's user (`None` when the server has no secret).
     pub user: Option<String>,
     /// The `Sec-WebSocket-Protocol` value that carried the token, to echo back.
     pub protocol: Option<String>,
-    pub permit: Slot,
+    pub slot: Slot,
+    pub body: B,
+    dialect: PhantomData<fn() -> D>,
+}
+
+impl<B, D> Admitted<B, D> {
+    /// The owner of what the caller starts: their user, or [`ANONYMOUS`].
+    pub fn owner(&self) -> &str {
+        self.user.as_deref().unwrap_or(ANONYMOUS)
+    }
+
+    /// Where the caller's compiled programs are cached (`weir_sandbox::compile_cache`).
+    pub fn compile_scope(&self) -> weir_sandbox::compile_cache::CompileScope {
+        weir_sandbox::compile_cache::scope_for(self.user.as_deref(), None)
+    }
+}
+
+impl<B: FromBody, D: Dialect> Admitted<B, D> {
+    /// Admits the request `parts` with `body` (for a route that needs its parts afterwards).
+    pub async fn admit(
+        app: &AppState,
+        parts: &Parts,
+        body: axum::body::Body,
+    ) -> Result<Self, Response> {
+        Self::check(app, parts, body).await.map_err(|e| {
+            refused(app, &e);
+            e.render::<D>()
+        })
+    }
+
+    async fn check(app: &AppState, parts: &Parts, body: axum::body::Body) -> Result<Self, Error> {
+        let query = query(parts)?;
+        draining(app)?;
+        let (user, protocol) = identify(app, &query, &parts.headers)?;
+        let body = B::read(app, &parts.headers, body).await?;
+        draining(app)?;
+        if let Err(reason) = app.registry.health() {
+            return Err(Error::Refused(registry_refusal(
+                RegisterError::Unavailable(reason),
+            )));
+        }
+        let slot = slot(app, user.as_deref()).await?;
+        Ok(Admitted {
+            user,
+            protocol,
+            slot,
+            body,
+            dialect: PhantomData,
+        })
+    }
+}
+
+impl<B: FromBody, D: Dialect> FromRequest<Arc<AppState>> for Admitted<B, D> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, app: &Arc<AppState>) -> Result<Self, Response> {
+        let (parts, body) = request.into_parts();
+        Self::admit(app, &parts, body).await
+    }
+}
+
+/// A caller let in to a request about something they hold (a run's record, a session's cells
+/// and files): `Host`, `Origin` and token checked, no slot taken.
+pub struct Identified {
+    /// The token's user, or [`ANONYMOUS`] when the server has no secret.
+    pub user: String,
+}
+
+impl FromRequestParts<Arc<AppState>> for Identified {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<AppState>) -> Result<Self, Error> {
+        let query = query(parts)?;
+        let identified = identify(app, &query, &parts.headers).map(|(user, _)| Identified {
+            user: user.unwrap_or_else(|| ANONYMOUS.into()),
+        });
+        identified.inspect_err(|e| refused(app, e))
+    }
+}
+
+/// The request's query string (an optional token).
+fn query(parts: &Parts) -> Result<WsQuery, Error> {
+    Query::<WsQuery>::try_from_uri(&parts.uri)
+        .map(|Query(q)| q)
+        .map_err(|e| Error::BadRequest(e.body_text()))
+}
+
+/// Counts and logs a refusal (other errors, a malformed body say, are the caller's answer only).
+fn refused(app: &AppState, e: &Error) {
+    if let Error::Refused(r) = e {
+        app.metrics.rejected(r.reason);
+        tracing::info!(reason = r.reason, message = %r.message, "refused");
+    }
+}
+
+/// 503 while the server shuts down.
+fn draining(app: &AppState) -> Result<(), Error> {
+    match *app.shutdown.borrow() {
+        true => Err(Error::Refused(Refusal {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            reason: "shutting_down",
+            message: "the server is shutting down".into(),
+        })),
+        false => Ok(()),
+    }
 }
 
 /// A slot for `user` (`None`: anonymous, who cannot be told apart and are bounded by
 /// `max_sessions` only): 503 when the server's slots are all taken, 429 when the user already
-/// holds `max_sessions_per_user` (on this node or, in cluster mode, across the cluster).
-pub async fn slot(state: &AppState, user: Option<&str>) -> Result<Slot, Refusal> {
-    let global = state
-        .slots
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| Refusal {
+/// holds `max_sessions_per_user` (on this node or, in cluster mode, across the cluster). A
+/// refusal is not counted here: [`Admitted`] counts its own, and a caller taking a second slot
+/// (an MCP call starting a session) counts it with [`count_refusal`].
+pub async fn slot(app: &AppState, user: Option<&str>) -> Result<Slot, Error> {
+    let global = app.slots.clone().try_acquire_owned().map_err(|_| {
+        Error::Refused(Refusal {
             status: StatusCode::SERVICE_UNAVAILABLE,
             reason: "capacity",
             message: format!(
                 "all {} sessions are in use; retry shortly",
-                state.config.max_sessions
+                app.config.max_sessions
             ),
-        })?;
-    let user_slot = match user {
-        None => None,
-        Some(u) => match state
-            .registry
-            .user_slot(u, state.config.sessions_per_user())
-            .await
-        {
-            Ok(slot) => Some(slot),
-            Err(e @ UserSlotError::Full { .. }) => {
-                return Err(Refusal {
-                    status: StatusCode::TOO_MANY_REQUESTS,
-                    reason: "user_capacity",
-                    message: e.to_string(),
-                })
-            }
-            Err(UserSlotError::Registry(e)) => {
-                return Err(Refusal {
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    reason: "database",
-                    message: e.to_string(),
-                })
-            }
-        },
+        })
+    })?;
+    let Some(user) = user else {
+        return Ok(Slot::new(global, None));
     };
-    Ok(Slot::new(global, user_slot))
-}
-
-/// Why a caller was refused: the HTTP status, the metric's reason label and a message.
-#[derive(Debug)]
-pub struct Refusal {
-    pub status: StatusCode,
-    pub reason: &'static str,
-    pub message: String,
-}
-
-/// How an endpoint spells its error bodies.
-#[derive(Debug, Clone, Copy)]
-pub enum Body {
-    /// Plain text (the WebSocket upgrade).
-    Text,
-    /// `{"error": message}` (weir's `/v1` API).
-    Error,
-    /// `{"message": message}` (the Piston API).
-    Message,
-}
-
-impl Refusal {
-    pub fn into_response(self, body: Body) -> Response {
-        let mut response = match body {
-            Body::Text => (self.status, self.message).into_response(),
-            Body::Error => (self.status, Json(json!({ "error": self.message }))).into_response(),
-            Body::Message => {
-                (self.status, Json(json!({ "message": self.message }))).into_response()
-            }
-        };
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-        }
-        response
-    }
-}
-
-/// Runs the checks; a refusal is counted in `weir_connections_rejected_total` and logged.
-pub async fn admit(
-    state: &AppState,
-    query: &WsQuery,
-    headers: &HeaderMap,
-) -> Result<Admitted, Refusal> {
-    let refusal = check(state, query, headers).await;
-    if let Err(r) = &refusal {
-        state.metrics.rejected(r.reason);
-        tracing::info!(reason = r.reason, message = %r.message, "refused");
-    }
-    refusal
-}
-
-/// The caller checks alone (`Host`, `Origin`, token; no slot), counted and logged like
-/// [`admit`]'s: what a route runs before it reads a body, so that a refused caller's body is never
-/// waited for and a slot is taken only once the body is in.
-pub fn precheck(state: &AppState, query: &WsQuery, headers: &HeaderMap) -> Result<(), Refusal> {
-    identify(state, query, headers).map(drop).inspect_err(|r| {
-        state.metrics.rejected(r.reason);
-        tracing::info!(reason = r.reason, message = %r.message, "refused");
-    })
-}
-
-async fn check(
-    state: &AppState,
-    query: &WsQuery,
-    headers: &HeaderMap,
-) -> Result<Admitted, Refusal> {
-    if *state.shutdown.borrow() {
-        return Err(Refusal {
+    match app
+        .registry
+        .user_slot(user, app.config.sessions_per_user())
+        .await
+    {
+        Ok(slot) => Ok(Slot::new(global, Some(slot))),
+        Err(e @ UserSlotError::Full { .. }) => Err(Error::Refused(Refusal {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            reason: "user_capacity",
+            message: e.to_string(),
+        })),
+        Err(UserSlotError::Registry(e)) => Err(Error::Refused(Refusal {
             status: StatusCode::SERVICE_UNAVAILABLE,
-            reason: "shutting_down",
-            message: "the server is shutting down".into(),
-        });
+            reason: "database",
+            message: e.to_string(),
+        })),
     }
-    if let Err(reason) = state.registry.health() {
-        return Err(registry_refusal(
-            state,
-            crate::registry::RegisterError::Unavailable(reason),
-        ));
-    }
-    let (user, protocol) = identify(state, query, headers)?;
-    let permit = slot(state, user.as_deref()).await?;
-    Ok(Admitted {
-        user,
-        protocol,
-        permit,
-    })
 }
 
-/// The refusal of a caller the session registry cannot admit (cluster mode: the database is
-/// unreachable, or the user's session on another node did not close in time); counted and
-/// logged like the other refusals.
-pub fn registry_refusal(state: &AppState, e: crate::registry::RegisterError) -> Refusal {
+/// Counts and logs a refusal [`slot`] returned.
+pub fn count_refusal(app: &AppState, e: &Error) {
+    refused(app, e);
+}
+
+/// The refusal of a caller the login registry cannot admit (cluster mode: the database is
+/// unreachable, or the user's connection on another node did not close in time).
+pub fn registry_refusal(e: RegisterError) -> Refusal {
     let reason = match e {
-        crate::registry::RegisterError::Unavailable(_) => "database",
-        crate::registry::RegisterError::Busy => "replacing",
+        RegisterError::Unavailable(_) => "database",
+        RegisterError::Busy => "replacing",
     };
-    state.metrics.rejected(reason);
-    tracing::info!(reason, message = %e, "refused");
     Refusal {
         status: StatusCode::SERVICE_UNAVAILABLE,
         reason,
@@ -168,18 +195,26 @@ pub fn registry_refusal(state: &AppState, e: crate::registry::RegisterError) -> 
     }
 }
 
-/// The checks for a request about something the caller already holds (a session's cells and
-/// files): `Host`, `Origin` and token, but no slot. Returns the token's user and the protocol
+/// Counts and logs a login registry's refusal, as `D` spells it.
+pub fn login_refused<D: Dialect>(app: &AppState, e: RegisterError) -> Response {
+    let e = Error::Refused(registry_refusal(e));
+    refused(app, &e);
+    e.render::<D>()
+}
+
+/// The caller checks: `Host`, `Origin` and token. Returns the token's user and the protocol
 /// value that carried it.
-pub fn identify(
+fn identify(
     state: &AppState,
     query: &WsQuery,
     headers: &HeaderMap,
-) -> Result<(Option<String>, Option<String>), Refusal> {
-    let refuse = |status, reason, message| Refusal {
-        status,
-        reason,
-        message,
+) -> Result<(Option<String>, Option<String>), Error> {
+    let refuse = |status, reason, message| {
+        Error::Refused(Refusal {
+            status,
+            reason,
+            message,
+        })
     };
     if let Err(message) = served_host(&state.config, headers) {
         return Err(refuse(StatusCode::MISDIRECTED_REQUEST, "host", message));

@@ -1,40 +1,39 @@
-//! Stateful sessions (`/v1/sessions`, and the MCP session tools): a [`Kernel`] is one sandbox
+//! Stateful sessions (`/v1/sessions`, and the MCP session tools): a [`Session`] is one tracked
 //! run in cell mode (`weir_sandbox::RunRequest::cells`) whose namespace lives across cells, with
-//! its owner and last use; [`Kernels`] is the server's registry of them.
+//! its owner and last use; [`Sessions`] is the server's registry of them
+//! (`crate::lifecycle::session` starts, runs and ends them).
 //!
 //! One cell runs at a time. A cell past its time limit is interrupted first (`KeyboardInterrupt`,
 //! the session lives on); only if the guest does not end the cell within [`INTERRUPT_GRACE`] is
-//! the run stopped, and the session with it. Idle sessions are removed with [`Kernels::expire`]
-//! (`crate::notebook::reap`). Every kernel holds one of the server's session slots, so the
-//! registry is bounded by `max_sessions`.
+//! the run stopped, and the session with it. Every session holds one of the server's slots, so
+//! the registry is bounded by `max_sessions`.
 
 use crate::registry::Slot;
+use crate::tracked::{EndedBy, TrackedRun};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use weir_sandbox::files::{self, FileError};
-use weir_sandbox::{Cell, CellEnd, CellError, Collected, Event, RunControl, RunHandle, RunResult};
+use weir_sandbox::{Cell, CellEnd, CellError, Collected, Event, RunControl, RunResult};
 
 /// How long a cell past its time limit has to take its `KeyboardInterrupt` before the session
 /// is ended.
 pub const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
 
 /// One session: a run in cell mode and who owns it.
-pub struct Kernel {
+pub struct Session {
     pub id: String,
     pub user: String,
     pub runtime: String,
     pub created: SystemTime,
     /// The size limit of the run's scratch directory (the session's files).
     pub scratch_limit: u64,
-    run: tokio::sync::Mutex<RunHandle>,
+    run: tokio::sync::Mutex<TrackedRun>,
     control: RunControl,
     last_used: Mutex<Instant>,
     /// The caller asked to interrupt the running cell.
     interrupt_asked: AtomicBool,
-    /// Bytes the session's cells wrote.
-    output_bytes: AtomicU64,
     /// A cell was handed to the guest and its end has not been read: its `exec` was abandoned
     /// (the client hung up). The next `exec` reads past it first.
     unsettled: AtomicBool,
@@ -74,20 +73,19 @@ pub struct CellReport {
     pub duration: Duration,
 }
 
-impl Kernel {
+impl Session {
     /// A session around `run`, holding `slot` for as long as it lives.
-    pub fn new(id: String, user: String, run: RunHandle, scratch_limit: u64, slot: Slot) -> Self {
-        Kernel {
-            id,
-            user,
+    pub fn new(run: TrackedRun, scratch_limit: u64, slot: Slot) -> Self {
+        Session {
+            id: run.id().to_string(),
+            user: run.user().to_string(),
             runtime: run.runtime().to_string(),
-            created: SystemTime::now(),
+            created: run.started(),
             scratch_limit,
             control: run.control(),
             run: tokio::sync::Mutex::new(run),
             last_used: Mutex::new(Instant::now()),
             interrupt_asked: AtomicBool::new(false),
-            output_bytes: AtomicU64::new(0),
             unsettled: AtomicBool::new(false),
             _slot: slot,
         }
@@ -102,18 +100,30 @@ impl Kernel {
         self.control.has_ended()
     }
 
-    /// How the session's run ended, when it ended by itself and no `exec` read it: its exit,
-    /// if it can be read within a moment (no cell is being read).
-    pub async fn unseen_exit(&self) -> Option<RunResult> {
-        let mut run = self.run.try_lock().ok()?;
+    /// Records the end of a session whose run ended by itself with no `exec` reading it: with
+    /// the run's own outcome when its exit can be read within a moment, else `stopped`. A cell
+    /// being read records its own end.
+    pub async fn record_unseen_end(&self) {
+        let Ok(mut run) = self.run.try_lock() else {
+            return;
+        };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         loop {
             match tokio::time::timeout_at(deadline, run.next_event()).await {
-                Ok(Some(Event::Exit(result))) => return Some(result),
+                Ok(Some(Event::Exit(result))) => {
+                    run.finish(&result).await;
+                    return;
+                }
                 Ok(Some(_)) => {}
-                Ok(None) | Err(_) => return None,
+                Ok(None) | Err(_) => return run.end(EndedBy::Closed).await,
             }
         }
+    }
+
+    /// Stops the session's run and records its end (`why`), once a cell being read is done.
+    pub async fn record_end(&self, why: EndedBy) {
+        self.control.stop();
+        self.run.lock().await.end(why).await;
     }
 
     /// How long since the session's last cell ended (or it was created).
@@ -127,16 +137,6 @@ impl Kernel {
     /// Whether a cell is running.
     pub fn busy(&self) -> bool {
         self.run.try_lock().is_err()
-    }
-
-    /// Bytes the session's cells have written so far.
-    pub fn output_bytes(&self) -> u64 {
-        self.output_bytes.load(Ordering::Relaxed)
-    }
-
-    /// How long the session has existed.
-    pub fn age(&self) -> Duration {
-        self.created.elapsed().unwrap_or_default()
     }
 
     /// Interrupts the running cell; false when none runs.
@@ -235,6 +235,7 @@ impl Kernel {
                     break;
                 }
                 Some(Event::Exit(result)) => {
+                    run.finish(&result).await;
                     report.exit = Some(result);
                     break;
                 }
@@ -244,19 +245,16 @@ impl Kernel {
         }
         self.unsettled.store(false, Ordering::Release);
         report.interrupted = self.interrupt_asked.swap(false, Ordering::AcqRel);
-        let written = report.output.stdout.len() + report.output.stderr.len();
-        self.output_bytes
-            .fetch_add(written as u64, Ordering::Relaxed);
         report.duration = started.elapsed();
         self.touch();
         Ok(report)
     }
 }
 
-impl Kernel {
+impl Session {
     /// Reads past an abandoned cell's output to its end (it was interrupted when abandoned);
     /// if it has not ended within [`INTERRUPT_GRACE`], the session is ended.
-    async fn settle(&self, run: &mut RunHandle) -> Result<(), ExecError> {
+    async fn settle(&self, run: &mut TrackedRun) -> Result<(), ExecError> {
         let deadline = tokio::time::Instant::now() + INTERRUPT_GRACE;
         loop {
             match tokio::time::timeout_at(deadline, run.next_event()).await {
@@ -276,7 +274,7 @@ impl Kernel {
 }
 
 /// Interrupts a cell whose `exec` is dropped before its end was read.
-struct Abandon<'a>(&'a Kernel);
+struct Abandon<'a>(&'a Session);
 
 impl Drop for Abandon<'_> {
     fn drop(&mut self) {
@@ -332,7 +330,7 @@ impl CellClock {
     }
 }
 
-/// Why [`Kernels::expire`] removed a session.
+/// Why [`Sessions::expire`] removed a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expiry {
     /// Its run had ended by itself (a limit, a crash, its backstop) with no `exec` to read it.
@@ -343,22 +341,22 @@ pub enum Expiry {
 
 /// The server's sessions by id.
 #[derive(Default)]
-pub struct Kernels {
-    map: Mutex<HashMap<String, Arc<Kernel>>>,
+pub struct Sessions {
+    map: Mutex<HashMap<String, Arc<Session>>>,
 }
 
-impl Kernels {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Kernel>>> {
+impl Sessions {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn insert(&self, kernel: Arc<Kernel>) {
-        self.map().insert(kernel.id.clone(), kernel);
+    pub fn insert(&self, session: Arc<Session>) {
+        self.map().insert(session.id.clone(), session);
     }
 
     /// `user`'s session `id`; another user's is as absent as a missing one, and so is one whose
     /// run has ended (the reaper records and removes it).
-    pub fn get(&self, id: &str, user: &str) -> Option<Arc<Kernel>> {
+    pub fn get(&self, id: &str, user: &str) -> Option<Arc<Session>> {
         self.map()
             .get(id)
             .filter(|k| k.user == user && !k.ended())
@@ -366,16 +364,16 @@ impl Kernels {
     }
 
     /// Removes a session and stops its run.
-    pub fn remove(&self, id: &str) -> Option<Arc<Kernel>> {
-        let kernel = self.map().remove(id);
-        if let Some(k) = &kernel {
-            k.stop();
+    pub fn remove(&self, id: &str) -> Option<Arc<Session>> {
+        let session = self.map().remove(id);
+        if let Some(s) = &session {
+            s.stop();
         }
-        kernel
+        session
     }
 
     /// `user`'s live sessions, oldest first.
-    pub fn of(&self, user: &str) -> Vec<Arc<Kernel>> {
+    pub fn of(&self, user: &str) -> Vec<Arc<Session>> {
         let mut list: Vec<_> = self
             .map()
             .values()
@@ -396,7 +394,7 @@ impl Kernels {
 
     /// Removes (and stops) every session with no cell running whose run has ended, or that has
     /// been idle for longer than `idle`; says which.
-    pub fn expire(&self, idle: Duration) -> Vec<(Arc<Kernel>, Expiry)> {
+    pub fn expire(&self, idle: Duration) -> Vec<(Arc<Session>, Expiry)> {
         let expired: Vec<(String, Expiry)> = self
             .map()
             .values()
@@ -414,8 +412,8 @@ impl Kernels {
     }
 
     /// Removes (and stops) every session (shutdown).
-    pub fn clear(&self) -> Vec<Arc<Kernel>> {
-        let all: Vec<Arc<Kernel>> = self.map().drain().map(|(_, k)| k).collect();
+    pub fn clear(&self) -> Vec<Arc<Session>> {
+        let all: Vec<Arc<Session>> = self.map().drain().map(|(_, k)| k).collect();
         for k in &all {
             k.stop();
         }

@@ -1,0 +1,186 @@
+//! Starting, running and ending stateful sessions ([`crate::sessions`]): what `/v1/sessions` and
+//! the MCP session tools share. Idle sessions, and sessions whose run ended by itself, are
+//! removed by [`reap`], each recorded.
+
+use crate::protocol::LimitParams;
+use crate::registry::Slot;
+use crate::sessions::{CellReport, ExecError, Expiry, Session, INTERRUPT_GRACE};
+use crate::state::AppState;
+use crate::tracked::{EndedBy, TrackedRun};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use weir_sandbox::{Cell, Program, RunRequest, StartError};
+
+/// What a session is started with (`POST /v1/sessions`'s body, MCP's `session_create`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateParams {
+    /// The runtime, by name or alias; the server's default without one.
+    pub runtime: Option<String>,
+    /// Limits for every cell (`wall_ms` is a cell's default time limit).
+    #[serde(default)]
+    pub limits: LimitParams,
+    /// Files placed in the working directory first: relative path → text.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+    /// The guest's environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+impl super::body::Params for CreateParams {
+    const WHAT: &'static str = "session";
+}
+
+/// What a cell is run with (`POST /v1/sessions/{id}/exec`'s body, MCP's `session_exec`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecParams {
+    /// The cell's source.
+    pub code: String,
+    /// What the cell reads from stdin first; end of file after it unless `interactive`.
+    pub stdin: Option<String>,
+    /// The cell's `input()` waits for `POST /v1/sessions/{id}/stdin` instead of reading end of
+    /// file (interrupt it, or let its time limit, to stop waiting).
+    #[serde(default)]
+    pub interactive: bool,
+    /// The cell's time limit; the session's default and the server's maximum apply.
+    pub timeout_ms: Option<u64>,
+}
+
+impl super::body::Params for ExecParams {
+    const WHAT: &'static str = "cell";
+}
+
+/// A session's request for the sandbox: an empty program, then cells. A cell's time limit is
+/// the exec's; the run's own wall limit only backs it up, past the longest cell and its
+/// interrupt grace. Idle expiry is the server's (`session_idle_secs`).
+fn request(app: &AppState, params: CreateParams) -> RunRequest {
+    let config = &app.config;
+    let mut req = RunRequest::script(Vec::new());
+    req.program = Program::Code(String::new());
+    req.cells = true;
+    req.runtime = params.runtime;
+    req.files = params
+        .files
+        .into_iter()
+        .map(|(k, v)| (k, v.into_bytes()))
+        .collect();
+    req.env = params.env.into_iter().collect();
+    let mut limits = params.limits.apply(&config.limits, &config.max_limits);
+    let backstop = config.max_limits.wall_ms + INTERRUPT_GRACE.as_millis() as u64;
+    limits.wall_ms = backstop + 5_000;
+    limits.idle_ms = config.session_idle().as_millis() as u64 + 60_000;
+    req.limits = limits;
+    app.runtime_defaults(&mut req, params.limits.memory_bytes.is_some());
+    req
+}
+
+/// A cell's time limit: asked for, else the server's default, at most the server's maximum.
+fn cell_timeout(app: &AppState, asked: Option<u64>) -> Duration {
+    let config = &app.config;
+    let ms = asked
+        .unwrap_or(config.limits.wall_ms)
+        .clamp(1, config.max_limits.wall_ms);
+    Duration::from_millis(ms)
+}
+
+/// Starts a session for `user` on `slot` and registers it.
+pub async fn start(
+    app: &AppState,
+    user: &str,
+    params: CreateParams,
+    slot: Slot,
+) -> Result<Arc<Session>, StartError> {
+    let req = request(app, params);
+    let scratch_limit = req.limits.scratch_bytes;
+    let run = TrackedRun::start_session(&app.books(), user, req).await?;
+    let session = Arc::new(Session::new(run, scratch_limit, slot));
+    app.sessions.insert(session.clone());
+    Ok(session)
+}
+
+/// Runs one cell in `session`, counting it in the metrics; a session whose run ended is
+/// removed (its end recorded).
+pub async fn run_cell(
+    app: &AppState,
+    session: &Session,
+    params: ExecParams,
+) -> Result<CellReport, ExecError> {
+    let cell = Cell {
+        code: params.code,
+        stdin: params.stdin.unwrap_or_default().into(),
+        interactive: params.interactive,
+    };
+    let result = session
+        .exec(cell, cell_timeout(app, params.timeout_ms))
+        .await;
+    match &result {
+        // The run ended by itself before the cell could start.
+        Err(ExecError::Ended) => {
+            if app.sessions.remove(&session.id).is_some() {
+                session.record_unseen_end().await;
+            }
+        }
+        Err(ExecError::Busy) => {}
+        Ok(report) => {
+            app.metrics
+                .cells_run
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // The session ended during the cell (its end is recorded by the cell's read).
+            if report.exit.is_some() {
+                app.sessions.remove(&session.id);
+            }
+        }
+    }
+    result
+}
+
+/// Removes session `id` and records its end (`why`). Returns whether it existed.
+pub async fn end(app: &AppState, id: &str, why: EndedBy) -> bool {
+    let Some(session) = app.sessions.remove(id) else {
+        return false;
+    };
+    session.record_end(why).await;
+    true
+}
+
+/// Removes sessions whose run has ended and idle ones every so often (a quarter of
+/// `session_idle_secs`, at most a second) until dropped: an idle one is recorded `idle`, an
+/// ended one with its run's own outcome.
+pub async fn reap(app: Arc<AppState>) {
+    let idle = app.config.session_idle();
+    let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        for (session, why) in app.sessions.expire(idle) {
+            match why {
+                Expiry::Idle => session.record_end(EndedBy::Idle).await,
+                Expiry::RunEnded => session.record_unseen_end().await,
+            }
+        }
+    }
+}
+
+/// Ends every session (shutdown), each recorded `shutdown`.
+pub async fn end_all(app: &AppState) {
+    for session in app.sessions.clear() {
+        session.record_end(EndedBy::Shutdown).await;
+    }
+}
+
+/// How a cell ended, in words: `ok`, `error`, `interrupted`, `timeout`, or the run's outcome
+/// when the session ended.
+pub fn cell_outcome(report: &CellReport) -> &'static str {
+    match (&report.end, &report.exit) {
+        _ if report.timed_out => "timeout",
+        (Some(end), _) if end.exception.is_none() => "ok",
+        (Some(_), _) if report.interrupted => "interrupted",
+        (Some(_), _) => "error",
+        (None, Some(exit)) => exit.outcome.kind(),
+        (None, None) => "crashed",
+    }
+}

@@ -1,0 +1,285 @@
+//! [`TrackedRun`]: a run an entry point started, and the one place its life is written down —
+//! the `running` history row at its start, `weir_runs_started_total`, its output counted as it
+//! is read, its transcript when it is recorded, and its end in the metrics and the history. An
+//! entry point maps its protocol onto the run's events and nothing else.
+
+use crate::history::{History, RunRecord};
+use crate::metrics::Metrics;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio_util::task::TaskTracker;
+use weir_sandbox::transcript::{OutputLog, Transcript};
+use weir_sandbox::{Event, RunControl, RunHandle, RunRequest, RunResult, StartError};
+
+/// Why a run ended without its `exit` being read by its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndedBy {
+    /// Its client went away (a socket closed, a request dropped): `stopped`.
+    ClientLeft,
+    /// Its owner closed it (a session's `DELETE`): `stopped`.
+    Closed,
+    /// Idle past `session_idle_secs`: `idle`.
+    Idle,
+    /// The server shut down: `shutdown`.
+    Shutdown,
+}
+
+impl EndedBy {
+    fn outcome(self) -> &'static str {
+        match self {
+            EndedBy::ClientLeft | EndedBy::Closed => "stopped",
+            EndedBy::Idle => "idle",
+            EndedBy::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// How a run's end was recorded.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// The outcome reported and stored: the result's, or `shutdown` when the server stopped
+    /// the run at the end of its shutdown grace period.
+    pub outcome: &'static str,
+    /// Where the run's transcript can be fetched, for a run that asked for one.
+    pub transcript: Option<String>,
+}
+
+/// Where runs start and their lives are written down (`crate::state::AppState::books`).
+#[derive(Clone)]
+pub struct Books {
+    pub sandbox: weir_sandbox::Sandbox,
+    pub metrics: Arc<Metrics>,
+    pub history: Arc<History>,
+    /// Owns the write of a run dropped unrecorded; shutdown waits for it.
+    pub tasks: TaskTracker,
+}
+
+/// A started run and its record. Its events are read through it (counted, and logged for a
+/// transcript); its end is recorded once, by [`TrackedRun::finish`] (it ended with an `exit`)
+/// or [`TrackedRun::end`] (it did not); a run dropped before either is recorded `stopped`.
+pub struct TrackedRun {
+    handle: RunHandle,
+    /// The id history knows it by: the run's, or its session's (`s…`).
+    id: String,
+    user: String,
+    started: SystemTime,
+    output_bytes: u64,
+    /// The request and output of a run recorded as a transcript.
+    recording: Option<Box<(RunRequest, OutputLog)>>,
+    /// The server stopped it at the end of the shutdown grace period.
+    stopped_for_shutdown: bool,
+    recorded: bool,
+    books: Books,
+}
+
+impl TrackedRun {
+    /// Starts `req` for `user` (`record`: keep a transcript of it).
+    pub async fn start(
+        books: &Books,
+        user: &str,
+        req: RunRequest,
+        record: bool,
+    ) -> Result<Self, StartError> {
+        Self::start_as(books, user, req, record, "").await
+    }
+
+    /// Starts `req` as a stateful session for `user`: its id is the run's with an `s` before it.
+    pub async fn start_session(
+        books: &Books,
+        user: &str,
+        req: RunRequest,
+    ) -> Result<Self, StartError> {
+        Self::start_as(books, user, req, false, "s").await
+    }
+
+    async fn start_as(
+        books: &Books,
+        user: &str,
+        req: RunRequest,
+        record: bool,
+        prefix: &str,
+    ) -> Result<Self, StartError> {
+        let recording = record.then(|| Box::new((req.clone(), OutputLog::default())));
+        let handle = books.sandbox.start(req).await?;
+        let id = format!("{prefix}{}", handle.id());
+        books.metrics.runs_started.fetch_add(1, Relaxed);
+        tracing::info!(run_id = %id, user, runtime = handle.runtime(), "run started");
+        books.history.started(&id, user, handle.runtime()).await;
+        Ok(TrackedRun {
+            handle,
+            id,
+            user: user.to_string(),
+            started: SystemTime::now(),
+            output_bytes: 0,
+            recording,
+            stopped_for_shutdown: false,
+            recorded: false,
+            books: books.clone(),
+        })
+    }
+
+    /// The id the history knows the run by.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Who started it.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The runtime it runs in.
+    pub fn runtime(&self) -> &str {
+        self.handle.runtime()
+    }
+
+    /// When it started.
+    pub fn started(&self) -> SystemTime {
+        self.started
+    }
+
+    /// Output bytes read from it so far.
+    pub fn output_bytes(&self) -> u64 {
+        self.output_bytes
+    }
+
+    /// Its control: stdin, stop, pause, interrupt, cells, files.
+    pub fn control(&self) -> RunControl {
+        self.handle.control()
+    }
+
+    /// Its next event (`None`: its task ended without reporting).
+    pub async fn next_event(&mut self) -> Option<Event> {
+        let event = self.handle.next_event().await;
+        self.observe(event.as_ref());
+        event
+    }
+
+    /// Its next event, consecutive output of one stream merged up to `max` bytes.
+    pub async fn next_event_merged(&mut self, max: usize) -> Option<Event> {
+        let event = self.handle.next_event_merged(max).await;
+        self.observe(event.as_ref());
+        event
+    }
+
+    fn observe(&mut self, event: Option<&Event>) {
+        if let Some(Event::Output { data, .. }) = event {
+            self.output_bytes += data.len() as u64;
+        }
+        if let (Some(rec), Some(event)) = (&mut self.recording, event) {
+            rec.1.observe(event);
+        }
+    }
+
+    /// Stops it because the shutdown grace period is over: its end reads `shutdown`.
+    pub fn stop_for_shutdown(&mut self) {
+        self.stopped_for_shutdown = true;
+        self.handle.control().stop();
+    }
+
+    /// Records its end, read from its `exit`: counted, its transcript made, stored (before the
+    /// client hears of it, so the run can be fetched right after).
+    pub async fn finish(&mut self, result: &RunResult) -> Recorded {
+        let outcome = match self.stopped_for_shutdown {
+            true => "shutdown",
+            false => result.outcome.kind(),
+        };
+        self.recorded = true;
+        let books = &self.books;
+        books
+            .metrics
+            .run_finished(outcome, result.duration, result.output_bytes);
+        let transcript = self.recording.take().and_then(|rec| {
+            let (req, log) = *rec;
+            let runtime = books.sandbox.runtime(Some(&result.runtime)).ok()?;
+            Transcript::record(&req, runtime, &log, result)
+                .map_err(|e| tracing::warn!(error = %e, "cannot record the transcript"))
+                .ok()
+        });
+        let record = RunRecord::finished(
+            &self.id,
+            &self.user,
+            self.started,
+            outcome,
+            result,
+            transcript.is_some(),
+        );
+        tracing::info!(run_id = %self.id, outcome, "run ended");
+        books
+            .history
+            .store(record, transcript.as_ref().map(Transcript::to_json))
+            .await;
+        Recorded {
+            outcome,
+            transcript: transcript.map(|_| format!("/v1/runs/{}/transcript", self.id)),
+        }
+    }
+
+    /// Records the end of a run whose `exit` was not read (`why`), and stops it.
+    pub async fn end(&mut self, why: EndedBy) {
+        self.handle.control().stop();
+        if std::mem::replace(&mut self.recorded, true) {
+            return;
+        }
+        let (metrics, record) = self.unread_end(why);
+        metrics.run_finished(
+            why.outcome(),
+            self.started.elapsed().unwrap_or_default(),
+            self.output_bytes,
+        );
+        tracing::info!(run_id = %self.id, outcome = why.outcome(), "run ended");
+        self.books.history.store(record, None).await;
+    }
+
+    fn unread_end(&self, why: EndedBy) -> (Arc<Metrics>, RunRecord) {
+        let runtime = self.handle.runtime();
+        let record = match why {
+            EndedBy::ClientLeft => RunRecord::abandoned(
+                &self.id,
+                &self.user,
+                self.started,
+                self.output_bytes,
+                runtime,
+            ),
+            _ => RunRecord::ended_by_server(
+                &self.id,
+                &self.user,
+                self.started,
+                why.outcome(),
+                self.output_bytes,
+                runtime,
+            ),
+        };
+        (self.books.metrics.clone(), record)
+    }
+}
+
+/// A run dropped before its end was recorded (its client hung up mid-request) is recorded
+/// `stopped`; the write is a task the server's shutdown waits for.
+impl Drop for TrackedRun {
+    fn drop(&mut self) {
+        if self.recorded {
+            return;
+        }
+        let (metrics, record) = self.unread_end(EndedBy::ClientLeft);
+        metrics.run_finished(
+            "stopped",
+            self.started.elapsed().unwrap_or_default(),
+            self.output_bytes,
+        );
+        tracing::info!(run_id = %self.id, outcome = "stopped", "run ended: its client went away");
+        let history = self.books.history.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let task = self.books.tasks.track_future(async move {
+                    history.store(record, None).await;
+                });
+                drop(rt.spawn(task));
+            }
+            Err(_) => {
+                tracing::warn!(run_id = %self.id, "cannot store the end of a run dropped outside the runtime")
+            }
+        }
+    }
+}
