@@ -22,3 +22,9 @@ pub mod python;
 pub mod sci;
 
 pub use plugin::{CallResult, Footprint, GuestCall, GuestSetup, Loaded, Runtime, RuntimeInfo};
+
+/// The `tracing` target of the events that say how preparing a runtime goes: fetching its
+/// artifact, pre-initializing it, compiling it for this machine, a cached file found unusable.
+/// Each is one sentence for people (its message) with its details as fields; the `weir` command
+/// prints them as they come, a server logs them.
+pub const PROGRESS_TARGET: &str = "weir_sandbox::runtime::progress";

@@ -7,6 +7,7 @@
 
 use super::artifact::{self, Files};
 use crate::interrupt::{InterruptSite, ASYNC_EXCEPTION_BIT};
+use crate::runtime::PROGRESS_TARGET;
 use crate::scratch::{GUEST_DIR, SITE_DIR};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -90,7 +91,10 @@ pub fn ensure(cache_dir: &Path, files: &Files) -> anyhow::Result<PathBuf> {
     if path.is_file() {
         return Ok(path);
     }
-    eprintln!("weir: pre-initializing python-sci (numpy, pandas, scipy, scikit-learn, matplotlib); once, a few minutes");
+    tracing::info!(
+        target: PROGRESS_TARGET,
+        "pre-initializing python-sci (numpy, pandas, scipy, scikit-learn, matplotlib); once, a few minutes"
+    );
     let started = std::time::Instant::now();
     let (wasm, site) = snapshot(files)?;
     // The site first: a snapshot on disk has its site beside it, or has none.
@@ -101,10 +105,12 @@ pub fn ensure(cache_dir: &Path, files: &Files) -> anyhow::Result<PathBuf> {
         )?;
     }
     crate::runtime::artifact::write_atomically(&path, &wasm)?;
-    eprintln!(
-        "weir: pre-initialized python-sci in {:.1} s ({} MB)",
-        started.elapsed().as_secs_f64(),
-        wasm.len() >> 20
+    let (seconds, megabytes) = (started.elapsed().as_secs_f64(), wasm.len() >> 20);
+    tracing::info!(
+        target: PROGRESS_TARGET,
+        seconds,
+        megabytes,
+        "pre-initialized python-sci in {seconds:.1} s ({megabytes} MB)"
     );
     Ok(path)
 }
@@ -198,7 +204,13 @@ fn snapshot(files: &Files) -> anyhow::Result<(Vec<u8>, Option<InterruptSite>)> {
         .map_err(|e| anyhow::anyhow!("cannot snapshot python-sci: {e:#}"))?;
     let printed = String::from_utf8_lossy(&output.contents()).into_owned();
     let site = interrupt_site(&mut store, &instance, &printed)
-        .map_err(|why| eprintln!("weir: python-sci runs cannot be interrupted: {why}"))
+        .map_err(|why| {
+            tracing::warn!(
+                target: PROGRESS_TARGET,
+                reason = %why,
+                "python-sci runs cannot be interrupted: {why}"
+            )
+        })
         .ok();
     Ok((wasm, site))
 }
