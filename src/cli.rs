@@ -10,7 +10,7 @@ use weir_sandbox::request::split_env;
 use weir_sandbox::transcript::{OutputLog, Transcript};
 use weir_sandbox::EngineSettings;
 use weir_sandbox::Outcome;
-use weir_sandbox::{Event, StreamKind};
+use weir_sandbox::{Event, RunControl, RunResult, StreamKind};
 use weir_sandbox::{Mount, Program, RunRequest, Sandbox};
 
 /// Arguments of `weir run`.
@@ -219,9 +219,40 @@ impl Figures {
 /// whatever `$WEIR_BACKGROUND_NICE` says: there are no other runs for it to give way to.
 pub async fn run(args: RunArgs, mut settings: EngineSettings) -> anyhow::Result<i32> {
     settings.background_priority = LanePriority::Process;
+    let mut req = run_request(&args)?;
+    let sandbox = Sandbox::load_async(settings).await?;
+    if args.memory.is_none() {
+        runtime_default_memory(&sandbox, &mut req);
+    }
+    let mut handle = match sandbox.start(req.clone()).await {
+        Ok(handle) => handle,
+        // Naming a runtime this weir does not host is a usage error, like a bad flag.
+        Err(e @ weir_sandbox::StartError::UnknownRuntime { .. }) => {
+            eprintln!("weir: {e}");
+            return Ok(2);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let interrupter = forward_ctrl_c(handle.control());
+    let feeder = feed_stdin(handle.control());
+    let mut terminal = Terminal::new(args.script.as_deref(), args.record.is_some());
+    while let Some(event) = handle.next_event().await {
+        terminal.show(event).await;
+    }
+    feeder.abort();
+    interrupter.abort();
+    terminal.flush().await;
+    if let Some(path) = &args.record {
+        terminal.write_transcript(&sandbox, &req, path)?;
+    }
+    Ok(exit_code(terminal.outcome))
+}
+
+/// The run `args` ask for, with the package sites unless it is recorded: a transcript holds
+/// the program and its files, not the packages it imported, so recorded runs import none and
+/// replay anywhere.
+fn run_request(args: &RunArgs) -> anyhow::Result<RunRequest> {
     let mut req = args.request()?;
-    // A transcript holds the program and its files, not the packages it imported: recorded
-    // runs import none, so they replay anywhere.
     if args.record.is_none() {
         req.packages = args
             .packages
@@ -233,41 +264,37 @@ pub async fn run(args: RunArgs, mut settings: EngineSettings) -> anyhow::Result<
             "--record cannot be used with --dir: the transcript would not hold the mounted files"
         );
     }
-    let sandbox = Sandbox::load_async(settings).await?;
-    // The runtime's own default memory limit (python-sci's 1 GiB), unless --memory names one.
-    if args.memory.is_none() {
-        let policy = sandbox
-            .select(&req)
-            .and_then(|r| sandbox.policy(Some(&r.name)));
-        if let Some(bytes) = policy.ok().and_then(|p| p.memory_bytes) {
-            req.limits.memory_bytes = bytes;
-        }
+    Ok(req)
+}
+
+/// Gives a run that names no memory limit its runtime's own default (python-sci's 1 GiB), if
+/// the runtime has one.
+fn runtime_default_memory(sandbox: &Sandbox, req: &mut RunRequest) {
+    let policy = sandbox
+        .select(req)
+        .and_then(|r| sandbox.policy(Some(&r.name)));
+    if let Some(bytes) = policy.ok().and_then(|p| p.memory_bytes) {
+        req.limits.memory_bytes = bytes;
     }
-    let mut handle = match sandbox.start(req.clone()).await {
-        Ok(handle) => handle,
-        // Naming a runtime this weir does not host is a usage error, like a bad flag.
-        Err(e @ weir_sandbox::StartError::UnknownRuntime { .. }) => {
-            eprintln!("weir: {e}");
-            return Ok(2);
-        }
-        Err(e) => return Err(e.into()),
-    };
-    // Ctrl-C interrupts the program as it would `python` (KeyboardInterrupt where it runs); a
-    // second one, or one the runtime cannot deliver, ends the run.
-    let interrupter = {
-        let control = handle.control();
-        tokio::spawn(async move {
-            let mut delivered = false;
-            while tokio::signal::ctrl_c().await.is_ok() {
-                if delivered || !control.interrupt() {
-                    control.stop();
-                }
-                delivered = true;
+}
+
+/// Ctrl-C interrupts the program as it would `python` (KeyboardInterrupt where it runs); a
+/// second one, or one the runtime cannot deliver, ends the run.
+fn forward_ctrl_c(control: RunControl) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut delivered = false;
+        while tokio::signal::ctrl_c().await.is_ok() {
+            if delivered || !control.interrupt() {
+                control.stop();
             }
-        })
-    };
-    let control = handle.control();
-    let feeder = tokio::spawn(async move {
+            delivered = true;
+        }
+    })
+}
+
+/// Copies the terminal's stdin to the run's until either ends, then closes the run's.
+fn feed_stdin(control: RunControl) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         let mut stdin = tokio::io::stdin();
         let mut buf = vec![0u8; 8192];
         loop {
@@ -281,70 +308,117 @@ pub async fn run(args: RunArgs, mut settings: EngineSettings) -> anyhow::Result<
             }
         }
         control.close_stdin();
-    });
-    let mut stdout = tokio::io::stdout();
-    let mut stderr = tokio::io::stderr();
-    let mut outcome = None;
-    let mut log = OutputLog::default();
-    let mut recorded = None;
-    let mut figures = Figures::next_to(args.script.as_deref());
-    while let Some(event) = handle.next_event().await {
-        if args.record.is_some() {
-            recorded = log.observe(&event).or(recorded);
+    })
+}
+
+/// Where `weir run` shows a run: output on the terminal's stdout and stderr, figures saved to
+/// files (`Figures`), the end's message on stderr unless the program exited by itself, and,
+/// when recording, the log its transcript is made from.
+struct Terminal {
+    stdout: tokio::io::Stdout,
+    stderr: tokio::io::Stderr,
+    figures: Figures,
+    record: bool,
+    log: OutputLog,
+    /// The recorded run's result (recording only).
+    recorded: Option<RunResult>,
+    /// How the run ended, once it has.
+    outcome: Option<Outcome>,
+}
+
+impl Terminal {
+    fn new(script: Option<&std::path::Path>, record: bool) -> Self {
+        Terminal {
+            stdout: tokio::io::stdout(),
+            stderr: tokio::io::stderr(),
+            figures: Figures::next_to(script),
+            record,
+            log: OutputLog::default(),
+            recorded: None,
+            outcome: None,
+        }
+    }
+
+    /// Shows one event of the run.
+    async fn show(&mut self, event: Event) {
+        if self.record {
+            self.recorded = self.log.observe(&event).or(self.recorded.take());
         }
         match event {
-            Event::Output { stream, data } => {
-                let sink: &mut (dyn tokio::io::AsyncWrite + Unpin + Send) = match stream {
-                    StreamKind::Stdout => &mut stdout,
-                    StreamKind::Stderr => &mut stderr,
-                };
-                // A closed terminal pipe just discards the rest, as a killed reader would.
-                let _ = sink.write_all(&data).await;
-                let _ = sink.flush().await;
-            }
+            Event::Output { stream, data } => self.write_output(stream, &data).await,
             Event::State(_) | Event::Cell(_) => {}
-            Event::Display(image) => {
-                let note = match figures.save(&image) {
-                    Ok(path) => format!(
-                        "weir: figure {}x{} saved to {}\n",
-                        image.width,
-                        image.height,
-                        path.display()
-                    ),
-                    Err(e) => format!("weir: cannot save a figure: {e}\n"),
-                };
-                let _ = stdout.flush().await;
-                let _ = stderr.write_all(note.as_bytes()).await;
-            }
+            Event::Display(image) => self.save_figure(&image).await,
             Event::Exit(result) => {
                 if !matches!(
                     result.outcome,
                     Outcome::Exited { .. } | Outcome::Error { .. }
                 ) {
-                    let _ = stderr
+                    let _ = self
+                        .stderr
                         .write_all(format!("weir: {}\n", result.message).as_bytes())
                         .await;
                 }
-                outcome = Some(result.outcome);
+                self.outcome = Some(result.outcome);
             }
         }
     }
-    feeder.abort();
-    interrupter.abort();
-    let _ = stdout.flush().await;
-    let _ = stderr.flush().await;
-    if let (Some(path), Some(result)) = (&args.record, recorded) {
-        let runtime = sandbox.runtime(Some(&result.runtime))?;
-        let transcript = Transcript::record(&req, runtime, &log, &result)?;
-        std::fs::write(path, transcript.to_json())
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+
+    /// Writes output to the stream it came on, at once.
+    async fn write_output(&mut self, stream: StreamKind, data: &[u8]) {
+        let sink: &mut (dyn tokio::io::AsyncWrite + Unpin + Send) = match stream {
+            StreamKind::Stdout => &mut self.stdout,
+            StreamKind::Stderr => &mut self.stderr,
+        };
+        // A closed terminal pipe just discards the rest, as a killed reader would.
+        let _ = sink.write_all(data).await;
+        let _ = sink.flush().await;
     }
-    Ok(match outcome {
+
+    /// Saves an image the program showed and says where on stderr.
+    async fn save_figure(&mut self, image: &weir_sandbox::event::Display) {
+        let note = match self.figures.save(image) {
+            Ok(path) => format!(
+                "weir: figure {}x{} saved to {}\n",
+                image.width,
+                image.height,
+                path.display()
+            ),
+            Err(e) => format!("weir: cannot save a figure: {e}\n"),
+        };
+        let _ = self.stdout.flush().await;
+        let _ = self.stderr.write_all(note.as_bytes()).await;
+    }
+
+    async fn flush(&mut self) {
+        let _ = self.stdout.flush().await;
+        let _ = self.stderr.flush().await;
+    }
+
+    /// Writes the run's transcript of `req` to `path`, if the run ended with a result.
+    fn write_transcript(
+        &self,
+        sandbox: &Sandbox,
+        req: &RunRequest,
+        path: &std::path::Path,
+    ) -> anyhow::Result<()> {
+        let Some(result) = &self.recorded else {
+            return Ok(());
+        };
+        let runtime = sandbox.runtime(Some(&result.runtime))?;
+        let transcript = Transcript::record(req, runtime, &self.log, result)?;
+        std::fs::write(path, transcript.to_json())
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+    }
+}
+
+/// The exit code of a run that ended with `outcome` (70 when it never ended).
+fn exit_code(outcome: Option<Outcome>) -> i32 {
+    match outcome {
         // As `python` does after an uncaught KeyboardInterrupt: the status of death by SIGINT.
         Some(Outcome::Error { exception, .. }) if exception == "KeyboardInterrupt" => 130,
         Some(o) => o.exit_code(),
         None => 70,
-    })
+    }
 }
 
 /// `weir packages add` (with `specs`) or `weir packages list` (without) for `runtime`'s site

@@ -3,6 +3,8 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 mod cli;
+mod logging;
+mod replay;
 
 use cli::RunArgs;
 use weir_sandbox::EngineSettings;
@@ -158,26 +160,12 @@ enum PackagesAction {
     List,
 }
 
-/// Logs go to stderr; `WEIR_LOG` sets the filter (default: info for the server, warn otherwise).
-fn init_logging(json: bool, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 async fn dispatch(command: Command, settings: EngineSettings) -> anyhow::Result<i32> {
     match command {
         Command::Run(args) => cli::run(*args, settings).await,
         Command::Serve(args) => {
             let config = args.config()?;
-            init_logging(config.log_json, "info");
+            logging::server(config.log_json);
             let listening = |addr| {
                 eprintln!("weir: listening on http://{addr} (WebSocket at /ws)");
             };
@@ -193,7 +181,7 @@ async fn dispatch(command: Command, settings: EngineSettings) -> anyhow::Result<
         }
         Command::Replay { update, files } => {
             let sandbox = weir_sandbox::Sandbox::load_async(settings).await?;
-            Ok(weir_sandbox::replay::run(&sandbox, &files, update).await)
+            Ok(replay::run(&sandbox, &files, update).await)
         }
         Command::Mcp(args) => {
             // stdout carries the protocol; logs go to stderr, as for every command.
@@ -240,7 +228,7 @@ fn action_specs(action: PackagesAction) -> Option<Vec<String>> {
 fn main() {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve(_)) {
-        init_logging(false, "warn"); // `serve` starts logging once its config is read
+        logging::command(); // `serve` starts logging once its config is read
     }
     if let Some(dir) = &cli.cache_dir {
         std::env::set_var("WEIR_CACHE_DIR", dir);

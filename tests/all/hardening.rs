@@ -334,9 +334,10 @@ async fn a_rebound_host_name_is_refused_without_a_secret() {
     let path = format!("/v1/runs/{}", r.json()["run_id"].as_str().unwrap());
     let read = request_with(server.addr, "GET", &evil, &[], &path, b"").await;
     assert_eq!(read.status, 421, "{}", read.body);
+    // Every refused request is counted: the run, the upgrade and the history read.
     let (_, metrics) = http_get(&server, "/metrics").await;
     assert!(
-        metrics.contains("weir_connections_rejected_total{reason=\"host\"} 2"),
+        metrics.contains("weir_connections_rejected_total{reason=\"host\"} 3"),
         "{metrics}"
     );
 }

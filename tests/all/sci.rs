@@ -393,7 +393,7 @@ async fn a_python_sci_run_gets_a_gigabyte_unless_it_asks_for_less() {
     let body = post_json(&server, "/v1/runs", &limited).await.json();
     assert_eq!(body["outcome"], "memory_limit", "{body}");
     server.shutdown().await;
-    let configured = server(|c| {
+    let configured = crate::ws::server(|c| {
         c.runtimes.insert(
             "sci".into(),
             weir_service::config::RuntimeSettings {

@@ -1,11 +1,12 @@
 //! Replay: run a transcript's program again and compare what it produces, byte for byte, with
-//! what was recorded (`weir replay`).
+//! what was recorded (`weir replay`). [`replay_file`] gives one transcript's [`Verdict`]; how
+//! verdicts are shown is the caller's.
 
 use crate::event::{Event, RunState, StreamKind};
 use crate::sandbox::Sandbox;
 use crate::transcript::{ended_from_outside, Expected, OutputLog, Transcript, TranscriptError};
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Why a replay could not produce a result.
 #[derive(Debug, thiserror::Error)]
@@ -160,36 +161,4 @@ fn write_updated(sandbox: &Sandbox, path: &Path, mut t: Transcript, actual: Expe
         Ok(()) => Verdict::Updated,
         Err(e) => Verdict::Failed(format!("cannot write {}: {e}", path.display())),
     }
-}
-
-/// `weir replay FILE…`: prints one line per file (and a diff per mismatch); returns the exit
-/// code: 0 when every file matched (or was updated), 1 otherwise.
-pub async fn run(sandbox: &Sandbox, files: &[PathBuf], update: bool) -> i32 {
-    let (mut ok, mut bad) = (0, 0);
-    for path in files {
-        let shown = path.display();
-        match replay_file(sandbox, path, update).await {
-            Verdict::Match => {
-                ok += 1;
-                println!("ok       {shown}");
-            }
-            Verdict::Updated => {
-                ok += 1;
-                println!("updated  {shown}");
-            }
-            Verdict::Mismatch(diff) => {
-                bad += 1;
-                println!("MISMATCH {shown}");
-                for line in diff.lines() {
-                    println!("    {line}");
-                }
-            }
-            Verdict::Failed(reason) => {
-                bad += 1;
-                println!("FAILED   {shown}: {reason}");
-            }
-        }
-    }
-    println!("{ok} passed, {bad} failed");
-    i32::from(bad > 0)
 }

@@ -441,33 +441,15 @@ impl Driver {
         drain(&pipes, &events).await;
         // What is left (freeing the instance, the exit) is background work unless stopped.
         foreground.follow_class().await;
-        let mut files = Returned::default();
-        let mut budget_hit = false;
-        let outcome = match finished {
-            Ok((result, store)) => {
-                let outcome = classify(result, &store, &*variant.runtime);
-                budget_hit = store.data().limiter.budget_hit();
-                // Read before the store goes: its scratch directory is emptied with it.
-                files = crate::files::collect(&scratch_path, &return_files, limits.output_bytes);
-                // Freeing resets the instance's memory slot, a background run's largest step:
-                // it waits for foreground runs first, as its guest did at every epoch tick.
-                foreground.priority.give_way().await;
-                // Free the instance before reporting, so a caller that sees `Exit` sees it gone.
-                drop(store);
-                outcome
-            }
-            Err(outcome) => outcome,
+        let returns = Returns {
+            scratch_path: &scratch_path,
+            patterns: &return_files,
+            max_bytes: limits.output_bytes,
         };
-        let message = match outcome {
-            Outcome::MemoryLimit if budget_hit => {
-                "Script's memory could not grow: the host's memory budget for all runs is spent"
-                    .to_string()
-            }
-            _ => outcome.message(&limits),
-        };
+        let settled = settle(finished, &*variant.runtime, &foreground.priority, returns).await;
         let result = RunResult {
-            message,
-            outcome,
+            message: exit_message(&settled.outcome, settled.budget_hit, &limits),
+            outcome: settled.outcome,
             duration: started.elapsed(),
             output_truncated: pipes.truncated(),
             output_bytes: pipes.written(),
@@ -475,7 +457,7 @@ impl Driver {
             peak_memory: peak,
             input_read: stdin.read_log(),
             runtime: variant.runtime.info().name.clone(),
-            files,
+            files: settled.files,
         };
         tracing::info!(
             outcome = result.outcome.kind(),
@@ -486,10 +468,70 @@ impl Driver {
     }
 }
 
+/// Where the files a run returns are found, and how many bytes of them it may return.
+struct Returns<'a> {
+    scratch_path: &'a Path,
+    patterns: &'a [glob::Pattern],
+    max_bytes: u64,
+}
+
+/// How a run ended, read from its store before the store is freed.
+struct Settled {
+    outcome: Outcome,
+    /// The guest's memory could not grow because the host's memory budget was spent.
+    budget_hit: bool,
+    /// The files the run returns (none unless the program ended by itself).
+    files: Returned,
+}
+
+/// Reads how the guest's call ended and the files it returns, then frees its store (after
+/// giving way to foreground runs), so a caller that sees `Exit` sees the instance gone.
+async fn settle(
+    finished: Finished,
+    runtime: &dyn Runtime,
+    priority: &Priority,
+    returns: Returns<'_>,
+) -> Settled {
+    let (result, store) = match finished {
+        Ok(done) => done,
+        Err(outcome) => {
+            return Settled {
+                outcome,
+                budget_hit: false,
+                files: Returned::default(),
+            }
+        }
+    };
+    let outcome = classify(result, &store, runtime);
+    let budget_hit = store.data().limiter.budget_hit();
+    // Read before the store goes: its scratch directory is emptied with it.
+    let files = crate::files::collect(returns.scratch_path, returns.patterns, returns.max_bytes);
+    // Freeing resets the instance's memory slot, a background run's largest step: it waits for
+    // foreground runs first, as its guest did at every epoch tick.
+    priority.give_way().await;
+    drop(store);
+    Settled {
+        outcome,
+        budget_hit,
+        files,
+    }
+}
+
+/// The result's message: a memory limit hit because the host's budget was spent says so.
+fn exit_message(outcome: &Outcome, budget_hit: bool, limits: &Limits) -> String {
+    match outcome {
+        Outcome::MemoryLimit if budget_hit => {
+            "Script's memory could not grow: the host's memory budget for all runs is spent"
+                .to_string()
+        }
+        _ => outcome.message(limits),
+    }
+}
+
 /// What the guest's call ended with: its result and its store, or why it was ended.
 type Finished = Result<(CallResult, Store<GuestState>), Outcome>;
 
-/// What [`supervise`] watches besides the guest.
+/// What [`Watch::supervise`] watches besides the guest.
 struct Watch<'a> {
     desired: &'a mut watch::Receiver<Desired>,
     status: &'a mut watch::Receiver<GuestStatus>,
@@ -538,21 +580,63 @@ impl Watch<'_> {
         (finished, None, peak.load(Ordering::Relaxed))
     }
 
+    /// Polls the guest until it finishes (`Ok`) or the run must end for another reason (`Err`).
     async fn supervise<O>(
         &mut self,
         call: &mut std::pin::Pin<&mut (impl std::future::Future<Output = O> + ?Sized)>,
         upkeep: Upkeep<'_>,
     ) -> Result<O, Outcome> {
-        supervise(
-            call,
-            self.desired,
-            self.status,
-            self.events,
-            self.output,
-            upkeep,
-            self.limits,
-        )
-        .await
+        let Upkeep { disk, foreground } = upkeep;
+        let mut disk_check = disk_checks();
+        let mut clock = StateClock::new(self.limits);
+        loop {
+            foreground.follow_class().await;
+            let want = *self.desired.borrow_and_update();
+            let guest = *self.status.borrow_and_update();
+            if want == Desired::Stop {
+                return Err(Outcome::Stopped);
+            }
+            let state = run_state(want, guest);
+            clock.see_waits(state, guest.waits, self).await;
+            clock.see_state(state, foreground, self).await;
+            let on_expiry = if state == RunState::Running {
+                Outcome::Timeout
+            } else {
+                Outcome::Idle
+            };
+            let (events, output) = (self.events, self.output);
+            let wake = tokio::select! {
+                biased;
+                changed = self.desired.changed() => if changed.is_ok() { Wake::Changed } else { Wake::Stop },
+                _ = self.status.changed() => Wake::Changed,
+                _ = tokio::time::sleep_until(clock.deadline) => Wake::Expired(on_expiry),
+                permit = events.reserve(), if output.has_queued() => {
+                    if let (Ok(permit), Some(chunk)) = (permit, output.pop()) {
+                        permit.send(chunk);
+                    }
+                    Wake::Changed
+                }
+                _ = output.data_queued(), if !output.has_queued() => Wake::Changed,
+                _ = foreground.lapsed() => {
+                    foreground.end();
+                    Wake::Changed
+                }
+                _ = disk_check.tick() => {
+                    if disk.full() {
+                        Wake::Expired(Outcome::DiskLimit)
+                    } else {
+                        Wake::Changed
+                    }
+                }
+                result = call.as_mut(), if state != RunState::Paused => Wake::Finished(result),
+            };
+            match wake {
+                Wake::Finished(result) => return Ok(result),
+                Wake::Expired(outcome) => return Err(outcome),
+                Wake::Stop => return Err(Outcome::Stopped),
+                Wake::Changed => {}
+            }
+        }
     }
 }
 
@@ -587,110 +671,93 @@ impl Disk<'_> {
     }
 }
 
-/// Polls the guest until it finishes (`Ok`) or the run must end for another reason (`Err`).
-async fn supervise<O>(
-    call: &mut std::pin::Pin<&mut (impl std::future::Future<Output = O> + ?Sized)>,
-    desired: &mut watch::Receiver<Desired>,
-    status: &mut watch::Receiver<GuestStatus>,
-    events: &mpsc::Sender<Event>,
-    output: &OutputQueue,
-    upkeep: Upkeep<'_>,
-    limits: &Limits,
-) -> Result<O, Outcome> {
-    let Upkeep { disk, foreground } = upkeep;
-    let mut wall_left = limits.wall();
-    // The first check comes one period in, not before the guest has even started.
-    let mut disk_check =
-        tokio::time::interval_at(tokio::time::Instant::now() + DISK_CHECK, DISK_CHECK);
-    disk_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut shown: Option<RunState> = None;
-    let mut seen_waits = 0;
-    // When the current state's clock runs out: wall time while running, idle time otherwise.
-    let mut deadline = tokio::time::Instant::now();
-    loop {
-        foreground.follow_class().await;
-        let want = *desired.borrow_and_update();
-        let guest = *status.borrow_and_update();
-        if want == Desired::Stop {
-            return Err(Outcome::Stopped);
+/// The disk checks of a run: the first comes one period in, not before the guest has even
+/// started.
+fn disk_checks() -> tokio::time::Interval {
+    let mut checks = tokio::time::interval_at(tokio::time::Instant::now() + DISK_CHECK, DISK_CHECK);
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    checks
+}
+
+/// The state a run is in, from what the caller wants and what the guest does.
+fn run_state(want: Desired, guest: GuestStatus) -> RunState {
+    match (want, guest) {
+        (Desired::Pause, _) => RunState::Paused,
+        (_, g) if g.waiting_input && g.in_repl => RunState::Repl,
+        (_, g) if g.waiting_input => RunState::WaitingInput,
+        _ => RunState::Running,
+    }
+}
+
+/// The state the caller last saw and its clock: wall time counts only while the guest runs,
+/// idle time while it waits for input or is paused.
+struct StateClock {
+    /// The state last reported.
+    shown: Option<RunState>,
+    /// How many waits for input the guest had started at the last look.
+    seen_waits: u64,
+    /// The wall time left when the run last stopped running (all of it before it first runs).
+    wall_left: Duration,
+    /// When the current state's clock runs out: wall time while running, idle time otherwise.
+    deadline: tokio::time::Instant,
+}
+
+impl StateClock {
+    fn new(limits: &Limits) -> Self {
+        StateClock {
+            shown: None,
+            seen_waits: 0,
+            wall_left: limits.wall(),
+            deadline: tokio::time::Instant::now(),
         }
-        let state = match (want, guest) {
-            (Desired::Pause, _) => RunState::Paused,
-            (_, g) if g.waiting_input && g.in_repl => RunState::Repl,
-            (_, g) if g.waiting_input => RunState::WaitingInput,
-            _ => RunState::Running,
-        };
-        if guest.waits != seen_waits {
-            seen_waits = guest.waits;
-            if shown == Some(state) && matches!(state, RunState::WaitingInput | RunState::Repl) {
-                // The guest got input, ran and waits again, all between two looks: report it.
-                if state == RunState::Repl {
-                    wall_left = limits.wall();
-                }
-                drain(output, events).await;
-                let _ = events.send(Event::State(RunState::Running)).await;
-                let _ = events.send(Event::State(state)).await;
-                deadline = tokio::time::Instant::now() + limits.idle();
-            }
+    }
+
+    /// Reports a wait the guest began anew while the caller saw it waiting all along: it got
+    /// input, ran and waits again, all between two looks. The caller sees it run and wait again;
+    /// the idle clock starts afresh (and a REPL's next statement gets its full wall time).
+    async fn see_waits(&mut self, state: RunState, waits: u64, watch: &Watch<'_>) {
+        if waits == self.seen_waits {
+            return;
         }
-        if shown != Some(state) {
-            let now = tokio::time::Instant::now();
-            if shown == Some(RunState::Running) {
-                wall_left = deadline.saturating_duration_since(now);
+        self.seen_waits = waits;
+        if self.shown == Some(state) && matches!(state, RunState::WaitingInput | RunState::Repl) {
+            if state == RunState::Repl {
+                self.wall_left = watch.limits.wall();
             }
-            if shown == Some(RunState::Repl) && state == RunState::Running {
-                wall_left = limits.wall(); // each REPL statement gets the full time limit
-                foreground.renew(); // and starts in the foreground
-            }
-            if state != RunState::Running {
-                foreground.end(); // waiting or paused: background until the next statement
-            }
-            deadline = now
-                + if state == RunState::Running {
-                    wall_left
-                } else {
-                    limits.idle()
-                };
-            drain(output, events).await; // output printed before the change comes first
-            let _ = events.send(Event::State(state)).await;
-            shown = Some(state);
+            drain(watch.output, watch.events).await;
+            let _ = watch.events.send(Event::State(RunState::Running)).await;
+            let _ = watch.events.send(Event::State(state)).await;
+            self.deadline = tokio::time::Instant::now() + watch.limits.idle();
         }
-        let on_expiry = if state == RunState::Running {
-            Outcome::Timeout
-        } else {
-            Outcome::Idle
-        };
-        let wake = tokio::select! {
-            biased;
-            changed = desired.changed() => if changed.is_ok() { Wake::Changed } else { Wake::Stop },
-            _ = status.changed() => Wake::Changed,
-            _ = tokio::time::sleep_until(deadline) => Wake::Expired(on_expiry),
-            permit = events.reserve(), if output.has_queued() => {
-                if let (Ok(permit), Some(chunk)) = (permit, output.pop()) {
-                    permit.send(chunk);
-                }
-                Wake::Changed
-            }
-            _ = output.data_queued(), if !output.has_queued() => Wake::Changed,
-            _ = foreground.lapsed() => {
-                foreground.end();
-                Wake::Changed
-            }
-            _ = disk_check.tick() => {
-                if disk.full() {
-                    Wake::Expired(Outcome::DiskLimit)
-                } else {
-                    Wake::Changed
-                }
-            }
-            result = call.as_mut(), if state != RunState::Paused => Wake::Finished(result),
-        };
-        match wake {
-            Wake::Finished(result) => return Ok(result),
-            Wake::Expired(outcome) => return Err(outcome),
-            Wake::Stop => return Err(Outcome::Stopped),
-            Wake::Changed => {}
+    }
+
+    /// Reports a change of state (after the output printed before it) and switches clocks:
+    /// running keeps the wall time left, each REPL statement gets it whole and starts in the
+    /// foreground, and waiting or paused runs on the idle clock in the background.
+    async fn see_state(&mut self, state: RunState, foreground: &mut Foreground, watch: &Watch<'_>) {
+        if self.shown == Some(state) {
+            return;
         }
+        let now = tokio::time::Instant::now();
+        if self.shown == Some(RunState::Running) {
+            self.wall_left = self.deadline.saturating_duration_since(now);
+        }
+        if self.shown == Some(RunState::Repl) && state == RunState::Running {
+            self.wall_left = watch.limits.wall(); // each REPL statement gets the full time limit
+            foreground.renew(); // and starts in the foreground
+        }
+        if state != RunState::Running {
+            foreground.end(); // waiting or paused: background until the next statement
+        }
+        self.deadline = now
+            + if state == RunState::Running {
+                self.wall_left
+            } else {
+                watch.limits.idle()
+            };
+        drain(watch.output, watch.events).await; // output printed before the change comes first
+        let _ = watch.events.send(Event::State(state)).await;
+        self.shown = Some(state);
     }
 }
 

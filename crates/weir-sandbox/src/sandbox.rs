@@ -8,11 +8,11 @@ use crate::background::BackgroundLane;
 use crate::compile_cache::{CachePut, CacheSlot, CompileCache, Key};
 use crate::determinism::{GuestClock, VirtualClock};
 use crate::engine::EngineSettings;
-use crate::event::{RunId, StreamKind};
+use crate::event::{Event, RunId, StreamKind};
 use crate::interrupt::Interrupter;
-use crate::launch::{CellInbox, HostState, Launch};
+use crate::launch::{Cell, CellInbox, HostState, Launch};
 use crate::limits::{LimitError, Limits, MemoryBudget, MemoryLimiter};
-use crate::pipes::{GuestStatus, GuestStdin, OutputQueue, StdinMode};
+use crate::pipes::{GuestStatus, GuestStdin, OutputQueue, StdinMode, StdinSender};
 use crate::priority::{CpuGate, Priority};
 use crate::request::{Program, RunRequest};
 use crate::run::{self, Foreground, RunHandle};
@@ -20,10 +20,10 @@ use crate::runtime::{python::CPython, GuestSetup, Policy, Runtime, RuntimeInfo};
 use crate::scratch::{Scratch, ScratchDirs, ScratchError};
 use crate::store::{GuestState, Parts};
 use crate::variant::EngineVariant;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, WasiCtx};
 
@@ -401,6 +401,78 @@ impl Sandbox {
     /// Starts a run in a fresh store. The returned handle owns the run: dropping it stops the
     /// run and frees everything it holds.
     pub async fn start(&self, req: RunRequest) -> Result<RunHandle, StartError> {
+        let limits = self.admissible_limits(&req)?;
+        let return_files = crate::files::patterns(&req.return_files)?;
+        let runtime = req.runtime.clone().or_else(|| self.auto_runtime(&req));
+        let variant = self.variant(runtime.as_deref(), &limits).await?;
+        let slot = self.take_slot()?;
+        let io = self.run_io(&req, &limits);
+        let scratch = Arc::new(Scratch::create(
+            &self.inner.scratch_dirs,
+            &req,
+            limits.scratch_bytes,
+        )?);
+        let unlinked = Arc::new(AtomicU64::new(0));
+        let site = self.site(&req, &variant);
+        let setup = variant.instantiator.guest.setup();
+        refuse_mounts(&req, setup, &variant)?;
+        let wasi = wasi_context(&req, setup, &scratch, &io.pipes, &io.stdin, site.as_deref())?;
+        let (host, cells) = self.host_state(&req, &limits, &variant, &io, site.is_some());
+        let RunIo {
+            events: (events_tx, events_rx),
+            stdin_tx,
+            status: (status_tx, status_rx),
+            interrupter,
+            stdin,
+            priority,
+            foreground,
+            pipes,
+        } = io;
+        let state = GuestState::new(Parts {
+            wasi,
+            limiter: MemoryLimiter::new(limits.memory_bytes).with_budget(self.inner.memory.clone()),
+            host,
+            status: status_tx,
+            clock: guest_clock(&req, &limits),
+            priority,
+            interrupter: interrupter.clone(),
+            slot,
+            scratch: scratch.clone(),
+            unlinked: unlinked.clone(),
+        });
+        let start = self.enter(&variant, state, &limits);
+        let id = RunId::new();
+        let span = tracing::info_span!("run", run_id = %id);
+        tracing::debug!(parent: &span, ?limits, seed = ?req.deterministic, "run starting");
+        Ok(run::spawn(
+            run::Driver {
+                id,
+                start,
+                variant,
+                limits,
+                events: events_tx,
+                stdin_open: stdin_tx.clone(),
+                status: status_rx,
+                pipes,
+                stdin,
+                scratch_path: scratch.path().to_path_buf(),
+                scratch: Arc::downgrade(&scratch),
+                unlinked,
+                foreground,
+                lane: self.inner.lane.clone(),
+                span,
+                interrupter,
+                cells,
+                return_files,
+            },
+            events_rx,
+            stdin_tx,
+        ))
+    }
+
+    /// The limits `req` runs with, once they are valid, its environment can be given to the
+    /// guest and the host's memory budget left covers its memory limit.
+    fn admissible_limits(&self, req: &RunRequest) -> Result<Limits, StartError> {
         let limits = req.effective_limits();
         limits.validate()?;
         if let Some((name, _)) = req.env.iter().find(|(k, v)| !valid_env(k, v)) {
@@ -414,15 +486,21 @@ impl Sandbox {
                 });
             }
         }
-        let return_files = crate::files::patterns(&req.return_files)?;
-        let runtime = req.runtime.clone().or_else(|| self.auto_runtime(&req));
-        let variant = self.variant(runtime.as_deref(), &limits).await?;
-        let slot = self
-            .inner
+        Ok(limits)
+    }
+
+    /// One of the sandbox's instance slots, held by the run's store until it is dropped.
+    fn take_slot(&self) -> Result<OwnedSemaphorePermit, StartError> {
+        self.inner
             .slots
             .clone()
             .try_acquire_owned()
-            .map_err(|_| StartError::AtCapacity(self.inner.settings.max_instances))?;
+            .map_err(|_| StartError::AtCapacity(self.inner.settings.max_instances))
+    }
+
+    /// A run's channels, stdio and CPU class: its stdin holds `req`'s input (closed after it
+    /// when asked), its output is capped by `limits`, and it starts in the foreground.
+    fn run_io(&self, req: &RunRequest, limits: &Limits) -> RunIo {
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
         let (stdin_tx, stdin_rx) = crate::pipes::stdin_channel(STDIN_QUEUE);
         let (status_tx, status_rx) = watch::channel(GuestStatus::default());
@@ -456,71 +534,67 @@ impl Sandbox {
             limits.line_bytes,
             priority.clone(),
         );
-        let scratch = Arc::new(Scratch::create(
-            &self.inner.scratch_dirs,
-            &req,
-            limits.scratch_bytes,
-        )?);
-        let scratch_path = scratch.path().to_path_buf();
-        let unlinked = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let site = req
-            .packages
+        RunIo {
+            events: (events_tx, events_rx),
+            stdin_tx,
+            status: (status_tx, status_rx),
+            interrupter,
+            stdin,
+            priority,
+            foreground,
+            pipes,
+        }
+    }
+
+    /// The package site a run of `variant` imports from: the request's package root (else the
+    /// sandbox's) has one for the runtime.
+    fn site(&self, req: &RunRequest, variant: &EngineVariant) -> Option<PathBuf> {
+        req.packages
             .as_ref()
             .or(self.inner.settings.packages.as_ref())
             .map(|root| root.join(&variant.runtime.info().name))
-            .filter(|dir| dir.is_dir());
+            .filter(|dir| dir.is_dir())
+    }
+
+    /// What the guest's host functions hold for this run: its launch (argv, environment,
+    /// working directory, site), where images go and, for a session, the cells' inbox. Also
+    /// returns the callers' end of that inbox.
+    fn host_state(
+        &self,
+        req: &RunRequest,
+        limits: &Limits,
+        variant: &EngineVariant,
+        io: &RunIo,
+        has_site: bool,
+    ) -> (HostState, Option<mpsc::Sender<Cell>>) {
         let setup = variant.instantiator.guest.setup();
-        if let Some(m) = req
-            .mounts
-            .iter()
-            .find(|m| setup.site_placeholder.is_some() && m.guest != SITE_DIR)
-        {
-            return Err(StartError::Mount {
-                path: m.host.display().to_string(),
-                reason: format!(
-                    "the {} runtime cannot mount directories; pass files instead",
-                    variant.runtime.info().name
-                ),
-            });
-        }
-        let wasi = wasi_context(&req, setup, &scratch, &pipes, &stdin, site.as_deref())?;
-        let mut host = self.launch(&req, &limits, &variant.runtime.info().name);
-        host.launch.args = argv(&req);
-        host.launch.env = environment(&req, setup);
+        let mut host = self.launch(req, limits, &variant.runtime.info().name);
+        host.launch.args = argv(req);
+        host.launch.env = environment(req, setup);
         host.launch.cwd = GUEST_DIR.to_string();
-        host.output = Some(crate::launch::DisplayOutput(pipes.clone()));
-        if site.is_some() {
+        host.output = Some(crate::launch::DisplayOutput(io.pipes.clone()));
+        if has_site {
             host.launch.path = vec![SITE_DIR.to_string()];
         }
-        let mut cells_tx = None;
-        if req.cells {
-            let (tx, rx) = mpsc::channel(1);
-            cells_tx = Some(tx);
-            host.launch.repl = false;
-            host.launch.cells = true;
-            host.cells = Some(CellInbox {
-                cells: rx,
-                stdin: stdin.clone(),
-                output: pipes.clone(),
-                // A deterministic run's virtual clock is its fuel: it is not refilled.
-                fuel: limits.cpu_fuel.filter(|_| req.deterministic.is_none()),
-            });
+        if !req.cells {
+            return (host, None);
         }
-        let mut state = GuestState::new(Parts {
-            wasi,
-            limiter: MemoryLimiter::new(limits.memory_bytes).with_budget(self.inner.memory.clone()),
-            host,
-            status: status_tx,
-            clock: match (req.deterministic, limits.cpu_fuel) {
-                (Some(_), Some(fuel)) => GuestClock::Virtual(VirtualClock::new(fuel)),
-                _ => GuestClock::Real,
-            },
-            priority,
-            interrupter: interrupter.clone(),
-            slot,
-            scratch: scratch.clone(),
-            unlinked: unlinked.clone(),
+        let (tx, rx) = mpsc::channel(1);
+        host.launch.repl = false;
+        host.launch.cells = true;
+        host.cells = Some(CellInbox {
+            cells: rx,
+            stdin: io.stdin.clone(),
+            output: io.pipes.clone(),
+            // A deterministic run's virtual clock is its fuel: it is not refilled.
+            fuel: limits.cpu_fuel.filter(|_| req.deterministic.is_none()),
         });
+        (host, Some(tx))
+    }
+
+    /// How the run's guest starts: a warm instance handed `state` when the pool has one the
+    /// memory limit allows, else a fresh store. Counted in [`Sandbox::instance_starts`].
+    fn enter(&self, variant: &EngineVariant, mut state: GuestState, limits: &Limits) -> run::Start {
         let start = match variant.warm.take() {
             // A warm guest already holds its initial memory: usable when the limit allows it.
             Some(warm) if warm.memory as u64 <= limits.memory_bytes => {
@@ -528,43 +602,62 @@ impl Sandbox {
                 let peak = state.limiter.peak_handle();
                 match warm.assign(Box::new(state)) {
                     Ok(call) => run::Start::Entered { call, peak },
-                    Err(state) => fresh(&variant, *state, &limits),
+                    Err(state) => fresh(variant, *state, limits),
                 }
             }
-            _ => fresh(&variant, state, &limits),
+            _ => fresh(variant, state, limits),
         };
         let counter = match start {
             run::Start::Entered { .. } => &self.inner.starts.warm,
             run::Start::Fresh(_) => &self.inner.starts.fresh,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        let id = RunId::new();
-        let span = tracing::info_span!("run", run_id = %id);
-        tracing::debug!(parent: &span, ?limits, seed = ?req.deterministic, "run starting");
-        Ok(run::spawn(
-            run::Driver {
-                id,
-                start,
-                variant,
-                limits,
-                events: events_tx,
-                stdin_open: stdin_tx.clone(),
-                status: status_rx,
-                pipes,
-                stdin,
-                scratch_path,
-                scratch: Arc::downgrade(&scratch),
-                unlinked,
-                foreground,
-                lane: self.inner.lane.clone(),
-                span,
-                interrupter,
-                cells: cells_tx,
-                return_files,
-            },
-            events_rx,
-            stdin_tx,
-        ))
+        start
+    }
+}
+
+/// What a run is given before its store exists: its channels, its stdio and its CPU class.
+struct RunIo {
+    /// The run's events: the guest's side, and the caller's.
+    events: (mpsc::Sender<Event>, mpsc::Receiver<Event>),
+    stdin_tx: StdinSender,
+    /// The guest's status: the store's side, and the driver's.
+    status: (watch::Sender<GuestStatus>, watch::Receiver<GuestStatus>),
+    interrupter: Arc<Interrupter>,
+    stdin: GuestStdin,
+    priority: Priority,
+    foreground: Foreground,
+    pipes: Arc<OutputQueue>,
+}
+
+/// Refuses host directories the runtime cannot mount: a guest with a fixed layout takes only a
+/// site mount.
+fn refuse_mounts(
+    req: &RunRequest,
+    setup: &GuestSetup,
+    variant: &EngineVariant,
+) -> Result<(), StartError> {
+    let Some(m) = req
+        .mounts
+        .iter()
+        .find(|m| setup.site_placeholder.is_some() && m.guest != SITE_DIR)
+    else {
+        return Ok(());
+    };
+    Err(StartError::Mount {
+        path: m.host.display().to_string(),
+        reason: format!(
+            "the {} runtime cannot mount directories; pass files instead",
+            variant.runtime.info().name
+        ),
+    })
+}
+
+/// The guest's clocks: virtual, driven by its fuel, for a deterministic metered run; else real.
+fn guest_clock(req: &RunRequest, limits: &Limits) -> GuestClock {
+    match (req.deterministic, limits.cpu_fuel) {
+        (Some(_), Some(fuel)) => GuestClock::Virtual(VirtualClock::new(fuel)),
+        _ => GuestClock::Real,
     }
 }
 

@@ -1,6 +1,7 @@
 //! A runtime's compiled artifact, cached on disk: compiled once per machine, engine settings and
 //! wasmtime version, then loaded with mmap (which also lets the pooling allocator map its memory
 //! image copy-on-write). One process compiles; others wait on a file lock and then load the file.
+//! Compiling is reported as it goes by events with the target [`PROGRESS_TARGET`].
 
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
@@ -8,6 +9,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use wasmtime::Engine;
+
+/// The `tracing` target of the events that say how preparing a runtime goes: fetching its
+/// artifact, pre-initializing it, compiling it for this machine, a cached file found unusable.
+/// Each is one sentence for people (its message) with its details as fields; the `weir` command
+/// prints them as they come, a server logs them.
+pub const PROGRESS_TARGET: &str = "weir_sandbox::runtime::progress";
 
 /// The wasmtime version weir is pinned to (Cargo.toml).
 pub const WASMTIME_VERSION: &str = "48.0.8";
@@ -42,22 +49,29 @@ pub fn load_or_compile<T>(
     if let Some(loaded) = load(path) {
         return Ok(loaded);
     }
-    eprintln!(
-        "weir: compiling {what} for this machine (once), caching it in {}",
+    tracing::info!(
+        target: PROGRESS_TARGET,
+        what,
+        path = %path.display(),
+        "compiling {what} for this machine (once), caching it in {}",
         path.display()
     );
     let started = Instant::now();
     let compiled = compile()?;
     write_atomically(path, &compiled)?;
-    eprintln!(
-        "weir: compiled {what} in {:.1} s",
-        started.elapsed().as_secs_f64()
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::info!(
+        target: PROGRESS_TARGET,
+        what,
+        seconds,
+        "compiled {what} in {seconds:.1} s"
     );
     load(path).ok_or_else(|| anyhow::anyhow!("cannot load the freshly compiled {}", path.display()))
 }
 
 /// The compiled artifact cached at `path`, loaded with `deserialize`; `None` when it is missing
-/// or unusable (said on stderr: it is then compiled again).
+/// or unusable (said in a warning with the target [`PROGRESS_TARGET`]: it is then compiled
+/// again).
 pub fn cached<T>(
     path: &Path,
     what: &str,
@@ -69,8 +83,13 @@ pub fn cached<T>(
     match deserialize(path) {
         Ok(loaded) => Some(loaded),
         Err(e) => {
-            eprintln!(
-                "weir: ignoring unusable cached {what} {}: {e:#}",
+            let error = format!("{e:#}");
+            tracing::warn!(
+                target: PROGRESS_TARGET,
+                what,
+                path = %path.display(),
+                error = %error,
+                "ignoring unusable cached {what} {}: {error}",
                 path.display()
             );
             None

@@ -21,6 +21,7 @@ mod plugin;
 pub mod python;
 pub mod sci;
 
+pub use artifact::PROGRESS_TARGET;
 pub use plugin::{
     CallResult, Footprint, GuestCall, GuestSetup, Loaded, Policy, Runtime, RuntimeInfo,
 };

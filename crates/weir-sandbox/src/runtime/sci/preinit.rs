@@ -7,6 +7,7 @@
 
 use super::artifact::{self, Files};
 use crate::interrupt::{InterruptSite, ASYNC_EXCEPTION_BIT};
+use crate::runtime::artifact::PROGRESS_TARGET;
 use crate::scratch::{GUEST_DIR, SITE_DIR};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -90,7 +91,10 @@ pub fn ensure(cache_dir: &Path, files: &Files) -> anyhow::Result<PathBuf> {
     if path.is_file() {
         return Ok(path);
     }
-    eprintln!("weir: pre-initializing python-sci (numpy, pandas, scipy, scikit-learn, matplotlib); once, a few minutes");
+    tracing::info!(
+        target: PROGRESS_TARGET,
+        "pre-initializing python-sci (numpy, pandas, scipy, scikit-learn, matplotlib); once, a few minutes"
+    );
     let started = std::time::Instant::now();
     let (wasm, site) = snapshot(files)?;
     // The site first: a snapshot on disk has its site beside it, or has none.
@@ -101,10 +105,12 @@ pub fn ensure(cache_dir: &Path, files: &Files) -> anyhow::Result<PathBuf> {
         )?;
     }
     crate::runtime::artifact::write_atomically(&path, &wasm)?;
-    eprintln!(
-        "weir: pre-initialized python-sci in {:.1} s ({} MB)",
-        started.elapsed().as_secs_f64(),
-        wasm.len() >> 20
+    let (seconds, megabytes) = (started.elapsed().as_secs_f64(), wasm.len() >> 20);
+    tracing::info!(
+        target: PROGRESS_TARGET,
+        seconds,
+        megabytes,
+        "pre-initialized python-sci in {seconds:.1} s ({megabytes} MB)"
     );
     Ok(path)
 }
@@ -147,32 +153,8 @@ fn snapshot(files: &Files) -> anyhow::Result<(Vec<u8>, Option<InterruptSite>)> {
         .map_err(|e| anyhow::anyhow!("cannot compile python-sci: {e:#}"))?;
     let tmp = tempfile::tempdir()?;
     let output = MemoryOutputPipe::new(OUTPUT_KEPT);
-    let mut b = WasiCtx::builder();
-    b.args(&["python"])
-        .stdout(output.clone())
-        .stderr(output.clone());
-    for (name, value) in ENV {
-        b.env(name, value);
-    }
-    crate::determinism::Seed(0).seed_random(&mut b);
-    b.preopened_dir(&files.stdlib_dir, artifact::STDLIB_GUEST, FsPerms::ReadOnly)?;
-    b.preopened_dir(&files.mpl_data, artifact::MPL_DATA_GUEST, FsPerms::ReadOnly)?;
-    // The C library keeps the directories it found here for every run of the snapshot: a run
-    // must mount the same ones in the same order (`super::setup`): its working directory third,
-    // its package site fourth.
-    b.preopened_dir(tmp.path(), GUEST_DIR, FsPerms::ReadWrite)?;
-    b.preopened_dir(&files.empty, SITE_DIR, FsPerms::ReadOnly)?;
-    let mut store = Store::new(&engine, b.build_p1());
-    let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
-    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| s)
-        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
-    super::readdir::add_to_preinit_linker(&mut linker)?;
-    // No host is bound to the door while pre-initializing.
-    linker
-        .func_wrap("host", "call", |_: i32, _: i32, _: i32, _: i32| -> i32 {
-            -1
-        })
-        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let mut store = Store::new(&engine, preinit_wasi(files, tmp.path(), &output)?);
+    let linker = preinit_linker(&engine)?;
     let instance = linker
         .instantiate(&mut store, &module)
         .map_err(|e| anyhow::anyhow!("cannot instantiate python-sci: {e:#}"))?;
@@ -198,9 +180,52 @@ fn snapshot(files: &Files) -> anyhow::Result<(Vec<u8>, Option<InterruptSite>)> {
         .map_err(|e| anyhow::anyhow!("cannot snapshot python-sci: {e:#}"))?;
     let printed = String::from_utf8_lossy(&output.contents()).into_owned();
     let site = interrupt_site(&mut store, &instance, &printed)
-        .map_err(|why| eprintln!("weir: python-sci runs cannot be interrupted: {why}"))
+        .map_err(|why| {
+            tracing::warn!(
+                target: PROGRESS_TARGET,
+                reason = %why,
+                "python-sci runs cannot be interrupted: {why}"
+            )
+        })
         .ok();
     Ok((wasm, site))
+}
+
+/// The WASI context the pre-initialization runs in: the same environment, randomness seed and
+/// directories, in the same order, as every run of the snapshot; its output goes to `output`.
+fn preinit_wasi(files: &Files, dir: &Path, output: &MemoryOutputPipe) -> anyhow::Result<WasiP1Ctx> {
+    let mut b = WasiCtx::builder();
+    b.args(&["python"])
+        .stdout(output.clone())
+        .stderr(output.clone());
+    for (name, value) in ENV {
+        b.env(name, value);
+    }
+    crate::determinism::Seed(0).seed_random(&mut b);
+    b.preopened_dir(&files.stdlib_dir, artifact::STDLIB_GUEST, FsPerms::ReadOnly)?;
+    b.preopened_dir(&files.mpl_data, artifact::MPL_DATA_GUEST, FsPerms::ReadOnly)?;
+    // The C library keeps the directories it found here for every run of the snapshot: a run
+    // must mount the same ones in the same order (`super::setup`): its working directory third,
+    // its package site fourth.
+    b.preopened_dir(dir, GUEST_DIR, FsPerms::ReadWrite)?;
+    b.preopened_dir(&files.empty, SITE_DIR, FsPerms::ReadOnly)?;
+    Ok(b.build_p1())
+}
+
+/// The pre-initialization's imports: WASI preview 1, sorted directory listings, and a door
+/// that no host answers.
+fn preinit_linker(engine: &Engine) -> anyhow::Result<Linker<WasiP1Ctx>> {
+    let mut linker: Linker<WasiP1Ctx> = Linker::new(engine);
+    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| s)
+        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    super::readdir::add_to_preinit_linker(&mut linker)?;
+    // No host is bound to the door while pre-initializing.
+    linker
+        .func_wrap("host", "call", |_: i32, _: i32, _: i32, _: i32| -> i32 {
+            -1
+        })
+        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    Ok(linker)
 }
 
 /// A loop of Python bytecode: the interpreter checks its eval breaker at every iteration.
