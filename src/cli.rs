@@ -3,15 +3,15 @@
 use clap::Args;
 use std::path::PathBuf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use weir_sandbox::background::LanePriority;
-use weir_sandbox::determinism::Seed;
-use weir_sandbox::limits::{parse_bytes, parse_duration, Limits};
-use weir_sandbox::request::split_env;
-use weir_sandbox::transcript::{OutputLog, Transcript};
+use weir_sandbox::split_env;
 use weir_sandbox::EngineSettings;
+use weir_sandbox::LanePriority;
 use weir_sandbox::Outcome;
+use weir_sandbox::Seed;
+use weir_sandbox::{parse_bytes, parse_duration, Limits};
 use weir_sandbox::{Event, RunControl, RunResult, StreamKind};
 use weir_sandbox::{Mount, Program, RunRequest, Sandbox};
+use weir_sandbox::{OutputLog, Transcript};
 
 /// Arguments of `weir run`.
 #[derive(Debug, Args)]
@@ -204,10 +204,7 @@ impl Figures {
         }
     }
 
-    fn save(
-        &mut self,
-        image: &weir_sandbox::event::Display,
-    ) -> std::io::Result<std::path::PathBuf> {
+    fn save(&mut self, image: &weir_sandbox::Display) -> std::io::Result<std::path::PathBuf> {
         self.count += 1;
         let path = self.dir.join(format!("{}-{}.png", self.stem, self.count));
         std::fs::write(&path, &image.data)?;
@@ -375,7 +372,7 @@ impl Terminal {
     }
 
     /// Saves an image the program showed and says where on stderr.
-    async fn save_figure(&mut self, image: &weir_sandbox::event::Display) {
+    async fn save_figure(&mut self, image: &weir_sandbox::Display) {
         let note = match self.figures.save(image) {
             Ok(path) => format!(
                 "weir: figure {}x{} saved to {}\n",

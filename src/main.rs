@@ -106,7 +106,7 @@ enum Command {
         #[arg(long)]
         user: String,
         /// How long the token is valid: "24h", "30m".
-        #[arg(long, default_value = "24h", value_parser = weir_sandbox::limits::parse_duration)]
+        #[arg(long, default_value = "24h", value_parser = weir_sandbox::parse_duration)]
         ttl: std::time::Duration,
         #[arg(long, env = "WEIR_SECRET", hide_env_values = true)]
         secret: String,

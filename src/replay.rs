@@ -2,8 +2,8 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use weir_sandbox::replay::{replay_file, Verdict};
 use weir_sandbox::Sandbox;
+use weir_sandbox::{replay_file, Verdict};
 
 /// Replays (or, with `update`, re-records) every file in turn, printing each verdict as it
 /// comes; returns the exit code: 0 when every file matched (or was updated), 1 otherwise.

@@ -22,7 +22,13 @@ fn repo() -> &'static Path {
 
 /// Opens `/ws?token=…` on `addr`; returns the socket and the node that answered.
 async fn connect(addr: &str, token: &str) -> Result<(Ws, String), u16> {
-    let req = format!("ws://{addr}/ws?token={token}")
+    connect_at(addr, "/ws", token).await
+}
+
+/// Opens the WebSocket at `path` with `?token=…` on `addr`: the socket and the node that
+/// answered, or the HTTP status of a refused upgrade.
+async fn connect_at(addr: &str, path: &str, token: &str) -> Result<(Ws, String), u16> {
+    let req = format!("ws://{addr}{path}?token={token}")
         .into_client_request()
         .unwrap();
     match tokio_tungstenite::connect_async(req).await {
@@ -204,8 +210,9 @@ async fn three_nodes_behind_haproxy_share_history_sessions_and_survive_failures(
     drop(on2);
 
     // One user's sessions and runs are counted across nodes (`max_sessions_per_user = 2`): ivy
-    // holds an HTTP session on node1 and a WebSocket session on node2, so her third, a run on
-    // node3, is refused with 429; once one of the two ends she is served there.
+    // holds an HTTP session on node1 and a WebSocket session on node2, so her third — a run, a
+    // Piston connection or an MCP call on node3 — is refused with 429; once one of the two
+    // ends she is served there.
     let ivy = token("ivy", 3600);
     let session = http(&nodes[0].addr, "POST", "/v1/sessions", Some(&ivy), b"{}").await;
     assert_eq!(session.status, 201, "{}", session.body);
@@ -217,6 +224,24 @@ async fn three_nodes_behind_haproxy_share_history_sessions_and_survive_failures(
         "{}",
         third.body
     );
+    let piston = connect_at(&nodes[2].addr, "/api/v2/connect", &ivy).await;
+    assert_eq!(
+        piston.err(),
+        Some(429),
+        "a Piston connection is refused too"
+    );
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "cluster-test", "version": "1"}}});
+    let mcp = http(
+        &nodes[2].addr,
+        "POST",
+        "/mcp",
+        Some(&ivy),
+        initialize.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(mcp.status, 429, "an MCP call is refused too: {}", mcp.body);
     drop(ws_on2);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -5,8 +5,8 @@ use crate::ws;
 
 use serde_json::{json, Value};
 use std::time::Duration;
-use weir_sandbox::replay::{compare, replay};
-use weir_sandbox::transcript::Transcript;
+use weir_sandbox::Transcript;
+use weir_sandbox::{compare, replay};
 use ws::*;
 
 fn body(text: &str) -> Value {

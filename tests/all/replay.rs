@@ -6,9 +6,9 @@ use crate::common;
 use common::{run_with, sandbox};
 use std::path::PathBuf;
 use std::process::Command;
-use weir_sandbox::determinism::Seed;
-use weir_sandbox::replay::{compare, replay};
-use weir_sandbox::transcript::{Data, OutputDoc, OutputLog, Transcript};
+use weir_sandbox::Seed;
+use weir_sandbox::{compare, replay};
+use weir_sandbox::{Data, OutputDoc, OutputLog, Transcript};
 use weir_sandbox::{Event, RunRequest};
 
 fn fixtures() -> Vec<PathBuf> {

@@ -7,7 +7,7 @@ use crate::ws;
 
 use serde_json::{json, Value};
 use std::sync::OnceLock;
-use weir_sandbox::compile_cache::CompileScope;
+use weir_sandbox::CompileScope;
 use weir_sandbox::{EngineSettings, RunRequest, Sandbox, StartError};
 use ws::*;
 
@@ -234,10 +234,10 @@ async fn the_service_lists_and_selects_runtimes_on_every_entry_point() {
 
 #[tokio::test]
 async fn a_transcript_names_the_runtime_it_ran_in_and_replays_there() {
-    use weir_sandbox::transcript::{OutputLog, Transcript};
+    use weir_sandbox::{OutputLog, Transcript};
     let sandbox = sandbox();
     let mut req = request("import random\nprint(random.random())", Some("alt"));
-    req.deterministic = Some(weir_sandbox::determinism::Seed(3));
+    req.deterministic = Some(weir_sandbox::Seed(3));
     req.record_input = true;
     let mut handle = sandbox.start(req.clone()).await.expect("starts");
     let mut log = OutputLog::default();
@@ -249,7 +249,7 @@ async fn a_transcript_names_the_runtime_it_ran_in_and_replays_there() {
     let runtime = sandbox.runtime(Some(&result.runtime)).expect("its runtime");
     let transcript = Transcript::record(&req, runtime, &log, &result).expect("records");
     assert_eq!(transcript.guest.runtime, "python-alt");
-    let replayed = weir_sandbox::replay::replay(&sandbox, &transcript)
+    let replayed = weir_sandbox::replay(&sandbox, &transcript)
         .await
         .expect("replays");
     assert_eq!(
@@ -258,7 +258,7 @@ async fn a_transcript_names_the_runtime_it_ran_in_and_replays_there() {
     );
     let mut elsewhere = transcript.clone();
     elsewhere.guest.runtime = "cobol".into();
-    let err = weir_sandbox::replay::replay(&sandbox, &elsewhere)
+    let err = weir_sandbox::replay(&sandbox, &elsewhere)
         .await
         .unwrap_err();
     assert!(

@@ -10,8 +10,8 @@ use crate::ws;
 
 use serde_json::{json, Value};
 use std::sync::OnceLock;
-use weir_sandbox::compile_cache::CompileScope;
-use weir_sandbox::determinism::Seed;
+use weir_sandbox::CompileScope;
+use weir_sandbox::Seed;
 use weir_sandbox::{Collected, EngineSettings, Outcome, RunRequest, Sandbox};
 use ws::*;
 

@@ -168,7 +168,7 @@ async fn first_output(handle: &mut RunHandle) -> anyhow::Result<()> {
 }
 
 /// start -> first byte of hello, p50 and p99. Re-runs of one script load it from the compile
-/// cache (`weir_sandbox::compile_cache`) after the first; with `compiling`, every run has a scope of its
+/// cache (`weir_sandbox::CompileScope`) after the first; with `compiling`, every run has a scope of its
 /// own, so each one compiles (and offers its code to the cache) as a first run does.
 async fn first_byte_latency(
     sandbox: &Sandbox,

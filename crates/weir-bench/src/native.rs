@@ -125,7 +125,7 @@ pub async fn stop_latency(busy: bool) -> std::io::Result<Duration> {
 /// a fresh `python3 -c SOURCE` whose stdout is forwarded as it is read.
 pub struct WsServer {
     pub addr: String,
-    _task: weir_sandbox::task::AbortOnDrop,
+    _task: weir_sandbox::AbortOnDrop,
 }
 
 impl WsServer {
@@ -141,7 +141,7 @@ impl WsServer {
         });
         Ok(WsServer {
             addr,
-            _task: weir_sandbox::task::AbortOnDrop(task),
+            _task: weir_sandbox::AbortOnDrop(task),
         })
     }
 }

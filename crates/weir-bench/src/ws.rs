@@ -17,7 +17,7 @@ type Ws =
 pub(crate) struct Server {
     child: tokio::process::Child,
     pub(crate) addr: String,
-    _stderr: weir_sandbox::task::AbortOnDrop,
+    _stderr: weir_sandbox::AbortOnDrop,
     _dir: tempfile::TempDir,
 }
 
@@ -86,7 +86,7 @@ impl Server {
         Ok(Server {
             child,
             addr,
-            _stderr: weir_sandbox::task::AbortOnDrop(stderr),
+            _stderr: weir_sandbox::AbortOnDrop(stderr),
             _dir: dir,
         })
     }

@@ -174,15 +174,17 @@ impl From<String> for CompileScope {
     }
 }
 
-/// The scope of a run's entries: its signed-in user's, else its connection's. One-shot requests
-/// without a user (a server without a secret) use no cache: two such callers are strangers to
-/// each other, and neither may meet the other's entries nor learn from a start time what the
-/// other ran.
-pub fn scope_for(user: Option<&str>, connection: Option<u64>) -> CompileScope {
-    match (user, connection) {
-        (Some(user), _) => CompileScope::Named(format!("user:{user}")),
-        (None, Some(n)) => CompileScope::Named(format!("connection:{n}")),
-        (None, None) => CompileScope::Off,
+impl CompileScope {
+    /// The scope of a run's entries: its signed-in user's, else its connection's. One-shot
+    /// requests without a user (a server without a secret) use no cache: two such callers are
+    /// strangers to each other, and neither may meet the other's entries nor learn from a start
+    /// time what the other ran.
+    pub fn of(user: Option<&str>, connection: Option<u64>) -> CompileScope {
+        match (user, connection) {
+            (Some(user), _) => CompileScope::Named(format!("user:{user}")),
+            (None, Some(n)) => CompileScope::Named(format!("connection:{n}")),
+            (None, None) => CompileScope::Off,
+        }
     }
 }
 
@@ -293,9 +295,15 @@ mod tests {
 
     #[test]
     fn anonymous_one_shot_callers_share_no_scope() {
-        assert_eq!(scope_for(None, None), CompileScope::Off);
-        assert_ne!(scope_for(None, Some(1)), scope_for(None, Some(2)));
-        assert_ne!(scope_for(Some("a"), None), scope_for(Some("b"), None));
+        assert_eq!(CompileScope::of(None, None), CompileScope::Off);
+        assert_ne!(
+            CompileScope::of(None, Some(1)),
+            CompileScope::of(None, Some(2))
+        );
+        assert_ne!(
+            CompileScope::of(Some("a"), None),
+            CompileScope::of(Some("b"), None)
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Interrupting a guest's running code without ending it: CPython's `KeyboardInterrupt`,
 //! raised where the code is (a busy loop, `time.sleep`, `input()`), as Ctrl-C would.
 //!
-//! A runtime that supports it names an [`InterruptSite`]: guest addresses of the main thread's
+//! A runtime that supports it names an [`InterruptAddrs`]: guest addresses of the main thread's
 //! `async_exc` and `eval_breaker` words and of the exception to raise (the guest build finds them,
 //! `guests/build/src/interrupt.rs`). Delivering writes the exception into `async_exc` and sets the
 //! asynchronous-exception bit in `eval_breaker`; the interpreter raises it at its next check
@@ -26,7 +26,7 @@ pub(crate) const ASYNC_EXCEPTION_BIT: u32 = 1 << 3;
 
 /// Where, in a guest's linear memory, an interrupt is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InterruptSite {
+pub struct InterruptAddrs {
     /// The main thread state's `eval_breaker` word.
     pub eval_breaker: u32,
     /// The main thread state's `async_exc` word.
@@ -35,21 +35,21 @@ pub struct InterruptSite {
     pub exception: u32,
 }
 
-impl InterruptSite {
+impl InterruptAddrs {
     /// Reads the form [`std::fmt::Display`] writes: three decimal addresses (`eval_breaker`,
-    /// `async_exc`, `exception`), nothing more. How a runtime's build hands its site over.
+    /// `async_exc`, `exception`), nothing more. How a runtime's build hands its addresses over.
     pub fn parse(text: &str) -> Option<Self> {
         let mut words = text.split_whitespace().map(|w| w.parse::<u32>().ok());
-        let site = InterruptSite {
+        let addrs = InterruptAddrs {
             eval_breaker: words.next()??,
             async_exc: words.next()??,
             exception: words.next()??,
         };
-        words.next().is_none().then_some(site)
+        words.next().is_none().then_some(addrs)
     }
 }
 
-impl std::fmt::Display for InterruptSite {
+impl std::fmt::Display for InterruptAddrs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
@@ -59,11 +59,11 @@ impl std::fmt::Display for InterruptSite {
     }
 }
 
-/// A live guest memory and the site within it.
+/// A live guest memory and the addresses within it.
 struct Target {
     base: NonNull<u8>,
     len: usize,
-    site: InterruptSite,
+    addrs: InterruptAddrs,
 }
 
 // SAFETY: the pointer is only dereferenced by `Interrupter::deliver` and `withdraw`, which run on
@@ -100,12 +100,12 @@ impl Interrupter {
         self.target.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether this guest can be interrupted at all (its runtime names a site).
+    /// Whether this guest can be interrupted at all (its runtime names its addresses).
     pub fn supported(&self) -> bool {
         self.target().is_some()
     }
 
-    /// Asks for an interrupt; false if nothing runs that could take one (no site, or a session
+    /// Asks for an interrupt; false if nothing runs that could take one (no addresses, or a session
     /// between cells). Any thread.
     pub fn request(&self) -> bool {
         if !self.armed.load(Ordering::Acquire) || !self.supported() {
@@ -143,8 +143,8 @@ impl Interrupter {
     /// to the thread that runs the store, while the guest does not execute (as
     /// [`Interrupter::deliver`] and `withdraw` do): they write two of those bytes' words.
     #[allow(unsafe_code)]
-    pub unsafe fn attach(&self, base: NonNull<u8>, len: usize, site: InterruptSite) {
-        *self.target() = Some(Target { base, len, site });
+    pub unsafe fn attach(&self, base: NonNull<u8>, len: usize, addrs: InterruptAddrs) {
+        *self.target() = Some(Target { base, len, addrs });
     }
 
     /// Moves another interrupter's target here (a warm instance handed to its run).
@@ -195,9 +195,9 @@ impl Interrupter {
         let Some(t) = guard.as_ref() else {
             return false;
         };
-        let breaker = read_word(t, t.site.eval_breaker);
-        write_word(t, t.site.async_exc, t.site.exception)
-            && breaker.is_some_and(|b| write_word(t, t.site.eval_breaker, b | ASYNC_EXCEPTION_BIT))
+        let breaker = read_word(t, t.addrs.eval_breaker);
+        write_word(t, t.addrs.async_exc, t.addrs.exception)
+            && breaker.is_some_and(|b| write_word(t, t.addrs.eval_breaker, b | ASYNC_EXCEPTION_BIT))
     }
 
     /// Whether an interrupt was written into the guest and not raised yet (the epoch callback
@@ -207,15 +207,15 @@ impl Interrupter {
         let guard = self.target();
         guard
             .as_ref()
-            .is_some_and(|t| read_word(t, t.site.async_exc) == Some(t.site.exception))
+            .is_some_and(|t| read_word(t, t.addrs.async_exc) == Some(t.addrs.exception))
     }
 
     /// Clears an interrupt written but not yet raised.
     fn withdraw(&self) {
         let guard = self.target();
         if let Some(t) = guard.as_ref() {
-            if read_word(t, t.site.async_exc) == Some(t.site.exception) {
-                write_word(t, t.site.async_exc, 0);
+            if read_word(t, t.addrs.async_exc) == Some(t.addrs.exception) {
+                write_word(t, t.addrs.async_exc, 0);
             }
         }
     }
@@ -274,7 +274,7 @@ mod tests {
             i.attach(
                 base,
                 32,
-                InterruptSite {
+                InterruptAddrs {
                     eval_breaker: 4,
                     async_exc: 8,
                     exception: 0xABCD,

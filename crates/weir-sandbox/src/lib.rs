@@ -11,59 +11,66 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Layers, bottom up (each module depends only on those before it):
-//! - values: [`limits`], [`outcome`], [`event`] (what a run reports), [`task`], [`interrupt`]
-//!   (raising `KeyboardInterrupt` in running code);
-//! - scheduling: [`priority`] (foreground and background runs), [`background`] (the lane
-//!   background runs continue on);
-//! - a run's parts: [`pipes`] (bounded stdio), [`determinism`] (seeded randomness, virtual
-//!   clocks), [`compile_cache`], [`request`] (what a run is asked to do), [`scratch`] (its
-//!   directory), [`files`] (files in and out of it while it lives), [`launch`] (how the program reaches the guest), [`store`] (a store's data);
-//! - guests: [`runtime`] (the plug-in point: a guest kind; [`runtime::python`] is CPython);
-//! - wasmtime: [`engine`] (all engine policy), [`warm`] (instances ready ahead of demand),
-//!   `variant` (one runtime on one engine);
-//! - runs: [`run`] (the driver, its events and control), [`sandbox`] (admission of a run, its
-//!   store and isolation);
-//! - records: [`transcript`] and [`replay`].
+//! The API is the crate root: [`Sandbox`] (load runtimes, start runs), [`RunRequest`] and
+//! [`Limits`] (what a run is asked to do), [`RunHandle`] and [`RunControl`] (its events and its
+//! control: stdin, stop, pause, interrupt, cells, files), [`Event`] and [`RunResult`] (what it
+//! reports), [`Transcript`] and [`replay_file`] (records that replay byte for byte), and
+//! [`runtime`], the plug-in point a new guest kind implements ([`Runtime`]).
+//!
+//! Inside, modules are private and layered bottom up (each depends only on those before it):
+//! values (`limits`, `outcome`, `event`, `task`, `interrupt`), scheduling (`priority`,
+//! `background`), a run's parts (`pipes`, `determinism`, `compile_cache`, `request`, `scratch`,
+//! `files`, `launch`, `store`), guests (`runtime`), wasmtime (`engine`, `warm`, `variant`), runs
+//! (`run`, `sandbox`), records (`transcript`, `replay`).
 
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
-pub mod background;
-pub mod compile_cache;
-pub mod determinism;
-pub mod engine;
-pub mod event;
-pub mod files;
-pub mod interrupt;
-pub mod launch;
-pub mod limits;
-pub mod outcome;
-pub mod pipes;
-pub mod priority;
-pub mod replay;
-pub mod request;
-pub mod run;
+mod background;
+mod compile_cache;
+mod determinism;
+mod engine;
+mod event;
+mod files;
+mod interrupt;
+mod launch;
+mod limits;
+mod outcome;
+mod pipes;
+mod priority;
+mod replay;
+mod request;
+mod run;
 pub mod runtime;
-pub mod sandbox;
-pub mod scratch;
-pub mod store;
-pub mod task;
-pub mod transcript;
+mod sandbox;
+mod scratch;
+mod store;
+mod task;
+mod transcript;
 mod variant;
-pub mod warm;
+mod warm;
 
 /// The wasmtime weir is built on (pinned): a [`Runtime`] implementation links against these types.
 pub use wasmtime;
 
+pub use background::LanePriority;
+pub use compile_cache::{CacheStats, CompileScope};
+pub use determinism::{Seed, FUEL_PER_NS};
 pub use engine::EngineSettings;
 pub use event::{
-    CellEnd, CellException, Collected, Event, ReadLog, RunId, RunResult, RunState, StreamKind,
+    CellEnd, CellException, Collected, Display, Event, ReadLog, RunId, RunResult, RunState,
+    StreamKind,
 };
-pub use launch::Cell;
-pub use limits::Limits;
+pub use files::{FileEntry, FileError, Returned, ReturnedFile};
+pub use launch::{Cell, Uncaught};
+pub use limits::{human_bytes, parse_bytes, parse_duration, Limits, MemoryBudget};
 pub use outcome::Outcome;
-pub use request::{Mount, Program, RunRequest};
-pub use run::{CellError, RunControl, RunHandle};
+pub use replay::{compare, replay, replay_file, ReplayError, Verdict};
+pub use request::{split_env, Mount, Program, RunRequest};
+pub use run::{CellError, RunControl, RunHandle, StdinError};
 pub use runtime::{Policy, Runtime, RuntimeInfo};
-pub use sandbox::{InstanceStarts, RuntimeStatus, Sandbox, StartError};
+pub use sandbox::{InstanceStarts, RuntimeStatus, Sandbox, StartError, SITE_DIR};
+pub use scratch::{LiveDir, ScratchError};
+pub use store::GuestState;
+pub use task::{sleep_until_opt, AbortOnDrop};
+pub use transcript::{json_escaped_len, Data, Expected, OutputDoc, OutputLog, Transcript};

@@ -25,7 +25,7 @@ pub const GUEST_DIR: &str = "/sandbox";
 /// Where a run sees the operator's package site for its runtime (read-only).
 pub const SITE_DIR: &str = "/packages";
 
-use crate::files::relative_path;
+use crate::files::{relative_path, FileEntry, FileError};
 use crate::limits::human_bytes;
 
 pub use crate::files::{exceeds, MAX_SCRATCH_ENTRIES};
@@ -144,8 +144,9 @@ impl ScratchDirs {
         let _ = std::fs::remove_dir_all(self.root.path());
     }
 
-    /// Directories waiting for reuse (for tests).
-    pub fn pooled(&self) -> usize {
+    /// Directories waiting for reuse.
+    #[cfg(test)]
+    fn pooled(&self) -> usize {
         self.free_list().len()
     }
 
@@ -380,6 +381,25 @@ fn fix_times(root: &Path, files: &[PathBuf]) -> std::io::Result<()> {
         std::fs::File::open(path)?.set_times(times)?;
     }
     Ok(())
+}
+
+/// A live run's files, reached through its directory ([`crate::RunControl::live_dir`]), which
+/// stays the run's while the [`LiveDir`] is held. Blocking: call these off the async threads.
+impl LiveDir {
+    /// The files in the directory ([`crate::files::list`]).
+    pub fn list(&self) -> Result<Vec<FileEntry>, FileError> {
+        crate::files::list(self.path())
+    }
+
+    /// One file, if it holds at most `max` bytes ([`crate::files::read`]).
+    pub fn read(&self, rel: &str, max: u64) -> Result<Vec<u8>, FileError> {
+        crate::files::read(self.path(), rel, max)
+    }
+
+    /// Writes one file, the directory staying within `scratch_limit` bytes ([`crate::files::write`]).
+    pub fn write(&self, rel: &str, data: &[u8], scratch_limit: u64) -> Result<(), FileError> {
+        crate::files::write(self.path(), rel, data, scratch_limit)
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use std::sync::Arc;
-use weir_sandbox::transcript::Data;
+use weir_sandbox::Data;
 
 impl body::Params for RunParams {
     const WHAT: &'static str = "run";

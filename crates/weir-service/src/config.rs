@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use weir_sandbox::engine::EngineSettings;
-use weir_sandbox::limits::Limits;
+use weir_sandbox::EngineSettings;
+use weir_sandbox::Limits;
 
 /// Everything `weir serve` can be told. Every field has a default (see `docs/protocol.md`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -22,7 +22,7 @@ pub struct ServerConfig {
     /// `max_sessions` alone. 0: a quarter of `max_sessions`.
     pub max_sessions_per_user: usize,
     /// The host's memory budget for guests, bytes: what all runs together may grow their memory
-    /// beyond their guest's image (`weir_sandbox::limits::MemoryBudget`); a run whose memory
+    /// beyond their guest's image (`weir_sandbox::MemoryBudget`); a run whose memory
     /// limit the budget left cannot cover is refused with 503. Absent: three quarters of the
     /// host's memory; 0: no budget.
     pub memory_budget_bytes: Option<u64>,
@@ -71,7 +71,7 @@ pub struct ServerConfig {
     /// Threads that fill the warm pool.
     pub warm_fillers: usize,
     /// Bytes of compiled programs kept so re-running an unchanged script skips compiling it
-    /// (`weir_sandbox::compile_cache`; 0 turns the cache off).
+    /// (`weir_sandbox::CompileScope`; 0 turns the cache off).
     pub compile_cache_bytes: usize,
     /// Where the operator's package sites are (`weir packages`, `<dir>/<runtime>`); runs see
     /// their runtime's read-only. Default: `$XDG_DATA_HOME/weir/packages`.

@@ -26,7 +26,7 @@ use rmcp::{schemars, tool, tool_handler, tool_router, ErrorData, RoleServer, Ser
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use weir_sandbox::transcript::Data;
+use weir_sandbox::Data;
 
 /// Longest stdout or stderr text a tool result carries, bytes; the rest is cut with a note (the
 /// run's own output limit applies first).
@@ -275,7 +275,7 @@ impl WeirMcp {
         let memory_given = params.limits.memory_bytes.is_some();
         let mut req = params.into_request(&config.limits, &config.max_limits);
         self.state.runtime_defaults(&mut req, memory_given);
-        req.compile_scope = weir_sandbox::compile_cache::scope_for(user.as_deref(), None);
+        req.compile_scope = weir_sandbox::CompileScope::of(user.as_deref(), None);
         let owner = user.as_deref().unwrap_or(ANONYMOUS);
         let run = async {
             match oneshot::execute(&self.state, owner, req, false).await {
@@ -462,7 +462,7 @@ fn cell_result(report: &CellReport) -> rmcp::model::CallToolResult {
 }
 
 /// The figures a run or cell showed, as MCP image content (base64 PNG).
-fn images(displays: &[weir_sandbox::event::Display]) -> impl Iterator<Item = ContentBlock> + '_ {
+fn images(displays: &[weir_sandbox::Display]) -> impl Iterator<Item = ContentBlock> + '_ {
     use base64::Engine as _;
     displays.iter().map(|d| {
         ContentBlock::image(
@@ -536,7 +536,7 @@ pub async fn serve_stdio(config: crate::config::ServerConfig) -> anyhow::Result<
     let history = crate::history::History::open(&config.history)?;
     let state = Arc::new(AppState::new(config, sandbox, history));
     let reaper = tokio::spawn(session::reap(state.clone()));
-    let _reaper = weir_sandbox::task::AbortOnDrop(reaper);
+    let _reaper = weir_sandbox::AbortOnDrop(reaper);
     let served = WeirMcp::new(state.clone()).serve_stdio().await;
     session::end_all(&state).await;
     state.tracker.close();

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
-use weir_sandbox::compile_cache::CacheStats;
+use weir_sandbox::CacheStats;
 use weir_sandbox::InstanceStarts;
 
 /// Upper bounds (seconds) of the run-duration histogram buckets.

@@ -23,7 +23,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use weir_sandbox::transcript::Data;
+use weir_sandbox::Data;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()

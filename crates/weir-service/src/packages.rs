@@ -352,7 +352,7 @@ async fn compile(sandbox: &Sandbox, site: &Path, runtime: &str) -> Result<(), Pa
     req.limits.wall_ms = 300_000;
     req.mounts.push(Mount {
         host: site.to_path_buf(),
-        guest: weir_sandbox::sandbox::SITE_DIR.into(),
+        guest: weir_sandbox::SITE_DIR.into(),
         read_only: false,
     });
     let handle = sandbox

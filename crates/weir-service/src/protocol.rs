@@ -6,9 +6,9 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use weir_sandbox::determinism::Seed;
-use weir_sandbox::limits::Limits;
-use weir_sandbox::transcript::Data;
+use weir_sandbox::Data;
+use weir_sandbox::Limits;
+use weir_sandbox::Seed;
 use weir_sandbox::{Program, RunRequest};
 use weir_sandbox::{RunResult, RunState, StreamKind};
 
@@ -268,7 +268,7 @@ pub fn output(run_id: &str, stream: StreamKind, data: &[u8], seq: u64) -> String
 }
 
 /// An image's JSON form: `mime`, `data` (base64), `width`, `height`.
-pub fn display_value(display: &weir_sandbox::event::Display) -> Value {
+pub fn display_value(display: &weir_sandbox::Display) -> Value {
     use base64::Engine as _;
     json!({
         "mime": display.mime,
@@ -279,7 +279,7 @@ pub fn display_value(display: &weir_sandbox::event::Display) -> Value {
 }
 
 /// `display` notification: an image the program showed, in order with its output.
-pub fn display(run_id: &str, display: &weir_sandbox::event::Display) -> String {
+pub fn display(run_id: &str, display: &weir_sandbox::Display) -> String {
     let mut params = display_value(display);
     params["run_id"] = json!(run_id);
     notification("display", params)
@@ -325,7 +325,7 @@ pub fn exit_params(
 
 /// Files a run returned (`return_files`): path → contents (text, or `{"base64": …}` for bytes
 /// that are not UTF-8), and the paths that matched but did not fit.
-pub fn returned_files(returned: &weir_sandbox::files::Returned) -> Value {
+pub fn returned_files(returned: &weir_sandbox::Returned) -> Value {
     let files: serde_json::Map<String, Value> = returned
         .files
         .iter()

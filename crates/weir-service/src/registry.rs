@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
-use weir_sandbox::task::AbortOnDrop;
+use weir_sandbox::AbortOnDrop;
 
 /// The channel logins are announced on.
 const CHANNEL: &str = "weir_sessions";

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
-use weir_sandbox::task::AbortOnDrop;
+use weir_sandbox::AbortOnDrop;
 use weir_sandbox::Sandbox;
 
 /// A server running in the background (tests and `weir serve` use this).
@@ -160,7 +160,7 @@ async fn serve_connections(listener: tokio::net::TcpListener, app: Router, state
                 let grace = state.config.shutdown_grace();
                 drain_until = Some(tokio::time::Instant::now() + grace + DRAIN_EXTRA);
             }
-            () = weir_sandbox::task::sleep_until_opt(drain_until) => break,
+            () = weir_sandbox::sleep_until_opt(drain_until) => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             () = sessions.wait(), if draining && !sessions.is_empty() => {}
             accepted = accept(&listener, &limit) => {

@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use weir_sandbox::files::{self, FileError};
 use weir_sandbox::{Cell, CellEnd, CellError, Collected, Event, RunControl, RunResult};
+use weir_sandbox::{FileEntry, FileError, LiveDir};
 
 /// How long a cell past its time limit has to take its `KeyboardInterrupt` before the session
 /// is ended.
@@ -55,7 +55,7 @@ pub enum InputError {
     #[error("no cell is running in this session")]
     NoCell,
     #[error(transparent)]
-    Stdin(#[from] weir_sandbox::run::StdinError),
+    Stdin(#[from] weir_sandbox::StdinError),
 }
 
 /// What a cell did.
@@ -166,29 +166,28 @@ impl Session {
     /// is not handed to another run until `op` is done); refused once the run has ended.
     async fn on_files<T: Send + 'static>(
         &self,
-        op: impl FnOnce(&std::path::Path) -> Result<T, FileError> + Send + 'static,
+        op: impl FnOnce(&LiveDir) -> Result<T, FileError> + Send + 'static,
     ) -> Result<T, FileError> {
         let dir = self.control.live_dir().ok_or(FileError::Ended)?;
-        tokio::task::spawn_blocking(move || op(dir.path()))
+        tokio::task::spawn_blocking(move || op(&dir))
             .await
             .unwrap_or_else(|e| Err(FileError::Io(std::io::Error::other(e))))
     }
 
-    /// The session's files ([`files::list`]).
-    pub async fn files(&self) -> Result<Vec<files::FileEntry>, FileError> {
-        self.on_files(files::list).await
+    /// The session's files.
+    pub async fn files(&self) -> Result<Vec<FileEntry>, FileError> {
+        self.on_files(|dir| dir.list()).await
     }
 
-    /// One of the session's files, if it holds at most `max` bytes ([`files::read`]).
+    /// One of the session's files, if it holds at most `max` bytes.
     pub async fn read_file(&self, path: String, max: u64) -> Result<Vec<u8>, FileError> {
-        self.on_files(move |root| files::read(root, &path, max))
-            .await
+        self.on_files(move |dir| dir.read(&path, max)).await
     }
 
-    /// Writes one of the session's files, within its scratch limit ([`files::write`]).
+    /// Writes one of the session's files, within its scratch limit.
     pub async fn write_file(&self, path: String, data: axum::body::Bytes) -> Result<(), FileError> {
         let limit = self.scratch_limit;
-        self.on_files(move |root| files::write(root, &path, &data, limit))
+        self.on_files(move |dir| dir.write(&path, &data, limit))
             .await
     }
 

@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio_util::task::TaskTracker;
-use weir_sandbox::transcript::{OutputLog, Transcript};
 use weir_sandbox::{Event, RunControl, RunHandle, RunRequest, RunResult, StartError};
+use weir_sandbox::{OutputLog, Transcript};
 
 /// Why a run ended without its `exit` being read by its owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -66,8 +66,8 @@ struct Connection {
     app: Arc<AppState>,
     /// The signed-in user, or "anonymous": the owner of this connection's runs.
     user: String,
-    /// Where this connection's compiled programs are cached (`weir_sandbox::compile_cache`).
-    compile_scope: weir_sandbox::compile_cache::CompileScope,
+    /// Where this connection's compiled programs are cached (`weir_sandbox::CompileScope`).
+    compile_scope: weir_sandbox::CompileScope,
     run: Option<TrackedRun>,
     /// The active run's output notifications so far (`seq`).
     seq: u64,
@@ -130,7 +130,7 @@ impl Connection {
     fn new<B, D>(app: Arc<AppState>, admitted: &Admitted<B, D>, connection_no: u64) -> Self {
         Connection {
             user: admitted.owner().to_string(),
-            compile_scope: weir_sandbox::compile_cache::scope_for(
+            compile_scope: weir_sandbox::CompileScope::of(
                 admitted.user.as_deref(),
                 Some(connection_no),
             ),

@@ -19,7 +19,7 @@ pub(super) struct OutputBudget {
 }
 
 /// What one guest write turns into.
-pub(super) struct Admitted {
+pub(super) struct Charged {
     pub(super) data: Bytes,
     pub(super) over_cap: bool,
 }
@@ -62,7 +62,7 @@ impl OutputBudget {
     }
 
     /// Applies the total cap and the line cap to one write of `stream`.
-    pub(super) fn admit(&mut self, stream: StreamKind, data: &[u8]) -> Admitted {
+    pub(super) fn charge(&mut self, stream: StreamKind, data: &[u8]) -> Charged {
         let remaining = self.cap.saturating_sub(self.written);
         let over_cap = data.len() as u64 > remaining;
         let kept = if over_cap {
@@ -73,7 +73,7 @@ impl OutputBudget {
         self.written = self.written.saturating_add(data.len() as u64);
         let mut out = BytesMut::with_capacity(kept.len() + 64);
         for piece in kept.split_inclusive(|b| *b == b'\n') {
-            self.admit_line_piece(stream as usize, piece, &mut out);
+            self.charge_line_piece(stream as usize, piece, &mut out);
         }
         if over_cap {
             self.truncated = true;
@@ -86,7 +86,7 @@ impl OutputBudget {
             );
             out.extend_from_slice(notice.as_bytes());
         }
-        Admitted {
+        Charged {
             data: out.freeze(),
             over_cap,
         }
@@ -94,7 +94,7 @@ impl OutputBudget {
 
     /// Counts an image of `n` bytes against the total cap; false (and the output marked cut)
     /// when it does not fit.
-    pub(super) fn admit_image(&mut self, n: u64) -> bool {
+    pub(super) fn charge_image(&mut self, n: u64) -> bool {
         let over = n > self.cap.saturating_sub(self.written);
         self.written = self.written.saturating_add(n);
         if over {
@@ -114,7 +114,7 @@ impl OutputBudget {
     }
 
     /// `piece` holds at most one newline, at its end.
-    fn admit_line_piece(&mut self, s: usize, piece: &[u8], out: &mut BytesMut) {
+    fn charge_line_piece(&mut self, s: usize, piece: &[u8], out: &mut BytesMut) {
         let ends_line = piece.ends_with(b"\n");
         let body = if ends_line {
             &piece[..piece.len() - 1]
@@ -149,8 +149,8 @@ impl OutputBudget {
 mod tests {
     use super::*;
 
-    fn admit_all(budget: &mut OutputBudget, data: &[u8]) -> (String, bool) {
-        let a = budget.admit(StreamKind::Stdout, data);
+    fn charge_all(budget: &mut OutputBudget, data: &[u8]) -> (String, bool) {
+        let a = budget.charge(StreamKind::Stdout, data);
         (String::from_utf8_lossy(&a.data).into_owned(), a.over_cap)
     }
 
@@ -158,7 +158,7 @@ mod tests {
     fn passes_output_within_limits_unchanged() {
         let mut b = OutputBudget::new(1000, 100);
         assert_eq!(
-            admit_all(&mut b, b"hello\nworld\n"),
+            charge_all(&mut b, b"hello\nworld\n"),
             ("hello\nworld\n".into(), false)
         );
         assert!(!b.truncated);
@@ -167,16 +167,16 @@ mod tests {
     #[test]
     fn cuts_long_lines_with_a_marker_and_resumes_after_newline() {
         let mut b = OutputBudget::new(1 << 20, 4);
-        let (out, _) = admit_all(&mut b, b"abcdefgh");
+        let (out, _) = charge_all(&mut b, b"abcdefgh");
         assert_eq!(out, "abcd [truncated: line longer than 4 B]");
-        let (out, _) = admit_all(&mut b, b"ijk\nok\n");
+        let (out, _) = charge_all(&mut b, b"ijk\nok\n");
         assert_eq!(out, "\nok\n");
     }
 
     #[test]
     fn stops_at_the_total_cap_with_a_notice() {
         let mut b = OutputBudget::new(10, 100);
-        let (out, over) = admit_all(&mut b, b"0123456789abc");
+        let (out, over) = charge_all(&mut b, b"0123456789abc");
         assert!(over);
         assert!(b.truncated);
         assert_eq!(
@@ -200,7 +200,7 @@ mod tests {
             let mut out = Vec::new();
             let line = vec![b'x'; 5000];
             for piece in line.chunks(chunk) {
-                out.extend_from_slice(&b.admit(StreamKind::Stdout, piece).data);
+                out.extend_from_slice(&b.charge(StreamKind::Stdout, piece).data);
             }
             let xs = out.iter().filter(|c| **c == b'x').count();
             assert_eq!(xs, 1000, "chunk size {chunk}");

@@ -16,6 +16,6 @@ mod output;
 mod stdin;
 mod stdin_queue;
 
-pub use output::{GuestOutput, OutputLimitExceeded, OutputQueue, CHUNK_BYTES};
+pub use output::{OutputLimitExceeded, OutputQueue};
 pub use stdin::{GuestStatus, GuestStdin, StdinMode};
-pub use stdin_queue::{stdin_channel, StdinReceiver, StdinSender, MAX_STDIN_QUEUED_BYTES};
+pub use stdin_queue::{stdin_channel, StdinSender};

@@ -120,7 +120,7 @@ impl OutputQueue {
     /// Queues an image behind the output so far. Its bytes count against the output cap: an
     /// image past it is dropped, and the run ends as one whose text passed it.
     pub fn push_display(&self, display: Display) -> Result<(), OutputLimitExceeded> {
-        if !self.lock().budget.admit_image(display.data.len() as u64) {
+        if !self.lock().budget.charge_image(display.data.len() as u64) {
             return Err(OutputLimitExceeded);
         }
         self.push_marker(Event::Display(display));
@@ -161,8 +161,8 @@ impl OutputQueue {
 
     fn push(&self, kind: StreamKind, bytes: &[u8]) -> Result<(), OutputLimitExceeded> {
         let mut state = self.lock();
-        let admitted = state.budget.admit(kind, bytes);
-        let data = admitted.data;
+        let charged = state.budget.charge(kind, bytes);
+        let data = charged.data;
         if !data.is_empty() {
             if self.priority.demote() {
                 self.demoted.store(true, Ordering::Release);
@@ -170,7 +170,7 @@ impl OutputQueue {
             if state.segments.is_empty() {
                 if let Ok(permit) = self.events.try_reserve() {
                     permit.send(Event::Output { stream: kind, data });
-                    return ok_unless(admitted.over_cap);
+                    return ok_unless(charged.over_cap);
                 }
             }
             state.queued += data.len();
@@ -187,7 +187,7 @@ impl OutputQueue {
             drop(state);
             self.data.notify_one();
         }
-        ok_unless(admitted.over_cap)
+        ok_unless(charged.over_cap)
     }
 
     fn room(&self) -> usize {

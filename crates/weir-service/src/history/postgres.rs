@@ -15,7 +15,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::NoTls;
-use weir_sandbox::task::AbortOnDrop;
+use weir_sandbox::AbortOnDrop;
 
 /// Connections each node keeps to the database for the history.
 const POOL: usize = 8;

@@ -42,9 +42,9 @@ impl<B, D> Admitted<B, D> {
         self.user.as_deref().unwrap_or(ANONYMOUS)
     }
 
-    /// Where the caller's compiled programs are cached (`weir_sandbox::compile_cache`).
-    pub fn compile_scope(&self) -> weir_sandbox::compile_cache::CompileScope {
-        weir_sandbox::compile_cache::scope_for(self.user.as_deref(), None)
+    /// Where the caller's compiled programs are cached (`weir_sandbox::CompileScope`).
+    pub fn compile_scope(&self) -> weir_sandbox::CompileScope {
+        weir_sandbox::CompileScope::of(self.user.as_deref(), None)
     }
 }
 

@@ -126,7 +126,7 @@ pub async fn bytes(
 /// 413 for a body larger than `limit`.
 fn too_large(limit: usize) -> Error {
     Error::TooLarge {
-        limit: weir_sandbox::limits::human_bytes(limit as u64),
+        limit: weir_sandbox::human_bytes(limit as u64),
     }
 }
 

@@ -5,8 +5,8 @@ use crate::history::HistoryError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use weir_sandbox::files::FileError;
-use weir_sandbox::scratch::ScratchError;
+use weir_sandbox::FileError;
+use weir_sandbox::ScratchError;
 use weir_sandbox::StartError;
 
 /// Why a caller was refused at admission: the HTTP status, the metric's reason label

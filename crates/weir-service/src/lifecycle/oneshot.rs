@@ -6,7 +6,7 @@ use super::shutdown::{Notice, Shutdown};
 use crate::state::AppState;
 use crate::tracked::TrackedRun;
 use std::time::Duration;
-use weir_sandbox::outcome::Outcome;
+use weir_sandbox::Outcome;
 use weir_sandbox::{Collected, RunRequest, RunResult, StartError};
 
 /// A run that has ended.

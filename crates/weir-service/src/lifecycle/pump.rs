@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
-use weir_sandbox::task::AbortOnDrop;
+use weir_sandbox::AbortOnDrop;
 use weir_sandbox::Event;
 
 /// Frames queued towards a slow client before the session stops taking run events.
@@ -428,5 +428,5 @@ fn login_close(why: LoginEnd) -> Flow {
 
 /// Sleeps until `deadline`; for ever without one.
 async fn sleep_until_opt(deadline: Option<Instant>) {
-    weir_sandbox::task::sleep_until_opt(deadline).await
+    weir_sandbox::sleep_until_opt(deadline).await
 }

@@ -5,10 +5,10 @@
 use crate::config::ServerConfig;
 use base64::Engine as _;
 use serde_json::{json, Value};
-use weir_sandbox::determinism::FUEL_PER_NS;
-use weir_sandbox::limits::Limits;
-use weir_sandbox::outcome::Outcome;
+use weir_sandbox::Limits;
+use weir_sandbox::Outcome;
 use weir_sandbox::RuntimeInfo;
+use weir_sandbox::FUEL_PER_NS;
 use weir_sandbox::{Collected, RunResult};
 use weir_sandbox::{Program, RunRequest};
 
@@ -331,7 +331,7 @@ const CUT_MARKER: &str = "\n[weir: cut here: control characters would have made 
 /// JSON escapes, would take the field past twice its size. A response stays within about twice
 /// the output it carries.
 pub fn piston_text(bytes: &[u8]) -> String {
-    use weir_sandbox::transcript::json_escaped_len;
+    use weir_sandbox::json_escaped_len;
     let text = String::from_utf8_lossy(bytes);
     let budget = 2 * text.len();
     if json_escaped_len(text.as_bytes()) <= budget {

@@ -7,7 +7,7 @@
 
 pub mod host;
 
-use crate::interrupt::InterruptSite;
+use crate::interrupt::InterruptAddrs;
 use crate::launch::Uncaught;
 use crate::outcome::Outcome;
 use crate::runtime::artifact;
@@ -36,9 +36,9 @@ pub const GUEST_BUILD: &str = env!("WEIR_GUEST_BUILD");
 /// the build found it: three decimal addresses.
 const GUEST_INTERRUPT: &str = env!("WEIR_GUEST_INTERRUPT");
 
-/// The guest's [`InterruptSite`], if the build recorded a well-formed one.
-fn interrupt_site() -> Option<InterruptSite> {
-    InterruptSite::parse(GUEST_INTERRUPT)
+/// The guest's [`InterruptAddrs`], if the build recorded a well-formed one.
+fn interrupt_site() -> Option<InterruptAddrs> {
+    InterruptAddrs::parse(GUEST_INTERRUPT)
 }
 
 /// The Python version inside the guest.

@@ -9,12 +9,12 @@
 //! ([`preinit`]), compiled and cached like the lean guest. The first preparation takes minutes;
 //! later loads map the cached machine code.
 
+mod addrs;
 pub mod artifact;
 mod clock;
 mod door;
 pub mod preinit;
 mod readdir;
-mod site;
 
 use crate::launch::Uncaught;
 use crate::outcome::Outcome;
@@ -196,7 +196,7 @@ impl Runtime for SciPython {
         Ok(Arc::new(Linked {
             pre,
             setup: setup(&files),
-            site: preinit::site(&preinit::snapshot_path(cache_dir)),
+            addrs: preinit::interrupt_addrs(&preinit::snapshot_path(cache_dir)),
         }))
     }
 
@@ -270,8 +270,8 @@ fn load_module(
 struct Linked {
     pre: InstancePre<GuestState>,
     setup: GuestSetup,
-    /// Where `KeyboardInterrupt` is written into a running instance (`site`), if it was found.
-    site: Option<crate::interrupt::InterruptSite>,
+    /// Where `KeyboardInterrupt` is written into a running instance (`addrs`), if it was found.
+    addrs: Option<crate::interrupt::InterruptAddrs>,
 }
 
 impl Loaded for Linked {
@@ -290,14 +290,15 @@ impl Loaded for Linked {
             let memory = instance
                 .get_memory(&mut *store, "memory")
                 .ok_or_else(|| wasmtime::format_err!("python-sci exports no memory"))?;
-            if let (Some(site), Some(base)) = (self.site, NonNull::new(memory.data_ptr(&*store))) {
+            if let (Some(addrs), Some(base)) = (self.addrs, NonNull::new(memory.data_ptr(&*store)))
+            {
                 let size = memory.data_size(&*store);
                 // SAFETY: the instance's memory, in a pooled slot that does not move, detached
                 // by `GuestState` before the instance goes; written only on this store's thread
                 // while the guest waits (epoch callback, stdin and sleep).
                 #[allow(unsafe_code)]
                 unsafe {
-                    store.data().interrupter().attach(base, size, site)
+                    store.data().interrupter().attach(base, size, addrs)
                 };
             }
             let len = ENTRY.len() as i32;

@@ -6,7 +6,7 @@
 //! imports cost nothing.
 
 use super::artifact::{self, Files};
-use crate::interrupt::{InterruptSite, ASYNC_EXCEPTION_BIT};
+use crate::interrupt::{InterruptAddrs, ASYNC_EXCEPTION_BIT};
 use crate::runtime::artifact::PROGRESS_TARGET;
 use crate::scratch::{GUEST_DIR, SITE_DIR};
 use sha2::{Digest, Sha256};
@@ -96,12 +96,12 @@ pub fn ensure(cache_dir: &Path, files: &Files) -> anyhow::Result<PathBuf> {
         "pre-initializing python-sci (numpy, pandas, scipy, scikit-learn, matplotlib); once, a few minutes"
     );
     let started = std::time::Instant::now();
-    let (wasm, site) = snapshot(files)?;
-    // The site first: a snapshot on disk has its site beside it, or has none.
-    if let Some(site) = &site {
+    let (wasm, addrs) = snapshot(files)?;
+    // The addresses first: a snapshot on disk has its addresses beside it, or has none.
+    if let Some(addrs) = &addrs {
         crate::runtime::artifact::write_atomically(
             &site_path(&path),
-            format!("{site}\n").as_bytes(),
+            format!("{addrs}\n").as_bytes(),
         )?;
     }
     crate::runtime::artifact::write_atomically(&path, &wasm)?;
@@ -120,20 +120,20 @@ pub fn snapshot_path(cache_dir: &Path) -> PathBuf {
     cache_dir.join(format!("python-sci-{}.wasm", build_id()))
 }
 
-/// Where the interrupt site of the snapshot at `wasm` is kept.
+/// Where the interrupt addresses of the snapshot at `wasm` is kept.
 fn site_path(wasm: &Path) -> PathBuf {
     wasm.with_extension("site")
 }
 
-/// The interrupt site found when the snapshot at `wasm` was made (`None`: none was found, or it
+/// The interrupt addresses found when the snapshot at `wasm` was made (`None`: none was found, or it
 /// did not raise `KeyboardInterrupt` when tried; runs then cannot be interrupted).
-pub fn site(wasm: &Path) -> Option<InterruptSite> {
-    InterruptSite::parse(&std::fs::read_to_string(site_path(wasm)).ok()?)
+pub fn interrupt_addrs(wasm: &Path) -> Option<InterruptAddrs> {
+    InterruptAddrs::parse(&std::fs::read_to_string(site_path(wasm)).ok()?)
 }
 
 /// Runs the imports in an instrumented instance and returns the snapshot module, and the
-/// interrupt site found (and tried) in that instance.
-fn snapshot(files: &Files) -> anyhow::Result<(Vec<u8>, Option<InterruptSite>)> {
+/// interrupt addresses found (and tried) in that instance.
+fn snapshot(files: &Files) -> anyhow::Result<(Vec<u8>, Option<InterruptAddrs>)> {
     let wasm = std::fs::read(&files.module)?;
     let got = hex::encode(Sha256::digest(&wasm));
     if got != artifact::MODULE_SHA256 {
@@ -179,7 +179,7 @@ fn snapshot(files: &Files) -> anyhow::Result<(Vec<u8>, Option<InterruptSite>)> {
         .block_on(wizer.snapshot(&cx, &mut state))
         .map_err(|e| anyhow::anyhow!("cannot snapshot python-sci: {e:#}"))?;
     let printed = String::from_utf8_lossy(&output.contents()).into_owned();
-    let site = interrupt_site(&mut store, &instance, &printed)
+    let addrs = find_interrupt_addrs(&mut store, &instance, &printed)
         .map_err(|why| {
             tracing::warn!(
                 target: PROGRESS_TARGET,
@@ -188,7 +188,7 @@ fn snapshot(files: &Files) -> anyhow::Result<(Vec<u8>, Option<InterruptSite>)> {
             )
         })
         .ok();
-    Ok((wasm, site))
+    Ok((wasm, addrs))
 }
 
 /// The WASI context the pre-initialization runs in: the same environment, randomness seed and
@@ -231,57 +231,57 @@ fn preinit_linker(engine: &Engine) -> anyhow::Result<Linker<WasiP1Ctx>> {
 /// A loop of Python bytecode: the interpreter checks its eval breaker at every iteration.
 const LOOP: &str = "for _weir_i in range(1000):\n    pass\n";
 
-/// Finds the interrupt site in the instance just snapshotted and tries it there: a loop ends
-/// cleanly, then with the site written it ends in `KeyboardInterrupt` (and `async_exc` is
+/// Finds the interrupt addresses in the instance just snapshotted and tries it there: a loop ends
+/// cleanly, then with the addresses written it ends in `KeyboardInterrupt` (and `async_exc` is
 /// consumed), then a loop ends cleanly again. `Err` says why there is none.
-fn interrupt_site(
+fn find_interrupt_addrs(
     store: &mut Store<WasiP1Ctx>,
     instance: &Instance,
     printed: &str,
-) -> Result<InterruptSite, String> {
+) -> Result<InterruptAddrs, String> {
     let mut words = printed
         .lines()
         .find_map(|l| l.strip_prefix(SITE_MARKER))
-        .ok_or("the pre-initializing turn did not print the site's inputs")?
+        .ok_or("the pre-initializing turn did not print the addresses' inputs")?
         .split_whitespace()
         .map(|w| w.parse::<u32>().ok());
     let (Some(Some(exception)), Some(Some(ident))) = (words.next(), words.next()) else {
-        return Err("the site's inputs are not two numbers".into());
+        return Err("the addresses' inputs are not two numbers".into());
     };
     let memory = instance
         .get_memory(&mut *store, "memory")
         .ok_or("no memory export")?;
-    let site = super::site::find(memory.data(&*store), exception, ident)
+    let addrs = super::addrs::find(memory.data(&*store), exception, ident)
         .ok_or("no thread state found through the debug offsets")?;
     let word =
-        |store: &Store<WasiP1Ctx>, at: u32| super::site::u32_at(memory.data(store), at as usize);
+        |store: &Store<WasiP1Ctx>, at: u32| super::addrs::u32_at(memory.data(store), at as usize);
     let status =
         |store: &mut Store<WasiP1Ctx>| turn(store, instance, LOOP).map_err(|e| e.to_string());
     if status(store)? != 0 {
-        return Err("a loop failed before the site was tried".into());
+        return Err("a loop failed before the addresses were tried".into());
     }
-    let breaker = word(store, site.eval_breaker).ok_or("eval_breaker out of bounds")?;
+    let breaker = word(store, addrs.eval_breaker).ok_or("eval_breaker out of bounds")?;
     let write = |store: &mut Store<WasiP1Ctx>, at: u32, value: u32| {
         memory
             .write(&mut *store, at as usize, &value.to_le_bytes())
             .map_err(|e| e.to_string())
     };
-    write(store, site.async_exc, exception)?;
-    write(store, site.eval_breaker, breaker | ASYNC_EXCEPTION_BIT)?;
+    write(store, addrs.async_exc, exception)?;
+    write(store, addrs.eval_breaker, breaker | ASYNC_EXCEPTION_BIT)?;
     if status(store)? == 0 {
-        return Err(format!("{site:?} did not interrupt a loop"));
+        return Err(format!("{addrs:?} did not interrupt a loop"));
     }
-    if word(store, site.async_exc) != Some(0) {
-        return Err(format!("{site:?}: async_exc was not consumed"));
+    if word(store, addrs.async_exc) != Some(0) {
+        return Err(format!("{addrs:?}: async_exc was not consumed"));
     }
     if status(store)? != 0 {
-        return Err(format!("{site:?}: a loop failed after the interrupt"));
+        return Err(format!("{addrs:?}: a loop failed after the interrupt"));
     }
-    Ok(site)
+    Ok(addrs)
 }
 
 /// The one turn that loads the runner as `_weir`, imports everything, and prints (flushed, so
-/// nothing stays buffered in the snapshot) what the interrupt site is found by.
+/// nothing stays buffered in the snapshot) what the interrupt addresses is found by.
 fn init_source() -> String {
     format!(
         "import sys as _s, types as _t, _thread as _th\n\

@@ -8,10 +8,10 @@
 //! are the pair of table slots, a few apart, at which the thread state really holds the
 //! interpreter's address and the thread's ident (which the pre-initializing turn prints, with
 //! `id(KeyboardInterrupt)`). `eval_breaker` directly follows `interp`, `async_exc` directly
-//! precedes `thread_id`. The site is then tried on the instance (`super::preinit`) before it is
-//! kept: a site that does not raise `KeyboardInterrupt` in a loop is not used.
+//! precedes `thread_id`. The addresses are then tried on the instance (`super::preinit`) before it is
+//! kept: addresses that do not raise `KeyboardInterrupt` in a loop is not used.
 
-use crate::interrupt::InterruptSite;
+use crate::interrupt::InterruptAddrs;
 
 const COOKIE: &[u8] = b"xdebugpy";
 /// `_Py_DebugOffsets` head: `version`, `runtime_state.interpreters_head`,
@@ -37,8 +37,8 @@ pub(super) fn u32_at(memory: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(bytes.try_into().ok()?))
 }
 
-/// The site in `memory`, given `KeyboardInterrupt`'s address and the main thread's ident.
-pub fn find(memory: &[u8], exception: u32, ident: u32) -> Option<InterruptSite> {
+/// The interrupt addresses in `memory`, given `KeyboardInterrupt`'s address and the main thread's ident.
+pub fn find(memory: &[u8], exception: u32, ident: u32) -> Option<InterruptAddrs> {
     memory
         .windows(COOKIE.len())
         .enumerate()
@@ -54,7 +54,7 @@ fn from_runtime(
     runtime: usize,
     exception: u32,
     ident: u32,
-) -> Option<InterruptSite> {
+) -> Option<InterruptAddrs> {
     let head = usize::try_from(u64_at(memory, runtime + INTERPRETERS_HEAD)?).ok()?;
     let interp = u32_at(memory, runtime.checked_add(head)?)?;
     let threads = usize::try_from(u64_at(memory, runtime + THREADS_HEAD)?).ok()?;
@@ -79,7 +79,7 @@ fn from_runtime(
         if u32_at(memory, async_exc) != Some(0) {
             return None;
         }
-        return Some(InterruptSite {
+        return Some(InterruptAddrs {
             eval_breaker: u32::try_from(tstate + a + 4).ok()?,
             async_exc: u32::try_from(async_exc).ok()?,
             exception,
@@ -118,11 +118,11 @@ mod tests {
         put64(&mut m, runtime + 240, 96);
         put32(&mut m, tstate as usize + 8, interp);
         put32(&mut m, tstate as usize + 96, 77);
-        let site = find(&m, 0x9999, 77).expect("found");
-        assert_eq!(site.eval_breaker, tstate + 12);
-        assert_eq!(site.async_exc, tstate + 92);
-        assert_eq!(site.exception, 0x9999);
-        assert_eq!(InterruptSite::parse(&site.to_string()), Some(site));
+        let addrs = find(&m, 0x9999, 77).expect("found");
+        assert_eq!(addrs.eval_breaker, tstate + 12);
+        assert_eq!(addrs.async_exc, tstate + 92);
+        assert_eq!(addrs.exception, 0x9999);
+        assert_eq!(InterruptAddrs::parse(&addrs.to_string()), Some(addrs));
         // Another thread ident, or another CPython, finds nothing.
         assert!(find(&m, 0x9999, 78).is_none());
         put64(&mut m, runtime + VERSION, 0x030E_00F0);
