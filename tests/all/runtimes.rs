@@ -157,6 +157,10 @@ async fn the_service_lists_and_selects_runtimes_on_every_entry_point() {
     assert_eq!(list[1]["aliases"], json!(["alt"]));
     assert_eq!(list[1]["default"], false);
     assert_eq!(list[1]["language"], "python");
+    assert_eq!(
+        (&list[0]["display"], &list[1]["display"]),
+        (&json!(true), &json!(true))
+    );
 
     // `/ws`: the exit names the runtime that ran.
     let mut ws = connect(&server, "").await;

@@ -49,6 +49,7 @@ async fn runtimes(State(state): State<Arc<AppState>>) -> Json<Value> {
                 "build": r.build,
                 "default": i == 0,
                 "status": state.runtime_status(&r.name),
+                "display": state.sandbox.policy(Some(&r.name)).is_ok_and(|p| p.display),
             })
         })
         .collect();

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 use weir_sandbox::{Cell, Program, RunRequest, StartError};
 
 /// What a session is started with (`POST /v1/sessions`'s body, MCP's `session_create`).
@@ -114,8 +115,10 @@ pub async fn run_cell(
         stdin: params.stdin.unwrap_or_default().into(),
         interactive: params.interactive,
     };
+    let span = tracing::info_span!("cell", session_id = %session.id);
     let result = session
         .exec(cell, cell_timeout(app, params.timeout_ms))
+        .instrument(span)
         .await;
     match &result {
         // The run ended by itself before the cell could start.
