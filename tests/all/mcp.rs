@@ -56,6 +56,12 @@ async fn the_official_sdk_runs_python_over_streamable_http() {
         metrics.contains("weir_runs_started_total 6"),
         "every tool call that started a run is counted (5 of 6 run_python calls, 1 session):\n{metrics}"
     );
+    // The closed session's instance is freed once its run's task has ended, just after the
+    // client hears `session_close`.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while server.state.sandbox.live_instances() != 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert_eq!(server.state.sandbox.live_instances(), 0);
     server.shutdown().await;
 }
