@@ -40,4 +40,5 @@ pub mod tracked;
 pub mod ws;
 
 pub use config::ServerConfig;
+pub use lifecycle::Error;
 pub use server::{serve, start, start_with, RunningServer};
