@@ -224,19 +224,20 @@ impl TrackedRun {
         if std::mem::replace(&mut self.recorded, true) {
             return;
         }
-        let (metrics, record) = self.unread_end(why);
-        metrics.run_finished(
-            why.outcome(),
-            self.started.elapsed().unwrap_or_default(),
-            self.output_bytes,
-        );
-        tracing::info!(run_id = %self.id, outcome = why.outcome(), "run ended");
+        let record = self.count_unread(why);
         self.books.history.store(record, None).await;
     }
 
-    fn unread_end(&self, why: EndedBy) -> (Arc<Metrics>, RunRecord) {
+    /// Counts and logs the end of a run whose `exit` was not read; its history record.
+    fn count_unread(&self, why: EndedBy) -> RunRecord {
+        let outcome = why.outcome();
+        let age = self.started.elapsed().unwrap_or_default();
+        self.books
+            .metrics
+            .run_finished(outcome, age, self.output_bytes);
+        tracing::info!(run_id = %self.id, outcome, ?why, "run ended");
         let runtime = self.handle.runtime();
-        let record = match why {
+        match why {
             EndedBy::ClientLeft => RunRecord::abandoned(
                 &self.id,
                 &self.user,
@@ -248,12 +249,11 @@ impl TrackedRun {
                 &self.id,
                 &self.user,
                 self.started,
-                why.outcome(),
+                outcome,
                 self.output_bytes,
                 runtime,
             ),
-        };
-        (self.books.metrics.clone(), record)
+        }
     }
 }
 
@@ -264,21 +264,14 @@ impl Drop for TrackedRun {
         if self.recorded {
             return;
         }
-        let (metrics, record) = self.unread_end(EndedBy::ClientLeft);
-        metrics.run_finished(
-            "stopped",
-            self.started.elapsed().unwrap_or_default(),
-            self.output_bytes,
-        );
-        tracing::info!(run_id = %self.id, outcome = "stopped", "run ended: its client went away");
+        let record = self.count_unread(EndedBy::ClientLeft);
         let history = self.books.history.clone();
         match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                let task = self.books.tasks.track_future(async move {
-                    history.store(record, None).await;
-                });
-                drop(rt.spawn(task));
-            }
+            Ok(rt) => drop(
+                self.books
+                    .tasks
+                    .spawn_on(async move { history.store(record, None).await }, &rt),
+            ),
             Err(_) => {
                 tracing::warn!(run_id = %self.id, "cannot store the end of a run dropped outside the runtime")
             }

@@ -56,7 +56,7 @@ impl<B: FromBody, D: Dialect> Admitted<B, D> {
         body: axum::body::Body,
     ) -> Result<Self, Response> {
         Self::check(app, parts, body).await.map_err(|e| {
-            refused(app, &e);
+            count_refusal(app, &e);
             e.render::<D>()
         })
     }
@@ -107,7 +107,7 @@ impl FromRequestParts<Arc<AppState>> for Identified {
         let identified = identify(app, &query, &parts.headers).map(|(user, _)| Identified {
             user: user.unwrap_or_else(|| ANONYMOUS.into()),
         });
-        identified.inspect_err(|e| refused(app, e))
+        identified.inspect_err(|e| count_refusal(app, e))
     }
 }
 
@@ -119,7 +119,7 @@ fn query(parts: &Parts) -> Result<WsQuery, Error> {
 }
 
 /// Counts and logs a refusal (other errors, a malformed body say, are the caller's answer only).
-fn refused(app: &AppState, e: &Error) {
+pub fn count_refusal(app: &AppState, e: &Error) {
     if let Error::Refused(r) = e {
         app.metrics.rejected(r.reason);
         tracing::info!(reason = r.reason, message = %r.message, "refused");
@@ -176,14 +176,9 @@ pub async fn slot(app: &AppState, user: Option<&str>) -> Result<Slot, Error> {
     }
 }
 
-/// Counts and logs a refusal [`slot`] returned.
-pub fn count_refusal(app: &AppState, e: &Error) {
-    refused(app, e);
-}
-
 /// The refusal of a caller the login registry cannot admit (cluster mode: the database is
 /// unreachable, or the user's connection on another node did not close in time).
-pub fn registry_refusal(e: RegisterError) -> Refusal {
+fn registry_refusal(e: RegisterError) -> Refusal {
     let reason = match e {
         RegisterError::Unavailable(_) => "database",
         RegisterError::Busy => "replacing",
@@ -198,7 +193,7 @@ pub fn registry_refusal(e: RegisterError) -> Refusal {
 /// Counts and logs a login registry's refusal, as `D` spells it.
 pub fn login_refused<D: Dialect>(app: &AppState, e: RegisterError) -> Response {
     let e = Error::Refused(registry_refusal(e));
-    refused(app, &e);
+    count_refusal(app, &e);
     e.render::<D>()
 }
 

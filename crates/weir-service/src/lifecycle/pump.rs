@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 use weir_sandbox::AbortOnDrop;
-use weir_sandbox::Event;
+use weir_sandbox::{sleep_until_opt, Event};
 
 /// Frames queued towards a slow client before the session stops taking run events.
 const OUT_QUEUE: usize = 32;
@@ -424,9 +424,4 @@ fn login_close(why: LoginEnd) -> Flow {
         ),
         _ => Flow::close(close::REPLACED, "logged in from another location"),
     }
-}
-
-/// Sleeps until `deadline`; for ever without one.
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    weir_sandbox::sleep_until_opt(deadline).await
 }
