@@ -225,22 +225,21 @@ class _Host:
     must rewrite -- dirtying, so copying, their pages."""
 
     __slots__ = ("launch_config", "program_compiled", "uncaught_exception", "repl_started",
-                 "read_line", "next_cell", "cell_code", "cell_done")
+                 "read_line", "cell_code", "cell_done")
 
     def __init__(self, launch_config, program_compiled, uncaught_exception, repl_started,
-                 read_line, next_cell, cell_code, cell_done):
+                 read_line, cell_code, cell_done):
         self.launch_config = launch_config
         self.program_compiled = program_compiled
         self.uncaught_exception = uncaught_exception
         self.repl_started = repl_started
         self.read_line = read_line
-        self.next_cell = next_cell
         self.cell_code = cell_code
         self.cell_done = cell_done
 
 
 _HOST = _Host(host.launch_config, host.program_compiled, host.uncaught_exception,
-              host.repl_started, input, host.next_cell, host.cell_code, host.cell_done)
+              host.repl_started, input, host.cell_code, host.cell_done)
 
 
 def _refresh_process_state(launch):
@@ -437,7 +436,7 @@ _INTERRUPTED = ("KeyboardInterrupt", "")
 
 
 class _Cell:
-    """Where the session's current cell is, kept across a stray interrupt (`_cells`)."""
+    """Where the session's current cell is, kept across a stray interrupt (`_cell`)."""
 
     __slots__ = ("number", "phase", "source", "result", "error", "exit")
 
@@ -447,47 +446,84 @@ class _Cell:
         self.source = self.result = self.error = self.exit = None
 
 
-def _cells(namespace, api):
-    """A session: runs cells in one namespace until the host has no more, or one exits.
+class _Session:
+    """A session between two cells: its namespace and where its cells are. Kept in a module
+    global, so that between cells no guest code runs and the interpreter's memory holds the
+    whole session (what a snapshot keeps)."""
 
-    The host delivers interrupts from a cell's start until the guest asks for the next cell, so
-    one may land in this loop's own code instead of the cell's. `_session` is then entered
-    again and `cell` says where it was: a stray interrupt never ends the session and never runs
-    a cell twice. One that lands before the cell's code starts loses nothing: asked again
-    before any end was reported, the host hands out the same cell."""
-    cell = _Cell()
+    __slots__ = ("namespace", "cell", "first_free")
+
+    def __init__(self, namespace, first_free):
+        self.namespace = namespace
+        self.cell = _Cell()
+        self.first_free = first_free
+
+
+_SESSION = None
+
+
+def _cell(session, source, api):
+    """Runs one cell of a session; the exit status when the cell ended the session
+    (`sys.exit`), `None` otherwise.
+
+    Interrupts reach the guest only while the cell's own code runs, so one may land in this
+    function's code only in the moment delivery closes; `_step` is then entered again and `cell`
+    says where it was: a stray interrupt never ends the session and never runs a cell twice."""
+    cell = session.cell
+    cell.number += 1
+    cell.source, cell.result, cell.error, cell.exit = source, None, _INTERRUPTED, None
+    cell.phase = _RUN
     while True:
         try:
-            return _session(namespace, api, cell)
+            return _step(session.namespace, api, cell)
         except KeyboardInterrupt:
             pass
 
 
-def _session(namespace, api, cell):
+def _step(namespace, api, cell):
+    if cell.phase == _RUN:
+        cell.phase = _DONE  # from here on the cell may have started: it never runs again
+        try:
+            _fresh_stdin()
+            cell.result = _run_cell(cell.source, "<cell %d>" % cell.number, namespace, api)
+            cell.error = None
+        except SystemExit as exc:
+            cell.error = ("SystemExit", str(exc.code))
+            cell.exit = _exit_code(exc)
+        except BaseException as exc:  # noqa: BLE001 - every error is the cell's, not the session's
+            cell.error = _show(exc)
+    _flush_stdio()
+    api.cell_done(cell.result, cell.error)
+    cell.phase = _WAIT
+    return cell.exit
+
+
+# Descriptors probed for files a session holds open: the C library hands out the lowest free one.
+_PROBED_FDS = 1024
+
+
+def _first_free_fd():
+    """The lowest descriptor not open: the host's directories take 3 and up, before any program
+    code runs."""
+    fd = 3
     while True:
-        if cell.phase == _WAIT:
-            source = api.next_cell()
-            if source is None:
-                return 0
-            cell.number += 1
-            cell.source, cell.result, cell.error, cell.exit = source, None, _INTERRUPTED, None
-            cell.phase = _RUN
-        if cell.phase == _RUN:
-            cell.phase = _DONE  # from here on the cell may have started: it never runs again
-            try:
-                _fresh_stdin()
-                cell.result = _run_cell(cell.source, "<cell %d>" % cell.number, namespace, api)
-                cell.error = None
-            except SystemExit as exc:
-                cell.error = ("SystemExit", str(exc.code))
-                cell.exit = _exit_code(exc)
-            except BaseException as exc:  # noqa: BLE001 - every error is the cell's, not the session's
-                cell.error = _show(exc)
-        _flush_stdio()
-        api.cell_done(cell.result, cell.error)
-        if cell.exit is not None:
-            return cell.exit
-        cell.phase = _WAIT
+        try:
+            os.fstat(fd)
+        except OSError:
+            return fd
+        fd += 1
+
+
+def _open_files(first_free):
+    """Why the session cannot be saved now: a file it holds open (a snapshot keeps the guest's
+    memory, and the host's side of an open file is not in it), or `None`."""
+    for fd in range(first_free, _PROBED_FDS):
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        return "the session holds a file open (descriptor %d): close it first" % fd
+    return None
 
 
 def _finish():
@@ -509,6 +545,7 @@ def _main(api):
     random.seed()
     launch = api.launch_config()
     _refresh_process_state(launch)
+    first_free = _first_free_fd() if launch.cells else None
     try:
         code_obj, filename = _load(launch, api)
     except BaseException as exc:  # noqa: BLE001 - SyntaxError, missing file, ...
@@ -525,16 +562,34 @@ def _main(api):
     if launch.repl or launch.cells:
         if namespace is None:
             namespace = _new_main("<stdin>").__dict__
-        status = _cells(namespace, api) if launch.cells else _repl(namespace, api)
+        if launch.cells:
+            global _SESSION
+            _SESSION = _Session(namespace, first_free)
+            return None
+        status = _repl(namespace, api)
     return status
 
 
 class Run(exports.Run):
     def run(self) -> None:
         status = _main(_HOST)
+        if status is None:
+            return  # a session: its cells come as calls to `Session.cell`
         _finish()
         if status != 0:
             wasi_exit.exit_with_code(status)
+
+
+class Session(exports.Session):
+    def cell(self, source: str) -> int | None:
+        return _cell(_SESSION, source, _HOST)
+
+    def finish(self) -> int:
+        _finish()
+        return 0
+
+    def unsaved(self) -> str | None:
+        return _open_files(_SESSION.first_free)
 
 
 # ------------------------------------------------------- build time, last
@@ -554,8 +609,7 @@ class _WarmUpHost:
 
     def api(self):
         return _Host(self.launch_config, self.program_compiled, self.uncaught_exception,
-                     self.repl_started, self.read_line, self.next_cell, self.cell_code,
-                     self.cell_done)
+                     self.repl_started, self.read_line, self.cell_code, self.cell_done)
 
     def launch_config(self):
         return self.launch
@@ -575,14 +629,16 @@ class _WarmUpHost:
         except StopIteration:
             raise EOFError from None
 
-    def next_cell(self):
-        return next(self.lines, None)
-
     def cell_code(self, running):
         pass
 
     def cell_done(self, result, error):
         pass
+
+
+def _end_warm_up_session():
+    global _SESSION
+    _SESSION = None
 
 
 def _warm_up(passes=3):
@@ -607,9 +663,14 @@ def _warm_up(passes=3):
         # A session's cells: the last expression's value, an error, state kept between cells.
         # The cells replace `sys.stdin`; the snapshot keeps the interpreter's own.
         stdin = sys.stdin
-        _main(_WarmUpHost("n = 1", ["n += 1", "n * 2", "def h():\n    return n\nh()",
-                                     "1 / 0 if n > 99 else None"], cells=True).api())
+        cells = ["n += 1", "n * 2", "def h():\n    return n\nh()", "1 / 0 if n > 99 else None"]
+        api = _WarmUpHost("n = 1", [], cells=True).api()
+        _main(api)
+        for source in cells:
+            _cell(_SESSION, source, api)
+        _open_files(_SESSION.first_free)
         sys.stdin = sys.__stdin__ = stdin
+    _end_warm_up_session()
     if build_main is not None:
         sys.modules["__main__"] = build_main
     sys.argv = [""]

@@ -26,3 +26,4 @@ mod sandbox;
 mod sci;
 mod server;
 mod sessions;
+mod snapshots;

@@ -4,9 +4,10 @@
 use crate::compile_cache::CacheSlot;
 use crate::event::CellEnd;
 use crate::pipes::{GuestStdin, OutputQueue};
+use crate::snapshot::{Snapshot, SnapshotError};
 use bytes::Bytes;
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use wasmtime::component::{ComponentType, Lower};
 
 /// How the guest should launch the user's program (the WIT `launch` record).
@@ -128,10 +129,31 @@ impl std::fmt::Debug for DisplayOutput {
     }
 }
 
+/// What a session's caller asks of it between cells.
+pub enum SessionRequest {
+    /// Run this cell.
+    Cell(Cell),
+    /// Snapshot the session (`crate::snapshot`), answered here.
+    Snapshot(oneshot::Sender<Result<Snapshot, SnapshotError>>),
+}
+
 /// Where a session's guest takes its cells from, and what a cell's start resets.
 pub struct CellInbox {
-    /// Cells from the caller; closed: the session ends.
-    pub cells: mpsc::Receiver<Cell>,
+    /// Cells and snapshot requests from the caller; closed: the session ends.
+    pub requests: mpsc::Receiver<SessionRequest>,
+    /// The state the session starts from instead of its program's (a restored snapshot).
+    pub restore: Option<Arc<Snapshot>>,
+    /// A deterministic run: its seeded randomness and virtual clock are host state a snapshot
+    /// does not keep, so it is not snapshotted.
+    pub deterministic: bool,
+    /// The runtime's name and build, kept in its snapshots.
+    pub runtime: String,
+    /// The runtime's build.
+    pub build: String,
+    /// The environment and arguments the session started with, kept in its snapshots.
+    pub env: Vec<(String, String)>,
+    /// `sys.argv[1:]`.
+    pub args: Vec<String>,
     /// The run's stdin, given each cell's own.
     pub stdin: GuestStdin,
     /// The run's output, whose cap each cell gets afresh and which carries each cell's end.

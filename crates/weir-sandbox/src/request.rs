@@ -82,6 +82,11 @@ pub struct RunRequest {
     /// The runtime to run in, by name or alias ([`crate::Sandbox::runtimes`]); `None`: the
     /// sandbox's default.
     pub runtime: Option<String>,
+    /// Start as this snapshot's session ([`crate::RunControl::snapshot`]), where it was: the
+    /// run is a session in the snapshot's runtime, with its files, environment and arguments
+    /// (`program`, `files`, `env`, `args` and `runtime` are not used). Refused for another
+    /// runtime build, a deterministic run, or a memory limit below the snapshot's memory.
+    pub restore: Option<std::sync::Arc<crate::snapshot::Snapshot>>,
 }
 
 impl RunRequest {
@@ -109,6 +114,7 @@ impl RunRequest {
             compile_scope: CompileScope::default(),
             max_limits: None,
             runtime: None,
+            restore: None,
         }
     }
 

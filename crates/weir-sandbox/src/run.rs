@@ -10,13 +10,14 @@ use crate::background::BackgroundLane;
 use crate::event::{Collected, Event, RunId, RunResult, RunState};
 use crate::files::Returned;
 use crate::interrupt::Interrupter;
-use crate::launch::Cell;
+use crate::launch::{Cell, SessionRequest};
 use crate::limits::Limits;
 use crate::outcome::Outcome;
 use crate::pipes::{GuestStatus, GuestStdin, OutputLimitExceeded, OutputQueue, StdinSender};
 use crate::priority::{Grant, Priority};
 use crate::runtime::{CallResult, GuestCall, Runtime};
 use crate::scratch::{LiveDir, Scratch};
+use crate::snapshot::{Snapshot, SnapshotError};
 use crate::store::GuestState;
 use crate::task::AbortOnDrop;
 use crate::variant::EngineVariant;
@@ -69,7 +70,7 @@ pub struct RunControl {
     stdin: StdinSender,
     priority: Priority,
     interrupter: Arc<Interrupter>,
-    cells: Option<mpsc::Sender<Cell>>,
+    cells: Option<mpsc::Sender<SessionRequest>>,
     /// The run's scratch directory, while its store holds it.
     dir: Weak<Scratch>,
     /// Set once the guest will run no more (before its store, and directory, are let go).
@@ -149,10 +150,24 @@ impl RunControl {
     /// output; one cell at a time.
     pub fn send_cell(&self, cell: Cell) -> Result<(), CellError> {
         let cells = self.cells.as_ref().ok_or(CellError::NotASession)?;
-        cells.try_send(cell).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => CellError::Busy,
-            mpsc::error::TrySendError::Closed(_) => CellError::Ended,
-        })
+        cells
+            .try_send(SessionRequest::Cell(cell))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => CellError::Busy,
+                mpsc::error::TrySendError::Closed(_) => CellError::Ended,
+            })
+    }
+
+    /// Snapshots a session ([`Snapshot`]): taken once its running and queued cells have
+    /// ended, while it waits for the next.
+    pub async fn snapshot(&self) -> Result<Snapshot, SnapshotError> {
+        let cells = self.cells.as_ref().ok_or(SnapshotError::Ended)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        cells
+            .send(SessionRequest::Snapshot(tx))
+            .await
+            .map_err(|_| SnapshotError::Ended)?;
+        rx.await.map_err(|_| SnapshotError::Ended)?
     }
 
     /// Freezes the guest: no CPU, and its wall-time clock stops.
@@ -276,8 +291,8 @@ pub(crate) struct Driver {
     pub lane: Arc<BackgroundLane>,
     pub span: tracing::Span,
     pub interrupter: Arc<Interrupter>,
-    /// A session's cells (the callers' end).
-    pub cells: Option<mpsc::Sender<Cell>>,
+    /// A session's cells and snapshot requests (the callers' end).
+    pub cells: Option<mpsc::Sender<SessionRequest>>,
     /// Files to return when the program ends by itself.
     pub return_files: Vec<glob::Pattern>,
 }

@@ -10,7 +10,7 @@ use crate::determinism::{GuestClock, VirtualClock};
 use crate::engine::EngineSettings;
 use crate::event::{Event, RunId, StreamKind};
 use crate::interrupt::Interrupter;
-use crate::launch::{Cell, CellInbox, HostState, Launch};
+use crate::launch::{CellInbox, HostState, Launch, SessionRequest};
 use crate::limits::{LimitError, Limits, MemoryBudget, MemoryLimiter};
 use crate::pipes::{GuestStatus, GuestStdin, OutputQueue, StdinMode, StdinSender};
 use crate::priority::{CpuGate, Priority};
@@ -18,6 +18,7 @@ use crate::request::{Program, RunRequest};
 use crate::run::{self, Foreground, RunHandle};
 use crate::runtime::{python::CPython, GuestSetup, Policy, Runtime, RuntimeInfo};
 use crate::scratch::{Scratch, ScratchDirs, ScratchError};
+use crate::snapshot::SnapshotError;
 use crate::store::{GuestState, Parts};
 use crate::variant::EngineVariant;
 use std::path::{Path, PathBuf};
@@ -62,6 +63,9 @@ pub enum StartError {
         /// Why it failed.
         reason: String,
     },
+    /// The snapshot to restore cannot start here.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     /// No runtime of this sandbox answers to the requested name.
     #[error("no runtime named {name:?}; this sandbox has {known}")]
     UnknownRuntime {
@@ -401,7 +405,17 @@ impl Sandbox {
     /// Starts a run in a fresh store. The returned handle owns the run: dropping it stops the
     /// run and frees everything it holds.
     pub async fn start(&self, req: RunRequest) -> Result<RunHandle, StartError> {
+        let req = self.restoring(req)?;
         let limits = self.admissible_limits(&req)?;
+        if let Some(from) = &req.restore {
+            if from.memory_bytes() > limits.memory_bytes {
+                return Err(StartError::Snapshot(SnapshotError::Unsaved(format!(
+                    "the snapshot's session uses {} of memory, above this run's limit of {}",
+                    crate::limits::human_bytes(from.memory_bytes()),
+                    crate::limits::human_bytes(limits.memory_bytes)
+                ))));
+            }
+        }
         let return_files = crate::files::patterns(&req.return_files)?;
         let runtime = req.runtime.clone().or_else(|| self.auto_runtime(&req));
         let variant = self.variant(runtime.as_deref(), &limits).await?;
@@ -468,6 +482,38 @@ impl Sandbox {
             events_rx,
             stdin_tx,
         ))
+    }
+
+    /// `req` as the session its snapshot (if any) restores: the snapshot's runtime, files,
+    /// environment and arguments, once its build is this sandbox's.
+    fn restoring(&self, mut req: RunRequest) -> Result<RunRequest, StartError> {
+        let Some(from) = req.restore.clone() else {
+            return Ok(req);
+        };
+        if req.deterministic.is_some() {
+            return Err(StartError::Snapshot(SnapshotError::Unsaved(
+                "a snapshot cannot start a deterministic run".into(),
+            )));
+        }
+        let info = self
+            .runtime(Some(from.runtime()))
+            .map_err(|_| SnapshotError::OtherBuild {
+                runtime: from.runtime().to_string(),
+                build: from.build().to_string(),
+                current: "no such runtime".into(),
+            })?;
+        from.check_build(&info.name, &info.build)?;
+        req.runtime = Some(info.name.clone());
+        req.cells = true;
+        req.repl = false;
+        req.program = Program::Code(String::new());
+        req.files = from
+            .files()
+            .map(|(p, b)| (p.to_string(), b.to_vec()))
+            .collect();
+        req.env = from.env().to_vec();
+        req.args = from.args().to_vec();
+        Ok(req)
     }
 
     /// The limits `req` runs with, once they are valid, its environment can be given to the
@@ -566,7 +612,7 @@ impl Sandbox {
         variant: &EngineVariant,
         io: &RunIo,
         has_site: bool,
-    ) -> (HostState, Option<mpsc::Sender<Cell>>) {
+    ) -> (HostState, Option<mpsc::Sender<SessionRequest>>) {
         let setup = variant.instantiator.guest.setup();
         let mut host = self.launch(req, limits, &variant.runtime.info().name);
         host.launch.args = argv(req);
@@ -583,7 +629,13 @@ impl Sandbox {
         host.launch.repl = false;
         host.launch.cells = true;
         host.cells = Some(CellInbox {
-            cells: rx,
+            requests: rx,
+            restore: req.restore.clone(),
+            deterministic: req.deterministic.is_some(),
+            runtime: variant.runtime.info().name.clone(),
+            build: variant.runtime.info().build.clone(),
+            env: req.env.clone(),
+            args: req.args.clone(),
             stdin: io.stdin.clone(),
             output: io.pipes.clone(),
             // A deterministic run's virtual clock is its fuel: it is not refilled.

@@ -396,6 +396,17 @@ impl LiveDir {
         crate::files::read(self.path(), rel, max)
     }
 
+    /// Every file and its bytes, in name order (a session's snapshot keeps them; empty
+    /// directories are not kept).
+    pub(crate) fn read_all(&self) -> Result<Vec<(String, Vec<u8>)>, FileError> {
+        let mut files = Vec::new();
+        for entry in self.list()? {
+            let bytes = self.read(&entry.path, entry.size)?;
+            files.push((entry.path, bytes));
+        }
+        Ok(files)
+    }
+
     /// Writes one file, the directory staying within `scratch_limit` bytes ([`crate::files::write`]).
     pub fn write(&self, rel: &str, data: &[u8], scratch_limit: u64) -> Result<(), FileError> {
         crate::files::write(self.path(), rel, data, scratch_limit)

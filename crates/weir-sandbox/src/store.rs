@@ -5,11 +5,12 @@ use crate::compile_cache::{CacheSlot, MAX_ENTRY_BYTES};
 use crate::determinism::{ClockView, GuestClock};
 use crate::event::{CellEnd, Display, Event};
 use crate::interrupt::Interrupter;
-use crate::launch::{take_launch, CellPhase, HostState, Launch, Uncaught};
+use crate::launch::{take_launch, Cell, CellPhase, HostState, Launch, SessionRequest, Uncaught};
 use crate::limits::MemoryLimiter;
 use crate::pipes::GuestStatus;
 use crate::priority::Priority;
 use crate::scratch::Scratch;
+use crate::snapshot::SnapshotError;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit};
@@ -130,6 +131,16 @@ impl GuestState {
         *self = *run;
     }
 
+    /// For a session: `Some`, with the snapshot it starts from, if any.
+    pub(crate) fn session_start(&self) -> Option<Option<Arc<crate::snapshot::Snapshot>>> {
+        self.host.cells.as_ref().map(|inbox| inbox.restore.clone())
+    }
+
+    /// The run's working directory, while the run holds it.
+    pub(crate) fn scratch(&self) -> Option<Arc<Scratch>> {
+        self._holdings.as_ref().map(|h| h._scratch.clone())
+    }
+
     /// Records the exception the user's program did not catch (the run's outcome names it).
     pub fn report_uncaught(&mut self, uncaught: Uncaught) {
         self.host.uncaught = Some(uncaught);
@@ -212,30 +223,68 @@ impl Drop for GuestState {
 }
 
 /// A session's next cell, waited for while the run counts as idle (as at a REPL prompt); `None`
-/// when the caller closed the session, or for a run that is not a session.
+/// when the caller closed the session, or for a run that is not a session. For a guest that
+/// asks for its cells itself (its session loop runs inside one call): a snapshot asked of it is
+/// refused.
 pub async fn next_cell(store: &mut StoreContextMut<'_, GuestState>) -> Option<String> {
     let state = store.data_mut();
-    let inbox = state.host.cells.as_mut()?;
     // No end reported: the same cell again (its interrupts stay armed).
     if let CellPhase::Running { code, end: None } = &state.host.cell {
         return Some(code.clone());
     }
-    // The cell has ended: its input is closed and its end queued behind its output. Interrupts
-    // are withdrawn until the next cell.
-    if let CellPhase::Running { end: Some(end), .. } = std::mem::take(&mut state.host.cell) {
+    end_cell(state);
+    loop {
+        match next_request(store).await? {
+            SessionRequest::Cell(cell) => return Some(begin_cell(store, cell).await),
+            SessionRequest::Snapshot(reply) => {
+                let runtime = (store.data().host.cells.as_ref()).map(|i| i.runtime.clone());
+                let _ = reply.send(Err(SnapshotError::Unsupported(runtime.unwrap_or_default())));
+            }
+        }
+    }
+}
+
+/// Ends a session's cell: its end (if the guest reported one; else a bare end, so the caller
+/// never waits) is queued behind its output, its input closes, and interrupts are withdrawn
+/// until the next cell.
+pub(crate) fn end_cell(state: &mut GuestState) {
+    let Some(inbox) = state.host.cells.as_mut() else {
+        return;
+    };
+    if let CellPhase::Running { end, .. } = std::mem::take(&mut state.host.cell) {
         inbox.stdin.end_cell();
-        inbox.output.push_marker(Event::Cell(end));
+        inbox
+            .output
+            .push_marker(Event::Cell(end.unwrap_or_default()));
     }
     state.interrupter.set_armed(false);
+}
+
+/// What the session's caller asks next, waited for while the run counts as idle (as at a REPL
+/// prompt); `None` when the caller closed the session, or for a run that is not a session.
+pub(crate) async fn next_request(
+    store: &mut StoreContextMut<'_, GuestState>,
+) -> Option<SessionRequest> {
+    let state = store.data_mut();
+    let inbox = state.host.cells.as_mut()?;
     let status = &state.status;
     status.send_modify(|s| {
         s.in_repl = true;
         s.waiting_input = true;
         s.waits += 1;
     });
-    let cell = inbox.cells.recv().await;
+    let request = inbox.requests.recv().await;
     status.send_modify(|s| s.waiting_input = false);
-    let cell = cell?;
+    request
+}
+
+/// Starts a session's cell: its output cap, its stdin and its fuel afresh, interrupts armed.
+/// Returns its source.
+pub(crate) async fn begin_cell(store: &mut StoreContextMut<'_, GuestState>, cell: Cell) -> String {
+    let state = store.data_mut();
+    let Some(inbox) = state.host.cells.as_mut() else {
+        return cell.code;
+    };
     inbox.output.begin_cell();
     inbox.stdin.begin_cell(cell.stdin, cell.interactive).await;
     let fuel = inbox.fuel;
@@ -248,7 +297,7 @@ pub async fn next_cell(store: &mut StoreContextMut<'_, GuestState>) -> Option<St
         // Each cell gets its own CPU budget. Cannot fail: only metered runs have one.
         let _ = store.set_fuel(fuel);
     }
-    Some(cell.code)
+    cell.code
 }
 
 impl WasiView for GuestState {

@@ -6,6 +6,7 @@
 //! guest's sha256, the wasmtime version and the engine's compile settings ([`super::artifact`]).
 
 pub mod host;
+mod session;
 
 use crate::interrupt::InterruptAddrs;
 use crate::launch::Uncaught;
@@ -157,7 +158,19 @@ impl Loaded for Linked {
                 };
             }
             let command = Command::new(&mut *store, &instance)?;
-            command.wasi_cli_run().call_run(&mut *store).await
+            let ran = command.wasi_cli_run().call_run(&mut *store).await;
+            let Some(restore) = store.data().session_start() else {
+                return ran;
+            };
+            // A session: its program has run (a restored one's is empty); its cells follow.
+            if ran.is_err() || ran.as_ref().is_ok_and(|r| r.is_err()) {
+                return ran;
+            }
+            let exports = session::Exports::new(store, &instance)?;
+            if let Some(from) = restore {
+                session::restore(store, &instance, &from).map_err(wasmtime::Error::new)?;
+            }
+            session::serve(store, &instance, &exports).await
         })
     }
 }

@@ -496,6 +496,46 @@ impl Instance {
         Some((memory.base.as_non_null(), memory.current_length()))
     }
 
+    /// WEIR PATCH: the globals and the (unshared) memories that this component's core
+    /// instances define rather than import, in instantiation and then index order: together with
+    /// the tables (unchanged after instantiation for a componentize-py guest), the whole state
+    /// of the guest between calls into it. The same component instantiated twice lists the same
+    /// items in the same order, so one instance's values can be written into another's.
+    ///
+    /// Reading and writing them through the handles is what the public `Global` and `Memory`
+    /// API allows for any exported item; nothing else changes.
+    pub fn weir_core_state(
+        &self,
+        mut store: impl AsContextMut,
+    ) -> (Vec<crate::Global>, Vec<crate::Memory>) {
+        let store = store.as_context_mut().0;
+        let store_id = store.id();
+        let ids: Vec<_> = self.id.get(store).weir_instance_ids().collect();
+        let mut globals = Vec::new();
+        let mut memories = Vec::new();
+        for id in ids {
+            let core = store.instance(id);
+            globals.extend(core.defined_globals(store_id).map(|(_, g)| g));
+            memories.extend(core.defined_memories(store_id).filter_map(|m| m.unshared()));
+        }
+        (globals, memories)
+    }
+
+    /// WEIR PATCH: the initial contents of each memory `weir_core_state` lists, in the same
+    /// order (`None`: zero-filled, or not known as one image): what a fresh instance's memory
+    /// holds before any code runs.
+    pub fn weir_core_images<'a, T: 'static>(
+        &self,
+        store: impl Into<crate::StoreContext<'a, T>>,
+    ) -> Vec<Option<(u64, &'a [u8])>> {
+        let store: &'a StoreOpaque = store.into().0;
+        let mut images = Vec::new();
+        for id in self.id.get(store).weir_instance_ids() {
+            images.extend(store.instance(id).weir_memory_images());
+        }
+        images
+    }
+
     pub(crate) fn options_memory<'a>(
         &self,
         store: &'a StoreOpaque,

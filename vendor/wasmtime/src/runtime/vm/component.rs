@@ -926,6 +926,11 @@ impl ComponentInstance {
         self.instances[idx]
     }
 
+    /// WEIR PATCH: every core instance created so far, in instantiation order.
+    pub fn weir_instance_ids(&self) -> impl Iterator<Item = InstanceId> + '_ {
+        self.instances.values().copied()
+    }
+
     fn instances_mut(self: Pin<&mut Self>) -> &mut TryPrimaryMap<RuntimeInstanceIndex, InstanceId> {
         // SAFETY: we've chosen the `Pin` guarantee of `Self` to not apply to
         // the map returned.

@@ -1112,6 +1112,29 @@ impl Instance {
     /// # Panics
     ///
     /// Panics if `index` is out-of-bounds.
+    /// WEIR PATCH: each defined memory's initial contents as the module maps them, in
+    /// defined-memory order: the offset and bytes of its one static initializer; `None` for a
+    /// memory that starts zero-filled, and for every memory of a module initialized segment by
+    /// segment.
+    pub fn weir_memory_images(&self) -> Vec<Option<(u64, &[u8])>> {
+        let module = self.env_module();
+        let mut images = Vec::new();
+        for (index, _) in module.memories.iter() {
+            if module.defined_memory_index(index).is_none() {
+                continue;
+            }
+            let image = match &module.memory_initialization {
+                MemoryInitialization::Static { map } => match map.get(index) {
+                    Some(Some((offset, data))) => Some((*offset, self.runtime_data(*data))),
+                    _ => None,
+                },
+                MemoryInitialization::Segmented => None,
+            };
+            images.push(image);
+        }
+        images
+    }
+
     fn runtime_data(&self, index: RuntimeDataIndex) -> &[u8] {
         let range = self.env_module().runtime_data[index].clone();
         self.wasm_data(range)

@@ -1,0 +1,132 @@
+//! A `python` session: the program runs in `wasi:cli/run`, which returns; each cell is then one
+//! call to the guest's `weir:sandbox/session` interface. Between calls no guest code runs, and
+//! the host serves what the caller asks of the idle session: the next cell, or a snapshot.
+
+use crate::launch::SessionRequest;
+use crate::runtime::plugin::CallResult;
+use crate::snapshot::{self, Snapshot, SnapshotError};
+use crate::store::{self, GuestState};
+use std::sync::Arc;
+use wasmtime::component::{Instance, TypedFunc};
+use wasmtime::{AsContextMut, Store};
+
+const INTERFACE: &str = "weir:sandbox/session@0.1.0";
+
+/// The guest's session exports.
+pub(super) struct Exports {
+    cell: TypedFunc<(String,), (Option<i32>,)>,
+    finish: TypedFunc<(), (i32,)>,
+    unsaved: TypedFunc<(), (Option<String>,)>,
+}
+
+impl Exports {
+    pub fn new(store: &mut Store<GuestState>, instance: &Instance) -> wasmtime::Result<Self> {
+        let iface = instance
+            .get_export_index(&mut *store, None, INTERFACE)
+            .ok_or_else(|| wasmtime::format_err!("the guest does not export {INTERFACE}"))?;
+        let mut func = |name: &str| {
+            instance
+                .get_export_index(&mut *store, Some(&iface), name)
+                .ok_or_else(|| wasmtime::format_err!("the guest does not export {name}"))
+        };
+        let (cell, finish, unsaved) = (func("cell")?, func("finish")?, func("unsaved")?);
+        Ok(Exports {
+            cell: instance.get_typed_func(&mut *store, cell)?,
+            finish: instance.get_typed_func(&mut *store, finish)?,
+            unsaved: instance.get_typed_func(&mut *store, unsaved)?,
+        })
+    }
+}
+
+/// Serves the session until its caller closes it or a cell ends it; what the run returns.
+pub(super) async fn serve(
+    store: &mut Store<GuestState>,
+    instance: &Instance,
+    exports: &Exports,
+) -> CallResult {
+    loop {
+        match store::next_request(&mut store.as_context_mut()).await {
+            None => {
+                let (status,) = exports.finish.call_async(&mut *store, ()).await?;
+                return exited(status);
+            }
+            Some(SessionRequest::Cell(cell)) => {
+                let code = store::begin_cell(&mut store.as_context_mut(), cell).await;
+                let (exit,) = exports.cell.call_async(&mut *store, (code,)).await?;
+                store::end_cell(store.data_mut());
+                if let Some(status) = exit {
+                    return exited(status);
+                }
+            }
+            Some(SessionRequest::Snapshot(reply)) => {
+                let taken = take(store, instance, exports).await;
+                let _ = reply.send(taken);
+            }
+        }
+    }
+}
+
+/// The run's result for a session that ended with `status`.
+fn exited(status: i32) -> CallResult {
+    match status {
+        0 => Ok(Ok(())),
+        code => Err(wasmtime_wasi::I32Exit(code).into()),
+    }
+}
+
+/// Snapshots the idle session.
+async fn take(
+    store: &mut Store<GuestState>,
+    instance: &Instance,
+    exports: &Exports,
+) -> Result<Snapshot, SnapshotError> {
+    let (why,) = exports
+        .unsaved
+        .call_async(&mut *store, ())
+        .await
+        .map_err(|e| SnapshotError::Guest(format!("{e:#}")))?;
+    if let Some(why) = why {
+        return Err(SnapshotError::Unsaved(why));
+    }
+    let (globals, memories) = instance.weir_core_state(&mut *store);
+    let values = snapshot::read_globals(&mut *store, &globals)?;
+    let state = store.data();
+    let inbox = state.host.cells.as_ref().ok_or(SnapshotError::Ended)?;
+    if inbox.deterministic {
+        return Err(SnapshotError::Unsaved(
+            "a deterministic session cannot be snapshotted: its seeded randomness and virtual \
+             clock are not kept"
+                .into(),
+        ));
+    }
+    let (runtime, build) = (inbox.runtime.clone(), inbox.build.clone());
+    let (env, args) = (inbox.env.clone(), inbox.args.clone());
+    let scratch = state.scratch().ok_or(SnapshotError::Ended)?;
+    let images = instance.weir_core_images(&*store);
+    let data: Vec<&[u8]> = memories.iter().map(|m| m.data(&*store)).collect();
+    let taken = snapshot::capture(&images, &data, values, runtime, build);
+    let files = crate::scratch::LiveDir::new(scratch)
+        .read_all()
+        .map_err(|e| SnapshotError::Unsaved(e.to_string()))?;
+    Ok(taken.with_host(files, env, args))
+}
+
+/// Turns the fresh session in `store` (its program has run) into `from`'s.
+pub(super) fn restore(
+    store: &mut Store<GuestState>,
+    instance: &Instance,
+    from: &Arc<Snapshot>,
+) -> Result<(), SnapshotError> {
+    let (globals, memories) = instance.weir_core_state(&mut *store);
+    snapshot::prepare(&mut *store, &globals, &memories, from)?;
+    let writes = {
+        let images = instance.weir_core_images(&*store);
+        let data: Vec<&[u8]> = memories.iter().map(|m| m.data(&*store)).collect();
+        snapshot::plan_writes(&data, &images, from)
+    };
+    for (m, page, bytes) in writes {
+        let at = page * snapshot::PAGE_BYTES;
+        memories[m].data_mut(&mut *store)[at..at + bytes.len()].copy_from_slice(&bytes);
+    }
+    snapshot::write_globals(&mut *store, &globals, from)
+}

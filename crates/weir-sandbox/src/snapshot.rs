@@ -1,0 +1,574 @@
+//! Session snapshots: a session's whole state between two cells, as bytes that restore in any
+//! process with the same runtime build.
+//!
+//! Between two cells no guest code runs (each cell is its own call into the guest), so the
+//! guest's linear memories and globals are all the state it has; its tables do not change
+//! after instantiation. A snapshot keeps the memory pages that differ from the runtime's own
+//! image (what a fresh instance maps before running anything), every global the guest's core
+//! instances define, the files of the working directory, and the environment and arguments the
+//! session started with. Restoring starts a fresh session of the same build (its host side —
+//! stdio, directories — set up as every session's is), then writes the snapshot's pages and
+//! globals over it and resets every page the fresh start wrote that the snapshot does not hold.
+//!
+//! Not captured, and so refused: a file the session holds open (the host's side of it is not in
+//! the guest's memory), a deterministic run's seeded randomness and virtual clock, and a cell in
+//! progress (a snapshot waits for the running cell to end).
+//!
+//! On disk: `WEIRSNAP`, a format version (u32, little endian), then one zstd frame (with its
+//! checksum) holding a JSON header and the page and file bytes it describes.
+
+use std::io::{Read, Write};
+use wasmtime::{AsContextMut, Global, Memory, Mutability, Val};
+
+/// The unit a snapshot compares and stores memory in, bytes.
+pub const PAGE_BYTES: usize = 4096;
+/// Largest snapshot read back, bytes once decompressed: a 32-bit guest's whole memory plus
+/// its files.
+pub const MAX_SNAPSHOT_BYTES: u64 = 5 << 30;
+
+const MAGIC: &[u8; 8] = b"WEIRSNAP";
+const VERSION: u32 = 1;
+/// zstd's fast end: a snapshot is taken while the session waits, and pages of interpreter heap
+/// compress about 4:1 at this level already.
+const LEVEL: i32 = 1;
+
+/// Why a snapshot could not be taken or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The bytes are not a snapshot at all.
+    #[error("not a weir snapshot")]
+    NotASnapshot,
+    /// Written by a weir whose snapshot format this one does not read.
+    #[error("snapshot format {0} is not supported (this weir reads format {VERSION})")]
+    Version(u32),
+    /// Damaged: cut short, altered, or inconsistent.
+    #[error("the snapshot is corrupted: {0}")]
+    Corrupted(String),
+    /// Larger than this weir reads.
+    #[error("the snapshot is larger than {MAX_SNAPSHOT_BYTES} bytes once decompressed")]
+    TooLarge,
+    /// Taken in another runtime, or another build of this one.
+    #[error(
+        "the snapshot was taken in runtime {runtime:?} build {build}; it restores only in that \
+         build (this sandbox runs {current})"
+    )]
+    OtherBuild {
+        /// The snapshot's runtime.
+        runtime: String,
+        /// The snapshot's build.
+        build: String,
+        /// What this sandbox has under that name.
+        current: String,
+    },
+    /// The guest's state does not have the snapshot's shape (another guest under the same id).
+    #[error("the snapshot does not fit this runtime's guest: {0}")]
+    Shape(String),
+    /// The session holds something a snapshot cannot keep.
+    #[error("{0}")]
+    Unsaved(String),
+    /// This runtime's sessions cannot be snapshotted.
+    #[error("runtime {0:?} cannot snapshot its sessions")]
+    Unsupported(String),
+    /// The run is not a session, or its session has ended.
+    #[error("the session has ended")]
+    Ended,
+    /// The guest failed while being saved or restored.
+    #[error("the guest failed: {0}")]
+    Guest(String),
+}
+
+/// A global's value.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum GlobalValue {
+    /// `i32`.
+    I32(i32),
+    /// `i64`.
+    I64(i64),
+    /// `f32`, as bits.
+    F32(u32),
+    /// `f64`, as bits.
+    F64(u64),
+    /// `v128`, as two halves (low, high).
+    V128(u64, u64),
+    /// A reference: kept as the instance has it (such globals do not change after start).
+    Ref,
+}
+
+/// One linear memory: its length and the pages that differ from the image, as runs of pages.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct MemoryHeader {
+    /// Its length, bytes (a multiple of 64 KiB).
+    len: u64,
+    /// `(first page, count)`, ascending and disjoint; their bytes follow in this order.
+    runs: Vec<(u32, u32)>,
+}
+
+/// Everything but the bytes.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Header {
+    runtime: String,
+    build: String,
+    memories: Vec<MemoryHeader>,
+    globals: Vec<GlobalValue>,
+    /// `(path, size)`; their bytes follow the pages', in this order.
+    files: Vec<(String, u64)>,
+    env: Vec<(String, String)>,
+    args: Vec<String>,
+}
+
+/// A session's state between two cells. See the module documentation for what it holds.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    header: Header,
+    /// Per memory, its stored pages' bytes, concatenated.
+    pages: Vec<Vec<u8>>,
+    files: Vec<Vec<u8>>,
+}
+
+impl Snapshot {
+    /// The runtime it was taken in.
+    pub fn runtime(&self) -> &str {
+        &self.header.runtime
+    }
+
+    /// The runtime build it restores in.
+    pub fn build(&self) -> &str {
+        &self.header.build
+    }
+
+    /// The working directory's files, `(relative path, bytes)`.
+    pub fn files(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.header
+            .files
+            .iter()
+            .zip(&self.files)
+            .map(|((path, _), bytes)| (path.as_str(), bytes.as_slice()))
+    }
+
+    /// The environment the session started with.
+    pub fn env(&self) -> &[(String, String)] {
+        &self.header.env
+    }
+
+    /// `sys.argv[1:]` of the session.
+    pub fn args(&self) -> &[String] {
+        &self.header.args
+    }
+
+    /// The memory the guest had: what restoring it needs under its memory limit, bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.header.memories.iter().map(|m| m.len).sum()
+    }
+
+    /// Bytes of memory pages it stores (those that differ from the runtime's image).
+    pub fn stored_page_bytes(&self) -> u64 {
+        self.pages.iter().map(|p| p.len() as u64).sum()
+    }
+
+    /// The snapshot as bytes (compressed).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, SnapshotError> {
+        let header = serde_json::to_vec(&self.header)
+            .map_err(|e| SnapshotError::Corrupted(e.to_string()))?;
+        let mut out = Vec::with_capacity(self.stored_page_bytes() as usize / 3);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        let io = |e: std::io::Error| SnapshotError::Corrupted(e.to_string());
+        let mut z = zstd::stream::write::Encoder::new(out, LEVEL).map_err(io)?;
+        z.include_checksum(true).map_err(io)?;
+        let header_len = u32::try_from(header.len())
+            .map_err(|_| SnapshotError::Corrupted("header too large".into()))?;
+        z.write_all(&header_len.to_le_bytes()).map_err(io)?;
+        z.write_all(&header).map_err(io)?;
+        for bytes in self.pages.iter().chain(&self.files) {
+            z.write_all(bytes).map_err(io)?;
+        }
+        z.finish().map_err(io)
+    }
+
+    /// Reads a snapshot written by [`Snapshot::to_bytes`], checking its format, checksum and
+    /// consistency (not yet its runtime build: restoring does).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
+        let rest = bytes
+            .strip_prefix(MAGIC.as_slice())
+            .ok_or(SnapshotError::NotASnapshot)?;
+        let (version, body) = rest
+            .split_at_checked(4)
+            .ok_or(SnapshotError::NotASnapshot)?;
+        let version = u32::from_le_bytes([version[0], version[1], version[2], version[3]]);
+        if version != VERSION {
+            return Err(SnapshotError::Version(version));
+        }
+        let corrupted = |e: std::io::Error| SnapshotError::Corrupted(e.to_string());
+        let z = zstd::stream::read::Decoder::new(body).map_err(corrupted)?;
+        let mut plain = Vec::new();
+        z.take(MAX_SNAPSHOT_BYTES + 1)
+            .read_to_end(&mut plain)
+            .map_err(corrupted)?;
+        if plain.len() as u64 > MAX_SNAPSHOT_BYTES {
+            return Err(SnapshotError::TooLarge);
+        }
+        Self::parse(&plain)
+    }
+
+    fn parse(plain: &[u8]) -> Result<Snapshot, SnapshotError> {
+        let mut at = Cursor(plain);
+        let header_len = u32::from_le_bytes(at.take(4)?.try_into().unwrap_or_default());
+        let header: Header = serde_json::from_slice(at.take(header_len as usize)?)
+            .map_err(|e| SnapshotError::Corrupted(format!("header: {e}")))?;
+        let mut pages = Vec::new();
+        for memory in &header.memories {
+            let count = check_runs(memory)?;
+            pages.push(at.take(count * PAGE_BYTES)?.to_vec());
+        }
+        let mut files = Vec::new();
+        for (_, size) in &header.files {
+            let size = usize::try_from(*size).map_err(|_| short())?;
+            files.push(at.take(size)?.to_vec());
+        }
+        if !at.0.is_empty() {
+            return Err(SnapshotError::Corrupted("bytes after the last file".into()));
+        }
+        Ok(Snapshot {
+            header,
+            pages,
+            files,
+        })
+    }
+}
+
+fn short() -> SnapshotError {
+    SnapshotError::Corrupted("it ends early".into())
+}
+
+/// Reads a snapshot's body front to back.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], SnapshotError> {
+        let (head, rest) = self.0.split_at_checked(n).ok_or_else(short)?;
+        self.0 = rest;
+        Ok(head)
+    }
+}
+
+/// The number of pages a memory's runs name, once they are in order and inside its length.
+fn check_runs(memory: &MemoryHeader) -> Result<usize, SnapshotError> {
+    let pages = memory.len / PAGE_BYTES as u64;
+    if !memory.len.is_multiple_of(64 << 10) || memory.len > 1 << 32 {
+        return Err(SnapshotError::Corrupted(format!(
+            "memory length {}",
+            memory.len
+        )));
+    }
+    let mut next = 0u64;
+    let mut count = 0usize;
+    for &(first, n) in &memory.runs {
+        let end = u64::from(first) + u64::from(n);
+        if u64::from(first) < next || n == 0 || end > pages {
+            return Err(SnapshotError::Corrupted("page runs out of order".into()));
+        }
+        next = end;
+        count += n as usize;
+    }
+    Ok(count)
+}
+
+/// The values of `globals`.
+pub(crate) fn read_globals(
+    mut store: impl AsContextMut,
+    globals: &[Global],
+) -> Result<Vec<GlobalValue>, SnapshotError> {
+    globals
+        .iter()
+        .map(|g| match g.get(&mut store) {
+            Val::I32(x) => Ok(GlobalValue::I32(x)),
+            Val::I64(x) => Ok(GlobalValue::I64(x)),
+            Val::F32(x) => Ok(GlobalValue::F32(x)),
+            Val::F64(x) => Ok(GlobalValue::F64(x)),
+            Val::V128(x) => {
+                let x = x.as_u128();
+                Ok(GlobalValue::V128(x as u64, (x >> 64) as u64))
+            }
+            _ if g.ty(&store).mutability() == Mutability::Const => Ok(GlobalValue::Ref),
+            _ => Err(SnapshotError::Unsupported(
+                "a guest with reference globals".into(),
+            )),
+        })
+        .collect()
+}
+
+/// The page of `image` at `page` (zeros outside it).
+fn image_page<'a>(image: Option<(u64, &'a [u8])>, page: usize, zero: &'a [u8]) -> &'a [u8] {
+    let Some((offset, bytes)) = image else {
+        return zero;
+    };
+    let start = page * PAGE_BYTES;
+    let Some(from) = (start as u64).checked_sub(offset) else {
+        return zero;
+    };
+    match bytes.get(from as usize..from as usize + PAGE_BYTES) {
+        Some(p) => p,
+        None => zero,
+    }
+}
+
+/// Captures a session: the pages of each memory that differ from its image, and the globals.
+pub(crate) fn capture(
+    images: &[Option<(u64, &[u8])>],
+    data: &[&[u8]],
+    globals: Vec<GlobalValue>,
+    runtime: String,
+    build: String,
+) -> Snapshot {
+    let zero = [0u8; PAGE_BYTES];
+    let mut memories = Vec::new();
+    let mut pages = Vec::new();
+    for (memory, image) in data.iter().zip(images) {
+        let mut runs: Vec<(u32, u32)> = Vec::new();
+        let mut bytes = Vec::new();
+        for (page, now) in memory.chunks_exact(PAGE_BYTES).enumerate() {
+            if now == image_page(*image, page, &zero) {
+                continue;
+            }
+            bytes.extend_from_slice(now);
+            match runs.last_mut() {
+                Some((first, n)) if (*first + *n) as usize == page => *n += 1,
+                _ => runs.push((page as u32, 1)),
+            }
+        }
+        memories.push(MemoryHeader {
+            len: memory.len() as u64,
+            runs,
+        });
+        pages.push(bytes);
+    }
+    Snapshot {
+        header: Header {
+            runtime,
+            build,
+            memories,
+            globals,
+            files: Vec::new(),
+            env: Vec::new(),
+            args: Vec::new(),
+        },
+        pages,
+        files: Vec::new(),
+    }
+}
+
+impl Snapshot {
+    /// Adds the session's working-directory files, environment and arguments.
+    pub(crate) fn with_host(
+        mut self,
+        files: Vec<(String, Vec<u8>)>,
+        env: Vec<(String, String)>,
+        args: Vec<String>,
+    ) -> Snapshot {
+        self.header.files = files
+            .iter()
+            .map(|(p, b)| (p.clone(), b.len() as u64))
+            .collect();
+        self.files = files.into_iter().map(|(_, b)| b).collect();
+        self.header.env = env;
+        self.header.args = args;
+        self
+    }
+
+    /// Checks that it was taken in this runtime build.
+    pub(crate) fn check_build(&self, runtime: &str, build: &str) -> Result<(), SnapshotError> {
+        if self.header.runtime == runtime && self.header.build == build {
+            return Ok(());
+        }
+        Err(SnapshotError::OtherBuild {
+            runtime: self.header.runtime.clone(),
+            build: self.header.build.clone(),
+            current: format!("{runtime:?} build {build}"),
+        })
+    }
+}
+
+/// Grows each memory to the snapshot's length and checks the guest has the snapshot's shape.
+pub(crate) fn prepare(
+    mut store: impl AsContextMut,
+    globals: &[Global],
+    memories: &[Memory],
+    snapshot: &Snapshot,
+) -> Result<(), SnapshotError> {
+    let h = &snapshot.header;
+    if globals.len() != h.globals.len() || memories.len() != h.memories.len() {
+        return Err(SnapshotError::Shape(format!(
+            "{} globals and {} memories, the snapshot has {} and {}",
+            globals.len(),
+            memories.len(),
+            h.globals.len(),
+            h.memories.len()
+        )));
+    }
+    for (memory, want) in memories.iter().zip(&h.memories) {
+        let now = memory.data_size(&store) as u64;
+        if now > want.len {
+            return Err(SnapshotError::Shape(format!(
+                "a fresh instance's memory ({now} bytes) is larger than the snapshot's ({})",
+                want.len
+            )));
+        }
+        let grow = (want.len - now) / (64 << 10);
+        if grow > 0 {
+            memory
+                .grow(&mut store, grow)
+                .map_err(|e| SnapshotError::Guest(format!("growing memory: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// The writes that turn each memory of a fresh instance into the snapshot's: the snapshot's
+/// pages where they differ from it, and the image's where the fresh start wrote a page the
+/// snapshot does not hold. `(memory, page, bytes)`, the bytes borrowed from the snapshot or
+/// copied from the image.
+pub(crate) fn plan_writes<'s>(
+    data: &[&[u8]],
+    images: &[Option<(u64, &[u8])>],
+    snapshot: &'s Snapshot,
+) -> Vec<(usize, usize, std::borrow::Cow<'s, [u8]>)> {
+    let zero = [0u8; PAGE_BYTES];
+    let mut writes = Vec::new();
+    for (m, (memory, want)) in data.iter().zip(&snapshot.header.memories).enumerate() {
+        let stored = &snapshot.pages[m];
+        let mut runs = want.runs.iter().copied().peekable();
+        let mut at = 0usize;
+        for (page, now) in memory.chunks_exact(PAGE_BYTES).enumerate() {
+            while matches!(runs.peek(), Some(&(first, n)) if (first + n) as usize <= page) {
+                runs.next();
+            }
+            let held = matches!(runs.peek(), Some(&(first, _)) if first as usize <= page);
+            if held {
+                let bytes = &stored[at..at + PAGE_BYTES];
+                at += PAGE_BYTES;
+                if now != bytes {
+                    writes.push((m, page, std::borrow::Cow::Borrowed(bytes)));
+                }
+                continue;
+            }
+            let image = image_page(images.get(m).copied().flatten(), page, &zero);
+            if now != image {
+                writes.push((m, page, std::borrow::Cow::Owned(image.to_vec())));
+            }
+        }
+    }
+    writes
+}
+
+/// Sets every mutable global to the snapshot's value.
+pub(crate) fn write_globals(
+    mut store: impl AsContextMut,
+    globals: &[Global],
+    snapshot: &Snapshot,
+) -> Result<(), SnapshotError> {
+    for (g, value) in globals.iter().zip(&snapshot.header.globals) {
+        if g.ty(&store).mutability() == Mutability::Const {
+            continue;
+        }
+        let val = match *value {
+            GlobalValue::I32(x) => Val::I32(x),
+            GlobalValue::I64(x) => Val::I64(x),
+            GlobalValue::F32(x) => Val::F32(x),
+            GlobalValue::F64(x) => Val::F64(x),
+            GlobalValue::V128(lo, hi) => Val::V128((u128::from(lo) | u128::from(hi) << 64).into()),
+            GlobalValue::Ref => continue,
+        };
+        g.set(&mut store, val)
+            .map_err(|e| SnapshotError::Shape(format!("a global: {e}")))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Snapshot {
+        Snapshot {
+            header: Header {
+                runtime: "python".into(),
+                build: "b1".into(),
+                memories: vec![MemoryHeader {
+                    len: 64 << 10,
+                    runs: vec![(1, 2), (5, 1)],
+                }],
+                globals: vec![GlobalValue::I32(7), GlobalValue::V128(1, 2)],
+                files: Vec::new(),
+                env: vec![("A".into(), "1".into())],
+                args: vec!["x".into()],
+            },
+            pages: vec![vec![3u8; 3 * PAGE_BYTES]],
+            files: Vec::new(),
+        }
+        .with_host(vec![("a.txt".into(), b"hello".to_vec())], vec![], vec![])
+    }
+
+    #[test]
+    fn a_snapshot_reads_back_as_written() {
+        let s = sample();
+        let bytes = s.to_bytes().unwrap();
+        let back = Snapshot::from_bytes(&bytes).unwrap();
+        assert_eq!(back.header.memories, s.header.memories);
+        assert_eq!(back.header.globals, s.header.globals);
+        assert_eq!(back.pages, s.pages);
+        assert_eq!(
+            back.files().collect::<Vec<_>>(),
+            vec![("a.txt", &b"hello"[..])]
+        );
+    }
+
+    #[test]
+    fn damaged_bytes_are_refused_with_a_reason() {
+        let bytes = sample().to_bytes().unwrap();
+        assert!(matches!(
+            Snapshot::from_bytes(b"hello"),
+            Err(SnapshotError::NotASnapshot)
+        ));
+        assert!(matches!(
+            Snapshot::from_bytes(&bytes[..bytes.len() - 3]),
+            Err(SnapshotError::Corrupted(_))
+        ));
+        let mut flipped = bytes.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 0x55;
+        assert!(matches!(
+            Snapshot::from_bytes(&flipped),
+            Err(SnapshotError::Corrupted(_))
+        ));
+        let mut other = bytes.clone();
+        other[8] = 9;
+        assert!(matches!(
+            Snapshot::from_bytes(&other),
+            Err(SnapshotError::Version(9))
+        ));
+    }
+
+    #[test]
+    fn only_the_same_runtime_build_restores_it() {
+        let s = sample();
+        assert!(s.check_build("python", "b1").is_ok());
+        let other = s.check_build("python", "b2").unwrap_err().to_string();
+        assert!(
+            other.contains("build b1") && other.contains("b2"),
+            "{other}"
+        );
+        assert!(s.check_build("python-sci", "b1").is_err());
+    }
+
+    #[test]
+    fn runs_outside_the_memory_are_corrupt() {
+        let mut s = sample();
+        s.header.memories[0].runs = vec![(15, 2)];
+        s.pages = vec![vec![0; 2 * PAGE_BYTES]];
+        let bytes = s.to_bytes().unwrap();
+        assert!(matches!(
+            Snapshot::from_bytes(&bytes),
+            Err(SnapshotError::Corrupted(_))
+        ));
+    }
+}
