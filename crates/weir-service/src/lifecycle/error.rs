@@ -1,80 +1,58 @@
-//! What a request fails with: one [`Error`] for every route, rendering its HTTP answer (status,
-//! `Retry-After` on 503, body) in the [`Dialect`] of the front end that answers.
+//! How a request's failure answers: [`Error`]'s HTTP status, `Retry-After` on 503, and its
+//! body in the [`Dialect`] of the front end that answers.
 
-use crate::history::HistoryError;
+use crate::error::Error;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use weir_sandbox::FileError;
-use weir_sandbox::ScratchError;
-use weir_sandbox::StartError;
-
-/// Why a caller was refused at admission: the HTTP status, the metric's reason label
-/// (`weir_connections_rejected_total`) and a message.
-#[derive(Debug, Clone)]
-pub struct Refusal {
-    pub status: StatusCode,
-    pub reason: &'static str,
-    pub message: String,
-}
-
-/// Why a request failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// Admission refused the caller.
-    #[error("{}", .0.message)]
-    Refused(Refusal),
-    /// The request itself is malformed: its body, a parameter, a query string.
-    #[error("{0}")]
-    BadRequest(String),
-    /// The body is over `max_message_bytes`.
-    #[error("the request body is larger than the {limit} limit")]
-    TooLarge { limit: String },
-    /// The body did not arrive within `request_timeout_secs`.
-    #[error("the request body did not arrive within {secs} s")]
-    BodyTimeout { secs: u64 },
-    /// No such thing for this caller (another user's is as absent as a missing one).
-    #[error("{0}")]
-    NotFound(String),
-    /// The thing exists but cannot do this now (a cell already running, none running).
-    #[error("{0}")]
-    Conflict(String),
-    /// A queue is full (a session's stdin).
-    #[error("{0}")]
-    Full(String),
-    /// The run could not start.
-    #[error(transparent)]
-    Start(#[from] StartError),
-    /// A session's file could not be read or written.
-    #[error(transparent)]
-    File(#[from] FileError),
-    /// The run history cannot be read.
-    #[error(transparent)]
-    History(#[from] HistoryError),
-}
+use weir_sandbox::{FileError, ScratchError, StartError};
 
 impl Error {
     /// The HTTP status the error answers with.
     pub fn status(&self) -> StatusCode {
         match self {
             Error::Refused(r) => r.status,
-            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::BadRequest(_) | Error::InvalidUserName | Error::ReservedUserName => {
+                StatusCode::BAD_REQUEST
+            }
+            Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            Error::NotFound(_) => StatusCode::NOT_FOUND,
-            Error::Conflict(_) => StatusCode::CONFLICT,
-            Error::Full(_) => StatusCode::TOO_MANY_REQUESTS,
+            Error::NotFound(_) | Error::SessionEnded => StatusCode::NOT_FOUND,
+            Error::Conflict(_) | Error::CellBusy | Error::NoCell => StatusCode::CONFLICT,
+            Error::Full(_) | Error::Stdin(_) | Error::UserAtCapacity { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Error::Start(e) => start_status(e),
             Error::File(e) => file_status(e),
-            Error::History(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::TokenMissing
+            | Error::TokenMalformed
+            | Error::TokenBadSignature
+            | Error::TokenExpired => StatusCode::UNAUTHORIZED,
+            Error::ClusterUnavailable(_)
+            | Error::LoginBusy
+            | Error::ClusterConnect(_)
+            | Error::HistoryOpen { .. }
+            | Error::HistorySql(_)
+            | Error::HistoryDatabase(_)
+            | Error::HistoryClosed => StatusCode::SERVICE_UNAVAILABLE,
+            // The operator's own failures (settings, packages): the server's, should one ever
+            // answer a request.
+            Error::ClusterUrl(_)
+            | Error::Unpinned(_)
+            | Error::NativeWheel { .. }
+            | Error::PackageFailed { .. }
+            | Error::NotAWheel(_)
+            | Error::WheelRefused { .. }
+            | Error::PackageCompile(_)
+            | Error::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     /// The answer, its body spelled as `D` spells errors.
     pub fn render<D: Dialect>(self) -> Response {
         let status = self.status();
-        if let Error::History(e) = &self {
-            tracing::error!(error = %e, "run history read failed");
+        if self.is_history() {
+            tracing::error!(error = %self, "run history read failed");
         }
         let mut response = D::render(status, self.to_string());
         if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -83,6 +61,17 @@ impl Error {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         response
+    }
+
+    /// Whether the run history failed.
+    fn is_history(&self) -> bool {
+        matches!(
+            self,
+            Error::HistoryOpen { .. }
+                | Error::HistorySql(_)
+                | Error::HistoryDatabase(_)
+                | Error::HistoryClosed
+        )
     }
 }
 
@@ -149,5 +138,17 @@ impl Dialect for WeirJson {
 impl Dialect for PistonJson {
     fn render(status: StatusCode, message: String) -> Response {
         (status, axum::Json(json!({ "message": message }))).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreadable_history_is_retried_later() {
+        let response = Error::HistoryClosed.render::<WeirJson>();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "5");
     }
 }
