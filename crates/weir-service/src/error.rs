@@ -1,6 +1,6 @@
 //! What the service fails with: one [`Error`] for every route and store (admission and request
-//! bodies, runs that could not start, sessions and their files, tokens, the login registry and
-//! cluster mode, the run history, packages). How a request's failure answers over HTTP is
+//! bodies, the sandbox's own failures, sessions, tokens, the login registry and cluster mode, the
+//! run history, packages). How a request's failure answers over HTTP is
 //! `crate::lifecycle::error`'s.
 
 use axum::http::StatusCode;
@@ -39,15 +39,9 @@ pub enum Error {
     /// A queue is full (a session's stdin).
     #[error("{0}")]
     Full(String),
-    /// The run could not start.
+    /// The sandbox refused or failed: a run that could not start, a live run's file.
     #[error(transparent)]
-    Start(#[from] weir_sandbox::StartError),
-    /// A session's file could not be read or written.
-    #[error(transparent)]
-    File(#[from] weir_sandbox::FileError),
-    /// A session's cell could not take its input.
-    #[error(transparent)]
-    Stdin(#[from] weir_sandbox::StdinError),
+    Sandbox(#[from] weir_sandbox::Error),
 
     /// A cell is already running in the session: one at a time.
     #[error("a cell is already running in this session; wait for it or interrupt it")]
@@ -58,6 +52,9 @@ pub enum Error {
     /// Input for a session's cell, but no cell is running.
     #[error("no cell is running in this session")]
     NoCell,
+    /// A session's files were asked for after its run ended.
+    #[error("the run has ended; its files are gone")]
+    FilesGone,
 
     /// A server with a secret was sent no token.
     #[error("a token is required (?token=…, an Authorization: Bearer header, or the Sec-WebSocket-Protocol header)")]

@@ -173,7 +173,7 @@ async fn stdin(Owned(s): Owned, Body(params): Body<StdinParams>) -> Result<Json<
     match s.write_stdin(params.data, params.eof) {
         Ok(()) => Ok(Json(json!({ "bytes": bytes }))),
         // The run has not read the input already sent, or has ended: this input is not taken.
-        Err(Error::Stdin(e)) => Err(Error::Full(e.to_string())),
+        Err(Error::Sandbox(e)) => Err(Error::Full(e.to_string())),
         Err(e) => Err(e),
     }
 }

@@ -15,8 +15,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use weir_sandbox::{Cell, CellEnd, CellError, Collected, Event, RunControl, RunResult};
-use weir_sandbox::{FileEntry, FileError, LiveDir};
+use weir_sandbox::{Cell, CellEnd, Collected, Event, RunControl, RunResult};
+use weir_sandbox::{FileEntry, LiveDir};
 
 /// How long a cell past its time limit has to take its `KeyboardInterrupt` before the session
 /// is ended.
@@ -149,12 +149,12 @@ impl Session {
     /// is not handed to another run until `op` is done); refused once the run has ended.
     async fn on_files<T: Send + 'static>(
         &self,
-        op: impl FnOnce(&LiveDir) -> Result<T, FileError> + Send + 'static,
+        op: impl FnOnce(&LiveDir) -> weir_sandbox::Result<T> + Send + 'static,
     ) -> Result<T, Error> {
-        let dir = self.control.live_dir().ok_or(FileError::Ended)?;
+        let dir = self.control.live_dir().ok_or(Error::FilesGone)?;
         tokio::task::spawn_blocking(move || op(&dir))
             .await
-            .unwrap_or_else(|e| Err(FileError::Io(std::io::Error::other(e))))
+            .unwrap_or_else(|e| Err(weir_sandbox::Error::Io(std::io::Error::other(e))))
             .map_err(Error::from)
     }
 
@@ -189,8 +189,8 @@ impl Session {
         self.interrupt_asked.store(false, Ordering::Release);
         let started = Instant::now();
         self.control.send_cell(cell).map_err(|e| match e {
-            CellError::Busy => Error::CellBusy,
-            CellError::NotASession | CellError::Ended => Error::SessionEnded,
+            weir_sandbox::Error::CellBusy => Error::CellBusy,
+            _ => Error::SessionEnded,
         })?;
         // Dropped before the cell's end is read (the client hung up): interrupt the cell, and
         // leave its end for the next `exec` to read past.

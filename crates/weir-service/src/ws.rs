@@ -303,10 +303,10 @@ async fn finish(run: &mut TrackedRun, result: &RunResult) -> String {
 
 /// The JSON-RPC error for a run that could not start.
 fn start_error(e: Error) -> (i64, String) {
-    use weir_sandbox::StartError;
+    use weir_sandbox::Error as Sandbox;
     let code = match e {
-        Error::Start(StartError::AtCapacity(_) | StartError::MemoryBudget { .. }) => code::LIMIT,
-        Error::Start(StartError::Internal(_)) => code::INTERNAL,
+        Error::Sandbox(Sandbox::AtCapacity(_) | Sandbox::MemoryBudget { .. }) => code::LIMIT,
+        Error::Sandbox(Sandbox::Internal(_)) => code::INTERNAL,
         _ => code::INVALID_PARAMS,
     };
     (code, e.to_string())

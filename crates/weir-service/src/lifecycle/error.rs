@@ -5,7 +5,6 @@ use crate::error::Error;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use weir_sandbox::{FileError, ScratchError, StartError};
 
 impl Error {
     /// The HTTP status the error answers with.
@@ -17,13 +16,10 @@ impl Error {
             }
             Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            Error::NotFound(_) | Error::SessionEnded => StatusCode::NOT_FOUND,
+            Error::NotFound(_) | Error::SessionEnded | Error::FilesGone => StatusCode::NOT_FOUND,
             Error::Conflict(_) | Error::CellBusy | Error::NoCell => StatusCode::CONFLICT,
-            Error::Full(_) | Error::Stdin(_) | Error::UserAtCapacity { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
-            Error::Start(e) => start_status(e),
-            Error::File(e) => file_status(e),
+            Error::Full(_) | Error::UserAtCapacity { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::Sandbox(e) => sandbox_status(e),
             Error::TokenMissing
             | Error::TokenMalformed
             | Error::TokenBadSignature
@@ -82,29 +78,21 @@ impl IntoResponse for Error {
     }
 }
 
-/// The HTTP status for a run that could not start.
-fn start_status(e: &StartError) -> StatusCode {
+/// The HTTP status for what the sandbox refused or failed: a run that could not start, a live
+/// run's file.
+fn sandbox_status(e: &weir_sandbox::Error) -> StatusCode {
+    use weir_sandbox::Error as E;
     match e {
-        StartError::AtCapacity(_) | StartError::MemoryBudget { .. } => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        StartError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        StartError::Scratch(
-            ScratchError::TooLarge { .. } | ScratchError::TooManyEntries { .. },
-        ) => StatusCode::PAYLOAD_TOO_LARGE,
+        E::AtCapacity(_) | E::MemoryBudget { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        E::Internal(_) | E::Io(_) | E::Load(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        E::FilesTooLarge { .. }
+        | E::TooManyFiles { .. }
+        | E::FileTooLarge { .. }
+        | E::ScratchFull { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        E::FileNotFound(_) | E::Ended => StatusCode::NOT_FOUND,
+        E::CellBusy | E::NotASession => StatusCode::CONFLICT,
+        E::StdinFull => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::BAD_REQUEST,
-    }
-}
-
-/// The HTTP status for a session file that could not be read or written.
-fn file_status(e: &FileError) -> StatusCode {
-    match e {
-        FileError::BadPath(_) | FileError::BadPattern { .. } | FileError::Refused { .. } => {
-            StatusCode::BAD_REQUEST
-        }
-        FileError::NotFound(_) | FileError::Ended => StatusCode::NOT_FOUND,
-        FileError::TooLarge { .. } | FileError::ScratchFull { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        FileError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -144,6 +132,79 @@ impl Dialect for PistonJson {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weir_sandbox::Error as Sandbox;
+
+    fn status(e: Sandbox) -> StatusCode {
+        Error::from(e).status()
+    }
+
+    #[test]
+    fn a_run_that_could_not_start_answers_by_whose_fault_it_is() {
+        let busy = [
+            Sandbox::AtCapacity(4),
+            Sandbox::MemoryBudget {
+                left: "1 MiB".into(),
+                limit: "256 MiB".into(),
+            },
+        ];
+        for e in busy {
+            assert_eq!(status(e), StatusCode::SERVICE_UNAVAILABLE);
+        }
+        assert_eq!(
+            status(Sandbox::Internal("a bug".into())),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        let too_much = [
+            Sandbox::TooManyFiles { count: 3, max: 2 },
+            Sandbox::FilesTooLarge {
+                total: 3,
+                limit: "2 B".into(),
+            },
+        ];
+        for e in too_much {
+            assert_eq!(status(e), StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        let the_callers = [
+            Sandbox::ZeroLimit { name: "wall_ms" },
+            Sandbox::BadPath("../x".into()),
+            Sandbox::ScratchDir(std::io::Error::other("a file where a directory goes")),
+            Sandbox::UnknownRuntime {
+                name: "cobol".into(),
+                known: "python".into(),
+            },
+            Sandbox::BadEnv("A=B".into()),
+        ];
+        for e in the_callers {
+            assert_eq!(status(e), StatusCode::BAD_REQUEST);
+        }
+    }
+
+    #[test]
+    fn a_session_file_answers_by_what_went_wrong() {
+        assert_eq!(
+            status(Sandbox::FileNotFound("x".into())),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(Error::FilesGone.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            status(Sandbox::ScratchFull {
+                path: "x".into(),
+                limit: "1 B".into()
+            }),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        assert_eq!(
+            status(Sandbox::PathRefused {
+                path: "x".into(),
+                reason: "it is a directory"
+            }),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status(Sandbox::Io(std::io::Error::other("disk"))),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
 
     #[test]
     fn an_unreadable_history_is_retried_later() {
