@@ -224,7 +224,7 @@ pub async fn run(args: RunArgs, mut settings: EngineSettings) -> anyhow::Result<
     let mut handle = match sandbox.start(req.clone()).await {
         Ok(handle) => handle,
         // Naming a runtime this weir does not host is a usage error, like a bad flag.
-        Err(e @ weir_sandbox::StartError::UnknownRuntime { .. }) => {
+        Err(e @ weir_sandbox::Error::UnknownRuntime { .. }) => {
             eprintln!("weir: {e}");
             return Ok(2);
         }

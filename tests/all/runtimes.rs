@@ -8,7 +8,7 @@ use crate::ws;
 use serde_json::{json, Value};
 use std::sync::OnceLock;
 use weir_sandbox::CompileScope;
-use weir_sandbox::{EngineSettings, RunRequest, Sandbox, StartError};
+use weir_sandbox::{EngineSettings, Error, RunRequest, Sandbox};
 use ws::*;
 
 /// A sandbox with `python` (default) and `python-alt` (alias `alt`), shared by this binary.
@@ -70,7 +70,7 @@ async fn an_unknown_runtime_is_refused_naming_the_ones_there_are() {
     let Err(e) = sandbox().start(request("print(1)", Some("cobol"))).await else {
         panic!("a run in an unknown runtime started");
     };
-    assert!(matches!(e, StartError::UnknownRuntime { .. }), "{e:?}");
+    assert!(matches!(e, Error::UnknownRuntime { .. }), "{e:?}");
     let text = e.to_string();
     assert!(
         text.contains("\"cobol\"") && text.contains("python, python-alt"),

@@ -4,7 +4,7 @@
 use crate::common::*;
 use crate::interrupt::{cell, session};
 use std::sync::Arc;
-use weir_sandbox::{RunHandle, RunRequest, Snapshot, SnapshotError, StartError};
+use weir_sandbox::{Error, RunHandle, RunRequest, Snapshot};
 
 /// A session from `snapshot`.
 async fn restored(snapshot: &Snapshot) -> RunHandle {
@@ -88,7 +88,7 @@ async fn a_session_holding_a_file_open_is_not_snapshotted() {
     let mut handle = start(session()).await;
     value(&mut handle, "f = open('held.txt', 'w')").await;
     match handle.control().snapshot().await {
-        Err(SnapshotError::Unsaved(why)) => assert!(why.contains("open"), "{why}"),
+        Err(Error::Unsaved(why)) => assert!(why.contains("open"), "{why}"),
         other => panic!("{other:?}"),
     }
     value(&mut handle, "f.close()").await;
@@ -110,18 +110,15 @@ async fn a_damaged_snapshot_or_one_that_cannot_fit_is_refused() {
     cut.truncate(bytes.len() / 2);
     assert!(matches!(
         Snapshot::from_bytes(&cut),
-        Err(SnapshotError::Corrupted(_))
+        Err(Error::SnapshotCorrupted(_))
     ));
     let not_a_session = start(RunRequest::script("")).await;
     assert!(matches!(
         not_a_session.control().snapshot().await,
-        Err(SnapshotError::Ended)
+        Err(Error::NotASession)
     ));
     let mut req = RunRequest::script("");
     req.restore = Some(Arc::new(Snapshot::from_bytes(&bytes).unwrap()));
     req.limits.memory_bytes = 1 << 20;
-    assert!(matches!(
-        sandbox().start(req).await,
-        Err(StartError::Snapshot(_)) | Err(StartError::Limits(_))
-    ));
+    assert!(matches!(sandbox().start(req).await, Err(Error::Unsaved(_))));
 }

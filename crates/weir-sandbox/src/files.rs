@@ -6,6 +6,7 @@
 //! follows one. Every answer is bounded: entries by [`MAX_SCRATCH_ENTRIES`], bytes by the
 //! caller's cap.
 
+use crate::error::{Error, Result};
 use crate::limits::human_bytes;
 use cap_std::fs::Dir;
 use std::io::Read;
@@ -79,58 +80,6 @@ fn walk_exceeds(root: &Path, limit: u64) -> std::io::Result<bool> {
     Ok(false)
 }
 
-/// Why a file operation was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum FileError {
-    /// A path that would leave the directory.
-    #[error("invalid file name {0:?}: use a relative path without '..'")]
-    BadPath(String),
-    /// No such file (or not a regular file).
-    #[error("no file {0:?}")]
-    NotFound(String),
-    /// A file larger than the caller reads at once.
-    #[error("{path:?} is {size} bytes, above the limit of {limit}")]
-    TooLarge {
-        /// The file.
-        path: String,
-        /// Its size, bytes.
-        size: u64,
-        /// The limit, for people.
-        limit: String,
-    },
-    /// Writing it would take the directory past the run's scratch limit.
-    #[error("writing {path:?} would take the files past the scratch limit of {limit}")]
-    ScratchFull {
-        /// The file.
-        path: String,
-        /// The limit, for people.
-        limit: String,
-    },
-    /// A glob that does not parse.
-    #[error("invalid pattern {pattern:?}: {reason}")]
-    BadPattern {
-        /// The pattern.
-        pattern: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// A path the host cannot take: a name too long, a directory where a file is meant, or a
-    /// symbolic link (a guest's) that would lead out of the directory.
-    #[error("cannot use {path:?}: {reason}")]
-    Refused {
-        /// The path.
-        path: String,
-        /// Why, for people.
-        reason: &'static str,
-    },
-    /// The run has ended: its directory is gone.
-    #[error("the run has ended; its files are gone")]
-    Ended,
-    /// The host failed.
-    #[error("file operation failed: {0}")]
-    Io(#[from] std::io::Error),
-}
-
 /// One regular file in a listing.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct FileEntry {
@@ -166,14 +115,14 @@ fn open(root: &Path) -> std::io::Result<Dir> {
     Dir::open_ambient_dir(root, cap_std::ambient_authority())
 }
 
-fn checked(rel: &str) -> Result<PathBuf, FileError> {
-    relative_path(rel).ok_or_else(|| FileError::BadPath(rel.to_string()))
+fn checked(rel: &str) -> Result<PathBuf> {
+    relative_path(rel).ok_or_else(|| Error::BadPath(rel.to_string()))
 }
 
 /// A host error on `rel` as the caller should see it: what a path's shape or a guest's link
 /// causes is the caller's to fix (never a server failure); anything else is the host's.
-fn on_path(rel: &str, e: std::io::Error) -> FileError {
-    let refused = |reason| FileError::Refused {
+fn on_path(rel: &str, e: std::io::Error) -> Error {
+    let refused = |reason| Error::PathRefused {
         path: rel.to_string(),
         reason,
     };
@@ -183,27 +132,28 @@ fn on_path(rel: &str, e: std::io::Error) -> FileError {
         Some(libc::EISDIR) => refused("it is a directory"),
         Some(libc::ENOTDIR) => refused("a part of it is not a directory"),
         Some(libc::EEXIST) => refused("a part of it is a file"),
-        _ if e.kind() == std::io::ErrorKind::NotFound => FileError::NotFound(rel.to_string()),
+        _ if e.kind() == std::io::ErrorKind::NotFound => Error::FileNotFound(rel.to_string()),
         // cap-std's refusal of a path that would leave the directory.
         _ if e.kind() == std::io::ErrorKind::PermissionDenied => {
             refused("it leads outside the directory")
         }
-        _ => FileError::Io(e),
+        _ => Error::Io(e),
     }
 }
 
 /// Every regular file under `root`, sorted by path; symbolic links are neither listed nor
 /// followed. At most [`MAX_SCRATCH_ENTRIES`] entries are walked.
-pub fn list(root: &Path) -> Result<Vec<FileEntry>, FileError> {
-    let dir = open(root)?;
+pub fn list(root: &Path) -> Result<Vec<FileEntry>> {
+    let dir = open(root).map_err(Error::Io)?;
     let mut files = Vec::new();
     let mut stack = vec![PathBuf::new()];
     let mut walked = 0usize;
     while let Some(rel) = stack.pop() {
         let entries = match rel.as_os_str().is_empty() {
-            true => dir.entries()?,
-            false => dir.read_dir(&rel)?,
-        };
+            true => dir.entries(),
+            false => dir.read_dir(&rel),
+        }
+        .map_err(Error::Io)?;
         for entry in entries.flatten() {
             walked += 1;
             if walked > MAX_SCRATCH_ENTRIES {
@@ -229,16 +179,16 @@ pub fn list(root: &Path) -> Result<Vec<FileEntry>, FileError> {
 }
 
 /// The bytes of the regular file `rel`, if it holds at most `max` bytes.
-pub fn read(root: &Path, rel: &str, max: u64) -> Result<Vec<u8>, FileError> {
+pub fn read(root: &Path, rel: &str, max: u64) -> Result<Vec<u8>> {
     let path = checked(rel)?;
-    let dir = open(root)?;
-    let not_found = || FileError::NotFound(rel.to_string());
+    let dir = open(root).map_err(Error::Io)?;
+    let not_found = || Error::FileNotFound(rel.to_string());
     let meta = dir.symlink_metadata(&path).map_err(|_| not_found())?;
     if !meta.is_file() {
         return Err(not_found());
     }
     if meta.len() > max {
-        return Err(FileError::TooLarge {
+        return Err(Error::FileTooLarge {
             path: rel.to_string(),
             size: meta.len(),
             limit: human_bytes(max),
@@ -256,9 +206,9 @@ pub fn read(root: &Path, rel: &str, max: u64) -> Result<Vec<u8>, FileError> {
 
 /// Writes `data` to `rel` (creating its directories), if the directory then stays within
 /// `scratch_limit` bytes and [`MAX_SCRATCH_ENTRIES`] entries.
-pub fn write(root: &Path, rel: &str, data: &[u8], scratch_limit: u64) -> Result<(), FileError> {
+pub fn write(root: &Path, rel: &str, data: &[u8], scratch_limit: u64) -> Result<()> {
     let path = checked(rel)?;
-    let dir = open(root)?;
+    let dir = open(root).map_err(Error::Io)?;
     let replaced = dir
         .symlink_metadata(&path)
         .ok()
@@ -268,7 +218,7 @@ pub fn write(root: &Path, rel: &str, data: &[u8], scratch_limit: u64) -> Result<
         .saturating_add(replaced)
         .saturating_sub(data.len() as u64);
     if data.len() as u64 > scratch_limit || exceeds(root, room) {
-        return Err(FileError::ScratchFull {
+        return Err(Error::ScratchFull {
             path: rel.to_string(),
             limit: human_bytes(scratch_limit),
         });
@@ -281,11 +231,11 @@ pub fn write(root: &Path, rel: &str, data: &[u8], scratch_limit: u64) -> Result<
 }
 
 /// Parses `return_files` globs (`*`, `?`, `[...]`, `**` across directories).
-pub fn patterns(globs: &[String]) -> Result<Vec<glob::Pattern>, FileError> {
+pub fn patterns(globs: &[String]) -> Result<Vec<glob::Pattern>> {
     globs
         .iter()
         .map(|g| {
-            glob::Pattern::new(g).map_err(|e| FileError::BadPattern {
+            glob::Pattern::new(g).map_err(|e| Error::BadPattern {
                 pattern: g.clone(),
                 reason: e.msg.to_string(),
             })
@@ -343,16 +293,16 @@ mod tests {
         assert_eq!(read(root.path(), "data/in.csv", 100).unwrap(), b"a,b\n");
         assert!(matches!(
             read(root.path(), "../etc/passwd", 100),
-            Err(FileError::BadPath(_))
+            Err(Error::BadPath(_))
         ));
         assert!(matches!(
             write(root.path(), "/tmp/x", b"", 100),
-            Err(FileError::BadPath(_))
+            Err(Error::BadPath(_))
         ));
         std::os::unix::fs::symlink("/etc/passwd", root.path().join("link")).unwrap();
         assert!(matches!(
             read(root.path(), "link", 1 << 20),
-            Err(FileError::NotFound(_))
+            Err(Error::FileNotFound(_))
         ));
         let listed: Vec<String> = list(root.path())
             .unwrap()
@@ -368,12 +318,12 @@ mod tests {
         write(root.path(), "a", &[0; 60], 100).unwrap();
         assert!(matches!(
             write(root.path(), "b", &[0; 60], 100),
-            Err(FileError::ScratchFull { .. })
+            Err(Error::ScratchFull { .. })
         ));
         write(root.path(), "a", &[0; 90], 100).unwrap(); // replacing frees its old size
         assert!(matches!(
             read(root.path(), "a", 10),
-            Err(FileError::TooLarge { size: 90, .. })
+            Err(Error::FileTooLarge { size: 90, .. })
         ));
     }
 
@@ -425,7 +375,7 @@ mod tests {
             .all(|f| f.path == "x.txt"));
         assert!(matches!(
             patterns(&["[".to_string()]),
-            Err(FileError::BadPattern { .. })
+            Err(Error::BadPattern { .. })
         ));
     }
 }

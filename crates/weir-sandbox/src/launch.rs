@@ -4,7 +4,7 @@
 use crate::compile_cache::CacheSlot;
 use crate::event::CellEnd;
 use crate::pipes::{GuestStdin, OutputQueue};
-use crate::snapshot::{Snapshot, SnapshotError};
+use crate::snapshot::Snapshot;
 use bytes::Bytes;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -134,7 +134,7 @@ pub enum SessionRequest {
     /// Run this cell.
     Cell(Cell),
     /// Snapshot the session (`crate::snapshot`), answered here.
-    Snapshot(oneshot::Sender<Result<Snapshot, SnapshotError>>),
+    Snapshot(oneshot::Sender<crate::error::Result<Snapshot>>),
 }
 
 /// Where a session's guest takes its cells from, and what a cell's start resets.

@@ -14,11 +14,12 @@
 //! The API is the crate root: [`Sandbox`] (load runtimes, start runs), [`RunRequest`] and
 //! [`Limits`] (what a run is asked to do), [`RunHandle`] and [`RunControl`] (its events and its
 //! control: stdin, stop, pause, interrupt, cells, files), [`Event`] and [`RunResult`] (what it
-//! reports), [`Transcript`] and [`replay_file`] (records that replay byte for byte), and
-//! [`runtime`], the plug-in point a new guest kind implements ([`Runtime`]).
+//! reports), [`Transcript`] and [`replay_file`] (records that replay byte for byte),
+//! [`Error`] (what any of them fails with), and [`runtime`], the plug-in point a new guest kind
+//! implements ([`Runtime`]).
 //!
 //! Inside, modules are private and layered bottom up (each depends only on those before it):
-//! values (`limits`, `outcome`, `event`, `task`, `interrupt`), scheduling (`priority`,
+//! values (`error`, `limits`, `outcome`, `event`, `task`, `interrupt`), scheduling (`priority`,
 //! `background`), a run's parts (`pipes`, `determinism`, `compile_cache`, `request`, `scratch`,
 //! `files`, `launch`, `store`), guests (`runtime`), wasmtime (`engine`, `warm`, `variant`), runs
 //! (`run`, `sandbox`), records (`transcript`, `replay`).
@@ -30,6 +31,7 @@ mod background;
 mod compile_cache;
 mod determinism;
 mod engine;
+mod error;
 mod event;
 mod files;
 mod interrupt;
@@ -58,21 +60,22 @@ pub use background::LanePriority;
 pub use compile_cache::{CacheStats, CompileScope};
 pub use determinism::{Seed, FUEL_PER_NS};
 pub use engine::EngineSettings;
+pub use error::{Error, Result};
 pub use event::{
     CellEnd, CellException, Collected, Display, Event, ReadLog, RunId, RunResult, RunState,
     StreamKind,
 };
-pub use files::{FileEntry, FileError, Returned, ReturnedFile};
+pub use files::{FileEntry, Returned, ReturnedFile};
 pub use launch::{Cell, Uncaught};
 pub use limits::{human_bytes, parse_bytes, parse_duration, Limits, MemoryBudget};
 pub use outcome::Outcome;
-pub use replay::{compare, replay, replay_file, ReplayError, Verdict};
+pub use replay::{compare, replay, replay_file, Verdict};
 pub use request::{split_env, Mount, Program, RunRequest};
-pub use run::{CellError, RunControl, RunHandle, StdinError};
+pub use run::{RunControl, RunHandle};
 pub use runtime::{Policy, Runtime, RuntimeInfo};
-pub use sandbox::{InstanceStarts, RuntimeStatus, Sandbox, StartError, SITE_DIR};
-pub use scratch::{LiveDir, ScratchError};
-pub use snapshot::{Snapshot, SnapshotError, MAX_SNAPSHOT_BYTES};
+pub use sandbox::{InstanceStarts, RuntimeStatus, Sandbox, SITE_DIR};
+pub use scratch::LiveDir;
+pub use snapshot::{Snapshot, MAX_SNAPSHOT_BYTES};
 pub use store::GuestState;
 pub use task::{sleep_until_opt, AbortOnDrop};
 pub use transcript::{json_escaped_len, Data, Expected, OutputDoc, OutputLog, Transcript};

@@ -3,6 +3,7 @@
 //! Every limit has a default suited to an interactive IDE run; every one can be overridden by the
 //! caller (CLI flag, environment variable, protocol parameter).
 
+use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -45,25 +46,6 @@ impl Default for Limits {
     }
 }
 
-/// A limit value the caller asked for that cannot be honoured.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum LimitError {
-    /// A limit of zero.
-    #[error("{name} must be greater than zero")]
-    Zero {
-        /// The limit's name.
-        name: &'static str,
-    },
-    /// A memory limit above what the engine allows.
-    #[error("memory limit {asked} bytes is above the maximum of {max} bytes")]
-    MemoryTooLarge {
-        /// Bytes asked for.
-        asked: u64,
-        /// The most the engine allows.
-        max: u64,
-    },
-}
-
 impl Limits {
     /// These limits, none above `max`'s (an unmetered run stays unmetered).
     pub fn capped_by(self, max: &Limits) -> Limits {
@@ -82,7 +64,7 @@ impl Limits {
     }
 
     /// Checks that every limit is usable.
-    pub fn validate(&self) -> Result<(), LimitError> {
+    pub fn validate(&self) -> Result<()> {
         let non_zero = [
             ("wall_ms", self.wall_ms),
             ("memory_bytes", self.memory_bytes),
@@ -91,13 +73,13 @@ impl Limits {
             ("idle_ms", self.idle_ms),
         ];
         if let Some((name, _)) = non_zero.iter().find(|(_, v)| *v == 0) {
-            return Err(LimitError::Zero { name });
+            return Err(Error::ZeroLimit { name });
         }
         if self.cpu_fuel == Some(0) {
-            return Err(LimitError::Zero { name: "cpu_fuel" });
+            return Err(Error::ZeroLimit { name: "cpu_fuel" });
         }
         if self.memory_bytes > MAX_MEMORY_BYTES {
-            return Err(LimitError::MemoryTooLarge {
+            return Err(Error::MemoryTooLarge {
                 asked: self.memory_bytes,
                 max: MAX_MEMORY_BYTES,
             });
@@ -146,30 +128,33 @@ pub fn human_ms(ms: u64) -> String {
 pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// Parses "2s", "500ms", "1m" (humantime) or a bare number of seconds, up to [`MAX_DURATION`].
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let invalid = |reason: String| Error::InvalidDuration {
+        value: s.to_string(),
+        reason,
+    };
+    let too_long = || invalid("longer than the maximum of 10 years".into());
     let parsed = match s.trim().parse::<f64>() {
         Ok(secs) if secs.is_finite() && secs >= 0.0 => {
-            Duration::try_from_secs_f64(secs).map_err(|_| too_long(s))?
+            Duration::try_from_secs_f64(secs).map_err(|_| too_long())?
         }
-        _ => humantime::parse_duration(s.trim())
-            .map_err(|e| format!("invalid duration {s:?}: {e}"))?,
+        _ => humantime::parse_duration(s.trim()).map_err(|e| invalid(e.to_string()))?,
     };
     if parsed > MAX_DURATION {
-        return Err(too_long(s));
+        return Err(too_long());
     }
     Ok(parsed)
 }
 
-fn too_long(s: &str) -> String {
-    format!("invalid duration {s:?}: longer than the maximum of 10 years")
-}
-
 /// Parses "64MiB", "1 MB", "4096" (bytes).
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
+pub fn parse_bytes(s: &str) -> Result<u64> {
     s.trim()
         .parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
-        .map_err(|e| format!("invalid size {s:?}: {e}"))
+        .map_err(|e| Error::InvalidSize {
+            value: s.to_string(),
+            reason: e.to_string(),
+        })
 }
 
 /// Enforces `memory_bytes`: growth past it is refused (CPython sees a failed allocation and
@@ -371,18 +356,29 @@ mod tests {
 
     #[test]
     fn parses_human_units() {
-        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
-        assert_eq!(parse_bytes("4096"), Ok(4096));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_bytes("64MiB").ok(), Some(64 << 20));
+        assert_eq!(parse_bytes("4096").ok(), Some(4096));
+        assert_eq!(parse_duration("2s").ok(), Some(Duration::from_secs(2)));
+        assert_eq!(
+            parse_duration("250ms").ok(),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            parse_duration("1.5").ok(),
+            Some(Duration::from_millis(1500))
+        );
         assert!(parse_bytes("lots").is_err());
         assert!(parse_duration("soon").is_err());
         // Values past any clock's range are refused, not a panic.
         for huge in ["1e20", "1e300", "100000000000000000000s", "11y"] {
             assert!(parse_duration(huge).is_err(), "{huge}");
         }
-        assert_eq!(parse_duration("3650d"), Ok(MAX_DURATION));
+        assert_eq!(parse_duration("3650d").ok(), Some(MAX_DURATION));
+        let too_long = parse_duration("11y").map(|_| ()).unwrap_err();
+        assert_eq!(
+            too_long.to_string(),
+            "invalid duration \"11y\": longer than the maximum of 10 years"
+        );
     }
 
     #[test]
@@ -399,7 +395,10 @@ mod tests {
             wall_ms: 0,
             ..Limits::default()
         };
-        assert_eq!(zero.validate(), Err(LimitError::Zero { name: "wall_ms" }));
+        assert!(matches!(
+            zero.validate(),
+            Err(Error::ZeroLimit { name: "wall_ms" })
+        ));
         let huge = Limits {
             memory_bytes: MAX_MEMORY_BYTES + 1,
             ..Limits::default()

@@ -2,31 +2,21 @@
 //! what was recorded (`weir replay`). [`replay_file`] gives one transcript's [`Verdict`]; how
 //! verdicts are shown is the caller's.
 
+use crate::error::{Error, Result};
 use crate::event::{Event, RunState, StreamKind};
 use crate::sandbox::Sandbox;
-use crate::transcript::{ended_from_outside, Expected, OutputLog, Transcript, TranscriptError};
+use crate::transcript::{ended_from_outside, Expected, OutputLog, Transcript};
 use std::fmt::Write as _;
 use std::path::Path;
 
-/// Why a replay could not produce a result.
-#[derive(Debug, thiserror::Error)]
-pub enum ReplayError {
-    #[error(transparent)]
-    /// The transcript cannot be read or replayed.
-    Transcript(#[from] TranscriptError),
-    #[error("the run could not start: {0}")]
-    /// The run could not start.
-    Start(#[from] crate::sandbox::StartError),
-}
-
 /// Runs the transcript's program again (the guest build must match) and returns what it produced.
-pub async fn replay(sandbox: &Sandbox, t: &Transcript) -> Result<Expected, ReplayError> {
+pub async fn replay(sandbox: &Sandbox, t: &Transcript) -> Result<Expected> {
     t.check_guest(sandbox.runtime(Some(&t.guest.runtime))?)?;
     rerun(sandbox, t).await
 }
 
 /// Runs the transcript's program without checking the guest build (for `--update`).
-async fn rerun(sandbox: &Sandbox, t: &Transcript) -> Result<Expected, ReplayError> {
+async fn rerun(sandbox: &Sandbox, t: &Transcript) -> Result<Expected> {
     let mut handle = sandbox.start(t.request()?).await?;
     let control = handle.control();
     let mut output = OutputLog::default();
@@ -41,7 +31,7 @@ async fn rerun(sandbox: &Sandbox, t: &Transcript) -> Result<Expected, ReplayErro
             result = Some(r);
         }
     }
-    let result = result.ok_or(TranscriptError::NoResult)?;
+    let result = result.ok_or(Error::NoResult)?;
     let mut actual = Expected::of(&output, &result);
     // The recorded run was ended from outside while it waited for input; the replay ends it at
     // the same point (its recorded input ran out), which is the same result.
@@ -138,7 +128,7 @@ pub async fn replay_file(sandbox: &Sandbox, path: &Path, update: bool) -> Verdic
     if update {
         return match rerun(sandbox, &t).await {
             Ok(actual) => write_updated(sandbox, path, t, actual),
-            Err(e) => Verdict::Failed(e.to_string()),
+            Err(e) => failed(&e),
         };
     }
     match replay(sandbox, &t).await {
@@ -146,7 +136,26 @@ pub async fn replay_file(sandbox: &Sandbox, path: &Path, update: bool) -> Verdic
             None => Verdict::Match,
             Some(diff) => Verdict::Mismatch(diff),
         },
-        Err(e) => Verdict::Failed(e.to_string()),
+        Err(e) => failed(&e),
+    }
+}
+
+/// The verdict on a transcript that could not be replayed: what is wrong with the transcript,
+/// or why its run could not start.
+fn failed(e: &Error) -> Verdict {
+    let of_the_transcript = matches!(
+        e,
+        Error::ReadTranscript { .. }
+            | Error::NotATranscript(_)
+            | Error::TranscriptVersion { .. }
+            | Error::OtherGuest { .. }
+            | Error::NotDeterministic
+            | Error::HasMounts
+            | Error::NoResult
+    );
+    match of_the_transcript {
+        true => Verdict::Failed(e.to_string()),
+        false => Verdict::Failed(format!("the run could not start: {e}")),
     }
 }
 

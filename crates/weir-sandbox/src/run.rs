@@ -7,6 +7,7 @@
 //! is paused.
 
 use crate::background::BackgroundLane;
+use crate::error::{Error, Result};
 use crate::event::{Collected, Event, RunId, RunResult, RunState};
 use crate::files::Returned;
 use crate::interrupt::Interrupter;
@@ -17,7 +18,7 @@ use crate::pipes::{GuestStatus, GuestStdin, OutputLimitExceeded, OutputQueue, St
 use crate::priority::{Grant, Priority};
 use crate::runtime::{CallResult, GuestCall, Runtime};
 use crate::scratch::{LiveDir, Scratch};
-use crate::snapshot::{Snapshot, SnapshotError};
+use crate::snapshot::Snapshot;
 use crate::store::GuestState;
 use crate::task::AbortOnDrop;
 use crate::variant::EngineVariant;
@@ -36,31 +37,6 @@ enum Desired {
     Run,
     Pause,
     Stop,
-}
-
-/// Why input could not be delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum StdinError {
-    #[error("stdin is full: the script has not read the input already sent")]
-    /// The script has not read the input already sent.
-    Full,
-    #[error("the run has ended")]
-    /// The run has ended.
-    Ended,
-}
-
-/// Why a cell could not be handed to a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum CellError {
-    /// The run was not started as a session ([`crate::RunRequest::cells`]).
-    #[error("the run is not a session")]
-    NotASession,
-    /// A cell is running or waiting: one at a time.
-    #[error("a cell is already running in this session")]
-    Busy,
-    /// The session has ended.
-    #[error("the session has ended")]
-    Ended,
 }
 
 /// Commands to a run. Cloneable; every method is harmless once the run has ended.
@@ -105,23 +81,23 @@ impl RunControl {
 
     /// Sends bytes to stdin without waiting; fails when the run has ended or the guest has not
     /// read enough of what was sent before.
-    pub fn try_write_stdin(&self, data: impl Into<Bytes>) -> Result<(), StdinError> {
+    pub fn try_write_stdin(&self, data: impl Into<Bytes>) -> Result<()> {
         let data = data.into();
         if data.is_empty() {
             return Ok(());
         }
         self.stdin.try_send(data).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => StdinError::Full,
-            mpsc::error::TrySendError::Closed(_) => StdinError::Ended,
+            mpsc::error::TrySendError::Full(_) => Error::StdinFull,
+            mpsc::error::TrySendError::Closed(_) => Error::Ended,
         })
     }
 
     /// Ends the input of a session's running interactive cell ([`Cell::interactive`]): once
     /// it has read what was sent, it reads end of file; later cells get their own input.
-    pub fn end_input(&self) -> Result<(), StdinError> {
+    pub fn end_input(&self) -> Result<()> {
         self.stdin.end_input().map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => StdinError::Full,
-            mpsc::error::TrySendError::Closed(_) => StdinError::Ended,
+            mpsc::error::TrySendError::Full(_) => Error::StdinFull,
+            mpsc::error::TrySendError::Closed(_) => Error::Ended,
         })
     }
 
@@ -148,26 +124,26 @@ impl RunControl {
 
     /// Hands a session its next cell. The cell's end arrives as [`Event::Cell`] after its
     /// output; one cell at a time.
-    pub fn send_cell(&self, cell: Cell) -> Result<(), CellError> {
-        let cells = self.cells.as_ref().ok_or(CellError::NotASession)?;
+    pub fn send_cell(&self, cell: Cell) -> Result<()> {
+        let cells = self.cells.as_ref().ok_or(Error::NotASession)?;
         cells
             .try_send(SessionRequest::Cell(cell))
             .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => CellError::Busy,
-                mpsc::error::TrySendError::Closed(_) => CellError::Ended,
+                mpsc::error::TrySendError::Full(_) => Error::CellBusy,
+                mpsc::error::TrySendError::Closed(_) => Error::Ended,
             })
     }
 
     /// Snapshots a session ([`Snapshot`]): taken once its running and queued cells have
     /// ended, while it waits for the next.
-    pub async fn snapshot(&self) -> Result<Snapshot, SnapshotError> {
-        let cells = self.cells.as_ref().ok_or(SnapshotError::Ended)?;
+    pub async fn snapshot(&self) -> Result<Snapshot> {
+        let cells = self.cells.as_ref().ok_or(Error::NotASession)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         cells
             .send(SessionRequest::Snapshot(tx))
             .await
-            .map_err(|_| SnapshotError::Ended)?;
-        rx.await.map_err(|_| SnapshotError::Ended)?
+            .map_err(|_| Error::Ended)?;
+        rx.await.map_err(|_| Error::Ended)?
     }
 
     /// Freezes the guest: no CPU, and its wall-time clock stops.

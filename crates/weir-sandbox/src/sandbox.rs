@@ -8,17 +8,17 @@ use crate::background::BackgroundLane;
 use crate::compile_cache::{CachePut, CacheSlot, CompileCache, Key};
 use crate::determinism::{GuestClock, VirtualClock};
 use crate::engine::EngineSettings;
+use crate::error::{Error, Result};
 use crate::event::{Event, RunId, StreamKind};
 use crate::interrupt::Interrupter;
 use crate::launch::{CellInbox, HostState, Launch, SessionRequest};
-use crate::limits::{LimitError, Limits, MemoryBudget, MemoryLimiter};
+use crate::limits::{Limits, MemoryBudget, MemoryLimiter};
 use crate::pipes::{GuestStatus, GuestStdin, OutputQueue, StdinMode, StdinSender};
 use crate::priority::{CpuGate, Priority};
 use crate::request::{Program, RunRequest};
 use crate::run::{self, Foreground, RunHandle};
 use crate::runtime::{python::CPython, GuestSetup, Policy, Runtime, RuntimeInfo};
-use crate::scratch::{Scratch, ScratchDirs, ScratchError};
-use crate::snapshot::SnapshotError;
+use crate::scratch::{Scratch, ScratchDirs};
 use crate::store::{GuestState, Parts};
 use crate::variant::EngineVariant;
 use std::path::{Path, PathBuf};
@@ -34,57 +34,6 @@ pub use crate::scratch::{GUEST_DIR, SITE_DIR};
 const EVENT_QUEUE: usize = 16;
 /// Stdin chunks the caller may have queued before `write_stdin` waits.
 const STDIN_QUEUE: usize = 16;
-
-/// Why a run could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    /// The limits asked for cannot be honoured.
-    Limits(#[from] LimitError),
-    #[error(transparent)]
-    /// The scratch directory could not be set up.
-    Scratch(#[from] ScratchError),
-    #[error("all {0} sandbox slots are in use; try again shortly")]
-    /// Every instance slot is taken.
-    AtCapacity(u32),
-    /// The host's memory budget left cannot cover the run's memory limit.
-    #[error("the host's memory budget has {left} left, less than this run's {limit} memory limit; try again shortly or ask for less memory")]
-    MemoryBudget {
-        /// What is left of the budget, for people.
-        left: String,
-        /// The run's memory limit, for people.
-        limit: String,
-    },
-    /// A mount could not be opened.
-    #[error("cannot mount {path}: {reason}")]
-    Mount {
-        /// The host directory.
-        path: String,
-        /// Why it failed.
-        reason: String,
-    },
-    /// The snapshot to restore cannot start here.
-    #[error(transparent)]
-    Snapshot(#[from] SnapshotError),
-    /// No runtime of this sandbox answers to the requested name.
-    #[error("no runtime named {name:?}; this sandbox has {known}")]
-    UnknownRuntime {
-        /// The name asked for.
-        name: String,
-        /// The runtimes there are, comma-separated.
-        known: String,
-    },
-    /// A `return_files` glob that does not parse.
-    #[error(transparent)]
-    Files(#[from] crate::files::FileError),
-    /// An environment variable the guest could not be given: an empty name, or a name or value
-    /// holding `=` (names only) or NUL.
-    #[error("invalid environment variable {0:?}: a name must be non-empty and hold no '=' or NUL, a value no NUL")]
-    BadEnv(String),
-    #[error("the sandbox failed to start the run: {0}")]
-    /// Something failed inside the sandbox (a bug or the host's resources).
-    Internal(String),
-}
 
 /// The sandbox. Cheap to clone; every clone shares the engines and the instance slots.
 #[derive(Clone)]
@@ -163,11 +112,7 @@ impl Engines {
     }
 
     /// The engine variant, loaded on a blocking thread first if needed.
-    async fn variant(
-        &self,
-        settings: &EngineSettings,
-        fuel: bool,
-    ) -> Result<Arc<EngineVariant>, StartError> {
+    async fn variant(&self, settings: &EngineSettings, fuel: bool) -> Result<Arc<EngineVariant>> {
         let cell = match fuel {
             true => &self.fueled,
             false => &self.plain,
@@ -178,9 +123,9 @@ impl Engines {
             .get_or_try_init(|| async move {
                 tokio::task::spawn_blocking(move || EngineVariant::load(&settings, runtime, fuel))
                     .await
-                    .map_err(|e| StartError::Internal(e.to_string()))?
+                    .map_err(|e| Error::Internal(e.to_string()))?
                     .map(Arc::new)
-                    .map_err(|e| StartError::Internal(format!("{e:#}")))
+                    .map_err(|e| Error::Internal(format!("{e:#}")))
             })
             .await
             .cloned();
@@ -212,7 +157,7 @@ pub struct InstanceStarts {
 impl Sandbox {
     /// [`Sandbox::standard`]: the default runtime, CPython ([`CPython`]), loaded now (its guest
     /// compiled once if it is not cached), and `python-sci` on first use. Blocking.
-    pub fn load(settings: EngineSettings) -> anyhow::Result<Self> {
+    pub fn load(settings: EngineSettings) -> Result<Self> {
         Sandbox::standard(settings)
     }
 
@@ -220,16 +165,18 @@ impl Sandbox {
     pub fn with_runtimes(
         settings: EngineSettings,
         runtimes: Vec<Arc<dyn Runtime>>,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self> {
         if runtimes.is_empty() {
-            anyhow::bail!("a sandbox needs at least one runtime");
+            return Err(Error::Load(anyhow::anyhow!(
+                "a sandbox needs at least one runtime"
+            )));
         }
         Sandbox::with_lazy_runtimes(settings, runtimes, Vec::new())
     }
 
     /// The standard runtimes: `python` (the default, loaded now) and `python-sci` (loaded by
     /// its first run or by [`Sandbox::prepare`]). Blocking.
-    pub fn standard(settings: EngineSettings) -> anyhow::Result<Self> {
+    pub fn standard(settings: EngineSettings) -> Result<Self> {
         Sandbox::with_lazy_runtimes(
             settings,
             vec![Arc::new(CPython)],
@@ -242,21 +189,27 @@ impl Sandbox {
         settings: EngineSettings,
         eager: Vec<Arc<dyn Runtime>>,
         lazy: Vec<Arc<dyn Runtime>>,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self> {
         if eager.is_empty() {
-            anyhow::bail!("a sandbox needs at least one runtime loaded at start");
+            return Err(Error::Load(anyhow::anyhow!(
+                "a sandbox needs at least one runtime loaded at start"
+            )));
         }
         let mut runtimes = eager
             .into_iter()
             .map(|runtime| Engines::load(&settings, runtime))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .collect::<anyhow::Result<Vec<_>>>()
+            .map_err(Error::Load)?;
         runtimes.extend(lazy.into_iter().map(Engines::lazy));
         let slots = Arc::new(Semaphore::new(settings.max_instances as usize));
         let cpu = Arc::new(CpuGate::new(settings.foreground_for, settings.max_give_way));
-        let scratch_dirs = ScratchDirs::new()
-            .map_err(|e| anyhow::anyhow!("cannot create the scratch directory root: {e}"))?;
+        let scratch_dirs = ScratchDirs::new().map_err(|e| {
+            Error::Load(anyhow::anyhow!(
+                "cannot create the scratch directory root: {e}"
+            ))
+        })?;
         let lane = BackgroundLane::start(settings.background_threads, settings.background_priority)
-            .map_err(|e| anyhow::anyhow!("cannot start the background lane: {e}"))?;
+            .map_err(|e| Error::Load(anyhow::anyhow!("cannot start the background lane: {e}")))?;
         Ok(Sandbox {
             inner: Arc::new(Inner {
                 compile_cache: Arc::new(CompileCache::new(settings.compile_cache_bytes)),
@@ -275,8 +228,10 @@ impl Sandbox {
     }
 
     /// [`Sandbox::load`] on a blocking thread.
-    pub async fn load_async(settings: EngineSettings) -> anyhow::Result<Self> {
-        tokio::task::spawn_blocking(move || Sandbox::load(settings)).await?
+    pub async fn load_async(settings: EngineSettings) -> Result<Self> {
+        tokio::task::spawn_blocking(move || Sandbox::load(settings))
+            .await
+            .map_err(|e| Error::Load(e.into()))?
     }
 
     /// Deletes every run's scratch directory now, runs still alive included (their files
@@ -337,18 +292,18 @@ impl Sandbox {
 
     /// The runtime `req` runs in: the one it names, else [`Sandbox::auto_runtime`]'s, else the
     /// default.
-    pub fn select(&self, req: &RunRequest) -> Result<&RuntimeInfo, StartError> {
+    pub fn select(&self, req: &RunRequest) -> Result<&RuntimeInfo> {
         let name = req.runtime.clone().or_else(|| self.auto_runtime(req));
         self.runtime(name.as_deref())
     }
 
     /// What the runtime `name` selects asks for its runs ([`Runtime::policy`]).
-    pub fn policy(&self, name: Option<&str>) -> Result<Policy, StartError> {
+    pub fn policy(&self, name: Option<&str>) -> Result<Policy> {
         self.engines(name).map(|e| e.runtime.policy())
     }
 
     /// Whether the runtime `name` selects can take runs now.
-    pub fn runtime_status(&self, name: &str) -> Result<RuntimeStatus, StartError> {
+    pub fn runtime_status(&self, name: &str) -> Result<RuntimeStatus> {
         self.engines(Some(name)).map(Engines::status)
     }
 
@@ -356,7 +311,7 @@ impl Sandbox {
     /// fuel-metered one (metered and deterministic runs use it), each compiled once per machine
     /// (minutes the first time for `python-sci`). Runs of it wait for this; a server calls it in
     /// the background at start.
-    pub async fn prepare(&self, name: &str) -> Result<(), StartError> {
+    pub async fn prepare(&self, name: &str) -> Result<()> {
         let engines = self.engines(Some(name))?;
         engines.variant(&self.inner.settings, false).await?;
         engines.variant(&self.inner.settings, true).await?;
@@ -364,22 +319,22 @@ impl Sandbox {
     }
 
     /// The runtime `name` selects (its name or an alias); `None`: the default.
-    pub fn runtime(&self, name: Option<&str>) -> Result<&RuntimeInfo, StartError> {
+    pub fn runtime(&self, name: Option<&str>) -> Result<&RuntimeInfo> {
         self.engines(name).map(|e| e.runtime.info())
     }
 
-    fn engines(&self, name: Option<&str>) -> Result<&Engines, StartError> {
+    fn engines(&self, name: Option<&str>) -> Result<&Engines> {
         let runtimes = &self.inner.runtimes;
         let Some(name) = name else {
             // `with_runtimes` refuses an empty list.
             return runtimes
                 .first()
-                .ok_or_else(|| StartError::Internal("the sandbox has no runtime".into()));
+                .ok_or_else(|| Error::Internal("the sandbox has no runtime".into()));
         };
         runtimes
             .iter()
             .find(|e| e.runtime.info().answers_to(name))
-            .ok_or_else(|| StartError::UnknownRuntime {
+            .ok_or_else(|| Error::UnknownRuntime {
                 name: name.to_string(),
                 known: self
                     .runtimes()
@@ -391,11 +346,7 @@ impl Sandbox {
 
     /// The engine variant for this runtime and these limits: fuel metering needs its own
     /// compiled code.
-    async fn variant(
-        &self,
-        runtime: Option<&str>,
-        limits: &Limits,
-    ) -> Result<Arc<EngineVariant>, StartError> {
+    async fn variant(&self, runtime: Option<&str>, limits: &Limits) -> Result<Arc<EngineVariant>> {
         let engines = self.engines(runtime)?;
         engines
             .variant(&self.inner.settings, limits.cpu_fuel.is_some())
@@ -404,16 +355,16 @@ impl Sandbox {
 
     /// Starts a run in a fresh store. The returned handle owns the run: dropping it stops the
     /// run and frees everything it holds.
-    pub async fn start(&self, req: RunRequest) -> Result<RunHandle, StartError> {
+    pub async fn start(&self, req: RunRequest) -> Result<RunHandle> {
         let req = self.restoring(req)?;
         let limits = self.admissible_limits(&req)?;
         if let Some(from) = &req.restore {
             if from.memory_bytes() > limits.memory_bytes {
-                return Err(StartError::Snapshot(SnapshotError::Unsaved(format!(
+                return Err(Error::Unsaved(format!(
                     "the snapshot's session uses {} of memory, above this run's limit of {}",
                     crate::limits::human_bytes(from.memory_bytes()),
                     crate::limits::human_bytes(limits.memory_bytes)
-                ))));
+                )));
             }
         }
         let return_files = crate::files::patterns(&req.return_files)?;
@@ -486,18 +437,18 @@ impl Sandbox {
 
     /// `req` as the session its snapshot (if any) restores: the snapshot's runtime, files,
     /// environment and arguments, once its build is this sandbox's.
-    fn restoring(&self, mut req: RunRequest) -> Result<RunRequest, StartError> {
+    fn restoring(&self, mut req: RunRequest) -> Result<RunRequest> {
         let Some(from) = req.restore.clone() else {
             return Ok(req);
         };
         if req.deterministic.is_some() {
-            return Err(StartError::Snapshot(SnapshotError::Unsaved(
+            return Err(Error::Unsaved(
                 "a snapshot cannot start a deterministic run".into(),
-            )));
+            ));
         }
         let info = self
             .runtime(Some(from.runtime()))
-            .map_err(|_| SnapshotError::OtherBuild {
+            .map_err(|_| Error::SnapshotBuild {
                 runtime: from.runtime().to_string(),
                 build: from.build().to_string(),
                 current: "no such runtime".into(),
@@ -518,15 +469,15 @@ impl Sandbox {
 
     /// The limits `req` runs with, once they are valid, its environment can be given to the
     /// guest and the host's memory budget left covers its memory limit.
-    fn admissible_limits(&self, req: &RunRequest) -> Result<Limits, StartError> {
+    fn admissible_limits(&self, req: &RunRequest) -> Result<Limits> {
         let limits = req.effective_limits();
         limits.validate()?;
         if let Some((name, _)) = req.env.iter().find(|(k, v)| !valid_env(k, v)) {
-            return Err(StartError::BadEnv(name.clone()));
+            return Err(Error::BadEnv(name.clone()));
         }
         if let Some(budget) = &self.inner.memory {
             if budget.left() < limits.memory_bytes {
-                return Err(StartError::MemoryBudget {
+                return Err(Error::MemoryBudget {
                     left: crate::limits::human_bytes(budget.left()),
                     limit: crate::limits::human_bytes(limits.memory_bytes),
                 });
@@ -536,12 +487,12 @@ impl Sandbox {
     }
 
     /// One of the sandbox's instance slots, held by the run's store until it is dropped.
-    fn take_slot(&self) -> Result<OwnedSemaphorePermit, StartError> {
+    fn take_slot(&self) -> Result<OwnedSemaphorePermit> {
         self.inner
             .slots
             .clone()
             .try_acquire_owned()
-            .map_err(|_| StartError::AtCapacity(self.inner.settings.max_instances))
+            .map_err(|_| Error::AtCapacity(self.inner.settings.max_instances))
     }
 
     /// A run's channels, stdio and CPU class: its stdin holds `req`'s input (closed after it
@@ -684,11 +635,7 @@ struct RunIo {
 
 /// Refuses host directories the runtime cannot mount: a guest with a fixed layout takes only a
 /// site mount.
-fn refuse_mounts(
-    req: &RunRequest,
-    setup: &GuestSetup,
-    variant: &EngineVariant,
-) -> Result<(), StartError> {
+fn refuse_mounts(req: &RunRequest, setup: &GuestSetup, variant: &EngineVariant) -> Result<()> {
     let Some(m) = req
         .mounts
         .iter()
@@ -696,7 +643,7 @@ fn refuse_mounts(
     else {
         return Ok(());
     };
-    Err(StartError::Mount {
+    Err(Error::Mount {
         path: m.host.display().to_string(),
         reason: format!(
             "the {} runtime cannot mount directories; pass files instead",
@@ -805,7 +752,7 @@ fn wasi_context(
     pipes: &Arc<OutputQueue>,
     stdin: &GuestStdin,
     site: Option<&Path>,
-) -> Result<WasiP1Ctx, StartError> {
+) -> Result<WasiP1Ctx> {
     let mut b = WasiCtx::builder();
     b.stdin(stdin.clone())
         .stdout(pipes.stream(StreamKind::Stdout))
@@ -823,10 +770,10 @@ fn wasi_context(
     }
     for (host, guest) in &setup.mounts {
         b.preopened_dir(host, guest, FsPerms::ReadOnly)
-            .map_err(|e| StartError::Internal(format!("cannot mount {guest}: {e:#}")))?;
+            .map_err(|e| Error::Internal(format!("cannot mount {guest}: {e:#}")))?;
     }
     b.preopened_dir(scratch.path(), GUEST_DIR, FsPerms::ReadWrite)
-        .map_err(|e| StartError::Internal(format!("cannot open scratch dir: {e:#}")))?;
+        .map_err(|e| Error::Internal(format!("cannot open scratch dir: {e:#}")))?;
     // A guest with a fixed layout always has its site directory: the site, or a mount there (the
     // compile step of `weir packages`), or an empty placeholder.
     let placeholder = setup.site_placeholder.as_deref();
@@ -836,7 +783,7 @@ fn wasi_context(
     };
     if let Some(dir) = site {
         b.preopened_dir(dir, SITE_DIR, FsPerms::ReadOnly)
-            .map_err(|e| StartError::Mount {
+            .map_err(|e| Error::Mount {
                 path: dir.display().to_string(),
                 reason: format!("{e:#}"),
             })?;
@@ -848,7 +795,7 @@ fn wasi_context(
             FsPerms::ReadWrite
         };
         b.preopened_dir(&m.host, &m.guest, perms)
-            .map_err(|e| StartError::Mount {
+            .map_err(|e| Error::Mount {
                 path: m.host.display().to_string(),
                 reason: format!("{e:#}"),
             })?;

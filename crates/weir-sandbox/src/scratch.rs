@@ -25,14 +25,15 @@ pub const GUEST_DIR: &str = "/sandbox";
 /// Where a run sees the operator's package site for its runtime (read-only).
 pub const SITE_DIR: &str = "/packages";
 
-use crate::files::{relative_path, FileEntry, FileError};
+use crate::error::{Error, Result};
+use crate::files::{relative_path, FileEntry};
 use crate::limits::human_bytes;
 
 pub use crate::files::{exceeds, MAX_SCRATCH_ENTRIES};
 
 /// A relative path that stays inside the scratch dir.
-fn checked_path(name: &str) -> Result<PathBuf, ScratchError> {
-    relative_path(name).ok_or_else(|| ScratchError::BadPath(name.to_string()))
+fn checked_path(name: &str) -> Result<PathBuf> {
+    relative_path(name).ok_or_else(|| Error::BadPath(name.to_string()))
 }
 use crate::request::{Program, RunRequest};
 use std::ffi::{OsStr, OsString};
@@ -40,31 +41,6 @@ use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-
-/// Why the caller's files cannot be placed.
-#[derive(Debug, thiserror::Error)]
-pub enum ScratchError {
-    #[error("invalid file name {0:?}: use a relative path without '..'")]
-    /// A file name that would leave the directory.
-    BadPath(String),
-    /// The request's files exceed the scratch limit.
-    #[error("files total {total} bytes, above the scratch limit of {limit}")]
-    TooLarge {
-        /// Their size, bytes.
-        total: u64,
-        /// The limit, for people.
-        limit: String,
-    },
-    /// The request's files are too many.
-    #[error("files and their directories number {count}, above the scratch limit of {MAX_SCRATCH_ENTRIES} entries")]
-    TooManyEntries {
-        /// How many there are.
-        count: usize,
-    },
-    #[error("cannot create the scratch directory: {0}")]
-    /// The host failed to create it.
-    Io(#[from] std::io::Error),
-}
 
 /// Emptied scratch directories kept for reuse: this many at most.
 const POOLED_DIRS: usize = 64;
@@ -266,11 +242,7 @@ fn entry_count(files: &[(PathBuf, &[u8])]) -> usize {
 
 impl Scratch {
     /// Takes an empty directory from `dirs` and writes the script and files into it.
-    pub fn create(
-        dirs: &Arc<ScratchDirs>,
-        req: &RunRequest,
-        limit: u64,
-    ) -> Result<Self, ScratchError> {
+    pub fn create(dirs: &Arc<ScratchDirs>, req: &RunRequest, limit: u64) -> Result<Self> {
         let mut entries: Vec<(PathBuf, &[u8])> = Vec::with_capacity(req.files.len() + 1);
         if let Program::Script { filename, source } = &req.program {
             entries.push((checked_path(filename)?, source));
@@ -280,11 +252,14 @@ impl Scratch {
         }
         let count = entry_count(&entries);
         if count > MAX_SCRATCH_ENTRIES {
-            return Err(ScratchError::TooManyEntries { count });
+            return Err(Error::TooManyFiles {
+                count,
+                max: MAX_SCRATCH_ENTRIES,
+            });
         }
         let total: u64 = entries.iter().map(|(_, d)| d.len() as u64).sum();
         if total > limit {
-            return Err(ScratchError::TooLarge {
+            return Err(Error::FilesTooLarge {
                 total,
                 limit: human_bytes(limit),
             });
@@ -297,7 +272,7 @@ impl Scratch {
             _ => None,
         };
         // From here on, dropping `scratch` empties the directory again.
-        let pooled = dirs.take()?;
+        let pooled = dirs.take().map_err(Error::ScratchDir)?;
         let owner = req.compile_scope.name().map(str::to_owned);
         let same_owner = owner.is_some() && pooled.owner == owner;
         let scratch = Scratch {
@@ -308,7 +283,7 @@ impl Scratch {
         };
         let mut reuse = pooled.kept.is_some() && pooled.kept == script;
         if let Some(stale) = pooled.kept.filter(|_| !reuse) {
-            std::fs::remove_file(scratch.dir.join(stale))?;
+            std::fs::remove_file(scratch.dir.join(stale)).map_err(Error::ScratchDir)?;
         }
         let mut written = Vec::with_capacity(entries.len());
         for (rel, data) in entries {
@@ -318,20 +293,21 @@ impl Scratch {
                     written.push(path);
                     continue;
                 }
-                std::fs::remove_file(&path)?; // and create it afresh
+                std::fs::remove_file(&path).map_err(Error::ScratchDir)?; // and create it afresh
             }
             // The scratch dir itself exists: only subdirectories need creating.
             if let Some(parent) = path.parent().filter(|_| rel.components().count() > 1) {
                 std::fs::DirBuilder::new()
                     .recursive(true)
                     .mode(0o700)
-                    .create(parent)?;
+                    .create(parent)
+                    .map_err(Error::ScratchDir)?;
             }
-            write_private(&path, data)?;
+            write_private(&path, data).map_err(Error::ScratchDir)?;
             written.push(path);
         }
         if req.deterministic.is_some() {
-            fix_times(&scratch.dir, &written)?;
+            fix_times(&scratch.dir, &written).map_err(Error::ScratchDir)?;
         }
         Ok(scratch)
     }
@@ -387,18 +363,18 @@ fn fix_times(root: &Path, files: &[PathBuf]) -> std::io::Result<()> {
 /// stays the run's while the [`LiveDir`] is held. Blocking: call these off the async threads.
 impl LiveDir {
     /// The files in the directory ([`crate::files::list`]).
-    pub fn list(&self) -> Result<Vec<FileEntry>, FileError> {
+    pub fn list(&self) -> Result<Vec<FileEntry>> {
         crate::files::list(self.path())
     }
 
     /// One file, if it holds at most `max` bytes ([`crate::files::read`]).
-    pub fn read(&self, rel: &str, max: u64) -> Result<Vec<u8>, FileError> {
+    pub fn read(&self, rel: &str, max: u64) -> Result<Vec<u8>> {
         crate::files::read(self.path(), rel, max)
     }
 
     /// Every file and its bytes, in name order (a session's snapshot keeps them; empty
     /// directories are not kept).
-    pub(crate) fn read_all(&self) -> Result<Vec<(String, Vec<u8>)>, FileError> {
+    pub(crate) fn read_all(&self) -> Result<Vec<(String, Vec<u8>)>> {
         let mut files = Vec::new();
         for entry in self.list()? {
             let bytes = self.read(&entry.path, entry.size)?;
@@ -408,7 +384,7 @@ impl LiveDir {
     }
 
     /// Writes one file, the directory staying within `scratch_limit` bytes ([`crate::files::write`]).
-    pub fn write(&self, rel: &str, data: &[u8], scratch_limit: u64) -> Result<(), FileError> {
+    pub fn write(&self, rel: &str, data: &[u8], scratch_limit: u64) -> Result<()> {
         crate::files::write(self.path(), rel, data, scratch_limit)
     }
 }
@@ -454,7 +430,7 @@ mod tests {
         );
         assert!(matches!(
             Scratch::create(&dirs, &req, 4),
-            Err(ScratchError::TooLarge { .. })
+            Err(Error::FilesTooLarge { .. })
         ));
     }
 
@@ -598,7 +574,7 @@ mod tests {
         let dirs = ScratchDirs::new().unwrap();
         let err = Scratch::create(&dirs, &req, 1 << 20).unwrap_err();
         assert!(
-            matches!(err, ScratchError::TooManyEntries { count: 10_003 }),
+            matches!(err, Error::TooManyFiles { count: 10_003, .. }),
             "{err}"
         );
         assert!(err.to_string().contains("10000 entries"), "{err}");

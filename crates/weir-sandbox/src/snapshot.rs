@@ -17,6 +17,7 @@
 //! On disk: `WEIRSNAP`, a format version (u32, little endian), then one zstd frame (with its
 //! checksum) holding a JSON header and the page and file bytes it describes.
 
+use crate::error::{Error, Result};
 use std::io::{Read, Write};
 use wasmtime::{AsContextMut, Global, Memory, Mutability, Val};
 
@@ -31,51 +32,6 @@ const VERSION: u32 = 1;
 /// zstd's fast end: a snapshot is taken while the session waits, and pages of interpreter heap
 /// compress about 4:1 at this level already.
 const LEVEL: i32 = 1;
-
-/// Why a snapshot could not be taken or restored.
-#[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
-    /// The bytes are not a snapshot at all.
-    #[error("not a weir snapshot")]
-    NotASnapshot,
-    /// Written by a weir whose snapshot format this one does not read.
-    #[error("snapshot format {0} is not supported (this weir reads format {VERSION})")]
-    Version(u32),
-    /// Damaged: cut short, altered, or inconsistent.
-    #[error("the snapshot is corrupted: {0}")]
-    Corrupted(String),
-    /// Larger than this weir reads.
-    #[error("the snapshot is larger than {MAX_SNAPSHOT_BYTES} bytes once decompressed")]
-    TooLarge,
-    /// Taken in another runtime, or another build of this one.
-    #[error(
-        "the snapshot was taken in runtime {runtime:?} build {build}; it restores only in that \
-         build (this sandbox runs {current})"
-    )]
-    OtherBuild {
-        /// The snapshot's runtime.
-        runtime: String,
-        /// The snapshot's build.
-        build: String,
-        /// What this sandbox has under that name.
-        current: String,
-    },
-    /// The guest's state does not have the snapshot's shape (another guest under the same id).
-    #[error("the snapshot does not fit this runtime's guest: {0}")]
-    Shape(String),
-    /// The session holds something a snapshot cannot keep.
-    #[error("{0}")]
-    Unsaved(String),
-    /// This runtime's sessions cannot be snapshotted.
-    #[error("runtime {0:?} cannot snapshot its sessions")]
-    Unsupported(String),
-    /// The run is not a session, or its session has ended.
-    #[error("the session has ended")]
-    Ended,
-    /// The guest failed while being saved or restored.
-    #[error("the guest failed: {0}")]
-    Guest(String),
-}
 
 /// A global's value.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -166,17 +122,17 @@ impl Snapshot {
     }
 
     /// The snapshot as bytes (compressed).
-    pub fn to_bytes(&self) -> Result<Vec<u8>, SnapshotError> {
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let header = serde_json::to_vec(&self.header)
-            .map_err(|e| SnapshotError::Corrupted(e.to_string()))?;
+            .map_err(|e| Error::SnapshotCorrupted(e.to_string()))?;
         let mut out = Vec::with_capacity(self.stored_page_bytes() as usize / 3);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
-        let io = |e: std::io::Error| SnapshotError::Corrupted(e.to_string());
+        let io = |e: std::io::Error| Error::SnapshotCorrupted(e.to_string());
         let mut z = zstd::stream::write::Encoder::new(out, LEVEL).map_err(io)?;
         z.include_checksum(true).map_err(io)?;
         let header_len = u32::try_from(header.len())
-            .map_err(|_| SnapshotError::Corrupted("header too large".into()))?;
+            .map_err(|_| Error::SnapshotCorrupted("header too large".into()))?;
         z.write_all(&header_len.to_le_bytes()).map_err(io)?;
         z.write_all(&header).map_err(io)?;
         for bytes in self.pages.iter().chain(&self.files) {
@@ -187,34 +143,37 @@ impl Snapshot {
 
     /// Reads a snapshot written by [`Snapshot::to_bytes`], checking its format, checksum and
     /// consistency (not yet its runtime build: restoring does).
-    pub fn from_bytes(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
+    pub fn from_bytes(bytes: &[u8]) -> Result<Snapshot> {
         let rest = bytes
             .strip_prefix(MAGIC.as_slice())
-            .ok_or(SnapshotError::NotASnapshot)?;
-        let (version, body) = rest
-            .split_at_checked(4)
-            .ok_or(SnapshotError::NotASnapshot)?;
+            .ok_or(Error::NotASnapshot)?;
+        let (version, body) = rest.split_at_checked(4).ok_or(Error::NotASnapshot)?;
         let version = u32::from_le_bytes([version[0], version[1], version[2], version[3]]);
         if version != VERSION {
-            return Err(SnapshotError::Version(version));
+            return Err(Error::SnapshotVersion {
+                version,
+                supported: VERSION,
+            });
         }
-        let corrupted = |e: std::io::Error| SnapshotError::Corrupted(e.to_string());
+        let corrupted = |e: std::io::Error| Error::SnapshotCorrupted(e.to_string());
         let z = zstd::stream::read::Decoder::new(body).map_err(corrupted)?;
         let mut plain = Vec::new();
         z.take(MAX_SNAPSHOT_BYTES + 1)
             .read_to_end(&mut plain)
             .map_err(corrupted)?;
         if plain.len() as u64 > MAX_SNAPSHOT_BYTES {
-            return Err(SnapshotError::TooLarge);
+            return Err(Error::SnapshotTooLarge {
+                max: MAX_SNAPSHOT_BYTES,
+            });
         }
         Self::parse(&plain)
     }
 
-    fn parse(plain: &[u8]) -> Result<Snapshot, SnapshotError> {
+    fn parse(plain: &[u8]) -> Result<Snapshot> {
         let mut at = Cursor(plain);
         let header_len = u32::from_le_bytes(at.take(4)?.try_into().unwrap_or_default());
         let header: Header = serde_json::from_slice(at.take(header_len as usize)?)
-            .map_err(|e| SnapshotError::Corrupted(format!("header: {e}")))?;
+            .map_err(|e| Error::SnapshotCorrupted(format!("header: {e}")))?;
         let mut pages = Vec::new();
         for memory in &header.memories {
             let count = check_runs(memory)?;
@@ -226,7 +185,7 @@ impl Snapshot {
             files.push(at.take(size)?.to_vec());
         }
         if !at.0.is_empty() {
-            return Err(SnapshotError::Corrupted("bytes after the last file".into()));
+            return Err(Error::SnapshotCorrupted("bytes after the last file".into()));
         }
         Ok(Snapshot {
             header,
@@ -236,15 +195,15 @@ impl Snapshot {
     }
 }
 
-fn short() -> SnapshotError {
-    SnapshotError::Corrupted("it ends early".into())
+fn short() -> Error {
+    Error::SnapshotCorrupted("it ends early".into())
 }
 
 /// Reads a snapshot's body front to back.
 struct Cursor<'a>(&'a [u8]);
 
 impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], SnapshotError> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         let (head, rest) = self.0.split_at_checked(n).ok_or_else(short)?;
         self.0 = rest;
         Ok(head)
@@ -252,10 +211,10 @@ impl<'a> Cursor<'a> {
 }
 
 /// The number of pages a memory's runs name, once they are in order and inside its length.
-fn check_runs(memory: &MemoryHeader) -> Result<usize, SnapshotError> {
+fn check_runs(memory: &MemoryHeader) -> Result<usize> {
     let pages = memory.len / PAGE_BYTES as u64;
     if !memory.len.is_multiple_of(64 << 10) || memory.len > 1 << 32 {
-        return Err(SnapshotError::Corrupted(format!(
+        return Err(Error::SnapshotCorrupted(format!(
             "memory length {}",
             memory.len
         )));
@@ -265,7 +224,7 @@ fn check_runs(memory: &MemoryHeader) -> Result<usize, SnapshotError> {
     for &(first, n) in &memory.runs {
         let end = u64::from(first) + u64::from(n);
         if u64::from(first) < next || n == 0 || end > pages {
-            return Err(SnapshotError::Corrupted("page runs out of order".into()));
+            return Err(Error::SnapshotCorrupted("page runs out of order".into()));
         }
         next = end;
         count += n as usize;
@@ -277,7 +236,7 @@ fn check_runs(memory: &MemoryHeader) -> Result<usize, SnapshotError> {
 pub(crate) fn read_globals(
     mut store: impl AsContextMut,
     globals: &[Global],
-) -> Result<Vec<GlobalValue>, SnapshotError> {
+) -> Result<Vec<GlobalValue>> {
     globals
         .iter()
         .map(|g| match g.get(&mut store) {
@@ -290,7 +249,7 @@ pub(crate) fn read_globals(
                 Ok(GlobalValue::V128(x as u64, (x >> 64) as u64))
             }
             _ if g.ty(&store).mutability() == Mutability::Const => Ok(GlobalValue::Ref),
-            _ => Err(SnapshotError::Unsupported(
+            _ => Err(Error::SnapshotUnsupported(
                 "a guest with reference globals".into(),
             )),
         })
@@ -376,11 +335,11 @@ impl Snapshot {
     }
 
     /// Checks that it was taken in this runtime build.
-    pub(crate) fn check_build(&self, runtime: &str, build: &str) -> Result<(), SnapshotError> {
+    pub(crate) fn check_build(&self, runtime: &str, build: &str) -> Result<()> {
         if self.header.runtime == runtime && self.header.build == build {
             return Ok(());
         }
-        Err(SnapshotError::OtherBuild {
+        Err(Error::SnapshotBuild {
             runtime: self.header.runtime.clone(),
             build: self.header.build.clone(),
             current: format!("{runtime:?} build {build}"),
@@ -394,10 +353,10 @@ pub(crate) fn prepare(
     globals: &[Global],
     memories: &[Memory],
     snapshot: &Snapshot,
-) -> Result<(), SnapshotError> {
+) -> Result<()> {
     let h = &snapshot.header;
     if globals.len() != h.globals.len() || memories.len() != h.memories.len() {
-        return Err(SnapshotError::Shape(format!(
+        return Err(Error::SnapshotShape(format!(
             "{} globals and {} memories, the snapshot has {} and {}",
             globals.len(),
             memories.len(),
@@ -408,7 +367,7 @@ pub(crate) fn prepare(
     for (memory, want) in memories.iter().zip(&h.memories) {
         let now = memory.data_size(&store) as u64;
         if now > want.len {
-            return Err(SnapshotError::Shape(format!(
+            return Err(Error::SnapshotShape(format!(
                 "a fresh instance's memory ({now} bytes) is larger than the snapshot's ({})",
                 want.len
             )));
@@ -417,7 +376,7 @@ pub(crate) fn prepare(
         if grow > 0 {
             memory
                 .grow(&mut store, grow)
-                .map_err(|e| SnapshotError::Guest(format!("growing memory: {e}")))?;
+                .map_err(|e| Error::SnapshotGuest(format!("growing memory: {e}")))?;
         }
     }
     Ok(())
@@ -465,7 +424,7 @@ pub(crate) fn write_globals(
     mut store: impl AsContextMut,
     globals: &[Global],
     snapshot: &Snapshot,
-) -> Result<(), SnapshotError> {
+) -> Result<()> {
     for (g, value) in globals.iter().zip(&snapshot.header.globals) {
         if g.ty(&store).mutability() == Mutability::Const {
             continue;
@@ -479,7 +438,7 @@ pub(crate) fn write_globals(
             GlobalValue::Ref => continue,
         };
         g.set(&mut store, val)
-            .map_err(|e| SnapshotError::Shape(format!("a global: {e}")))?;
+            .map_err(|e| Error::SnapshotShape(format!("a global: {e}")))?;
     }
     Ok(())
 }
@@ -527,24 +486,24 @@ mod tests {
         let bytes = sample().to_bytes().unwrap();
         assert!(matches!(
             Snapshot::from_bytes(b"hello"),
-            Err(SnapshotError::NotASnapshot)
+            Err(Error::NotASnapshot)
         ));
         assert!(matches!(
             Snapshot::from_bytes(&bytes[..bytes.len() - 3]),
-            Err(SnapshotError::Corrupted(_))
+            Err(Error::SnapshotCorrupted(_))
         ));
         let mut flipped = bytes.clone();
         let mid = flipped.len() / 2;
         flipped[mid] ^= 0x55;
         assert!(matches!(
             Snapshot::from_bytes(&flipped),
-            Err(SnapshotError::Corrupted(_))
+            Err(Error::SnapshotCorrupted(_))
         ));
         let mut other = bytes.clone();
         other[8] = 9;
         assert!(matches!(
             Snapshot::from_bytes(&other),
-            Err(SnapshotError::Version(9))
+            Err(Error::SnapshotVersion { version: 9, .. })
         ));
     }
 
@@ -568,7 +527,7 @@ mod tests {
         let bytes = s.to_bytes().unwrap();
         assert!(matches!(
             Snapshot::from_bytes(&bytes),
-            Err(SnapshotError::Corrupted(_))
+            Err(Error::SnapshotCorrupted(_))
         ));
     }
 }

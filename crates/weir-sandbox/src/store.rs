@@ -10,7 +10,6 @@ use crate::limits::MemoryLimiter;
 use crate::pipes::GuestStatus;
 use crate::priority::Priority;
 use crate::scratch::Scratch;
-use crate::snapshot::SnapshotError;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit};
@@ -238,7 +237,9 @@ pub async fn next_cell(store: &mut StoreContextMut<'_, GuestState>) -> Option<St
             SessionRequest::Cell(cell) => return Some(begin_cell(store, cell).await),
             SessionRequest::Snapshot(reply) => {
                 let runtime = (store.data().host.cells.as_ref()).map(|i| i.runtime.clone());
-                let _ = reply.send(Err(SnapshotError::Unsupported(runtime.unwrap_or_default())));
+                let _ = reply.send(Err(crate::error::Error::SnapshotUnsupported(
+                    runtime.unwrap_or_default(),
+                )));
             }
         }
     }

@@ -6,6 +6,7 @@
 //! they are valid UTF-8 and `{"base64": "..."}` otherwise.
 
 use crate::determinism::Seed;
+use crate::error::{Error, Result};
 use crate::limits::Limits;
 
 use crate::event::{Event, ReadLog, RunResult, StreamKind};
@@ -203,12 +204,12 @@ impl Data {
     }
 
     /// The bytes (an error for invalid base64).
-    pub fn to_bytes(&self) -> Result<Vec<u8>, TranscriptError> {
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
         match self {
             Data::Text(s) => Ok(s.clone().into_bytes()),
             Data::Binary { base64 } => base64::engine::general_purpose::STANDARD
                 .decode(base64)
-                .map_err(|e| TranscriptError::Invalid(format!("bad base64: {e}"))),
+                .map_err(|e| Error::NotATranscript(format!("bad base64: {e}"))),
         }
     }
 }
@@ -224,47 +225,6 @@ pub fn json_escaped_len(bytes: &[u8]) -> usize {
             _ => 1,
         })
         .sum()
-}
-
-/// Why a transcript cannot be recorded, read or replayed.
-#[derive(Debug, thiserror::Error)]
-pub enum TranscriptError {
-    /// The file cannot be read.
-    #[error("cannot read {path}: {reason}")]
-    Read {
-        /// The file.
-        path: String,
-        /// Why.
-        reason: String,
-    },
-    #[error("not a weir transcript: {0}")]
-    /// The file is not a transcript.
-    Invalid(String),
-    #[error(
-        "transcript version {0} is not supported (this weir reads version {VERSION}); re-record it"
-    )]
-    /// A format version this weir does not read.
-    Version(u32),
-    #[error(
-        "recorded with a different guest build ({recorded}; this weir runs {current}): \
-         its output cannot be compared; re-record it with `weir replay --update`"
-    )]
-    /// Recorded with another guest build.
-    OtherGuest {
-        /// The build that recorded it.
-        recorded: String,
-        /// The build this weir runs.
-        current: String,
-    },
-    #[error("only deterministic runs can be recorded")]
-    /// Only deterministic runs can be recorded.
-    NotDeterministic,
-    #[error("a run with mounted host directories cannot be recorded (its files are not in the transcript)")]
-    /// Runs with mounts cannot be recorded.
-    Mounts,
-    #[error("the run ended without a result")]
-    /// The run reported no result.
-    NoResult,
 }
 
 /// Output collected in order, joining consecutive chunks of the same stream.
@@ -336,10 +296,10 @@ impl Transcript {
         runtime: &crate::RuntimeInfo,
         output: &OutputLog,
         result: &RunResult,
-    ) -> Result<Self, TranscriptError> {
-        let seed = req.deterministic.ok_or(TranscriptError::NotDeterministic)?;
+    ) -> Result<Self> {
+        let seed = req.deterministic.ok_or(Error::NotDeterministic)?;
         if !req.mounts.is_empty() {
-            return Err(TranscriptError::Mounts);
+            return Err(Error::HasMounts);
         }
         let input = result.input_read.clone().unwrap_or_default();
         Ok(Transcript {
@@ -376,8 +336,8 @@ impl Transcript {
     }
 
     /// Reads and checks a transcript file (format and version; not the guest build).
-    pub fn load(path: &Path) -> Result<Self, TranscriptError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TranscriptError::Read {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::ReadTranscript {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
@@ -385,20 +345,25 @@ impl Transcript {
     }
 
     /// Reads a transcript from its JSON text.
-    pub fn parse(text: &str) -> Result<Self, TranscriptError> {
+    pub fn parse(text: &str) -> Result<Self> {
         let value: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| TranscriptError::Invalid(e.to_string()))?;
+            serde_json::from_str(text).map_err(|e| Error::NotATranscript(e.to_string()))?;
         if value.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
-            return Err(TranscriptError::Invalid(format!(
+            return Err(Error::NotATranscript(format!(
                 "the \"format\" field must be \"{FORMAT}\""
             )));
         }
         match value.get("version").and_then(|v| v.as_u64()) {
             Some(v) if v == u64::from(VERSION) => {}
-            Some(v) => return Err(TranscriptError::Version(v as u32)),
-            None => return Err(TranscriptError::Invalid("no \"version\" field".into())),
+            Some(v) => {
+                return Err(Error::TranscriptVersion {
+                    version: v as u32,
+                    supported: VERSION,
+                })
+            }
+            None => return Err(Error::NotATranscript("no \"version\" field".into())),
         }
-        serde_json::from_value(value).map_err(|e| TranscriptError::Invalid(e.to_string()))
+        serde_json::from_value(value).map_err(|e| Error::NotATranscript(e.to_string()))
     }
 
     /// Pretty JSON with a trailing newline, as fixtures are stored.
@@ -409,9 +374,9 @@ impl Transcript {
     }
 
     /// Refuses a transcript recorded with another guest build.
-    pub fn check_guest(&self, current: &crate::RuntimeInfo) -> Result<(), TranscriptError> {
+    pub fn check_guest(&self, current: &crate::RuntimeInfo) -> Result<()> {
         if self.guest.build != current.build {
-            return Err(TranscriptError::OtherGuest {
+            return Err(Error::OtherGuest {
                 recorded: self.guest.build.clone(),
                 current: current.build.clone(),
             });
@@ -420,7 +385,7 @@ impl Transcript {
     }
 
     /// The request that runs this transcript's program again, with its recorded input.
-    pub fn request(&self) -> Result<RunRequest, TranscriptError> {
+    pub fn request(&self) -> Result<RunRequest> {
         let mut req = RunRequest::script(Vec::new());
         req.program = match &self.program {
             ProgramDoc::Script { filename, source } => Program::Script {
@@ -433,14 +398,14 @@ impl Transcript {
             .files
             .iter()
             .map(|f| Ok((f.path.clone(), f.content.to_bytes()?)))
-            .collect::<Result<_, TranscriptError>>()?;
+            .collect::<Result<_>>()?;
         req.args = self.args.clone();
         req.env = self
             .env
             .iter()
             .map(|kv| {
                 split_env(kv)
-                    .ok_or_else(|| TranscriptError::Invalid(format!("env entry {kv:?} has no '='")))
+                    .ok_or_else(|| Error::NotATranscript(format!("env entry {kv:?} has no '='")))
             })
             .collect::<Result<_, _>>()?;
         req.limits = self.limits;

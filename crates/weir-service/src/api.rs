@@ -5,10 +5,10 @@
 //! token`) as `Authorization: Bearer TOKEN` or `?token=`; without one, everyone is "anonymous".
 //! A run is only shown to the user who started it; to anyone else it does not exist.
 
-use crate::history::HistoryError;
+use crate::error::Error;
 use crate::lifecycle::admission::{Admitted, Identified};
 use crate::lifecycle::body::{self, Json as Body};
-use crate::lifecycle::error::{Error, WeirJson};
+use crate::lifecycle::error::WeirJson;
 use crate::lifecycle::oneshot;
 use crate::protocol::{self, RunParams};
 use crate::state::AppState;
@@ -67,10 +67,10 @@ async fn read_flushed<T, F, Fut>(
     state: &AppState,
     read: F,
     settled: impl Fn(&T) -> bool,
-) -> Result<Option<T>, HistoryError>
+) -> Result<Option<T>, Error>
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>, HistoryError>>,
+    Fut: std::future::Future<Output = Result<Option<T>, Error>>,
 {
     match read().await {
         Ok(Some(found)) if settled(&found) => Ok(Some(found)),

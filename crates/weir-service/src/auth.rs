@@ -2,6 +2,7 @@
 //!
 //! `weir token --user NAME` mints one with the configured secret; the server verifies it.
 
+use crate::error::Error;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
@@ -9,19 +10,6 @@ use sha2::Sha256;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 type HmacSha256 = Hmac<Sha256>;
-
-/// Why a token was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum TokenError {
-    #[error("a token is required (?token=…, an Authorization: Bearer header, or the Sec-WebSocket-Protocol header)")]
-    Missing,
-    #[error("the token is malformed")]
-    Malformed,
-    #[error("the token's signature is invalid")]
-    BadSignature,
-    #[error("the token has expired")]
-    Expired,
-}
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -40,30 +28,21 @@ fn mac(secret: &[u8], payload: &[u8]) -> HmacSha256 {
 /// The user name a server without a secret records its runs under; no token may carry it.
 pub const ANONYMOUS: &str = "anonymous";
 
-/// Why a user name cannot be put in a token.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum UserNameError {
-    #[error("the user name must be 1-64 characters of letters, digits and . _ @ + -")]
-    Invalid,
-    #[error("the user name {ANONYMOUS:?} is reserved for runs made without a token")]
-    Reserved,
-}
-
 /// A user name a token may carry: 1-64 ASCII letters, digits and `. _ @ + -` (it goes into
 /// logs, history rows and cache scopes), and not [`ANONYMOUS`].
-pub fn check_user(user: &str) -> Result<(), UserNameError> {
+pub fn check_user(user: &str) -> Result<(), Error> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || "._@+-".contains(c);
     if user.is_empty() || user.len() > 64 || !user.chars().all(allowed) {
-        return Err(UserNameError::Invalid);
+        return Err(Error::InvalidUserName);
     }
     if user.eq_ignore_ascii_case(ANONYMOUS) {
-        return Err(UserNameError::Reserved);
+        return Err(Error::ReservedUserName);
     }
     Ok(())
 }
 
 /// Mints a token for `user`, valid for `ttl`.
-pub fn mint(secret: &[u8], user: &str, ttl: Duration) -> Result<String, UserNameError> {
+pub fn mint(secret: &[u8], user: &str, ttl: Duration) -> Result<String, Error> {
     check_user(user)?;
     let expiry = now_secs().saturating_add(ttl.as_secs());
     let payload = format!("{user}.{expiry}");
@@ -72,21 +51,21 @@ pub fn mint(secret: &[u8], user: &str, ttl: Duration) -> Result<String, UserName
 }
 
 /// Checks a token; returns its user.
-pub fn verify(secret: &[u8], token: &str) -> Result<String, TokenError> {
-    let (payload_b64, sig_b64) = token.split_once('.').ok_or(TokenError::Malformed)?;
-    let payload = B64.decode(payload_b64).map_err(|_| TokenError::Malformed)?;
-    let sig = B64.decode(sig_b64).map_err(|_| TokenError::Malformed)?;
+pub fn verify(secret: &[u8], token: &str) -> Result<String, Error> {
+    let (payload_b64, sig_b64) = token.split_once('.').ok_or(Error::TokenMalformed)?;
+    let payload = B64.decode(payload_b64).map_err(|_| Error::TokenMalformed)?;
+    let sig = B64.decode(sig_b64).map_err(|_| Error::TokenMalformed)?;
     mac(secret, &payload)
         .verify_slice(&sig)
-        .map_err(|_| TokenError::BadSignature)?;
-    let payload = String::from_utf8(payload).map_err(|_| TokenError::Malformed)?;
-    let (user, expiry) = payload.rsplit_once('.').ok_or(TokenError::Malformed)?;
-    let expiry: u64 = expiry.parse().map_err(|_| TokenError::Malformed)?;
+        .map_err(|_| Error::TokenBadSignature)?;
+    let payload = String::from_utf8(payload).map_err(|_| Error::TokenMalformed)?;
+    let (user, expiry) = payload.rsplit_once('.').ok_or(Error::TokenMalformed)?;
+    let expiry: u64 = expiry.parse().map_err(|_| Error::TokenMalformed)?;
     if check_user(user).is_err() {
-        return Err(TokenError::Malformed);
+        return Err(Error::TokenMalformed);
     }
     if expiry <= now_secs() {
-        return Err(TokenError::Expired);
+        return Err(Error::TokenExpired);
     }
     Ok(user.to_string())
 }
@@ -98,17 +77,38 @@ mod tests {
     #[test]
     fn round_trips_and_refuses_forgeries() {
         let t = mint(b"s3cret", "ada", Duration::from_secs(60)).unwrap();
-        assert_eq!(verify(b"s3cret", &t), Ok("ada".into()));
-        assert_eq!(verify(b"other", &t), Err(TokenError::BadSignature));
+        assert_eq!(verify(b"s3cret", &t).ok().as_deref(), Some("ada"));
+        assert!(matches!(
+            verify(b"other", &t),
+            Err(Error::TokenBadSignature)
+        ));
         let forged = format!(
             "{}.{}",
             B64.encode("root.99999999999"),
             t.split_once('.').unwrap().1
         );
-        assert_eq!(verify(b"s3cret", &forged), Err(TokenError::BadSignature));
-        assert_eq!(verify(b"s3cret", "garbage"), Err(TokenError::Malformed));
+        assert!(matches!(
+            verify(b"s3cret", &forged),
+            Err(Error::TokenBadSignature)
+        ));
+        assert!(matches!(
+            verify(b"s3cret", "garbage"),
+            Err(Error::TokenMalformed)
+        ));
         let expired = mint(b"s3cret", "ada", Duration::ZERO).unwrap();
-        assert_eq!(verify(b"s3cret", &expired), Err(TokenError::Expired));
+        assert!(matches!(
+            verify(b"s3cret", &expired),
+            Err(Error::TokenExpired)
+        ));
+    }
+
+    #[test]
+    fn the_reserved_name_is_the_anonymous_owner() {
+        let refused = mint(b"s", ANONYMOUS, Duration::from_secs(60)).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            format!("the user name {ANONYMOUS:?} is reserved for runs made without a token")
+        );
     }
 
     #[test]
@@ -127,6 +127,6 @@ mod tests {
         let payload = format!("anonymous.{}", now_secs() + 60);
         let sig = mac(b"s", payload.as_bytes()).finalize().into_bytes();
         let forged = format!("{}.{}", B64.encode(payload), B64.encode(sig));
-        assert_eq!(verify(b"s", &forged), Err(TokenError::Malformed));
+        assert!(matches!(verify(b"s", &forged), Err(Error::TokenMalformed)));
     }
 }

@@ -7,20 +7,12 @@
 //! when that connection ends — the node stopped, was killed, or lost the network — so a run
 //! stored as `running` by a node that no longer holds its lock reads `lost`.
 
+use crate::error::Error;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 
 /// How long connecting to the database may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Why cluster mode cannot start.
-#[derive(Debug, thiserror::Error)]
-pub enum ClusterError {
-    #[error("[cluster] database_url is not a PostgreSQL connection string: {0}")]
-    Url(String),
-    #[error("cannot reach the cluster database: {0}")]
-    Connect(String),
-}
 
 /// This process as a cluster node.
 #[derive(Debug, Clone)]
@@ -100,13 +92,13 @@ pub fn user_slot_base(user: &str) -> i64 {
 pub fn pg_config(
     database_url: Option<&str>,
     node: &Node,
-) -> Result<Option<tokio_postgres::Config>, ClusterError> {
+) -> Result<Option<tokio_postgres::Config>, Error> {
     let Some(url) = database_url else {
         return Ok(None);
     };
     let mut pg: tokio_postgres::Config = url
         .parse()
-        .map_err(|e: tokio_postgres::Error| ClusterError::Url(e.to_string()))?;
+        .map_err(|e: tokio_postgres::Error| Error::ClusterUrl(e.to_string()))?;
     pg.connect_timeout(CONNECT_TIMEOUT)
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(10))

@@ -3,15 +3,16 @@
 //! readiness.
 //!
 //! Layers, bottom up (each depends only on those below it):
-//! - stores and values: [`cluster`] (a node's identity and its PostgreSQL settings), [`auth`]
-//!   (tokens), [`history`] (run history in SQLite, or PostgreSQL in cluster mode), [`registry`]
-//!   (slots and `/ws` logins, across nodes in cluster mode), [`metrics`], [`packages`] (the
-//!   operator's pure-Python packages, `weir packages`), [`protocol`] (weir's wire types);
+//! - stores and values: [`error`] (the one [`Error`] every route and store fails with),
+//!   [`cluster`] (a node's identity and its PostgreSQL settings), [`auth`] (tokens), [`history`]
+//!   (run history in SQLite, or PostgreSQL in cluster mode), [`registry`] (slots and `/ws`
+//!   logins, across nodes in cluster mode), [`metrics`], [`packages`] (the operator's
+//!   pure-Python packages, `weir packages`), [`protocol`] (weir's wire types);
 //! - a run's record: [`tracked`] (a started run and the one place its life is written down),
 //!   [`sessions`] (stateful sessions: tracked runs in cell mode, and their registry);
 //! - configuration and shared state: [`config`], [`state`] (what every handler shares);
 //! - the run lifecycle: [`lifecycle`] (admission, request bodies, the tracked run, shutdown,
-//!   one-shot runs, stateful sessions, the WebSocket pump, errors);
+//!   one-shot runs, stateful sessions, the WebSocket pump, errors' HTTP answers);
 //! - the front ends, side by side, none importing another: [`ws`] (`/ws`), [`api`] (`/v1/runs`
 //!   and the run history), [`notebook`] (`/v1/sessions`), [`piston`] (Piston's API), [`mcp`]
 //!   (the MCP server), [`ide`] (the browser IDE's page);
@@ -23,6 +24,7 @@ pub mod api;
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod error;
 pub mod history;
 pub mod ide;
 pub mod lifecycle;
@@ -40,5 +42,5 @@ pub mod tracked;
 pub mod ws;
 
 pub use config::ServerConfig;
-pub use lifecycle::Error;
+pub use error::Error;
 pub use server::{serve, start, start_with, RunningServer};

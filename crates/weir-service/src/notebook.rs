@@ -7,12 +7,13 @@
 //! ends; every other request needs the same `Host`, `Origin` and token checks. A session is its
 //! creator's alone: to anyone else it does not exist (404).
 
+use crate::error::Error;
 use crate::lifecycle::admission::{Admitted, Identified};
 use crate::lifecycle::body::{self, Json as Body, Raw};
-use crate::lifecycle::error::{Error, WeirJson};
+use crate::lifecycle::error::WeirJson;
 use crate::lifecycle::session::{self, cell_outcome, CreateParams, ExecParams};
 use crate::lifecycle::EndedBy;
-use crate::sessions::{CellReport, ExecError, InputError, Session};
+use crate::sessions::{CellReport, Session};
 use crate::state::AppState;
 use axum::extract::{FromRequestParts, Path, RawPathParams, State};
 use axum::http::request::Parts;
@@ -118,8 +119,8 @@ async fn exec(
 ) -> Result<Json<Value>, Error> {
     match session::run_cell(&state, &s, params).await {
         Ok(report) => Ok(Json(report_json(&report))),
-        Err(ExecError::Busy) => Err(Error::Conflict(ExecError::Busy.to_string())),
-        Err(ExecError::Ended) => Err(Error::NotFound(format!("session {:?} has ended", s.id))),
+        Err(Error::SessionEnded) => Err(Error::NotFound(format!("session {:?} has ended", s.id))),
+        Err(e) => Err(e),
     }
 }
 
@@ -147,11 +148,9 @@ pub fn report_json(report: &CellReport) -> Value {
 async fn interrupt(Owned(s): Owned) -> Result<Json<Value>, Error> {
     match s.interrupt() {
         true => Ok(Json(json!({ "interrupted": true }))),
-        false => Err(Error::Conflict(NO_CELL.into())),
+        false => Err(Error::NoCell),
     }
 }
-
-const NO_CELL: &str = "no cell is running in this session";
 
 /// `POST /v1/sessions/{id}/stdin`'s body.
 #[derive(Debug, Deserialize)]
@@ -173,8 +172,9 @@ async fn stdin(Owned(s): Owned, Body(params): Body<StdinParams>) -> Result<Json<
     let bytes = params.data.len();
     match s.write_stdin(params.data, params.eof) {
         Ok(()) => Ok(Json(json!({ "bytes": bytes }))),
-        Err(InputError::NoCell) => Err(Error::Conflict(NO_CELL.into())),
-        Err(InputError::Stdin(e)) => Err(Error::Full(e.to_string())),
+        // The run has not read the input already sent, or has ended: this input is not taken.
+        Err(Error::Sandbox(e)) => Err(Error::Full(e.to_string())),
+        Err(e) => Err(e),
     }
 }
 

@@ -17,6 +17,7 @@
 //! no member named like the manifest, and no top-level module that would shadow one of the
 //! standard library's.
 
+use crate::error::Error;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -35,40 +36,19 @@ pub struct Installed {
     pub sha256: String,
 }
 
-/// Why a package was not installed.
-#[derive(Debug, thiserror::Error)]
-pub enum PackageError {
-    #[error("{0:?}: name a wheel file or pin a version, NAME==VERSION")]
-    Unpinned(String),
-    #[error(
-        "{spec}: only a native wheel exists ({wheel}); weir's guests run pure-Python packages only"
-    )]
-    Native { spec: String, wheel: String },
-    #[error("{spec}: {reason}")]
-    Fetch { spec: String, reason: String },
-    #[error("{0:?} is not a wheel file name (NAME-VERSION-PYTHON-ABI-PLATFORM.whl)")]
-    NotAWheel(String),
-    #[error("{wheel}: refused: {reason}")]
-    Refused { wheel: String, reason: String },
-    #[error("compiling the site's modules failed: {0}")]
-    Compile(String),
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-}
-
 /// The default root of the package sites: `$XDG_DATA_HOME/weir/packages`.
 pub fn default_root() -> Option<PathBuf> {
     dirs::data_dir().map(|d| d.join("weir").join("packages"))
 }
 
 /// A wheel file name's parts: name, version, and whether it is pure Python (`none-any`).
-fn wheel_tags(file: &str) -> Result<(String, String, bool), PackageError> {
+fn wheel_tags(file: &str) -> Result<(String, String, bool), Error> {
     let stem = file
         .strip_suffix(".whl")
-        .ok_or_else(|| PackageError::NotAWheel(file.into()))?;
+        .ok_or_else(|| Error::NotAWheel(file.into()))?;
     let parts: Vec<&str> = stem.split('-').collect();
     if parts.len() < 5 {
-        return Err(PackageError::NotAWheel(file.into()));
+        return Err(Error::NotAWheel(file.into()));
     }
     let n = parts.len();
     let (python, abi, platform) = (parts[n - 3], parts[n - 2], parts[n - 1]);
@@ -91,9 +71,9 @@ fn host_python() -> String {
 }
 
 /// Downloads `spec` (`NAME==VERSION`) with the host's pip into `dest`; returns the wheel.
-fn download(spec: &str, dest: &Path) -> Result<PathBuf, PackageError> {
+fn download(spec: &str, dest: &Path) -> Result<PathBuf, Error> {
     if !spec.contains("==") {
-        return Err(PackageError::Unpinned(spec.into()));
+        return Err(Error::Unpinned(spec.into()));
     }
     let out = Command::new(host_python())
         .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
@@ -101,13 +81,13 @@ fn download(spec: &str, dest: &Path) -> Result<PathBuf, PackageError> {
         .arg(dest)
         .arg(spec)
         .output()
-        .map_err(|e| PackageError::Fetch {
+        .map_err(|e| Error::PackageFailed {
             spec: spec.into(),
             reason: format!("cannot run pip: {e}"),
         })?;
     if !out.status.success() {
         let reason = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        return Err(PackageError::Fetch {
+        return Err(Error::PackageFailed {
             spec: spec.into(),
             reason,
         });
@@ -116,7 +96,7 @@ fn download(spec: &str, dest: &Path) -> Result<PathBuf, PackageError> {
         .flatten()
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| PackageError::Fetch {
+        .ok_or_else(|| Error::PackageFailed {
             spec: spec.into(),
             reason: "pip downloaded no wheel".into(),
         })
@@ -162,7 +142,7 @@ z.extractall(site)
 "#;
 
 /// Unpacks a wheel (a zip) into `site`, with the host's Python, after checking it ([`UNPACK`]).
-fn unpack(wheel: &Path, site: &Path) -> Result<(), PackageError> {
+fn unpack(wheel: &Path, site: &Path) -> Result<(), Error> {
     let out = Command::new(host_python())
         .args(["-c", UNPACK])
         .arg(wheel)
@@ -180,11 +160,11 @@ fn unpack(wheel: &Path, site: &Path) -> Result<(), PackageError> {
     };
     match out.status.code() {
         Some(0) => Ok(()),
-        Some(3) => Err(PackageError::Refused {
+        Some(3) => Err(Error::WheelRefused {
             wheel: name(),
             reason,
         }),
-        _ => Err(PackageError::Fetch {
+        _ => Err(Error::PackageFailed {
             spec: name(),
             reason,
         }),
@@ -234,10 +214,10 @@ pub async fn ensure(
     sandbox: &Sandbox,
     root: &Path,
     specs: &[String],
-) -> Result<Vec<Installed>, PackageError> {
+) -> Result<Vec<Installed>, Error> {
     let runtime = sandbox
         .runtime(None)
-        .map_err(|e| PackageError::Compile(e.to_string()))?
+        .map_err(|e| Error::PackageCompile(e.to_string()))?
         .name
         .clone();
     let have = installed(&root.join(&runtime));
@@ -266,10 +246,10 @@ pub async fn add(
     root: &Path,
     runtime: Option<&str>,
     specs: &[String],
-) -> Result<Vec<Installed>, PackageError> {
+) -> Result<Vec<Installed>, Error> {
     let runtime = sandbox
         .runtime(runtime)
-        .map_err(|e| PackageError::Compile(e.to_string()))?
+        .map_err(|e| Error::PackageCompile(e.to_string()))?
         .name
         .clone();
     let site = root.join(&runtime);
@@ -293,7 +273,7 @@ async fn stage(
     site: &Path,
     runtime: &str,
     specs: &[String],
-) -> Result<Vec<Installed>, PackageError> {
+) -> Result<Vec<Installed>, Error> {
     let mut manifest = installed(site);
     let mut added = Vec::new();
     for spec in specs {
@@ -308,7 +288,7 @@ async fn stage(
             .unwrap_or_default();
         let (name, version, pure) = wheel_tags(&file)?;
         if !pure {
-            return Err(PackageError::Native {
+            return Err(Error::NativeWheel {
                 spec: spec.clone(),
                 wheel: file,
             });
@@ -344,7 +324,7 @@ sys.exit(0 if compileall.compile_dir('/packages', quiet=1) else 1)
 ";
 
 /// Compiles every module of `site` to the runtime's bytecode, in its own guest.
-async fn compile(sandbox: &Sandbox, site: &Path, runtime: &str) -> Result<(), PackageError> {
+async fn compile(sandbox: &Sandbox, site: &Path, runtime: &str) -> Result<(), Error> {
     let mut req = RunRequest::script(Vec::new());
     req.program = Program::Code(COMPILE.into());
     req.runtime = Some(runtime.into());
@@ -358,11 +338,11 @@ async fn compile(sandbox: &Sandbox, site: &Path, runtime: &str) -> Result<(), Pa
     let handle = sandbox
         .start(req)
         .await
-        .map_err(|e| PackageError::Compile(e.to_string()))?;
+        .map_err(|e| Error::PackageCompile(e.to_string()))?;
     let out = handle.collect().await;
     match out.outcome() {
         weir_sandbox::Outcome::Exited { code: 0 } => Ok(()),
-        other => Err(PackageError::Compile(format!(
+        other => Err(Error::PackageCompile(format!(
             "{}: {}{}",
             other.kind(),
             out.stdout_text().trim(),

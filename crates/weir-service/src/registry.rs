@@ -17,6 +17,7 @@
 //!    it is back ([`Registry::health`]); it reconnects every second.
 
 use crate::cluster::{user_key, Node, CONNECT_TIMEOUT};
+use crate::error::Error;
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -178,26 +179,6 @@ impl Drop for UserSlot {
     }
 }
 
-/// Why a user could not have another slot.
-#[derive(Debug, thiserror::Error)]
-pub enum UserSlotError {
-    /// The user holds `cap` slots, on this node or across the cluster.
-    #[error("user {user:?} already holds {cap} sessions and runs, the most one user may (max_sessions_per_user); close one or retry when one ends")]
-    Full { user: String, cap: usize },
-    /// Cluster mode without its database: the count cannot be kept.
-    #[error(transparent)]
-    Registry(#[from] RegisterError),
-}
-
-/// Why a login was not admitted.
-#[derive(Debug, thiserror::Error)]
-pub enum RegisterError {
-    #[error("this node cannot reach the cluster database ({0}); it admits no work until it can")]
-    Unavailable(String),
-    #[error("the user's session on another node has not closed within 3 s; retry")]
-    Busy,
-}
-
 /// A registered session: what ends it, and (cluster mode) the user's lock, released when this
 /// is dropped.
 pub struct Registration {
@@ -246,12 +227,12 @@ impl Registry {
         node: &Node,
         pg: tokio_postgres::Config,
         max_sessions: usize,
-    ) -> Result<Self, crate::cluster::ClusterError> {
+    ) -> Result<Self, Error> {
         let users: Arc<Users> = Arc::default();
         let shared = Arc::new(Shared::default());
         let first = connect(&pg, node.key)
             .await
-            .map_err(crate::cluster::ClusterError::Connect)?;
+            .map_err(Error::ClusterConnect)?;
         let (release, releases) = mpsc::channel(max_sessions.saturating_add(64));
         let task = tokio::spawn(maintain(
             pg,
@@ -287,7 +268,7 @@ impl Registry {
         &self,
         user: Option<&str>,
         session_no: u64,
-    ) -> Result<Registration, RegisterError> {
+    ) -> Result<Registration, Error> {
         let Some(user) = user else {
             // Anonymous sessions are never replaced: the sender is dropped at once.
             let (_, ended) = watch::channel(LoginEnd::Open);
@@ -306,9 +287,9 @@ impl Registry {
     /// One more of `user`'s at most `cap` slots: counted on this node and, in cluster mode,
     /// across every node (one of the user's slot locks, taken in one round trip; a node that
     /// dies gives its locks back with its connection).
-    pub async fn user_slot(&self, user: &str, cap: usize) -> Result<UserSlot, UserSlotError> {
+    pub async fn user_slot(&self, user: &str, cap: usize) -> Result<UserSlot, Error> {
         let cap = cap.min(crate::cluster::MAX_USER_SLOT_KEYS);
-        let full = || UserSlotError::Full {
+        let full = || Error::UserAtCapacity {
             user: user.to_string(),
             cap,
         };
@@ -351,13 +332,13 @@ impl Shared {
         }
     }
 
-    fn client(&self) -> Result<Arc<Client>, RegisterError> {
-        self.health().map_err(RegisterError::Unavailable)?;
+    fn client(&self) -> Result<Arc<Client>, Error> {
+        self.health().map_err(Error::ClusterUnavailable)?;
         self.client
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-            .ok_or_else(|| RegisterError::Unavailable("not connected".into()))
+            .ok_or_else(|| Error::ClusterUnavailable("not connected".into()))
     }
 
     fn set_up(&self, client: Arc<Client>) {
@@ -392,9 +373,9 @@ impl Presence {
         user: &str,
         cap: usize,
         mine: &[i64],
-    ) -> Result<Option<UserLock>, RegisterError> {
+    ) -> Result<Option<UserLock>, Error> {
         let client = self.shared.client()?;
-        let unavailable = |e: tokio_postgres::Error| RegisterError::Unavailable(e.to_string());
+        let unavailable = |e: tokio_postgres::Error| Error::ClusterUnavailable(e.to_string());
         let base = crate::cluster::user_slot_base(user);
         let row = client
             .query_opt(
@@ -416,9 +397,9 @@ impl Presence {
     }
 
     /// Announces `user`'s login and waits for the user's lock.
-    async fn claim(&self, user: &str) -> Result<UserLock, RegisterError> {
+    async fn claim(&self, user: &str) -> Result<UserLock, Error> {
         let client = self.shared.client()?;
-        let unavailable = |e: tokio_postgres::Error| RegisterError::Unavailable(e.to_string());
+        let unavailable = |e: tokio_postgres::Error| Error::ClusterUnavailable(e.to_string());
         let payload = json!({ "user": user, "node": self.node_key }).to_string();
         client
             .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
@@ -438,7 +419,7 @@ impl Presence {
                 });
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(RegisterError::Busy);
+                return Err(Error::LoginBusy);
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }

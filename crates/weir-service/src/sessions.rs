@@ -8,14 +8,15 @@
 //! the run stopped, and the session with it. Every session holds one of the server's slots, so
 //! the registry is bounded by `max_sessions`.
 
+use crate::error::Error;
 use crate::registry::Slot;
 use crate::tracked::{EndedBy, TrackedRun};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use weir_sandbox::{Cell, CellEnd, CellError, Collected, Event, RunControl, RunResult};
-use weir_sandbox::{FileEntry, FileError, LiveDir};
+use weir_sandbox::{Cell, CellEnd, Collected, Event, RunControl, RunResult};
+use weir_sandbox::{FileEntry, LiveDir};
 
 /// How long a cell past its time limit has to take its `KeyboardInterrupt` before the session
 /// is ended.
@@ -38,24 +39,6 @@ pub struct Session {
     /// (the client hung up). The next `exec` reads past it first.
     unsettled: AtomicBool,
     _slot: Slot,
-}
-
-/// Why a cell did not run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum ExecError {
-    #[error("a cell is already running in this session; wait for it or interrupt it")]
-    Busy,
-    #[error("the session has ended")]
-    Ended,
-}
-
-/// Why input could not reach a cell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum InputError {
-    #[error("no cell is running in this session")]
-    NoCell,
-    #[error(transparent)]
-    Stdin(#[from] weir_sandbox::StdinError),
 }
 
 /// What a cell did.
@@ -150,9 +133,9 @@ impl Session {
 
     /// Sends `data` to the running cell's stdin (an interactive cell waits for it), then end of
     /// file for this cell if `eof`. Never waits: a full queue is refused.
-    pub fn write_stdin(&self, data: String, eof: bool) -> Result<(), InputError> {
+    pub fn write_stdin(&self, data: String, eof: bool) -> Result<(), Error> {
         if !self.busy() {
-            return Err(InputError::NoCell);
+            return Err(Error::NoCell);
         }
         self.control.try_write_stdin(data)?;
         if eof {
@@ -166,26 +149,27 @@ impl Session {
     /// is not handed to another run until `op` is done); refused once the run has ended.
     async fn on_files<T: Send + 'static>(
         &self,
-        op: impl FnOnce(&LiveDir) -> Result<T, FileError> + Send + 'static,
-    ) -> Result<T, FileError> {
-        let dir = self.control.live_dir().ok_or(FileError::Ended)?;
+        op: impl FnOnce(&LiveDir) -> weir_sandbox::Result<T> + Send + 'static,
+    ) -> Result<T, Error> {
+        let dir = self.control.live_dir().ok_or(Error::FilesGone)?;
         tokio::task::spawn_blocking(move || op(&dir))
             .await
-            .unwrap_or_else(|e| Err(FileError::Io(std::io::Error::other(e))))
+            .unwrap_or_else(|e| Err(weir_sandbox::Error::Io(std::io::Error::other(e))))
+            .map_err(Error::from)
     }
 
     /// The session's files.
-    pub async fn files(&self) -> Result<Vec<FileEntry>, FileError> {
+    pub async fn files(&self) -> Result<Vec<FileEntry>, Error> {
         self.on_files(|dir| dir.list()).await
     }
 
     /// One of the session's files, if it holds at most `max` bytes.
-    pub async fn read_file(&self, path: String, max: u64) -> Result<Vec<u8>, FileError> {
+    pub async fn read_file(&self, path: String, max: u64) -> Result<Vec<u8>, Error> {
         self.on_files(move |dir| dir.read(&path, max)).await
     }
 
     /// Writes one of the session's files, within its scratch limit.
-    pub async fn write_file(&self, path: String, data: axum::body::Bytes) -> Result<(), FileError> {
+    pub async fn write_file(&self, path: String, data: axum::body::Bytes) -> Result<(), Error> {
         let limit = self.scratch_limit;
         self.on_files(move |dir| dir.write(&path, &data, limit))
             .await
@@ -197,16 +181,16 @@ impl Session {
     }
 
     /// Runs one cell, waiting at most `timeout` before interrupting it.
-    pub async fn exec(&self, cell: Cell, timeout: Duration) -> Result<CellReport, ExecError> {
-        let mut run = self.run.try_lock().map_err(|_| ExecError::Busy)?;
+    pub async fn exec(&self, cell: Cell, timeout: Duration) -> Result<CellReport, Error> {
+        let mut run = self.run.try_lock().map_err(|_| Error::CellBusy)?;
         if self.unsettled.load(Ordering::Acquire) {
             self.settle(&mut run).await?;
         }
         self.interrupt_asked.store(false, Ordering::Release);
         let started = Instant::now();
         self.control.send_cell(cell).map_err(|e| match e {
-            CellError::Busy => ExecError::Busy,
-            CellError::NotASession | CellError::Ended => ExecError::Ended,
+            weir_sandbox::Error::CellBusy => Error::CellBusy,
+            _ => Error::SessionEnded,
         })?;
         // Dropped before the cell's end is read (the client hung up): interrupt the cell, and
         // leave its end for the next `exec` to read past.
@@ -253,7 +237,7 @@ impl Session {
 impl Session {
     /// Reads past an abandoned cell's output to its end (it was interrupted when abandoned);
     /// if it has not ended within [`INTERRUPT_GRACE`], the session is ended.
-    async fn settle(&self, run: &mut TrackedRun) -> Result<(), ExecError> {
+    async fn settle(&self, run: &mut TrackedRun) -> Result<(), Error> {
         let deadline = tokio::time::Instant::now() + INTERRUPT_GRACE;
         loop {
             match tokio::time::timeout_at(deadline, run.next_event()).await {
@@ -261,11 +245,11 @@ impl Session {
                     self.unsettled.store(false, Ordering::Release);
                     return Ok(());
                 }
-                Ok(Some(Event::Exit(_)) | None) => return Err(ExecError::Ended),
+                Ok(Some(Event::Exit(_)) | None) => return Err(Error::SessionEnded),
                 Ok(Some(_)) => {}
                 Err(_) => {
                     self.control.stop();
-                    return Err(ExecError::Ended);
+                    return Err(Error::SessionEnded);
                 }
             }
         }

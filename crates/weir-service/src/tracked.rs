@@ -3,13 +3,14 @@
 //! is read, its transcript when it is recorded, and its end in the metrics and the history. An
 //! entry point maps its protocol onto the run's events and nothing else.
 
+use crate::error::Error;
 use crate::history::{History, RunRecord};
 use crate::metrics::Metrics;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio_util::task::TaskTracker;
-use weir_sandbox::{Event, RunControl, RunHandle, RunRequest, RunResult, StartError};
+use weir_sandbox::{Event, RunControl, RunHandle, RunRequest, RunResult};
 use weir_sandbox::{OutputLog, Transcript};
 
 /// Why a run ended without its `exit` being read by its owner.
@@ -80,16 +81,12 @@ impl TrackedRun {
         user: &str,
         req: RunRequest,
         record: bool,
-    ) -> Result<Self, StartError> {
+    ) -> Result<Self, Error> {
         Self::start_as(books, user, req, record, "").await
     }
 
     /// Starts `req` as a stateful session for `user`: its id is the run's with an `s` before it.
-    pub async fn start_session(
-        books: &Books,
-        user: &str,
-        req: RunRequest,
-    ) -> Result<Self, StartError> {
+    pub async fn start_session(books: &Books, user: &str, req: RunRequest) -> Result<Self, Error> {
         Self::start_as(books, user, req, false, "s").await
     }
 
@@ -99,7 +96,7 @@ impl TrackedRun {
         req: RunRequest,
         record: bool,
         prefix: &str,
-    ) -> Result<Self, StartError> {
+    ) -> Result<Self, Error> {
         let recording = record.then(|| Box::new((req.clone(), OutputLog::default())));
         let handle = books.sandbox.start(req).await?;
         let id = format!("{prefix}{}", handle.id());

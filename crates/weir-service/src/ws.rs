@@ -6,6 +6,7 @@
 //! mode). The pump ([`crate::lifecycle::pump`]) owns the socket and the run; this module maps the
 //! protocol.
 
+use crate::error::Error;
 use crate::lifecycle::admission::{self, Admitted};
 use crate::lifecycle::body::NoBody;
 use crate::lifecycle::error::Text;
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
-use weir_sandbox::{Event, RunResult, StartError};
+use weir_sandbox::{Event, RunResult};
 
 /// A connection idle this long (no run, no message) is closed with 4002.
 pub const IDLE: u16 = 4002;
@@ -301,10 +302,11 @@ async fn finish(run: &mut TrackedRun, result: &RunResult) -> String {
 }
 
 /// The JSON-RPC error for a run that could not start.
-fn start_error(e: StartError) -> (i64, String) {
+fn start_error(e: Error) -> (i64, String) {
+    use weir_sandbox::Error as Sandbox;
     let code = match e {
-        StartError::AtCapacity(_) | StartError::MemoryBudget { .. } => code::LIMIT,
-        StartError::Internal(_) => code::INTERNAL,
+        Error::Sandbox(Sandbox::AtCapacity(_) | Sandbox::MemoryBudget { .. }) => code::LIMIT,
+        Error::Sandbox(Sandbox::Internal(_)) => code::INTERNAL,
         _ => code::INVALID_PARAMS,
     };
     (code, e.to_string())

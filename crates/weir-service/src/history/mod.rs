@@ -12,7 +12,9 @@ pub mod postgres;
 pub mod record;
 pub mod sqlite;
 
-pub use record::{default_path, unix_ms, HistoryConfig, HistoryError, RunRecord};
+pub use record::{default_path, unix_ms, HistoryConfig, RunRecord};
+
+use crate::error::Error;
 
 enum Backend {
     Sqlite(sqlite::SqliteHistory),
@@ -29,7 +31,7 @@ pub struct History {
 
 impl History {
     /// Opens (or creates) the SQLite database and starts its writer thread.
-    pub fn open(config: &HistoryConfig) -> Result<Self, HistoryError> {
+    pub fn open(config: &HistoryConfig) -> Result<Self, Error> {
         Ok(History {
             backend: Backend::Sqlite(sqlite::SqliteHistory::open(config)?),
             node: String::new(),
@@ -43,7 +45,7 @@ impl History {
         config: &HistoryConfig,
         pg: tokio_postgres::Config,
         node: &crate::cluster::Node,
-    ) -> Result<Self, HistoryError> {
+    ) -> Result<Self, Error> {
         Ok(History {
             backend: Backend::Postgres(postgres::PgHistory::connect(config, pg, node.key).await?),
             node: node.id.clone(),
@@ -86,7 +88,7 @@ impl History {
     }
 
     /// The stored run `id`.
-    pub async fn get(&self, id: &str) -> Result<Option<RunRecord>, HistoryError> {
+    pub async fn get(&self, id: &str) -> Result<Option<RunRecord>, Error> {
         match &self.backend {
             Backend::Sqlite(s) => s.get(id).await,
             Backend::Postgres(pg) => pg.get(id).await,
@@ -94,10 +96,7 @@ impl History {
     }
 
     /// The owner and transcript of run `id` (`None` if there is no such run).
-    pub async fn transcript(
-        &self,
-        id: &str,
-    ) -> Result<Option<(String, Option<String>)>, HistoryError> {
+    pub async fn transcript(&self, id: &str) -> Result<Option<(String, Option<String>)>, Error> {
         match &self.backend {
             Backend::Sqlite(s) => s.transcript(id).await,
             Backend::Postgres(pg) => pg.transcript(id).await,
@@ -105,7 +104,7 @@ impl History {
     }
 
     /// How many runs are stored.
-    pub async fn count(&self) -> Result<u64, HistoryError> {
+    pub async fn count(&self) -> Result<u64, Error> {
         match &self.backend {
             Backend::Sqlite(s) => s.count().await,
             Backend::Postgres(pg) => pg.count().await,

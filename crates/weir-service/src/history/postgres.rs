@@ -8,9 +8,8 @@
 //! the log. A `running` row whose node no longer holds its node lock (`crate::cluster`) reads
 //! `lost`.
 
-use super::record::{
-    unix_ms, HistoryConfig, HistoryError, Retention, RunRecord, BATCH, PRUNE_EVERY, QUEUE,
-};
+use super::record::{unix_ms, HistoryConfig, Retention, RunRecord, BATCH, PRUNE_EVERY, QUEUE};
+use crate::error::Error;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot};
@@ -70,8 +69,8 @@ pub struct PgHistory {
     _writer: AbortOnDrop,
 }
 
-fn db(e: impl std::fmt::Display) -> HistoryError {
-    HistoryError::Postgres(e.to_string())
+fn db(e: impl std::fmt::Display) -> Error {
+    Error::HistoryDatabase(e.to_string())
 }
 
 impl PgHistory {
@@ -80,7 +79,7 @@ impl PgHistory {
         config: &HistoryConfig,
         pg: tokio_postgres::Config,
         node_key: i64,
-    ) -> Result<Self, HistoryError> {
+    ) -> Result<Self, Error> {
         let manager = Manager::from_config(
             pg,
             NoTls,
@@ -136,7 +135,7 @@ impl PgHistory {
         }
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, HistoryError> {
+    async fn client(&self) -> Result<deadpool_postgres::Object, Error> {
         match tokio::time::timeout(TIMEOUT, self.pool.get()).await {
             Ok(Ok(client)) => Ok(client),
             Ok(Err(e)) => Err(db(e)),
@@ -144,11 +143,7 @@ impl PgHistory {
         }
     }
 
-    async fn query_opt(
-        &self,
-        sql: &str,
-        id: &str,
-    ) -> Result<Option<tokio_postgres::Row>, HistoryError> {
+    async fn query_opt(&self, sql: &str, id: &str) -> Result<Option<tokio_postgres::Row>, Error> {
         let client = self.client().await?;
         let run = async {
             let st = client.prepare_cached(sql).await?;
@@ -161,7 +156,7 @@ impl PgHistory {
     }
 
     /// The stored run `id`; a `running` run whose node is gone reads `lost`.
-    pub async fn get(&self, id: &str) -> Result<Option<RunRecord>, HistoryError> {
+    pub async fn get(&self, id: &str) -> Result<Option<RunRecord>, Error> {
         let sql = format!(
             "SELECT id, user_name, started_at_ms, finished_at_ms, duration_ms, outcome, code,
                     message, output_bytes, output_truncated, transcript IS NOT NULL, runtime, node,
@@ -193,10 +188,7 @@ impl PgHistory {
     }
 
     /// The owner and transcript of run `id`.
-    pub async fn transcript(
-        &self,
-        id: &str,
-    ) -> Result<Option<(String, Option<String>)>, HistoryError> {
+    pub async fn transcript(&self, id: &str) -> Result<Option<(String, Option<String>)>, Error> {
         let sql = "SELECT user_name, transcript FROM weir_runs WHERE id = $1";
         match self.query_opt(sql, id).await? {
             Some(r) => Ok(Some((r.try_get(0).map_err(db)?, r.try_get(1).map_err(db)?))),
@@ -205,7 +197,7 @@ impl PgHistory {
     }
 
     /// How many runs are stored (by every node).
-    pub async fn count(&self) -> Result<u64, HistoryError> {
+    pub async fn count(&self) -> Result<u64, Error> {
         let client = self.client().await?;
         let row = client
             .query_one("SELECT COUNT(*) FROM weir_runs", &[])
@@ -226,7 +218,7 @@ fn lost_record(mut record: RunRecord) -> RunRecord {
     record
 }
 
-async fn migrate(pool: &Pool) -> Result<(), HistoryError> {
+async fn migrate(pool: &Pool) -> Result<(), Error> {
     let mut client = match tokio::time::timeout(TIMEOUT, pool.get()).await {
         Ok(client) => client.map_err(db)?,
         Err(_) => return Err(db("no database connection within 5 s")),
@@ -332,7 +324,7 @@ const INSERT: &str = "INSERT INTO weir_runs (id, user_name, node, node_key, star
         transcript, runtime)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
 
-async fn store_batch(pool: &Pool, rows: &[Row], node_key: i64) -> Result<(), HistoryError> {
+async fn store_batch(pool: &Pool, rows: &[Row], node_key: i64) -> Result<(), Error> {
     let mut client = pool.get().await.map_err(db)?;
     let tx = client.transaction().await.map_err(db)?;
     let started = tx
@@ -378,7 +370,7 @@ async fn store_batch(pool: &Pool, rows: &[Row], node_key: i64) -> Result<(), His
 }
 
 /// Retention, as in the embedded history, run by one node at a time (the others skip it).
-async fn prune(pool: &Pool, retention: &Retention) -> Result<(), HistoryError> {
+async fn prune(pool: &Pool, retention: &Retention) -> Result<(), Error> {
     let mut client = pool.get().await.map_err(db)?;
     let tx = client.transaction().await.map_err(db)?;
     let mine: bool = tx

@@ -1,5 +1,4 @@
-//! What the run history stores and how long: a run's record, the retention settings, and the
-//! errors either database reports.
+//! What the run history stores and how long: a run's record and the retention settings.
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -181,19 +180,6 @@ impl RunRecord {
             ..Self::ended_by_server(id, user, started, "stopped", output_bytes, runtime)
         }
     }
-}
-
-/// Why the history cannot be opened or read.
-#[derive(Debug, thiserror::Error)]
-pub enum HistoryError {
-    #[error("run history database {path}: {reason}")]
-    Open { path: String, reason: String },
-    #[error("run history: {0}")]
-    Sql(#[from] rusqlite::Error),
-    #[error("run history database: {0}")]
-    Postgres(String),
-    #[error("run history is closed")]
-    Closed,
 }
 
 /// What the history keeps.

@@ -9,9 +9,8 @@
 //! `running` for ever; runs of another live process sharing the file (`weir mcp` beside
 //! `weir serve`) are left alone.
 
-use super::record::{
-    unix_ms, HistoryConfig, HistoryError, Retention, RunRecord, BATCH, PRUNE_EVERY, QUEUE,
-};
+use super::record::{unix_ms, HistoryConfig, Retention, RunRecord, BATCH, PRUNE_EVERY, QUEUE};
+use crate::error::Error;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -122,8 +121,8 @@ const SCHEMA: &str = "
     CREATE INDEX IF NOT EXISTS runs_finished ON runs (finished_at_ms);
 ";
 
-fn open(path: &Path) -> Result<rusqlite::Connection, HistoryError> {
-    let err = |reason: String| HistoryError::Open {
+fn open(path: &Path) -> Result<rusqlite::Connection, Error> {
+    let err = |reason: String| Error::HistoryOpen {
         path: path.display().to_string(),
         reason,
     };
@@ -156,10 +155,10 @@ fn add_column(conn: &rusqlite::Connection, name: &str) -> rusqlite::Result<()> {
 
 impl SqliteHistory {
     /// Opens (or creates) the database and starts the writer thread.
-    pub fn open(config: &HistoryConfig) -> Result<Self, HistoryError> {
+    pub fn open(config: &HistoryConfig) -> Result<Self, Error> {
         let writer_conn = open(&config.path)?;
         let reader = open(&config.path)?;
-        let failed = |reason: String| HistoryError::Open {
+        let failed = |reason: String| Error::HistoryOpen {
             path: config.path.display().to_string(),
             reason,
         };
@@ -171,7 +170,7 @@ impl SqliteHistory {
         let writer = std::thread::Builder::new()
             .name("weir-history".into())
             .spawn(move || write_loop(writer_conn, rx, retention))
-            .map_err(|e| HistoryError::Open {
+            .map_err(|e| Error::HistoryOpen {
                 path: config.path.display().to_string(),
                 reason: e.to_string(),
             })?;
@@ -213,7 +212,7 @@ impl SqliteHistory {
     }
 
     /// The stored run `id`.
-    pub async fn get(&self, id: &str) -> Result<Option<RunRecord>, HistoryError> {
+    pub async fn get(&self, id: &str) -> Result<Option<RunRecord>, Error> {
         let id = id.to_owned();
         self.read(move |c| {
             let mut st = c.prepare_cached(
@@ -247,10 +246,7 @@ impl SqliteHistory {
     }
 
     /// The owner and transcript of run `id` (`None` if there is no such run).
-    pub async fn transcript(
-        &self,
-        id: &str,
-    ) -> Result<Option<(String, Option<String>)>, HistoryError> {
+    pub async fn transcript(&self, id: &str) -> Result<Option<(String, Option<String>)>, Error> {
         let id = id.to_owned();
         self.read(move |c| {
             let mut st = c.prepare_cached("SELECT user, transcript FROM runs WHERE id = ?1")?;
@@ -264,7 +260,7 @@ impl SqliteHistory {
     }
 
     /// How many runs are stored.
-    pub async fn count(&self) -> Result<u64, HistoryError> {
+    pub async fn count(&self) -> Result<u64, Error> {
         self.read(|c| {
             c.query_row("SELECT COUNT(*) FROM runs", [], |r| r.get::<_, i64>(0))
                 .map(|n| n as u64)
@@ -275,14 +271,14 @@ impl SqliteHistory {
     async fn read<R: Send + 'static>(
         &self,
         f: impl FnOnce(&rusqlite::Connection) -> Result<R, rusqlite::Error> + Send + 'static,
-    ) -> Result<R, HistoryError> {
+    ) -> Result<R, Error> {
         let reader = self.reader.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = reader.lock().map_err(|_| HistoryError::Closed)?;
-            f(&conn).map_err(HistoryError::from)
+            let conn = reader.lock().map_err(|_| Error::HistoryClosed)?;
+            f(&conn).map_err(Error::from)
         })
         .await
-        .map_err(|_| HistoryError::Closed)?
+        .map_err(|_| Error::HistoryClosed)?
     }
 }
 

@@ -4,10 +4,11 @@
 //! `weir_connections_rejected_total` by its reason and logged.
 
 use super::body::FromBody;
-use super::error::{Dialect, Error, Refusal};
+use super::error::Dialect;
 use crate::auth;
 use crate::config::ServerConfig;
-use crate::registry::{RegisterError, Slot, UserSlotError};
+use crate::error::{Error, Refusal};
+use crate::registry::Slot;
 use crate::state::{AppState, WsQuery};
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
@@ -68,9 +69,9 @@ impl<B: FromBody, D: Dialect> Admitted<B, D> {
         let body = B::read(app, &parts.headers, body).await?;
         draining(app)?;
         if let Err(reason) = app.registry.health() {
-            return Err(Error::Refused(registry_refusal(
-                RegisterError::Unavailable(reason),
-            )));
+            return Err(Error::Refused(registry_refusal(Error::ClusterUnavailable(
+                reason,
+            ))));
         }
         let slot = slot(app, user.as_deref()).await?;
         Ok(Admitted {
@@ -163,12 +164,13 @@ pub async fn slot(app: &AppState, user: Option<&str>) -> Result<Slot, Error> {
         .await
     {
         Ok(slot) => Ok(Slot::new(global, Some(slot))),
-        Err(e @ UserSlotError::Full { .. }) => Err(Error::Refused(Refusal {
+        Err(e @ Error::UserAtCapacity { .. }) => Err(Error::Refused(Refusal {
             status: StatusCode::TOO_MANY_REQUESTS,
             reason: "user_capacity",
             message: e.to_string(),
         })),
-        Err(UserSlotError::Registry(e)) => Err(Error::Refused(Refusal {
+        // Cluster mode without its database: the count cannot be kept.
+        Err(e) => Err(Error::Refused(Refusal {
             status: StatusCode::SERVICE_UNAVAILABLE,
             reason: "database",
             message: e.to_string(),
@@ -178,10 +180,10 @@ pub async fn slot(app: &AppState, user: Option<&str>) -> Result<Slot, Error> {
 
 /// The refusal of a caller the login registry cannot admit (cluster mode: the database is
 /// unreachable, or the user's connection on another node did not close in time).
-fn registry_refusal(e: RegisterError) -> Refusal {
+fn registry_refusal(e: Error) -> Refusal {
     let reason = match e {
-        RegisterError::Unavailable(_) => "database",
-        RegisterError::Busy => "replacing",
+        Error::LoginBusy => "replacing",
+        _ => "database",
     };
     Refusal {
         status: StatusCode::SERVICE_UNAVAILABLE,
@@ -191,7 +193,7 @@ fn registry_refusal(e: RegisterError) -> Refusal {
 }
 
 /// Counts and logs a login registry's refusal, as `D` spells it.
-pub fn login_refused<D: Dialect>(app: &AppState, e: RegisterError) -> Response {
+pub fn login_refused<D: Dialect>(app: &AppState, e: Error) -> Response {
     let e = Error::Refused(registry_refusal(e));
     count_refusal(app, &e);
     e.render::<D>()
@@ -307,7 +309,7 @@ pub fn authenticate(
     config: &ServerConfig,
     query: &WsQuery,
     headers: &HeaderMap,
-) -> Result<(Option<String>, Option<String>), auth::TokenError> {
+) -> Result<(Option<String>, Option<String>), Error> {
     let Some(secret) = &config.secret else {
         return Ok((None, None));
     };
@@ -323,7 +325,7 @@ pub fn authenticate(
         .get(header::SEC_WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let mut last = auth::TokenError::Missing;
+    let mut last = Error::TokenMissing;
     for candidate in offered.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         match auth::verify(secret.as_bytes(), candidate) {
             Ok(user) => return Ok((Some(user), Some(candidate.to_string()))),
@@ -415,7 +417,7 @@ mod tests {
         assert_eq!((u.as_deref(), echoed), (Some("ada"), Some(token)));
         assert!(matches!(
             user(&WsQuery::default(), &HeaderMap::new()),
-            Err(auth::TokenError::Missing)
+            Err(Error::TokenMissing)
         ));
     }
 }

@@ -3,7 +3,7 @@
 //! (408), before admission takes a slot for it: a caller that never sends its body holds
 //! nothing.
 
-use super::error::Error;
+use crate::error::Error;
 use crate::state::AppState;
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap};
@@ -125,7 +125,7 @@ pub async fn bytes(
 
 /// 413 for a body larger than `limit`.
 fn too_large(limit: usize) -> Error {
-    Error::TooLarge {
+    Error::BodyTooLarge {
         limit: weir_sandbox::human_bytes(limit as u64),
     }
 }

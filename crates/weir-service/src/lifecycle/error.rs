@@ -1,80 +1,54 @@
-//! What a request fails with: one [`Error`] for every route, rendering its HTTP answer (status,
-//! `Retry-After` on 503, body) in the [`Dialect`] of the front end that answers.
+//! How a request's failure answers: [`Error`]'s HTTP status, `Retry-After` on 503, and its
+//! body in the [`Dialect`] of the front end that answers.
 
-use crate::history::HistoryError;
+use crate::error::Error;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use weir_sandbox::FileError;
-use weir_sandbox::ScratchError;
-use weir_sandbox::StartError;
-
-/// Why a caller was refused at admission: the HTTP status, the metric's reason label
-/// (`weir_connections_rejected_total`) and a message.
-#[derive(Debug, Clone)]
-pub struct Refusal {
-    pub status: StatusCode,
-    pub reason: &'static str,
-    pub message: String,
-}
-
-/// Why a request failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// Admission refused the caller.
-    #[error("{}", .0.message)]
-    Refused(Refusal),
-    /// The request itself is malformed: its body, a parameter, a query string.
-    #[error("{0}")]
-    BadRequest(String),
-    /// The body is over `max_message_bytes`.
-    #[error("the request body is larger than the {limit} limit")]
-    TooLarge { limit: String },
-    /// The body did not arrive within `request_timeout_secs`.
-    #[error("the request body did not arrive within {secs} s")]
-    BodyTimeout { secs: u64 },
-    /// No such thing for this caller (another user's is as absent as a missing one).
-    #[error("{0}")]
-    NotFound(String),
-    /// The thing exists but cannot do this now (a cell already running, none running).
-    #[error("{0}")]
-    Conflict(String),
-    /// A queue is full (a session's stdin).
-    #[error("{0}")]
-    Full(String),
-    /// The run could not start.
-    #[error(transparent)]
-    Start(#[from] StartError),
-    /// A session's file could not be read or written.
-    #[error(transparent)]
-    File(#[from] FileError),
-    /// The run history cannot be read.
-    #[error(transparent)]
-    History(#[from] HistoryError),
-}
 
 impl Error {
     /// The HTTP status the error answers with.
     pub fn status(&self) -> StatusCode {
         match self {
             Error::Refused(r) => r.status,
-            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::BadRequest(_) | Error::InvalidUserName | Error::ReservedUserName => {
+                StatusCode::BAD_REQUEST
+            }
+            Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            Error::NotFound(_) => StatusCode::NOT_FOUND,
-            Error::Conflict(_) => StatusCode::CONFLICT,
-            Error::Full(_) => StatusCode::TOO_MANY_REQUESTS,
-            Error::Start(e) => start_status(e),
-            Error::File(e) => file_status(e),
-            Error::History(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::NotFound(_) | Error::SessionEnded | Error::FilesGone => StatusCode::NOT_FOUND,
+            Error::Conflict(_) | Error::CellBusy | Error::NoCell => StatusCode::CONFLICT,
+            Error::Full(_) | Error::UserAtCapacity { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::Sandbox(e) => sandbox_status(e),
+            Error::TokenMissing
+            | Error::TokenMalformed
+            | Error::TokenBadSignature
+            | Error::TokenExpired => StatusCode::UNAUTHORIZED,
+            Error::ClusterUnavailable(_)
+            | Error::LoginBusy
+            | Error::ClusterConnect(_)
+            | Error::HistoryOpen { .. }
+            | Error::HistorySql(_)
+            | Error::HistoryDatabase(_)
+            | Error::HistoryClosed => StatusCode::SERVICE_UNAVAILABLE,
+            // The operator's own failures (settings, packages): the server's, should one ever
+            // answer a request.
+            Error::ClusterUrl(_)
+            | Error::Unpinned(_)
+            | Error::NativeWheel { .. }
+            | Error::PackageFailed { .. }
+            | Error::NotAWheel(_)
+            | Error::WheelRefused { .. }
+            | Error::PackageCompile(_)
+            | Error::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     /// The answer, its body spelled as `D` spells errors.
     pub fn render<D: Dialect>(self) -> Response {
         let status = self.status();
-        if let Error::History(e) = &self {
-            tracing::error!(error = %e, "run history read failed");
+        if self.is_history() {
+            tracing::error!(error = %self, "run history read failed");
         }
         let mut response = D::render(status, self.to_string());
         if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -83,6 +57,17 @@ impl Error {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         response
+    }
+
+    /// Whether the run history failed.
+    fn is_history(&self) -> bool {
+        matches!(
+            self,
+            Error::HistoryOpen { .. }
+                | Error::HistorySql(_)
+                | Error::HistoryDatabase(_)
+                | Error::HistoryClosed
+        )
     }
 }
 
@@ -93,29 +78,21 @@ impl IntoResponse for Error {
     }
 }
 
-/// The HTTP status for a run that could not start.
-fn start_status(e: &StartError) -> StatusCode {
+/// The HTTP status for what the sandbox refused or failed: a run that could not start, a live
+/// run's file.
+fn sandbox_status(e: &weir_sandbox::Error) -> StatusCode {
+    use weir_sandbox::Error as E;
     match e {
-        StartError::AtCapacity(_) | StartError::MemoryBudget { .. } => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        StartError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        StartError::Scratch(
-            ScratchError::TooLarge { .. } | ScratchError::TooManyEntries { .. },
-        ) => StatusCode::PAYLOAD_TOO_LARGE,
+        E::AtCapacity(_) | E::MemoryBudget { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        E::Internal(_) | E::Io(_) | E::Load(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        E::FilesTooLarge { .. }
+        | E::TooManyFiles { .. }
+        | E::FileTooLarge { .. }
+        | E::ScratchFull { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        E::FileNotFound(_) | E::Ended => StatusCode::NOT_FOUND,
+        E::CellBusy | E::NotASession => StatusCode::CONFLICT,
+        E::StdinFull => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::BAD_REQUEST,
-    }
-}
-
-/// The HTTP status for a session file that could not be read or written.
-fn file_status(e: &FileError) -> StatusCode {
-    match e {
-        FileError::BadPath(_) | FileError::BadPattern { .. } | FileError::Refused { .. } => {
-            StatusCode::BAD_REQUEST
-        }
-        FileError::NotFound(_) | FileError::Ended => StatusCode::NOT_FOUND,
-        FileError::TooLarge { .. } | FileError::ScratchFull { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        FileError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -149,5 +126,90 @@ impl Dialect for WeirJson {
 impl Dialect for PistonJson {
     fn render(status: StatusCode, message: String) -> Response {
         (status, axum::Json(json!({ "message": message }))).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_sandbox::Error as Sandbox;
+
+    fn status(e: Sandbox) -> StatusCode {
+        Error::from(e).status()
+    }
+
+    #[test]
+    fn a_run_that_could_not_start_answers_by_whose_fault_it_is() {
+        let busy = [
+            Sandbox::AtCapacity(4),
+            Sandbox::MemoryBudget {
+                left: "1 MiB".into(),
+                limit: "256 MiB".into(),
+            },
+        ];
+        for e in busy {
+            assert_eq!(status(e), StatusCode::SERVICE_UNAVAILABLE);
+        }
+        assert_eq!(
+            status(Sandbox::Internal("a bug".into())),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        let too_much = [
+            Sandbox::TooManyFiles { count: 3, max: 2 },
+            Sandbox::FilesTooLarge {
+                total: 3,
+                limit: "2 B".into(),
+            },
+        ];
+        for e in too_much {
+            assert_eq!(status(e), StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        let the_callers = [
+            Sandbox::ZeroLimit { name: "wall_ms" },
+            Sandbox::BadPath("../x".into()),
+            Sandbox::ScratchDir(std::io::Error::other("a file where a directory goes")),
+            Sandbox::UnknownRuntime {
+                name: "cobol".into(),
+                known: "python".into(),
+            },
+            Sandbox::BadEnv("A=B".into()),
+        ];
+        for e in the_callers {
+            assert_eq!(status(e), StatusCode::BAD_REQUEST);
+        }
+    }
+
+    #[test]
+    fn a_session_file_answers_by_what_went_wrong() {
+        assert_eq!(
+            status(Sandbox::FileNotFound("x".into())),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(Error::FilesGone.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            status(Sandbox::ScratchFull {
+                path: "x".into(),
+                limit: "1 B".into()
+            }),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        assert_eq!(
+            status(Sandbox::PathRefused {
+                path: "x".into(),
+                reason: "it is a directory"
+            }),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status(Sandbox::Io(std::io::Error::other("disk"))),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+
+    #[test]
+    fn an_unreadable_history_is_retried_later() {
+        let response = Error::HistoryClosed.render::<WeirJson>();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "5");
     }
 }

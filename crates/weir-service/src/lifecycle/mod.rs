@@ -3,7 +3,7 @@
 //! run and alone records it (history, metrics, transcript), and [`shutdown`] tells it when to
 //! stop; [`oneshot`] runs one to its end,
 //! [`session`] keeps one across cells, and [`pump`] carries one over a WebSocket. [`error`] is
-//! what a request fails with. The front ends (`/ws`, `/v1/runs`, `/v1/sessions`, Piston, MCP)
+//! how a request's failure (`crate::Error`) answers. The front ends (`/ws`, `/v1/runs`, `/v1/sessions`, Piston, MCP)
 //! stand on this module and map their protocols; none imports another.
 
 pub mod admission;
@@ -15,4 +15,3 @@ pub mod session;
 pub mod shutdown;
 
 pub use crate::tracked::{EndedBy, Recorded, TrackedRun};
-pub use error::Error;

@@ -3,11 +3,12 @@
 //! record it ([`TrackedRun`]).
 
 use super::shutdown::{Notice, Shutdown};
+use crate::error::Error;
 use crate::state::AppState;
 use crate::tracked::TrackedRun;
 use std::time::Duration;
 use weir_sandbox::Outcome;
-use weir_sandbox::{Collected, RunRequest, RunResult, StartError};
+use weir_sandbox::{Collected, RunRequest, RunResult};
 
 /// A run that has ended.
 pub struct Finished {
@@ -32,7 +33,7 @@ pub async fn execute(
     user: &str,
     mut req: RunRequest,
     record: bool,
-) -> Result<Finished, StartError> {
+) -> Result<Finished, Error> {
     req.close_stdin = true;
     let mut run = TrackedRun::start(&app.books(), user, req, record).await?;
     let mut shutdown = Shutdown::new(app.shutdown.subscribe(), app.config.shutdown_grace());

@@ -2,9 +2,10 @@
 //! the MCP session tools share. Idle sessions, and sessions whose run ended by itself, are
 //! removed by [`reap`], each recorded.
 
+use crate::error::Error;
 use crate::protocol::LimitParams;
 use crate::registry::Slot;
-use crate::sessions::{CellReport, ExecError, Expiry, Session, INTERRUPT_GRACE};
+use crate::sessions::{CellReport, Expiry, Session, INTERRUPT_GRACE};
 use crate::state::AppState;
 use crate::tracked::{EndedBy, TrackedRun};
 use serde::Deserialize;
@@ -12,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
-use weir_sandbox::{Cell, Program, RunRequest, StartError};
+use weir_sandbox::{Cell, Program, RunRequest};
 
 /// What a session is started with (`POST /v1/sessions`'s body, MCP's `session_create`).
 #[derive(Debug, Default, Deserialize)]
@@ -94,7 +95,7 @@ pub async fn start(
     user: &str,
     params: CreateParams,
     slot: Slot,
-) -> Result<Arc<Session>, StartError> {
+) -> Result<Arc<Session>, Error> {
     let req = request(app, params);
     let scratch_limit = req.limits.scratch_bytes;
     let run = TrackedRun::start_session(&app.books(), user, req).await?;
@@ -109,7 +110,7 @@ pub async fn run_cell(
     app: &AppState,
     session: &Session,
     params: ExecParams,
-) -> Result<CellReport, ExecError> {
+) -> Result<CellReport, Error> {
     let cell = Cell {
         code: params.code,
         stdin: params.stdin.unwrap_or_default().into(),
@@ -122,12 +123,12 @@ pub async fn run_cell(
         .await;
     match &result {
         // The run ended by itself before the cell could start.
-        Err(ExecError::Ended) => {
+        Err(Error::SessionEnded) => {
             if app.sessions.remove(&session.id).is_some() {
                 session.record_unseen_end().await;
             }
         }
-        Err(ExecError::Busy) => {}
+        Err(_) => {}
         Ok(report) => {
             app.metrics
                 .cells_run

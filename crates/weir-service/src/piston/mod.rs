@@ -6,8 +6,9 @@
 pub mod connect;
 pub mod job;
 
+use crate::error::Error;
 use crate::lifecycle::admission::Admitted;
-use crate::lifecycle::error::{Error, PistonJson};
+use crate::lifecycle::error::PistonJson;
 use crate::lifecycle::oneshot;
 use crate::state::AppState;
 use axum::extract::State;
@@ -57,7 +58,7 @@ async fn execute(
     req.compile_scope = admitted.compile_scope();
     let finished = match oneshot::execute(&state, admitted.owner(), req, false).await {
         Ok(f) => f,
-        Err(e) => return Error::from(e).render::<PistonJson>(),
+        Err(e) => return e.render::<PistonJson>(),
     };
     drop(admitted);
     let run = stage(&finished.collected, &finished.result, None);

@@ -2,9 +2,10 @@
 //! call to the guest's `weir:sandbox/session` interface. Between calls no guest code runs, and
 //! the host serves what the caller asks of the idle session: the next cell, or a snapshot.
 
+use crate::error::{Error, Result};
 use crate::launch::SessionRequest;
 use crate::runtime::plugin::CallResult;
-use crate::snapshot::{self, Snapshot, SnapshotError};
+use crate::snapshot::{self, Snapshot};
 use crate::store::{self, GuestState};
 use std::sync::Arc;
 use wasmtime::component::{Instance, TypedFunc};
@@ -79,21 +80,21 @@ async fn take(
     store: &mut Store<GuestState>,
     instance: &Instance,
     exports: &Exports,
-) -> Result<Snapshot, SnapshotError> {
+) -> Result<Snapshot> {
     let (why,) = exports
         .unsaved
         .call_async(&mut *store, ())
         .await
-        .map_err(|e| SnapshotError::Guest(format!("{e:#}")))?;
+        .map_err(|e| Error::SnapshotGuest(format!("{e:#}")))?;
     if let Some(why) = why {
-        return Err(SnapshotError::Unsaved(why));
+        return Err(Error::Unsaved(why));
     }
     let (globals, memories) = instance.weir_core_state(&mut *store);
     let values = snapshot::read_globals(&mut *store, &globals)?;
     let state = store.data();
-    let inbox = state.host.cells.as_ref().ok_or(SnapshotError::Ended)?;
+    let inbox = state.host.cells.as_ref().ok_or(Error::Ended)?;
     if inbox.deterministic {
-        return Err(SnapshotError::Unsaved(
+        return Err(Error::Unsaved(
             "a deterministic session cannot be snapshotted: its seeded randomness and virtual \
              clock are not kept"
                 .into(),
@@ -101,13 +102,13 @@ async fn take(
     }
     let (runtime, build) = (inbox.runtime.clone(), inbox.build.clone());
     let (env, args) = (inbox.env.clone(), inbox.args.clone());
-    let scratch = state.scratch().ok_or(SnapshotError::Ended)?;
+    let scratch = state.scratch().ok_or(Error::Ended)?;
     let images = instance.weir_core_images(&*store);
     let data: Vec<&[u8]> = memories.iter().map(|m| m.data(&*store)).collect();
     let taken = snapshot::capture(&images, &data, values, runtime, build);
     let files = crate::scratch::LiveDir::new(scratch)
         .read_all()
-        .map_err(|e| SnapshotError::Unsaved(e.to_string()))?;
+        .map_err(|e| Error::Unsaved(e.to_string()))?;
     Ok(taken.with_host(files, env, args))
 }
 
@@ -116,7 +117,7 @@ pub(super) fn restore(
     store: &mut Store<GuestState>,
     instance: &Instance,
     from: &Arc<Snapshot>,
-) -> Result<(), SnapshotError> {
+) -> Result<()> {
     let (globals, memories) = instance.weir_core_state(&mut *store);
     snapshot::prepare(&mut *store, &globals, &memories, from)?;
     let writes = {
