@@ -7,7 +7,7 @@ use crate::ws;
 
 use ws::*;
 
-const STEPS: [&str; 11] = [
+const STEPS: [&str; 12] = [
     "connects and says what it is",
     "lists run_python with its limits in the description",
     "runs code and returns its output",
@@ -18,6 +18,7 @@ const STEPS: [&str; 11] = [
     "refuses an unknown runtime by name",
     "keeps state across session cells",
     "interrupts a loop and reads a variable afterwards",
+    "forks, saves and restores a session",
     "lists and reads session files, then closes the session",
 ];
 
@@ -53,8 +54,9 @@ async fn the_official_sdk_runs_python_over_streamable_http() {
     assert_steps(&out);
     let (_, metrics) = http_get(&server, "/metrics").await;
     assert!(
-        metrics.contains("weir_runs_started_total 6"),
-        "every tool call that started a run is counted (5 of 6 run_python calls, 1 session):\n{metrics}"
+        metrics.contains("weir_runs_started_total 8"),
+        "every tool call that started a run is counted (5 of 6 run_python calls, 1 session, \
+         1 fork, 1 restore):\n{metrics}"
     );
     // The closed session's instance is freed once its run's task has ended, just after the
     // client hears `session_close`.

@@ -122,3 +122,171 @@ async fn a_damaged_snapshot_or_one_that_cannot_fit_is_refused() {
     req.limits.memory_bytes = 1 << 20;
     assert!(matches!(sandbox().start(req).await, Err(Error::Unsaved(_))));
 }
+
+/// Over HTTP, against a real `weir serve` process restarted between the snapshot and the
+/// restore: the variables, a defined function, an import and a written file are all back.
+mod http {
+    use serde_json::{json, Value};
+    use weir_bench::harness::{http, token, Node};
+
+    async fn call(addr: &str, token: &str, method: &str, path: &str, body: Value) -> (u16, Value) {
+        let body = match body {
+            Value::Null => Vec::new(),
+            b => b.to_string().into_bytes(),
+        };
+        let r = http(addr, method, path, Some(token), &body).await;
+        let json = serde_json::from_str(&r.body).unwrap_or(Value::String(r.body.clone()));
+        (r.status, json)
+    }
+
+    async fn exec(addr: &str, token: &str, id: &str, code: &str) -> Value {
+        let path = format!("/v1/sessions/{id}/exec");
+        let (status, r) = call(addr, token, "POST", &path, json!({ "code": code })).await;
+        assert_eq!(status, 200, "{r}");
+        assert_eq!(r["outcome"], "ok", "{code}: {r}");
+        r
+    }
+
+    async fn new_session(addr: &str, token: &str, body: Value) -> String {
+        let (status, r) = call(addr, token, "POST", "/v1/sessions", body).await;
+        assert_eq!(status, 201, "{r}");
+        r["session_id"].as_str().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_outlives_the_server_process_and_belongs_to_its_owner() {
+        let dir = tempfile::Builder::new()
+            .prefix("snap-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap();
+        let weir = std::path::Path::new(env!("CARGO_BIN_EXE_weir"));
+        let mut node = Node::new(weir, dir.path(), "alone", None, "").expect("a node");
+        let (ann, bob) = (token("ann", 3600), token("bob", 3600));
+        node.spawn().unwrap();
+        node.wait_ready().await.unwrap();
+        let addr = node.addr.clone();
+        let id = new_session(&addr, &ann, json!({})).await;
+        exec(
+            &addr,
+            &ann,
+            &id,
+            "import statistics\nxs = [3, 1, 4, 1, 5]\ndef spread():\n    return max(xs) - min(xs)\n\
+             open('data.csv', 'w').write('a,b\\n1,2\\n')",
+        )
+        .await;
+        let path = format!("/v1/sessions/{id}/snapshot");
+        let (status, snap) = call(&addr, &ann, "POST", &path, Value::Null).await;
+        assert_eq!(status, 201, "{snap}");
+        let snap_id = snap["snapshot_id"].as_str().unwrap().to_string();
+        assert!(snap["bytes"].as_u64().unwrap() > 0, "{snap}");
+        assert_eq!(snap["runtime"], "python");
+        // Another user: not even there.
+        let (status, _) = call(&addr, &bob, "POST", &path, Value::Null).await;
+        assert_eq!(status, 404);
+        let meta = format!("/v1/snapshots/{snap_id}");
+        assert_eq!(call(&addr, &bob, "GET", &meta, Value::Null).await.0, 404);
+        let (status, _) = call(
+            &addr,
+            &bob,
+            "POST",
+            "/v1/sessions",
+            json!({"snapshot": snap_id}),
+        )
+        .await;
+        assert_eq!(status, 404);
+        assert_eq!(call(&addr, &bob, "DELETE", &meta, Value::Null).await.0, 404);
+
+        node.terminate();
+        node.spawn().unwrap();
+        node.wait_ready().await.unwrap();
+        let addr = node.addr.clone();
+        let (status, listed) = call(&addr, &ann, "GET", "/v1/snapshots", Value::Null).await;
+        assert_eq!(status, 200);
+        assert_eq!(listed[0]["snapshot_id"], snap_id.as_str(), "{listed}");
+        let again = new_session(&addr, &ann, json!({"snapshot": snap_id})).await;
+        let r = exec(
+            &addr,
+            &ann,
+            &again,
+            "(spread(), statistics.median(xs), open('data.csv').read())",
+        )
+        .await;
+        assert_eq!(r["result"], "(4, 3, 'a,b\\n1,2\\n')");
+        let (status, r) = call(
+            &addr,
+            &ann,
+            "POST",
+            "/v1/sessions",
+            json!({"snapshot": snap_id, "runtime": "python"}),
+        )
+        .await;
+        assert_eq!(status, 400, "{r}");
+        assert_eq!(call(&addr, &ann, "DELETE", &meta, Value::Null).await.0, 204);
+        assert_eq!(call(&addr, &ann, "GET", &meta, Value::Null).await.0, 404);
+        node.terminate();
+    }
+
+    #[tokio::test]
+    async fn a_fork_goes_its_own_way_and_a_busy_session_answers_409() {
+        let dir = tempfile::Builder::new()
+            .prefix("fork-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap();
+        let weir = std::path::Path::new(env!("CARGO_BIN_EXE_weir"));
+        let mut node = Node::new(weir, dir.path(), "alone", None, "").expect("a node");
+        let ann = token("ann", 3600);
+        node.spawn().unwrap();
+        node.wait_ready().await.unwrap();
+        let addr = node.addr.clone();
+        let id = new_session(&addr, &ann, json!({})).await;
+        exec(&addr, &ann, &id, "plan = ['start']").await;
+        let (status, forked) = call(
+            &addr,
+            &ann,
+            "POST",
+            &format!("/v1/sessions/{id}/fork"),
+            Value::Null,
+        )
+        .await;
+        assert_eq!(status, 201, "{forked}");
+        let fork = forked["session_id"].as_str().unwrap().to_string();
+        assert_ne!(fork, id);
+        exec(&addr, &ann, &id, "plan.append('parent')").await;
+        exec(&addr, &ann, &fork, "plan.append('fork')").await;
+        let parent = exec(&addr, &ann, &id, "plan").await;
+        let child = exec(&addr, &ann, &fork, "plan").await;
+        assert_eq!(parent["result"], "['start', 'parent']");
+        assert_eq!(child["result"], "['start', 'fork']");
+        // A session whose cell runs cannot be snapshotted now.
+        let busy = {
+            let (addr, ann, id) = (addr.clone(), ann.clone(), id.clone());
+            tokio::spawn(
+                async move { exec(&addr, &ann, &id, "import time\ntime.sleep(1.5)").await },
+            )
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        let (status, r) = call(
+            &addr,
+            &ann,
+            "POST",
+            &format!("/v1/sessions/{id}/fork"),
+            Value::Null,
+        )
+        .await;
+        assert_eq!(status, 409, "{r}");
+        busy.await.unwrap();
+        // A session holding a file open is not snapshotted, and says why.
+        exec(&addr, &ann, &fork, "held = open('x.txt', 'w')").await;
+        let (status, r) = call(
+            &addr,
+            &ann,
+            "POST",
+            &format!("/v1/sessions/{fork}/snapshot"),
+            Value::Null,
+        )
+        .await;
+        assert_eq!(status, 409, "{r}");
+        assert!(r["error"].as_str().unwrap().contains("open"), "{r}");
+        node.terminate();
+    }
+}

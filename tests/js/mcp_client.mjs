@@ -42,7 +42,7 @@ try {
     }
     if (!runner.inputSchema?.properties?.code) throw new Error(`schema: ${JSON.stringify(runner.inputSchema)}`);
     const names = tools.map((t) => t.name).sort().join(",");
-    const expected = "run_python,session_close,session_create,session_exec,session_files,session_interrupt,session_read_file";
+    const expected = "run_python,session_close,session_create,session_exec,session_files,session_fork,session_interrupt,session_read_file,session_restore,session_snapshot";
     if (names !== expected) throw new Error(`tools: ${names}`);
   });
 
@@ -114,6 +114,26 @@ try {
     }
     const after = await tool("session_exec", { session_id, code: "n > 0, x" });
     if (!text(after).includes("(True, 41)")) throw new Error(text(after));
+  });
+
+  await step("forks, saves and restores a session", async () => {
+    const forked = text(await tool("session_fork", { session_id }));
+    const fork_id = /session_id: (\S+)/.exec(forked)?.[1];
+    if (!fork_id || fork_id === session_id) throw new Error(forked);
+    const changed = await tool("session_exec", { session_id: fork_id, code: "x = 'forked'" });
+    if (changed.isError) throw new Error(text(changed));
+    const mine = await tool("session_exec", { session_id, code: "x" });
+    if (!text(mine).includes("--- result ---\n41")) throw new Error(text(mine));
+    const saved = text(await tool("session_snapshot", { session_id: fork_id }));
+    const snapshot_id = /snapshot_id: (\S+)/.exec(saved)?.[1];
+    if (!snapshot_id) throw new Error(saved);
+    await tool("session_close", { session_id: fork_id });
+    const restored = text(await tool("session_restore", { snapshot_id }));
+    const restored_id = /session_id: (\S+)/.exec(restored)?.[1];
+    if (!restored_id) throw new Error(restored);
+    const value = await tool("session_exec", { session_id: restored_id, code: "x, n > 0" });
+    if (!text(value).includes("('forked', True)")) throw new Error(text(value));
+    await tool("session_close", { session_id: restored_id });
   });
 
   await step("lists and reads session files, then closes the session", async () => {

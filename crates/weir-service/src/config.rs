@@ -1,6 +1,7 @@
 //! Server configuration: embedded defaults, an optional TOML file, then flags / env vars.
 
 use crate::history::HistoryConfig;
+use crate::snapshots::SnapshotConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -86,6 +87,8 @@ pub struct ServerConfig {
     pub prepare_runtimes: bool,
     /// Run history: database path and retention.
     pub history: HistoryConfig,
+    /// Session snapshots: where they are kept, and how many (`crate::snapshots`).
+    pub snapshots: SnapshotConfig,
     /// Cluster mode: nodes sharing one PostgreSQL database (off without `database_url`).
     pub cluster: ClusterConfig,
 }
@@ -161,6 +164,7 @@ impl Default for ServerConfig {
             packages: Vec::new(),
             prepare_runtimes: true,
             history: HistoryConfig::default(),
+            snapshots: SnapshotConfig::default(),
             cluster: ClusterConfig::default(),
         }
     }
@@ -181,6 +185,16 @@ impl ServerConfig {
                 None => weir_sandbox::EngineSettings::default().memory_budget_bytes,
             },
             ..weir_sandbox::EngineSettings::default()
+        }
+    }
+
+    /// Where snapshots are kept: `snapshots.dir`, else `snapshots` beside the run history.
+    pub fn snapshot_dir(&self) -> std::path::PathBuf {
+        match &self.snapshots.dir {
+            Some(dir) => dir.clone(),
+            None => (self.history.path.parent())
+                .unwrap_or(std::path::Path::new("."))
+                .join("snapshots"),
         }
     }
 

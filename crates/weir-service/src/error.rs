@@ -43,6 +43,12 @@ pub enum Error {
     #[error(transparent)]
     Sandbox(#[from] weir_sandbox::Error),
 
+    /// A snapshot larger than `snapshots.max_bytes`.
+    #[error("the snapshot is {size} bytes, above the limit of {limit} (snapshots.max_bytes)")]
+    SnapshotTooLarge { size: u64, limit: String },
+    /// The snapshot store holds all it may (for the user, or in all).
+    #[error("{0}")]
+    SnapshotsFull(String),
     /// A cell is already running in the session: one at a time.
     #[error("a cell is already running in this session; wait for it or interrupt it")]
     CellBusy,

@@ -37,6 +37,7 @@ pub mod protocol;
 pub mod registry;
 pub mod server;
 pub mod sessions;
+pub mod snapshots;
 pub mod state;
 pub mod tracked;
 pub mod ws;

@@ -78,6 +78,13 @@ pub struct SessionRef {
     pub session_id: String,
 }
 
+/// `session_restore`'s arguments.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct SnapshotRef {
+    /// The snapshot, as `session_snapshot` named it.
+    pub snapshot_id: String,
+}
+
 /// `session_read_file`'s arguments.
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 pub struct SessionFile {
@@ -236,6 +243,49 @@ impl WeirMcp {
             )
         })
     }
+
+    /// A slot for a new session of the caller's, or the refusal as a tool error.
+    async fn slot(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<crate::registry::Slot, rmcp::model::CallToolResult> {
+        admission::slot(&self.state, caller(ctx).as_deref())
+            .await
+            .map_err(|refusal| {
+                admission::count_refusal(&self.state, &refusal);
+                answer(false, refusal.to_string())
+            })
+    }
+
+    /// Starts a session for the caller (`session_create`, `session_restore`).
+    async fn start_session(
+        &self,
+        params: session::CreateParams,
+        ctx: &RequestContext<RoleServer>,
+    ) -> rmcp::model::CallToolResult {
+        let slot = match self.slot(ctx).await {
+            Ok(slot) => slot,
+            Err(refused) => return refused,
+        };
+        let user = caller(ctx).unwrap_or_else(|| ANONYMOUS.into());
+        match session::start(&self.state, &user, params, slot).await {
+            Ok(k) => self.started(&k),
+            Err(e) => answer(false, format!("the session could not start: {e}")),
+        }
+    }
+
+    /// A started session as a tool result.
+    fn started(&self, k: &Session) -> rmcp::model::CallToolResult {
+        answer(
+            true,
+            format!(
+                "session_id: {}\nruntime: {}\nidle timeout: {} s",
+                k.id,
+                k.runtime,
+                self.state.config.session_idle().as_secs()
+            ),
+        )
+    }
 }
 
 #[tool_router]
@@ -298,34 +348,12 @@ impl WeirMcp {
         Parameters(args): Parameters<SessionCreate>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::CallToolResult, ErrorData> {
-        let signed_in = caller(&ctx);
-        let user = signed_in.clone().unwrap_or_else(|| ANONYMOUS.into());
-        let slot = match admission::slot(&self.state, signed_in.as_deref()).await {
-            Ok(slot) => slot,
-            Err(refusal) => {
-                admission::count_refusal(&self.state, &refusal);
-                return Ok(answer(false, refusal.to_string()));
-            }
-        };
         let params = session::CreateParams {
             runtime: args.runtime,
             files: args.files,
             ..Default::default()
         };
-        Ok(
-            match session::start(&self.state, &user, params, slot).await {
-                Ok(k) => answer(
-                    true,
-                    format!(
-                        "session_id: {}\nruntime: {}\nidle timeout: {} s",
-                        k.id,
-                        k.runtime,
-                        self.state.config.session_idle().as_secs()
-                    ),
-                ),
-                Err(e) => answer(false, format!("the session could not start: {e}")),
-            },
-        )
+        Ok(self.start_session(params, &ctx).await)
     }
 
     /// Runs a cell in a session.
@@ -419,6 +447,79 @@ impl WeirMcp {
                 binary => answer(true, serde_json::to_string(&binary).unwrap_or_default()),
             },
             Err(e) => answer(false, e.to_string()),
+        })
+    }
+
+    /// Saves a session.
+    #[tool(
+        description = "Save a session's state (variables, functions, imports, files) as a \
+                       snapshot, after its running cell ends. Returns the snapshot_id; \
+                       session_restore starts a new session from it, any time later, even \
+                       after a server restart. A session holding a file open cannot be saved."
+    )]
+    async fn session_snapshot(
+        &self,
+        Parameters(args): Parameters<SessionRef>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResult, ErrorData> {
+        let k = match self.session(&args.session_id, &ctx) {
+            Ok(k) => k,
+            Err(e) => return Ok(e),
+        };
+        Ok(match session::snapshot(&self.state, &k).await {
+            Ok(meta) => answer(
+                true,
+                format!(
+                    "snapshot_id: {}
+bytes: {}
+runtime: {}",
+                    meta.snapshot_id, meta.bytes, meta.runtime
+                ),
+            ),
+            Err(e) => answer(false, format!("the session could not be saved: {e}")),
+        })
+    }
+
+    /// Starts a session from a snapshot.
+    #[tool(
+        description = "Start a new session from a snapshot (session_snapshot): its variables, \
+                       functions, imports and files are there, as they were when it was saved. \
+                       Returns the new session_id."
+    )]
+    async fn session_restore(
+        &self,
+        Parameters(args): Parameters<SnapshotRef>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResult, ErrorData> {
+        let params = session::CreateParams {
+            snapshot: Some(args.snapshot_id),
+            ..Default::default()
+        };
+        Ok(self.start_session(params, &ctx).await)
+    }
+
+    /// Forks a session.
+    #[tool(
+        description = "Fork a session: a new session (its own session_id) starting from this \
+                       one's current state; the two go their own ways (changes in one are not \
+                       seen by the other). Use it to try alternatives from the same point."
+    )]
+    async fn session_fork(
+        &self,
+        Parameters(args): Parameters<SessionRef>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResult, ErrorData> {
+        let k = match self.session(&args.session_id, &ctx) {
+            Ok(k) => k,
+            Err(e) => return Ok(e),
+        };
+        let slot = match self.slot(&ctx).await {
+            Ok(slot) => slot,
+            Err(refused) => return Ok(refused),
+        };
+        Ok(match session::fork(&self.state, &k, slot).await {
+            Ok(forked) => self.started(&forked),
+            Err(e) => answer(false, format!("the session could not be forked: {e}")),
         })
     }
 

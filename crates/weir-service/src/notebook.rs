@@ -14,6 +14,7 @@ use crate::lifecycle::error::WeirJson;
 use crate::lifecycle::session::{self, cell_outcome, CreateParams, ExecParams};
 use crate::lifecycle::EndedBy;
 use crate::sessions::{CellReport, Session};
+use crate::snapshots::SnapshotMeta;
 use crate::state::AppState;
 use axum::extract::{FromRequestParts, Path, RawPathParams, State};
 use axum::http::request::Parts;
@@ -37,6 +38,13 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route(
             "/v1/sessions/{id}/files/{*path}",
             get(read_file).put(write_file),
+        )
+        .route("/v1/sessions/{id}/snapshot", post(take_snapshot))
+        .route("/v1/sessions/{id}/fork", post(fork))
+        .route("/v1/snapshots", get(list_snapshots))
+        .route(
+            "/v1/snapshots/{id}",
+            get(describe_snapshot).delete(delete_snapshot),
         )
 }
 
@@ -200,4 +208,57 @@ async fn write_file(
 ) -> Result<StatusCode, Error> {
     s.write_file(path, body).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/sessions/{id}/snapshot`: the session's state, stored for its owner (201).
+async fn take_snapshot(
+    State(state): State<Arc<AppState>>,
+    Owned(s): Owned,
+) -> Result<Response, Error> {
+    let meta = session::snapshot(&state, &s).await?;
+    Ok((StatusCode::CREATED, Json(meta)).into_response())
+}
+
+/// `POST /v1/sessions/{id}/fork`: a new session (its own id and slot, the same owner) starting
+/// where this one is (201).
+async fn fork(
+    State(state): State<Arc<AppState>>,
+    Owned(s): Owned,
+    admitted: Admitted<body::NoBody, WeirJson>,
+) -> Result<Response, Error> {
+    let forked = session::fork(&state, &s, admitted.slot).await?;
+    Ok((StatusCode::CREATED, Json(describe_json(&state, &forked))).into_response())
+}
+
+/// The snapshot the path's `{id}` names, if the caller owns it.
+async fn describe_snapshot(
+    State(state): State<Arc<AppState>>,
+    caller: Identified,
+    Path(id): Path<String>,
+) -> Result<Json<SnapshotMeta>, Error> {
+    Ok(Json(state.snapshots.meta(&id, &caller.user)?))
+}
+
+async fn delete_snapshot(
+    State(state): State<Arc<AppState>>,
+    caller: Identified,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Error> {
+    let store = state.snapshots.clone();
+    tokio::task::spawn_blocking(move || store.delete(&id, &caller.user))
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's snapshots, newest first (none without a secret: as for sessions, the id is the
+/// capability then).
+async fn list_snapshots(
+    State(state): State<Arc<AppState>>,
+    caller: Identified,
+) -> Json<Vec<SnapshotMeta>> {
+    if state.config.secret.is_none() {
+        return Json(Vec::new());
+    }
+    Json(state.snapshots.of(&caller.user))
 }

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use weir_sandbox::{Cell, CellEnd, Collected, Event, RunControl, RunResult};
-use weir_sandbox::{FileEntry, LiveDir};
+use weir_sandbox::{FileEntry, Limits, LiveDir, Snapshot};
 
 /// How long a cell past its time limit has to take its `KeyboardInterrupt` before the session
 /// is ended.
@@ -30,6 +30,8 @@ pub struct Session {
     pub created: SystemTime,
     /// The size limit of the run's scratch directory (the session's files).
     pub scratch_limit: u64,
+    /// The limits its run was started with (a fork gets the same).
+    pub limits: Limits,
     run: tokio::sync::Mutex<TrackedRun>,
     control: RunControl,
     last_used: Mutex<Instant>,
@@ -58,13 +60,14 @@ pub struct CellReport {
 
 impl Session {
     /// A session around `run`, holding `slot` for as long as it lives.
-    pub fn new(run: TrackedRun, scratch_limit: u64, slot: Slot) -> Self {
+    pub fn new(run: TrackedRun, limits: Limits, slot: Slot) -> Self {
         Session {
             id: run.id().to_string(),
             user: run.user().to_string(),
             runtime: run.runtime().to_string(),
             created: run.started(),
-            scratch_limit,
+            scratch_limit: limits.scratch_bytes,
+            limits,
             control: run.control(),
             run: tokio::sync::Mutex::new(run),
             last_used: Mutex::new(Instant::now()),
@@ -173,6 +176,19 @@ impl Session {
         let limit = self.scratch_limit;
         self.on_files(move |dir| dir.write(&path, &data, limit))
             .await
+    }
+
+    /// Snapshots the session between cells: refused while a cell runs.
+    pub async fn snapshot(&self) -> Result<Snapshot, Error> {
+        if self.busy() {
+            return Err(Error::CellBusy);
+        }
+        let taken = self.control.snapshot().await.map_err(|e| match e {
+            weir_sandbox::Error::Ended => Error::SessionEnded,
+            e => Error::Sandbox(e),
+        })?;
+        self.touch();
+        Ok(taken)
     }
 
     /// Ends the session's run now (its instance is freed).

@@ -6,6 +6,7 @@ use crate::history::History;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::sessions::Sessions;
+use crate::snapshots::SnapshotStore;
 use crate::tracked::Books;
 use serde::Deserialize;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +44,8 @@ pub struct AppState {
     pub(crate) mcp_shutdown: tokio_util::sync::CancellationToken,
     /// Stateful sessions (`/v1/sessions`, MCP's session tools), each holding a slot.
     pub sessions: Arc<Sessions>,
+    /// Stored session snapshots (`/v1/snapshots`).
+    pub snapshots: Arc<SnapshotStore>,
 }
 
 /// `/readyz`'s canary: one at a time, its result kept for [`READY_FOR`] so a probe every second
@@ -120,6 +123,8 @@ impl AppState {
     /// The state of a server that has not served anything yet.
     pub fn new(config: ServerConfig, sandbox: Sandbox, history: History) -> Self {
         let config_node = config.node_id();
+        let (config_snapshot_dir, config_snapshots) =
+            (config.snapshot_dir(), config.snapshots.clone());
         AppState {
             slots: Arc::new(Semaphore::new(config.max_sessions)),
             config,
@@ -135,6 +140,7 @@ impl AppState {
             readiness: Readiness::default(),
             mcp_shutdown: tokio_util::sync::CancellationToken::new(),
             sessions: Arc::new(Sessions::default()),
+            snapshots: Arc::new(SnapshotStore::open(config_snapshot_dir, config_snapshots)),
         }
     }
 

@@ -14,7 +14,10 @@ impl Error {
             Error::BadRequest(_) | Error::InvalidUserName | Error::ReservedUserName => {
                 StatusCode::BAD_REQUEST
             }
-            Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::BodyTooLarge { .. } | Error::SnapshotTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            Error::SnapshotsFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             Error::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Error::NotFound(_) | Error::SessionEnded | Error::FilesGone => StatusCode::NOT_FOUND,
             Error::Conflict(_) | Error::CellBusy | Error::NoCell => StatusCode::CONFLICT,
@@ -90,7 +93,10 @@ fn sandbox_status(e: &weir_sandbox::Error) -> StatusCode {
         | E::FileTooLarge { .. }
         | E::ScratchFull { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         E::FileNotFound(_) | E::Ended => StatusCode::NOT_FOUND,
-        E::CellBusy | E::NotASession => StatusCode::CONFLICT,
+        E::CellBusy | E::NotASession | E::Unsaved(_) => StatusCode::CONFLICT,
+        E::SnapshotTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        E::SnapshotUnsupported(_) => StatusCode::NOT_IMPLEMENTED,
+        E::SnapshotGuest(_) => StatusCode::INTERNAL_SERVER_ERROR,
         E::StdinFull => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::BAD_REQUEST,
     }

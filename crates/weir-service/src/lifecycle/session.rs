@@ -6,6 +6,7 @@ use crate::error::Error;
 use crate::protocol::LimitParams;
 use crate::registry::Slot;
 use crate::sessions::{CellReport, Expiry, Session, INTERRUPT_GRACE};
+use crate::snapshots::SnapshotMeta;
 use crate::state::AppState;
 use crate::tracked::{EndedBy, TrackedRun};
 use serde::Deserialize;
@@ -13,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
-use weir_sandbox::{Cell, Program, RunRequest};
+use weir_sandbox::{Cell, Program, RunRequest, Snapshot};
 
 /// What a session is started with (`POST /v1/sessions`'s body, MCP's `session_create`).
 #[derive(Debug, Default, Deserialize)]
@@ -30,6 +31,9 @@ pub struct CreateParams {
     /// The guest's environment.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Start from this stored snapshot (`/v1/snapshots`) instead of an empty namespace: its
+    /// runtime, files and environment come with it (`runtime`, `files` and `env` must be absent).
+    pub snapshot: Option<String>,
 }
 
 impl super::body::Params for CreateParams {
@@ -59,12 +63,16 @@ impl super::body::Params for ExecParams {
 /// A session's request for the sandbox: an empty program, then cells. A cell's time limit is
 /// the exec's; the run's own wall limit only backs it up, past the longest cell and its
 /// interrupt grace. Idle expiry is the server's (`session_idle_secs`).
-fn request(app: &AppState, params: CreateParams) -> RunRequest {
+fn request(app: &AppState, params: CreateParams, from: Option<Arc<Snapshot>>) -> RunRequest {
     let config = &app.config;
     let mut req = RunRequest::script(Vec::new());
     req.program = Program::Code(String::new());
     req.cells = true;
-    req.runtime = params.runtime;
+    req.runtime = match &from {
+        Some(from) => Some(from.runtime().to_string()),
+        None => params.runtime,
+    };
+    req.restore = from;
     req.files = params
         .files
         .into_iter()
@@ -89,19 +97,77 @@ fn cell_timeout(app: &AppState, asked: Option<u64>) -> Duration {
     Duration::from_millis(ms)
 }
 
-/// Starts a session for `user` on `slot` and registers it.
+/// Starts a session for `user` on `slot` and registers it: empty, or from one of the user's
+/// stored snapshots (`params.snapshot`).
 pub async fn start(
     app: &AppState,
     user: &str,
     params: CreateParams,
     slot: Slot,
 ) -> Result<Arc<Session>, Error> {
-    let req = request(app, params);
-    let scratch_limit = req.limits.scratch_bytes;
+    let from = match &params.snapshot {
+        None => None,
+        Some(_)
+            if params.runtime.is_some() || !params.files.is_empty() || !params.env.is_empty() =>
+        {
+            return Err(Error::BadRequest(
+                "a session from a snapshot takes its runtime, files and environment from the \
+                 snapshot: leave out runtime, files and env"
+                    .into(),
+            ))
+        }
+        Some(id) => Some(Arc::new(load(app, id, user).await?)),
+    };
+    let req = request(app, params, from);
+    launch(app, user, req, slot).await
+}
+
+/// Starts the session `req` describes for `user` on `slot` and registers it.
+async fn launch(
+    app: &AppState,
+    user: &str,
+    req: RunRequest,
+    slot: Slot,
+) -> Result<Arc<Session>, Error> {
+    let limits = req.limits;
     let run = TrackedRun::start_session(&app.books(), user, req).await?;
-    let session = Arc::new(Session::new(run, scratch_limit, slot));
+    let session = Arc::new(Session::new(run, limits, slot));
     app.sessions.insert(session.clone());
     Ok(session)
+}
+
+/// `user`'s stored snapshot `id`, read and checked.
+async fn load(app: &AppState, id: &str, user: &str) -> Result<Snapshot, Error> {
+    let store = app.snapshots.clone();
+    let (id, user) = (id.to_string(), user.to_string());
+    tokio::task::spawn_blocking(move || {
+        let (_, bytes) = store.read(&id, &user)?;
+        Ok(Snapshot::from_bytes(&bytes)?)
+    })
+    .await
+    .map_err(|e| Error::Io(std::io::Error::other(e)))?
+}
+
+/// A new session of `session`'s owner on `slot`, starting where `session` is now (its running
+/// cell, if any, ends first) and going its own way from there.
+pub async fn fork(app: &AppState, session: &Session, slot: Slot) -> Result<Arc<Session>, Error> {
+    let from = Arc::new(session.snapshot().await?);
+    let mut req = RunRequest::script(Vec::new());
+    req.cells = true;
+    req.limits = session.limits;
+    req.runtime = Some(from.runtime().to_string());
+    req.restore = Some(from);
+    launch(app, &session.user, req, slot).await
+}
+
+/// Stores a snapshot of `session` (taken once its running cell ends) for its owner.
+pub async fn snapshot(app: &AppState, session: &Session) -> Result<SnapshotMeta, Error> {
+    let taken = session.snapshot().await?;
+    let store = app.snapshots.clone();
+    let (user, runtime) = (session.user.clone(), session.runtime.clone());
+    tokio::task::spawn_blocking(move || store.put(&user, &runtime, &taken.to_bytes()?))
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?
 }
 
 /// Runs one cell in `session`, counting it in the metrics; a session whose run ended is

@@ -1,0 +1,341 @@
+//! Stored session snapshots (`/v1/snapshots`, docs/sessions.md): each one a file in a
+//! directory, `<id>.snap` (the bytes `weir_sandbox::Snapshot::to_bytes` wrote) beside
+//! `<id>.json` (its owner, runtime, size and time), both written atomically. A snapshot belongs
+//! to the user who took it: to anyone else it does not exist.
+//!
+//! Bounded: one snapshot's size (`max_bytes`), every snapshot together (`max_total_bytes`), a
+//! user's count (`max_per_user`) and age (`max_age_days`, swept with the other limits every few
+//! minutes and at start). Ids are 128 random bits, made here; nothing a client names is a path.
+
+use crate::error::Error;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// `[snapshots]`: where snapshots are kept, and how many.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// The directory (created when missing); default: `snapshots` beside the run history.
+    pub dir: Option<PathBuf>,
+    /// Largest snapshot kept, bytes.
+    pub max_bytes: u64,
+    /// All snapshots together, bytes.
+    pub max_total_bytes: u64,
+    /// Most snapshots one user keeps.
+    pub max_per_user: usize,
+    /// Snapshots older than this are deleted, days.
+    pub max_age_days: u64,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            dir: None,
+            max_bytes: 512 << 20,
+            max_total_bytes: 8 << 30,
+            max_per_user: 100,
+            max_age_days: 7,
+        }
+    }
+}
+
+/// What is known of a stored snapshot (`GET /v1/snapshots/{id}`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SnapshotMeta {
+    pub snapshot_id: String,
+    /// Who took it.
+    #[serde(skip_serializing)]
+    pub owner: String,
+    /// The runtime it restores in.
+    pub runtime: String,
+    /// Its size as stored, bytes.
+    pub bytes: u64,
+    /// When it was taken, seconds since the Unix epoch.
+    pub created: u64,
+}
+
+/// The snapshot store.
+pub struct SnapshotStore {
+    dir: PathBuf,
+    config: SnapshotConfig,
+    index: Mutex<HashMap<String, SnapshotMeta>>,
+}
+
+impl SnapshotStore {
+    /// Opens the store in `dir` (made if missing), indexing what is there; unreadable entries
+    /// are removed. A directory that cannot be made or read leaves the store empty (logged):
+    /// its writes then fail with the reason.
+    pub fn open(dir: PathBuf, config: SnapshotConfig) -> Self {
+        let mut index = HashMap::new();
+        let listed = std::fs::create_dir_all(&dir).and_then(|()| std::fs::read_dir(&dir));
+        match listed {
+            Ok(entries) => {
+                for path in entries.flatten().map(|e| e.path()) {
+                    if path.extension().is_none_or(|e| e != "json") {
+                        continue;
+                    }
+                    match read_meta(&path) {
+                        Some(meta) if dir.join(data_name(&meta.snapshot_id)).is_file() => {
+                            index.insert(meta.snapshot_id.clone(), meta);
+                        }
+                        _ => remove_pair(&dir, &path),
+                    }
+                }
+            }
+            Err(e) => tracing::error!(dir = %dir.display(), error = %e, "snapshot store unusable"),
+        }
+        let store = SnapshotStore {
+            dir,
+            config,
+            index: Mutex::new(index),
+        };
+        store.sweep();
+        store
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, HashMap<String, SnapshotMeta>> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps `bytes` as a snapshot of `owner`'s in `runtime`. Blocking.
+    pub fn put(&self, owner: &str, runtime: &str, bytes: &[u8]) -> Result<SnapshotMeta, Error> {
+        let size = bytes.len() as u64;
+        if size > self.config.max_bytes {
+            return Err(Error::SnapshotTooLarge {
+                size,
+                limit: weir_sandbox::human_bytes(self.config.max_bytes),
+            });
+        }
+        let meta = SnapshotMeta {
+            snapshot_id: new_id(),
+            owner: owner.to_string(),
+            runtime: runtime.to_string(),
+            bytes: size,
+            created: now_secs(),
+        };
+        {
+            let mut index = self.index();
+            let held = index.values().filter(|m| m.owner == owner).count();
+            if held >= self.config.max_per_user {
+                return Err(Error::SnapshotsFull(format!(
+                    "user {owner:?} keeps {held} snapshots, the most one user may \
+                     (snapshots.max_per_user); delete one first"
+                )));
+            }
+            let total: u64 = index.values().map(|m| m.bytes).sum();
+            if total + size > self.config.max_total_bytes {
+                return Err(Error::SnapshotsFull(format!(
+                    "the snapshot store is full ({} of snapshots.max_total_bytes {}); delete \
+                     snapshots or retry later",
+                    weir_sandbox::human_bytes(total),
+                    weir_sandbox::human_bytes(self.config.max_total_bytes)
+                )));
+            }
+            // Reserved now, so two writes at once cannot both pass the limits.
+            index.insert(meta.snapshot_id.clone(), meta.clone());
+        }
+        let written = write_atomically(&self.dir.join(data_name(&meta.snapshot_id)), bytes)
+            .and_then(|()| {
+                let json = serde_json::to_vec(&StoredMeta::from(&meta)).map_err(|e| {
+                    std::io::Error::other(format!("cannot encode the snapshot's record: {e}"))
+                })?;
+                write_atomically(&self.dir.join(meta_name(&meta.snapshot_id)), &json)
+            });
+        if let Err(e) = written {
+            self.index().remove(&meta.snapshot_id);
+            remove_pair(&self.dir, &self.dir.join(meta_name(&meta.snapshot_id)));
+            return Err(Error::Io(e));
+        }
+        Ok(meta)
+    }
+
+    /// `owner`'s snapshot `id`.
+    pub fn meta(&self, id: &str, owner: &str) -> Result<SnapshotMeta, Error> {
+        self.index()
+            .get(id)
+            .filter(|m| m.owner == owner)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("no snapshot {id:?}")))
+    }
+
+    /// `owner`'s snapshots, newest first.
+    pub fn of(&self, owner: &str) -> Vec<SnapshotMeta> {
+        let mut all: Vec<SnapshotMeta> = (self.index().values())
+            .filter(|m| m.owner == owner)
+            .cloned()
+            .collect();
+        all.sort_by_key(|m| std::cmp::Reverse(m.created));
+        all
+    }
+
+    /// The bytes of `owner`'s snapshot `id`. Blocking.
+    pub fn read(&self, id: &str, owner: &str) -> Result<(SnapshotMeta, Vec<u8>), Error> {
+        let meta = self.meta(id, owner)?;
+        let bytes = std::fs::read(self.dir.join(data_name(id)))
+            .map_err(|_| Error::NotFound(format!("no snapshot {id:?}")))?;
+        Ok((meta, bytes))
+    }
+
+    /// Deletes `owner`'s snapshot `id`. Blocking.
+    pub fn delete(&self, id: &str, owner: &str) -> Result<(), Error> {
+        self.meta(id, owner)?;
+        self.index().remove(id);
+        remove_pair(&self.dir, &self.dir.join(meta_name(id)));
+        Ok(())
+    }
+
+    /// Deletes snapshots past `max_age_days`. Blocking.
+    pub fn sweep(&self) {
+        let max_age = Duration::from_secs(self.config.max_age_days.saturating_mul(86_400));
+        let cutoff = now_secs().saturating_sub(max_age.as_secs());
+        let old: Vec<String> = (self.index().values())
+            .filter(|m| m.created < cutoff)
+            .map(|m| m.snapshot_id.clone())
+            .collect();
+        for id in old {
+            self.index().remove(&id);
+            remove_pair(&self.dir, &self.dir.join(meta_name(&id)));
+        }
+    }
+}
+
+/// The record kept beside a snapshot's bytes (with its owner, which answers never show).
+#[derive(Serialize, Deserialize)]
+struct StoredMeta {
+    snapshot_id: String,
+    owner: String,
+    runtime: String,
+    bytes: u64,
+    created: u64,
+}
+
+impl From<&SnapshotMeta> for StoredMeta {
+    fn from(m: &SnapshotMeta) -> Self {
+        StoredMeta {
+            snapshot_id: m.snapshot_id.clone(),
+            owner: m.owner.clone(),
+            runtime: m.runtime.clone(),
+            bytes: m.bytes,
+            created: m.created,
+        }
+    }
+}
+
+fn read_meta(path: &Path) -> Option<SnapshotMeta> {
+    let stored: StoredMeta = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    valid_id(&stored.snapshot_id).then_some(SnapshotMeta {
+        snapshot_id: stored.snapshot_id,
+        owner: stored.owner,
+        runtime: stored.runtime,
+        bytes: stored.bytes,
+        created: stored.created,
+    })
+}
+
+fn data_name(id: &str) -> String {
+    format!("{id}.snap")
+}
+
+fn meta_name(id: &str) -> String {
+    format!("{id}.json")
+}
+
+/// Removes a snapshot's record at `meta` and its bytes beside it.
+fn remove_pair(dir: &Path, meta: &Path) {
+    if let Some(id) = meta.file_stem().and_then(|s| s.to_str()) {
+        let _ = std::fs::remove_file(dir.join(data_name(id)));
+    }
+    let _ = std::fs::remove_file(meta);
+}
+
+/// 128 random bits, hex: made as a run's id is.
+fn new_id() -> String {
+    weir_sandbox::RunId::new().as_str().to_string()
+}
+
+/// Whether `id` is one this store could have made.
+fn valid_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_data()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(config: SnapshotConfig) -> (tempfile::TempDir, SnapshotStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path().join("s"), config);
+        (dir, store)
+    }
+
+    #[test]
+    fn a_snapshot_is_its_owners_alone_and_survives_a_reopen() {
+        let (dir, s) = store(SnapshotConfig::default());
+        let meta = s.put("ann", "python", b"bytes").unwrap();
+        assert_eq!(s.read(&meta.snapshot_id, "ann").unwrap().1, b"bytes");
+        assert!(matches!(
+            s.read(&meta.snapshot_id, "bob"),
+            Err(Error::NotFound(_))
+        ));
+        assert!(s.of("bob").is_empty());
+        let again = SnapshotStore::open(dir.path().join("s"), SnapshotConfig::default());
+        assert_eq!(again.meta(&meta.snapshot_id, "ann").unwrap(), meta);
+        again.delete(&meta.snapshot_id, "ann").unwrap();
+        assert!(again.meta(&meta.snapshot_id, "ann").is_err());
+        assert_eq!(std::fs::read_dir(dir.path().join("s")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn the_limits_refuse_with_their_setting() {
+        let (_dir, s) = store(SnapshotConfig {
+            max_bytes: 10,
+            max_total_bytes: 15,
+            max_per_user: 2,
+            ..SnapshotConfig::default()
+        });
+        assert!(matches!(
+            s.put("ann", "python", &[0; 11]),
+            Err(Error::SnapshotTooLarge { .. })
+        ));
+        s.put("ann", "python", &[0; 5]).unwrap();
+        s.put("ann", "python", &[0; 5]).unwrap();
+        let e = s.put("ann", "python", &[0; 1]).unwrap_err().to_string();
+        assert!(e.contains("max_per_user"), "{e}");
+        let e = s.put("bob", "python", &[0; 6]).unwrap_err().to_string();
+        assert!(e.contains("max_total_bytes"), "{e}");
+    }
+
+    #[test]
+    fn old_snapshots_are_swept() {
+        let (dir, s) = store(SnapshotConfig::default());
+        let meta = s.put("ann", "python", b"x").unwrap();
+        let mut stored = StoredMeta::from(&meta);
+        stored.created = 0;
+        let path = dir.path().join("s").join(meta_name(&meta.snapshot_id));
+        std::fs::write(&path, serde_json::to_vec(&stored).unwrap()).unwrap();
+        let again = SnapshotStore::open(dir.path().join("s"), SnapshotConfig::default());
+        assert!(again.meta(&meta.snapshot_id, "ann").is_err());
+        assert!(!path.exists());
+    }
+}
