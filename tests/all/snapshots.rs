@@ -290,3 +290,114 @@ mod http {
         node.terminate();
     }
 }
+
+/// Hibernation, in a server whose idle sessions hibernate after four seconds.
+mod hibernation {
+    use crate::ws::*;
+    use serde_json::{json, Value};
+
+    async fn exec(server: &weir_service::RunningServer, id: &str, code: &str) -> Value {
+        let r = post_json(
+            server,
+            &format!("/v1/sessions/{id}/exec"),
+            &json!({ "code": code }),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()
+    }
+
+    /// This process's proportional set size, kB.
+    fn pss() -> u64 {
+        let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+        rollup
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("Pss:")?
+                    .trim()
+                    .strip_suffix("kB")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    }
+
+    fn gauge(metrics: &str, name: &str) -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(u64::MAX)
+    }
+
+    #[tokio::test]
+    async fn two_hundred_idle_sessions_hibernate_free_their_instances_and_all_wake() {
+        const N: usize = 200;
+        let server = server(|c| {
+            c.hibernate_after_secs = Some(4);
+            c.max_instances = N as u32 + 20;
+            c.max_sessions = N + 50;
+            c.max_sessions_per_user = N + 50;
+        })
+        .await;
+        let mut ids = Vec::new();
+        for i in 0..N {
+            let r = post_json(&server, "/v1/sessions", &json!({})).await;
+            assert_eq!(r.status, 201, "{}", r.body);
+            let id = r.json()["session_id"].as_str().unwrap().to_string();
+            exec(
+                &server,
+                &id,
+                &format!("x = {i}\ndef f():\n    return x * 2"),
+            )
+            .await;
+            ids.push(id);
+        }
+        // One holds a file open: it cannot be saved, so it stays live and keeps working.
+        let r = post_json(&server, "/v1/sessions", &json!({})).await;
+        let held = r.json()["session_id"].as_str().unwrap().to_string();
+        exec(&server, &held, "f = open('open.txt', 'w')\nf.write('a')").await;
+        // Sessions made early may already sleep when the machine is slow: the memory comparison
+        // below is made only when nearly all were awake here.
+        let live = server.state.sandbox.live_instances();
+        let awake = pss();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let (_, metrics) = http_get(&server, "/metrics").await;
+            if gauge(&metrics, "weir_sessions_hibernated") == N as u64 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{metrics}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            server.state.sandbox.live_instances(),
+            1,
+            "only the one holding a file"
+        );
+        let asleep = pss();
+        eprintln!("test process PSS: {awake} kB with {live} live sessions, {asleep} kB hibernated");
+        if live > N * 9 / 10 {
+            assert!(asleep < awake, "{asleep} kB hibernated, {awake} kB live");
+        }
+        let (_, described) = http_get(&server, &format!("/v1/sessions/{}", ids[7])).await;
+        assert!(described.contains("\"hibernated\":true"), "{described}");
+        for (i, id) in ids.iter().enumerate() {
+            let r = exec(&server, id, "f()").await;
+            assert_eq!(r["result"], (2 * i).to_string(), "session {i}: {r}");
+        }
+        let r = exec(&server, &held, "f.close()\nopen('open.txt').read()").await;
+        assert_eq!(r["result"], "'a'");
+        // A woken session keeps its files.
+        let r = http(
+            &server,
+            "PUT",
+            &format!("/v1/sessions/{}/files/in.txt", ids[0]),
+            &[],
+            b"data",
+        )
+        .await;
+        assert_eq!(r.status, 204);
+        server.shutdown().await;
+    }
+}

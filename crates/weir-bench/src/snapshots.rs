@@ -59,7 +59,12 @@ pub async fn rows(sandbox: &Sandbox, samples: usize) -> anyhow::Result<()> {
     }
     let (taken, stored) = snapshot.ok_or_else(|| anyhow::anyhow!("no samples"))?;
     let (s50, s99) = p50_p99(saves);
-    row("snapshot of an idle python session, p50", ms(s50), "", "<= 5 ms");
+    row(
+        "snapshot of an idle python session, p50",
+        ms(s50),
+        "",
+        "<= 5 ms",
+    );
     row("snapshot of an idle python session, p99", ms(s99), "", "");
     row(
         "  its size stored (pages that differ from the image, zstd)",
@@ -90,7 +95,12 @@ pub async fn rows(sandbox: &Sandbox, samples: usize) -> anyhow::Result<()> {
     }
     let ((f50, _), (r50, r99)) = (p50_p99(fresh), p50_p99(restored));
     row("fresh session -> first cell answered, p50", ms(f50), "", "");
-    row("restore -> first cell answered, p50", ms(r50), "", "<= 2 ms");
+    row(
+        "restore -> first cell answered, p50",
+        ms(r50),
+        "",
+        "<= 2 ms",
+    );
     row("restore -> first cell answered, p99", ms(r99), "", "");
     let mut forks = Vec::new();
     for _ in 0..samples {
@@ -103,7 +113,12 @@ pub async fn rows(sandbox: &Sandbox, samples: usize) -> anyhow::Result<()> {
         forks.push(started.elapsed());
     }
     let (k50, _) = p50_p99(forks);
-    row("fork of an idle session -> first cell answered, p50", ms(k50), "", "<= 1 ms");
+    row(
+        "fork of an idle session -> first cell answered, p50",
+        ms(k50),
+        "",
+        "<= 1 ms",
+    );
     fork_pss(sandbox, &from).await
 }
 

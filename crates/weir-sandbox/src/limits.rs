@@ -266,6 +266,11 @@ impl MemoryLimiter {
         self
     }
 
+    /// The most the guest's memory may grow to, bytes.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// Whether the host's memory budget (not the run's own limit) refused a growth.
     pub fn budget_hit(&self) -> bool {
         self.budget_denied

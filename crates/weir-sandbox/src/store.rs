@@ -38,6 +38,9 @@ pub struct GuestState {
     pub(crate) assignment: Option<Assignment>,
     /// Bytes of the files the guest holds open that no directory lists any more.
     pub(crate) unlinked: UnlinkedFiles,
+    /// A session's linear memory, `(address, bytes)`: handed back to the operating system when
+    /// the store goes ([`GuestState::release_on_drop`]).
+    released: Option<(usize, usize)>,
 }
 
 /// What a run holds for as long as its store lives.
@@ -100,6 +103,7 @@ impl GuestState {
             }),
             assignment: None,
             unlinked: UnlinkedFiles::new(parts.unlinked),
+            released: None,
         }
     }
 
@@ -117,6 +121,7 @@ impl GuestState {
             _holdings: None,
             assignment: None,
             unlinked: UnlinkedFiles::new(Arc::default()),
+            released: None,
         }
     }
 
@@ -214,10 +219,38 @@ pub async fn launch(store: &mut StoreContextMut<'_, GuestState>) -> wasmtime::Re
     Ok(take_launch(&mut store.data_mut().host.launch))
 }
 
+impl GuestState {
+    /// Hands the guest's memory back to the operating system when the store goes, instead of
+    /// keeping its pages resident in the pool's slot for the next instance there (what a short
+    /// run's slot does, `EngineSettings::keep_resident`). For sessions: a session ends after a
+    /// long life (closed, expired, or hibernated, when freeing its memory is the point), and its
+    /// slot's next user pays a few hundred page faults instead of the host holding megabytes.
+    ///
+    /// # Safety
+    ///
+    /// `base` must be the start of the store's only linear memory, in a pooled slot that stays
+    /// reserved for at least `len` bytes while the instance lives; the memory is never shared.
+    #[allow(unsafe_code)]
+    pub(crate) unsafe fn release_on_drop(&mut self, base: std::ptr::NonNull<u8>, len: usize) {
+        self.released = Some((base.as_ptr() as usize, len));
+    }
+}
+
 impl Drop for GuestState {
     fn drop(&mut self) {
-        // The instance (and its memory) goes with the store.
+        // The instance (and its memory) goes with the store, right after its data.
         self.interrupter.detach();
+        if let Some((base, len)) = self.released {
+            // SAFETY: `release_on_drop`'s contract: the range is the guest's own memory in its
+            // reserved slot, still mapped (the store drops its data before its instances) and no
+            // longer used (the guest runs no more). `MADV_DONTNEED` on the slot's private
+            // mapping drops the guest's pages: the image's come back from the file, the rest as
+            // zeros — what the pool's reset makes of them anyway, before the slot's next use.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::madvise(base as *mut libc::c_void, len, libc::MADV_DONTNEED);
+            }
+        }
     }
 }
 

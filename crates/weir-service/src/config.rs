@@ -40,6 +40,13 @@ pub struct ServerConfig {
     pub runs_per_minute: u32,
     /// A session with no run and no message for this long is closed with 4002, seconds.
     pub session_idle_secs: u64,
+    /// A stateful session idle this long is hibernated: saved to disk and its instance freed,
+    /// woken by its next use; off when absent (`crate::lifecycle::session::hibernate`).
+    pub hibernate_after_secs: Option<u64>,
+    /// Most sessions hibernated at once on this node; past it idle sessions stay live.
+    pub max_hibernated_sessions: usize,
+    /// Most sessions of one user hibernated at once.
+    pub max_hibernated_per_user: usize,
     /// The server pings every this many seconds; a peer silent for three periods is dropped.
     pub heartbeat_secs: u64,
     /// On SIGTERM/SIGINT, active runs may finish for this long, seconds.
@@ -137,6 +144,9 @@ impl Default for ServerConfig {
             max_message_bytes: 1 << 20,
             runs_per_minute: 120,
             session_idle_secs: 600,
+            hibernate_after_secs: None,
+            max_hibernated_sessions: 100_000,
+            max_hibernated_per_user: 1_000,
             heartbeat_secs: 20,
             shutdown_grace_secs: 10,
             secret: None,

@@ -415,6 +415,9 @@ impl WeirMcp {
             Ok(k) => k,
             Err(e) => return Ok(e),
         };
+        if let Err(e) = session::wake(&self.state, &k).await {
+            return Ok(answer(false, e.to_string()));
+        }
         Ok(match k.files().await {
             Ok(files) => {
                 let lines: Vec<String> = files
@@ -441,6 +444,9 @@ impl WeirMcp {
             Ok(k) => k,
             Err(e) => return Ok(e),
         };
+        if let Err(e) = session::wake(&self.state, &k).await {
+            return Ok(answer(false, e.to_string()));
+        }
         Ok(match k.read_file(args.path, MAX_TEXT_BYTES as u64).await {
             Ok(data) => match Data::from_bytes(&data) {
                 Data::Text(t) => answer(true, t),

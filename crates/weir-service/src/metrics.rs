@@ -113,7 +113,7 @@ impl Metrics {
     }
 
     /// The unlabelled metrics: name, help, type and value.
-    fn scalars(&self, now: &Gauges) -> [(&'static str, &'static str, &'static str, u64); 10] {
+    fn scalars(&self, now: &Gauges) -> [(&'static str, &'static str, &'static str, u64); 11] {
         let connections = self.connections_open.load(Relaxed);
         [
             (
@@ -133,6 +133,12 @@ impl Metrics {
                 "Open stateful sessions (/v1/sessions and MCP).",
                 "gauge",
                 now.sessions as u64,
+            ),
+            (
+                "weir_sessions_hibernated",
+                "Stateful sessions hibernating: saved to disk, with no instance.",
+                "gauge",
+                now.hibernated as u64,
             ),
             (
                 "weir_cells_total",
@@ -204,6 +210,8 @@ impl Metrics {
 pub struct Gauges {
     /// Stateful sessions open.
     pub sessions: usize,
+    /// Of them, hibernating.
+    pub hibernated: usize,
     pub live_instances: usize,
     pub starts: InstanceStarts,
     pub cache: CacheStats,
@@ -245,6 +253,7 @@ mod tests {
         let starts = InstanceStarts { warm: 5, fresh: 3 };
         let text = m.render(&Gauges {
             sessions: 1,
+            hibernated: 0,
             live_instances: 2,
             starts,
             cache: CacheStats::default(),

@@ -90,6 +90,7 @@ fn describe_json(state: &AppState, s: &Session) -> Value {
         "session_id": s.id,
         "runtime": s.runtime,
         "busy": s.busy(),
+        "hibernated": s.is_hibernated(),
         "idle_ms": s.idle_for().as_millis() as u64,
         "idle_timeout_ms": state.config.session_idle().as_millis() as u64,
     })
@@ -186,7 +187,11 @@ async fn stdin(Owned(s): Owned, Body(params): Body<StdinParams>) -> Result<Json<
     }
 }
 
-async fn list_files(Owned(s): Owned) -> Result<Response, Error> {
+async fn list_files(
+    State(state): State<Arc<AppState>>,
+    Owned(s): Owned,
+) -> Result<Response, Error> {
+    session::wake(&state, &s).await?;
     Ok(Json(s.files().await?).into_response())
 }
 
@@ -195,6 +200,7 @@ async fn read_file(
     Owned(s): Owned,
     Path((_, path)): Path<(String, String)>,
 ) -> Result<Response, Error> {
+    session::wake(&state, &s).await?;
     let data = s
         .read_file(path, state.config.max_message_bytes as u64)
         .await?;
@@ -202,10 +208,12 @@ async fn read_file(
 }
 
 async fn write_file(
+    State(state): State<Arc<AppState>>,
     Owned(s): Owned,
     Path((_, path)): Path<(String, String)>,
     Raw(body): Raw,
 ) -> Result<StatusCode, Error> {
+    session::wake(&state, &s).await?;
     s.write_file(path, body).await?;
     Ok(StatusCode::NO_CONTENT)
 }

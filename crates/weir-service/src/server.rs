@@ -334,6 +334,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(&crate::metrics::Gauges {
             sessions: state.sessions.len(),
+            hibernated: state.sessions.hibernated("").0,
             live_instances: state.sandbox.live_instances(),
             starts: state.sandbox.instance_starts(),
             cache: state.sandbox.compile_cache_stats(),

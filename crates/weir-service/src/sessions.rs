@@ -10,13 +10,14 @@
 
 use crate::error::Error;
 use crate::registry::Slot;
-use crate::tracked::{EndedBy, TrackedRun};
+use crate::tracked::{Books, EndedBy, TrackedRun};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use weir_sandbox::{Cell, CellEnd, Collected, Event, RunControl, RunResult};
-use weir_sandbox::{FileEntry, Limits, LiveDir, Snapshot};
+use weir_sandbox::{FileEntry, Limits, LiveDir, RunRequest, Snapshot};
 
 /// How long a cell past its time limit has to take its `KeyboardInterrupt` before the session
 /// is ended.
@@ -33,14 +34,21 @@ pub struct Session {
     /// The limits its run was started with (a fork gets the same).
     pub limits: Limits,
     run: tokio::sync::Mutex<TrackedRun>,
-    control: RunControl,
+    /// The control of its current run (a woken session's is its new run's).
+    control: Mutex<RunControl>,
     last_used: Mutex<Instant>,
+    /// Where the session is saved while it hibernates (its run stopped, its slot let go).
+    hibernated: Mutex<Option<PathBuf>>,
+    /// A hibernation was refused since the session's last use (it holds a file open).
+    unsavable: AtomicBool,
+    /// A hibernation is under way (it holds `run` while it saves).
+    hibernating: AtomicBool,
     /// The caller asked to interrupt the running cell.
     interrupt_asked: AtomicBool,
     /// A cell was handed to the guest and its end has not been read: its `exec` was abandoned
     /// (the client hung up). The next `exec` reads past it first.
     unsettled: AtomicBool,
-    _slot: Slot,
+    slot: Mutex<Option<Slot>>,
 }
 
 /// What a cell did.
@@ -68,22 +76,144 @@ impl Session {
             created: run.started(),
             scratch_limit: limits.scratch_bytes,
             limits,
-            control: run.control(),
+            control: Mutex::new(run.control()),
             run: tokio::sync::Mutex::new(run),
             last_used: Mutex::new(Instant::now()),
+            hibernated: Mutex::new(None),
+            unsavable: AtomicBool::new(false),
+            hibernating: AtomicBool::new(false),
             interrupt_asked: AtomicBool::new(false),
             unsettled: AtomicBool::new(false),
-            _slot: slot,
+            slot: Mutex::new(Some(slot)),
         }
     }
 
-    fn touch(&self) {
+    /// Marks the session used now: a hibernation that has not saved it yet gives up.
+    pub fn touch(&self) {
         *self.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.unsavable.store(false, Ordering::Relaxed);
     }
 
-    /// Whether the session's run has ended (however it ended): the session is gone with it.
+    /// Its current run's control.
+    fn control(&self) -> RunControl {
+        self.control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Where it is saved while it hibernates.
+    fn hibernation(&self) -> Option<PathBuf> {
+        self.hibernated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether it hibernates: saved, with no instance.
+    pub fn is_hibernated(&self) -> bool {
+        self.hibernation().is_some()
+    }
+
+    /// Whether it may be hibernated now: idle at least `after`, no cell running, not already
+    /// hibernated, and not refused since its last use.
+    pub fn hibernatable(&self, after: Duration) -> bool {
+        self.idle_for() >= after
+            && !self.busy()
+            && !self.is_hibernated()
+            && !self.unsavable.load(Ordering::Relaxed)
+            && !self.ended()
+    }
+
+    /// Whether the session's run has ended (however it ended): the session is gone with it. A
+    /// hibernated session has not ended.
     pub fn ended(&self) -> bool {
-        self.control.has_ended()
+        !self.is_hibernated() && self.control().has_ended()
+    }
+
+    /// Waits out a hibernation under way (its caller then wakes the session if it completed).
+    pub async fn settle_hibernation(&self) {
+        while self.hibernating.load(Ordering::Acquire) {
+            drop(self.run.lock().await);
+        }
+    }
+
+    /// Hibernates the session if it has been idle for `after`: saves it as `path`, stops its
+    /// run and lets its slot go. False when it is in use, already hibernated, or cannot be saved
+    /// (a file it holds open: it is not tried again before its next use).
+    pub async fn hibernate(&self, path: PathBuf, after: Duration) -> Result<bool, Error> {
+        self.hibernating.store(true, Ordering::Release);
+        let done = self.hibernate_now(path, after).await;
+        self.hibernating.store(false, Ordering::Release);
+        done
+    }
+
+    async fn hibernate_now(&self, path: PathBuf, after: Duration) -> Result<bool, Error> {
+        let Ok(_run) = self.run.try_lock() else {
+            return Ok(false);
+        };
+        // Used since it was picked: the use goes first.
+        if self.idle_for() < after || self.is_hibernated() || self.ended() {
+            return Ok(false);
+        }
+        let taken = match self.control().snapshot().await {
+            Ok(taken) => taken,
+            Err(weir_sandbox::Error::Unsaved(_)) => {
+                self.unsavable.store(true, Ordering::Relaxed);
+                return Ok(false);
+            }
+            Err(e) => return Err(Error::Sandbox(e)),
+        };
+        let file = path.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), Error> {
+            std::fs::write(&file, taken.to_bytes()?)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        *self.hibernated.lock().unwrap_or_else(|p| p.into_inner()) = Some(path);
+        self.control().stop();
+        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        Ok(true)
+    }
+
+    /// Wakes a hibernated session in a new instance on `slot` (`books` starts it); nothing for
+    /// one that is live.
+    pub async fn wake(&self, books: &Books, slot: Slot) -> Result<(), Error> {
+        let mut run = self.run.lock().await;
+        let Some(path) = self.hibernation() else {
+            return Ok(());
+        };
+        let file = path.clone();
+        let snapshot = tokio::task::spawn_blocking(move || -> Result<Snapshot, Error> {
+            Ok(Snapshot::from_bytes(&std::fs::read(&file)?)?)
+        })
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        let mut req = RunRequest::script(Vec::new());
+        req.cells = true;
+        req.limits = self.limits;
+        req.runtime = Some(snapshot.runtime().to_string());
+        req.restore = Some(Arc::new(snapshot));
+        let handle = books.sandbox.start(req).await?;
+        *self.control.lock().unwrap_or_else(|p| p.into_inner()) = handle.control();
+        run.resume_in(handle);
+        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(slot);
+        *self.hibernated.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let _ = std::fs::remove_file(&path);
+        Ok(())
+    }
+
+    /// Removes its saved state, if it hibernates.
+    fn forget_hibernation(&self) {
+        if let Some(path) = self
+            .hibernated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     /// Records the end of a session whose run ended by itself with no `exec` reading it: with
@@ -108,7 +238,8 @@ impl Session {
 
     /// Stops the session's run and records its end (`why`), once a cell being read is done.
     pub async fn record_end(&self, why: EndedBy) {
-        self.control.stop();
+        self.control().stop();
+        self.forget_hibernation();
         self.run.lock().await.end(why).await;
     }
 
@@ -127,7 +258,7 @@ impl Session {
 
     /// Interrupts the running cell; false when none runs.
     pub fn interrupt(&self) -> bool {
-        let asked = self.busy() && self.control.interrupt();
+        let asked = self.busy() && self.control().interrupt();
         if asked {
             self.interrupt_asked.store(true, Ordering::Release);
         }
@@ -140,9 +271,10 @@ impl Session {
         if !self.busy() {
             return Err(Error::NoCell);
         }
-        self.control.try_write_stdin(data)?;
+        let control = self.control();
+        control.try_write_stdin(data)?;
         if eof {
-            self.control.end_input()?;
+            control.end_input()?;
         }
         self.touch();
         Ok(())
@@ -154,7 +286,7 @@ impl Session {
         &self,
         op: impl FnOnce(&LiveDir) -> weir_sandbox::Result<T> + Send + 'static,
     ) -> Result<T, Error> {
-        let dir = self.control.live_dir().ok_or(Error::FilesGone)?;
+        let dir = self.control().live_dir().ok_or(Error::FilesGone)?;
         tokio::task::spawn_blocking(move || op(&dir))
             .await
             .unwrap_or_else(|e| Err(weir_sandbox::Error::Io(std::io::Error::other(e))))
@@ -183,7 +315,7 @@ impl Session {
         if self.busy() {
             return Err(Error::CellBusy);
         }
-        let taken = self.control.snapshot().await.map_err(|e| match e {
+        let taken = self.control().snapshot().await.map_err(|e| match e {
             weir_sandbox::Error::Ended => Error::SessionEnded,
             e => Error::Sandbox(e),
         })?;
@@ -193,18 +325,24 @@ impl Session {
 
     /// Ends the session's run now (its instance is freed).
     pub fn stop(&self) {
-        self.control.stop();
+        self.control().stop();
     }
 
     /// Runs one cell, waiting at most `timeout` before interrupting it.
     pub async fn exec(&self, cell: Cell, timeout: Duration) -> Result<CellReport, Error> {
-        let mut run = self.run.try_lock().map_err(|_| Error::CellBusy)?;
+        let mut run = match self.run.try_lock() {
+            Ok(run) => run,
+            // A hibernation checking whether the session is idle: it gives up, as it was used.
+            Err(_) if self.hibernating.load(Ordering::Acquire) => self.run.lock().await,
+            Err(_) => return Err(Error::CellBusy),
+        };
         if self.unsettled.load(Ordering::Acquire) {
             self.settle(&mut run).await?;
         }
         self.interrupt_asked.store(false, Ordering::Release);
         let started = Instant::now();
-        self.control.send_cell(cell).map_err(|e| match e {
+        let control = self.control();
+        control.send_cell(cell).map_err(|e| match e {
             weir_sandbox::Error::CellBusy => Error::CellBusy,
             _ => Error::SessionEnded,
         })?;
@@ -221,9 +359,9 @@ impl Session {
                     match clock.fire() {
                         Phase::Interrupted => {
                             report.timed_out = true;
-                            self.control.interrupt();
+                            control.interrupt();
                         }
-                        _ => self.control.stop(), // the run's `Exit` follows
+                        _ => control.stop(), // the run's `Exit` follows
                     }
                     continue;
                 }
@@ -264,7 +402,7 @@ impl Session {
                 Ok(Some(Event::Exit(_)) | None) => return Err(Error::SessionEnded),
                 Ok(Some(_)) => {}
                 Err(_) => {
-                    self.control.stop();
+                    self.control().stop();
                     return Err(Error::SessionEnded);
                 }
             }
@@ -278,7 +416,7 @@ struct Abandon<'a>(&'a Session);
 impl Drop for Abandon<'_> {
     fn drop(&mut self) {
         if self.0.unsettled.load(Ordering::Acquire) {
-            self.0.control.interrupt();
+            self.0.control().interrupt();
         }
     }
 }
@@ -385,6 +523,25 @@ impl Sessions {
 
     pub fn len(&self) -> usize {
         self.map().len()
+    }
+
+    /// How many sessions hibernate, in all and of `user`.
+    pub fn hibernated(&self, user: &str) -> (usize, usize) {
+        let map = self.map();
+        let asleep = map.values().filter(|k| k.is_hibernated());
+        asleep.fold((0, 0), |(all, theirs), k| {
+            (all + 1, theirs + usize::from(k.user == user))
+        })
+    }
+
+    /// The sessions that may be hibernated now ([`Session::hibernatable`]), longest idle first.
+    pub fn hibernatable(&self, after: Duration) -> Vec<Arc<Session>> {
+        let mut list: Vec<_> = (self.map().values())
+            .filter(|k| k.hibernatable(after))
+            .cloned()
+            .collect();
+        list.sort_by_key(|k| std::cmp::Reverse(k.idle_for()));
+        list
     }
 
     pub fn is_empty(&self) -> bool {

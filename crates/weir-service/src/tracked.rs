@@ -141,6 +141,12 @@ impl TrackedRun {
         self.output_bytes
     }
 
+    /// Goes on in `handle` (a session woken from hibernation: the same session, restored in a
+    /// new instance). The run it replaces was stopped; its unread end is let go.
+    pub fn resume_in(&mut self, handle: RunHandle) {
+        self.handle = handle;
+    }
+
     /// Its control: stdin, stop, pause, interrupt, cells, files.
     pub fn control(&self) -> RunControl {
         self.handle.control()

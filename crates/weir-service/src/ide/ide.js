@@ -454,7 +454,7 @@ function connect() {
     if (e.code === 4001) {
       conn.auto = false;
       setStatus("disconnected", "signed in elsewhere — Run reconnects");
-      system("This session was closed: you logged in from another location.");
+      system("This connection was closed: you logged in from another location.");
     } else if (e.code === 4002) {
       conn.auto = false;
       setStatus("disconnected", "idle — Run reconnects");
@@ -538,7 +538,7 @@ function run() {
 }
 
 function startRun(params) {
-  // The server stops the session's active run before starting this one; its `exit` arrives
+  // The server stops the connection's active run before starting this one; its `exit` arrives
   // first and is shown under the old run's name.
   clearConsole();
   if (runs.current) system(`Stopping ${runs.current.file}…`);

@@ -151,6 +151,7 @@ async fn load(app: &AppState, id: &str, user: &str) -> Result<Snapshot, Error> {
 /// A new session of `session`'s owner on `slot`, starting where `session` is now (its running
 /// cell, if any, ends first) and going its own way from there.
 pub async fn fork(app: &AppState, session: &Session, slot: Slot) -> Result<Arc<Session>, Error> {
+    wake(app, session).await?;
     let from = Arc::new(session.snapshot().await?);
     let mut req = RunRequest::script(Vec::new());
     req.cells = true;
@@ -162,6 +163,7 @@ pub async fn fork(app: &AppState, session: &Session, slot: Slot) -> Result<Arc<S
 
 /// Stores a snapshot of `session` (taken once its running cell ends) for its owner.
 pub async fn snapshot(app: &AppState, session: &Session) -> Result<SnapshotMeta, Error> {
+    wake(app, session).await?;
     let taken = session.snapshot().await?;
     let store = app.snapshots.clone();
     let (user, runtime) = (session.user.clone(), session.runtime.clone());
@@ -170,13 +172,61 @@ pub async fn snapshot(app: &AppState, session: &Session) -> Result<SnapshotMeta,
         .map_err(|e| Error::Io(std::io::Error::other(e)))?
 }
 
-/// Runs one cell in `session`, counting it in the metrics; a session whose run ended is
-/// removed (its end recorded).
+/// Wakes `session` if it hibernates: restored in a new instance, on a slot of the server's and
+/// of its user's (refused as a new session would be when none is free).
+pub async fn wake(app: &AppState, session: &Session) -> Result<(), Error> {
+    session.settle_hibernation().await;
+    if !session.is_hibernated() {
+        return Ok(());
+    }
+    let user = (session.user != crate::auth::ANONYMOUS).then_some(session.user.as_str());
+    let slot = super::admission::slot(app, user).await?;
+    let span = tracing::info_span!("wake", session_id = %session.id);
+    session.wake(&app.books(), slot).instrument(span).await
+}
+
+/// Hibernates the sessions idle past `hibernate_after_secs`, within the node's and each user's
+/// caps on hibernated sessions; each one saved to the hibernation directory.
+async fn hibernate(app: &AppState, after: Duration) {
+    let dir = app.config.snapshot_dir().join(HIBERNATED);
+    for session in app.sessions.hibernatable(after) {
+        let (all, theirs) = app.sessions.hibernated(&session.user);
+        if all >= app.config.max_hibernated_sessions || theirs >= app.config.max_hibernated_per_user
+        {
+            continue;
+        }
+        let path = dir.join(format!("{}.snap", session.id));
+        match session.hibernate(path, after).await {
+            Ok(true) => tracing::debug!(session_id = %session.id, "session hibernated"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(session_id = %session.id, error = %e, "cannot hibernate"),
+        }
+    }
+}
+
+/// Where hibernated sessions are saved, under the snapshot directory.
+const HIBERNATED: &str = "hibernated";
+
+/// Empties the hibernation directory (sessions do not outlive their server process) and makes
+/// sure it exists.
+pub fn clear_hibernated(app: &AppState) {
+    let dir = app.config.snapshot_dir().join(HIBERNATED);
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        tracing::error!(dir = %dir.display(), error = %e, "sessions cannot hibernate");
+    }
+}
+
+/// Runs one cell in `session` (woken first if it hibernates), counting it in the metrics; a
+/// session whose run ended is removed (its end recorded).
 pub async fn run_cell(
     app: &AppState,
     session: &Session,
     params: ExecParams,
 ) -> Result<CellReport, Error> {
+    // In use from now: a hibernation that has not saved it yet gives up.
+    session.touch();
+    wake(app, session).await?;
     let cell = Cell {
         code: params.code,
         stdin: params.stdin.unwrap_or_default().into(),
@@ -218,11 +268,17 @@ pub async fn end(app: &AppState, id: &str, why: EndedBy) -> bool {
 }
 
 /// Removes sessions whose run has ended and idle ones every so often (a quarter of
-/// `session_idle_secs`, at most a second) until dropped: an idle one is recorded `idle`, an
-/// ended one with its run's own outcome.
+/// `session_idle_secs` or of `hibernate_after_secs`, at most a second) until dropped: an idle
+/// one is recorded `idle`, an ended one with its run's own outcome; hibernates the sessions
+/// idle past `hibernate_after_secs`.
 pub async fn reap(app: Arc<AppState>) {
     let idle = app.config.session_idle();
-    let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let asleep = app.config.hibernate_after_secs.map(Duration::from_secs);
+    let shortest = asleep.map_or(idle, |a| a.min(idle));
+    let every = (shortest / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    if asleep.is_some() {
+        clear_hibernated(&app);
+    }
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
@@ -231,6 +287,9 @@ pub async fn reap(app: Arc<AppState>) {
                 Expiry::Idle => session.record_end(EndedBy::Idle).await,
                 Expiry::RunEnded => session.record_unseen_end().await,
             }
+        }
+        if let Some(after) = asleep {
+            hibernate(&app, after).await;
         }
     }
 }

@@ -167,6 +167,15 @@ impl Loaded for Linked {
                 return ran;
             }
             let exports = session::Exports::new(store, &instance)?;
+            if let Some((base, _)) = instance.weir_memory_base(&*store) {
+                let limit = store.data().limiter.limit();
+                // SAFETY: the instance's one memory, in a pooled slot reserving at least the
+                // run's memory limit (the most it can grow to), never shared.
+                #[allow(unsafe_code)]
+                unsafe {
+                    store.data_mut().release_on_drop(base, limit)
+                };
+            }
             if let Some(from) = restore {
                 session::restore(store, &instance, &from).map_err(wasmtime::Error::new)?;
             }
