@@ -152,13 +152,26 @@ impl SnapshotStore {
         Ok(meta)
     }
 
-    /// `owner`'s snapshot `id`.
+    /// `owner`'s snapshot `id`: from the index, else from the directory (another node's, when
+    /// the nodes of a cluster share it).
     pub fn meta(&self, id: &str, owner: &str) -> Result<SnapshotMeta, Error> {
-        self.index()
-            .get(id)
+        let known = self.index().get(id).cloned();
+        let found = known.or_else(|| self.from_disk(id));
+        found
             .filter(|m| m.owner == owner)
-            .cloned()
             .ok_or_else(|| Error::NotFound(format!("no snapshot {id:?}")))
+    }
+
+    /// Snapshot `id`'s record as the directory has it, indexed once read.
+    fn from_disk(&self, id: &str) -> Option<SnapshotMeta> {
+        if !valid_id(id) || !self.dir.join(data_name(id)).is_file() {
+            return None;
+        }
+        let meta = read_meta(&self.dir.join(meta_name(id)))?;
+        (meta.snapshot_id == id).then(|| {
+            self.index().insert(meta.snapshot_id.clone(), meta.clone());
+            meta
+        })
     }
 
     /// `owner`'s snapshots, newest first.
@@ -304,6 +317,19 @@ mod tests {
         again.delete(&meta.snapshot_id, "ann").unwrap();
         assert!(again.meta(&meta.snapshot_id, "ann").is_err());
         assert_eq!(std::fs::read_dir(dir.path().join("s")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn nodes_sharing_the_directory_read_each_others_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = SnapshotStore::open(dir.path().to_path_buf(), SnapshotConfig::default());
+        let two = SnapshotStore::open(dir.path().to_path_buf(), SnapshotConfig::default());
+        let meta = one.put("ann", "python", b"shared").unwrap();
+        assert_eq!(two.read(&meta.snapshot_id, "ann").unwrap().1, b"shared");
+        assert!(two.meta(&meta.snapshot_id, "bob").is_err());
+        assert!(two.meta("../../etc/passwd", "ann").is_err());
+        two.delete(&meta.snapshot_id, "ann").unwrap();
+        assert!(one.read(&meta.snapshot_id, "ann").is_err());
     }
 
     #[test]
