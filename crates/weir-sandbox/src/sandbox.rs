@@ -446,13 +446,18 @@ impl Sandbox {
                 "a snapshot cannot start a deterministic run".into(),
             ));
         }
-        let info = self
-            .runtime(Some(from.runtime()))
-            .map_err(|_| Error::SnapshotBuild {
-                runtime: from.runtime().to_string(),
-                build: from.build().to_string(),
-                current: "no such runtime".into(),
-            })?;
+        // The runtime the request names, else the snapshot's: another runtime's snapshot, or
+        // another build's, is refused.
+        let info = match req.runtime.as_deref() {
+            Some(name) => self.runtime(Some(name))?,
+            None => self
+                .runtime(Some(from.runtime()))
+                .map_err(|_| Error::SnapshotBuild {
+                    runtime: from.runtime().to_string(),
+                    build: from.build().to_string(),
+                    current: "no such runtime".into(),
+                })?,
+        };
         from.check_build(&info.name, &info.build)?;
         req.runtime = Some(info.name.clone());
         req.cells = true;
