@@ -3,8 +3,12 @@
 
 The host loads this module into the interpreter when it pre-initializes the guest (see
 `crates/weir-sandbox/src/runtime/sci/preinit.rs`), together with the packages it imports there,
-and snapshots the result. Each run then calls `main()`. Everything the run needs from the host
-goes through the door (`_host.call`), one JSON request and one JSON answer per call.
+and snapshots the result. Each run then calls `main()`, in one turn of the interpreter. A
+session's `main()` returns after its program, and the host runs each cell as a turn of its own
+(`_cell`), lets go of files before a snapshot (`_release_files`) and ends it with `_end`:
+between two turns no guest code runs, so the interpreter's memory is the session's whole state.
+Everything the run needs from the host goes through the door (`_host.call`), one JSON request and
+one JSON answer per call.
 """
 
 import atexit
@@ -278,7 +282,7 @@ _INTERRUPTED = ("KeyboardInterrupt", "")
 
 
 class _Cell:
-    """Where the session's current cell is, kept across a stray interrupt (`_cells`)."""
+    """Where the session's current cell is, kept across a stray interrupt (`_cell`)."""
 
     __slots__ = ("number", "phase", "source", "result", "error", "exit")
 
@@ -288,47 +292,98 @@ class _Cell:
         self.source = self.result = self.error = self.exit = None
 
 
-def _cells(namespace):
-    """A session, as the lean runtime's runner runs one: a stray interrupt (one that lands in
-    this loop's own code instead of the cell's) re-enters `_session`, which goes on where `cell`
-    says it was; asked again before any end was reported, the host hands out the same cell."""
-    cell = _Cell()
+class _Session:
+    """A session between two cells: its namespace and where its cells are. Kept in a module
+    global, so that between cells no guest code runs and the interpreter's memory holds the
+    whole session (what a snapshot keeps)."""
+
+    __slots__ = ("namespace", "cell")
+
+    def __init__(self, namespace):
+        self.namespace = namespace
+        self.cell = _Cell()
+
+
+_SESSION = None
+
+
+def _cell():
+    """Runs the session's next cell, whose source the host hands out: one turn of its own, which
+    the host starts (so between cells no guest code runs). A cell that ends the session
+    (`sys.exit`) says so in its `cell_done` report, and the program's end follows (exit handlers,
+    output flushed).
+
+    Interrupts reach the guest only while the cell's own code runs, so one may land in this
+    function's code only in the moment delivery closes; `_step` is then entered again and `cell`
+    says where it was: a stray interrupt never ends the session and never runs a cell twice."""
+    source = _ask("cell").get("code")
+    if source is None:
+        return
+    session = _SESSION
+    cell = session.cell
+    cell.number += 1
+    cell.source, cell.result, cell.error, cell.exit = source, None, _INTERRUPTED, None
+    cell.phase = _RUN
     while True:
         try:
-            return _session(namespace, cell)
+            status = _step(session.namespace, cell)
+            break
         except KeyboardInterrupt:
             pass
+    if status is not None:
+        _finish()
+    _keep_session()
 
 
-def _session(namespace, cell):
-    while True:
-        if cell.phase == _WAIT:
-            source = _ask("next_cell").get("code")
-            if source is None:
-                return 0
-            cell.number += 1
-            cell.source, cell.result, cell.error, cell.exit = source, None, _INTERRUPTED, None
-            cell.phase = _RUN
-        if cell.phase == _RUN:
-            cell.phase = _DONE  # from here on the cell may have started: it never runs again
-            try:
-                _fresh_stdin()
-                cell.result = _run_cell(cell.source, "<cell %d>" % cell.number, namespace)
-                cell.error = None
-            except SystemExit as exc:
-                cell.error = ("SystemExit", str(exc.code))
-                cell.exit = _exit_code(exc)
-            except BaseException as exc:  # noqa: BLE001
-                cell.error = _show(exc)
-            try:
-                _show_figures()
-            except BaseException:  # noqa: BLE001 - a figure that cannot render is not the session's end
-                pass
-        _flush_stdio()
-        _ask("cell_done", value=cell.result, failure=cell.error)
-        if cell.exit is not None:
-            return cell.exit
-        cell.phase = _WAIT
+def _keep_session():
+    """`exit()` and `quit()` mark the interpreter's session ended when the turn that called them
+    returns (`_reactor._quit`), even when the program caught the `SystemExit` they raise. Here a
+    session ends when the runner says so (`cell_done`'s `exit`), as a script's `exit()` caught by
+    the script does not end the script."""
+    reactor = sys.modules.get("_reactor")
+    if reactor is not None:
+        reactor._quit = False
+
+
+def _step(namespace, cell):
+    if cell.phase == _RUN:
+        cell.phase = _DONE  # from here on the cell may have started: it never runs again
+        try:
+            _fresh_stdin()
+            cell.result = _run_cell(cell.source, "<cell %d>" % cell.number, namespace)
+            cell.error = None
+        except SystemExit as exc:
+            cell.error = ("SystemExit", str(exc.code))
+            cell.exit = _exit_code(exc)
+        except BaseException as exc:  # noqa: BLE001
+            cell.error = _show(exc)
+        try:
+            _show_figures()
+        except BaseException:  # noqa: BLE001 - a figure that cannot render is not the session's end
+            pass
+    _flush_stdio()
+    _ask("cell_done", value=cell.result, failure=cell.error, exit=cell.exit)
+    cell.phase = _WAIT
+    return cell.exit
+
+
+def _end():
+    """Ends the session as a program ends (exit handlers run, output is flushed): the host's
+    last turn when its caller closes the session."""
+    _finish()
+
+
+def _release_files():
+    """Before a snapshot: matplotlib keeps each font it has drawn with open (a cache of loaded
+    fonts), and an open file is not the guest's alone to keep: let them go, so that they close.
+    matplotlib opens them again when it next draws text."""
+    font_manager = sys.modules.get("matplotlib.font_manager")
+    if font_manager is None:
+        return
+    try:
+        font_manager._get_font.cache_clear()
+    except BaseException:  # noqa: BLE001
+        pass
 
 
 def _finish():
@@ -351,6 +406,8 @@ def _reseed():
 
 
 def _run():
+    """The program; then its REPL, or, for a session, nothing more here (`None`: its cells are
+    turns of their own). The exit status."""
     launch = _Launch(_ask("launch"))
     _reseed()
     _refresh_process_state(launch)
@@ -370,13 +427,21 @@ def _run():
     if launch.repl or launch.cells:
         if namespace is None:
             namespace = _new_main("<stdin>").__dict__
-        status = _cells(namespace) if launch.cells else _Console(namespace).interact()
+        if launch.cells:
+            global _SESSION
+            _SESSION = _Session(namespace)
+            _keep_session()
+            return None
+        status = _Console(namespace).interact()
     return status
 
 
 def main():
-    """One run: the program the host launches, then its REPL or cells; the exit status."""
+    """One run: the program the host launches, then its REPL; the exit status. A session's
+    program returns here, and its cells follow as turns of their own (`_cell`)."""
     status = _run()
+    if status is None:
+        return
     _finish()
     raise SystemExit(status)
 

@@ -15,10 +15,10 @@ use weir_sandbox::Seed;
 use weir_sandbox::{Collected, EngineSettings, Outcome, RunRequest, Sandbox};
 use ws::*;
 
-const SCI: &str = "python-sci";
+pub const SCI: &str = "python-sci";
 
 /// One sandbox for this binary, with `python-sci` loaded.
-async fn sandbox() -> Sandbox {
+pub async fn sandbox() -> Sandbox {
     static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
     let sandbox = SANDBOX
         .get_or_init(|| {
@@ -662,4 +662,51 @@ async fn interrupts_racing_short_cells_never_end_a_python_sci_session() {
         interrupted > 0,
         "no interrupt landed: the test proves nothing"
     );
+}
+
+/// A python-sci session's cell that calls `sys.exit` ends the session with its status, after
+/// its exit handlers; one that catches its own `exit()` goes on, and so does the session.
+#[tokio::test]
+async fn a_cell_that_exits_ends_a_python_sci_session_and_one_that_catches_it_does_not() {
+    use weir_sandbox::{Cell, Event};
+    let mut req = request("import atexit\natexit.register(print, 'handlers ran')\n");
+    req.close_stdin = false;
+    req.cells = true;
+    let mut handle = sandbox().await.start(req).await.expect("starts");
+    let mut printed = String::new();
+    for code in [
+        "try:\n    exit(4)\nexcept SystemExit:\n    print('caught')",
+        "import sys\nsys.stdin.close()",
+        "print('still here')",
+    ] {
+        handle
+            .control()
+            .send_cell(Cell {
+                code: code.into(),
+                ..Default::default()
+            })
+            .expect("the session takes a cell");
+        loop {
+            match next_event(&mut handle, 60).await {
+                Event::Output { data, .. } => printed.push_str(&String::from_utf8_lossy(&data)),
+                Event::Cell(end) => {
+                    assert!(end.exception.is_none(), "{end:?}");
+                    break;
+                }
+                Event::Exit(r) => panic!("the session ended at {code:?}: {r:?}"),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(printed, "caught\nstill here\n");
+    handle
+        .control()
+        .send_cell(Cell {
+            code: "import sys\nprint('bye')\nsys.exit(3)".into(),
+            ..Default::default()
+        })
+        .expect("the session takes a cell");
+    let out = handle.collect().await;
+    assert_eq!(out.stdout_text(), "bye\nhandlers ran\n");
+    assert_eq!(outcome(&out), Outcome::Exited { code: 3 });
 }

@@ -401,3 +401,168 @@ mod hibernation {
         server.shutdown().await;
     }
 }
+
+/// A `python-sci` session, started in the sandbox that has it loaded.
+async fn sci_session() -> RunHandle {
+    let mut req = session();
+    req.runtime = Some(crate::sci::SCI.into());
+    crate::sci::sandbox()
+        .await
+        .start(req)
+        .await
+        .expect("starts")
+}
+
+/// A session from `snapshot` in the sandbox that has `python-sci` loaded.
+async fn sci_restored(snapshot: &Snapshot) -> RunHandle {
+    let mut req = RunRequest::script("");
+    req.restore = Some(Arc::new(snapshot.clone()));
+    crate::sci::sandbox()
+        .await
+        .start(req)
+        .await
+        .expect("restores")
+}
+
+#[tokio::test]
+async fn a_restored_python_sci_session_has_its_dataframe_array_functions_and_files() {
+    let mut handle = sci_session().await;
+    value(
+        &mut handle,
+        "import numpy as np, pandas as pd\n\
+         df = pd.DataFrame({'region': ['north', 'south', 'north'], 'amount': [10.0, 5.0, 2.5]})\n\
+         a = np.arange(12).reshape(3, 4)\n\
+         def total(n):\n    return float(df.amount.sum()) * n + int(a.sum())\n\
+         df.to_csv('sales.csv', index=False)",
+    )
+    .await;
+    // A figure with text: matplotlib keeps the fonts it drew with open, and lets them go for
+    // the snapshot.
+    value(
+        &mut handle,
+        "import matplotlib.pyplot as plt\nplt.plot([1, 2], [3, 4])\nplt.title('kept')\nplt.show()",
+    )
+    .await;
+    let snapshot = handle.control().snapshot().await.expect("a snapshot");
+    assert_eq!(snapshot.runtime(), crate::sci::SCI);
+    let bytes = snapshot.to_bytes().unwrap();
+    let snapshot = Snapshot::from_bytes(&bytes).unwrap();
+    let mut again = sci_restored(&snapshot).await;
+    assert_eq!(
+        value(&mut again, "total(2)").await.as_deref(),
+        Some("101.0")
+    );
+    assert_eq!(
+        value(&mut again, "df.groupby('region').amount.sum().to_dict()")
+            .await
+            .as_deref(),
+        Some("{'north': 12.5, 'south': 5.0}")
+    );
+    assert_eq!(
+        value(&mut again, "a.T.shape, int(a[2, 3])")
+            .await
+            .as_deref(),
+        Some("((4, 3), 11)")
+    );
+    assert_eq!(
+        value(&mut again, "pd.read_csv('sales.csv').shape")
+            .await
+            .as_deref(),
+        Some("(3, 2)")
+    );
+    let (out, _, _) = cell(&mut again, "print(df.amount.max())").await;
+    assert_eq!(out, "10.0\n");
+    // It draws again, text included.
+    let (_, err, end) = cell(
+        &mut again,
+        "plt.plot([0, 1]); plt.xlabel('again'); plt.show()",
+    )
+    .await;
+    assert!(end.exception.is_none(), "{err}");
+    // The original goes on too.
+    assert_eq!(
+        value(&mut handle, "total(0)").await.as_deref(),
+        Some("66.0")
+    );
+}
+
+#[tokio::test]
+async fn two_restores_of_a_python_sci_snapshot_diverge() {
+    let mut handle = sci_session().await;
+    value(
+        &mut handle,
+        "import numpy as np\nv = np.zeros(3)\nitems = ['root']",
+    )
+    .await;
+    let snapshot = handle.control().snapshot().await.unwrap();
+    let mut a = sci_restored(&snapshot).await;
+    let mut b = sci_restored(&snapshot).await;
+    value(&mut a, "v[0] = 1\nitems.append('a')").await;
+    value(&mut b, "v[2] = 2\nitems.append('b')").await;
+    value(&mut handle, "v += 5").await;
+    assert_eq!(
+        value(&mut a, "v.tolist(), items").await.as_deref(),
+        Some("([1.0, 0.0, 0.0], ['root', 'a'])")
+    );
+    assert_eq!(
+        value(&mut b, "v.tolist(), items").await.as_deref(),
+        Some("([0.0, 0.0, 2.0], ['root', 'b'])")
+    );
+    assert_eq!(
+        value(&mut handle, "v.tolist(), items").await.as_deref(),
+        Some("([5.0, 5.0, 5.0], ['root'])")
+    );
+    // A snapshot of a restored session restores too.
+    let again = a.control().snapshot().await.unwrap();
+    let mut c = sci_restored(&again).await;
+    assert_eq!(
+        value(&mut c, "v.tolist(), items").await.as_deref(),
+        Some("([1.0, 0.0, 0.0], ['root', 'a'])")
+    );
+}
+
+#[tokio::test]
+async fn a_python_sci_session_holding_a_file_open_is_not_snapshotted() {
+    let mut handle = sci_session().await;
+    value(&mut handle, "f = open('held.txt', 'w')").await;
+    match handle.control().snapshot().await {
+        Err(Error::Unsaved(why)) => assert!(why.contains("open"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    value(
+        &mut handle,
+        "f.close()\nimport os\nlisting = os.scandir('.')",
+    )
+    .await;
+    match handle.control().snapshot().await {
+        Err(Error::Unsaved(why)) => assert!(why.contains("directory open"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    value(&mut handle, "listing.close()").await;
+    handle.control().snapshot().await.expect("closed: saved");
+    assert_eq!(
+        value(&mut handle, "f.closed").await.as_deref(),
+        Some("True")
+    );
+}
+
+#[tokio::test]
+async fn a_snapshot_of_one_runtime_is_refused_by_the_other() {
+    let sandbox = crate::sci::sandbox().await;
+    let mut lean = sandbox.start(session()).await.expect("starts");
+    value(&mut lean, "x = 1").await;
+    let lean = lean.control().snapshot().await.unwrap();
+    let mut sci = sci_session().await;
+    value(&mut sci, "x = 2").await;
+    let sci = sci.control().snapshot().await.unwrap();
+    for (snapshot, other) in [(lean, crate::sci::SCI), (sci, "python")] {
+        let mut req = RunRequest::script("");
+        req.runtime = Some(other.into());
+        req.restore = Some(Arc::new(snapshot));
+        match sandbox.start(req).await {
+            Err(Error::SnapshotBuild { runtime, .. }) => assert_ne!(runtime, other),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("{other} restored another runtime's snapshot"),
+        }
+    }
+}

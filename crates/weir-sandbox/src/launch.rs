@@ -87,18 +87,16 @@ pub struct HostState {
     pub cell: CellPhase,
 }
 
-/// Where a session's current cell is, as the host sees it. A cell ends only when the guest asks
-/// for the next one (`next-cell`): `cell-done` records how it ended (the last report counts: the
-/// runner's, made after the cell's code), so code inside a cell that calls the interface itself
-/// can neither end its cell early nor leave it running unwatched.
+/// Where a session's current cell is, as the host sees it. A cell ends only when the host's call
+/// into the guest that runs it returns (`store::end_cell`): `cell-done` records how it ended (the
+/// last report counts: the runner's, made after the cell's code), so code inside a cell that
+/// calls the interface itself can neither end its cell early nor leave it running unwatched.
 #[derive(Debug, Default)]
 pub enum CellPhase {
     /// No cell has been handed out, or the last one has ended.
     #[default]
     Idle,
-    /// A cell was handed to the guest. Asked for the next cell before any end was reported,
-    /// the host hands it the same one again (the runner lost it to an interrupt that landed
-    /// before its code started); with an end reported, the cell ends.
+    /// A cell was handed to the guest, and the host's call that runs it has not returned.
     Running {
         /// The cell's source.
         code: String,
@@ -161,6 +159,22 @@ pub struct CellInbox {
     /// The fuel each cell gets afresh (`Limits::cpu_fuel` is per cell in a session), on a
     /// metered engine.
     pub fuel: Option<u64>,
+    /// What a guest whose calls cannot return values (python-sci's turns return a status)
+    /// reports about its session through the host instead.
+    pub reports: SessionReports,
+    /// The directories the run's WASI context opens for the guest (its mounts, working
+    /// directory and site): open descriptors beyond them are the session's own
+    /// (`GuestState::open_descriptors`).
+    pub preopens: usize,
+}
+
+/// What a session's guest reports through the host between the host's calls into it
+/// (python-sci's runner, through its door), each read by the host once the call has returned.
+#[derive(Debug, Default)]
+pub struct SessionReports {
+    /// The cell that just ran ended the session (`sys.exit`) with this status: the last
+    /// report of the cell counts, as for its end.
+    pub exit: Option<i32>,
 }
 
 impl std::fmt::Debug for CellInbox {

@@ -84,8 +84,9 @@ pub struct RunRequest {
     pub runtime: Option<String>,
     /// Start as this snapshot's session ([`crate::RunControl::snapshot`]), where it was: the
     /// run is a session in the snapshot's runtime, with its files, environment and arguments
-    /// (`program`, `files`, `env`, `args` and `runtime` are not used). Refused for another
-    /// runtime build, a deterministic run, or a memory limit below the snapshot's memory.
+    /// (`program`, `files`, `env` and `args` are not used; `runtime`, when set, must name the
+    /// snapshot's). Refused for another runtime or runtime build, a deterministic run, or a
+    /// memory limit below the snapshot's memory.
     pub restore: Option<std::sync::Arc<crate::snapshot::Snapshot>>,
 }
 

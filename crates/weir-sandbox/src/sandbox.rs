@@ -381,8 +381,9 @@ impl Sandbox {
         let site = self.site(&req, &variant);
         let setup = variant.instantiator.guest.setup();
         refuse_mounts(&req, setup, &variant)?;
-        let wasi = wasi_context(&req, setup, &scratch, &io.pipes, &io.stdin, site.as_deref())?;
-        let (host, cells) = self.host_state(&req, &limits, &variant, &io, site.is_some());
+        let (wasi, preopens) =
+            wasi_context(&req, setup, &scratch, &io.pipes, &io.stdin, site.as_deref())?;
+        let (host, cells) = self.host_state(&req, &limits, &variant, &io, site.is_some(), preopens);
         let RunIo {
             events: (events_tx, events_rx),
             stdin_tx,
@@ -446,13 +447,18 @@ impl Sandbox {
                 "a snapshot cannot start a deterministic run".into(),
             ));
         }
-        let info = self
-            .runtime(Some(from.runtime()))
-            .map_err(|_| Error::SnapshotBuild {
-                runtime: from.runtime().to_string(),
-                build: from.build().to_string(),
-                current: "no such runtime".into(),
-            })?;
+        // The runtime the request names, else the snapshot's: another runtime's snapshot, or
+        // another build's, is refused.
+        let info = match req.runtime.as_deref() {
+            Some(name) => self.runtime(Some(name))?,
+            None => self
+                .runtime(Some(from.runtime()))
+                .map_err(|_| Error::SnapshotBuild {
+                    runtime: from.runtime().to_string(),
+                    build: from.build().to_string(),
+                    current: "no such runtime".into(),
+                })?,
+        };
         from.check_build(&info.name, &info.build)?;
         req.runtime = Some(info.name.clone());
         req.cells = true;
@@ -554,8 +560,9 @@ impl Sandbox {
     }
 
     /// What the guest's host functions hold for this run: its launch (argv, environment,
-    /// working directory, site), where images go and, for a session, the cells' inbox. Also
-    /// returns the callers' end of that inbox.
+    /// working directory, site), where images go and, for a session, the cells' inbox (with the
+    /// number of directories its WASI context opens, `preopens`). Also returns the callers' end
+    /// of that inbox.
     fn host_state(
         &self,
         req: &RunRequest,
@@ -563,6 +570,7 @@ impl Sandbox {
         variant: &EngineVariant,
         io: &RunIo,
         has_site: bool,
+        preopens: usize,
     ) -> (HostState, Option<mpsc::Sender<SessionRequest>>) {
         let setup = variant.instantiator.guest.setup();
         let mut host = self.launch(req, limits, &variant.runtime.info().name);
@@ -591,6 +599,8 @@ impl Sandbox {
             output: io.pipes.clone(),
             // A deterministic run's virtual clock is its fuel: it is not refilled.
             fuel: limits.cpu_fuel.filter(|_| req.deterministic.is_none()),
+            reports: Default::default(),
+            preopens,
         });
         (host, Some(tx))
     }
@@ -745,6 +755,7 @@ fn environment(req: &RunRequest, setup: &GuestSetup) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The run's WASI context, and the number of directories it opens for the guest.
 fn wasi_context(
     req: &RunRequest,
     setup: &GuestSetup,
@@ -752,8 +763,9 @@ fn wasi_context(
     pipes: &Arc<OutputQueue>,
     stdin: &GuestStdin,
     site: Option<&Path>,
-) -> Result<WasiP1Ctx> {
+) -> Result<(WasiP1Ctx, usize)> {
     let mut b = WasiCtx::builder();
+    let mut preopens = 0;
     b.stdin(stdin.clone())
         .stdout(pipes.stream(StreamKind::Stdout))
         .stderr(pipes.stream(StreamKind::Stderr))
@@ -771,9 +783,11 @@ fn wasi_context(
     for (host, guest) in &setup.mounts {
         b.preopened_dir(host, guest, FsPerms::ReadOnly)
             .map_err(|e| Error::Internal(format!("cannot mount {guest}: {e:#}")))?;
+        preopens += 1;
     }
     b.preopened_dir(scratch.path(), GUEST_DIR, FsPerms::ReadWrite)
         .map_err(|e| Error::Internal(format!("cannot open scratch dir: {e:#}")))?;
+    preopens += 1;
     // A guest with a fixed layout always has its site directory: the site, or a mount there (the
     // compile step of `weir packages`), or an empty placeholder.
     let placeholder = setup.site_placeholder.as_deref();
@@ -787,6 +801,7 @@ fn wasi_context(
                 path: dir.display().to_string(),
                 reason: format!("{e:#}"),
             })?;
+        preopens += 1;
     }
     for m in &req.mounts {
         let perms = if m.read_only {
@@ -799,6 +814,7 @@ fn wasi_context(
                 path: m.host.display().to_string(),
                 reason: format!("{e:#}"),
             })?;
+        preopens += 1;
     }
-    Ok(b.build_p1())
+    Ok((b.build_p1(), preopens))
 }

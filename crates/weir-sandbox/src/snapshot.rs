@@ -441,7 +441,7 @@ fn untouched_pages(memory: &[u8]) -> Vec<bool> {
     #[allow(unsafe_code)]
     let host_page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     let address = memory.as_ptr() as usize;
-    if host_page != PAGE_BYTES as libc::c_long || address % PAGE_BYTES != 0 {
+    if host_page != PAGE_BYTES as libc::c_long || !address.is_multiple_of(PAGE_BYTES) {
         return Vec::new();
     }
     let pages = memory.len() / PAGE_BYTES;

@@ -177,14 +177,32 @@ impl GuestState {
     }
 
     /// A session's cell reports how it ended. The end reaches the caller, after the cell's
-    /// output, once the guest asks for its next cell ([`next_cell`]); a later report replaces an
-    /// earlier one. Delivery of interrupts closes (as after the cell's code), whoever reports: a
-    /// cell's code that reports for itself only makes itself uninterruptible, and its time limit
-    /// still stops it. Outside a cell, ignored.
+    /// output, once the host's call that runs the cell has returned ([`end_cell`]); a later
+    /// report replaces an earlier one. Delivery of interrupts closes (as after the cell's code),
+    /// whoever reports: a cell's code that reports for itself only makes itself
+    /// uninterruptible, and its time limit still stops it. Outside a cell, ignored.
     pub fn cell_done(&mut self, end: CellEnd) {
         if let CellPhase::Running { end: reported, .. } = &mut self.host.cell {
             *reported = Some(end);
             self.interrupter.set_open(false);
+        }
+    }
+
+    /// The source of the session's running cell, for a guest that takes it from the host
+    /// (python-sci's runner); `None` outside a cell.
+    pub fn cell_source(&self) -> Option<&str> {
+        match &self.host.cell {
+            CellPhase::Running { code, .. } => Some(code),
+            CellPhase::Idle => None,
+        }
+    }
+
+    /// A session's cell ended the session with `status` (`sys.exit`), or did not (`None`):
+    /// reported with the cell's end by a guest whose call cannot return it (python-sci's runner);
+    /// a later report replaces an earlier one. Outside a cell, ignored.
+    pub fn cell_exit(&mut self, status: Option<i32>) {
+        if let (CellPhase::Running { .. }, Some(inbox)) = (&self.host.cell, &mut self.host.cells) {
+            inbox.reports.exit = status;
         }
     }
 
@@ -254,30 +272,6 @@ impl Drop for GuestState {
     }
 }
 
-/// A session's next cell, waited for while the run counts as idle (as at a REPL prompt); `None`
-/// when the caller closed the session, or for a run that is not a session. For a guest that
-/// asks for its cells itself (its session loop runs inside one call): a snapshot asked of it is
-/// refused.
-pub async fn next_cell(store: &mut StoreContextMut<'_, GuestState>) -> Option<String> {
-    let state = store.data_mut();
-    // No end reported: the same cell again (its interrupts stay armed).
-    if let CellPhase::Running { code, end: None } = &state.host.cell {
-        return Some(code.clone());
-    }
-    end_cell(state);
-    loop {
-        match next_request(store).await? {
-            SessionRequest::Cell(cell) => return Some(begin_cell(store, cell).await),
-            SessionRequest::Snapshot(reply) => {
-                let runtime = (store.data().host.cells.as_ref()).map(|i| i.runtime.clone());
-                let _ = reply.send(Err(crate::error::Error::SnapshotUnsupported(
-                    runtime.unwrap_or_default(),
-                )));
-            }
-        }
-    }
-}
-
 /// Ends a session's cell: its end (if the guest reported one; else a bare end, so the caller
 /// never waits) is queued behind its output, its input closes, and interrupts are withdrawn
 /// until the next cell.
@@ -321,6 +315,7 @@ pub(crate) async fn begin_cell(store: &mut StoreContextMut<'_, GuestState>, cell
     };
     inbox.output.begin_cell();
     inbox.stdin.begin_cell(cell.stdin, cell.interactive).await;
+    inbox.reports.exit = None;
     let fuel = inbox.fuel;
     state.host.cell = CellPhase::Running {
         code: cell.code.clone(),
@@ -359,6 +354,21 @@ impl GuestState {
             .filter(|meta| meta.nlink() == 0)
             .fold(0u64, |sum, meta| sum.saturating_add(meta.len()));
         self.unlinked.bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Files and directories a session's guest holds open beyond those its WASI context opened
+    /// for it (`CellInbox::preopens`): what a snapshot cannot keep, since the host's side of
+    /// an open descriptor is not in the guest's memory. 0 outside a session.
+    pub(crate) fn open_descriptors(&mut self) -> usize {
+        let Some(preopens) = self.host.cells.as_ref().map(|i| i.preopens) else {
+            return 0;
+        };
+        let table = self.wasi.ctx().table;
+        let open = table
+            .iter_mut()
+            .filter(|entry| entry.downcast_ref::<Descriptor>().is_some())
+            .count();
+        open.saturating_sub(preopens)
     }
 
     /// The preview-1 view of the WASI context, for core-module guests.

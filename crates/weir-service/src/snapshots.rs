@@ -156,14 +156,14 @@ impl SnapshotStore {
     /// the nodes of a cluster share it).
     pub fn meta(&self, id: &str, owner: &str) -> Result<SnapshotMeta, Error> {
         let known = self.index().get(id).cloned();
-        let found = known.or_else(|| self.from_disk(id));
+        let found = known.or_else(|| self.read_record(id));
         found
             .filter(|m| m.owner == owner)
             .ok_or_else(|| Error::NotFound(format!("no snapshot {id:?}")))
     }
 
     /// Snapshot `id`'s record as the directory has it, indexed once read.
-    fn from_disk(&self, id: &str) -> Option<SnapshotMeta> {
+    fn read_record(&self, id: &str) -> Option<SnapshotMeta> {
         if !valid_id(id) || !self.dir.join(data_name(id)).is_file() {
             return None;
         }

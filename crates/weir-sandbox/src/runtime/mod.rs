@@ -20,6 +20,7 @@ pub mod artifact;
 mod plugin;
 pub mod python;
 pub mod sci;
+mod state;
 
 pub use artifact::PROGRESS_TARGET;
 pub use plugin::{

@@ -587,6 +587,46 @@ impl Instance {
         self.get_export(store, name)?.into_tag()
     }
 
+    /// WEIR PATCH: the globals and the (unshared) memories this instance defines rather than
+    /// imports, exported or not, in index order: together with its tables (unchanged after
+    /// instantiation for a statically linked guest), the whole state of the guest between calls
+    /// into it. The same module instantiated twice lists the same items in the same order, so
+    /// one instance's values can be written into another's. The core-module counterpart of
+    /// `component::Instance::weir_core_state`.
+    ///
+    /// Reading and writing them through the handles is what the public `Global` and `Memory`
+    /// API allows for any exported item; nothing else changes.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `store` does not own this instance.
+    pub fn weir_core_state(&self, mut store: impl AsContextMut) -> (Vec<Global>, Vec<Memory>) {
+        let store = store.as_context_mut().0;
+        let store_id = store.id();
+        let core = self.id.get(store);
+        let globals = core.defined_globals(store_id).map(|(_, g)| g).collect();
+        let memories = core
+            .defined_memories(store_id)
+            .filter_map(|m| m.unshared())
+            .collect();
+        (globals, memories)
+    }
+
+    /// WEIR PATCH: the initial contents of each memory `weir_core_state` lists, in the same
+    /// order (`None`: zero-filled, or not known as one image): what a fresh instance's memory
+    /// holds before any code runs.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `store` does not own this instance.
+    pub fn weir_core_images<'a, T: 'static>(
+        &self,
+        store: impl Into<StoreContext<'a, T>>,
+    ) -> Vec<Option<(u64, &'a [u8])>> {
+        let store: &'a StoreOpaque = store.into().0;
+        self.id.get(store).weir_memory_images()
+    }
+
     #[allow(
         dead_code,
         reason = "c-api crate does not yet support exnrefs and causes this method to be dead."

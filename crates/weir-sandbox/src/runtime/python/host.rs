@@ -81,13 +81,6 @@ pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
         },
     )
     .map_err(|e| anyhow::anyhow!("{e:#}"))?;
-    inst.func_wrap_async(
-        "next-cell",
-        |mut store: StoreContextMut<'_, GuestState>, (): ()| {
-            Box::new(async move { Ok((store::next_cell(&mut store).await,)) })
-        },
-    )
-    .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     inst.func_wrap(
         "cell-code",
         |mut store: StoreContextMut<'_, GuestState>, (running,): (bool,)| {

@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::launch::SessionRequest;
 use crate::runtime::plugin::CallResult;
-use crate::snapshot::{self, Snapshot};
+use crate::snapshot::Snapshot;
 use crate::store::{self, GuestState};
 use std::sync::Arc;
 use wasmtime::component::{Instance, TypedFunc};
@@ -90,26 +90,9 @@ async fn take(
         return Err(Error::Unsaved(why));
     }
     let (globals, memories) = instance.weir_core_state(&mut *store);
-    let values = snapshot::read_globals(&mut *store, &globals)?;
-    let state = store.data();
-    let inbox = state.host.cells.as_ref().ok_or(Error::Ended)?;
-    if inbox.deterministic {
-        return Err(Error::Unsaved(
-            "a deterministic session cannot be snapshotted: its seeded randomness and virtual \
-             clock are not kept"
-                .into(),
-        ));
-    }
-    let (runtime, build) = (inbox.runtime.clone(), inbox.build.clone());
-    let (env, args) = (inbox.env.clone(), inbox.args.clone());
-    let scratch = state.scratch().ok_or(Error::Ended)?;
-    let images = instance.weir_core_images(&*store);
-    let data: Vec<&[u8]> = memories.iter().map(|m| m.data(&*store)).collect();
-    let taken = snapshot::capture(&images, &data, values, runtime, build);
-    let files = crate::scratch::LiveDir::new(scratch)
-        .read_all()
-        .map_err(|e| Error::Unsaved(e.to_string()))?;
-    Ok(taken.with_host(files, env, args))
+    crate::runtime::state::take(store, &globals, &memories, |store| {
+        instance.weir_core_images(store)
+    })
 }
 
 /// Turns the fresh session in `store` (its program has run) into `from`'s.
@@ -119,15 +102,11 @@ pub(super) fn restore(
     from: &Arc<Snapshot>,
 ) -> Result<()> {
     let (globals, memories) = instance.weir_core_state(&mut *store);
-    snapshot::prepare(&mut *store, &globals, &memories, from)?;
-    let writes = {
-        let images = instance.weir_core_images(&*store);
-        let data: Vec<&[u8]> = memories.iter().map(|m| m.data(&*store)).collect();
-        snapshot::plan_writes(&data, &images, from)
-    };
-    for (m, page, bytes) in writes {
-        let at = page * snapshot::PAGE_BYTES;
-        memories[m].data_mut(&mut *store)[at..at + bytes.len()].copy_from_slice(&bytes);
-    }
-    snapshot::write_globals(&mut *store, &globals, from)
+    crate::runtime::state::restore(
+        store,
+        &globals,
+        &memories,
+        |store| instance.weir_core_images(store),
+        from,
+    )
 }

@@ -1,8 +1,9 @@
 //! The door: `host.call(ptr, len, out_ptr_ptr, out_len_ptr) -> i32`, the guest's one import
 //! beyond WASI. weir's runner (`guests/python-sci/runner.py`) sends one JSON request through it
 //! and reads one JSON answer: the launch, the compiled program, an uncaught exception, the REPL
-//! starting, a session's cells, and figures to display. The answer is written into memory the
-//! guest allocates (`host_alloc`); 0 means answered, -2 a request the host cannot read.
+//! starting, a session's cells and how they end, and figures to display. The answer is written
+//! into memory the guest allocates (`host_alloc`); 0 means answered, -2 a request the host
+//! cannot read.
 
 use crate::event::{CellEnd, CellException, Display};
 use crate::launch::Uncaught;
@@ -147,13 +148,15 @@ struct CellCode {
     running: bool,
 }
 
-/// `cell_done`: how a cell ended.
+/// `cell_done`: how a cell ended, and whether it ended the session (`exit`: its status).
 #[derive(Deserialize)]
 struct CellDone<'a> {
     #[serde(borrow, default)]
     value: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     failure: Option<(Cow<'a, str>, Cow<'a, str>)>,
+    #[serde(default)]
+    exit: Option<i32>,
 }
 
 /// `display`: an image the program shows.
@@ -211,7 +214,7 @@ async fn answer(
             store.data_mut().repl_started();
             json!({})
         }
-        "next_cell" => json!({ "code": store::next_cell(store).await }),
+        "cell" => json!({ "code": store.data().cell_source() }),
         "cell_code" => {
             let Some(CellCode { running }) = parse(request) else {
                 return Ok(None);
@@ -223,7 +226,9 @@ async fn answer(
             let Some(done) = parse::<CellDone>(request) else {
                 return Ok(None);
             };
+            let exit = done.exit;
             store.data_mut().cell_done(cell_end(done));
+            store.data_mut().cell_exit(exit);
             json!({})
         }
         "display" => match parse::<DisplayRequest>(request).and_then(display) {

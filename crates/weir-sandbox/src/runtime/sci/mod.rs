@@ -15,6 +15,7 @@ mod clock;
 mod door;
 pub mod preinit;
 mod readdir;
+mod session;
 
 use crate::launch::Uncaught;
 use crate::outcome::Outcome;
@@ -52,10 +53,6 @@ const FOOTPRINT: Footprint = Footprint {
     gc_heaps: 1,
     max_memory_bytes: MAX_MEMORY_BYTES,
 };
-
-/// What the guest runs, as one turn of its session interface (its `run` export may not follow
-/// the pre-initializing turn): weir's runner, loaded when the guest was pre-initialized.
-const ENTRY: &str = "import _weir; _weir.main()";
 
 /// Top-level modules only `python-sci` has: a request that names no runtime and whose program
 /// imports one of these runs in `python-sci` ([`wants`]).
@@ -285,11 +282,8 @@ impl Loaded for Linked {
     ) -> Pin<Box<dyn Future<Output = CallResult> + Send + 'a>> {
         Box::pin(async move {
             let instance = self.pre.instantiate_async(&mut *store).await?;
-            let alloc = instance.get_typed_func::<i32, i32>(&mut *store, "host_alloc")?;
-            let turn = instance.get_typed_func::<(i32, i32), i32>(&mut *store, "turn")?;
-            let memory = instance
-                .get_memory(&mut *store, "memory")
-                .ok_or_else(|| wasmtime::format_err!("python-sci exports no memory"))?;
+            let guest = session::Guest::new(store, instance)?;
+            let memory = guest.memory();
             if let (Some(addrs), Some(base)) = (self.addrs, NonNull::new(memory.data_ptr(&*store)))
             {
                 let size = memory.data_size(&*store);
@@ -301,15 +295,23 @@ impl Loaded for Linked {
                     store.data().interrupter().attach(base, size, addrs)
                 };
             }
-            let len = ENTRY.len() as i32;
-            let at = alloc.call_async(&mut *store, len).await?;
-            memory.write(&mut *store, at as u32 as usize, ENTRY.as_bytes())?;
-            // The turn's value: the exit status in the low byte, 256 added when the code
-            // ended the interpreter's session (`SystemExit`, which the runner always raises).
-            match turn.call_async(&mut *store, (at, len)).await? & 0xFF {
-                0 => Ok(Ok(())),
-                code => Err(wasmtime_wasi::I32Exit(code).into()),
+            if let Some(ran) = guest.main(store).await {
+                return ran;
             }
+            // A session: its program has run (a restored one's is empty); its cells follow.
+            if let Some(base) = NonNull::new(memory.data_ptr(&*store)) {
+                let limit = store.data().limiter.limit();
+                // SAFETY: the instance's one linear memory, in a pooled slot reserving at least
+                // the run's memory limit (the most it can grow to), never shared.
+                #[allow(unsafe_code)]
+                unsafe {
+                    store.data_mut().release_on_drop(base, limit)
+                };
+            }
+            if let Some(Some(from)) = store.data().session_start() {
+                session::restore(store, &guest, &from).map_err(wasmtime::Error::new)?;
+            }
+            session::serve(store, &guest).await
         })
     }
 }

@@ -1104,14 +1104,6 @@ impl Instance {
         &self.runtime_info.wasm_data()[start..end]
     }
 
-    /// Returns the data for the runtime segment identified by `index`
-    ///
-    /// Does not take into account the dynamic size of the data pointed to by
-    /// `index`, always returns the raw data from the module itself.
-    ///
-    /// # Panics
-    ///
-    /// Panics if `index` is out-of-bounds.
     /// WEIR PATCH: each defined memory's initial contents as the module maps them, in
     /// defined-memory order: the offset and bytes of its one static initializer; `None` for a
     /// memory that starts zero-filled, and for every memory of a module initialized segment by
@@ -1135,6 +1127,14 @@ impl Instance {
         images
     }
 
+    /// Returns the data for the runtime segment identified by `index`
+    ///
+    /// Does not take into account the dynamic size of the data pointed to by
+    /// `index`, always returns the raw data from the module itself.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `index` is out-of-bounds.
     fn runtime_data(&self, index: RuntimeDataIndex) -> &[u8] {
         let range = self.env_module().runtime_data[index].clone();
         self.wasm_data(range)
