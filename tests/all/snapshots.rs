@@ -53,6 +53,23 @@ async fn a_restored_session_has_its_variables_functions_imports_and_files() {
 }
 
 #[tokio::test]
+async fn snapshots_without_reading_the_sessions_events_never_stall_it() {
+    let mut handle = start(session()).await;
+    value(&mut handle, "n = 0").await;
+    // Far more than the run's event channel holds: a snapshot adds no event.
+    for _ in 0..64 {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            handle.control().snapshot(),
+        )
+        .await
+        .expect("answered")
+        .expect("a snapshot");
+    }
+    assert_eq!(value(&mut handle, "n + 1").await.as_deref(), Some("1"));
+}
+
+#[tokio::test]
 async fn two_restores_of_one_snapshot_diverge() {
     let mut handle = start(session()).await;
     value(&mut handle, "items = ['root']").await;

@@ -296,13 +296,19 @@ pub(crate) async fn next_request(
     let state = store.data_mut();
     let inbox = state.host.cells.as_mut()?;
     let status = &state.status;
-    status.send_modify(|s| {
-        s.in_repl = true;
-        s.waiting_input = true;
-        s.waits += 1;
-    });
+    // Entered once per idle spell: a snapshot taken meanwhile leaves the session waiting, so
+    // any number of them add no state change (no event) for a caller that reads none.
+    if !status.borrow().waiting_input {
+        status.send_modify(|s| {
+            s.in_repl = true;
+            s.waiting_input = true;
+            s.waits += 1;
+        });
+    }
     let request = inbox.requests.recv().await;
-    status.send_modify(|s| s.waiting_input = false);
+    if !matches!(request, Some(SessionRequest::Snapshot(_))) {
+        status.send_modify(|s| s.waiting_input = false);
+    }
     request
 }
 
