@@ -668,7 +668,7 @@ async fn interrupts_racing_short_cells_never_end_a_python_sci_session() {
 /// its exit handlers; one that catches its own `exit()` goes on, and so does the session.
 #[tokio::test]
 async fn a_cell_that_exits_ends_a_python_sci_session_and_one_that_catches_it_does_not() {
-    use weir_sandbox::{Cell, Event};
+    use weir_sandbox::Cell;
     let mut req = request("import atexit\natexit.register(print, 'handlers ran')\n");
     req.close_stdin = false;
     req.cells = true;
@@ -679,24 +679,10 @@ async fn a_cell_that_exits_ends_a_python_sci_session_and_one_that_catches_it_doe
         "import sys\nsys.stdin.close()",
         "print('still here')",
     ] {
-        handle
-            .control()
-            .send_cell(Cell {
-                code: code.into(),
-                ..Default::default()
-            })
-            .expect("the session takes a cell");
-        loop {
-            match next_event(&mut handle, 60).await {
-                Event::Output { data, .. } => printed.push_str(&String::from_utf8_lossy(&data)),
-                Event::Cell(end) => {
-                    assert!(end.exception.is_none(), "{end:?}");
-                    break;
-                }
-                Event::Exit(r) => panic!("the session ended at {code:?}: {r:?}"),
-                _ => {}
-            }
-        }
+        let (stdout, stderr, end) = crate::interrupt::cell(&mut handle, code).await;
+        assert!(end.exception.is_none(), "{end:?}");
+        printed.push_str(&stdout);
+        printed.push_str(&stderr);
     }
     assert_eq!(printed, "caught\nstill here\n");
     handle

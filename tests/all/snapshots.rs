@@ -13,6 +13,14 @@ async fn restored(snapshot: &Snapshot) -> RunHandle {
     start(req).await
 }
 
+/// Asserts that a snapshot of `handle`'s session is refused as unsaved, saying `why`.
+async fn refused_unsaved(handle: &RunHandle, why: &str) {
+    match handle.control().snapshot().await {
+        Err(Error::Unsaved(said)) => assert!(said.contains(why), "{said}"),
+        other => panic!("{other:?}"),
+    }
+}
+
 async fn value(handle: &mut RunHandle, code: &str) -> Option<String> {
     let (_, err, end) = cell(handle, code).await;
     assert!(end.exception.is_none(), "{code}: {err}");
@@ -104,10 +112,7 @@ async fn two_restores_of_one_snapshot_diverge() {
 async fn a_session_holding_a_file_open_is_not_snapshotted() {
     let mut handle = start(session()).await;
     value(&mut handle, "f = open('held.txt', 'w')").await;
-    match handle.control().snapshot().await {
-        Err(Error::Unsaved(why)) => assert!(why.contains("open"), "{why}"),
-        other => panic!("{other:?}"),
-    }
+    refused_unsaved(&handle, "open").await;
     value(&mut handle, "f.close()").await;
     handle.control().snapshot().await.expect("closed: saved");
 }
@@ -542,19 +547,13 @@ async fn two_restores_of_a_python_sci_snapshot_diverge() {
 async fn a_python_sci_session_holding_a_file_open_is_not_snapshotted() {
     let mut handle = sci_session().await;
     value(&mut handle, "f = open('held.txt', 'w')").await;
-    match handle.control().snapshot().await {
-        Err(Error::Unsaved(why)) => assert!(why.contains("open"), "{why}"),
-        other => panic!("{other:?}"),
-    }
+    refused_unsaved(&handle, "open").await;
     value(
         &mut handle,
         "f.close()\nimport os\nlisting = os.scandir('.')",
     )
     .await;
-    match handle.control().snapshot().await {
-        Err(Error::Unsaved(why)) => assert!(why.contains("directory open"), "{why}"),
-        other => panic!("{other:?}"),
-    }
+    refused_unsaved(&handle, "directory open").await;
     value(&mut handle, "listing.close()").await;
     handle.control().snapshot().await.expect("closed: saved");
     assert_eq!(

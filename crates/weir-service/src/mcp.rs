@@ -244,6 +244,19 @@ impl WeirMcp {
         })
     }
 
+    /// The caller's session `id` ([`Self::session`]), woken first if it hibernates.
+    async fn awake(
+        &self,
+        id: &str,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<Arc<Session>, rmcp::model::CallToolResult> {
+        let k = self.session(id, ctx)?;
+        match session::wake(&self.state, &k).await {
+            Ok(()) => Ok(k),
+            Err(e) => Err(answer(false, e.to_string())),
+        }
+    }
+
     /// A slot for a new session of the caller's, or the refusal as a tool error.
     async fn slot(
         &self,
@@ -411,13 +424,10 @@ impl WeirMcp {
         Parameters(args): Parameters<SessionRef>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::CallToolResult, ErrorData> {
-        let k = match self.session(&args.session_id, &ctx) {
+        let k = match self.awake(&args.session_id, &ctx).await {
             Ok(k) => k,
             Err(e) => return Ok(e),
         };
-        if let Err(e) = session::wake(&self.state, &k).await {
-            return Ok(answer(false, e.to_string()));
-        }
         Ok(match k.files().await {
             Ok(files) => {
                 let lines: Vec<String> = files
@@ -440,13 +450,10 @@ impl WeirMcp {
         Parameters(args): Parameters<SessionFile>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::CallToolResult, ErrorData> {
-        let k = match self.session(&args.session_id, &ctx) {
+        let k = match self.awake(&args.session_id, &ctx).await {
             Ok(k) => k,
             Err(e) => return Ok(e),
         };
-        if let Err(e) = session::wake(&self.state, &k).await {
-            return Ok(answer(false, e.to_string()));
-        }
         Ok(match k.read_file(args.path, MAX_TEXT_BYTES as u64).await {
             Ok(data) => match Data::from_bytes(&data) {
                 Data::Text(t) => answer(true, t),

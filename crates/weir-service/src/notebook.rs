@@ -75,6 +75,20 @@ impl FromRequestParts<Arc<AppState>> for Owned {
     }
 }
 
+/// The caller's session named by the path's `{id}` ([`Owned`]), woken first if it hibernates:
+/// for the requests that work on its run's files.
+pub struct Awake(pub Arc<Session>);
+
+impl FromRequestParts<Arc<AppState>> for Awake {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<AppState>) -> Result<Self, Error> {
+        let Owned(s) = Owned::from_request_parts(parts, app).await?;
+        session::wake(app, &s).await?;
+        Ok(Awake(s))
+    }
+}
+
 async fn create(
     State(state): State<Arc<AppState>>,
     admitted: Admitted<Body<Option<CreateParams>>, WeirJson>,
@@ -187,20 +201,15 @@ async fn stdin(Owned(s): Owned, Body(params): Body<StdinParams>) -> Result<Json<
     }
 }
 
-async fn list_files(
-    State(state): State<Arc<AppState>>,
-    Owned(s): Owned,
-) -> Result<Response, Error> {
-    session::wake(&state, &s).await?;
+async fn list_files(Awake(s): Awake) -> Result<Response, Error> {
     Ok(Json(s.files().await?).into_response())
 }
 
 async fn read_file(
     State(state): State<Arc<AppState>>,
-    Owned(s): Owned,
+    Awake(s): Awake,
     Path((_, path)): Path<(String, String)>,
 ) -> Result<Response, Error> {
-    session::wake(&state, &s).await?;
     let data = s
         .read_file(path, state.config.max_message_bytes as u64)
         .await?;
@@ -208,12 +217,10 @@ async fn read_file(
 }
 
 async fn write_file(
-    State(state): State<Arc<AppState>>,
-    Owned(s): Owned,
+    Awake(s): Awake,
     Path((_, path)): Path<(String, String)>,
     Raw(body): Raw,
 ) -> Result<StatusCode, Error> {
-    session::wake(&state, &s).await?;
     s.write_file(path, body).await?;
     Ok(StatusCode::NO_CONTENT)
 }

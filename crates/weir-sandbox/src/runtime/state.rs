@@ -1,11 +1,15 @@
-//! A session's state as a snapshot (`crate::snapshot`), taken from and written into a guest's
-//! instance: what every runtime does the same way once its guest has listed its globals and
+//! A session as every runtime serves it once each cell is its own call into the guest: the loop
+//! between cells ([`serve`]), and the session's state as a snapshot (`crate::snapshot`), taken
+//! from and written into the guest's instance once the guest has listed its globals and
 //! memories and said it can be saved.
 
 use crate::error::{Error, Result};
+use crate::launch::SessionRequest;
+use crate::runtime::plugin::CallResult;
 use crate::snapshot::{self, Snapshot};
-use crate::store::GuestState;
-use wasmtime::{Global, Memory, Store};
+use crate::store::{self, GuestState};
+use std::future::Future;
+use wasmtime::{AsContextMut, Global, Memory, Store};
 
 /// A memory's initial image, as `weir_core_images` gives it (vendored wasmtime, patch 5).
 pub(crate) type Image<'a> = Option<(u64, &'a [u8])>;
@@ -63,4 +67,58 @@ pub(crate) fn restore(
         memories[m].data_mut(&mut *store)[at..at + bytes.len()].copy_from_slice(&bytes);
     }
     snapshot::write_globals(&mut *store, globals, from)
+}
+
+/// What a runtime's guest does for a session between whose cells no guest code runs: each a
+/// call into the guest. The loop around them is one for every runtime ([`serve`]).
+pub(crate) trait SessionGuest: Sync {
+    /// Runs one cell (its stdin, output cap and fuel already given, `store::begin_cell`); the
+    /// exit status when it ended the session.
+    fn cell(
+        &self,
+        store: &mut Store<GuestState>,
+        code: String,
+    ) -> impl Future<Output = wasmtime::Result<Option<i32>>> + Send;
+
+    /// Ends the session as a program ends (exit handlers run, output flushed); its status.
+    fn finish(
+        &self,
+        store: &mut Store<GuestState>,
+    ) -> impl Future<Output = wasmtime::Result<i32>> + Send;
+
+    /// Snapshots the idle session ([`take`], once the guest has said it can be saved).
+    fn snapshot(
+        &self,
+        store: &mut Store<GuestState>,
+    ) -> impl Future<Output = Result<Snapshot>> + Send;
+}
+
+/// Serves a session until its caller closes it or a cell ends it: waits (counted as idle) for
+/// what the caller asks, runs cells, answers snapshots. What the run returns.
+pub(crate) async fn serve(store: &mut Store<GuestState>, guest: &impl SessionGuest) -> CallResult {
+    loop {
+        match store::next_request(&mut store.as_context_mut()).await {
+            None => return exited(guest.finish(store).await?),
+            Some(SessionRequest::Cell(cell)) => {
+                let code = store::begin_cell(&mut store.as_context_mut(), cell).await;
+                let exit = guest.cell(store, code).await?;
+                store::end_cell(store.data_mut());
+                if let Some(status) = exit {
+                    return exited(status);
+                }
+            }
+            Some(SessionRequest::Snapshot(reply)) => {
+                let taken = guest.snapshot(store).await;
+                let _ = reply.send(taken);
+            }
+        }
+    }
+}
+
+/// The run's result for a program or session that ended with exit status `status`.
+pub(crate) fn exited(status: i32) -> CallResult {
+    match status {
+        0 => Ok(Ok(())),
+        code => Err(wasmtime_wasi::I32Exit(code).into()),
+    }
 }

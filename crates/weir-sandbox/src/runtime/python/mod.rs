@@ -179,7 +179,11 @@ impl Loaded for Linked {
             if let Some(from) = restore {
                 session::restore(store, &instance, &from).map_err(wasmtime::Error::new)?;
             }
-            session::serve(store, &instance, &exports).await
+            let session = session::Session {
+                instance: &instance,
+                exports,
+            };
+            crate::runtime::state::serve(store, &session).await
         })
     }
 }

@@ -3,13 +3,12 @@
 //! the host serves what the caller asks of the idle session: the next cell, or a snapshot.
 
 use crate::error::{Error, Result};
-use crate::launch::SessionRequest;
-use crate::runtime::plugin::CallResult;
+use crate::runtime::state::SessionGuest;
 use crate::snapshot::Snapshot;
-use crate::store::{self, GuestState};
+use crate::store::GuestState;
 use std::sync::Arc;
 use wasmtime::component::{Instance, TypedFunc};
-use wasmtime::{AsContextMut, Store};
+use wasmtime::Store;
 
 const INTERFACE: &str = "weir:sandbox/session@0.1.0";
 
@@ -39,39 +38,27 @@ impl Exports {
     }
 }
 
-/// Serves the session until its caller closes it or a cell ends it; what the run returns.
-pub(super) async fn serve(
-    store: &mut Store<GuestState>,
-    instance: &Instance,
-    exports: &Exports,
-) -> CallResult {
-    loop {
-        match store::next_request(&mut store.as_context_mut()).await {
-            None => {
-                let (status,) = exports.finish.call_async(&mut *store, ()).await?;
-                return exited(status);
-            }
-            Some(SessionRequest::Cell(cell)) => {
-                let code = store::begin_cell(&mut store.as_context_mut(), cell).await;
-                let (exit,) = exports.cell.call_async(&mut *store, (code,)).await?;
-                store::end_cell(store.data_mut());
-                if let Some(status) = exit {
-                    return exited(status);
-                }
-            }
-            Some(SessionRequest::Snapshot(reply)) => {
-                let taken = take(store, instance, exports).await;
-                let _ = reply.send(taken);
-            }
-        }
-    }
+/// The guest's instance and its session exports: a cell is a call to `cell`.
+pub(super) struct Session<'a> {
+    pub instance: &'a Instance,
+    pub exports: Exports,
 }
 
-/// The run's result for a session that ended with `status`.
-fn exited(status: i32) -> CallResult {
-    match status {
-        0 => Ok(Ok(())),
-        code => Err(wasmtime_wasi::I32Exit(code).into()),
+impl SessionGuest for Session<'_> {
+    async fn cell(
+        &self,
+        store: &mut Store<GuestState>,
+        code: String,
+    ) -> wasmtime::Result<Option<i32>> {
+        Ok(self.exports.cell.call_async(&mut *store, (code,)).await?.0)
+    }
+
+    async fn finish(&self, store: &mut Store<GuestState>) -> wasmtime::Result<i32> {
+        Ok(self.exports.finish.call_async(&mut *store, ()).await?.0)
+    }
+
+    async fn snapshot(&self, store: &mut Store<GuestState>) -> Result<Snapshot> {
+        take(store, self.instance, &self.exports).await
     }
 }
 

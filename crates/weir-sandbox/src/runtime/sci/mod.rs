@@ -311,7 +311,7 @@ impl Loaded for Linked {
             if let Some(Some(from)) = store.data().session_start() {
                 session::restore(store, &guest, &from).map_err(wasmtime::Error::new)?;
             }
-            session::serve(store, &guest).await
+            crate::runtime::state::serve(store, &guest).await
         })
     }
 }

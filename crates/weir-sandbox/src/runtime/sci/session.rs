@@ -11,12 +11,12 @@
 //! guest (`GuestState::open_descriptors`).
 
 use crate::error::{Error, Result};
-use crate::launch::SessionRequest;
 use crate::runtime::plugin::CallResult;
+use crate::runtime::state::{exited, SessionGuest};
 use crate::snapshot::Snapshot;
-use crate::store::{self, GuestState};
+use crate::store::GuestState;
 use std::sync::Arc;
-use wasmtime::{AsContextMut, Instance, Memory, Store, TypedFunc};
+use wasmtime::{Instance, Memory, Store, TypedFunc};
 
 /// The turn that runs the program: weir's runner, loaded when the guest was pre-initialized.
 const ENTRY: &str = "import _weir; _weir.main()";
@@ -82,7 +82,7 @@ impl Guest {
     }
 
     /// Runs the program: the run's result, or `None` for a session whose program has run (its
-    /// cells follow: [`serve`]).
+    /// cells follow: `crate::runtime::state::serve`).
     pub async fn main(&self, store: &mut Store<GuestState>) -> Option<CallResult> {
         let value = match self.turn(store, ENTRY).await {
             Ok(value) => value,
@@ -90,41 +90,40 @@ impl Guest {
         };
         match store.data().session_start() {
             Some(_) if value == 0 => None,
-            _ => Some(exited(value)),
+            _ => Some(exited(status(value))),
         }
     }
 }
 
-/// The run's result for a turn whose value was `value`.
-fn exited(value: i32) -> CallResult {
-    match value & 0xFF {
-        0 => Ok(Ok(())),
-        code => Err(wasmtime_wasi::I32Exit(code).into()),
-    }
+/// The exit status in a turn's value (the low byte).
+fn status(value: i32) -> i32 {
+    value & 0xFF
 }
 
-/// Serves the session until its caller closes it or a cell ends it; what the run returns.
-pub(super) async fn serve(store: &mut Store<GuestState>, guest: &Guest) -> CallResult {
-    loop {
-        match store::next_request(&mut store.as_context_mut()).await {
-            None => return exited(guest.turn(store, END).await?),
-            Some(SessionRequest::Cell(cell)) => {
-                store::begin_cell(&mut store.as_context_mut(), cell).await;
-                let value = guest.turn(store, CELL).await?;
-                store::end_cell(store.data_mut());
-                let exit = reports(store).and_then(|r| r.exit.take());
-                match (value, exit) {
-                    (0, None) => {}
-                    (0, Some(status)) => return exited(status),
-                    // The runner itself failed (its traceback went to stderr).
-                    (value, _) => return exited(value),
-                }
-            }
-            Some(SessionRequest::Snapshot(reply)) => {
-                let taken = take(store, guest).await;
-                let _ = reply.send(taken);
-            }
-        }
+/// A cell is a turn running `_weir._cell()`; the session's end and the check before a snapshot
+/// are turns too.
+impl SessionGuest for Guest {
+    async fn cell(
+        &self,
+        store: &mut Store<GuestState>,
+        _code: String,
+    ) -> wasmtime::Result<Option<i32>> {
+        let value = self.turn(store, CELL).await?;
+        let exit = reports(store).and_then(|r| r.exit.take());
+        Ok(match (value, exit) {
+            (0, None) => None,
+            (0, Some(exit)) => Some(status(exit)),
+            // The runner itself failed (its traceback went to stderr).
+            (value, _) => Some(status(value)),
+        })
+    }
+
+    async fn finish(&self, store: &mut Store<GuestState>) -> wasmtime::Result<i32> {
+        Ok(status(self.turn(store, END).await?))
+    }
+
+    async fn snapshot(&self, store: &mut Store<GuestState>) -> Result<Snapshot> {
+        take(store, self).await
     }
 }
 
