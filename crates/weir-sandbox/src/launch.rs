@@ -132,15 +132,29 @@ pub enum SessionRequest {
     /// Run this cell.
     Cell(Cell),
     /// Snapshot the session (`crate::snapshot`), answered here.
-    Snapshot(oneshot::Sender<crate::error::Result<Snapshot>>),
+    Snapshot(Capture, oneshot::Sender<crate::error::Result<Snapshot>>),
+}
+
+/// What a snapshot of a session holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capture {
+    /// Its whole state; its saves are not affected.
+    Snapshot,
+    /// What changed since its last save (everything, at the first), then the last save.
+    Changes,
+    /// Its whole state, then the last save.
+    WholeSave,
 }
 
 /// Where a session's guest takes its cells from, and what a cell's start resets.
 pub struct CellInbox {
     /// Cells and snapshot requests from the caller; closed: the session ends.
     pub requests: mpsc::Receiver<SessionRequest>,
-    /// The state the session starts from instead of its program's (a restored snapshot).
+    /// The state the session starts from instead of its program's (a restored snapshot);
+    /// taken when it starts.
     pub restore: Option<Arc<Snapshot>>,
+    /// What its last save held (`crate::snapshot::Saved`).
+    pub saved: crate::snapshot::Saved,
     /// A deterministic run: its seeded randomness and virtual clock are host state a snapshot
     /// does not keep, so it is not snapshotted.
     pub deterministic: bool,

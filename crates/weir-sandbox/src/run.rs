@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::event::{Collected, Event, RunId, RunResult, RunState};
 use crate::files::Returned;
 use crate::interrupt::Interrupter;
-use crate::launch::{Cell, SessionRequest};
+use crate::launch::{Capture, Cell, SessionRequest};
 use crate::limits::Limits;
 use crate::outcome::Outcome;
 use crate::pipes::{GuestStatus, GuestStdin, OutputLimitExceeded, OutputQueue, StdinSender};
@@ -137,10 +137,26 @@ impl RunControl {
     /// Snapshots a session ([`Snapshot`]): taken once its running and queued cells have
     /// ended, while it waits for the next.
     pub async fn snapshot(&self) -> Result<Snapshot> {
+        self.capture(Capture::Snapshot).await
+    }
+
+    /// Saves a session: a snapshot of what changed since its last save ([`Snapshot::apply`] it
+    /// over that one), or of everything when `whole` or at its first save (a restored session's
+    /// first save is the snapshot it was restored from). Taken as [`RunControl::snapshot`] is;
+    /// a caller that could not keep a save asks for a whole one next.
+    pub async fn save(&self, whole: bool) -> Result<Snapshot> {
+        self.capture(match whole {
+            true => Capture::WholeSave,
+            false => Capture::Changes,
+        })
+        .await
+    }
+
+    async fn capture(&self, capture: Capture) -> Result<Snapshot> {
         let cells = self.cells.as_ref().ok_or(Error::NotASession)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         cells
-            .send(SessionRequest::Snapshot(tx))
+            .send(SessionRequest::Snapshot(capture, tx))
             .await
             .map_err(|_| Error::Ended)?;
         rx.await.map_err(|_| Error::Ended)?

@@ -590,6 +590,7 @@ impl Sandbox {
         host.cells = Some(CellInbox {
             requests: rx,
             restore: req.restore.clone(),
+            saved: Default::default(),
             deterministic: req.deterministic.is_some(),
             runtime: variant.runtime.info().name.clone(),
             build: variant.runtime.info().build.clone(),

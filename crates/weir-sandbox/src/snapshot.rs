@@ -14,10 +14,19 @@
 //! the guest's memory), a deterministic run's seeded randomness and virtual clock, and a cell in
 //! progress (a snapshot waits for the running cell to end).
 //!
+//! A *save* ([`crate::RunControl::save`]) is a snapshot of only what changed since the
+//! session's last save: the pages whose contents differ from what that save held (told apart by
+//! a 128-bit XXH3 hash of each page it stored, kept with the session: 16 bytes a page), the files
+//! that changed, and the names of those that did not. The first save, and one asked to be
+//! whole, holds everything. [`Snapshot::apply`] lays a save over the one before it; a chain of
+//! saves folded from its whole first one is the session's latest state. A restored session's
+//! last save is the snapshot it was restored from.
+//!
 //! On disk: `WEIRSNAP`, a format version (u32, little endian), then one zstd frame (with its
 //! checksum) holding a JSON header and the page and file bytes it describes.
 
 use crate::error::{Error, Result};
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use wasmtime::{AsContextMut, Global, Memory, Mutability, Val};
 
@@ -28,7 +37,10 @@ pub const PAGE_BYTES: usize = 4096;
 pub const MAX_SNAPSHOT_BYTES: u64 = 5 << 30;
 
 const MAGIC: &[u8; 8] = b"WEIRSNAP";
-const VERSION: u32 = 1;
+/// Version 2 added saves of changes (`Header::changes`, `Header::kept`); version 1 reads as
+/// a whole snapshot.
+const VERSION: u32 = 2;
+const OLDEST_VERSION: u32 = 1;
 /// zstd's fast end: a snapshot is taken while the session waits, and pages of interpreter heap
 /// compress about 4:1 at this level already.
 const LEVEL: i32 = 1;
@@ -70,6 +82,12 @@ struct Header {
     files: Vec<(String, u64)>,
     env: Vec<(String, String)>,
     args: Vec<String>,
+    /// It holds only what changed since the save before it ([`Snapshot::apply`]).
+    #[serde(default)]
+    changes: bool,
+    /// Files unchanged since the save before it (a save of changes only).
+    #[serde(default)]
+    kept: Vec<String>,
 }
 
 /// A session's state between two cells. See the module documentation for what it holds.
@@ -116,9 +134,76 @@ impl Snapshot {
         self.header.memories.iter().map(|m| m.len).sum()
     }
 
-    /// Bytes of memory pages it stores (those that differ from the runtime's image).
+    /// Bytes of memory pages it stores (those that differ from the runtime's image, or for a
+    /// save of changes, from the save before it).
     pub fn stored_page_bytes(&self) -> u64 {
         self.pages.iter().map(|p| p.len() as u64).sum()
+    }
+
+    /// Whether it holds only the changes since an earlier save ([`Snapshot::apply`] it to that
+    /// save to restore it).
+    pub fn is_changes(&self) -> bool {
+        self.header.changes
+    }
+
+    /// Lays `next`, the save that followed this one, over it: `self` becomes the session's state
+    /// at `next`. A whole `next` replaces it. Refused for a save of another runtime build or
+    /// memory shape, or one naming a kept file this one does not hold.
+    pub fn apply(&mut self, next: &Snapshot) -> Result<()> {
+        next.check_build(&self.header.runtime, &self.header.build)?;
+        if !next.header.changes {
+            *self = next.clone();
+            return Ok(());
+        }
+        let (old, new) = (&self.header.memories, &next.header.memories);
+        if old.len() != new.len() || old.iter().zip(new).any(|(o, n)| n.len < o.len) {
+            return Err(Error::SnapshotShape(
+                "a save's memories do not extend the save before it".into(),
+            ));
+        }
+        let mut pages = Vec::with_capacity(new.len());
+        let mut memories = Vec::with_capacity(new.len());
+        for m in 0..new.len() {
+            let (runs, bytes) = merge_pages(
+                page_list(&old[m], &self.pages[m]),
+                page_list(&new[m], &next.pages[m]),
+            );
+            memories.push(MemoryHeader {
+                len: new[m].len,
+                runs,
+            });
+            pages.push(bytes);
+        }
+        let mut files: HashMap<&str, &[u8]> = self.files().collect();
+        let mut kept = Vec::with_capacity(next.header.kept.len());
+        for path in &next.header.kept {
+            let bytes = files.remove(path.as_str()).ok_or_else(|| {
+                Error::SnapshotCorrupted(format!(
+                    "a save keeps {path:?}, which the save before it lacks"
+                ))
+            })?;
+            kept.push((path.clone(), bytes.to_vec()));
+        }
+        kept.extend(next.files().map(|(p, b)| (p.to_string(), b.to_vec())));
+        kept.sort();
+        let header = Header {
+            memories,
+            changes: false,
+            kept: Vec::new(),
+            ..next.header.clone()
+        };
+        *self = Snapshot {
+            header,
+            pages,
+            files: Vec::new(),
+        }
+        .with_host(
+            kept,
+            next.header.env.clone(),
+            next.header.args.clone(),
+            None,
+        );
+        Ok(())
     }
 
     /// The snapshot as bytes (compressed).
@@ -149,7 +234,7 @@ impl Snapshot {
             .ok_or(Error::NotASnapshot)?;
         let (version, body) = rest.split_at_checked(4).ok_or(Error::NotASnapshot)?;
         let version = u32::from_le_bytes([version[0], version[1], version[2], version[3]]);
-        if version != VERSION {
+        if !(OLDEST_VERSION..=VERSION).contains(&version) {
             return Err(Error::SnapshotVersion {
                 version,
                 supported: VERSION,
@@ -271,38 +356,146 @@ fn image_page<'a>(image: Option<(u64, &'a [u8])>, page: usize, zero: &'a [u8]) -
     }
 }
 
+/// What a session's last save held ([`crate::RunControl::save`]): a hash of each page it
+/// stored, per memory, and of each file; `None` before the first save.
+#[derive(Debug, Default)]
+pub(crate) struct Saved {
+    pages: Vec<HashMap<u32, u128>>,
+    files: HashMap<String, u128>,
+    taken: bool,
+}
+
+impl Saved {
+    /// `snapshot` as the last save: what a session restored from it holds.
+    pub(crate) fn of(snapshot: &Snapshot) -> Saved {
+        let pages = snapshot
+            .header
+            .memories
+            .iter()
+            .zip(&snapshot.pages)
+            .map(|(memory, bytes)| {
+                page_list(memory, bytes)
+                    .map(|(page, bytes)| (page, hash(bytes)))
+                    .collect()
+            })
+            .collect();
+        let files = snapshot
+            .files()
+            .map(|(path, bytes)| (path.to_string(), hash(bytes)))
+            .collect();
+        Saved {
+            pages,
+            files,
+            taken: true,
+        }
+    }
+}
+
+fn hash(bytes: &[u8]) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(bytes)
+}
+
+/// `(page, bytes)` of each page a memory's runs hold, in order.
+fn page_list<'a>(
+    memory: &'a MemoryHeader,
+    bytes: &'a [u8],
+) -> impl Iterator<Item = (u32, &'a [u8])> + 'a {
+    memory
+        .runs
+        .iter()
+        .flat_map(|&(first, n)| first..first + n)
+        .zip(bytes.chunks_exact(PAGE_BYTES))
+}
+
+/// Two ascending page lists as one, `new`'s page where both hold one: runs and bytes.
+fn merge_pages<'a>(
+    old: impl Iterator<Item = (u32, &'a [u8])>,
+    new: impl Iterator<Item = (u32, &'a [u8])>,
+) -> (Vec<(u32, u32)>, Vec<u8>) {
+    let (mut old, mut new) = (old.peekable(), new.peekable());
+    let mut pages = Pages::default();
+    loop {
+        let next = match (old.peek(), new.peek()) {
+            (Some(o), Some(n)) if o.0 < n.0 => old.next(),
+            (Some(o), Some(n)) if o.0 == n.0 => {
+                old.next();
+                new.next()
+            }
+            (_, Some(_)) => new.next(),
+            (Some(_), None) => old.next(),
+            (None, None) => break,
+        };
+        if let Some((page, bytes)) = next {
+            pages.push(page as usize, bytes);
+        }
+    }
+    (pages.runs, pages.bytes)
+}
+
+/// Pages being gathered in ascending order: runs and their bytes.
+#[derive(Default)]
+struct Pages {
+    runs: Vec<(u32, u32)>,
+    bytes: Vec<u8>,
+}
+
+impl Pages {
+    fn push(&mut self, page: usize, bytes: &[u8]) {
+        self.bytes.extend_from_slice(bytes);
+        match self.runs.last_mut() {
+            Some((first, n)) if (*first + *n) as usize == page => *n += 1,
+            _ => self.runs.push((page as u32, 1)),
+        }
+    }
+}
+
 /// Captures a session: the pages of each memory that differ from its image, and the globals.
+/// With `saved` (a save), only the pages that differ from what the last save held, and
+/// `saved` then records this save's.
 pub(crate) fn capture(
     images: &[Option<(u64, &[u8])>],
     data: &[&[u8]],
     globals: Vec<GlobalValue>,
     runtime: String,
     build: String,
+    mut saved: Option<&mut Saved>,
 ) -> Snapshot {
     let zero = [0u8; PAGE_BYTES];
     let mut memories = Vec::new();
     let mut pages = Vec::new();
-    for (memory, image) in data.iter().zip(images) {
-        let mut runs: Vec<(u32, u32)> = Vec::new();
-        let mut bytes = Vec::new();
+    let changes = saved.as_ref().is_some_and(|s| s.taken);
+    if let Some(saved) = saved.as_mut() {
+        saved.pages.resize_with(data.len(), HashMap::new);
+    }
+    for (m, (memory, image)) in data.iter().zip(images).enumerate() {
+        let mut gathered = Pages::default();
+        let mut record = saved.as_mut().map(|s| &mut s.pages[m]);
         let untouched = untouched_pages(memory);
         for (page, now) in memory.chunks_exact(PAGE_BYTES).enumerate() {
+            let held = record.as_ref().and_then(|r| r.get(&(page as u32)).copied());
+            if let (Some(was), Some(record)) = (held, record.as_mut()) {
+                let is = hash(now);
+                if is != was {
+                    record.insert(page as u32, is);
+                    gathered.push(page, now);
+                }
+                continue;
+            }
             if untouched.get(page).copied().unwrap_or(false)
                 || now == image_page(*image, page, &zero)
             {
                 continue;
             }
-            bytes.extend_from_slice(now);
-            match runs.last_mut() {
-                Some((first, n)) if (*first + *n) as usize == page => *n += 1,
-                _ => runs.push((page as u32, 1)),
+            if let Some(record) = record.as_mut() {
+                record.insert(page as u32, hash(now));
             }
+            gathered.push(page, now);
         }
         memories.push(MemoryHeader {
             len: memory.len() as u64,
-            runs,
+            runs: gathered.runs,
         });
-        pages.push(bytes);
+        pages.push(gathered.bytes);
     }
     Snapshot {
         header: Header {
@@ -313,6 +506,8 @@ pub(crate) fn capture(
             files: Vec::new(),
             env: Vec::new(),
             args: Vec::new(),
+            changes,
+            kept: Vec::new(),
         },
         pages,
         files: Vec::new(),
@@ -320,18 +515,40 @@ pub(crate) fn capture(
 }
 
 impl Snapshot {
-    /// Adds the session's working-directory files, environment and arguments.
+    /// Adds the session's working-directory files, environment and arguments. With `saved` (a
+    /// save of changes), a file whose bytes the last save held already is named in `kept`
+    /// instead, and `saved` records this save's files.
     pub(crate) fn with_host(
         mut self,
         files: Vec<(String, Vec<u8>)>,
         env: Vec<(String, String)>,
         args: Vec<String>,
+        saved: Option<&mut Saved>,
     ) -> Snapshot {
-        self.header.files = files
+        let stored = match saved {
+            None => files,
+            Some(saved) => {
+                let mut stored = Vec::with_capacity(files.len());
+                let mut now = HashMap::with_capacity(files.len());
+                for (path, bytes) in files {
+                    let h = hash(&bytes);
+                    if self.header.changes && saved.files.get(&path) == Some(&h) {
+                        self.header.kept.push(path.clone());
+                    } else {
+                        stored.push((path.clone(), bytes));
+                    }
+                    now.insert(path, h);
+                }
+                saved.files = now;
+                saved.taken = true;
+                stored
+            }
+        };
+        self.header.files = stored
             .iter()
             .map(|(p, b)| (p.clone(), b.len() as u64))
             .collect();
-        self.files = files.into_iter().map(|(_, b)| b).collect();
+        self.files = stored.into_iter().map(|(_, b)| b).collect();
         self.header.env = env;
         self.header.args = args;
         self
@@ -358,6 +575,12 @@ pub(crate) fn prepare(
     snapshot: &Snapshot,
 ) -> Result<()> {
     let h = &snapshot.header;
+    if h.changes {
+        return Err(Error::SnapshotShape(
+            "it holds only the changes since an earlier save: it restores laid over that save"
+                .into(),
+        ));
+    }
     if globals.len() != h.globals.len() || memories.len() != h.memories.len() {
         return Err(Error::SnapshotShape(format!(
             "{} globals and {} memories, the snapshot has {} and {}",
@@ -503,11 +726,18 @@ mod tests {
                 files: Vec::new(),
                 env: vec![("A".into(), "1".into())],
                 args: vec!["x".into()],
+                changes: false,
+                kept: Vec::new(),
             },
             pages: vec![vec![3u8; 3 * PAGE_BYTES]],
             files: Vec::new(),
         }
-        .with_host(vec![("a.txt".into(), b"hello".to_vec())], vec![], vec![])
+        .with_host(
+            vec![("a.txt".into(), b"hello".to_vec())],
+            vec![],
+            vec![],
+            None,
+        )
     }
 
     #[test]
@@ -572,5 +802,117 @@ mod tests {
             Snapshot::from_bytes(&bytes),
             Err(Error::SnapshotCorrupted(_))
         ));
+    }
+
+    /// Sixteen pages (64 KiB), page `p` filled with `p`.
+    fn memory() -> Vec<u8> {
+        (0..16u8).flat_map(|p| [p; PAGE_BYTES]).collect()
+    }
+
+    fn files(a: &[u8]) -> Vec<(String, Vec<u8>)> {
+        vec![
+            ("a.txt".into(), a.to_vec()),
+            ("b.txt".into(), b"same".to_vec()),
+        ]
+    }
+
+    fn save(mem: &[u8], a: &[u8], global: i32, saved: Option<&mut Saved>) -> Snapshot {
+        let mut saved = saved;
+        let g = vec![GlobalValue::I32(global)];
+        let taken = capture(
+            &[None],
+            &[mem],
+            g,
+            "python".into(),
+            "b1".into(),
+            saved.as_deref_mut(),
+        );
+        taken.with_host(files(a), vec![], vec!["x".into()], saved)
+    }
+
+    fn names(s: &Snapshot) -> Vec<&str> {
+        s.files().map(|(p, _)| p).collect()
+    }
+
+    #[test]
+    fn a_save_holds_only_what_changed_and_folds_back_into_the_whole_state() {
+        let mut mem = memory();
+        let mut saved = Saved::default();
+        let first = save(&mem, b"one", 1, Some(&mut saved));
+        assert!(!first.is_changes());
+        assert_eq!(
+            first.stored_page_bytes(),
+            15 * PAGE_BYTES as u64,
+            "page 0 is the image's"
+        );
+        mem[3 * PAGE_BYTES + 5] = 99;
+        mem[PAGE_BYTES..2 * PAGE_BYTES].fill(0); // back to the image's: still a change
+        let second = save(&mem, b"two", 2, Some(&mut saved));
+        assert!(second.is_changes());
+        assert_eq!(second.header.memories[0].runs, vec![(1, 1), (3, 1)]);
+        assert_eq!(names(&second), vec!["a.txt"]);
+        assert_eq!(second.header.kept, vec!["b.txt".to_string()]);
+        let third = save(&mem, b"two", 3, Some(&mut saved));
+        assert_eq!(third.stored_page_bytes(), 0);
+        assert!(names(&third).is_empty());
+
+        let mut folded = Snapshot::from_bytes(&first.to_bytes().unwrap()).unwrap();
+        for next in [&second, &third] {
+            let next = Snapshot::from_bytes(&next.to_bytes().unwrap()).unwrap();
+            folded.apply(&next).unwrap();
+        }
+        let whole = save(&mem, b"two", 3, None);
+        assert!(!folded.is_changes());
+        assert_eq!(folded.header.memories[0].len, whole.header.memories[0].len);
+        // The folded state holds page 1 as zeros where a whole snapshot leaves it out.
+        let page = |s: &Snapshot, p: u32| -> Vec<u8> {
+            page_list(&s.header.memories[0], &s.pages[0])
+                .find(|(n, _)| *n == p)
+                .map(|(_, b)| b.to_vec())
+                .unwrap_or(vec![0; PAGE_BYTES])
+        };
+        for p in 0..16 {
+            assert_eq!(page(&folded, p), page(&whole, p), "page {p}");
+        }
+        assert_eq!(folded.header.globals, vec![GlobalValue::I32(3)]);
+        assert_eq!(
+            folded.files().collect::<Vec<_>>(),
+            whole.files().collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_restored_session_saves_only_what_changed_since_its_snapshot() {
+        let mut mem = memory();
+        let whole = save(&mem, b"one", 1, None);
+        let mut saved = Saved::of(&whole);
+        mem[9 * PAGE_BYTES] = 1;
+        let next = save(&mem, b"one", 1, Some(&mut saved));
+        assert!(next.is_changes());
+        assert_eq!(next.header.memories[0].runs, vec![(9, 1)]);
+        assert!(names(&next).is_empty());
+    }
+
+    #[test]
+    fn a_broken_chain_of_saves_is_refused() {
+        let mem = memory();
+        let mut saved = Saved::default();
+        let mut first = save(&mem, b"one", 1, Some(&mut saved));
+        let second = save(&mem, b"one", 1, Some(&mut saved));
+        let mut lacking = save(&mem, b"one", 1, None);
+        lacking.files.clear();
+        lacking.header.files.clear();
+        assert!(matches!(
+            lacking.apply(&second),
+            Err(Error::SnapshotCorrupted(_))
+        ));
+        let mut other = first.clone();
+        other.header.build = "b2".into();
+        assert!(matches!(
+            other.apply(&second),
+            Err(Error::SnapshotBuild { .. })
+        ));
+        first.apply(&second).unwrap();
+        assert!(second.is_changes() && !first.is_changes());
     }
 }

@@ -135,9 +135,10 @@ impl GuestState {
         *self = *run;
     }
 
-    /// For a session: `Some`, with the snapshot it starts from, if any.
-    pub(crate) fn session_start(&self) -> Option<Option<Arc<crate::snapshot::Snapshot>>> {
-        self.host.cells.as_ref().map(|inbox| inbox.restore.clone())
+    /// For a session: `Some`, with the snapshot it starts from, if any (taken: the session does
+    /// not keep it).
+    pub(crate) fn session_start(&mut self) -> Option<Option<Arc<crate::snapshot::Snapshot>>> {
+        self.host.cells.as_mut().map(|inbox| inbox.restore.take())
     }
 
     /// The run's working directory, while the run holds it.
@@ -306,7 +307,7 @@ pub(crate) async fn next_request(
         });
     }
     let request = inbox.requests.recv().await;
-    if !matches!(request, Some(SessionRequest::Snapshot(_))) {
+    if !matches!(request, Some(SessionRequest::Snapshot(..))) {
         status.send_modify(|s| s.waiting_input = false);
     }
     request

@@ -4,7 +4,7 @@
 //! memories and said it can be saved.
 
 use crate::error::{Error, Result};
-use crate::launch::SessionRequest;
+use crate::launch::{Capture, SessionRequest};
 use crate::runtime::plugin::CallResult;
 use crate::snapshot::{self, Snapshot};
 use crate::store::{self, GuestState};
@@ -16,12 +16,14 @@ pub(crate) type Image<'a> = Option<(u64, &'a [u8])>;
 
 /// Snapshots the idle session in `store` whose guest has said it can be saved: the pages of
 /// `memories` that differ from `images` (what the guest's instance lists for them), the values of
-/// `globals`, and the session's files, environment and arguments. Refused for a deterministic
-/// session and for a run that is not a session.
+/// `globals`, and the session's files, environment and arguments; for a save, only what changed
+/// since the last ([`Capture`]). Refused for a deterministic session and for a run that is not
+/// a session.
 pub(crate) fn take(
     store: &mut Store<GuestState>,
     globals: &[Global],
     memories: &[Memory],
+    capture: Capture,
     images: impl for<'a> FnOnce(&'a Store<GuestState>) -> Vec<Image<'a>>,
 ) -> Result<Snapshot> {
     let inbox = store.data().host.cells.as_ref().ok_or(Error::Ended)?;
@@ -33,6 +35,11 @@ pub(crate) fn take(
         ));
     }
     let values = snapshot::read_globals(&mut *store, globals)?;
+    let mut saved = match capture {
+        Capture::Snapshot => None,
+        Capture::Changes => Some(std::mem::take(&mut cells_mut(store)?.saved)),
+        Capture::WholeSave => Some(snapshot::Saved::default()),
+    };
     let state = store.data();
     let inbox = state.host.cells.as_ref().ok_or(Error::Ended)?;
     let (runtime, build) = (inbox.runtime.clone(), inbox.build.clone());
@@ -40,15 +47,24 @@ pub(crate) fn take(
     let scratch = state.scratch().ok_or(Error::Ended)?;
     let images = images(store);
     let data: Vec<&[u8]> = memories.iter().map(|m| m.data(&*store)).collect();
-    let taken = snapshot::capture(&images, &data, values, runtime, build);
+    let taken = snapshot::capture(&images, &data, values, runtime, build, saved.as_mut());
+    // A save that fails leaves no record: the next one is whole.
     let files = crate::scratch::LiveDir::new(scratch)
         .read_all()
         .map_err(|e| Error::Unsaved(e.to_string()))?;
-    Ok(taken.with_host(files, env, args))
+    let taken = taken.with_host(files, env, args, saved.as_mut());
+    if let Some(saved) = saved {
+        cells_mut(store)?.saved = saved;
+    }
+    Ok(taken)
+}
+
+fn cells_mut(store: &mut Store<GuestState>) -> Result<&mut crate::launch::CellInbox> {
+    store.data_mut().host.cells.as_mut().ok_or(Error::Ended)
 }
 
 /// Turns the fresh session in `store` (its program has run; `globals`, `memories` and `images`
-/// as its guest's instance lists them) into `from`'s.
+/// as its guest's instance lists them) into `from`'s, which is then its last save.
 pub(crate) fn restore(
     store: &mut Store<GuestState>,
     globals: &[Global],
@@ -66,7 +82,9 @@ pub(crate) fn restore(
         let at = page * snapshot::PAGE_BYTES;
         memories[m].data_mut(&mut *store)[at..at + bytes.len()].copy_from_slice(&bytes);
     }
-    snapshot::write_globals(&mut *store, globals, from)
+    snapshot::write_globals(&mut *store, globals, from)?;
+    cells_mut(store)?.saved = snapshot::Saved::of(from);
+    Ok(())
 }
 
 /// What a runtime's guest does for a session between whose cells no guest code runs: each a
@@ -90,6 +108,7 @@ pub(crate) trait SessionGuest: Sync {
     fn snapshot(
         &self,
         store: &mut Store<GuestState>,
+        capture: Capture,
     ) -> impl Future<Output = Result<Snapshot>> + Send;
 }
 
@@ -107,8 +126,8 @@ pub(crate) async fn serve(store: &mut Store<GuestState>, guest: &impl SessionGue
                     return exited(status);
                 }
             }
-            Some(SessionRequest::Snapshot(reply)) => {
-                let taken = guest.snapshot(store).await;
+            Some(SessionRequest::Snapshot(capture, reply)) => {
+                let taken = guest.snapshot(store, capture).await;
                 let _ = reply.send(taken);
             }
         }

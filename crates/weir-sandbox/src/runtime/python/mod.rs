@@ -159,7 +159,7 @@ impl Loaded for Linked {
             }
             let command = Command::new(&mut *store, &instance)?;
             let ran = command.wasi_cli_run().call_run(&mut *store).await;
-            let Some(restore) = store.data().session_start() else {
+            let Some(restore) = store.data_mut().session_start() else {
                 return ran;
             };
             // A session: its program has run (a restored one's is empty); its cells follow.

@@ -3,6 +3,7 @@
 //! the host serves what the caller asks of the idle session: the next cell, or a snapshot.
 
 use crate::error::{Error, Result};
+use crate::launch::Capture;
 use crate::runtime::state::SessionGuest;
 use crate::snapshot::Snapshot;
 use crate::store::GuestState;
@@ -57,8 +58,8 @@ impl SessionGuest for Session<'_> {
         Ok(self.exports.finish.call_async(&mut *store, ()).await?.0)
     }
 
-    async fn snapshot(&self, store: &mut Store<GuestState>) -> Result<Snapshot> {
-        take(store, self.instance, &self.exports).await
+    async fn snapshot(&self, store: &mut Store<GuestState>, capture: Capture) -> Result<Snapshot> {
+        take(store, self.instance, &self.exports, capture).await
     }
 }
 
@@ -67,6 +68,7 @@ async fn take(
     store: &mut Store<GuestState>,
     instance: &Instance,
     exports: &Exports,
+    capture: Capture,
 ) -> Result<Snapshot> {
     let (why,) = exports
         .unsaved
@@ -77,7 +79,7 @@ async fn take(
         return Err(Error::Unsaved(why));
     }
     let (globals, memories) = instance.weir_core_state(&mut *store);
-    crate::runtime::state::take(store, &globals, &memories, |store| {
+    crate::runtime::state::take(store, &globals, &memories, capture, |store| {
         instance.weir_core_images(store)
     })
 }

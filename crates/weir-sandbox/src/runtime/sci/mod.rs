@@ -308,7 +308,7 @@ impl Loaded for Linked {
                     store.data_mut().release_on_drop(base, limit)
                 };
             }
-            if let Some(Some(from)) = store.data().session_start() {
+            if let Some(Some(from)) = store.data_mut().session_start() {
                 session::restore(store, &guest, &from).map_err(wasmtime::Error::new)?;
             }
             crate::runtime::state::serve(store, &guest).await

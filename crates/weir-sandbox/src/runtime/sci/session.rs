@@ -11,6 +11,7 @@
 //! guest (`GuestState::open_descriptors`).
 
 use crate::error::{Error, Result};
+use crate::launch::Capture;
 use crate::runtime::plugin::CallResult;
 use crate::runtime::state::{exited, SessionGuest};
 use crate::snapshot::Snapshot;
@@ -88,8 +89,8 @@ impl Guest {
             Ok(value) => value,
             Err(e) => return Some(Err(e)),
         };
-        match store.data().session_start() {
-            Some(_) if value == 0 => None,
+        match store.data().host.cells.is_some() {
+            true if value == 0 => None,
             _ => Some(exited(status(value))),
         }
     }
@@ -122,8 +123,8 @@ impl SessionGuest for Guest {
         Ok(status(self.turn(store, END).await?))
     }
 
-    async fn snapshot(&self, store: &mut Store<GuestState>) -> Result<Snapshot> {
-        take(store, self).await
+    async fn snapshot(&self, store: &mut Store<GuestState>, capture: Capture) -> Result<Snapshot> {
+        take(store, self, capture).await
     }
 }
 
@@ -133,7 +134,7 @@ fn reports(store: &mut Store<GuestState>) -> Option<&mut crate::launch::SessionR
 }
 
 /// Snapshots the idle session, once it holds no file open.
-async fn take(store: &mut Store<GuestState>, guest: &Guest) -> Result<Snapshot> {
+async fn take(store: &mut Store<GuestState>, guest: &Guest, capture: Capture) -> Result<Snapshot> {
     let fuel = store.data().host.cells.as_ref().and_then(|i| i.fuel);
     if let Some(fuel) = fuel {
         // The turn's own CPU budget: what the last cell left may not cover it, and a turn cut
@@ -163,7 +164,7 @@ async fn take(store: &mut Store<GuestState>, guest: &Guest) -> Result<Snapshot> 
         }
     }
     let (globals, memories) = guest.instance.weir_core_state(&mut *store);
-    crate::runtime::state::take(store, &globals, &memories, |store| {
+    crate::runtime::state::take(store, &globals, &memories, capture, |store| {
         guest.instance.weir_core_images(store)
     })
 }
