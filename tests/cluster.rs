@@ -2,8 +2,9 @@
 //! `postgres` user in a temporary directory), three `weir serve` processes sharing it, and
 //! HAProxy running `deploy/haproxy.cfg` as it is. One test, in order: history readable from
 //! every node and private to its owner; a user's sessions hashed to one node; a second login on
-//! another node closing the first with 4001; `kill -9` of a node mid-run; a rolling restart
-//! under a one-shot client that loses no request; the database going away.
+//! another node closing the first with 4001; `kill -9` of a node mid-run; a durable session
+//! outliving `kill -9` of its node; a rolling restart under a one-shot client that loses no
+//! request; the database going away.
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -97,6 +98,28 @@ async fn wait_outcome(addr: &str, token: &str, id: &str, outcome: &str) -> Value
             r.body
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs a cell in session `sid` through `addr`, retrying while the cluster fails over (a node
+/// down, a session on its way between nodes): the cell's answer and the node that gave it.
+async fn exec(addr: &str, token: &str, sid: &str, code: &str) -> (Value, String) {
+    let path = format!("/v1/sessions/{sid}/exec");
+    let body = json!({ "code": code }).to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = http(addr, "POST", &path, Some(token), body.as_bytes()).await;
+        if r.status == 200 {
+            let node = r.header("x-weir-node").unwrap_or_default().to_string();
+            return (r.json(), node);
+        }
+        assert!(
+            [502, 503].contains(&r.status) && Instant::now() < deadline,
+            "{code}: {} {}",
+            r.status,
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -302,6 +325,45 @@ async fn three_nodes_behind_haproxy_share_history_sessions_and_survive_failures(
     nodes[victim_ix].wait_ready().await.unwrap();
     lb.wait_for(&victim, "UP").await.unwrap();
 
+    // A durable session outlives its node: kill -9 the node holding it, and its next cell —
+    // on another node — sees the last completed cell's state; the node, back, takes it home.
+    let kim = token("kim", 3600);
+    let made = http(
+        &lb.addr,
+        "POST",
+        "/v1/sessions",
+        Some(&kim),
+        br#"{"durable": true}"#,
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    assert_eq!(made.json()["durable"], true);
+    let sid = made.json()["session_id"].as_str().unwrap().to_string();
+    let holder = made.header("x-weir-node").unwrap().to_string();
+    let (out, _) = exec(&lb.addr, &kim, &sid, "x = 41\ndef f(n):\n    return n + x").await;
+    assert_eq!(out["saved"], true, "{out}");
+    let (out, _) = exec(&lb.addr, &kim, &sid, "open('notes.txt', 'w').write('kept')").await;
+    assert_eq!(out["saved"], true, "{out}");
+    let holder_ix = nodes.iter().position(|n| n.id == holder).unwrap();
+    let other = &nodes[(holder_ix + 1) % 3].addr.clone();
+    let path = format!("/v1/sessions/{sid}/exec");
+    let stranger = http(other, "POST", &path, Some(&bob), br#"{"code": "x"}"#).await;
+    assert_eq!(stranger.status, 404, "not bob's: {}", stranger.body);
+    nodes[holder_ix].kill9();
+    let (out, rescuer) = exec(&lb.addr, &kim, &sid, "f(1), open('notes.txt').read()").await;
+    assert_eq!(out["result"], "(42, 'kept')", "{out}");
+    assert_ne!(rescuer, holder);
+    let (out, _) = exec(&lb.addr, &kim, &sid, "x = 100").await;
+    assert_eq!(out["saved"], true, "{out}");
+    // The holder comes back; HAProxy hashes kim to it again, and it takes the session over
+    // from the node that rescued it.
+    nodes[holder_ix].spawn().unwrap();
+    nodes[holder_ix].wait_ready().await.unwrap();
+    lb.wait_for(&holder, "UP").await.unwrap();
+    let (out, home) = exec(&lb.addr, &kim, &sid, "f(1)").await;
+    assert_eq!(out["result"], "101", "{out}");
+    assert_eq!(home, holder, "back on its node");
+
     // A rolling restart of all three nodes while a one-shot client loops through HAProxy:
     // no request is lost.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -342,6 +404,9 @@ async fn three_nodes_behind_haproxy_share_history_sessions_and_survive_failures(
         "requests lost in the rolling restart: {failed:?}"
     );
     assert!(ok >= 10, "the client kept running ({ok} runs)");
+    // The durable session lived through the rolling restart too.
+    let (out, _) = exec(&lb.addr, &kim, &sid, "f(2)").await;
+    assert_eq!(out["result"], "102", "{out}");
 
     // The database goes away: signed-in sessions close (1013), nodes stop admitting and say why.
     let (mut gina, _) = connect(&nodes[0].addr, &token("gina", 3600)).await.unwrap();

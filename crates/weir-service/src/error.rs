@@ -92,6 +92,16 @@ pub enum Error {
     /// The user's `/ws` login on another node did not close in time for this one.
     #[error("the user's session on another node has not closed within 3 s; retry")]
     LoginBusy,
+    /// A durable session is live on another node, which has not let it go.
+    #[error("session {id:?} is live on node {node}: its requests go there (retry; a client that              keeps reaching this node gets it once that node lets it go)")]
+    SessionElsewhere { id: String, node: String },
+    /// Another node took this node's durable session over (this node was cut off from the
+    /// database meanwhile): this node's copy ends, unsaved.
+    #[error("session {0:?} was taken over by another node; retry to reach it there")]
+    SessionMoved(String),
+    /// The database of durable sessions failed.
+    #[error("durable sessions: {0}")]
+    DurableDatabase(String),
     /// `[cluster] database_url` is not a PostgreSQL connection string.
     #[error("[cluster] database_url is not a PostgreSQL connection string: {0}")]
     ClusterUrl(String),

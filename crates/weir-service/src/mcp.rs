@@ -56,6 +56,10 @@ pub struct SessionCreate {
     pub files: BTreeMap<String, String>,
     /// The runtime, by name or alias; the server's default without one.
     pub runtime: Option<String>,
+    /// Save the session after every cell so it outlives the server node running it (cluster
+    /// mode only).
+    #[serde(default)]
+    pub durable: bool,
 }
 
 /// `session_exec`'s arguments.
@@ -229,19 +233,23 @@ async fn unless_abandoned(
 }
 
 impl WeirMcp {
-    /// The caller's session `id`, or a tool error naming it.
-    fn session(
+    /// The caller's session `id` (a durable one taken over from a node that died,
+    /// `session::find`), or a tool error naming it.
+    async fn session(
         &self,
         id: &str,
         ctx: &RequestContext<RoleServer>,
     ) -> Result<Arc<Session>, rmcp::model::CallToolResult> {
         let user = caller(ctx).unwrap_or_else(|| ANONYMOUS.into());
-        self.state.sessions.get(id, &user).ok_or_else(|| {
-            answer(
-                false,
-                format!("no session {id:?} (it ended, expired or was never created)"),
-            )
-        })
+        session::find(&self.state, id, &user)
+            .await
+            .map_err(|e| match e {
+                crate::error::Error::NotFound(_) => answer(
+                    false,
+                    format!("no session {id:?} (it ended, expired or was never created)"),
+                ),
+                e => answer(false, e.to_string()),
+            })
     }
 
     /// The caller's session `id` ([`Self::session`]), woken first if it hibernates.
@@ -250,7 +258,7 @@ impl WeirMcp {
         id: &str,
         ctx: &RequestContext<RoleServer>,
     ) -> Result<Arc<Session>, rmcp::model::CallToolResult> {
-        let k = self.session(id, ctx)?;
+        let k = self.session(id, ctx).await?;
         match session::wake(&self.state, &k).await {
             Ok(()) => Ok(k),
             Err(e) => Err(answer(false, e.to_string())),
@@ -364,6 +372,7 @@ impl WeirMcp {
         let params = session::CreateParams {
             runtime: args.runtime,
             files: args.files,
+            durable: args.durable,
             ..Default::default()
         };
         Ok(self.start_session(params, &ctx).await)
@@ -381,7 +390,7 @@ impl WeirMcp {
         Parameters(args): Parameters<SessionExec>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::CallToolResult, ErrorData> {
-        let k = match self.session(&args.session_id, &ctx) {
+        let k = match self.session(&args.session_id, &ctx).await {
             Ok(k) => k,
             Err(e) => return Ok(e),
         };
@@ -410,7 +419,7 @@ impl WeirMcp {
         Parameters(args): Parameters<SessionRef>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::CallToolResult, ErrorData> {
-        Ok(match self.session(&args.session_id, &ctx) {
+        Ok(match self.session(&args.session_id, &ctx).await {
             Ok(k) if k.interrupt() => answer(true, "interrupted".into()),
             Ok(_) => answer(false, "no cell is running in this session".into()),
             Err(e) => e,
@@ -475,7 +484,7 @@ impl WeirMcp {
         Parameters(args): Parameters<SessionRef>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::CallToolResult, ErrorData> {
-        let k = match self.session(&args.session_id, &ctx) {
+        let k = match self.session(&args.session_id, &ctx).await {
             Ok(k) => k,
             Err(e) => return Ok(e),
         };
@@ -522,7 +531,7 @@ runtime: {}",
         Parameters(args): Parameters<SessionRef>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::CallToolResult, ErrorData> {
-        let k = match self.session(&args.session_id, &ctx) {
+        let k = match self.session(&args.session_id, &ctx).await {
             Ok(k) => k,
             Err(e) => return Ok(e),
         };
@@ -543,7 +552,7 @@ runtime: {}",
         Parameters(args): Parameters<SessionRef>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::CallToolResult, ErrorData> {
-        Ok(match self.session(&args.session_id, &ctx) {
+        Ok(match self.session(&args.session_id, &ctx).await {
             Ok(k) => {
                 session::end(&self.state, &k.id, EndedBy::Closed).await;
                 answer(true, format!("session {} closed", k.id))
@@ -560,6 +569,9 @@ fn cell_result(report: &CellReport) -> rmcp::model::CallToolResult {
     let mut text = format!("outcome: {outcome} · {} ms", report.duration.as_millis());
     if report.exit.is_some() {
         text.push_str(" · the session has ended");
+    }
+    if let Some(Err(why)) = &report.saved {
+        text.push_str(&format!(" · not saved: {why}"));
     }
     text.push('\n');
     if let Some(value) = report.end.as_ref().and_then(|e| e.value.as_deref()) {

@@ -68,10 +68,7 @@ impl FromRequestParts<Arc<AppState>> for Owned {
                     .map(|(_, value)| value.to_string())
             })
             .unwrap_or_default();
-        app.sessions
-            .get(&id, &caller.user)
-            .map(Owned)
-            .ok_or_else(|| Error::NotFound(format!("no session {id:?}")))
+        session::find(app, &id, &caller.user).await.map(Owned)
     }
 }
 
@@ -105,6 +102,7 @@ fn describe_json(state: &AppState, s: &Session) -> Value {
         "runtime": s.runtime,
         "busy": s.busy(),
         "hibernated": s.is_hibernated(),
+        "durable": s.is_durable(),
         "idle_ms": s.idle_for().as_millis() as u64,
         "idle_timeout_ms": state.config.session_idle().as_millis() as u64,
     })
@@ -165,6 +163,14 @@ pub fn report_json(report: &CellReport) -> Value {
     if let Some(exit) = &report.exit {
         body["message"] = json!(exit.message);
     }
+    match &report.saved {
+        Some(Ok(())) => body["saved"] = json!(true),
+        Some(Err(why)) => {
+            body["saved"] = json!(false);
+            body["save_error"] = json!(why);
+        }
+        None => {}
+    }
     body
 }
 
@@ -217,11 +223,16 @@ async fn read_file(
 }
 
 async fn write_file(
+    State(state): State<Arc<AppState>>,
     Awake(s): Awake,
     Path((_, path)): Path<(String, String)>,
     Raw(body): Raw,
 ) -> Result<StatusCode, Error> {
     s.write_file(path, body).await?;
+    // A durable session keeps the file from now (else its next cell's save holds it).
+    if let Err(e) = session::save(&state, &s).await {
+        tracing::warn!(session_id = %s.id, error = %e, "a written file is not saved yet");
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

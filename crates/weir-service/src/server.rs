@@ -3,6 +3,7 @@
 //! shutdown (broadcast once; the server waits for every connection and run it tracks).
 
 use crate::config::ServerConfig;
+use crate::durable::DurableStore;
 use crate::history::History;
 use crate::registry::Registry;
 use crate::state::AppState;
@@ -88,12 +89,16 @@ async fn install_packages(config: &ServerConfig, sandbox: &Sandbox) -> anyhow::R
 /// settings: for embedders that host runtimes of their own.
 pub async fn start_with(config: ServerConfig, sandbox: Sandbox) -> anyhow::Result<RunningServer> {
     install_packages(&config, &sandbox).await?;
-    let (history, registry) = open_stores(&config).await?;
+    let (history, registry, durable) = open_stores(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
-    let state = Arc::new(AppState::new(config, sandbox, history).with_registry(registry));
+    let state = Arc::new(
+        AppState::new(config, sandbox, history)
+            .with_registry(registry)
+            .with_durable(durable),
+    );
     let app = router(state.clone());
     let task = tokio::spawn(serve_connections(listener, app, state.clone()));
     let reaper = tokio::spawn(crate::lifecycle::session::reap(state.clone()));
@@ -110,18 +115,22 @@ pub async fn start_with(config: ServerConfig, sandbox: Sandbox) -> anyhow::Resul
     })
 }
 
-/// The run history and the session registry: SQLite and in memory, or with a
-/// `[cluster] database_url` both in PostgreSQL (schema created or migrated here).
-async fn open_stores(config: &ServerConfig) -> anyhow::Result<(History, Registry)> {
+/// The run history, the session registry and durable sessions: SQLite and in memory (and no
+/// durable sessions), or with a `[cluster] database_url` all in PostgreSQL (schema created or
+/// migrated here).
+async fn open_stores(
+    config: &ServerConfig,
+) -> anyhow::Result<(History, Registry, Option<DurableStore>)> {
     let node = crate::cluster::Node::new(&config.node_id());
     let Some(pg) = crate::cluster::pg_config(config.cluster.database_url.as_deref(), &node)? else {
         let history = History::open(&config.history)?.with_node(&node.id);
-        return Ok((history, Registry::local()));
+        return Ok((history, Registry::local(), None));
     };
     let registry = Registry::clustered(&node, pg.clone(), config.max_sessions).await?;
-    let history = History::connect(&config.history, pg, &node).await?;
+    let history = History::connect(&config.history, pg.clone(), &node).await?;
+    let durable = DurableStore::connect(pg, &node).await?;
     tracing::info!(node = %node.id, "cluster mode: history and sessions in PostgreSQL");
-    Ok((history, registry))
+    Ok((history, registry, Some(durable)))
 }
 
 /// Loads every runtime not loaded yet, one after the other; a failure is logged (and shown in

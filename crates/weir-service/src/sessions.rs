@@ -8,6 +8,7 @@
 //! the run stopped, and the session with it. Every session holds one of the server's slots, so
 //! the registry is bounded by `max_sessions`.
 
+use crate::durable::{DurableStore, Record};
 use crate::error::Error;
 use crate::registry::Slot;
 use crate::tracked::{Books, EndedBy, TrackedRun};
@@ -49,6 +50,22 @@ pub struct Session {
     /// (the client hung up). The next `exec` reads past it first.
     unsettled: AtomicBool,
     slot: Mutex<Option<Slot>>,
+    /// A durable session's saves (`crate::durable`).
+    saves: Option<tokio::sync::Mutex<Saves>>,
+}
+
+/// Where a durable session's saves are.
+#[derive(Debug, Default)]
+pub struct Saves {
+    /// The number of the last save written (0: none yet).
+    pub seq: i64,
+    /// Bytes of the last whole save, and of the saves of changes since: once those outweigh it,
+    /// the next save is whole.
+    base_bytes: u64,
+    chain_bytes: u64,
+    /// The last save was not written (or the session was restored in a new instance): the next
+    /// is whole.
+    whole_next: bool,
 }
 
 /// What a cell did.
@@ -64,6 +81,8 @@ pub struct CellReport {
     /// The caller interrupted the cell.
     pub interrupted: bool,
     pub duration: Duration,
+    /// A durable session's save after the cell: written, or why not.
+    pub saved: Option<Result<(), String>>,
 }
 
 impl Session {
@@ -85,7 +104,73 @@ impl Session {
             interrupt_asked: AtomicBool::new(false),
             unsettled: AtomicBool::new(false),
             slot: Mutex::new(Some(slot)),
+            saves: None,
         }
+    }
+
+    /// This session, durable: saved after every cell; `seq` is its last save's number (0: it
+    /// has none yet).
+    pub fn durable(mut self, seq: i64) -> Self {
+        self.saves = Some(tokio::sync::Mutex::new(Saves {
+            seq,
+            ..Saves::default()
+        }));
+        self
+    }
+
+    /// Whether it is durable.
+    pub fn is_durable(&self) -> bool {
+        self.saves.is_some()
+    }
+
+    /// Saves a durable session in `store` (nothing for another): what changed since its last
+    /// save, or all of it when its saves of changes outweigh its last whole one, the last save
+    /// failed, or it has none. A save above `max_bytes` is not written.
+    pub async fn save(&self, store: &DurableStore, max_bytes: u64) -> Result<(), Error> {
+        let Some(saves) = &self.saves else {
+            return Ok(());
+        };
+        let mut saves = saves.lock().await;
+        let whole = saves.seq == 0 || saves.whole_next || saves.chain_bytes > saves.base_bytes;
+        // Until this one is written, the next is whole: its changes would follow a save the
+        // database lacks.
+        saves.whole_next = true;
+        let taken = self.control().save(whole).await.map_err(|e| match e {
+            weir_sandbox::Error::Ended => Error::SessionEnded,
+            e => Error::Sandbox(e),
+        })?;
+        let whole = !taken.is_changes();
+        let bytes = tokio::task::spawn_blocking(move || taken.to_bytes())
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        let size = bytes.len() as u64;
+        if size > max_bytes {
+            return Err(Error::SnapshotTooLarge {
+                size,
+                limit: weir_sandbox::human_bytes(max_bytes),
+            });
+        }
+        let seq = saves.seq + 1;
+        match seq {
+            1 => {
+                let record = Record {
+                    id: self.id.clone(),
+                    user: self.user.clone(),
+                    runtime: self.runtime.clone(),
+                    limits: self.limits,
+                    created_ms: crate::history::unix_ms(self.created),
+                };
+                store.create(&record, &bytes).await?
+            }
+            _ => store.save(&self.id, seq, whole, &bytes).await?,
+        }
+        saves.seq = seq;
+        saves.whole_next = false;
+        match whole {
+            true => (saves.base_bytes, saves.chain_bytes) = (size, 0),
+            false => saves.chain_bytes += size,
+        }
+        Ok(())
     }
 
     /// Marks the session used now: a hibernation that has not saved it yet gives up.
@@ -201,6 +286,10 @@ impl Session {
         *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(slot);
         *self.hibernated.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let _ = std::fs::remove_file(&path);
+        if let Some(saves) = &self.saves {
+            // Its saves go on from the snapshot it hibernated as, which the database lacks.
+            saves.lock().await.whole_next = true;
+        }
         Ok(())
     }
 
@@ -498,6 +587,11 @@ impl Sessions {
             .get(id)
             .filter(|k| k.user == user && !k.ended())
             .cloned()
+    }
+
+    /// Session `id`, whoever owns it (for the server's own use, never a client's lookup).
+    pub fn find(&self, id: &str) -> Option<Arc<Session>> {
+        self.map().get(id).cloned()
     }
 
     /// Removes a session and stops its run.

@@ -2,6 +2,7 @@
 //! entry point accepts.
 
 use crate::config::ServerConfig;
+use crate::durable::DurableStore;
 use crate::history::History;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -46,6 +47,10 @@ pub struct AppState {
     pub sessions: Arc<Sessions>,
     /// Stored session snapshots (`/v1/snapshots`).
     pub snapshots: Arc<SnapshotStore>,
+    /// Durable sessions' saves, in cluster mode (`crate::durable`).
+    pub durable: Option<Arc<DurableStore>>,
+    /// Held while a durable session is taken over from a node that died.
+    pub(crate) adopting: tokio::sync::Mutex<()>,
 }
 
 /// `/readyz`'s canary: one at a time, its result kept for [`READY_FOR`] so a probe every second
@@ -141,7 +146,15 @@ impl AppState {
             mcp_shutdown: tokio_util::sync::CancellationToken::new(),
             sessions: Arc::new(Sessions::default()),
             snapshots: Arc::new(SnapshotStore::open(config_snapshot_dir, config_snapshots)),
+            durable: None,
+            adopting: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// This state with durable sessions saved in `store` (a cluster node's).
+    pub fn with_durable(mut self, store: Option<DurableStore>) -> Self {
+        self.durable = store.map(Arc::new);
+        self
     }
 
     /// This state with `registry` (a cluster node's) in place of the local one.

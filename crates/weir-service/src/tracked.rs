@@ -46,6 +46,14 @@ pub struct Recorded {
     pub transcript: Option<String>,
 }
 
+/// The id a run is known by in the history.
+enum HistoryId<'a> {
+    /// The run's own, after a prefix.
+    Prefixed(&'static str),
+    /// This one (a session that started elsewhere).
+    Given(&'a str),
+}
+
 /// Where runs start and their lives are written down (`crate::state::AppState::books`).
 #[derive(Clone)]
 pub struct Books {
@@ -82,12 +90,23 @@ impl TrackedRun {
         req: RunRequest,
         record: bool,
     ) -> Result<Self, Error> {
-        Self::start_as(books, user, req, record, "").await
+        Self::start_as(books, user, req, record, HistoryId::Prefixed("")).await
     }
 
     /// Starts `req` as a stateful session for `user`: its id is the run's with an `s` before it.
     pub async fn start_session(books: &Books, user: &str, req: RunRequest) -> Result<Self, Error> {
-        Self::start_as(books, user, req, false, "s").await
+        Self::start_as(books, user, req, false, HistoryId::Prefixed("s")).await
+    }
+
+    /// Starts `req` as `user`'s stateful session `id`, which started elsewhere (a durable
+    /// session taken over from a node that died): its history row is this run's from now.
+    pub async fn resume_session(
+        books: &Books,
+        user: &str,
+        req: RunRequest,
+        id: &str,
+    ) -> Result<Self, Error> {
+        Self::start_as(books, user, req, false, HistoryId::Given(id)).await
     }
 
     async fn start_as(
@@ -95,11 +114,14 @@ impl TrackedRun {
         user: &str,
         req: RunRequest,
         record: bool,
-        prefix: &str,
+        id: HistoryId<'_>,
     ) -> Result<Self, Error> {
         let recording = record.then(|| Box::new((req.clone(), OutputLog::default())));
         let handle = books.sandbox.start(req).await?;
-        let id = format!("{prefix}{}", handle.id());
+        let id = match id {
+            HistoryId::Prefixed(prefix) => format!("{prefix}{}", handle.id()),
+            HistoryId::Given(id) => id.to_string(),
+        };
         books.metrics.runs_started.fetch_add(1, Relaxed);
         tracing::info!(run_id = %id, user, runtime = handle.runtime(), "run started");
         books.history.started(&id, user, handle.runtime()).await;

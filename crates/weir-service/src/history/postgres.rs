@@ -328,7 +328,13 @@ async fn store_batch(pool: &Pool, rows: &[Row], node_key: i64) -> Result<(), Err
     let mut client = pool.get().await.map_err(db)?;
     let tx = client.transaction().await.map_err(db)?;
     let started = tx
-        .prepare_cached(&format!("{INSERT} ON CONFLICT (id) DO NOTHING"))
+        // A row already there is a durable session's, taken over by this node: running here.
+        .prepare_cached(&format!(
+            "{INSERT} ON CONFLICT (id) DO UPDATE SET node = EXCLUDED.node,
+                node_key = EXCLUDED.node_key, finished_at_ms = EXCLUDED.finished_at_ms,
+                duration_ms = EXCLUDED.duration_ms, outcome = EXCLUDED.outcome,
+                code = EXCLUDED.code, message = EXCLUDED.message"
+        ))
         .await
         .map_err(db)?;
     let finished = tx

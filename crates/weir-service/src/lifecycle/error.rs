@@ -28,6 +28,9 @@ impl Error {
             | Error::TokenBadSignature
             | Error::TokenExpired => StatusCode::UNAUTHORIZED,
             Error::ClusterUnavailable(_)
+            | Error::SessionElsewhere { .. }
+            | Error::SessionMoved(_)
+            | Error::DurableDatabase(_)
             | Error::LoginBusy
             | Error::ClusterConnect(_)
             | Error::HistoryOpen { .. }

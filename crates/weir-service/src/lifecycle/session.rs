@@ -2,6 +2,7 @@
 //! the MCP session tools share. Idle sessions, and sessions whose run ended by itself, are
 //! removed by [`reap`], each recorded.
 
+use crate::durable::{Take, Taken, HANDOFF};
 use crate::error::Error;
 use crate::protocol::LimitParams;
 use crate::registry::Slot;
@@ -34,6 +35,10 @@ pub struct CreateParams {
     /// Start from this stored snapshot (`/v1/snapshots`) instead of an empty namespace: its
     /// runtime, files and environment come with it (`runtime`, `files` and `env` must be absent).
     pub snapshot: Option<String>,
+    /// Save it after every cell in the cluster's database, so that it outlives its node
+    /// (cluster mode only: `crate::durable`).
+    #[serde(default)]
+    pub durable: bool,
 }
 
 impl super::body::Params for CreateParams {
@@ -105,6 +110,13 @@ pub async fn start(
     params: CreateParams,
     slot: Slot,
 ) -> Result<Arc<Session>, Error> {
+    let durable = params.durable;
+    if durable && app.durable.is_none() {
+        return Err(Error::BadRequest(
+            "durable sessions are saved in the cluster's database: this server runs without              one ([cluster] database_url)"
+                .into(),
+        ));
+    }
     let from = match &params.snapshot {
         None => None,
         Some(_)
@@ -119,7 +131,15 @@ pub async fn start(
         Some(id) => Some(Arc::new(load(app, id, user).await?)),
     };
     let req = request(app, params, from);
-    launch(app, user, req, slot).await
+    let session = launch(app, user, req, slot, durable).await?;
+    if durable {
+        // Saved before it is announced: it survives its node from its first request on.
+        if let Err(e) = save(app, &session).await {
+            end(app, &session.id, EndedBy::Closed).await;
+            return Err(e);
+        }
+    }
+    Ok(session)
 }
 
 /// Starts the session `req` describes for `user` on `slot` and registers it.
@@ -128,12 +148,147 @@ async fn launch(
     user: &str,
     req: RunRequest,
     slot: Slot,
+    durable: bool,
 ) -> Result<Arc<Session>, Error> {
     let limits = req.limits;
     let run = TrackedRun::start_session(&app.books(), user, req).await?;
-    let session = Arc::new(Session::new(run, limits, slot));
+    let session = Session::new(run, limits, slot);
+    let session = Arc::new(match durable {
+        true => session.durable(0),
+        false => session,
+    });
     app.sessions.insert(session.clone());
     Ok(session)
+}
+
+/// `user`'s session `id`: live on this node, or a durable session whose node has died, taken
+/// over and restored here from its last save (on a slot of the server's and of its user's).
+pub async fn find(app: &AppState, id: &str, user: &str) -> Result<Arc<Session>, Error> {
+    let missing = || Error::NotFound(format!("no session {id:?}"));
+    if let Some(session) = app.sessions.get(id, user) {
+        return Ok(session);
+    }
+    let Some(store) = &app.durable else {
+        return Err(missing());
+    };
+    if !is_session_id(id) {
+        return Err(missing());
+    }
+    // One takeover at a time on this node: a second request for the same session finds it
+    // restored.
+    let _one = app.adopting.lock().await;
+    if let Some(session) = app.sessions.get(id, user) {
+        return Ok(session);
+    }
+    let span = tracing::info_span!("take_over", session_id = %id);
+    let deadline = tokio::time::Instant::now() + HANDOFF;
+    let mut asked = false;
+    loop {
+        match store.take(id, user).await? {
+            Take::Missing => return Err(missing()),
+            Take::Taken(taken) => return adopt(app, taken).instrument(span).await,
+            Take::Held { node, .. } if tokio::time::Instant::now() >= deadline => {
+                return Err(Error::SessionElsewhere {
+                    id: id.to_string(),
+                    node,
+                })
+            }
+            Take::Held { key, .. } => {
+                if !asked {
+                    store.ask(id, key).await?;
+                    asked = true;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+    }
+}
+
+/// Lets durable session `id` go, as another node asked (its requests now reach that node):
+/// ended here, saved as its last cell left it, for that node to take over. One running a cell
+/// is kept (the asking node asks again).
+async fn release(app: &AppState, id: &str) {
+    let (Some(store), Some(session)) = (&app.durable, app.sessions.find(id)) else {
+        return;
+    };
+    if !session.is_durable() || session.busy() {
+        return;
+    }
+    let Some(session) = app.sessions.remove(id) else {
+        return;
+    };
+    session.record_end(EndedBy::Closed).await;
+    match store.release(id).await {
+        Ok(()) => tracing::info!(session_id = %id, "durable session handed to another node"),
+        Err(e) => {
+            tracing::warn!(session_id = %id, error = %e, "cannot hand a durable session over")
+        }
+    }
+}
+
+/// Whether `id` is spelled as session ids are (`s` and 32 hex digits): others are not looked up.
+fn is_session_id(id: &str) -> bool {
+    id.len() == 33 && id.starts_with('s') && id[1..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Restores a durable session taken over from its node and registers it here.
+async fn adopt(app: &AppState, taken: Taken) -> Result<Arc<Session>, Error> {
+    let Taken { record, seq, saves } = taken;
+    let snapshot = tokio::task::spawn_blocking(move || fold(saves))
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+    let user = (record.user != crate::auth::ANONYMOUS).then_some(record.user.as_str());
+    let slot = super::admission::slot(app, user).await?;
+    let mut req = RunRequest::script(Vec::new());
+    req.cells = true;
+    req.limits = record.limits;
+    req.runtime = Some(snapshot.runtime().to_string());
+    req.restore = Some(Arc::new(snapshot));
+    let run = TrackedRun::resume_session(&app.books(), &record.user, req, &record.id).await?;
+    let session = Arc::new(Session::new(run, record.limits, slot).durable(seq));
+    app.sessions.insert(session.clone());
+    tracing::info!(session_id = %record.id, seq, "durable session taken over");
+    Ok(session)
+}
+
+/// A durable session's state: its saves (the first whole), each laid over the one before.
+fn fold(saves: Vec<Vec<u8>>) -> Result<Snapshot, Error> {
+    let mut saves = saves.into_iter();
+    let first = saves
+        .next()
+        .ok_or_else(|| Error::DurableDatabase("the session has no save".into()))?;
+    let mut state = Snapshot::from_bytes(&first)?;
+    for next in saves {
+        state.apply(&Snapshot::from_bytes(&next)?)?;
+    }
+    Ok(state)
+}
+
+/// Saves a durable session (nothing for another). One that another node took over meanwhile
+/// ends here, its record left to that node.
+pub async fn save(app: &AppState, session: &Session) -> Result<(), Error> {
+    let Some(store) = &app.durable else {
+        return Ok(());
+    };
+    let span = tracing::debug_span!("save", session_id = %session.id);
+    let max = app.config.snapshots.max_bytes;
+    let saved = session.save(store, max).instrument(span).await;
+    if let Err(Error::SessionMoved(_)) = &saved {
+        if let Some(gone) = app.sessions.remove(&session.id) {
+            gone.record_end(EndedBy::Closed).await;
+        }
+    }
+    saved
+}
+
+/// Deletes an ended durable session's saves (nothing for another session).
+async fn forget(app: &AppState, session: &Session) {
+    let (Some(store), true) = (&app.durable, session.is_durable()) else {
+        return;
+    };
+    if let Err(e) = store.remove(&session.id).await {
+        tracing::warn!(session_id = %session.id, error = %e, "cannot delete a durable session's saves");
+    }
 }
 
 /// `user`'s stored snapshot `id`, read and checked.
@@ -158,7 +313,7 @@ pub async fn fork(app: &AppState, session: &Session, slot: Slot) -> Result<Arc<S
     req.limits = session.limits;
     req.runtime = Some(from.runtime().to_string());
     req.restore = Some(from);
-    launch(app, &session.user, req, slot).await
+    launch(app, &session.user, req, slot, false).await
 }
 
 /// Stores a snapshot of `session` (taken once its running cell ends) for its owner.
@@ -233,15 +388,21 @@ pub async fn run_cell(
         interactive: params.interactive,
     };
     let span = tracing::info_span!("cell", session_id = %session.id);
-    let result = session
+    let mut result = session
         .exec(cell, cell_timeout(app, params.timeout_ms))
         .instrument(span)
         .await;
+    if let Ok(report) = &mut result {
+        if report.exit.is_none() && session.is_durable() {
+            report.saved = Some(save(app, session).await.map_err(|e| e.to_string()));
+        }
+    }
     match &result {
         // The run ended by itself before the cell could start.
         Err(Error::SessionEnded) => {
             if app.sessions.remove(&session.id).is_some() {
                 session.record_unseen_end().await;
+                forget(app, session).await;
             }
         }
         Err(_) => {}
@@ -252,6 +413,7 @@ pub async fn run_cell(
             // The session ended during the cell (its end is recorded by the cell's read).
             if report.exit.is_some() {
                 app.sessions.remove(&session.id);
+                forget(app, session).await;
             }
         }
     }
@@ -264,6 +426,7 @@ pub async fn end(app: &AppState, id: &str, why: EndedBy) -> bool {
         return false;
     };
     session.record_end(why).await;
+    forget(app, &session).await;
     true
 }
 
@@ -280,12 +443,37 @@ pub async fn reap(app: Arc<AppState>) {
         clear_hibernated(&app);
     }
     let mut tick = tokio::time::interval(every);
+    let mut pruned = tokio::time::Instant::now();
+    let (mut asked, _listening) = match &app.durable {
+        Some(store) => {
+            let (rx, guard) = store.asked();
+            (rx, Some(guard))
+        }
+        None => (tokio::sync::mpsc::channel(1).1, None),
+    };
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            Some(id) = asked.recv() => {
+                release(&app, &id).await;
+                continue;
+            }
+        }
         for (session, why) in app.sessions.expire(idle) {
             match why {
                 Expiry::Idle => session.record_end(EndedBy::Idle).await,
                 Expiry::RunEnded => session.record_unseen_end().await,
+            }
+            forget(&app, &session).await;
+        }
+        if let (Some(store), true) = (&app.durable, pruned.elapsed() >= PRUNE_EVERY) {
+            pruned = tokio::time::Instant::now();
+            match store.prune(idle).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(sessions = n, "idle durable sessions of gone nodes deleted")
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot prune durable sessions"),
             }
         }
         if let Some(after) = asleep {
@@ -294,7 +482,12 @@ pub async fn reap(app: Arc<AppState>) {
     }
 }
 
-/// Ends every session (shutdown), each recorded `shutdown`.
+/// How often the reaper deletes the durable sessions of gone nodes idle past
+/// `session_idle_secs`.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Ends every session (shutdown), each recorded `shutdown`; durable sessions' saves stay, for
+/// another node (or this one, restarted) to take them over.
 pub async fn end_all(app: &AppState) {
     for session in app.sessions.clear() {
         session.record_end(EndedBy::Shutdown).await;

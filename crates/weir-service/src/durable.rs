@@ -1,0 +1,394 @@
+//! Durable sessions (cluster mode, docs/sessions.md#durable-sessions): a session started with
+//! `durable: true` is saved in the cluster's PostgreSQL database after every cell, so it outlives
+//! the node running it. When that node dies, the session's next request — on any node — takes it
+//! over and restores it from its last save.
+//!
+//! Two tables. `weir_durable`: one row per durable session — owner, runtime, limits, the node
+//! holding it (its id and node lock, `crate::cluster`), the last save's sequence number and the
+//! first one still needed. `weir_durable_saves`: the saves, `weir_sandbox::Snapshot` bytes; the
+//! first needed is whole, each later one holds the changes since the one before
+//! (`weir_sandbox::RunControl::save`). A save is written in one transaction that also checks the
+//! session is still this node's: a node that lost it (another node took it over while this one
+//! was cut off from the database) writes nothing. A whole save drops the saves before it.
+//!
+//! Taking a session over: its row names a node whose node lock is not held (it died, or let the
+//! session go), so the taking node puts its own lock in the row (one conditional update: of two
+//! nodes trying at once, one wins) and reads the saves from the last whole one. A session whose
+//! node is alive is asked for (`NOTIFY weir_durable`, naming the session and its node): that
+//! node lets it go once no cell runs in it ([`DurableStore::release`]), and the asking node
+//! takes it over — as a load balancer's hashing moves a user to a node that came back. A node
+//! that does not let go within [`HANDOFF`] leaves the request a 503 naming it.
+//!
+//! Bounded: a save above `[snapshots] max_bytes` is not written (the cell says so); saves of
+//! changes are followed by a whole one once they outweigh it, so a session keeps at most about
+//! twice its size; rows of sessions idle past `session_idle_secs` whose node is gone are
+//! deleted by any node's reaper.
+
+use crate::cluster::{alive_sql, Node};
+use crate::error::Error;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, NoTls};
+use weir_sandbox::{AbortOnDrop, Limits};
+
+/// Connections each node keeps for durable sessions.
+const POOL: usize = 4;
+/// Longest a statement waits for a connection.
+const TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a node asking for a session another node holds waits for it.
+pub const HANDOFF: Duration = Duration::from_secs(3);
+/// The channel sessions are asked for on.
+const CHANNEL: &str = "weir_durable";
+/// Requests to let a session go, queued at most (more are dropped: the asker asks again).
+const ASKED: usize = 256;
+
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS weir_durable (
+        id TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL,
+        runtime TEXT NOT NULL,
+        limits TEXT NOT NULL,
+        node TEXT NOT NULL,
+        node_key BIGINT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        used_ms BIGINT NOT NULL,
+        base_seq BIGINT NOT NULL,
+        seq BIGINT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS weir_durable_saves (
+        session_id TEXT NOT NULL REFERENCES weir_durable (id) ON DELETE CASCADE,
+        seq BIGINT NOT NULL,
+        data BYTEA NOT NULL,
+        PRIMARY KEY (session_id, seq)
+    );
+";
+/// The transaction-level advisory lock the tables are created under.
+const SCHEMA_LOCK: i64 = 0x7765_6972_0003;
+
+fn db(e: impl std::fmt::Display) -> Error {
+    Error::DurableDatabase(e.to_string())
+}
+
+/// A durable session as the database knows it.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub id: String,
+    pub user: String,
+    pub runtime: String,
+    pub limits: Limits,
+    /// When the session was created, ms since the Unix epoch.
+    pub created_ms: u64,
+}
+
+/// What [`DurableStore::take`] found.
+pub enum Take {
+    /// No such session of the user's.
+    Missing,
+    /// Taken over.
+    Taken(Taken),
+    /// Held by a live node: `node` names it, `key` is its node lock.
+    Held { node: String, key: i64 },
+}
+
+/// A session taken over: its record, the sequence number of its last save, and its saves from
+/// the last whole one, oldest first.
+pub struct Taken {
+    pub record: Record,
+    pub seq: i64,
+    pub saves: Vec<Vec<u8>>,
+}
+
+/// Durable sessions in the cluster's database, as one node sees them.
+pub struct DurableStore {
+    pool: Pool,
+    node: Node,
+    /// For the connection that listens for handoffs.
+    pg: tokio_postgres::Config,
+}
+
+impl DurableStore {
+    /// Connects (a small pool of its own) and creates the tables if they are missing.
+    pub async fn connect(pg: tokio_postgres::Config, node: &Node) -> Result<Self, Error> {
+        let manager = Manager::from_config(
+            pg.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager).max_size(POOL).build().map_err(db)?;
+        let store = DurableStore {
+            pool,
+            node: node.clone(),
+            pg,
+        };
+        let mut client = store.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+            .await
+            .map_err(db)?;
+        tx.batch_execute(SCHEMA).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        drop(client);
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, Error> {
+        match tokio::time::timeout(TIMEOUT, self.pool.get()).await {
+            Ok(client) => client.map_err(db),
+            Err(_) => Err(db("no database connection within 5 s")),
+        }
+    }
+
+    /// Records a new durable session held by this node, with its first (whole) save as number 1.
+    pub async fn create(&self, record: &Record, save: &[u8]) -> Result<(), Error> {
+        let limits = serde_json::to_string(&record.limits).map_err(db)?;
+        let now = now_ms();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        tx.execute(
+            "INSERT INTO weir_durable (id, user_name, runtime, limits, node, node_key,
+                created_ms, used_ms, base_seq, seq)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, 1)",
+            &[
+                &record.id,
+                &record.user,
+                &record.runtime,
+                &limits,
+                &self.node.id,
+                &self.node.key,
+                &(record.created_ms as i64),
+                &now,
+            ],
+        )
+        .await
+        .map_err(db)?;
+        tx.execute(
+            "INSERT INTO weir_durable_saves (session_id, seq, data) VALUES ($1, 1, $2)",
+            &[&record.id, &save],
+        )
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
+    /// Writes save number `seq` of session `id` (`whole`: it replaces the saves before it).
+    /// [`Error::SessionMoved`] when the session is no longer this node's: nothing is written.
+    pub async fn save(&self, id: &str, seq: i64, whole: bool, save: &[u8]) -> Result<(), Error> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let mine = tx
+            .execute(
+                "UPDATE weir_durable SET seq = $2, used_ms = $3,
+                    base_seq = CASE WHEN $4 THEN $2 ELSE base_seq END
+                 WHERE id = $1 AND node_key = $5",
+                &[&id, &seq, &now_ms(), &whole, &self.node.key],
+            )
+            .await
+            .map_err(db)?;
+        if mine == 0 {
+            return Err(Error::SessionMoved(id.to_string()));
+        }
+        tx.execute(
+            "INSERT INTO weir_durable_saves (session_id, seq, data) VALUES ($1, $2, $3)",
+            &[&id, &seq, &save],
+        )
+        .await
+        .map_err(db)?;
+        if whole {
+            tx.execute(
+                "DELETE FROM weir_durable_saves WHERE session_id = $1 AND seq < $2",
+                &[&id, &seq],
+            )
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    /// Takes `user`'s durable session `id` over for this node, if its node is gone: its record
+    /// and saves.
+    pub async fn take(&self, id: &str, user: &str) -> Result<Take, Error> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT user_name, runtime, limits, node, node_key, created_ms,
+                        {} AS alive
+                     FROM weir_durable WHERE id = $1",
+                    alive_sql("node_key")
+                ),
+                &[&id],
+            )
+            .await
+            .map_err(db)?;
+        let Some(row) = row else {
+            return Ok(Take::Missing);
+        };
+        let owner: String = row.get(0);
+        if owner != user {
+            return Ok(Take::Missing);
+        }
+        let (node, key, alive): (String, i64, bool) = (row.get(3), row.get(4), row.get(6));
+        if key != self.node.key {
+            if alive {
+                return Ok(Take::Held { node, key });
+            }
+            let moved = client
+                .execute(
+                    "UPDATE weir_durable SET node = $2, node_key = $3, used_ms = $4
+                     WHERE id = $1 AND node_key = $5",
+                    &[&id, &self.node.id, &self.node.key, &now_ms(), &key],
+                )
+                .await
+                .map_err(db)?;
+            if moved == 0 {
+                return Ok(Take::Held { node, key });
+            }
+        }
+        let limits: String = row.get(2);
+        let record = Record {
+            id: id.to_string(),
+            user: owner,
+            runtime: row.get(1),
+            limits: serde_json::from_str(&limits).map_err(db)?,
+            created_ms: row.get::<_, i64>(5) as u64,
+        };
+        let saves = client
+            .query(
+                "SELECT s.seq, s.data FROM weir_durable_saves s JOIN weir_durable d
+                    ON d.id = s.session_id
+                 WHERE s.session_id = $1 AND s.seq >= d.base_seq ORDER BY s.seq",
+                &[&id],
+            )
+            .await
+            .map_err(db)?;
+        let seq = saves.last().map_or(0, |r| r.get::<_, i64>(0));
+        Ok(Take::Taken(Taken {
+            record,
+            seq,
+            saves: saves.iter().map(|r| r.get(1)).collect(),
+        }))
+    }
+
+    /// Asks the node holding session `id` (node lock `key`) to let it go.
+    pub async fn ask(&self, id: &str, key: i64) -> Result<(), Error> {
+        let payload = serde_json::json!({ "id": id, "holder": key }).to_string();
+        let client = self.client().await?;
+        client
+            .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// Lets session `id` go (its run here has ended): any node may take it over.
+    pub async fn release(&self, id: &str) -> Result<(), Error> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE weir_durable SET node_key = 0 WHERE id = $1 AND node_key = $2",
+                &[&id, &self.node.key],
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// The ids of sessions other nodes ask this one for, as they are asked, from a connection
+    /// of its own that `LISTEN`s (reconnected every second while it fails); the task that keeps
+    /// it lives as long as the returned guard.
+    pub fn asked(&self) -> (mpsc::Receiver<String>, AbortOnDrop) {
+        let (tx, rx) = mpsc::channel(ASKED);
+        let (key, pg) = (self.node.key, self.pg.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                if let Err(e) = listen(&pg, key, &tx).await {
+                    tracing::warn!(error = %e, "durable sessions: not listening for handoffs");
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        (rx, AbortOnDrop(task))
+    }
+
+    /// Deletes durable session `id` (it ended), if this node holds it.
+    pub async fn remove(&self, id: &str) -> Result<(), Error> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM weir_durable WHERE id = $1 AND node_key = $2",
+                &[&id, &self.node.key],
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// Deletes the durable sessions unused for `idle` whose node is gone (none will end them).
+    pub async fn prune(&self, idle: Duration) -> Result<u64, Error> {
+        let before = now_ms() - idle.as_millis() as i64;
+        let client = self.client().await?;
+        client
+            .execute(
+                &format!(
+                    "DELETE FROM weir_durable WHERE used_ms < $1 AND NOT {}",
+                    alive_sql("node_key")
+                ),
+                &[&before],
+            )
+            .await
+            .map_err(db)
+    }
+}
+
+/// Listens on [`CHANNEL`] until the connection fails, forwarding the ids asked of node `key`.
+async fn listen(
+    pg: &tokio_postgres::Config,
+    key: i64,
+    tx: &mpsc::Sender<String>,
+) -> Result<(), String> {
+    let (client, mut connection) = tokio::time::timeout(TIMEOUT, pg.connect(NoTls))
+        .await
+        .map_err(|_| "no connection within 5 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    let sql = format!("LISTEN {CHANNEL}");
+    let listening = client.batch_execute(&sql);
+    tokio::pin!(listening);
+    let mut listened = false;
+    loop {
+        tokio::select! {
+            done = &mut listening, if !listened => {
+                done.map_err(|e| e.to_string())?;
+                listened = true;
+            }
+            message = futures_util::StreamExt::next(&mut messages) => match message {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    if let Some(id) = asked_of(n.payload(), key) {
+                        // Full: dropped; the asking node asks again.
+                        let _ = tx.try_send(id);
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("the database closed the connection".into()),
+            },
+        }
+    }
+}
+
+/// The session id a handoff request asks of node `key`, if it asks this node.
+fn asked_of(payload: &str, key: i64) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(payload).ok()?;
+    let id = v["id"].as_str()?;
+    (v["holder"].as_i64()? == key && id.len() <= 64).then(|| id.to_string())
+}
+
+fn now_ms() -> i64 {
+    crate::history::unix_ms(std::time::SystemTime::now()) as i64
+}
