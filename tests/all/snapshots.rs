@@ -323,6 +323,17 @@ mod http {
         )
         .await;
         assert_eq!(status, 400, "{r}");
+        // Durable sessions live in a cluster's database; a node without one says so.
+        let (status, r) = call(
+            &addr,
+            &ann,
+            "POST",
+            "/v1/sessions",
+            json!({"durable": true}),
+        )
+        .await;
+        assert_eq!(status, 400, "{r}");
+        assert!(r["error"].as_str().unwrap().contains("database_url"), "{r}");
         assert_eq!(call(&addr, &ann, "DELETE", &meta, Value::Null).await.0, 204);
         assert_eq!(call(&addr, &ann, "GET", &meta, Value::Null).await.0, 404);
         node.terminate();

@@ -1,7 +1,8 @@
 //! The cluster rows (`WEIR_BENCH_ONLY_CLUSTER=1` runs only these): one-shot `print("hello")`
 //! runs/s and latency straight to one node (SQLite history, and a cluster node with
 //! PostgreSQL history) and through HAProxy in front of one and of three cluster nodes, all side
-//! by side in one run; and what storing a run's history costs in SQLite and PostgreSQL.
+//! by side in one run; what storing a run's history costs in SQLite and PostgreSQL; and what
+//! saving a durable session after each cell adds to the cell.
 //!
 //! On a 2-core machine every node, PostgreSQL, HAProxy and the load generator share the same
 //! two cores: the rows measure what the load balancer and the database add to a run, not how a
@@ -77,10 +78,65 @@ pub async fn rows() -> anyhow::Result<()> {
     );
     row(&format!("{label}: HAProxy, 1 node"), &lb_one, "", "");
     row(&format!("{label}: HAProxy, 3 nodes"), &lb_three, "", "");
+    durable_rows(&nodes[0].addr, &tok).await?;
     drop(lb);
     drop(nodes);
     drop(alone);
     history_rows(dir.path(), &pg).await
+}
+
+/// Cells measured per session in the durable rows.
+const CELLS: usize = 200;
+
+/// A cell that changes one variable (`n += 1`) over HTTP, in a session and in a durable one on
+/// the same cluster node, alternating: p50 and p99 of each, and the p50 difference (what the
+/// save after each cell adds).
+async fn durable_rows(addr: &str, tok: &str) -> anyhow::Result<()> {
+    use crate::harness::http;
+    let mut ids = Vec::new();
+    for body in [&b"{}"[..], br#"{"durable": true}"#] {
+        let made = http(addr, "POST", "/v1/sessions", Some(tok), body).await;
+        if made.status != 201 {
+            anyhow::bail!("a session: {} {}", made.status, made.body);
+        }
+        let id = made.json()["session_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let path = format!("/v1/sessions/{id}/exec");
+        http(addr, "POST", &path, Some(tok), br#"{"code": "n = 0"}"#).await;
+        ids.push(path);
+    }
+    let mut times = [Vec::new(), Vec::new()];
+    for _ in 0..CELLS {
+        for (path, times) in ids.iter().zip(&mut times) {
+            let started = Instant::now();
+            let r = http(addr, "POST", path, Some(tok), br#"{"code": "n += 1"}"#).await;
+            if r.status != 200 {
+                anyhow::bail!("a cell: {} {}", r.status, r.body);
+            }
+            times.push(started.elapsed());
+        }
+    }
+    for t in &mut times {
+        t.sort();
+    }
+    let p = |t: &[Duration], q| ms(percentile(t, q));
+    let [plain, durable] = &times;
+    row(
+        "session cell `n += 1` over HTTP, one cluster node",
+        format!("p50 {} p99 {}", p(plain, 0.5), p(plain, 0.99)),
+        "",
+        "",
+    );
+    let added = percentile(durable, 0.5).saturating_sub(percentile(plain, 0.5));
+    row(
+        "  the same, durable (saved after each cell)",
+        format!("p50 {} p99 {}", p(durable, 0.5), p(durable, 0.99)),
+        &format!("+{} a cell", ms(added)),
+        "≤ 1 ms",
+    );
+    Ok(())
 }
 
 /// The repository (for `deploy/haproxy.cfg`): `WEIR_REPO`, or the current directory.

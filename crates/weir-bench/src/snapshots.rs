@@ -44,6 +44,41 @@ fn p50_p99(mut times: Vec<Duration>) -> (Duration, Duration) {
     (percentile(&times, 0.5), percentile(&times, 0.99))
 }
 
+/// A durable session's save after a cell that changes one variable (`n += 1`): the save of
+/// its changes (captured and compressed) timed apart from the cell, and its size.
+async fn save_rows(handle: &mut RunHandle, samples: usize) -> anyhow::Result<()> {
+    cell(handle, "n = 0").await?;
+    handle.control().save(true).await?;
+    let (mut capture, mut compress, mut sizes) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..samples {
+        cell(handle, "n += 1").await?;
+        let started = Instant::now();
+        let taken = handle.control().save(false).await?;
+        let captured = started.elapsed();
+        let bytes = taken.to_bytes()?;
+        capture.push(captured);
+        compress.push(started.elapsed() - captured);
+        sizes.push((taken.stored_page_bytes(), bytes.len()));
+    }
+    sizes.sort();
+    let (pages, stored) = sizes[sizes.len() / 2];
+    let (c50, _) = p50_p99(capture);
+    let (z50, _) = p50_p99(compress);
+    row(
+        "save of changes after `n += 1`: capture / compress, p50",
+        format!("{} / {}", ms(c50), ms(z50)),
+        "",
+        "",
+    );
+    row(
+        "  its pages uncompressed / stored, median",
+        format!("{} / {}", mb(pages as f64), mb(stored as f64)),
+        "",
+        "",
+    );
+    Ok(())
+}
+
 /// The rows, `samples` of each.
 pub async fn rows(sandbox: &Sandbox, samples: usize) -> anyhow::Result<()> {
     let mut parent = sandbox.start(session()).await?;
@@ -58,6 +93,7 @@ pub async fn rows(sandbox: &Sandbox, samples: usize) -> anyhow::Result<()> {
         snapshot = Some((taken, bytes.len()));
     }
     let (taken, stored) = snapshot.ok_or_else(|| anyhow::anyhow!("no samples"))?;
+    save_rows(&mut parent, samples).await?;
     let (s50, s99) = p50_p99(saves);
     row(
         "snapshot of an idle python session, p50",

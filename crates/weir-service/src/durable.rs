@@ -62,6 +62,23 @@ const SCHEMA: &str = "
         data BYTEA NOT NULL,
         PRIMARY KEY (session_id, seq)
     );
+    -- Saves are zstd frames already: stored as they are, not compressed again.
+    ALTER TABLE weir_durable_saves ALTER COLUMN data SET STORAGE EXTERNAL;
+";
+/// A save: the session's row updated if this node holds it, the save inserted only then, and a
+/// whole save's predecessors deleted. `$1` id, `$2` seq, `$3` now, `$4` whole, `$5` node lock,
+/// `$6` bytes; the count of rows inserted (0: not this node's).
+const SAVE: &str = "
+    WITH mine AS (
+        UPDATE weir_durable SET seq = $2, used_ms = $3,
+            base_seq = CASE WHEN $4 THEN $2 ELSE base_seq END
+        WHERE id = $1 AND node_key = $5
+        RETURNING id
+    ), dropped AS (
+        DELETE FROM weir_durable_saves
+        WHERE session_id = $1 AND seq < $2 AND $4 AND EXISTS (SELECT 1 FROM mine)
+    )
+    INSERT INTO weir_durable_saves (session_id, seq, data) SELECT id, $2, $6 FROM mine
 ";
 /// The transaction-level advisory lock the tables are created under.
 const SCHEMA_LOCK: i64 = 0x7765_6972_0003;
@@ -175,36 +192,22 @@ impl DurableStore {
 
     /// Writes save number `seq` of session `id` (`whole`: it replaces the saves before it).
     /// [`Error::SessionMoved`] when the session is no longer this node's: nothing is written.
+    /// One statement (its parts commit together), prepared once per connection: a save costs
+    /// the database one round trip.
     pub async fn save(&self, id: &str, seq: i64, whole: bool, save: &[u8]) -> Result<(), Error> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        let mine = tx
+        let client = self.client().await?;
+        let statement = client.prepare_cached(SAVE).await.map_err(db)?;
+        let written = client
             .execute(
-                "UPDATE weir_durable SET seq = $2, used_ms = $3,
-                    base_seq = CASE WHEN $4 THEN $2 ELSE base_seq END
-                 WHERE id = $1 AND node_key = $5",
-                &[&id, &seq, &now_ms(), &whole, &self.node.key],
+                &statement,
+                &[&id, &seq, &now_ms(), &whole, &self.node.key, &save],
             )
             .await
             .map_err(db)?;
-        if mine == 0 {
-            return Err(Error::SessionMoved(id.to_string()));
+        match written {
+            0 => Err(Error::SessionMoved(id.to_string())),
+            _ => Ok(()),
         }
-        tx.execute(
-            "INSERT INTO weir_durable_saves (session_id, seq, data) VALUES ($1, $2, $3)",
-            &[&id, &seq, &save],
-        )
-        .await
-        .map_err(db)?;
-        if whole {
-            tx.execute(
-                "DELETE FROM weir_durable_saves WHERE session_id = $1 AND seq < $2",
-                &[&id, &seq],
-            )
-            .await
-            .map_err(db)?;
-        }
-        tx.commit().await.map_err(db)
     }
 
     /// Takes `user`'s durable session `id` over for this node, if its node is gone: its record
