@@ -253,15 +253,11 @@ async fn adopt(app: &AppState, taken: Taken) -> Result<Arc<Session>, Error> {
 
 /// A durable session's state: its saves (the first whole), each laid over the one before.
 fn fold(saves: Vec<Vec<u8>>) -> Result<Snapshot, Error> {
-    let mut saves = saves.into_iter();
-    let first = saves
-        .next()
-        .ok_or_else(|| Error::DurableDatabase("the session has no save".into()))?;
-    let mut state = Snapshot::from_bytes(&first)?;
-    for next in saves {
-        state.apply(&Snapshot::from_bytes(&next)?)?;
-    }
-    Ok(state)
+    let saves = saves
+        .iter()
+        .map(|bytes| Snapshot::from_bytes(bytes))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Snapshot::fold(saves)?)
 }
 
 /// Saves a durable session (nothing for another). One that another node took over meanwhile
