@@ -189,6 +189,44 @@ def twice(n):
 }
 
 #[tokio::test]
+async fn a_deterministic_session_restores_with_its_random_sources_and_clock_where_they_were() {
+    let mut req = session();
+    req.deterministic = Some(weir_sandbox::Seed(42));
+    let mut handle = start(req).await;
+    let draw = "import random, os, time\n(random.random(), os.urandom(4).hex(), time.time(), \
+                time.monotonic())";
+    value(&mut handle, draw).await;
+    let snapshot = handle
+        .control()
+        .snapshot()
+        .await
+        .expect("a deterministic snapshot");
+    assert_eq!(snapshot.seed(), Some(42));
+    let snapshot = Snapshot::from_bytes(&snapshot.to_bytes().unwrap()).unwrap();
+    let (_, _, a) = cell(&mut handle, draw).await;
+    let mut again = restored(&snapshot).await;
+    let (_, _, b) = cell(&mut again, draw).await;
+    assert!(a.value.is_some(), "{a:?}");
+    // The same numbers from the same point: the random sources and the virtual clock went on
+    // from where the snapshot left them, not from the start.
+    assert_eq!(a.value, b.value);
+    let first = value(&mut again, "time.monotonic()").await.unwrap();
+    let later = value(&mut again, "time.sleep(5); time.monotonic()")
+        .await
+        .unwrap();
+    let (first, later): (f64, f64) = (first.parse().unwrap(), later.parse().unwrap());
+    assert!(later >= first + 5.0, "{first} then {later}");
+    // Another seed cannot restore it; nor can a plain snapshot start a deterministic run.
+    let mut other = RunRequest::script("");
+    other.restore = Some(Arc::new(snapshot.clone()));
+    other.deterministic = Some(weir_sandbox::Seed(7));
+    assert!(matches!(
+        crate::common::sandbox().start(other).await,
+        Err(Error::Unsaved(_))
+    ));
+}
+
+#[tokio::test]
 async fn a_session_holding_a_file_open_is_not_snapshotted() {
     let mut handle = start(session()).await;
     value(&mut handle, "f = open('held.txt', 'w')").await;

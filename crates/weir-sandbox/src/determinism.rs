@@ -16,9 +16,9 @@
 
 use crate::interrupt::Interrupter;
 use crate::limits::Limits;
-use chacha20::rand_core::SeedableRng;
+use chacha20::rand_core::{SeedableRng, TryRng};
 use chacha20::ChaCha20Rng;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use wasmtime::component::{Linker, Resource};
 use wasmtime::StoreContextMut;
 use wasmtime_wasi::p2::bindings::clocks::{monotonic_clock, wall_clock};
@@ -81,11 +81,83 @@ impl Seed {
         limits
     }
 
-    /// Points the WASI context's random sources at generators derived from the seed.
-    pub fn seed_random(self, b: &mut WasiCtxBuilder) {
-        b.secure_random(ChaCha20Rng::seed_from_u64(self.0))
-            .insecure_random(ChaCha20Rng::seed_from_u64(self.0 ^ 0x0123_4567_89ab_cdef))
+    /// Points the WASI context's random sources at generators derived from the seed; returns
+    /// them, so that where they are can be read and set (a session's snapshot keeps it).
+    pub fn seed_random(self, b: &mut WasiCtxBuilder) -> SeededRandom {
+        let random = SeededRandom {
+            seed: self,
+            secure: SharedRng::new(ChaCha20Rng::seed_from_u64(self.0)),
+            insecure: SharedRng::new(ChaCha20Rng::seed_from_u64(self.0 ^ 0x0123_4567_89ab_cdef)),
+        };
+        b.secure_random(random.secure.clone())
+            .insecure_random(random.insecure.clone())
             .insecure_random_seed(u128::from(self.0) << 64 | 0x9e37_79b9_7f4a_7c15);
+        random
+    }
+}
+
+/// A deterministic run's random sources.
+#[derive(Clone)]
+pub struct SeededRandom {
+    pub seed: Seed,
+    secure: SharedRng,
+    insecure: SharedRng,
+}
+
+impl SeededRandom {
+    /// How far each source has gone: `(secure, insecure)`, in 32-bit words.
+    pub fn positions(&self) -> (u128, u128) {
+        (self.secure.word_pos(), self.insecure.word_pos())
+    }
+
+    /// Moves each source to where [`SeededRandom::positions`] said another run's was.
+    pub fn set_positions(&self, (secure, insecure): (u128, u128)) {
+        self.secure.set_word_pos(secure);
+        self.insecure.set_word_pos(insecure);
+    }
+}
+
+impl std::fmt::Debug for SeededRandom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeededRandom").finish_non_exhaustive()
+    }
+}
+
+/// A generator the WASI context draws from while the host can read and set its position.
+#[derive(Clone)]
+struct SharedRng(Arc<Mutex<ChaCha20Rng>>);
+
+impl SharedRng {
+    fn new(rng: ChaCha20Rng) -> Self {
+        SharedRng(Arc::new(Mutex::new(rng)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ChaCha20Rng> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn word_pos(&self) -> u128 {
+        self.lock().get_word_pos()
+    }
+
+    fn set_word_pos(&self, pos: u128) {
+        self.lock().set_word_pos(pos);
+    }
+}
+
+impl TryRng for SharedRng {
+    type Error = std::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        self.lock().try_next_u32()
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        self.lock().try_next_u64()
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        self.lock().try_fill_bytes(dst)
     }
 }
 
@@ -106,9 +178,13 @@ const MAX_FILE_IDS: usize = 100_000;
 /// not depend on the host's inode numbers.
 #[derive(Debug, Clone)]
 pub struct VirtualClock {
+    /// Fuel the guest had when its current budget was given.
     fuel_at_start: u64,
-    slept_ns: u64,
+    /// Virtual time before the current budget, and every sleep.
+    base_ns: u64,
     file_ids: std::collections::HashMap<(u64, u64), u64>,
+    /// Identities handed out before the run started (a restored session's): new ones follow.
+    ids_before: u64,
 }
 
 impl VirtualClock {
@@ -116,21 +192,36 @@ impl VirtualClock {
     pub fn new(fuel_at_start: u64) -> Self {
         VirtualClock {
             fuel_at_start,
-            slept_ns: 0,
+            base_ns: 0,
             file_ids: std::collections::HashMap::new(),
+            ids_before: 0,
         }
     }
 
     pub(crate) fn file_id(&mut self, real: (u64, u64)) -> u64 {
-        let next = self.file_ids.len() as u64 + 1;
+        let next = self.ids_before + self.file_ids.len() as u64 + 1;
         if self.file_ids.len() >= MAX_FILE_IDS {
             return *self.file_ids.get(&real).unwrap_or(&0);
         }
         *self.file_ids.entry(real).or_insert(next)
     }
 
+    /// File identities handed out so far.
+    pub(crate) fn ids_issued(&self) -> u64 {
+        self.ids_before + self.file_ids.len() as u64
+    }
+
     fn elapsed_ns(&self, fuel_left: u64) -> u64 {
-        (self.fuel_at_start.saturating_sub(fuel_left) / FUEL_PER_NS).saturating_add(self.slept_ns)
+        (self.fuel_at_start.saturating_sub(fuel_left) / FUEL_PER_NS).saturating_add(self.base_ns)
+    }
+
+    /// Goes on from another run's clock (a restored session's): `elapsed_ns` of virtual time
+    /// and `ids` file identities behind it, the guest holding `fuel_left` now.
+    pub(crate) fn resume(&mut self, elapsed_ns: u64, ids: u64, fuel_left: u64) {
+        self.base_ns = elapsed_ns;
+        self.fuel_at_start = fuel_left;
+        self.file_ids.clear();
+        self.ids_before = ids;
     }
 }
 
@@ -195,7 +286,7 @@ pub(crate) fn virtual_now<T: ClockView>(store: &StoreContextMut<'_, T>) -> Optio
 /// Moves the virtual clock forward by `ns` (a sleep).
 fn advance<T: ClockView>(store: &mut StoreContextMut<'_, T>, ns: u64) {
     if let GuestClock::Virtual(c) = store.data_mut().clock_mut() {
-        c.slept_ns = c.slept_ns.saturating_add(ns);
+        c.base_ns = c.base_ns.saturating_add(ns);
     }
 }
 

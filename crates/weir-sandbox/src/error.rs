@@ -244,6 +244,11 @@ pub enum Error {
     /// transcript.
     #[error("a run with mounted host directories cannot be recorded (its files are not in the transcript)")]
     HasMounts,
+    /// A run restored from a snapshot cannot be recorded: its start is not in the transcript.
+    #[error(
+        "a run restored from a snapshot cannot be recorded (the snapshot is not in the transcript)"
+    )]
+    RestoredRun,
     /// The run ended without reporting a result.
     #[error("the run ended without a result")]
     NoResult,

@@ -155,9 +155,9 @@ pub struct CellInbox {
     pub restore: Option<Arc<Snapshot>>,
     /// What its last save held (`crate::snapshot::Saved`).
     pub saved: crate::snapshot::Saved,
-    /// A deterministic run: its seeded randomness and virtual clock are host state a snapshot
-    /// does not keep, so it is not snapshotted.
-    pub deterministic: bool,
+    /// A deterministic run's random sources (its virtual clock is the store's): host state its
+    /// snapshots keep.
+    pub random: Option<crate::determinism::SeededRandom>,
     /// The runtime's name and build, kept in its snapshots.
     pub runtime: String,
     /// The runtime's build.

@@ -381,9 +381,9 @@ impl Sandbox {
         let site = self.site(&req, &variant);
         let setup = variant.instantiator.guest.setup();
         refuse_mounts(&req, setup, &variant)?;
-        let (wasi, preopens) =
+        let (wasi, opened) =
             wasi_context(&req, setup, &scratch, &io.pipes, &io.stdin, site.as_deref())?;
-        let (host, cells) = self.host_state(&req, &limits, &variant, &io, site.is_some(), preopens);
+        let (host, cells) = self.host_state(&req, &limits, &variant, &io, site.is_some(), opened);
         let RunIo {
             events: (events_tx, events_rx),
             stdin_tx,
@@ -442,10 +442,19 @@ impl Sandbox {
         let Some(from) = req.restore.clone() else {
             return Ok(req);
         };
-        if req.deterministic.is_some() {
-            return Err(Error::Unsaved(
-                "a snapshot cannot start a deterministic run".into(),
-            ));
+        // A deterministic session's snapshot restores as a deterministic session with its seed;
+        // another cannot start a deterministic run.
+        match (req.deterministic, from.seed()) {
+            (_, Some(seed)) if req.deterministic.is_none_or(|s| s.0 == seed) => {
+                req.deterministic = Some(crate::determinism::Seed(seed));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(Error::Unsaved(
+                    "a snapshot restores deterministic only with its own seed, and only a                      deterministic session's"
+                        .into(),
+                ))
+            }
         }
         // The runtime the request names, else the snapshot's: another runtime's snapshot, or
         // another build's, is refused.
@@ -570,7 +579,7 @@ impl Sandbox {
         variant: &EngineVariant,
         io: &RunIo,
         has_site: bool,
-        preopens: usize,
+        opened: Opened,
     ) -> (HostState, Option<mpsc::Sender<SessionRequest>>) {
         let setup = variant.instantiator.guest.setup();
         let mut host = self.launch(req, limits, &variant.runtime.info().name);
@@ -591,7 +600,7 @@ impl Sandbox {
             requests: rx,
             restore: req.restore.clone(),
             saved: Default::default(),
-            deterministic: req.deterministic.is_some(),
+            random: opened.random,
             runtime: variant.runtime.info().name.clone(),
             build: variant.runtime.info().build.clone(),
             env: req.env.clone(),
@@ -601,7 +610,7 @@ impl Sandbox {
             // A deterministic run's virtual clock is its fuel: it is not refilled.
             fuel: limits.cpu_fuel.filter(|_| req.deterministic.is_none()),
             reports: Default::default(),
-            preopens,
+            preopens: opened.preopens,
         });
         (host, Some(tx))
     }
@@ -756,7 +765,14 @@ fn environment(req: &RunRequest, setup: &GuestSetup) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The run's WASI context, and the number of directories it opens for the guest.
+/// What a run's WASI context opens for the guest: how many directories, and a deterministic
+/// run's random sources.
+struct Opened {
+    preopens: usize,
+    random: Option<crate::determinism::SeededRandom>,
+}
+
+/// The run's WASI context, and what it opens for the guest.
 fn wasi_context(
     req: &RunRequest,
     setup: &GuestSetup,
@@ -764,7 +780,7 @@ fn wasi_context(
     pipes: &Arc<OutputQueue>,
     stdin: &GuestStdin,
     site: Option<&Path>,
-) -> Result<(WasiP1Ctx, usize)> {
+) -> Result<(WasiP1Ctx, Opened)> {
     let mut b = WasiCtx::builder();
     let mut preopens = 0;
     b.stdin(stdin.clone())
@@ -778,9 +794,7 @@ fn wasi_context(
         .allow_udp(false)
         .allow_ip_name_lookup(false)
         .allow_blocking_current_thread(true);
-    if let Some(seed) = req.deterministic {
-        seed.seed_random(&mut b);
-    }
+    let random = req.deterministic.map(|seed| seed.seed_random(&mut b));
     for (host, guest) in &setup.mounts {
         b.preopened_dir(host, guest, FsPerms::ReadOnly)
             .map_err(|e| Error::Internal(format!("cannot mount {guest}: {e:#}")))?;
@@ -817,5 +831,5 @@ fn wasi_context(
             })?;
         preopens += 1;
     }
-    Ok((b.build_p1(), preopens))
+    Ok((b.build_p1(), Opened { preopens, random }))
 }

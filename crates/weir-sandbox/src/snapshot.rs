@@ -99,6 +99,32 @@ struct Header {
     /// Files unchanged since the save before it (a save of changes only).
     #[serde(default)]
     kept: Vec<String>,
+    /// A deterministic session's seed, random sources and virtual clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    determinism: Option<Determinism>,
+}
+
+/// Where a deterministic session's host-side state was: its seed, how far each random source
+/// had gone (32-bit words; as strings, past JSON's integers), its virtual clock's reading and
+/// the file identities it had handed out.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Determinism {
+    pub seed: u64,
+    pub secure_words: String,
+    pub insecure_words: String,
+    pub elapsed_ns: u64,
+    pub file_ids: u64,
+}
+
+impl Determinism {
+    /// The random sources' positions, `(secure, insecure)`.
+    pub fn positions(&self) -> Result<(u128, u128)> {
+        let parse = |s: &str| {
+            s.parse::<u128>()
+                .map_err(|_| Error::SnapshotCorrupted("a random source's position".into()))
+        };
+        Ok((parse(&self.secure_words)?, parse(&self.insecure_words)?))
+    }
 }
 
 /// A session's state between two cells. See the module documentation for what it holds.
@@ -149,6 +175,21 @@ impl Snapshot {
     /// save of changes, from the save before it).
     pub fn stored_page_bytes(&self) -> u64 {
         self.pages.iter().map(|p| p.len() as u64).sum()
+    }
+
+    /// A deterministic session's seed: a session restored from it is deterministic with it, its
+    /// random sources and virtual clock where they were.
+    pub fn seed(&self) -> Option<u64> {
+        self.header.determinism.as_ref().map(|d| d.seed)
+    }
+
+    pub(crate) fn determinism(&self) -> Option<&Determinism> {
+        self.header.determinism.as_ref()
+    }
+
+    pub(crate) fn with_determinism(mut self, determinism: Option<Determinism>) -> Self {
+        self.header.determinism = determinism;
+        self
     }
 
     /// Whether it holds only the changes since an earlier save ([`Snapshot::apply`] it to that
@@ -341,6 +382,7 @@ impl Unfolded {
             memory.len = len;
         }
         self.header.globals = next.header.globals;
+        self.header.determinism = next.header.determinism;
         self.header.env = next.header.env;
         self.header.args = next.header.args;
         Ok(())
@@ -651,6 +693,7 @@ pub(crate) fn capture(
             args: Vec::new(),
             changes,
             kept: Vec::new(),
+            determinism: None,
         },
         pages,
         files: Vec::new(),
@@ -889,6 +932,7 @@ mod tests {
                 args: vec!["x".into()],
                 changes: false,
                 kept: Vec::new(),
+                determinism: None,
             },
             pages: vec![vec![3u8; 3 * PAGE_BYTES]],
             files: Vec::new(),

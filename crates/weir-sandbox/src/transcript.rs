@@ -301,6 +301,9 @@ impl Transcript {
         if !req.mounts.is_empty() {
             return Err(Error::HasMounts);
         }
+        if req.restore.is_some() {
+            return Err(Error::RestoredRun);
+        }
         let input = result.input_read.clone().unwrap_or_default();
         Ok(Transcript {
             format: FORMAT.into(),

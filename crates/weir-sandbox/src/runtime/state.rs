@@ -3,6 +3,7 @@
 //! from and written into the guest's instance once the guest has listed its globals and
 //! memories and said it can be saved.
 
+use crate::determinism::GuestClock;
 use crate::error::{Error, Result};
 use crate::launch::{Capture, SessionRequest};
 use crate::runtime::plugin::CallResult;
@@ -17,8 +18,8 @@ pub(crate) type Image<'a> = Option<(u64, &'a [u8])>;
 /// Snapshots the idle session in `store` whose guest has said it can be saved: the pages of
 /// `memories` that differ from `images` (what the guest's instance lists for them), the values of
 /// `globals`, and the session's files, environment and arguments; for a save, only what changed
-/// since the last ([`Capture`]). Refused for a deterministic session and for a run that is not
-/// a session.
+/// since the last ([`Capture`]); a deterministic session's seed, random sources and virtual
+/// clock. Refused for a run that is not a session.
 pub(crate) fn take(
     store: &mut Store<GuestState>,
     globals: &[Global],
@@ -26,14 +27,7 @@ pub(crate) fn take(
     capture: Capture,
     images: impl for<'a> FnOnce(&'a Store<GuestState>) -> Vec<Image<'a>>,
 ) -> Result<Snapshot> {
-    let inbox = store.data().host.cells.as_ref().ok_or(Error::Ended)?;
-    if inbox.deterministic {
-        return Err(Error::Unsaved(
-            "a deterministic session cannot be snapshotted: its seeded randomness and virtual \
-             clock are not kept"
-                .into(),
-        ));
-    }
+    let determinism = determinism(store)?;
     let values = snapshot::read_globals(&mut *store, globals)?;
     let mut saved = match capture {
         Capture::Snapshot => None,
@@ -52,11 +46,51 @@ pub(crate) fn take(
     let files = crate::scratch::LiveDir::new(scratch)
         .read_all()
         .map_err(|e| Error::Unsaved(e.to_string()))?;
-    let taken = taken.with_host(files, env, args, saved.as_mut());
+    let taken = taken
+        .with_host(files, env, args, saved.as_mut())
+        .with_determinism(determinism);
     if let Some(saved) = saved {
         cells_mut(store)?.saved = saved;
     }
     Ok(taken)
+}
+
+/// A deterministic session's host-side state, `None` for another session.
+fn determinism(store: &mut Store<GuestState>) -> Result<Option<snapshot::Determinism>> {
+    let inbox = store.data().host.cells.as_ref().ok_or(Error::Ended)?;
+    let Some(random) = inbox.random.clone() else {
+        return Ok(None);
+    };
+    let GuestClock::Virtual(clock) = &store.data().clock else {
+        return Ok(None);
+    };
+    let file_ids = clock.ids_issued();
+    let elapsed_ns = crate::determinism::virtual_now(&store.as_context_mut()).unwrap_or(0);
+    let (secure, insecure) = random.positions();
+    Ok(Some(snapshot::Determinism {
+        seed: random.seed.0,
+        secure_words: secure.to_string(),
+        insecure_words: insecure.to_string(),
+        elapsed_ns,
+        file_ids,
+    }))
+}
+
+/// Puts a restored deterministic session's random sources and virtual clock where `from`'s
+/// were.
+fn resume_determinism(store: &mut Store<GuestState>, from: &Snapshot) -> Result<()> {
+    let Some(was) = from.determinism() else {
+        return Ok(());
+    };
+    let positions = was.positions()?;
+    if let Some(random) = &cells_mut(store)?.random {
+        random.set_positions(positions);
+    }
+    let fuel_left = store.get_fuel().unwrap_or(0);
+    if let GuestClock::Virtual(clock) = &mut store.data_mut().clock {
+        clock.resume(was.elapsed_ns, was.file_ids, fuel_left);
+    }
+    Ok(())
 }
 
 fn cells_mut(store: &mut Store<GuestState>) -> Result<&mut crate::launch::CellInbox> {
@@ -83,6 +117,7 @@ pub(crate) fn restore(
         memories[m].data_mut(&mut *store)[at..at + bytes.len()].copy_from_slice(&bytes);
     }
     snapshot::write_globals(&mut *store, globals, from)?;
+    resume_determinism(store, from)?;
     cells_mut(store)?.saved = snapshot::Saved::of(from);
     Ok(())
 }
