@@ -355,6 +355,14 @@ async fn three_nodes_behind_haproxy_share_history_sessions_and_survive_failures(
     assert_ne!(rescuer, holder);
     let (out, _) = exec(&lb.addr, &kim, &sid, "x = 100").await;
     assert_eq!(out["saved"], true, "{out}");
+    let at = &nodes.iter().find(|n| n.id == rescuer).unwrap().addr;
+    let metrics = http(at, "GET", "/metrics", None, b"").await.body;
+    for line in [
+        "weir_durable_takeovers_total 1",
+        "weir_durable_saves_total 2",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
     // The holder comes back; HAProxy hashes kim to it again, and it takes the session over
     // from the node that rescued it.
     nodes[holder_ix].spawn().unwrap();

@@ -43,6 +43,11 @@ pub struct Metrics {
     pub connections_open: AtomicU64,
     /// Cells run in stateful sessions (`/v1/sessions`, MCP).
     pub cells_run: AtomicU64,
+    /// Durable sessions' saves written, and those that could not be.
+    pub durable_saves: AtomicU64,
+    pub durable_save_failures: AtomicU64,
+    /// Durable sessions taken over from another node.
+    pub durable_takeovers: AtomicU64,
     pub runs_started: AtomicU64,
     finished: [AtomicU64; OUTCOMES.len()],
     rejected: [AtomicU64; REJECTIONS.len()],
@@ -113,7 +118,7 @@ impl Metrics {
     }
 
     /// The unlabelled metrics: name, help, type and value.
-    fn scalars(&self, now: &Gauges) -> [(&'static str, &'static str, &'static str, u64); 11] {
+    fn scalars(&self, now: &Gauges) -> [(&'static str, &'static str, &'static str, u64); 14] {
         let connections = self.connections_open.load(Relaxed);
         [
             (
@@ -145,6 +150,24 @@ impl Metrics {
                 "Cells run in stateful sessions.",
                 "counter",
                 self.cells_run.load(Relaxed),
+            ),
+            (
+                "weir_durable_saves_total",
+                "Durable sessions' saves written to the cluster's database.",
+                "counter",
+                self.durable_saves.load(Relaxed),
+            ),
+            (
+                "weir_durable_save_failures_total",
+                "Durable sessions' saves not written (the cell says why).",
+                "counter",
+                self.durable_save_failures.load(Relaxed),
+            ),
+            (
+                "weir_durable_takeovers_total",
+                "Durable sessions taken over from another node (it died, or handed them over).",
+                "counter",
+                self.durable_takeovers.load(Relaxed),
             ),
             (
                 "weir_instances_live",

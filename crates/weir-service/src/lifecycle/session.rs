@@ -214,9 +214,13 @@ async fn release(app: &AppState, id: &str) {
     if !session.is_durable() || session.busy() {
         return;
     }
+    // No takeover here meanwhile: a request for it on this node waits, then takes it back only
+    // once it is let go.
+    let _one = app.adopting.lock().await;
     let Some(session) = app.sessions.remove(id) else {
         return;
     };
+    // Its end is in the history before the asking node's start is.
     session.record_end(EndedBy::Closed).await;
     match store.release(id).await {
         Ok(()) => tracing::info!(session_id = %id, "durable session handed to another node"),
@@ -247,6 +251,9 @@ async fn adopt(app: &AppState, taken: Taken) -> Result<Arc<Session>, Error> {
     let run = TrackedRun::resume_session(&app.books(), &record.user, req, &record.id).await?;
     let session = Arc::new(Session::new(run, record.limits, slot).durable(seq));
     app.sessions.insert(session.clone());
+    app.metrics
+        .durable_takeovers
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(session_id = %record.id, seq, "durable session taken over");
     Ok(session)
 }
@@ -269,6 +276,11 @@ pub async fn save(app: &AppState, session: &Session) -> Result<(), Error> {
     let span = tracing::debug_span!("save", session_id = %session.id);
     let max = app.config.snapshots.max_bytes;
     let saved = session.save(store, max).instrument(span).await;
+    let counter = match &saved {
+        Ok(()) => &app.metrics.durable_saves,
+        Err(_) => &app.metrics.durable_save_failures,
+    };
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if let Err(Error::SessionMoved(_)) = &saved {
         if let Some(gone) = app.sessions.remove(&session.id) {
             gone.record_end(EndedBy::Closed).await;
