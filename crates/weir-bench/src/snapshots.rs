@@ -122,13 +122,23 @@ pub async fn rows(sandbox: &Sandbox, samples: usize) -> anyhow::Result<()> {
     };
     let mut fresh = Vec::new();
     let mut restored = Vec::new();
-    // Alternated, so both see the same machine.
+    let mut woken = Vec::new();
+    // A hibernated session is a snapshot in a file: waking it reads the file back first.
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), from.to_bytes()?)?;
+    // Alternated, so all three see the same machine.
     for _ in 0..samples {
         let mut req = session();
         req.program = weir_sandbox::Program::Code("x = 1".into());
         fresh.push(to_first_cell(sandbox, req).await?);
         restored.push(to_first_cell(sandbox, restore()).await?);
+        let started = Instant::now();
+        let read = Snapshot::from_bytes(&std::fs::read(file.path())?)?;
+        let mut req = RunRequest::script("");
+        req.restore = Some(Arc::new(read));
+        woken.push(started.elapsed() + to_first_cell(sandbox, req).await?);
     }
+    let (w50, _) = p50_p99(woken);
     let ((f50, _), (r50, r99)) = (p50_p99(fresh), p50_p99(restored));
     row("fresh session -> first cell answered, p50", ms(f50), "", "");
     row(
@@ -138,6 +148,12 @@ pub async fn rows(sandbox: &Sandbox, samples: usize) -> anyhow::Result<()> {
         "<= 2 ms",
     );
     row("restore -> first cell answered, p99", ms(r99), "", "");
+    row(
+        "hibernated (a file) -> woken, first cell answered, p50",
+        ms(w50),
+        "",
+        "<= 5 ms",
+    );
     let mut forks = Vec::new();
     for _ in 0..samples {
         let started = Instant::now();
