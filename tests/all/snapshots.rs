@@ -293,6 +293,72 @@ mod http {
         r["session_id"].as_str().unwrap().to_string()
     }
 
+    /// One node, no cluster: a durable session is saved beside the snapshots, and the node
+    /// killed with SIGKILL and started again serves it from its last cell.
+    #[tokio::test]
+    async fn a_durable_session_outlives_kill_9_of_its_server() {
+        let dir = tempfile::Builder::new()
+            .prefix("durable-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap();
+        let weir = std::path::Path::new(env!("CARGO_BIN_EXE_weir"));
+        let mut node = Node::new(weir, dir.path(), "alone", None, "").expect("a node");
+        let (ann, bob) = (token("ann", 3600), token("bob", 3600));
+        node.spawn().unwrap();
+        node.wait_ready().await.unwrap();
+        let addr = node.addr.clone();
+        let (status, made) = call(
+            &addr,
+            &ann,
+            "POST",
+            "/v1/sessions",
+            json!({"durable": true}),
+        )
+        .await;
+        assert_eq!(status, 201, "{made}");
+        assert_eq!(made["durable"], true);
+        let id = made["session_id"].as_str().unwrap().to_string();
+        let r = exec(&addr, &ann, &id, "x = 41\ndef f(n):\n    return n + x").await;
+        assert_eq!(r["saved"], true, "{r}");
+        let file = format!("/v1/sessions/{id}/files/notes.txt");
+        let put = http(&addr, "PUT", &file, Some(&ann), b"kept").await;
+        assert_eq!(put.status, 204, "{}", put.body);
+        exec(&addr, &ann, &id, "y = f(1)").await;
+        // A cell holding a file open is not saved, and says so; the session goes on.
+        let held = exec(&addr, &ann, &id, "held = open('notes.txt')").await;
+        assert_eq!(held["saved"], false, "{held}");
+        assert!(
+            held["save_error"].as_str().unwrap().contains("open"),
+            "{held}"
+        );
+        exec(&addr, &ann, &id, "held.close()\nz = 'after'").await;
+
+        node.kill9();
+        node.spawn().unwrap();
+        node.wait_ready().await.unwrap();
+        let addr = node.addr.clone();
+        let path = format!("/v1/sessions/{id}/exec");
+        let (status, _) = call(&addr, &bob, "POST", &path, json!({"code": "y"})).await;
+        assert_eq!(status, 404, "not bob's");
+        let r = exec(&addr, &ann, &id, "y, z, open('notes.txt').read()").await;
+        assert_eq!(r["result"], "(42, 'after', 'kept')", "{r}");
+        let (status, _) = call(
+            &addr,
+            &ann,
+            "DELETE",
+            &format!("/v1/sessions/{id}"),
+            Value::Null,
+        )
+        .await;
+        assert_eq!(status, 204);
+        node.terminate();
+        node.spawn().unwrap();
+        node.wait_ready().await.unwrap();
+        let (status, _) = call(&node.addr, &ann, "POST", &path, json!({"code": "y"})).await;
+        assert_eq!(status, 404, "a closed durable session is gone for good");
+        node.terminate();
+    }
+
     #[tokio::test]
     async fn a_snapshot_outlives_the_server_process_and_belongs_to_its_owner() {
         let dir = tempfile::Builder::new()
@@ -361,17 +427,6 @@ mod http {
         )
         .await;
         assert_eq!(status, 400, "{r}");
-        // Durable sessions live in a cluster's database; a node without one says so.
-        let (status, r) = call(
-            &addr,
-            &ann,
-            "POST",
-            "/v1/sessions",
-            json!({"durable": true}),
-        )
-        .await;
-        assert_eq!(status, 400, "{r}");
-        assert!(r["error"].as_str().unwrap().contains("database_url"), "{r}");
         assert_eq!(call(&addr, &ann, "DELETE", &meta, Value::Null).await.0, 204);
         assert_eq!(call(&addr, &ann, "GET", &meta, Value::Null).await.0, 404);
         node.terminate();

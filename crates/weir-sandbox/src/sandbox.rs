@@ -451,7 +451,8 @@ impl Sandbox {
             (None, None) => {}
             _ => {
                 return Err(Error::Unsaved(
-                    "a snapshot restores deterministic only with its own seed, and only a                      deterministic session's"
+                    "a snapshot restores deterministic only with its own seed, and only a \
+                     deterministic session's"
                         .into(),
                 ))
             }

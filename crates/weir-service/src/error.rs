@@ -93,7 +93,10 @@ pub enum Error {
     #[error("the user's session on another node has not closed within 3 s; retry")]
     LoginBusy,
     /// A durable session is live on another node, which has not let it go.
-    #[error("session {id:?} is live on node {node}: its requests go there (retry; a client that              keeps reaching this node gets it once that node lets it go)")]
+    #[error(
+        "session {id:?} is live on node {node}: its requests go there (retry; a client that \
+             keeps reaching this node gets it once that node lets it go)"
+    )]
     SessionElsewhere { id: String, node: String },
     /// Another node took this node's durable session over (this node was cut off from the
     /// database meanwhile): this node's copy ends, unsaved.

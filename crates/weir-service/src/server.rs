@@ -115,16 +115,23 @@ pub async fn start_with(config: ServerConfig, sandbox: Sandbox) -> anyhow::Resul
     })
 }
 
-/// The run history, the session registry and durable sessions: SQLite and in memory (and no
-/// durable sessions), or with a `[cluster] database_url` all in PostgreSQL (schema created or
-/// migrated here).
+/// The run history, the session registry and durable sessions: SQLite, in memory and a SQLite
+/// file beside the snapshots, or with a `[cluster] database_url` all in PostgreSQL (schema
+/// created or migrated here).
 async fn open_stores(
     config: &ServerConfig,
 ) -> anyhow::Result<(History, Registry, Option<DurableStore>)> {
     let node = crate::cluster::Node::new(&config.node_id());
     let Some(pg) = crate::cluster::pg_config(config.cluster.database_url.as_deref(), &node)? else {
         let history = History::open(&config.history)?.with_node(&node.id);
-        return Ok((history, Registry::local(), None));
+        let path = config.snapshot_dir().join(DURABLE_FILE);
+        let durable = DurableStore::open(&path)
+            .map_err(|e| {
+                let path = path.display();
+                tracing::error!(%path, error = %e, "durable sessions unavailable");
+            })
+            .ok();
+        return Ok((history, Registry::local(), durable));
     };
     let registry = Registry::clustered(&node, pg.clone(), config.max_sessions).await?;
     let history = History::connect(&config.history, pg.clone(), &node).await?;
@@ -132,6 +139,9 @@ async fn open_stores(
     tracing::info!(node = %node.id, "cluster mode: history and sessions in PostgreSQL");
     Ok((history, registry, Some(durable)))
 }
+
+/// A single node's durable sessions, in the snapshot directory.
+const DURABLE_FILE: &str = "durable.sqlite3";
 
 /// Loads every runtime not loaded yet, one after the other; a failure is logged (and shown in
 /// `GET /v1/runtimes`), and the runtime's first run tries again.

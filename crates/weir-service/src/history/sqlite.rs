@@ -30,9 +30,10 @@ pub struct SqliteHistory {
     owner: Owner,
 }
 
-/// This process as an owner of runs in the file.
-struct Owner {
-    id: String,
+/// This process as an owner of what it keeps in a SQLite file (runs here, durable sessions in
+/// `crate::durable`): alive while it holds its lock file.
+pub(crate) struct Owner {
+    pub(crate) id: String,
     /// Locked exclusively while this process lives.
     _lock: std::fs::File,
 }
@@ -46,7 +47,7 @@ fn owners_dir(path: &Path) -> std::path::PathBuf {
 
 impl Owner {
     /// A new owner id for this process, its lock file created and locked.
-    fn take(path: &Path) -> std::io::Result<Self> {
+    pub(crate) fn take(path: &Path) -> std::io::Result<Self> {
         let dir = owners_dir(path);
         std::fs::create_dir_all(&dir)?;
         let id = format!(
@@ -61,7 +62,7 @@ impl Owner {
 
     /// Whether the process that owned runs as `id` is gone (its lock can be taken, or its lock
     /// file is missing); its lock file is then removed.
-    fn gone(path: &Path, id: &str) -> bool {
+    pub(crate) fn gone(path: &Path, id: &str) -> bool {
         // Owner ids are this module's own; anything else is treated as gone.
         if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
             return true;

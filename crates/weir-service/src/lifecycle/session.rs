@@ -113,7 +113,8 @@ pub async fn start(
     let durable = params.durable;
     if durable && app.durable.is_none() {
         return Err(Error::BadRequest(
-            "durable sessions are saved in the cluster's database: this server runs without              one ([cluster] database_url)"
+            "durable sessions are unavailable on this server: their store could not be opened \
+             (its log says why)"
                 .into(),
         ));
     }
@@ -453,10 +454,7 @@ pub async fn reap(app: Arc<AppState>) {
     let mut tick = tokio::time::interval(every);
     let mut pruned = tokio::time::Instant::now();
     let (mut asked, _listening) = match &app.durable {
-        Some(store) => {
-            let (rx, guard) = store.asked();
-            (rx, Some(guard))
-        }
+        Some(store) => store.asked(),
         None => (tokio::sync::mpsc::channel(1).1, None),
     };
     loop {

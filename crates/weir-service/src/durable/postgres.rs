@@ -1,43 +1,24 @@
-//! Durable sessions (cluster mode, docs/sessions.md#durable-sessions): a session started with
-//! `durable: true` is saved in the cluster's PostgreSQL database after every cell, so it outlives
-//! the node running it. When that node dies, the session's next request — on any node — takes it
-//! over and restores it from its last save.
-//!
-//! Two tables. `weir_durable`: one row per durable session — owner, runtime, limits, the node
-//! holding it (its id and node lock, `crate::cluster`), the last save's sequence number and the
-//! first one still needed. `weir_durable_saves`: the saves, `weir_sandbox::Snapshot` bytes; the
-//! first needed is whole, each later one holds the changes since the one before
-//! (`weir_sandbox::RunControl::save`). A save is written in one transaction that also checks the
-//! session is still this node's: a node that lost it (another node took it over while this one
-//! was cut off from the database) writes nothing. A whole save drops the saves before it.
-//!
-//! Taking a session over: its row names a node whose node lock is not held (it died, or let the
-//! session go), so the taking node puts its own lock in the row (one conditional update: of two
-//! nodes trying at once, one wins) and reads the saves from the last whole one. A session whose
-//! node is alive is asked for (`NOTIFY weir_durable`, naming the session and its node): that
-//! node lets it go once no cell runs in it ([`DurableStore::release`]), and the asking node
-//! takes it over — as a load balancer's hashing moves a user to a node that came back. A node
-//! that does not let go within [`HANDOFF`] leaves the request a 503 naming it.
-//!
-//! Bounded: a save above `[snapshots] max_bytes` is not written (the cell says so); saves of
-//! changes are followed by a whole one once they outweigh it, so a session keeps at most about
-//! twice its size; rows of sessions idle past `session_idle_secs` whose node is gone are
-//! deleted by any node's reaper.
+//! Durable sessions in the cluster's PostgreSQL database: two tables, `weir_durable` (one row per
+//! session: owner, runtime, limits, the node holding it — its id and node lock,
+//! `crate::cluster` — the last save's sequence number and the first one still needed) and
+//! `weir_durable_saves` (the saves). A save is one statement that writes only while the row names
+//! this node. A session whose node's lock is not held is taken over by one conditional update; a
+//! live node is asked to let a session go (`NOTIFY weir_durable`), and does once no cell runs in
+//! it ([`super::HANDOFF`] bounds the wait).
 
+use super::{now_ms, Record, Take, Taken};
 use crate::cluster::{alive_sql, Node};
 use crate::error::Error;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls};
-use weir_sandbox::{AbortOnDrop, Limits};
+use weir_sandbox::AbortOnDrop;
 
 /// Connections each node keeps for durable sessions.
 const POOL: usize = 4;
 /// Longest a statement waits for a connection.
 const TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a node asking for a session another node holds waits for it.
-pub const HANDOFF: Duration = Duration::from_secs(3);
 /// The channel sessions are asked for on.
 const CHANNEL: &str = "weir_durable";
 /// Requests to let a session go, queued at most (more are dropped: the asker asks again).
@@ -87,46 +68,17 @@ fn db(e: impl std::fmt::Display) -> Error {
     Error::DurableDatabase(e.to_string())
 }
 
-/// A durable session as the database knows it.
-#[derive(Debug, Clone)]
-pub struct Record {
-    pub id: String,
-    pub user: String,
-    pub runtime: String,
-    pub limits: Limits,
-    /// When the session was created, ms since the Unix epoch.
-    pub created_ms: u64,
-}
-
-/// What [`DurableStore::take`] found.
-pub enum Take {
-    /// No such session of the user's.
-    Missing,
-    /// Taken over.
-    Taken(Taken),
-    /// Held by a live node: `node` names it, `key` is its node lock.
-    Held { node: String, key: i64 },
-}
-
-/// A session taken over: its record, the sequence number of its last save, and its saves from
-/// the last whole one, oldest first.
-pub struct Taken {
-    pub record: Record,
-    pub seq: i64,
-    pub saves: Vec<Vec<u8>>,
-}
-
 /// Durable sessions in the cluster's database, as one node sees them.
-pub struct DurableStore {
+pub struct PgDurable {
     pool: Pool,
     node: Node,
     /// For the connection that listens for handoffs.
     pg: tokio_postgres::Config,
 }
 
-impl DurableStore {
+impl PgDurable {
     /// Connects (a small pool of its own) and creates the tables if they are missing.
-    pub async fn connect(pg: tokio_postgres::Config, node: &Node) -> Result<Self, Error> {
+    pub(super) async fn connect(pg: tokio_postgres::Config, node: &Node) -> Result<Self, Error> {
         let manager = Manager::from_config(
             pg.clone(),
             NoTls,
@@ -135,7 +87,7 @@ impl DurableStore {
             },
         );
         let pool = Pool::builder(manager).max_size(POOL).build().map_err(db)?;
-        let store = DurableStore {
+        let store = PgDurable {
             pool,
             node: node.clone(),
             pg,
@@ -159,7 +111,7 @@ impl DurableStore {
     }
 
     /// Records a new durable session held by this node, with its first (whole) save as number 1.
-    pub async fn create(&self, record: &Record, save: &[u8]) -> Result<(), Error> {
+    pub(super) async fn create(&self, record: &Record, save: &[u8]) -> Result<(), Error> {
         let limits = serde_json::to_string(&record.limits).map_err(db)?;
         let now = now_ms();
         let mut client = self.client().await?;
@@ -194,7 +146,13 @@ impl DurableStore {
     /// [`Error::SessionMoved`] when the session is no longer this node's: nothing is written.
     /// One statement (its parts commit together), prepared once per connection: a save costs
     /// the database one round trip.
-    pub async fn save(&self, id: &str, seq: i64, whole: bool, save: &[u8]) -> Result<(), Error> {
+    pub(super) async fn save(
+        &self,
+        id: &str,
+        seq: i64,
+        whole: bool,
+        save: &[u8],
+    ) -> Result<(), Error> {
         let client = self.client().await?;
         let statement = client.prepare_cached(SAVE).await.map_err(db)?;
         let written = client
@@ -212,7 +170,7 @@ impl DurableStore {
 
     /// Takes `user`'s durable session `id` over for this node, if its node is gone: its record
     /// and saves.
-    pub async fn take(&self, id: &str, user: &str) -> Result<Take, Error> {
+    pub(super) async fn take(&self, id: &str, user: &str) -> Result<Take, Error> {
         let client = self.client().await?;
         let row = client
             .query_opt(
@@ -276,7 +234,7 @@ impl DurableStore {
     }
 
     /// Asks the node holding session `id` (node lock `key`) to let it go.
-    pub async fn ask(&self, id: &str, key: i64) -> Result<(), Error> {
+    pub(super) async fn ask(&self, id: &str, key: i64) -> Result<(), Error> {
         let payload = serde_json::json!({ "id": id, "holder": key }).to_string();
         let client = self.client().await?;
         client
@@ -287,7 +245,7 @@ impl DurableStore {
     }
 
     /// Lets session `id` go (its run here has ended): any node may take it over.
-    pub async fn release(&self, id: &str) -> Result<(), Error> {
+    pub(super) async fn release(&self, id: &str) -> Result<(), Error> {
         let client = self.client().await?;
         client
             .execute(
@@ -302,7 +260,7 @@ impl DurableStore {
     /// The ids of sessions other nodes ask this one for, as they are asked, from a connection
     /// of its own that `LISTEN`s (reconnected every second while it fails); the task that keeps
     /// it lives as long as the returned guard.
-    pub fn asked(&self) -> (mpsc::Receiver<String>, AbortOnDrop) {
+    pub(super) fn asked(&self) -> (mpsc::Receiver<String>, AbortOnDrop) {
         let (tx, rx) = mpsc::channel(ASKED);
         let (key, pg) = (self.node.key, self.pg.clone());
         let task = tokio::spawn(async move {
@@ -320,7 +278,7 @@ impl DurableStore {
     }
 
     /// Deletes durable session `id` (it ended), if this node holds it.
-    pub async fn remove(&self, id: &str) -> Result<(), Error> {
+    pub(super) async fn remove(&self, id: &str) -> Result<(), Error> {
         let client = self.client().await?;
         client
             .execute(
@@ -333,7 +291,7 @@ impl DurableStore {
     }
 
     /// Deletes the durable sessions unused for `idle` whose node is gone (none will end them).
-    pub async fn prune(&self, idle: Duration) -> Result<u64, Error> {
+    pub(super) async fn prune(&self, idle: Duration) -> Result<u64, Error> {
         let before = now_ms() - idle.as_millis() as i64;
         let client = self.client().await?;
         client
@@ -390,8 +348,4 @@ fn asked_of(payload: &str, key: i64) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(payload).ok()?;
     let id = v["id"].as_str()?;
     (v["holder"].as_i64()? == key && id.len() <= 64).then(|| id.to_string())
-}
-
-fn now_ms() -> i64 {
-    crate::history::unix_ms(std::time::SystemTime::now()) as i64
 }
