@@ -36,6 +36,15 @@ pub(crate) struct Owner {
     pub(crate) id: String,
     /// Locked exclusively while this process lives.
     _lock: std::fs::File,
+    /// Where the lock file is: removed when the owner is dropped (a missing one reads as gone),
+    /// so restarts leave no files behind.
+    path: std::path::PathBuf,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// The directory of the owners' lock files beside the database at `path`.
@@ -55,9 +64,14 @@ impl Owner {
             std::process::id(),
             weir_sandbox::RunId::new().as_str()
         );
-        let file = std::fs::File::create(dir.join(format!("{id}.lock")))?;
+        let path = dir.join(format!("{id}.lock"));
+        let file = std::fs::File::create(&path)?;
         file.try_lock().map_err(std::io::Error::other)?;
-        Ok(Owner { id, _lock: file })
+        Ok(Owner {
+            id,
+            _lock: file,
+            path,
+        })
     }
 
     /// Whether the process that owned runs as `id` is gone (its lock can be taken, or its lock
