@@ -176,9 +176,12 @@ def twice(n):
         .as_deref(),
         Some("(3, 40000, 'one')")
     );
-    // The restored session's saves go on from the state it was restored to.
+    // The restored session's saves start whole, then hold its changes.
     let mut chain = Some(folded);
-    value(&mut again, "count += 10").await;
+    value(&mut again, "count += 5").await;
+    let first_again = save_into(&again, &mut chain).await;
+    assert!(!first_again.is_changes());
+    value(&mut again, "count += 5").await;
     let next = save_into(&again, &mut chain).await;
     assert!(next.is_changes());
     let mut last = restored(chain.as_ref().unwrap()).await;

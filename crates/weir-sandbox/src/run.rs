@@ -142,7 +142,7 @@ impl RunControl {
 
     /// Saves a session: a snapshot of what changed since its last save ([`Snapshot::apply`] it
     /// over that one), or of everything when `whole` or at its first save (a restored session's
-    /// first save is the snapshot it was restored from). Taken as [`RunControl::snapshot`] is;
+    /// first save too). Taken as [`RunControl::snapshot`] is;
     /// a caller that could not keep a save asks for a whole one next.
     pub async fn save(&self, whole: bool) -> Result<Snapshot> {
         self.capture(match whole {

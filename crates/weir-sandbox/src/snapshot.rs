@@ -24,7 +24,7 @@
 //! save holds ~25 KB of blocks instead of ~160 KB of pages. The first save, and one asked to be
 //! whole, holds everything. [`Snapshot::apply`] lays a save over the one before it; a chain of
 //! saves folded from its whole first one is the session's latest state. A restored session's
-//! last save is the snapshot it was restored from.
+//! first save is whole.
 //!
 //! On disk: `WEIRSNAP`, a format version (u32, little endian), then one zstd frame (with its
 //! checksum) holding a JSON header and the page and file bytes it describes.
@@ -114,6 +114,9 @@ pub(crate) struct Determinism {
     pub insecure_words: String,
     pub elapsed_ns: u64,
     pub file_ids: u64,
+    /// The fuel the session had left: its budget for the whole session goes on from there.
+    #[serde(default)]
+    pub fuel_left: Option<u64>,
 }
 
 impl Determinism {
@@ -538,32 +541,6 @@ pub(crate) struct Saved {
     pages: Vec<HashMap<u32, PageHashes>>,
     files: HashMap<String, u128>,
     taken: bool,
-}
-
-impl Saved {
-    /// `snapshot` as the last save: what a session restored from it holds.
-    pub(crate) fn of(snapshot: &Snapshot) -> Saved {
-        let pages = snapshot
-            .header
-            .memories
-            .iter()
-            .zip(&snapshot.pages)
-            .map(|(memory, bytes)| {
-                page_list(memory, bytes)
-                    .map(|(page, bytes)| (page, PageHashes::of(bytes)))
-                    .collect()
-            })
-            .collect();
-        let files = snapshot
-            .files()
-            .map(|(path, bytes)| (path.to_string(), hash(bytes)))
-            .collect();
-        Saved {
-            pages,
-            files,
-            taken: true,
-        }
-    }
 }
 
 fn hash(bytes: &[u8]) -> u128 {
@@ -1087,18 +1064,6 @@ mod tests {
             folded.files().collect::<Vec<_>>(),
             whole.files().collect::<Vec<_>>()
         );
-    }
-
-    #[test]
-    fn a_restored_session_saves_only_what_changed_since_its_snapshot() {
-        let mut mem = memory();
-        let whole = save(&mem, b"one", 1, None);
-        let mut saved = Saved::of(&whole);
-        mem[9 * PAGE_BYTES] = 1;
-        let next = save(&mem, b"one", 1, Some(&mut saved));
-        assert!(next.is_changes());
-        assert_eq!(next.header.memories[0].blocks, vec![(9 * 16, 1)]);
-        assert!(names(&next).is_empty());
     }
 
     #[test]

@@ -102,6 +102,10 @@ pub enum Error {
     /// database meanwhile): this node's copy ends, unsaved.
     #[error("session {0:?} was taken over by another node; retry to reach it there")]
     SessionMoved(String),
+    /// A durable session's save of changes did not follow the store's last save (an earlier
+    /// save's outcome was lost): its next save is whole.
+    #[error("the session's saves were out of step with the store; its next save is whole")]
+    SavesOutOfStep,
     /// The database of durable sessions failed.
     #[error("durable sessions: {0}")]
     DurableDatabase(String),

@@ -56,8 +56,7 @@ pub struct SessionCreate {
     pub files: BTreeMap<String, String>,
     /// The runtime, by name or alias; the server's default without one.
     pub runtime: Option<String>,
-    /// Save the session after every cell so it outlives the server node running it (cluster
-    /// mode only).
+    /// Save the session after every cell so it outlives the server process running it.
     #[serde(default)]
     pub durable: bool,
 }

@@ -153,7 +153,7 @@ impl Metrics {
             ),
             (
                 "weir_durable_saves_total",
-                "Durable sessions' saves written to the cluster's database.",
+                "Durable sessions' saves written to their store.",
                 "counter",
                 self.durable_saves.load(Relaxed),
             ),

@@ -222,18 +222,24 @@ async fn read_file(
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
 }
 
+/// `PUT /v1/sessions/{id}/files/{path}`: 204; for a durable session whose save after the
+/// write failed, 200 `{"saved": false, "save_error"}` (the file is written; the next cell's
+/// save holds it).
 async fn write_file(
     State(state): State<Arc<AppState>>,
     Awake(s): Awake,
     Path((_, path)): Path<(String, String)>,
     Raw(body): Raw,
-) -> Result<StatusCode, Error> {
+) -> Result<Response, Error> {
     s.write_file(path, body).await?;
-    // A durable session keeps the file from now (else its next cell's save holds it).
-    if let Err(e) = session::save(&state, &s).await {
-        tracing::warn!(session_id = %s.id, error = %e, "a written file is not saved yet");
+    match session::save(&state, &s).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Err(e) => {
+            let why = e.to_string();
+            tracing::warn!(session_id = %s.id, error = %why, "a written file is not saved yet");
+            Ok(Json(json!({ "saved": false, "save_error": why })).into_response())
+        }
     }
-    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `POST /v1/sessions/{id}/snapshot`: the session's state, stored for its owner (201).

@@ -123,14 +123,32 @@ impl Session {
         self.saves.is_some()
     }
 
+    /// A durable session's saves, locked (`None` for another session): held across a cell and
+    /// its save, so the session is never handed over between the two.
+    pub async fn saves(&self) -> Option<tokio::sync::MutexGuard<'_, Saves>> {
+        match &self.saves {
+            Some(saves) => Some(saves.lock().await),
+            None => None,
+        }
+    }
+
     /// Saves a durable session in `store` (nothing for another): what changed since its last
     /// save, or all of it when its saves of changes outweigh its last whole one, the last save
     /// failed, or it has none. A save above `max_bytes` is not written.
     pub async fn save(&self, store: &DurableStore, max_bytes: u64) -> Result<(), Error> {
-        let Some(saves) = &self.saves else {
-            return Ok(());
-        };
-        let mut saves = saves.lock().await;
+        match self.saves().await {
+            Some(mut saves) => self.save_locked(&mut saves, store, max_bytes).await,
+            None => Ok(()),
+        }
+    }
+
+    /// [`Session::save`], its saves already locked.
+    pub async fn save_locked(
+        &self,
+        saves: &mut Saves,
+        store: &DurableStore,
+        max_bytes: u64,
+    ) -> Result<(), Error> {
         let whole = saves.seq == 0 || saves.whole_next || saves.chain_bytes > saves.base_bytes;
         // Until this one is written, the next is whole: its changes would follow a save the
         // database lacks.
@@ -150,9 +168,8 @@ impl Session {
                 limit: weir_sandbox::human_bytes(max_bytes),
             });
         }
-        let seq = saves.seq + 1;
-        match seq {
-            1 => {
+        saves.seq = match saves.seq {
+            0 => {
                 let record = Record {
                     id: self.id.clone(),
                     user: self.user.clone(),
@@ -160,11 +177,11 @@ impl Session {
                     limits: self.limits,
                     created_ms: crate::history::unix_ms(self.created),
                 };
-                store.create(&record, &bytes).await?
+                store.create(&record, &bytes).await?;
+                1
             }
-            _ => store.save(&self.id, seq, whole, &bytes).await?,
-        }
-        saves.seq = seq;
+            last => store.save(&self.id, last, whole, &bytes).await?,
+        };
         saves.whole_next = false;
         match whole {
             true => (saves.base_bytes, saves.chain_bytes) = (size, 0),
@@ -323,6 +340,31 @@ impl Session {
                 Ok(None) | Err(_) => return run.end(EndedBy::Closed).await,
             }
         }
+    }
+
+    /// Hands a durable session over to another process, if no cell runs in it and its last
+    /// cell was saved: its run stopped here, its end not recorded (the session goes on
+    /// elsewhere, under the same history row). False, and nothing done, otherwise.
+    pub async fn hand_over(&self) -> bool {
+        let Ok(mut run) = self.run.try_lock() else {
+            return false;
+        };
+        let Some(Ok(saves)) = self.saves.as_ref().map(|s| s.try_lock()) else {
+            return false;
+        };
+        if saves.seq == 0 || saves.whole_next {
+            return false;
+        }
+        self.forget_hibernation();
+        run.abandon();
+        true
+    }
+
+    /// Ends a durable session another process took over meanwhile: its run stopped here, its
+    /// end left to that process.
+    pub async fn discard(&self) {
+        self.forget_hibernation();
+        self.run.lock().await.abandon();
     }
 
     /// Stops the session's run and records its end (`why`), once a cell being read is done.

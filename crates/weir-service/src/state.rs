@@ -47,7 +47,7 @@ pub struct AppState {
     pub sessions: Arc<Sessions>,
     /// Stored session snapshots (`/v1/snapshots`).
     pub snapshots: Arc<SnapshotStore>,
-    /// Durable sessions' saves, in cluster mode (`crate::durable`).
+    /// Durable sessions' saves (`crate::durable`); `None` when their store could not be opened.
     pub durable: Option<Arc<DurableStore>>,
     /// Held while a durable session is taken over from a node that died.
     pub(crate) adopting: tokio::sync::Mutex<()>,

@@ -197,6 +197,13 @@ impl TrackedRun {
         }
     }
 
+    /// Stops it without recording its end: it goes on in another process, which records it (a
+    /// durable session handed over).
+    pub fn abandon(&mut self) {
+        self.handle.control().stop();
+        self.recorded = true;
+    }
+
     /// Stops it because the shutdown grace period is over: its end reads `shutdown`.
     pub fn stop_for_shutdown(&mut self) {
         self.stopped_for_shutdown = true;

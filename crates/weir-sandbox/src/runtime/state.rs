@@ -73,6 +73,7 @@ fn determinism(store: &mut Store<GuestState>) -> Result<Option<snapshot::Determi
         insecure_words: insecure.to_string(),
         elapsed_ns,
         file_ids,
+        fuel_left: store.get_fuel().ok(),
     }))
 }
 
@@ -86,7 +87,13 @@ fn resume_determinism(store: &mut Store<GuestState>, from: &Snapshot) -> Result<
     if let Some(random) = &cells_mut(store)?.random {
         random.set_positions(positions);
     }
-    let fuel_left = store.get_fuel().unwrap_or(0);
+    // The session's fuel is one budget (not refilled per cell): it goes on from what was left,
+    // never above what this run was given.
+    let given = store.get_fuel().unwrap_or(0);
+    let fuel_left = was.fuel_left.map_or(given, |left| left.min(given));
+    store
+        .set_fuel(fuel_left)
+        .map_err(|e| Error::SnapshotShape(format!("fuel: {e}")))?;
     if let GuestClock::Virtual(clock) = &mut store.data_mut().clock {
         clock.resume(was.elapsed_ns, was.file_ids, fuel_left);
     }
@@ -98,7 +105,8 @@ fn cells_mut(store: &mut Store<GuestState>) -> Result<&mut crate::launch::CellIn
 }
 
 /// Turns the fresh session in `store` (its program has run; `globals`, `memories` and `images`
-/// as its guest's instance lists them) into `from`'s, which is then its last save.
+/// as its guest's instance lists them) into `from`'s. Its first save is whole (hashing what a
+/// restore wrote would cost every restore, saved or not).
 pub(crate) fn restore(
     store: &mut Store<GuestState>,
     globals: &[Global],
@@ -118,7 +126,6 @@ pub(crate) fn restore(
     }
     snapshot::write_globals(&mut *store, globals, from)?;
     resume_determinism(store, from)?;
-    cells_mut(store)?.saved = snapshot::Saved::of(from);
     Ok(())
 }
 

@@ -7,17 +7,18 @@
 //! Both stores keep one row per session — owner, runtime, limits, which process holds it, the
 //! last save's sequence number and the first one still needed — and its saves
 //! (`weir_sandbox::Snapshot` bytes: the first needed whole, each later one the changes since the
-//! one before, `weir_sandbox::RunControl::save`). A save is written only while the row names
-//! this process: one that lost the session (taken over while it was cut off) writes nothing. A
-//! whole save drops the saves before it.
+//! one before, `weir_sandbox::RunControl::save`). The store numbers the saves; a save of
+//! changes is written only when it follows the store's last save, and any save only while the
+//! row names this process: one that lost the session (taken over while it was cut off) writes
+//! nothing. A whole save drops the saves before it.
 //!
 //! Taking a session over: its row names a process that is gone (a cluster node whose node lock
 //! is not held; on one node, an owner whose lock file is free, `crate::history::sqlite`), so the
 //! taking process names itself in the row (one conditional update: of two trying at once, one
 //! wins) and reads the saves from the last whole one. In a cluster, a session whose node is
-//! alive is asked for (`NOTIFY weir_durable`): that node lets it go once no cell runs in it
-//! ([`DurableStore::release`]), and the asking node takes it over — as a load balancer's hashing
-//! moves a user to a node that came back. A node that does not let go within [`HANDOFF`] leaves
+//! alive is asked for (`NOTIFY weir_durable`): that node lets it go between cells, its last
+//! cell saved ([`DurableStore::release`]), and the asking node takes it over — as a load
+//! balancer's hashing moves a user to a node that came back. A node that does not let go within [`HANDOFF`] leaves
 //! the request a 503 naming it.
 //!
 //! Bounded: a save above `[snapshots] max_bytes` is not written (the cell says so); saves of
@@ -102,12 +103,16 @@ impl DurableStore {
         }
     }
 
-    /// Writes save number `seq` of session `id` (`whole`: it replaces the saves before it).
-    /// [`Error::SessionMoved`] when the session is no longer this process's: nothing is written.
-    pub async fn save(&self, id: &str, seq: i64, whole: bool, save: &[u8]) -> Result<(), Error> {
+    /// Writes the save of session `id` that follows save number `last` (`whole`: it replaces
+    /// the saves before it, whatever they are); returns its number. The store numbers saves, so
+    /// a save written while its writer saw an error (a reply lost after the commit) only moves
+    /// the numbers on. Nothing is written, and: [`Error::SessionMoved`] when the session is no
+    /// longer this process's; [`Error::SavesOutOfStep`] for changes that do not follow the
+    /// store's last save (the writer's next save is whole).
+    pub async fn save(&self, id: &str, last: i64, whole: bool, save: &[u8]) -> Result<i64, Error> {
         match &self.0 {
-            Backend::Postgres(pg) => pg.save(id, seq, whole, save).await,
-            Backend::Sqlite(db) => db.save(id, seq, whole, save.to_vec()).await,
+            Backend::Postgres(pg) => pg.save(id, last, whole, save).await,
+            Backend::Sqlite(db) => db.save(id, last, whole, save.to_vec()).await,
         }
     }
 

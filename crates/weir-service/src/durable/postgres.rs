@@ -46,20 +46,24 @@ const SCHEMA: &str = "
     -- Saves are zstd frames already: stored as they are, not compressed again.
     ALTER TABLE weir_durable_saves ALTER COLUMN data SET STORAGE EXTERNAL;
 ";
-/// A save: the session's row updated if this node holds it, the save inserted only then, and a
-/// whole save's predecessors deleted. `$1` id, `$2` seq, `$3` now, `$4` whole, `$5` node lock,
-/// `$6` bytes; the count of rows inserted (0: not this node's).
+/// A save: the session's row moved to the next number if this node holds it (and, for a save of
+/// changes, its last save is the one the changes follow), the save inserted under that number
+/// only then, and a whole save's predecessors deleted. `$1` id, `$2` the last save's number as
+/// this node knows it, `$3` now, `$4` whole, `$5` node lock, `$6` bytes; the new number, or no
+/// row when nothing was written.
 const SAVE: &str = "
     WITH mine AS (
-        UPDATE weir_durable SET seq = $2, used_ms = $3,
-            base_seq = CASE WHEN $4 THEN $2 ELSE base_seq END
-        WHERE id = $1 AND node_key = $5
-        RETURNING id
+        UPDATE weir_durable SET seq = seq + 1, used_ms = $3,
+            base_seq = CASE WHEN $4 THEN seq + 1 ELSE base_seq END
+        WHERE id = $1 AND node_key = $5 AND ($4 OR seq = $2)
+        RETURNING id, seq
     ), dropped AS (
         DELETE FROM weir_durable_saves
-        WHERE session_id = $1 AND seq < $2 AND $4 AND EXISTS (SELECT 1 FROM mine)
+        WHERE session_id = $1 AND $4 AND seq < (SELECT seq FROM mine)
+    ), stored AS (
+        INSERT INTO weir_durable_saves (session_id, seq, data) SELECT id, seq, $6 FROM mine
     )
-    INSERT INTO weir_durable_saves (session_id, seq, data) SELECT id, $2, $6 FROM mine
+    SELECT seq FROM mine
 ";
 /// The transaction-level advisory lock the tables are created under.
 const SCHEMA_LOCK: i64 = 0x7765_6972_0003;
@@ -149,23 +153,31 @@ impl PgDurable {
     pub(super) async fn save(
         &self,
         id: &str,
-        seq: i64,
+        last: i64,
         whole: bool,
         save: &[u8],
-    ) -> Result<(), Error> {
+    ) -> Result<i64, Error> {
         let client = self.client().await?;
         let statement = client.prepare_cached(SAVE).await.map_err(db)?;
         let written = client
-            .execute(
+            .query_opt(
                 &statement,
-                &[&id, &seq, &now_ms(), &whole, &self.node.key, &save],
+                &[&id, &last, &now_ms(), &whole, &self.node.key, &save],
             )
             .await
             .map_err(db)?;
-        match written {
-            0 => Err(Error::SessionMoved(id.to_string())),
-            _ => Ok(()),
+        if let Some(row) = written {
+            return Ok(row.get(0));
         }
+        let holder: Option<i64> = client
+            .query_opt("SELECT node_key FROM weir_durable WHERE id = $1", &[&id])
+            .await
+            .map_err(db)?
+            .map(|r| r.get(0));
+        Err(match holder == Some(self.node.key) {
+            true => Error::SavesOutOfStep,
+            false => Error::SessionMoved(id.to_string()),
+        })
     }
 
     /// Takes `user`'s durable session `id` over for this node, if its node is gone: its record

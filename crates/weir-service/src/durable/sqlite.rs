@@ -116,24 +116,35 @@ impl SqliteDurable {
     pub(super) async fn save(
         &self,
         id: &str,
-        seq: i64,
+        last: i64,
         whole: bool,
         save: Vec<u8>,
-    ) -> Result<(), Error> {
+    ) -> Result<i64, Error> {
         let id = id.to_string();
         self.with(move |conn, inner| {
             let tx = conn.transaction().map_err(db)?;
-            let mine = tx
-                .execute(
-                    "UPDATE weir_durable SET seq = ?2, used_ms = ?3,
-                        base_seq = CASE WHEN ?4 THEN ?2 ELSE base_seq END
-                     WHERE id = ?1 AND owner = ?5",
-                    params![id, seq, now_ms(), whole, inner.owner.id],
+            let held: Option<(String, i64)> = tx
+                .query_row(
+                    "SELECT owner, seq FROM weir_durable WHERE id = ?1",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
+                .optional()
                 .map_err(db)?;
-            if mine == 0 {
+            let Some((_, now)) = held.filter(|(holder, _)| *holder == inner.owner.id) else {
                 return Err(Error::SessionMoved(id));
+            };
+            if !whole && now != last {
+                return Err(Error::SavesOutOfStep);
             }
+            let seq = now + 1;
+            tx.execute(
+                "UPDATE weir_durable SET seq = ?2, used_ms = ?3,
+                    base_seq = CASE WHEN ?4 THEN ?2 ELSE base_seq END
+                 WHERE id = ?1",
+                params![id, seq, now_ms(), whole],
+            )
+            .map_err(db)?;
             tx.execute(
                 "INSERT INTO weir_durable_saves (session_id, seq, data) VALUES (?1, ?2, ?3)",
                 params![id, seq, save],
@@ -146,7 +157,8 @@ impl SqliteDurable {
                 )
                 .map_err(db)?;
             }
-            tx.commit().map_err(db)
+            tx.commit().map_err(db)?;
+            Ok(seq)
         })
         .await
     }
@@ -284,5 +296,87 @@ impl SqliteDurable {
             Ok(deleted)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_sandbox::Limits;
+
+    fn record(user: &str) -> Record {
+        Record {
+            id: "s0123".into(),
+            user: user.into(),
+            runtime: "python".into(),
+            limits: Limits::default(),
+            created_ms: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_store_numbers_saves_and_refuses_changes_out_of_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteDurable::open(&dir.path().join("d.sqlite3")).unwrap();
+        store
+            .create(record("ann"), b"whole".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(
+            store.save("s0123", 1, false, b"c2".to_vec()).await.unwrap(),
+            2
+        );
+        // Its writer believed save 2 failed (a reply lost after the commit): changes that
+        // follow save 1 are refused, and a whole save moves the numbers on.
+        assert!(matches!(
+            store.save("s0123", 1, false, b"c2'".to_vec()).await,
+            Err(Error::SavesOutOfStep)
+        ));
+        assert_eq!(
+            store.save("s0123", 1, true, b"w3".to_vec()).await.unwrap(),
+            3
+        );
+        assert_eq!(
+            store.save("s0123", 3, false, b"c4".to_vec()).await.unwrap(),
+            4
+        );
+        // This process holds it: another user sees nothing, its owner gets the chain from the
+        // last whole save.
+        assert!(matches!(
+            store.take("s0123", "bob").await.unwrap(),
+            Take::Missing
+        ));
+        let Take::Taken(taken) = store.take("s0123", "ann").await.unwrap() else {
+            panic!("its own session");
+        };
+        assert_eq!(taken.seq, 4);
+        assert_eq!(taken.saves, vec![b"w3".to_vec(), b"c4".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn a_session_of_a_live_process_is_held_and_of_a_gone_one_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.sqlite3");
+        let first = SqliteDurable::open(&path).unwrap();
+        first
+            .create(record("ann"), b"whole".to_vec())
+            .await
+            .unwrap();
+        let second = SqliteDurable::open(&path).unwrap();
+        assert!(matches!(
+            second.take("s0123", "ann").await.unwrap(),
+            Take::Held { key: 0, .. }
+        ));
+        drop(first);
+        let Take::Taken(taken) = second.take("s0123", "ann").await.unwrap() else {
+            panic!("its process is gone");
+        };
+        assert_eq!(taken.saves, vec![b"whole".to_vec()]);
+        // The old holder's saves are refused from now on.
+        let third = SqliteDurable::open(&path).unwrap();
+        assert!(matches!(
+            third.save("s0123", 1, true, b"late".to_vec()).await,
+            Err(Error::SessionMoved(_))
+        ));
     }
 }

@@ -333,7 +333,8 @@ async fn store_batch(pool: &Pool, rows: &[Row], node_key: i64) -> Result<(), Err
             "{INSERT} ON CONFLICT (id) DO UPDATE SET node = EXCLUDED.node,
                 node_key = EXCLUDED.node_key, finished_at_ms = EXCLUDED.finished_at_ms,
                 duration_ms = EXCLUDED.duration_ms, outcome = EXCLUDED.outcome,
-                code = EXCLUDED.code, message = EXCLUDED.message"
+                code = EXCLUDED.code, message = EXCLUDED.message
+             WHERE weir_runs.node_key <> EXCLUDED.node_key"
         ))
         .await
         .map_err(db)?;

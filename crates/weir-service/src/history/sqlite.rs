@@ -75,15 +75,17 @@ impl Owner {
     }
 
     /// Whether the process that owned runs as `id` is gone (its lock can be taken, or its lock
-    /// file is missing); its lock file is then removed.
+    /// file is missing); its lock file is then removed. A lock file that cannot be opened for
+    /// another reason (no descriptors left, permissions) reads as alive.
     pub(crate) fn gone(path: &Path, id: &str) -> bool {
         // Owner ids are this module's own; anything else is treated as gone.
         if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
             return true;
         }
         let file = owners_dir(path).join(format!("{id}.lock"));
-        let Ok(lock) = std::fs::File::open(&file) else {
-            return true;
+        let lock = match std::fs::File::open(&file) {
+            Ok(lock) => lock,
+            Err(e) => return e.kind() == std::io::ErrorKind::NotFound,
         };
         match lock.try_lock() {
             Ok(()) => {
@@ -355,13 +357,20 @@ fn store_batch(
     }
     let tx = conn.transaction()?;
     {
-        // A finished run replaces its `running` row; a `running` row never replaces anything
+        // A finished run replaces its `running` row; a `running` row replaces only another
+        // process's row (a durable session resumed after a restart), never this process's own
         // (its run may have finished and been stored first).
         let columns = "(id, user, started_at_ms, finished_at_ms, duration_ms, outcome, code,
                  message, output_bytes, output_truncated, transcript, runtime, node, owner)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
         let mut finished = tx.prepare_cached(&format!("INSERT OR REPLACE INTO runs {columns}"))?;
-        let mut running = tx.prepare_cached(&format!("INSERT OR IGNORE INTO runs {columns}"))?;
+        let mut running = tx.prepare_cached(&format!(
+            "INSERT INTO runs {columns} ON CONFLICT (id) DO UPDATE SET
+                 finished_at_ms = excluded.finished_at_ms, duration_ms = excluded.duration_ms,
+                 outcome = excluded.outcome, code = excluded.code, message = excluded.message,
+                 node = excluded.node, owner = excluded.owner
+             WHERE runs.owner <> excluded.owner"
+        ))?;
         for entry in records {
             let (r, transcript) = entry.as_ref();
             let st = match r.outcome.as_str() {

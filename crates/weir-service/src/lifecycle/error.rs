@@ -30,6 +30,7 @@ impl Error {
             Error::ClusterUnavailable(_)
             | Error::SessionElsewhere { .. }
             | Error::SessionMoved(_)
+            | Error::SavesOutOfStep
             | Error::DurableDatabase(_)
             | Error::LoginBusy
             | Error::ClusterConnect(_)

@@ -35,8 +35,8 @@ pub struct CreateParams {
     /// Start from this stored snapshot (`/v1/snapshots`) instead of an empty namespace: its
     /// runtime, files and environment come with it (`runtime`, `files` and `env` must be absent).
     pub snapshot: Option<String>,
-    /// Save it after every cell in the cluster's database, so that it outlives its node
-    /// (cluster mode only: `crate::durable`).
+    /// Save it after every cell, so that it outlives the server process running it
+    /// (`crate::durable`: a SQLite file on one node, the cluster's database in cluster mode).
     #[serde(default)]
     pub durable: bool,
 }
@@ -175,56 +175,69 @@ pub async fn find(app: &AppState, id: &str, user: &str) -> Result<Arc<Session>, 
     if !is_session_id(id) {
         return Err(missing());
     }
-    // One takeover at a time on this node: a second request for the same session finds it
-    // restored.
-    let _one = app.adopting.lock().await;
-    if let Some(session) = app.sessions.get(id, user) {
-        return Ok(session);
-    }
     let span = tracing::info_span!("take_over", session_id = %id);
     let deadline = tokio::time::Instant::now() + HANDOFF;
-    let mut asked = false;
+    let mut asked: Option<tokio::time::Instant> = None;
     loop {
-        match store.take(id, user).await? {
-            Take::Missing => return Err(missing()),
-            Take::Taken(taken) => return adopt(app, taken).instrument(span).await,
-            Take::Held { node, .. } if tokio::time::Instant::now() >= deadline => {
-                return Err(Error::SessionElsewhere {
-                    id: id.to_string(),
-                    node,
-                })
+        let (node, key) = {
+            // One takeover at a time on this node (not held while waiting for another node): a
+            // second request for the same session finds it restored.
+            let _one = app.adopting.lock().await;
+            if let Some(session) = app.sessions.get(id, user) {
+                return Ok(session);
             }
-            Take::Held { key, .. } => {
-                if !asked {
-                    store.ask(id, key).await?;
-                    asked = true;
+            match store.take(id, user).await? {
+                Take::Missing => return Err(missing()),
+                Take::Taken(taken) => {
+                    let adopted = adopt(app, taken).instrument(span.clone()).await;
+                    if adopted.is_err() {
+                        // Not restored here: its row names no live holder, for the next try.
+                        let _ = store.release(id).await;
+                    }
+                    return adopted;
                 }
-                tokio::time::sleep(Duration::from_millis(25)).await;
+                Take::Held { node, key } => (node, key),
             }
+        };
+        // Key 0: another process on this machine, which cannot be asked.
+        if key == 0 || tokio::time::Instant::now() >= deadline {
+            return Err(Error::SessionElsewhere {
+                id: id.to_string(),
+                node,
+            });
         }
+        if asked.is_none_or(|at| at.elapsed() >= ASK_AGAIN) {
+            store.ask(id, key).await?;
+            asked = Some(tokio::time::Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
-/// Lets durable session `id` go, as another node asked (its requests now reach that node):
-/// ended here, saved as its last cell left it, for that node to take over. One running a cell
-/// is kept (the asking node asks again).
+/// How often a node waiting for a session another node holds asks for it again (that node
+/// keeps it while a cell runs).
+const ASK_AGAIN: Duration = Duration::from_millis(500);
+
+/// Lets durable session `id` go, as another node asked (its requests now reach that node): a
+/// live one only between cells and once its last cell is saved, its run stopped here and its
+/// history row left to the node that takes it; one not live here (a takeover that could not
+/// restore it) has its row let go all the same. One running a cell is kept (the asking node
+/// asks again).
 async fn release(app: &AppState, id: &str) {
-    let (Some(store), Some(session)) = (&app.durable, app.sessions.find(id)) else {
+    let Some(store) = &app.durable else {
         return;
     };
-    if !session.is_durable() || session.busy() {
-        return;
-    }
     // No takeover here meanwhile: a request for it on this node waits, then takes it back only
     // once it is let go.
     let _one = app.adopting.lock().await;
-    let Some(session) = app.sessions.remove(id) else {
-        return;
-    };
-    // Its end is in the history before the asking node's start is.
-    session.record_end(EndedBy::Closed).await;
+    if let Some(session) = app.sessions.find(id) {
+        if !session.is_durable() || !session.hand_over().await {
+            return;
+        }
+        app.sessions.remove(id);
+    }
     match store.release(id).await {
-        Ok(()) => tracing::info!(session_id = %id, "durable session handed to another node"),
+        Ok(()) => tracing::info!(session_id = %id, "durable session let go for another node"),
         Err(e) => {
             tracing::warn!(session_id = %id, error = %e, "cannot hand a durable session over")
         }
@@ -271,12 +284,27 @@ fn fold(saves: Vec<Vec<u8>>) -> Result<Snapshot, Error> {
 /// Saves a durable session (nothing for another). One that another node took over meanwhile
 /// ends here, its record left to that node.
 pub async fn save(app: &AppState, session: &Session) -> Result<(), Error> {
+    match session.saves().await {
+        Some(mut saves) => save_locked(app, session, &mut saves).await,
+        None => Ok(()),
+    }
+}
+
+/// [`save`], the session's saves already locked.
+async fn save_locked(
+    app: &AppState,
+    session: &Session,
+    saves: &mut crate::sessions::Saves,
+) -> Result<(), Error> {
     let Some(store) = &app.durable else {
         return Ok(());
     };
     let span = tracing::debug_span!("save", session_id = %session.id);
     let max = app.config.snapshots.max_bytes;
-    let saved = session.save(store, max).instrument(span).await;
+    let saved = session
+        .save_locked(saves, store, max)
+        .instrument(span)
+        .await;
     let counter = match &saved {
         Ok(()) => &app.metrics.durable_saves,
         Err(_) => &app.metrics.durable_save_failures,
@@ -284,7 +312,7 @@ pub async fn save(app: &AppState, session: &Session) -> Result<(), Error> {
     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if let Err(Error::SessionMoved(_)) = &saved {
         if let Some(gone) = app.sessions.remove(&session.id) {
-            gone.record_end(EndedBy::Closed).await;
+            gone.discard().await;
         }
     }
     saved
@@ -397,15 +425,23 @@ pub async fn run_cell(
         interactive: params.interactive,
     };
     let span = tracing::info_span!("cell", session_id = %session.id);
+    // A durable session's saves stay locked from the cell to its save: it is not handed over
+    // between the two.
+    let mut saves = session.saves().await;
     let mut result = session
         .exec(cell, cell_timeout(app, params.timeout_ms))
         .instrument(span)
         .await;
-    if let Ok(report) = &mut result {
-        if report.exit.is_none() && session.is_durable() {
-            report.saved = Some(save(app, session).await.map_err(|e| e.to_string()));
+    if let (Ok(report), Some(saves)) = (&mut result, saves.as_mut()) {
+        if report.exit.is_none() {
+            report.saved = Some(
+                save_locked(app, session, saves)
+                    .await
+                    .map_err(|e| e.to_string()),
+            );
         }
     }
+    drop(saves);
     match &result {
         // The run ended by itself before the cell could start.
         Err(Error::SessionEnded) => {
