@@ -27,47 +27,20 @@
 //! deleted by the reaper of any process using the store.
 
 mod postgres;
+mod record;
 mod sqlite;
+
+pub use record::{Record, Take, Taken};
 
 use crate::cluster::Node;
 use crate::error::Error;
 use std::path::Path;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use weir_sandbox::{AbortOnDrop, Limits};
+use weir_sandbox::AbortOnDrop;
 
 /// How long a node asking for a session another node holds waits for it.
 pub const HANDOFF: Duration = Duration::from_secs(3);
-
-/// A durable session as the database knows it.
-#[derive(Debug, Clone)]
-pub struct Record {
-    pub id: String,
-    pub user: String,
-    pub runtime: String,
-    pub limits: Limits,
-    /// When the session was created, ms since the Unix epoch.
-    pub created_ms: u64,
-}
-
-/// What [`DurableStore::take`] found.
-pub enum Take {
-    /// No such session of the user's.
-    Missing,
-    /// Taken over.
-    Taken(Taken),
-    /// Held by a live process: `node` names it, `key` is its node lock (0 for a process on
-    /// this machine, which cannot be asked).
-    Held { node: String, key: i64 },
-}
-
-/// A session taken over: its record, the sequence number of its last save, and its saves from
-/// the last whole one, oldest first.
-pub struct Taken {
-    pub record: Record,
-    pub seq: i64,
-    pub saves: Vec<Vec<u8>>,
-}
 
 /// Where durable sessions are kept.
 enum Backend {
@@ -168,8 +141,4 @@ impl DurableStore {
             Backend::Sqlite(_) => (mpsc::channel(1).1, None),
         }
     }
-}
-
-fn now_ms() -> i64 {
-    crate::history::unix_ms(std::time::SystemTime::now()) as i64
 }

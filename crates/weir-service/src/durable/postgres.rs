@@ -6,7 +6,7 @@
 //! live node is asked to let a session go (`NOTIFY weir_durable`), and does once no cell runs in
 //! it ([`super::HANDOFF`] bounds the wait).
 
-use super::{now_ms, Record, Take, Taken};
+use super::record::{now_ms, Record, Take, Taken};
 use crate::cluster::{alive_sql, Node};
 use crate::error::Error;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};

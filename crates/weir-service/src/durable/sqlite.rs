@@ -6,7 +6,7 @@
 //! `synchronous = NORMAL`: a save outlives the process the moment it is answered (a power loss
 //! may take the last ones). Statements run on a blocking thread, one at a time.
 
-use super::{now_ms, Record, Take, Taken};
+use super::record::{now_ms, Record, Take, Taken};
 use crate::error::Error;
 use crate::history::sqlite::Owner;
 use rusqlite::{params, OptionalExtension};
