@@ -63,8 +63,8 @@ pub struct Saves {
     /// the next save is whole.
     base_bytes: u64,
     chain_bytes: u64,
-    /// The last save was not written (or the session was restored in a new instance): the next
-    /// is whole.
+    /// The last save was not written: the next is whole (as a restored instance's first save
+    /// is by itself), and the session is not handed over before it.
     whole_next: bool,
 }
 
@@ -303,10 +303,6 @@ impl Session {
         *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(slot);
         *self.hibernated.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let _ = std::fs::remove_file(&path);
-        if let Some(saves) = &self.saves {
-            // Its saves go on from the snapshot it hibernated as, which the database lacks.
-            saves.lock().await.whole_next = true;
-        }
         Ok(())
     }
 
