@@ -54,8 +54,8 @@ async fn the_official_sdk_runs_python_over_streamable_http() {
     assert_steps(&out);
     let (_, metrics) = http_get(&server, "/metrics").await;
     assert!(
-        metrics.contains("weir_runs_started_total 8"),
-        "every tool call that started a run is counted (5 of 6 run_python calls, 1 session, \
+        metrics.contains("weir_runs_started_total 9"),
+        "every tool call that started a run is counted (5 of 6 run_python calls, 2 sessions, \
          1 fork, 1 restore):\n{metrics}"
     );
     // The closed session's instance is freed once its run's task has ended, just after the

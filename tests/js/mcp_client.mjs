@@ -136,6 +136,17 @@ try {
     await tool("session_close", { session_id: restored_id });
   });
 
+  await step("keeps a durable session, saying when a cell is not saved", async () => {
+    const created = text(await tool("session_create", { durable: true }));
+    const durable_id = /session_id: (\S+)/.exec(created)?.[1];
+    if (!durable_id) throw new Error(created);
+    const held = await tool("session_exec", { session_id: durable_id, code: "f = open('d.txt', 'w')" });
+    if (!text(held).includes("not saved") || !text(held).includes("open")) throw new Error(text(held));
+    const closed = await tool("session_exec", { session_id: durable_id, code: "f.close()" });
+    if (closed.isError || text(closed).includes("not saved")) throw new Error(text(closed));
+    await tool("session_close", { session_id: durable_id });
+  });
+
   await step("lists and reads session files, then closes the session", async () => {
     await tool("session_exec", { session_id, code: "open('out.txt', 'w').write('hello')" });
     const listed = text(await tool("session_files", { session_id }));

@@ -659,7 +659,7 @@ fn append_stream(text: &mut String, name: &str, bytes: &[u8]) {
 pub async fn serve_stdio(config: crate::config::ServerConfig) -> anyhow::Result<()> {
     let sandbox = weir_sandbox::Sandbox::load_async(config.engine_settings()).await?;
     let history = crate::history::History::open(&config.history)?;
-    let state = Arc::new(AppState::new(config, sandbox, history));
+    let state = Arc::new(AppState::new(config, sandbox, history).with_local_durable());
     let reaper = tokio::spawn(session::reap(state.clone()));
     let _reaper = weir_sandbox::AbortOnDrop(reaper);
     let served = WeirMcp::new(state.clone()).serve_stdio().await;

@@ -94,11 +94,12 @@ pub async fn start_with(config: ServerConfig, sandbox: Sandbox) -> anyhow::Resul
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
-    let state = Arc::new(
-        AppState::new(config, sandbox, history)
-            .with_registry(registry)
-            .with_durable(durable),
-    );
+    let clustered = durable.is_some();
+    let state = AppState::new(config, sandbox, history).with_registry(registry);
+    let state = Arc::new(match clustered {
+        true => state.with_durable(durable),
+        false => state.with_local_durable(),
+    });
     let app = router(state.clone());
     let task = tokio::spawn(serve_connections(listener, app, state.clone()));
     let reaper = tokio::spawn(crate::lifecycle::session::reap(state.clone()));
@@ -115,8 +116,9 @@ pub async fn start_with(config: ServerConfig, sandbox: Sandbox) -> anyhow::Resul
     })
 }
 
-/// The run history, the session registry and durable sessions: SQLite, in memory and a SQLite
-/// file beside the snapshots, or with a `[cluster] database_url` all in PostgreSQL (schema
+/// The run history, the session registry and (in cluster mode) durable sessions: SQLite and in
+/// memory (durable sessions then go to a file beside the snapshots,
+/// `AppState::with_local_durable`), or with a `[cluster] database_url` all in PostgreSQL (schema
 /// created or migrated here).
 async fn open_stores(
     config: &ServerConfig,
@@ -124,14 +126,7 @@ async fn open_stores(
     let node = crate::cluster::Node::new(&config.node_id());
     let Some(pg) = crate::cluster::pg_config(config.cluster.database_url.as_deref(), &node)? else {
         let history = History::open(&config.history)?.with_node(&node.id);
-        let path = config.snapshot_dir().join(DURABLE_FILE);
-        let durable = DurableStore::open(&path)
-            .map_err(|e| {
-                let path = path.display();
-                tracing::error!(%path, error = %e, "durable sessions unavailable");
-            })
-            .ok();
-        return Ok((history, Registry::local(), durable));
+        return Ok((history, Registry::local(), None));
     };
     let registry = Registry::clustered(&node, pg.clone(), config.max_sessions).await?;
     let history = History::connect(&config.history, pg.clone(), &node).await?;
@@ -139,9 +134,6 @@ async fn open_stores(
     tracing::info!(node = %node.id, "cluster mode: history and sessions in PostgreSQL");
     Ok((history, registry, Some(durable)))
 }
-
-/// A single node's durable sessions, in the snapshot directory.
-const DURABLE_FILE: &str = "durable.sqlite3";
 
 /// Loads every runtime not loaded yet, one after the other; a failure is logged (and shown in
 /// `GET /v1/runtimes`), and the runtime's first run tries again.

@@ -157,6 +157,19 @@ impl AppState {
         self
     }
 
+    /// This state with a single node's durable sessions: `durable.sqlite3` in the snapshot
+    /// directory. A store that cannot be opened is logged, and durable sessions are refused.
+    pub fn with_local_durable(self) -> Self {
+        let path = self.config.snapshot_dir().join("durable.sqlite3");
+        let store = DurableStore::open(&path)
+            .map_err(|e| {
+                let path = path.display();
+                tracing::error!(%path, error = %e, "durable sessions unavailable");
+            })
+            .ok();
+        self.with_durable(store)
+    }
+
     /// This state with `registry` (a cluster node's) in place of the local one.
     pub fn with_registry(mut self, registry: Registry) -> Self {
         self.registry = registry;
