@@ -183,8 +183,12 @@ pub async fn find(app: &AppState, id: &str, user: &str) -> Result<Arc<Session>, 
             // One takeover at a time on this node (not held while waiting for another node): a
             // second request for the same session finds it restored.
             let _one = app.adopting.lock().await;
-            if let Some(session) = app.sessions.get(id, user) {
-                return Ok(session);
+            match app.sessions.find(id) {
+                Some(session) if session.user == user && !session.ended() => return Ok(session),
+                // Its run ended here (the reaper records it and deletes its saves): not
+                // brought back from its last save.
+                Some(_) => return Err(missing()),
+                None => {}
             }
             match store.take(id, user).await? {
                 Take::Missing => return Err(missing()),
