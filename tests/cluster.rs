@@ -3,7 +3,7 @@
 //! HAProxy running `deploy/haproxy.cfg` as it is. One test, in order: history readable from
 //! every node and private to its owner; a user's sessions hashed to one node; a second login on
 //! another node closing the first with 4001; `kill -9` of a node mid-run; a durable session
-//! outliving `kill -9` of its node; a rolling restart under a one-shot client that loses no
+//! outliving `kill -9` of its node; snapshots shared through the database; a rolling restart under a one-shot client that loses no
 //! request; the database going away.
 
 use futures_util::StreamExt;
@@ -134,14 +134,13 @@ async fn three_nodes_behind_haproxy_share_history_sessions_and_survive_failures(
     let mut nodes: Vec<Node> = ["node1", "node2", "node3"]
         .iter()
         .map(|id| {
-            Node::new(
-                weir,
-                dir.path(),
-                id,
-                Some(&pg.url()),
-                "max_sessions_per_user = 2",
-            )
-            .unwrap()
+            // Each node its own snapshot directory: what nodes share is the database.
+            let own = dir.path().join(format!("{id}-snapshots"));
+            let extra = format!(
+                "max_sessions_per_user = 2\n[snapshots]\ndir = \"{}\"",
+                own.display()
+            );
+            Node::new(weir, dir.path(), id, Some(&pg.url()), &extra).unwrap()
         })
         .collect();
     for n in &mut nodes {
@@ -371,6 +370,43 @@ async fn three_nodes_behind_haproxy_share_history_sessions_and_survive_failures(
     let (out, home) = exec(&lb.addr, &kim, &sid, "f(1)").await;
     assert_eq!(out["result"], "101", "{out}");
     assert_eq!(home, holder, "back on its node");
+
+    // Stored snapshots live in the cluster's database: taken through one node, restored
+    // through another, listed and deleted through a third; another user sees none of it.
+    let lee = token("lee", 3600);
+    let made = http(&nodes[0].addr, "POST", "/v1/sessions", Some(&lee), b"{}").await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let plain = made.json()["session_id"].as_str().unwrap().to_string();
+    let (out, _) = exec(&nodes[0].addr, &lee, &plain, "v = 7").await;
+    assert_eq!(out["outcome"], "ok", "{out}");
+    let snap_path = format!("/v1/sessions/{plain}/snapshot");
+    let snap = http(&nodes[0].addr, "POST", &snap_path, Some(&lee), b"").await;
+    assert_eq!(snap.status, 201, "{}", snap.body);
+    let snap_id = snap.json()["snapshot_id"].as_str().unwrap().to_string();
+    let from = json!({ "snapshot": snap_id }).to_string();
+    let restored = http(
+        &nodes[1].addr,
+        "POST",
+        "/v1/sessions",
+        Some(&lee),
+        from.as_bytes(),
+    )
+    .await;
+    assert_eq!(restored.status, 201, "{}", restored.body);
+    let again = restored.json()["session_id"].as_str().unwrap().to_string();
+    let (out, _) = exec(&nodes[1].addr, &lee, &again, "v * 6").await;
+    assert_eq!(out["result"], "42", "{out}");
+    let meta = format!("/v1/snapshots/{snap_id}");
+    let listed = http(&nodes[2].addr, "GET", "/v1/snapshots", Some(&lee), b"").await;
+    assert!(listed.body.contains(&snap_id), "{}", listed.body);
+    for addr in [&nodes[1].addr, &nodes[2].addr] {
+        let other = http(addr, "GET", &meta, Some(&bob), b"").await;
+        assert_eq!(other.status, 404, "not bob's: {}", other.body);
+    }
+    let deleted = http(&nodes[2].addr, "DELETE", &meta, Some(&lee), b"").await;
+    assert_eq!(deleted.status, 204, "{}", deleted.body);
+    let gone = http(&nodes[0].addr, "GET", &meta, Some(&lee), b"").await;
+    assert_eq!(gone.status, 404, "{}", gone.body);
 
     // A rolling restart of all three nodes while a one-shot client loops through HAProxy:
     // no request is lost.

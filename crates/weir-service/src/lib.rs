@@ -33,6 +33,7 @@ pub mod mcp;
 pub mod metrics;
 pub mod notebook;
 pub mod packages;
+pub mod pg_snapshots;
 pub mod piston;
 pub mod protocol;
 pub mod registry;

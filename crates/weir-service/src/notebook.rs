@@ -268,7 +268,7 @@ async fn describe_snapshot(
     caller: Identified,
     Path(id): Path<String>,
 ) -> Result<Json<SnapshotMeta>, Error> {
-    Ok(Json(state.snapshots.meta(&id, &caller.user)?))
+    Ok(Json(state.snapshots.meta(&id, &caller.user).await?))
 }
 
 async fn delete_snapshot(
@@ -276,10 +276,7 @@ async fn delete_snapshot(
     caller: Identified,
     Path(id): Path<String>,
 ) -> Result<StatusCode, Error> {
-    let store = state.snapshots.clone();
-    tokio::task::spawn_blocking(move || store.delete(&id, &caller.user))
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+    state.snapshots.delete(&id, &caller.user).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -288,9 +285,9 @@ async fn delete_snapshot(
 async fn list_snapshots(
     State(state): State<Arc<AppState>>,
     caller: Identified,
-) -> Json<Vec<SnapshotMeta>> {
+) -> Result<Json<Vec<SnapshotMeta>>, Error> {
     if state.config.secret.is_none() {
-        return Json(Vec::new());
+        return Ok(Json(Vec::new()));
     }
-    Json(state.snapshots.of(&caller.user))
+    Ok(Json(state.snapshots.of(&caller.user).await?))
 }

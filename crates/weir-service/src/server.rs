@@ -5,7 +5,9 @@
 use crate::config::ServerConfig;
 use crate::durable::DurableStore;
 use crate::history::History;
+use crate::pg_snapshots::PgSnapshots;
 use crate::registry::Registry;
+use crate::snapshots::Snapshots;
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -89,16 +91,20 @@ async fn install_packages(config: &ServerConfig, sandbox: &Sandbox) -> anyhow::R
 /// settings: for embedders that host runtimes of their own.
 pub async fn start_with(config: ServerConfig, sandbox: Sandbox) -> anyhow::Result<RunningServer> {
     install_packages(&config, &sandbox).await?;
-    let (history, registry, durable) = open_stores(&config).await?;
+    let (history, registry, clustered) = open_stores(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
-    let clustered = durable.is_some();
     let state = AppState::new(config, sandbox, history).with_registry(registry);
     let state = Arc::new(match clustered {
-        true => state.with_durable(durable),
-        false => state.with_local_durable(),
+        Some(Clustered { durable, snapshots }) => {
+            let config = state.config.snapshots.clone();
+            state
+                .with_durable(Some(durable))
+                .with_snapshots(Snapshots::postgres(snapshots, config))
+        }
+        None => state.with_local_durable(),
     });
     let app = router(state.clone());
     let task = tokio::spawn(serve_connections(listener, app, state.clone()));
@@ -122,7 +128,7 @@ pub async fn start_with(config: ServerConfig, sandbox: Sandbox) -> anyhow::Resul
 /// created or migrated here).
 async fn open_stores(
     config: &ServerConfig,
-) -> anyhow::Result<(History, Registry, Option<DurableStore>)> {
+) -> anyhow::Result<(History, Registry, Option<Clustered>)> {
     let node = crate::cluster::Node::new(&config.node_id());
     let Some(pg) = crate::cluster::pg_config(config.cluster.database_url.as_deref(), &node)? else {
         let history = History::open(&config.history)?.with_node(&node.id);
@@ -130,9 +136,16 @@ async fn open_stores(
     };
     let registry = Registry::clustered(&node, pg.clone(), config.max_sessions).await?;
     let history = History::connect(&config.history, pg.clone(), &node).await?;
-    let durable = DurableStore::connect(pg, &node).await?;
-    tracing::info!(node = %node.id, "cluster mode: history and sessions in PostgreSQL");
-    Ok((history, registry, Some(durable)))
+    let durable = DurableStore::connect(pg.clone(), &node).await?;
+    let snapshots = PgSnapshots::connect(pg).await?;
+    tracing::info!(node = %node.id, "cluster mode: history, sessions and snapshots in PostgreSQL");
+    Ok((history, registry, Some(Clustered { durable, snapshots })))
+}
+
+/// What a cluster node keeps in PostgreSQL besides its history and registry.
+struct Clustered {
+    durable: DurableStore,
+    snapshots: PgSnapshots,
 }
 
 /// Loads every runtime not loaded yet, one after the other; a failure is logged (and shown in

@@ -8,10 +8,11 @@
 //! minutes and at start). Ids are 128 random bits, made here; nothing a client names is a path.
 
 use crate::error::Error;
+use crate::pg_snapshots::PgSnapshots;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// `[snapshots]`: where snapshots are kept, and how many.
@@ -102,38 +103,12 @@ impl SnapshotStore {
 
     /// Keeps `bytes` as a snapshot of `owner`'s in `runtime`. Blocking.
     pub fn put(&self, owner: &str, runtime: &str, bytes: &[u8]) -> Result<SnapshotMeta, Error> {
-        let size = bytes.len() as u64;
-        if size > self.config.max_bytes {
-            return Err(Error::SnapshotTooLarge {
-                size,
-                limit: weir_sandbox::human_bytes(self.config.max_bytes),
-            });
-        }
-        let meta = SnapshotMeta {
-            snapshot_id: new_id(),
-            owner: owner.to_string(),
-            runtime: runtime.to_string(),
-            bytes: size,
-            created: now_secs(),
-        };
+        let meta = new_meta(owner, runtime, bytes.len() as u64, &self.config)?;
         {
             let mut index = self.index();
             let held = index.values().filter(|m| m.owner == owner).count();
-            if held >= self.config.max_per_user {
-                return Err(Error::SnapshotsFull(format!(
-                    "user {owner:?} keeps {held} snapshots, the most one user may \
-                     (snapshots.max_per_user); delete one first"
-                )));
-            }
             let total: u64 = index.values().map(|m| m.bytes).sum();
-            if total + size > self.config.max_total_bytes {
-                return Err(Error::SnapshotsFull(format!(
-                    "the snapshot store is full ({} of snapshots.max_total_bytes {}); delete \
-                     snapshots or retry later",
-                    weir_sandbox::human_bytes(total),
-                    weir_sandbox::human_bytes(self.config.max_total_bytes)
-                )));
-            }
+            admit(&self.config, owner, held, total, meta.bytes)?;
             // Reserved now, so two writes at once cannot both pass the limits.
             index.insert(meta.snapshot_id.clone(), meta.clone());
         }
@@ -213,6 +188,210 @@ impl SnapshotStore {
             remove_pair(&self.dir, &self.dir.join(meta_name(&id)));
         }
     }
+}
+
+/// Stored snapshots as every route sees them: in a directory ([`SnapshotStore`]; on one node,
+/// or nodes sharing it), or in cluster mode in the cluster's database
+/// (`crate::pg_snapshots`), under the same limits.
+pub struct Snapshots(Backend);
+
+enum Backend {
+    Dir(Arc<SnapshotStore>),
+    Postgres(Box<(PgSnapshots, SnapshotConfig)>),
+}
+
+impl Snapshots {
+    /// In `dir` (made if missing).
+    pub fn dir(dir: PathBuf, config: SnapshotConfig) -> Self {
+        Snapshots(Backend::Dir(Arc::new(SnapshotStore::open(dir, config))))
+    }
+
+    /// In the cluster's database.
+    pub fn postgres(db: PgSnapshots, config: SnapshotConfig) -> Self {
+        Snapshots(Backend::Postgres(Box::new((db, config))))
+    }
+
+    /// Keeps `bytes` as a snapshot of `owner`'s in `runtime`, within the limits.
+    pub async fn put(
+        &self,
+        owner: &str,
+        runtime: &str,
+        bytes: Vec<u8>,
+    ) -> Result<SnapshotMeta, Error> {
+        match &self.0 {
+            Backend::Dir(store) => {
+                let (store, owner, runtime) =
+                    (store.clone(), owner.to_string(), runtime.to_string());
+                blocking(move || store.put(&owner, &runtime, &bytes)).await
+            }
+            Backend::Postgres(pg) => {
+                let (db, config) = &**pg;
+                let meta = new_meta(owner, runtime, bytes.len() as u64, config)?;
+                let row = (
+                    meta.snapshot_id.clone(),
+                    meta.owner.clone(),
+                    meta.runtime.clone(),
+                    meta.bytes,
+                    meta.created,
+                );
+                db.put(&row, &bytes, |held| {
+                    admit(
+                        config,
+                        owner,
+                        held.owner_count,
+                        held.total_bytes,
+                        meta.bytes,
+                    )
+                })
+                .await?;
+                Ok(meta)
+            }
+        }
+    }
+
+    /// `owner`'s snapshot `id`.
+    pub async fn meta(&self, id: &str, owner: &str) -> Result<SnapshotMeta, Error> {
+        match &self.0 {
+            Backend::Dir(store) => store.meta(id, owner),
+            Backend::Postgres(pg) => {
+                let found = pg.0.get(id, owner, false).await?;
+                found
+                    .map(|(row, _)| from_row(row))
+                    .ok_or_else(|| missing(id))
+            }
+        }
+    }
+
+    /// `owner`'s snapshot `id` and its bytes.
+    pub async fn read(&self, id: &str, owner: &str) -> Result<(SnapshotMeta, Vec<u8>), Error> {
+        match &self.0 {
+            Backend::Dir(store) => {
+                let (store, id, owner) = (store.clone(), id.to_string(), owner.to_string());
+                blocking(move || store.read(&id, &owner)).await
+            }
+            Backend::Postgres(pg) => {
+                let found = pg.0.get(id, owner, true).await?;
+                found
+                    .map(|(row, data)| (from_row(row), data))
+                    .ok_or_else(|| missing(id))
+            }
+        }
+    }
+
+    /// `owner`'s snapshots, newest first.
+    pub async fn of(&self, owner: &str) -> Result<Vec<SnapshotMeta>, Error> {
+        match &self.0 {
+            Backend::Dir(store) => Ok(store.of(owner)),
+            Backend::Postgres(pg) => Ok(pg.0.of(owner).await?.into_iter().map(from_row).collect()),
+        }
+    }
+
+    /// Deletes `owner`'s snapshot `id`.
+    pub async fn delete(&self, id: &str, owner: &str) -> Result<(), Error> {
+        match &self.0 {
+            Backend::Dir(store) => {
+                let (store, id, owner) = (store.clone(), id.to_string(), owner.to_string());
+                blocking(move || store.delete(&id, &owner)).await
+            }
+            Backend::Postgres(pg) => match pg.0.delete(id, owner).await? {
+                true => Ok(()),
+                false => Err(missing(id)),
+            },
+        }
+    }
+
+    /// Deletes the snapshots past `max_age_days`.
+    pub async fn sweep(&self) -> Result<(), Error> {
+        match &self.0 {
+            Backend::Dir(store) => {
+                let store = store.clone();
+                blocking(move || {
+                    store.sweep();
+                    Ok(())
+                })
+                .await
+            }
+            Backend::Postgres(pg) => {
+                let max_age = pg.1.max_age_days.saturating_mul(86_400);
+                pg.0.prune(now_secs().saturating_sub(max_age))
+                    .await
+                    .map(|_| ())
+            }
+        }
+    }
+}
+
+/// Runs `op` on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    op: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(op)
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?
+}
+
+fn missing(id: &str) -> Error {
+    Error::NotFound(format!("no snapshot {id:?}"))
+}
+
+fn from_row(
+    (snapshot_id, owner, runtime, bytes, created): crate::pg_snapshots::Row,
+) -> SnapshotMeta {
+    SnapshotMeta {
+        snapshot_id,
+        owner,
+        runtime,
+        bytes,
+        created,
+    }
+}
+
+/// A new snapshot's record, once its size is within `max_bytes`.
+fn new_meta(
+    owner: &str,
+    runtime: &str,
+    size: u64,
+    config: &SnapshotConfig,
+) -> Result<SnapshotMeta, Error> {
+    if size > config.max_bytes {
+        return Err(Error::SnapshotTooLarge {
+            size,
+            limit: weir_sandbox::human_bytes(config.max_bytes),
+        });
+    }
+    Ok(SnapshotMeta {
+        snapshot_id: new_id(),
+        owner: owner.to_string(),
+        runtime: runtime.to_string(),
+        bytes: size,
+        created: now_secs(),
+    })
+}
+
+/// Whether `owner` may keep one more snapshot of `size` bytes: they hold `held`, all snapshots
+/// together `total` bytes.
+fn admit(
+    config: &SnapshotConfig,
+    owner: &str,
+    held: usize,
+    total: u64,
+    size: u64,
+) -> Result<(), Error> {
+    if held >= config.max_per_user {
+        return Err(Error::SnapshotsFull(format!(
+            "user {owner:?} keeps {held} snapshots, the most one user may \
+             (snapshots.max_per_user); delete one first"
+        )));
+    }
+    if total + size > config.max_total_bytes {
+        return Err(Error::SnapshotsFull(format!(
+            "the snapshot store is full ({} of snapshots.max_total_bytes {}); delete \
+             snapshots or retry later",
+            weir_sandbox::human_bytes(total),
+            weir_sandbox::human_bytes(config.max_total_bytes)
+        )));
+    }
+    Ok(())
 }
 
 /// The record kept beside a snapshot's bytes (with its owner, which answers never show).

@@ -7,7 +7,7 @@ use crate::history::History;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::sessions::Sessions;
-use crate::snapshots::SnapshotStore;
+use crate::snapshots::Snapshots;
 use crate::tracked::Books;
 use serde::Deserialize;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,7 +46,7 @@ pub struct AppState {
     /// Stateful sessions (`/v1/sessions`, MCP's session tools), each holding a slot.
     pub sessions: Arc<Sessions>,
     /// Stored session snapshots (`/v1/snapshots`).
-    pub snapshots: Arc<SnapshotStore>,
+    pub snapshots: Arc<Snapshots>,
     /// Durable sessions' saves (`crate::durable`); `None` when their store could not be opened.
     pub durable: Option<Arc<DurableStore>>,
     /// Held while a durable session is taken over from a node that died.
@@ -145,7 +145,7 @@ impl AppState {
             readiness: Readiness::default(),
             mcp_shutdown: tokio_util::sync::CancellationToken::new(),
             sessions: Arc::new(Sessions::default()),
-            snapshots: Arc::new(SnapshotStore::open(config_snapshot_dir, config_snapshots)),
+            snapshots: Arc::new(Snapshots::dir(config_snapshot_dir, config_snapshots)),
             durable: None,
             adopting: tokio::sync::Mutex::new(()),
         }
@@ -154,6 +154,12 @@ impl AppState {
     /// This state with durable sessions saved in `store` (a cluster node's).
     pub fn with_durable(mut self, store: Option<DurableStore>) -> Self {
         self.durable = store.map(Arc::new);
+        self
+    }
+
+    /// This state with its stored snapshots in `snapshots` (a cluster node's).
+    pub fn with_snapshots(mut self, snapshots: Snapshots) -> Self {
+        self.snapshots = Arc::new(snapshots);
         self
     }
 

@@ -334,14 +334,10 @@ async fn forget(app: &AppState, session: &Session) {
 
 /// `user`'s stored snapshot `id`, read and checked.
 async fn load(app: &AppState, id: &str, user: &str) -> Result<Snapshot, Error> {
-    let store = app.snapshots.clone();
-    let (id, user) = (id.to_string(), user.to_string());
-    tokio::task::spawn_blocking(move || {
-        let (_, bytes) = store.read(&id, &user)?;
-        Ok(Snapshot::from_bytes(&bytes)?)
-    })
-    .await
-    .map_err(|e| Error::Io(std::io::Error::other(e)))?
+    let (_, bytes) = app.snapshots.read(id, user).await?;
+    tokio::task::spawn_blocking(move || Ok(Snapshot::from_bytes(&bytes)?))
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?
 }
 
 /// A new session of `session`'s owner on `slot`, starting where `session` is now (its running
@@ -361,11 +357,12 @@ pub async fn fork(app: &AppState, session: &Session, slot: Slot) -> Result<Arc<S
 pub async fn snapshot(app: &AppState, session: &Session) -> Result<SnapshotMeta, Error> {
     wake(app, session).await?;
     let taken = session.snapshot().await?;
-    let store = app.snapshots.clone();
-    let (user, runtime) = (session.user.clone(), session.runtime.clone());
-    tokio::task::spawn_blocking(move || store.put(&user, &runtime, &taken.to_bytes()?))
+    let bytes = tokio::task::spawn_blocking(move || taken.to_bytes())
         .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))?
+        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+    (app.snapshots)
+        .put(&session.user, &session.runtime, bytes)
+        .await
 }
 
 /// Wakes `session` if it hibernates: restored in a new instance, on a slot of the server's and
@@ -512,15 +509,9 @@ pub async fn reap(app: Arc<AppState>) {
             }
             forget(&app, &session).await;
         }
-        if let (Some(store), true) = (&app.durable, pruned.elapsed() >= PRUNE_EVERY) {
+        if pruned.elapsed() >= PRUNE_EVERY {
             pruned = tokio::time::Instant::now();
-            match store.prune(idle).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::info!(sessions = n, "idle durable sessions of gone nodes deleted")
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot prune durable sessions"),
-            }
+            prune(&app, idle).await;
         }
         if let Some(after) = asleep {
             hibernate(&app, after).await;
@@ -528,8 +519,23 @@ pub async fn reap(app: Arc<AppState>) {
     }
 }
 
-/// How often the reaper deletes the durable sessions of gone nodes idle past
-/// `session_idle_secs`.
+/// Deletes the snapshots past `max_age_days` and the durable sessions of gone processes idle
+/// past `idle`.
+async fn prune(app: &AppState, idle: Duration) {
+    if let Err(e) = app.snapshots.sweep().await {
+        tracing::warn!(error = %e, "cannot delete old snapshots");
+    }
+    if let Some(store) = &app.durable {
+        match store.prune(idle).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(sessions = n, "idle durable sessions of gone nodes deleted"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune durable sessions"),
+        }
+    }
+}
+
+/// How often the reaper deletes old snapshots and the durable sessions of gone processes idle
+/// past `session_idle_secs`.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// Ends every session (shutdown), each recorded `shutdown`; durable sessions' saves stay, for
