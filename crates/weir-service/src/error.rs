@@ -106,6 +106,9 @@ pub enum Error {
     /// save's outcome was lost): its next save is whole.
     #[error("the session's saves were out of step with the store; its next save is whole")]
     SavesOutOfStep,
+    /// The database of stored snapshots failed (cluster mode).
+    #[error("stored snapshots: {0}")]
+    SnapshotDatabase(String),
     /// The database of durable sessions failed.
     #[error("durable sessions: {0}")]
     DurableDatabase(String),

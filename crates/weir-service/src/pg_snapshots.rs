@@ -31,7 +31,7 @@ const SCHEMA: &str = "
 const LOCK: i64 = 0x7765_6972_0004;
 
 fn db(e: impl std::fmt::Display) -> Error {
-    Error::HistoryDatabase(format!("snapshots: {e}"))
+    Error::SnapshotDatabase(e.to_string())
 }
 
 /// A snapshot's record: `(id, owner, runtime, bytes, created)`.

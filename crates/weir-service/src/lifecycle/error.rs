@@ -31,6 +31,7 @@ impl Error {
             | Error::SessionElsewhere { .. }
             | Error::SessionMoved(_)
             | Error::SavesOutOfStep
+            | Error::SnapshotDatabase(_)
             | Error::DurableDatabase(_)
             | Error::LoginBusy
             | Error::ClusterConnect(_)
