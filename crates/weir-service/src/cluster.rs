@@ -110,6 +110,54 @@ pub fn pg_config(
     Ok(Some(pg))
 }
 
+/// A pool of at most `size` connections to the cluster's database (each store keeps its own, so
+/// one store's load never starves another's). Its errors are the reason, for the store to name.
+pub fn pool(pg: tokio_postgres::Config, size: usize) -> Result<deadpool_postgres::Pool, String> {
+    use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+    let manager = Manager::from_config(
+        pg,
+        tokio_postgres::NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// A connection from `pool`, waited for at most `wait`.
+pub async fn connection(
+    pool: &deadpool_postgres::Pool,
+    wait: Duration,
+) -> Result<deadpool_postgres::Object, String> {
+    match tokio::time::timeout(wait, pool.get()).await {
+        Ok(client) => client.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "no database connection within {} s",
+            wait.as_secs()
+        )),
+    }
+}
+
+/// Runs `schema` (statements that create what is missing) in one transaction under the
+/// transaction-level advisory lock `lock`, so nodes starting together do not race.
+pub async fn create_schema(
+    pool: &deadpool_postgres::Pool,
+    wait: Duration,
+    lock: i64,
+    schema: &str,
+) -> Result<(), String> {
+    let mut client = connection(pool, wait).await?;
+    let tx = client.transaction().await.map_err(|e| e.to_string())?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock])
+        .await
+        .map_err(|e| e.to_string())?;
+    tx.batch_execute(schema).await.map_err(|e| e.to_string())?;
+    tx.commit().await.map_err(|e| e.to_string())
+}
+
 /// The SQL condition "the node whose lock key is in column `column` is alive": its lock is held
 /// (bigint advisory locks show in `pg_locks` as `classid` = high half, `objid` = low half,
 /// `objsubid` = 1).

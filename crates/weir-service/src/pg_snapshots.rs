@@ -4,10 +4,10 @@
 //! its bytes (stored as they are: they are zstd frames already). The limits are the store's
 //! (`crate::snapshots`): this module only reads and writes.
 
+use crate::cluster;
 use crate::error::Error;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use std::time::Duration;
-use tokio_postgres::NoTls;
 
 /// Connections each node keeps for snapshots.
 const POOL: usize = 4;
@@ -51,31 +51,15 @@ pub struct PgSnapshots {
 impl PgSnapshots {
     /// Connects (a small pool of its own) and creates the table if it is missing.
     pub async fn connect(pg: tokio_postgres::Config) -> Result<Self, Error> {
-        let manager = Manager::from_config(
-            pg,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager).max_size(POOL).build().map_err(db)?;
-        let store = PgSnapshots { pool };
-        let mut client = store.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK])
+        let pool = cluster::pool(pg, POOL).map_err(db)?;
+        cluster::create_schema(&pool, TIMEOUT, LOCK, SCHEMA)
             .await
             .map_err(db)?;
-        tx.batch_execute(SCHEMA).await.map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        drop(client);
-        Ok(store)
+        Ok(PgSnapshots { pool })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, Error> {
-        match tokio::time::timeout(TIMEOUT, self.pool.get()).await {
-            Ok(client) => client.map_err(db),
-            Err(_) => Err(db("no database connection within 5 s")),
-        }
+        cluster::connection(&self.pool, TIMEOUT).await.map_err(db)
     }
 
     /// Writes `row` and `data` once `admit` accepts what is held (checked and written in one

@@ -7,9 +7,9 @@
 //! it ([`super::HANDOFF`] bounds the wait).
 
 use super::record::{now_ms, Record, Take, Taken};
-use crate::cluster::{alive_sql, Node};
+use crate::cluster::{self, alive_sql, Node};
 use crate::error::Error;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls};
@@ -83,35 +83,19 @@ pub struct PgDurable {
 impl PgDurable {
     /// Connects (a small pool of its own) and creates the tables if they are missing.
     pub(super) async fn connect(pg: tokio_postgres::Config, node: &Node) -> Result<Self, Error> {
-        let manager = Manager::from_config(
-            pg.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager).max_size(POOL).build().map_err(db)?;
-        let store = PgDurable {
+        let pool = cluster::pool(pg.clone(), POOL).map_err(db)?;
+        cluster::create_schema(&pool, TIMEOUT, SCHEMA_LOCK, SCHEMA)
+            .await
+            .map_err(db)?;
+        Ok(PgDurable {
             pool,
             node: node.clone(),
             pg,
-        };
-        let mut client = store.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
-            .await
-            .map_err(db)?;
-        tx.batch_execute(SCHEMA).await.map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        drop(client);
-        Ok(store)
+        })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, Error> {
-        match tokio::time::timeout(TIMEOUT, self.pool.get()).await {
-            Ok(client) => client.map_err(db),
-            Err(_) => Err(db("no database connection within 5 s")),
-        }
+        cluster::connection(&self.pool, TIMEOUT).await.map_err(db)
     }
 
     /// Records a new durable session held by this node, with its first (whole) save as number 1.

@@ -10,10 +10,9 @@
 
 use super::record::{unix_ms, HistoryConfig, Retention, RunRecord, BATCH, PRUNE_EVERY, QUEUE};
 use crate::error::Error;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::NoTls;
 use weir_sandbox::AbortOnDrop;
 
 /// Connections each node keeps to the database for the history.
@@ -80,14 +79,7 @@ impl PgHistory {
         pg: tokio_postgres::Config,
         node_key: i64,
     ) -> Result<Self, Error> {
-        let manager = Manager::from_config(
-            pg,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager).max_size(POOL).build().map_err(db)?;
+        let pool = crate::cluster::pool(pg, POOL).map_err(db)?;
         migrate(&pool).await?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let writer = tokio::spawn(write_loop(
@@ -219,10 +211,9 @@ fn lost_record(mut record: RunRecord) -> RunRecord {
 }
 
 async fn migrate(pool: &Pool) -> Result<(), Error> {
-    let mut client = match tokio::time::timeout(TIMEOUT, pool.get()).await {
-        Ok(client) => client.map_err(db)?,
-        Err(_) => return Err(db("no database connection within 5 s")),
-    };
+    let mut client = crate::cluster::connection(pool, TIMEOUT)
+        .await
+        .map_err(db)?;
     let tx = client.transaction().await.map_err(db)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
         .await
