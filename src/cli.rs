@@ -204,11 +204,45 @@ impl Figures {
         }
     }
 
-    fn save(&mut self, image: &weir_sandbox::Display) -> std::io::Result<std::path::PathBuf> {
+    /// Saves a display's image next to the script (the first format it has of PNG, JPEG, GIF,
+    /// WebP and SVG); `None` when it has none.
+    fn save(
+        &mut self,
+        bundle: &weir_sandbox::Bundle,
+    ) -> Option<std::io::Result<std::path::PathBuf>> {
+        use base64::Engine as _;
+        let (mime, ext) = IMAGES
+            .iter()
+            .find(|(mime, _)| bundle.data.contains_key(*mime))?;
+        let text = bundle.data.get(*mime)?.as_str()?;
+        let bytes = match *mime {
+            "image/svg+xml" => text.as_bytes().to_vec(),
+            _ => base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .ok()?,
+        };
         self.count += 1;
-        let path = self.dir.join(format!("{}-{}.png", self.stem, self.count));
-        std::fs::write(&path, &image.data)?;
-        Ok(path)
+        let path = self.dir.join(format!("{}-{}.{ext}", self.stem, self.count));
+        Some(std::fs::write(&path, bytes).map(|()| path))
+    }
+}
+
+/// Image formats `weir run` saves, in the order one is chosen, with their file extension.
+const IMAGES: &[(&str, &str)] = &[
+    ("image/png", "png"),
+    ("image/jpeg", "jpg"),
+    ("image/gif", "gif"),
+    ("image/webp", "webp"),
+    ("image/svg+xml", "svg"),
+];
+
+/// ` 640x480` from a PNG's metadata, or nothing.
+fn size(bundle: &weir_sandbox::Bundle) -> String {
+    let md = bundle.metadata.get("image/png");
+    let dim = |k: &str| md.and_then(|m| m.get(k)).and_then(|v| v.as_u64());
+    match (dim("width"), dim("height")) {
+        (Some(w), Some(h)) => format!(" {w}x{h}"),
+        _ => String::new(),
     }
 }
 
@@ -343,8 +377,8 @@ impl Terminal {
         }
         match event {
             Event::Output { stream, data } => self.write_output(stream, &data).await,
-            Event::State(_) | Event::Cell(_) => {}
-            Event::Display(image) => self.save_figure(&image).await,
+            Event::State(_) | Event::Cell(_) | Event::ClearOutput { .. } => {}
+            Event::Display(shown) => self.show_display(&shown).await,
             Event::Exit(result) => {
                 if !matches!(
                     result.outcome,
@@ -371,16 +405,18 @@ impl Terminal {
         let _ = sink.flush().await;
     }
 
-    /// Saves an image the program showed and says where on stderr.
-    async fn save_figure(&mut self, image: &weir_sandbox::Display) {
-        let note = match self.figures.save(image) {
-            Ok(path) => format!(
-                "weir: figure {}x{} saved to {}\n",
-                image.width,
-                image.height,
-                path.display()
-            ),
-            Err(e) => format!("weir: cannot save a figure: {e}\n"),
+    /// Shows a display in a terminal: an image is saved next to the script (where, on stderr);
+    /// anything else is printed as its text, as IPython's terminal shows it.
+    async fn show_display(&mut self, shown: &weir_sandbox::Display) {
+        let bundle = &shown.bundle;
+        let note = match self.figures.save(bundle) {
+            Some(Ok(path)) => format!("weir: figure{} saved to {}\n", size(bundle), path.display()),
+            Some(Err(e)) => format!("weir: cannot save a figure: {e}\n"),
+            None => {
+                let text = format!("{}\n", bundle.plain());
+                self.write_output(StreamKind::Stdout, text.as_bytes()).await;
+                return;
+            }
         };
         let _ = self.stdout.flush().await;
         let _ = self.stderr.write_all(note.as_bytes()).await;

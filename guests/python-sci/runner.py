@@ -23,6 +23,7 @@ import types
 import warnings
 
 import _host
+import weir_display
 
 _RUNNER_FILE = "<weir>"
 # Figures larger than this (pixels, either side) are not rendered: a plot's PNG counts against
@@ -164,16 +165,12 @@ def _send_figure(figure):
         print("weir: figure of %dx%d pixels not rendered (larger than %d)"
               % (width, height, _MAX_FIGURE_PIXELS), file=sys.stderr)
         return
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    data = buffer.getvalue()
-    _flush_stdio()
-    _ask("display", mime="image/png", data=base64.b64encode(data).decode(),
-         width=width, height=height)
+    weir_display.display(figure)
 
 
 def _show_figures(*args, **kwargs):
-    """`plt.show()`: every open figure is rendered to PNG, sent to the host and closed."""
+    """`plt.show()`: every open figure is displayed (PNG, or the formats
+    `set_matplotlib_formats` chose) and closed."""
     plt, figures = _open_figures()
     for figure in figures:
         try:
@@ -244,20 +241,21 @@ def _compile_cell(source, name):
 
 
 def _run_cell(source, name, namespace):
-    """Runs a cell; returns the `repr` of its last expression's value. Interrupts reach the
-    guest only between the two `cell_code` reports: in the cell's code and its value's `repr`."""
+    """Runs a cell; returns its last expression's value as `cell_done` reports it (`_value`).
+    Interrupts reach the guest only between the two `cell_code` reports: in the cell's code and
+    in formatting its value."""
     body, expr = _compile_cell(source, name)
     try:
         # Inside the `try`: an interrupt taken as soon as delivery opens still closes it.
         _ask("cell_code", running=True)
         exec(body, namespace)
         if expr is None:
-            return None
+            return None, None
         value = eval(expr, namespace)
         if value is None:
-            return None
+            return None, None
         builtins._ = value
-        return repr(value)
+        return _value(value)
     finally:
         # Until the host has it: an interrupt that lands in this call's own code (delivery is
         # still open) must not leave delivery open in the runner's code that follows.
@@ -267,6 +265,22 @@ def _run_cell(source, name, namespace):
                 break
             except KeyboardInterrupt:
                 pass
+
+
+def _value(value):
+    """A cell's value: its text (`repr`), and its MIME bundle as JSON text when it has more
+    formats than text (a notebook's `execute_result`: a DataFrame's `text/html`). A figure
+    that is the value is shown by its bundle, not again as an open figure."""
+    data, metadata = weir_display.format(value)
+    if weir_display._is_figure(value):
+        plt = sys.modules.get("matplotlib.pyplot")
+        if plt is not None:
+            plt.close(value)
+    text = data["text/plain"]
+    if len(data) == 1 and not metadata:
+        return text, None
+    return text, (json.dumps(data, ensure_ascii=False, default=str),
+                  json.dumps(metadata, ensure_ascii=False, default=str))
 
 
 def _flush_stdio():
@@ -284,12 +298,12 @@ _INTERRUPTED = ("KeyboardInterrupt", "")
 class _Cell:
     """Where the session's current cell is, kept across a stray interrupt (`_cell`)."""
 
-    __slots__ = ("number", "phase", "source", "result", "error", "exit")
+    __slots__ = ("number", "phase", "source", "result", "rich", "error", "exit")
 
     def __init__(self):
         self.number = 0
         self.phase = _WAIT
-        self.source = self.result = self.error = self.exit = None
+        self.source = self.result = self.rich = self.error = self.exit = None
 
 
 class _Session:
@@ -322,7 +336,8 @@ def _cell():
     session = _SESSION
     cell = session.cell
     cell.number += 1
-    cell.source, cell.result, cell.error, cell.exit = source, None, _INTERRUPTED, None
+    cell.source, cell.result, cell.rich, cell.error, cell.exit = (
+        source, None, None, _INTERRUPTED, None)
     cell.phase = _RUN
     while True:
         try:
@@ -350,7 +365,7 @@ def _step(namespace, cell):
         cell.phase = _DONE  # from here on the cell may have started: it never runs again
         try:
             _fresh_stdin()
-            cell.result = _run_cell(cell.source, "<cell %d>" % cell.number, namespace)
+            cell.result, cell.rich = _run_cell(cell.source, "<cell %d>" % cell.number, namespace)
             cell.error = None
         except SystemExit as exc:
             cell.error = ("SystemExit", str(exc.code))
@@ -362,7 +377,7 @@ def _step(namespace, cell):
         except BaseException:  # noqa: BLE001 - a figure that cannot render is not the session's end
             pass
     _flush_stdio()
-    _ask("cell_done", value=cell.result, failure=cell.error, exit=cell.exit)
+    _ask("cell_done", value=cell.result, failure=cell.error, exit=cell.exit, rich=cell.rich)
     cell.phase = _WAIT
     return cell.exit
 
@@ -477,4 +492,15 @@ def _preimport(names):
     _patch_show()
 
 
+def _send_display(data, metadata, display_id, update):
+    return _ask("display", data=data, metadata=metadata, display_id=display_id,
+                update=update).get("refused")
+
+
+def _clear_output(wait):
+    _ask("clear_output", wait=wait)
+
+
 _BASE_PATH = list(sys.path)
+# What the program displays goes to the host, behind the output it printed before.
+weir_display.connect(_send_display, _clear_output, _flush_stdio)

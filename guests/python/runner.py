@@ -9,6 +9,7 @@ import atexit
 import builtins
 import gc
 import importlib.abc
+import json
 import importlib.util
 import marshal
 import os
@@ -20,6 +21,8 @@ import warnings
 
 from wit_world import exports
 from wit_world.imports import exit as wasi_exit, host
+
+import weir_display
 
 # ---------------------------------------------------------------- build time
 
@@ -382,21 +385,21 @@ def _compile_cell(source, name):
 
 
 def _run_cell(source, name, namespace, api):
-    """Runs a cell; returns the `repr` of its last expression's value. Interrupts reach the
-    guest only between `cell_code(True)` and `cell_code(False)`: in the cell's code and its
-    value's `repr`."""
+    """Runs a cell; returns its last expression's value as `cell-done` reports it (`_value`).
+    Interrupts reach the guest only between `cell_code(True)` and `cell_code(False)`: in the
+    cell's code and in formatting its value."""
     body, expr = _compile_cell(source, name)
     try:
         # Inside the `try`: an interrupt taken as soon as delivery opens still closes it.
         api.cell_code(True)
         exec(body, namespace)
         if expr is None:
-            return None
+            return None, None
         value = eval(expr, namespace)
         if value is None:
-            return None
+            return None, None
         builtins._ = value
-        return repr(value)
+        return _value(value)
     finally:
         # Until the host has it: an interrupt that lands in this call's own code (delivery is
         # still open) must not leave delivery open in the runner's code that follows.
@@ -406,6 +409,17 @@ def _run_cell(source, name, namespace, api):
                 break
             except KeyboardInterrupt:
                 pass
+
+
+def _value(value):
+    """A cell's value: its text (`repr`), and its MIME bundle as JSON text when it has more
+    formats than text (a notebook's `execute_result`)."""
+    data, metadata = weir_display.format(value)
+    text = data["text/plain"]
+    if len(data) == 1 and not metadata:
+        return text, None
+    return text, (json.dumps(data, ensure_ascii=False, default=str),
+                  json.dumps(metadata, ensure_ascii=False, default=str))
 
 
 def _show(exc):
@@ -431,6 +445,10 @@ def _flush_stdio():
             pass
 
 
+# What the program displays goes to the host, behind the output it printed before.
+weir_display.connect(host.display, host.clear_output, _flush_stdio)
+
+
 _WAIT, _RUN, _DONE = 0, 1, 2
 _INTERRUPTED = ("KeyboardInterrupt", "")
 
@@ -438,12 +456,12 @@ _INTERRUPTED = ("KeyboardInterrupt", "")
 class _Cell:
     """Where the session's current cell is, kept across a stray interrupt (`_cell`)."""
 
-    __slots__ = ("number", "phase", "source", "result", "error", "exit")
+    __slots__ = ("number", "phase", "source", "result", "rich", "error", "exit")
 
     def __init__(self):
         self.number = 0
         self.phase = _WAIT
-        self.source = self.result = self.error = self.exit = None
+        self.source = self.result = self.rich = self.error = self.exit = None
 
 
 class _Session:
@@ -471,7 +489,8 @@ def _cell(session, source, api):
     says where it was: a stray interrupt never ends the session and never runs a cell twice."""
     cell = session.cell
     cell.number += 1
-    cell.source, cell.result, cell.error, cell.exit = source, None, _INTERRUPTED, None
+    cell.source, cell.result, cell.rich, cell.error, cell.exit = (
+        source, None, None, _INTERRUPTED, None)
     cell.phase = _RUN
     while True:
         try:
@@ -485,7 +504,8 @@ def _step(namespace, api, cell):
         cell.phase = _DONE  # from here on the cell may have started: it never runs again
         try:
             _fresh_stdin()
-            cell.result = _run_cell(cell.source, "<cell %d>" % cell.number, namespace, api)
+            cell.result, cell.rich = _run_cell(
+                cell.source, "<cell %d>" % cell.number, namespace, api)
             cell.error = None
         except SystemExit as exc:
             cell.error = ("SystemExit", str(exc.code))
@@ -493,7 +513,7 @@ def _step(namespace, api, cell):
         except BaseException as exc:  # noqa: BLE001 - every error is the cell's, not the session's
             cell.error = _show(exc)
     _flush_stdio()
-    api.cell_done(cell.result, cell.error)
+    api.cell_done(cell.result, cell.error, cell.rich)
     cell.phase = _WAIT
     return cell.exit
 
@@ -632,7 +652,7 @@ class _WarmUpHost:
     def cell_code(self, running):
         pass
 
-    def cell_done(self, result, error):
+    def cell_done(self, result, error, rich=None):
         pass
 
 

@@ -74,6 +74,7 @@ async fn the_ide_works_end_to_end_in_chromium() {
         "the page loads and connects",
         "the runtime picker lists the server's runtimes",
         "a matplotlib figure is shown inline",
+        "rich displays: a DataFrame's table, an SVG and Markdown; a displayed script does not run",
         "two input() prompts",
         "while True: pass is stopped",
         "Interrupt raises KeyboardInterrupt where the loop runs",

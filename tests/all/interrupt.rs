@@ -104,7 +104,7 @@ pub async fn cell(handle: &mut RunHandle, code: &str) -> (String, String, CellEn
                 }
             }
             Event::Cell(end) => return (stdout, stderr, end),
-            Event::State(_) | Event::Display(_) => {}
+            Event::State(_) | Event::Display(_) | Event::ClearOutput { .. } => {}
             Event::Exit(r) => panic!("the session ended: {r:?}"),
         }
     }
@@ -239,7 +239,7 @@ async fn user_code_calling_the_cell_interface_cannot_break_its_session() {
     let started = std::time::Instant::now();
     let (out, _, end) = cell(
         &mut handle,
-        "from wit_world.imports import host\nhost.cell_done('fake', None)\n\
+        "from wit_world.imports import host\nhost.cell_done('fake', None, None)\n\
          import time\ntime.sleep(0.3)\nprint('still running')\n'real'",
     )
     .await;
@@ -264,7 +264,8 @@ async fn user_code_calling_the_cell_interface_cannot_break_its_session() {
     let (out, _, end) = cell(&mut handle, "print('next')\n41 + 1").await;
     assert_eq!((out.as_str(), end.value.as_deref()), ("next\n", Some("42")));
     let not_a_session =
-        run("from wit_world.imports import host\nhost.cell_done('x', None)\nprint('ok')").await;
+        run("from wit_world.imports import host\nhost.cell_done('x', None, None)\nprint('ok')")
+            .await;
     assert_eq!(not_a_session.stdout_text(), "ok\n");
 }
 

@@ -13,6 +13,7 @@ mod wheel;
 mod ws;
 
 mod cli;
+mod display;
 mod hardening;
 mod history;
 mod ide;

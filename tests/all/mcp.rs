@@ -7,7 +7,7 @@ use crate::ws;
 
 use ws::*;
 
-const STEPS: [&str; 12] = [
+const STEPS: [&str; 13] = [
     "connects and says what it is",
     "lists run_python with its limits in the description",
     "runs code and returns its output",
@@ -15,6 +15,7 @@ const STEPS: [&str; 12] = [
     "reports an uncaught exception as an error with its traceback",
     "stops a busy loop at its time limit",
     "returns a matplotlib figure as PNG image content",
+    "returns HTML and Markdown displays as text resources of their type",
     "refuses an unknown runtime by name",
     "keeps state across session cells",
     "interrupts a loop and reads a variable afterwards",
@@ -54,8 +55,8 @@ async fn the_official_sdk_runs_python_over_streamable_http() {
     assert_steps(&out);
     let (_, metrics) = http_get(&server, "/metrics").await;
     assert!(
-        metrics.contains("weir_runs_started_total 9"),
-        "every tool call that started a run is counted (5 of 6 run_python calls, 2 sessions, \
+        metrics.contains("weir_runs_started_total 10"),
+        "every tool call that started a run is counted (6 of 7 run_python calls, 2 sessions, \
          1 fork, 1 restore):\n{metrics}"
     );
     // The closed session's instance is freed once its run's task has ended, just after the

@@ -214,7 +214,7 @@ fn a_tampered_transcript_gives_a_readable_diff_and_fails() {
         .iter_mut()
         .find(|o| matches!(o, OutputDoc::Stdout(_)))
         .unwrap();
-    let Data::Text(text) = first.data().clone() else {
+    let Some(Data::Text(text)) = first.data().cloned() else {
         panic!("hello's stdout is text")
     };
     *first = OutputDoc::Stdout(Data::Text(text.replace("Hello, world.", "Hello, moon.")));
@@ -328,4 +328,33 @@ fn malformed_transcripts_get_clear_errors() {
         assert_eq!(out.status.code(), Some(1));
         assert!(stdout.contains(expected), "{name}: {stdout}");
     }
+}
+
+/// Displays are part of what a run produced: a transcript whose display differs from what the
+/// program shows now is a mismatch, and says which display.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_display_is_a_mismatch() {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/transcripts/display_bundles.json");
+    let mut t = Transcript::load(&path).unwrap();
+    let shown = t
+        .expected
+        .output
+        .iter_mut()
+        .filter_map(|o| match o {
+            OutputDoc::Display(d) => Some(d),
+            _ => None,
+        })
+        .nth(1)
+        .expect("the fixture displays");
+    shown
+        .data
+        .insert("text/markdown".into(), "# changed".into());
+    let sandbox = sandbox();
+    let actual = replay(&sandbox, &t).await.expect("replays");
+    let report = compare(&t.expected, &actual).expect("a mismatch");
+    assert!(
+        report.contains("displays differ: 8 recorded, 8 now, the first difference at display 2"),
+        "{report}"
+    );
 }

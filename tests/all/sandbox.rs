@@ -289,7 +289,7 @@ async fn a_flood_to_a_slow_consumer_is_bounded_and_ends_at_the_output_limit() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             Event::Exit(result) => break result,
-            Event::State(_) | Event::Cell(_) | Event::Display(_) => {}
+            Event::State(_) | Event::Cell(_) | Event::Display(_) | Event::ClearOutput { .. } => {}
         }
     };
     assert_eq!(result.outcome, Outcome::OutputLimit);
@@ -649,7 +649,7 @@ async fn merged_events_join_waiting_output_and_keep_stream_order() {
                 }
             }
             Event::Exit(r) => assert_eq!(r.outcome, Outcome::Exited { code: 0 }),
-            Event::State(_) | Event::Cell(_) | Event::Display(_) => {}
+            Event::State(_) | Event::Cell(_) | Event::Display(_) | Event::ClearOutput { .. } => {}
         }
     }
     let mut expected = Vec::new();

@@ -144,14 +144,36 @@ async fn plt_show_and_figures_left_open_arrive_as_png_in_order_with_the_output()
     assert_exited(&out);
     assert_eq!(out.stdout_text(), "one\ntwo\n");
     assert_eq!(out.displays.len(), 2, "{}", out.stderr_text());
-    let (first, second) = (&out.displays[0], &out.displays[1]);
-    assert!(is_png(&first.data) && is_png(&second.data));
-    assert_eq!(first.mime, "image/png");
-    assert_eq!((first.width, first.height), (640, 480));
-    assert_eq!((second.width, second.height), (200, 150));
+    let (first, second) = (png_of(&out.displays[0]), png_of(&out.displays[1]));
+    assert!(is_png(&first.0) && is_png(&second.0));
+    // Cropped to what the figure draws (`bbox_inches="tight"`): within its 640x480 and 200x150
+    // canvas, and the size in the metadata is the PNG's.
+    assert!(first.1 .0 <= 640 && first.1 .0 > 400 && first.1 .1 <= 480 && first.1 .1 > 300);
+    assert!(second.1 .0 <= 200 && second.1 .0 > 100 && second.1 .1 <= 150);
+    assert!(out.displays[0]
+        .bundle
+        .plain()
+        .starts_with("<Figure size 640x480"));
     // The image's bytes counted against the output limit.
     let result = out.result.unwrap();
-    assert!(result.output_bytes > (first.data.len() + second.data.len()) as u64);
+    assert!(result.output_bytes > (first.0.len() + second.0.len()) as u64);
+}
+
+/// A display's PNG, and the width and height its metadata gives (checked against the PNG's).
+fn png_of(display: &weir_sandbox::Display) -> (Vec<u8>, (u64, u64)) {
+    use base64::Engine as _;
+    let data = display.bundle.data["image/png"].as_str().expect("a PNG");
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .expect("base64");
+    let md = &display.bundle.metadata["image/png"];
+    let size = (
+        md["width"].as_u64().unwrap(),
+        md["height"].as_u64().unwrap(),
+    );
+    let header = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap()) as u64;
+    assert_eq!(size, (header(16), header(20)));
+    (png, size)
 }
 
 #[tokio::test]
@@ -324,13 +346,21 @@ async fn a_plot_arrives_as_png_over_ws_and_v1_runs() {
 
 fn assert_png_value(v: &Value) {
     use base64::Engine as _;
-    assert_eq!(v["mime"], "image/png");
-    assert_eq!(
-        (v["width"].as_u64(), v["height"].as_u64()),
-        (Some(640), Some(480))
+    let md = &v["metadata"]["image/png"];
+    assert!(
+        md["width"].as_u64().is_some_and(|w| w > 400 && w <= 640),
+        "{v}"
     );
+    assert!(
+        md["height"].as_u64().is_some_and(|h| h > 300 && h <= 480),
+        "{v}"
+    );
+    assert!(v["data"]["text/plain"]
+        .as_str()
+        .unwrap()
+        .starts_with("<Figure"));
     let data = base64::engine::general_purpose::STANDARD
-        .decode(v["data"].as_str().expect("base64 data"))
+        .decode(v["data"]["image/png"].as_str().expect("base64 data"))
         .expect("valid base64");
     assert!(is_png(&data));
 }
@@ -357,7 +387,7 @@ async fn a_session_keeps_a_dataframe_across_cells_and_a_cell_shows_its_figure() 
             let event = next_event(&mut handle, 60).await;
             match event {
                 Event::Display(d) => {
-                    assert!(is_png(&d.data));
+                    assert!(is_png(&png_of(&d).0));
                     images += 1;
                 }
                 Event::Cell(end) => return (end, images),

@@ -549,7 +549,7 @@ async fn a_cell_cannot_end_itself_and_run_on_unwatched() {
         &server,
         &id,
         json!({
-            "code": "from wit_world.imports import host\nhost.cell_done('forged', None)\nwhile True:\n    pass",
+            "code": "from wit_world.imports import host\nhost.cell_done('forged', None, None)\nwhile True:\n    pass",
             "timeout_ms": 500,
         }),
     )

@@ -124,6 +124,52 @@ try {
     await page.locator("#runtime").selectOption("python");
   });
 
+  await step("rich displays: a DataFrame's table, an SVG and Markdown; a displayed script does not run", async () => {
+    await page.locator("#runtime").selectOption("python-sci");
+    const title = await page.title();
+    await setSource([
+      "import pandas as pd",
+      "from IPython.display import display, SVG, Markdown, HTML",
+      "print('rich')",
+      "display(pd.DataFrame({'city': ['Oslo', 'Lima'], 'temp': [3, 19]}))",
+      "display(SVG('<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"40\" height=\"30\"><rect width=\"40\" height=\"30\" fill=\"red\"/></svg>'))",
+      "display(Markdown('# Weather\\n*today* in `Oslo`'))",
+      "display(HTML('<p id=\"evil\">evil</p><script>window.top.document.title = \"pwned\"; try { window.top.localStorage.setItem(\"pwned\", \"1\") } catch (e) {} document.title = \"ran\"</script><img src=\"data:,x\" onerror=\"window.top.document.title = \\\'pwned-img\\\'\">'))",
+      "print('done')",
+      "",
+    ].join("\n"));
+    await page.locator("#run").click();
+    await waitConsole("done", 120_000);
+    await waitOutcome("exited");
+    await page.waitForTimeout(500);
+    const seen = await page.evaluate(() => {
+      const frames = [...document.querySelectorAll("#console .figure iframe")];
+      const docs = frames.map((f) => f.contentDocument);
+      const table = docs.find((d) => d && d.querySelector("table"));
+      const evil = docs.find((d) => d && d.getElementById("evil"));
+      const svg = document.querySelector('#console .figure img[src^="data:image/svg+xml"]');
+      const h1 = document.querySelector("#console .figure .markdown h1");
+      return {
+        cells: table ? [...table.querySelectorAll("td")].map((td) => td.textContent) : null,
+        svg: svg ? [svg.naturalWidth, svg.naturalHeight] : null,
+        heading: h1 ? h1.textContent : null,
+        em: document.querySelector("#console .figure .markdown em")?.textContent ?? null,
+        evilShown: evil ? evil.getElementById("evil").textContent : null,
+        evilRan: evil ? evil.title === "ran" : null,
+        title: document.title,
+        stored: localStorage.getItem("pwned"),
+      };
+    });
+    const want = { cells: ["Oslo", "3", "Lima", "19"], svg: [40, 30], heading: "Weather", em: "today",
+      evilShown: "evil", evilRan: false, title, stored: null };
+    if (JSON.stringify(seen) !== JSON.stringify(want)) {
+      throw new Error(`rich displays: ${JSON.stringify(seen)}, wanted ${JSON.stringify(want)}`);
+    }
+    // The browser reports the blocked script as an error of the frame's: that is the point.
+    pageErrors.splice(0, pageErrors.length, ...pageErrors.filter((e) => !/sandboxed|allow-scripts/.test(e)));
+    await page.locator("#runtime").selectOption("python");
+  });
+
   await step("two input() prompts are answered from the input line (Ctrl+Enter runs)", async () => {
     await setSource('a = input("first? ")\nb = input("second? ")\nprint(f"{a}+{b}")\n');
     await page.locator("#editor").press("Control+Enter");

@@ -86,6 +86,19 @@ try {
     if (png.subarray(0, 8).toString("hex") !== "89504e470d0a1a0a") throw new Error("not a PNG");
   });
 
+  await step("returns HTML and Markdown displays as text resources of their type", async () => {
+    const result = await run({
+      code: "from IPython.display import display, HTML, Markdown\ndisplay(HTML('<b>bold</b>'))\ndisplay(Markdown('*it*'))\nprint('shown')",
+    });
+    if (result.isError || !text(result).includes("shown")) throw new Error(text(result));
+    const resources = result.content.filter((c) => c.type === "resource").map((c) => c.resource);
+    const got = resources.map((r) => [r.mimeType, r.text]);
+    if (JSON.stringify(got) !== JSON.stringify([["text/html", "<b>bold</b>"], ["text/markdown", "*it*"]])) {
+      throw new Error(JSON.stringify(result.content).slice(0, 400));
+    }
+    if (!resources.every((r) => r.uri.startsWith("weir://display/"))) throw new Error(JSON.stringify(resources));
+  });
+
   await step("refuses an unknown runtime by name", async () => {
     const result = await run({ code: "print(1)", runtime: "cobol" });
     const out = text(result);
@@ -101,6 +114,14 @@ try {
     if (first.isError || !text(first).includes("set")) throw new Error(text(first));
     const second = await tool("session_exec", { session_id, code: "x + 1" });
     if (second.isError || !text(second).includes("--- result ---\n42")) throw new Error(text(second));
+    const rich = await tool("session_exec", {
+      session_id,
+      code: "class Card:\n    def _repr_html_(self):\n        return '<i>card</i>'\nCard()",
+    });
+    const html = rich.content.find((c) => c.type === "resource");
+    if (rich.isError || html?.resource.mimeType !== "text/html" || html.resource.text !== "<i>card</i>") {
+      throw new Error(JSON.stringify(rich.content).slice(0, 400));
+    }
   });
 
   await step("interrupts a loop and reads a variable afterwards", async () => {

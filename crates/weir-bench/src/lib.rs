@@ -168,7 +168,7 @@ async fn first_output(handle: &mut RunHandle) -> anyhow::Result<()> {
         match event {
             Event::Output { .. } => return Ok(()),
             Event::Exit(r) => anyhow::bail!("run ended without output: {}", r.message),
-            Event::State(_) | Event::Cell(_) | Event::Display(_) => {}
+            Event::State(_) | Event::Cell(_) | Event::Display(_) | Event::ClearOutput { .. } => {}
         }
     }
     anyhow::bail!("run vanished")

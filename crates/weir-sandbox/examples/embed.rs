@@ -50,9 +50,12 @@ async fn main() -> anyhow::Result<()> {
             Some(Event::State(state)) => eprintln!("[state: {state:?}]"),
             // Only sessions (`RunRequest::cells`) run cells.
             Some(Event::Cell(_)) => {}
-            Some(Event::Display(image)) => {
-                eprintln!("[image: {} {}x{}]", image.mime, image.width, image.height)
+            // What it displayed: a Jupyter MIME bundle (`text/plain` always among its formats).
+            Some(Event::Display(shown)) => {
+                let formats: Vec<_> = shown.bundle.data.keys().collect();
+                eprintln!("[display {formats:?}: {}]", shown.bundle.plain())
             }
+            Some(Event::ClearOutput { .. }) => eprintln!("[clear output]"),
             Some(Event::Exit(result)) => {
                 eprintln!(
                     "[{}: {} in {:.1} ms, peak memory {} bytes]",

@@ -110,22 +110,83 @@ pub struct CellException {
 pub struct CellEnd {
     /// The `repr` of the cell's last expression, when it was one and its value not `None`.
     pub value: Option<String>,
+    /// The value's MIME bundle when it has more than text (a DataFrame's `text/html`, a
+    /// figure's `image/png`); [`CellEnd::result`] gives every value's bundle.
+    pub rich: Option<Bundle>,
     /// The exception the cell raised.
     pub exception: Option<CellException>,
 }
 
-/// An image the program showed (a matplotlib figure): delivered in order with the output, its
-/// bytes counted against the output limit.
+impl CellEnd {
+    /// The last expression's value as a MIME bundle (`text/plain` is its `repr`), as a notebook's
+    /// `execute_result` carries it; `None` when the cell had no value.
+    pub fn result(&self) -> Option<Bundle> {
+        match (&self.rich, &self.value) {
+            (Some(rich), _) => Some(rich.clone()),
+            (None, Some(text)) => Some(Bundle::text(text)),
+            (None, None) => None,
+        }
+    }
+}
+
+/// A Jupyter MIME bundle: one value in several formats (`data`: MIME type → content; binary
+/// formats as base64 text, JSON formats as JSON, the rest as text), with metadata per format
+/// (`image/png` → `{"width", "height"}`). `text/plain` is always present.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Bundle {
+    /// MIME type → the value in that format.
+    pub data: serde_json::Map<String, serde_json::Value>,
+    /// MIME type (or any key) → metadata.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Bundle {
+    /// A bundle of plain text alone.
+    pub fn text(text: &str) -> Self {
+        let mut data = serde_json::Map::new();
+        data.insert("text/plain".into(), text.into());
+        Bundle {
+            data,
+            metadata: serde_json::Map::new(),
+        }
+    }
+
+    /// The bytes it holds as JSON text would (what it counts against the output limit).
+    pub fn bytes(&self) -> u64 {
+        fn size(map: &serde_json::Map<String, serde_json::Value>) -> u64 {
+            map.iter()
+                .map(|(k, v)| {
+                    let value = match v {
+                        serde_json::Value::String(s) => s.len() as u64,
+                        other => serde_json::to_vec(other).map_or(0, |b| b.len() as u64),
+                    };
+                    k.len() as u64 + value
+                })
+                .sum()
+        }
+        size(&self.data) + size(&self.metadata)
+    }
+
+    /// The text form (`text/plain`), or `""`.
+    pub fn plain(&self) -> &str {
+        self.data
+            .get("text/plain")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+    }
+}
+
+/// Something the program displayed (`display(x)`, a matplotlib figure): a MIME bundle delivered
+/// in order with the output, its bytes counted against the output limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Display {
-    /// Its media type; `image/png`.
-    pub mime: String,
-    /// The encoded image.
-    pub data: Bytes,
-    /// Width in pixels.
-    pub width: u32,
-    /// Height in pixels.
-    pub height: u32,
+    /// What it shows, in every format it has.
+    pub bundle: Bundle,
+    /// The id it was shown under (`display(x, display_id=…)`): a later display with the same
+    /// id and `update` replaces it.
+    pub display_id: Option<String>,
+    /// It replaces the output shown under `display_id` (`update_display`), not shown anew.
+    pub update: bool,
 }
 
 /// What a run reports, in order. `Exit` is always the last event.
@@ -142,8 +203,15 @@ pub enum Event {
     State(RunState),
     /// A session's cell ended; its output came before this.
     Cell(CellEnd),
-    /// The program showed an image (`plt.show()`, or a figure open when it ended).
+    /// The program displayed something (`display(x)`, `plt.show()`, a figure open when a cell
+    /// or the program ended).
     Display(Display),
+    /// The program cleared what it displayed and printed so far (`clear_output`); with `wait`,
+    /// only once the next output arrives.
+    ClearOutput {
+        /// Clear when the next output arrives, not now.
+        wait: bool,
+    },
     /// The run ended (always the last event).
     Exit(RunResult),
 }
@@ -171,8 +239,11 @@ pub struct Collected {
     pub states: Vec<RunState>,
     /// The cells that ended, in order (sessions only).
     pub cells: Vec<CellEnd>,
-    /// The images the program showed, in order.
+    /// What the program displayed, in order: what it cleared (`clear_output`) is gone, and an
+    /// update replaced the display it names.
     pub displays: Vec<Display>,
+    /// A `clear_output(wait=True)` waits for the next display.
+    clear_pending: bool,
     /// How the run ended (`None` only if it never reported).
     pub result: Option<RunResult>,
 }
@@ -190,9 +261,28 @@ impl Collected {
             }
             Event::State(s) => self.states.push(s),
             Event::Cell(c) => self.cells.push(c),
-            Event::Display(d) => self.displays.push(d),
+            Event::Display(d) => self.display(d),
+            Event::ClearOutput { wait: true } => self.clear_pending = true,
+            Event::ClearOutput { wait: false } => self.displays.clear(),
             Event::Exit(result) => self.result = Some(result),
         }
+    }
+
+    fn display(&mut self, display: Display) {
+        if display.update {
+            if let Some(shown) = self
+                .displays
+                .iter_mut()
+                .find(|d| d.display_id.is_some() && d.display_id == display.display_id)
+            {
+                shown.bundle = display.bundle;
+            }
+            return;
+        }
+        if std::mem::take(&mut self.clear_pending) {
+            self.displays.clear();
+        }
+        self.displays.push(display);
     }
 
     /// stdout as text (invalid UTF-8 replaced).

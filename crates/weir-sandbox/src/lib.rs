@@ -30,6 +30,7 @@
 mod background;
 mod compile_cache;
 mod determinism;
+mod display;
 mod engine;
 mod error;
 mod event;
@@ -59,10 +60,11 @@ pub use wasmtime;
 pub use background::LanePriority;
 pub use compile_cache::{CacheStats, CompileScope};
 pub use determinism::{Seed, FUEL_PER_NS};
+pub use display::{is_json, MAX_BUNDLE_BYTES};
 pub use engine::EngineSettings;
 pub use error::{Error, Result};
 pub use event::{
-    CellEnd, CellException, Collected, Display, Event, ReadLog, RunId, RunResult, RunState,
+    Bundle, CellEnd, CellException, Collected, Display, Event, ReadLog, RunId, RunResult, RunState,
     StreamKind,
 };
 pub use files::{FileEntry, Returned, ReturnedFile};
@@ -78,4 +80,6 @@ pub use scratch::LiveDir;
 pub use snapshot::{Snapshot, MAX_SNAPSHOT_BYTES};
 pub use store::GuestState;
 pub use task::{sleep_until_opt, AbortOnDrop};
-pub use transcript::{json_escaped_len, Data, Expected, OutputDoc, OutputLog, Transcript};
+pub use transcript::{
+    json_escaped_len, Data, DisplayDoc, Expected, OutputDoc, OutputLog, Transcript,
+};

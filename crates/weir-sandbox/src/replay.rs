@@ -61,10 +61,23 @@ pub fn compare(expected: &Expected, actual: &Expected) -> Option<String> {
             report.push_str(&diff(&e, &a));
         }
     }
+    let (e, a) = (expected.displays(), actual.displays());
+    if e != a {
+        let _ = writeln!(
+            report,
+            "displays differ: {} recorded, {} now{}",
+            e.len(),
+            a.len(),
+            match e.iter().zip(&a).position(|(e, a)| e != a) {
+                Some(i) => format!(", the first difference at display {}", i + 1),
+                None => String::new(),
+            }
+        );
+    }
     if report.is_empty() && expected.output != actual.output {
         let _ = writeln!(
             report,
-            "stdout and stderr hold the same bytes but interleave differently"
+            "stdout, stderr and the displays hold the same but interleave differently"
         );
     }
     let fields: [(&str, String, String); 5] = [

@@ -207,11 +207,20 @@ impl GuestState {
         }
     }
 
-    /// The program showed an image: queued behind its output, counted against the output cap
-    /// (past it, the run ends as one whose output passed it).
+    /// The program displayed something: queued behind its output, counted against the output
+    /// cap (past it, the run ends as one whose output passed it).
     pub fn display(&mut self, display: Display) -> wasmtime::Result<()> {
         match &self.host.output {
             Some(output) => output.0.push_display(display).map_err(wasmtime::Error::new),
+            None => Ok(()),
+        }
+    }
+
+    /// The program cleared its output (`clear_output`): queued behind its output. Each one is
+    /// counted against the output cap as a byte, so a loop of them ends at the cap too.
+    pub fn clear_output(&mut self, wait: bool) -> wasmtime::Result<()> {
+        match &self.host.output {
+            Some(output) => output.0.push_clear(wait).map_err(wasmtime::Error::new),
             None => Ok(()),
         }
     }

@@ -9,7 +9,7 @@ use crate::determinism::Seed;
 use crate::error::{Error, Result};
 use crate::limits::Limits;
 
-use crate::event::{Event, ReadLog, RunResult, StreamKind};
+use crate::event::{Display, Event, ReadLog, RunResult, StreamKind};
 use crate::request::{split_env, Program, RunRequest};
 use base64::Engine as _;
 use bytes::Bytes;
@@ -147,29 +147,68 @@ pub struct Expected {
     pub fuel_consumed: Option<u64>,
 }
 
-/// One stretch of output: `{"stdout": "..."}` or `{"stderr": "..."}`.
+/// One stretch of output: `{"stdout": "..."}` or `{"stderr": "..."}`; or, in order with it,
+/// something the program displayed (`{"display": {"data": …}}`) or its `clear_output`
+/// (`{"clear_output": {"wait": false}}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum OutputDoc {
     /// Written to stdout.
     Stdout(Data),
     /// Written to stderr.
     Stderr(Data),
+    /// Displayed.
+    Display(DisplayDoc),
+    /// Cleared.
+    ClearOutput {
+        /// Once the next output arrives.
+        wait: bool,
+    },
+}
+
+/// A display as a transcript records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisplayDoc {
+    /// MIME type → value.
+    pub data: serde_json::Map<String, serde_json::Value>,
+    /// Per-format metadata.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// The id it was shown under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_id: Option<String>,
+    /// It replaced the display shown under that id.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub update: bool,
+}
+
+impl DisplayDoc {
+    fn of(display: &Display) -> Self {
+        DisplayDoc {
+            data: display.bundle.data.clone(),
+            metadata: display.bundle.metadata.clone(),
+            display_id: display.display_id.clone(),
+            update: display.update,
+        }
+    }
 }
 
 impl OutputDoc {
-    /// Which stream it was written to.
-    pub fn stream(&self) -> StreamKind {
+    /// Which stream it was written to (`None` for a display or a clear).
+    pub fn stream(&self) -> Option<StreamKind> {
         match self {
-            OutputDoc::Stdout(_) => StreamKind::Stdout,
-            OutputDoc::Stderr(_) => StreamKind::Stderr,
+            OutputDoc::Stdout(_) => Some(StreamKind::Stdout),
+            OutputDoc::Stderr(_) => Some(StreamKind::Stderr),
+            OutputDoc::Display(_) | OutputDoc::ClearOutput { .. } => None,
         }
     }
 
-    /// The bytes written.
-    pub fn data(&self) -> &Data {
+    /// The bytes written (`None` for a display or a clear).
+    pub fn data(&self) -> Option<&Data> {
         match self {
-            OutputDoc::Stdout(d) | OutputDoc::Stderr(d) => d,
+            OutputDoc::Stdout(d) | OutputDoc::Stderr(d) => Some(d),
+            OutputDoc::Display(_) | OutputDoc::ClearOutput { .. } => None,
         }
     }
 }
@@ -227,19 +266,33 @@ pub fn json_escaped_len(bytes: &[u8]) -> usize {
         .sum()
 }
 
-/// Output collected in order, joining consecutive chunks of the same stream.
+/// Output collected in order, joining consecutive chunks of the same stream, with what the
+/// program displayed between them.
 #[derive(Debug, Default, Clone)]
 pub struct OutputLog {
-    parts: Vec<(StreamKind, Vec<u8>)>,
+    parts: Vec<OutputDoc>,
+    /// The bytes of the last part, when it is a stretch of a stream still growing.
+    open: Option<(StreamKind, Vec<u8>)>,
 }
 
 impl OutputLog {
     /// Adds output, joined to the previous stretch when it is on the same stream.
     pub fn push(&mut self, stream: StreamKind, data: &[u8]) {
-        match self.parts.last_mut() {
+        match &mut self.open {
             Some((s, buf)) if *s == stream => buf.extend_from_slice(data),
-            _ => self.parts.push((stream, data.to_vec())),
+            open => {
+                if let Some((s, buf)) = open.replace((stream, data.to_vec())) {
+                    self.parts.push(stream_doc(s, &buf));
+                }
+            }
         }
+    }
+
+    fn push_doc(&mut self, doc: OutputDoc) {
+        if let Some((s, buf)) = self.open.take() {
+            self.parts.push(stream_doc(s, &buf));
+        }
+        self.parts.push(doc);
     }
 
     /// Feeds an event; returns the result when it is the run's `Exit`.
@@ -249,20 +302,33 @@ impl OutputLog {
                 self.push(*stream, data);
                 None
             }
-            Event::State(_) | Event::Cell(_) | Event::Display(_) => None,
+            Event::Display(display) => {
+                self.push_doc(OutputDoc::Display(DisplayDoc::of(display)));
+                None
+            }
+            Event::ClearOutput { wait } => {
+                self.push_doc(OutputDoc::ClearOutput { wait: *wait });
+                None
+            }
+            Event::State(_) | Event::Cell(_) => None,
             Event::Exit(result) => Some(result.clone()),
         }
     }
 
     /// The output as the transcript stores it.
     pub fn docs(&self) -> Vec<OutputDoc> {
-        self.parts
-            .iter()
-            .map(|(stream, data)| match stream {
-                StreamKind::Stdout => OutputDoc::Stdout(Data::from_bytes(data)),
-                StreamKind::Stderr => OutputDoc::Stderr(Data::from_bytes(data)),
-            })
-            .collect()
+        let mut docs = self.parts.clone();
+        if let Some((s, buf)) = &self.open {
+            docs.push(stream_doc(*s, buf));
+        }
+        docs
+    }
+}
+
+fn stream_doc(stream: StreamKind, data: &[u8]) -> OutputDoc {
+    match stream {
+        StreamKind::Stdout => OutputDoc::Stdout(Data::from_bytes(data)),
+        StreamKind::Stderr => OutputDoc::Stderr(Data::from_bytes(data)),
     }
 }
 
@@ -279,12 +345,21 @@ impl Expected {
         }
     }
 
+    /// What the run displayed and cleared, in order.
+    pub fn displays(&self) -> Vec<&OutputDoc> {
+        self.output
+            .iter()
+            .filter(|o| o.stream().is_none())
+            .collect()
+    }
+
     /// All of one stream's bytes.
     pub fn stream_bytes(&self, stream: StreamKind) -> Vec<u8> {
         self.output
             .iter()
-            .filter(|o| o.stream() == stream)
-            .flat_map(|o| o.data().to_bytes().unwrap_or_default())
+            .filter(|o| o.stream() == Some(stream))
+            .filter_map(|o| o.data())
+            .flat_map(|d| d.to_bytes().unwrap_or_default())
             .collect()
     }
 }

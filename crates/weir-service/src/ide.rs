@@ -14,8 +14,10 @@ const CSS: &str = include_str!("ide/ide.css");
 const JS: &str = include_str!("ide/ide.js");
 const ICON: &str = include_str!("ide/favicon.svg");
 
-/// The page loads only its own script and style and talks only to its own server.
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+/// The page loads only its own script and talks only to its own server. What a program
+/// displays as HTML is drawn in a sandboxed frame without scripts (`srcdoc`, which inherits this
+/// policy): its inline styles (a DataFrame's) are allowed, its images only as `data:` URLs.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
                    connect-src 'self'; img-src 'self' data:; base-uri 'none'; \
                    form-action 'none'; frame-ancestors 'none'";
 
@@ -46,6 +48,12 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CSP),
+    );
+    // The page's address may carry its token (`?token=`): never sent on as a referrer, by the
+    // page or by anything a program displays in it.
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
     );
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,

@@ -579,6 +579,9 @@ fn cell_result(report: &CellReport) -> rmcp::model::CallToolResult {
     append_stream(&mut text, "stdout", &report.output.stdout);
     append_stream(&mut text, "stderr", &report.output.stderr);
     let mut content = vec![ContentBlock::text(text)];
+    if let Some(rich) = report.end.as_ref().and_then(|e| e.rich.as_ref()) {
+        content.push(bundle_content(rich, "weir://result"));
+    }
     content.extend(images(&report.output.displays));
     match outcome == "ok" {
         true => rmcp::model::CallToolResult::success(content),
@@ -586,15 +589,40 @@ fn cell_result(report: &CellReport) -> rmcp::model::CallToolResult {
     }
 }
 
-/// The figures a run or cell showed, as MCP image content (base64 PNG).
+/// What a run or cell displayed, as MCP content ([`bundle_content`]).
 fn images(displays: &[weir_sandbox::Display]) -> impl Iterator<Item = ContentBlock> + '_ {
-    use base64::Engine as _;
-    displays.iter().map(|d| {
-        ContentBlock::image(
-            base64::engine::general_purpose::STANDARD.encode(&d.data),
-            d.mime.clone(),
-        )
-    })
+    displays
+        .iter()
+        .enumerate()
+        .map(|(n, d)| bundle_content(&d.bundle, &format!("weir://display/{}", n + 1)))
+}
+
+/// Formats shown as MCP image content, in the order one is chosen.
+const IMAGE_FORMATS: &[&str] = &["image/png", "image/jpeg", "image/gif", "image/webp"];
+/// Formats shown as an embedded text resource, in the order one is chosen.
+const TEXT_FORMATS: &[&str] = &["text/html", "image/svg+xml", "text/markdown", "text/latex"];
+
+/// One MIME bundle as MCP content: an image (base64) when it has one; else its HTML, SVG,
+/// Markdown or LaTeX as a text resource of that type under `uri`; else its text.
+fn bundle_content(bundle: &weir_sandbox::Bundle, uri: &str) -> ContentBlock {
+    let format = |mimes: &'static [&'static str]| {
+        mimes.iter().find_map(|m| {
+            let text = bundle.data.get(*m)?.as_str()?;
+            Some((*m, text))
+        })
+    };
+    if let Some((mime, data)) = format(IMAGE_FORMATS) {
+        return ContentBlock::image(data, mime);
+    }
+    if let Some((mime, text)) = format(TEXT_FORMATS) {
+        return ContentBlock::resource(rmcp::model::ResourceContents::TextResourceContents {
+            uri: uri.to_owned(),
+            mime_type: Some(mime.to_owned()),
+            text: text.to_owned(),
+            meta: None,
+        });
+    }
+    ContentBlock::text(bundle.plain())
 }
 
 #[tool_handler(router = self.tool_router)]

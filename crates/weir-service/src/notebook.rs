@@ -151,6 +151,7 @@ pub fn report_json(report: &CellReport) -> Value {
     let mut body = json!({
         "outcome": cell_outcome(report),
         "result": end.value,
+        "result_bundle": end.result().as_ref().map(crate::protocol::bundle_value),
         "stdout": Data::from_bytes(&report.output.stdout),
         "stderr": Data::from_bytes(&report.output.stderr),
         "display": report.output.displays.iter().map(crate::protocol::display_value).collect::<Vec<_>>(),

@@ -267,22 +267,35 @@ pub fn output(run_id: &str, stream: StreamKind, data: &[u8], seq: u64) -> String
     )
 }
 
-/// An image's JSON form: `mime`, `data` (base64), `width`, `height`.
+/// A display's JSON form, Jupyter's `display_data`: `data` (MIME type → value; binary formats
+/// in base64), `metadata`, and `display_id` and `update` when set.
 pub fn display_value(display: &weir_sandbox::Display) -> Value {
-    use base64::Engine as _;
-    json!({
-        "mime": display.mime,
-        "data": base64::engine::general_purpose::STANDARD.encode(&display.data),
-        "width": display.width,
-        "height": display.height,
-    })
+    let mut value = bundle_value(&display.bundle);
+    if let Some(id) = &display.display_id {
+        value["display_id"] = json!(id);
+    }
+    if display.update {
+        value["update"] = json!(true);
+    }
+    value
 }
 
-/// `display` notification: an image the program showed, in order with its output.
+/// A MIME bundle's JSON form: `{"data": …, "metadata": …}`.
+pub fn bundle_value(bundle: &weir_sandbox::Bundle) -> Value {
+    json!({"data": bundle.data, "metadata": bundle.metadata})
+}
+
+/// `display` notification: something the program displayed, in order with its output.
 pub fn display(run_id: &str, display: &weir_sandbox::Display) -> String {
     let mut params = display_value(display);
     params["run_id"] = json!(run_id);
     notification("display", params)
+}
+
+/// `clear_output` notification: the program cleared what it showed so far (with `wait`, once
+/// its next output arrives).
+pub fn clear_output(run_id: &str, wait: bool) -> String {
+    notification("clear_output", json!({"run_id": run_id, "wait": wait}))
 }
 
 pub fn state(run_id: &str, state: RunState) -> String {

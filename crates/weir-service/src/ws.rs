@@ -216,7 +216,8 @@ impl Connection {
                 Some(protocol::output(run.id(), stream, &data, self.seq))
             }
             Event::State(state) => Some(protocol::state(run.id(), state)),
-            Event::Display(image) => Some(protocol::display(run.id(), &image)),
+            Event::Display(shown) => Some(protocol::display(run.id(), &shown)),
+            Event::ClearOutput { wait } => Some(protocol::clear_output(run.id(), wait)),
             // Runs started here are never sessions: no cells end.
             Event::Cell(_) => None,
             Event::Exit(result) => {

@@ -61,6 +61,7 @@ pub fn inputs() -> Vec<PathBuf> {
     vec![
         root.join("guests/python/runner.py"),
         root.join("guests/python/wit"),
+        root.join("guests/shared"),
         root.join("guests/build/src"),
         root.join("guests/build/deterministic_preinit.c"),
     ]
@@ -76,7 +77,8 @@ pub fn python_guest() -> Built {
         .unwrap_or_else(|| root.join("target"));
     let out_dir = target.join("guest");
     let recipe = root.join("guests/build");
-    let source_hash = hash_sources(&[&guest_dir, &recipe.join("src")], &recipe);
+    let shared = root.join("guests/shared");
+    let source_hash = hash_sources(&[&guest_dir, &shared, &recipe.join("src")], &recipe);
     let wasm = out_dir.join(format!("python-{}.wasm", &source_hash[..16]));
     let site_file = wasm.with_extension("interrupt");
     if !wasm.exists() || !site_file.exists() {
@@ -201,6 +203,7 @@ fn build_guest(tool: &Path, guest_dir: &Path, wasm: &Path, preload: &Path) {
     // A bytecode cache left by an earlier build would be loaded instead of the source and give
     // the snapshot another heap layout than a fresh checkout's build: always build from source.
     let _ = std::fs::remove_dir_all(guest_dir.join("__pycache__"));
+    let _ = std::fs::remove_dir_all(guest_dir.join("../shared/__pycache__"));
     let scratch = tmpfs_dir();
     let mut cmd = Command::new(tool);
     if let Some(dir) = &scratch {
@@ -218,6 +221,8 @@ fn build_guest(tool: &Path, guest_dir: &Path, wasm: &Path, preload: &Path) {
                 "runner",
                 "-p",
                 ".",
+                "-p",
+                "../shared",
                 "-o",
             ])
             .arg(&tmp),

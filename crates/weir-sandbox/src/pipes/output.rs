@@ -21,6 +21,10 @@ pub const CHUNK_BYTES: usize = 16 << 10;
 #[error("output limit exceeded")]
 pub struct OutputLimitExceeded;
 
+/// What a display or a `clear_output` costs of the output cap beyond its bundle: an event held
+/// until it is delivered, so a loop of empty displays ends at the cap as a loop of prints does.
+pub const EVENT_BYTES: u64 = 64;
+
 /// Output on its way from the guest to the caller, shared by stdout and stderr.
 ///
 /// A write goes straight into the event channel when the consumer keeps up and nothing is queued;
@@ -117,13 +121,26 @@ impl OutputQueue {
         self.data.notify_one();
     }
 
-    /// Queues an image behind the output so far. Its bytes count against the output cap: an
-    /// image past it is dropped, and the run ends as one whose text passed it.
+    /// Queues a display behind the output so far. Its bytes count against the output cap: a
+    /// display past it is dropped, and the run ends as one whose text passed it.
     pub fn push_display(&self, display: Display) -> Result<(), OutputLimitExceeded> {
-        if !self.lock().budget.charge_image(display.data.len() as u64) {
+        if !self
+            .lock()
+            .budget
+            .charge_image(display.bundle.bytes() + EVENT_BYTES)
+        {
             return Err(OutputLimitExceeded);
         }
         self.push_marker(Event::Display(display));
+        Ok(())
+    }
+
+    /// Queues a `clear_output` behind the output so far, charged [`EVENT_BYTES`] of the cap.
+    pub fn push_clear(&self, wait: bool) -> Result<(), OutputLimitExceeded> {
+        if !self.lock().budget.charge_image(EVENT_BYTES) {
+            return Err(OutputLimitExceeded);
+        }
+        self.push_marker(Event::ClearOutput { wait });
         Ok(())
     }
 

@@ -239,27 +239,173 @@ function countLines(text) {
   return n;
 }
 
-/** Queues an image the program showed (`display`) for the console, in order with its text. */
-function show(image) {
-  out.pending.push(["img", image]);
+/** Queues what the program displayed (`display`: a Jupyter MIME bundle) for the console, in
+ * order with its text; an update replaces the display shown under its id. */
+function show(display) {
+  if (display.update) {
+    const shown = out.spans.find((s) => s && s.cls === "img" && s.id === display.display_id);
+    if (shown) shown.node.replaceChildren(render(display));
+    return;
+  }
+  if (out.clearPending) {
+    out.clearPending = false;
+    clearConsole();
+  }
+  out.pending.push(["img", display]);
   if (!out.scheduled) {
     out.scheduled = true;
     requestAnimationFrame(flush);
   }
 }
 
-/** Appends an image as a span of its own (one line of the console's budget). */
-function appendImage(frag, image) {
+/** `clear_output`: the console is cleared now, or (with `wait`) when the next output arrives. */
+function clearOutput(wait) {
+  if (wait) out.clearPending = true;
+  else clearConsole();
+}
+
+/** Formats the console shows, richest first (JupyterLab's order), with how each is drawn. */
+const FORMATS = [
+  ["text/html", (v) => htmlFrame(v)],
+  ["image/svg+xml", (v) => image("image/svg+xml", btoa(unescape(encodeURIComponent(v))))],
+  ["image/png", (v, md) => image("image/png", v, md)],
+  ["image/jpeg", (v, md) => image("image/jpeg", v, md)],
+  ["image/gif", (v, md) => image("image/gif", v, md)],
+  ["image/webp", (v, md) => image("image/webp", v, md)],
+  ["text/markdown", (v) => markdown(v)],
+  ["text/latex", (v) => textBlock(v)],
+  ["application/json", (v) => textBlock(JSON.stringify(v, null, 2))],
+  ["text/plain", (v) => textBlock(v)],
+];
+
+/** The node showing a bundle in its richest format the console draws. */
+function render(display) {
+  const data = display.data || {};
+  const md = display.metadata || {};
+  for (const [mime, draw] of FORMATS) {
+    if (data[mime] === undefined) continue;
+    if (mime !== "application/json" && typeof data[mime] !== "string") continue;
+    const node = draw(data[mime], md[mime] || {});
+    node.dataset.mime = mime;
+    return node;
+  }
+  return textBlock("");
+}
+
+/** An image from base64 data (an SVG too: drawn as an image, its scripts never run). */
+function image(mime, base64, md = {}) {
+  const img = document.createElement("img");
+  img.src = `data:${mime};base64,${base64}`;
+  if (md.width) img.width = md.width;
+  if (md.height) img.height = md.height;
+  img.alt = "figure";
+  return img;
+}
+
+/** Untrusted HTML (a DataFrame's table): in a sandboxed frame without scripts, so nothing in
+ * it runs, in the page's origin or any other; the frame's height follows what it holds. */
+function htmlFrame(html) {
+  const frame = document.createElement("iframe");
+  frame.setAttribute("sandbox", "allow-same-origin");
+  frame.setAttribute("referrerpolicy", "no-referrer");
+  frame.className = "html";
+  frame.srcdoc = `<!doctype html><meta charset="utf-8"><base target="_blank"><style>body{margin:0;font:13px system-ui,sans-serif;background:#fff;color:#111}table{border-collapse:collapse}td,th{padding:2px 8px;border:1px solid #ddd;text-align:right}</style>${html}`;
+  frame.addEventListener("load", () => {
+    const body = frame.contentDocument && frame.contentDocument.documentElement;
+    if (body) frame.style.height = `${Math.min(body.scrollHeight + 4, 2000)}px`;
+  });
+  return frame;
+}
+
+function textBlock(text) {
+  const node = document.createElement("span");
+  node.className = "plain";
+  node.textContent = text.endsWith("\n") ? text : text + "\n";
+  return node;
+}
+
+/** Markdown drawn from its text, never as HTML: headings, paragraphs, lists, code, emphasis,
+ * and links (opened in a new tab); raw HTML in it stays text. */
+function markdown(source) {
+  const root = document.createElement("div");
+  root.className = "markdown";
+  const lines = source.split("\n");
+  let list = null;
+  let para = null;
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i];
+    if (line.startsWith("```")) {
+      const code = [];
+      while (++i < lines.length && !lines[i].startsWith("```")) code.push(lines[i]);
+      const pre = document.createElement("pre");
+      pre.textContent = code.join("\n");
+      root.append(pre);
+      list = para = null;
+      continue;
+    }
+    const heading = /^(#{1,6})\s+(.*)$/.exec(line);
+    const item = /^\s*(?:[-*+]|\d+\.)\s+(.*)$/.exec(line);
+    if (heading) {
+      const h = document.createElement(`h${heading[1].length}`);
+      inline(h, heading[2]);
+      root.append(h);
+      list = para = null;
+    } else if (item) {
+      if (!list) root.append((list = document.createElement(/^\s*\d/.test(line) ? "ol" : "ul")));
+      const li = document.createElement("li");
+      inline(li, item[1]);
+      list.append(li);
+      para = null;
+    } else if (!line.trim()) {
+      list = para = null;
+    } else {
+      if (!para) root.append((para = document.createElement("p")));
+      else para.append(" ");
+      inline(para, line);
+      list = null;
+    }
+  }
+  return root;
+}
+
+/** Inline Markdown: `code`, **strong**, *emphasis*, [links](https://…). */
+function inline(parent, text) {
+  const pattern = /(`[^`]+`|\*\*[^*]+\*\*|\*[^*]+\*|_[^_]+_|\[[^\]]+\]\([^)\s]+\))/;
+  for (const part of text.split(pattern)) {
+    if (!part) continue;
+    let node;
+    if (part.startsWith("`") && part.endsWith("`") && part.length > 1) {
+      node = document.createElement("code");
+      node.textContent = part.slice(1, -1);
+    } else if (part.startsWith("**") && part.endsWith("**") && part.length > 4) {
+      node = document.createElement("strong");
+      node.textContent = part.slice(2, -2);
+    } else if (/^[*_].+[*_]$/.test(part)) {
+      node = document.createElement("em");
+      node.textContent = part.slice(1, -1);
+    } else if (/^\[[^\]]+\]\([^)\s]+\)$/.test(part)) {
+      const [, label, href] = /^\[([^\]]+)\]\(([^)\s]+)\)$/.exec(part);
+      node = document.createElement("a");
+      node.textContent = label;
+      if (/^https?:\/\//i.test(href)) {
+        node.href = href;
+        node.target = "_blank";
+        node.rel = "noopener noreferrer";
+      }
+    } else {
+      node = document.createTextNode(part);
+    }
+    parent.append(node);
+  }
+}
+
+/** Appends a display as a span of its own (one line of the console's budget). */
+function appendImage(frag, display) {
   const node = document.createElement("span");
   node.className = "figure";
-  const img = document.createElement("img");
-  img.src = `data:${image.mime};base64,${image.data}`;
-  img.width = image.width;
-  img.height = image.height;
-  img.alt = "figure";
-  node.append(img);
+  node.append(render(display));
   frag.append(node);
-  out.spans.push({ node, cls: "img", chars: 0, lines: 1, parts: [] });
+  out.spans.push({ node, cls: "img", id: display.display_id, chars: 0, lines: 1, parts: [] });
   out.lines += 1;
 }
 
@@ -267,6 +413,10 @@ function appendImage(frag, image) {
  * one DOM update per frame however many messages arrive. */
 function write(cls, text) {
   if (!text) return;
+  if (out.clearPending) {
+    out.clearPending = false;
+    clearConsole();
+  }
   const last = out.pending[out.pending.length - 1];
   if (last && last[0] === cls && cls !== "end" && cls !== "img") last[1] += text;
   else out.pending.push([cls, text]);
@@ -499,7 +649,10 @@ function receive(msg) {
       write(p.stream === "stderr" ? "err" : "out", p.data);
       break;
     case "display":
-      if (p.mime === "image/png" && typeof p.data === "string") show(p);
+      if (p.data && typeof p.data === "object") show(p);
+      break;
+    case "clear_output":
+      clearOutput(p.wait === true);
       break;
     case "state":
       if (run === runs.current) setRunState(p.state);

@@ -220,7 +220,9 @@ impl Connection {
                 Flow::Continue
             }
             // Piston jobs are never sessions: no cells end. Piston's protocol carries no images.
-            Some(Event::State(_) | Event::Cell(_) | Event::Display(_)) => Flow::Continue,
+            Some(
+                Event::State(_) | Event::Cell(_) | Event::Display(_) | Event::ClearOutput { .. },
+            ) => Flow::Continue,
             Some(Event::Exit(result)) => {
                 let Some(mut run) = self.run.take() else {
                     return Flow::Continue;

@@ -1,6 +1,7 @@
 //! weir's own host interface for the guest (`weir:sandbox/host`, see
 //! `guests/python/wit/world.wit`): how to launch the program, and what became of it.
 
+use crate::display;
 use crate::event::{CellEnd, CellException};
 use crate::launch::Uncaught;
 use crate::store::{self, GuestState};
@@ -43,6 +44,13 @@ pub(crate) fn cell_value(text: &str) -> String {
 fn bounded(store: &StoreContextMut<'_, GuestState>, text: &WasmStr, max: usize) -> String {
     cut(&text.to_str(store).unwrap_or_default(), max)
 }
+
+/// `cell-done`'s arguments: the value's `repr`, the exception, the value's bundle.
+type CellDone = (
+    Option<WasmStr>,
+    Option<(WasmStr, WasmStr)>,
+    Option<(WasmStr, WasmStr)>,
+);
 
 /// Installs the interface's host functions.
 pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
@@ -91,15 +99,46 @@ pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     inst.func_wrap(
         "cell-done",
-        |mut store: StoreContextMut<'_, GuestState>,
-         (value, failure): (Option<WasmStr>, Option<(WasmStr, WasmStr)>)| {
+        |mut store: StoreContextMut<'_, GuestState>, (value, failure, rich): CellDone| {
             let value = value.map(|v| cell_value(&v.to_str(&store).unwrap_or_default()));
             let exception = failure.map(|(t, m)| CellException {
                 type_name: bounded(&store, &t, MAX_TYPE_NAME_BYTES),
                 message: bounded(&store, &m, MAX_MESSAGE_BYTES),
             });
-            store.data_mut().cell_done(CellEnd { value, exception });
+            let rich = rich.and_then(|(data, metadata)| {
+                let data = data.to_str(&store).ok()?;
+                let metadata = metadata.to_str(&store).ok()?;
+                display::cell_result(&data, &metadata)
+            });
+            store.data_mut().cell_done(CellEnd {
+                value,
+                rich,
+                exception,
+            });
             Ok(())
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    inst.func_wrap(
+        "display",
+        |mut store: StoreContextMut<'_, GuestState>,
+         (data, metadata, id, update): (WasmStr, WasmStr, Option<WasmStr>, bool)| {
+            let shown = {
+                let (data, metadata) = (data.to_str(&store)?, metadata.to_str(&store)?);
+                let id = id.map(|id| id.to_str(&store)).transpose()?;
+                display::from_guest(&data, &metadata, id.as_deref(), update)
+            };
+            match shown {
+                Ok(shown) => store.data_mut().display(shown).map(|()| (None,)),
+                Err(why) => Ok((Some(why),)),
+            }
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    inst.func_wrap(
+        "clear-output",
+        |mut store: StoreContextMut<'_, GuestState>, (wait,): (bool,)| {
+            store.data_mut().clear_output(wait)
         },
     )
     .map_err(|e| anyhow::anyhow!("{e:#}"))?;

@@ -1,11 +1,12 @@
 //! The door: `host.call(ptr, len, out_ptr_ptr, out_len_ptr) -> i32`, the guest's one import
 //! beyond WASI. weir's runner (`guests/python-sci/runner.py`) sends one JSON request through it
 //! and reads one JSON answer: the launch, the compiled program, an uncaught exception, the REPL
-//! starting, a session's cells and how they end, and figures to display. The answer is written
+//! starting, a session's cells and how they end, and what the program displays. The answer is written
 //! into memory the guest allocates (`host_alloc`); 0 means answered, -2 a request the host
 //! cannot read.
 
-use crate::event::{CellEnd, CellException, Display};
+use crate::display;
+use crate::event::{CellEnd, CellException};
 use crate::launch::Uncaught;
 use crate::runtime::python::host::{cell_value, cut, MAX_MESSAGE_BYTES, MAX_TYPE_NAME_BYTES};
 use crate::store::{self, GuestState};
@@ -19,9 +20,10 @@ use wasmtime::{Caller, Extern, Linker, StoreContextMut};
 const ANSWERED: i32 = 0;
 const FAULT: i32 = -2;
 
-/// Largest request the host reads, bytes: a display frame carries a PNG (base64, at most
-/// 8,192 × 8,192 pixels, compressed), which the output limit bounds again when it is delivered.
-const MAX_REQUEST_BYTES: usize = 16 << 20;
+/// Largest request the host reads, bytes: a display carries a bundle of up to
+/// [`display::MAX_BUNDLE_BYTES`] as JSON text inside the request's JSON (quotes escaped again),
+/// which the output limit bounds again when it is delivered.
+const MAX_REQUEST_BYTES: usize = 2 * display::MAX_BUNDLE_BYTES + (1 << 20);
 
 /// Installs `host.call`.
 pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
@@ -157,17 +159,30 @@ struct CellDone<'a> {
     failure: Option<(Cow<'a, str>, Cow<'a, str>)>,
     #[serde(default)]
     exit: Option<i32>,
+    /// The value's bundle when it has more than its `repr`: `(data, metadata)` JSON text.
+    #[serde(borrow, default)]
+    rich: Option<(Cow<'a, str>, Cow<'a, str>)>,
 }
 
-/// `display`: an image the program shows.
+/// `display`: a MIME bundle the program shows (`data` and `metadata` as JSON objects in text,
+/// as `guests/shared/weir_display.py` sends them).
 #[derive(Deserialize)]
 struct DisplayRequest<'a> {
     #[serde(borrow)]
-    mime: Cow<'a, str>,
-    #[serde(borrow)]
     data: Cow<'a, str>,
-    width: u32,
-    height: u32,
+    #[serde(borrow)]
+    metadata: Cow<'a, str>,
+    #[serde(borrow, default)]
+    display_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    update: bool,
+}
+
+/// `clear_output`.
+#[derive(Deserialize)]
+struct ClearRequest {
+    #[serde(default)]
+    wait: bool,
 }
 
 /// Parses a request as `T`, whatever else it holds (fields `T` does not name are skipped
@@ -231,13 +246,25 @@ async fn answer(
             store.data_mut().cell_exit(exit);
             json!({})
         }
-        "display" => match parse::<DisplayRequest>(request).and_then(display) {
-            Some(image) => {
-                store.data_mut().display(image)?;
-                json!({ "accepted": true })
+        "display" => {
+            let Some(r) = parse::<DisplayRequest>(request) else {
+                return Ok(None);
+            };
+            match display::from_guest(&r.data, &r.metadata, r.display_id.as_deref(), r.update) {
+                Ok(shown) => {
+                    store.data_mut().display(shown)?;
+                    json!({})
+                }
+                Err(why) => json!({ "refused": why }),
             }
-            None => json!({ "accepted": false }),
-        },
+        }
+        "clear_output" => {
+            let Some(ClearRequest { wait }) = parse(request) else {
+                return Ok(None);
+            };
+            store.data_mut().clear_output(wait)?;
+            json!({})
+        }
         _ => json!({ "error": format!("unknown request {:?}", cut(&op, 64)) }),
     }))
 }
@@ -248,23 +275,12 @@ fn cell_end(done: CellDone<'_>) -> CellEnd {
         type_name: cut(&type_name, MAX_TYPE_NAME_BYTES),
         message: cut(&message, MAX_MESSAGE_BYTES),
     });
-    CellEnd { value, exception }
-}
-
-fn display(request: DisplayRequest<'_>) -> Option<Display> {
-    if request.mime != "image/png" {
-        return None;
+    let rich = done
+        .rich
+        .and_then(|(data, metadata)| display::cell_result(&data, &metadata));
+    CellEnd {
+        value,
+        rich,
+        exception,
     }
-    let data = base64::engine::general_purpose::STANDARD
-        .decode(request.data.as_bytes())
-        .ok()?;
-    if !data.starts_with(b"\x89PNG\r\n\x1a\n") {
-        return None;
-    }
-    Some(Display {
-        mime: request.mime.into_owned(),
-        data: data.into(),
-        width: request.width,
-        height: request.height,
-    })
 }

@@ -19,6 +19,9 @@ use wasmtime_wizer::{InstanceState, SnapshotVal, Wizer};
 
 /// The runner, loaded into the guest when it is pre-initialized.
 pub const RUNNER_SOURCE: &str = include_str!("../../../../../guests/python-sci/runner.py");
+/// Jupyter's display model, shared with the `python` runtime: loaded as `weir_display` before
+/// the runner.
+pub const DISPLAY_SOURCE: &str = include_str!("../../../../../guests/shared/weir_display.py");
 
 /// Home, temporary files and matplotlib's configuration: in the run's working directory. The
 /// same while pre-initializing and in every run.
@@ -70,6 +73,7 @@ pub fn build_id() -> String {
     let mut key = Sha256::new();
     key.update(artifact::MODULE_SHA256.as_bytes());
     key.update(RUNNER_SOURCE.as_bytes());
+    key.update(DISPLAY_SOURCE.as_bytes());
     for name in PREIMPORT {
         key.update(name.as_bytes());
         key.update([0]);
@@ -280,11 +284,15 @@ fn find_interrupt_addrs(
     Ok(addrs)
 }
 
-/// The one turn that loads the runner as `_weir`, imports everything, and prints (flushed, so
+/// The one turn that loads `weir_display` and the runner as `_weir`, imports everything, and prints (flushed, so
 /// nothing stays buffered in the snapshot) what the interrupt addresses is found by.
 fn init_source() -> String {
     format!(
         "import sys as _s, types as _t, _thread as _th\n\
+         _d = _t.ModuleType('weir_display')\n\
+         _d.__file__ = '<weir_display>'\n\
+         _s.modules['weir_display'] = _d\n\
+         exec(compile({display:?}, '<weir_display>', 'exec', dont_inherit=True), _d.__dict__)\n\
          _m = _t.ModuleType('_weir')\n\
          _m.__file__ = '<weir>'\n\
          exec(compile({runner:?}, '<weir>', 'exec', dont_inherit=True), _m.__dict__)\n\
@@ -292,12 +300,13 @@ fn init_source() -> String {
          _m._preimport({names:?})\n\
          _s.stdout.write('{marker}%d %d\\n' % (id(KeyboardInterrupt), _th.get_ident()))\n\
          _s.stdout.flush()\n\
-         del _s, _t, _m, _th\n\
+         del _s, _t, _m, _d, _th\n\
          import gc as _gc\n\
          _gc.collect()\n\
          _gc.freeze()\n\
          del _gc\n",
         runner = RUNNER_SOURCE,
+        display = DISPLAY_SOURCE,
         names = PREIMPORT,
         marker = SITE_MARKER,
     )

@@ -1,0 +1,578 @@
+"""Jupyter's display model inside weir's guests (both runtimes load this module).
+
+Anything a program displays (`display(x)`, a session cell's last value, a matplotlib figure)
+becomes a MIME bundle built the way IPython builds one: `_repr_mimebundle_`, then the
+`_repr_*_` methods (`_repr_html_`, `_repr_markdown_`, `_repr_svg_`, `_repr_png_`,
+`_repr_jpeg_`, `_repr_json_`, `_repr_latex_`, ...), with `text/plain` always present. Binary
+formats travel as base64 text, as in Jupyter's messages.
+
+Where IPython itself is absent, `import IPython.display` (and `IPython.core.display`) finds this
+module: `display`, `update_display`, `clear_output`, `DisplayHandle`, `HTML`, `Markdown`, `SVG`,
+`Image`, `JSON`, `Latex`, `Javascript`, `Pretty`, `display_html` and its siblings,
+`set_matplotlib_formats`. `display` is also a builtin, as in a notebook.
+
+The runner connects it to the host (`connect`): a bundle goes out as one call, the host checks it
+(size, MIME names, base64) and counts its bytes in the run's output limit.
+"""
+
+import base64
+import builtins
+import importlib.abc
+import importlib.util
+import json
+import os
+import sys
+import types
+
+# The host's door: `_send(data_json, metadata_json, display_id, update)` answers `None` or why
+# the bundle was refused; `_clear(wait)`; `_flush()` writes buffered stdout/stderr first, so a
+# display lands after the output printed before it. Set by the runner (`connect`).
+_send = None
+_clear = None
+_flush = None
+
+# (MIME type, the method that gives it), in IPython's order.
+_REPR_METHODS = (
+    ("text/html", "_repr_html_"),
+    ("text/markdown", "_repr_markdown_"),
+    ("image/svg+xml", "_repr_svg_"),
+    ("image/png", "_repr_png_"),
+    ("image/jpeg", "_repr_jpeg_"),
+    ("image/gif", "_repr_gif_"),
+    ("image/webp", "_repr_webp_"),
+    ("text/latex", "_repr_latex_"),
+    ("application/json", "_repr_json_"),
+    ("application/javascript", "_repr_javascript_"),
+    ("application/pdf", "_repr_pdf_"),
+)
+_BINARY = frozenset(("image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf"))
+# Values of these types need no `_repr_*_` lookup: their bundle is their `repr`.
+_PLAIN_TYPES = frozenset((int, float, complex, bool, str, bytes, list, tuple, dict, set,
+                          frozenset, range, type(None), type(Ellipsis)))
+
+# The formats matplotlib figures are shown in (`set_matplotlib_formats`).
+_figure_formats = ["png"]
+
+
+def connect(send, clear, flush):
+    """The runner's host calls (see the module's globals)."""
+    global _send, _clear, _flush
+    _send, _clear, _flush = send, clear, flush
+
+
+def _real_method(obj, name):
+    """`obj.name` when it is a real method: never looked up on a class (its `_repr_html_` is an
+    unbound function), and not on an object that answers every attribute (a proxy)."""
+    if isinstance(obj, type):
+        return None
+    try:
+        if getattr(obj, "_ipython_canary_method_should_not_exist_", None) is not None:
+            return None
+        method = getattr(obj, name, None)
+    except Exception:  # noqa: BLE001 - an attribute that raises is a format that is absent
+        return None
+    return method if callable(method) else None
+
+
+def _formatter_failed(obj, name):
+    """A `_repr_*_` that raised: shown on stderr as IPython shows it, and the format left out."""
+    import traceback
+
+    try:
+        print("weir: %s.%s() failed; the format is left out:" % (type(obj).__name__, name),
+              file=sys.stderr)
+        traceback.print_exc(file=sys.stderr)
+    except BaseException:  # noqa: BLE001
+        pass
+
+
+def _encode(mime, value):
+    """A format's value as a bundle carries it, or `None` to leave it out."""
+    if mime in _BINARY:
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return base64.b64encode(bytes(value)).decode("ascii")
+        return value if isinstance(value, str) else None
+    if mime == "application/json" or mime.endswith("+json"):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    return value if isinstance(value, str) else str(value)
+
+
+def _plain(obj):
+    try:
+        method = _real_method(obj, "_repr_pretty_")
+        if method is not None:
+            return _pretty(method, obj)
+        return repr(obj)
+    except Exception:  # noqa: BLE001
+        return "<%s object>" % type(obj).__name__
+
+
+def _pretty(method, obj):
+    class _Printer:
+        def __init__(self):
+            self.parts = []
+
+        def text(self, text):
+            self.parts.append(str(text))
+
+        def pretty(self, value):
+            self.parts.append(repr(value))
+
+        breakable = lambda self, sep=" ": self.parts.append(sep)  # noqa: E731
+
+    printer = _Printer()
+    method(printer, False)
+    return "".join(printer.parts)
+
+
+def _wanted(mime, include, exclude):
+    return (include is None or mime in include) and (exclude is None or mime not in exclude)
+
+
+def format(obj, include=None, exclude=None):
+    """`(data, metadata)`: the MIME bundle of `obj`, as IPython's display formatter builds it."""
+    data, metadata = {}, {}
+    if type(obj) not in _PLAIN_TYPES:
+        _rich(obj, include, exclude, data, metadata)
+    if "text/plain" not in data:
+        data["text/plain"] = _plain(obj)
+    if include is not None or exclude is not None:
+        data = {k: v for k, v in data.items() if k == "text/plain" or _wanted(k, include, exclude)}
+        metadata = {k: v for k, v in metadata.items() if k in data}
+    return data, metadata
+
+
+def _rich(obj, include, exclude, data, metadata):
+    method = _real_method(obj, "_repr_mimebundle_")
+    if method is not None:
+        try:
+            result = method(include=include, exclude=exclude)
+        except Exception:  # noqa: BLE001
+            _formatter_failed(obj, "_repr_mimebundle_")
+        else:
+            found, found_md = result if isinstance(result, tuple) else (result, None)
+            for mime, value in (found or {}).items():
+                value = _encode(mime, value)
+                if value is not None:
+                    data[mime] = value
+            metadata.update(found_md or {})
+    if _is_figure(obj):
+        _figure_bundle(obj, data, metadata)
+        return
+    for mime, name in _REPR_METHODS:
+        if mime in data or not _wanted(mime, include, exclude):
+            continue
+        method = _real_method(obj, name)
+        if method is None:
+            continue
+        try:
+            value = method()
+        except NotImplementedError:
+            continue
+        except Exception:  # noqa: BLE001
+            _formatter_failed(obj, name)
+            continue
+        md = None
+        if isinstance(value, tuple) and len(value) == 2:
+            value, md = value
+        if value is None:
+            continue
+        value = _encode(mime, value)
+        if value is None:
+            continue
+        data[mime] = value
+        if md:
+            metadata[mime] = md
+
+
+# ------------------------------------------------------------------ matplotlib
+
+def _is_figure(obj):
+    figure = sys.modules.get("matplotlib.figure")
+    return figure is not None and isinstance(obj, figure.Figure)
+
+
+def _png_size(png):
+    """(width, height) from a PNG's header."""
+    if len(png) >= 24 and png[12:16] == b"IHDR":
+        return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    return None
+
+
+def _figure_bundle(figure, data, metadata):
+    """A figure in the formats asked for (`set_matplotlib_formats`), cropped to what it draws
+    (`bbox_inches="tight"`: rotated tick labels and legends outside the axes stay in)."""
+    import io
+
+    for fmt in _figure_formats:
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format=fmt, bbox_inches="tight")
+        raw = buffer.getvalue()
+        if fmt == "png":
+            data["image/png"] = base64.b64encode(raw).decode("ascii")
+            size = _png_size(raw)
+            if size is not None:
+                metadata["image/png"] = {"width": size[0], "height": size[1]}
+        elif fmt == "svg":
+            data["image/svg+xml"] = raw.decode("utf-8")
+        elif fmt in ("jpg", "jpeg"):
+            data["image/jpeg"] = base64.b64encode(raw).decode("ascii")
+        elif fmt == "pdf":
+            data["application/pdf"] = base64.b64encode(raw).decode("ascii")
+
+
+def set_matplotlib_formats(*formats, **kwargs):
+    """The formats figures are shown in: any of `png`, `svg`, `jpeg`, `pdf` (`retina` is
+    `png`)."""
+    known = {"png": "png", "retina": "png", "png2x": "png", "svg": "svg", "jpg": "jpeg",
+             "jpeg": "jpeg", "pdf": "pdf"}
+    chosen = []
+    for fmt in formats:
+        name = known.get(str(fmt).lower())
+        if name is None:
+            raise ValueError("supported formats are: %s, not %r" % (", ".join(sorted(known)), fmt))
+        if name not in chosen:
+            chosen.append(name)
+    if chosen:
+        _figure_formats[:] = chosen
+
+
+# ------------------------------------------------------------------ publishing
+
+
+def _new_id():
+    return base64.b16encode(os.urandom(16)).decode("ascii").lower()
+
+
+def publish(data, metadata=None, display_id=None, update=False):
+    """Sends one bundle to the host, behind the output written so far."""
+    if _send is None:
+        return
+    if _flush is not None:
+        _flush()
+    try:
+        data_json = json.dumps(data, ensure_ascii=False, allow_nan=False, default=str)
+        metadata_json = json.dumps(metadata or {}, ensure_ascii=False, allow_nan=False,
+                                   default=str)
+    except ValueError as exc:
+        raise ValueError("display: the bundle is not JSON: %s" % exc) from None
+    refused = _send(data_json, metadata_json, display_id, bool(update))
+    if refused:
+        print("weir: display not shown: %s" % refused, file=sys.stderr)
+
+
+def display(*objs, include=None, exclude=None, metadata=None, transient=None, display_id=None,
+            raw=False, clear=False, **kwargs):
+    """Shows each object as its richest formats (IPython's `display`)."""
+    update = bool(kwargs.pop("update", False))
+    if kwargs:
+        raise TypeError("display() got an unexpected keyword argument %r" % next(iter(kwargs)))
+    transient = dict(transient or {})
+    if display_id is not None:
+        if display_id is True:
+            display_id = _new_id()
+        transient["display_id"] = str(display_id)
+    shown_id = transient.get("display_id")
+    if update and shown_id is None:
+        raise TypeError("display_id required for update_display")
+    for obj in objs:
+        if clear:
+            clear_output(wait=True)
+        if raw:
+            data, md = dict(obj), dict(metadata or {})
+        else:
+            data, md = format(obj, include=include, exclude=exclude)
+            if metadata:
+                md.update(metadata)
+        publish(data, md, shown_id, update)
+    if display_id is not None:
+        return DisplayHandle(shown_id)
+    return None
+
+
+def update_display(obj, *, display_id, **kwargs):
+    """Replaces what an earlier `display(..., display_id=...)` showed."""
+    kwargs["update"] = True
+    display(obj, display_id=display_id, **kwargs)
+
+
+def clear_output(wait=False):
+    """Clears the output shown so far (with `wait`, when the next output arrives)."""
+    if _flush is not None:
+        _flush()
+    if _clear is not None:
+        _clear(bool(wait))
+
+
+class DisplayHandle:
+    """An output that can be shown again or replaced (`display(..., display_id=True)`)."""
+
+    def __init__(self, display_id=None):
+        self.display_id = display_id if display_id is not None else _new_id()
+
+    def __repr__(self):
+        return "<DisplayHandle display_id=%s>" % self.display_id
+
+    def display(self, obj, **kwargs):
+        display(obj, display_id=self.display_id, **kwargs)
+
+    def update(self, obj, **kwargs):
+        update_display(obj, display_id=self.display_id, **kwargs)
+
+
+def _display_as(mime):
+    def show(*objs, raw=False, metadata=None):
+        if raw:
+            for obj in objs:
+                publish({"text/plain": "", mime: _encode(mime, obj)},
+                        {mime: metadata} if metadata else {})
+        else:
+            display(*objs, include=[mime, "text/plain"], metadata=metadata)
+
+    show.__name__ = "display_" + mime.split("/")[1].split("+")[0]
+    return show
+
+
+display_html = _display_as("text/html")
+display_markdown = _display_as("text/markdown")
+display_svg = _display_as("image/svg+xml")
+display_png = _display_as("image/png")
+display_jpeg = _display_as("image/jpeg")
+display_json = _display_as("application/json")
+display_latex = _display_as("text/latex")
+display_javascript = _display_as("application/javascript")
+display_pretty = _display_as("text/plain")
+
+
+# ------------------------------------------------------------------ display objects
+
+class DisplayObject:
+    """Data shown as one format: given as `data`, read from `filename`, or linked by `url`."""
+
+    _read_flags = "r"
+
+    def __init__(self, data=None, url=None, filename=None, metadata=None):
+        if isinstance(data, str) and url is None and filename is None:
+            if data.startswith(("http://", "https://")):
+                url, data = data, None
+            elif "\n" not in data and len(data) < 4096 and os.path.isfile(data):
+                filename, data = data, None
+        self.data, self.url, self.filename = data, url, filename
+        self.metadata = dict(metadata or {})
+        if filename is not None:
+            with open(filename, self._read_flags) as f:
+                self.data = f.read()
+
+    def __repr__(self):
+        return "<%s.%s object>" % (type(self).__module__, type(self).__name__)
+
+    def _data_and_metadata(self):
+        return (self.data, self.metadata) if self.metadata else self.data
+
+
+class TextDisplayObject(DisplayObject):
+    def __init__(self, data=None, url=None, filename=None, metadata=None):
+        if isinstance(data, (list, tuple)):
+            data = "".join(str(d) for d in data)
+        super().__init__(data, url, filename, metadata)
+
+
+class HTML(TextDisplayObject):
+    def _repr_html_(self):
+        return self._data_and_metadata()
+
+    def __html__(self):
+        return self.data
+
+
+class Markdown(TextDisplayObject):
+    def _repr_markdown_(self):
+        return self._data_and_metadata()
+
+
+class Latex(TextDisplayObject):
+    def _repr_latex_(self):
+        return self._data_and_metadata()
+
+
+class Math(TextDisplayObject):
+    def _repr_latex_(self):
+        text = (self.data or "").strip("$")
+        return "$\\displaystyle %s$" % text
+
+
+class SVG(DisplayObject):
+    def _repr_svg_(self):
+        data = self.data
+        if isinstance(data, bytes):
+            data = data.decode("utf-8", "replace")
+        return (data, self.metadata) if self.metadata else data
+
+
+class Pretty(TextDisplayObject):
+    def _repr_pretty_(self, printer, cycle):
+        printer.text(self.data)
+
+
+class Javascript(TextDisplayObject):
+    def _repr_javascript_(self):
+        return self._data_and_metadata()
+
+
+class JSON(DisplayObject):
+    """JSON data shown as `application/json` (JupyterLab renders it as a tree)."""
+
+    def __init__(self, data=None, url=None, filename=None, expanded=False, metadata=None,
+                 root="root", **kwargs):
+        self.expanded, self.root = expanded, root
+        self.extra = kwargs
+        if isinstance(data, str) and url is None and filename is None and not os.path.isfile(data):
+            data = json.loads(data)
+        super().__init__(data, url, filename, metadata)
+        if filename is not None:
+            self.data = json.loads(self.data)
+
+    def _repr_json_(self):
+        md = {"expanded": self.expanded, "root": self.root}
+        md.update(self.metadata)
+        md.update(self.extra)
+        return self.data, md
+
+
+class Image(DisplayObject):
+    """A PNG, JPEG, GIF or WebP image: bytes, a file, or a URL (linked, not fetched)."""
+
+    _read_flags = "rb"
+    _MIMES = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg",
+              "gif": "image/gif", "webp": "image/webp"}
+
+    def __init__(self, data=None, url=None, filename=None, format=None, embed=None, width=None,
+                 height=None, retina=False, unconfined=False, metadata=None, alt=None):
+        super().__init__(data, url, filename, metadata)
+        if isinstance(self.data, str) and url is None:
+            self.data = base64.b64decode(self.data)
+        if format is None:
+            format = self._guess(filename or url, self.data)
+        format = str(format).lower()
+        if format not in self._MIMES:
+            raise ValueError("Cannot embed the %r image format" % format)
+        self.format, self.width, self.height, self.alt = format, width, height, alt
+        self.embed = embed if embed is not None else self.data is not None
+        if self.embed and self.data is None:
+            raise ValueError("No image data found. Expecting filename, url, or data.")
+
+    @staticmethod
+    def _guess(name, data):
+        if name:
+            ext = name.rsplit(".", 1)[-1].lower()
+            if ext in Image._MIMES:
+                return ext
+        if isinstance(data, bytes):
+            if data[:8] == b"\x89PNG\r\n\x1a\n":
+                return "png"
+            if data[:3] == b"\xff\xd8\xff":
+                return "jpeg"
+            if data[:6] in (b"GIF87a", b"GIF89a"):
+                return "gif"
+            if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+                return "webp"
+        return "png"
+
+    def _size_md(self):
+        md = {}
+        if self.width:
+            md["width"] = self.width
+        if self.height:
+            md["height"] = self.height
+        if self.alt:
+            md["alt"] = self.alt
+        md.update(self.metadata)
+        return md
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        if not self.embed:
+            return {"text/html": self._html()}
+        mime = self._MIMES[self.format]
+        md = self._size_md()
+        return {mime: self.data}, ({mime: md} if md else {})
+
+    def _html(self):
+        import html
+
+        attrs = ""
+        if self.width:
+            attrs += ' width="%s"' % html.escape(str(self.width))
+        if self.height:
+            attrs += ' height="%s"' % html.escape(str(self.height))
+        if self.alt:
+            attrs += ' alt="%s"' % html.escape(str(self.alt))
+        return '<img src="%s"%s/>' % (html.escape(self.url or ""), attrs)
+
+
+# ------------------------------------------------------------------ `import IPython.display`
+
+def get_ipython():
+    """No IPython shell runs here."""
+    return None
+
+
+class _Fallback(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Serves `IPython`, `IPython.display`, `IPython.core` and `IPython.core.display` when no
+    real IPython is installed: last on `sys.meta_path`, so an installed IPython wins."""
+
+    def __init__(self, modules):
+        self.modules = modules
+
+    def find_spec(self, name, path=None, target=None):
+        if name in self.modules:
+            return importlib.util.spec_from_loader(name, self, is_package=name in _PACKAGES)
+        return None
+
+    def create_module(self, spec):
+        return self.modules[spec.name]
+
+    def exec_module(self, module):
+        pass
+
+
+_PACKAGES = ("IPython", "IPython.core")
+_PUBLIC = ("display", "update_display", "clear_output", "DisplayHandle", "DisplayObject",
+           "TextDisplayObject", "HTML", "Markdown", "Latex", "Math", "SVG", "Pretty",
+           "Javascript", "JSON", "Image", "display_html", "display_markdown", "display_svg",
+           "display_png", "display_jpeg", "display_json", "display_latex", "display_javascript",
+           "display_pretty", "set_matplotlib_formats", "publish_display_data")
+
+
+def publish_display_data(data, metadata=None, source=None, *, transient=None, **kwargs):
+    """IPython's lowest-level display call: a ready bundle."""
+    publish(dict(data), metadata, (transient or {}).get("display_id"),
+            bool(kwargs.get("update")))
+
+
+def _install():
+    """Makes the compatible `IPython` importable and `display` a builtin."""
+    this = sys.modules[__name__]
+    modules = {}
+    for name in ("IPython", "IPython.core", "IPython.display", "IPython.core.display"):
+        module = types.ModuleType(name, "weir's compatible %s (no IPython is installed)" % name)
+        if name in _PACKAGES:
+            module.__path__ = []
+        for attr in _PUBLIC:
+            setattr(module, attr, getattr(this, attr))
+        module.get_ipython = get_ipython
+        modules[name] = module
+    modules["IPython"].display = modules["IPython.display"]
+    modules["IPython"].core = modules["IPython.core"]
+    modules["IPython.core"].display = modules["IPython.core.display"]
+    modules["IPython"].version_info = (0, 0, 0, "weir")
+    for attr in _PUBLIC:  # named as IPython names them: `<IPython.core.display.HTML object>`
+        value = getattr(this, attr)
+        if isinstance(value, type):
+            value.__module__ = "IPython.core.display"
+    sys.meta_path.append(_Fallback(modules))
+    builtins.display = display
+
+
+_install()
