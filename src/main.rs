@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 mod cli;
+mod jupyter;
 mod logging;
 mod replay;
 
@@ -141,6 +142,14 @@ enum Command {
         #[arg(long, global = true)]
         runtime: Option<String>,
     },
+    /// Serve one Jupyter kernel on the sockets of a connection file: Jupyter starts it from a
+    /// kernelspec (docs/jupyter.md).
+    Kernel(jupyter::KernelArgs),
+    /// Install the kernelspecs Jupyter starts `weir kernel` from.
+    Kernelspec {
+        #[command(subcommand)]
+        action: jupyter::KernelspecAction,
+    },
     /// Measure the sandbox on this machine and print a table (docs/benchmarks.md).
     Bench {
         /// Samples for the latency percentiles.
@@ -189,6 +198,8 @@ async fn dispatch(command: Command, settings: EngineSettings) -> anyhow::Result<
                 .await
                 .map(|()| 0)
         }
+        Command::Kernel(args) => jupyter::kernel(args).await,
+        Command::Kernelspec { action } => jupyter::kernelspec(action),
         Command::Runtimes { prepare } => {
             let sandbox = weir_sandbox::Sandbox::load_async(settings).await?;
             if prepare {

@@ -95,11 +95,14 @@ def _exit_code(exc):
 
 def _show(exc):
     tb = _user_traceback(exc.__traceback__)
-    try:
-        exc.__traceback__ = tb
-        sys.excepthook(type(exc), exc, tb)
-    except BaseException:  # noqa: BLE001
-        pass
+    if weir_display.kernel is not None:  # `weir kernel` shows it as the cell's error output
+        weir_display.keep_traceback(exc, tb)
+    else:
+        try:
+            exc.__traceback__ = tb
+            sys.excepthook(type(exc), exc, tb)
+        except BaseException:  # noqa: BLE001
+            pass
     try:
         message = str(exc)
     except BaseException:  # noqa: BLE001

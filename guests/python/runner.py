@@ -425,11 +425,14 @@ def _value(value):
 def _show(exc):
     """Prints an exception's traceback as the REPL does; returns its type name and message."""
     tb = _user_traceback(exc.__traceback__)
-    try:
-        exc.__traceback__ = tb  # the default hook prints exc.__traceback__, not its argument
-        sys.excepthook(type(exc), exc, tb)
-    except BaseException:  # noqa: BLE001
-        pass
+    if weir_display.kernel is not None:  # `weir kernel` shows it as the cell's error output
+        weir_display.keep_traceback(exc, tb)
+    else:
+        try:
+            exc.__traceback__ = tb  # the default hook prints exc.__traceback__, not its argument
+            sys.excepthook(type(exc), exc, tb)
+        except BaseException:  # noqa: BLE001
+            pass
     try:
         message = str(exc)
     except BaseException:  # noqa: BLE001

@@ -576,3 +576,231 @@ def _install():
 
 
 _install()
+
+
+# ------------------------------------------------------------------ `weir kernel`'s helpers
+#
+# A Jupyter kernel (`weir kernel`) drives a session and asks it what a notebook asks a kernel
+# beyond running cells: completions, a name's documentation, whether code is complete, the
+# traceback of a failed cell. It asks with a cell of its own that calls `_kernel_call`, which
+# prints one line, `WEIR-KERNEL <json>`, that the kernel reads and no one else sees.
+
+_KERNEL_MARK = "WEIR-KERNEL "
+# Tracebacks of failed cells, kept for the kernel instead of printed: a notebook shows them as
+# the cell's `error` output (set by the kernel's first call, `start`).
+kernel = None
+_MAX_MATCHES = 1000
+
+
+class _KernelState:
+    __slots__ = ("traceback",)
+
+    def __init__(self):
+        self.traceback = []
+
+
+def keep_traceback(exc, tb):
+    """A failed cell's traceback, as lines, for the kernel (instead of stderr)."""
+    import traceback
+
+    try:
+        kernel.traceback = traceback.format_exception(type(exc), exc, tb)
+    except BaseException:  # noqa: BLE001
+        kernel.traceback = ["%s: %s\n" % (type(exc).__name__, exc)]
+
+
+def _kernel_call(op, args):
+    global kernel
+    try:
+        if op == "start":
+            kernel = _KernelState()
+            answer = {}
+        elif op == "traceback":
+            answer = {"traceback": kernel.traceback if kernel else []}
+            if kernel:
+                kernel.traceback = []
+        elif op == "complete":
+            answer = _complete(args["code"], args["cursor_pos"])
+        elif op == "inspect":
+            answer = _inspect(args["code"], args["cursor_pos"], args.get("detail_level", 0))
+        elif op == "is_complete":
+            answer = _is_complete(args["code"])
+        else:
+            answer = {"error": "unknown request %r" % op}
+    except Exception as exc:  # noqa: BLE001 - the kernel answers with the error
+        answer = {"error": "%s: %s" % (type(exc).__name__, exc)}
+    out = sys.__stdout__
+    out.write(_KERNEL_MARK + json.dumps(answer, default=str) + "\n")
+    out.flush()
+
+
+def _namespace():
+    main = sys.modules.get("__main__")
+    return main.__dict__ if main is not None else {}
+
+
+def _module_names(prefix):
+    """Importable module names that start with `prefix` (`collections.ab` → submodules)."""
+    import pkgutil
+
+    names = set(sys.builtin_module_names)
+    names.update(n for n in sys.modules if n and not n.startswith("_weir"))
+    if "." in prefix:
+        package = prefix.rsplit(".", 1)[0]
+        module = sys.modules.get(package)
+        path = getattr(module, "__path__", None)
+        if path:
+            names.update(package + "." + m.name for m in pkgutil.iter_modules(path))
+    else:
+        try:
+            names.update(m.name for m in pkgutil.iter_modules())
+        except Exception:  # noqa: BLE001
+            pass
+    return sorted(n for n in names if n.startswith(prefix) and "._" not in n[len(prefix):])
+
+
+def _complete(code, cursor_pos):
+    """Names, attributes and modules that complete the word before the cursor, as ipykernel
+    gives them: `zip`, `collections.OrderedDict`, no parenthesis after a callable."""
+    import re
+
+    before = code[:cursor_pos]
+    line = re.split(r"[\n;]", before)[-1]
+    word = re.search(r"[A-Za-z_][\w.]*$|$", line).group(0)
+    start = cursor_pos - len(word)
+    importing = re.match(r"\s*(import|from)\s+([\w.]*)$", line)
+    from_import = re.match(r"\s*from\s+([\w.]+)\s+import\s+(?:.*,\s*)?(\w*)$", line)
+    if from_import:
+        module = sys.modules.get(from_import.group(1))
+        if module is None:
+            import importlib
+
+            module = importlib.import_module(from_import.group(1))
+        prefix = from_import.group(2)
+        matches = sorted(n for n in dir(module) if n.startswith(prefix))
+        start = cursor_pos - len(prefix)
+    elif importing:
+        matches = _module_names(importing.group(2))
+    else:
+        import keyword
+        import rlcompleter
+
+        namespace = _namespace()
+        base = word.split(".", 1)[0]
+        if "." in word and base not in namespace and not hasattr(builtins, base):
+            imported = _imported_module(before, base)
+            if imported is not None:
+                namespace = dict(namespace, **{base: imported})
+        completer = rlcompleter.Completer(namespace)
+        matches, state = [], 0
+        while len(matches) < _MAX_MATCHES:
+            found = completer.complete(word, state)
+            if found is None:
+                break
+            matches.append(found.rstrip("(").rstrip(" ").rstrip(":"))
+            state += 1
+        if "." not in word:
+            matches.extend(k for k in keyword.kwlist if k.startswith(word))
+    unique = list(dict.fromkeys(m for m in matches if m))[:_MAX_MATCHES]
+    return {"matches": unique, "cursor_start": start, "cursor_end": cursor_pos}
+
+
+def _imported_module(code, name):
+    """The module `name` is bound to by an import in `code` that has not run yet (`import
+    collections; collections.Ord` completes as it would once it has), or None."""
+    import importlib
+    import re
+
+    for statement in re.split(r"[\n;]", code):
+        found = re.match(r"\s*import\s+(.+)$", statement)
+        if not found:
+            continue
+        for clause in found.group(1).split(","):
+            parts = re.match(r"\s*([\w.]+)(?:\s+as\s+(\w+))?\s*$", clause)
+            if not parts:
+                continue
+            module, alias = parts.group(1), parts.group(2)
+            if (alias or module.split(".")[0]) != name:
+                continue
+            try:
+                return importlib.import_module(module if alias else module.split(".")[0])
+            except Exception:  # noqa: BLE001 - no completions from a module that fails
+                return None
+    return None
+
+
+def _name_at(code, cursor_pos):
+    """The dotted name at (or just before) the cursor, as written: `np.linalg.norm`."""
+    import re
+
+    for match in re.finditer(r"[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*", code):
+        if match.start() <= cursor_pos <= match.end():
+            return match.group(0)
+    before = re.search(r"([A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*)\s*\(?[^()]*$", code[:cursor_pos])
+    return before.group(1) if before else ""
+
+
+def _lookup(name):
+    """The object a dotted name refers to in the session (attributes read, nothing called)."""
+    parts = name.split(".")
+    namespace = _namespace()
+    if parts[0] in namespace:
+        obj = namespace[parts[0]]
+    elif hasattr(builtins, parts[0]):
+        obj = getattr(builtins, parts[0])
+    elif parts[0] in sys.modules:
+        obj = sys.modules[parts[0]]
+    else:
+        raise LookupError(parts[0])
+    for part in parts[1:]:
+        obj = getattr(obj, part)
+    return obj
+
+
+def _inspect(code, cursor_pos, detail_level):
+    """What IPython's `name?` shows: the signature, the docstring, the type (and with
+    `detail_level` 1, the source)."""
+    import inspect
+
+    name = _name_at(code, cursor_pos)
+    try:
+        obj = _lookup(name) if name else None
+    except Exception:  # noqa: BLE001
+        obj = None
+    if not name or (obj is None and name != "None"):
+        return {"found": False, "data": {}, "metadata": {}}
+    lines = []
+    try:
+        lines.append("Signature: %s%s" % (name.rsplit(".", 1)[-1], inspect.signature(obj)))
+    except (TypeError, ValueError):
+        pass
+    doc = inspect.getdoc(obj)
+    if doc:
+        lines.append("Docstring:\n" + doc)
+    if detail_level:
+        try:
+            lines.append("Source:\n" + inspect.getsource(obj))
+        except (OSError, TypeError):
+            pass
+    lines.append("Type: %s" % type(obj).__name__)
+    text = "\n".join(lines)
+    return {"found": True, "data": {"text/plain": text}, "metadata": {}}
+
+
+def _is_complete(code):
+    """`complete`, `incomplete` (with the indent the next line wants) or `invalid`, as
+    IPython judges code typed at a prompt: an indented last line continues its block until a
+    blank line ends it."""
+    import codeop
+
+    try:
+        compiled = codeop.compile_command(code, "<input>", "exec")
+    except (SyntaxError, OverflowError, ValueError):
+        return {"status": "invalid"}
+    last = code.rstrip("\n").rsplit("\n", 1)[-1]
+    indent = last[: len(last) - len(last.lstrip())]
+    if compiled is not None and not (indent and not code.endswith("\n\n")):
+        return {"status": "complete"}
+    if last.rstrip().endswith(":"):
+        indent += "    "
+    return {"status": "incomplete", "indent": indent}

@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod harness;
+pub mod kernel;
 pub mod measure;
 pub mod native;
 pub mod sci;
@@ -33,6 +34,11 @@ pub async fn run(settings: EngineSettings, samples: usize) -> anyhow::Result<()>
     if std::env::var_os("WEIR_BENCH_ONLY_CLUSTER").is_some() {
         row("measurement", "weir", "", "");
         return cluster::rows().await;
+    }
+    // `WEIR_BENCH_ONLY_KERNEL=1`: the `weir kernel` rows only.
+    if std::env::var_os("WEIR_BENCH_ONLY_KERNEL").is_some() {
+        row("measurement", "weir", "ipykernel", "target");
+        return kernel::rows(samples.min(200)).await;
     }
     // `WEIR_BENCH_ONLY_SESSIONS=1`: the stateful-session rows only.
     if std::env::var_os("WEIR_BENCH_ONLY_SESSIONS").is_some() {
@@ -148,7 +154,8 @@ pub async fn run(settings: EngineSettings, samples: usize) -> anyhow::Result<()>
     snapshots::rows(&sandbox, samples.min(200)).await?;
     drop(sandbox);
     ws::run(1000).await?;
-    sessions::rows().await
+    sessions::rows().await?;
+    kernel::rows(samples.min(200)).await
 }
 
 fn num_cores() -> usize {

@@ -317,7 +317,12 @@ pub(crate) async fn next_request(
     }
     let request = inbox.requests.recv().await;
     if !matches!(request, Some(SessionRequest::Snapshot(..))) {
-        status.send_modify(|s| s.waiting_input = false);
+        // The cell runs: an `input()` in it waits for input (`RunState::WaitingInput`), not
+        // for the next cell.
+        status.send_modify(|s| {
+            s.waiting_input = false;
+            s.in_repl = false;
+        });
     }
     request
 }

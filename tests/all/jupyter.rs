@@ -1,0 +1,117 @@
+//! `weir kernel` driven by the Jupyter project's own clients (`tests/jupyter/test_kernel.py`):
+//! the `jupyter_kernel_test` conformance suite against both kernelspecs, `nbclient` executing a
+//! notebook, and `jupyter_client` for input, interrupts, restart and forged messages. The
+//! clients live in a private venv (`target/jupyter-venv`, made on first use as `.ci/test`
+//! does); the kernelspecs are installed by `weir kernelspec install --prefix` into a temporary
+//! directory on `JUPYTER_PATH`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+static INSTALL: Mutex<()> = Mutex::new(());
+
+/// The venv's python, with the clients installed.
+fn python() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let venv = root.join("target/jupyter-venv");
+    let python = venv.join("bin/python");
+    let _guard = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
+    let marker = venv.join("weir-requirements.txt");
+    let wanted = std::fs::read_to_string(root.join("tests/jupyter/requirements.txt"))
+        .expect("tests/jupyter/requirements.txt");
+    if std::fs::read_to_string(&marker).ok().as_deref() != Some(&wanted) {
+        eprintln!(
+            "installing the Jupyter test clients into {}…",
+            venv.display()
+        );
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 runs");
+        assert!(made.success(), "python3 -m venv {} failed", venv.display());
+        let pip = Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(root.join("tests/jupyter/requirements.txt"))
+            .status()
+            .expect("pip runs");
+        assert!(
+            pip.success(),
+            "pip install -r tests/jupyter/requirements.txt failed"
+        );
+        std::fs::write(&marker, wanted).expect("write the venv's marker");
+    }
+    python
+}
+
+/// Runs the test classes `names` of `test_kernel.py` with both kernelspecs installed; panics
+/// with the clients' report unless all pass with no skip but those `allowed_skips` name.
+fn clients(names: &[&str], allowed_skips: &[&str]) {
+    let python = python();
+    let jupyter = tempfile::tempdir().expect("tempdir");
+    let install = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["kernelspec", "install", "--prefix"])
+        .arg(jupyter.path())
+        .output()
+        .expect("weir kernelspec install runs");
+    assert!(install.status.success(), "{install:?}");
+    let listed = String::from_utf8_lossy(&install.stdout);
+    assert!(listed.contains("weir-python:"), "{listed}");
+    assert!(
+        listed.contains("Python 3.15 + scientific stack (weir sandbox)"),
+        "{listed}"
+    );
+
+    let tests: Vec<String> = names.iter().map(|n| format!("test_kernel.{n}")).collect();
+    let out = Command::new(python)
+        .args(["-m", "unittest", "-v"])
+        .args(&tests)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/jupyter"))
+        .env("JUPYTER_PATH", jupyter.path().join("share/jupyter"))
+        .env("JUPYTER_RUNTIME_DIR", jupyter.path().join("runtime"))
+        .env("JUPYTER_PLATFORM_DIRS", "1")
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("the test clients run");
+    let report = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{names:?} failed:\n{report}");
+    for line in report.lines().filter(|l| l.contains("skipped '")) {
+        assert!(
+            allowed_skips.iter().any(|allowed| line.contains(allowed)),
+            "an unexpected skip: {line}\n{report}"
+        );
+    }
+}
+
+/// `jupyter_kernel_test` has a pager test for `code_page_something` (IPython's `?` help as a
+/// payload); weir's kernel answers help through `inspect` instead.
+const NO_PAGER: &str = "No code page something";
+
+#[test]
+fn the_python_kernelspec_passes_jupyter_kernel_test() {
+    clients(&["PythonKernel", "PythonIopubWelcome"], &[NO_PAGER]);
+}
+
+#[test]
+fn the_python_sci_kernelspec_passes_jupyter_kernel_test() {
+    clients(&["SciKernel"], &[NO_PAGER]);
+}
+
+#[test]
+fn nbclient_runs_a_notebook_with_rich_outputs_input_errors_and_an_interrupt() {
+    clients(&["Notebook"], &[]);
+}
+
+#[test]
+fn a_kernel_takes_input_interrupts_restarts_and_drops_forged_messages() {
+    clients(&["KernelSession", "Restart"], &[]);
+}
