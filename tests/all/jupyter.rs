@@ -112,6 +112,6 @@ fn nbclient_runs_a_notebook_with_rich_outputs_input_errors_and_an_interrupt() {
 }
 
 #[test]
-fn a_kernel_takes_input_interrupts_restarts_and_drops_forged_messages() {
-    clients(&["KernelSession", "Restart"], &[]);
+fn a_kernel_takes_input_interrupts_restarts_ends_floods_and_drops_forged_messages() {
+    clients(&["KernelSession", "Endings"], &[]);
 }

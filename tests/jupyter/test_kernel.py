@@ -132,15 +132,19 @@ class KernelSession(unittest.TestCase):
         after = outputs(self.kc, "a")[0]["content"]["execution_count"]
         self.assertEqual(after, first + 1)
 
-    def test_an_error_carries_its_traceback(self):
-        reply, msgs = outputs(self.kc, "def boom():\n    return 1 / 0\nboom()")
+    def test_an_error_carries_its_traceback_naming_cells_by_execution_count(self):
+        defined = outputs(self.kc, "def boom():\n    return 1 / 0")[0]["content"]
+        reply, msgs = outputs(self.kc, "x = 1\nboom()")
         self.assertEqual(reply["content"]["status"], "error")
         self.assertEqual(reply["content"]["ename"], "ZeroDivisionError")
         self.assertEqual([m["msg_type"] for m in msgs], ["error"])
         traceback = "\n".join(msgs[0]["content"]["traceback"])
-        self.assertIn("boom", traceback)
+        count = reply["content"]["execution_count"]
+        self.assertIn("Cell In[%d], line 2" % count, traceback)
+        self.assertIn("Cell In[%d], line 2, in boom" % defined["execution_count"], traceback)
         self.assertIn("return 1 / 0", traceback)
         self.assertIn("ZeroDivisionError: division by zero", traceback)
+        self.assertNotIn("<cell", traceback)
 
     def test_input_is_answered_on_the_stdin_channel(self):
         asked = []
@@ -236,7 +240,9 @@ class KernelSession(unittest.TestCase):
         self.assertEqual(msgs[0]["content"]["data"]["text/plain"], "False")
 
 
-class Restart(unittest.TestCase):
+class Endings(unittest.TestCase):
+    """How a kernel's session ends: a restart, a shutdown, the output limit."""
+
     def test_a_restart_starts_an_empty_namespace_and_shutdown_ends_the_kernel(self):
         km, kc = start_new_kernel(kernel_name="weir-python", startup_timeout=60)
         try:
@@ -252,6 +258,29 @@ class Restart(unittest.TestCase):
             kc.stop_channels()
             km.shutdown_kernel(now=False)
         self.assertFalse(km.is_alive())
+
+
+    def test_a_display_flood_ends_at_the_output_limit_and_the_next_cell_starts_afresh(self):
+        km, kc = start_new_kernel(kernel_name="weir-python", startup_timeout=60)
+        try:
+            warm(kc)
+            outputs(kc, "lost = 1")
+            reply, msgs = outputs(
+                kc,
+                "from IPython.display import display, HTML\n"
+                "while True:\n    display(HTML('<p>flood</p>'))",
+            )
+            self.assertEqual(reply["content"]["status"], "error")
+            self.assertEqual(reply["content"]["ename"], "SessionEnded")
+            self.assertIn("output limit", reply["content"]["evalue"])
+            shown = [m for m in msgs if m["msg_type"] == "display_data"]
+            self.assertGreater(len(shown), 100)
+            self.assertEqual(msgs[-1]["msg_type"], "error")
+            reply, msgs = outputs(kc, "'lost' in globals(), 6 * 7", timeout=FIRST_CELL_SECONDS)
+            self.assertEqual(msgs[0]["content"]["data"]["text/plain"], "(False, 42)")
+        finally:
+            kc.stop_channels()
+            km.shutdown_kernel(now=False)
 
 
 class AnsweringClient(NotebookClient):

@@ -60,12 +60,18 @@ impl Kernel {
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()?;
+        // Ready when its shell port accepts a connection: polled every millisecond, so the
+        // figure is the kernel's and not a ZeroMQ client's reconnection backoff.
+        let shell_addr = ("127.0.0.1", connection.shell_port);
+        while tokio::net::TcpStream::connect(shell_addr).await.is_err() {
+            anyhow::ensure!(started.elapsed() < PATIENCE, "the kernel never listened");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let session = weir_sandbox::RunId::new().to_string();
         let identity = peer_identity_for_session(&session)?;
         let mut shell =
             create_client_shell_connection_with_identity(&connection, &session, identity).await?;
         let iopub = create_client_iopub_connection(&connection, "", &session).await?;
-        // A kernel that is not up yet drops nothing: ZeroMQ queues the request until it binds.
         shell.send(KernelInfoRequest {}.into()).await?;
         loop {
             let reply = tokio::time::timeout(PATIENCE, shell.read()).await??;

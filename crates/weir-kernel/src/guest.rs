@@ -12,9 +12,17 @@ const MARK: &str = "WEIR-KERNEL ";
 /// The most a helper's answer may be: completions of a large namespace, a long docstring.
 const MAX_ANSWER_BYTES: usize = 4 << 20;
 
+/// The most cells whose names a traceback maps to `In[n]`; older ones keep the session's.
+const MAX_NAMED_CELLS: usize = 10_000;
+
 /// The session.
 pub struct Guest {
     handle: RunHandle,
+    /// Cells sent so far: the session numbers them 1, 2, … (`<cell N>` in tracebacks), the
+    /// kernel's own helper cells included.
+    sent: usize,
+    /// Which of them were a notebook's, by execution count: `(N, n)`, oldest first.
+    named: std::collections::VecDeque<(usize, usize)>,
 }
 
 impl Guest {
@@ -27,7 +35,11 @@ impl Guest {
         req.runtime = Some(runtime.to_owned());
         req.limits = limits;
         let handle = sandbox.start(req).await.map_err(Error::Sandbox)?;
-        let mut guest = Guest { handle };
+        let mut guest = Guest {
+            handle,
+            sent: 0,
+            named: Default::default(),
+        };
         guest.helper("start", serde_json::json!({})).await?;
         Ok(guest)
     }
@@ -38,7 +50,7 @@ impl Guest {
     }
 
     /// Sends a cell; its events follow from [`Guest::next_event`].
-    pub fn send(&self, code: &str, interactive: bool) -> Result<()> {
+    pub fn send(&mut self, code: &str, interactive: bool) -> Result<()> {
         self.handle
             .control()
             .send_cell(Cell {
@@ -46,7 +58,46 @@ impl Guest {
                 interactive,
                 ..Default::default()
             })
-            .map_err(Error::Sandbox)
+            .map_err(Error::Sandbox)?;
+        self.sent += 1;
+        Ok(())
+    }
+
+    /// Sends a notebook's cell with execution count `count`: its tracebacks name it
+    /// `Cell In[count]`, as IPython's do.
+    pub fn send_cell(&mut self, code: &str, interactive: bool, count: usize) -> Result<()> {
+        self.send(code, interactive)?;
+        if self.named.len() == MAX_NAMED_CELLS {
+            self.named.pop_front();
+        }
+        self.named.push_back((self.sent, count));
+        Ok(())
+    }
+
+    /// `File "<cell N>"` as `Cell In[n]` for the notebook's cells.
+    fn rename_cells(&self, line: &str) -> String {
+        const OPEN: &str = "File \"<cell ";
+        let mut out = String::with_capacity(line.len());
+        let mut rest = line;
+        while let Some(at) = rest.find(OPEN) {
+            out.push_str(&rest[..at]);
+            let after = &rest[at + OPEN.len()..];
+            let end = after.find(">\"");
+            let number = end.and_then(|end| after[..end].parse::<usize>().ok());
+            let count = number.and_then(|n| self.named.iter().find(|(sent, _)| *sent == n));
+            match (end, count) {
+                (Some(end), Some((_, count))) => {
+                    out.push_str(&format!("Cell In[{count}]"));
+                    rest = &after[end + 2..];
+                }
+                _ => {
+                    out.push_str(OPEN);
+                    rest = after;
+                }
+            }
+        }
+        out.push_str(rest);
+        out
     }
 
     /// The session's next event; `None` once it has ended and said so.
@@ -98,7 +149,8 @@ impl Guest {
                 .map(|lines| {
                     lines
                         .iter()
-                        .filter_map(|l| l.as_str().map(|s| s.trim_end_matches('\n').to_owned()))
+                        .filter_map(|l| l.as_str())
+                        .map(|l| self.rename_cells(l.trim_end_matches('\n')))
                         .collect()
                 })
                 .unwrap_or_default(),

@@ -126,7 +126,9 @@ pub async fn run(connection: ConnectionInfo, config: KernelConfig) -> Result<()>
             match crate::wire::read(&mut shell_recv).await {
                 Ok(message) => shell.handle(&message).await,
                 Err(e) if is_fatal(&e) => return e,
-                Err(e) => tracing::warn!(error = %e, "shell message dropped"),
+                Err(e) => {
+                    tracing::warn!(error = %crate::wire::describe(&e), "shell message dropped")
+                }
             }
         }
     };
@@ -141,7 +143,9 @@ pub async fn run(connection: ConnectionInfo, config: KernelConfig) -> Result<()>
                     }
                 }
                 Err(e) if is_fatal(&e) => return Err(Error::Protocol(e)),
-                Err(e) => tracing::warn!(error = %e, "control message dropped"),
+                Err(e) => {
+                    tracing::warn!(error = %crate::wire::describe(&e), "control message dropped")
+                }
             }
         }
     };
@@ -446,7 +450,7 @@ impl Shell {
             .as_child_of(parent),
         )
         .await;
-        let ended = self.run_cell(parent, request).await;
+        let ended = self.run_cell(parent, request, count).await;
         let (end, output) = match ended {
             Ok(end) => {
                 let result = end.result();
@@ -523,10 +527,11 @@ impl Shell {
         &mut self,
         parent: &JupyterMessage,
         request: &ExecuteRequest,
+        count: ExecutionCount,
     ) -> Result<CellEnd> {
         let limit = Duration::from_millis(self.config.limits.wall_ms);
         let guest = self.guest().await?;
-        guest.send(&request.code, request.allow_stdin)?;
+        guest.send_cell(&request.code, request.allow_stdin, count.0)?;
         let control = guest.control();
         let started = tokio::time::Instant::now();
         let mut interrupted = false;
@@ -646,7 +651,9 @@ impl Shell {
                     let _ = control.end_input();
                     return;
                 }
-                Err(e) => tracing::warn!(error = %e, "stdin message dropped"),
+                Err(e) => {
+                    tracing::warn!(error = %crate::wire::describe(&e), "stdin message dropped")
+                }
             }
         }
     }

@@ -37,6 +37,17 @@ pub async fn read(shell: &mut RouterRecvConnection) -> Result<JupyterMessage, Ru
     })
 }
 
+/// Why a message was dropped, in words.
+pub fn describe(e: &RuntimeError) -> String {
+    match e {
+        RuntimeError::VerifyError(_) => {
+            "bad signature: not signed with the connection file's key".into()
+        }
+        RuntimeError::MissingHmac => "no signature".into(),
+        other => other.to_string(),
+    }
+}
+
 /// ipykernel's defaults for what a `history_request` leaves out: not `output`, `raw`; the last
 /// 10 cells for `tail`; every match for `search` (`n` 0), not `unique`; from the first cell to
 /// the last for `range`.
