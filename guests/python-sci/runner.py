@@ -506,4 +506,9 @@ def _clear_output(wait):
 
 _BASE_PATH = list(sys.path)
 # What the program displays goes to the host, behind the output it printed before.
-weir_display.connect(_send_display, _clear_output, _flush_stdio)
+def _call_tool(name, args):
+    answer = _ask("tool", name=name, args=args)
+    return answer.get("value"), answer.get("failed")
+
+
+weir_display.connect(_send_display, _clear_output, _flush_stdio, _call_tool)

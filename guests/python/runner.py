@@ -21,6 +21,7 @@ import warnings
 
 from wit_world import exports
 from wit_world.imports import exit as wasi_exit, host
+from componentize_py_types import Err
 
 import weir_display
 
@@ -449,7 +450,14 @@ def _flush_stdio():
 
 
 # What the program displays goes to the host, behind the output it printed before.
-weir_display.connect(host.display, host.clear_output, _flush_stdio)
+def _call_tool(name, args):
+    try:
+        return host.call_tool(name, args), None
+    except Err as failed:
+        return None, failed.value
+
+
+weir_display.connect(host.display, host.clear_output, _flush_stdio, _call_tool)
 
 
 _WAIT, _RUN, _DONE = 0, 1, 2

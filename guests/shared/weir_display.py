@@ -54,10 +54,20 @@ _PLAIN_TYPES = frozenset((int, float, complex, bool, str, bytes, list, tuple, di
 _figure_formats = ["png"]
 
 
-def connect(send, clear, flush):
-    """The runner's host calls (see the module's globals)."""
-    global _send, _clear, _flush
+def connect(send, clear, flush, call_tool=None):
+    """The runner's host calls (see the module's globals). `call_tool(name, args_json)`
+    answers `(value_json, None)`, `(None, why)` or `(None, None)` when interrupted."""
+    global _send, _clear, _flush, _call_tool
     _send, _clear, _flush = send, clear, flush
+    if call_tool is not None:
+        _call_tool = call_tool
+
+
+def _no_tools(name, args):
+    return None, "this run has no host functions"
+
+
+_call_tool = _no_tools
 
 
 def _real_method(obj, name):
@@ -511,6 +521,57 @@ class Image(DisplayObject):
         return '<img src="%s"%s/>' % (html.escape(self.url or ""), attrs)
 
 
+# ------------------------------------------------------------------ `from weir import tools`
+
+
+class ToolError(Exception):
+    """A host function failed, or a limit refused the call: the host's message."""
+
+
+def call(name, arguments=None):
+    """Calls the host function `name` with `arguments` (a dict of JSON values): its result.
+    The run waits for it; an interrupt raises `KeyboardInterrupt`."""
+    if not isinstance(name, str):
+        raise TypeError("a host function's name is a str")
+    try:
+        text = json.dumps({} if arguments is None else arguments, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError("%s: arguments must be JSON values (%s)" % (name, exc)) from None
+    if not text.startswith("{"):
+        raise TypeError("%s: arguments must be a dict of keyword arguments" % name)
+    _flush()  # what the program printed comes before whatever the call causes
+    value, why = _call_tool(name, text)
+    if value is not None:
+        return json.loads(value)
+    if why is None:
+        raise KeyboardInterrupt
+    raise ToolError(why)
+
+
+class _Tools:
+    """`tools.NAME(**kwargs)` calls the host function NAME."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def host_function(*args, **kwargs):
+            if args:
+                raise TypeError("weir.tools.%s takes keyword arguments only" % name)
+            return call(name, kwargs)
+
+        host_function.__name__ = host_function.__qualname__ = name
+        return host_function
+
+    def __repr__(self):
+        return "<weir.tools: the run's host functions>"
+
+
+tools = _Tools()
+
+
 # ------------------------------------------------------------------ `import IPython.display`
 
 def get_ipython():
@@ -520,7 +581,8 @@ def get_ipython():
 
 class _Fallback(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Serves `IPython`, `IPython.display`, `IPython.core` and `IPython.core.display` when no
-    real IPython is installed: last on `sys.meta_path`, so an installed IPython wins."""
+    real IPython is installed (last on `sys.meta_path`, so an installed IPython wins), and
+    `weir`."""
 
     def __init__(self, modules):
         self.modules = modules
@@ -567,6 +629,10 @@ def _install():
     modules["IPython"].core = modules["IPython.core"]
     modules["IPython.core"].display = modules["IPython.core.display"]
     modules["IPython"].version_info = (0, 0, 0, "weir")
+    weir = types.ModuleType("weir", "weir's sandbox: the run's host functions (`tools`)")
+    weir.tools, weir.call, weir.ToolError = tools, call, ToolError
+    ToolError.__module__ = "weir"
+    modules["weir"] = weir
     for attr in _PUBLIC:  # named as IPython names them: `<IPython.core.display.HTML object>`
         value = getattr(this, attr)
         if isinstance(value, type):

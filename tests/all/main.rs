@@ -29,3 +29,4 @@ mod sci;
 mod server;
 mod sessions;
 mod snapshots;
+mod tools;

@@ -150,6 +150,9 @@ pub enum Error {
     /// The run's stdin is full: the script has not read the input already sent.
     #[error("stdin is full: the script has not read the input already sent")]
     StdinFull,
+    /// Host functions that cannot be given to a run (`crate::Tools`).
+    #[error("host functions: {0}")]
+    Tools(String),
     /// A cell was handed to a run not started as a session ([`crate::RunRequest::cells`]).
     #[error("the run is not a session")]
     NotASession,

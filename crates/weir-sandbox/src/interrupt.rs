@@ -116,6 +116,12 @@ impl Interrupter {
         true
     }
 
+    /// Takes a requested interrupt instead of delivering it: a blocking host call that the
+    /// request ended raises it in the guest itself. Whether one was requested.
+    pub(crate) fn take(&self) -> bool {
+        self.requested.swap(false, Ordering::AcqRel)
+    }
+
     /// Whether an interrupt waits for delivery (cheap: the epoch callback asks every tick).
     pub fn pending(&self) -> bool {
         self.requested.load(Ordering::Acquire)

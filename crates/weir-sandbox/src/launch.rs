@@ -85,6 +85,8 @@ pub struct HostState {
     pub output: Option<DisplayOutput>,
     /// Where the session's current cell is (cell mode only).
     pub cell: CellPhase,
+    /// The host functions the run may call, if any (`crate::tools`).
+    pub(crate) tools: Option<std::sync::Arc<crate::tools::ToolBox>>,
 }
 
 /// Where a session's current cell is, as the host sees it. A cell ends only when the host's call
@@ -208,6 +210,7 @@ impl HostState {
             cells: None,
             output: None,
             cell: CellPhase::Idle,
+            tools: None,
         }
     }
 }

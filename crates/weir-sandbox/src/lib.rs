@@ -50,6 +50,7 @@ mod scratch;
 mod snapshot;
 mod store;
 mod task;
+mod tools;
 mod transcript;
 mod variant;
 mod warm;
@@ -80,6 +81,7 @@ pub use scratch::LiveDir;
 pub use snapshot::{Snapshot, MAX_SNAPSHOT_BYTES};
 pub use store::GuestState;
 pub use task::{sleep_until_opt, AbortOnDrop};
+pub use tools::{Tool, ToolFuture, ToolLimits, ToolResult, Tools, MAX_NAME_BYTES, MAX_TOOLS};
 pub use transcript::{
     json_escaped_len, Data, DisplayDoc, Expected, OutputDoc, OutputLog, Transcript,
 };

@@ -88,6 +88,9 @@ pub struct RunRequest {
     /// snapshot's). Refused for another runtime or runtime build, a deterministic run, or a
     /// memory limit below the snapshot's memory.
     pub restore: Option<std::sync::Arc<crate::snapshot::Snapshot>>,
+    /// Host functions the program may call (`from weir import tools`); none by default.
+    /// Refused for a deterministic run: calls are not recorded in its transcript.
+    pub tools: Option<crate::tools::Tools>,
 }
 
 impl RunRequest {
@@ -116,6 +119,7 @@ impl RunRequest {
             max_limits: None,
             runtime: None,
             restore: None,
+            tools: None,
         }
     }
 

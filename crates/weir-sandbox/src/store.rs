@@ -298,6 +298,29 @@ pub(crate) fn end_cell(state: &mut GuestState) {
     state.interrupter.set_armed(false);
 }
 
+/// A host-function call from the guest (`crate::tools`): the result as JSON text, or the
+/// error the guest raises as `weir.ToolError` (`Some`), or `None` when an interrupt ended the
+/// wait — taken here, so the guest raises it itself as `KeyboardInterrupt`.
+pub(crate) async fn call_tool(
+    store: &mut StoreContextMut<'_, GuestState>,
+    name: &str,
+    args: &str,
+) -> std::result::Result<String, Option<String>> {
+    let state = store.data_mut();
+    let Some(tools) = state.host.tools.clone() else {
+        return Err(Some("this run has no host functions".into()));
+    };
+    let interrupter = state.interrupter.clone();
+    match tools.call(name, args, interrupter.requested()).await {
+        Ok(value) => Ok(value),
+        Err(crate::tools::Failure::Error(why)) => Err(Some(why)),
+        Err(crate::tools::Failure::Interrupted) => {
+            interrupter.take();
+            Err(None)
+        }
+    }
+}
+
 /// What the session's caller asks next, waited for while the run counts as idle (as at a REPL
 /// prompt); `None` when the caller closed the session, or for a run that is not a session.
 pub(crate) async fn next_request(

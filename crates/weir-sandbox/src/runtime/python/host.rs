@@ -142,6 +142,19 @@ pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
         },
     )
     .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    inst.func_wrap_async(
+        "call-tool",
+        |mut store: StoreContextMut<'_, GuestState>, (name, args): (WasmStr, WasmStr)| {
+            Box::new(async move {
+                let (name, args) = {
+                    let name = cut(&name.to_str(&store)?, crate::tools::MAX_NAME_BYTES + 1);
+                    (name, args.to_str(&store)?.into_owned())
+                };
+                Ok((store::call_tool(&mut store, &name, &args).await,))
+            })
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     inst.func_wrap(
         "repl-started",
         |mut store: StoreContextMut<'_, GuestState>, (): ()| {

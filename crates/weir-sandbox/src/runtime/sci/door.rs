@@ -185,6 +185,15 @@ struct ClearRequest {
     wait: bool,
 }
 
+/// `tool`: a host-function call (`crate::tools`), its keyword arguments a JSON object in text.
+#[derive(Deserialize)]
+struct ToolRequest<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(borrow)]
+    args: Cow<'a, str>,
+}
+
 /// Parses a request as `T`, whatever else it holds (fields `T` does not name are skipped
 /// without being built).
 fn parse<'a, T: Deserialize<'a>>(request: &'a [u8]) -> Option<T> {
@@ -264,6 +273,16 @@ async fn answer(
             };
             store.data_mut().clear_output(wait)?;
             json!({})
+        }
+        "tool" => {
+            let Some(ToolRequest { name, args }) = parse(request) else {
+                return Ok(None);
+            };
+            match store::call_tool(store, &name, &args).await {
+                Ok(value) => json!({ "value": value }),
+                Err(Some(why)) => json!({ "failed": why }),
+                Err(None) => json!({ "interrupted": true }),
+            }
         }
         _ => json!({ "error": format!("unknown request {:?}", cut(&op, 64)) }),
     }))
