@@ -78,13 +78,16 @@ pub fn kernelspec(action: KernelspecAction) -> anyhow::Result<i32> {
     let dir = place.kernels_dir()?;
     let weir = std::env::current_exe()?;
     let config = config.map(|c| absolute(&c)).transpose()?;
-    let names = match runtime.is_empty() {
-        true => vec!["python".to_owned(), "python-sci".to_owned()],
-        false => runtime,
+    let infos = match runtime.is_empty() {
+        true => weir_kernel::runtimes().collect(),
+        false => (runtime.iter())
+            .map(|name| {
+                weir_kernel::runtime_info(name)
+                    .ok_or_else(|| anyhow::anyhow!("unknown runtime {name:?}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?,
     };
-    for name in names {
-        let info = weir_kernel::runtime_info(&name)
-            .ok_or_else(|| anyhow::anyhow!("unknown runtime {name:?}"))?;
+    for info in infos {
         let written = weir_kernel::install(&dir, &weir, info, config.as_deref())?;
         println!(
             "{}: {} ({})",

@@ -67,12 +67,16 @@ pub struct KernelConfig {
 
 /// The runtime a kernel names, from the runtimes weir has (known before the sandbox loads).
 pub fn runtime_info(name: &str) -> Option<&'static RuntimeInfo> {
+    runtimes().find(|info| info.answers_to(name))
+}
+
+/// Every runtime a kernel can run, the default first.
+pub fn runtimes() -> impl Iterator<Item = &'static RuntimeInfo> {
     [
         weir_sandbox::runtime::python::info(),
         weir_sandbox::runtime::sci::info(),
     ]
     .into_iter()
-    .find(|info| info.answers_to(name))
 }
 
 /// Reads the connection file Jupyter wrote for a kernel.

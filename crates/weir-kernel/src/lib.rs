@@ -15,5 +15,5 @@ mod wire;
 
 pub use error::{Error, Result};
 pub use jupyter_protocol::ConnectionInfo;
-pub use kernel::{read_connection_file, run, runtime_info, KernelConfig};
+pub use kernel::{read_connection_file, run, runtime_info, runtimes, KernelConfig};
 pub use spec::{display_name, install, name as spec_name, Place};
