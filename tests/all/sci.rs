@@ -240,9 +240,19 @@ async fn deterministic_runs_repeat_numpy_randomness_and_other_seeds_differ() {
                    print(random.random())\n\
                    print(time.time())\n\
                    s = os.stat('main.py')\n\
-                   print(s.st_ino, s.st_dev, s.st_mtime)\n";
+                   print(s.st_ino, s.st_dev, s.st_mtime)\n\
+                   lib = os.getcwd()\n\
+                   l = os.stat(lib)\n\
+                   print(l.st_atime, l.st_mtime, l.st_ctime)\n\
+                   e = min(os.scandir(lib), key=lambda e: e.name)\n\
+                   print(e.inode() == e.stat(follow_symlinks=False).st_ino > 0)\n";
+    let sleeps = format!(
+        "{program}a = time.monotonic()\n\
+         time.sleep(3600)\n\
+         print(round(time.monotonic() - a))\n"
+    );
     let seeded = |seed| {
-        let mut req = request(program);
+        let mut req = request(&sleeps);
         req.deterministic = Some(Seed(seed));
         req
     };
@@ -259,6 +269,16 @@ async fn deterministic_runs_repeat_numpy_randomness_and_other_seeds_differ() {
         .nth(3)
         .unwrap()
         .starts_with("9466848"));
+    // Every file is dated at the virtual clock's start (the host's times differ between machines
+    // and change as files are read), and a listing's inodes are the numbers `stat` gives.
+    let text = a.stdout_text();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[4].ends_with(" 0 946684800.0"), "{lines:?}");
+    assert_eq!(lines[5], "946684800.0 946684800.0 946684800.0");
+    assert_eq!(lines[6], "True");
+    // A sleep advances the virtual clock and returns at once (a real hour would outlast the
+    // run's wall-time limit).
+    assert_eq!(lines[7], "3600");
     // Without a seed, two runs draw different numbers.
     let x = run_sci(request(program)).await;
     let y = run_sci(request(program)).await;

@@ -284,7 +284,7 @@ pub(crate) fn virtual_now<T: ClockView>(store: &StoreContextMut<'_, T>) -> Optio
 }
 
 /// Moves the virtual clock forward by `ns` (a sleep).
-fn advance<T: ClockView>(store: &mut StoreContextMut<'_, T>, ns: u64) {
+pub(crate) fn advance<T: ClockView>(store: &mut StoreContextMut<'_, T>, ns: u64) {
     if let GuestClock::Virtual(c) = store.data_mut().clock_mut() {
         c.base_ns = c.base_ns.saturating_add(ns);
     }

@@ -419,6 +419,11 @@ impl GuestState {
     pub fn wasi_p1(&mut self) -> &mut WasiP1Ctx {
         &mut self.wasi
     }
+
+    /// The WASI context and the run's clock, borrowed together.
+    pub(crate) fn wasi_and_clock(&mut self) -> (&mut WasiP1Ctx, &mut GuestClock) {
+        (&mut self.wasi, &mut self.clock)
+    }
 }
 
 impl ClockView for GuestState {

@@ -1,7 +1,8 @@
 //! The guest's clocks and file identities in WASI preview 1, over wasmtime-wasi's: a
 //! deterministic run reads the virtual clock (`crate::determinism`) in `clock_time_get`, and
 //! `fd_filestat_get` and `path_filestat_get` number its files in the order the guest first
-//! looks at them (as the lean runtime's `stat` does); any other run gets the host's.
+//! looks at them and date them all at the virtual clock's start (as the lean runtime's `stat`
+//! does); any other run gets the host's.
 
 use crate::determinism::{self, GuestClock, MONOTONIC_START_NS, WALL_START_SECS};
 use crate::store::GuestState;
@@ -95,8 +96,9 @@ fn add_stats(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `poll_oneoff` (how `time.sleep` waits): wasmtime-wasi's, but a wait that includes a timer
-/// ends early when an interrupt is asked for — the interrupt is written into the guest and the
+/// `poll_oneoff` (how `time.sleep` waits): in a deterministic run a wait on timers alone
+/// advances the virtual clock to the first one and returns at once (as the lean runtime's
+/// sleep does); otherwise wasmtime-wasi's, but a wait that includes a timer ends early when an interrupt is asked for — the interrupt is written into the guest and the
 /// first timer is reported as fired, so the sleep returns and the interpreter raises
 /// `KeyboardInterrupt` at once, as in the lean runtime (`crate::determinism`'s sleep).
 fn add_poll(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
@@ -109,8 +111,17 @@ fn add_poll(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
                     let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
                         return Ok(ERRNO_FAULT);
                     };
-                    let interrupter = determinism::ClockView::interrupter(caller.data());
                     let (subs, events, n) = (subs as u32, events as u32, n as u32);
+                    if let Some(now) = determinism::virtual_now(&caller.as_context_mut()) {
+                        if let Some((userdata, wait)) =
+                            virtual_timer(memory.data(&caller), subs, n, now)
+                        {
+                            determinism::advance(&mut caller.as_context_mut(), wait);
+                            let data = memory.data_mut(&mut caller);
+                            return Ok(timer_fired(data, events, userdata, out as u32));
+                        }
+                    }
+                    let interrupter = determinism::ClockView::interrupter(caller.data());
                     let timer = first_timer(memory.data(&caller), subs, n);
                     let early = match (&interrupter, timer) {
                         (Some(i), Some(_)) => i.in_flight(),
@@ -155,6 +166,40 @@ fn add_poll(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
         .map(|_| ())
         .map_err(|e| anyhow::anyhow!("{e:#}"))
 }
+
+/// In a deterministic run, a wait on timers only (`time.sleep`): the first timer to fire and how
+/// long the virtual clock, at `now` ns, advances until it does; `None` when a subscription waits
+/// for something else (a descriptor), or there is none.
+fn virtual_timer(memory: &[u8], subs: u32, n: u32, now: u64) -> Option<(u64, u64)> {
+    let mut first: Option<(u64, u64)> = None;
+    for k in 0..n as usize {
+        let at = (subs as usize).checked_add(k.checked_mul(SUBSCRIPTION)?)?;
+        let sub = memory.get(at..at.checked_add(SUBSCRIPTION)?)?;
+        let word =
+            |from: usize| u64::from_le_bytes(sub[from..from + 8].try_into().unwrap_or_default());
+        if sub[8] != 0 {
+            return None;
+        }
+        let clock_now = match u32::from_le_bytes(sub[16..20].try_into().unwrap_or_default()) {
+            0 => (WALL_START_SECS * 1_000_000_000).saturating_add(now),
+            1 => MONOTONIC_START_NS.saturating_add(now),
+            _ => return None,
+        };
+        let (timeout, absolute) = (word(24), sub[40] & ABSTIME != 0);
+        let wait = if absolute {
+            timeout.saturating_sub(clock_now)
+        } else {
+            timeout
+        };
+        if first.is_none_or(|(_, w)| wait < w) {
+            first = Some((word(0), wait));
+        }
+    }
+    first
+}
+
+/// A clock subscription's flag: its timeout is an instant on its clock, not a duration.
+const ABSTIME: u8 = 1;
 
 /// A preview-1 subscription's size; its `userdata` is first, its tag (0: a timer) at 8.
 const SUBSCRIPTION: usize = 48;
@@ -207,6 +252,12 @@ fn answer(
     if let GuestClock::Virtual(clock) = &mut caller.data_mut().clock {
         stat.ino = clock.file_id((stat.dev, stat.ino));
         stat.dev = 0;
+        // Every file time is the virtual clock's start, as in the lean runtime: the host's
+        // times differ between machines and change under the guest (a read updates a file's
+        // access time), and the interpreter's work depends on them (importlib compares a
+        // directory's modification time with the one it cached).
+        let start = WALL_START_SECS * 1_000_000_000;
+        (stat.atim, stat.mtim, stat.ctim) = (start, start, start);
     }
     let mut bytes = [0u8; 64];
     bytes[0..8].copy_from_slice(&stat.dev.to_le_bytes());

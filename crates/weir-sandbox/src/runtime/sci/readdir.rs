@@ -6,10 +6,14 @@
 //! one would not replay on another. Here every listing is `.`, `..`, then the entries by name, on
 //! every machine, while pre-initializing (`super::preinit`) and in every run.
 //!
+//! In a deterministic run each entry's `d_ino` is the file's virtual identity, the number its
+//! `stat` gives (`super::clock`), not the host's inode.
+//!
 //! A listing larger than [`MOST`] bytes (only a guest that made hundreds of thousands of files in
-//! its own directory) is passed through in the host's order.
+//! its own directory) is passed through in the host's order, with the host's inodes.
 
 use super::clock::{put_u32, ERRNO_FAULT};
+use crate::determinism::{GuestClock, VirtualClock};
 use crate::store::GuestState;
 use wasmtime::{Caller, Extern, Linker};
 use wasmtime_wasi::p1::types::{Error, Fd};
@@ -31,8 +35,14 @@ struct Entry<'a> {
 }
 
 /// The directory's entries from `cookie` on, serialized as `fd_readdir` writes them, `.` and `..`
-/// first and the rest by name; `None` if the listing is larger than [`MOST`].
-async fn listing(ctx: &mut WasiP1Ctx, fd: Fd, cookie: u64) -> Result<Option<Vec<u8>>, Error> {
+/// first and the rest by name, their inodes renumbered by `ids` when given; `None` if the listing
+/// is larger than [`MOST`].
+async fn listing(
+    ctx: &mut WasiP1Ctx,
+    fd: Fd,
+    cookie: u64,
+    ids: Option<&mut VirtualClock>,
+) -> Result<Option<Vec<u8>>, Error> {
     let mut size = FIRST;
     let raw = loop {
         let mut host = vec![0u8; size];
@@ -56,6 +66,16 @@ async fn listing(ctx: &mut WasiP1Ctx, fd: Fd, cookie: u64) -> Result<Option<Vec<
         .take_while(|e| e.name == b"." || e.name == b"..")
         .count();
     entries[dots..].sort_by(|a, b| a.name.cmp(b.name));
+    if let Some(ids) = ids {
+        // The directory's device: with an inode, what the file's `stat` is numbered by.
+        let dev = ctx
+            .fd_filestat_get(&mut GuestMemory::Unshared(&mut []), fd)
+            .await?
+            .dev;
+        for e in &mut entries {
+            e.ino = ids.file_id((dev, u64::from_le_bytes(e.ino))).to_le_bytes();
+        }
+    }
     Ok(Some(serialize(&entries, cookie)))
 }
 
@@ -96,9 +116,11 @@ fn serialize(entries: &[Entry<'_>], cookie: u64) -> Vec<u8> {
 }
 
 /// `fd_readdir` for a guest whose WASI context is `ctx` and whose memory is `memory`: writes at
-/// most `len` bytes of the sorted listing at `buf`; the size written, or the errno.
+/// most `len` bytes of the sorted listing at `buf`, inodes renumbered by `ids` when given; the
+/// size written, or the errno.
 async fn fd_readdir(
     ctx: &mut WasiP1Ctx,
+    ids: Option<&mut VirtualClock>,
     memory: &mut [u8],
     (fd, buf, len, cookie): (i32, i32, i32, i64),
 ) -> wasmtime::Result<Result<u32, i32>> {
@@ -109,7 +131,7 @@ async fn fd_readdir(
             e.downcast().map_err(|e| wasmtime::format_err!("{e}"))? as i32
         ))
     };
-    let listed = match listing(ctx, fd, cookie).await {
+    let listed = match listing(ctx, fd, cookie, ids).await {
         Ok(Some(listed)) => listed,
         Ok(None) => {
             // Too large to sort: the host's order, written straight into the guest.
@@ -155,7 +177,12 @@ pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
                         return Ok(ERRNO_FAULT);
                     };
                     let (mem, state) = memory.data_and_store_mut(&mut caller);
-                    let result = fd_readdir(state.wasi_p1(), mem, (fd, buf, len, cookie)).await?;
+                    let (wasi, clock) = state.wasi_and_clock();
+                    let ids = match clock {
+                        GuestClock::Virtual(clock) => Some(clock),
+                        GuestClock::Real => None,
+                    };
+                    let result = fd_readdir(wasi, ids, mem, (fd, buf, len, cookie)).await?;
                     Ok(finish(mem, result, out))
                 })
             },
@@ -184,8 +211,12 @@ pub fn add_to_preinit_linker(linker: &mut Linker<WasiP1Ctx>) -> anyhow::Result<(
                     return Ok(ERRNO_FAULT);
                 };
                 let (mem, ctx) = memory.data_and_store_mut(&mut caller);
-                let result =
-                    wasmtime_wasi::runtime::in_tokio(fd_readdir(ctx, mem, (fd, buf, len, cookie)))?;
+                let result = wasmtime_wasi::runtime::in_tokio(fd_readdir(
+                    ctx,
+                    None,
+                    mem,
+                    (fd, buf, len, cookie),
+                ))?;
                 Ok(finish(mem, result, out))
             },
         )
