@@ -377,7 +377,8 @@ impl Terminal {
         }
         match event {
             Event::Output { stream, data } => self.write_output(stream, &data).await,
-            Event::State(_) | Event::Cell(_) | Event::ClearOutput { .. } => {}
+            // `weir run` declares no functions: no calls come.
+            Event::State(_) | Event::Cell(_) | Event::ClearOutput { .. } | Event::Call(_) => {}
             Event::Display(shown) => self.show_display(&shown).await,
             Event::Exit(result) => {
                 if !matches!(

@@ -104,7 +104,7 @@ pub async fn cell(handle: &mut RunHandle, code: &str) -> (String, String, CellEn
                 }
             }
             Event::Cell(end) => return (stdout, stderr, end),
-            Event::State(_) | Event::Display(_) | Event::ClearOutput { .. } => {}
+            Event::State(_) | Event::Display(_) | Event::ClearOutput { .. } | Event::Call(_) => {}
             Event::Exit(r) => panic!("the session ended: {r:?}"),
         }
     }

@@ -289,7 +289,11 @@ async fn a_flood_to_a_slow_consumer_is_bounded_and_ends_at_the_output_limit() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             Event::Exit(result) => break result,
-            Event::State(_) | Event::Cell(_) | Event::Display(_) | Event::ClearOutput { .. } => {}
+            Event::State(_)
+            | Event::Cell(_)
+            | Event::Display(_)
+            | Event::ClearOutput { .. }
+            | Event::Call(_) => {}
         }
     };
     assert_eq!(result.outcome, Outcome::OutputLimit);
@@ -649,7 +653,11 @@ async fn merged_events_join_waiting_output_and_keep_stream_order() {
                 }
             }
             Event::Exit(r) => assert_eq!(r.outcome, Outcome::Exited { code: 0 }),
-            Event::State(_) | Event::Cell(_) | Event::Display(_) | Event::ClearOutput { .. } => {}
+            Event::State(_)
+            | Event::Cell(_)
+            | Event::Display(_)
+            | Event::ClearOutput { .. }
+            | Event::Call(_) => {}
         }
     }
     let mut expected = Vec::new();

@@ -2,16 +2,20 @@
 //! `from weir import tools; tools.NAME(**kwargs)`, with JSON in and out, host errors raised as
 //! `weir.ToolError`, and the limits of `ToolLimits`; an interrupt ends a hanging call as
 //! `KeyboardInterrupt` keeping the session; stopping a run drops the call. Both runtimes.
+//! Arguments are checked against each function's JSON Schema. Functions the run's caller answers
+//! (`Tools::declare`) come out as `Event::Call` behind the output before them, in the library
+//! and as `/ws`'s `call` notification answered by `return`.
 
 use crate::common;
 use crate::interrupt::{cell, session};
 use crate::sci;
 
+use crate::ws::{connect, recv, run, send, server};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use weir_sandbox::{Outcome, RunRequest, ToolLimits, Tools};
+use weir_sandbox::{Event, Outcome, RunHandle, RunRequest, ToolLimits, Tools};
 
 /// `add`, `echo`, `fail`, `hang` and `big`, counting calls in `calls`.
 fn toolbox(calls: Arc<AtomicUsize>) -> Tools {
@@ -20,7 +24,8 @@ fn toolbox(calls: Arc<AtomicUsize>) -> Tools {
         .add(
             "add",
             "Adds two numbers.",
-            json!({"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}}),
+            json!({"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+                   "required": ["a", "b"]}),
             move |args: Value| {
                 counted.fetch_add(1, Ordering::SeqCst);
                 async move {
@@ -55,7 +60,8 @@ fn toolbox(calls: Arc<AtomicUsize>) -> Tools {
 const CALLS: &str = "from weir import tools, ToolError\n\
     print(tools.add(a=2, b=40))\n\
     print(tools.echo(city='Oslo', days=[1, 2], nested={'k': None, 'f': 1.5}))\n\
-    for call in (lambda: tools.fail(), lambda: tools.nope(), lambda: tools.add(a='x', b=1)):\n\
+    for call in (lambda: tools.fail(), lambda: tools.nope(), lambda: tools.add(a='x', b=1),\n\
+    \x20            lambda: tools.add(a=1)):\n\
     \x20   try:\n\
     \x20       call()\n\
     \x20   except ToolError as e:\n\
@@ -73,7 +79,8 @@ const EXPECTED: &str = "42.0\n\
     {'city': 'Oslo', 'days': [1, 2], 'nested': {'f': 1.5, 'k': None}}\n\
     ToolError: the weather service is down\n\
     ToolError: no host function named \"nope\"\n\
-    ToolError: add needs numbers a and b, got {\"a\":\"x\",\"b\":1}\n\
+    ToolError: add: argument a: \"x\" is not of type \"number\"\n\
+    ToolError: add: arguments: \"b\" is a required property\n\
     TypeError: weir.tools.add takes keyword arguments only\n\
     TypeError: TypeError\n";
 
@@ -86,8 +93,8 @@ async fn a_program_calls_host_functions_with_json_values_and_gets_host_errors_as
     assert_eq!(out.outcome(), Outcome::Exited { code: 0 });
     assert_eq!(
         calls.load(Ordering::SeqCst),
-        2,
-        "add ran twice: once well, once refused"
+        1,
+        "add ran once: the calls its schema refuses never reach it"
     );
 }
 
@@ -246,4 +253,241 @@ async fn bad_function_names_and_deterministic_runs_are_refused() {
     req.tools = Some(toolbox(Arc::default()));
     let refused = common::sandbox().start(req).await.err().expect("refused");
     assert!(refused.to_string().contains("deterministic"), "{refused}");
+}
+
+#[tokio::test]
+async fn schemas_that_cannot_be_used_are_refused_when_declared() {
+    for parameters in [
+        json!({"type": 5}),
+        json!({"$ref": "https://example.org/schema.json"}),
+        json!({"type": "object", "properties": {"a": {"pattern": "("}}}),
+    ] {
+        let refused = Tools::new().declare("f", "", parameters.clone());
+        let why = refused.expect_err("refused").to_string();
+        assert!(
+            why.contains("not a usable JSON Schema"),
+            "{parameters}: {why}"
+        );
+    }
+    assert!(Tools::new().declare("f", "", Value::Null).is_ok());
+}
+
+/// Events until the next call, and the stdout before it.
+async fn until_call(handle: &mut RunHandle) -> (String, weir_sandbox::Call) {
+    let mut out = String::new();
+    loop {
+        match common::next(handle, 30).await {
+            Event::Output { data, .. } => out.push_str(&String::from_utf8_lossy(&data)),
+            Event::Call(call) => return (out, call),
+            Event::Exit(r) => panic!("ended before a call: {r:?}\n{out}"),
+            _ => {}
+        }
+    }
+}
+
+const LOOKUP: &str = "from weir import tools, ToolError\n\
+    print('before')\n\
+    print(tools.lookup(city='Oslo'))\n\
+    try:\n\
+    \x20   tools.lookup(city='Atlantis')\n\
+    except ToolError as e:\n\
+    \x20   print('ToolError:', e)\n\
+    print('after')\n";
+
+fn lookup() -> Tools {
+    Tools::new()
+        .declare(
+            "lookup",
+            "The weather in a city.",
+            json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}),
+        )
+        .expect("valid")
+}
+
+/// Answers `LOOKUP`'s two calls: Oslo's with a value, Atlantis's with an error.
+async fn answer_lookups(mut handle: RunHandle) -> weir_sandbox::Collected {
+    let (before, call) = until_call(&mut handle).await;
+    assert_eq!(
+        before, "before\n",
+        "output printed before a call comes before it"
+    );
+    assert_eq!((call.id, call.name.as_str()), (1, "lookup"));
+    assert_eq!(call.args, json!({"city": "Oslo"}));
+    let control = handle.control();
+    assert!(
+        control.answer_call(2, Ok(json!(null))).is_err(),
+        "no call 2 waits"
+    );
+    control
+        .answer_call(1, Ok(json!({"temp": -3, "sky": "snow"})))
+        .expect("answered");
+    assert!(
+        control.answer_call(1, Ok(json!(0))).is_err(),
+        "call 1 was answered"
+    );
+    let (between, call) = until_call(&mut handle).await;
+    // JSON objects are unordered: they arrive with their keys sorted.
+    assert_eq!(between, "{'sky': 'snow', 'temp': -3}\n");
+    assert_eq!((call.id, &call.args), (2, &json!({"city": "Atlantis"})));
+    control
+        .answer_call(2, Err("no such city".into()))
+        .expect("answered");
+    handle.collect().await
+}
+
+#[tokio::test]
+async fn a_declared_function_is_answered_by_the_runs_caller_in_order_with_the_output() {
+    let mut req = RunRequest::script(LOOKUP);
+    req.close_stdin = true;
+    req.tools = Some(lookup());
+    let out = answer_lookups(common::start(req).await).await;
+    assert_eq!(
+        out.stdout_text(),
+        "ToolError: no such city\nafter\n",
+        "{}",
+        out.stderr_text()
+    );
+    assert_eq!(out.outcome(), Outcome::Exited { code: 0 });
+}
+
+#[tokio::test]
+async fn python_sci_calls_declared_functions_the_same_way() {
+    let mut req = RunRequest::script(LOOKUP);
+    req.close_stdin = true;
+    req.runtime = Some(sci::SCI.into());
+    req.tools = Some(lookup());
+    let handle = sci::sandbox().await.start(req).await.expect("starts");
+    let out = answer_lookups(handle).await;
+    assert_eq!(
+        out.stdout_text(),
+        "ToolError: no such city\nafter\n",
+        "{}",
+        out.stderr_text()
+    );
+}
+
+#[tokio::test]
+async fn a_call_nobody_answers_ends_at_the_call_time_limit() {
+    let tools = lookup().with_limits(ToolLimits {
+        call_ms: 300,
+        ..ToolLimits::default()
+    });
+    let out = common::run_with(LOOKUP, |req| req.tools = Some(tools)).await;
+    assert!(
+        out.stdout_text().starts_with("before\n")
+            && out
+                .stderr_text()
+                .contains("ToolError: lookup: no answer within 300 ms"),
+        "{}\n{}",
+        out.stdout_text(),
+        out.stderr_text()
+    );
+    assert_eq!(out.calls.len(), 1, "the call was reported once");
+}
+
+#[tokio::test]
+async fn a_ws_client_declares_functions_and_answers_their_calls() {
+    let server = server(|_| {}).await;
+    let mut ws = connect(&server, "").await;
+    let functions = json!([
+        {"name": "add", "description": "Adds.", "parameters":
+            {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}},
+        {"name": "lookup"}
+    ]);
+    let code = "from weir import tools, ToolError\n\
+        print('sum', tools.add(a=2, b=40))\n\
+        try:\n\
+        \x20   tools.lookup(city='Atlantis')\n\
+        except ToolError as e:\n\
+        \x20   print('ToolError:', e)\n\
+        try:\n\
+        \x20   tools.add(a='two')\n\
+        except ToolError as e:\n\
+        \x20   print('ToolError:', e)\n";
+    let run_id = run(&mut ws, 1, json!({"source": code, "functions": functions})).await;
+    let mut answered = 0;
+    let mut out = String::new();
+    let exit = loop {
+        let m = recv(&mut ws).await;
+        match m["method"].as_str() {
+            Some("call") => {
+                let p = &m["params"];
+                assert_eq!(p["run_id"], json!(run_id));
+                let call_id = p["call_id"].as_u64().expect("call_id");
+                // A wrong call id and a wrong run id are refused; the call goes on waiting.
+                send(
+                    &mut ws,
+                    json!({"jsonrpc": "2.0", "id": 90, "method": "return",
+                    "params": {"run_id": run_id, "call_id": call_id + 7, "value": 0}}),
+                )
+                .await;
+                send(
+                    &mut ws,
+                    json!({"jsonrpc": "2.0", "id": 91, "method": "return",
+                    "params": {"run_id": "nope", "call_id": call_id, "value": 0}}),
+                )
+                .await;
+                let answer = match p["name"].as_str() {
+                    Some("add") => {
+                        assert_eq!(p["args"], json!({"a": 2, "b": 40}));
+                        json!({"value": p["args"]["a"].as_i64().unwrap() + p["args"]["b"].as_i64().unwrap()})
+                    }
+                    Some("lookup") => json!({"error": "no such city"}),
+                    other => panic!("unexpected call {other:?}"),
+                };
+                let mut params = json!({"run_id": run_id, "call_id": call_id});
+                params
+                    .as_object_mut()
+                    .unwrap()
+                    .extend(answer.as_object().unwrap().clone());
+                send(
+                    &mut ws,
+                    json!({"jsonrpc": "2.0", "id": 92, "method": "return", "params": params}),
+                )
+                .await;
+                answered += 1;
+            }
+            Some("output") if m["params"]["stream"] == "stdout" => {
+                out.push_str(m["params"]["data"].as_str().unwrap())
+            }
+            Some("exit") => break m["params"].clone(),
+            _ if m["id"] == json!(90) => assert_eq!(m["error"]["code"], json!(-32003), "{m}"),
+            _ if m["id"] == json!(91) => assert_eq!(m["error"]["code"], json!(-32001), "{m}"),
+            _ if m["id"] == json!(92) => assert_eq!(m["result"], json!(true), "{m}"),
+            _ => {}
+        }
+    };
+    assert_eq!(
+        answered, 2,
+        "the call the schema refused never reached the client"
+    );
+    assert_eq!(
+        out,
+        "sum 42\nToolError: no such city\nToolError: add: argument a: \"two\" is not of type \"integer\"\n"
+    );
+    assert_eq!(exit["outcome"], "exited", "{exit}");
+    // A function that cannot be declared is refused before the run starts.
+    send(
+        &mut ws,
+        json!({"jsonrpc": "2.0", "id": 3, "method": "run", "params":
+        {"source": "print(1)", "functions": [{"name": "no good"}]}}),
+    )
+    .await;
+    let m = recv(&mut ws).await;
+    assert_eq!(m["error"]["code"], json!(-32602), "{m}");
+    // A run with no functions has no calls to answer.
+    let plain = run(&mut ws, 4, json!({"source": "input()"})).await;
+    send(
+        &mut ws,
+        json!({"jsonrpc": "2.0", "id": 5, "method": "return",
+        "params": {"run_id": plain, "call_id": 1, "value": 1}}),
+    )
+    .await;
+    loop {
+        let m = recv(&mut ws).await;
+        if m["id"] == json!(5) {
+            assert_eq!(m["error"]["code"], json!(-32003), "{m}");
+            break;
+        }
+    }
 }

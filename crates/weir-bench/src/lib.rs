@@ -182,7 +182,11 @@ async fn first_output(handle: &mut RunHandle) -> anyhow::Result<()> {
         match event {
             Event::Output { .. } => return Ok(()),
             Event::Exit(r) => anyhow::bail!("run ended without output: {}", r.message),
-            Event::State(_) | Event::Cell(_) | Event::Display(_) | Event::ClearOutput { .. } => {}
+            Event::State(_)
+            | Event::Cell(_)
+            | Event::Display(_)
+            | Event::ClearOutput { .. }
+            | Event::Call(_) => {}
         }
     }
     anyhow::bail!("run vanished")

@@ -56,6 +56,8 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!("[display {formats:?}: {}]", shown.bundle.plain())
             }
             Some(Event::ClearOutput { .. }) => eprintln!("[clear output]"),
+            // Only functions declared with `Tools::declare` are answered through events.
+            Some(Event::Call(call)) => eprintln!("[call {} {}]", call.name, call.args),
             Some(Event::Exit(result)) => {
                 eprintln!(
                     "[{}: {} in {:.1} ms, peak memory {} bytes]",

@@ -212,6 +212,9 @@ pub enum Event {
         /// Clear when the next output arrives, not now.
         wait: bool,
     },
+    /// The program called a function its caller answers (`crate::Tools::declare`): answer
+    /// with `RunControl::answer_call`. Its output so far came before this.
+    Call(crate::tools::Call),
     /// The run ended (always the last event).
     Exit(RunResult),
 }
@@ -244,6 +247,8 @@ pub struct Collected {
     pub displays: Vec<Display>,
     /// A `clear_output(wait=True)` waits for the next display.
     clear_pending: bool,
+    /// Calls to functions the caller answers (a collector answers none: each times out).
+    pub calls: Vec<crate::tools::Call>,
     /// How the run ended (`None` only if it never reported).
     pub result: Option<RunResult>,
 }
@@ -264,6 +269,7 @@ impl Collected {
             Event::Display(d) => self.display(d),
             Event::ClearOutput { wait: true } => self.clear_pending = true,
             Event::ClearOutput { wait: false } => self.displays.clear(),
+            Event::Call(call) => self.calls.push(call),
             Event::Exit(result) => self.result = Some(result),
         }
     }

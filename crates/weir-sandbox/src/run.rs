@@ -47,6 +47,7 @@ pub struct RunControl {
     priority: Priority,
     interrupter: Arc<Interrupter>,
     cells: Option<mpsc::Sender<SessionRequest>>,
+    tools: Option<Arc<crate::tools::ToolBox>>,
     /// The run's scratch directory, while its store holds it.
     dir: Weak<Scratch>,
     /// Set once the guest will run no more (before its store, and directory, are let go).
@@ -58,6 +59,16 @@ impl RunControl {
     /// crash). Its directory and instance are then gone or going.
     pub fn has_ended(&self) -> bool {
         self.ended.load(Ordering::Acquire)
+    }
+
+    /// Answers call `id` to a function the run's caller answers (an [`Event::Call`]): the
+    /// guest's call returns `result`'s value, or raises `weir.ToolError` with its message.
+    /// Refused when no call `id` waits (answered already, timed out, interrupted, or unknown).
+    pub fn answer_call(&self, id: u64, result: crate::tools::ToolResult) -> crate::Result<()> {
+        match &self.tools {
+            Some(tools) => tools.answer_call(id, result),
+            None => Err(crate::Error::Tools("this run has no host functions".into())),
+        }
     }
 
     /// The run's scratch directory, held for as long as the returned [`LiveDir`] lives; `None`
@@ -285,6 +296,8 @@ pub(crate) struct Driver {
     pub interrupter: Arc<Interrupter>,
     /// A session's cells and snapshot requests (the callers' end).
     pub cells: Option<mpsc::Sender<SessionRequest>>,
+    /// The run's host functions, whose declared ones the caller answers.
+    pub tools: Option<Arc<crate::tools::ToolBox>>,
     /// Files to return when the program ends by itself.
     pub return_files: Vec<glob::Pattern>,
 }
@@ -364,6 +377,7 @@ pub(crate) fn spawn(d: Driver, events_rx: mpsc::Receiver<Event>, stdin: StdinSen
         priority: priority.clone(),
         interrupter: d.interrupter.clone(),
         cells: d.cells.clone(),
+        tools: d.tools.clone(),
         dir: d.scratch.clone(),
         ended: ended.clone(),
     };

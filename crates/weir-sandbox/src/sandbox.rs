@@ -391,6 +391,7 @@ impl Sandbox {
         let (wasi, opened) =
             wasi_context(&req, setup, &scratch, &io.pipes, &io.stdin, site.as_deref())?;
         let (host, cells) = self.host_state(&req, &limits, &variant, &io, site.is_some(), opened);
+        let tools = host.tools.clone();
         let RunIo {
             events: (events_tx, events_rx),
             stdin_tx,
@@ -436,6 +437,7 @@ impl Sandbox {
                 span,
                 interrupter,
                 cells,
+                tools,
                 return_files,
             },
             events_rx,

@@ -311,7 +311,11 @@ pub(crate) async fn call_tool(
         return Err(Some("this run has no host functions".into()));
     };
     let interrupter = state.interrupter.clone();
-    match tools.call(name, args, interrupter.requested()).await {
+    let Some(output) = state.host.output.clone() else {
+        return Err(Some("this run has no caller to answer".into()));
+    };
+    let sink: &dyn crate::tools::CallSink = &*output.0;
+    match tools.call(name, args, sink, interrupter.requested()).await {
         Ok(value) => Ok(value),
         Err(crate::tools::Failure::Error(why)) => Err(Some(why)),
         Err(crate::tools::Failure::Interrupted) => {

@@ -3,23 +3,42 @@
 //! JSON values in and out, blocking in the guest and async on the host. A host error is raised
 //! in the guest as `weir.ToolError` with the host's message. docs/code-mode.md.
 //!
-//! Bounded per run by [`ToolLimits`]: calls, bytes each way, time per call. A call counts in
-//! the run's wall time; an interrupt ends the wait (the guest raises `KeyboardInterrupt`), and
-//! stopping the run drops the call's future.
+//! A function is answered either by a closure ([`Tools::add`]) or by the run's caller
+//! ([`Tools::declare`]): a call to a declared function is an [`Event::Call`] in the run's events,
+//! behind the output printed before it, and the caller answers with [`RunControl::answer_call`]
+//! (how `/ws` clients and HTTP callbacks serve the functions they declare).
+//!
+//! Arguments are checked against the function's JSON Schema before it is called. Bounded per run
+//! by [`ToolLimits`]: calls, bytes each way, time per call. A call counts in the run's wall time;
+//! an interrupt ends the wait (the guest raises `KeyboardInterrupt`), and stopping the run drops
+//! the call's future.
+//!
+//! [`Event::Call`]: crate::Event::Call
+//! [`RunControl::answer_call`]: crate::RunControl::answer_call
 
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::oneshot;
 
 /// What a host function returns: its value, or an error message the guest raises.
 pub type ToolResult = std::result::Result<Value, String>;
 /// A host function's pending answer.
 pub type ToolFuture = Pin<Box<dyn Future<Output = ToolResult> + Send>>;
-type Handler = Arc<dyn Fn(Value) -> ToolFuture + Send + Sync>;
+type Closure = Arc<dyn Fn(Value) -> ToolFuture + Send + Sync>;
+
+/// Who answers a function's calls.
+#[derive(Clone)]
+enum Handler {
+    /// The embedder's closure.
+    Closure(Closure),
+    /// The run's caller, through [`crate::Event::Call`] and [`crate::RunControl::answer_call`].
+    Caller,
+}
 
 /// The most functions one run may be given.
 pub const MAX_TOOLS: usize = 256;
@@ -27,7 +46,7 @@ pub const MAX_TOOLS: usize = 256;
 pub const MAX_NAME_BYTES: usize = 64;
 
 /// One host function: its name (a Python identifier), what it does, the JSON Schema of its
-/// keyword arguments, and the closure that answers it.
+/// keyword arguments, and who answers it.
 #[derive(Clone)]
 pub struct Tool {
     /// The name the guest calls it by: `tools.NAME(...)`.
@@ -36,7 +55,15 @@ pub struct Tool {
     pub description: String,
     /// The JSON Schema of its arguments (an object's), as given.
     pub parameters: Value,
+    schema: Arc<jsonschema::Validator>,
     handler: Handler,
+}
+
+impl Tool {
+    /// Whether the run's caller answers it (it was declared, [`Tools::declare`]).
+    pub fn answered_by_caller(&self) -> bool {
+        matches!(self.handler, Handler::Caller)
+    }
 }
 
 impl std::fmt::Debug for Tool {
@@ -92,10 +119,11 @@ impl Tools {
         Tools::default()
     }
 
-    /// Adds a function. Refused: a name that is not a Python identifier (or starts with `_`),
-    /// longer than [`MAX_NAME_BYTES`], given twice, or past [`MAX_TOOLS`].
+    /// Adds a function answered by `handler`. Refused: a name that is not a Python identifier
+    /// (or starts with `_`), longer than [`MAX_NAME_BYTES`], given twice, or past [`MAX_TOOLS`];
+    /// `parameters` that are not a JSON Schema this crate can use without fetching anything.
     pub fn add<F, Fut>(
-        mut self,
+        self,
         name: &str,
         description: &str,
         parameters: Value,
@@ -105,6 +133,24 @@ impl Tools {
         F: Fn(Value) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ToolResult> + Send + 'static,
     {
+        let closure: Closure = Arc::new(move |args| Box::pin(handler(args)));
+        self.insert(name, description, parameters, Handler::Closure(closure))
+    }
+
+    /// Declares a function the run's caller answers: each call is an [`crate::Event::Call`],
+    /// answered with [`crate::RunControl::answer_call`] within the call time limit. Refused as
+    /// [`Tools::add`] refuses.
+    pub fn declare(self, name: &str, description: &str, parameters: Value) -> crate::Result<Self> {
+        self.insert(name, description, parameters, Handler::Caller)
+    }
+
+    fn insert(
+        mut self,
+        name: &str,
+        description: &str,
+        parameters: Value,
+        handler: Handler,
+    ) -> crate::Result<Self> {
         check_name(name)?;
         if self.by_name.contains_key(name) {
             return Err(invalid(format!("{name:?} is given twice")));
@@ -112,11 +158,12 @@ impl Tools {
         if self.by_name.len() == MAX_TOOLS {
             return Err(invalid(format!("more than {MAX_TOOLS}")));
         }
-        let handler: Handler = Arc::new(move |args| Box::pin(handler(args)));
+        let schema = schema(name, &parameters)?;
         let tool = Tool {
             name: name.to_owned(),
             description: description.to_owned(),
             parameters,
+            schema: Arc::new(schema),
             handler,
         };
         self.by_name.insert(name.to_owned(), tool);
@@ -155,6 +202,25 @@ fn invalid(why: String) -> crate::Error {
     crate::Error::Tools(why)
 }
 
+/// The most bytes of a function's JSON Schema.
+pub const MAX_SCHEMA_BYTES: usize = 64 << 10;
+
+/// `parameters` compiled as a JSON Schema (no schema at all, `{}` or `null`, takes any keyword
+/// arguments). A schema that refers to another document is refused: nothing is fetched.
+fn schema(name: &str, parameters: &Value) -> crate::Result<jsonschema::Validator> {
+    let parameters = match parameters {
+        Value::Null => &Value::Object(Default::default()),
+        p => p,
+    };
+    if parameters.to_string().len() > MAX_SCHEMA_BYTES {
+        return Err(invalid(format!(
+            "{name}: parameters: a schema over {MAX_SCHEMA_BYTES} bytes"
+        )));
+    }
+    jsonschema::validator_for(parameters)
+        .map_err(|e| invalid(format!("{name}: parameters: not a usable JSON Schema: {e}")))
+}
+
 fn check_name(name: &str) -> crate::Result<()> {
     let mut chars = name.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic());
@@ -180,11 +246,42 @@ pub(crate) enum Failure {
     Interrupted,
 }
 
-/// A run's side of its host functions: the functions and the calls made so far.
-#[derive(Debug)]
+/// A run's side of its host functions: the functions, the calls made so far, and the call
+/// waiting for its caller's answer.
 pub(crate) struct ToolBox {
     tools: Tools,
     calls: AtomicU32,
+    /// The last call's number (calls are numbered from 1 in a run).
+    numbered: AtomicU64,
+    /// The call to a declared function waiting for [`ToolBox::answer_call`]: at most one, as
+    /// the guest waits for each call.
+    waiting: Mutex<Option<(u64, oneshot::Sender<ToolResult>)>>,
+}
+
+impl std::fmt::Debug for ToolBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToolBox")
+            .field("tools", &self.tools)
+            .field("calls", &self.calls)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A call to a function the run's caller answers: what [`crate::Event::Call`] carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    /// The call's number in its run (from 1); the answer names it.
+    pub id: u64,
+    /// The function's name.
+    pub name: String,
+    /// Its keyword arguments, checked against its schema.
+    pub args: Value,
+}
+
+/// Where a declared function's call goes: queued behind the run's output as an event.
+pub(crate) trait CallSink: Send + Sync {
+    /// Queues the call; `Err` with the reason when the run's output cap refuses it.
+    fn push_call(&self, call: Call) -> std::result::Result<(), String>;
 }
 
 impl ToolBox {
@@ -192,24 +289,62 @@ impl ToolBox {
         ToolBox {
             tools,
             calls: AtomicU32::new(0),
+            numbered: AtomicU64::new(0),
+            waiting: Mutex::new(None),
         }
     }
 
     /// Calls `name` with `args` (JSON text from the guest): the result as JSON text, or why
-    /// not. Ends early when `interrupted` completes.
+    /// not. Ends early when `interrupted` completes. A declared function's call goes to `sink`.
     pub(crate) async fn call(
         &self,
         name: &str,
         args: &str,
+        sink: &dyn CallSink,
         interrupted: impl Future<Output = ()>,
     ) -> std::result::Result<String, Failure> {
         tokio::select! {
-            answer = self.answer(name, args) => answer.map_err(Failure::Error),
+            answer = self.answer(name, args, sink) => answer.map_err(Failure::Error),
             () = interrupted => Err(Failure::Interrupted),
         }
     }
 
-    async fn answer(&self, name: &str, args: &str) -> std::result::Result<String, String> {
+    /// Answers the waiting call `id` (from the run's caller). `Err` when no call `id` waits: it
+    /// was answered, timed out, was interrupted, or never was.
+    pub(crate) fn answer_call(&self, id: u64, result: ToolResult) -> crate::Result<()> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        match waiting.take() {
+            Some((waiting_id, tx)) if waiting_id == id => {
+                // The call may have ended since (a timeout racing the answer): nothing waits.
+                let _ = tx.send(result);
+                Ok(())
+            }
+            other => {
+                *waiting = other;
+                Err(invalid(format!("no call {id} is waiting for an answer")))
+            }
+        }
+    }
+
+    /// Puts a call to a declared function to the run's caller and waits for the answer.
+    async fn ask_caller(&self, call: Call, sink: &dyn CallSink) -> ToolResult {
+        let id = call.id;
+        let (tx, rx) = oneshot::channel();
+        *self.waiting.lock().unwrap_or_else(|p| p.into_inner()) = Some((id, tx));
+        // However the wait ends (answered, timed out, interrupted, the run stopped), the call
+        // no longer waits.
+        let _forget = Forget { toolbox: self, id };
+        sink.push_call(call)?;
+        rx.await
+            .unwrap_or_else(|_| Err("the run's caller is gone".into()))
+    }
+
+    async fn answer(
+        &self,
+        name: &str,
+        args: &str,
+        sink: &dyn CallSink,
+    ) -> std::result::Result<String, String> {
         let limits = self.tools.limits;
         let Some(tool) = self.tools.by_name.get(name) else {
             return Err(format!("no host function named {name:?}"));
@@ -232,8 +367,26 @@ impl ToolBox {
         if !args.is_object() {
             return Err(format!("{name}: arguments must be keyword arguments"));
         }
+        if let Err(e) = tool.schema.validate(&args) {
+            let at = e.instance_path().to_string();
+            return Err(match at.as_str() {
+                "" => format!("{name}: arguments: {e}"),
+                at => format!("{name}: argument {}: {e}", at.trim_start_matches('/')),
+            });
+        }
         let limit = Duration::from_millis(limits.call_ms);
-        let value = match tokio::time::timeout(limit, (tool.handler)(args)).await {
+        let answer: Pin<Box<dyn Future<Output = ToolResult> + Send + '_>> = match &tool.handler {
+            Handler::Closure(closure) => closure(args),
+            Handler::Caller => {
+                let call = Call {
+                    id: self.numbered.fetch_add(1, Ordering::Relaxed) + 1,
+                    name: name.to_owned(),
+                    args,
+                };
+                Box::pin(self.ask_caller(call, sink))
+            }
+        };
+        let value = match tokio::time::timeout(limit, answer).await {
             Ok(answer) => answer?,
             Err(_) => return Err(format!("{name}: no answer within {} ms", limits.call_ms)),
         };
@@ -246,5 +399,20 @@ impl ToolBox {
             ));
         }
         Ok(text)
+    }
+}
+
+/// Clears a declared function's call from [`ToolBox::waiting`] when its wait ends.
+struct Forget<'a> {
+    toolbox: &'a ToolBox,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        let mut waiting = (self.toolbox.waiting.lock()).unwrap_or_else(|p| p.into_inner());
+        if waiting.as_ref().is_some_and(|(id, _)| *id == self.id) {
+            *waiting = None;
+        }
     }
 }

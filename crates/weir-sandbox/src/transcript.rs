@@ -310,7 +310,8 @@ impl OutputLog {
                 self.push_doc(OutputDoc::ClearOutput { wait: *wait });
                 None
             }
-            Event::State(_) | Event::Cell(_) => None,
+            // Deterministic runs have no host functions (`Error::Tools`): no calls to record.
+            Event::State(_) | Event::Cell(_) | Event::Call(_) => None,
             Event::Exit(result) => Some(result.clone()),
         }
     }

@@ -124,6 +124,11 @@ async fn create_run(
     let owner = admitted.owner().to_string();
     let compile_scope = admitted.compile_scope();
     let Body(params) = admitted.body;
+    if !params.functions.is_empty() {
+        return Err(Error::BadRequest(
+            "functions: a one-shot run cannot wait for answers here; declare them on /ws".into(),
+        ));
+    }
     let record = params.record;
     let config = &state.config;
     let memory_given = params.limits.memory_bytes.is_some();

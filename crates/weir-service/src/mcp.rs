@@ -340,6 +340,7 @@ impl WeirMcp {
             record: false,
             runtime: args.runtime,
             return_files: Vec::new(),
+            functions: Vec::new(),
         };
         let config = &self.state.config;
         let memory_given = params.limits.memory_bytes.is_some();

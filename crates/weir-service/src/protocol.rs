@@ -78,6 +78,36 @@ pub struct RunParams {
     /// Globs of files in the working directory whose contents come back with the result.
     #[serde(default)]
     pub return_files: Vec<String>,
+    /// Functions the program may call, which the client answers (docs/code-mode.md).
+    #[serde(default)]
+    pub functions: Vec<FunctionParams>,
+}
+
+/// A function a client declares for its run: the guest calls it as `tools.NAME(**args)`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionParams {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// The JSON Schema of its keyword arguments; any object without one.
+    #[serde(default)]
+    pub parameters: Value,
+}
+
+/// The functions a client declares, as the sandbox takes them (`None` for none); the reason
+/// when one is refused (a bad name, a schema that cannot be used, too many).
+pub fn declared(functions: &[FunctionParams]) -> Result<Option<weir_sandbox::Tools>, String> {
+    if functions.is_empty() {
+        return Ok(None);
+    }
+    let mut tools = weir_sandbox::Tools::new();
+    for f in functions {
+        tools = tools
+            .declare(&f.name, &f.description, f.parameters.clone())
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(Some(tools))
 }
 
 /// `run`'s `deterministic` parameter.
@@ -128,6 +158,22 @@ struct RunIdParams {
     run_id: String,
 }
 
+/// `return`'s parameters: exactly one of `value` (any JSON, `null` included) and `error`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReturnParams {
+    run_id: String,
+    call_id: u64,
+    #[serde(default, deserialize_with = "present")]
+    value: Option<Value>,
+    error: Option<String>,
+}
+
+/// A field that is there, `null` included, reads as `Some`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct InputParams {
@@ -139,12 +185,31 @@ struct InputParams {
 #[derive(Debug, Clone)]
 pub enum Request {
     Run(Box<RunParams>),
-    Input { run_id: String, data: String },
-    Eof { run_id: String },
-    Stop { run_id: String },
-    Pause { run_id: String },
-    Resume { run_id: String },
-    Interrupt { run_id: String },
+    Input {
+        run_id: String,
+        data: String,
+    },
+    Eof {
+        run_id: String,
+    },
+    Stop {
+        run_id: String,
+    },
+    Pause {
+        run_id: String,
+    },
+    Resume {
+        run_id: String,
+    },
+    Interrupt {
+        run_id: String,
+    },
+    /// The answer to a `call`.
+    Return {
+        run_id: String,
+        call_id: u64,
+        result: weir_sandbox::ToolResult,
+    },
     Ping,
 }
 
@@ -240,11 +305,29 @@ fn request(method: &str, p: Value) -> Result<Request, (i64, String)> {
         "pause" => Request::Pause { run_id: with_id(p)? },
         "resume" => Request::Resume { run_id: with_id(p)? },
         "interrupt" => Request::Interrupt { run_id: with_id(p)? },
+        "return" => {
+            let r: ReturnParams = params(method, p)?;
+            let result = match (r.value, r.error) {
+                (Some(value), None) => Ok(value),
+                (None, Some(error)) => Err(error),
+                _ => {
+                    return Err((
+                        code::INVALID_PARAMS,
+                        "invalid params for return: give exactly one of value and error".into(),
+                    ))
+                }
+            };
+            Request::Return {
+                run_id: r.run_id,
+                call_id: r.call_id,
+                result,
+            }
+        }
         "ping" => Request::Ping,
         other => {
             return Err((
                 code::METHOD_NOT_FOUND,
-                format!("method not found: {other:?} (expected run, input, eof, stop, pause, resume, interrupt or ping)"),
+                format!("method not found: {other:?} (expected run, input, eof, stop, pause, resume, interrupt, return or ping)"),
             ))
         }
     })
@@ -296,6 +379,15 @@ pub fn display(run_id: &str, display: &weir_sandbox::Display) -> String {
 /// its next output arrives).
 pub fn clear_output(run_id: &str, wait: bool) -> String {
     notification("clear_output", json!({"run_id": run_id, "wait": wait}))
+}
+
+/// `call` notification: the program called a function the client declared; the client answers
+/// with `return`.
+pub fn call(run_id: &str, call: &weir_sandbox::Call) -> String {
+    notification(
+        "call",
+        json!({"run_id": run_id, "call_id": call.id, "name": call.name, "args": call.args}),
+    )
 }
 
 pub fn state(run_id: &str, state: RunState) -> String {
@@ -375,6 +467,33 @@ mod tests {
                 .request,
             Request::Ping
         ));
+    }
+
+    #[test]
+    fn a_return_carries_exactly_one_of_value_and_error() {
+        let parsed = |p: &str| {
+            parse(&format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"return","params":{p}}}"#
+            ))
+        };
+        let r = parsed(r#"{"run_id":"x","call_id":3,"value":null}"#).unwrap();
+        assert!(matches!(
+            r.request,
+            Request::Return {
+                call_id: 3,
+                result: Ok(Value::Null),
+                ..
+            }
+        ));
+        let r = parsed(r#"{"run_id":"x","call_id":4,"error":"no such city"}"#).unwrap();
+        assert!(matches!(r.request, Request::Return { result: Err(e), .. } if e == "no such city"));
+        for bad in [
+            r#"{"run_id":"x","call_id":5}"#,
+            r#"{"run_id":"x","call_id":5,"value":1,"error":"e"}"#,
+            r#"{"run_id":"x","call_id":-1,"value":1}"#,
+        ] {
+            assert_eq!(parsed(bad).unwrap_err().code, code::INVALID_PARAMS, "{bad}");
+        }
     }
 
     #[test]

@@ -180,6 +180,14 @@ impl Connection {
                 self.control(id, &run_id)?.resume();
                 Ok(json!(true))
             }
+            Request::Return {
+                run_id,
+                call_id,
+                result,
+            } => match self.control(id, &run_id)?.answer_call(call_id, result) {
+                Ok(()) => Ok(json!(true)),
+                Err(e) => Err(err(code::NOT_NOW, e.to_string())),
+            },
             Request::Interrupt { run_id } => match self.control(id, &run_id)?.interrupt() {
                 true => Ok(json!(true)),
                 false => Err(err(
@@ -218,6 +226,7 @@ impl Connection {
             Event::State(state) => Some(protocol::state(run.id(), state)),
             Event::Display(shown) => Some(protocol::display(run.id(), &shown)),
             Event::ClearOutput { wait } => Some(protocol::clear_output(run.id(), wait)),
+            Event::Call(call) => Some(protocol::call(run.id(), &call)),
             // Runs started here are never sessions: no cells end.
             Event::Cell(_) => None,
             Event::Exit(result) => {
@@ -278,7 +287,9 @@ impl Connection {
         let config = &self.app.config;
         let record = params.record;
         let memory_given = params.limits.memory_bytes.is_some();
+        let tools = protocol::declared(&params.functions).map_err(|e| (code::INVALID_PARAMS, e))?;
         let mut req = params.into_request(&config.limits, &config.max_limits);
+        req.tools = tools;
         self.app.runtime_defaults(&mut req, memory_given);
         req.compile_scope = self.compile_scope.clone();
         let run = TrackedRun::start(&self.app.books(), &self.user, req, record)

@@ -135,6 +135,17 @@ impl OutputQueue {
         Ok(())
     }
 
+    /// Queues a call to a function the run's caller answers behind the output so far, charged
+    /// its arguments' bytes and [`EVENT_BYTES`] of the cap.
+    pub fn push_call(&self, call: crate::tools::Call) -> Result<(), OutputLimitExceeded> {
+        let bytes = (call.args.to_string().len() + call.name.len()) as u64;
+        if !self.lock().budget.charge_image(bytes + EVENT_BYTES) {
+            return Err(OutputLimitExceeded);
+        }
+        self.push_marker(Event::Call(call));
+        Ok(())
+    }
+
     /// Queues a `clear_output` behind the output so far, charged [`EVENT_BYTES`] of the cap.
     pub fn push_clear(&self, wait: bool) -> Result<(), OutputLimitExceeded> {
         if !self.lock().budget.charge_image(EVENT_BYTES) {
@@ -288,5 +299,11 @@ impl OutputStream for GuestOutput {
             return Ok(0); // the guest then waits on `ready`, which yields once
         }
         Ok(self.queue.room())
+    }
+}
+
+impl crate::tools::CallSink for OutputQueue {
+    fn push_call(&self, call: crate::tools::Call) -> Result<(), String> {
+        OutputQueue::push_call(self, call).map_err(|_| "the run's output limit is reached".into())
     }
 }

@@ -221,7 +221,11 @@ impl Connection {
             }
             // Piston jobs are never sessions: no cells end. Piston's protocol carries no images.
             Some(
-                Event::State(_) | Event::Cell(_) | Event::Display(_) | Event::ClearOutput { .. },
+                Event::State(_)
+                | Event::Cell(_)
+                | Event::Display(_)
+                | Event::ClearOutput { .. }
+                | Event::Call(_),
             ) => Flow::Continue,
             Some(Event::Exit(result)) => {
                 let Some(mut run) = self.run.take() else {
