@@ -231,7 +231,7 @@ async fn stopping_a_run_drops_its_pending_call() {
 }
 
 #[tokio::test]
-async fn bad_function_names_and_deterministic_runs_are_refused() {
+async fn bad_function_names_are_refused() {
     let noop = |_: Value| async move { Ok(Value::Null) };
     for name in [
         "",
@@ -248,11 +248,127 @@ async fn bad_function_names_and_deterministic_runs_are_refused() {
         .add("f", "", json!({}), noop)
         .and_then(|t| t.add("f", "", json!({}), noop));
     assert!(twice.is_err());
-    let mut req = RunRequest::script("print(1)");
-    req.deterministic = Some(weir_sandbox::Seed(1));
-    req.tools = Some(toolbox(Arc::default()));
-    let refused = common::sandbox().start(req).await.err().expect("refused");
-    assert!(refused.to_string().contains("deterministic"), "{refused}");
+}
+
+const RECORDED: &str = "import random\n\
+    from weir import tools, ToolError\n\
+    print(tools.add(a=random.randint(1, 9), b=1) > 1)\n\
+    print(tools.echo(city='Oslo', n=None))\n\
+    print(tools.lookup(city='Oslo'))\n\
+    for f in (tools.fail, tools.nope, lambda: tools.echo(s='y' * 2000),\n\
+    \x20         lambda: tools.echo(last=True)):\n\
+    \x20   try:\n\
+    \x20       f()\n\
+    \x20   except ToolError as e:\n\
+    \x20       print('ToolError:', e)\n";
+
+/// Records `source` deterministically with `toolbox` and `lookup` (answered here).
+async fn record_with_tools(source: &str) -> weir_sandbox::Transcript {
+    let tools = toolbox(Arc::default())
+        .declare("lookup", "", json!({}))
+        .expect("valid")
+        .with_limits(ToolLimits {
+            max_calls: 6,
+            max_bytes: 1000,
+            ..ToolLimits::default()
+        });
+    let mut req = RunRequest::script(source);
+    req.close_stdin = true;
+    req.deterministic = Some(weir_sandbox::Seed(4));
+    req.record_input = true;
+    req.tools = Some(tools);
+    let mut handle = common::start(req.clone()).await;
+    let control = handle.control();
+    let mut log = weir_sandbox::OutputLog::default();
+    let mut result = None;
+    while let Some(event) = handle.next_event().await {
+        if let Event::Call(call) = &event {
+            control
+                .answer_call(call.id, Ok(json!({"temp": -3})))
+                .expect("answered");
+        }
+        if let Some(r) = log.observe(&event) {
+            result = Some(r);
+        }
+    }
+    let result = result.expect("exit");
+    let sandbox = common::sandbox();
+    let runtime = sandbox.runtime(Some(&result.runtime)).expect("its runtime");
+    weir_sandbox::Transcript::record(&req, runtime, &log, &result).expect("records")
+}
+
+#[tokio::test]
+async fn a_recorded_run_keeps_its_calls_and_replays_without_any_function() {
+    let t = record_with_tools(RECORDED).await;
+    let stdout =
+        String::from_utf8_lossy(&t.expected.stream_bytes(weir_sandbox::StreamKind::Stdout))
+            .into_owned();
+    assert_eq!(
+        stdout,
+        "True\n\
+         {'city': 'Oslo', 'n': None}\n\
+         {'temp': -3}\n\
+         ToolError: the weather service is down\n\
+         ToolError: no host function named \"nope\"\n\
+         ToolError: echo: arguments of 2009 bytes, over the 1000-byte limit\n\
+         ToolError: the run's 6 host-function calls are used up\n"
+    );
+    let calls = t.calls.clone().expect("calls recorded");
+    assert_eq!(calls.max_calls, 6);
+    let names: Vec<&str> = calls.made.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["add", "echo", "lookup", "fail", "nope", "echo"]);
+    assert_eq!(calls.made[2].value, Some(json!({"temp": -3})));
+    assert_eq!(
+        calls.made[3].error.as_deref(),
+        Some("the weather service is down")
+    );
+
+    // The replay answers from the transcript: no function is given, none is asked.
+    let replayed = weir_sandbox::replay(&common::sandbox(), &t)
+        .await
+        .expect("replays");
+    assert_eq!(weir_sandbox::compare(&t.expected, &replayed), None);
+    // And in another process, through `weir replay`.
+    let dir = tempfile::Builder::new()
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("tempdir");
+    let path = dir.path().join("calls.json");
+    std::fs::write(&path, t.to_json()).expect("written");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .arg("replay")
+        .arg(&path)
+        .output()
+        .expect("weir runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // A transcript whose answer was changed no longer replays as recorded.
+    let mut changed = t.clone();
+    changed.calls.as_mut().expect("calls").made[2].value = Some(json!({"temp": 30}));
+    let replayed = weir_sandbox::replay(&common::sandbox(), &changed)
+        .await
+        .expect("replays");
+    let report = weir_sandbox::compare(&changed.expected, &replayed).expect("differs");
+    assert!(report.contains("'temp': 30"), "{report}");
+    // A program that calls with other arguments than recorded is told so.
+    let mut other = t.clone();
+    other.program = weir_sandbox::ProgramDoc::Code {
+        code: "from weir import tools, ToolError\ntry:\n    tools.add(a=0, b=0)\nexcept ToolError as e:\n    print(e)\n".into(),
+    };
+    let replayed = weir_sandbox::replay(&common::sandbox(), &other)
+        .await
+        .expect("replays");
+    let printed = String::from_utf8_lossy(&replayed.stream_bytes(weir_sandbox::StreamKind::Stdout))
+        .into_owned();
+    assert!(
+        printed.starts_with(
+            "replay: the program called add({\"a\":0,\"b\":0}) where the transcript has add("
+        ),
+        "{printed}"
+    );
 }
 
 #[tokio::test]

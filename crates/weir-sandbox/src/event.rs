@@ -89,6 +89,9 @@ pub struct RunResult {
     pub peak_memory: usize,
     /// What the guest read from stdin, in order (when the request asked to record it).
     pub input_read: Option<ReadLog>,
+    /// The host-function calls the guest made, with their answers, and the calls it was
+    /// allowed (recorded runs only, `RunRequest::record_input`; for transcripts).
+    pub calls_made: Option<Box<crate::tools::CallsMade>>,
     /// The name of the runtime that ran it ([`crate::RuntimeInfo::name`]).
     pub runtime: String,
     /// The files [`crate::RunRequest::return_files`] asked for.

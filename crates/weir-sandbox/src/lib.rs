@@ -82,9 +82,10 @@ pub use snapshot::{Snapshot, MAX_SNAPSHOT_BYTES};
 pub use store::GuestState;
 pub use task::{sleep_until_opt, AbortOnDrop};
 pub use tools::{
-    Call, Tool, ToolFuture, ToolLimits, ToolResult, Tools, MAX_NAME_BYTES, MAX_SCHEMA_BYTES,
-    MAX_TOOLS,
+    Call, CallRecord, CallsMade, Tool, ToolFuture, ToolLimits, ToolResult, Tools, MAX_NAME_BYTES,
+    MAX_SCHEMA_BYTES, MAX_TOOLS,
 };
 pub use transcript::{
-    json_escaped_len, Data, DisplayDoc, Expected, OutputDoc, OutputLog, Transcript,
+    json_escaped_len, CallDoc, CallsDoc, Data, DisplayDoc, Expected, OutputDoc, OutputLog,
+    ProgramDoc, Transcript,
 };

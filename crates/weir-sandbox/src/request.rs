@@ -65,7 +65,8 @@ pub struct RunRequest {
     /// exists, is mounted read-only at [`crate::sandbox::SITE_DIR`] and searched for imports
     /// after the working directory.
     pub packages: Option<PathBuf>,
-    /// Keep what the guest read from stdin, in order, in the result (for transcripts).
+    /// Keep what the guest read from stdin and the host-function calls it made with their
+    /// answers, in order, in the result (for transcripts).
     pub record_input: bool,
     /// Give the guest exactly these reads first (replaying a transcript); when they run out
     /// (and `eof` is false) the guest waits for input as if the caller had sent nothing more.

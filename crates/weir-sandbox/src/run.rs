@@ -435,6 +435,7 @@ impl Driver {
             stdin_open: _stdin_open, // held until the run ends
             return_files,
             unlinked,
+            tools,
             ..
         } = self;
         let started = Instant::now();
@@ -477,6 +478,9 @@ impl Driver {
             fuel_consumed,
             peak_memory: peak,
             input_read: stdin.read_log(),
+            calls_made: (tools.as_ref())
+                .map(|t| Box::new(t.take_log()))
+                .filter(|calls| !calls.made.is_empty()),
             runtime: variant.runtime.info().name.clone(),
             files: settled.files,
         };

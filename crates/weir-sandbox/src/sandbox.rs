@@ -368,13 +368,6 @@ impl Sandbox {
             }
         }
         let return_files = crate::files::patterns(&req.return_files)?;
-        if req.deterministic.is_some() && req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-            return Err(Error::Tools(
-                "a deterministic run cannot call host functions: its transcript does not \
-                 record their answers"
-                    .into(),
-            ));
-        }
         let runtime = req.runtime.clone().or_else(|| self.auto_runtime(&req));
         let variant = self.variant(runtime.as_deref(), &limits).await?;
         let slot = self.take_slot()?;
@@ -599,7 +592,7 @@ impl Sandbox {
         host.output = Some(crate::launch::DisplayOutput(io.pipes.clone()));
         host.tools = (req.tools.clone())
             .filter(|tools| !tools.is_empty())
-            .map(|tools| Arc::new(crate::tools::ToolBox::new(tools)));
+            .map(|tools| Arc::new(crate::tools::ToolBox::new(tools, req.record_input)));
         if has_site {
             host.launch.path = vec![SITE_DIR.to_string()];
         }

@@ -102,6 +102,8 @@ pub struct Tools {
     by_name: BTreeMap<String, Tool>,
     /// The run's bounds on calling them.
     pub limits: ToolLimits,
+    /// A transcript's calls, answered in order instead of any function ([`Tools::replaying`]).
+    replay: Option<Arc<Mutex<std::collections::VecDeque<CallRecord>>>>,
 }
 
 impl std::fmt::Debug for Tools {
@@ -183,7 +185,21 @@ impl Tools {
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
+        self.by_name.is_empty() && self.replay.is_none()
+    }
+
+    /// The calls a recorded run made, answered again in order with their recorded results (a
+    /// replay needs no functions), `max_calls` as recorded. A call that is not the next recorded
+    /// one (another name or arguments) gets a `ToolError` saying so, and the replay differs.
+    pub fn replaying(max_calls: u32, made: Vec<CallRecord>) -> Self {
+        Tools {
+            by_name: BTreeMap::new(),
+            limits: ToolLimits {
+                max_calls,
+                ..ToolLimits::default()
+            },
+            replay: Some(Arc::new(Mutex::new(made.into()))),
+        }
     }
 
     /// These functions restricted to `names` (a run narrowing what its embedder offers).
@@ -194,6 +210,7 @@ impl Tools {
                 .map(|(name, tool)| (name.clone(), tool.clone()))
                 .collect(),
             limits: self.limits,
+            replay: self.replay.clone(),
         }
     }
 }
@@ -256,6 +273,28 @@ pub(crate) struct ToolBox {
     /// The call to a declared function waiting for [`ToolBox::answer_call`]: at most one, as
     /// the guest waits for each call.
     waiting: Mutex<Option<(u64, oneshot::Sender<ToolResult>)>>,
+    /// The calls answered so far, when the run is recorded (at most `max_calls`).
+    log: Option<Mutex<Vec<CallRecord>>>,
+}
+
+/// The calls a recorded run made, and the calls it was allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallsMade {
+    /// `ToolLimits::max_calls` of the run.
+    pub max_calls: u32,
+    /// Each answered call, in order.
+    pub made: Vec<CallRecord>,
+}
+
+/// One call as a transcript keeps it: what the guest asked and what it got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRecord {
+    /// The function's name.
+    pub name: String,
+    /// The arguments as the guest sent them (a JSON string when they were not JSON).
+    pub args: Value,
+    /// The value the call returned, or the message of the `ToolError` it raised.
+    pub result: ToolResult,
 }
 
 impl std::fmt::Debug for ToolBox {
@@ -285,12 +324,27 @@ pub(crate) trait CallSink: Send + Sync {
 }
 
 impl ToolBox {
-    pub(crate) fn new(tools: Tools) -> Self {
+    /// A run's functions; with `record`, every call that is answered is kept for its
+    /// transcript ([`ToolBox::take_log`]).
+    pub(crate) fn new(tools: Tools, record: bool) -> Self {
         ToolBox {
             tools,
             calls: AtomicU32::new(0),
             numbered: AtomicU64::new(0),
             waiting: Mutex::new(None),
+            log: record.then(|| Mutex::new(Vec::new())),
+        }
+    }
+
+    /// The calls answered so far (none unless the run is recorded), and the calls allowed.
+    pub(crate) fn take_log(&self) -> CallsMade {
+        let made = match &self.log {
+            Some(log) => std::mem::take(&mut *log.lock().unwrap_or_else(|p| p.into_inner())),
+            None => Vec::new(),
+        };
+        CallsMade {
+            max_calls: self.tools.limits.max_calls,
+            made,
         }
     }
 
@@ -345,16 +399,45 @@ impl ToolBox {
         args: &str,
         sink: &dyn CallSink,
     ) -> std::result::Result<String, String> {
+        let max_calls = self.tools.limits.max_calls;
+        // Every call counts, one to a function that does not exist too.
+        if self.calls.fetch_add(1, Ordering::Relaxed) >= max_calls {
+            return Err(format!(
+                "the run's {max_calls} host-function calls are used up"
+            ));
+        }
+        let answer = match &self.tools.replay {
+            Some(replay) => replayed(replay, name, args),
+            None => self.checked(name, args, sink).await,
+        };
+        if let Some(log) = &self.log {
+            let args = serde_json::from_str(args).unwrap_or_else(|_| Value::String(args.into()));
+            let result = match &answer {
+                Ok(text) => Ok(serde_json::from_str(text).unwrap_or(Value::Null)),
+                Err(why) => Err(why.clone()),
+            };
+            let record = CallRecord {
+                name: name.to_owned(),
+                args,
+                result,
+            };
+            log.lock().unwrap_or_else(|p| p.into_inner()).push(record);
+        }
+        answer
+    }
+
+    /// A call past the count: checked against the limits and the function's schema, then
+    /// answered by its closure or its caller.
+    async fn checked(
+        &self,
+        name: &str,
+        args: &str,
+        sink: &dyn CallSink,
+    ) -> std::result::Result<String, String> {
         let limits = self.tools.limits;
         let Some(tool) = self.tools.by_name.get(name) else {
             return Err(format!("no host function named {name:?}"));
         };
-        if self.calls.fetch_add(1, Ordering::Relaxed) >= limits.max_calls {
-            return Err(format!(
-                "the run's {} host-function calls are used up",
-                limits.max_calls
-            ));
-        }
         if args.len() > limits.max_bytes {
             return Err(format!(
                 "{name}: arguments of {} bytes, over the {}-byte limit",
@@ -414,5 +497,34 @@ impl Drop for Forget<'_> {
         if waiting.as_ref().is_some_and(|(id, _)| *id == self.id) {
             *waiting = None;
         }
+    }
+}
+
+/// The next recorded call's answer, if `name` and `args` are what it was called with.
+fn replayed(
+    made: &Mutex<std::collections::VecDeque<CallRecord>>,
+    name: &str,
+    args: &str,
+) -> std::result::Result<String, String> {
+    let args = serde_json::from_str(args).unwrap_or_else(|_| Value::String(args.into()));
+    let mut made = made.lock().unwrap_or_else(|p| p.into_inner());
+    match made.front() {
+        Some(next) if next.name == name && next.args == args => {}
+        Some(next) => {
+            return Err(format!(
+                "replay: the program called {name}({args}) where the transcript has {}({})",
+                next.name, next.args
+            ))
+        }
+        None => {
+            return Err(format!(
+                "replay: the program called {name}({args}) after the transcript's last call"
+            ))
+        }
+    }
+    match made.pop_front().map(|call| call.result) {
+        Some(Ok(value)) => Ok(value.to_string()),
+        Some(Err(why)) => Err(why),
+        None => Err("replay: no recorded call".into()),
     }
 }

@@ -53,6 +53,9 @@ pub struct Transcript {
     pub repl: bool,
     /// What the guest read from stdin.
     pub stdin: StdinDoc,
+    /// The host-function calls it made, with their answers (absent when it made none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calls: Option<CallsDoc>,
     /// What the run produced.
     pub expected: Expected,
 }
@@ -126,6 +129,75 @@ pub struct StdinDoc {
     /// The guest then read end of file.
     #[serde(default)]
     pub eof: bool,
+}
+
+/// The host-function calls a run made (`crate::Tools`), which its replay answers again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallsDoc {
+    /// Calls the run was allowed; those past it were refused without being answered.
+    pub max_calls: u32,
+    /// Each answered call, in order.
+    pub made: Vec<CallDoc>,
+}
+
+/// One call: the function, its arguments, and the value it returned or the error it raised.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallDoc {
+    /// The function's name.
+    pub name: String,
+    /// Its keyword arguments.
+    pub args: serde_json::Value,
+    /// What it returned (absent: `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<serde_json::Value>,
+    /// The message of the `ToolError` it raised instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl CallsDoc {
+    fn of(calls: &crate::tools::CallsMade) -> Self {
+        let made = calls
+            .made
+            .iter()
+            .map(|c| {
+                let (value, error) = match &c.result {
+                    Ok(serde_json::Value::Null) => (None, None),
+                    Ok(value) => (Some(value.clone()), None),
+                    Err(why) => (None, Some(why.clone())),
+                };
+                CallDoc {
+                    name: c.name.clone(),
+                    args: c.args.clone(),
+                    value,
+                    error,
+                }
+            })
+            .collect();
+        CallsDoc {
+            max_calls: calls.max_calls,
+            made,
+        }
+    }
+
+    /// The functions a replay gives the program: the recorded answers, in order.
+    fn tools(&self) -> crate::tools::Tools {
+        let made = self
+            .made
+            .iter()
+            .map(|c| crate::tools::CallRecord {
+                name: c.name.clone(),
+                args: c.args.clone(),
+                result: match &c.error {
+                    Some(why) => Err(why.clone()),
+                    None => Ok(c.value.clone().unwrap_or(serde_json::Value::Null)),
+                },
+            })
+            .collect();
+        crate::tools::Tools::replaying(self.max_calls, made)
+    }
 }
 
 /// What the run produced.
@@ -410,6 +482,7 @@ impl Transcript {
                 reads: input.chunks.iter().map(|c| Data::from_bytes(c)).collect(),
                 eof: input.eof,
             },
+            calls: result.calls_made.as_deref().map(CallsDoc::of),
             expected: Expected::of(output, result),
         })
     }
@@ -500,6 +573,7 @@ impl Transcript {
                 .collect::<Result<_, _>>()?,
             eof: self.stdin.eof,
         });
+        req.tools = self.calls.as_ref().map(CallsDoc::tools);
         Ok(req)
     }
 }

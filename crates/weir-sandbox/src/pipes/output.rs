@@ -52,7 +52,7 @@ struct QueueState {
 /// What waits in the queue: output, or an event that must reach the caller after it.
 enum Segment {
     Output(StreamKind, BytesMut),
-    Marker(Event),
+    Marker(Box<Event>),
 }
 
 impl OutputQueue {
@@ -116,7 +116,7 @@ impl OutputQueue {
                 Err(mpsc::error::TrySendError::Full(())) => {}
             }
         }
-        state.segments.push_back(Segment::Marker(event));
+        state.segments.push_back(Segment::Marker(Box::new(event)));
         drop(state);
         self.data.notify_one();
     }
@@ -176,7 +176,7 @@ impl OutputQueue {
         let mut state = self.lock();
         let (stream, data) = match state.segments.pop_front()? {
             Segment::Output(stream, data) => (stream, data),
-            Segment::Marker(event) => return Some(event),
+            Segment::Marker(event) => return Some(*event),
         };
         state.queued -= data.len();
         drop(state);

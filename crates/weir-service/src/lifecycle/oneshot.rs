@@ -78,6 +78,7 @@ fn vanished(runtime: String) -> RunResult {
         fuel_consumed: None,
         peak_memory: 0,
         input_read: None,
+        calls_made: None,
         runtime,
         files: Default::default(),
     }
