@@ -10,7 +10,7 @@ use crate::common;
 use crate::interrupt::{cell, session};
 use crate::sci;
 
-use crate::ws::{connect, recv, run, send, server};
+use crate::ws::{connect, post_json, recv, run, send, server};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -605,5 +605,128 @@ async fn a_ws_client_declares_functions_and_answers_their_calls() {
             assert_eq!(m["error"]["code"], json!(-32003), "{m}");
             break;
         }
+    }
+}
+
+/// The callback receiver (`tests/callbacks/receiver.py`) checking signatures with `key`, and
+/// its port. Killed when dropped.
+struct Receiver(std::process::Child, u16);
+
+impl Receiver {
+    fn start(key: &str) -> Self {
+        use std::io::BufRead;
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/callbacks/receiver.py");
+        let mut child = std::process::Command::new("python3")
+            .arg(script)
+            .arg(key)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs the receiver");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the receiver says its port");
+        let port = line
+            .trim()
+            .strip_prefix("port ")
+            .expect("port line")
+            .parse()
+            .expect("a port");
+        Receiver(child, port)
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_shot_runs_calls_go_to_its_signed_callback_and_failures_are_retried() {
+    let receiver = Receiver::start("the operator's key");
+    let hooks = format!("http://127.0.0.1:{}/hooks/", receiver.1);
+    let allow = hooks.clone();
+    let server = server(move |c| {
+        c.callbacks.allow = vec![allow];
+        c.callbacks.key = Some("the operator's key".into());
+        c.callbacks.timeout_ms = 1000;
+        c.callbacks.retries = 2;
+        c.limits.wall_ms = 30_000;
+    })
+    .await;
+    let functions = json!([
+        {"name": "add", "parameters": {"type": "object", "required": ["a", "b"]}},
+        {"name": "lookup"}, {"name": "flaky"}, {"name": "broken"}, {"name": "slow"}
+    ]);
+    let code = "from weir import tools, ToolError\n\
+        print(tools.add(a=2, b=40))\n\
+        for f in (lambda: tools.lookup(city='Atlantis'), tools.flaky, tools.broken, tools.slow,\n\
+        \x20         lambda: tools.add(a=1)):\n\
+        \x20   try:\n\
+        \x20       print(f())\n\
+        \x20   except ToolError as e:\n\
+        \x20       print('ToolError:', e)\n";
+    let body =
+        json!({"source": code, "functions": functions, "callback_url": format!("{hooks}weir")});
+    let r = post_json(&server, "/v1/runs", &body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let answer = r.json();
+    assert_eq!(
+        answer["stdout"],
+        "42\n\
+         ToolError: no such city: Atlantis\n\
+         answered on attempt 3\n\
+         ToolError: broken: the callback failed: HTTP 500 Internal Server Error\n\
+         ToolError: slow: the callback failed: no answer in time\n\
+         ToolError: add: arguments: \"b\" is a required property\n",
+        "{answer}"
+    );
+
+    // A server signing with another key: the receiver refuses every call.
+    let forged = crate::ws::server({
+        let allow = hooks.clone();
+        move |c| {
+            c.callbacks.allow = vec![allow];
+            c.callbacks.key = Some("another key".into());
+        }
+    })
+    .await;
+    let body = json!({"source": "from weir import tools\ntools.add(a=1, b=2)\n",
+        "functions": [{"name": "add"}], "callback_url": format!("{hooks}weir")});
+    let r = post_json(&forged, "/v1/runs", &body).await;
+    assert!(
+        r.json()["stderr"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("the callback answered HTTP 401"),
+        "{}",
+        r.body
+    );
+
+    // Callback URLs the operator does not allow, and functions without one, are refused.
+    for (body, why) in [
+        (
+            json!({"source": "1", "functions": [{"name": "f"}], "callback_url": "http://169.254.169.254/x"}),
+            "not one the operator allows",
+        ),
+        (
+            json!({"source": "1", "functions": [{"name": "f"}], "callback_url": format!("http://127.0.0.1:{}/elsewhere", receiver.1)}),
+            "not one the operator allows",
+        ),
+        (
+            json!({"source": "1", "functions": [{"name": "f"}]}),
+            "need a callback_url",
+        ),
+        (
+            json!({"source": "1", "callback_url": format!("{hooks}weir")}),
+            "without functions",
+        ),
+    ] {
+        let r = post_json(&server, "/v1/runs", &body).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert!(r.body.contains(why), "{body}: {}", r.body);
     }
 }

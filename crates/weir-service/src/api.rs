@@ -124,18 +124,29 @@ async fn create_run(
     let owner = admitted.owner().to_string();
     let compile_scope = admitted.compile_scope();
     let Body(params) = admitted.body;
-    if !params.functions.is_empty() {
-        return Err(Error::BadRequest(
-            "functions: a one-shot run cannot wait for answers here; declare them on /ws".into(),
-        ));
-    }
+    let callback = match (&params.callback_url, params.functions.is_empty()) {
+        (Some(url), false) => Some(state.callbacks.target(url).map_err(Error::BadRequest)?),
+        (None, true) => None,
+        (None, false) => {
+            return Err(Error::BadRequest(
+                "functions need a callback_url to send their calls to".into(),
+            ))
+        }
+        (Some(_), true) => {
+            return Err(Error::BadRequest(
+                "callback_url without functions: declare the functions it answers".into(),
+            ))
+        }
+    };
+    let tools = protocol::declared(&params.functions).map_err(Error::BadRequest)?;
     let record = params.record;
     let config = &state.config;
     let memory_given = params.limits.memory_bytes.is_some();
     let mut req = params.into_request(&config.limits, &config.max_limits);
+    req.tools = tools;
     state.runtime_defaults(&mut req, memory_given);
     req.compile_scope = compile_scope;
-    let finished = oneshot::execute(&state, &owner, req, record).await?;
+    let finished = oneshot::execute_with(&state, &owner, req, record, callback).await?;
     drop(admitted.slot);
     let result = &finished.result;
     let mut body = protocol::exit_params(

@@ -1,5 +1,6 @@
 //! Server configuration: embedded defaults, an optional TOML file, then flags / env vars.
 
+use crate::callbacks::CallbackConfig;
 use crate::history::HistoryConfig;
 use crate::snapshots::SnapshotConfig;
 use serde::{Deserialize, Serialize};
@@ -98,6 +99,8 @@ pub struct ServerConfig {
     pub snapshots: SnapshotConfig,
     /// Cluster mode: nodes sharing one PostgreSQL database (off without `database_url`).
     pub cluster: ClusterConfig,
+    /// Signed HTTP callbacks answering one-shot runs' functions (off without `allow` and a key).
+    pub callbacks: CallbackConfig,
 }
 
 /// `[runtimes.NAME]`: one runtime's settings.
@@ -176,6 +179,7 @@ impl Default for ServerConfig {
             history: HistoryConfig::default(),
             snapshots: SnapshotConfig::default(),
             cluster: ClusterConfig::default(),
+            callbacks: CallbackConfig::default(),
         }
     }
 }

@@ -7,7 +7,8 @@
 //!   [`cluster`] (a node's identity and its PostgreSQL settings), [`auth`] (tokens), [`history`]
 //!   (run history in SQLite, or PostgreSQL in cluster mode), [`registry`] (slots and `/ws`
 //!   logins, across nodes in cluster mode), [`metrics`], [`packages`] (the operator's
-//!   pure-Python packages, `weir packages`), [`protocol`] (weir's wire types);
+//!   pure-Python packages, `weir packages`), [`protocol`] (weir's wire types), [`callbacks`]
+//!   (signed HTTP callbacks that answer a one-shot run's declared functions);
 //! - a run's record: [`tracked`] (a started run and the one place its life is written down),
 //!   [`sessions`] (stateful sessions: tracked runs in cell mode, and their registry);
 //! - configuration and shared state: [`config`], [`state`] (what every handler shares);
@@ -22,6 +23,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod callbacks;
 pub mod cluster;
 pub mod config;
 pub mod durable;

@@ -341,6 +341,7 @@ impl WeirMcp {
             runtime: args.runtime,
             return_files: Vec::new(),
             functions: Vec::new(),
+            callback_url: None,
         };
         let config = &self.state.config;
         let memory_given = params.limits.memory_bytes.is_some();

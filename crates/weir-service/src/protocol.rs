@@ -81,6 +81,8 @@ pub struct RunParams {
     /// Functions the program may call, which the client answers (docs/code-mode.md).
     #[serde(default)]
     pub functions: Vec<FunctionParams>,
+    /// Where a one-shot run's calls are sent (`POST /v1/runs`; the operator allows it).
+    pub callback_url: Option<String>,
 }
 
 /// A function a client declares for its run: the guest calls it as `tools.NAME(**args)`.

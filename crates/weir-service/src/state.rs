@@ -47,6 +47,8 @@ pub struct AppState {
     pub sessions: Arc<Sessions>,
     /// Stored session snapshots (`/v1/snapshots`).
     pub snapshots: Arc<Snapshots>,
+    /// Where one-shot runs' calls go (`crate::callbacks`).
+    pub callbacks: Arc<crate::callbacks::Callbacks>,
     /// Durable sessions' saves (`crate::durable`); `None` when their store could not be opened.
     pub durable: Option<Arc<DurableStore>>,
     /// Held while a durable session is taken over from a node that died.
@@ -132,6 +134,7 @@ impl AppState {
             (config.snapshot_dir(), config.snapshots.clone());
         AppState {
             slots: Arc::new(Semaphore::new(config.max_sessions)),
+            callbacks: Arc::new(crate::callbacks::Callbacks::new(&config.callbacks)),
             config,
             sandbox,
             metrics: Arc::new(Metrics::default()),

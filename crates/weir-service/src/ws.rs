@@ -287,6 +287,12 @@ impl Connection {
         let config = &self.app.config;
         let record = params.record;
         let memory_given = params.limits.memory_bytes.is_some();
+        if params.callback_url.is_some() {
+            return Err((
+                code::INVALID_PARAMS,
+                "callback_url is for POST /v1/runs: a /ws client answers calls itself".into(),
+            ));
+        }
         let tools = protocol::declared(&params.functions).map_err(|e| (code::INVALID_PARAMS, e))?;
         let mut req = params.into_request(&config.limits, &config.max_limits);
         req.tools = tools;

@@ -7,8 +7,8 @@ use crate::error::Error;
 use crate::state::AppState;
 use crate::tracked::TrackedRun;
 use std::time::Duration;
-use weir_sandbox::Outcome;
 use weir_sandbox::{Collected, RunRequest, RunResult};
+use weir_sandbox::{Event, Outcome};
 
 /// A run that has ended.
 pub struct Finished {
@@ -31,8 +31,21 @@ pub struct Finished {
 pub async fn execute(
     app: &AppState,
     user: &str,
+    req: RunRequest,
+    record: bool,
+) -> Result<Finished, Error> {
+    execute_with(app, user, req, record, None).await
+}
+
+/// [`execute`], with the run's calls to the functions it declared sent to `callback`
+/// (`crate::callbacks`) and answered with the receiver's answer. Without one, a call waits
+/// for its time limit.
+pub async fn execute_with(
+    app: &AppState,
+    user: &str,
     mut req: RunRequest,
     record: bool,
+    callback: Option<reqwest::Url>,
 ) -> Result<Finished, Error> {
     req.close_stdin = true;
     let mut run = TrackedRun::start(&app.books(), user, req, record).await?;
@@ -49,6 +62,26 @@ pub async fn execute(
             }
         };
         let Some(event) = event else { break };
+        if let (Event::Call(call), Some(url)) = (&event, &callback) {
+            let id = run.id().to_string();
+            let answer = app.callbacks.call(url, &id, call);
+            tokio::pin!(answer);
+            // The callback is bounded by its attempts' time limits; at the end of the shutdown
+            // grace period the run stops instead.
+            let answered = loop {
+                tokio::select! {
+                    result = &mut answer => break Some(result),
+                    notice = shutdown.next() => if notice == Notice::GraceOver {
+                        run.stop_for_shutdown();
+                        break None;
+                    },
+                }
+            };
+            if let Some(result) = answered {
+                // The call may have timed out meanwhile: its guest has its ToolError.
+                let _ = run.control().answer_call(call.id, result);
+            }
+        }
         collected.push(event);
     }
     let result = collected
