@@ -1,6 +1,7 @@
 //! Host-function figures (`weir_sandbox::Tools`): a guest's `tools.NAME(...)` round trip in the
 //! library, timed inside the guest over many calls, beside an ordinary Python function call in
-//! the same run.
+//! the same run; and over `/ws`, where a client answers each call (`weir serve` in a process
+//! of its own, the client in this one), beside the library's.
 
 use crate::measure::row;
 use serde_json::{json, Value};
@@ -49,5 +50,57 @@ pub async fn rows(sandbox: &Sandbox) -> anyhow::Result<()> {
         &format!("{:.2} µs (a Python function)", micros[3]),
         "<= 20 µs",
     );
+    let over_ws = ws_round_trip().await?;
+    row(
+        "host function round trip over /ws (the client answers `call` with `return`), per call",
+        format!("{:.3} ms", over_ws / 1000.0),
+        &format!("{:.1} µs (in the library)", micros[2]),
+        "<= 0.3 ms",
+    );
     Ok(())
+}
+
+/// Calls over `/ws` per sample, after as many to warm up.
+const WS_CALLS: usize = 500;
+
+/// A `/ws` client's run calling `echo` [`WS_CALLS`] times twice, each call answered as it comes;
+/// the second batch's time per call, µs, timed inside the guest.
+async fn ws_round_trip() -> anyhow::Result<f64> {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let server = crate::ws::Server::start(4).await?;
+    let mut ws = crate::ws::connect(&server).await?;
+    let program = "import time\nfrom weir import tools\n\
+        for _ in range(2):\n\
+        \x20   t = time.perf_counter()\n\
+        \x20   for i in range(CALLS):\n\
+        \x20       tools.echo(i=i)\n\
+        \x20   print((time.perf_counter() - t) / CALLS * 1e6)\n"
+        .replace("CALLS", &WS_CALLS.to_string());
+    let run = json!({"jsonrpc": "2.0", "id": 1, "method": "run", "params": {
+        "source": program, "functions": [{"name": "echo"}], "limits": {"wall_ms": 60_000}}});
+    ws.send(Message::Text(run.to_string().into())).await?;
+    let mut printed = Vec::new();
+    loop {
+        let m = crate::ws::next_json(&mut ws).await?;
+        match m["method"].as_str() {
+            Some("call") => {
+                let p = &m["params"];
+                let answer = json!({"jsonrpc": "2.0", "method": "return", "params": {
+                    "run_id": p["run_id"], "call_id": p["call_id"], "value": p["args"]}});
+                ws.send(Message::Text(answer.to_string().into())).await?;
+            }
+            Some("output") => printed.extend(
+                (m["params"]["data"].as_str().unwrap_or_default().lines())
+                    .filter_map(|l| l.trim().parse::<f64>().ok()),
+            ),
+            Some("exit") => break,
+            _ => {}
+        }
+    }
+    server.stop().await;
+    match printed[..] {
+        [_, second] => Ok(second),
+        _ => anyhow::bail!("the /ws host-function bench printed {printed:?}"),
+    }
 }

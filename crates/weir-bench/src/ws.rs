@@ -107,7 +107,7 @@ impl Server {
     }
 }
 
-async fn connect(server: &Server) -> anyhow::Result<Ws> {
+pub(crate) async fn connect(server: &Server) -> anyhow::Result<Ws> {
     connect_to(&server.addr).await
 }
 
@@ -120,7 +120,7 @@ async fn connect_to(addr: &str) -> anyhow::Result<Ws> {
     )
 }
 
-async fn next_json(ws: &mut Ws) -> anyhow::Result<Value> {
+pub(crate) async fn next_json(ws: &mut Ws) -> anyhow::Result<Value> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t)?),
