@@ -43,20 +43,38 @@ async fn the_official_sdk_runs_python_over_stdio() {
     .await
     .unwrap();
     assert_steps(&out);
+    assert!(
+        out.contains("ok - refuses functions without a callback the operator allows"),
+        "{out}"
+    );
 }
 
 #[tokio::test]
 async fn the_official_sdk_runs_python_over_streamable_http() {
-    let server = server(|_| {}).await;
+    let receiver = crate::tools::Receiver::start("mcp key");
+    let hooks = format!("http://127.0.0.1:{}/hooks/", receiver.1);
+    let allow = hooks.clone();
+    let server = server(move |c| {
+        c.callbacks.allow = vec![allow];
+        c.callbacks.key = Some("mcp key".into());
+    })
+    .await;
     let url = format!("http://{}/mcp", server.addr);
-    let out = tokio::task::spawn_blocking(move || node::node("mcp_client.mjs", &["http", &url]))
-        .await
-        .unwrap();
+    let callback = format!("{hooks}mcp");
+    let out = tokio::task::spawn_blocking(move || {
+        node::node("mcp_client.mjs", &["http", &url, &callback])
+    })
+    .await
+    .unwrap();
     assert_steps(&out);
+    assert!(
+        out.contains("ok - calls the functions it declares through the operator's callback"),
+        "{out}"
+    );
     let (_, metrics) = http_get(&server, "/metrics").await;
     assert!(
-        metrics.contains("weir_runs_started_total 10"),
-        "every tool call that started a run is counted (6 of 7 run_python calls, 2 sessions, \
+        metrics.contains("weir_runs_started_total 11"),
+        "every tool call that started a run is counted (7 of 8 run_python calls, 2 sessions, \
          1 fork, 1 restore):\n{metrics}"
     );
     // The closed session's instance is freed once its run's task has ended, just after the

@@ -610,10 +610,10 @@ async fn a_ws_client_declares_functions_and_answers_their_calls() {
 
 /// The callback receiver (`tests/callbacks/receiver.py`) checking signatures with `key`, and
 /// its port. Killed when dropped.
-struct Receiver(std::process::Child, u16);
+pub(crate) struct Receiver(std::process::Child, pub(crate) u16);
 
 impl Receiver {
-    fn start(key: &str) -> Self {
+    pub(crate) fn start(key: &str) -> Self {
         use std::io::BufRead;
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/callbacks/receiver.py");
         let mut child = std::process::Command::new("python3")

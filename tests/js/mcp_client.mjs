@@ -1,5 +1,7 @@
 // weir's MCP server driven by the official MCP TypeScript SDK (@modelcontextprotocol/sdk).
-// Usage: node mcp_client.mjs stdio WEIR_BINARY [ARGS of `weir mcp`…] | node mcp_client.mjs http URL
+// Usage: node mcp_client.mjs stdio WEIR_BINARY [ARGS of `weir mcp`…] | node mcp_client.mjs http URL [CALLBACK_URL]
+// With a CALLBACK_URL (one the server allows, answered by tests/callbacks/receiver.py), a run's
+// functions are called through it; without one, declaring functions is refused.
 // Prints one line per passed step; exits 1 with the failing step's reason on the first failure.
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
@@ -11,6 +13,7 @@ const transport =
     ? new StdioClientTransport({ command: target, args: ["mcp", ...extra], stderr: "inherit" })
     : new StreamableHTTPClientTransport(new URL(target));
 const client = new Client({ name: "weir-test", version: "1.0.0" });
+const callbackUrl = mode === "http" ? extra[0] : undefined;
 
 let current = "start";
 async function step(name, body) {
@@ -98,6 +101,32 @@ try {
     }
     if (!resources.every((r) => r.uri.startsWith("weir://display/"))) throw new Error(JSON.stringify(resources));
   });
+
+  if (callbackUrl) {
+    await step("calls the functions it declares through the operator's callback", async () => {
+      const result = await run({
+        code: "from weir import tools, ToolError\nprint(tools.add(a=2, b=40))\n" +
+          "try:\n    tools.lookup(city='Atlantis')\nexcept ToolError as e:\n    print(e)\n",
+        functions: [
+          { name: "add", description: "Adds.", parameters: { type: "object", required: ["a", "b"] } },
+          { name: "lookup" },
+        ],
+        callback_url: callbackUrl,
+      });
+      const out = text(result);
+      if (result.isError || !out.includes("42\nno such city: Atlantis\n")) throw new Error(out);
+    });
+  } else {
+    await step("refuses functions without a callback the operator allows", async () => {
+      const result = await run({
+        code: "print(1)",
+        functions: [{ name: "add" }],
+        callback_url: "http://127.0.0.1:9/hooks",
+      });
+      const out = text(result);
+      if (!result.isError || !out.includes("callbacks are off")) throw new Error(out);
+    });
+  }
 
   await step("refuses an unknown runtime by name", async () => {
     const result = await run({ code: "print(1)", runtime: "cobol" });

@@ -124,20 +124,9 @@ async fn create_run(
     let owner = admitted.owner().to_string();
     let compile_scope = admitted.compile_scope();
     let Body(params) = admitted.body;
-    let callback = match (&params.callback_url, params.functions.is_empty()) {
-        (Some(url), false) => Some(state.callbacks.target(url).map_err(Error::BadRequest)?),
-        (None, true) => None,
-        (None, false) => {
-            return Err(Error::BadRequest(
-                "functions need a callback_url to send their calls to".into(),
-            ))
-        }
-        (Some(_), true) => {
-            return Err(Error::BadRequest(
-                "callback_url without functions: declare the functions it answers".into(),
-            ))
-        }
-    };
+    let callback = (state.callbacks)
+        .for_run(params.callback_url.as_deref(), !params.functions.is_empty())
+        .map_err(Error::BadRequest)?;
     let tools = protocol::declared(&params.functions).map_err(Error::BadRequest)?;
     let record = params.record;
     let config = &state.config;

@@ -77,6 +77,23 @@ impl Callbacks {
         }
     }
 
+    /// Where a run's calls go: `url`, when the run declares functions (`declares`) and the
+    /// operator allows it; none when it names neither; otherwise why not.
+    pub fn for_run(
+        &self,
+        url: Option<&str>,
+        declares: bool,
+    ) -> Result<Option<reqwest::Url>, String> {
+        match (url, declares) {
+            (Some(url), true) => self.target(url).map(Some),
+            (None, false) => Ok(None),
+            (None, true) => Err("functions need a callback_url to send their calls to".into()),
+            (Some(_), false) => {
+                Err("callback_url without functions: declare the functions it answers".into())
+            }
+        }
+    }
+
     /// `url` as a callback target, or why the operator does not allow it.
     pub fn target(&self, url: &str) -> Result<reqwest::Url, String> {
         if self.key.is_none() || self.config.allow.is_empty() {

@@ -10,7 +10,7 @@ use crate::lifecycle::error::Text;
 use crate::lifecycle::oneshot::{self, Finished};
 use crate::lifecycle::session;
 use crate::lifecycle::EndedBy;
-use crate::protocol::{LimitParams, RunParams};
+use crate::protocol::{self, FunctionParams, LimitParams, RunParams};
 use crate::sessions::{CellReport, Session};
 use crate::state::AppState;
 use axum::extract::{Request, State};
@@ -46,6 +46,25 @@ pub struct RunPython {
     pub timeout_ms: Option<u64>,
     /// The runtime to run in, by name or alias; the server's default without one.
     pub runtime: Option<String>,
+    /// Functions the program may call as `from weir import tools; tools.NAME(**kwargs)`,
+    /// answered by `callback_url` (which the server's operator must allow).
+    #[serde(default)]
+    pub functions: Vec<Function>,
+    /// Where the program's calls to `functions` are sent, signed (docs/code-mode.md).
+    pub callback_url: Option<String>,
+}
+
+/// A function `run_python`'s program may call.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct Function {
+    /// Its name: a Python identifier starting with a letter.
+    pub name: String,
+    /// What it does.
+    #[serde(default)]
+    pub description: String,
+    /// The JSON Schema of its keyword arguments; any object without one.
+    #[serde(default)]
+    pub parameters: serde_json::Value,
 }
 
 /// `session_create`'s arguments.
@@ -317,7 +336,10 @@ impl WeirMcp {
                        the server's instructions), no network, a fresh empty working \
                        directory per run (pass extra files in `files`); nothing persists between \
                        calls. Print what you want to see. Limits: wall time (`timeout_ms`, capped \
-                       by the server), memory and output; a run that hits one says which."
+                       by the server), memory and output; a run that hits one says which. \
+                       With `functions` and a `callback_url` the operator allows, the program \
+                       calls them as `from weir import tools; tools.NAME(**kwargs)`, each call \
+                       answered by the callback."
     )]
     async fn run_python(
         &self,
@@ -340,17 +362,34 @@ impl WeirMcp {
             record: false,
             runtime: args.runtime,
             return_files: Vec::new(),
-            functions: Vec::new(),
-            callback_url: None,
+            functions: (args.functions.into_iter())
+                .map(|f| FunctionParams {
+                    name: f.name,
+                    description: f.description,
+                    parameters: f.parameters,
+                })
+                .collect(),
+            callback_url: args.callback_url,
+        };
+        let callbacks = &self.state.callbacks;
+        let callback =
+            match callbacks.for_run(params.callback_url.as_deref(), !params.functions.is_empty()) {
+                Ok(callback) => callback,
+                Err(why) => return Ok(answer(false, why)),
+            };
+        let tools = match protocol::declared(&params.functions) {
+            Ok(tools) => tools,
+            Err(why) => return Ok(answer(false, why)),
         };
         let config = &self.state.config;
         let memory_given = params.limits.memory_bytes.is_some();
         let mut req = params.into_request(&config.limits, &config.max_limits);
+        req.tools = tools;
         self.state.runtime_defaults(&mut req, memory_given);
         req.compile_scope = weir_sandbox::CompileScope::of(user.as_deref(), None);
         let owner = user.as_deref().unwrap_or(ANONYMOUS);
         let run = async {
-            match oneshot::execute(&self.state, owner, req, false).await {
+            match oneshot::execute_with(&self.state, owner, req, false, callback).await {
                 Ok(finished) => tool_result(&finished),
                 Err(e) => answer(false, format!("the run could not start: {e}")),
             }
