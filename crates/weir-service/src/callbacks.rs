@@ -53,7 +53,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 pub struct Callbacks {
     config: CallbackConfig,
     key: Option<Vec<u8>>,
-    client: reqwest::Client,
+    /// `None` when it could not be built (callbacks are then off, as logged).
+    client: Option<reqwest::Client>,
 }
 
 impl Callbacks {
@@ -69,7 +70,8 @@ impl Callbacks {
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_millis(config.timeout_ms))
             .build()
-            .unwrap_or_default();
+            .map_err(|e| tracing::error!(error = %e, "callbacks are off: no HTTP client"))
+            .ok();
         Callbacks {
             config: config.clone(),
             key,
@@ -96,7 +98,7 @@ impl Callbacks {
 
     /// `url` as a callback target, or why the operator does not allow it.
     pub fn target(&self, url: &str) -> Result<reqwest::Url, String> {
-        if self.key.is_none() || self.config.allow.is_empty() {
+        if self.key.is_none() || self.config.allow.is_empty() || self.client.is_none() {
             return Err("callbacks are off on this server ([callbacks] allow and key)".into());
         }
         let parsed = reqwest::Url::parse(url).map_err(|e| format!("callback_url: {e}"))?;
@@ -147,8 +149,10 @@ impl Callbacks {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or_default();
-        let request = self
-            .client
+        let Some(client) = &self.client else {
+            return Attempt::Answered(Err("callbacks are off on this server".into()));
+        };
+        let request = client
             .post(url.clone())
             .header("content-type", "application/json")
             .header("x-weir-timestamp", timestamp.to_string())
