@@ -59,13 +59,6 @@ pub struct Tool {
     handler: Handler,
 }
 
-impl Tool {
-    /// Whether the run's caller answers it (it was declared, [`Tools::declare`]).
-    pub fn answered_by_caller(&self) -> bool {
-        matches!(self.handler, Handler::Caller)
-    }
-}
-
 impl std::fmt::Debug for Tool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tool")
@@ -411,7 +404,7 @@ impl ToolBox {
             None => self.checked(name, args, sink).await,
         };
         if let Some(log) = &self.log {
-            let args = serde_json::from_str(args).unwrap_or_else(|_| Value::String(args.into()));
+            let args = args_value(args);
             let result = match &answer {
                 Ok(text) => Ok(serde_json::from_str(text).unwrap_or(Value::Null)),
                 Err(why) => Err(why.clone()),
@@ -506,25 +499,26 @@ fn replayed(
     name: &str,
     args: &str,
 ) -> std::result::Result<String, String> {
-    let args = serde_json::from_str(args).unwrap_or_else(|_| Value::String(args.into()));
+    let args = args_value(args);
     let mut made = made.lock().unwrap_or_else(|p| p.into_inner());
-    match made.front() {
-        Some(next) if next.name == name && next.args == args => {}
+    match made.pop_front() {
+        Some(next) if next.name == name && next.args == args => next.result.map(|v| v.to_string()),
         Some(next) => {
-            return Err(format!(
+            let why = format!(
                 "replay: the program called {name}({args}) where the transcript has {}({})",
                 next.name, next.args
-            ))
+            );
+            made.push_front(next);
+            Err(why)
         }
-        None => {
-            return Err(format!(
-                "replay: the program called {name}({args}) after the transcript's last call"
-            ))
-        }
+        None => Err(format!(
+            "replay: the program called {name}({args}) after the transcript's last call"
+        )),
     }
-    match made.pop_front().map(|call| call.result) {
-        Some(Ok(value)) => Ok(value.to_string()),
-        Some(Err(why)) => Err(why),
-        None => Err("replay: no recorded call".into()),
-    }
+}
+
+/// A call's arguments as a transcript keeps them: their JSON, or the text as a JSON string when
+/// it is not JSON.
+fn args_value(args: &str) -> Value {
+    serde_json::from_str(args).unwrap_or_else(|_| Value::String(args.into()))
 }

@@ -382,7 +382,8 @@ impl OutputLog {
                 self.push_doc(OutputDoc::ClearOutput { wait: *wait });
                 None
             }
-            // Deterministic runs have no host functions (`Error::Tools`): no calls to record.
+            // A recorded run's calls come with its result (`RunResult::calls_made`): a call to a
+            // declared function is answered, not output.
             Event::State(_) | Event::Cell(_) | Event::Call(_) => None,
             Event::Exit(result) => Some(result.clone()),
         }

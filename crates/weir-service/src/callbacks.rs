@@ -220,28 +220,19 @@ fn describe(e: &reqwest::Error) -> String {
     }
 }
 
-/// The receiver's JSON answer: exactly one of `value` and `error`.
+/// The receiver's JSON answer: exactly one of `value` and `error`, as `return` takes it.
 fn answer(bytes: &[u8]) -> ToolResult {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Answer {
-        #[serde(default, deserialize_with = "present")]
+        #[serde(default, deserialize_with = "crate::protocol::present")]
         value: Option<Value>,
         error: Option<String>,
     }
-    fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-        Value::deserialize(d).map(Some)
-    }
     match serde_json::from_slice::<Answer>(bytes) {
-        Ok(Answer {
-            value: Some(value),
-            error: None,
-        }) => Ok(value),
-        Ok(Answer {
-            value: None,
-            error: Some(error),
-        }) => Err(error),
-        Ok(_) => Err("the callback's answer must hold exactly one of value and error".into()),
+        Ok(a) => crate::protocol::call_answer(a.value, a.error).unwrap_or_else(|| {
+            Err("the callback's answer must hold exactly one of value and error".into())
+        }),
         Err(e) => Err(format!(
             "the callback's answer is not JSON of value or error: {e}"
         )),

@@ -172,8 +172,21 @@ struct ReturnParams {
 }
 
 /// A field that is there, `null` included, reads as `Some`.
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+pub(crate) fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
     Value::deserialize(d).map(Some)
+}
+
+/// An answer to a call from its `value` and `error` fields (`return`'s, a callback's): `None`
+/// unless exactly one is there.
+pub(crate) fn call_answer(
+    value: Option<Value>,
+    error: Option<String>,
+) -> Option<weir_sandbox::ToolResult> {
+    match (value, error) {
+        (Some(value), None) => Some(Ok(value)),
+        (None, Some(error)) => Some(Err(error)),
+        _ => None,
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -309,15 +322,11 @@ fn request(method: &str, p: Value) -> Result<Request, (i64, String)> {
         "interrupt" => Request::Interrupt { run_id: with_id(p)? },
         "return" => {
             let r: ReturnParams = params(method, p)?;
-            let result = match (r.value, r.error) {
-                (Some(value), None) => Ok(value),
-                (None, Some(error)) => Err(error),
-                _ => {
-                    return Err((
-                        code::INVALID_PARAMS,
-                        "invalid params for return: give exactly one of value and error".into(),
-                    ))
-                }
+            let Some(result) = call_answer(r.value, r.error) else {
+                return Err((
+                    code::INVALID_PARAMS,
+                    "invalid params for return: give exactly one of value and error".into(),
+                ));
             };
             Request::Return {
                 run_id: r.run_id,

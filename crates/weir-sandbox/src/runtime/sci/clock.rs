@@ -173,10 +173,8 @@ fn add_poll(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
 fn virtual_timer(memory: &[u8], subs: u32, n: u32, now: u64) -> Option<(u64, u64)> {
     let mut first: Option<(u64, u64)> = None;
     for k in 0..n as usize {
-        let at = (subs as usize).checked_add(k.checked_mul(SUBSCRIPTION)?)?;
-        let sub = memory.get(at..at.checked_add(SUBSCRIPTION)?)?;
-        let word =
-            |from: usize| u64::from_le_bytes(sub[from..from + 8].try_into().unwrap_or_default());
+        let sub = subscription(memory, subs, k)?;
+        let word = |from: usize| u64_at(sub, from);
         if sub[8] != 0 {
             return None;
         }
@@ -210,10 +208,22 @@ const EVENT: usize = 32;
 /// The `userdata` of the first timer among the `n` subscriptions at `subs`, if there is one.
 fn first_timer(memory: &[u8], subs: u32, n: u32) -> Option<u64> {
     (0..n as usize).find_map(|k| {
-        let at = (subs as usize).checked_add(k.checked_mul(SUBSCRIPTION)?)?;
-        let sub = memory.get(at..at.checked_add(SUBSCRIPTION)?)?;
-        (sub[8] == 0).then(|| u64::from_le_bytes(sub[..8].try_into().unwrap_or_default()))
+        let sub = subscription(memory, subs, k)?;
+        (sub[8] == 0).then(|| u64_at(sub, 0))
     })
+}
+
+/// The `k`th of the subscriptions at `subs` ([`SUBSCRIPTION`] bytes), if it is in `memory`.
+fn subscription(memory: &[u8], subs: u32, k: usize) -> Option<&[u8]> {
+    let at = (subs as usize).checked_add(k.checked_mul(SUBSCRIPTION)?)?;
+    memory.get(at..at.checked_add(SUBSCRIPTION)?)
+}
+
+/// The little-endian `u64` at `at` in a subscription (0 past its end).
+fn u64_at(sub: &[u8], at: usize) -> u64 {
+    sub.get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
 }
 
 /// Writes `value` at `at`; the errno (0, or a fault).
