@@ -572,6 +572,236 @@ class _Tools:
 tools = _Tools()
 
 
+# ------------------------------------------------------------------ the network, through the host
+#
+# The guest has no socket. `http.client` (and `urllib.request` on it) reaches the network
+# through the host: a connection's socket is a `_HostSocket`, which gathers the request's bytes
+# as `http.client` writes them and, once the request is whole, sends it to the host as a call to
+# the reserved function `_http`; the host checks it against the run's allowlist, makes it and
+# answers with the response, which `http.client` reads as a server's. TLS is the host's: the
+# guest has no `ssl`, and its `http.client.HTTPSConnection` is a connection the host makes over
+# HTTPS. Redirects are followed by `urllib.request`, each one a new request the host checks.
+
+
+class NetworkError(ConnectionError):
+    """The host did not make a network request (not allowed, over a limit, failed): why."""
+
+
+class _HostSocket:
+    """What `http.client` takes for a connected socket: whole requests in, responses out."""
+
+    def __init__(self, scheme, host, port):
+        self._where = (scheme, host, port)
+        self._out = bytearray()
+        self._answers = []
+
+    def sendall(self, data):
+        self._out += data
+        whole = _whole_request(self._out)
+        if whole is not None:
+            request, used = whole
+            del self._out[:used]
+            self._answers.append(_exchange(self._where, *request))
+
+    def send(self, data):
+        self.sendall(data)
+        return len(data)
+
+    def makefile(self, mode="rb", buffering=None):
+        import io
+
+        if not self._answers:
+            raise NetworkError("a response was read before its request was sent whole")
+        return io.BytesIO(self._answers.pop(0))
+
+    def setsockopt(self, *args):
+        pass
+
+    def settimeout(self, timeout):
+        pass
+
+    def close(self):
+        pass
+
+
+def _whole_request(buffer):
+    """The first whole request in `buffer` (request line, headers, body) and the bytes it took,
+    or `None` while it is not whole."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = bytes(buffer[:end]).decode("latin-1").split("\r\n")
+    headers, length, chunked = [], 0, False
+    for line in head[1:]:
+        name, _, value = line.partition(":")
+        name, value = name.strip(), value.strip()
+        if name.lower() == "content-length" and value.isdigit():
+            length = int(value)
+        elif name.lower() == "transfer-encoding" and "chunked" in value.lower():
+            chunked = True
+        headers.append([name, value])
+    rest = bytes(buffer[end + 4:])
+    if chunked:
+        body, used = _dechunk(rest)
+        if body is None:
+            return None
+    elif len(rest) < length:
+        return None
+    else:
+        body, used = rest[:length], length
+    return (head[0], headers, body), end + 4 + used
+
+
+def _dechunk(data):
+    """A chunked body and the bytes it took, or `(None, 0)` while its last chunk is missing."""
+    body, at = bytearray(), 0
+    while True:
+        eol = data.find(b"\r\n", at)
+        if eol < 0:
+            return None, 0
+        size = int(data[at:eol].split(b";")[0].strip() or b"0", 16)
+        if size == 0:  # the last chunk, then trailers up to an empty line
+            end = data.find(b"\r\n\r\n", eol)
+            if data[eol:eol + 4] == b"\r\n\r\n":
+                return bytes(body), eol + 4
+            return (None, 0) if end < 0 else (bytes(body), end + 4)
+        start = eol + 2
+        if len(data) < start + size + 2:
+            return None, 0
+        body += data[start:start + size]
+        at = start + size + 2
+
+
+_HOP = ("transfer-encoding", "content-length", "connection")
+
+
+def _exchange(where, line, headers, body):
+    """Has the host make one request; the response's bytes as a server sends them."""
+    import binascii
+
+    scheme, host, port = where
+    method, _, rest = line.partition(" ")
+    target = rest.rpartition(" ")[0] or rest
+    if target.startswith(("http://", "https://")):
+        url = target
+    else:
+        url = "%s://%s:%d%s" % (scheme, "[%s]" % host if ":" in host else host, port, target)
+    headers = [h for h in headers if h[0].lower() not in _HOP]
+    request = {"method": method, "url": url, "headers": headers,
+               "body": binascii.b2a_base64(body, newline=False).decode("ascii")}
+    try:
+        answer = call("_http", request)
+    except ToolError as exc:
+        raise NetworkError(str(exc)) from None
+    data = binascii.a2b_base64(answer["body"])
+    out = ["HTTP/1.1 %d %s" % (answer["status"], answer["reason"])]
+    out += ["%s: %s" % (name, value) for name, value in answer["headers"]]
+    out += ["Content-Length: %d" % len(data), "Connection: close", "", ""]
+    return "\r\n".join(out).encode("latin-1", "replace") + data
+
+
+def _patch_http_client(client):
+    """`http.client`'s connections reach the network through the host, HTTPS too."""
+
+    def connect(self):
+        if getattr(self, "_tunnel_host", None):
+            raise NetworkError("no proxy tunnels here: the host makes the request itself")
+        self.sock = _HostSocket(self._weir_scheme, self.host, self.port)
+
+    client.HTTPConnection._weir_scheme = "http"
+    client.HTTPConnection.connect = connect
+    if hasattr(client, "HTTPSConnection"):
+        client.HTTPSConnection._weir_scheme = "https"
+        client.HTTPSConnection.connect = connect
+        return
+
+    class HTTPSConnection(client.HTTPConnection):
+        """An HTTPS connection: the host makes it, over TLS, checking the server's
+        certificate."""
+
+        default_port = client.HTTPS_PORT
+        _weir_scheme = "https"
+
+        def __init__(self, host, port=None, *, timeout=None, source_address=None,
+                     context=None, blocksize=8192):
+            super().__init__(host, port, timeout, source_address, blocksize)
+            self._context = context
+
+    HTTPSConnection.__module__ = "http.client"
+    client.HTTPSConnection = HTTPSConnection
+    client._create_https_context = lambda http_version: types.SimpleNamespace(
+        check_hostname=True, post_handshake_auth=None)
+    client.__all__.append("HTTPSConnection")
+
+
+def _patch_urllib(request):
+    """`urllib.request` opens `https:` URLs (when it was imported before `http.client` could
+    make them)."""
+    if hasattr(request, "HTTPSHandler"):
+        return
+
+    class HTTPSHandler(request.AbstractHTTPHandler):
+        def __init__(self, debuglevel=None, context=None, check_hostname=None):
+            super().__init__(debuglevel)
+            self._context = context
+
+        def https_open(self, req):
+            return self.do_open(sys.modules["http.client"].HTTPSConnection, req,
+                                context=self._context)
+
+        https_request = request.AbstractHTTPHandler.do_request_
+
+    HTTPSHandler.__module__ = "urllib.request"
+    request.HTTPSHandler = HTTPSHandler
+    request.__all__.append("HTTPSHandler")
+    request._opener = None
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Calls `then(module)` once `name` is imported (first on `sys.meta_path`)."""
+
+    def __init__(self, name, then):
+        self.name, self.then = name, then
+
+    def find_spec(self, name, path=None, target=None):
+        if name != self.name:
+            return None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            spec = find(name, path, target) if finder is not self and find else None
+            if spec is not None and spec.loader is not None:
+                spec.loader = _Then(spec.loader, self.then)
+                return spec
+        return None
+
+
+class _Then:
+    """A module's loader that calls `then(module)` after loading it."""
+
+    def __init__(self, loader, then):
+        self._loader, self._then = loader, then
+
+    def __getattr__(self, attr):
+        return getattr(self._loader, attr)
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        self._then(module)
+
+
+def _install_network():
+    """Patches `http.client` and `urllib.request`, now or when they are imported."""
+    for name, patch in (("http.client", _patch_http_client),
+                        ("urllib.request", _patch_urllib)):
+        if name in sys.modules:
+            patch(sys.modules[name])
+        else:
+            sys.meta_path.insert(0, _AfterImport(name, patch))
+
+
 # ------------------------------------------------------------------ `import IPython.display`
 
 def get_ipython():
@@ -631,7 +861,8 @@ def _install():
     modules["IPython"].version_info = (0, 0, 0, "weir")
     weir = types.ModuleType("weir", "weir's sandbox: the run's host functions (`tools`)")
     weir.tools, weir.call, weir.ToolError = tools, call, ToolError
-    ToolError.__module__ = "weir"
+    weir.NetworkError = NetworkError
+    ToolError.__module__ = NetworkError.__module__ = "weir"
     modules["weir"] = weir
     for attr in _PUBLIC:  # named as IPython names them: `<IPython.core.display.HTML object>`
         value = getattr(this, attr)
@@ -639,6 +870,7 @@ def _install():
             value.__module__ = "IPython.core.display"
     sys.meta_path.append(_Fallback(modules))
     builtins.display = display
+    _install_network()
 
 
 _install()

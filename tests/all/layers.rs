@@ -6,8 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-const CRATES: [&str; 4] = [
+const CRATES: [&str; 5] = [
     "crates/weir-sandbox",
+    "crates/weir-egress",
     "crates/weir-service",
     "crates/weir-bench",
     "guests/build",

@@ -236,6 +236,7 @@ fn record(i: usize) -> RunRecord {
         recorded: false,
         runtime: "python".into(),
         node: String::new(),
+        network: Vec::new(),
         owner: String::new(),
     }
 }

@@ -89,8 +89,9 @@ pub struct RunRequest {
     /// snapshot's). Refused for another runtime or runtime build, a deterministic run, or a
     /// memory limit below the snapshot's memory.
     pub restore: Option<std::sync::Arc<crate::snapshot::Snapshot>>,
-    /// Host functions the program may call (`from weir import tools`); none by default.
-    /// Refused for a deterministic run: calls are not recorded in its transcript.
+    /// Host functions the program may call (`from weir import tools`), and its network access
+    /// ([`crate::Tools::with_network`]); none by default. A recorded run keeps every call and
+    /// its answer for its transcript.
     pub tools: Option<crate::tools::Tools>,
 }
 

@@ -308,7 +308,10 @@ pub(crate) async fn call_tool(
 ) -> std::result::Result<String, Option<String>> {
     let state = store.data_mut();
     let Some(tools) = state.host.tools.clone() else {
-        return Err(Some("this run has no host functions".into()));
+        return Err(Some(match name {
+            crate::tools::NETWORK_FUNCTION => "this run has no network access".into(),
+            _ => "this run has no host functions".into(),
+        }));
     };
     let interrupter = state.interrupter.clone();
     let Some(output) = state.host.output.clone() else {

@@ -13,6 +13,12 @@
 //! an interrupt ends the wait (the guest raises `KeyboardInterrupt`), and stopping the run drops
 //! the call's future.
 //!
+//! A run's network access is a function too, reserved and never listed: [`Tools::with_network`]
+//! gives the handler that answers the guest's HTTP requests (`urllib.request` and `http.client`
+//! in the guest send them as calls to [`NETWORK_FUNCTION`]); the `weir-egress` crate is the
+//! handler that checks and makes them. Its calls are bounded by the handler, not by
+//! [`ToolLimits`], and are recorded and replayed as any call is.
+//!
 //! [`Event::Call`]: crate::Event::Call
 //! [`RunControl::answer_call`]: crate::RunControl::answer_call
 
@@ -88,11 +94,16 @@ impl Default for ToolLimits {
     }
 }
 
+/// The reserved function the guest's HTTP requests are calls to ([`Tools::with_network`]).
+pub const NETWORK_FUNCTION: &str = "_http";
+
 /// The host functions a run may call, and their limits. Build with [`Tools::new`] and
 /// [`Tools::add`]; give it to a run as `RunRequest::tools`.
 #[derive(Clone, Default)]
 pub struct Tools {
     by_name: BTreeMap<String, Tool>,
+    /// What answers the guest's HTTP requests ([`Tools::with_network`]).
+    network: Option<Closure>,
     /// The run's bounds on calling them.
     pub limits: ToolLimits,
     /// A transcript's calls, answered in order instead of any function ([`Tools::replaying`]).
@@ -104,6 +115,7 @@ impl std::fmt::Debug for Tools {
         f.debug_struct("Tools")
             .field("names", &self.by_name.keys().collect::<Vec<_>>())
             .field("limits", &self.limits)
+            .field("network", &self.network.is_some())
             .finish()
     }
 }
@@ -165,6 +177,19 @@ impl Tools {
         Ok(self)
     }
 
+    /// With network access: the guest's HTTP requests (calls to [`NETWORK_FUNCTION`], made by
+    /// `urllib.request` and `http.client` in the guest) are answered by `handler`, which
+    /// checks, makes and bounds them itself: they count in no [`ToolLimits`] but the run's
+    /// wall time, and an interrupt or the run's end drops the request.
+    pub fn with_network<F, Fut>(mut self, handler: F) -> Self
+    where
+        F: Fn(Value) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ToolResult> + Send + 'static,
+    {
+        self.network = Some(Arc::new(move |args| Box::pin(handler(args))));
+        self
+    }
+
     /// With these limits.
     pub fn with_limits(mut self, limits: ToolLimits) -> Self {
         self.limits = limits;
@@ -178,7 +203,7 @@ impl Tools {
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty() && self.replay.is_none()
+        self.by_name.is_empty() && self.replay.is_none() && self.network.is_none()
     }
 
     /// The calls a recorded run made, answered again in order with their recorded results (a
@@ -187,6 +212,7 @@ impl Tools {
     pub fn replaying(max_calls: u32, made: Vec<CallRecord>) -> Self {
         Tools {
             by_name: BTreeMap::new(),
+            network: None,
             limits: ToolLimits {
                 max_calls,
                 ..ToolLimits::default()
@@ -202,6 +228,7 @@ impl Tools {
                 .filter(|(name, _)| names.contains(name))
                 .map(|(name, tool)| (name.clone(), tool.clone()))
                 .collect(),
+            network: self.network.clone(),
             limits: self.limits,
             replay: self.replay.clone(),
         }
@@ -393,8 +420,9 @@ impl ToolBox {
         sink: &dyn CallSink,
     ) -> std::result::Result<String, String> {
         let max_calls = self.tools.limits.max_calls;
-        // Every call counts, one to a function that does not exist too.
-        if self.calls.fetch_add(1, Ordering::Relaxed) >= max_calls {
+        // Every call counts, one to a function that does not exist too; network requests are
+        // bounded by their handler.
+        if name != NETWORK_FUNCTION && self.calls.fetch_add(1, Ordering::Relaxed) >= max_calls {
             return Err(format!(
                 "the run's {max_calls} host-function calls are used up"
             ));
@@ -428,6 +456,9 @@ impl ToolBox {
         sink: &dyn CallSink,
     ) -> std::result::Result<String, String> {
         let limits = self.tools.limits;
+        if name == NETWORK_FUNCTION {
+            return self.request(args).await;
+        }
         let Some(tool) = self.tools.by_name.get(name) else {
             return Err(format!("no host function named {name:?}"));
         };
@@ -475,6 +506,18 @@ impl ToolBox {
             ));
         }
         Ok(text)
+    }
+}
+
+impl ToolBox {
+    /// An HTTP request from the guest, answered by the run's network handler.
+    async fn request(&self, args: &str) -> std::result::Result<String, String> {
+        let Some(network) = &self.tools.network else {
+            return Err("this run has no network access".into());
+        };
+        let args: Value =
+            serde_json::from_str(args).map_err(|e| format!("a network request: {e}"))?;
+        Ok(network(args).await?.to_string())
     }
 }
 

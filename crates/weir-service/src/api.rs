@@ -128,6 +128,7 @@ async fn create_run(
         .for_run(params.callback_url.as_deref(), !params.functions.is_empty())
         .map_err(Error::BadRequest)?;
     let tools = protocol::declared(&params.functions).map_err(Error::BadRequest)?;
+    let reach = oneshot::Reach::from_entries(params.network.as_deref())?;
     let record = params.record;
     let config = &state.config;
     let memory_given = params.limits.memory_bytes.is_some();
@@ -135,7 +136,7 @@ async fn create_run(
     req.tools = tools;
     state.runtime_defaults(&mut req, memory_given);
     req.compile_scope = compile_scope;
-    let finished = oneshot::execute_with(&state, &owner, req, record, callback).await?;
+    let finished = oneshot::execute_with(&state, &owner, req, record, callback, reach).await?;
     drop(admitted.slot);
     let result = &finished.result;
     let mut body = protocol::exit_params(

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use weir_sandbox::EngineSettings;
 use weir_sandbox::Limits;
@@ -101,6 +102,12 @@ pub struct ServerConfig {
     pub cluster: ClusterConfig,
     /// Signed HTTP callbacks answering one-shot runs' functions (off without `allow` and a key).
     pub callbacks: CallbackConfig,
+    /// The hosts runs may reach through the host, and the bounds on their requests (off
+    /// without `allow`): `weir_egress`.
+    pub network: weir_egress::NetworkConfig,
+    /// Secrets runs' requests carry to their hosts, never seen by the runs: `NAME = { value |
+    /// value_env, hosts }`.
+    pub secrets: BTreeMap<String, weir_egress::SecretConfig>,
 }
 
 /// `[runtimes.NAME]`: one runtime's settings.
@@ -180,6 +187,8 @@ impl Default for ServerConfig {
             snapshots: SnapshotConfig::default(),
             cluster: ClusterConfig::default(),
             callbacks: CallbackConfig::default(),
+            network: weir_egress::NetworkConfig::default(),
+            secrets: Default::default(),
         }
     }
 }
@@ -241,7 +250,17 @@ impl ServerConfig {
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))
+        let config: ServerConfig = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))?;
+        config
+            .network()
+            .map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))?;
+        Ok(config)
+    }
+
+    /// The egress `[network]` and `[secrets]` describe; `None` when no host is allowed.
+    pub fn network(&self) -> Result<Option<Arc<weir_egress::Network>>, weir_egress::Error> {
+        weir_egress::Network::new(&self.network, &self.secrets)
     }
 
     pub fn heartbeat(&self) -> Duration {

@@ -9,7 +9,7 @@ use crate::lifecycle::body::Raw;
 use crate::lifecycle::error::Text;
 use crate::lifecycle::oneshot::{self, Finished};
 use crate::lifecycle::session;
-use crate::lifecycle::EndedBy;
+use crate::lifecycle::{EndedBy, Reach};
 use crate::protocol::{self, FunctionParams, LimitParams, RunParams};
 use crate::sessions::{CellReport, Session};
 use crate::state::AppState;
@@ -52,6 +52,9 @@ pub struct RunPython {
     pub functions: Vec<Function>,
     /// Where the program's calls to `functions` are sent, signed (docs/code-mode.md).
     pub callback_url: Option<String>,
+    /// The hosts the program may reach with `urllib.request`/`http.client` (`host[:port]`):
+    /// the server's allowlist narrowed to these. Absent: whatever the server allows.
+    pub network: Option<Vec<String>>,
 }
 
 /// A function `run_python`'s program may call.
@@ -370,6 +373,7 @@ impl WeirMcp {
                 })
                 .collect(),
             callback_url: args.callback_url,
+            network: args.network,
         };
         let callbacks = &self.state.callbacks;
         let callback =
@@ -381,6 +385,10 @@ impl WeirMcp {
             Ok(tools) => tools,
             Err(why) => return Ok(answer(false, why)),
         };
+        let reach = match Reach::from_entries(params.network.as_deref()) {
+            Ok(reach) => reach,
+            Err(why) => return Ok(answer(false, why.to_string())),
+        };
         let config = &self.state.config;
         let memory_given = params.limits.memory_bytes.is_some();
         let mut req = params.into_request(&config.limits, &config.max_limits);
@@ -389,7 +397,7 @@ impl WeirMcp {
         req.compile_scope = weir_sandbox::CompileScope::of(user.as_deref(), None);
         let owner = user.as_deref().unwrap_or(ANONYMOUS);
         let run = async {
-            match oneshot::execute_with(&self.state, owner, req, false, callback).await {
+            match oneshot::execute_with(&self.state, owner, req, false, callback, reach).await {
                 Ok(finished) => tool_result(&finished),
                 Err(e) => answer(false, format!("the run could not start: {e}")),
             }
@@ -726,6 +734,9 @@ fn append_stream(text: &mut String, name: &str, bytes: &[u8]) {
 /// `weir mcp`: loads the sandbox and the run history for `config` and serves one MCP client
 /// over stdin and stdout until it disconnects.
 pub async fn serve_stdio(config: crate::config::ServerConfig) -> anyhow::Result<()> {
+    config
+        .network()
+        .map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
     let sandbox = weir_sandbox::Sandbox::load_async(config.engine_settings()).await?;
     let history = crate::history::History::open(&config.history)?;
     let state = Arc::new(AppState::new(config, sandbox, history).with_local_durable());

@@ -83,6 +83,9 @@ pub struct RunParams {
     pub functions: Vec<FunctionParams>,
     /// Where a one-shot run's calls are sent (`POST /v1/runs`; the operator allows it).
     pub callback_url: Option<String>,
+    /// The hosts this run may reach (`host[:port]`, `*.domain`): the server's `[network]
+    /// allow` narrowed to these, never widened. Absent: whatever the server allows.
+    pub network: Option<Vec<String>>,
 }
 
 /// A function a client declares for its run: the guest calls it as `tools.NAME(**args)`.

@@ -90,6 +90,9 @@ async fn install_packages(config: &ServerConfig, sandbox: &Sandbox) -> anyhow::R
 /// Serves `sandbox` (its runtimes, its settings) instead of loading one from `config`'s engine
 /// settings: for embedders that host runtimes of their own.
 pub async fn start_with(config: ServerConfig, sandbox: Sandbox) -> anyhow::Result<RunningServer> {
+    config
+        .network()
+        .map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
     install_packages(&config, &sandbox).await?;
     let (history, registry, clustered) = open_stores(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)

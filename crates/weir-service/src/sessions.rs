@@ -297,6 +297,7 @@ impl Session {
         req.limits = self.limits;
         req.runtime = Some(snapshot.runtime().to_string());
         req.restore = Some(Arc::new(snapshot));
+        run.carry_network(&mut req);
         let handle = books.sandbox.start(req).await?;
         *self.control.lock().unwrap_or_else(|p| p.into_inner()) = handle.control();
         run.resume_in(handle);
@@ -435,6 +436,11 @@ impl Session {
         let limit = self.scratch_limit;
         self.on_files(move |dir| dir.write(&path, &data, limit))
             .await
+    }
+
+    /// How far its run reaches on the network (a fork reaches as far).
+    pub async fn reach(&self) -> crate::tracked::Reach {
+        self.run.lock().await.reach()
     }
 
     /// Snapshots the session between cells: refused while a cell runs.

@@ -49,6 +49,8 @@ pub struct AppState {
     pub snapshots: Arc<Snapshots>,
     /// Where one-shot runs' calls go (`crate::callbacks`).
     pub callbacks: Arc<crate::callbacks::Callbacks>,
+    /// Runs' network egress (`[network]`, `[secrets]`); `None` when no host is allowed.
+    pub network: Option<Arc<weir_egress::Network>>,
     /// Durable sessions' saves (`crate::durable`); `None` when their store could not be opened.
     pub durable: Option<Arc<DurableStore>>,
     /// Held while a durable session is taken over from a node that died.
@@ -135,6 +137,10 @@ impl AppState {
         AppState {
             slots: Arc::new(Semaphore::new(config.max_sessions)),
             callbacks: Arc::new(crate::callbacks::Callbacks::new(&config.callbacks)),
+            network: config.network().unwrap_or_else(|e| {
+                tracing::error!(error = %e, "runs have no network: its settings are unusable");
+                None
+            }),
             config,
             sandbox,
             metrics: Arc::new(Metrics::default()),
@@ -218,6 +224,7 @@ impl AppState {
             metrics: self.metrics.clone(),
             history: self.history.clone(),
             tasks: self.tracker.clone(),
+            network: self.network.clone(),
         }
     }
 

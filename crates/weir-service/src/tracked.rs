@@ -62,6 +62,30 @@ pub struct Books {
     pub history: Arc<History>,
     /// Owns the write of a run dropped unrecorded; shutdown waits for it.
     pub tasks: TaskTracker,
+    /// Runs' network egress, when the server allows any host.
+    pub network: Option<Arc<weir_egress::Network>>,
+}
+
+/// The network a run asks for: the server's, or the server's narrowed to its own entries.
+#[derive(Debug, Clone, Default)]
+pub enum Reach {
+    /// Whatever the server allows.
+    #[default]
+    Server,
+    /// Only what both the server and these entries allow.
+    Narrowed(weir_egress::Allowlist),
+}
+
+impl Reach {
+    /// A request's `network` entries: none given is [`Reach::Server`].
+    pub fn from_entries(entries: Option<&[String]>) -> Result<Reach, Error> {
+        match entries {
+            None => Ok(Reach::Server),
+            Some(entries) => weir_egress::narrowing(entries)
+                .map(Reach::Narrowed)
+                .map_err(|e| Error::BadRequest(e.to_string())),
+        }
+    }
 }
 
 /// A started run and its record. Its events are read through it (counted, and logged for a
@@ -80,6 +104,8 @@ pub struct TrackedRun {
     stopped_for_shutdown: bool,
     recorded: bool,
     books: Books,
+    /// Its network egress, when the server has one.
+    network: Option<Arc<weir_egress::RunNetwork>>,
 }
 
 impl TrackedRun {
@@ -89,13 +115,19 @@ impl TrackedRun {
         user: &str,
         req: RunRequest,
         record: bool,
+        reach: Reach,
     ) -> Result<Self, Error> {
-        Self::start_as(books, user, req, record, HistoryId::Prefixed("")).await
+        Self::start_as(books, user, req, record, HistoryId::Prefixed(""), reach).await
     }
 
     /// Starts `req` as a stateful session for `user`: its id is the run's with an `s` before it.
-    pub async fn start_session(books: &Books, user: &str, req: RunRequest) -> Result<Self, Error> {
-        Self::start_as(books, user, req, false, HistoryId::Prefixed("s")).await
+    pub async fn start_session(
+        books: &Books,
+        user: &str,
+        req: RunRequest,
+        reach: Reach,
+    ) -> Result<Self, Error> {
+        Self::start_as(books, user, req, false, HistoryId::Prefixed("s"), reach).await
     }
 
     /// Starts `req` as `user`'s stateful session `id`, which started elsewhere (a durable
@@ -106,16 +138,31 @@ impl TrackedRun {
         req: RunRequest,
         id: &str,
     ) -> Result<Self, Error> {
-        Self::start_as(books, user, req, false, HistoryId::Given(id)).await
+        Self::start_as(books, user, req, false, HistoryId::Given(id), Reach::Server).await
     }
 
     async fn start_as(
         books: &Books,
         user: &str,
-        req: RunRequest,
+        mut req: RunRequest,
         record: bool,
         id: HistoryId<'_>,
+        reach: Reach,
     ) -> Result<Self, Error> {
+        let network = books.network.as_ref().map(|n| {
+            n.for_run(match reach {
+                Reach::Server => None,
+                Reach::Narrowed(entries) => Some(entries),
+            })
+        });
+        if let (Some(network), Some(server)) = (&network, &books.network) {
+            req.tools = Some(network.install(req.tools.take()));
+            for (name, placeholder) in server.placeholders() {
+                if !req.env.iter().any(|(n, _)| *n == name) {
+                    req.env.push((name, placeholder));
+                }
+            }
+        }
         let recording = record.then(|| Box::new((req.clone(), OutputLog::default())));
         let handle = books.sandbox.start(req).await?;
         let id = match id {
@@ -135,7 +182,32 @@ impl TrackedRun {
             stopped_for_shutdown: false,
             recorded: false,
             books: books.clone(),
+            network,
         })
+    }
+
+    /// What `req` (this run going on in a new instance: a session woken, or forked) needs to
+    /// reach the network as this run does: its egress, with the same request count and log.
+    pub fn carry_network(&self, req: &mut RunRequest) {
+        if let Some(network) = &self.network {
+            req.tools = Some(network.install(req.tools.take()));
+        }
+    }
+
+    /// How far this run reaches: a session forked from it reaches as far.
+    pub fn reach(&self) -> Reach {
+        match self.network.as_ref().and_then(|n| n.narrowed()) {
+            Some(entries) => Reach::Narrowed(entries.clone()),
+            None => Reach::Server,
+        }
+    }
+
+    /// The network requests the run made so far, as its history keeps them.
+    fn requests(&self) -> Vec<weir_egress::RequestRecord> {
+        self.network
+            .as_ref()
+            .map(|n| n.requests())
+            .unwrap_or_default()
     }
 
     /// The id the history knows the run by.
@@ -229,7 +301,7 @@ impl TrackedRun {
                 .map_err(|e| tracing::warn!(error = %e, "cannot record the transcript"))
                 .ok()
         });
-        let record = RunRecord::finished(
+        let mut record = RunRecord::finished(
             &self.id,
             &self.user,
             self.started,
@@ -237,6 +309,7 @@ impl TrackedRun {
             result,
             transcript.is_some(),
         );
+        record.network = self.requests();
         // At debug: a second info line per run (its start is one) cost the 100-client WebSocket
         // p99 3 ms of 22 at ~1,500 runs/s on two cores, in `weir bench` side by side.
         tracing::debug!(run_id = %self.id, outcome, "run ended");
@@ -269,7 +342,7 @@ impl TrackedRun {
             .run_finished(outcome, age, self.output_bytes);
         tracing::info!(run_id = %self.id, outcome, ?why, "run ended");
         let runtime = self.handle.runtime();
-        match why {
+        let mut record = match why {
             EndedBy::ClientLeft => RunRecord::abandoned(
                 &self.id,
                 &self.user,
@@ -285,7 +358,9 @@ impl TrackedRun {
                 self.output_bytes,
                 runtime,
             ),
-        }
+        };
+        record.network = self.requests();
+        record
     }
 }
 

@@ -11,7 +11,7 @@ use crate::lifecycle::admission::{self, Admitted};
 use crate::lifecycle::body::NoBody;
 use crate::lifecycle::error::Text;
 use crate::lifecycle::pump::{self, Flow, Link, Protocol, Watch};
-use crate::lifecycle::TrackedRun;
+use crate::lifecycle::{Reach, TrackedRun};
 use crate::protocol::{self, code, Incoming, Request, RpcError, RunParams};
 use crate::state::AppState;
 use axum::extract::{State, WebSocketUpgrade};
@@ -294,11 +294,13 @@ impl Connection {
             ));
         }
         let tools = protocol::declared(&params.functions).map_err(|e| (code::INVALID_PARAMS, e))?;
+        let reach = Reach::from_entries(params.network.as_deref())
+            .map_err(|e| (code::INVALID_PARAMS, e.to_string()))?;
         let mut req = params.into_request(&config.limits, &config.max_limits);
         req.tools = tools;
         self.app.runtime_defaults(&mut req, memory_given);
         req.compile_scope = self.compile_scope.clone();
-        let run = TrackedRun::start(&self.app.books(), &self.user, req, record)
+        let run = TrackedRun::start(&self.app.books(), &self.user, req, record, reach)
             .await
             .map_err(start_error)?;
         let id = run.id().to_string();

@@ -47,6 +47,7 @@ const SCHEMA: &str = "
         transcript TEXT,
         runtime TEXT NOT NULL
     );
+    ALTER TABLE weir_runs ADD COLUMN IF NOT EXISTS network TEXT NOT NULL DEFAULT '';
     CREATE INDEX IF NOT EXISTS weir_runs_started ON weir_runs (started_at_ms);
     CREATE INDEX IF NOT EXISTS weir_runs_seq ON weir_runs (seq);
 ";
@@ -56,7 +57,7 @@ const SCHEMA_LOCK: i64 = 0x7765_6972_0001;
 const PRUNE_LOCK: i64 = 0x7765_6972_0002;
 
 enum Command {
-    Started(RunRecord),
+    Started(Box<RunRecord>),
     Store(Box<(RunRecord, Option<String>)>, oneshot::Sender<()>),
     Flush(oneshot::Sender<()>),
 }
@@ -97,7 +98,7 @@ impl PgHistory {
 
     /// Queues the `running` row of a run that has started.
     pub async fn started(&self, record: RunRecord) {
-        if self.tx.send(Command::Started(record)).await.is_err() {
+        if self.tx.send(Command::Started(Box::new(record))).await.is_err() {
             tracing::error!("run history writer has stopped; a run start was not stored");
         }
     }
@@ -152,7 +153,7 @@ impl PgHistory {
         let sql = format!(
             "SELECT id, user_name, started_at_ms, finished_at_ms, duration_ms, outcome, code,
                     message, output_bytes, output_truncated, transcript IS NOT NULL, runtime, node,
-                    outcome = 'running' AND NOT {}
+                    outcome = 'running' AND NOT {}, network
              FROM weir_runs r WHERE id = $1",
             crate::cluster::alive_sql("r.node_key")
         );
@@ -173,6 +174,7 @@ impl PgHistory {
             recorded: r.try_get(10).map_err(db)?,
             runtime: r.try_get(11).map_err(db)?,
             node: r.try_get(12).map_err(db)?,
+            network: super::record::network_from(&r.try_get::<_, String>(14).map_err(db)?),
             owner: String::new(),
         };
         let lost: bool = r.try_get(13).map_err(db)?;
@@ -263,7 +265,7 @@ async fn write_loop(
         let mut rows = Vec::new();
         for cmd in batch {
             match cmd {
-                Command::Started(r) => rows.push((r, None, false)),
+                Command::Started(r) => rows.push((*r, None, false)),
                 Command::Store(entry, done) => {
                     let (r, transcript) = *entry;
                     rows.push((r, transcript, true));
@@ -312,8 +314,8 @@ async fn store_with_retries(pool: &Pool, rows: &[Row], node_key: i64) {
 
 const INSERT: &str = "INSERT INTO weir_runs (id, user_name, node, node_key, started_at_ms,
         finished_at_ms, duration_ms, outcome, code, message, output_bytes, output_truncated,
-        transcript, runtime)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+        transcript, runtime, network)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
 
 async fn store_batch(pool: &Pool, rows: &[Row], node_key: i64) -> Result<(), Error> {
     let mut client = pool.get().await.map_err(db)?;
@@ -336,7 +338,8 @@ async fn store_batch(pool: &Pool, rows: &[Row], node_key: i64) -> Result<(), Err
                 code = EXCLUDED.code, message = EXCLUDED.message,
                 output_bytes = EXCLUDED.output_bytes,
                 output_truncated = EXCLUDED.output_truncated,
-                transcript = EXCLUDED.transcript, runtime = EXCLUDED.runtime"
+                transcript = EXCLUDED.transcript, runtime = EXCLUDED.runtime,
+                network = EXCLUDED.network"
         ))
         .await
         .map_err(db)?;
@@ -359,6 +362,7 @@ async fn store_batch(pool: &Pool, rows: &[Row], node_key: i64) -> Result<(), Err
                 &r.output_truncated,
                 transcript,
                 &r.runtime,
+                &super::record::network_text(&r.network),
             ],
         )
         .await

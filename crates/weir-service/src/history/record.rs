@@ -69,6 +69,9 @@ pub struct RunRecord {
     /// recorded).
     #[serde(default)]
     pub node: String,
+    /// Its network requests (method, host, port, status, bytes), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network: Vec<weir_egress::RequestRecord>,
     /// The process that stored the run (the embedded history's owner id, `history::sqlite`);
     /// not shown to clients.
     #[serde(skip)]
@@ -100,6 +103,7 @@ impl RunRecord {
             recorded,
             runtime: result.runtime.clone(),
             node: String::new(),
+            network: Vec::new(),
             owner: String::new(),
         }
     }
@@ -143,6 +147,7 @@ impl RunRecord {
             recorded: false,
             runtime: runtime.into(),
             node: String::new(),
+            network: Vec::new(),
             owner: String::new(),
         }
     }
@@ -163,6 +168,7 @@ impl RunRecord {
             recorded: false,
             runtime: runtime.into(),
             node: String::new(),
+            network: Vec::new(),
             owner: String::new(),
         }
     }
@@ -204,4 +210,17 @@ pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// A run's network requests as the history stores them: JSON, or empty for none.
+pub(super) fn network_text(requests: &[weir_egress::RequestRecord]) -> String {
+    match requests.is_empty() {
+        true => String::new(),
+        false => serde_json::to_string(requests).unwrap_or_default(),
+    }
+}
+
+/// A run's network requests from their stored text (none for empty or unreadable text).
+pub(super) fn network_from(text: &str) -> Vec<weir_egress::RequestRecord> {
+    serde_json::from_str(text).unwrap_or_default()
 }

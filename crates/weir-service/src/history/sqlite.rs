@@ -133,7 +133,8 @@ const SCHEMA: &str = "
         output_truncated INTEGER NOT NULL,
         transcript TEXT,
         runtime TEXT NOT NULL DEFAULT '',
-        node TEXT NOT NULL DEFAULT ''
+        node TEXT NOT NULL DEFAULT '',
+        network TEXT NOT NULL DEFAULT ''
     );
     CREATE INDEX IF NOT EXISTS runs_finished ON runs (finished_at_ms);
 ";
@@ -150,7 +151,7 @@ fn open(path: &Path) -> Result<rusqlite::Connection, Error> {
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(|e| err(e.to_string()))?;
     conn.execute_batch(SCHEMA).map_err(|e| err(e.to_string()))?;
-    for column in ["runtime", "node", "owner"] {
+    for column in ["runtime", "node", "owner", "network"] {
         add_column(&conn, column).map_err(|e| err(e.to_string()))?;
     }
     Ok(conn)
@@ -235,7 +236,7 @@ impl SqliteHistory {
             let mut st = c.prepare_cached(
                 "SELECT id, user, started_at_ms, finished_at_ms, duration_ms, outcome, code,
                         message, output_bytes, output_truncated, transcript IS NOT NULL, runtime,
-                        node
+                        node, network
                  FROM runs WHERE id = ?1",
             )?;
             let mut rows = st.query([&id])?;
@@ -256,6 +257,7 @@ impl SqliteHistory {
                 recorded: r.get(10)?,
                 runtime: r.get(11)?,
                 node: r.get(12)?,
+                network: super::record::network_from(&r.get::<_, String>(13)?),
                 owner: String::new(),
             }))
         })
@@ -361,8 +363,9 @@ fn store_batch(
         // process's row (a durable session resumed after a restart), never this process's own
         // (its run may have finished and been stored first).
         let columns = "(id, user, started_at_ms, finished_at_ms, duration_ms, outcome, code,
-                 message, output_bytes, output_truncated, transcript, runtime, node, owner)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+                 message, output_bytes, output_truncated, transcript, runtime, node, owner,
+                 network)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
         let mut finished = tx.prepare_cached(&format!("INSERT OR REPLACE INTO runs {columns}"))?;
         let mut running = tx.prepare_cached(&format!(
             "INSERT INTO runs {columns} ON CONFLICT (id) DO UPDATE SET
@@ -392,6 +395,7 @@ fn store_batch(
                 r.runtime,
                 r.node,
                 r.owner,
+                super::record::network_text(&r.network),
             ])?;
         }
     }
@@ -441,6 +445,7 @@ mod tests {
             recorded: false,
             runtime: "python".into(),
             node: String::new(),
+            network: Vec::new(),
             owner: String::new(),
         }
     }

@@ -14,4 +14,4 @@ pub mod pump;
 pub mod session;
 pub mod shutdown;
 
-pub use crate::tracked::{EndedBy, Recorded, TrackedRun};
+pub use crate::tracked::{EndedBy, Reach, Recorded, TrackedRun};

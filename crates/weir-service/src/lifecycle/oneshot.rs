@@ -5,6 +5,7 @@
 use super::shutdown::{Notice, Shutdown};
 use crate::error::Error;
 use crate::state::AppState;
+pub use crate::tracked::Reach;
 use crate::tracked::TrackedRun;
 use std::time::Duration;
 use weir_sandbox::{Collected, RunRequest, RunResult};
@@ -34,21 +35,22 @@ pub async fn execute(
     req: RunRequest,
     record: bool,
 ) -> Result<Finished, Error> {
-    execute_with(app, user, req, record, None).await
+    execute_with(app, user, req, record, None, Reach::Server).await
 }
 
 /// [`execute`], with the run's calls to the functions it declared sent to `callback`
 /// (`crate::callbacks`) and answered with the receiver's answer. Without one, a call waits
-/// for its time limit.
+/// for its time limit. The run reaches the network as `reach` says.
 pub async fn execute_with(
     app: &AppState,
     user: &str,
     mut req: RunRequest,
     record: bool,
     callback: Option<reqwest::Url>,
+    reach: Reach,
 ) -> Result<Finished, Error> {
     req.close_stdin = true;
-    let mut run = TrackedRun::start(&app.books(), user, req, record).await?;
+    let mut run = TrackedRun::start(&app.books(), user, req, record, reach).await?;
     let mut shutdown = Shutdown::new(app.shutdown.subscribe(), app.config.shutdown_grace());
     let mut collected = Collected::default();
     loop {

@@ -9,7 +9,7 @@ use crate::registry::Slot;
 use crate::sessions::{CellReport, Expiry, Session, INTERRUPT_GRACE};
 use crate::snapshots::SnapshotMeta;
 use crate::state::AppState;
-use crate::tracked::{EndedBy, TrackedRun};
+use crate::tracked::{EndedBy, Reach, TrackedRun};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -39,6 +39,9 @@ pub struct CreateParams {
     /// (`crate::durable`: a SQLite file on one node, the cluster's database in cluster mode).
     #[serde(default)]
     pub durable: bool,
+    /// The hosts its cells may reach: the server's `[network] allow` narrowed to these, never
+    /// widened. Absent: whatever the server allows.
+    pub network: Option<Vec<String>>,
 }
 
 impl super::body::Params for CreateParams {
@@ -131,8 +134,15 @@ pub async fn start(
         }
         Some(id) => Some(Arc::new(load(app, id, user).await?)),
     };
+    if durable && params.network.is_some() {
+        // A node taking a durable session over knows its owner and limits, not its own entries.
+        return Err(Error::BadRequest(
+            "a durable session reaches what the server allows: leave out network".into(),
+        ));
+    }
+    let reach = Reach::from_entries(params.network.as_deref())?;
     let req = request(app, params, from);
-    let session = launch(app, user, req, slot, durable).await?;
+    let session = launch(app, user, req, slot, durable, reach).await?;
     if durable {
         // Saved before it is announced: it survives its node from its first request on.
         if let Err(e) = save(app, &session).await {
@@ -150,9 +160,10 @@ async fn launch(
     req: RunRequest,
     slot: Slot,
     durable: bool,
+    reach: Reach,
 ) -> Result<Arc<Session>, Error> {
     let limits = req.limits;
-    let run = TrackedRun::start_session(&app.books(), user, req).await?;
+    let run = TrackedRun::start_session(&app.books(), user, req, reach).await?;
     let session = Session::new(run, limits, slot);
     let session = Arc::new(match durable {
         true => session.durable(0),
@@ -350,7 +361,8 @@ pub async fn fork(app: &AppState, session: &Session, slot: Slot) -> Result<Arc<S
     req.limits = session.limits;
     req.runtime = Some(from.runtime().to_string());
     req.restore = Some(from);
-    launch(app, &session.user, req, slot, false).await
+    let reach = session.reach().await;
+    launch(app, &session.user, req, slot, false, reach).await
 }
 
 /// Stores a snapshot of `session` (taken once its running cell ends) for its owner.

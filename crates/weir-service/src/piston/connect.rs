@@ -10,7 +10,7 @@ use crate::lifecycle::admission::Admitted;
 use crate::lifecycle::body::NoBody;
 use crate::lifecycle::error::PistonJson;
 use crate::lifecycle::pump::{self, Flow, Link, Protocol, Watch};
-use crate::lifecycle::TrackedRun;
+use crate::lifecycle::{Reach, TrackedRun};
 use crate::piston::job::{self as piston, SignalAction};
 use crate::state::AppState;
 use axum::extract::{State, WebSocketUpgrade};
@@ -173,7 +173,9 @@ impl Connection {
             Ok(job) => job,
             Err(m) => return notify_error(link, m).await,
         };
-        let run = match TrackedRun::start(&self.app.books(), &self.user, req, false).await {
+        let run = match TrackedRun::start(&self.app.books(), &self.user, req, false, Reach::Server)
+            .await
+        {
             Ok(run) => run,
             Err(e) => return notify_error(link, e.to_string()).await,
         };

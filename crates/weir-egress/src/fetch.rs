@@ -1,0 +1,338 @@
+//! One run's requests: checked, made, bounded and logged.
+
+use crate::allow::{self, Allowlist, Rule};
+use crate::secrets::{self, Secret};
+use crate::Network;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use weir_sandbox::{ToolResult, Tools};
+
+/// One request as the run's history keeps it: never its path, headers or body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub method: String,
+    pub host: String,
+    pub port: u16,
+    /// The response's status; `None` when there was no response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Bytes of the response's body read.
+    pub bytes: u64,
+    /// Why the request failed, as the guest was told.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A run's egress: the server's, maybe narrowed, with the run's request count and log.
+#[derive(Debug)]
+pub struct RunNetwork {
+    network: Arc<Network>,
+    narrowed: Option<Allowlist>,
+    requests: AtomicU32,
+    log: Mutex<Vec<RequestRecord>>,
+}
+
+/// Headers the host sets itself (from the URL and the body), whatever the guest sent.
+const HOST_SET: [&str; 9] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "upgrade",
+];
+
+impl RunNetwork {
+    pub(crate) fn new(network: Arc<Network>, narrowed: Option<Allowlist>) -> Self {
+        RunNetwork {
+            network,
+            narrowed,
+            requests: AtomicU32::new(0),
+            log: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The run's own entries, when it narrowed the server's (a fork of its session keeps them).
+    pub fn narrowed(&self) -> Option<&Allowlist> {
+        self.narrowed.as_ref()
+    }
+
+    /// The requests made so far, in order (at most the run's `max_requests`).
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// `tools` (or none) with this network: the guest's requests come to [`RunNetwork::fetch`].
+    pub fn install(self: &Arc<Self>, tools: Option<Tools>) -> Tools {
+        let network = self.clone();
+        tools.unwrap_or_default().with_network(move |request| {
+            let network = network.clone();
+            async move { network.fetch(request).await }
+        })
+    }
+
+    /// Makes the guest's request (`{method, url, headers: [[name, value]], body: base64}`):
+    /// `{status, reason, headers, body}`, or why not, as the guest is told.
+    pub async fn fetch(&self, request: Value) -> ToolResult {
+        let config = &self.network.config;
+        if self.requests.fetch_add(1, Ordering::Relaxed) >= config.max_requests {
+            return Err(format!(
+                "the run's {} network requests are used up",
+                config.max_requests
+            ));
+        }
+        let mut record = RequestRecord::default();
+        let limit = Duration::from_millis(config.timeout_ms);
+        let result = match tokio::time::timeout(limit, self.exchange(&request, &mut record)).await {
+            Ok(result) => result,
+            Err(_) => Err(format!(
+                "{}: no whole response within {} ms",
+                record.host, config.timeout_ms
+            )),
+        };
+        if let Err(why) = &result {
+            record.error = Some(why.clone());
+        }
+        tracing::info!(
+            method = %record.method,
+            host = %record.host,
+            port = record.port,
+            status = ?record.status,
+            bytes = record.bytes,
+            error = ?record.error,
+            "network request"
+        );
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(record);
+        result
+    }
+
+    async fn exchange(&self, request: &Value, record: &mut RequestRecord) -> ToolResult {
+        let config = &self.network.config;
+        let asked = Asked::read(request, config.max_request_bytes)?;
+        record.method = asked.method.to_string();
+        let host = asked.url.host_str().unwrap_or_default().to_string();
+        let port = asked.url.port_or_known_default().unwrap_or(0);
+        record.host = host.clone();
+        record.port = port;
+        let rule = self.allowed(&host, port)?;
+        let addrs = resolve(&host, port, rule).await?;
+        let mut used = Vec::new();
+        let headers = self.headers(&asked.headers, &host, port, &mut used)?;
+        let client = client(&asked.url, &host, &addrs, config.timeout_ms)?;
+        let mut response = client
+            .request(asked.method, asked.url.clone())
+            .headers(headers)
+            .body(asked.body)
+            .send()
+            .await
+            .map_err(|e| failed(&host, port, e))?;
+        let status = response.status();
+        record.status = Some(status.as_u16());
+        let head = response_headers(response.headers(), &used);
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| failed(&host, port, e))? {
+            if body.len() + chunk.len() > config.max_response_bytes {
+                record.bytes = (body.len() + chunk.len()) as u64;
+                return Err(format!(
+                    "{host}: a response over the run's {}-byte limit",
+                    config.max_response_bytes
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        record.bytes = body.len() as u64;
+        let body = secrets::redact(body, &used);
+        Ok(json!({
+            "status": status.as_u16(),
+            "reason": status.canonical_reason().unwrap_or(""),
+            "headers": head,
+            "body": base64::engine::general_purpose::STANDARD.encode(body),
+        }))
+    }
+
+    /// The operator's entry that allows `host`:`port`, if the run's own entries allow it too.
+    fn allowed(&self, host: &str, port: u16) -> Result<&Rule, String> {
+        let refused = || format!("{host}:{port} is not on this run's network allowlist");
+        let rule = self.network.allow.find(host, port).ok_or_else(refused)?;
+        match &self.narrowed {
+            Some(narrowed) if narrowed.find(host, port).is_none() => Err(refused()),
+            _ => Ok(rule),
+        }
+    }
+
+    /// The guest's headers with the secrets they may carry filled in.
+    fn headers<'a>(
+        &'a self,
+        asked: &[(String, String)],
+        host: &str,
+        port: u16,
+        used: &mut Vec<&'a Secret>,
+    ) -> Result<reqwest::header::HeaderMap, String> {
+        let mut map = reqwest::header::HeaderMap::new();
+        for (name, value) in asked {
+            if HOST_SET.contains(&name.to_ascii_lowercase().as_str()) {
+                continue;
+            }
+            let filled = secrets::fill(value, &self.network.secrets, host, port, used);
+            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("header {name:?}: not a header name"))?;
+            let value = reqwest::header::HeaderValue::from_str(&filled)
+                .map_err(|_| format!("header {name}: not a header value"))?;
+            map.append(name, value);
+        }
+        Ok(map)
+    }
+}
+
+/// A request as the guest sent it.
+struct Asked {
+    method: reqwest::Method,
+    url: reqwest::Url,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire {
+    method: String,
+    url: String,
+    #[serde(default)]
+    headers: Vec<(String, String)>,
+    #[serde(default)]
+    body: String,
+}
+
+impl Asked {
+    fn read(request: &Value, max_body: usize) -> Result<Asked, String> {
+        let wire = Wire::deserialize(request).map_err(|e| format!("a network request: {e}"))?;
+        let method = reqwest::Method::from_bytes(wire.method.as_bytes())
+            .map_err(|_| format!("{:?} is not an HTTP method", wire.method))?;
+        let url = reqwest::Url::parse(&wire.url).map_err(|e| format!("{:?}: {e}", wire.url))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(format!("{:?}: only http and https URLs", wire.url));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("a URL with credentials in it: send them in a header".into());
+        }
+        // Base64 is 4 bytes for each 3.
+        if wire.body.len() / 4 * 3 > max_body + 3 {
+            return Err(format!("a request body over the {max_body}-byte limit"));
+        }
+        let body = base64::engine::general_purpose::STANDARD
+            .decode(wire.body.as_bytes())
+            .map_err(|e| format!("a network request's body: {e}"))?;
+        if body.len() > max_body {
+            return Err(format!("a request body over the {max_body}-byte limit"));
+        }
+        Ok(Asked {
+            method,
+            url,
+            headers: wire.headers,
+            body,
+        })
+    }
+}
+
+/// The addresses the request may go to: `host`'s (resolved here, or the address it spells),
+/// those that are not special unless `rule` names the host exactly with its port.
+async fn resolve(host: &str, port: u16, rule: &Rule) -> Result<Vec<SocketAddr>, String> {
+    let found: Vec<SocketAddr> = match allow::literal(host) {
+        Some(ip) => vec![SocketAddr::new(ip, port)],
+        None => tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| format!("{host}: cannot resolve ({e})"))?
+            .collect(),
+    };
+    if rule.names_exactly() {
+        return Ok(found);
+    }
+    let mut refused = None;
+    let public: Vec<SocketAddr> = found
+        .into_iter()
+        .filter(|a| match allow::special(a.ip()) {
+            None => true,
+            Some(why) => {
+                refused.get_or_insert((a.ip(), why));
+                false
+            }
+        })
+        .collect();
+    match (public.is_empty(), refused) {
+        (false, _) => Ok(public),
+        (true, Some((ip, why))) => Err(format!(
+            "{host} is {ip}, {why}: reachable only through an allowlist entry naming \
+             {host}:{port} exactly"
+        )),
+        (true, None) => Err(format!("{host}: no address")),
+    }
+}
+
+/// A client that reaches `host` at `addrs` only, follows no redirect and uses no proxy.
+fn client(
+    url: &reqwest::Url,
+    host: &str,
+    addrs: &[SocketAddr],
+    timeout_ms: u64,
+) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .http1_only()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_millis(timeout_ms));
+    if url.domain().is_some() {
+        builder = builder.resolve_to_addrs(host, addrs);
+    }
+    builder
+        .build()
+        .map_err(|e| format!("{host}: no HTTP client ({e})"))
+}
+
+/// The response's headers as the guest gets them, with the secrets sent taken out again.
+fn response_headers(headers: &reqwest::header::HeaderMap, used: &[&Secret]) -> Vec<Value> {
+    headers
+        .iter()
+        .filter(|(name, _)| {
+            !matches!(
+                name.as_str(),
+                "transfer-encoding" | "content-length" | "connection"
+            )
+        })
+        .map(|(name, value)| {
+            let value = secrets::redact(value.as_bytes().to_vec(), used);
+            // Header bytes are Latin-1 where they are not ASCII.
+            let value: String = value.iter().map(|&b| b as char).collect();
+            json!([name.as_str(), value])
+        })
+        .collect()
+}
+
+/// A failed exchange, said without the request's details.
+fn failed(host: &str, port: u16, e: reqwest::Error) -> String {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else if e.is_body() || e.is_decode() {
+        "the response broke off"
+    } else {
+        "the request failed"
+    };
+    let mut source: &dyn std::error::Error = &e;
+    while let Some(next) = source.source() {
+        source = next;
+    }
+    format!("{host}:{port}: {what} ({source})")
+}
