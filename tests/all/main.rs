@@ -21,6 +21,7 @@ mod interrupt;
 mod jupyter;
 mod layers;
 mod mcp;
+mod network;
 mod piston;
 mod replay;
 mod runtimes;

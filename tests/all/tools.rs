@@ -608,17 +608,23 @@ async fn a_ws_client_declares_functions_and_answers_their_calls() {
     }
 }
 
-/// The callback receiver (`tests/callbacks/receiver.py`) checking signatures with `key`, and
-/// its port. Killed when dropped.
+/// A Python HTTP server of the tests' (`tests/callbacks/receiver.py`, `tests/network/server.py`)
+/// and its port. Killed when dropped.
 pub(crate) struct Receiver(std::process::Child, pub(crate) u16);
 
 impl Receiver {
+    /// The callback receiver, checking signatures with `key`.
     pub(crate) fn start(key: &str) -> Self {
+        Receiver::spawn("tests/callbacks/receiver.py", &[key])
+    }
+
+    /// `script` (from the repository's root) with `args`, once it says its port.
+    pub(crate) fn spawn(script: &str, args: &[&str]) -> Self {
         use std::io::BufRead;
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/callbacks/receiver.py");
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
         let mut child = std::process::Command::new("python3")
             .arg(script)
-            .arg(key)
+            .args(args)
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("python3 runs the receiver");

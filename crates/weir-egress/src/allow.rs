@@ -148,9 +148,15 @@ impl Allowlist {
         self.rules.is_empty()
     }
 
-    /// The first entry that allows `host` on `port`.
+    /// An entry that allows `host` on `port`: one naming it exactly with its port if there is
+    /// one (`127.0.0.1:8000` beside `*`), whatever the order.
     pub fn find(&self, host: &str, port: u16) -> Option<&Rule> {
-        self.rules.iter().find(|r| r.allows(host, port))
+        let mut allowing = self.rules.iter().filter(|r| r.allows(host, port));
+        let first = allowing.next()?;
+        Some(match first.names_exactly() {
+            true => first,
+            false => allowing.find(|r| r.names_exactly()).unwrap_or(first),
+        })
     }
 }
 
@@ -224,6 +230,9 @@ mod tests {
         let r = Rule::parse("[::1]:8080").unwrap();
         assert!(r.allows("[::1]", 8080) && !r.allows("[::1]", 8081));
         assert!(Rule::parse("*").unwrap().allows("anything.org", 1));
+        let list = Allowlist::parse(&["*".into(), "127.0.0.1:8000".into()]).unwrap();
+        assert!(list.find("127.0.0.1", 8000).unwrap().names_exactly());
+        assert!(!list.find("127.0.0.1", 8001).unwrap().names_exactly());
     }
 
     #[test]

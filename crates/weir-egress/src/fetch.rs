@@ -129,7 +129,7 @@ impl RunNetwork {
         let addrs = resolve(&host, port, rule).await?;
         let mut used = Vec::new();
         let headers = self.headers(&asked.headers, &host, port, &mut used)?;
-        let client = client(&asked.url, &host, &addrs, config.timeout_ms)?;
+        let client = client(&asked.url, &host, &addrs)?;
         let mut response = client
             .request(asked.method, asked.url.clone())
             .headers(headers)
@@ -279,19 +279,14 @@ async fn resolve(host: &str, port: u16, rule: &Rule) -> Result<Vec<SocketAddr>, 
     }
 }
 
-/// A client that reaches `host` at `addrs` only, follows no redirect and uses no proxy.
-fn client(
-    url: &reqwest::Url,
-    host: &str,
-    addrs: &[SocketAddr],
-    timeout_ms: u64,
-) -> Result<reqwest::Client, String> {
+/// A client that reaches `host` at `addrs` only, follows no redirect and uses no proxy. (The
+/// request's time limit is [`RunNetwork::fetch`]'s, over resolving, connecting and reading.)
+fn client(url: &reqwest::Url, host: &str, addrs: &[SocketAddr]) -> Result<reqwest::Client, String> {
     let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .http1_only()
-        .pool_max_idle_per_host(0)
-        .timeout(Duration::from_millis(timeout_ms));
+        .pool_max_idle_per_host(0);
     if url.domain().is_some() {
         builder = builder.resolve_to_addrs(host, addrs);
     }

@@ -98,7 +98,12 @@ impl PgHistory {
 
     /// Queues the `running` row of a run that has started.
     pub async fn started(&self, record: RunRecord) {
-        if self.tx.send(Command::Started(Box::new(record))).await.is_err() {
+        if self
+            .tx
+            .send(Command::Started(Box::new(record)))
+            .await
+            .is_err()
+        {
             tracing::error!("run history writer has stopped; a run start was not stored");
         }
     }
