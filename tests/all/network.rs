@@ -204,7 +204,7 @@ print("still here")
     // Each redirect followed is a request of its own: 13 requests, 11 allowed.
     let ok = "200 ".to_string();
     let expected = [
-        format!("NetworkError: localhost is "),
+        "NetworkError: localhost is ".into(),
         "NetworkError: 169.254.169.254 is 169.254.169.254, a link-local address (where cloud metadata services answer): reachable only through an allowlist entry naming 169.254.169.254:80 exactly".into(),
         format!("NetworkError: [::1] is ::1, a loopback address: reachable only through an allowlist entry naming [::1]:{port} exactly"),
         "NetworkError: 10.0.0.1 is 10.0.0.1, a private address: reachable only through an allowlist entry naming 10.0.0.1:80 exactly".into(),
