@@ -1,7 +1,9 @@
 //! Host-function figures (`weir_sandbox::Tools`): a guest's `tools.NAME(...)` round trip in the
 //! library, timed inside the guest over many calls, beside an ordinary Python function call in
 //! the same run; and over `/ws`, where a client answers each call (`weir serve` in a process
-//! of its own, the client in this one), beside the library's.
+//! of its own, the client in this one), beside the library's; and an allowed HTTP GET from the
+//! guest's `urllib.request`, made by the host (`weir_egress`), beside native `python3`'s own
+//! `urllib.request` GET of the same local server.
 
 use crate::measure::row;
 use serde_json::{json, Value};
@@ -57,7 +59,84 @@ pub async fn rows(sandbox: &Sandbox) -> anyhow::Result<()> {
         &format!("{:.1} µs (in the library)", micros[2]),
         "<= 0.3 ms",
     );
+    let (guest, native) = http_get(sandbox).await?;
+    row(
+        "allowed HTTP GET from the guest's urllib (made by the host), local server, per request",
+        format!("{:.0} µs", guest),
+        &format!("{:.0} µs (python3's urllib)", native),
+        "measured",
+    );
     Ok(())
+}
+
+/// Requests per sample.
+const GETS: usize = 300;
+
+const GET_PROGRAM: &str = "import time, urllib.request\n\
+for _ in range(2):\n\
+\x20   t = time.perf_counter()\n\
+\x20   for i in range(GETS):\n\
+\x20       urllib.request.urlopen(URL).read()\n\
+\x20   print((time.perf_counter() - t) / GETS * 1e6)\n";
+
+/// µs per GET of a local server's 2-byte answer: from a weir run allowed to reach it, and from
+/// native `python3`, one after the other against the same server; each the second of two
+/// batches of [`GETS`].
+async fn http_get(sandbox: &Sandbox) -> anyhow::Result<(f64, f64)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let server = tokio::spawn(answer_ok(listener));
+    let program = GET_PROGRAM
+        .replace("GETS", &GETS.to_string())
+        .replace("URL", &format!("'http://127.0.0.1:{port}/'"));
+    let config = weir_egress::NetworkConfig {
+        allow: vec![format!("127.0.0.1:{port}")],
+        max_requests: 10 * GETS as u32,
+        ..Default::default()
+    };
+    let network = weir_egress::Network::new(&config, &Default::default())?
+        .ok_or_else(|| anyhow::anyhow!("the bench's network allows nothing"))?;
+    let mut req = RunRequest::script(program.clone());
+    req.close_stdin = true;
+    req.tools = Some(network.for_run(None).install(None));
+    let out = sandbox.start(req).await?.collect().await;
+    let native = tokio::process::Command::new(crate::native::python())
+        .arg("-c")
+        .arg(&program)
+        .output()
+        .await?;
+    server.abort();
+    let second = |text: &str| {
+        text.lines()
+            .filter_map(|l| l.trim().parse::<f64>().ok())
+            .nth(1)
+    };
+    let guest = second(&out.stdout_text())
+        .ok_or_else(|| anyhow::anyhow!("the GET bench failed: {}", out.stderr_text()))?;
+    let native = second(&String::from_utf8_lossy(&native.stdout))
+        .ok_or_else(|| anyhow::anyhow!("native python3's GET bench failed"))?;
+    Ok((guest, native))
+}
+
+/// Answers every connection's request with `ok` and closes it.
+async fn answer_ok(listener: tokio::net::TcpListener) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut connections = tokio::task::JoinSet::new();
+    while let Ok((mut stream, _)) = listener.accept().await {
+        connections.spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+            let _ = stream.write_all(answer).await;
+        });
+        while connections.try_join_next().is_some() {}
+    }
 }
 
 /// Calls over `/ws` per sample, after as many to warm up.

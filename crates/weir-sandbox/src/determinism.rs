@@ -215,11 +215,17 @@ impl VirtualClock {
         (self.fuel_at_start.saturating_sub(fuel_left) / FUEL_PER_NS).saturating_add(self.base_ns)
     }
 
+    /// Fuel burnt since the last whole virtual nanosecond, the guest holding `fuel_left`.
+    pub(crate) fn sub_ns_fuel(&self, fuel_left: u64) -> u64 {
+        self.fuel_at_start.saturating_sub(fuel_left) % FUEL_PER_NS
+    }
+
     /// Goes on from another run's clock (a restored session's): `elapsed_ns` of virtual time
-    /// and `ids` file identities behind it, the guest holding `fuel_left` now.
-    pub(crate) fn resume(&mut self, elapsed_ns: u64, ids: u64, fuel_left: u64) {
+    /// and `sub_ns_fuel` toward the next nanosecond, `ids` file identities behind it, the guest
+    /// holding `fuel_left` now.
+    pub(crate) fn resume(&mut self, elapsed_ns: u64, sub_ns_fuel: u64, ids: u64, fuel_left: u64) {
         self.base_ns = elapsed_ns;
-        self.fuel_at_start = fuel_left;
+        self.fuel_at_start = fuel_left.saturating_add(sub_ns_fuel % FUEL_PER_NS);
         self.file_ids.clear();
         self.ids_before = ids;
     }

@@ -117,6 +117,10 @@ pub(crate) struct Determinism {
     /// The fuel the session had left: its budget for the whole session goes on from there.
     #[serde(default)]
     pub fuel_left: Option<u64>,
+    /// Fuel burnt since the clock's last whole nanosecond: the restored clock counts it, so it
+    /// ticks exactly as the session's own would have.
+    #[serde(default)]
+    pub sub_ns_fuel: u64,
 }
 
 impl Determinism {

@@ -65,6 +65,7 @@ fn determinism(store: &mut Store<GuestState>) -> Result<Option<snapshot::Determi
         return Ok(None);
     };
     let file_ids = clock.ids_issued();
+    let sub_ns_fuel = clock.sub_ns_fuel(store.get_fuel().unwrap_or(0));
     let elapsed_ns = crate::determinism::virtual_now(&store.as_context_mut()).unwrap_or(0);
     let (secure, insecure) = random.positions();
     Ok(Some(snapshot::Determinism {
@@ -74,6 +75,7 @@ fn determinism(store: &mut Store<GuestState>) -> Result<Option<snapshot::Determi
         elapsed_ns,
         file_ids,
         fuel_left: store.get_fuel().ok(),
+        sub_ns_fuel,
     }))
 }
 
@@ -95,7 +97,7 @@ fn resume_determinism(store: &mut Store<GuestState>, from: &Snapshot) -> Result<
         .set_fuel(fuel_left)
         .map_err(|e| Error::SnapshotShape(format!("fuel: {e}")))?;
     if let GuestClock::Virtual(clock) = &mut store.data_mut().clock {
-        clock.resume(was.elapsed_ns, was.file_ids, fuel_left);
+        clock.resume(was.elapsed_ns, was.sub_ns_fuel, was.file_ids, fuel_left);
     }
     Ok(())
 }
