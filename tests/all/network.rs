@@ -363,3 +363,68 @@ async fn python_sci_reaches_allowed_hosts_the_same_way() {
         "['/table', 'GET']\nlocalhost:443 is not on this run's network allowlist\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_declares_secrets_of_its_own_for_hosts_the_server_allows() {
+    let api = api();
+    let port = api.1;
+    let server = server(move |c| {
+        c.network.allow = vec![format!("127.0.0.1:{port}")];
+        c.secrets.insert(
+            "OPERATOR_KEY".into(),
+            weir_egress::SecretConfig {
+                value: Some("the operator's own value".into()),
+                value_env: None,
+                hosts: vec!["api.github.com".into()],
+            },
+        );
+    })
+    .await;
+    let code = format!(
+        "import json, os, urllib.request\n\
+         print(os.environ['RUN_KEY'], os.environ['OPERATOR_KEY'])\n\
+         req = urllib.request.Request('http://127.0.0.1:{port}/', headers={{'X-Key': 'k', \
+         'Authorization': 'token ' + os.environ['RUN_KEY']}})\n\
+         print(json.loads(urllib.request.urlopen(req).read())['auth_sha256'])\n"
+    );
+    let secrets = json!({"RUN_KEY": {"value": SECRET, "hosts": [format!("127.0.0.1:{port}")]}});
+    let (stdout, answer) = run(&server, &code, json!({ "secrets": secrets })).await;
+    assert_eq!(
+        stdout,
+        format!(
+            "weir-secret:RUN_KEY weir-secret:OPERATOR_KEY\n{}\n",
+            sha256(&format!("token {SECRET}"))
+        )
+    );
+    let history = record(&server, &answer["run_id"]).await;
+    assert!(!history.to_string().contains(SECRET), "{history}");
+
+    for (secrets, why) in [
+        (
+            json!({"K": {"value_env": "HOME", "hosts": ["a.org"]}}),
+            "value_env is the operator's",
+        ),
+        (
+            json!({"OPERATOR_KEY": {"value": "mine, not theirs", "hosts": ["a.org"]}}),
+            "the server has a secret of that name",
+        ),
+        (
+            json!({"K": {"value": "abc", "hosts": ["a.org"]}}),
+            "at least 4 bytes",
+        ),
+    ] {
+        let body = json!({"source": "1", "secrets": secrets});
+        let r = post_json(&server, "/v1/runs", &body).await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(r.body.contains(why), "{}", r.body);
+    }
+    let body =
+        json!({"durable": true, "secrets": {"K": {"value": "long enough", "hosts": ["a.org"]}}});
+    let r = post_json(&server, "/v1/sessions", &body).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("leave out network and secrets"),
+        "{}",
+        r.body
+    );
+}

@@ -98,7 +98,8 @@ async fn http_get(sandbox: &Sandbox) -> anyhow::Result<(f64, f64)> {
         .ok_or_else(|| anyhow::anyhow!("the bench's network allows nothing"))?;
     let mut req = RunRequest::script(program.clone());
     req.close_stdin = true;
-    req.tools = Some(network.for_run(None).install(None));
+    let run_network = network.for_run(None, Default::default())?;
+    req.tools = Some(run_network.install(None));
     let out = sandbox.start(req).await?.collect().await;
     let native = tokio::process::Command::new(crate::native::python())
         .arg("-c")

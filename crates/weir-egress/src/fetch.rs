@@ -2,7 +2,7 @@
 
 use crate::allow::{self, Allowlist, Rule};
 use crate::secrets::{self, Secret};
-use crate::Network;
+use crate::{Network, RunSecrets};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -33,6 +33,10 @@ pub struct RequestRecord {
 pub struct RunNetwork {
     network: Arc<Network>,
     narrowed: Option<Allowlist>,
+    /// The run's own secrets (a fork declares them again).
+    own: RunSecrets,
+    /// The operator's secrets and the run's own.
+    secrets: Vec<Secret>,
     requests: AtomicU32,
     log: Mutex<Vec<RequestRecord>>,
 }
@@ -51,10 +55,15 @@ const HOST_SET: [&str; 9] = [
 ];
 
 impl RunNetwork {
-    pub(crate) fn new(network: Arc<Network>, narrowed: Option<Allowlist>) -> Self {
+    pub(crate) fn new(network: Arc<Network>, narrowed: Option<Allowlist>, own: RunSecrets) -> Self {
+        let secrets = (network.secrets.iter().cloned())
+            .chain(own.0.iter().cloned())
+            .collect();
         RunNetwork {
             network,
             narrowed,
+            own,
+            secrets,
             requests: AtomicU32::new(0),
             log: Mutex::new(Vec::new()),
         }
@@ -63,6 +72,18 @@ impl RunNetwork {
     /// The run's own entries, when it narrowed the server's (a fork of its session keeps them).
     pub fn narrowed(&self) -> Option<&Allowlist> {
         self.narrowed.as_ref()
+    }
+
+    /// The secrets the run declared itself (a fork of its session keeps them).
+    pub fn own_secrets(&self) -> &RunSecrets {
+        &self.own
+    }
+
+    /// The environment the run sees for its secrets: `NAME=weir-secret:NAME` for each.
+    pub fn placeholders(&self) -> Vec<(String, String)> {
+        (self.secrets.iter())
+            .map(|s| (s.name.clone(), s.placeholder()))
+            .collect()
     }
 
     /// The requests made so far, in order (at most the run's `max_requests`).
@@ -184,7 +205,7 @@ impl RunNetwork {
             if HOST_SET.contains(&name.to_ascii_lowercase().as_str()) {
                 continue;
             }
-            let filled = secrets::fill(value, &self.network.secrets, host, port, used);
+            let filled = secrets::fill(value, &self.secrets, host, port, used);
             let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| format!("header {name:?}: not a header name"))?;
             let value = reqwest::header::HeaderValue::from_str(&filled)

@@ -15,7 +15,8 @@
 //! - bounded per run: requests, bytes sent, bytes of each response (read no further), time of
 //!   each request; an interrupt or the run's end drops a request in flight.
 //!
-//! Secrets ([`secrets`]) reach only their hosts, in header values, and never the guest. Every
+//! Secrets ([`secrets`]: the operator's, and a run's own) reach only their hosts, in header
+//! values, and never the guest. Every
 //! request is kept in the run's log ([`RunNetwork::requests`]: method, host, port, status,
 //! bytes) for the run history. docs/code-mode.md.
 
@@ -115,16 +116,52 @@ impl Network {
         })))
     }
 
-    /// The environment a run sees for the secrets: `NAME=weir-secret:NAME` for each.
-    pub fn placeholders(&self) -> Vec<(String, String)> {
-        (self.secrets.iter())
-            .map(|s| (s.name.clone(), s.placeholder()))
-            .collect()
+    /// A run's egress: this server's, narrowed by `narrowed` when the run gives entries, with
+    /// the run's own `secrets` beside the operator's. Refused: a run secret named as one of the
+    /// operator's.
+    pub fn for_run(
+        self: &Arc<Self>,
+        narrowed: Option<Allowlist>,
+        secrets: RunSecrets,
+    ) -> Result<Arc<RunNetwork>, Error> {
+        if let Some(clash) =
+            (secrets.0.iter()).find(|s| self.secrets.iter().any(|o| o.name == s.name))
+        {
+            return Err(Error::Config(format!(
+                "secrets.{}: the server has a secret of that name",
+                clash.name
+            )));
+        }
+        Ok(Arc::new(RunNetwork::new(self.clone(), narrowed, secrets)))
+    }
+}
+
+/// Secrets a run declares itself (`secrets` in its request): values it gives, for hosts the
+/// server allows. At most [`MAX_RUN_SECRETS`].
+#[derive(Debug, Clone, Default)]
+pub struct RunSecrets(Vec<secrets::Secret>);
+
+/// The most secrets one run declares.
+pub const MAX_RUN_SECRETS: usize = 32;
+
+impl RunSecrets {
+    /// A run's `secrets`: each with a `value` (never `value_env`) and its hosts.
+    pub fn new(declared: &BTreeMap<String, SecretConfig>) -> Result<RunSecrets, Error> {
+        if declared.len() > MAX_RUN_SECRETS {
+            return Err(Error::Config(format!(
+                "secrets: more than {MAX_RUN_SECRETS}"
+            )));
+        }
+        let secrets = declared
+            .iter()
+            .map(|(name, config)| secrets::Secret::for_run(name, config))
+            .collect::<Result<_, _>>()?;
+        Ok(RunSecrets(secrets))
     }
 
-    /// A run's egress: this server's, narrowed by `narrowed` when the run gives entries.
-    pub fn for_run(self: &Arc<Self>, narrowed: Option<Allowlist>) -> Arc<RunNetwork> {
-        Arc::new(RunNetwork::new(self.clone(), narrowed))
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 

@@ -88,6 +88,17 @@ impl Secret {
         })
     }
 
+    /// A secret a run declares (its request carries the value): `value` only, since
+    /// `value_env` would read the server's environment, which is the operator's.
+    pub(crate) fn for_run(name: &str, config: &SecretConfig) -> Result<Secret, Error> {
+        if config.value_env.is_some() {
+            return Err(Error::Config(format!(
+                "secrets.{name}: a run's secret gives its value; value_env is the operator's"
+            )));
+        }
+        Secret::new(name, config)
+    }
+
     /// What the guest sees.
     pub(crate) fn placeholder(&self) -> String {
         format!("{PREFIX}{}", self.name)

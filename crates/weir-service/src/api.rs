@@ -128,7 +128,7 @@ async fn create_run(
         .for_run(params.callback_url.as_deref(), !params.functions.is_empty())
         .map_err(Error::BadRequest)?;
     let tools = protocol::declared(&params.functions).map_err(Error::BadRequest)?;
-    let reach = oneshot::Reach::from_entries(params.network.as_deref())?;
+    let reach = oneshot::Reach::from_params(params.network.as_deref(), &params.secrets)?;
     let record = params.record;
     let config = &state.config;
     let memory_given = params.limits.memory_bytes.is_some();

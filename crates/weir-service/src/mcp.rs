@@ -374,6 +374,7 @@ impl WeirMcp {
                 .collect(),
             callback_url: args.callback_url,
             network: args.network,
+            secrets: Default::default(),
         };
         let callbacks = &self.state.callbacks;
         let callback =
@@ -385,7 +386,7 @@ impl WeirMcp {
             Ok(tools) => tools,
             Err(why) => return Ok(answer(false, why)),
         };
-        let reach = match Reach::from_entries(params.network.as_deref()) {
+        let reach = match Reach::from_params(params.network.as_deref(), &params.secrets) {
             Ok(reach) => reach,
             Err(why) => return Ok(answer(false, why.to_string())),
         };

@@ -86,6 +86,10 @@ pub struct RunParams {
     /// The hosts this run may reach (`host[:port]`, `*.domain`): the server's `[network]
     /// allow` narrowed to these, never widened. Absent: whatever the server allows.
     pub network: Option<Vec<String>>,
+    /// Secrets of this run's own, `NAME: {value, hosts}`: the program sees `weir-secret:NAME`,
+    /// and requests to `hosts` carry the value (docs/code-mode.md).
+    #[serde(default)]
+    pub secrets: std::collections::BTreeMap<String, weir_egress::SecretConfig>,
 }
 
 /// A function a client declares for its run: the guest calls it as `tools.NAME(**args)`.

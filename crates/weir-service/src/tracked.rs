@@ -66,25 +66,37 @@ pub struct Books {
     pub network: Option<Arc<weir_egress::Network>>,
 }
 
-/// The network a run asks for: the server's, or the server's narrowed to its own entries.
+/// The network a run asks for: what the server allows, or that narrowed to the run's own
+/// entries; and the secrets it declares beside the operator's.
 #[derive(Debug, Clone, Default)]
-pub enum Reach {
-    /// Whatever the server allows.
-    #[default]
-    Server,
-    /// Only what both the server and these entries allow.
-    Narrowed(weir_egress::Allowlist),
+pub struct Reach {
+    narrowed: Option<weir_egress::Allowlist>,
+    secrets: weir_egress::RunSecrets,
 }
 
 impl Reach {
-    /// A request's `network` entries: none given is [`Reach::Server`].
-    pub fn from_entries(entries: Option<&[String]>) -> Result<Reach, Error> {
-        match entries {
-            None => Ok(Reach::Server),
-            Some(entries) => weir_egress::narrowing(entries)
-                .map(Reach::Narrowed)
-                .map_err(|e| Error::BadRequest(e.to_string())),
-        }
+    /// Whatever the server allows, with the operator's secrets only.
+    pub fn server() -> Reach {
+        Reach::default()
+    }
+
+    /// A request's `network` entries (none: whatever the server allows) and `secrets`.
+    pub fn from_params(
+        entries: Option<&[String]>,
+        secrets: &std::collections::BTreeMap<String, weir_egress::SecretConfig>,
+    ) -> Result<Reach, Error> {
+        let bad = |e: weir_egress::Error| Error::BadRequest(e.to_string());
+        let narrowed = entries
+            .map(weir_egress::narrowing)
+            .transpose()
+            .map_err(bad)?;
+        let secrets = weir_egress::RunSecrets::new(secrets).map_err(bad)?;
+        Ok(Reach { narrowed, secrets })
+    }
+
+    /// Whether the run gives entries or secrets of its own.
+    pub fn is_own(&self) -> bool {
+        self.narrowed.is_some() || !self.secrets.is_empty()
     }
 }
 
@@ -138,7 +150,15 @@ impl TrackedRun {
         req: RunRequest,
         id: &str,
     ) -> Result<Self, Error> {
-        Self::start_as(books, user, req, false, HistoryId::Given(id), Reach::Server).await
+        Self::start_as(
+            books,
+            user,
+            req,
+            false,
+            HistoryId::Given(id),
+            Reach::server(),
+        )
+        .await
     }
 
     async fn start_as(
@@ -149,15 +169,22 @@ impl TrackedRun {
         id: HistoryId<'_>,
         reach: Reach,
     ) -> Result<Self, Error> {
-        let network = books.network.as_ref().map(|n| {
-            n.for_run(match reach {
-                Reach::Server => None,
-                Reach::Narrowed(entries) => Some(entries),
-            })
-        });
-        if let (Some(network), Some(server)) = (&network, &books.network) {
+        let network = match &books.network {
+            Some(server) => Some(
+                server
+                    .for_run(reach.narrowed, reach.secrets)
+                    .map_err(|e| Error::BadRequest(e.to_string()))?,
+            ),
+            None if !reach.secrets.is_empty() => {
+                return Err(Error::BadRequest(
+                    "secrets: this server allows no network ([network] allow)".into(),
+                ))
+            }
+            None => None,
+        };
+        if let Some(network) = &network {
             req.tools = Some(network.install(req.tools.take()));
-            for (name, placeholder) in server.placeholders() {
+            for (name, placeholder) in network.placeholders() {
                 if !req.env.iter().any(|(n, _)| *n == name) {
                     req.env.push((name, placeholder));
                 }
@@ -194,11 +221,14 @@ impl TrackedRun {
         }
     }
 
-    /// How far this run reaches: a session forked from it reaches as far.
+    /// How far this run reaches: a session forked from it reaches as far, with its secrets.
     pub fn reach(&self) -> Reach {
-        match self.network.as_ref().and_then(|n| n.narrowed()) {
-            Some(entries) => Reach::Narrowed(entries.clone()),
-            None => Reach::Server,
+        match &self.network {
+            Some(n) => Reach {
+                narrowed: n.narrowed().cloned(),
+                secrets: n.own_secrets().clone(),
+            },
+            None => Reach::server(),
         }
     }
 

@@ -294,7 +294,7 @@ impl Connection {
             ));
         }
         let tools = protocol::declared(&params.functions).map_err(|e| (code::INVALID_PARAMS, e))?;
-        let reach = Reach::from_entries(params.network.as_deref())
+        let reach = Reach::from_params(params.network.as_deref(), &params.secrets)
             .map_err(|e| (code::INVALID_PARAMS, e.to_string()))?;
         let mut req = params.into_request(&config.limits, &config.max_limits);
         req.tools = tools;

@@ -35,7 +35,7 @@ pub async fn execute(
     req: RunRequest,
     record: bool,
 ) -> Result<Finished, Error> {
-    execute_with(app, user, req, record, None, Reach::Server).await
+    execute_with(app, user, req, record, None, Reach::server()).await
 }
 
 /// [`execute`], with the run's calls to the functions it declared sent to `callback`

@@ -42,6 +42,9 @@ pub struct CreateParams {
     /// The hosts its cells may reach: the server's `[network] allow` narrowed to these, never
     /// widened. Absent: whatever the server allows.
     pub network: Option<Vec<String>>,
+    /// Secrets of its own, `NAME: {value, hosts}` (docs/code-mode.md).
+    #[serde(default)]
+    pub secrets: BTreeMap<String, weir_egress::SecretConfig>,
 }
 
 impl super::body::Params for CreateParams {
@@ -134,13 +137,16 @@ pub async fn start(
         }
         Some(id) => Some(Arc::new(load(app, id, user).await?)),
     };
-    if durable && params.network.is_some() {
-        // A node taking a durable session over knows its owner and limits, not its own entries.
+    let reach = Reach::from_params(params.network.as_deref(), &params.secrets)?;
+    if durable && reach.is_own() {
+        // A node taking a durable session over knows its owner and limits, not its own entries
+        // or secrets.
         return Err(Error::BadRequest(
-            "a durable session reaches what the server allows: leave out network".into(),
+            "a durable session reaches what the server allows, with the server's secrets: leave \
+             out network and secrets"
+                .into(),
         ));
     }
-    let reach = Reach::from_entries(params.network.as_deref())?;
     let req = request(app, params, from);
     let session = launch(app, user, req, slot, durable, reach).await?;
     if durable {

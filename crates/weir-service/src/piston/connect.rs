@@ -173,12 +173,13 @@ impl Connection {
             Ok(job) => job,
             Err(m) => return notify_error(link, m).await,
         };
-        let run = match TrackedRun::start(&self.app.books(), &self.user, req, false, Reach::Server)
-            .await
-        {
-            Ok(run) => run,
-            Err(e) => return notify_error(link, e.to_string()).await,
-        };
+        let run =
+            match TrackedRun::start(&self.app.books(), &self.user, req, false, Reach::server())
+                .await
+            {
+                Ok(run) => run,
+                Err(e) => return notify_error(link, e.to_string()).await,
+            };
         self.run = Some(run);
         self.initialized = true;
         let announce =
