@@ -94,7 +94,9 @@ impl RunNetwork {
     /// `tools` (or none) with this network: the guest's requests come to [`RunNetwork::fetch`].
     pub fn install(self: &Arc<Self>, tools: Option<Tools>) -> Tools {
         let network = self.clone();
-        tools.unwrap_or_default().with_network(move |request| {
+        // The body in base64 (4 bytes for 3), and room for the URL and headers.
+        let max = self.network.config.max_request_bytes / 3 * 4 + (256 << 10);
+        tools.unwrap_or_default().with_network(max, move |request| {
             let network = network.clone();
             async move { network.fetch(request).await }
         })

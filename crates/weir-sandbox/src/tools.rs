@@ -102,8 +102,9 @@ pub const NETWORK_FUNCTION: &str = "_http";
 #[derive(Clone, Default)]
 pub struct Tools {
     by_name: BTreeMap<String, Tool>,
-    /// What answers the guest's HTTP requests ([`Tools::with_network`]).
-    network: Option<Closure>,
+    /// What answers the guest's HTTP requests, and the most bytes of one request as JSON
+    /// ([`Tools::with_network`]).
+    network: Option<(Closure, usize)>,
     /// The run's bounds on calling them.
     pub limits: ToolLimits,
     /// A transcript's calls, answered in order instead of any function ([`Tools::replaying`]).
@@ -180,13 +181,15 @@ impl Tools {
     /// With network access: the guest's HTTP requests (calls to [`NETWORK_FUNCTION`], made by
     /// `urllib.request` and `http.client` in the guest) are answered by `handler`, which
     /// checks, makes and bounds them itself: they count in no [`ToolLimits`] but the run's
-    /// wall time, and an interrupt or the run's end drops the request.
-    pub fn with_network<F, Fut>(mut self, handler: F) -> Self
+    /// wall time, and an interrupt or the run's end drops the request. A request over
+    /// `max_request_bytes` as JSON is refused before it is read.
+    pub fn with_network<F, Fut>(mut self, max_request_bytes: usize, handler: F) -> Self
     where
         F: Fn(Value) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ToolResult> + Send + 'static,
     {
-        self.network = Some(Arc::new(move |args| Box::pin(handler(args))));
+        let closure: Closure = Arc::new(move |args| Box::pin(handler(args)));
+        self.network = Some((closure, max_request_bytes));
         self
     }
 
@@ -293,9 +296,16 @@ pub(crate) struct ToolBox {
     /// The call to a declared function waiting for [`ToolBox::answer_call`]: at most one, as
     /// the guest waits for each call.
     waiting: Mutex<Option<(u64, oneshot::Sender<ToolResult>)>>,
-    /// The calls answered so far, when the run is recorded (at most `max_calls`).
+    /// The calls answered so far, when the run is recorded (at most `max_calls`, and
+    /// [`MAX_LOGGED_BYTES`]).
     log: Option<Mutex<Vec<CallRecord>>>,
+    /// Bytes of the calls' arguments and answers logged so far.
+    logged: std::sync::atomic::AtomicUsize,
 }
+
+/// The most bytes of calls' arguments and answers a recorded run keeps for its transcript; a
+/// call past it gets an error (kept instead).
+pub const MAX_LOGGED_BYTES: usize = 64 << 20;
 
 /// The calls a recorded run made, and the calls it was allowed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -353,6 +363,7 @@ impl ToolBox {
             numbered: AtomicU64::new(0),
             waiting: Mutex::new(None),
             log: record.then(|| Mutex::new(Vec::new())),
+            logged: Default::default(),
         }
     }
 
@@ -427,11 +438,18 @@ impl ToolBox {
                 "the run's {max_calls} host-function calls are used up"
             ));
         }
-        let answer = match &self.tools.replay {
+        let mut answer = match &self.tools.replay {
             Some(replay) => replayed(replay, name, args),
             None => self.checked(name, args, sink).await,
         };
         if let Some(log) = &self.log {
+            let size = args.len() + answer.as_ref().map_or(0, String::len);
+            if self.logged.fetch_add(size, Ordering::Relaxed) + size > MAX_LOGGED_BYTES {
+                answer = Err(format!(
+                    "{name}: a recorded run keeps at most {MAX_LOGGED_BYTES} bytes of calls and \
+                     answers for its transcript"
+                ));
+            }
             let args = args_value(args);
             let result = match &answer {
                 Ok(text) => Ok(serde_json::from_str(text).unwrap_or(Value::Null)),
@@ -512,9 +530,15 @@ impl ToolBox {
 impl ToolBox {
     /// An HTTP request from the guest, answered by the run's network handler.
     async fn request(&self, args: &str) -> std::result::Result<String, String> {
-        let Some(network) = &self.tools.network else {
+        let Some((network, max)) = &self.tools.network else {
             return Err("this run has no network access".into());
         };
+        if args.len() > *max {
+            return Err(format!(
+                "a network request of {} bytes, over the run's {max}-byte limit",
+                args.len()
+            ));
+        }
         let args: Value =
             serde_json::from_str(args).map_err(|e| format!("a network request: {e}"))?;
         Ok(network(args).await?.to_string())
