@@ -68,6 +68,15 @@ pub struct RunArgs {
     /// (default: ~/.local/share/weir/packages; recorded runs use none).
     #[arg(long, env = "WEIR_PACKAGES", value_name = "DIR")]
     pub packages: Option<PathBuf>,
+    /// A host the program may reach with urllib.request / http.client, through weir (repeat
+    /// for more): `api.github.com`, `*.example.org:443`; a loopback or private address only
+    /// named exactly with its port (`127.0.0.1:8000`). No network without one.
+    #[arg(long = "allow-net", value_name = "HOST[:PORT]")]
+    pub allow_net: Vec<String>,
+    /// A secret from this shell's environment variable NAME, sent only to HOST's requests in
+    /// place of `weir-secret:NAME`; the program sees only that placeholder.
+    #[arg(long = "secret", value_name = "NAME@HOST")]
+    pub secrets: Vec<String>,
     /// The script to run.
     pub script: Option<PathBuf>,
     /// Arguments passed to the script as sys.argv[1:].
@@ -295,7 +304,41 @@ fn run_request(args: &RunArgs) -> anyhow::Result<RunRequest> {
             "--record cannot be used with --dir: the transcript would not hold the mounted files"
         );
     }
+    give_network(args, &mut req)?;
     Ok(req)
+}
+
+/// The network `--allow-net` and `--secret` ask for, if any.
+fn give_network(args: &RunArgs, req: &mut RunRequest) -> anyhow::Result<()> {
+    let mut secrets = std::collections::BTreeMap::new();
+    for secret in &args.secrets {
+        let Some((name, host)) = secret.split_once('@') else {
+            anyhow::bail!("--secret {secret:?}: NAME@HOST, NAME an environment variable");
+        };
+        let config = weir_egress::SecretConfig {
+            value: None,
+            value_env: Some(name.to_string()),
+            hosts: vec![host.to_string()],
+        };
+        secrets.insert(name.to_string(), config);
+    }
+    let config = weir_egress::NetworkConfig {
+        allow: args.allow_net.clone(),
+        ..Default::default()
+    };
+    let Some(network) = weir_egress::Network::new(&config, &secrets)? else {
+        if !secrets.is_empty() {
+            anyhow::bail!("--secret needs --allow-net: the secret's host must be reachable");
+        }
+        return Ok(());
+    };
+    let run_network = network.for_run(None, Default::default())?;
+    req.tools = Some(run_network.install(req.tools.take()));
+    for (name, placeholder) in run_network.placeholders() {
+        req.env.retain(|(n, _)| *n != name);
+        req.env.push((name, placeholder));
+    }
+    Ok(())
 }
 
 /// Gives a run that names no memory limit its runtime's own default (python-sci's 1 GiB), if

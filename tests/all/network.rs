@@ -428,3 +428,44 @@ async fn a_run_declares_secrets_of_its_own_for_hosts_the_server_allows() {
         r.body
     );
 }
+
+#[test]
+fn weir_run_reaches_the_hosts_allow_net_names_with_secrets_from_its_environment() {
+    let api = api();
+    let port = api.1;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let script = dir.path().join("fetch.py");
+    std::fs::write(
+        &script,
+        format!(
+            "import json, os, urllib.request\n\
+             req = urllib.request.Request('http://127.0.0.1:{port}/cli', \
+             headers={{'Authorization': os.environ['TOKEN']}})\n\
+             try:\n    seen = json.loads(urllib.request.urlopen(req).read())\n    \
+             print(os.environ['TOKEN'], seen['path'], seen['auth_sha256'])\n\
+             except OSError as e:\n    print(e.reason)\n"
+        ),
+    )
+    .expect("the script is written");
+    let weir = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .arg("run")
+            .args(args)
+            .arg(&script)
+            .env("TOKEN", SECRET)
+            .output()
+            .expect("weir run runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let allow = format!("127.0.0.1:{port}");
+    let secret = format!("TOKEN@127.0.0.1:{port}");
+    assert_eq!(
+        weir(&["--allow-net", &allow, "--secret", &secret]),
+        format!("weir-secret:TOKEN /cli {}\n", sha256(SECRET))
+    );
+    assert_eq!(
+        weir(&["--allow-net", "example.org", "-e", "TOKEN=x"]),
+        format!("127.0.0.1:{port} is not on this run's network allowlist\n")
+    );
+    assert_eq!(weir(&["-e", "TOKEN=x"]), "this run has no network access\n");
+}
