@@ -76,10 +76,14 @@ print(status, seen["method"], seen["body_bytes"], seen["body_sha256"])
 status, headers, seen = get("http://127.0.0.1:{pa}/redirect?to=/landed")
 print(status, seen["path"])
 c = http.client.HTTPConnection("127.0.0.1", {pa})
-for path in ("/one", "/two"):
+peers = set()
+for path in ("/one", "/two", "/three", "/four", "/five", "/six"):
     c.request("GET", path)
     r = c.getresponse()
-    print(r.status, json.loads(r.read())["path"])
+    seen = json.loads(r.read())
+    peers.add(seen["peer_port"])
+    print(r.status, seen["path"])
+print("connections reused:", len(peers) < 6)
 "#
     );
     let (stdout, answer) = run(&server, &code, json!({"record": true})).await;
@@ -95,8 +99,8 @@ for path in ("/one", "/two"):
              B got {}\n\
              200 POST 1024000 {body}\n\
              200 /landed\n\
-             200 /one\n\
-             200 /two\n",
+             200 /one\n200 /two\n200 /three\n200 /four\n200 /five\n200 /six\n\
+             connections reused: True\n",
             sha256(&format!("Bearer {SECRET}")),
             sha256("Bearer weir-secret:API_KEY"),
         ),
@@ -121,6 +125,10 @@ for path in ("/one", "/two"):
         ("GET", pb, 200),
         ("POST", pa, 200),
         ("GET", pa, 302),
+        ("GET", pa, 200),
+        ("GET", pa, 200),
+        ("GET", pa, 200),
+        ("GET", pa, 200),
         ("GET", pa, 200),
         ("GET", pa, 200),
         ("GET", pa, 200),

@@ -53,6 +53,7 @@ class Api(BaseHTTPRequestHandler):
             "auth_sha256": auth and hashlib.sha256(auth.encode()).hexdigest(),
             "body_sha256": hashlib.sha256(body).hexdigest(),
             "body_bytes": len(body),
+            "peer_port": self.client_address[1],
         }).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
