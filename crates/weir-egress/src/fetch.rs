@@ -39,19 +39,7 @@ pub struct RunNetwork {
     secrets: Vec<Secret>,
     requests: AtomicU32,
     log: Mutex<Vec<RequestRecord>>,
-    /// Clients by host and checked addresses, most recent last: a run's requests to one host
-    /// reuse its connections (no new TCP or TLS handshake) while it resolves the same way.
-    clients: Mutex<Vec<(Reached, reqwest::Client)>>,
 }
-
-/// A host and the checked addresses a client of [`RunNetwork::clients`] connects to.
-type Reached = (String, Vec<SocketAddr>);
-
-/// The most clients a run keeps (hosts it talks to at once); the oldest goes first.
-const MAX_CLIENTS: usize = 8;
-/// Idle connections kept per client, and for how long.
-const IDLE_CONNECTIONS: usize = 2;
-const IDLE_FOR: Duration = Duration::from_secs(30);
 
 /// Headers the host sets itself (from the URL and the body), whatever the guest sent.
 const HOST_SET: [&str; 9] = [
@@ -78,7 +66,6 @@ impl RunNetwork {
             secrets,
             requests: AtomicU32::new(0),
             log: Mutex::new(Vec::new()),
-            clients: Mutex::new(Vec::new()),
         }
     }
 
@@ -165,7 +152,7 @@ impl RunNetwork {
         let addrs = resolve(&host, port, rule).await?;
         let mut used = Vec::new();
         let headers = self.headers(&asked.headers, &host, port, &mut used)?;
-        let client = self.client(&asked.url, &host, addrs)?;
+        let client = client(&asked.url, &host, &addrs)?;
         let mut response = client
             .request(asked.method, asked.url.clone())
             .headers(headers)
@@ -195,27 +182,6 @@ impl RunNetwork {
             "headers": head,
             "body": base64::engine::general_purpose::STANDARD.encode(body),
         }))
-    }
-
-    /// The client reaching `host` at `addrs`: the run's, or a new one kept for the next
-    /// request.
-    fn client(
-        &self,
-        url: &reqwest::Url,
-        host: &str,
-        addrs: Vec<SocketAddr>,
-    ) -> Result<reqwest::Client, String> {
-        let key = (host.to_string(), addrs);
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, client)) = clients.iter().find(|(k, _)| *k == key) {
-            return Ok(client.clone());
-        }
-        let client = client(url, host, &key.1)?;
-        if clients.len() == MAX_CLIENTS {
-            clients.remove(0);
-        }
-        clients.push((key, client.clone()));
-        Ok(client)
     }
 
     /// The operator's entry that allows `host`:`port`, if the run's own entries allow it too.
@@ -343,8 +309,7 @@ fn client(url: &reqwest::Url, host: &str, addrs: &[SocketAddr]) -> Result<reqwes
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .http1_only()
-        .pool_max_idle_per_host(IDLE_CONNECTIONS)
-        .pool_idle_timeout(IDLE_FOR);
+        .pool_max_idle_per_host(0);
     if url.domain().is_some() {
         builder = builder.resolve_to_addrs(host, addrs);
     }
