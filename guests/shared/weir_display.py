@@ -593,15 +593,41 @@ class _HostSocket:
     def __init__(self, scheme, host, port):
         self._where = (scheme, host, port)
         self._out = bytearray()
+        self._head = None  # the request's line, headers, chunked, where its body starts
         self._answers = []
 
     def sendall(self, data):
         self._out += data
-        whole = _whole_request(self._out)
-        if whole is not None:
-            request, used = whole
+        while True:
+            whole = self._whole()
+            if whole is None:
+                return
+            (line, headers, body), used = whole
             del self._out[:used]
-            self._answers.append(_exchange(self._where, *request))
+            self._head = None
+            self._answers.append(_exchange(self._where, line, headers, body))
+
+    def _whole(self):
+        """The first whole request in what was sent, and the bytes it took; `None` while it is
+        not whole. The head is read once; the body is only counted until it is all there."""
+        out = self._out
+        if self._head is None:
+            end = out.find(b"\r\n\r\n")
+            if end < 0:
+                return None
+            self._head = _read_head(bytes(out[:end]), end + 4)
+        line, headers, chunked, start, length = self._head
+        if chunked:
+            # A chunked body ends with an empty line: try it only then.
+            if not out.endswith(b"\r\n\r\n"):
+                return None
+            body, used = _dechunk(bytes(out[start:]))
+            if body is None:
+                return None
+            return (line, headers, body), start + used
+        if len(out) < start + length:
+            return None
+        return (line, headers, bytes(out[start:start + length])), start + length
 
     def send(self, data):
         self.sendall(data)
@@ -624,15 +650,12 @@ class _HostSocket:
         pass
 
 
-def _whole_request(buffer):
-    """The first whole request in `buffer` (request line, headers, body) and the bytes it took,
-    or `None` while it is not whole."""
-    end = buffer.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    head = bytes(buffer[:end]).decode("latin-1").split("\r\n")
+def _read_head(head, start):
+    """A request's head: its line, headers, whether its body is chunked, where the body starts
+    and its length."""
+    lines = head.decode("latin-1").split("\r\n")
     headers, length, chunked = [], 0, False
-    for line in head[1:]:
+    for line in lines[1:]:
         name, _, value = line.partition(":")
         name, value = name.strip(), value.strip()
         if name.lower() == "content-length" and value.isdigit():
@@ -640,16 +663,7 @@ def _whole_request(buffer):
         elif name.lower() == "transfer-encoding" and "chunked" in value.lower():
             chunked = True
         headers.append([name, value])
-    rest = bytes(buffer[end + 4:])
-    if chunked:
-        body, used = _dechunk(rest)
-        if body is None:
-            return None
-    elif len(rest) < length:
-        return None
-    else:
-        body, used = rest[:length], length
-    return (head[0], headers, body), end + 4 + used
+    return lines[0], headers, chunked, start, length
 
 
 def _dechunk(data):
@@ -694,9 +708,15 @@ def _exchange(where, line, headers, body):
     except ToolError as exc:
         raise NetworkError(str(exc)) from None
     data = binascii.a2b_base64(answer["body"])
-    out = ["HTTP/1.1 %d %s" % (answer["status"], answer["reason"])]
-    out += ["%s: %s" % (name, value) for name, value in answer["headers"]]
-    out += ["Content-Length: %d" % len(data), "Connection: close", "", ""]
+    status = answer["status"]
+    # The server's length where the response has no body (HEAD, 204, 304), else the body's.
+    bodiless = method == "HEAD" or status in (204, 304)
+    out = ["HTTP/1.1 %d %s" % (status, answer["reason"])]
+    out += ["%s: %s" % (name, value) for name, value in answer["headers"]
+            if bodiless or name.lower() != "content-length"]
+    if not bodiless:
+        out.append("Content-Length: %d" % len(data))
+    out += ["Connection: close", "", ""]
     return "\r\n".join(out).encode("latin-1", "replace") + data
 
 

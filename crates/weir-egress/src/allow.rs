@@ -37,6 +37,9 @@ impl Rule {
             return Err(bad("too long"));
         }
         let (host, port) = split_port(entry).map_err(bad)?;
+        if host == "*." {
+            return Err(bad("not a host name ('*.' goes before a domain)"));
+        }
         let host = host.to_ascii_lowercase();
         let host = host.strip_suffix('.').unwrap_or(&host);
         let host = if host == "*" {
@@ -49,7 +52,7 @@ impl Rule {
             Host::Ip(IpAddr::V6(ip.map_err(|_| bad("not an IPv6 address"))?))
         } else if let Ok(ip) = host.parse::<Ipv4Addr>() {
             Host::Ip(IpAddr::V4(ip))
-        } else if let Some(suffix) = host.strip_prefix("*.") {
+        } else if let Some(suffix) = host.strip_prefix("*.").filter(|s| !s.is_empty()) {
             check_name(suffix).map_err(bad)?;
             Host::Under(suffix.to_string())
         } else {
@@ -80,6 +83,11 @@ impl Rule {
     pub fn names_exactly(&self) -> bool {
         self.port.is_some() && matches!(self.host, Host::Name(_) | Host::Ip(_))
     }
+
+    /// Whether it names a port.
+    pub fn has_port(&self) -> bool {
+        self.port.is_some()
+    }
 }
 
 /// `host` and its port, if given (`[v6]:port` and `[v6]` for IPv6).
@@ -104,7 +112,8 @@ fn split_port(entry: &str) -> Result<(&str, Option<u16>), &'static str> {
     Ok((host, port))
 }
 
-/// A DNS name: labels of letters, digits and `-`, at most 253 bytes.
+/// A DNS name: labels of letters, digits and `-`, at most 253 bytes, the last not a number
+/// (an address in another spelling — `0177.0.0.1`, `2130706433` — is written as an address).
 fn check_name(name: &str) -> Result<(), &'static str> {
     let label_ok = |l: &str| {
         !l.is_empty()
@@ -114,6 +123,10 @@ fn check_name(name: &str) -> Result<(), &'static str> {
     };
     if name.len() > 253 || !name.split('.').all(label_ok) {
         return Err("not a host name (letters, digits, '-' and '.'; '*.' only in front)");
+    }
+    let last = name.rsplit('.').next().unwrap_or(name);
+    if last.bytes().all(|b| b.is_ascii_digit()) || last.starts_with("0x") {
+        return Err("an address in another spelling: write it as a.b.c.d or [v6]");
     }
     Ok(())
 }
@@ -189,13 +202,19 @@ fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
         return special_v4(v4);
     }
     let s = ip.segments();
-    // NAT64 (64:ff9b::/96) carries an IPv4 address in its last 32 bits.
-    if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
-        let [_, _, _, _, _, _, hi, lo] = s;
-        let v4 = Ipv4Addr::from(((hi as u32) << 16) | lo as u32);
-        return special_v4(v4);
+    let v4_at = |hi: u16, lo: u16| Ipv4Addr::from(((hi as u32) << 16) | lo as u32);
+    // NAT64 (64:ff9b::/96, and the local-use 64:ff9b:1::/48) carries an IPv4 address in its
+    // last 32 bits; 6to4 (2002::/16) in the 32 after its first 16.
+    if s[0] == 0x64 && s[1] == 0xff9b && (s[2..6] == [0, 0, 0, 0] || s[2] == 1) {
+        return special_v4(v4_at(s[6], s[7]));
+    }
+    if s[0] == 0x2002 {
+        return special_v4(v4_at(s[1], s[2]));
     }
     Some(match s[0] {
+        // Teredo (2001::/32, its IPv4 address obscured) and the rest of the IETF's 2001::/23.
+        0x2001 if s[1] < 0x0200 => "an IETF protocol address (Teredo among them)",
+        0x0100 if s[1..4] == [0, 0, 0] => "a discard address",
         _ if ip.is_loopback() => "a loopback address",
         _ if ip.is_unspecified() => "an unspecified address",
         x if x & 0xfe00 == 0xfc00 => "a private (unique local) address",
@@ -246,6 +265,10 @@ mod tests {
             ("a b.org", "not a host name"),
             ("*a.org", "not a host name"),
             ("a.*.org", "not a host name"),
+            ("*.", "not a host name"),
+            ("*.1.2.3", "another spelling"),
+            ("2130706433:80", "another spelling"),
+            ("0x7f.1", "another spelling"),
         ] {
             let e = Rule::parse(entry).unwrap_err().to_string();
             assert!(e.contains(why), "{entry:?}: {e}");
@@ -266,6 +289,10 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
             "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::a9fe:a9fe",
+            "2002:7f00:1::",
+            "2001:0:4136:e378::1",
+            "100::1",
             "fd00::1",
             "fe80::1",
             "::",

@@ -94,19 +94,30 @@ impl RunNetwork {
     /// `tools` (or none) with this network: the guest's requests come to [`RunNetwork::fetch`].
     pub fn install(self: &Arc<Self>, tools: Option<Tools>) -> Tools {
         let network = self.clone();
-        // The body in base64 (4 bytes for 3), and room for the URL and headers.
-        let max = self.network.config.max_request_bytes / 3 * 4 + (256 << 10);
-        tools.unwrap_or_default().with_network(max, move |request| {
-            let network = network.clone();
-            async move { network.fetch(request).await }
-        })
+        let config = &self.network.config;
+        let bounds = weir_sandbox::NetworkBounds {
+            max_requests: config.max_requests,
+            // The body in base64 (4 bytes for 3), and room for the URL and headers.
+            max_request_bytes: config.max_request_bytes / 3 * 4 + (256 << 10),
+        };
+        tools
+            .unwrap_or_default()
+            .with_network(bounds, move |request| {
+                let network = network.clone();
+                async move { network.fetch(request).await }
+            })
     }
 
     /// Makes the guest's request (`{method, url, headers: [[name, value]], body: base64}`):
     /// `{status, reason, headers, body}`, or why not, as the guest is told.
     pub async fn fetch(&self, request: Value) -> ToolResult {
         let config = &self.network.config;
-        if self.requests.fetch_add(1, Ordering::Relaxed) >= config.max_requests {
+        let counted = self
+            .requests
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < config.max_requests).then_some(n + 1)
+            });
+        if counted.is_err() {
             return Err(format!(
                 "the run's {} network requests are used up",
                 config.max_requests
@@ -148,10 +159,9 @@ impl RunNetwork {
         let port = asked.url.port_or_known_default().unwrap_or(0);
         record.host = host.clone();
         record.port = port;
-        let rule = self.allowed(&host, port)?;
-        let addrs = resolve(&host, port, rule).await?;
-        let mut used = Vec::new();
-        let headers = self.headers(&asked.headers, &host, port, &mut used)?;
+        let exact = self.allowed(&host, port)?;
+        let addrs = resolve(&host, port, exact).await?;
+        let headers = self.headers(&asked.headers, (asked.url.scheme(), &host, port))?;
         let client = client(&asked.url, &host, &addrs)?;
         let mut response = client
             .request(asked.method, asked.url.clone())
@@ -162,7 +172,7 @@ impl RunNetwork {
             .map_err(|e| failed(&host, port, e))?;
         let status = response.status();
         record.status = Some(status.as_u16());
-        let head = response_headers(response.headers(), &used);
+        let head = response_headers(response.headers(), &self.secrets);
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(|e| failed(&host, port, e))? {
             if body.len() + chunk.len() > config.max_response_bytes {
@@ -175,7 +185,7 @@ impl RunNetwork {
             body.extend_from_slice(&chunk);
         }
         record.bytes = body.len() as u64;
-        let body = secrets::redact(body, &used);
+        let body = secrets::redact(body, &self.secrets);
         Ok(json!({
             "status": status.as_u16(),
             "reason": status.canonical_reason().unwrap_or(""),
@@ -184,35 +194,48 @@ impl RunNetwork {
         }))
     }
 
-    /// The operator's entry that allows `host`:`port`, if the run's own entries allow it too.
-    fn allowed(&self, host: &str, port: u16) -> Result<&Rule, String> {
+    /// Whether the operator's entries allow `host`:`port`, and the run's own too when it gave
+    /// any: `Ok(exact)`, `exact` when every entry that allows it names it exactly with its port
+    /// (only then may it resolve to a special address).
+    fn allowed(&self, host: &str, port: u16) -> Result<bool, String> {
         let refused = || format!("{host}:{port} is not on this run's network allowlist");
         let rule = self.network.allow.find(host, port).ok_or_else(refused)?;
-        match &self.narrowed {
-            Some(narrowed) if narrowed.find(host, port).is_none() => Err(refused()),
-            _ => Ok(rule),
-        }
+        let narrowed = match &self.narrowed {
+            Some(narrowed) => Some(narrowed.find(host, port).ok_or_else(refused)?),
+            None => None,
+        };
+        Ok(rule.names_exactly() && narrowed.is_none_or(Rule::names_exactly))
     }
 
-    /// The guest's headers with the secrets they may carry filled in.
-    fn headers<'a>(
-        &'a self,
+    /// The guest's headers with the secrets they may carry filled in. A request to a host some
+    /// secret goes to asks for its response unencoded and whole (no `Accept-Encoding`, no
+    /// `Range`), so that a value it echoes is found and taken out.
+    fn headers(
+        &self,
         asked: &[(String, String)],
-        host: &str,
-        port: u16,
-        used: &mut Vec<&'a Secret>,
+        (scheme, host, port): (&str, &str, u16),
     ) -> Result<reqwest::header::HeaderMap, String> {
         let mut map = reqwest::header::HeaderMap::new();
+        let guarded = (self.secrets.iter()).any(|s| s.hosts.find(host, port).is_some());
         for (name, value) in asked {
-            if HOST_SET.contains(&name.to_ascii_lowercase().as_str()) {
+            let lower = name.to_ascii_lowercase();
+            if HOST_SET.contains(&lower.as_str())
+                || (guarded && matches!(lower.as_str(), "accept-encoding" | "range" | "if-range"))
+            {
                 continue;
             }
-            let filled = secrets::fill(value, &self.secrets, host, port, used);
+            let filled = secrets::fill(value, &self.secrets, (scheme, host, port));
             let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("header {name:?}: not a header name"))?;
+                .map_err(|_| format!("header {:?}: not a header name", shorten(name)))?;
             let value = reqwest::header::HeaderValue::from_str(&filled)
                 .map_err(|_| format!("header {name}: not a header value"))?;
             map.append(name, value);
+        }
+        if guarded {
+            map.insert(
+                reqwest::header::ACCEPT_ENCODING,
+                reqwest::header::HeaderValue::from_static("identity"),
+            );
         }
         Ok(map)
     }
@@ -241,10 +264,14 @@ impl Asked {
     fn read(request: &Value, max_body: usize) -> Result<Asked, String> {
         let wire = Wire::deserialize(request).map_err(|e| format!("a network request: {e}"))?;
         let method = reqwest::Method::from_bytes(wire.method.as_bytes())
-            .map_err(|_| format!("{:?} is not an HTTP method", wire.method))?;
-        let url = reqwest::Url::parse(&wire.url).map_err(|e| format!("{:?}: {e}", wire.url))?;
+            .map_err(|_| format!("{:?} is not an HTTP method", shorten(&wire.method)))?;
+        let shown = shorten(&wire.url);
+        let url = reqwest::Url::parse(&wire.url).map_err(|e| format!("{shown:?}: {e}"))?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(format!("{:?}: only http and https URLs", wire.url));
+            return Err(format!("{shown:?}: only http and https URLs"));
+        }
+        if url.host_str().is_some_and(|h| h.len() > 253) {
+            return Err(format!("{shown:?}: a host name over 253 bytes"));
         }
         if !url.username().is_empty() || url.password().is_some() {
             return Err("a URL with credentials in it: send them in a header".into());
@@ -269,8 +296,8 @@ impl Asked {
 }
 
 /// The addresses the request may go to: `host`'s (resolved here, or the address it spells),
-/// those that are not special unless `rule` names the host exactly with its port.
-async fn resolve(host: &str, port: u16, rule: &Rule) -> Result<Vec<SocketAddr>, String> {
+/// those that are not special unless the entries allowing it name it `exact`ly.
+async fn resolve(host: &str, port: u16, exact: bool) -> Result<Vec<SocketAddr>, String> {
     let found: Vec<SocketAddr> = match allow::literal(host) {
         Some(ip) => vec![SocketAddr::new(ip, port)],
         None => tokio::net::lookup_host((host, port))
@@ -278,7 +305,7 @@ async fn resolve(host: &str, port: u16, rule: &Rule) -> Result<Vec<SocketAddr>, 
             .map_err(|e| format!("{host}: cannot resolve ({e})"))?
             .collect(),
     };
-    if rule.names_exactly() {
+    if exact {
         return Ok(found);
     }
     let mut refused = None;
@@ -319,22 +346,25 @@ fn client(url: &reqwest::Url, host: &str, addrs: &[SocketAddr]) -> Result<reqwes
 }
 
 /// The response's headers as the guest gets them, with the secrets sent taken out again.
-fn response_headers(headers: &reqwest::header::HeaderMap, used: &[&Secret]) -> Vec<Value> {
+fn response_headers(headers: &reqwest::header::HeaderMap, secrets: &[Secret]) -> Vec<Value> {
     headers
         .iter()
-        .filter(|(name, _)| {
-            !matches!(
-                name.as_str(),
-                "transfer-encoding" | "content-length" | "connection"
-            )
-        })
+        .filter(|(name, _)| !matches!(name.as_str(), "transfer-encoding" | "connection"))
         .map(|(name, value)| {
-            let value = secrets::redact(value.as_bytes().to_vec(), used);
+            let value = secrets::redact(value.as_bytes().to_vec(), secrets);
             // Header bytes are Latin-1 where they are not ASCII.
             let value: String = value.iter().map(|&b| b as char).collect();
             json!([name.as_str(), value])
         })
         .collect()
+}
+
+/// The start of a URL, for an error message.
+fn shorten(url: &str) -> String {
+    match url.char_indices().nth(80) {
+        Some((at, _)) => format!("{}…", &url[..at]),
+        None => url.to_string(),
+    }
 }
 
 /// A failed exchange, said without the request's details.

@@ -105,14 +105,21 @@ impl Secret {
     }
 }
 
-/// `value` with each placeholder of a secret in `secrets` that may go to `host`:`port` replaced
-/// by its value; the secrets used are added to `used`. Other placeholders stay as they are.
-pub(crate) fn fill<'a>(
+/// Whether `secret` may go to `host`:`port` over `scheme`: one of its hosts names it, and the
+/// request is HTTPS — or that entry names its port, as a local service's does.
+pub(crate) fn may_go(secret: &Secret, scheme: &str, host: &str, port: u16) -> bool {
+    secret
+        .hosts
+        .find(host, port)
+        .is_some_and(|rule| scheme == "https" || rule.has_port())
+}
+
+/// `value` with each placeholder of a secret in `secrets` that may go to `host`:`port` over
+/// `scheme` ([`may_go`]) replaced by its value. Other placeholders stay as they are.
+pub(crate) fn fill(
     value: &str,
-    secrets: &'a [Secret],
-    host: &str,
-    port: u16,
-    used: &mut Vec<&'a Secret>,
+    secrets: &[Secret],
+    (scheme, host, port): (&str, &str, u16),
 ) -> String {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
@@ -125,11 +132,8 @@ pub(crate) fn fill<'a>(
             .count();
         let name = &after[..len];
         match secrets.iter().find(|s| s.name == name) {
-            Some(secret) if secret.hosts.find(host, port).is_some() => {
+            Some(secret) if may_go(secret, scheme, host, port) => {
                 out.push_str(&secret.value);
-                if !used.iter().any(|s| s.name == secret.name) {
-                    used.push(secret);
-                }
             }
             _ => {
                 out.push_str(PREFIX);
@@ -142,26 +146,31 @@ pub(crate) fn fill<'a>(
     out
 }
 
-/// `bytes` with every occurrence of a used secret's value replaced by its placeholder.
-pub(crate) fn redact(bytes: Vec<u8>, used: &[&Secret]) -> Vec<u8> {
-    let mut bytes = bytes;
-    for secret in used {
-        let finder = memchr::memmem::Finder::new(secret.value.as_bytes());
-        if finder.find(&bytes).is_none() {
+/// `bytes` with every occurrence of any of `secrets`' values replaced by its placeholder, in
+/// one pass over the bytes as they came (where values overlap, the leftmost, then the longest,
+/// wins), so no replacement can hide another value.
+pub(crate) fn redact(bytes: Vec<u8>, secrets: &[Secret]) -> Vec<u8> {
+    let mut found: Vec<(usize, usize, usize)> = Vec::new();
+    for (i, secret) in secrets.iter().enumerate() {
+        let value = secret.value.as_bytes();
+        found.extend(memchr::memmem::find_iter(&bytes, value).map(|at| (at, value.len(), i)));
+    }
+    if found.is_empty() {
+        return bytes;
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut last = 0;
+    for (at, len, i) in found {
+        if at < last {
             continue;
         }
-        let placeholder = secret.placeholder();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut last = 0;
-        for at in finder.find_iter(&bytes) {
-            out.extend_from_slice(&bytes[last..at]);
-            out.extend_from_slice(placeholder.as_bytes());
-            last = at + secret.value.len();
-        }
-        out.extend_from_slice(&bytes[last..]);
-        bytes = out;
+        out.extend_from_slice(&bytes[last..at]);
+        out.extend_from_slice(secrets[i].placeholder().as_bytes());
+        last = at + len;
     }
-    bytes
+    out.extend_from_slice(&bytes[last..]);
+    out
 }
 
 #[cfg(test)]
@@ -183,20 +192,32 @@ mod tests {
             secret("API_KEY", "s3cr3t-value", "api.github.com"),
             secret("API_KEY2", "other-value", "*.example.org"),
         ];
-        let mut used = Vec::new();
         let v = "Bearer weir-secret:API_KEY, weir-secret:API_KEY2 weir-secret:NOPE";
-        let filled = fill(v, &secrets, "api.github.com", 443, &mut used);
+        let filled = fill(v, &secrets, ("https", "api.github.com", 443));
         assert_eq!(
             filled,
             "Bearer s3cr3t-value, weir-secret:API_KEY2 weir-secret:NOPE"
         );
-        assert_eq!(used.len(), 1);
-        let mut used = Vec::new();
-        let filled = fill(v, &secrets, "evil.org", 443, &mut used);
-        assert_eq!(filled, v);
-        assert!(used.is_empty());
-        let out = redact(b"echo: s3cr3t-value!s3cr3t-value".to_vec(), &[&secrets[0]]);
+        assert_eq!(fill(v, &secrets, ("https", "evil.org", 443)), v);
+        // Not over plain HTTP, unless the secret's entry names the port.
+        assert_eq!(fill(v, &secrets, ("http", "api.github.com", 80)), v);
+        let local = [secret("K", "local-value", "127.0.0.1:8000")];
+        let k = "weir-secret:K";
+        assert_eq!(fill(k, &local, ("http", "127.0.0.1", 8000)), "local-value");
+        let out = redact(b"echo: s3cr3t-value!s3cr3t-value".to_vec(), &secrets);
         assert_eq!(out, b"echo: weir-secret:API_KEY!weir-secret:API_KEY");
+    }
+
+    #[test]
+    fn redaction_is_one_pass_so_one_value_cannot_hide_another() {
+        // A run's own short secret that is a prefix of the operator's: the longer one is found
+        // first where both start, whatever order the secrets come in.
+        let secrets = [
+            secret("R", "ghp_", "a.org"),
+            secret("GH", "ghp_0123456789abcdef", "a.org"),
+        ];
+        let out = redact(b"token ghp_0123456789abcdef and ghp_x".to_vec(), &secrets);
+        assert_eq!(out, b"token weir-secret:GH and weir-secret:Rx");
     }
 
     #[test]

@@ -82,8 +82,8 @@ pub use snapshot::{Snapshot, MAX_SNAPSHOT_BYTES};
 pub use store::GuestState;
 pub use task::{sleep_until_opt, AbortOnDrop};
 pub use tools::{
-    Call, CallRecord, CallsMade, Tool, ToolFuture, ToolLimits, ToolResult, Tools, MAX_NAME_BYTES,
-    MAX_SCHEMA_BYTES, MAX_TOOLS, NETWORK_FUNCTION,
+    Call, CallRecord, CallsMade, NetworkBounds, Tool, ToolFuture, ToolLimits, ToolResult, Tools,
+    MAX_NAME_BYTES, MAX_SCHEMA_BYTES, MAX_TOOLS, NETWORK_FUNCTION,
 };
 pub use transcript::{
     json_escaped_len, CallDoc, CallsDoc, Data, DisplayDoc, Expected, OutputDoc, OutputLog,

@@ -97,14 +97,22 @@ impl Default for ToolLimits {
 /// The reserved function the guest's HTTP requests are calls to ([`Tools::with_network`]).
 pub const NETWORK_FUNCTION: &str = "_http";
 
+/// What the sandbox bounds of a run's HTTP requests before its network handler sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetworkBounds {
+    /// Requests per run, refused ones included.
+    pub max_requests: u32,
+    /// Bytes of one request as JSON (its body in base64, its URL and headers).
+    pub max_request_bytes: usize,
+}
+
 /// The host functions a run may call, and their limits. Build with [`Tools::new`] and
 /// [`Tools::add`]; give it to a run as `RunRequest::tools`.
 #[derive(Clone, Default)]
 pub struct Tools {
     by_name: BTreeMap<String, Tool>,
-    /// What answers the guest's HTTP requests, and the most bytes of one request as JSON
-    /// ([`Tools::with_network`]).
-    network: Option<(Closure, usize)>,
+    /// What answers the guest's HTTP requests, and their bounds ([`Tools::with_network`]).
+    network: Option<(Closure, NetworkBounds)>,
     /// The run's bounds on calling them.
     pub limits: ToolLimits,
     /// A transcript's calls, answered in order instead of any function ([`Tools::replaying`]).
@@ -180,16 +188,16 @@ impl Tools {
 
     /// With network access: the guest's HTTP requests (calls to [`NETWORK_FUNCTION`], made by
     /// `urllib.request` and `http.client` in the guest) are answered by `handler`, which
-    /// checks, makes and bounds them itself: they count in no [`ToolLimits`] but the run's
-    /// wall time, and an interrupt or the run's end drops the request. A request over
-    /// `max_request_bytes` as JSON is refused before it is read.
-    pub fn with_network<F, Fut>(mut self, max_request_bytes: usize, handler: F) -> Self
+    /// checks, makes and bounds them further: they count in `bounds` (each one, refused ones
+    /// too; one over its size is refused before it is read) and the run's wall time, not in
+    /// [`ToolLimits`], and an interrupt or the run's end drops the request.
+    pub fn with_network<F, Fut>(mut self, bounds: NetworkBounds, handler: F) -> Self
     where
         F: Fn(Value) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ToolResult> + Send + 'static,
     {
         let closure: Closure = Arc::new(move |args| Box::pin(handler(args)));
-        self.network = Some((closure, max_request_bytes));
+        self.network = Some((closure, bounds));
         self
     }
 
@@ -301,6 +309,8 @@ pub(crate) struct ToolBox {
     log: Option<Mutex<Vec<CallRecord>>>,
     /// Bytes of the calls' arguments and answers logged so far.
     logged: std::sync::atomic::AtomicUsize,
+    /// Network requests so far.
+    requests: AtomicU32,
 }
 
 /// The most bytes of calls' arguments and answers a recorded run keeps for its transcript; a
@@ -364,6 +374,7 @@ impl ToolBox {
             waiting: Mutex::new(None),
             log: record.then(|| Mutex::new(Vec::new())),
             logged: Default::default(),
+            requests: AtomicU32::new(0),
         }
     }
 
@@ -431,26 +442,41 @@ impl ToolBox {
         sink: &dyn CallSink,
     ) -> std::result::Result<String, String> {
         let max_calls = self.tools.limits.max_calls;
-        // Every call counts, one to a function that does not exist too; network requests are
-        // bounded by their handler.
-        if name != NETWORK_FUNCTION && self.calls.fetch_add(1, Ordering::Relaxed) >= max_calls {
-            return Err(format!(
-                "the run's {max_calls} host-function calls are used up"
-            ));
+        // Every call counts, one to a function that does not exist too. Network requests count
+        // apart, and a refused one is kept in the transcript like any answer (a replay answers
+        // them all from it).
+        let mut refused = None;
+        if name != NETWORK_FUNCTION {
+            if !take_one(&self.calls, max_calls) {
+                return Err(format!(
+                    "the run's {max_calls} host-function calls are used up"
+                ));
+            }
+        } else if let Some((_, bounds)) = &self.tools.network {
+            if !take_one(&self.requests, bounds.max_requests) {
+                let max = bounds.max_requests;
+                refused = Some(format!("the run's {max} network requests are used up"));
+            }
         }
-        let mut answer = match &self.tools.replay {
-            Some(replay) => replayed(replay, name, args),
-            None => self.checked(name, args, sink).await,
+        let mut answer = match (&self.tools.replay, refused) {
+            (Some(replay), _) => replayed(replay, name, args),
+            (None, Some(why)) => Err(why),
+            (None, None) => self.checked(name, args, sink).await,
         };
         if let Some(log) = &self.log {
             let size = args.len() + answer.as_ref().map_or(0, String::len);
-            if self.logged.fetch_add(size, Ordering::Relaxed) + size > MAX_LOGGED_BYTES {
+            let over = self.logged.fetch_add(size, Ordering::Relaxed) + size > MAX_LOGGED_BYTES;
+            if over {
                 answer = Err(format!(
                     "{name}: a recorded run keeps at most {MAX_LOGGED_BYTES} bytes of calls and \
                      answers for its transcript"
                 ));
             }
-            let args = args_value(args);
+            let args = match over {
+                // Its arguments are not kept: the replay takes any.
+                true => Value::String(UNKEPT.into()),
+                false => args_value(args),
+            };
             let result = match &answer {
                 Ok(text) => Ok(serde_json::from_str(text).unwrap_or(Value::Null)),
                 Err(why) => Err(why.clone()),
@@ -530,10 +556,11 @@ impl ToolBox {
 impl ToolBox {
     /// An HTTP request from the guest, answered by the run's network handler.
     async fn request(&self, args: &str) -> std::result::Result<String, String> {
-        let Some((network, max)) = &self.tools.network else {
+        let Some((network, bounds)) = &self.tools.network else {
             return Err("this run has no network access".into());
         };
-        if args.len() > *max {
+        let max = bounds.max_request_bytes;
+        if args.len() > max {
             return Err(format!(
                 "a network request of {} bytes, over the run's {max}-byte limit",
                 args.len()
@@ -569,7 +596,9 @@ fn replayed(
     let args = args_value(args);
     let mut made = made.lock().unwrap_or_else(|p| p.into_inner());
     match made.pop_front() {
-        Some(next) if next.name == name && next.args == args => next.result.map(|v| v.to_string()),
+        Some(next) if next.name == name && (next.args == args || next.args == UNKEPT) => {
+            next.result.map(|v| v.to_string())
+        }
         Some(next) => {
             let why = format!(
                 "replay: the program called {name}({args}) where the transcript has {}({})",
@@ -582,6 +611,17 @@ fn replayed(
             "replay: the program called {name}({args}) after the transcript's last call"
         )),
     }
+}
+
+/// What a transcript keeps for the arguments of a call past [`MAX_LOGGED_BYTES`].
+const UNKEPT: &str = "<not kept: past the transcript's bound>";
+
+/// Counts one more in `count` unless it reached `max` (never wrapping).
+fn take_one(count: &AtomicU32, max: u32) -> bool {
+    (count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+        (n < max).then_some(n + 1)
+    }))
+    .is_ok()
 }
 
 /// A call's arguments as a transcript keeps them: their JSON, or the text as a JSON string when
