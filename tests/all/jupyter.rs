@@ -7,49 +7,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
-
-static INSTALL: Mutex<()> = Mutex::new(());
 
 /// The venv's python, with the clients installed.
 fn python() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let venv = root.join("target/jupyter-venv");
-    let python = venv.join("bin/python");
-    let _guard = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
-    let marker = venv.join("weir-requirements.txt");
-    let wanted = std::fs::read_to_string(root.join("tests/jupyter/requirements.txt"))
-        .expect("tests/jupyter/requirements.txt");
-    if std::fs::read_to_string(&marker).ok().as_deref() != Some(&wanted) {
-        eprintln!(
-            "installing the Jupyter test clients into {}…",
-            venv.display()
-        );
-        let made = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 runs");
-        assert!(made.success(), "python3 -m venv {} failed", venv.display());
-        let pip = Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "-r",
-            ])
-            .arg(root.join("tests/jupyter/requirements.txt"))
-            .status()
-            .expect("pip runs");
-        assert!(
-            pip.success(),
-            "pip install -r tests/jupyter/requirements.txt failed"
-        );
-        std::fs::write(&marker, wanted).expect("write the venv's marker");
-    }
-    python
+    crate::common::venv("jupyter-venv", "tests/jupyter/requirements.txt")
 }
 
 /// Runs the test classes `names` of `test_kernel.py` with both kernelspecs installed; panics

@@ -1,5 +1,7 @@
 """A callback receiver as an operator would write one: verifies weir's signature with Python's own
-hmac, then answers the calls the test programs make. Prints its port; logs each call on stderr."""
+hmac, then answers the calls the test programs make, and keeps the Judge0 results PUT to it
+(`GET /judged` lists them; a PUT with a bad signature is answered 401 and not kept). Prints its
+port; logs each call on stderr."""
 
 import hashlib
 import hmac
@@ -10,16 +12,36 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 KEY = sys.argv[1].encode()
 SEEN = {}
+JUDGED = []
 
 
 class Receiver(BaseHTTPRequestHandler):
-    def do_POST(self):
+    def signed_body(self):
+        """The body, if weir's signature over it checks out."""
         body = self.rfile.read(int(self.headers["Content-Length"]))
         stamp = self.headers.get("X-Weir-Timestamp", "")
         signed = stamp.encode() + b"." + body
         want = "sha256=" + hmac.new(KEY, signed, hashlib.sha256).hexdigest()
         fresh = stamp.isdigit() and abs(time.time() - int(stamp)) < 300
-        if not (fresh and hmac.compare_digest(want, self.headers.get("X-Weir-Signature", ""))):
+        if fresh and hmac.compare_digest(want, self.headers.get("X-Weir-Signature", "")):
+            return body
+        return None
+
+    def do_PUT(self):
+        body = self.signed_body()
+        if body is None:
+            return self.answer(401, {"error": "bad signature"})
+        JUDGED.append({"path": self.path, "submission": json.loads(body)})
+        return self.answer(200, {})
+
+    def do_GET(self):
+        if self.path == "/judged":
+            return self.answer(200, JUDGED)
+        return self.answer(404, {})
+
+    def do_POST(self):
+        body = self.signed_body()
+        if body is None:
             return self.answer(401, {"error": "bad signature"})
         call = json.loads(body)
         name, args = call["name"], call["args"]

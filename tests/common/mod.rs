@@ -109,3 +109,41 @@ pub async fn until_no_instances(sandbox: &Sandbox) {
         "instances still alive after 1 s"
     );
 }
+
+static VENV_INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The python of a private venv `target/<name>` holding `requirements` (a file of the
+/// repository's), made on first use (and again when the file changes) as `.ci/test` makes it.
+pub fn venv(name: &str, requirements: &str) -> std::path::PathBuf {
+    use std::process::Command;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let venv = root.join("target").join(name);
+    let python = venv.join("bin/python");
+    let _guard = VENV_INSTALL.lock().unwrap_or_else(|p| p.into_inner());
+    let marker = venv.join("weir-requirements.txt");
+    let wanted = std::fs::read_to_string(root.join(requirements)).expect(requirements);
+    if std::fs::read_to_string(&marker).ok().as_deref() != Some(&wanted) {
+        eprintln!("installing {requirements} into {}…", venv.display());
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 runs");
+        assert!(made.success(), "python3 -m venv {} failed", venv.display());
+        let pip = Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(root.join(requirements))
+            .status()
+            .expect("pip runs");
+        assert!(pip.success(), "pip install -r {requirements} failed");
+        std::fs::write(&marker, wanted).expect("write the venv's marker");
+    }
+    python
+}

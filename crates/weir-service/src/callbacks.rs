@@ -144,23 +144,58 @@ impl Callbacks {
         }
     }
 
-    async fn attempt(&self, url: &reqwest::Url, body: &str) -> Attempt {
+    /// Delivers `body` (a finished Judge0 submission) to `url` with a signed `PUT`: retried as
+    /// a call is on a connection failure, a timeout or a 5xx; any other answer delivers it.
+    pub async fn deliver(&self, url: &reqwest::Url, body: &str) -> Result<(), String> {
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempt = 0;
+        loop {
+            let why = match self.send(reqwest::Method::PUT, url, body).await {
+                Ok(response) if !response.status().is_server_error() => return Ok(()),
+                Ok(response) => format!("HTTP {}", response.status()),
+                Err(why) => why,
+            };
+            if attempt >= self.config.retries {
+                return Err(why);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+            attempt += 1;
+        }
+    }
+
+    /// One signed request of `body` to `url`.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &reqwest::Url,
+        body: &str,
+    ) -> Result<reqwest::Response, String> {
         let timestamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or_default();
         let Some(client) = &self.client else {
-            return Attempt::Answered(Err("callbacks are off on this server".into()));
+            return Err("callbacks are off on this server".into());
         };
-        let request = client
-            .post(url.clone())
+        client
+            .request(method, url.clone())
             .header("content-type", "application/json")
             .header("x-weir-timestamp", timestamp.to_string())
             .header("x-weir-signature", self.signature(timestamp, body))
-            .body(body.to_owned());
-        let mut response = match request.send().await {
+            .body(body.to_owned())
+            .send()
+            .await
+            .map_err(|e| describe(&e))
+    }
+
+    async fn attempt(&self, url: &reqwest::Url, body: &str) -> Attempt {
+        if self.client.is_none() {
+            return Attempt::Answered(Err("callbacks are off on this server".into()));
+        }
+        let mut response = match self.send(reqwest::Method::POST, url, body).await {
             Ok(response) => response,
-            Err(e) => return Attempt::Failed(describe(&e)),
+            Err(why) => return Attempt::Failed(why),
         };
         let status = response.status();
         if status.is_server_error() {

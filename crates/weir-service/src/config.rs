@@ -108,6 +108,8 @@ pub struct ServerConfig {
     /// Secrets runs' requests carry to their hosts, never seen by the runs: `NAME = { value |
     /// value_env, hosts }`.
     pub secrets: BTreeMap<String, weir_egress::SecretConfig>,
+    /// Judge0's API: how long and how many submissions are kept (`crate::judge0`).
+    pub judge0: crate::judge0::store::Judge0Config,
 }
 
 /// `[runtimes.NAME]`: one runtime's settings.
@@ -189,6 +191,7 @@ impl Default for ServerConfig {
             callbacks: CallbackConfig::default(),
             network: weir_egress::NetworkConfig::default(),
             secrets: Default::default(),
+            judge0: Default::default(),
         }
     }
 }

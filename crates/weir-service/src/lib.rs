@@ -30,6 +30,7 @@ pub mod durable;
 pub mod error;
 pub mod history;
 pub mod ide;
+pub mod judge0;
 pub mod lifecycle;
 pub mod mcp;
 pub mod metrics;

@@ -338,6 +338,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::api::routes())
         .merge(crate::notebook::routes())
         .merge(crate::piston::routes())
+        .merge(crate::judge0::routes())
         .merge(crate::ide::routes())
         .merge(crate::mcp::routes(&state))
         .layer(body_limit)

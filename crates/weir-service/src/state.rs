@@ -51,6 +51,8 @@ pub struct AppState {
     pub callbacks: Arc<crate::callbacks::Callbacks>,
     /// Runs' network egress (`[network]`, `[secrets]`); `None` when no host is allowed.
     pub network: Option<Arc<weir_egress::Network>>,
+    /// Judge0 submissions, by token (`crate::judge0`).
+    pub judge0: Arc<crate::judge0::store::Submissions>,
     /// Durable sessions' saves (`crate::durable`); `None` when their store could not be opened.
     pub durable: Option<Arc<DurableStore>>,
     /// Held while a durable session is taken over from a node that died.
@@ -137,6 +139,9 @@ impl AppState {
         AppState {
             slots: Arc::new(Semaphore::new(config.max_sessions)),
             callbacks: Arc::new(crate::callbacks::Callbacks::new(&config.callbacks)),
+            judge0: Arc::new(crate::judge0::store::Submissions::new(
+                config.judge0.clone(),
+            )),
             network: config.network().unwrap_or_else(|e| {
                 tracing::error!(error = %e, "runs have no network: its settings are unusable");
                 None
