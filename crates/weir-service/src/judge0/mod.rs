@@ -64,7 +64,7 @@ fn read(state: &AppState, body: Value, base64: bool) -> Result<Spec, Value> {
     let params: Params =
         serde_json::from_value(body).map_err(|e| json!({"error": e.to_string()}))?;
     let callback = params.callback_url.clone();
-    let mut spec = Spec::read(params, base64, &state.config).map_err(|e| json!(e))?;
+    let mut spec = Spec::read(params, base64, &state.config.max_limits).map_err(|e| json!(e))?;
     if let Some(url) = callback {
         let url = state
             .callbacks

@@ -1,7 +1,6 @@
 //! A Judge0 submission: its request read and checked (Judge0's fields, defaults and bounds), the
 //! run it asks for, and its verdict as Judge0 reports one.
 
-use crate::config::ServerConfig;
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -132,9 +131,9 @@ pub struct Spec {
 }
 
 impl Spec {
-    /// Reads `params` (text fields in base64 when `base64`) as Judge0 does, with the server's
-    /// bounds: the spec, or every field at fault with Judge0's kind of message.
-    pub fn read(params: Params, base64: bool, config: &ServerConfig) -> Result<Spec, Invalid> {
+    /// Reads `params` (text fields in base64 when `base64`) as Judge0 does, within the server's
+    /// `max` limits: the spec, or every field at fault with Judge0's kind of message.
+    pub fn read(params: Params, base64: bool, max: &weir_sandbox::Limits) -> Result<Spec, Invalid> {
         let mut invalid = Invalid::new();
         let mut text = |name: &'static str, value: Option<String>| -> Option<Vec<u8>> {
             let value = value?;
@@ -180,7 +179,7 @@ impl Spec {
         };
         let cpu_time = range("cpu_time_limit", params.cpu_time_limit, bounds::CPU_TIME);
         let cpu_extra = range("cpu_extra_time", params.cpu_extra_time, bounds::CPU_EXTRA);
-        let wall_max = (config.max_limits.wall_ms as f64 / 1000.0).min(bounds::WALL_TIME.1);
+        let wall_max = (max.wall_ms as f64 / 1000.0).min(bounds::WALL_TIME.1);
         let wall_time = range(
             "wall_time_limit",
             params.wall_time_limit,
@@ -194,7 +193,7 @@ impl Spec {
         );
         let file_size = range("max_file_size", params.max_file_size, bounds::FILE_SIZE);
         let runs = range("number_of_runs", params.number_of_runs, bounds::RUNS);
-        let memory_max = (config.max_limits.memory_bytes / 1024) as f64;
+        let memory_max = (max.memory_bytes / 1024) as f64;
         let memory = params.memory_limit;
         if memory.is_some_and(|m| !(bounds::MEMORY_MIN..=memory_max).contains(&m)) {
             invalid.insert(
