@@ -736,3 +736,60 @@ async fn a_one_shot_runs_calls_go_to_its_signed_callback_and_failures_are_retrie
         assert!(r.body.contains(why), "{body}: {}", r.body);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_sessions_cells_call_its_functions_through_its_signed_callback() {
+    let receiver = Receiver::start("the operator's key");
+    let hooks = format!("http://127.0.0.1:{}/hooks/", receiver.1);
+    let allow = hooks.clone();
+    let server = server(move |c| {
+        c.callbacks.allow = vec![allow];
+        c.callbacks.key = Some("the operator's key".into());
+    })
+    .await;
+    let body = json!({"functions": [{"name": "add"}, {"name": "slow"}],
+        "callback_url": format!("{hooks}session")});
+    let r = post_json(&server, "/v1/sessions", &body).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["session_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let exec = |id: String, code: &'static str, timeout_ms: u64| {
+        let server = &server;
+        async move {
+            let body = json!({"code": code, "timeout_ms": timeout_ms});
+            post_json(server, &format!("/v1/sessions/{id}/exec"), &body)
+                .await
+                .json()
+        }
+    };
+    let r = exec(
+        id.clone(),
+        "from weir import tools\nx = tools.add(a=2, b=40)\nx",
+        10_000,
+    )
+    .await;
+    assert_eq!(r["result"], "42", "{r}");
+    // A call outlasting its cell's time limit: the cell is interrupted, the session goes on.
+    let r = exec(id.clone(), "tools.slow()", 500).await;
+    assert_eq!(r["outcome"], "timeout", "{r}");
+    assert_eq!(r["error"]["type"], "KeyboardInterrupt", "{r}");
+    // A fork declares the same functions, answered by the same callback.
+    let r = post_json(&server, &format!("/v1/sessions/{id}/fork"), &json!({})).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let fork = r.json()["session_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let r = exec(fork, "tools.add(a=x, b=1)", 10_000).await;
+    assert_eq!(r["result"], "43", "{r}");
+    // Functions without a callback the operator allows are refused, as for one-shot runs.
+    let body = json!({"functions": [{"name": "add"}], "callback_url": "http://169.254.169.254/"});
+    let r = post_json(&server, "/v1/sessions", &body).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let body = json!({"functions": [{"name": "add"}], "durable": true,
+        "callback_url": format!("{hooks}session")});
+    let r = post_json(&server, "/v1/sessions", &body).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+}

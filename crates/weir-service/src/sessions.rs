@@ -52,6 +52,8 @@ pub struct Session {
     slot: Mutex<Option<Slot>>,
     /// A durable session's saves (`crate::durable`).
     saves: Option<tokio::sync::Mutex<Saves>>,
+    /// Where its cells' calls to the functions it declared go (`crate::callbacks`).
+    pub callback: Option<reqwest::Url>,
 }
 
 /// Where a durable session's saves are.
@@ -105,7 +107,14 @@ impl Session {
             unsettled: AtomicBool::new(false),
             slot: Mutex::new(Some(slot)),
             saves: None,
+            callback: None,
         }
+    }
+
+    /// This session, its cells' calls to its declared functions sent to `callback`.
+    pub fn answered_by(mut self, callback: Option<reqwest::Url>) -> Self {
+        self.callback = callback;
+        self
     }
 
     /// This session, durable: saved after every cell; `seq` is its last save's number (0: it
@@ -297,7 +306,7 @@ impl Session {
         req.limits = self.limits;
         req.runtime = Some(snapshot.runtime().to_string());
         req.restore = Some(Arc::new(snapshot));
-        run.carry_network(&mut req);
+        run.carry_tools(&mut req);
         let handle = books.sandbox.start(req).await?;
         *self.control.lock().unwrap_or_else(|p| p.into_inner()) = handle.control();
         run.resume_in(handle);
@@ -438,9 +447,11 @@ impl Session {
             .await
     }
 
-    /// How far its run reaches on the network (a fork reaches as far).
-    pub async fn reach(&self) -> crate::tracked::Reach {
-        self.run.lock().await.reach()
+    /// How far its run reaches on the network, and the functions it declared (a fork gets
+    /// both).
+    pub async fn reach(&self) -> (crate::tracked::Reach, Option<weir_sandbox::Tools>) {
+        let run = self.run.lock().await;
+        (run.reach(), run.declared())
     }
 
     /// Snapshots the session between cells: refused while a cell runs.
@@ -461,8 +472,14 @@ impl Session {
         self.control().stop();
     }
 
-    /// Runs one cell, waiting at most `timeout` before interrupting it.
-    pub async fn exec(&self, cell: Cell, timeout: Duration) -> Result<CellReport, Error> {
+    /// Runs one cell, waiting at most `timeout` before interrupting it; its calls to the
+    /// session's declared functions are answered through `callbacks`.
+    pub async fn exec(
+        &self,
+        cell: Cell,
+        timeout: Duration,
+        callbacks: &crate::callbacks::Callbacks,
+    ) -> Result<CellReport, Error> {
         let mut run = match self.run.try_lock() {
             Ok(run) => run,
             // A hibernation checking whether the session is idle: it gives up, as it was used.
@@ -503,6 +520,15 @@ impl Session {
                 Some(Event::Cell(end)) => {
                     report.end = Some(end);
                     break;
+                }
+                Some(Event::Call(call)) if self.callback.is_some() => {
+                    if let Some(url) = &self.callback {
+                        let answer = callbacks.call(url, &self.id, &call);
+                        if answered_in_time(&control, &mut clock, call.id, answer).await {
+                            report.timed_out = true;
+                        }
+                    }
+                    report.output.push(Event::Call(call));
                 }
                 Some(Event::Exit(result)) => {
                     run.finish(&result).await;
@@ -563,6 +589,31 @@ enum Phase {
     Interrupted,
     /// Past the grace period: the run is stopped.
     Stopped,
+}
+
+/// Waits for the answer to call `id` and gives it to the guest, unless the cell's time limit
+/// comes first: then the cell is interrupted (the call's wait ends with `KeyboardInterrupt`), or
+/// stopped past its grace period, the answer dropped, and `true` returned.
+async fn answered_in_time(
+    control: &RunControl,
+    clock: &mut CellClock,
+    id: u64,
+    answer: impl std::future::Future<Output = weir_sandbox::ToolResult>,
+) -> bool {
+    tokio::select! {
+        result = answer => {
+            // The call may have ended meanwhile (its own time limit): the guest has its error.
+            let _ = control.answer_call(id, result);
+            false
+        }
+        () = clock.next() => {
+            match clock.fire() {
+                Phase::Interrupted => drop(control.interrupt()),
+                _ => control.stop(),
+            }
+            true
+        }
+    }
 }
 
 /// A cell's time limit, then the grace period after its interrupt.

@@ -118,6 +118,8 @@ pub struct TrackedRun {
     books: Books,
     /// Its network egress, when the server has one.
     network: Option<Arc<weir_egress::RunNetwork>>,
+    /// The functions it was given (before its network was added to them).
+    declared: Option<weir_sandbox::Tools>,
 }
 
 impl TrackedRun {
@@ -169,6 +171,7 @@ impl TrackedRun {
         id: HistoryId<'_>,
         reach: Reach,
     ) -> Result<Self, Error> {
+        let declared = req.tools.clone();
         let network = match &books.network {
             Some(server) => Some(
                 server
@@ -210,15 +213,23 @@ impl TrackedRun {
             recorded: false,
             books: books.clone(),
             network,
+            declared,
         })
     }
 
-    /// What `req` (this run going on in a new instance: a session woken, or forked) needs to
-    /// reach the network as this run does: its egress, with the same request count and log.
-    pub fn carry_network(&self, req: &mut RunRequest) {
+    /// What `req` (this run going on in a new instance: a session woken from hibernation)
+    /// needs to call what this run calls: its functions, and its network egress with the same
+    /// request count and log.
+    pub fn carry_tools(&self, req: &mut RunRequest) {
+        req.tools = self.declared.clone();
         if let Some(network) = &self.network {
             req.tools = Some(network.install(req.tools.take()));
         }
+    }
+
+    /// The functions it was given: a session forked from it is given them too.
+    pub fn declared(&self) -> Option<weir_sandbox::Tools> {
+        self.declared.clone()
     }
 
     /// How far this run reaches: a session forked from it reaches as far, with its secrets.

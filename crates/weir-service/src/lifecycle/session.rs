@@ -45,6 +45,11 @@ pub struct CreateParams {
     /// Secrets of its own, `NAME: {value, hosts}` (docs/code-mode.md).
     #[serde(default)]
     pub secrets: BTreeMap<String, weir_egress::SecretConfig>,
+    /// Functions its cells may call, answered by `callback_url` (docs/code-mode.md).
+    #[serde(default)]
+    pub functions: Vec<crate::protocol::FunctionParams>,
+    /// Where its cells' calls are sent, signed (the operator allows it: `[callbacks] allow`).
+    pub callback_url: Option<String>,
 }
 
 impl super::body::Params for CreateParams {
@@ -147,8 +152,20 @@ pub async fn start(
                 .into(),
         ));
     }
-    let req = request(app, params, from);
-    let session = launch(app, user, req, slot, durable, reach).await?;
+    let callback = (app.callbacks)
+        .for_run(params.callback_url.as_deref(), !params.functions.is_empty())
+        .map_err(Error::BadRequest)?;
+    let tools = crate::protocol::declared(&params.functions).map_err(Error::BadRequest)?;
+    if durable && tools.is_some() {
+        return Err(Error::BadRequest(
+            "a durable session declares no functions (a node taking it over would not have \
+             them): leave out functions"
+                .into(),
+        ));
+    }
+    let mut req = request(app, params, from);
+    req.tools = tools;
+    let session = launch(app, user, req, slot, durable, (reach, callback)).await?;
     if durable {
         // Saved before it is announced: it survives its node from its first request on.
         if let Err(e) = save(app, &session).await {
@@ -166,11 +183,11 @@ async fn launch(
     req: RunRequest,
     slot: Slot,
     durable: bool,
-    reach: Reach,
+    (reach, callback): (Reach, Option<reqwest::Url>),
 ) -> Result<Arc<Session>, Error> {
     let limits = req.limits;
     let run = TrackedRun::start_session(&app.books(), user, req, reach).await?;
-    let session = Session::new(run, limits, slot);
+    let session = Session::new(run, limits, slot).answered_by(callback);
     let session = Arc::new(match durable {
         true => session.durable(0),
         false => session,
@@ -367,8 +384,10 @@ pub async fn fork(app: &AppState, session: &Session, slot: Slot) -> Result<Arc<S
     req.limits = session.limits;
     req.runtime = Some(from.runtime().to_string());
     req.restore = Some(from);
-    let reach = session.reach().await;
-    launch(app, &session.user, req, slot, false, reach).await
+    let (reach, declared) = session.reach().await;
+    req.tools = declared;
+    let calls = (reach, session.callback.clone());
+    launch(app, &session.user, req, slot, false, calls).await
 }
 
 /// Stores a snapshot of `session` (taken once its running cell ends) for its owner.
@@ -448,7 +467,7 @@ pub async fn run_cell(
     // between the two.
     let mut saves = session.saves().await;
     let mut result = session
-        .exec(cell, cell_timeout(app, params.timeout_ms))
+        .exec(cell, cell_timeout(app, params.timeout_ms), &app.callbacks)
         .instrument(span)
         .await;
     if let (Ok(report), Some(saves)) = (&mut result, saves.as_mut()) {
