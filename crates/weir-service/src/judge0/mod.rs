@@ -41,14 +41,30 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/config_info", get(config_info))
 }
 
+/// The query: `base64_encoded` and `wait` are true when they say `true` (anything else is
+/// false, as Judge0 reads them).
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct Options {
-    base64_encoded: bool,
-    wait: bool,
+    base64_encoded: Option<String>,
+    wait: Option<String>,
     fields: Option<String>,
     tokens: Option<String>,
 }
+
+impl Options {
+    fn base64(&self) -> bool {
+        self.base64_encoded.as_deref() == Some("true")
+    }
+
+    fn wait(&self) -> bool {
+        self.wait.as_deref() == Some("true")
+    }
+}
+
+/// Calls being delivered to callbacks at once; more wait their turn.
+const DELIVERIES: usize = 16;
+static DELIVERING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(DELIVERIES);
 
 /// A JSON answer with `status`.
 fn answer(status: StatusCode, body: Value) -> Response {
@@ -64,7 +80,9 @@ fn read(state: &AppState, body: Value, base64: bool) -> Result<Spec, Value> {
     let params: Params =
         serde_json::from_value(body).map_err(|e| json!({"error": e.to_string()}))?;
     let callback = params.callback_url.clone();
-    let mut spec = Spec::read(params, base64, &state.config.max_limits).map_err(|e| json!(e))?;
+    let hosted = |name: &str| state.sandbox.runtimes().any(|r| r.name == name);
+    let max = &state.config.max_limits;
+    let mut spec = Spec::read(params, base64, max, hosted).map_err(|e| json!(e))?;
     if let Some(url) = callback {
         let url = state
             .callbacks
@@ -93,17 +111,23 @@ async fn create(
             "the request body is not valid JSON",
         );
     };
-    let spec = match read(&state, body, options.base64_encoded) {
+    let spec = match read(&state, body, options.base64()) {
         Ok(spec) => Arc::new(spec),
         Err(invalid) => return answer(StatusCode::UNPROCESSABLE_ENTITY, invalid),
     };
     let Ok(token) = state.judge0.add(&owner, spec.clone()) else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "queue is full");
     };
-    if options.wait {
-        judge_all(&state, &owner, vec![(token.clone(), spec)], admitted.slot).await;
+    if options.wait() {
+        // Judged to its end even if the caller hangs up meanwhile (its result is kept).
+        let (app, who) = (state.clone(), owner.clone());
+        let (queued, slot) = (vec![(token.clone(), spec)], admitted.slot);
+        let judging = state.tracker.spawn(async move {
+            judge_all(&app, &who, queued, slot).await;
+        });
+        let _ = judging.await;
         let shown = state.judge0.show(&token, &owner, |view: &View| {
-            view.render(&fields, options.base64_encoded)
+            view.render(&fields, options.base64())
         });
         return answer(StatusCode::CREATED, shown.unwrap_or(Value::Null));
     }
@@ -145,7 +169,7 @@ async fn create_batch(
     let mut answers = Vec::with_capacity(n);
     let mut queued = Vec::new();
     for body in batch.submissions {
-        match read(&state, body, options.base64_encoded) {
+        match read(&state, body, options.base64()) {
             Ok(spec) => {
                 let spec = Arc::new(spec);
                 let Ok(token) = state.judge0.add(&owner, spec.clone()) else {
@@ -181,7 +205,7 @@ async fn show(
         Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
     let shown = state.judge0.show(&token, &caller.user, |view: &View| {
-        view.render(&fields, options.base64_encoded)
+        view.render(&fields, options.base64())
     });
     match shown {
         Some(body) => answer(StatusCode::OK, body),
@@ -214,7 +238,7 @@ async fn show_batch(
         .iter()
         .map(|token| {
             let shown = state.judge0.show(token, &caller.user, |view: &View| {
-                view.render(&fields, options.base64_encoded)
+                view.render(&fields, options.base64())
             });
             shown.unwrap_or(Value::Null)
         })
@@ -222,20 +246,39 @@ async fn show_batch(
     answer(StatusCode::OK, json!({ "submissions": submissions }))
 }
 
-/// Judges `queued` in order on `slot`, each one's result kept (and sent to its callback).
-async fn judge_all(state: &AppState, owner: &str, queued: Vec<(String, Arc<Spec>)>, slot: Slot) {
+/// Judges `queued` in order on `slot`, each one's result kept and sent to its callback (by a
+/// task of its own: the slot is not held for it). Once the server shuts down, the rest are
+/// Internal Errors.
+async fn judge_all(
+    state: &Arc<AppState>,
+    owner: &str,
+    queued: Vec<(String, Arc<Spec>)>,
+    slot: Slot,
+) {
     for (token, spec) in queued {
-        state.judge0.set(&token, Stage::Processing);
-        let verdict = judge(state, owner, &spec).await;
+        let shutting_down = *state.shutdown.borrow();
+        let verdict = match shutting_down {
+            true => internal("the server shut down before judging it"),
+            false => {
+                state.judge0.set(&token, Stage::Processing);
+                judge(state, owner, &spec).await
+            }
+        };
         state.judge0.set(&token, Stage::Done(Box::new(verdict)));
         if let Some(url) = spec.callback.as_deref() {
             let body = state.judge0.show(&token, owner, |view: &View| {
                 view.render(&submission::DEFAULT_FIELDS, true)
             });
             if let (Ok(url), Some(body)) = (reqwest::Url::parse(url), body) {
-                if let Err(why) = state.callbacks.deliver(&url, &body.to_string()).await {
-                    tracing::warn!(%token, %why, "judge0 callback not delivered");
-                }
+                let app = state.clone();
+                state.tracker.spawn(async move {
+                    let Ok(_turn) = DELIVERING.acquire().await else {
+                        return;
+                    };
+                    if let Err(why) = app.callbacks.deliver(&url, &body.to_string()).await {
+                        tracing::warn!(%token, %why, "judge0 callback not delivered");
+                    }
+                });
             }
         }
     }
@@ -257,7 +300,7 @@ async fn judge(state: &AppState, owner: &str, spec: &Spec) -> Verdict {
 }
 
 async fn run_once(state: &AppState, owner: &str, spec: &Spec) -> Verdict {
-    let mut req = spec.request();
+    let mut req = spec.request(&state.config.limits, &state.config.max_limits);
     state.runtime_defaults(&mut req, spec.memory.is_some());
     req.compile_scope = weir_sandbox::CompileScope::of(Some(owner), None);
     // A submission reaches the network only with `enable_network`, and then what the server
@@ -361,7 +404,7 @@ async fn config_info(State(state): State<Arc<AppState>>) -> Json<Value> {
         "max_cpu_extra_time": bounds::CPU_EXTRA.1,
         "wall_time_limit": bounds::WALL_TIME.0.min(max_wall),
         "max_wall_time_limit": max_wall,
-        "memory_limit": bounds::MEMORY_DEFAULT,
+        "memory_limit": bounds::MEMORY_DEFAULT.min(max_memory as f64),
         "max_memory_limit": max_memory,
         "stack_limit": bounds::STACK.0,
         "max_stack_limit": bounds::STACK.1,

@@ -1,5 +1,6 @@
-//! The submissions a node holds, by token, for their owners: bounded in number, bytes and age;
-//! finished ones go first.
+//! The submissions a node holds, by token, for their owners: bounded in number (in all, and per
+//! owner), bytes and age. A submission counts its largest possible size from the moment it is
+//! taken; judged ones make room, oldest judged first, the owner's own first.
 
 use super::submission::{Spec, State, View};
 use serde::{Deserialize, Serialize};
@@ -13,9 +14,12 @@ use std::time::{Duration, SystemTime};
 pub struct Judge0Config {
     /// Seconds a submission's result stays readable.
     pub keep_secs: u64,
-    /// Most submissions kept; past it, the oldest finished one goes.
+    /// Most submissions kept; past it, the oldest judged one goes.
     pub max_kept: usize,
-    /// Most bytes of sources, inputs and outputs kept.
+    /// Most submissions one owner holds; past it, their oldest judged one goes.
+    pub max_kept_per_user: usize,
+    /// Most bytes of sources, inputs and outputs kept (an unjudged submission counts its
+    /// output limit).
     pub max_kept_bytes: usize,
 }
 
@@ -24,6 +28,7 @@ impl Default for Judge0Config {
         Judge0Config {
             keep_secs: 86_400,
             max_kept: 10_000,
+            max_kept_per_user: 2_500,
             max_kept_bytes: 256 << 20,
         }
     }
@@ -41,9 +46,26 @@ struct Entry {
 #[derive(Default)]
 struct Inner {
     entries: HashMap<String, Entry>,
-    /// Tokens, oldest first.
-    order: VecDeque<String>,
+    /// Judged tokens, oldest judged first (a token already gone is skipped).
+    judged: VecDeque<String>,
+    /// Submissions per owner.
+    owners: HashMap<String, usize>,
     bytes: usize,
+}
+
+impl Inner {
+    fn remove(&mut self, token: &str) {
+        let Some(entry) = self.entries.remove(token) else {
+            return;
+        };
+        self.bytes = self.bytes.saturating_sub(entry.bytes);
+        if let Some(n) = self.owners.get_mut(&entry.owner) {
+            *n -= 1;
+            if *n == 0 {
+                self.owners.remove(&entry.owner);
+            }
+        }
+    }
 }
 
 /// The node's submissions.
@@ -53,7 +75,7 @@ pub struct Submissions {
     inner: Mutex<Inner>,
 }
 
-/// Why a submission cannot be kept: every kept one is still running.
+/// Why a submission cannot be kept: every one that could make room is still being judged.
 #[derive(Debug)]
 pub struct Full;
 
@@ -69,17 +91,14 @@ impl Submissions {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Keeps a new submission of `owner`'s, queued: its token. Old and surplus finished ones
-    /// make room.
+    /// Keeps a new submission of `owner`'s, queued: its token.
     pub fn add(&self, owner: &str, spec: Arc<Spec>) -> Result<String, Full> {
         let token = token();
-        let bytes = spec.source.len()
-            + spec.stdin.as_ref().map_or(0, Vec::len)
-            + spec.expected.as_ref().map_or(0, Vec::len);
+        let bytes = spec.most_bytes();
         let mut inner = self.lock();
-        self.make_room(&mut inner, bytes)?;
+        self.make_room(&mut inner, owner, bytes)?;
         inner.bytes += bytes;
-        inner.order.push_back(token.clone());
+        *inner.owners.entry(owner.to_string()).or_default() += 1;
         let entry = Entry {
             owner: owner.to_string(),
             spec,
@@ -92,22 +111,27 @@ impl Submissions {
         Ok(token)
     }
 
-    /// Moves submission `token` on to `state`.
+    /// Moves submission `token` on to `state`; once judged it counts its actual size.
     pub fn set(&self, token: &str, state: State) {
         let mut inner = self.lock();
         let Some(entry) = inner.entries.get_mut(token) else {
             return;
         };
-        let grown = match &state {
-            State::Done(v) => v.stdout.len() + v.stderr.as_ref().map_or(0, Vec::len),
-            _ => 0,
-        };
-        if matches!(state, State::Done(_)) {
-            entry.finished = Some(SystemTime::now());
-        }
+        let judged = matches!(state, State::Done(_));
         entry.state = state;
-        entry.bytes += grown;
-        inner.bytes += grown;
+        if !judged {
+            return;
+        }
+        entry.finished = Some(SystemTime::now());
+        let was = entry.bytes;
+        entry.bytes = entry.spec.input_bytes()
+            + match &entry.state {
+                State::Done(v) => v.stdout.len() + v.stderr.as_ref().map_or(0, Vec::len),
+                _ => 0,
+            };
+        let now = entry.bytes;
+        inner.bytes = inner.bytes.saturating_sub(was) + now;
+        inner.judged.push_back(token.to_string());
     }
 
     /// What `show` makes of `owner`'s submission `token`; `None` when there is none (or it is
@@ -125,51 +149,134 @@ impl Submissions {
         Some(show(&view))
     }
 
-    /// Drops expired submissions, then finished ones, oldest first, until one of `bytes` fits.
-    fn make_room(&self, inner: &mut Inner, bytes: usize) -> Result<(), Full> {
+    /// Drops expired judged submissions, then (while one of `bytes` from `owner` does not fit)
+    /// the owner's oldest judged one when they hold their share, else the oldest judged one.
+    fn make_room(&self, inner: &mut Inner, owner: &str, bytes: usize) -> Result<(), Full> {
         let keep = Duration::from_secs(self.config.keep_secs);
         let now = SystemTime::now();
-        let expired = |e: &Entry| {
-            e.finished
-                .is_some_and(|f| now.duration_since(f).unwrap_or_default() > keep)
-        };
-        let fits = |inner: &Inner| {
-            inner.entries.len() < self.config.max_kept
-                && inner.bytes + bytes <= self.config.max_kept_bytes
-        };
-        let mut at = 0;
-        while at < inner.order.len() {
-            let token = inner.order[at].clone();
-            let gone = match inner.entries.get(&token) {
+        while let Some(token) = inner.judged.front().cloned() {
+            let expired = match inner.entries.get(&token) {
                 None => true,
-                Some(e) if e.finished.is_some() => expired(e) || !fits(inner),
-                Some(_) => false,
+                Some(e) => e
+                    .finished
+                    .is_some_and(|f| now.duration_since(f).unwrap_or_default() > keep),
             };
-            if !gone {
-                at += 1;
-                continue;
+            if !expired {
+                break;
             }
-            inner.order.remove(at);
-            if let Some(entry) = inner.entries.remove(&token) {
-                inner.bytes -= entry.bytes;
+            inner.judged.pop_front();
+            inner.remove(&token);
+        }
+        let config = &self.config;
+        while inner.owners.get(owner).copied().unwrap_or(0) >= config.max_kept_per_user {
+            let theirs = inner
+                .judged
+                .iter()
+                .position(|t| inner.entries.get(t).is_some_and(|e| e.owner == owner));
+            let Some(at) = theirs else {
+                return Err(Full);
+            };
+            if let Some(token) = inner.judged.remove(at) {
+                inner.remove(&token);
             }
         }
-        match fits(inner) {
-            true => Ok(()),
-            false => Err(Full),
+        while inner.entries.len() >= config.max_kept || inner.bytes + bytes > config.max_kept_bytes
+        {
+            let Some(token) = inner.judged.pop_front() else {
+                return Err(Full);
+            };
+            inner.remove(&token);
         }
+        Ok(())
     }
 }
 
-/// A fresh token: 128 random bits as a UUID is written.
+/// A fresh token: 128 bits, written as a UUID is. (`RunId`: SipHash, a keyed pseudo-random
+/// function, under keys the standard library draws from the operating system.)
 fn token() -> String {
     let hex = weir_sandbox::RunId::new().as_str().to_string();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    match (
+        hex.get(..8),
+        hex.get(8..12),
+        hex.get(12..16),
+        hex.get(16..20),
+        hex.get(20..),
+    ) {
+        (Some(a), Some(b), Some(c), Some(d), Some(e)) => format!("{a}-{b}-{c}-{d}-{e}"),
+        _ => hex,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::judge0::submission::{Params, Verdict};
+
+    fn spec(output_kb: f64) -> Arc<Spec> {
+        let params = Params {
+            source_code: Some("print(1)".into()),
+            language_id: Some(serde_json::json!(71)),
+            max_file_size: Some(output_kb),
+            ..Default::default()
+        };
+        let max = weir_sandbox::Limits::default();
+        Arc::new(Spec::read(params, false, &max, |_| true).expect("a valid submission"))
+    }
+
+    fn judged() -> State {
+        State::Done(Box::new(Verdict {
+            status: 3,
+            stdout: b"1\n".to_vec(),
+            stderr: None,
+            message: None,
+            exit_code: Some(0),
+            exit_signal: None,
+            time: 0.0,
+            wall_time: 0.0,
+            memory: 0,
+            run_id: String::new(),
+        }))
+    }
+
+    fn kept(store: &Submissions, token: &str, owner: &str) -> bool {
+        store.show(token, owner, |_| ()).is_some()
+    }
+
+    #[test]
+    fn an_owner_holds_their_share_and_makes_room_with_their_own_judged_ones() {
+        let store = Submissions::new(Judge0Config {
+            max_kept: 4,
+            max_kept_per_user: 2,
+            ..Default::default()
+        });
+        let a1 = store.add("a", spec(1.0)).unwrap();
+        let a2 = store.add("a", spec(1.0)).unwrap();
+        assert!(store.add("a", spec(1.0)).is_err(), "a's share, none judged");
+        let b1 = store.add("b", spec(1.0)).unwrap();
+        store.set(&b1, judged());
+        store.set(&a1, judged());
+        let a3 = store.add("a", spec(1.0)).unwrap();
+        assert!(!kept(&store, &a1, "a"), "a's oldest judged one made room");
+        assert!(kept(&store, &a2, "a") && kept(&store, &a3, "a"));
+        assert!(kept(&store, &b1, "b"), "b's result stays");
+        assert!(!kept(&store, &b1, "a"), "another's token is not found");
+    }
+
+    #[test]
+    fn a_submission_counts_its_output_limit_until_judged() {
+        let store = Submissions::new(Judge0Config {
+            max_kept_bytes: 3 << 20,
+            ..Default::default()
+        });
+        let first = store.add("a", spec(1024.0)).unwrap();
+        store.add("a", spec(1024.0)).unwrap();
+        assert!(
+            store.add("a", spec(1024.0)).is_err(),
+            "3 MiB of output limits"
+        );
+        store.set(&first, judged());
+        store
+            .add("a", spec(1024.0))
+            .expect("the judged one shrank to its output");
+    }
 }

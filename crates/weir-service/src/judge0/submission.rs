@@ -127,13 +127,21 @@ pub struct Spec {
     pub redirect: bool,
     pub callback: Option<String>,
     pub arguments: Option<String>,
+    /// `arguments` split as a shell splits them.
+    pub args: Vec<String>,
     pub network: bool,
 }
 
 impl Spec {
     /// Reads `params` (text fields in base64 when `base64`) as Judge0 does, within the server's
-    /// `max` limits: the spec, or every field at fault with Judge0's kind of message.
-    pub fn read(params: Params, base64: bool, max: &weir_sandbox::Limits) -> Result<Spec, Invalid> {
+    /// `max` limits, for the runtimes `hosted` names: the spec, or every field at fault with
+    /// Judge0's kind of message.
+    pub fn read(
+        params: Params,
+        base64: bool,
+        max: &weir_sandbox::Limits,
+        hosted: impl Fn(&str) -> bool,
+    ) -> Result<Spec, Invalid> {
         let mut invalid = Invalid::new();
         let mut text = |name: &'static str, value: Option<String>| -> Option<Vec<u8>> {
             let value = value?;
@@ -155,7 +163,7 @@ impl Spec {
         let source = text("source_code", params.source_code);
         let stdin = text("stdin", params.stdin);
         let expected = text("expected_output", params.expected_output);
-        let language = language_of(params.language_id.as_ref());
+        let language = language_of(params.language_id.as_ref()).filter(|l| hosted(l.runtime));
         if source.is_none() && !invalid.contains_key("source_code") {
             invalid.insert("source_code", vec!["can't be blank".into()]);
         }
@@ -207,6 +215,9 @@ impl Spec {
         if runs < 1.0 {
             invalid.insert("number_of_runs", vec!["must be at least 1".into()]);
         }
+        if file_size < 1.0 {
+            invalid.insert("max_file_size", vec!["must be at least 1".into()]);
+        }
         for (name, value) in [
             ("command_line_arguments", &params.command_line_arguments),
             ("compiler_options", &params.compiler_options),
@@ -231,6 +242,14 @@ impl Spec {
                 vec!["setting compiler options is only allowed for compiled languages".into()],
             );
         }
+        let arguments = params.command_line_arguments.as_deref().unwrap_or("");
+        let args = match split_arguments(arguments) {
+            Ok(args) => args,
+            Err(why) => {
+                invalid.insert("command_line_arguments", vec![why.into()]);
+                Vec::new()
+            }
+        };
         if params.additional_files.is_some() {
             invalid.insert(
                 "additional_files",
@@ -259,13 +278,31 @@ impl Spec {
             redirect: params.redirect_stderr_to_stdout.unwrap_or(false),
             callback: params.callback_url,
             arguments: params.command_line_arguments,
+            args,
             network: params.enable_network.unwrap_or(false),
         })
     }
 
-    /// The run it asks for (before the runtime's memory default, when it names none).
-    pub fn request(&self) -> RunRequest {
+    /// Bytes of what it was asked with.
+    pub fn input_bytes(&self) -> usize {
+        self.source.len()
+            + self.stdin.as_ref().map_or(0, Vec::len)
+            + self.expected.as_ref().map_or(0, Vec::len)
+            + self.callback.as_ref().map_or(0, String::len)
+            + self.arguments.as_ref().map_or(0, String::len)
+    }
+
+    /// The most bytes it can take once judged: what it was asked with and its output limit.
+    pub fn most_bytes(&self) -> usize {
+        self.input_bytes() + self.file_size as usize * 1024
+    }
+
+    /// The run it asks for, on the server's `base` limits and within its `max` ones (before the
+    /// runtime's memory default, when it names none).
+    pub fn request(&self, base: &weir_sandbox::Limits, max: &weir_sandbox::Limits) -> RunRequest {
         let mut req = RunRequest::script(Vec::new());
+        req.limits = *base;
+        req.max_limits = Some(*max);
         req.program = Program::Script {
             filename: self.language.source_file.into(),
             source: self.source.clone(),
@@ -273,7 +310,7 @@ impl Spec {
         req.runtime = Some(self.language.runtime.into());
         req.stdin = Some(self.stdin.clone().unwrap_or_default());
         req.close_stdin = true;
-        req.args = split_arguments(self.arguments.as_deref().unwrap_or(""));
+        req.args = self.args.clone();
         let seconds_to_fuel = |s: f64| (s * 1e9) as u64 * FUEL_PER_NS;
         req.limits.cpu_fuel = Some(seconds_to_fuel(self.cpu_time + self.cpu_extra));
         req.limits.wall_ms = (self.wall_time * 1000.0).max(1.0) as u64;
@@ -289,27 +326,34 @@ impl Spec {
 /// The language a `language_id` names (a number, or a number in a string).
 fn language_of(id: Option<&Value>) -> Option<Language> {
     let id = match id? {
-        Value::Number(n) => n.as_u64()?,
+        Value::Number(n) => n.as_u64().or_else(|| {
+            let f = n.as_f64()?;
+            (f.fract() == 0.0 && f >= 0.0).then_some(f as u64)
+        })?,
         Value::String(s) => s.trim().parse().ok()?,
         _ => return None,
     };
     LANGUAGES.iter().find(|l| u64::from(l.id) == id).copied()
 }
 
-/// `command_line_arguments` as a shell splits them: on blanks, with `'…'`, `"…"` and `\`.
-pub fn split_arguments(line: &str) -> Vec<String> {
+/// `command_line_arguments` as a shell splits them: on spaces, tabs and newlines; `'…'` taken
+/// as it is, `"…"` with `\` escaping only `$`, `` ` ``, `"`, `\` and a newline; `\` outside
+/// quotes escaping the next character. An unclosed quote is refused.
+pub fn split_arguments(line: &str) -> Result<Vec<String>, &'static str> {
     let mut args = Vec::new();
     let mut current: Option<String> = None;
-    let mut chars = line.chars();
+    let mut chars = line.chars().peekable();
     let mut quote: Option<char> = None;
     while let Some(c) = chars.next() {
         match (quote, c) {
             (Some(q), c) if c == q => quote = None,
-            (Some('"'), '\\') => {
-                if let Some(next) = chars.next() {
+            (Some('"'), '\\') => match chars.peek() {
+                Some('$' | '`' | '"' | '\\' | '\n') => {
+                    let next = chars.next().unwrap_or('\\');
                     current.get_or_insert_default().push(next);
                 }
-            }
+                _ => current.get_or_insert_default().push('\\'),
+            },
             (Some(_), c) => current.get_or_insert_default().push(c),
             (None, '\'' | '"') => {
                 quote = Some(c);
@@ -320,12 +364,15 @@ pub fn split_arguments(line: &str) -> Vec<String> {
                     current.get_or_insert_default().push(next);
                 }
             }
-            (None, c) if c.is_whitespace() => args.extend(current.take()),
+            (None, ' ' | '\t' | '\n') => args.extend(current.take()),
             (None, c) => current.get_or_insert_default().push(c),
         }
     }
+    if quote.is_some() {
+        return Err("has an unclosed quote");
+    }
     args.extend(current);
-    args
+    Ok(args)
 }
 
 /// One run's result as Judge0 reports it.
@@ -410,23 +457,18 @@ impl Verdict {
 }
 
 /// Output as Judge0 compares it: each line without trailing blanks, the whole without
-/// trailing blanks.
+/// trailing blanks (blanks as Ruby's `rstrip` has them: whitespace and NUL).
 fn judged(text: &[u8]) -> Vec<u8> {
+    let blank = |b: &u8| b.is_ascii_whitespace() || *b == 0x0b || *b == 0;
     let mut out: Vec<u8> = Vec::with_capacity(text.len());
     for (i, line) in text.split(|b| *b == b'\n').enumerate() {
         if i > 0 {
             out.push(b'\n');
         }
-        let end = line
-            .iter()
-            .rposition(|b| !b.is_ascii_whitespace())
-            .map_or(0, |p| p + 1);
+        let end = line.iter().rposition(|b| !blank(b)).map_or(0, |p| p + 1);
         out.extend_from_slice(&line[..end]);
     }
-    let end = out
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(0, |p| p + 1);
+    let end = out.iter().rposition(|b| !blank(b)).map_or(0, |p| p + 1);
     out.truncate(end);
     out
 }
@@ -496,7 +538,7 @@ pub fn fields(asked: Option<&str>) -> Result<Vec<&'static str>, String> {
     }
     let mut known = Vec::new();
     let mut unknown = Vec::new();
-    for name in asked.split(',').map(str::trim) {
+    for name in asked.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         match ALL_FIELDS.iter().chain(&WEIR_FIELDS).find(|f| **f == name) {
             Some(field) => known.push(*field),
             None => unknown.push(name.to_string()),
@@ -635,17 +677,19 @@ mod tests {
     fn output_is_compared_as_judge0_compares_it() {
         assert_eq!(judged(b"1 2 \n3\t\n\n\n"), b"1 2\n3");
         assert_eq!(judged(b"a\r\nb\r\n"), b"a\nb");
+        assert_eq!(judged(b"1\x0b\n\0"), b"1");
         assert_ne!(judged(b" a"), judged(b"a"));
     }
 
     #[test]
     fn arguments_split_as_a_shell_splits_them() {
         assert_eq!(
-            split_arguments(r#"a "b c" 'd e' f\ g "h\"i""#),
-            ["a", "b c", "d e", "f g", "h\"i"]
+            split_arguments(r#"a "b c" 'd e' f\ g "h\"i" "j\nk""#).unwrap(),
+            ["a", "b c", "d e", "f g", "h\"i", "j\\nk"]
         );
-        assert!(split_arguments("  ").is_empty());
-        assert_eq!(split_arguments(r#""""#), [""]);
+        assert!(split_arguments("  ").unwrap().is_empty());
+        assert_eq!(split_arguments(r#""""#).unwrap(), [""]);
+        assert!(split_arguments("'open").is_err());
     }
 
     #[test]
