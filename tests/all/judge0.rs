@@ -4,8 +4,9 @@
 //! and the API's own rules hold over plain HTTP: `wait=true`, `base64_encoded`, `fields`,
 //! Judge0's 422s, tokens of other owners, and signed callbacks.
 
+use crate::tools::signing_server;
 use crate::tools::Receiver;
-use crate::ws::{http, http_get, post_json, server};
+use crate::ws::{http, http_get, http_get_at, post_json};
 use base64::Engine as _;
 use serde_json::{json, Value};
 use std::process::Command;
@@ -16,7 +17,7 @@ fn sdk_python() -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn judge0s_own_python_sdk_judges_programs_through_weir() {
-    let server = server(|c| c.limits.wall_ms = 20_000).await;
+    let server = crate::ws::server(|c| c.limits.wall_ms = 20_000).await;
     let python = sdk_python();
     let base = format!("http://{}", server.addr);
     let out = tokio::task::spawn_blocking(move || {
@@ -90,12 +91,7 @@ fn b64(text: &str) -> String {
 async fn the_api_keeps_judge0s_rules_over_http() {
     let receiver = Receiver::start("the operator's key");
     let hooks = format!("http://127.0.0.1:{}/judge0/", receiver.1);
-    let allow = hooks.clone();
-    let server = server(move |c| {
-        c.callbacks.allow = vec![allow];
-        c.callbacks.key = Some("the operator's key".into());
-    })
-    .await;
+    let server = signing_server(&hooks, |_| {}).await;
 
     // wait=true, base64 both ways, all fields, the output compared as Judge0 compares it.
     let body = json!({"source_code": b64("import sys\nprint(sys.argv[1:], input(), end='  \\n')\n"),
@@ -193,7 +189,8 @@ async fn the_api_keeps_judge0s_rules_over_http() {
     assert_eq!(r.status, 201, "{}", r.body);
     let token = r.json()["token"].as_str().unwrap_or_default().to_string();
     let judged = loop {
-        let (_, seen) = receiver_get(receiver.1, "/judged").await;
+        let at = std::net::SocketAddr::from(([127, 0, 0, 1], receiver.1));
+        let (_, seen) = http_get_at(at, "/judged").await;
         let seen: Value = serde_json::from_str(&seen).unwrap_or(Value::Null);
         if let Some(first) = seen.as_array().and_then(|a| a.first()).cloned() {
             break first;
@@ -266,24 +263,4 @@ async fn the_api_keeps_judge0s_rules_over_http() {
     assert_eq!(r.json()["source_file"], "script.py");
     let (_, statuses) = http_get(&server, "/statuses").await;
     assert!(statuses.contains("Runtime Error (NZEC)"), "{statuses}");
-}
-
-/// A GET to the callback receiver.
-async fn receiver_get(port: u16, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("the receiver listens");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    stream.write_all(req.as_bytes()).await.expect("a request");
-    let mut text = String::new();
-    let _ = stream.read_to_string(&mut text).await;
-    let status = (text.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }

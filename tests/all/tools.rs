@@ -608,6 +608,21 @@ async fn a_ws_client_declares_functions_and_answers_their_calls() {
     }
 }
 
+/// A server whose callbacks may go under `hooks`, signed with the receiver's key ("the
+/// operator's key"), with `more` settings.
+pub(crate) async fn signing_server(
+    hooks: &str,
+    more: impl FnOnce(&mut weir_service::ServerConfig) + Send + 'static,
+) -> weir_service::RunningServer {
+    let allow = hooks.to_string();
+    server(move |c| {
+        c.callbacks.allow = vec![allow];
+        c.callbacks.key = Some("the operator's key".into());
+        more(c);
+    })
+    .await
+}
+
 /// A Python HTTP server of the tests' (`tests/callbacks/receiver.py`, `tests/network/server.py`)
 /// and its port. Killed when dropped.
 pub(crate) struct Receiver(std::process::Child, pub(crate) u16);
@@ -654,10 +669,7 @@ impl Drop for Receiver {
 async fn a_one_shot_runs_calls_go_to_its_signed_callback_and_failures_are_retried() {
     let receiver = Receiver::start("the operator's key");
     let hooks = format!("http://127.0.0.1:{}/hooks/", receiver.1);
-    let allow = hooks.clone();
-    let server = server(move |c| {
-        c.callbacks.allow = vec![allow];
-        c.callbacks.key = Some("the operator's key".into());
+    let server = signing_server(&hooks, |c| {
         c.callbacks.timeout_ms = 1000;
         c.callbacks.retries = 2;
         c.limits.wall_ms = 30_000;
@@ -741,12 +753,7 @@ async fn a_one_shot_runs_calls_go_to_its_signed_callback_and_failures_are_retrie
 async fn an_http_sessions_cells_call_its_functions_through_its_signed_callback() {
     let receiver = Receiver::start("the operator's key");
     let hooks = format!("http://127.0.0.1:{}/hooks/", receiver.1);
-    let allow = hooks.clone();
-    let server = server(move |c| {
-        c.callbacks.allow = vec![allow];
-        c.callbacks.key = Some("the operator's key".into());
-    })
-    .await;
+    let server = signing_server(&hooks, |_| {}).await;
     let body = json!({"functions": [{"name": "add"}, {"name": "slow"}],
         "callback_url": format!("{hooks}session")});
     let r = post_json(&server, "/v1/sessions", &body).await;

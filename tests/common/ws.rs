@@ -261,11 +261,13 @@ pub async fn wait_for_state(ws: &mut Ws, run_id: &str, state: &str) {
 }
 
 pub async fn http_get(server: &RunningServer, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-        server.addr
-    );
+    http_get_at(server.addr, path).await
+}
+
+/// `GET path` from whatever listens at `addr`: its status and body.
+pub async fn http_get_at(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(req.as_bytes()).await.unwrap();
     let mut text = String::new();
     stream.read_to_string(&mut text).await.unwrap();

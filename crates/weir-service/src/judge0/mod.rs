@@ -60,6 +60,12 @@ impl Options {
     fn wait(&self) -> bool {
         self.wait.as_deref() == Some("true")
     }
+
+    /// The fields asked for, or Judge0's 400 naming the ones that do not exist.
+    fn fields(&self) -> Result<Vec<&'static str>, Box<Response>> {
+        submission::fields(self.fields.as_deref())
+            .map_err(|why| Box::new(error(StatusCode::BAD_REQUEST, why)))
+    }
 }
 
 /// Calls being delivered to callbacks at once; more wait their turn.
@@ -100,9 +106,9 @@ async fn create(
     Query(options): Query<Options>,
     admitted: Admitted<Raw, WeirJson>,
 ) -> Response {
-    let fields = match submission::fields(options.fields.as_deref()) {
+    let fields = match options.fields() {
         Ok(fields) => fields,
-        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+        Err(refused) => return *refused,
     };
     let owner = admitted.owner().to_string();
     let Ok(body) = serde_json::from_slice::<Value>(&admitted.body.0) else {
@@ -126,9 +132,7 @@ async fn create(
             judge_all(&app, &who, queued, slot).await;
         });
         let _ = judging.await;
-        let shown = state.judge0.show(&token, &owner, |view: &View| {
-            view.render(&fields, options.base64())
-        });
+        let shown = render(&state, &token, &owner, &fields, options.base64());
         return answer(StatusCode::CREATED, shown.unwrap_or(Value::Null));
     }
     let reply = json!({ "token": token });
@@ -200,14 +204,11 @@ async fn show(
     Query(options): Query<Options>,
     caller: Identified,
 ) -> Response {
-    let fields = match submission::fields(options.fields.as_deref()) {
+    let fields = match options.fields() {
         Ok(fields) => fields,
-        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+        Err(refused) => return *refused,
     };
-    let shown = state.judge0.show(&token, &caller.user, |view: &View| {
-        view.render(&fields, options.base64())
-    });
-    match shown {
+    match render(&state, &token, &caller.user, &fields, options.base64()) {
         Some(body) => answer(StatusCode::OK, body),
         None => error(StatusCode::NOT_FOUND, "Not Found"),
     }
@@ -219,9 +220,9 @@ async fn show_batch(
     Query(options): Query<Options>,
     caller: Identified,
 ) -> Response {
-    let fields = match submission::fields(options.fields.as_deref()) {
+    let fields = match options.fields() {
         Ok(fields) => fields,
-        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+        Err(refused) => return *refused,
     };
     let tokens: Vec<&str> = (options.tokens.as_deref().unwrap_or(""))
         .split(',')
@@ -236,14 +237,21 @@ async fn show_batch(
     }
     let submissions: Vec<Value> = tokens
         .iter()
-        .map(|token| {
-            let shown = state.judge0.show(token, &caller.user, |view: &View| {
-                view.render(&fields, options.base64())
-            });
-            shown.unwrap_or(Value::Null)
-        })
+        .map(|token| render(&state, token, &caller.user, &fields, options.base64()))
+        .map(|shown| shown.unwrap_or(Value::Null))
         .collect();
     answer(StatusCode::OK, json!({ "submissions": submissions }))
+}
+
+/// `owner`'s submission `token` as `fields` show it; `None` when they have none.
+fn render(
+    state: &AppState,
+    token: &str,
+    owner: &str,
+    fields: &[&str],
+    base64: bool,
+) -> Option<Value> {
+    (state.judge0).show(token, owner, |view: &View| view.render(fields, base64))
 }
 
 /// Judges `queued` in order on `slot`, each one's result kept and sent to its callback (by a
@@ -266,9 +274,7 @@ async fn judge_all(
         };
         state.judge0.set(&token, Stage::Done(Box::new(verdict)));
         if let Some(url) = spec.callback.as_deref() {
-            let body = state.judge0.show(&token, owner, |view: &View| {
-                view.render(&submission::DEFAULT_FIELDS, true)
-            });
+            let body = render(state, &token, owner, &submission::DEFAULT_FIELDS, true);
             if let (Ok(url), Some(body)) = (reqwest::Url::parse(url), body) {
                 let app = state.clone();
                 state.tracker.spawn(async move {
