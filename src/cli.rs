@@ -332,12 +332,7 @@ fn give_network(args: &RunArgs, req: &mut RunRequest) -> anyhow::Result<()> {
         }
         return Ok(());
     };
-    let run_network = network.for_run(None, Default::default())?;
-    req.tools = Some(run_network.install(req.tools.take()));
-    for (name, placeholder) in run_network.placeholders() {
-        req.env.retain(|(n, _)| *n != name);
-        req.env.push((name, placeholder));
-    }
+    network.for_run(None, Default::default())?.give(req);
     Ok(())
 }
 

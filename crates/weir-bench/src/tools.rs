@@ -98,8 +98,7 @@ async fn http_get(sandbox: &Sandbox) -> anyhow::Result<(f64, f64)> {
         .ok_or_else(|| anyhow::anyhow!("the bench's network allows nothing"))?;
     let mut req = RunRequest::script(program.clone());
     req.close_stdin = true;
-    let run_network = network.for_run(None, Default::default())?;
-    req.tools = Some(run_network.install(None));
+    network.for_run(None, Default::default())?.give(&mut req);
     let out = sandbox.start(req).await?.collect().await;
     let native = tokio::process::Command::new(crate::native::python())
         .arg("-c")

@@ -7,10 +7,9 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use weir_sandbox::{ToolResult, Tools};
+use weir_sandbox::{RunRequest, ToolResult, Tools};
 
 /// One request as the run's history keeps it: never its path, headers or body.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,7 +27,9 @@ pub struct RequestRecord {
     pub error: Option<String>,
 }
 
-/// A run's egress: the server's, maybe narrowed, with the run's request count and log.
+/// A run's egress: the server's, maybe narrowed, with the run's secrets and request log. (The
+/// run's requests are counted against `max_requests` by the sandbox, as `NetworkBounds`, before
+/// they reach it.)
 #[derive(Debug)]
 pub struct RunNetwork {
     network: Arc<Network>,
@@ -37,7 +38,6 @@ pub struct RunNetwork {
     own: RunSecrets,
     /// The operator's secrets and the run's own.
     secrets: Vec<Secret>,
-    requests: AtomicU32,
     log: Mutex<Vec<RequestRecord>>,
 }
 
@@ -64,7 +64,6 @@ impl RunNetwork {
             narrowed,
             own,
             secrets,
-            requests: AtomicU32::new(0),
             log: Mutex::new(Vec::new()),
         }
     }
@@ -79,11 +78,15 @@ impl RunNetwork {
         &self.own
     }
 
-    /// The environment the run sees for its secrets: `NAME=weir-secret:NAME` for each.
-    pub fn placeholders(&self) -> Vec<(String, String)> {
-        (self.secrets.iter())
-            .map(|s| (s.name.clone(), s.placeholder()))
-            .collect()
+    /// Gives `req` this network: its requests come here, and its environment holds
+    /// `NAME=weir-secret:NAME` for each secret (unless the run sets `NAME` itself).
+    pub fn give(self: &Arc<Self>, req: &mut RunRequest) {
+        req.tools = Some(self.install(req.tools.take()));
+        for secret in &self.secrets {
+            if !req.env.iter().any(|(n, _)| *n == secret.name) {
+                req.env.push((secret.name.clone(), secret.placeholder()));
+            }
+        }
     }
 
     /// The requests made so far, in order (at most the run's `max_requests`).
@@ -91,7 +94,8 @@ impl RunNetwork {
         self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// `tools` (or none) with this network: the guest's requests come to [`RunNetwork::fetch`].
+    /// `tools` (or none) with this network (a run going on in a new instance, its environment
+    /// its own already): the guest's requests come to [`RunNetwork::fetch`].
     pub fn install(self: &Arc<Self>, tools: Option<Tools>) -> Tools {
         let network = self.clone();
         let config = &self.network.config;
@@ -108,21 +112,10 @@ impl RunNetwork {
             })
     }
 
-    /// Makes the guest's request (`{method, url, headers: [[name, value]], body: base64}`):
-    /// `{status, reason, headers, body}`, or why not, as the guest is told.
-    pub async fn fetch(&self, request: Value) -> ToolResult {
+    /// Makes the guest's request (`{method, url, headers: [[name, value]], body: base64}`),
+    /// counted already: `{status, reason, headers, body}`, or why not, as the guest is told.
+    async fn fetch(&self, request: Value) -> ToolResult {
         let config = &self.network.config;
-        let counted = self
-            .requests
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < config.max_requests).then_some(n + 1)
-            });
-        if counted.is_err() {
-            return Err(format!(
-                "the run's {} network requests are used up",
-                config.max_requests
-            ));
-        }
         let mut record = RequestRecord::default();
         let limit = Duration::from_millis(config.timeout_ms);
         let result = match tokio::time::timeout(limit, self.exchange(&request, &mut record)).await {

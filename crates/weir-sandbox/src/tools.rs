@@ -551,9 +551,7 @@ impl ToolBox {
         }
         Ok(text)
     }
-}
 
-impl ToolBox {
     /// An HTTP request from the guest, answered by the run's network handler.
     async fn request(&self, args: &str) -> std::result::Result<String, String> {
         let Some((network, bounds)) = &self.tools.network else {

@@ -506,12 +506,9 @@ impl Session {
             let event = tokio::select! {
                 event = run.next_event() => event,
                 () = clock.next() => {
-                    match clock.fire() {
-                        Phase::Interrupted => {
-                            report.timed_out = true;
-                            control.interrupt();
-                        }
-                        _ => control.stop(), // the run's `Exit` follows
+                    // When it stops the run, the run's `Exit` follows.
+                    if clock.fire(&control) == Phase::Interrupted {
+                        report.timed_out = true;
                     }
                     continue;
                 }
@@ -607,10 +604,7 @@ async fn answered_in_time(
             false
         }
         () = clock.next() => {
-            match clock.fire() {
-                Phase::Interrupted => drop(control.interrupt()),
-                _ => control.stop(),
-            }
+            clock.fire(control);
             true
         }
     }
@@ -638,14 +632,19 @@ impl CellClock {
         }
     }
 
-    /// Takes the step that is due; returns the phase it enters.
-    fn fire(&mut self) -> Phase {
+    /// Takes the step that is due on the cell's run (`control`): interrupts it at its time
+    /// limit, stops it past the grace period. Returns the phase it enters.
+    fn fire(&mut self, control: &RunControl) -> Phase {
         self.phase = match self.phase {
             Phase::Running => {
                 self.next = tokio::time::Instant::now() + INTERRUPT_GRACE;
+                control.interrupt();
                 Phase::Interrupted
             }
-            _ => Phase::Stopped,
+            _ => {
+                control.stop();
+                Phase::Stopped
+            }
         };
         self.phase
     }

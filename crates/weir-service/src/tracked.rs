@@ -80,6 +80,14 @@ impl Reach {
         Reach::default()
     }
 
+    /// No host at all, whatever the server allows.
+    pub fn nowhere() -> Reach {
+        Reach {
+            narrowed: Some(weir_egress::Allowlist::default()),
+            secrets: weir_egress::RunSecrets::default(),
+        }
+    }
+
     /// A request's `network` entries (none: whatever the server allows) and `secrets`.
     pub fn from_params(
         entries: Option<&[String]>,
@@ -186,12 +194,7 @@ impl TrackedRun {
             None => None,
         };
         if let Some(network) = &network {
-            req.tools = Some(network.install(req.tools.take()));
-            for (name, placeholder) in network.placeholders() {
-                if !req.env.iter().any(|(n, _)| *n == name) {
-                    req.env.push((name, placeholder));
-                }
-            }
+            network.give(&mut req);
         }
         let recording = record.then(|| Box::new((req.clone(), OutputLog::default())));
         let handle = books.sandbox.start(req).await?;
