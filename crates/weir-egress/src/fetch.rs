@@ -377,3 +377,27 @@ fn failed(host: &str, port: u16, e: reqwest::Error) -> String {
     }
     format!("{host}:{port}: {what} ({source})")
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{narrowing, Network, NetworkConfig};
+
+    #[test]
+    fn a_special_address_needs_every_allowing_entry_to_name_it_exactly() {
+        let config = NetworkConfig {
+            allow: vec!["*".into(), "localhost:8000".into()],
+            ..Default::default()
+        };
+        let network = Network::new(&config, &Default::default()).unwrap().unwrap();
+        let server = network.for_run(None, Default::default()).unwrap();
+        assert_eq!(server.allowed("localhost", 8000), Ok(true));
+        assert_eq!(server.allowed("localhost", 8001), Ok(false));
+        // The run's own `*` allows the host, but does not name it: no loopback for this run.
+        let own = narrowing(&["*".into()]).unwrap();
+        let run = network.for_run(Some(own), Default::default()).unwrap();
+        assert_eq!(run.allowed("localhost", 8000), Ok(false));
+        let narrow = narrowing(&["example.org".into()]).unwrap();
+        let run = network.for_run(Some(narrow), Default::default()).unwrap();
+        assert!(run.allowed("localhost", 8000).is_err());
+    }
+}
