@@ -1,5 +1,7 @@
 //! Interrupting a guest's running code without ending it: CPython's `KeyboardInterrupt`,
-//! raised where the code is (a busy loop, `time.sleep`, `input()`), as Ctrl-C would.
+//! raised where the code is (a busy loop, `time.sleep`, `input()`), as Ctrl-C would; QuickJS's
+//! uncatchable `InternalError: interrupted`, which its interpreter raises when the host's
+//! interrupt poll says so ([`Interrupter::attach_polled`], [`Interrupter::poll`]).
 //!
 //! A runtime that supports it names an [`InterruptAddrs`]: guest addresses of the main thread's
 //! `async_exc` and `eval_breaker` words and of the exception to raise (the guest build finds them,
@@ -59,11 +61,14 @@ impl std::fmt::Display for InterruptAddrs {
     }
 }
 
-/// A live guest memory and the addresses within it.
-struct Target {
-    base: NonNull<u8>,
-    len: usize,
-    addrs: InterruptAddrs,
+/// Where an interrupt goes: words of a live guest memory, or a flag the guest polls.
+enum Target {
+    Memory {
+        base: NonNull<u8>,
+        len: usize,
+        addrs: InterruptAddrs,
+    },
+    Polled,
 }
 
 // SAFETY: the pointer is only dereferenced by `Interrupter::deliver` and `withdraw`, which run on
@@ -84,6 +89,10 @@ pub struct Interrupter {
     open: AtomicBool,
     wake: Notify,
     target: Mutex<Option<Target>>,
+    /// (polled) Delivered, not yet taken by the guest's poll.
+    raised: AtomicBool,
+    /// (polled) The guest's poll took an interrupt since [`Interrupter::took`] last asked.
+    taken: AtomicBool,
 }
 
 impl Interrupter {
@@ -150,7 +159,29 @@ impl Interrupter {
     /// [`Interrupter::deliver`] and `withdraw` do): they write two of those bytes' words.
     #[allow(unsafe_code)]
     pub unsafe fn attach(&self, base: NonNull<u8>, len: usize, addrs: InterruptAddrs) {
-        *self.target() = Some(Target { base, len, addrs });
+        *self.target() = Some(Target::Memory { base, len, addrs });
+    }
+
+    /// Makes interrupts a flag the guest polls ([`Interrupter::poll`]) instead of words written
+    /// into its memory: for an interpreter that asks its host whether to stop (QuickJS).
+    pub fn attach_polled(&self) {
+        *self.target() = Some(Target::Polled);
+    }
+
+    /// The guest asks whether to stop now: delivers a requested interrupt first (when delivery
+    /// is open). Cheap; called by the guest's interpreter every few thousand instructions.
+    pub fn poll(&self) -> bool {
+        self.deliver();
+        let stop = self.raised.swap(false, Ordering::AcqRel);
+        if stop {
+            self.taken.store(true, Ordering::Release);
+        }
+        stop
+    }
+
+    /// Whether the guest's poll took an interrupt since the last time this was asked.
+    pub fn took(&self) -> bool {
+        self.taken.swap(false, Ordering::AcqRel)
     }
 
     /// Moves another interrupter's target here (a warm instance handed to its run).
@@ -198,52 +229,70 @@ impl Interrupter {
             return false;
         }
         let guard = self.target();
-        let Some(t) = guard.as_ref() else {
-            return false;
-        };
-        let breaker = read_word(t, t.addrs.eval_breaker);
-        write_word(t, t.addrs.async_exc, t.addrs.exception)
-            && breaker.is_some_and(|b| write_word(t, t.addrs.eval_breaker, b | ASYNC_EXCEPTION_BIT))
+        match guard.as_ref() {
+            None => false,
+            Some(Target::Polled) => {
+                self.raised.store(true, Ordering::Release);
+                true
+            }
+            Some(Target::Memory { base, len, addrs }) => {
+                let t = (*base, *len);
+                let breaker = read_word(t, addrs.eval_breaker);
+                write_word(t, addrs.async_exc, addrs.exception)
+                    && breaker.is_some_and(|b| {
+                        write_word(t, addrs.eval_breaker, b | ASYNC_EXCEPTION_BIT)
+                    })
+            }
+        }
     }
 
     /// Whether an interrupt was written into the guest and not raised yet (the epoch callback
     /// delivered it just before the guest blocked): a blocking call should return at once so
     /// the guest raises it. Only on the store's thread while the guest is not executing.
     pub fn in_flight(&self) -> bool {
-        let guard = self.target();
-        guard
-            .as_ref()
-            .is_some_and(|t| read_word(t, t.addrs.async_exc) == Some(t.addrs.exception))
+        match self.target().as_ref() {
+            None => false,
+            Some(Target::Polled) => self.raised.load(Ordering::Acquire),
+            Some(Target::Memory { base, len, addrs }) => {
+                read_word((*base, *len), addrs.async_exc) == Some(addrs.exception)
+            }
+        }
     }
 
     /// Clears an interrupt written but not yet raised.
     fn withdraw(&self) {
-        let guard = self.target();
-        if let Some(t) = guard.as_ref() {
-            if read_word(t, t.addrs.async_exc) == Some(t.addrs.exception) {
-                write_word(t, t.addrs.async_exc, 0);
+        match self.target().as_ref() {
+            None => {}
+            Some(Target::Polled) => self.raised.store(false, Ordering::Release),
+            Some(Target::Memory { base, len, addrs }) => {
+                let t = (*base, *len);
+                if read_word(t, addrs.async_exc) == Some(addrs.exception) {
+                    write_word(t, addrs.async_exc, 0);
+                }
             }
         }
     }
 }
 
-fn in_bounds(t: &Target, address: u32) -> bool {
+/// A guest memory: its base and length.
+type Words = (NonNull<u8>, usize);
+
+fn in_bounds((_, len): Words, address: u32) -> bool {
     (address as usize)
         .checked_add(4)
-        .is_some_and(|end| end <= t.len)
+        .is_some_and(|end| end <= len)
         && address.is_multiple_of(4)
 }
 
 #[allow(unsafe_code)]
-fn read_word(t: &Target, address: u32) -> Option<u32> {
+fn read_word(t: Words, address: u32) -> Option<u32> {
     if !in_bounds(t, address) {
         return None;
     }
     // SAFETY: in bounds and aligned, in a memory the store keeps alive while attached; the
     // guest is not executing (module docs).
     Some(unsafe {
-        t.base
-            .as_ptr()
+        t.0.as_ptr()
             .add(address as usize)
             .cast::<u32>()
             .read_volatile()
@@ -251,14 +300,13 @@ fn read_word(t: &Target, address: u32) -> Option<u32> {
 }
 
 #[allow(unsafe_code)]
-fn write_word(t: &Target, address: u32, value: u32) -> bool {
+fn write_word(t: Words, address: u32, value: u32) -> bool {
     if !in_bounds(t, address) {
         return false;
     }
     // SAFETY: as in `read_word`.
     unsafe {
-        t.base
-            .as_ptr()
+        t.0.as_ptr()
             .add(address as usize)
             .cast::<u32>()
             .write_volatile(value)

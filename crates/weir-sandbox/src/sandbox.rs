@@ -180,7 +180,10 @@ impl Sandbox {
         Sandbox::with_lazy_runtimes(
             settings,
             vec![Arc::new(CPython)],
-            vec![Arc::new(crate::runtime::sci::SciPython)],
+            vec![
+                Arc::new(crate::runtime::sci::SciPython),
+                Arc::new(crate::runtime::js::QuickJs),
+            ],
         )
     }
 
@@ -274,10 +277,25 @@ impl Sandbox {
         self.inner.runtimes.iter().map(|e| e.runtime.info())
     }
 
-    /// The runtime a request that names none runs in, when it is not the default: the first
-    /// other runtime that claims its program ([`Runtime::claims`]; `python-sci` claims a
-    /// program importing a module only it has).
+    /// The runtime a request that names none runs in, when it is not the default: for a script
+    /// whose file's extension belongs to another language than the default's, the first runtime
+    /// listing it ([`RuntimeInfo::runs_file`]: `hello.js`); else the first other runtime that
+    /// claims its program ([`Runtime::claims`]; `python-sci` claims a program importing a module
+    /// only it has).
     pub fn auto_runtime(&self, req: &RunRequest) -> Option<String> {
+        if let Program::Script { filename, .. } = &req.program {
+            let mut listing = self.inner.runtimes.iter().map(|e| e.runtime.info());
+            let default_runs_it = self
+                .inner
+                .runtimes
+                .first()
+                .is_some_and(|e| e.runtime.info().runs_file(filename));
+            if !default_runs_it {
+                if let Some(info) = listing.find(|i| i.runs_file(filename)) {
+                    return Some(info.name.clone());
+                }
+            }
+        }
         let source = match &req.program {
             Program::Code(code) => code.as_str(),
             Program::Script { source, .. } => std::str::from_utf8(source).ok()?,

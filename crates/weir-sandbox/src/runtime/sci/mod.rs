@@ -11,7 +11,6 @@
 
 mod addrs;
 pub mod artifact;
-mod clock;
 mod door;
 pub mod preinit;
 mod readdir;
@@ -151,6 +150,7 @@ pub fn info() -> &'static RuntimeInfo {
         language: "python".into(),
         version: PYTHON_VERSION.into(),
         aliases: vec!["sci".into(), "python-data".into()],
+        extensions: vec!["py".into()],
         build: preinit::build_id(),
         sha256: artifact::MODULE_SHA256.into(),
     })
@@ -184,7 +184,7 @@ impl Runtime for SciPython {
         let mut linker: Linker<GuestState> = Linker::new(engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, GuestState::wasi_p1)
             .map_err(|e| anyhow::anyhow!("cannot link WASI: {e:#}"))?;
-        clock::add_to_linker(&mut linker)?;
+        crate::runtime::clock::add_to_linker(&mut linker)?;
         readdir::add_to_linker(&mut linker)?;
         door::add_to_linker(&mut linker)?;
         let pre = linker

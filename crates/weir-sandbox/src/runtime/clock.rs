@@ -1,4 +1,5 @@
-//! The guest's clocks and file identities in WASI preview 1, over wasmtime-wasi's: a
+//! The clocks and file identities of a core-module guest (`python-sci`, `javascript`) in WASI
+//! preview 1, over wasmtime-wasi's: a
 //! deterministic run reads the virtual clock (`crate::determinism`) in `clock_time_get`, and
 //! `fd_filestat_get` and `path_filestat_get` number its files in the order the guest first
 //! looks at them and date them all at the virtual clock's start (as the lean runtime's `stat`
@@ -14,12 +15,12 @@ use wiggle::{GuestMemory, GuestPtr};
 
 const REALTIME: i32 = 0;
 const MONOTONIC: i32 = 1;
-pub(super) const ERRNO_FAULT: i32 = 21;
+pub(crate) const ERRNO_FAULT: i32 = 21;
 const ERRNO_INVAL: i32 = 28;
 
 /// Installs `clock_time_get`, `fd_filestat_get` and `path_filestat_get` over wasmtime-wasi's
 /// (call after it is linked).
-pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
+pub(crate) fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
     linker.allow_shadowing(true);
     let stats = add_stats(linker).and_then(|()| add_poll(linker));
     let defined = linker
@@ -227,7 +228,7 @@ fn u64_at(sub: &[u8], at: usize) -> u64 {
 }
 
 /// Writes `value` at `at`; the errno (0, or a fault).
-pub(super) fn put_u32(memory: &mut [u8], at: u32, value: u32) -> i32 {
+pub(crate) fn put_u32(memory: &mut [u8], at: u32, value: u32) -> i32 {
     match memory.get_mut(at as usize..at as usize + 4) {
         Some(dest) => {
             dest.copy_from_slice(&value.to_le_bytes());
