@@ -733,6 +733,27 @@
   define("readline", () => readLine());
   define("prompt", (q) => { if (q !== undefined) write(1, String(q) + " "); return readLine(); });
 
+  // Whether REPL input so far leaves a bracket, a template or a comment open: the next line
+  // continues it (node's `... ` prompt).
+  function incomplete(src) {
+    let depth = 0, quote = null;
+    for (let i = 0; i < src.length; i++) {
+      const c = src[i];
+      if (quote !== null) {
+        if (c === "\\") i++;
+        else if (c === quote) quote = null;
+        else if (c === "\n" && quote !== "`") quote = null;
+        continue;
+      }
+      if (c === "/" && src[i + 1] === "/") { const nl = src.indexOf("\n", i); if (nl < 0) break; i = nl; continue; }
+      if (c === "/" && src[i + 1] === "*") { const end = src.indexOf("*/", i + 2); if (end < 0) return true; i = end + 1; continue; }
+      if (c === "'" || c === '"' || c === "`") quote = c;
+      else if (c === "(" || c === "[" || c === "{") depth++;
+      else if (c === ")" || c === "]" || c === "}") depth--;
+    }
+    return depth > 0 || quote === "`";
+  }
+
   // --- the host's entry points ---
   let fatal = false;
   function report(e) {
@@ -784,9 +805,9 @@
     // an uncaught exception, and reported.
     failed(e) { report(e); },
     // The text of a value, as the REPL and a cell show it.
-    show(v) { return inspect(v); },
+    show(v) { return typeof v === "string" ? quote(v) : inspect(v); },
     // The REPL shows a line's value.
-    replShow(v) { write(1, inspect(v) + "\n"); },
+    replShow(v) { write(1, weir.show(v) + "\n"); },
     // `process.exit` code the program set (`process.exitCode`), at its end.
     exitCode() { process.emit("exit", process.exitCode ?? 0); return Number(process.exitCode ?? 0) | 0; },
     // The REPL's next input: lines read (after a prompt) until they parse, or null at the end.
@@ -798,13 +819,7 @@
         if (l === null) { if (src === "") write(1, "\n"); return src === "" ? null : src; }
         src += (src === "" ? "" : "\n") + l;
         if (src.trim() === "") { src = ""; continue; }
-        try {
-          new Function(src);
-          return src;
-        } catch (e) {
-          if (e instanceof SyntaxError && /end of (input|script)|unexpected end|expecting/i.test(e.message)) continue;
-          return src;
-        }
+        if (!incomplete(src)) return src;
       }
     },
     inspect,

@@ -18,6 +18,7 @@ mod hardening;
 mod history;
 mod ide;
 mod interrupt;
+mod javascript;
 mod judge0;
 mod jupyter;
 mod layers;

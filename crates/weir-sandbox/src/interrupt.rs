@@ -239,9 +239,8 @@ impl Interrupter {
                 let t = (*base, *len);
                 let breaker = read_word(t, addrs.eval_breaker);
                 write_word(t, addrs.async_exc, addrs.exception)
-                    && breaker.is_some_and(|b| {
-                        write_word(t, addrs.eval_breaker, b | ASYNC_EXCEPTION_BIT)
-                    })
+                    && breaker
+                        .is_some_and(|b| write_word(t, addrs.eval_breaker, b | ASYNC_EXCEPTION_BIT))
             }
         }
     }

@@ -29,7 +29,8 @@ pub enum Outcome {
     OutputLimit,
     /// The scratch directory grew past its size limit (or its file-count limit).
     DiskLimit,
-    /// The wasm stack overflowed (C-level recursion CPython could not catch).
+    /// The guest's stack overflowed (C-level recursion CPython could not catch; JavaScript
+    /// recursion too deep for QuickJS's stack).
     StackOverflow,
     /// The caller stopped the run.
     Stopped,
@@ -106,9 +107,7 @@ impl Outcome {
                 "Script exceeded its {} scratch-directory limit",
                 human_bytes(limits.scratch_bytes)
             ),
-            Outcome::StackOverflow => {
-                "Script overflowed the stack (recursion too deep in C code)".into()
-            }
+            Outcome::StackOverflow => "Script overflowed the stack (recursion too deep)".into(),
             Outcome::Stopped => "Script was stopped".into(),
             Outcome::Idle => format!(
                 "Session was idle for more than {}",

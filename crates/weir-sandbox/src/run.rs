@@ -811,6 +811,9 @@ fn classify(result: CallResult, store: &Store<GuestState>, runtime: &dyn Runtime
     if error.downcast_ref::<OutputLimitExceeded>().is_some() {
         return Outcome::OutputLimit;
     }
+    if let Some(outcome) = runtime.trapped(&error) {
+        return outcome;
+    }
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => Outcome::CpuLimit,
         Some(Trap::StackOverflow) => Outcome::StackOverflow,

@@ -167,7 +167,10 @@ pub(crate) fn run_python(
         .args(more)
         .output()
         .map_err(|e| {
-            anyhow::anyhow!("cannot run the host's Python ({}) to {what}: {e}", host_python())
+            anyhow::anyhow!(
+                "cannot run the host's Python ({}) to {what}: {e}",
+                host_python()
+            )
         })?;
     if !out.status.success() {
         anyhow::bail!(

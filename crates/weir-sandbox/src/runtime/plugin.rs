@@ -104,6 +104,14 @@ pub trait Runtime: Send + Sync + 'static {
     /// seconds the first time.
     fn load(&self, engine: &Engine, cache_dir: &Path) -> anyhow::Result<Arc<dyn Loaded>>;
 
+    /// The outcome of a guest that trapped with `error`, when the runtime knows what its trap
+    /// means (a fault of a stack the guest keeps in its own memory); `None`: the sandbox's
+    /// reading (fuel, wasm stack, memory limit, else a crash).
+    fn trapped(&self, error: &wasmtime::Error) -> Option<Outcome> {
+        let _ = error;
+        None
+    }
+
     /// The outcome of a guest that exited with `code`, given the exception it reported (if
     /// any) and whether it hit its memory limit. By default: an uncaught exception with code 1
     /// is an error, anything else an exit.

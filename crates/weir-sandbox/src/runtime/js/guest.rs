@@ -4,7 +4,9 @@
 //! through the guest's allocator and its one-slot result buffer.
 
 use crate::store::GuestState;
-use wasmtime::{AsContextMut, Caller, Extern, Func, Instance, Memory, Store, TypedFunc, WasmParams, WasmResults};
+use wasmtime::{
+    AsContextMut, Caller, Extern, Func, Instance, Memory, Store, TypedFunc, WasmParams, WasmResults,
+};
 
 /// A guest call's status: the value (or the exception) is in the out-slot.
 const OK: i32 = 0;
@@ -43,7 +45,6 @@ pub(super) struct Exports {
     new_string: TypedFunc<(i32, i32), i32>,
     new_undefined: TypedFunc<(), i32>,
     new_null: TypedFunc<(), i32>,
-    set_stack: TypedFunc<i32, ()>,
 }
 
 fn typed<P: WasmParams, R: WasmResults>(
@@ -51,7 +52,8 @@ fn typed<P: WasmParams, R: WasmResults>(
     get: &mut impl FnMut(&str) -> Option<Func>,
     name: &str,
 ) -> wasmtime::Result<TypedFunc<P, R>> {
-    let func = get(name).ok_or_else(|| wasmtime::format_err!("the QuickJS guest exports no {name}"))?;
+    let func =
+        get(name).ok_or_else(|| wasmtime::format_err!("the QuickJS guest exports no {name}"))?;
     func.typed(store)
 }
 
@@ -64,7 +66,8 @@ impl Exports {
         let s = &mut store;
         let g = &mut get;
         Ok(Exports {
-            memory: memory.ok_or_else(|| wasmtime::format_err!("the QuickJS guest exports no memory"))?,
+            memory: memory
+                .ok_or_else(|| wasmtime::format_err!("the QuickJS guest exports no memory"))?,
             alloc: typed(&mut *s, g, "qjs_alloc")?,
             free: typed(&mut *s, g, "qjs_free")?,
             eval_code: typed(&mut *s, g, "eval_code")?,
@@ -84,7 +87,6 @@ impl Exports {
             new_string: typed(&mut *s, g, "new_string")?,
             new_undefined: typed(&mut *s, g, "new_undefined")?,
             new_null: typed(&mut *s, g, "new_null")?,
-            set_stack: typed(&mut *s, g, "set_max_stack_size")?,
         })
     }
 
@@ -111,7 +113,12 @@ impl Exports {
         };
         let funcs: Vec<(&str, Func)> = FUNCS
             .iter()
-            .filter_map(|name| caller.get_export(name).and_then(Extern::into_func).map(|f| (*name, f)))
+            .filter_map(|name| {
+                caller
+                    .get_export(name)
+                    .and_then(Extern::into_func)
+                    .map(|f| (*name, f))
+            })
             .collect();
         Self::lookup(caller, memory, |name| {
             funcs.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
@@ -119,19 +126,32 @@ impl Exports {
     }
 
     /// Copies `bytes` into a fresh guest allocation: its address (free with [`Self::free`]).
-    async fn put(&self, mut store: impl AsContextMut<Data = GuestState>, bytes: &[u8]) -> wasmtime::Result<i32> {
+    async fn put(
+        &self,
+        mut store: impl AsContextMut<Data = GuestState>,
+        bytes: &[u8],
+    ) -> wasmtime::Result<i32> {
         let len = i32::try_from(bytes.len().max(1))
             .map_err(|_| wasmtime::format_err!("{} bytes do not fit the guest", bytes.len()))?;
         let at = self.alloc.call_async(&mut store, len).await?;
         if at == 0 {
-            return Err(wasmtime::format_err!("the JavaScript heap is out of memory"));
+            return Err(wasmtime::format_err!(
+                "the JavaScript heap is out of memory"
+            ));
         }
         self.memory.write(&mut store, at as u32 as usize, bytes)?;
         Ok(at)
     }
 
-    async fn release(&self, mut store: impl AsContextMut<Data = GuestState>, at: i32, len: usize) -> wasmtime::Result<()> {
-        self.free.call_async(&mut store, (at, len.max(1) as i32)).await
+    async fn release(
+        &self,
+        mut store: impl AsContextMut<Data = GuestState>,
+        at: i32,
+        len: usize,
+    ) -> wasmtime::Result<()> {
+        self.free
+            .call_async(&mut store, (at, len.max(1) as i32))
+            .await
     }
 
     /// An out-slot of 8 bytes.
@@ -139,7 +159,11 @@ impl Exports {
         self.put(store, &[0; 8]).await
     }
 
-    fn read_slot<const N: usize>(&self, store: impl AsContextMut<Data = GuestState>, at: i32) -> wasmtime::Result<[u8; N]> {
+    fn read_slot<const N: usize>(
+        &self,
+        store: impl AsContextMut<Data = GuestState>,
+        at: i32,
+    ) -> wasmtime::Result<[u8; N]> {
         let mut bytes = [0; N];
         self.memory.read(&store, at as u32 as usize, &mut bytes)?;
         Ok(bytes)
@@ -157,7 +181,11 @@ impl Exports {
         let out = self.slot(&mut store).await?;
         let len = source.len() as i32;
         let status = match module {
-            None => self.eval_code.call_async(&mut store, (code, len, out)).await?,
+            None => {
+                self.eval_code
+                    .call_async(&mut store, (code, len, out))
+                    .await?
+            }
             Some(name) => {
                 let at = self.put(&mut store, name.as_bytes()).await?;
                 let s = self
@@ -180,20 +208,31 @@ impl Exports {
                 let thrown = i32::from_le_bytes(self.read_slot::<4>(&mut store, out)?);
                 self.release(&mut store, out, 8).await?;
                 if status != OK {
-                    return Err(wasmtime::format_err!("the guest lost an exception (status {status})"));
+                    return Err(wasmtime::format_err!(
+                        "the guest lost an exception (status {status})"
+                    ));
                 }
                 Ok(Evaluated::Thrown(thrown))
             }
-            other => Err(wasmtime::format_err!("the guest could not evaluate (status {other})")),
+            other => Err(wasmtime::format_err!(
+                "the guest could not evaluate (status {other})"
+            )),
         }
     }
 
     /// Runs the pending promise jobs; how many ran (negative: a job failed uncatchably).
-    pub async fn run_jobs(&self, mut store: impl AsContextMut<Data = GuestState>) -> wasmtime::Result<i32> {
+    pub async fn run_jobs(
+        &self,
+        mut store: impl AsContextMut<Data = GuestState>,
+    ) -> wasmtime::Result<i32> {
         self.jobs.call_async(&mut store, ()).await
     }
 
-    pub async fn free_value(&self, mut store: impl AsContextMut<Data = GuestState>, h: Handle) -> wasmtime::Result<()> {
+    pub async fn free_value(
+        &self,
+        mut store: impl AsContextMut<Data = GuestState>,
+        h: Handle,
+    ) -> wasmtime::Result<()> {
         if h != 0 {
             self.free_value.call_async(&mut store, h).await?;
         }
@@ -201,7 +240,11 @@ impl Exports {
     }
 
     /// The result buffer's bytes after a call that filled it.
-    async fn take_result(&self, mut store: impl AsContextMut<Data = GuestState>, max: usize) -> wasmtime::Result<Vec<u8>> {
+    async fn take_result(
+        &self,
+        mut store: impl AsContextMut<Data = GuestState>,
+        max: usize,
+    ) -> wasmtime::Result<Vec<u8>> {
         let len = self.last_len.call_async(&mut store, ()).await? as u32 as usize;
         let at = self.last_ptr.call_async(&mut store, ()).await? as u32 as usize;
         let mut bytes = vec![0; len.min(max)];
@@ -211,7 +254,11 @@ impl Exports {
     }
 
     /// The type of a value, as `typeof` names it (`array` for arrays).
-    pub async fn type_of(&self, mut store: impl AsContextMut<Data = GuestState>, h: Handle) -> wasmtime::Result<String> {
+    pub async fn type_of(
+        &self,
+        mut store: impl AsContextMut<Data = GuestState>,
+        h: Handle,
+    ) -> wasmtime::Result<String> {
         if self.type_of.call_async(&mut store, h).await? != OK {
             return Ok("undefined".into());
         }
@@ -219,7 +266,12 @@ impl Exports {
     }
 
     /// A string value's UTF-8 bytes, at most `max` of them (`None` for another type).
-    pub async fn string(&self, mut store: impl AsContextMut<Data = GuestState>, h: Handle, max: usize) -> wasmtime::Result<Option<Vec<u8>>> {
+    pub async fn string(
+        &self,
+        mut store: impl AsContextMut<Data = GuestState>,
+        h: Handle,
+        max: usize,
+    ) -> wasmtime::Result<Option<Vec<u8>>> {
         if self.type_of(&mut store, h).await? != "string" {
             return Ok(None);
         }
@@ -232,7 +284,11 @@ impl Exports {
     /// A string value's UTF-8 bytes where they lie in the guest's result buffer, `(address,
     /// length)`: the caller reads or writes from there, then frees the buffer
     /// ([`Self::release_result`]). `None` for another type.
-    pub async fn string_in_place(&self, mut store: impl AsContextMut<Data = GuestState>, h: Handle) -> wasmtime::Result<Option<(usize, usize)>> {
+    pub async fn string_in_place(
+        &self,
+        mut store: impl AsContextMut<Data = GuestState>,
+        h: Handle,
+    ) -> wasmtime::Result<Option<(usize, usize)>> {
         if self.type_of(&mut store, h).await? != "string" {
             return Ok(None);
         }
@@ -245,26 +301,44 @@ impl Exports {
     }
 
     /// Frees the result buffer.
-    pub async fn release_result(&self, mut store: impl AsContextMut<Data = GuestState>) -> wasmtime::Result<()> {
+    pub async fn release_result(
+        &self,
+        mut store: impl AsContextMut<Data = GuestState>,
+    ) -> wasmtime::Result<()> {
         self.result_free.call_async(&mut store, ()).await
     }
 
     /// A fresh guest allocation of `len` bytes.
-    pub async fn alloc(&self, mut store: impl AsContextMut<Data = GuestState>, len: usize) -> wasmtime::Result<i32> {
+    pub async fn alloc(
+        &self,
+        mut store: impl AsContextMut<Data = GuestState>,
+        len: usize,
+    ) -> wasmtime::Result<i32> {
         let at = self.alloc.call_async(&mut store, len as i32).await?;
         match at {
-            0 => Err(wasmtime::format_err!("the JavaScript heap is out of memory")),
+            0 => Err(wasmtime::format_err!(
+                "the JavaScript heap is out of memory"
+            )),
             at => Ok(at),
         }
     }
 
     /// Frees an allocation of [`Self::alloc`].
-    pub async fn free(&self, store: impl AsContextMut<Data = GuestState>, at: i32, len: usize) -> wasmtime::Result<()> {
+    pub async fn free(
+        &self,
+        store: impl AsContextMut<Data = GuestState>,
+        at: i32,
+        len: usize,
+    ) -> wasmtime::Result<()> {
         self.release(store, at, len).await
     }
 
     /// A number value (`None` for another type).
-    pub async fn number(&self, mut store: impl AsContextMut<Data = GuestState>, h: Handle) -> wasmtime::Result<Option<f64>> {
+    pub async fn number(
+        &self,
+        mut store: impl AsContextMut<Data = GuestState>,
+        h: Handle,
+    ) -> wasmtime::Result<Option<f64>> {
         if self.type_of(&mut store, h).await? != "number" {
             return Ok(None);
         }
@@ -275,23 +349,41 @@ impl Exports {
         Ok((status == OK).then(|| f64::from_le_bytes(bytes)))
     }
 
-    pub async fn new_string(&self, mut store: impl AsContextMut<Data = GuestState>, text: &[u8]) -> wasmtime::Result<Handle> {
+    pub async fn new_string(
+        &self,
+        mut store: impl AsContextMut<Data = GuestState>,
+        text: &[u8],
+    ) -> wasmtime::Result<Handle> {
         let at = self.put(&mut store, text).await?;
-        let h = self.new_string.call_async(&mut store, (at, text.len() as i32)).await?;
+        let h = self
+            .new_string
+            .call_async(&mut store, (at, text.len() as i32))
+            .await?;
         self.release(&mut store, at, text.len()).await?;
         Ok(h)
     }
 
-    pub async fn undefined(&self, mut store: impl AsContextMut<Data = GuestState>) -> wasmtime::Result<Handle> {
+    pub async fn undefined(
+        &self,
+        mut store: impl AsContextMut<Data = GuestState>,
+    ) -> wasmtime::Result<Handle> {
         self.new_undefined.call_async(&mut store, ()).await
     }
 
-    pub async fn null(&self, mut store: impl AsContextMut<Data = GuestState>) -> wasmtime::Result<Handle> {
+    pub async fn null(
+        &self,
+        mut store: impl AsContextMut<Data = GuestState>,
+    ) -> wasmtime::Result<Handle> {
         self.new_null.call_async(&mut store, ()).await
     }
 
     /// Sets `globalThis[name]` to `value` (not taken: the caller still frees it).
-    pub async fn set_global(&self, mut store: impl AsContextMut<Data = GuestState>, name: &str, value: Handle) -> wasmtime::Result<()> {
+    pub async fn set_global(
+        &self,
+        mut store: impl AsContextMut<Data = GuestState>,
+        name: &str,
+        value: Handle,
+    ) -> wasmtime::Result<()> {
         let global = self.global.call_async(&mut store, ()).await?;
         let at = self.put(&mut store, name.as_bytes()).await?;
         let status = self
@@ -308,18 +400,19 @@ impl Exports {
 
     /// Installs the host function `name` (its calls reach `env.host_call` with that name) as a
     /// global.
-    pub async fn install_host_function(&self, mut store: impl AsContextMut<Data = GuestState>, name: &str) -> wasmtime::Result<()> {
+    pub async fn install_host_function(
+        &self,
+        mut store: impl AsContextMut<Data = GuestState>,
+        name: &str,
+    ) -> wasmtime::Result<()> {
         let at = self.put(&mut store, name.as_bytes()).await?;
-        let f = self.new_function.call_async(&mut store, (at, name.len() as i32)).await?;
+        let f = self
+            .new_function
+            .call_async(&mut store, (at, name.len() as i32))
+            .await?;
         self.release(&mut store, at, name.len()).await?;
         self.set_global(&mut store, name, f).await?;
         self.free_value(&mut store, f).await
-    }
-
-    /// The most native stack JavaScript code may use, bytes (deeper recursion throws
-    /// `RangeError`).
-    pub async fn set_max_stack(&self, mut store: impl AsContextMut<Data = GuestState>, bytes: i32) -> wasmtime::Result<()> {
-        self.set_stack.call_async(&mut store, bytes).await
     }
 }
 
@@ -344,5 +437,4 @@ const FUNCS: &[&str] = &[
     "new_string",
     "new_undefined",
     "new_null",
-    "set_max_stack_size",
 ];

@@ -49,9 +49,11 @@ pub(super) fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<(
         )
         .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     linker
-        .func_wrap("env", "host_interrupt", |caller: Caller<'_, GuestState>| -> i32 {
-            caller.data().interrupter().poll() as i32
-        })
+        .func_wrap(
+            "env",
+            "host_interrupt",
+            |caller: Caller<'_, GuestState>| -> i32 { caller.data().interrupter().poll() as i32 },
+        )
         .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     linker
         .func_wrap(
@@ -81,7 +83,10 @@ async fn call(
     let ex = Exports::of_caller(caller)?;
     let mut called = [0u8; HOST_FUNCTION.len()];
     if name_len as usize != called.len()
-        || ex.memory.read(&*caller, name as u32 as usize, &mut called).is_err()
+        || ex
+            .memory
+            .read(&*caller, name as u32 as usize, &mut called)
+            .is_err()
         || called != *HOST_FUNCTION.as_bytes()
         || argc < 1
         || argc as u32 > MAX_ARGS
@@ -89,7 +94,11 @@ async fn call(
         return Ok(FAILED);
     }
     let mut raw = vec![0u8; argc as usize * 4];
-    if ex.memory.read(&*caller, argv as u32 as usize, &mut raw).is_err() {
+    if ex
+        .memory
+        .read(&*caller, argv as u32 as usize, &mut raw)
+        .is_err()
+    {
         return Ok(FAILED);
     }
     let args: Vec<Handle> = raw
@@ -132,7 +141,11 @@ async fn number(
 
 /// `write(fd, text)`: the text to stdout (1) or stderr (2), all of it (waiting while the
 /// run's output queue is full).
-async fn write(caller: &mut Caller<'_, GuestState>, ex: &Exports, args: &[Handle]) -> wasmtime::Result<i32> {
+async fn write(
+    caller: &mut Caller<'_, GuestState>,
+    ex: &Exports,
+    args: &[Handle],
+) -> wasmtime::Result<i32> {
     let fd = match number(caller, ex, args, 0).await? {
         Some(2.0) => 2u32,
         _ => 1,
@@ -157,7 +170,11 @@ async fn write(caller: &mut Caller<'_, GuestState>, ex: &Exports, args: &[Handle
         state.wasi_p1().set_hostcall_fuel(fuel);
         let mut guest = GuestMemory::Unshared(mem);
         let ciovs = GuestPtr::new((iov as u32, 1));
-        match state.wasi_p1().fd_write(&mut guest, Fd::from(fd), ciovs).await {
+        match state
+            .wasi_p1()
+            .fd_write(&mut guest, Fd::from(fd), ciovs)
+            .await
+        {
             Ok(0) => {
                 failed = true;
                 break;
@@ -165,7 +182,7 @@ async fn write(caller: &mut Caller<'_, GuestState>, ex: &Exports, args: &[Handle
             Ok(n) => done += n as usize,
             Err(e) => {
                 // A trap (the output cap passed) ends the run; an errno ends the write.
-                e.downcast().map_err(|e| wasmtime::format_err!("{e}"))?;
+                e.downcast()?;
                 failed = true;
                 break;
             }
@@ -183,7 +200,11 @@ async fn write(caller: &mut Caller<'_, GuestState>, ex: &Exports, args: &[Handle
 /// nothing came within `wait_ms` (negative: wait as long as it takes). In a deterministic run
 /// a bounded wait never reads (what came when would depend on timing): it is `undefined` at
 /// once, and the caller's timer runs first.
-async fn read(caller: &mut Caller<'_, GuestState>, ex: &Exports, args: &[Handle]) -> wasmtime::Result<i32> {
+async fn read(
+    caller: &mut Caller<'_, GuestState>,
+    ex: &Exports,
+    args: &[Handle],
+) -> wasmtime::Result<i32> {
     let wait = number(caller, ex, args, 0).await?.unwrap_or(-1.0);
     let interrupter = caller.data().interrupter.clone();
     if interrupter.in_flight() {
@@ -220,7 +241,7 @@ async fn read(caller: &mut Caller<'_, GuestState>, ex: &Exports, args: &[Handle]
             match state.wasi_p1().fd_read(&mut guest, Fd::from(0), iovs).await {
                 Ok(n) => n as usize,
                 Err(e) => {
-                    e.downcast().map_err(|e| wasmtime::format_err!("{e}"))?;
+                    e.downcast()?;
                     0
                 }
             }
@@ -256,7 +277,11 @@ fn incomplete_tail(bytes: &[u8]) -> bool {
 
 /// Waits until stdin is readable (or at its end) or `wait_ms` pass, through the WASI
 /// context's `poll_oneoff`; an interrupt ends the wait. Whether it is readable.
-async fn readable_within(caller: &mut Caller<'_, GuestState>, ex: &Exports, wait_ms: f64) -> wasmtime::Result<bool> {
+async fn readable_within(
+    caller: &mut Caller<'_, GuestState>,
+    ex: &Exports,
+    wait_ms: f64,
+) -> wasmtime::Result<bool> {
     // Two subscriptions (48 bytes each: stdin, then a relative clock) and two events (32 each).
     let subs = ex.alloc(&mut *caller, 160).await?;
     let events = subs + 96;
@@ -269,7 +294,8 @@ async fn readable_within(caller: &mut Caller<'_, GuestState>, ex: &Exports, wait
     bytes[64..68].copy_from_slice(&1u32.to_le_bytes()); // monotonic
     let ns = (wait_ms * 1e6).clamp(0.0, 1e15) as u64;
     bytes[72..80].copy_from_slice(&ns.to_le_bytes());
-    ex.memory.write(&mut *caller, subs as u32 as usize, &bytes)?;
+    ex.memory
+        .write(&mut *caller, subs as u32 as usize, &bytes)?;
     let interrupter = caller.data().interrupter.clone();
     let polled = {
         let fuel = caller.as_context_mut().hostcall_fuel();
@@ -293,7 +319,7 @@ async fn readable_within(caller: &mut Caller<'_, GuestState>, ex: &Exports, wait
             false
         }
         Some(Err(e)) => {
-            e.downcast().map_err(|e| wasmtime::format_err!("{e}"))?;
+            e.downcast()?;
             false
         }
         Some(Ok(count)) => {
@@ -307,8 +333,15 @@ async fn readable_within(caller: &mut Caller<'_, GuestState>, ex: &Exports, wait
 }
 
 /// `sleep(ms)`: waits (on the virtual clock in a deterministic run); an interrupt ends it.
-async fn sleep(caller: &mut Caller<'_, GuestState>, ex: &Exports, args: &[Handle]) -> wasmtime::Result<i32> {
-    let ms = number(caller, ex, args, 0).await?.unwrap_or(0.0).clamp(0.0, 1e12);
+async fn sleep(
+    caller: &mut Caller<'_, GuestState>,
+    ex: &Exports,
+    args: &[Handle],
+) -> wasmtime::Result<i32> {
+    let ms = number(caller, ex, args, 0)
+        .await?
+        .unwrap_or(0.0)
+        .clamp(0.0, 1e12);
     let ns = (ms * 1e6) as u64;
     if determinism::virtual_now(&caller.as_context_mut()).is_some() {
         determinism::advance(&mut caller.as_context_mut(), ns);
@@ -327,35 +360,63 @@ async fn sleep(caller: &mut Caller<'_, GuestState>, ex: &Exports, args: &[Handle
 }
 
 /// `uncaught(type, message)`: the exception the program did not catch (the run's outcome).
-async fn uncaught(caller: &mut Caller<'_, GuestState>, ex: &Exports, args: &[Handle]) -> wasmtime::Result<i32> {
+async fn uncaught(
+    caller: &mut Caller<'_, GuestState>,
+    ex: &Exports,
+    args: &[Handle],
+) -> wasmtime::Result<i32> {
     let (Some(&t), Some(&m)) = (args.first(), args.get(1)) else {
         return Ok(FAILED);
     };
-    let type_name = ex.string(&mut *caller, t, MAX_TYPE_NAME_BYTES + 4).await?.unwrap_or_default();
-    let message = ex.string(&mut *caller, m, MAX_MESSAGE_BYTES + 4).await?.unwrap_or_default();
+    let type_name = ex
+        .string(&mut *caller, t, MAX_TYPE_NAME_BYTES + 4)
+        .await?
+        .unwrap_or_default();
+    let message = ex
+        .string(&mut *caller, m, MAX_MESSAGE_BYTES + 4)
+        .await?
+        .unwrap_or_default();
     let interrupted = caller.data().interrupter.took();
     let type_name = match interrupted {
         true => "KeyboardInterrupt".to_owned(),
         false => cut(&String::from_utf8_lossy(&type_name), MAX_TYPE_NAME_BYTES),
     };
     let message = cut(&String::from_utf8_lossy(&message), MAX_MESSAGE_BYTES);
-    caller.data_mut().report_uncaught(Uncaught { type_name, message });
+    caller
+        .data_mut()
+        .report_uncaught(Uncaught { type_name, message });
     ex.undefined(&mut *caller).await
 }
 
 /// `tool(name, json)`: a host function the embedder gave the run (`crate::tools`), answered
 /// with its result's JSON text; its error (or an interrupt) is thrown as `weir.ToolError`
 /// by the prelude, which sees `null`.
-async fn tool(caller: &mut Caller<'_, GuestState>, ex: &Exports, args: &[Handle]) -> wasmtime::Result<i32> {
+async fn tool(
+    caller: &mut Caller<'_, GuestState>,
+    ex: &Exports,
+    args: &[Handle],
+) -> wasmtime::Result<i32> {
     let (Some(&n), Some(&a)) = (args.first(), args.get(1)) else {
         return Ok(FAILED);
     };
-    let name = ex.string(&mut *caller, n, crate::tools::MAX_NAME_BYTES + 1).await?.unwrap_or_default();
-    let json = ex.string(&mut *caller, a, MAX_TOOL_ARGS).await?.unwrap_or_default();
-    let (name, json) = (String::from_utf8_lossy(&name).into_owned(), String::from_utf8_lossy(&json).into_owned());
+    let name = ex
+        .string(&mut *caller, n, crate::tools::MAX_NAME_BYTES + 1)
+        .await?
+        .unwrap_or_default();
+    let json = ex
+        .string(&mut *caller, a, MAX_TOOL_ARGS)
+        .await?
+        .unwrap_or_default();
+    let (name, json) = (
+        String::from_utf8_lossy(&name).into_owned(),
+        String::from_utf8_lossy(&json).into_owned(),
+    );
     let answer = crate::store::call_tool(&mut caller.as_context_mut(), &name, &json).await;
     match answer {
-        Ok(value) => ex.new_string(&mut *caller, format!("{{\"ok\":{value}}}").as_bytes()).await,
+        Ok(value) => {
+            ex.new_string(&mut *caller, format!("{{\"ok\":{value}}}").as_bytes())
+                .await
+        }
         Err(Some(why)) => {
             let text = serde_json::json!({ "error": why }).to_string();
             ex.new_string(&mut *caller, text.as_bytes()).await

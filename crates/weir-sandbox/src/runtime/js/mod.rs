@@ -39,10 +39,6 @@ const PRELUDE: &str = include_str!("../../../../../guests/javascript/prelude.js"
 /// Largest linear memory a `javascript` run may have.
 pub const MAX_MEMORY_BYTES: u64 = 2 << 30;
 
-/// Most native stack QuickJS lets JavaScript use before deep recursion throws `RangeError`
-/// (well inside the engine's wasm stack, so recursion never traps the instance).
-const MAX_STACK_BYTES: i32 = 1 << 20;
-
 /// One core instance with one memory and one table.
 const FOOTPRINT: Footprint = Footprint {
     core_instances: 1,
@@ -63,7 +59,12 @@ pub fn info() -> &'static RuntimeInfo {
         name: NAME.into(),
         language: "javascript".into(),
         version: VERSION.into(),
-        aliases: vec!["js".into(), "node".into(), "node-js".into(), "quickjs".into()],
+        aliases: vec![
+            "js".into(),
+            "node".into(),
+            "node-js".into(),
+            "quickjs".into(),
+        ],
         extensions: vec!["js".into(), "mjs".into(), "cjs".into()],
         build: build_id(),
         sha256: artifact::MODULE_SHA256.into(),
@@ -109,6 +110,23 @@ impl Runtime for QuickJs {
         Ok(Arc::new(Linked { pre }))
     }
 
+    /// QuickJS keeps its C stack at the bottom of its linear memory (below 1 MiB) and does not
+    /// check its depth in a wasm build: recursion too deep runs the stack pointer below address
+    /// 0, and its next access faults just under 4 GiB (wrapped) — the stack overflowed, and
+    /// nothing of the heap above it was touched.
+    fn trapped(&self, error: &wasmtime::Error) -> Option<Outcome> {
+        if error.downcast_ref::<wasmtime::Trap>() != Some(&wasmtime::Trap::MemoryOutOfBounds) {
+            return None;
+        }
+        let text = format!("{error:#}");
+        let at = text.split("memory fault at wasm address 0x").nth(1)?;
+        let hex: String = at.chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+        let address = u64::from_str_radix(&hex, 16).ok()?;
+        (0xFFFF_0000..0x1_0001_0000)
+            .contains(&address)
+            .then_some(Outcome::StackOverflow)
+    }
+
     /// Memory is QuickJS's `InternalError: out of memory` when the run hit its limit.
     fn exited(&self, code: i32, uncaught: Option<&Uncaught>, memory_hit: bool) -> Outcome {
         match uncaught {
@@ -131,7 +149,8 @@ impl Runtime for QuickJs {
 /// The module compiled for `engine` (cached).
 #[allow(unsafe_code)]
 fn load_module(engine: &Engine, cache_dir: &Path, wasm_path: &Path) -> anyhow::Result<Module> {
-    let path = crate::runtime::artifact::cache_path(engine, cache_dir, NAME, artifact::MODULE_SHA256);
+    let path =
+        crate::runtime::artifact::cache_path(engine, cache_dir, NAME, artifact::MODULE_SHA256);
     crate::runtime::artifact::load_or_compile(
         &path,
         "javascript (a second)",
@@ -204,17 +223,23 @@ impl Js {
     /// has done it ahead of demand).
     async fn start(store: &mut Store<GuestState>, instance: Instance) -> wasmtime::Result<Self> {
         let ex = Exports::of(store, instance)?;
-        ex.set_max_stack(&mut *store, MAX_STACK_BYTES).await?;
-        ex.install_host_function(&mut *store, host::HOST_FUNCTION).await?;
+        ex.install_host_function(&mut *store, host::HOST_FUNCTION)
+            .await?;
         match ex.eval(&mut *store, PRELUDE, None).await? {
             Evaluated::Value(h) => ex.free_value(&mut *store, h).await?,
-            Evaluated::Thrown(_) => return Err(wasmtime::format_err!("weir's JavaScript prelude failed")),
+            Evaluated::Thrown(_) => {
+                return Err(wasmtime::format_err!("weir's JavaScript prelude failed"))
+            }
         }
         Ok(Js { instance, ex })
     }
 
     /// Evaluates `source` (weir's own code) and frees its value: Err when it threw.
-    async fn run_own(&self, store: &mut Store<GuestState>, source: &str) -> wasmtime::Result<Result<(), Handle>> {
+    async fn run_own(
+        &self,
+        store: &mut Store<GuestState>,
+        source: &str,
+    ) -> wasmtime::Result<Result<(), Handle>> {
         match self.ex.eval(&mut *store, source, None).await? {
             Evaluated::Value(h) => {
                 self.ex.free_value(&mut *store, h).await?;
@@ -225,7 +250,11 @@ impl Js {
     }
 
     /// Evaluates `source` (weir's own code) for its number.
-    async fn number(&self, store: &mut Store<GuestState>, source: &str) -> wasmtime::Result<Result<f64, Handle>> {
+    async fn number(
+        &self,
+        store: &mut Store<GuestState>,
+        source: &str,
+    ) -> wasmtime::Result<Result<f64, Handle>> {
         match self.ex.eval(&mut *store, source, None).await? {
             Evaluated::Value(h) => {
                 let n = self.ex.number(&mut *store, h).await?;
@@ -244,11 +273,16 @@ impl Js {
             "args": launch.args,
             "env": launch.env,
         });
-        match self.run_own(store, &format!("__weir.start({start})")).await? {
+        match self
+            .run_own(store, &format!("__weir.start({start})"))
+            .await?
+        {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.ex.free_value(&mut *store, e).await?;
-                Err(wasmtime::format_err!("weir's JavaScript prelude could not start the run"))
+                Err(wasmtime::format_err!(
+                    "weir's JavaScript prelude could not start the run"
+                ))
             }
         }
     }
@@ -263,7 +297,10 @@ impl Js {
         self.hand(store, e).await?;
         self.ex.free_value(&mut *store, e).await?;
         if let Err(again) = self
-            .run_own(store, "__weir.failed(globalThis.__weir_value); delete globalThis.__weir_value")
+            .run_own(
+                store,
+                "__weir.failed(globalThis.__weir_value); delete globalThis.__weir_value",
+            )
             .await?
         {
             // Reporting itself failed (an interrupt in it): the report is the interrupt.
@@ -279,10 +316,17 @@ impl Js {
     }
 
     /// Runs the program: its exit status (0, 1 for an uncaught exception, `process.exitCode`).
-    async fn program(&self, store: &mut Store<GuestState>, launch: &Launch) -> wasmtime::Result<i32> {
+    async fn program(
+        &self,
+        store: &mut Store<GuestState>,
+        launch: &Launch,
+    ) -> wasmtime::Result<i32> {
         let (source, name) = match (&launch.code, &launch.source) {
             (Some(code), _) => (code.clone(), None),
-            (None, Some(bytes)) => (String::from_utf8_lossy(bytes).into_owned(), Some(launch.script.as_str())),
+            (None, Some(bytes)) => (
+                String::from_utf8_lossy(bytes).into_owned(),
+                Some(launch.script.as_str()),
+            ),
             (None, None) if launch.script.is_empty() => (String::new(), None),
             (None, None) => match read_script(store, &launch.script) {
                 Ok(source) => (source, Some(launch.script.as_str())),
@@ -351,7 +395,8 @@ impl Js {
 
     /// What an interrupted promise job threw, to report: `InternalError: interrupted`.
     async fn interrupted(&self, store: &mut Store<GuestState>) -> wasmtime::Result<Handle> {
-        let made = "(() => { const e = new InternalError('interrupted'); e.stack = ''; return e; })()";
+        let made =
+            "(() => { const e = new InternalError('interrupted'); e.stack = ''; return e; })()";
         let h = match self.ex.eval(&mut *store, made, None).await? {
             Evaluated::Value(h) | Evaluated::Thrown(h) => h,
         };
@@ -362,9 +407,15 @@ impl Js {
         Ok(h)
     }
 
-    async fn write_stderr(&self, store: &mut Store<GuestState>, text: &str) -> wasmtime::Result<()> {
+    async fn write_stderr(
+        &self,
+        store: &mut Store<GuestState>,
+        text: &str,
+    ) -> wasmtime::Result<()> {
         let s = serde_json::to_string(text).unwrap_or_default();
-        let _ = self.run_own(store, &format!("process.stderr.write({s})")).await?;
+        let _ = self
+            .run_own(store, &format!("process.stderr.write({s})"))
+            .await?;
         Ok(())
     }
 
@@ -407,16 +458,30 @@ impl Js {
     }
 
     /// Turns the fresh session in `store` into `from`'s.
-    fn restore(&self, store: &mut Store<GuestState>, from: &Arc<Snapshot>) -> crate::error::Result<()> {
+    fn restore(
+        &self,
+        store: &mut Store<GuestState>,
+        from: &Arc<Snapshot>,
+    ) -> crate::error::Result<()> {
         let (globals, memories) = self.instance.weir_core_state(&mut *store);
-        crate::runtime::state::restore(store, &globals, &memories, |store| self.instance.weir_core_images(store), from)
+        crate::runtime::state::restore(
+            store,
+            &globals,
+            &memories,
+            |store| self.instance.weir_core_images(store),
+            from,
+        )
     }
 }
 
 /// A cell is an evaluation in the global scope (its `let`s stay for later cells) and the event
 /// loop it leaves; its value is shown as node's REPL shows it.
 impl SessionGuest for Js {
-    async fn cell(&self, store: &mut Store<GuestState>, code: String) -> wasmtime::Result<Option<i32>> {
+    async fn cell(
+        &self,
+        store: &mut Store<GuestState>,
+        code: String,
+    ) -> wasmtime::Result<Option<i32>> {
         store.data_mut().host.uncaught = None;
         store.data_mut().cell_code(true);
         let mut value = None;
@@ -425,15 +490,32 @@ impl SessionGuest for Js {
                 if self.ex.type_of(&mut *store, h).await? != "undefined" {
                     self.hand(store, h).await?;
                     self.ex.set_global(&mut *store, "_", h).await?;
-                    match self.ex.eval(&mut *store, "__weir.show(globalThis.__weir_value)", None).await? {
+                    match self
+                        .ex
+                        .eval(&mut *store, "__weir.show(globalThis.__weir_value)", None)
+                        .await?
+                    {
                         Evaluated::Value(text) => {
-                            let shown = self.ex.string(&mut *store, text, crate::runtime::python::host::MAX_VALUE_BYTES + 4).await?;
+                            let shown = self
+                                .ex
+                                .string(
+                                    &mut *store,
+                                    text,
+                                    crate::runtime::python::host::MAX_VALUE_BYTES + 4,
+                                )
+                                .await?;
                             self.ex.free_value(&mut *store, text).await?;
-                            value = shown.map(|b| crate::runtime::python::host::cell_value(&String::from_utf8_lossy(&b)));
+                            value = shown.map(|b| {
+                                crate::runtime::python::host::cell_value(&String::from_utf8_lossy(
+                                    &b,
+                                ))
+                            });
                         }
                         Evaluated::Thrown(e) => self.failed(store, e).await?,
                     }
-                    let _ = self.run_own(store, "delete globalThis.__weir_value").await?;
+                    let _ = self
+                        .run_own(store, "delete globalThis.__weir_value")
+                        .await?;
                 }
                 self.ex.free_value(&mut *store, h).await?;
             }
@@ -445,10 +527,16 @@ impl SessionGuest for Js {
             }
         }
         store.data_mut().cell_code(false);
-        let exception = store.data_mut().host.uncaught.take().map(|u| crate::event::CellException {
-            type_name: u.type_name,
-            message: u.message,
-        });
+        let exception =
+            store
+                .data_mut()
+                .host
+                .uncaught
+                .take()
+                .map(|u| crate::event::CellException {
+                    type_name: u.type_name,
+                    message: u.message,
+                });
         store.data_mut().cell_done(crate::event::CellEnd {
             value: value.filter(|_| exception.is_none()),
             rich: None,
@@ -467,7 +555,11 @@ impl SessionGuest for Js {
         })
     }
 
-    async fn snapshot(&self, store: &mut Store<GuestState>, capture: Capture) -> crate::error::Result<Snapshot> {
+    async fn snapshot(
+        &self,
+        store: &mut Store<GuestState>,
+        capture: Capture,
+    ) -> crate::error::Result<Snapshot> {
         let (globals, memories) = self.instance.weir_core_state(&mut *store);
         crate::runtime::state::take(store, &globals, &memories, capture, |store| {
             self.instance.weir_core_images(store)
@@ -480,14 +572,19 @@ impl SessionGuest for Js {
 fn is_module(source: &str) -> bool {
     source.lines().any(|l| {
         let l = l.trim_start();
-        (l.starts_with("import ") && !l.starts_with("import (")) || l.starts_with("import{") || l.starts_with("export ")
+        (l.starts_with("import ") && !l.starts_with("import ("))
+            || l.starts_with("import{")
+            || l.starts_with("export ")
     })
 }
 
 /// The script's source from the run's working directory (where a caller's file or a mount
 /// put it).
 fn read_script(store: &Store<GuestState>, script: &str) -> Result<String, String> {
-    let scratch = store.data().scratch().ok_or("the run has no working directory")?;
+    let scratch = store
+        .data()
+        .scratch()
+        .ok_or("the run has no working directory")?;
     let dir = crate::scratch::LiveDir::new(scratch);
     let bytes = dir.read(script, 64 << 20).map_err(|e| e.to_string())?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())

@@ -12,8 +12,8 @@
 //! A listing larger than [`MOST`] bytes (only a guest that made hundreds of thousands of files in
 //! its own directory) is passed through in the host's order, with the host's inodes.
 
-use crate::runtime::clock::{put_u32, ERRNO_FAULT};
 use crate::determinism::{GuestClock, VirtualClock};
+use crate::runtime::clock::{put_u32, ERRNO_FAULT};
 use crate::store::GuestState;
 use wasmtime::{Caller, Extern, Linker};
 use wasmtime_wasi::p1::types::{Error, Fd};
