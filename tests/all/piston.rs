@@ -74,6 +74,33 @@ async fn the_published_piston_client_runs_scripts_on_weir() {
     assert_eq!(timeout["status"], "TO");
 
     assert_eq!(r["unknown"]["message"], "python-2.7.18 runtime is unknown");
+
+    let listed = r["runtimes"].as_array().unwrap();
+    let js = listed
+        .iter()
+        .find(|r| r["language"] == "javascript")
+        .expect("javascript listed");
+    assert_eq!(js["version"], weir_sandbox::runtime::js::VERSION);
+    assert!(
+        js["aliases"].as_array().unwrap().contains(&json!("node")),
+        "{js}"
+    );
+    let hello = &r["javascript"];
+    assert_eq!(hello["language"], "javascript");
+    assert_eq!(hello["run"]["stdout"], "hello weir [ 'a', 'b' ] { n: 1 }\n");
+    assert_eq!(hello["run"]["code"], 0);
+    let error = &r["js_error"]["run"];
+    assert_eq!(
+        (&error["stdout"], &error["code"]),
+        (&json!("before\n"), &json!(1))
+    );
+    assert!(
+        error["stderr"]
+            .as_str()
+            .unwrap()
+            .starts_with("Uncaught TypeError"),
+        "{error}"
+    );
     server.shutdown().await;
 }
 

@@ -18,5 +18,12 @@ const results = {
     runTimeout: 500,
   }),
   unknown: await client.execute("python", "print(1)", { version: "2.7.18" }),
+  javascript: await client.execute(
+    "javascript",
+    "const name = readline(); console.log('hello', name, process.argv.slice(2), { n: 1 });",
+    { stdin: "weir\n", args: ["a", "b"] },
+  ),
+  // An alias, as Piston serves them (the client looks versions up by language only).
+  js_error: await client.execute("js", "console.log('before'); null.x;", { version: "*" }),
 };
 console.log(JSON.stringify(results));

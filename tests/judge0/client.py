@@ -35,3 +35,9 @@ show("cases", judge0.run(client=client, source_code="print(int(input()) * 2)",
 submission = judge0.async_run(client=client, source_code="print('later')",
                               language=judge0.PYTHON)
 show("async", judge0.wait(client=client, submissions=submission))
+show("javascript", judge0.run(client=client,
+                              source_code="const n = +readline(); console.log(n * 2)",
+                              language=judge0.JAVASCRIPT,
+                              test_cases=[("1", "2"), ("21", "42"), ("3", "7")]))
+show("javascript_error", judge0.run(client=client, source_code="null.x",
+                                    language=judge0.JAVASCRIPT))

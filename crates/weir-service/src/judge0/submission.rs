@@ -19,8 +19,9 @@ pub struct Language {
 }
 
 /// Judge0's ids for weir's runtimes: `python` as Judge0 CE's Python (71, what its clients call
-/// `PYTHON`), `python-sci` as Judge0's "Python for ML" (10).
-pub const LANGUAGES: [Language; 2] = [
+/// `PYTHON`), `python-sci` as Judge0's "Python for ML" (10), `javascript` as Judge0 CE's two
+/// JavaScript ids (63, Node.js 12, what its clients call `JAVASCRIPT`; 93, Node.js 18).
+pub const LANGUAGES: [Language; 4] = [
     Language {
         id: 71,
         name: "Python (3.14, weir sandbox)",
@@ -35,6 +36,20 @@ pub const LANGUAGES: [Language; 2] = [
         runtime: "python-sci",
         source_file: "script.py",
         run_cmd: "python script.py",
+    },
+    Language {
+        id: 63,
+        name: "JavaScript (QuickJS-NG 0.15, node-compatible console, process and readline; weir sandbox)",
+        runtime: "javascript",
+        source_file: "script.js",
+        run_cmd: "node script.js",
+    },
+    Language {
+        id: 93,
+        name: "JavaScript (QuickJS-NG 0.15 for Node.js 18 programs; weir sandbox)",
+        runtime: "javascript",
+        source_file: "script.js",
+        run_cmd: "node script.js",
     },
 ];
 
