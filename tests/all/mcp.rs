@@ -7,7 +7,7 @@ use crate::ws;
 
 use ws::*;
 
-const STEPS: [&str; 13] = [
+const STEPS: [&str; 14] = [
     "connects and says what it is",
     "lists run_python with its limits in the description",
     "runs code and returns its output",
@@ -16,6 +16,7 @@ const STEPS: [&str; 13] = [
     "stops a busy loop at its time limit",
     "returns a matplotlib figure as PNG image content",
     "returns HTML and Markdown displays as text resources of their type",
+    "runs JavaScript with run_code",
     "refuses an unknown runtime by name",
     "keeps state across session cells",
     "interrupts a loop and reads a variable afterwards",
@@ -73,9 +74,9 @@ async fn the_official_sdk_runs_python_over_streamable_http() {
     );
     let (_, metrics) = http_get(&server, "/metrics").await;
     assert!(
-        metrics.contains("weir_runs_started_total 11"),
-        "every tool call that started a run is counted (7 of 8 run_python calls, 2 sessions, \
-         1 fork, 1 restore):\n{metrics}"
+        metrics.contains("weir_runs_started_total 13"),
+        "every tool call that started a run is counted (7 of 8 run_python calls, 2 run_code \
+         calls, 2 sessions, 1 fork, 1 restore):\n{metrics}"
     );
     // The closed session's instance is freed once its run's task has ended, just after the
     // client hears `session_close`.

@@ -45,7 +45,7 @@ try {
     }
     if (!runner.inputSchema?.properties?.code) throw new Error(`schema: ${JSON.stringify(runner.inputSchema)}`);
     const names = tools.map((t) => t.name).sort().join(",");
-    const expected = "run_python,session_close,session_create,session_exec,session_files,session_fork,session_interrupt,session_read_file,session_restore,session_snapshot";
+    const expected = "run_code,run_python,session_close,session_create,session_exec,session_files,session_fork,session_interrupt,session_read_file,session_restore,session_snapshot";
     if (names !== expected) throw new Error(`tools: ${names}`);
   });
 
@@ -127,6 +127,18 @@ try {
       if (!result.isError || !out.includes("callbacks are off")) throw new Error(out);
     });
   }
+
+  await step("runs JavaScript with run_code", async () => {
+    const result = await tool("run_code", {
+      language: "javascript",
+      code: "const n = +readline(); console.log({ twice: n * 2 }, [1, 2]);",
+      stdin: "21\n",
+    });
+    const out = text(result);
+    if (result.isError || !out.includes("{ twice: 42 } [ 1, 2 ]")) throw new Error(out);
+    const failed = await tool("run_code", { language: "js", code: "null.x" });
+    if (!failed.isError || !text(failed).includes("TypeError")) throw new Error(text(failed));
+  });
 
   await step("refuses an unknown runtime by name", async () => {
     const result = await run({ code: "print(1)", runtime: "cobol" });

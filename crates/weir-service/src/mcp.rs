@@ -57,6 +57,23 @@ pub struct RunPython {
     pub network: Option<Vec<String>>,
 }
 
+/// `run_code`'s arguments: a program in any hosted language.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct RunCode {
+    /// The language: a runtime's name or alias (`python`, `javascript`/`js`/`node`,
+    /// `python-sci`; the server's instructions list them).
+    pub language: String,
+    /// The program's source, run as the runtime's script file (`main.py`, `main.js`).
+    pub code: String,
+    /// Extra files placed beside the program in its working directory: relative path → text.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+    /// Text on the program's stdin (closed after it).
+    pub stdin: Option<String>,
+    /// Wall-time limit in milliseconds (the server's default and maximum apply).
+    pub timeout_ms: Option<u64>,
+}
+
 /// A function `run_python`'s program may call.
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 pub struct Function {
@@ -188,7 +205,8 @@ impl WeirMcp {
             .map(|r| format!("{} ({} {})", r.name, r.language, r.version))
             .collect();
         format!(
-            "weir runs Python in a WebAssembly sandbox. Runtimes: {}; the first is the default. \
+            "weir runs Python and JavaScript in a WebAssembly sandbox. Runtimes: {}; the first is \
+             the default (run_code takes any of them by name). \
              The standard library is available, and these packages: {}; nothing else can be \
              installed, and there is no network. Each run_python call starts fresh in an empty \
              working directory holding its files; for state that persists across calls (variables, imports, files), use a \
@@ -349,10 +367,53 @@ impl WeirMcp {
         Parameters(args): Parameters<RunPython>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::CallToolResult, ErrorData> {
+        self.run_once(args, "main.py".into(), ctx).await
+    }
+
+    /// Runs a program in any hosted language once.
+    #[tool(
+        description = "Run a program in an isolated sandbox, in the language named (a runtime's \
+                       name or alias: python, javascript/js/node, python-sci, as the server's \
+                       instructions list), and return its stdout, stderr and outcome. No \
+                       network, a fresh empty working directory per run; nothing persists \
+                       between calls. JavaScript runs on QuickJS with node's console, process, \
+                       timers, readline and fs for stdin. Limits as for run_python."
+    )]
+    async fn run_code(
+        &self,
+        Parameters(args): Parameters<RunCode>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResult, ErrorData> {
+        let runtime = match self.state.sandbox.runtime(Some(&args.language)) {
+            Ok(runtime) => runtime,
+            Err(e) => return Ok(answer(false, e.to_string())),
+        };
+        let extension = runtime.extensions.first().map_or("txt", String::as_str);
+        let filename = format!("main.{extension}");
+        let args = RunPython {
+            code: args.code,
+            files: args.files,
+            stdin: args.stdin,
+            timeout_ms: args.timeout_ms,
+            runtime: Some(runtime.name.clone()),
+            functions: Vec::new(),
+            callback_url: None,
+            network: Some(Vec::new()),
+        };
+        self.run_once(args, filename, ctx).await
+    }
+
+    /// One run to its end, as `run_python` and `run_code` make it.
+    async fn run_once(
+        &self,
+        args: RunPython,
+        filename: String,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResult, ErrorData> {
         let user = caller(&ctx);
         let params = RunParams {
             source: args.code,
-            filename: "main.py".into(),
+            filename,
             files: args.files,
             args: Vec::new(),
             stdin: Some(args.stdin.unwrap_or_default()),
