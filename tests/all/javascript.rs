@@ -299,3 +299,53 @@ async fn a_deterministic_javascript_run_repeats_byte_for_byte() {
     assert_eq!(a.lines().count(), 3, "{a}");
     let _ = common::sandbox();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_runs_javascript_over_ws_v1_runs_and_sessions_and_records_it() {
+    use crate::ws::*;
+    use serde_json::json;
+    let server = server(|_| {}).await;
+    // /ws: an interactive run whose program waits for a line.
+    let mut ws = connect(&server, "").await;
+    let run_id = run(
+        &mut ws,
+        1,
+        json!({"source": "const n = readline(); console.log('got', n.length)", "runtime": "node"}),
+    )
+    .await;
+    wait_for_state(&mut ws, &run_id, "waiting_input").await;
+    send(&mut ws, json!({"jsonrpc": "2.0", "id": 2, "method": "input", "params": {"run_id": run_id, "data": "four\n"}})).await;
+    let (output, exit) = until_exit(&mut ws, &run_id).await;
+    assert_eq!(output, "got 4\n");
+    assert_eq!(exit["outcome"], "exited", "{exit}");
+
+    // POST /v1/runs, and the run in the history under its runtime.
+    let r = post_json(
+        &server,
+        "/v1/runs",
+        &json!({"source": "console.log([1, 'a'])", "runtime": "javascript"}),
+    )
+    .await;
+    let body = r.json();
+    assert_eq!(
+        (r.status, &body["stdout"]),
+        (200, &json!("[ 1, 'a' ]\n")),
+        "{body}"
+    );
+    let id = body["run_id"].as_str().unwrap();
+    let (status, record) = http_get(&server, &format!("/v1/runs/{id}")).await;
+    assert_eq!(status, 200);
+    let record: serde_json::Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(record["runtime"], "javascript", "{record}");
+
+    // /v1/sessions: a JavaScript session's cells.
+    let r = post_json(&server, "/v1/sessions", &json!({"runtime": "js"})).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let session = r.json()["session_id"].as_str().unwrap().to_owned();
+    let exec = |code: &str| json!({"code": code});
+    let path = format!("/v1/sessions/{session}/exec");
+    post_json(&server, &path, &exec("const xs = [3, 1, 2]")).await;
+    let r = post_json(&server, &path, &exec("xs.sort()")).await.json();
+    assert_eq!(r["result"], "[ 1, 2, 3 ]", "{r}");
+    server.shutdown().await;
+}
