@@ -155,9 +155,12 @@ async fn timers_promises_and_exit_codes_behave_as_in_node() {
     );
 }
 
+/// What a hostile program's outcome must be.
+type Expect = fn(&Outcome) -> bool;
+
 #[tokio::test]
 async fn hostile_javascript_ends_with_its_outcome_inside_its_limit() {
-    let cases: [(&str, fn(&Outcome) -> bool); 9] = [
+    let cases: [(&str, Expect); 9] = [
         ("while (true) {}", |o| *o == Outcome::Timeout),
         ("Promise.resolve().then(() => { while (true) {} })", |o| {
             *o == Outcome::Timeout
