@@ -51,7 +51,11 @@ async fn the_ide_works_end_to_end_in_chromium() {
     );
     // A flood must still be running when the test presses Stop: a large output limit.
     // Two runtimes, so the picker has a choice to make.
-    let server = server_with_lazy_runtimes(two_runtimes(), vec![Arc::new(SciPython)], |c| {
+    let lazy: Vec<Arc<dyn weir_sandbox::runtime::Runtime>> = vec![
+        Arc::new(SciPython),
+        Arc::new(weir_sandbox::runtime::js::QuickJs),
+    ];
+    let server = server_with_lazy_runtimes(two_runtimes(), lazy, |c| {
         c.limits.output_bytes = 256 << 20;
         c.max_limits.output_bytes = 256 << 20;
         c.limits.wall_ms = 60_000;
@@ -80,6 +84,7 @@ async fn the_ide_works_end_to_end_in_chromium() {
         "Interrupt raises KeyboardInterrupt where the loop runs",
         "a flood stays responsive",
         "switching file and pressing Run stops the old run",
+        "a .js tab runs in javascript",
         "a REPL after the script",
         "a dropped connection is reported",
     ] {

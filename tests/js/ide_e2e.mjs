@@ -86,10 +86,10 @@ try {
   });
 
   await step("the runtime picker lists the server's runtimes and a run goes to the chosen one", async () => {
-    await page.waitForFunction(() => document.querySelectorAll("#runtime option").length === 4);
+    await page.waitForFunction(() => document.querySelectorAll("#runtime option").length === 5);
     const labels = await page.locator("#runtime option").allTextContents();
     if (labels[0] !== "auto" || !labels[1].startsWith("python ") || !labels[2].startsWith("python-alt ")
-        || !labels[3].startsWith("python-sci ")) {
+        || !labels[3].startsWith("python-sci ") || !labels[4].startsWith("javascript ")) {
       throw new Error(`picker: ${labels}`);
     }
     await page.locator("#runtime").selectOption("python-alt");
@@ -254,6 +254,25 @@ try {
     await page.locator('.tab[data-file="main.py"]').click();
     const source = await page.locator("#editor").inputValue();
     if (!source.includes("main started")) throw new Error("switching back lost main.py's content");
+  });
+
+  await step("a .js tab runs in javascript, highlighted as JavaScript, its readline() answered", async () => {
+    await page.locator("#runtime").selectOption("");
+    page.once("dialog", (d) => d.accept("hello.js"));
+    await page.locator("#add-file").click();
+    await page.locator('.tab[data-file="hello.js"][aria-selected="true"]').waitFor();
+    await setSource('const name = prompt("name?");\nconsole.log(`hi ${name}`, { n: [1, 2] });\n');
+    const keyword = await page.locator("#highlight .tok-kw").first().textContent();
+    if (keyword !== "const") throw new Error(`highlighted keyword: ${keyword}`);
+    await page.locator("#run").click();
+    await waitRunState("waiting_input").catch(async (e) => { throw new Error(`${e}: ${await consoleText()}`); });
+    await answer("js");
+    await waitConsole("hi js { n: [ 1, 2 ] }");
+    await waitOutcome("exited");
+    const ran = await page.locator("#outcome").getAttribute("data-runtime");
+    if (ran !== "javascript") throw new Error(`auto ran hello.js in ${ran}`);
+    await page.locator("#runtime").selectOption("python");
+    await page.locator('.tab[data-file="main.py"]').click();
   });
 
   await step("a REPL after the script evaluates a line with the script's variables", async () => {

@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod harness;
 pub mod kernel;
+pub mod languages;
 pub mod measure;
 pub mod native;
 pub mod sci;
@@ -61,6 +62,11 @@ pub async fn run(settings: EngineSettings, samples: usize) -> anyhow::Result<()>
     if std::env::var_os("WEIR_BENCH_ONLY_SNAPSHOTS").is_some() {
         row("measurement", "weir", "", "target");
         return snapshots::rows(&sandbox, samples.min(200)).await;
+    }
+    // `WEIR_BENCH_ONLY_LANGUAGES=1`: the JavaScript rows only (beside `node`).
+    if std::env::var_os("WEIR_BENCH_ONLY_LANGUAGES").is_some() {
+        row("measurement", "weir", "node per run", "target");
+        return languages::rows(&sandbox, samples).await;
     }
     // `WEIR_BENCH_ONLY_FIB=1`: the fib(27) rows only.
     if std::env::var_os("WEIR_BENCH_ONLY_FIB").is_some() {
@@ -124,6 +130,7 @@ pub async fn run(settings: EngineSettings, samples: usize) -> anyhow::Result<()>
         ">= 1000/s",
     );
     fib_rows(&sandbox).await?;
+    languages::rows(&sandbox, samples.min(200)).await?;
     busy_host_rows(&sandbox).await?;
     let pss = idle_pss(&settings, 100).await?;
     let native_pss = native::idle_pss(100).await.ok();
@@ -177,7 +184,7 @@ fn hello() -> RunRequest {
     req
 }
 
-async fn first_output(handle: &mut RunHandle) -> anyhow::Result<()> {
+pub(crate) async fn first_output(handle: &mut RunHandle) -> anyhow::Result<()> {
     while let Some(event) = handle.next_event().await {
         match event {
             Event::Output { .. } => return Ok(()),

@@ -105,8 +105,9 @@ function validName(name, except) {
 
 function addFile() {
   let n = files.list.length;
-  while (files.list.some((f) => f.name === `module${n}.py`)) n++;
-  const name = (prompt("New file name:", `module${n}.py`) || "").trim();
+  const ext = (files.current().name.match(/\.[A-Za-z0-9]+$/) || [".py"])[0];
+  while (files.list.some((f) => f.name === `module${n}${ext}`)) n++;
+  const name = (prompt("New file name:", `module${n}${ext}`) || "").trim();
   if (!name) return;
   const problem = validName(name, -1);
   if (problem) return system(`Cannot create ${name}: ${problem}`);
@@ -175,8 +176,50 @@ function highlightPython(src) {
   return html + escapeHtml(src.slice(last)) + "\n";
 }
 
+const JS_KEYWORDS = new Set(
+  "async await break case catch class const continue debugger default delete do else export extends false finally for function if import in instanceof let new null of return static super switch this throw true try typeof undefined var void while with yield".split(" "),
+);
+const JS_BUILTINS = new Set(
+  "console process require module exports Math JSON Object Array String Number Boolean BigInt Symbol Map Set WeakMap WeakSet Promise Date RegExp Error TypeError RangeError SyntaxError ReferenceError parseInt parseFloat isNaN isFinite setTimeout setInterval clearTimeout clearInterval queueMicrotask globalThis readline print prompt Infinity NaN".split(" "),
+);
+const JS_TOKEN =
+  /(\/\/[^\n]*|\/\*[\s\S]*?(?:\*\/|$))|("(?:\\.|[^"\\\n])*(?:"|$)|'(?:\\.|[^'\\\n])*(?:'|$)|`(?:\\.|[^`\\])*(?:`|$))|(@[A-Za-z_$][\w$]*)|(\b(?:0[xX][\da-fA-F_]+|0[oO][0-7_]+|0[bB][01_]+|\d[\d_]*\.?[\d_]*(?:[eE][+-]?\d+)?n?)\b)|([A-Za-z_$][\w$]*)/gm;
+
+/** JavaScript source → HTML with token spans. */
+function highlightJavaScript(src) {
+  let html = "";
+  let last = 0;
+  let previous = "";
+  for (const m of src.matchAll(JS_TOKEN)) {
+    html += escapeHtml(src.slice(last, m.index));
+    last = m.index + m[0].length;
+    let cls = null;
+    if (m[1]) cls = "com";
+    else if (m[2]) cls = "str";
+    else if (m[3]) cls = "dec";
+    else if (m[4]) cls = "num";
+    else if (m[5]) {
+      const word = m[5];
+      if (JS_KEYWORDS.has(word)) cls = "kw";
+      else if (previous === "function" || previous === "class") cls = "fn";
+      else if (JS_BUILTINS.has(word)) cls = "bi";
+      previous = word;
+    }
+    if (!m[5]) previous = "";
+    html += cls ? `<span class="tok-${cls}">${escapeHtml(m[0])}</span>` : escapeHtml(m[0]);
+  }
+  return html + escapeHtml(src.slice(last)) + "\n";
+}
+
+/** The highlighter for a file, by its extension (plain text for one neither knows). */
+function highlighterFor(name) {
+  if (/\.(js|mjs|cjs)$/i.test(name)) return highlightJavaScript;
+  if (/\.py$/i.test(name) || !/\.[A-Za-z0-9]+$/.test(name)) return highlightPython;
+  return (src) => escapeHtml(src) + "\n";
+}
+
 function highlight() {
-  $("highlight").innerHTML = highlightPython($("editor").value);
+  $("highlight").innerHTML = highlighterFor(files.current().name)($("editor").value);
   syncScroll();
 }
 
@@ -817,7 +860,7 @@ async function loadRuntimes() {
     const auto = document.createElement("option");
     auto.value = "";
     auto.textContent = "auto";
-    auto.title = "the default runtime, or python-sci when the program imports a package only it has";
+    auto.title = "by the file's extension (.js: javascript), else the default runtime, or python-sci when the program imports a package only it has";
     picker.replaceChildren(auto, ...list.map((r) => {
       const option = document.createElement("option");
       option.value = r.name;

@@ -18,12 +18,12 @@ pub const MODULE_SHA256: &str = "647ab11ae29cc6d39a6d17d3aa1e7a6a0b5fb9c44b48644
 pub fn ensure(cache_dir: &Path) -> anyhow::Result<PathBuf> {
     let root = cache_dir.join("quickjs-rs-0.2.6");
     let module = root.join("quickjs.wasm");
-    if super::super::sci::artifact::sha256_file(&module).is_ok_and(|s| s == MODULE_SHA256) {
+    if crate::runtime::sci::artifact::sha256_file(&module).is_ok_and(|s| s == MODULE_SHA256) {
         return Ok(module);
     }
     std::fs::create_dir_all(cache_dir)?;
     let _lock = crate::runtime::artifact::FileLock::acquire(&root.with_extension("lock"))?;
-    if super::super::sci::artifact::sha256_file(&module).is_ok_and(|s| s == MODULE_SHA256) {
+    if crate::runtime::sci::artifact::sha256_file(&module).is_ok_and(|s| s == MODULE_SHA256) {
         return Ok(module);
     }
     tracing::info!(
@@ -40,7 +40,7 @@ pub fn ensure(cache_dir: &Path) -> anyhow::Result<PathBuf> {
         &[wheel.as_os_str(), unpacked.join("quickjs.wasm").as_os_str()],
         &format!("unpack {WHEEL}"),
     )?;
-    let got = super::super::sci::artifact::sha256_file(&unpacked.join("quickjs.wasm"))?;
+    let got = crate::runtime::sci::artifact::sha256_file(&unpacked.join("quickjs.wasm"))?;
     if got != MODULE_SHA256 {
         anyhow::bail!("{WHEEL}'s guest has sha256 {got}, pinned {MODULE_SHA256}");
     }
