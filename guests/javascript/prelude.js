@@ -711,6 +711,143 @@
     throw err;
   }
 
+  // --- host functions the embedder gives the run: `weir.tools.NAME({...})`, as Python's
+  // `from weir import tools` ---
+  class ToolError extends Error {
+    constructor(message) { super(message); this.name = "ToolError"; }
+  }
+  function callTool(name, args) {
+    if (typeof name !== "string") throw new TypeError("a host function's name is a string");
+    let text;
+    try {
+      text = JSON.stringify(args === undefined ? {} : args);
+    } catch (e) {
+      throw new TypeError(`${name}: arguments must be JSON values (${e.message})`);
+    }
+    if (typeof text !== "string" || !text.startsWith("{")) throw new TypeError(`${name}: arguments must be an object`);
+    const answer = JSON.parse(host("tool", name, text));
+    if (Object.prototype.hasOwnProperty.call(answer, "error")) throw new ToolError(answer.error);
+    return answer.ok;
+  }
+  const tools = new Proxy({}, {
+    get(_, name) {
+      if (typeof name !== "string" || name.startsWith("_") || name === "then") return undefined;
+      return (args) => callTool(name, args);
+    },
+  });
+
+  // --- fetch: each request made by the host (`_http`), checked against the run's network
+  // allowlist, secrets filled in for their hosts; redirects followed here, each hop checked ---
+  const B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  function toBase64(bytes) {
+    let out = "";
+    for (let i = 0; i < bytes.length; i += 3) {
+      const n = (bytes[i] << 16) | ((bytes[i + 1] ?? 0) << 8) | (bytes[i + 2] ?? 0);
+      out += B64[(n >> 18) & 63] + B64[(n >> 12) & 63]
+        + (i + 1 < bytes.length ? B64[(n >> 6) & 63] : "=") + (i + 2 < bytes.length ? B64[n & 63] : "=");
+    }
+    return out;
+  }
+  function fromBase64(text) {
+    const clean = text.replace(/[^A-Za-z0-9+/]/g, "");
+    const out = new Uint8Array(Math.floor(clean.length * 3 / 4));
+    let bits = 0, value = 0, at = 0;
+    for (const c of clean) {
+      value = (value << 6) | B64.indexOf(c);
+      bits += 6;
+      if (bits >= 8) { bits -= 8; out[at++] = (value >> bits) & 255; }
+    }
+    return out.subarray(0, at);
+  }
+  class Headers {
+    constructor(init) {
+      this._list = [];
+      if (init instanceof Headers) init = init._list;
+      if (Array.isArray(init)) for (const [k, v] of init) this.append(k, v);
+      else if (init && typeof init === "object") for (const k of Object.keys(init)) this.append(k, init[k]);
+    }
+    append(k, v) { this._list.push([String(k).toLowerCase(), String(v)]); }
+    set(k, v) { this.delete(k); this.append(k, v); }
+    delete(k) { const l = String(k).toLowerCase(); this._list = this._list.filter(([n]) => n !== l); }
+    get(k) { const l = String(k).toLowerCase(); const vs = this._list.filter(([n]) => n === l).map(([, v]) => v); return vs.length ? vs.join(", ") : null; }
+    has(k) { return this.get(k) !== null; }
+    forEach(fn) { for (const [k, v] of this._list) fn(v, k, this); }
+    entries() { return this._list.map(([k, v]) => [k, v])[Symbol.iterator](); }
+    keys() { return this._list.map(([k]) => k)[Symbol.iterator](); }
+    values() { return this._list.map(([, v]) => v)[Symbol.iterator](); }
+    [Symbol.iterator]() { return this.entries(); }
+  }
+  class Response {
+    constructor(body, init = {}) {
+      this._bytes = body instanceof Uint8Array ? body : new TextEncoderLite().encode(body ?? "");
+      this.status = init.status ?? 200;
+      this.statusText = init.statusText ?? "";
+      this.headers = new Headers(init.headers);
+      this.url = init.url ?? "";
+      this.redirected = init.redirected ?? false;
+      this.ok = this.status >= 200 && this.status < 300;
+      this.type = "basic";
+      this.bodyUsed = false;
+    }
+    _take() {
+      if (this.bodyUsed) return Promise.reject(new TypeError("Body is unusable: Body has already been read"));
+      this.bodyUsed = true;
+      return Promise.resolve(this._bytes);
+    }
+    text() { return this._take().then((b) => new TextDecoderLite().decode(b)); }
+    json() { return this.text().then((t) => JSON.parse(t)); }
+    arrayBuffer() { return this._take().then((b) => b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength)); }
+    bytes() { return this._take(); }
+  }
+  function bodyBytes(body) {
+    if (body === undefined || body === null) return new Uint8Array(0);
+    if (typeof body === "string") return new TextEncoderLite().encode(body);
+    if (body instanceof Uint8Array) return body;
+    if (body instanceof ArrayBuffer) return new Uint8Array(body);
+    if (ArrayBuffer.isView(body)) return new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
+    return new TextEncoderLite().encode(String(body));
+  }
+  async function fetch(input, init = {}) {
+    let url = typeof input === "string" ? input : input && input.url !== undefined ? input.url : String(input);
+    let method = String(init.method || "GET").toUpperCase();
+    const headers = new Headers(init.headers);
+    let body = bodyBytes(init.body);
+    if (typeof init.body === "string" && !headers.has("content-type")) headers.set("content-type", "text/plain;charset=UTF-8");
+    for (let hop = 0; ; hop++) {
+      let answer;
+      try {
+        answer = callTool("_http", { method, url, headers: [...headers], body: toBase64(body) });
+      } catch (e) {
+        if (e instanceof ToolError) throw new TypeError("fetch failed", { cause: e });
+        throw e;
+      }
+      const location = answer.headers.find(([k]) => k.toLowerCase() === "location");
+      if ([301, 302, 303, 307, 308].includes(answer.status) && location && init.redirect !== "manual") {
+        if (init.redirect === "error" || hop >= 20) throw new TypeError("fetch failed", { cause: new Error("redirect") });
+        url = new URLLite(location[1], url).href;
+        if (answer.status === 303 || ((answer.status === 301 || answer.status === 302) && method === "POST")) {
+          method = "GET";
+          body = new Uint8Array(0);
+          headers.delete("content-type");
+        }
+        continue;
+      }
+      return new Response(fromBase64(answer.body), { status: answer.status, statusText: answer.reason, headers: answer.headers, url, redirected: hop > 0 });
+    }
+  }
+  // Resolves a redirect's Location against the URL it came from.
+  class URLLite {
+    constructor(ref, base) {
+      if (/^[a-z][a-z0-9+.-]*:/i.test(ref)) this.href = ref;
+      else {
+        const m = /^([a-z][a-z0-9+.-]*:\/\/[^/?#]*)([^?#]*)/i.exec(base) || ["", "", "/"];
+        if (ref.startsWith("//")) this.href = base.split(":")[0] + ":" + ref;
+        else if (ref.startsWith("/")) this.href = m[1] + ref;
+        else this.href = m[1] + m[2].replace(/[^/]*$/, "") + ref;
+      }
+    }
+  }
+
   // --- what programs see ---
   const define = (name, value) => Object.defineProperty(globalThis, name, { value, writable: true, configurable: true, enumerable: false });
   define("console", console);
@@ -730,6 +867,10 @@
   if (typeof globalThis.TextDecoder !== "function") define("TextDecoder", TextDecoderLite);
   if (typeof globalThis.structuredClone !== "function") define("structuredClone", (v) => JSON.parse(JSON.stringify(v)));
   define("print", (...a) => line(1, a));
+  define("weir", Object.freeze({ tools, call: callTool, ToolError }));
+  define("fetch", fetch);
+  define("Headers", Headers);
+  define("Response", Response);
   define("readline", () => readLine());
   define("prompt", (q) => { if (q !== undefined) write(1, String(q) + " "); return readLine(); });
 

@@ -474,3 +474,42 @@ fn weir_run_reaches_the_hosts_allow_net_names_with_secrets_from_its_environment(
     );
     assert_eq!(weir(&["-e", "TOKEN=x"]), "this run has no network access\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_fetch_reaches_allowed_hosts_with_secrets_and_follows_redirects_hop_by_hop() {
+    let api = api();
+    let port = api.1;
+    let server = server(move |c| {
+        c.network.allow = vec![format!("127.0.0.1:{port}")];
+    })
+    .await;
+    let code = format!(
+        "(async () => {{\n\
+           const r = await fetch('http://127.0.0.1:{port}/echo', {{ method: 'POST', body: 'hello', headers: {{ 'X-A': '1' }} }});\n\
+           const seen = await r.json();\n\
+           console.log(r.status, r.ok, r.headers.get('content-type'), seen.method, seen.path, seen.body_bytes);\n\
+           const hop = await fetch('http://127.0.0.1:{port}/redirect?to=/after');\n\
+           console.log(hop.redirected, (await hop.json()).path);\n\
+           for (const url of ['http://127.0.0.1:{port}/redirect?to=http://169.254.169.254/', 'https://example.org/']) {{\n\
+             try {{ await fetch(url) }} catch (e) {{ console.log(e.name, e.message, '-', e.cause.message) }}\n\
+           }}\n\
+         }})()"
+    );
+    let (stdout, answer) = run(&server, &code, json!({"runtime": "javascript"})).await;
+    assert_eq!(
+        stdout,
+        format!(
+            "200 true application/json POST /echo 5\n\
+             true /after\n\
+             TypeError fetch failed - 169.254.169.254:80 is not on this run's network allowlist\n\
+             TypeError fetch failed - example.org:443 is not on this run's network allowlist\n"
+        ),
+        "{answer}"
+    );
+    let logged = record(&server, &answer["run_id"]).await;
+    assert_eq!(
+        logged["network"].as_array().map(Vec::len),
+        Some(5),
+        "{logged}"
+    );
+}

@@ -800,3 +800,36 @@ async fn an_http_sessions_cells_call_its_functions_through_its_signed_callback()
     let r = post_json(&server, "/v1/sessions", &body).await;
     assert_eq!(r.status, 400, "{}", r.body);
 }
+
+#[tokio::test]
+async fn javascript_calls_host_functions_as_weir_tools() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut req = RunRequest::script(
+        "console.log(weir.tools.add({ a: 2, b: 40 }));\n\
+         console.log(weir.tools.echo({ city: 'Oslo', days: [1, 2] }));\n\
+         for (const call of [() => weir.tools.fail(), () => weir.tools.nope(), () => weir.tools.add({ a: 'x', b: 1 })]) {\n\
+           try { call() } catch (e) { console.log(e.name + ':', e.message) }\n\
+         }\n\
+         try { weir.tools.add([1, 2]) } catch (e) { console.log(e.name) }\n",
+    );
+    req.close_stdin = true;
+    req.runtime = Some("javascript".into());
+    req.tools = Some(toolbox(calls.clone()));
+    let out = common::sandbox()
+        .start(req)
+        .await
+        .expect("starts")
+        .collect()
+        .await;
+    assert_eq!(
+        out.stdout_text(),
+        "42\n{ city: 'Oslo', days: [ 1, 2 ] }\n\
+         ToolError: the weather service is down\n\
+         ToolError: no host function named \"nope\"\n\
+         ToolError: add: argument a: \"x\" is not of type \"number\"\n\
+         TypeError\n",
+        "{}",
+        out.stderr_text()
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
