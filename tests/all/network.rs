@@ -507,9 +507,10 @@ async fn javascript_fetch_reaches_allowed_hosts_with_secrets_and_follows_redirec
         "{answer}"
     );
     let logged = record(&server, &answer["run_id"]).await;
+    // Each hop is a request of its own: POST, redirect, its target, redirect, two refusals.
     assert_eq!(
         logged["network"].as_array().map(Vec::len),
-        Some(5),
+        Some(6),
         "{logged}"
     );
 }
