@@ -648,19 +648,69 @@
   }
 
   // --- modules node programs reach for ---
+  // A path of the working directory, relative to it (`null` outside it: mounts and the rest of
+  // the guest's filesystem are not reachable from JavaScript).
+  function relative(path) {
+    path = String(path);
+    const parts = [];
+    const full = path.startsWith("/") ? path : `${cwd}/${path}`;
+    for (const part of full.split("/")) {
+      if (part === "" || part === ".") continue;
+      if (part === "..") { if (!parts.length) return null; parts.pop(); } else parts.push(part);
+    }
+    const base = cwd.split("/").filter(Boolean);
+    if (parts.length <= base.length || base.some((b, i) => parts[i] !== b)) return null;
+    return parts.slice(base.length).join("/");
+  }
+  function fsError(code, syscall, path, why) {
+    const messages = { ENOENT: "no such file or directory", EACCES: "permission denied", ENOSPC: "no space left on device" };
+    const err = new Error(`${code}: ${why || messages[code]}, ${syscall} '${path}'`);
+    err.code = code;
+    err.syscall = syscall;
+    err.path = String(path);
+    return err;
+  }
+  function readText(path) {
+    const rel = relative(path);
+    const text = rel === null ? null : host("read_file", rel);
+    if (text === null) throw fsError("ENOENT", "open", path);
+    return text;
+  }
+  function writeText(path, data, append) {
+    const rel = relative(path);
+    if (rel === null) throw fsError("EACCES", "open", path);
+    const text = typeof data === "string" ? data : new TextDecoderLite().decode(bodyBytes(data));
+    const why = host("write_file", rel, text, append ? 1 : 0);
+    if (typeof why === "string") throw fsError(/limit/.test(why) ? "ENOSPC" : "EACCES", "write", path, why);
+  }
+  const encodingOf = (opts) => (typeof opts === "string" ? opts : opts && opts.encoding) || null;
   const fs = {
     readFileSync(path, opts) {
-      if (path === 0 || path === "/dev/stdin") {
-        const all = readAll();
-        const enc = typeof opts === "string" ? opts : opts && opts.encoding;
-        return enc ? all : new TextEncoderLite().encode(all);
-      }
-      const err = new Error(`ENOENT: no such file or directory, open '${path}'`);
-      err.code = "ENOENT";
-      throw err;
+      const text = path === 0 || path === "/dev/stdin" ? readAll() : readText(path);
+      return encodingOf(opts) ? text : new TextEncoderLite().encode(text);
     },
-    writeSync(fd, data) { write(fd === 2 ? 2 : 1, typeof data === "string" ? data : new TextDecoderLite().decode(data)); },
-    existsSync: (path) => path === "/dev/stdin",
+    writeFileSync(path, data) {
+      if (path === 1 || path === 2) return write(path, typeof data === "string" ? data : new TextDecoderLite().decode(bodyBytes(data)));
+      writeText(path, data, false);
+    },
+    appendFileSync(path, data) { writeText(path, data, true); },
+    writeSync(fd, data) { write(fd === 2 ? 2 : 1, typeof data === "string" ? data : new TextDecoderLite().decode(bodyBytes(data))); },
+    existsSync(path) {
+      if (path === "/dev/stdin") return true;
+      const rel = relative(path);
+      return rel !== null && host("read_file", rel) !== null;
+    },
+  };
+  fs.promises = {
+    readFile: async (path, opts) => fs.readFileSync(path, opts),
+    writeFile: async (path, data) => fs.writeFileSync(path, data),
+    appendFile: async (path, data) => fs.appendFileSync(path, data),
+  };
+  fs.readFile = (path, opts, cb) => {
+    if (typeof opts === "function") { cb = opts; opts = undefined; }
+    let result, error = null;
+    try { result = fs.readFileSync(path, opts); } catch (e) { error = e; }
+    queueMicrotask(() => cb(error, result));
   };
   const util = {
     inspect,
@@ -702,7 +752,40 @@
     },
   };
   for (const [k, v] of Object.entries(builtins)) builtins["node:" + k] = v;
+  // CommonJS modules of the working directory (`require("./util")`, `.js` or `.json`), each
+  // evaluated once.
+  const modules = new Map();
+  function requireFile(name, from) {
+    const base = from.replace(/[^/]*$/, "");
+    const candidates = [name, `${name}.js`, `${name}.json`, `${name}/index.js`];
+    for (const candidate of candidates) {
+      const path = candidate.startsWith("/") ? candidate : base + candidate;
+      const rel = relative(path);
+      if (rel === null) continue;
+      const full = `${cwd}/${rel}`;
+      if (modules.has(full)) return modules.get(full).exports;
+      const text = host("read_file", rel);
+      if (text === null) continue;
+      const module = { exports: {}, id: full, filename: full, loaded: false };
+      modules.set(full, module);
+      if (full.endsWith(".json")) module.exports = JSON.parse(text);
+      else {
+        const wrapped = (0, eval)(`(function (exports, require, module, __filename, __dirname) {${text}\n})`);
+        wrapped.call(module.exports, module.exports, (n) => requireFrom(n, full), module, full, full.replace(/\/[^/]*$/, ""));
+      }
+      module.loaded = true;
+      return module.exports;
+    }
+    const err = new Error(`Cannot find module '${name}'`);
+    err.code = "MODULE_NOT_FOUND";
+    throw err;
+  }
+  function requireFrom(name, from) {
+    if (name.startsWith("./") || name.startsWith("../") || name.startsWith("/")) return requireFile(name, from);
+    return require(name);
+  }
   function require(name) {
+    if (name.startsWith("./") || name.startsWith("../") || name.startsWith("/")) return requireFile(name, `${cwd}/`);
     if (Object.prototype.hasOwnProperty.call(builtins, name)) return builtins[name];
     const err = new Error(name === "child_process" || name === "net" || name === "http" || name === "https" || name === "dgram" || name === "cluster" || name === "worker_threads"
       ? `Cannot find module '${name}': weir's sandbox has no processes, sockets or threads`

@@ -352,3 +352,44 @@ async fn the_service_runs_javascript_over_ws_v1_runs_and_sessions_and_records_it
     assert_eq!(r["result"], "[ 1, 2, 3 ]", "{r}");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn javascript_reads_writes_and_requires_files_of_its_working_directory_only() {
+    let mut req = js("const { twice } = require('./lib/util');\n\
+         const data = require('./data.json');\n\
+         const fs = require('fs');\n\
+         fs.writeFileSync('out.txt', `${twice(data.n)}\\n`);\n\
+         fs.appendFileSync('out.txt', 'more\\n');\n\
+         console.log(fs.readFileSync('out.txt', 'utf8').trim().split('\\n'), fs.existsSync('/sandbox/data.json'));\n\
+         for (const p of ['/etc/passwd', '../../etc/passwd', 'missing.txt']) {\n\
+           try { fs.readFileSync(p, 'utf8') } catch (e) { console.log(e.code) }\n\
+         }\n\
+         try { fs.writeFileSync('../escape.txt', 'x') } catch (e) { console.log(e.code) }\n\
+         try { fs.writeFileSync('big.txt', 'x'.repeat(2 << 20)) } catch (e) { console.log(e.code) }\n\
+         try { require('./nope') } catch (e) { console.log(e.code) }");
+    req.files = vec![
+        (
+            "lib/util.js".into(),
+            b"exports.twice = (n) => n * 2; module.exports.self = __filename;".to_vec(),
+        ),
+        ("data.json".into(), br#"{"n": 21}"#.to_vec()),
+    ];
+    req.return_files = vec!["out.txt".into()];
+    req.limits = limits(|l| l.scratch_bytes = 1 << 20);
+    let out = run(req).await;
+    assert_eq!(
+        out.stdout_text(),
+        "[ '42', 'more' ] true\nENOENT\nENOENT\nENOENT\nEACCES\nENOSPC\nMODULE_NOT_FOUND\n",
+        "{}",
+        out.stderr_text()
+    );
+    let files = &out.result.as_ref().expect("a result").files.files;
+    assert_eq!(
+        files
+            .iter()
+            .map(|f| (f.path.as_str(), f.data.as_slice()))
+            .collect::<Vec<_>>(),
+        [("out.txt", &b"42\nmore\n"[..])]
+    );
+    assert_eq!(out.outcome(), Outcome::Exited { code: 0 });
+}

@@ -87,6 +87,9 @@ pub struct HostState {
     pub cell: CellPhase,
     /// The host functions the run may call, if any (`crate::tools`).
     pub(crate) tools: Option<std::sync::Arc<crate::tools::ToolBox>>,
+    /// The most bytes the run's working directory may hold (`Limits::scratch_bytes`): what a
+    /// host call writing a file for the guest keeps it within.
+    pub scratch_bytes: u64,
 }
 
 /// Where a session's current cell is, as the host sees it. A cell ends only when the host's call
@@ -211,6 +214,7 @@ impl HostState {
             output: None,
             cell: CellPhase::Idle,
             tools: None,
+            scratch_bytes: 0,
         }
     }
 }

@@ -608,6 +608,7 @@ impl Sandbox {
         host.launch.env = environment(req, setup);
         host.launch.cwd = GUEST_DIR.to_string();
         host.output = Some(crate::launch::DisplayOutput(io.pipes.clone()));
+        host.scratch_bytes = limits.scratch_bytes;
         host.tools = (req.tools.clone())
             .filter(|tools| !tools.is_empty())
             .map(|tools| Arc::new(crate::tools::ToolBox::new(tools, req.record_input)));

@@ -123,6 +123,8 @@ async fn call(
             ex.undefined(&mut *caller).await
         }
         b"tool" => tool(caller, &ex, rest).await,
+        b"read_file" => read_file(caller, &ex, rest).await,
+        b"write_file" => write_file(caller, &ex, rest).await,
         _ => Ok(FAILED),
     }
 }
@@ -429,5 +431,71 @@ async fn tool(
             }
             Ok(FAILED)
         }
+    }
+}
+
+/// Most bytes a program reads from one file of its working directory.
+const MAX_FILE_BYTES: u64 = 64 << 20;
+
+/// The run's working directory, as the host reaches it (cap-std: nothing outside it).
+fn live_dir(caller: &Caller<'_, GuestState>) -> Option<crate::scratch::LiveDir> {
+    caller.data().scratch().map(crate::scratch::LiveDir::new)
+}
+
+/// `read_file(path)`: the text of a file of the working directory (`path` relative to it),
+/// `null` when there is none; a failure's reason as `{error}` JSON text is not needed: any other
+/// failure (too large, not text) is `null` too, and the prelude says ENOENT.
+async fn read_file(
+    caller: &mut Caller<'_, GuestState>,
+    ex: &Exports,
+    args: &[Handle],
+) -> wasmtime::Result<i32> {
+    let Some(&p) = args.first() else {
+        return Ok(FAILED);
+    };
+    let path = ex.string(&mut *caller, p, 4096).await?.unwrap_or_default();
+    let path = String::from_utf8_lossy(&path).into_owned();
+    let read = live_dir(caller).map(|dir| dir.read(&path, MAX_FILE_BYTES));
+    match read {
+        Some(Ok(bytes)) => {
+            let text = String::from_utf8_lossy(&bytes);
+            ex.new_string(&mut *caller, text.as_bytes()).await
+        }
+        _ => ex.null(&mut *caller).await,
+    }
+}
+
+/// `write_file(path, text, append)`: writes (or appends to) a file of the working directory,
+/// the directory staying within the run's scratch limit: `undefined`, or why not as a string.
+async fn write_file(
+    caller: &mut Caller<'_, GuestState>,
+    ex: &Exports,
+    args: &[Handle],
+) -> wasmtime::Result<i32> {
+    let (Some(&p), Some(&t)) = (args.first(), args.get(1)) else {
+        return Ok(FAILED);
+    };
+    let append = number(caller, ex, args, 2).await?.unwrap_or(0.0) != 0.0;
+    let path = ex.string(&mut *caller, p, 4096).await?.unwrap_or_default();
+    let path = String::from_utf8_lossy(&path).into_owned();
+    let limit = caller.data().host.scratch_bytes;
+    let Some(mut text) = ex
+        .string(&mut *caller, t, limit.min(MAX_FILE_BYTES * 16) as usize + 1)
+        .await?
+    else {
+        return Ok(FAILED);
+    };
+    let Some(dir) = live_dir(caller) else {
+        return Ok(FAILED);
+    };
+    if append {
+        if let Ok(mut old) = dir.read(&path, limit) {
+            old.append(&mut text);
+            text = old;
+        }
+    }
+    match dir.write(&path, &text, limit) {
+        Ok(()) => ex.undefined(&mut *caller).await,
+        Err(e) => ex.new_string(&mut *caller, e.to_string().as_bytes()).await,
     }
 }
