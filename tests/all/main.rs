@@ -26,6 +26,7 @@ mod mcp;
 mod network;
 mod piston;
 mod replay;
+mod ruby;
 mod runtimes;
 mod sandbox;
 mod sci;

@@ -61,12 +61,38 @@ impl std::fmt::Display for InterruptAddrs {
     }
 }
 
+/// Where CRuby records a signal, in a guest's linear memory: what its SIGINT handler would
+/// write (`signal_buff.cnt[SIGINT]`, `signal_buff.size`, and the trap bit of the running
+/// execution context's `interrupt_flag`), so the VM raises `Interrupt` at its next check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignalSite {
+    /// `signal_buff`: `rb_atomic_t cnt[65]; rb_atomic_t size;`.
+    pub signal_buff: u32,
+    /// `ruby_current_ec`: the running `rb_execution_context_t *`.
+    pub current_ec: u32,
+}
+
+impl SignalSite {
+    const SIGINT: u32 = 2;
+    /// `offsetof(signal_buff, size)`.
+    const SIZE: u32 = 65 * 4;
+    /// `offsetof(rb_execution_context_t, interrupt_flag)`.
+    const INTERRUPT_FLAG: u32 = 0x10;
+    /// `TRAP_INTERRUPT_MASK`.
+    const TRAP: u32 = 0x08;
+}
+
 /// Where an interrupt goes: words of a live guest memory, or a flag the guest polls.
 enum Target {
     Memory {
         base: NonNull<u8>,
         len: usize,
         addrs: InterruptAddrs,
+    },
+    Signal {
+        base: NonNull<u8>,
+        len: usize,
+        site: SignalSite,
     },
     Polled,
 }
@@ -162,6 +188,18 @@ impl Interrupter {
         *self.target() = Some(Target::Memory { base, len, addrs });
     }
 
+    /// Points the interrupter at a CRuby guest's memory: an interrupt is a SIGINT recorded where
+    /// its handler would record it ([`SignalSite`]).
+    ///
+    /// # Safety
+    ///
+    /// As for [`Interrupter::attach`]: `base`/`len` stay mapped until [`Interrupter::detach`],
+    /// written only on the store's thread while the guest does not execute.
+    #[allow(unsafe_code)]
+    pub unsafe fn attach_signal(&self, base: NonNull<u8>, len: usize, site: SignalSite) {
+        *self.target() = Some(Target::Signal { base, len, site });
+    }
+
     /// Makes interrupts a flag the guest polls ([`Interrupter::poll`]) instead of words written
     /// into its memory: for an interpreter that asks its host whether to stop (QuickJS).
     pub fn attach_polled(&self) {
@@ -235,6 +273,25 @@ impl Interrupter {
                 self.raised.store(true, Ordering::Release);
                 true
             }
+            Some(Target::Signal { base, len, site }) => {
+                let t = (*base, *len);
+                let (count, size) = (
+                    site.signal_buff + 4 * SignalSite::SIGINT,
+                    site.signal_buff + SignalSite::SIZE,
+                );
+                let Some(ec) = read_word(t, site.current_ec).filter(|&ec| ec != 0) else {
+                    return false;
+                };
+                let flag = ec.wrapping_add(SignalSite::INTERRUPT_FLAG);
+                match (read_word(t, count), read_word(t, size), read_word(t, flag)) {
+                    (Some(c), Some(n), Some(f)) => {
+                        write_word(t, count, c.wrapping_add(1))
+                            && write_word(t, size, n.wrapping_add(1))
+                            && write_word(t, flag, f | SignalSite::TRAP)
+                    }
+                    _ => false,
+                }
+            }
             Some(Target::Memory { base, len, addrs }) => {
                 let t = (*base, *len);
                 let breaker = read_word(t, addrs.eval_breaker);
@@ -252,6 +309,10 @@ impl Interrupter {
         match self.target().as_ref() {
             None => false,
             Some(Target::Polled) => self.raised.load(Ordering::Acquire),
+            Some(Target::Signal { base, len, site }) => {
+                read_word((*base, *len), site.signal_buff + SignalSite::SIZE)
+                    .is_some_and(|n| n != 0)
+            }
             Some(Target::Memory { base, len, addrs }) => {
                 read_word((*base, *len), addrs.async_exc) == Some(addrs.exception)
             }
@@ -263,6 +324,19 @@ impl Interrupter {
         match self.target().as_ref() {
             None => {}
             Some(Target::Polled) => self.raised.store(false, Ordering::Release),
+            Some(Target::Signal { base, len, site }) => {
+                let t = (*base, *len);
+                if read_word(t, site.signal_buff + SignalSite::SIZE).is_some_and(|n| n != 0) {
+                    write_word(t, site.signal_buff + 4 * SignalSite::SIGINT, 0);
+                    write_word(t, site.signal_buff + SignalSite::SIZE, 0);
+                    if let Some(ec) = read_word(t, site.current_ec).filter(|&ec| ec != 0) {
+                        let flag = ec.wrapping_add(SignalSite::INTERRUPT_FLAG);
+                        if let Some(f) = read_word(t, flag) {
+                            write_word(t, flag, f & !SignalSite::TRAP);
+                        }
+                    }
+                }
+            }
             Some(Target::Memory { base, len, addrs }) => {
                 let t = (*base, *len);
                 if read_word(t, addrs.async_exc) == Some(addrs.exception) {

@@ -183,6 +183,7 @@ impl Sandbox {
             vec![
                 Arc::new(crate::runtime::sci::SciPython),
                 Arc::new(crate::runtime::js::QuickJs),
+                Arc::new(crate::runtime::rb::CRuby),
             ],
         )
     }

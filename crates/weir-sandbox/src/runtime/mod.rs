@@ -21,6 +21,7 @@ mod clock;
 pub mod js;
 mod plugin;
 pub mod python;
+pub mod rb;
 pub mod sci;
 mod state;
 
