@@ -33,6 +33,16 @@ module Weir
       @error || ""
     end
 
+    # The run's arguments and environment (base64, as the source): `ARGV`, `ENV`, `$0`.
+    def start(file, args, env)
+      decode = ->(s) { s.unpack1("m0").force_encoding(Encoding::UTF_8) }
+      ARGV.replace(args.map(&decode))
+      ENV.clear
+      env.each_slice(2) { |k, v| ENV[decode.(k)] = decode.(v) }
+      $0 = file
+      0
+    end
+
     # Runs a program as `ruby FILE` does, in the top-level binding; its exit status.
     def run(b64, file)
       @error = nil

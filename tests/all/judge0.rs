@@ -48,7 +48,7 @@ async fn judge0s_own_python_sdk_judges_programs_through_weir() {
             .find(|c| c["case"] == name)
             .unwrap_or_else(|| panic!("no case {name}: {stdout}"))
     };
-    assert_eq!(case("languages")["ids"], json!([10, 63, 71, 93]));
+    assert_eq!(case("languages")["ids"], json!([10, 63, 71, 72, 93]));
     let first = |name: &str| case(name)["results"][0].clone();
     let accepted = first("accepted");
     assert_eq!(accepted["status"], "Accepted", "{accepted}");
@@ -88,6 +88,13 @@ async fn judge0s_own_python_sdk_judges_programs_through_weir() {
         .map(|r| r["status"].as_str().unwrap_or(""))
         .collect();
     assert_eq!(javascript, ["Accepted", "Accepted", "Wrong Answer"]);
+    let ruby: Vec<&str> = case("ruby")["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(ruby, ["Accepted", "Wrong Answer"]);
     let js_error = first("javascript_error");
     assert_eq!(js_error["status"], "Runtime Error Nzec", "{js_error}");
     assert!(

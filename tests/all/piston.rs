@@ -89,6 +89,9 @@ async fn the_published_piston_client_runs_scripts_on_weir() {
     assert_eq!(hello["language"], "javascript");
     assert_eq!(hello["run"]["stdout"], "hello weir [ 'a', 'b' ] { n: 1 }\n");
     assert_eq!(hello["run"]["code"], 0);
+    let ruby = &r["ruby"]["run"];
+    assert_eq!(ruby["stdout"], "[\"weir\", [\"a\"]]\n", "{ruby}");
+    assert_eq!(ruby["code"], 0);
     let error = &r["js_error"]["run"];
     assert_eq!(
         (&error["stdout"], &error["code"]),

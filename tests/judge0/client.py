@@ -41,3 +41,5 @@ show("javascript", judge0.run(client=client,
                               test_cases=[("1", "2"), ("21", "42"), ("3", "7")]))
 show("javascript_error", judge0.run(client=client, source_code="null.x",
                                     language=judge0.JAVASCRIPT))
+show("ruby", judge0.run(client=client, source_code="puts gets.to_i * 2",
+                        language=judge0.RUBY, test_cases=[("21", "42"), ("3", "7")]))

@@ -150,8 +150,16 @@ function escapeHtml(text) {
   return text.replace(/[&<>]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;" })[c]);
 }
 
-/** Python source → HTML with token spans. */
-function highlightPython(src) {
+const RUBY_KEYWORDS = new Set(
+  "BEGIN END alias and begin break case class def defined? do else elsif end ensure false for if in module next nil not or redo rescue retry return self super then true undef unless until when while yield __FILE__ __LINE__".split(" "),
+);
+const RUBY_BUILTINS = new Set(
+  "puts print p pp gets require require_relative attr_accessor attr_reader attr_writer include extend raise loop lambda proc Integer Float String Array Hash Struct Comparable Enumerable Kernel STDIN STDOUT ARGV ENV Math Time".split(" "),
+);
+
+/** Python source → HTML with token spans (Ruby's too, with its own words: `#` comments and
+ * quotes are the same). */
+function highlightPython(src, keywords = KEYWORDS, builtins = BUILTINS) {
   let html = "";
   let last = 0;
   let previous = "";
@@ -165,9 +173,9 @@ function highlightPython(src) {
     else if (m[4]) cls = "num";
     else if (m[5]) {
       const word = m[5];
-      if (KEYWORDS.has(word)) cls = "kw";
-      else if (previous === "def" || previous === "class") cls = "fn";
-      else if (BUILTINS.has(word)) cls = "bi";
+      if (keywords.has(word)) cls = "kw";
+      else if (previous === "def" || previous === "class" || previous === "module") cls = "fn";
+      else if (builtins.has(word)) cls = "bi";
       previous = word;
     }
     if (!m[5]) previous = "";
@@ -214,6 +222,7 @@ function highlightJavaScript(src) {
 /** The highlighter for a file, by its extension (plain text for one neither knows). */
 function highlighterFor(name) {
   if (/\.(js|mjs|cjs)$/i.test(name)) return highlightJavaScript;
+  if (/\.rb$/i.test(name)) return (src) => highlightPython(src, RUBY_KEYWORDS, RUBY_BUILTINS);
   if (/\.py$/i.test(name) || !/\.[A-Za-z0-9]+$/.test(name)) return highlightPython;
   return (src) => escapeHtml(src) + "\n";
 }
@@ -860,7 +869,7 @@ async function loadRuntimes() {
     const auto = document.createElement("option");
     auto.value = "";
     auto.textContent = "auto";
-    auto.title = "by the file's extension (.js: javascript), else the default runtime, or python-sci when the program imports a package only it has";
+    auto.title = "by the file's extension (.js: javascript, .rb: ruby), else the default runtime, or python-sci when the program imports a package only it has";
     picker.replaceChildren(auto, ...list.map((r) => {
       const option = document.createElement("option");
       option.value = r.name;

@@ -20,8 +20,9 @@ pub struct Language {
 
 /// Judge0's ids for weir's runtimes: `python` as Judge0 CE's Python (71, what its clients call
 /// `PYTHON`), `python-sci` as Judge0's "Python for ML" (10), `javascript` as Judge0 CE's two
-/// JavaScript ids (63, Node.js 12, what its clients call `JAVASCRIPT`; 93, Node.js 18).
-pub const LANGUAGES: [Language; 4] = [
+/// JavaScript ids (63, Node.js 12, what its clients call `JAVASCRIPT`; 93, Node.js 18), `ruby`
+/// as Judge0 CE's Ruby (72, what its clients call `RUBY`).
+pub const LANGUAGES: [Language; 5] = [
     Language {
         id: 71,
         name: "Python (3.14, weir sandbox)",
@@ -50,6 +51,13 @@ pub const LANGUAGES: [Language; 4] = [
         runtime: "javascript",
         source_file: "script.js",
         run_cmd: "node script.js",
+    },
+    Language {
+        id: 72,
+        name: "Ruby (4.0, weir sandbox)",
+        runtime: "ruby",
+        source_file: "script.rb",
+        run_cmd: "ruby script.rb",
     },
 ];
 

@@ -288,6 +288,20 @@ impl Rb {
             (None, None) if launch.script.is_empty() => (String::new(), "-".to_owned()),
             (None, None) => (format!("load {:?}", launch.script), launch.script.clone()),
         };
+        let args: Vec<String> = launch.args.iter().skip(1).map(|a| literal(a)).collect();
+        let env: Vec<String> = (launch.env.iter())
+            .flat_map(|(k, v)| [literal(k), literal(v)])
+            .collect();
+        let start = format!(
+            "Weir.start({file:?}, [{}], [{}])",
+            args.join(","),
+            env.join(",")
+        );
+        if self.integer(store, &start).await? != Some(0) {
+            return Err(wasmtime::format_err!(
+                "the Ruby runner could not start the run"
+            ));
+        }
         if source.is_empty() {
             return Ok(0);
         }
