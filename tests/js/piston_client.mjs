@@ -23,7 +23,7 @@ const results = {
     "const name = readline(); console.log('hello', name, process.argv.slice(2), { n: 1 });",
     { stdin: "weir\n", args: ["a", "b"] },
   ),
-  ruby: await client.execute("ruby", "name = gets.chomp\np [name, ARGV]", { stdin: "weir\n", args: ["a"] }),
+  ruby: await client.execute("ruby", "name = $stdin.gets.chomp\np [name, ARGV]", { stdin: "weir\n", args: ["a"] }),
   // An alias, as Piston serves them (the client looks versions up by language only).
   js_error: await client.execute("js", "console.log('before'); null.x;", { version: "*" }),
 };
