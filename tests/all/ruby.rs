@@ -94,6 +94,11 @@ type Expect = fn(&Outcome) -> bool;
 
 #[tokio::test]
 async fn hostile_ruby_ends_with_its_outcome_inside_its_limit() {
+    // Prepared first (a minute on a fresh machine): the cases time themselves.
+    crate::common::sandbox()
+        .prepare("ruby")
+        .await
+        .expect("ruby prepares");
     let cases: [(&str, Expect); 9] = [
         ("loop { }", |o| *o == Outcome::Timeout),
         (
