@@ -61,9 +61,9 @@ pub struct RunPython {
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 pub struct RunCode {
     /// The language: a runtime's name or alias (`python`, `javascript`/`js`/`node`,
-    /// `python-sci`; the server's instructions list them).
+    /// `ruby`/`rb`, `python-sci`; the server's instructions list them).
     pub language: String,
-    /// The program's source, run as the runtime's script file (`main.py`, `main.js`).
+    /// The program's source, run as the runtime's script file (`main.py`, `main.js`, `main.rb`).
     pub code: String,
     /// Extra files placed beside the program in its working directory: relative path → text.
     #[serde(default)]
@@ -205,7 +205,7 @@ impl WeirMcp {
             .map(|r| format!("{} ({} {})", r.name, r.language, r.version))
             .collect();
         format!(
-            "weir runs Python and JavaScript in a WebAssembly sandbox. Runtimes: {}; the first is \
+            "weir runs Python, JavaScript and Ruby in a WebAssembly sandbox. Runtimes: {}; the first is \
              the default (run_code takes any of them by name). \
              The standard library is available, and these packages: {}; nothing else can be \
              installed, and there is no network. Each run_python call starts fresh in an empty \
@@ -373,11 +373,12 @@ impl WeirMcp {
     /// Runs a program in any hosted language once.
     #[tool(
         description = "Run a program in an isolated sandbox, in the language named (a runtime's \
-                       name or alias: python, javascript/js/node, python-sci, as the server's \
+                       name or alias: python, javascript/js/node, ruby/rb, python-sci, as the server's \
                        instructions list), and return its stdout, stderr and outcome. No \
                        network, a fresh empty working directory per run; nothing persists \
                        between calls. JavaScript runs on QuickJS with node's console, process, \
-                       timers, readline and fs for stdin. Limits as for run_python."
+                       timers, readline and fs; Ruby is CRuby 4.0 with its standard library. Limits as for \
+                       run_python."
     )]
     async fn run_code(
         &self,
