@@ -1,6 +1,6 @@
-//! The `javascript` rows: first output of a hello program and fib(27), beside a fresh `node`
-//! process doing the same in the same sitting (`$WEIR_BENCH_NODE`, default `node`; rows show `-`
-//! where it is not installed), and PSS per idle instance.
+//! The `javascript` and `ruby` rows: first output of a hello program and fib(27), beside a fresh
+//! `node` or `ruby` process doing the same in the same sitting (`$WEIR_BENCH_NODE`,
+//! `$WEIR_BENCH_RUBY`; rows show `-` where the interpreter is not installed).
 
 use crate::first_output;
 use crate::measure::{ms, opt_ms, percentile, row};
@@ -10,19 +10,39 @@ use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 use weir_sandbox::{Limits, RunRequest, Sandbox};
 
-const HELLO: &str = "console.log('hello')";
-
-/// fib(27) three times in one interpreter, one line of seconds per call.
-const FIB27: &str = "function fib(n) { return n < 2 ? n : fib(n - 1) + fib(n - 2) }\n\
-for (let i = 0; i < 3; i++) { const t = performance.now(); fib(27); console.log((performance.now() - t) / 1000) }\n";
-
-fn node() -> String {
-    std::env::var("WEIR_BENCH_NODE").unwrap_or_else(|_| "node".into())
+/// A language's rows: its runtime, its native interpreter, and the programs both run.
+struct Lang {
+    runtime: &'static str,
+    native: fn() -> String,
+    hello: &'static str,
+    /// fib(27) three times in one interpreter, one line of seconds per call.
+    fib27: &'static str,
+    /// The native interpreter's name in the rows.
+    called: &'static str,
 }
 
-fn request(source: &str) -> RunRequest {
+const LANGS: [Lang; 2] = [
+    Lang {
+        runtime: "javascript",
+        native: || std::env::var("WEIR_BENCH_NODE").unwrap_or_else(|_| "node".into()),
+        hello: "console.log('hello')",
+        fib27: "function fib(n) { return n < 2 ? n : fib(n - 1) + fib(n - 2) }\n\
+for (let i = 0; i < 3; i++) { const t = performance.now(); fib(27); console.log((performance.now() - t) / 1000) }\n",
+        called: "node (V8 JIT)",
+    },
+    Lang {
+        runtime: "ruby",
+        native: || std::env::var("WEIR_BENCH_RUBY").unwrap_or_else(|_| "ruby".into()),
+        hello: "puts 'hello'",
+        fib27: "def fib(n) = n < 2 ? n : fib(n - 1) + fib(n - 2)\n\
+3.times { t = Process.clock_gettime(Process::CLOCK_MONOTONIC); fib(27); puts Process.clock_gettime(Process::CLOCK_MONOTONIC) - t }\n",
+        called: "ruby (CRuby)",
+    },
+];
+
+fn request(runtime: &str, source: &str) -> RunRequest {
     let mut req = RunRequest::script(source);
-    req.runtime = Some("javascript".into());
+    req.runtime = Some(runtime.into());
     req.close_stdin = true;
     req.limits = Limits {
         wall_ms: 120_000,
@@ -31,15 +51,23 @@ fn request(source: &str) -> RunRequest {
     req
 }
 
-/// Start → first stdout byte of [`HELLO`], `n` sequential runs.
-async fn weir_first_output(sandbox: &Sandbox, n: usize) -> anyhow::Result<Vec<Duration>> {
+/// Start → first stdout byte of the language's hello, `n` sequential runs.
+async fn weir_first_output(
+    sandbox: &Sandbox,
+    lang: &Lang,
+    n: usize,
+) -> anyhow::Result<Vec<Duration>> {
     for _ in 0..20 {
-        sandbox.start(request(HELLO)).await?.collect().await;
+        sandbox
+            .start(request(lang.runtime, lang.hello))
+            .await?
+            .collect()
+            .await;
     }
     let mut times = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        let mut handle = sandbox.start(request(HELLO)).await?;
+        let mut handle = sandbox.start(request(lang.runtime, lang.hello)).await?;
         first_output(&mut handle).await?;
         times.push(t.elapsed());
         handle.collect().await;
@@ -48,13 +76,13 @@ async fn weir_first_output(sandbox: &Sandbox, n: usize) -> anyhow::Result<Vec<Du
     Ok(times)
 }
 
-/// Spawn → first stdout byte of `node -e HELLO`, `n` sequential processes.
-async fn node_first_output(n: usize) -> std::io::Result<Vec<Duration>> {
+/// Spawn → first stdout byte of the native interpreter's `-e HELLO`, `n` sequential processes.
+async fn native_first_output(lang: &Lang, n: usize) -> std::io::Result<Vec<Duration>> {
     let mut times = Vec::with_capacity(n);
     for i in 0..n + 3 {
         let t = Instant::now();
-        let mut child = Command::new(node())
-            .args(["-e", HELLO])
+        let mut child = Command::new((lang.native)())
+            .args(["-e", lang.hello])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -79,9 +107,9 @@ fn calls(text: &str) -> Vec<f64> {
     text.lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
-async fn node_fib() -> Option<Vec<f64>> {
-    let out = Command::new(node())
-        .args(["-e", FIB27])
+async fn native_fib(lang: &Lang) -> Option<Vec<f64>> {
+    let out = Command::new((lang.native)())
+        .args(["-e", lang.fib27])
         .output()
         .await
         .ok()?;
@@ -93,31 +121,53 @@ fn best(xs: &[f64]) -> f64 {
     xs.iter().copied().fold(f64::INFINITY, f64::min)
 }
 
-/// The rows.
+/// The rows, both languages.
 pub async fn rows(sandbox: &Sandbox, samples: usize) -> anyhow::Result<()> {
-    sandbox.prepare("javascript").await?;
+    for lang in &LANGS {
+        lang_rows(sandbox, lang, samples).await?;
+    }
+    Ok(())
+}
+
+async fn lang_rows(sandbox: &Sandbox, lang: &'static Lang, samples: usize) -> anyhow::Result<()> {
+    sandbox.prepare(lang.runtime).await?;
     let sandbox2 = sandbox.clone();
-    let weir = tokio::spawn(async move { weir_first_output(&sandbox2, samples).await }).await??;
-    let native = node_first_output(samples.min(50)).await.ok();
+    let weir =
+        tokio::spawn(async move { weir_first_output(&sandbox2, lang, samples).await }).await??;
+    let native = native_first_output(lang, samples.min(50)).await.ok();
     let p = |t: &[Duration], q| percentile(t, q);
+    let target = if lang.runtime == "ruby" {
+        "<= 2 ms"
+    } else {
+        "<= 0.5 ms"
+    };
     row(
-        "javascript hello: start -> first stdout byte, p50",
+        &format!("{} hello: start -> first stdout byte, p50", lang.runtime),
         ms(p(&weir, 0.5)),
         &opt_ms(native.as_deref().map(|t| p(t, 0.5))),
-        "<= 0.5 ms",
+        target,
     );
     row(
-        "javascript hello: start -> first stdout byte, p99",
+        &format!("{} hello: start -> first stdout byte, p99", lang.runtime),
         ms(p(&weir, 0.99)),
         &opt_ms(native.as_deref().map(|t| p(t, 0.99))),
         "",
     );
-    let out = sandbox.start(request(FIB27)).await?.collect().await;
+    let out = sandbox
+        .start(request(lang.runtime, lang.fib27))
+        .await?
+        .collect()
+        .await;
     let guest = calls(&out.stdout_text());
-    anyhow::ensure!(guest.len() == 3, "fib printed {:?}", out.stdout_text());
-    let native = node_fib().await;
+    anyhow::ensure!(
+        guest.len() == 3,
+        "fib printed {:?} {:?}",
+        out.stdout_text(),
+        out.stderr_text()
+    );
+    let native = native_fib(lang).await;
     row(
-        "javascript fib(27), best of 3 calls",
+        &format!("{} fib(27), best of 3 calls", lang.runtime),
         format!("{:.3} s", best(&guest)),
         &native
             .as_deref()
@@ -126,7 +176,7 @@ pub async fn rows(sandbox: &Sandbox, samples: usize) -> anyhow::Result<()> {
     );
     if let Some(n) = native {
         row(
-            "javascript fib(27) ratio weir (QuickJS) / node (V8 JIT)",
+            &format!("{} fib(27) ratio weir / {}", lang.runtime, lang.called),
             format!("{:.1}x", best(&guest) / best(&n)),
             "1x",
             "reported",

@@ -63,9 +63,9 @@ pub async fn run(settings: EngineSettings, samples: usize) -> anyhow::Result<()>
         row("measurement", "weir", "", "target");
         return snapshots::rows(&sandbox, samples.min(200)).await;
     }
-    // `WEIR_BENCH_ONLY_LANGUAGES=1`: the JavaScript rows only (beside `node`).
+    // `WEIR_BENCH_ONLY_LANGUAGES=1`: the JavaScript and Ruby rows only (beside `node`, `ruby`).
     if std::env::var_os("WEIR_BENCH_ONLY_LANGUAGES").is_some() {
-        row("measurement", "weir", "node per run", "target");
+        row("measurement", "weir", "node / ruby per run", "target");
         return languages::rows(&sandbox, samples).await;
     }
     // `WEIR_BENCH_ONLY_FIB=1`: the fib(27) rows only.
