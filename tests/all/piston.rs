@@ -220,8 +220,8 @@ async fn execute_refuses_bad_bodies_with_pistons_status_and_messages() {
             "files is required as an array",
         ),
         (
-            json!({"language": "ruby", "version": "*", "files": [{"content": "p 1"}]}),
-            "ruby-* runtime is unknown",
+            json!({"language": "cobol", "version": "*", "files": [{"content": "DISPLAY 1"}]}),
+            "cobol-* runtime is unknown",
         ),
         (
             json!({"language": "python", "version": ">=4", "files": [{"content": "1"}]}),
