@@ -19,6 +19,9 @@ struct Lang {
     fib27: &'static str,
     /// The native interpreter's name in the rows.
     called: &'static str,
+    /// A program that waits for a line of stdin (an idle instance), in weir and natively.
+    wait: &'static str,
+    native_wait: &'static str,
 }
 
 const LANGS: [Lang; 2] = [
@@ -29,6 +32,8 @@ const LANGS: [Lang; 2] = [
         fib27: "function fib(n) { return n < 2 ? n : fib(n - 1) + fib(n - 2) }\n\
 for (let i = 0; i < 3; i++) { const t = performance.now(); fib(27); console.log((performance.now() - t) / 1000) }\n",
         called: "node (V8 JIT)",
+        wait: "readline()",
+        native_wait: "process.stdin.once('data', () => {})",
     },
     Lang {
         runtime: "ruby",
@@ -37,6 +42,8 @@ for (let i = 0; i < 3; i++) { const t = performance.now(); fib(27); console.log(
         fib27: "def fib(n) = n < 2 ? n : fib(n - 1) + fib(n - 2)\n\
 3.times { t = Process.clock_gettime(Process::CLOCK_MONOTONIC); fib(27); puts Process.clock_gettime(Process::CLOCK_MONOTONIC) - t }\n",
         called: "ruby (CRuby)",
+        wait: "$stdin.gets",
+        native_wait: "$stdin.gets",
     },
 ];
 
@@ -100,6 +107,51 @@ async fn native_first_output(lang: &Lang, n: usize) -> std::io::Result<Vec<Durat
     }
     times.sort();
     Ok(times)
+}
+
+/// Idle instances measured for the PSS row.
+const IDLE: usize = 20;
+
+/// PSS per idle instance: [`IDLE`] runs each waiting for a line of stdin.
+async fn idle_pss(sandbox: &Sandbox, lang: &Lang) -> anyhow::Result<f64> {
+    let before = crate::measure::pss_bytes().unwrap_or(0.0);
+    let mut handles = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE {
+        let mut req = request(lang.runtime, lang.wait);
+        req.close_stdin = false;
+        let mut handle = sandbox.start(req).await?;
+        while let Some(event) = handle.next_event().await {
+            if let weir_sandbox::Event::State(weir_sandbox::RunState::WaitingInput) = event {
+                break;
+            }
+        }
+        handles.push(handle);
+    }
+    let after = crate::measure::pss_bytes().unwrap_or(0.0);
+    drop(handles);
+    Ok((after - before) / IDLE as f64)
+}
+
+/// PSS per idle native interpreter: [`IDLE`] processes each waiting for a line of stdin.
+async fn native_idle_pss(lang: &Lang) -> Option<f64> {
+    let mut children = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE {
+        let child = Command::new((lang.native)())
+            .args(["-e", lang.native_wait])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .ok()?;
+        children.push(child);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut total = 0.0;
+    for child in &children {
+        total += crate::measure::pss_bytes_of(&child.id()?.to_string())?;
+    }
+    Some(total / IDLE as f64)
 }
 
 /// The calls' seconds a fib program printed.
@@ -173,6 +225,14 @@ async fn lang_rows(sandbox: &Sandbox, lang: &'static Lang, samples: usize) -> an
             .as_deref()
             .map_or("-".into(), |n| format!("{:.3} s", best(n))),
         "",
+    );
+    let pss = idle_pss(sandbox, lang).await?;
+    let native_pss = native_idle_pss(lang).await;
+    row(
+        &format!("{} PSS per idle instance (waiting for stdin)", lang.runtime),
+        format!("{:.2} MB", pss / 1e6),
+        &native_pss.map_or("-".into(), |p| format!("{:.2} MB", p / 1e6)),
+        "reported",
     );
     if let Some(n) = native {
         row(
