@@ -398,3 +398,49 @@ async fn javascript_reads_writes_and_requires_files_of_its_working_directory_onl
     );
     assert_eq!(out.outcome(), Outcome::Exited { code: 0 });
 }
+
+#[tokio::test]
+async fn es_modules_import_node_builtins_and_files_of_the_working_directory() {
+    let mut req = js("import { readFileSync } from 'fs';\n\
+         import readline from 'node:readline';\n\
+         import { twice } from './lib/util.mjs';\n\
+         import data from './data.json';\n\
+         const line = readFileSync(0, 'utf8').trim();\n\
+         console.log(twice(data.n), typeof readline.createInterface, line, await Promise.resolve('top-level await'));\n\
+         try { await import('./nope.js') } catch (e) { console.log(e.name) }\n\
+         try { await import('../../etc/passwd') } catch (e) { console.log(e.name) }");
+    req.files = vec![
+        (
+            "lib/util.mjs".into(),
+            b"export const twice = (n) => n * 2;".to_vec(),
+        ),
+        ("data.json".into(), br#"{"n": 21}"#.to_vec()),
+    ];
+    req.stdin = Some(b"from stdin\n".to_vec());
+    let out = run(req).await;
+    assert_eq!(
+        out.stdout_text(),
+        "42 function from stdin top-level await\nReferenceError\nReferenceError\n",
+        "{}",
+        out.stderr_text()
+    );
+    // What a module's top level throws, before or after an `await`, is its uncaught exception.
+    for program in [
+        "import 'fs';\nthrow new TypeError('esm')",
+        "import 'fs';\nawait null;\nthrow new TypeError('esm')",
+    ] {
+        let out = run_js(program).await;
+        assert_eq!(
+            out.outcome(),
+            Outcome::Error {
+                exception: "TypeError".into(),
+                message: "esm".into()
+            }
+        );
+        assert!(
+            out.stderr_text().contains("(main.js:"),
+            "{}",
+            out.stderr_text()
+        );
+    }
+}

@@ -45,6 +45,8 @@ pub(super) struct Exports {
     new_string: TypedFunc<(i32, i32), i32>,
     new_undefined: TypedFunc<(), i32>,
     new_null: TypedFunc<(), i32>,
+    promise_state: TypedFunc<(i32, i32), i32>,
+    promise_result: TypedFunc<(i32, i32), i32>,
 }
 
 fn typed<P: WasmParams, R: WasmResults>(
@@ -71,7 +73,7 @@ impl Exports {
             alloc: typed(&mut *s, g, "qjs_alloc")?,
             free: typed(&mut *s, g, "qjs_free")?,
             eval_code: typed(&mut *s, g, "eval_code")?,
-            eval_module: typed(&mut *s, g, "eval_module")?,
+            eval_module: typed(&mut *s, g, "eval_module_async")?,
             last_exception: typed(&mut *s, g, "last_exception")?,
             jobs: typed(&mut *s, g, "execute_pending_jobs")?,
             global: typed(&mut *s, g, "global_object")?,
@@ -87,6 +89,8 @@ impl Exports {
             new_string: typed(&mut *s, g, "new_string")?,
             new_undefined: typed(&mut *s, g, "new_undefined")?,
             new_null: typed(&mut *s, g, "new_null")?,
+            promise_state: typed(&mut *s, g, "promise_state")?,
+            promise_result: typed(&mut *s, g, "promise_result")?,
         })
     }
 
@@ -170,7 +174,8 @@ impl Exports {
     }
 
     /// Evaluates `source` as a global script (its top-level `let`/`const` stay for later
-    /// evaluations), or as a module named `module` (strict, `import`, top-level `await`).
+    /// evaluations), or as a module named `module` (strict, `import`, top-level `await`): its
+    /// value is then the promise of the module's evaluation.
     pub async fn eval(
         &self,
         mut store: impl AsContextMut<Data = GuestState>,
@@ -377,6 +382,28 @@ impl Exports {
         self.new_null.call_async(&mut store, ()).await
     }
 
+    /// What a promise was rejected with (a new handle), `None` when it is not a rejected
+    /// promise.
+    pub async fn rejection(
+        &self,
+        mut store: impl AsContextMut<Data = GuestState>,
+        h: Handle,
+    ) -> wasmtime::Result<Option<Handle>> {
+        const REJECTED: i32 = 2;
+        let out = self.slot(&mut store).await?;
+        let status = self.promise_state.call_async(&mut store, (h, out)).await?;
+        let state = i32::from_le_bytes(self.read_slot::<4>(&mut store, out)?);
+        if status != OK || state != REJECTED {
+            self.release(&mut store, out, 8).await?;
+            return Ok(None);
+        }
+        // Its status says the promise was rejected; the reason is in the out-slot all the same.
+        self.promise_result.call_async(&mut store, (h, out)).await?;
+        let reason = i32::from_le_bytes(self.read_slot::<4>(&mut store, out)?);
+        self.release(&mut store, out, 8).await?;
+        Ok(Some(reason))
+    }
+
     /// Sets `globalThis[name]` to `value` (not taken: the caller still frees it).
     pub async fn set_global(
         &self,
@@ -421,7 +448,7 @@ const FUNCS: &[&str] = &[
     "qjs_alloc",
     "qjs_free",
     "eval_code",
-    "eval_module",
+    "eval_module_async",
     "last_exception",
     "execute_pending_jobs",
     "global_object",
@@ -437,4 +464,6 @@ const FUNCS: &[&str] = &[
     "new_string",
     "new_undefined",
     "new_null",
+    "promise_state",
+    "promise_result",
 ];

@@ -1,8 +1,8 @@
 //! The host functions the QuickJS guest imports (`env`): `host_call`, through which the
 //! prelude's one host function (`__weir_host`) reaches weir — output, input, sleeps, exit, the
 //! program's uncaught exception, host functions the embedder gives the run — and
-//! `host_interrupt`, the interpreter's poll for an interrupt. Modules load from nowhere: an
-//! `import` of anything names a module that does not exist.
+//! `host_interrupt`, the interpreter's poll for an interrupt; and the module loader's two
+//! (`modules`).
 //!
 //! Output and input go through the run's WASI context (`fd_write` on 1 and 2, `fd_read` and
 //! `poll_oneoff` on 0) exactly as a WASI guest's own calls would, so the run's output queue,
@@ -56,17 +56,21 @@ pub(super) fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<(
         )
         .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     linker
-        .func_wrap(
+        .func_wrap_async(
             "env",
             "host_module_normalize",
-            |_: Caller<'_, GuestState>, _: i32, _: i32, _: i32, _: i32, _: i32| -> i32 { 0 },
+            |mut caller: Caller<'_, GuestState>, args: (i32, i32, i32, i32, i32)| {
+                Box::new(async move { super::modules::on_normalize(&mut caller, args).await })
+            },
         )
         .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     linker
-        .func_wrap(
+        .func_wrap_async(
             "env",
             "host_module_load",
-            |_: Caller<'_, GuestState>, _: i32, _: i32, _: i32| -> i32 { 0 },
+            |mut caller: Caller<'_, GuestState>, args: (i32, i32, i32)| {
+                Box::new(async move { super::modules::on_load(&mut caller, args).await })
+            },
         )
         .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     Ok(())
@@ -480,11 +484,15 @@ async fn write_file(
     let path = String::from_utf8_lossy(&path).into_owned();
     let limit = caller.data().host.scratch_bytes;
     let Some(mut text) = ex
-        .string(&mut *caller, t, limit.min(MAX_FILE_BYTES * 16) as usize + 1)
+        .string(&mut *caller, t, (limit as usize).saturating_add(1))
         .await?
     else {
         return Ok(FAILED);
     };
+    if text.len() as u64 > limit {
+        let why = format!("{path}: larger than the run's scratch limit of {limit} bytes");
+        return ex.new_string(&mut *caller, why.as_bytes()).await;
+    }
     let Some(dir) = live_dir(caller) else {
         return Ok(FAILED);
     };

@@ -13,6 +13,7 @@
 pub mod artifact;
 mod guest;
 mod host;
+mod modules;
 
 use crate::launch::{Capture, Launch, Uncaught};
 use crate::outcome::Outcome;
@@ -345,14 +346,25 @@ impl Js {
             return self.settle(store).await;
         }
         let module = name.filter(|_| is_module(&source));
-        match self.ex.eval(&mut *store, &source, module).await? {
-            Evaluated::Value(h) => self.ex.free_value(&mut *store, h).await?,
+        let evaluation = match self.ex.eval(&mut *store, &source, module).await? {
+            Evaluated::Value(h) => h,
             Evaluated::Thrown(e) => {
                 self.failed(store, e).await?;
                 return Ok(1);
             }
+        };
+        let status = self.settle(store).await;
+        // A module's evaluation is a promise: what its top level threw rejects it.
+        let rejected = match module {
+            Some(_) => self.ex.rejection(&mut *store, evaluation).await?,
+            None => None,
+        };
+        self.ex.free_value(&mut *store, evaluation).await?;
+        if let Some(reason) = rejected {
+            self.failed(store, reason).await?;
+            return Ok(1);
         }
-        self.settle(store).await
+        status
     }
 
     /// Turns the event loop until nothing is left; then the program's exit status.
