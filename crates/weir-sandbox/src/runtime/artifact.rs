@@ -180,3 +180,41 @@ pub(crate) fn run_python(
     }
     Ok(())
 }
+
+/// A pre-initialized instance's state as `wasmtime-wizer` reads it when it snapshots the
+/// instance into a new module (`python-sci`'s and `ruby`'s pre-initialization).
+pub(crate) struct Snapshotting<'a, T: 'static> {
+    pub store: &'a mut wasmtime::Store<T>,
+    pub instance: wasmtime::Instance,
+}
+
+impl<T: Send + 'static> wasmtime_wizer::InstanceState for Snapshotting<'_, T> {
+    async fn global_get(
+        &mut self,
+        name: &str,
+        _: wasmparser::ValType,
+    ) -> wasmtime_wizer::SnapshotVal {
+        use wasmtime::Val;
+        use wasmtime_wizer::SnapshotVal;
+        let value = self
+            .instance
+            .get_global(&mut *self.store, name)
+            .map(|g| g.get(&mut *self.store));
+        match value {
+            Some(Val::I32(x)) => SnapshotVal::I32(x),
+            Some(Val::I64(x)) => SnapshotVal::I64(x),
+            Some(Val::F32(x)) => SnapshotVal::F32(x),
+            Some(Val::F64(x)) => SnapshotVal::F64(x),
+            Some(Val::V128(x)) => SnapshotVal::V128(x.as_u128()),
+            // Instrumentation exports every global wizer asks for, of these types only.
+            _ => SnapshotVal::I32(0),
+        }
+    }
+
+    async fn memory_contents(&mut self, name: &str, contents: impl FnOnce(&[u8]) + Send) {
+        match self.instance.get_memory(&mut *self.store, name) {
+            Some(memory) => contents(memory.data(&*self.store)),
+            None => contents(&[]),
+        }
+    }
+}

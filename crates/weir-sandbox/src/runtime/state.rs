@@ -178,6 +178,54 @@ pub(crate) async fn serve(store: &mut Store<GuestState>, guest: &impl SessionGue
     }
 }
 
+/// A core-module guest's session (`python-sci`, `javascript`, `ruby`: one instance, one
+/// memory), once its program has run: its memory handed back to the operating system when the
+/// store goes, the snapshot it starts from (if any) written into `instance`, `restored` told,
+/// then its cells served.
+pub(crate) async fn serve_core(
+    store: &mut Store<GuestState>,
+    instance: wasmtime::Instance,
+    guest: &impl SessionGuest,
+    restored: impl FnOnce(),
+) -> CallResult {
+    if let Some(memory) = instance.get_memory(&mut *store, "memory") {
+        if let Some(base) = std::ptr::NonNull::new(memory.data_ptr(&*store)) {
+            let limit = store.data().limiter.limit();
+            // SAFETY: the instance's one linear memory, in a pooled slot reserving at least the
+            // run's memory limit (the most it can grow to), never shared.
+            #[allow(unsafe_code)]
+            unsafe {
+                store.data_mut().release_on_drop(base, limit)
+            };
+        }
+    }
+    if let Some(Some(from)) = store.data_mut().session_start() {
+        let (globals, memories) = instance.weir_core_state(&mut *store);
+        restore(
+            store,
+            &globals,
+            &memories,
+            |store| instance.weir_core_images(store),
+            &from,
+        )
+        .map_err(wasmtime::Error::new)?;
+        restored();
+    }
+    serve(store, guest).await
+}
+
+/// Snapshots the idle session of a core-module guest's `instance` ([`take`]).
+pub(crate) fn take_core(
+    store: &mut Store<GuestState>,
+    instance: wasmtime::Instance,
+    capture: Capture,
+) -> Result<Snapshot> {
+    let (globals, memories) = instance.weir_core_state(&mut *store);
+    take(store, &globals, &memories, capture, |store| {
+        instance.weir_core_images(store)
+    })
+}
+
 /// The run's result for a program or session that ended with exit status `status`.
 pub(crate) fn exited(status: i32) -> CallResult {
     match status {

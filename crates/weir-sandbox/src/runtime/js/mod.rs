@@ -196,19 +196,8 @@ impl Loaded for Linked {
                 return exited(status);
             }
             // A session: its program has run (a restored one's is empty); its cells follow.
-            if let Some(base) = std::ptr::NonNull::new(js.ex.memory.data_ptr(&*store)) {
-                let limit = store.data().limiter.limit();
-                // SAFETY: the instance's one linear memory, in a pooled slot reserving at least
-                // the run's memory limit (the most it can grow to), never shared.
-                #[allow(unsafe_code)]
-                unsafe {
-                    store.data_mut().release_on_drop(base, limit)
-                };
-            }
-            if let Some(Some(from)) = store.data_mut().session_start() {
-                js.restore(store, &from).map_err(wasmtime::Error::new)?;
-            }
-            crate::runtime::state::serve(store, &js).await
+            let instance = js.instance;
+            crate::runtime::state::serve_core(store, instance, &js, || {}).await
         })
     }
 }
@@ -468,22 +457,6 @@ impl Js {
             store.data_mut().host.uncaught = None;
         }
     }
-
-    /// Turns the fresh session in `store` into `from`'s.
-    fn restore(
-        &self,
-        store: &mut Store<GuestState>,
-        from: &Arc<Snapshot>,
-    ) -> crate::error::Result<()> {
-        let (globals, memories) = self.instance.weir_core_state(&mut *store);
-        crate::runtime::state::restore(
-            store,
-            &globals,
-            &memories,
-            |store| self.instance.weir_core_images(store),
-            from,
-        )
-    }
 }
 
 /// A cell is an evaluation in the global scope (its `let`s stay for later cells) and the event
@@ -572,10 +545,7 @@ impl SessionGuest for Js {
         store: &mut Store<GuestState>,
         capture: Capture,
     ) -> crate::error::Result<Snapshot> {
-        let (globals, memories) = self.instance.weir_core_state(&mut *store);
-        crate::runtime::state::take(store, &globals, &memories, capture, |store| {
-            self.instance.weir_core_images(store)
-        })
+        crate::runtime::state::take_core(store, self.instance, capture)
     }
 }
 

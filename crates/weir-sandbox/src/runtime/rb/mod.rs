@@ -187,19 +187,11 @@ impl Loaded for Linked {
                 return exited(status);
             }
             // A session: its program has run (a restored one's is empty); its cells follow.
-            if let Some(base) = std::ptr::NonNull::new(rb.ex.memory.data_ptr(&*store)) {
-                let limit = store.data().limiter.limit();
-                // SAFETY: the instance's one linear memory, in a pooled slot reserving at least
-                // the run's memory limit (the most it can grow to), never shared.
-                #[allow(unsafe_code)]
-                unsafe {
-                    store.data_mut().release_on_drop(base, limit)
-                };
-            }
-            if let Some(Some(from)) = store.data_mut().session_start() {
-                rb.restore(store, &from).map_err(wasmtime::Error::new)?;
-            }
-            crate::runtime::state::serve(store, &rb).await
+            // A restored one's source buffer was allocated in the memory just replaced.
+            let instance = rb.instance;
+            let buffer = &rb.buffer;
+            let restored = || *buffer.lock().unwrap_or_else(|p| p.into_inner()) = (0, 0);
+            crate::runtime::state::serve_core(store, instance, &rb, restored).await
         })
     }
 }
@@ -320,25 +312,6 @@ impl Rb {
         store.data_mut().repl_started();
         Ok(self.integer(store, "Weir.repl").await?.unwrap_or(1) as i32)
     }
-
-    /// Turns the fresh session in `store` into `from`'s.
-    fn restore(
-        &self,
-        store: &mut Store<GuestState>,
-        from: &Arc<Snapshot>,
-    ) -> crate::error::Result<()> {
-        let (globals, memories) = self.instance.weir_core_state(&mut *store);
-        crate::runtime::state::restore(
-            store,
-            &globals,
-            &memories,
-            |store| self.instance.weir_core_images(store),
-            from,
-        )?;
-        // The source buffer was allocated in the memory just replaced.
-        *self.buffer.lock().unwrap_or_else(|p| p.into_inner()) = (0, 0);
-        Ok(())
-    }
 }
 
 /// A cell is an evaluation of `Weir.cell` in the top-level binding (its local variables stay);
@@ -380,9 +353,6 @@ impl SessionGuest for Rb {
         store: &mut Store<GuestState>,
         capture: Capture,
     ) -> crate::error::Result<Snapshot> {
-        let (globals, memories) = self.instance.weir_core_state(&mut *store);
-        crate::runtime::state::take(store, &globals, &memories, capture, |store| {
-            self.instance.weir_core_images(store)
-        })
+        crate::runtime::state::take_core(store, self.instance, capture)
     }
 }

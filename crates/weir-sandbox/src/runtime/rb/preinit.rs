@@ -13,13 +13,11 @@ use crate::runtime::artifact::PROGRESS_TARGET;
 use crate::scratch::GUEST_DIR;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use wasmtime::{
-    Config, Engine, Instance, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, Val,
-};
+use wasmtime::{Config, Engine, Instance, Linker, Module, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx};
-use wasmtime_wizer::{InstanceState, SnapshotVal, Wizer};
+use wasmtime_wizer::Wizer;
 
 /// The runner, loaded when the guest is pre-initialized.
 pub const RUNNER_SOURCE: &str = include_str!("../../../../../guests/ruby/runner.rb");
@@ -164,7 +162,7 @@ fn snapshot(wasm: &[u8]) -> anyhow::Result<(Vec<u8>, Result<(), String>)> {
         return Err(failed("the runner", &format!("rb_protect state {state}")));
     }
     let works = try_site(&mut store, &instance);
-    let mut state = Snapshotting {
+    let mut state = crate::runtime::artifact::Snapshotting {
         store: &mut store,
         instance,
     };
@@ -281,34 +279,4 @@ fn try_site(store: &mut Store<Boot>, instance: &Instance) -> Result<(), String> 
         return Err(format!("{SITE:?}: a loop failed after the interrupt"));
     }
     Ok(())
-}
-
-/// The instance's state as `wasmtime-wizer` reads it.
-struct Snapshotting<'a> {
-    store: &'a mut Store<Boot>,
-    instance: Instance,
-}
-
-impl InstanceState for Snapshotting<'_> {
-    async fn global_get(&mut self, name: &str, _: wasmparser::ValType) -> SnapshotVal {
-        match self
-            .instance
-            .get_global(&mut *self.store, name)
-            .map(|g| g.get(&mut *self.store))
-        {
-            Some(Val::I32(x)) => SnapshotVal::I32(x),
-            Some(Val::I64(x)) => SnapshotVal::I64(x),
-            Some(Val::F32(x)) => SnapshotVal::F32(x),
-            Some(Val::F64(x)) => SnapshotVal::F64(x),
-            Some(Val::V128(x)) => SnapshotVal::V128(x.as_u128()),
-            _ => SnapshotVal::I32(0),
-        }
-    }
-
-    async fn memory_contents(&mut self, name: &str, contents: impl FnOnce(&[u8]) + Send) {
-        match self.instance.get_memory(&mut *self.store, name) {
-            Some(memory) => contents(memory.data(&*self.store)),
-            None => contents(&[]),
-        }
-    }
 }

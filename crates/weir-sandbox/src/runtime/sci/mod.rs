@@ -299,19 +299,7 @@ impl Loaded for Linked {
                 return ran;
             }
             // A session: its program has run (a restored one's is empty); its cells follow.
-            if let Some(base) = NonNull::new(memory.data_ptr(&*store)) {
-                let limit = store.data().limiter.limit();
-                // SAFETY: the instance's one linear memory, in a pooled slot reserving at least
-                // the run's memory limit (the most it can grow to), never shared.
-                #[allow(unsafe_code)]
-                unsafe {
-                    store.data_mut().release_on_drop(base, limit)
-                };
-            }
-            if let Some(Some(from)) = store.data_mut().session_start() {
-                session::restore(store, &guest, &from).map_err(wasmtime::Error::new)?;
-            }
-            crate::runtime::state::serve(store, &guest).await
+            crate::runtime::state::serve_core(store, guest.instance(), &guest, || {}).await
         })
     }
 }

@@ -11,11 +11,11 @@ use crate::runtime::artifact::PROGRESS_TARGET;
 use crate::scratch::{GUEST_DIR, SITE_DIR};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use wasmtime::{Config, Engine, Instance, Linker, Module, Store, Val};
+use wasmtime::{Config, Engine, Instance, Linker, Module, Store};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx};
-use wasmtime_wizer::{InstanceState, SnapshotVal, Wizer};
+use wasmtime_wizer::Wizer;
 
 /// The runner, loaded into the guest when it is pre-initialized.
 pub const RUNNER_SOURCE: &str = include_str!("../../../../../guests/python-sci/runner.py");
@@ -174,7 +174,7 @@ fn snapshot(files: &Files) -> anyhow::Result<(Vec<u8>, Option<InterruptAddrs>)> 
             String::from_utf8_lossy(&output.contents())
         );
     }
-    let mut state = Snapshotting {
+    let mut state = crate::runtime::artifact::Snapshotting {
         store: &mut store,
         instance,
     };
@@ -327,35 +327,4 @@ fn turn(store: &mut Store<WasiP1Ctx>, instance: &Instance, source: &str) -> anyh
     let ptr = alloc.call(&mut *store, len)?;
     memory.write(&mut *store, ptr as u32 as usize, source.as_bytes())?;
     Ok(turn.call(&mut *store, (ptr, len))?)
-}
-
-/// The instance's state as `wasmtime-wizer` reads it.
-struct Snapshotting<'a> {
-    store: &'a mut Store<WasiP1Ctx>,
-    instance: Instance,
-}
-
-impl InstanceState for Snapshotting<'_> {
-    async fn global_get(&mut self, name: &str, _: wasmparser::ValType) -> SnapshotVal {
-        let value = self
-            .instance
-            .get_global(&mut *self.store, name)
-            .map(|g| g.get(&mut *self.store));
-        match value {
-            Some(Val::I32(x)) => SnapshotVal::I32(x),
-            Some(Val::I64(x)) => SnapshotVal::I64(x),
-            Some(Val::F32(x)) => SnapshotVal::F32(x),
-            Some(Val::F64(x)) => SnapshotVal::F64(x),
-            Some(Val::V128(x)) => SnapshotVal::V128(x.as_u128()),
-            // Instrumentation exports every global wizer asks for, of these types only.
-            _ => SnapshotVal::I32(0),
-        }
-    }
-
-    async fn memory_contents(&mut self, name: &str, contents: impl FnOnce(&[u8]) + Send) {
-        match self.instance.get_memory(&mut *self.store, name) {
-            Some(memory) => contents(memory.data(&*self.store)),
-            None => contents(&[]),
-        }
-    }
 }

@@ -16,7 +16,6 @@ use crate::runtime::plugin::CallResult;
 use crate::runtime::state::{exited, SessionGuest};
 use crate::snapshot::Snapshot;
 use crate::store::GuestState;
-use std::sync::Arc;
 use wasmtime::{Instance, Memory, Store, TypedFunc};
 
 /// The turn that runs the program: weir's runner, loaded when the guest was pre-initialized.
@@ -58,6 +57,11 @@ impl Guest {
     /// The module's linear memory.
     pub fn memory(&self) -> Memory {
         self.memory
+    }
+
+    /// The module's instance.
+    pub fn instance(&self) -> Instance {
+        self.instance
     }
 
     /// Runs `source` as one turn of the interpreter, in `__main__`. Its value: the exit status
@@ -163,24 +167,5 @@ async fn take(store: &mut Store<GuestState>, guest: &Guest, capture: Capture) ->
             )))
         }
     }
-    let (globals, memories) = guest.instance.weir_core_state(&mut *store);
-    crate::runtime::state::take(store, &globals, &memories, capture, |store| {
-        guest.instance.weir_core_images(store)
-    })
-}
-
-/// Turns the fresh session in `store` (its program has run) into `from`'s.
-pub(super) fn restore(
-    store: &mut Store<GuestState>,
-    guest: &Guest,
-    from: &Arc<Snapshot>,
-) -> Result<()> {
-    let (globals, memories) = guest.instance.weir_core_state(&mut *store);
-    crate::runtime::state::restore(
-        store,
-        &globals,
-        &memories,
-        |store| guest.instance.weir_core_images(store),
-        from,
-    )
+    crate::runtime::state::take_core(store, guest.instance, capture)
 }
