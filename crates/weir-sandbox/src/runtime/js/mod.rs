@@ -26,7 +26,7 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use wasmtime::{AsContextMut, Engine, Instance, InstancePre, Linker, Module, Store};
+use wasmtime::{AsContextMut, Engine, Instance, InstancePre, Linker, Store};
 
 /// The runtime's name.
 pub const NAME: &str = "javascript";
@@ -98,8 +98,14 @@ impl Runtime for QuickJs {
     }
 
     fn load(&self, engine: &Engine, cache_dir: &Path) -> anyhow::Result<Arc<dyn Loaded>> {
-        let wasm_path = artifact::ensure(cache_dir)?;
-        let module = load_module(engine, cache_dir, &wasm_path)?;
+        let module = crate::runtime::artifact::core_module(
+            engine,
+            cache_dir,
+            NAME,
+            artifact::MODULE_SHA256,
+            "javascript (a second)",
+            || artifact::ensure(cache_dir),
+        )?;
         let mut linker: Linker<GuestState> = Linker::new(engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, GuestState::wasi_p1)
             .map_err(|e| anyhow::anyhow!("cannot link WASI: {e:#}"))?;
@@ -145,30 +151,6 @@ impl Runtime for QuickJs {
             _ => Outcome::Exited { code },
         }
     }
-}
-
-/// The module compiled for `engine` (cached).
-#[allow(unsafe_code)]
-fn load_module(engine: &Engine, cache_dir: &Path, wasm_path: &Path) -> anyhow::Result<Module> {
-    let path =
-        crate::runtime::artifact::cache_path(engine, cache_dir, NAME, artifact::MODULE_SHA256);
-    crate::runtime::artifact::load_or_compile(
-        &path,
-        "javascript (a second)",
-        || {
-            let wasm = std::fs::read(wasm_path)?;
-            engine
-                .precompile_module(&wasm)
-                .map_err(|e| anyhow::anyhow!("cannot compile javascript: {e:#}"))
-        },
-        // SAFETY: the file was written by this same wasmtime version with matching settings
-        // (the file name encodes both); wasmtime checks its header too.
-        |path| {
-            crate::runtime::artifact::cached(path, "javascript", |p| unsafe {
-                Module::deserialize_file(engine, p)
-            })
-        },
-    )
 }
 
 /// The module pre-instantiated on one engine.

@@ -16,9 +16,7 @@ use crate::event::{CellEnd, CellException};
 use crate::interrupt::SignalSite;
 use crate::launch::{Capture, Launch, Uncaught};
 use crate::outcome::Outcome;
-use crate::runtime::plugin::{
-    CallResult, Footprint, GuestSetup, Loaded, Policy, Runtime, RuntimeInfo,
-};
+use crate::runtime::plugin::{CallResult, Footprint, Loaded, Policy, Runtime, RuntimeInfo};
 use crate::runtime::state::{exited, SessionGuest};
 use crate::snapshot::Snapshot;
 use crate::store::GuestState;
@@ -28,7 +26,7 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
-use wasmtime::{AsContextMut, Engine, Instance, InstancePre, Linker, Module, Store};
+use wasmtime::{AsContextMut, Engine, Instance, InstancePre, Linker, Store};
 
 /// The runtime's name.
 pub const NAME: &str = "ruby";
@@ -88,7 +86,14 @@ impl Runtime for CRuby {
     fn load(&self, engine: &Engine, cache_dir: &Path) -> anyhow::Result<Arc<dyn Loaded>> {
         let original = artifact::ensure(cache_dir)?;
         let (snapshot, site) = preinit::ensure(cache_dir, &original)?;
-        let module = load_module(engine, cache_dir, &snapshot)?;
+        let module = crate::runtime::artifact::core_module(
+            engine,
+            cache_dir,
+            NAME,
+            &preinit::build_id(),
+            "ruby (half a minute)",
+            || Ok(snapshot),
+        )?;
         let mut linker: Linker<GuestState> = Linker::new(engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, GuestState::wasi_p1)
             .map_err(|e| anyhow::anyhow!("cannot link WASI: {e:#}"))?;
@@ -100,11 +105,7 @@ impl Runtime for CRuby {
         let pre = linker
             .instantiate_pre(&module)
             .map_err(|e| anyhow::anyhow!("ruby does not link: {e:#}"))?;
-        Ok(Arc::new(Linked {
-            pre,
-            site,
-            setup: GuestSetup::default(),
-        }))
+        Ok(Arc::new(Linked { pre, site }))
     }
 
     /// `NoMemoryError` at the run's memory limit is the limit.
@@ -122,41 +123,13 @@ impl Runtime for CRuby {
     }
 }
 
-/// The pre-initialized module compiled for `engine` (cached).
-#[allow(unsafe_code)]
-fn load_module(engine: &Engine, cache_dir: &Path, wasm_path: &Path) -> anyhow::Result<Module> {
-    let path = crate::runtime::artifact::cache_path(engine, cache_dir, NAME, &preinit::build_id());
-    crate::runtime::artifact::load_or_compile(
-        &path,
-        "ruby (half a minute)",
-        || {
-            let wasm = std::fs::read(wasm_path)?;
-            engine
-                .precompile_module(&wasm)
-                .map_err(|e| anyhow::anyhow!("cannot compile ruby: {e:#}"))
-        },
-        // SAFETY: the file was written by this same wasmtime version with matching settings
-        // (the file name encodes both); wasmtime checks its header too.
-        |path| {
-            crate::runtime::artifact::cached(path, "ruby", |p| unsafe {
-                Module::deserialize_file(engine, p)
-            })
-        },
-    )
-}
-
 /// The module pre-instantiated on one engine.
 struct Linked {
     pre: InstancePre<GuestState>,
     site: Option<SignalSite>,
-    setup: GuestSetup,
 }
 
 impl Loaded for Linked {
-    fn setup(&self) -> &GuestSetup {
-        &self.setup
-    }
-
     fn call<'a>(
         &'a self,
         store: &'a mut Store<GuestState>,

@@ -27,7 +27,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::ptr::NonNull;
 use std::sync::{Arc, OnceLock};
-use wasmtime::{Engine, InstancePre, Linker, Module, Store};
+use wasmtime::{Engine, InstancePre, Linker, Store};
 
 /// The runtime's name.
 pub const NAME: &str = "python-sci";
@@ -180,7 +180,14 @@ impl Runtime for SciPython {
 
     fn load(&self, engine: &Engine, cache_dir: &Path) -> anyhow::Result<Arc<dyn Loaded>> {
         let files = artifact::ensure(cache_dir)?;
-        let module = load_module(engine, cache_dir, &files)?;
+        let module = crate::runtime::artifact::core_module(
+            engine,
+            cache_dir,
+            NAME,
+            &preinit::build_id(),
+            "python-sci (a few minutes)",
+            || preinit::ensure(cache_dir, &files),
+        )?;
         let mut linker: Linker<GuestState> = Linker::new(engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, GuestState::wasi_p1)
             .map_err(|e| anyhow::anyhow!("cannot link WASI: {e:#}"))?;
@@ -233,34 +240,6 @@ fn setup(files: &artifact::Files) -> GuestSetup {
         ],
         site_placeholder: Some(files.empty.clone()),
     }
-}
-
-/// The pre-initialized module, compiled for `engine` (cached).
-#[allow(unsafe_code)]
-fn load_module(
-    engine: &Engine,
-    cache_dir: &Path,
-    files: &artifact::Files,
-) -> anyhow::Result<Module> {
-    let path = crate::runtime::artifact::cache_path(engine, cache_dir, NAME, &preinit::build_id());
-    crate::runtime::artifact::load_or_compile(
-        &path,
-        "python-sci (a few minutes)",
-        || {
-            let wasm_path = preinit::ensure(cache_dir, files)?;
-            let wasm = std::fs::read(&wasm_path)?;
-            engine
-                .precompile_module(&wasm)
-                .map_err(|e| anyhow::anyhow!("cannot compile python-sci: {e:#}"))
-        },
-        // SAFETY: the file was written by this same wasmtime version with matching settings
-        // (the file name encodes both); wasmtime checks its header too.
-        |path| {
-            crate::runtime::artifact::cached(path, "python-sci", |p| unsafe {
-                Module::deserialize_file(engine, p)
-            })
-        },
-    )
 }
 
 /// The module pre-instantiated on one engine.
