@@ -157,13 +157,14 @@ const RUBY_BUILTINS = new Set(
   "puts print p pp gets require require_relative attr_accessor attr_reader attr_writer include extend raise loop lambda proc Integer Float String Array Hash Struct Comparable Enumerable Kernel STDIN STDOUT ARGV ENV Math Time".split(" "),
 );
 
-/** Python source → HTML with token spans (Ruby's too, with its own words: `#` comments and
- * quotes are the same). */
-function highlightPython(src, keywords = KEYWORDS, builtins = BUILTINS) {
+/** Source → HTML with token spans: `token` matches a comment, a string, a decorator, a number
+ * or a word (in that group order); Python's by default, Ruby's with its own words (`#` comments
+ * and quotes are the same), JavaScript's with its own token and words. */
+function highlightPython(src, keywords = KEYWORDS, builtins = BUILTINS, token = TOKEN) {
   let html = "";
   let last = 0;
   let previous = "";
-  for (const m of src.matchAll(TOKEN)) {
+  for (const m of src.matchAll(token)) {
     html += escapeHtml(src.slice(last, m.index));
     last = m.index + m[0].length;
     let cls = null;
@@ -174,7 +175,7 @@ function highlightPython(src, keywords = KEYWORDS, builtins = BUILTINS) {
     else if (m[5]) {
       const word = m[5];
       if (keywords.has(word)) cls = "kw";
-      else if (previous === "def" || previous === "class" || previous === "module") cls = "fn";
+      else if (previous === "def" || previous === "class" || previous === "module" || previous === "function") cls = "fn";
       else if (builtins.has(word)) cls = "bi";
       previous = word;
     }
@@ -193,35 +194,9 @@ const JS_BUILTINS = new Set(
 const JS_TOKEN =
   /(\/\/[^\n]*|\/\*[\s\S]*?(?:\*\/|$))|("(?:\\.|[^"\\\n])*(?:"|$)|'(?:\\.|[^'\\\n])*(?:'|$)|`(?:\\.|[^`\\])*(?:`|$))|(@[A-Za-z_$][\w$]*)|(\b(?:0[xX][\da-fA-F_]+|0[oO][0-7_]+|0[bB][01_]+|\d[\d_]*\.?[\d_]*(?:[eE][+-]?\d+)?n?)\b)|([A-Za-z_$][\w$]*)/gm;
 
-/** JavaScript source → HTML with token spans. */
-function highlightJavaScript(src) {
-  let html = "";
-  let last = 0;
-  let previous = "";
-  for (const m of src.matchAll(JS_TOKEN)) {
-    html += escapeHtml(src.slice(last, m.index));
-    last = m.index + m[0].length;
-    let cls = null;
-    if (m[1]) cls = "com";
-    else if (m[2]) cls = "str";
-    else if (m[3]) cls = "dec";
-    else if (m[4]) cls = "num";
-    else if (m[5]) {
-      const word = m[5];
-      if (JS_KEYWORDS.has(word)) cls = "kw";
-      else if (previous === "function" || previous === "class") cls = "fn";
-      else if (JS_BUILTINS.has(word)) cls = "bi";
-      previous = word;
-    }
-    if (!m[5]) previous = "";
-    html += cls ? `<span class="tok-${cls}">${escapeHtml(m[0])}</span>` : escapeHtml(m[0]);
-  }
-  return html + escapeHtml(src.slice(last)) + "\n";
-}
-
 /** The highlighter for a file, by its extension (plain text for one neither knows). */
 function highlighterFor(name) {
-  if (/\.(js|mjs|cjs)$/i.test(name)) return highlightJavaScript;
+  if (/\.(js|mjs|cjs)$/i.test(name)) return (src) => highlightPython(src, JS_KEYWORDS, JS_BUILTINS, JS_TOKEN);
   if (/\.rb$/i.test(name)) return (src) => highlightPython(src, RUBY_KEYWORDS, RUBY_BUILTINS);
   if (/\.py$/i.test(name) || !/\.[A-Za-z0-9]+$/.test(name)) return highlightPython;
   return (src) => escapeHtml(src) + "\n";
