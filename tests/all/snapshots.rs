@@ -108,6 +108,79 @@ async fn two_restores_of_one_snapshot_diverge() {
     );
 }
 
+/// Forks of a session in `sandbox` (`runtime`'s): each goes its own way, as do forks of forks;
+/// snapshots of a fork and of the session forked restore to their own state; and the slots
+/// their instances held start clean runs afterwards.
+async fn forks_go_their_own_ways(sandbox: &weir_sandbox::Sandbox, runtime: &str) {
+    let begin = |restore: Option<Arc<Snapshot>>| {
+        let mut req = session();
+        req.runtime = Some(runtime.into());
+        if restore.is_some() {
+            req = RunRequest::script("");
+            req.restore = restore;
+        }
+        async move { sandbox.start(req).await.expect("starts") }
+    };
+    let mut parent = begin(None).await;
+    value(
+        &mut parent,
+        "items = ['root']\ndef count():\n    return len(items)\nopen('kept.txt', 'w').write('p')",
+    )
+    .await;
+    let first = Arc::new(parent.control().fork().await.expect("a fork"));
+    // Nothing ran in between: the second fork shares the first's pages.
+    let second = Arc::new(parent.control().fork().await.expect("a fork"));
+    let (mut a, mut b) = (begin(Some(first)).await, begin(Some(second)).await);
+    value(&mut a, "items.append('a')").await;
+    value(&mut b, "items.append('b')").await;
+    value(&mut parent, "items.append('parent')").await;
+    let is = |want: &str| Some(want.to_string());
+    assert_eq!(value(&mut a, "items").await, is("['root', 'a']"));
+    assert_eq!(value(&mut b, "items").await, is("['root', 'b']"));
+    assert_eq!(value(&mut parent, "items").await, is("['root', 'parent']"));
+    // A fork of a fork.
+    let mut grand = begin(Some(Arc::new(a.control().fork().await.unwrap()))).await;
+    value(&mut grand, "items.append('grand')").await;
+    assert_eq!(value(&mut grand, "count()").await, is("3"));
+    assert_eq!(value(&mut a, "items").await, is("['root', 'a']"));
+    // Snapshots of a fork and of the session it was forked from, through their bytes.
+    for (handle, want) in [(&b, "['root', 'b']"), (&parent, "['root', 'parent']")] {
+        let bytes = handle
+            .control()
+            .snapshot()
+            .await
+            .unwrap()
+            .to_bytes()
+            .unwrap();
+        let read = Arc::new(Snapshot::from_bytes(&bytes).unwrap());
+        let mut again = begin(Some(read)).await;
+        assert_eq!(value(&mut again, "items").await, is(want));
+        assert_eq!(
+            value(&mut again, "open('kept.txt').read()").await,
+            is("'p'")
+        );
+    }
+    drop((a, b, grand, parent));
+    // Their slots serve fresh runs: nothing of the forks' pages is left in them.
+    for _ in 0..6 {
+        let mut fresh = begin(None).await;
+        assert_eq!(
+            value(&mut fresh, "'items' in globals(), sorted({3, 1, 2})").await,
+            is("(False, [1, 2, 3])")
+        );
+    }
+}
+
+#[tokio::test]
+async fn forks_share_pages_and_go_their_own_ways() {
+    forks_go_their_own_ways(&sandbox(), "python").await;
+}
+
+#[tokio::test]
+async fn python_sci_forks_go_their_own_ways() {
+    forks_go_their_own_ways(&crate::sci::sandbox().await, crate::sci::SCI).await;
+}
+
 /// Saves `handle`'s session and lays the save over `chain` (the whole first save, folded).
 async fn save_into(handle: &RunHandle, chain: &mut Option<Snapshot>) -> Snapshot {
     let saved = handle.control().save(false).await.expect("a save");

@@ -149,6 +149,9 @@ pub enum Capture {
     Changes,
     /// Its whole state, then the last save.
     WholeSave,
+    /// Its whole state with its pages in a page file that it and the sessions started from
+    /// the snapshot map copy-on-write (`crate::pagefile`); its saves are not affected.
+    Fork,
 }
 
 /// Where a session's guest takes its cells from, and what a cell's start resets.
@@ -160,6 +163,13 @@ pub struct CellInbox {
     pub restore: Option<Arc<Snapshot>>,
     /// What its last save held (`crate::snapshot::Saved`).
     pub saved: crate::snapshot::Saved,
+    /// What its memories map from fork page files (`crate::pagefile`).
+    pub mapped: crate::pagefile::Mapped,
+    /// Its last fork's snapshot (without files), with its count of guest calls then.
+    pub last_fork: Option<(u64, Snapshot)>,
+    /// Calls into its guest so far (cells, and snapshot work that runs guest code): a fork
+    /// taken when none has run since the last one shares that one's pages.
+    pub calls: u64,
     /// A deterministic run's random sources (its virtual clock is the store's): host state its
     /// snapshots keep.
     pub random: Option<crate::determinism::SeededRandom>,

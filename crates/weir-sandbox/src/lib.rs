@@ -22,7 +22,8 @@
 //! values (`error`, `limits`, `outcome`, `event`, `task`, `interrupt`), scheduling (`priority`,
 //! `background`), a run's parts (`pipes`, `determinism`, `compile_cache`, `request`, `scratch`,
 //! `files`, `launch`, `store`), guests (`runtime`), wasmtime (`engine`, `warm`, `variant`), runs
-//! (`run`, `sandbox`), records (`transcript`, `replay`).
+//! (`run`, `sandbox`), records (`transcript`, `replay`); session state (`pagefile`, `snapshot`)
+//! below the runtimes that take and restore it.
 
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
@@ -39,6 +40,7 @@ mod interrupt;
 mod launch;
 mod limits;
 mod outcome;
+mod pagefile;
 mod pipes;
 mod priority;
 mod replay;

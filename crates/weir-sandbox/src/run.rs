@@ -151,6 +151,16 @@ impl RunControl {
         self.capture(Capture::Snapshot).await
     }
 
+    /// Snapshots a session to fork it: taken as [`RunControl::snapshot`] is, but its memory
+    /// pages go into an anonymous memory file that this session and every session restored from
+    /// the snapshot in this process map copy-on-write, sharing each page until one of them
+    /// writes it (a fork then costs neither the copy nor the memory of its pages). Taken again
+    /// before the session runs anything, it shares the same file. Written out
+    /// ([`Snapshot::to_bytes`]) it is an ordinary snapshot.
+    pub async fn fork(&self) -> Result<Snapshot> {
+        self.capture(Capture::Fork).await
+    }
+
     /// Saves a session: a snapshot of what changed since its last save ([`Snapshot::apply`] it
     /// over that one), or of everything when `whole` or at its first save (a restored session's
     /// first save too). Taken as [`RunControl::snapshot`] is;

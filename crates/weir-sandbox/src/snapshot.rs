@@ -30,8 +30,10 @@
 //! checksum) holding a JSON header and the page and file bytes it describes.
 
 use crate::error::{Error, Result};
+use crate::pagefile::{Mapped, PageFile};
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::sync::Arc;
 use wasmtime::{AsContextMut, Global, Memory, Mutability, Val};
 
 /// The unit a snapshot compares and stores memory in, bytes.
@@ -139,8 +141,42 @@ impl Determinism {
 pub struct Snapshot {
     header: Header,
     /// Per memory, its stored pages' bytes, concatenated.
-    pages: Vec<Vec<u8>>,
+    pages: Vec<PageBytes>,
     files: Vec<Vec<u8>>,
+}
+
+/// One memory's stored pages: on the heap, or (a fork's) in a page file that sessions map
+/// copy-on-write (`crate::pagefile`).
+#[derive(Debug, Clone)]
+pub(crate) enum PageBytes {
+    Heap(Vec<u8>),
+    Shared {
+        file: Arc<PageFile>,
+        at: usize,
+        len: usize,
+    },
+}
+
+impl std::ops::Deref for PageBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            PageBytes::Heap(bytes) => bytes,
+            PageBytes::Shared { file, at, len } => &file.bytes()[*at..*at + *len],
+        }
+    }
+}
+
+impl PartialEq for PageBytes {
+    fn eq(&self, other: &PageBytes) -> bool {
+        **self == **other
+    }
+}
+
+impl From<Vec<u8>> for PageBytes {
+    fn from(bytes: Vec<u8>) -> PageBytes {
+        PageBytes::Heap(bytes)
+    }
 }
 
 impl Snapshot {
@@ -250,7 +286,12 @@ impl Snapshot {
         let mut z = zstd::stream::zio::Writer::new(out, raw);
         z.write_all(&header_len.to_le_bytes()).map_err(io)?;
         z.write_all(&header).map_err(io)?;
-        for bytes in self.pages.iter().chain(&self.files) {
+        for bytes in self
+            .pages
+            .iter()
+            .map(|p| &**p)
+            .chain(self.files.iter().map(|f| &f[..]))
+        {
             z.write_all(bytes).map_err(io)?;
         }
         z.finish().map_err(io)?;
@@ -295,7 +336,7 @@ impl Snapshot {
         let mut pages = Vec::new();
         for memory in &header.memories {
             let bytes = check_runs(memory, header.changes)?;
-            pages.push(at.take(bytes)?.to_vec());
+            pages.push(at.take(bytes)?.to_vec().into());
         }
         let mut files = Vec::new();
         for (_, size) in &header.files {
@@ -408,7 +449,7 @@ impl Unfolded {
                 runs: gathered.runs,
                 blocks: Vec::new(),
             });
-            pages.push(gathered.bytes);
+            pages.push(gathered.bytes.into());
         }
         let (env, args) = (self.header.env.clone(), self.header.args.clone());
         let header = Header {
@@ -608,6 +649,11 @@ struct Pages {
 impl Pages {
     fn push(&mut self, page: usize, bytes: &[u8]) {
         self.bytes.extend_from_slice(bytes);
+        self.push_page(page);
+    }
+
+    /// Adds `page` to the runs only.
+    fn push_page(&mut self, page: usize) {
         match self.runs.last_mut() {
             Some((first, n)) if (*first + *n) as usize == page => *n += 1,
             _ => self.runs.push((page as u32, 1)),
@@ -624,6 +670,7 @@ pub(crate) fn capture(
     globals: Vec<GlobalValue>,
     runtime: String,
     build: String,
+    mapped: &Mapped,
     mut saved: Option<&mut Saved>,
 ) -> Snapshot {
     let zero = [0u8; PAGE_BYTES];
@@ -636,7 +683,7 @@ pub(crate) fn capture(
     for (m, (memory, image)) in data.iter().zip(images).enumerate() {
         let (mut gathered, mut blocks) = (Pages::default(), Pages::default());
         let mut record = saved.as_mut().map(|s| &mut s.pages[m]);
-        let untouched = untouched_pages(memory);
+        let untouched = untouched_pages(memory, mapped.pages(m));
         for (page, now) in memory.chunks_exact(PAGE_BYTES).enumerate() {
             // A page a save holds differs from the image: the instance wrote it.
             if untouched.get(page).copied().unwrap_or(false) {
@@ -661,7 +708,7 @@ pub(crate) fn capture(
             runs: gathered.runs,
             blocks: blocks.runs,
         });
-        pages.push(gathered.bytes);
+        pages.push(gathered.bytes.into());
     }
     Snapshot {
         header: Header {
@@ -800,14 +847,18 @@ pub(crate) fn plan_writes<'s>(
     data: &[&[u8]],
     images: &[Option<(u64, &[u8])>],
     snapshot: &'s Snapshot,
+    mapped: &[bool],
 ) -> Vec<(usize, usize, std::borrow::Cow<'s, [u8]>)> {
     let zero = [0u8; PAGE_BYTES];
     let mut writes = Vec::new();
     for (m, (memory, want)) in data.iter().zip(&snapshot.header.memories).enumerate() {
+        if mapped.get(m).copied().unwrap_or(false) {
+            continue;
+        }
         let stored = &snapshot.pages[m];
         let mut runs = want.runs.iter().copied().peekable();
         let mut at = 0usize;
-        let untouched = untouched_pages(memory);
+        let untouched = untouched_pages(memory, &[]);
         for (page, now) in memory.chunks_exact(PAGE_BYTES).enumerate() {
             while matches!(runs.peek(), Some(&(first, n)) if (first + n) as usize <= page) {
                 runs.next();
@@ -833,13 +884,143 @@ pub(crate) fn plan_writes<'s>(
     writes
 }
 
+/// A session's files `(path, bytes)`, environment and arguments.
+pub(crate) type HostSide = (Vec<(String, Vec<u8>)>, Vec<(String, String)>, Vec<String>);
+
+/// The pages of a fresh instance's `memory` that its start wrote, that differ from `image`,
+/// and that the snapshot's `runs` do not cover: handed back to the operating system
+/// (`MADV_DONTNEED`), they read as the image again. As `(first page, count)`.
+pub(crate) fn stale_pages(
+    memory: &[u8],
+    image: Option<(u64, &[u8])>,
+    runs: &[(u32, u32)],
+) -> Vec<(u32, u32)> {
+    let zero = [0u8; PAGE_BYTES];
+    let untouched = untouched_pages(memory, &[]);
+    let mut held = runs.iter().copied().peekable();
+    let mut stale = Pages::default();
+    for (page, now) in memory.chunks_exact(PAGE_BYTES).enumerate() {
+        while matches!(held.peek(), Some(&(first, n)) if (first + n) as usize <= page) {
+            held.next();
+        }
+        if matches!(held.peek(), Some(&(first, _)) if first as usize <= page) {
+            continue;
+        }
+        if untouched.get(page).copied().unwrap_or(false) {
+            continue;
+        }
+        if now != image_page(image, page, &zero) {
+            stale.push_page(page);
+        }
+    }
+    stale.runs
+}
+
+impl Snapshot {
+    /// Joins runs of stored pages that `gap` pages or fewer apart, storing those pages too
+    /// (from `data`, the memories captured, so the same as the image's): fewer, longer runs
+    /// are fewer mappings for a fork, each a call that takes the process's memory-map lock.
+    pub(crate) fn bridge(&mut self, data: &[&[u8]], gap: u32) {
+        if self.header.changes {
+            return;
+        }
+        for (m, memory) in data.iter().enumerate() {
+            let (Some(header), Some(stored)) = (self.header.memories.get_mut(m), self.pages.get(m))
+            else {
+                continue;
+            };
+            let mut joined = Pages::default();
+            let mut at = 0usize;
+            for &(first, n) in &header.runs {
+                let end = joined.runs.last().map(|&(f, k)| f + k);
+                if let Some(end) = end.filter(|&end| first - end <= gap) {
+                    for page in end..first {
+                        let page = page as usize;
+                        joined.push(page, &memory[page * PAGE_BYTES..(page + 1) * PAGE_BYTES]);
+                    }
+                }
+                for page in first..first + n {
+                    joined.push(page as usize, &stored[at..at + PAGE_BYTES]);
+                    at += PAGE_BYTES;
+                }
+            }
+            header.runs = joined.runs;
+            self.pages[m] = joined.bytes.into();
+        }
+    }
+
+    /// Moves the stored pages into one page file, to be mapped copy-on-write
+    /// (`crate::pagefile`). A save of changes is not moved (it restores only folded).
+    pub(crate) fn share(&mut self) -> std::io::Result<()> {
+        if self.header.changes {
+            return Ok(());
+        }
+        let parts: Vec<&[u8]> = self.pages.iter().map(|p| &**p).collect();
+        let (file, starts) = PageFile::new(&parts)?;
+        self.pages = self
+            .pages
+            .iter()
+            .zip(starts)
+            .map(|(p, at)| PageBytes::Shared {
+                file: file.clone(),
+                at,
+                len: p.len(),
+            })
+            .collect();
+        Ok(())
+    }
+
+    /// Memory `m`'s pages as a page file maps them: the file, its runs of pages `(first page,
+    /// count)` and the same as `(offset, length, file offset)` in bytes. `None` when its pages
+    /// are on the heap.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn shared(
+        &self,
+        m: usize,
+    ) -> Option<(&Arc<PageFile>, &[(u32, u32)], Vec<(usize, usize, u64)>)> {
+        let PageBytes::Shared { file, at, .. } = self.pages.get(m)? else {
+            return None;
+        };
+        let runs = &self.header.memories.get(m)?.runs;
+        let mut offset = *at;
+        let bytes = runs
+            .iter()
+            .map(|&(first, n)| {
+                let run = (
+                    first as usize * PAGE_BYTES,
+                    n as usize * PAGE_BYTES,
+                    offset as u64,
+                );
+                offset += n as usize * PAGE_BYTES;
+                run
+            })
+            .collect();
+        Some((file, runs, bytes))
+    }
+
+    /// The same snapshot without its files' bytes (a fork's, kept by its session to give the
+    /// next fork when nothing has run since).
+    pub(crate) fn without_files(&self) -> Snapshot {
+        let mut header = self.header.clone();
+        header.files.clear();
+        Snapshot {
+            header,
+            pages: self.pages.clone(),
+            files: Vec::new(),
+        }
+    }
+}
+
 /// For each page of `memory`, whether it surely still holds what the instance started with: a
 /// page of the copy-on-write image never written (present and file-backed), or a page never
 /// touched at all (absent, not swapped). Such pages need no comparison: a snapshot reads only
 /// the others, which in an idle session are a few hundred of its thousands. Read from
 /// `/proc/self/pagemap` (8 bytes a page); empty where it cannot be read, and every page is
 /// compared then.
-fn untouched_pages(memory: &[u8]) -> Vec<bool> {
+///
+/// Pages mapped from a page file (`mapped`, a bit each) look like image pages to the operating
+/// system but hold a fork's bytes: they are never counted untouched.
+fn untouched_pages(memory: &[u8], mapped: &[u64]) -> Vec<bool> {
     use std::os::unix::fs::FileExt;
     const PRESENT: u64 = 1 << 63;
     const SWAPPED: u64 = 1 << 62;
@@ -859,12 +1040,14 @@ fn untouched_pages(memory: &[u8]) -> Vec<bool> {
         return Vec::new();
     }
     raw.chunks_exact(8)
-        .map(|e| {
+        .enumerate()
+        .map(|(page, e)| {
             let entry = u64::from_le_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]);
-            match entry & PRESENT != 0 {
+            let untouched = match entry & PRESENT != 0 {
                 true => entry & FILE_OR_SHARED != 0,
                 false => entry & SWAPPED == 0,
-            }
+            };
+            untouched && !crate::pagefile::is_set(mapped, page)
         })
         .collect()
 }
@@ -915,7 +1098,7 @@ mod tests {
                 kept: Vec::new(),
                 determinism: None,
             },
-            pages: vec![vec![3u8; 3 * PAGE_BYTES]],
+            pages: vec![vec![3u8; 3 * PAGE_BYTES].into()],
             files: Vec::new(),
         }
         .with_host(
@@ -982,7 +1165,7 @@ mod tests {
     fn runs_outside_the_memory_are_corrupt() {
         let mut s = sample();
         s.header.memories[0].runs = vec![(15, 2)];
-        s.pages = vec![vec![0; 2 * PAGE_BYTES]];
+        s.pages = vec![vec![0; 2 * PAGE_BYTES].into()];
         let bytes = s.to_bytes().unwrap();
         assert!(matches!(
             Snapshot::from_bytes(&bytes),
@@ -1011,9 +1194,51 @@ mod tests {
             g,
             "python".into(),
             "b1".into(),
+            &Mapped::default(),
             saved.as_deref_mut(),
         );
         taken.with_host(files(a), vec![], vec!["x".into()], saved)
+    }
+
+    #[test]
+    fn a_forks_pages_join_close_runs_and_read_the_same_from_their_file() {
+        let mut mem = memory();
+        for page in [1, 3, 12] {
+            mem[page * PAGE_BYTES] = 0xee;
+        }
+        let image = memory();
+        let mut s = capture(
+            &[Some((0, &image))],
+            &[&mem],
+            vec![],
+            "python".into(),
+            "b1".into(),
+            &Mapped::default(),
+            None,
+        );
+        assert_eq!(s.header.memories[0].runs, vec![(1, 1), (3, 1), (12, 1)]);
+        s.bridge(&[&mem], 2);
+        // Pages 1 and 3 are two apart: one run, page 2 stored with them; 12 stays apart.
+        assert_eq!(s.header.memories[0].runs, vec![(1, 3), (12, 1)]);
+        assert_eq!(
+            &s.pages[0][PAGE_BYTES..2 * PAGE_BYTES],
+            &mem[2 * PAGE_BYTES..3 * PAGE_BYTES]
+        );
+        let heap = s.pages[0].to_vec();
+        s.share().expect("a page file");
+        assert!(matches!(s.pages[0], PageBytes::Shared { .. }));
+        assert_eq!(&*s.pages[0], &heap[..]);
+        let (_, runs, bytes) = s.shared(0).expect("shared");
+        assert_eq!(runs, &[(1, 3), (12, 1)]);
+        let want = [
+            (PAGE_BYTES, 3 * PAGE_BYTES, 0),
+            (12 * PAGE_BYTES, PAGE_BYTES, 3 * PAGE_BYTES as u64),
+        ];
+        assert_eq!(bytes, want);
+        // Written out, it is an ordinary snapshot.
+        let back = Snapshot::from_bytes(&s.to_bytes().unwrap()).unwrap();
+        assert_eq!(back.pages, s.pages);
+        assert!(matches!(back.pages[0], PageBytes::Heap(_)));
     }
 
     fn names(s: &Snapshot) -> Vec<&str> {

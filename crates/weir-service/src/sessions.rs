@@ -456,10 +456,26 @@ impl Session {
 
     /// Snapshots the session between cells: refused while a cell runs.
     pub async fn snapshot(&self) -> Result<Snapshot, Error> {
+        self.capture(false).await
+    }
+
+    /// Snapshots the session between cells to fork it: its pages shared copy-on-write with
+    /// the sessions started from it ([`weir_sandbox::RunControl::fork`]); refused while a cell
+    /// runs.
+    pub async fn fork_snapshot(&self) -> Result<Snapshot, Error> {
+        self.capture(true).await
+    }
+
+    async fn capture(&self, fork: bool) -> Result<Snapshot, Error> {
         if self.busy() {
             return Err(Error::CellBusy);
         }
-        let taken = self.control().snapshot().await.map_err(|e| match e {
+        let control = self.control();
+        let taken = match fork {
+            true => control.fork().await,
+            false => control.snapshot().await,
+        };
+        let taken = taken.map_err(|e| match e {
             weir_sandbox::Error::Ended => Error::SessionEnded,
             e => Error::Sandbox(e),
         })?;

@@ -28,9 +28,17 @@ pub(crate) fn take(
     images: impl for<'a> FnOnce(&'a Store<GuestState>) -> Vec<Image<'a>>,
 ) -> Result<Snapshot> {
     let determinism = determinism(store)?;
+    if capture == Capture::Fork {
+        if let Some(last) = unchanged_fork(store)? {
+            let (files, env, args) = host_side(store)?;
+            return Ok(last
+                .with_host(files, env, args, None)
+                .with_determinism(determinism));
+        }
+    }
     let values = snapshot::read_globals(&mut *store, globals)?;
     let mut saved = match capture {
-        Capture::Snapshot => None,
+        Capture::Snapshot | Capture::Fork => None,
         Capture::Changes => Some(std::mem::take(&mut cells_mut(store)?.saved)),
         Capture::WholeSave => Some(snapshot::Saved::default()),
     };
@@ -38,14 +46,24 @@ pub(crate) fn take(
     let inbox = state.host.cells.as_ref().ok_or(Error::Ended)?;
     let (runtime, build) = (inbox.runtime.clone(), inbox.build.clone());
     let (env, args) = (inbox.env.clone(), inbox.args.clone());
-    let scratch = state.scratch().ok_or(Error::Ended)?;
     let images = images(store);
     let data: Vec<&[u8]> = memories.iter().map(|m| m.data(&*store)).collect();
-    let taken = snapshot::capture(&images, &data, values, runtime, build, saved.as_mut());
+    let mapped = &inbox.mapped;
+    let mut taken = snapshot::capture(
+        &images,
+        &data,
+        values,
+        runtime,
+        build,
+        mapped,
+        saved.as_mut(),
+    );
+    if capture == Capture::Fork {
+        taken.bridge(&data, BRIDGE_PAGES);
+        share(store, memories, &mut taken)?;
+    }
     // A save that fails leaves no record: the next one is whole.
-    let files = crate::scratch::LiveDir::new(scratch)
-        .read_all()
-        .map_err(|e| Error::Unsaved(e.to_string()))?;
+    let (files, _, _) = host_side(store)?;
     let taken = taken
         .with_host(files, env, args, saved.as_mut())
         .with_determinism(determinism);
@@ -53,6 +71,63 @@ pub(crate) fn take(
         cells_mut(store)?.saved = saved;
     }
     Ok(taken)
+}
+
+/// A fork's runs of pages this many pages apart or closer are mapped as one (the pages between
+/// stored too).
+const BRIDGE_PAGES: u32 = 8;
+
+/// The session's files, environment and arguments.
+fn host_side(store: &Store<GuestState>) -> Result<crate::snapshot::HostSide> {
+    let state = store.data();
+    let inbox = state.host.cells.as_ref().ok_or(Error::Ended)?;
+    let scratch = state.scratch().ok_or(Error::Ended)?;
+    let files = crate::scratch::LiveDir::new(scratch)
+        .read_all()
+        .map_err(|e| Error::Unsaved(e.to_string()))?;
+    Ok((files, inbox.env.clone(), inbox.args.clone()))
+}
+
+/// The session's last fork, when no guest code has run since it was taken: its memories are
+/// still exactly what it shares.
+fn unchanged_fork(store: &mut Store<GuestState>) -> Result<Option<Snapshot>> {
+    let inbox = cells_mut(store)?;
+    Ok(match &inbox.last_fork {
+        Some((calls, last)) if *calls == inbox.calls => Some(last.without_files()),
+        _ => None,
+    })
+}
+
+/// Moves `taken`'s pages into a page file and maps the session's own memories from it: the
+/// same bytes, now shared with the sessions started from `taken` until one of them writes.
+/// When the file cannot be made, `taken` keeps its pages on the heap (a fork then copies
+/// them); when the session's own pages cannot be mapped, it keeps its own copy.
+fn share(store: &mut Store<GuestState>, memories: &[Memory], taken: &mut Snapshot) -> Result<()> {
+    if let Err(e) = taken.share() {
+        tracing::warn!(error = %e, "a fork's pages stay on the heap");
+        return Ok(());
+    }
+    let mut mapped = std::mem::take(&mut cells_mut(store)?.mapped);
+    for (m, memory) in memories.iter().enumerate() {
+        let Some((file, runs, bytes)) = taken.shared(m) else {
+            continue;
+        };
+        if !mapped.record(m, runs) {
+            break;
+        }
+        // SAFETY: the session is between cells (no guest code runs, no slice of its memory is
+        // alive); the file holds these very pages' bytes, captured just now.
+        #[allow(unsafe_code)]
+        let done = unsafe { memory.weir_map_private(&mut *store, file.fd(), &bytes) };
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "a session keeps its own copy of the pages it forks");
+            break;
+        }
+    }
+    let inbox = cells_mut(store)?;
+    inbox.last_fork = Some((inbox.calls, taken.without_files()));
+    inbox.mapped = mapped;
+    Ok(())
 }
 
 /// A deterministic session's host-side state, `None` for another session.
@@ -102,6 +177,13 @@ fn resume_determinism(store: &mut Store<GuestState>, from: &Snapshot) -> Result<
     Ok(())
 }
 
+/// Counts a call into the session's guest (it may change its memory).
+pub(crate) fn ran(store: &mut Store<GuestState>) {
+    if let Some(inbox) = store.data_mut().host.cells.as_mut() {
+        inbox.calls += 1;
+    }
+}
+
 fn cells_mut(store: &mut Store<GuestState>) -> Result<&mut crate::launch::CellInbox> {
     store.data_mut().host.cells.as_mut().ok_or(Error::Ended)
 }
@@ -113,14 +195,15 @@ pub(crate) fn restore(
     store: &mut Store<GuestState>,
     globals: &[Global],
     memories: &[Memory],
-    images: impl for<'a> FnOnce(&'a Store<GuestState>) -> Vec<Image<'a>>,
+    images: impl for<'a> Fn(&'a Store<GuestState>) -> Vec<Image<'a>>,
     from: &Snapshot,
 ) -> Result<()> {
     snapshot::prepare(&mut *store, globals, memories, from)?;
+    let mapped = map_shared(store, memories, from, |store| images(store))?;
     let writes = {
         let images = images(store);
         let data: Vec<&[u8]> = memories.iter().map(|m| m.data(&*store)).collect();
-        snapshot::plan_writes(&data, &images, from)
+        snapshot::plan_writes(&data, &images, from, &mapped)
     };
     for (m, page, bytes) in writes {
         let at = page * snapshot::PAGE_BYTES;
@@ -129,6 +212,62 @@ pub(crate) fn restore(
     snapshot::write_globals(&mut *store, globals, from)?;
     resume_determinism(store, from)?;
     Ok(())
+}
+
+/// Maps the memories whose pages `from` keeps in a page file (a fork's) from it, copy-on-write,
+/// and hands back the pages the fresh start wrote that `from` does not hold; which memories
+/// it mapped. A memory it could not map (no budget left, no pooled slot) is left to be copied.
+fn map_shared(
+    store: &mut Store<GuestState>,
+    memories: &[Memory],
+    from: &Snapshot,
+    images: impl for<'a> Fn(&'a Store<GuestState>) -> Vec<Image<'a>>,
+) -> Result<Vec<bool>> {
+    let mut done = vec![false; memories.len()];
+    let Some(inbox) = store.data_mut().host.cells.as_mut() else {
+        return Ok(done);
+    };
+    let mut mapped = std::mem::take(&mut inbox.mapped);
+    for (m, memory) in memories.iter().enumerate() {
+        let Some((file, runs, bytes)) = from.shared(m) else {
+            continue;
+        };
+        if !mapped.record(m, runs) {
+            break;
+        }
+        let stale = {
+            let image = images(store).get(m).copied().flatten();
+            snapshot::stale_pages(memory.data(&*store), image, runs)
+        };
+        // SAFETY: the fresh session is between its start and its first cell (no guest code
+        // runs, no slice of its memory is alive); the file holds the snapshot's pages.
+        #[allow(unsafe_code)]
+        unsafe { memory.weir_map_private(&mut *store, file.fd(), &bytes) }
+            .map_err(|e| Error::SnapshotGuest(format!("mapping a fork's pages: {e}")))?;
+        release(memory.data_ptr(&*store), &stale);
+        done[m] = true;
+    }
+    if let Some(inbox) = store.data_mut().host.cells.as_mut() {
+        inbox.mapped = mapped;
+    }
+    Ok(done)
+}
+
+/// Hands `runs` of pages of the memory at `base` back to the operating system: an image page
+/// reads as the image again, any other as zeros.
+fn release(base: *mut u8, runs: &[(u32, u32)]) {
+    for &(first, n) in runs {
+        let (at, len) = (
+            first as usize * snapshot::PAGE_BYTES,
+            n as usize * snapshot::PAGE_BYTES,
+        );
+        // SAFETY: the runs lie within the memory (found by reading it), which no slice borrows
+        // now; `MADV_DONTNEED` on its private mapping only drops this instance's copies.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::madvise(base.add(at).cast(), len, libc::MADV_DONTNEED);
+        }
+    }
 }
 
 /// What a runtime's guest does for a session between whose cells no guest code runs: each a
@@ -163,6 +302,7 @@ pub(crate) async fn serve(store: &mut Store<GuestState>, guest: &impl SessionGue
         match store::next_request(&mut store.as_context_mut()).await {
             None => return exited(guest.finish(store).await?),
             Some(SessionRequest::Cell(cell)) => {
+                ran(store);
                 let code = store::begin_cell(&mut store.as_context_mut(), cell).await;
                 let exit = guest.cell(store, code).await?;
                 store::end_cell(store.data_mut());

@@ -378,7 +378,7 @@ async fn load(app: &AppState, id: &str, user: &str) -> Result<Snapshot, Error> {
 /// cell, if any, ends first) and going its own way from there.
 pub async fn fork(app: &AppState, session: &Session, slot: Slot) -> Result<Arc<Session>, Error> {
     wake(app, session).await?;
-    let from = Arc::new(session.snapshot().await?);
+    let from = Arc::new(session.fork_snapshot().await?);
     let mut req = RunRequest::script(Vec::new());
     req.cells = true;
     req.limits = session.limits;

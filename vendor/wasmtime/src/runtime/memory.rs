@@ -660,6 +660,30 @@ impl Memory {
         self._grow(store, limiter.as_mut(), delta).await
     }
 
+    /// WEIR PATCH: maps `runs` of `file` copy-on-write over this memory: each
+    /// `(offset, len, file_offset)` makes `len` bytes at `offset` the file's
+    /// bytes at `file_offset` (host-page aligned, within the memory's current
+    /// size), shared with every other private mapping of the file until
+    /// written. The memory's pooled slot is then paved over whole when the
+    /// instance goes, so nothing of the file outlives it there. Refused for a
+    /// memory without a copy-on-write slot.
+    ///
+    /// # Safety
+    ///
+    /// No guest code may be running in the store, and no slice of this
+    /// memory may be alive: its contents change underneath.
+    #[cfg(all(has_virtual_memory, unix))]
+    pub unsafe fn weir_map_private(
+        &self,
+        mut store: impl AsContextMut,
+        file: rustix::fd::BorrowedFd<'_>,
+        runs: &[(usize, usize, u64)],
+    ) -> Result<()> {
+        let store = store.as_context_mut().0;
+        let memory = self.instance.get_mut(store).get_defined_memory_mut(self.index);
+        unsafe { memory.weir_map_private(file, runs) }
+    }
+
     async fn _grow(
         &self,
         store: &mut StoreOpaque,

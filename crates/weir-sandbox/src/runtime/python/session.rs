@@ -74,6 +74,7 @@ async fn take(
     // `fstat` of each descriptor: 0.9 ms, four times the rest of a save) runs only to name
     // the descriptor.
     if store.data_mut().open_descriptors() > 0 {
+        crate::runtime::state::ran(store);
         let (why,) = exports
             .unsaved
             .call_async(&mut *store, ())

@@ -145,6 +145,7 @@ async fn take(store: &mut Store<GuestState>, guest: &Guest, capture: Capture) ->
         // short would leave the interpreter where it stopped.
         let _ = store.set_fuel(fuel);
     }
+    crate::runtime::state::ran(store);
     let value = guest
         .turn(store, RELEASE)
         .await

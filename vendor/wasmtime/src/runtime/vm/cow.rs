@@ -346,6 +346,13 @@ pub struct MemoryImageSlot {
     /// `mmap` resets the affected pages back to the default key 0 which is
     /// accessible from every stripe.
     pkey: Option<ProtectionKey>,
+
+    /// WEIR PATCH: the `(offset, len)` runs another file has been mapped over
+    /// since this slot was instantiated (`weir_map_private`), sorted and
+    /// coalesced. Such pages are neither the image's nor anonymous, so neither
+    /// the image's `madvise` reset nor the pagemap's "written" bit sees them:
+    /// the reset maps the image (or zeros) over exactly these runs first.
+    weir_overlay: Vec<(usize, usize)>,
 }
 
 impl fmt::Debug for MemoryImageSlot {
@@ -381,6 +388,7 @@ impl MemoryImageSlot {
             image: None,
             dirty: false,
             pkey,
+            weir_overlay: Vec::new(),
         }
     }
 
@@ -548,6 +556,12 @@ impl MemoryImageSlot {
         decommit: impl FnMut(*mut u8, usize),
     ) -> Result<usize> {
         assert!(self.dirty);
+
+        // WEIR PATCH: runs another file was mapped over get the image's (or
+        // zero) mapping back first; the reset below then sees only what the
+        // instance wrote.
+        #[cfg(unix)]
+        self.weir_unmap_overlay()?;
 
         let bytes_resident =
             unsafe { self.reset_all_memory_contents(pagemap, keep_resident, decommit)? };
@@ -740,6 +754,130 @@ impl MemoryImageSlot {
 
     pub(crate) fn has_image(&self) -> bool {
         self.image.is_some()
+    }
+
+    /// WEIR PATCH: maps `runs` of `file` privately (copy-on-write) over this
+    /// instantiated slot: each `(offset, len, file_offset)` puts `len` bytes of
+    /// `file` from `file_offset` at `offset` into linear memory, all three
+    /// host-page aligned and the run within the accessible memory. Each run is
+    /// recorded before it is mapped: the slot's reset maps the image back over
+    /// every recorded run, so nothing of the file outlives the instance.
+    ///
+    /// # Safety
+    ///
+    /// No code may be executing in, or holding references into, this memory;
+    /// the file's bytes become the memory's contents.
+    #[cfg(unix)]
+    pub(crate) unsafe fn weir_map_private(
+        &mut self,
+        file: rustix::fd::BorrowedFd<'_>,
+        runs: &[(usize, usize, u64)],
+    ) -> Result<()> {
+        use rustix::mm::{MapFlags, ProtFlags};
+        assert!(self.dirty);
+        let page = host_page_size();
+        for &(offset, len, file_offset) in runs {
+            if len == 0 {
+                continue;
+            }
+            let end = offset
+                .checked_add(len)
+                .ok_or_else(|| format_err!("a mapped run overflows"))?;
+            let aligned = offset % page == 0 && len % page == 0 && file_offset % page as u64 == 0;
+            if !aligned || end > self.accessible.byte_count() {
+                bail!("mapped run {offset}+{len} is unaligned or outside the accessible memory");
+            }
+            // Recorded before it is mapped: even a run that fails is put back.
+            self.weir_overlay.push((offset, len));
+            unsafe {
+                let at = self.base.as_mut_ptr().add(offset);
+                let got = rustix::mm::mmap(
+                    at.cast(),
+                    len,
+                    ProtFlags::READ | ProtFlags::WRITE,
+                    MapFlags::PRIVATE | MapFlags::FIXED,
+                    file,
+                    file_offset,
+                )?;
+                assert_eq!(got, at.cast());
+            }
+            self.reapply_pkey(
+                HostAlignedByteCount::new(offset)?,
+                HostAlignedByteCount::new(len)?,
+                true,
+            )?;
+        }
+        self.weir_coalesce_overlay();
+        Ok(())
+    }
+
+    /// WEIR PATCH: sorts the overlay's runs and merges those that touch.
+    #[cfg(unix)]
+    fn weir_coalesce_overlay(&mut self) {
+        let runs = &mut self.weir_overlay;
+        runs.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(runs.len());
+        for &(offset, len) in runs.iter() {
+            match merged.last_mut() {
+                Some((at, n)) if *at + *n >= offset => *n = (*n).max(offset + len - *at),
+                _ => merged.push((offset, len)),
+            }
+        }
+        *runs = merged;
+    }
+
+    /// WEIR PATCH: maps the image (zeros outside it) back over every run of
+    /// the overlay, so the slot is the image plus what the instance wrote.
+    #[cfg(unix)]
+    fn weir_unmap_overlay(&mut self) -> Result<()> {
+        use rustix::mm::{MapFlags, ProtFlags};
+        let runs = core::mem::take(&mut self.weir_overlay);
+        let (image_start, image_end) = match &self.image {
+            Some(image) => {
+                let start = image.linear_memory_offset.byte_count();
+                (start, start + image.len.byte_count())
+            }
+            None => (0, 0),
+        };
+        for (offset, len) in runs {
+            let end = offset + len;
+            // The part the image covers, and the parts before and after it.
+            let (inner_start, inner_end) = (offset.max(image_start), end.min(image_end));
+            let mut zeros = vec![(offset, end)];
+            if let (Some(image), true) = (&self.image, inner_start < inner_end) {
+                let rel = (inner_start - image_start) as u64;
+                unsafe {
+                    self.base.map_image_at(
+                        &image.source,
+                        image.source_offset + rel,
+                        HostAlignedByteCount::new(inner_start)?,
+                        HostAlignedByteCount::new(inner_end - inner_start)?,
+                    )?;
+                }
+                zeros = vec![(offset, inner_start), (inner_end, end)];
+            }
+            for (from, to) in zeros {
+                if from >= to {
+                    continue;
+                }
+                unsafe {
+                    let at = self.base.as_mut_ptr().add(from);
+                    let got = rustix::mm::mmap_anonymous(
+                        at.cast(),
+                        to - from,
+                        ProtFlags::READ | ProtFlags::WRITE,
+                        MapFlags::PRIVATE | MapFlags::FIXED | MapFlags::NORESERVE,
+                    )?;
+                    assert_eq!(got, at.cast());
+                }
+            }
+            self.reapply_pkey(
+                HostAlignedByteCount::new(offset)?,
+                HostAlignedByteCount::new(len)?,
+                true,
+            )?;
+        }
+        Ok(())
     }
 
     #[allow(dead_code, reason = "only used in some cfgs")]

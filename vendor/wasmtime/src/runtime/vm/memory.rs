@@ -427,6 +427,28 @@ impl Memory {
         }
     }
 
+    /// WEIR PATCH: maps `runs` of `file` copy-on-write over this memory
+    /// (`MemoryImageSlot::weir_map_private`); refused for a memory without a
+    /// copy-on-write slot (not pooled, or shared).
+    ///
+    /// # Safety
+    ///
+    /// As `MemoryImageSlot::weir_map_private`.
+    #[cfg(all(has_virtual_memory, unix))]
+    pub unsafe fn weir_map_private(
+        &mut self,
+        file: rustix::fd::BorrowedFd<'_>,
+        runs: &[(usize, usize, u64)],
+    ) -> Result<()> {
+        match self {
+            Memory::Local(LocalMemory {
+                memory_image: Some(slot),
+                ..
+            }) => unsafe { slot.weir_map_private(file, runs) },
+            _ => bail!("this memory has no copy-on-write slot to map a file into"),
+        }
+    }
+
     /// Return a `VMMemoryDefinition` for exposing the memory to compiled wasm code.
     pub fn vmmemory(&self) -> VMMemoryDefinition {
         match self {
