@@ -16,28 +16,38 @@ fn python() -> PathBuf {
 /// Runs the test classes `names` of `test_kernel.py` with both kernelspecs installed; panics
 /// with the clients' report unless all pass with no skip but those `allowed_skips` name.
 fn clients(names: &[&str], allowed_skips: &[&str]) {
-    let python = python();
     let jupyter = tempfile::tempdir().expect("tempdir");
-    let install = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["kernelspec", "install", "--prefix"])
-        .arg(jupyter.path())
-        .output()
-        .expect("weir kernelspec install runs");
-    assert!(install.status.success(), "{install:?}");
-    let listed = String::from_utf8_lossy(&install.stdout);
+    let listed = install(jupyter.path(), &[]);
     assert!(listed.contains("weir-python:"), "{listed}");
     assert!(
         listed.contains("Python 3.15 + scientific stack (weir sandbox)"),
         "{listed}"
     );
+    run_clients(jupyter.path(), names, allowed_skips);
+}
 
+/// `weir kernelspec install --prefix PREFIX ARGS…`: what it printed.
+fn install(prefix: &Path, args: &[&str]) -> String {
+    let install = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["kernelspec", "install", "--prefix"])
+        .arg(prefix)
+        .args(args)
+        .output()
+        .expect("weir kernelspec install runs");
+    assert!(install.status.success(), "{install:?}");
+    String::from_utf8_lossy(&install.stdout).into_owned()
+}
+
+/// Runs the test classes `names` of `test_kernel.py` against the kernelspecs under `jupyter`.
+fn run_clients(jupyter: &Path, names: &[&str], allowed_skips: &[&str]) {
+    let python = python();
     let tests: Vec<String> = names.iter().map(|n| format!("test_kernel.{n}")).collect();
     let out = Command::new(python)
         .args(["-m", "unittest", "-v"])
         .args(&tests)
         .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/jupyter"))
-        .env("JUPYTER_PATH", jupyter.path().join("share/jupyter"))
-        .env("JUPYTER_RUNTIME_DIR", jupyter.path().join("runtime"))
+        .env("JUPYTER_PATH", jupyter.join("share/jupyter"))
+        .env("JUPYTER_RUNTIME_DIR", jupyter.join("runtime"))
         .env("JUPYTER_PLATFORM_DIRS", "1")
         .env("PYTHONUNBUFFERED", "1")
         .stdin(std::process::Stdio::null())
@@ -75,4 +85,37 @@ fn nbclient_runs_a_notebook_with_rich_outputs_input_errors_and_an_interrupt() {
 #[test]
 fn a_kernel_takes_input_interrupts_restarts_ends_floods_and_drops_forged_messages() {
     clients(&["KernelSession", "Endings"], &[]);
+}
+
+#[test]
+fn a_kernelspec_for_one_runtime_runs_its_kernel_with_the_configured_limits() {
+    let jupyter = tempfile::tempdir().expect("tempdir");
+    let config = jupyter.path().join("weir.toml");
+    std::fs::write(&config, "[limits]\nwall_ms = 1500\n").expect("config written");
+    let config = config.to_str().expect("a UTF-8 path");
+    let listed = install(jupyter.path(), &["--runtime", "python", "--config", config]);
+    assert!(listed.contains("Python 3.14 (weir sandbox)"), "{listed}");
+    let kernels = jupyter.path().join("share/jupyter/kernels");
+    assert!(!kernels.join("weir-python-sci").exists(), "{listed}");
+    let spec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(kernels.join("weir-python/kernel.json")).expect("kernel.json"),
+    )
+    .expect("kernel.json is JSON");
+    let argv: Vec<&str> = spec["argv"]
+        .as_array()
+        .expect("argv")
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(
+        argv.windows(2).any(|w| w == ["--runtime", "python"]),
+        "{argv:?}"
+    );
+    assert!(
+        argv.windows(2).any(|w| w == ["--config", config]),
+        "{argv:?}"
+    );
+    assert_eq!(spec["interrupt_mode"], "message");
+    assert_eq!(spec["display_name"], "Python 3.14 (weir sandbox)");
+    run_clients(jupyter.path(), &["Configured"], &[]);
 }

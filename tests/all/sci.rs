@@ -138,18 +138,27 @@ async fn plt_show_and_figures_left_open_arrive_as_png_in_order_with_the_output()
          plt.show()\n\
          print('two')\n\
          plt.figure(figsize=(4, 3), dpi=50)\n\
-         plt.bar(['a', 'b'], [3, 5])\n",
+         plt.bar(['a', 'b'], [3, 5])\n\
+         plt.show()\n\
+         plt.figure(figsize=(3, 2), dpi=50)\n\
+         plt.bar(['a rather long label %d' % i for i in range(3)], [1, 2, 3])\n\
+         plt.xticks(rotation=90)\n",
     ))
     .await;
     assert_exited(&out);
     assert_eq!(out.stdout_text(), "one\ntwo\n");
-    assert_eq!(out.displays.len(), 2, "{}", out.stderr_text());
+    assert_eq!(out.displays.len(), 3, "{}", out.stderr_text());
     let (first, second) = (png_of(&out.displays[0]), png_of(&out.displays[1]));
-    assert!(is_png(&first.0) && is_png(&second.0));
-    // Cropped to what the figure draws (`bbox_inches="tight"`): within its 640x480 and 200x150
-    // canvas, and the size in the metadata is the PNG's.
-    assert!(first.1 .0 <= 640 && first.1 .0 > 400 && first.1 .1 <= 480 && first.1 .1 > 300);
-    assert!(second.1 .0 <= 200 && second.1 .0 > 100 && second.1 .1 <= 150);
+    let third = png_of(&out.displays[2]);
+    assert!(is_png(&first.0) && is_png(&second.0) && is_png(&third.0));
+    // Cropped to what the figure draws (`bbox_inches="tight"`): smaller than its 640x480 and
+    // 200x150 canvas (a figure saved whole is exactly its canvas), and the size in the
+    // metadata is the PNG's.
+    assert!(first.1 .0 < 640 && first.1 .0 > 400 && first.1 .1 < 480 && first.1 .1 > 300);
+    assert!(second.1 .0 < 200 && second.1 .0 > 100 && second.1 .1 < 150);
+    // Rotated tick labels reaching below the 150x100 canvas are kept: the image grows to hold
+    // them instead of cutting them off.
+    assert!(third.1 .1 > 100, "{:?}", third.1);
     assert!(out.displays[0]
         .bundle
         .plain()

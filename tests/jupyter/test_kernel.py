@@ -240,6 +240,52 @@ class KernelSession(unittest.TestCase):
         self.assertEqual(msgs[0]["content"]["data"]["text/plain"], "False")
 
 
+    def test_signed_messages_that_make_no_sense_are_dropped_and_the_kernel_goes_on(self):
+        session = self.kc.session
+        for connect in (self.km.connect_shell, self.km.connect_control):
+            socket = connect()
+            try:
+                # Signed with the connection's key: content that is not JSON, a request
+                # lacking what its type needs, a type no kernel knows.
+                header = session.pack(session.msg_header("execute_request"))
+                frames = [header, b"{}", b"{}", b"{not json"]
+                socket.send_multipart([b"<IDS|MSG>", session.sign(frames), *frames])
+                session.send(socket, "execute_request", {"silent": False})
+                session.send(socket, "weir_no_such_request", {"x": 1})
+                time.sleep(1)
+            finally:
+                socket.close(linger=0)
+        reply, msgs = outputs(self.kc, "6 * 7")
+        self.assertEqual(msgs[0]["content"]["data"]["text/plain"], "42")
+        # The heartbeat still echoes.
+        heartbeat = self.km.connect_hb()
+        try:
+            heartbeat.send(b"ping")
+            self.assertEqual(heartbeat.poll(5000), 1, "no heartbeat echo")
+            self.assertEqual(heartbeat.recv(), b"ping")
+        finally:
+            heartbeat.close(linger=0)
+
+
+class Configured(unittest.TestCase):
+    """A kernelspec installed with `--runtime python --config FILE`: the kernel runs with the
+    file's limits (`tests/all/jupyter.rs` writes `[limits] wall_ms = 1500`)."""
+
+    def test_a_cell_past_the_configured_time_is_interrupted_keeping_the_namespace(self):
+        km, kc = start_new_kernel(kernel_name="weir-python", startup_timeout=60)
+        try:
+            warm(kc)
+            outputs(kc, "kept = 5")
+            started = time.monotonic()
+            reply, _ = outputs(kc, "while True: pass")
+            self.assertEqual(reply["content"]["ename"], "KeyboardInterrupt")
+            self.assertLess(time.monotonic() - started, 30)
+            self.assertEqual(outputs(kc, "kept")[1][0]["content"]["data"]["text/plain"], "5")
+        finally:
+            kc.stop_channels()
+            km.shutdown_kernel(now=True)
+
+
 class Endings(unittest.TestCase):
     """How a kernel's session ends: a restart, a shutdown, the output limit."""
 

@@ -9,7 +9,7 @@
 //! - **iopub** (one task, fed by a bounded queue): status, `execute_input`, `stream`,
 //!   `display_data`, `update_display_data`, `clear_output`, `execute_result`, `error`; a
 //!   subscriber is welcomed with `iopub_welcome`.
-//! - **heartbeat**: answers every ping.
+//! - **heartbeat**: echoes every ping back as it came.
 //!
 //! Every message is checked against the connection file's key by `jupyter-zmq-client`: one with
 //! a bad signature, or one that does not parse, is logged and dropped, and the kernel goes on.
@@ -86,12 +86,29 @@ pub fn read_connection_file(path: &std::path::Path) -> Result<ConnectionInfo> {
     serde_json::from_str(&text).map_err(|e| Error::Io(format!("{}: {e}", path.display())))
 }
 
+/// Echoes every heartbeat message back as it came, as the messaging protocol asks (the
+/// client library's own loop answers `pong` and ends at its first error); a failed exchange is
+/// logged and the next awaited.
+async fn echo(mut heartbeat: jupyter_zmq_client::KernelHeartbeatConnection) {
+    use zeromq::{SocketRecv, SocketSend};
+    loop {
+        let echoed = match heartbeat.socket.recv().await {
+            Ok(ping) => heartbeat.socket.send(ping).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = echoed {
+            tracing::debug!(error = %e, "a heartbeat exchange failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// Runs a kernel on the sockets `connection` names until a `shutdown_request`.
 pub async fn run(connection: ConnectionInfo, config: KernelConfig) -> Result<()> {
     let info = runtime_info(&config.runtime)
         .ok_or_else(|| Error::Io(format!("unknown runtime {:?}", config.runtime)))?;
     let session_id = weir_sandbox::RunId::new().to_string();
-    let mut heartbeat = create_kernel_heartbeat_connection(&connection).await?;
+    let heartbeat = create_kernel_heartbeat_connection(&connection).await?;
     let (shell_send, mut shell_recv) = create_kernel_shell_connection(&connection, &session_id)
         .await?
         .split();
@@ -101,9 +118,7 @@ pub async fn run(connection: ConnectionInfo, config: KernelConfig) -> Result<()>
 
     let (publish, queue) = mpsc::channel(IOPUB_QUEUE);
     let iopub_task = weir_sandbox::AbortOnDrop(tokio::spawn(serve_iopub(iopub, queue)));
-    let _heartbeat = weir_sandbox::AbortOnDrop(tokio::spawn(async move {
-        while heartbeat.single_heartbeat().await.is_ok() {}
-    }));
+    let _heartbeat = weir_sandbox::AbortOnDrop(tokio::spawn(echo(heartbeat)));
     let interrupts: Arc<Interrupts> = Arc::default();
     let loader = weir_sandbox::AbortOnDrop(tokio::spawn(load(config.clone())));
     let mut shell = Shell {
