@@ -91,6 +91,84 @@ pub async fn rows(sandbox: &Sandbox, samples: usize) -> anyhow::Result<()> {
         &ratio(groupby, native_work.map(|w| w.1)),
         "",
     );
+    dataframe_rows(sandbox).await
+}
+
+/// A session holding a 10⁶-row DataFrame: restored from its snapshot's bytes and forked (its
+/// pages shared copy-on-write), each to its first cell answered (median of 5, a cell in the
+/// parent before each), and what each such session adds to the process's PSS (5 held).
+async fn dataframe_rows(sandbox: &Sandbox) -> anyhow::Result<()> {
+    const N: usize = 5;
+    let mut req = RunRequest::script("");
+    req.runtime = Some(SCI.into());
+    req.cells = true;
+    req.limits.memory_bytes = 1 << 30;
+    let mut parent = sandbox.start(req).await?;
+    crate::snapshots::cell(
+        &mut parent,
+        "import numpy as np, pandas as pd\n\
+         df = pd.DataFrame({'k': np.arange(10**6) % 100, 'v': np.random.default_rng(1).random(10**6)})",
+    )
+    .await?;
+    let mut times = [Vec::new(), Vec::new()];
+    let mut held = [Vec::new(), Vec::new()];
+    let mut stored = 0;
+    for i in 0..2 * N {
+        crate::snapshots::cell(&mut parent, &format!("df.iloc[0, 1] = {i}")).await?;
+        let fork = i % 2 == 1;
+        let started = Instant::now();
+        let snapshot = match fork {
+            true => parent.control().fork().await?,
+            false => {
+                let bytes = parent.control().snapshot().await?.to_bytes()?;
+                stored = bytes.len();
+                weir_sandbox::Snapshot::from_bytes(&bytes)?
+            }
+        };
+        let mut req = RunRequest::script("");
+        req.restore = Some(std::sync::Arc::new(snapshot));
+        let mut child = sandbox.start(req).await?;
+        crate::snapshots::cell(&mut child, "len(df)").await?;
+        times[fork as usize].push(started.elapsed());
+        held[fork as usize].push(child);
+    }
+    drop(held[1].drain(..).collect::<Vec<_>>());
+    let settle = || tokio::time::sleep(Duration::from_millis(300));
+    settle().await;
+    let with_restored = pss_bytes();
+    drop(held[0].drain(..).collect::<Vec<_>>());
+    settle().await;
+    let with_neither = pss_bytes();
+    for _ in 0..N {
+        let mut req = RunRequest::script("");
+        req.restore = Some(std::sync::Arc::new(parent.control().fork().await?));
+        let mut child = sandbox.start(req).await?;
+        crate::snapshots::cell(&mut child, "len(df)").await?;
+        held[1].push(child);
+    }
+    settle().await;
+    let with_forks = pss_bytes();
+    let median = |t: &mut Vec<Duration>| {
+        t.sort();
+        t[t.len() / 2]
+    };
+    row(
+        "10^6-row DataFrame session: snapshot's bytes -> restored, first cell, median",
+        ms(median(&mut times[0])),
+        "",
+        "",
+    );
+    row("  its snapshot stored", mb(stored as f64), "", "");
+    row(
+        "  fork -> first cell, median",
+        ms(median(&mut times[1])),
+        "",
+        "",
+    );
+    if let (Some(r), Some(n), Some(f)) = (with_restored, with_neither, with_forks) {
+        row("  PSS per restored session", mb((r - n) / N as f64), "", "");
+        row("  PSS per fork", mb((f - n) / N as f64), "", "");
+    }
     Ok(())
 }
 

@@ -16,7 +16,7 @@ fn session() -> RunRequest {
 }
 
 /// Runs `code` as the session's next cell and waits for its end.
-async fn cell(handle: &mut RunHandle, code: &str) -> anyhow::Result<()> {
+pub(crate) async fn cell(handle: &mut RunHandle, code: &str) -> anyhow::Result<()> {
     handle.control().send_cell(Cell {
         code: code.into(),
         ..Default::default()
