@@ -35,7 +35,8 @@ impl PageFile {
         // SAFETY: `memfd_create` with a constant name; the descriptor it returns is ours alone.
         #[allow(unsafe_code)]
         let file = unsafe {
-            let fd = libc::memfd_create(c"weir-fork".as_ptr(), libc::MFD_CLOEXEC);
+            let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+            let fd = libc::memfd_create(c"weir-fork".as_ptr(), flags);
             if fd < 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -49,6 +50,22 @@ impl PageFile {
             writer.write_all_at(part, at as u64)?;
             starts.push(at);
             at += part.len();
+        }
+        // Sealed: nothing can change, grow or shrink it any more (a shrunk file would fault
+        // every mapping's reader).
+        let seals =
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
+        // SAFETY: `fcntl` on our own descriptor.
+        #[allow(unsafe_code)]
+        if unsafe {
+            libc::fcntl(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                libc::F_ADD_SEALS,
+                seals,
+            )
+        } < 0
+        {
+            return Err(std::io::Error::last_os_error());
         }
         let map = match len {
             0 => 0,

@@ -155,7 +155,8 @@ impl RunControl {
     /// pages go into an anonymous memory file that this session and every session restored from
     /// the snapshot in this process map copy-on-write, sharing each page until one of them
     /// writes it (a fork then costs neither the copy nor the memory of its pages). Taken again
-    /// before the session runs anything, it shares the same file. Written out
+    /// before the session runs anything, it shares the same file (`python-sci`'s snapshots run
+    /// its guest to let go of files, so each of its forks takes its pages afresh). Written out
     /// ([`Snapshot::to_bytes`]) it is an ordinary snapshot.
     pub async fn fork(&self) -> Result<Snapshot> {
         self.capture(Capture::Fork).await

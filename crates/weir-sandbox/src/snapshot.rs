@@ -884,6 +884,15 @@ pub(crate) fn plan_writes<'s>(
     writes
 }
 
+/// Whether the host's pages are a snapshot's (4 KiB): only then can a snapshot's runs of pages
+/// be mapped.
+pub(crate) fn pages_fit() -> bool {
+    // SAFETY: `sysconf` reads a constant of the system.
+    #[allow(unsafe_code)]
+    let host = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    host == PAGE_BYTES as libc::c_long
+}
+
 /// A session's files `(path, bytes)`, environment and arguments.
 pub(crate) type HostSide = (Vec<(String, Vec<u8>)>, Vec<(String, String)>, Vec<String>);
 
@@ -917,32 +926,39 @@ pub(crate) fn stale_pages(
 }
 
 impl Snapshot {
-    /// Joins runs of stored pages that `gap` pages or fewer apart, storing those pages too
-    /// (from `data`, the memories captured, so the same as the image's): fewer, longer runs
-    /// are fewer mappings for a fork, each a call that takes the process's memory-map lock.
-    pub(crate) fn bridge(&mut self, data: &[&[u8]], gap: u32) {
+    /// Widens a fork's stored pages, from `data` (the memories captured, unchanged since):
+    /// every page `mapped` says the session maps from an earlier fork's file is stored too, even
+    /// one that now equals the image, so that mapping the session from this snapshot's file
+    /// replaces every earlier mapping and no earlier file stays pinned by a stray page; and runs
+    /// `gap` pages or fewer apart are joined, the pages between stored too (as the image's
+    /// bytes): fewer, longer runs are fewer mappings, each a call that takes the process's
+    /// memory-map lock.
+    pub(crate) fn widen(&mut self, data: &[&[u8]], gap: u32, mapped: &Mapped) {
         if self.header.changes {
             return;
         }
         for (m, memory) in data.iter().enumerate() {
-            let (Some(header), Some(stored)) = (self.header.memories.get_mut(m), self.pages.get(m))
-            else {
+            let Some(header) = self.header.memories.get_mut(m) else {
                 continue;
             };
-            let mut joined = Pages::default();
-            let mut at = 0usize;
+            let pages = memory.len() / PAGE_BYTES;
+            let mut want = vec![false; pages];
             for &(first, n) in &header.runs {
-                let end = joined.runs.last().map(|&(f, k)| f + k);
-                if let Some(end) = end.filter(|&end| first - end <= gap) {
-                    for page in end..first {
-                        let page = page as usize;
-                        joined.push(page, &memory[page * PAGE_BYTES..(page + 1) * PAGE_BYTES]);
+                want[first as usize..(first + n) as usize].fill(true);
+            }
+            for (page, w) in want.iter_mut().enumerate() {
+                *w |= crate::pagefile::is_set(mapped.pages(m), page);
+            }
+            let mut joined = Pages::default();
+            let mut last: Option<usize> = None;
+            for page in (0..pages).filter(|&p| want[p]) {
+                if let Some(end) = last.filter(|&l| page - l - 1 <= gap as usize) {
+                    for between in end + 1..page {
+                        joined.push(between, &memory[between * PAGE_BYTES..][..PAGE_BYTES]);
                     }
                 }
-                for page in first..first + n {
-                    joined.push(page as usize, &stored[at..at + PAGE_BYTES]);
-                    at += PAGE_BYTES;
-                }
+                joined.push(page, &memory[page * PAGE_BYTES..][..PAGE_BYTES]);
+                last = Some(page);
             }
             header.runs = joined.runs;
             self.pages[m] = joined.bytes.into();
@@ -1217,9 +1233,13 @@ mod tests {
             None,
         );
         assert_eq!(s.header.memories[0].runs, vec![(1, 1), (3, 1), (12, 1)]);
-        s.bridge(&[&mem], 2);
-        // Pages 1 and 3 are two apart: one run, page 2 stored with them; 12 stays apart.
-        assert_eq!(s.header.memories[0].runs, vec![(1, 3), (12, 1)]);
+        // Page 14 was mapped from an earlier fork's file (it equals the image now).
+        let mut mapped = Mapped::default();
+        assert!(mapped.record(0, &[(14, 1)]));
+        s.widen(&[&mem], 1, &mapped);
+        // Pages 1 and 3 have one page between: one run, page 2 stored with them; 12 and 14
+        // too; the mapped page is stored.
+        assert_eq!(s.header.memories[0].runs, vec![(1, 3), (12, 3)]);
         assert_eq!(
             &s.pages[0][PAGE_BYTES..2 * PAGE_BYTES],
             &mem[2 * PAGE_BYTES..3 * PAGE_BYTES]
@@ -1229,10 +1249,10 @@ mod tests {
         assert!(matches!(s.pages[0], PageBytes::Shared { .. }));
         assert_eq!(&*s.pages[0], &heap[..]);
         let (_, runs, bytes) = s.shared(0).expect("shared");
-        assert_eq!(runs, &[(1, 3), (12, 1)]);
+        assert_eq!(runs, &[(1, 3), (12, 3)]);
         let want = [
             (PAGE_BYTES, 3 * PAGE_BYTES, 0),
-            (12 * PAGE_BYTES, PAGE_BYTES, 3 * PAGE_BYTES as u64),
+            (12 * PAGE_BYTES, 3 * PAGE_BYTES, 3 * PAGE_BYTES as u64),
         ];
         assert_eq!(bytes, want);
         // Written out, it is an ordinary snapshot.

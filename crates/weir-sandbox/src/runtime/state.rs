@@ -59,7 +59,7 @@ pub(crate) fn take(
         saved.as_mut(),
     );
     if capture == Capture::Fork {
-        taken.bridge(&data, BRIDGE_PAGES);
+        taken.widen(&data, BRIDGE_PAGES, mapped);
         share(store, memories, &mut taken)?;
     }
     // A save that fails leaves no record: the next one is whole.
@@ -103,6 +103,9 @@ fn unchanged_fork(store: &mut Store<GuestState>) -> Result<Option<Snapshot>> {
 /// When the file cannot be made, `taken` keeps its pages on the heap (a fork then copies
 /// them); when the session's own pages cannot be mapped, it keeps its own copy.
 fn share(store: &mut Store<GuestState>, memories: &[Memory], taken: &mut Snapshot) -> Result<()> {
+    if !snapshot::pages_fit() {
+        return Ok(());
+    }
     if let Err(e) = taken.share() {
         tracing::warn!(error = %e, "a fork's pages stay on the heap");
         return Ok(());
@@ -242,8 +245,13 @@ fn map_shared(
         // SAFETY: the fresh session is between its start and its first cell (no guest code
         // runs, no slice of its memory is alive); the file holds the snapshot's pages.
         #[allow(unsafe_code)]
-        unsafe { memory.weir_map_private(&mut *store, file.fd(), &bytes) }
-            .map_err(|e| Error::SnapshotGuest(format!("mapping a fork's pages: {e}")))?;
+        let mapping = unsafe { memory.weir_map_private(&mut *store, file.fd(), &bytes) };
+        if let Err(e) = mapping {
+            // Pages mapped before the error hold the snapshot's bytes already; the copy below
+            // writes the rest.
+            tracing::warn!(error = %e, "a fork's pages are copied, not shared");
+            continue;
+        }
         release(memory.data_ptr(&*store), &stale);
         done[m] = true;
     }
