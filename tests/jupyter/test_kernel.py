@@ -300,10 +300,14 @@ class Endings(unittest.TestCase):
             self.assertEqual(reply["content"]["ename"], "NameError")
             self.assertEqual(outputs(kc, "2 ** 10")[1][0]["content"]["data"]["text/plain"],
                              "1024")
+            process = km.provisioner.process
         finally:
             kc.stop_channels()
             km.shutdown_kernel(now=False)
         self.assertFalse(km.is_alive())
+        # It ended itself on the shutdown request (a kernel the manager had to kill would show
+        # the signal).
+        self.assertEqual(process.wait(timeout=10), 0)
 
 
     def test_a_display_flood_ends_at_the_output_limit_and_the_next_cell_starts_afresh(self):
