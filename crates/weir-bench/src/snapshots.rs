@@ -161,8 +161,8 @@ pub async fn rows(sandbox: &Sandbox, samples: usize) -> anyhow::Result<()> {
 
 /// A session forked: its snapshot for a fork taken and a session started from it, to its
 /// first cell answered. Each sample after a cell in the parent (it has changed since its last
-/// fork), and again with nothing run since (the fork shares the last one's pages); beside a
-/// cell in a warm session, which the first rows include.
+/// fork), and again with nothing run since (the fork shares the last one's pages); one at a
+/// time with pauses; and the parent's cell right after each fork (it writes shared pages).
 async fn fork_rows(
     sandbox: &Sandbox,
     parent: &mut RunHandle,
@@ -234,7 +234,7 @@ async fn fork_rows(
         "",
     );
     row(
-        "  a cell in a warm session, p50",
+        "  a cell in the parent, right after its fork, p50",
         ms(p50_p99(cells).0),
         "",
         "",
