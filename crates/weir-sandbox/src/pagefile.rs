@@ -6,8 +6,8 @@
 //! snapshot: all of them share one copy of each page until one writes it, and the kernel copies
 //! that page for the writer alone — what `fork(2)` does for a process. The pages are mapped into
 //! the instances' pooled slots through the vendored wasmtime's `Memory::weir_map_private`, which
-//! marks the slot so that it is paved over whole when its instance goes: nothing of the file
-//! outlives its last instance in a slot.
+//! records each run in the slot; when the instance goes, the slot maps its image back over
+//! exactly those runs before its ordinary reset: nothing of the file outlives the instance.
 //!
 //! Each mapped run of pages is a mapping of its own (two, counting the split it makes), and a
 //! process may hold `vm.max_map_count` of them (65,530 by default). The runs mapped at once are

@@ -849,39 +849,65 @@ pub(crate) fn plan_writes<'s>(
     snapshot: &'s Snapshot,
     mapped: &[bool],
 ) -> Vec<(usize, usize, std::borrow::Cow<'s, [u8]>)> {
-    let zero = [0u8; PAGE_BYTES];
     let mut writes = Vec::new();
     for (m, (memory, want)) in data.iter().zip(&snapshot.header.memories).enumerate() {
         if mapped.get(m).copied().unwrap_or(false) {
             continue;
         }
         let stored = &snapshot.pages[m];
-        let mut runs = want.runs.iter().copied().peekable();
-        let mut at = 0usize;
-        let untouched = untouched_pages(memory, &[]);
-        for (page, now) in memory.chunks_exact(PAGE_BYTES).enumerate() {
-            while matches!(runs.peek(), Some(&(first, n)) if (first + n) as usize <= page) {
-                runs.next();
-            }
-            let held = matches!(runs.peek(), Some(&(first, _)) if first as usize <= page);
-            if held {
+        let image = images.get(m).copied().flatten();
+        fresh_pages(memory, image, &want.runs, |page, fresh| match fresh {
+            Fresh::Held(at) => {
                 let bytes = &stored[at..at + PAGE_BYTES];
-                at += PAGE_BYTES;
-                if now != bytes {
+                if memory[page * PAGE_BYTES..][..PAGE_BYTES] != *bytes {
                     writes.push((m, page, std::borrow::Cow::Borrowed(bytes)));
                 }
-                continue;
             }
-            if untouched.get(page).copied().unwrap_or(false) {
-                continue;
-            }
-            let image = image_page(images.get(m).copied().flatten(), page, &zero);
-            if now != image {
-                writes.push((m, page, std::borrow::Cow::Owned(image.to_vec())));
-            }
-        }
+            Fresh::Stale(image) => writes.push((m, page, std::borrow::Cow::Owned(image.to_vec()))),
+        });
     }
     writes
+}
+
+/// A page of a fresh instance's memory, as a snapshot laid over it sees it ([`fresh_pages`]).
+enum Fresh<'a> {
+    /// The snapshot holds it; its bytes start at this offset of the snapshot's stored pages.
+    Held(usize),
+    /// The snapshot does not hold it, and the fresh start wrote it away from the image, whose
+    /// bytes for it these are.
+    Stale(&'a [u8]),
+}
+
+/// Calls `visit` with each page of a fresh instance's `memory` that a snapshot holding `runs`
+/// (over `image`) must change: every page it holds, and every other page the fresh start wrote
+/// away from the image.
+fn fresh_pages(
+    memory: &[u8],
+    image: Option<(u64, &[u8])>,
+    runs: &[(u32, u32)],
+    mut visit: impl FnMut(usize, Fresh<'_>),
+) {
+    let zero = [0u8; PAGE_BYTES];
+    let untouched = untouched_pages(memory, &[]);
+    let mut runs = runs.iter().copied().peekable();
+    let mut at = 0usize;
+    for (page, now) in memory.chunks_exact(PAGE_BYTES).enumerate() {
+        while matches!(runs.peek(), Some(&(first, n)) if (first + n) as usize <= page) {
+            runs.next();
+        }
+        if matches!(runs.peek(), Some(&(first, _)) if first as usize <= page) {
+            visit(page, Fresh::Held(at));
+            at += PAGE_BYTES;
+            continue;
+        }
+        if untouched.get(page).copied().unwrap_or(false) {
+            continue;
+        }
+        let image = image_page(image, page, &zero);
+        if now != image {
+            visit(page, Fresh::Stale(image));
+        }
+    }
 }
 
 /// Whether the host's pages are a snapshot's (4 KiB): only then can a snapshot's runs of pages
@@ -904,24 +930,12 @@ pub(crate) fn stale_pages(
     image: Option<(u64, &[u8])>,
     runs: &[(u32, u32)],
 ) -> Vec<(u32, u32)> {
-    let zero = [0u8; PAGE_BYTES];
-    let untouched = untouched_pages(memory, &[]);
-    let mut held = runs.iter().copied().peekable();
     let mut stale = Pages::default();
-    for (page, now) in memory.chunks_exact(PAGE_BYTES).enumerate() {
-        while matches!(held.peek(), Some(&(first, n)) if (first + n) as usize <= page) {
-            held.next();
-        }
-        if matches!(held.peek(), Some(&(first, _)) if first as usize <= page) {
-            continue;
-        }
-        if untouched.get(page).copied().unwrap_or(false) {
-            continue;
-        }
-        if now != image_page(image, page, &zero) {
+    fresh_pages(memory, image, runs, |page, fresh| {
+        if let Fresh::Stale(_) = fresh {
             stale.push_page(page);
         }
-    }
+    });
     stale.runs
 }
 

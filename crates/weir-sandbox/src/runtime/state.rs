@@ -45,7 +45,6 @@ pub(crate) fn take(
     let state = store.data();
     let inbox = state.host.cells.as_ref().ok_or(Error::Ended)?;
     let (runtime, build) = (inbox.runtime.clone(), inbox.build.clone());
-    let (env, args) = (inbox.env.clone(), inbox.args.clone());
     let images = images(store);
     let data: Vec<&[u8]> = memories.iter().map(|m| m.data(&*store)).collect();
     let mapped = &inbox.mapped;
@@ -63,7 +62,7 @@ pub(crate) fn take(
         share(store, memories, &mut taken)?;
     }
     // A save that fails leaves no record: the next one is whole.
-    let (files, _, _) = host_side(store)?;
+    let (files, env, args) = host_side(store)?;
     let taken = taken
         .with_host(files, env, args, saved.as_mut())
         .with_determinism(determinism);
